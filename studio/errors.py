@@ -1,0 +1,65 @@
+"""Typed errors. Each carries a message a person can act on; the CLI and the app print it as is."""
+from __future__ import annotations
+
+
+class StudioError(Exception):
+    """Base of every error the studio raises on purpose (bad input, impossible export).
+
+    The CLI turns it into a message and exit code 2; the app shows the same text in the page.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, hint: str | None = None, details: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.details = details  # long diagnosis (e.g. the exporter's markdown report)
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\nHint: {self.hint}"
+
+
+class CheckpointError(StudioError):
+    """The checkpoint cannot be read, is of an unsupported kind, or does not fit its config."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """The checkpoint is of a kind that can run code when loaded and the operator did not trust it."""
+
+
+class BatchError(StudioError):
+    """The sample file or the role mapping is unusable. Names the file, column and row at fault."""
+
+    def __init__(self, message: str, *, file: str | None = None, column: str | None = None,
+                 row: int | None = None, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.file, self.column, self.row = file, column, row
+
+
+class ExportError(StudioError):
+    """torch.onnx could not export the model. `details` holds the exporter's own diagnosis."""
+
+
+class OpsetMismatchError(ExportError):
+    """The file written declares another opset than the one requested."""
+
+    def __init__(self, requested: int, written: int, exporter: str):
+        super().__init__(
+            f"Requested opset {requested} but the {exporter} exporter wrote opset {written}.",
+            hint="Pick the opset the exporter supports (the new exporter writes >= 18), "
+                 "or choose --exporter torchscript for older opsets.")
+        self.requested, self.written, self.exporter = requested, written, exporter
+
+
+class ShapeError(StudioError):
+    """A dimension declared dynamic was baked into the graph (raised only on request; the report
+    normally records it as a failed probe)."""
+
+
+class ToleranceError(StudioError):
+    """Outputs differ beyond atol/rtol (raised only on request; normally a failed report check)."""
+
+
+class UnsafePathError(StudioError):
+    """An archive member or external-data reference points outside the allowed directory."""

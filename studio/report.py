@@ -1,0 +1,302 @@
+"""Report dataclasses -> JSON, Markdown and table rows. Results live here, never only in log lines."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SCHEMA = "onnx-studio/report"
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class ExportAttempt:
+    exporter: str  # "dynamo" | "torchscript"
+    ok: bool
+    error: str | None = None
+    seconds: float | None = None
+    opset_written: int | None = None
+    diagnosis_path: str | None = None  # the exporter's own markdown report, when it wrote one
+
+
+@dataclass
+class ExportInfo:
+    exporter: str | None  # the exporter whose file was kept
+    opset_requested: int
+    opset: int | None  # read back from the file
+    seconds: float
+    attempts: list[ExportAttempt] = field(default_factory=list)
+    external_data: bool = False
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    dtype: str
+    shape: list[int | str]  # ints for fixed dims, names for symbolic ones
+
+
+@dataclass
+class GraphInfo:
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    op_counts: dict[str, int]
+    size_bytes: int
+    opset: int | None
+    producer: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class CheckerInfo:
+    ok: bool
+    message: str
+
+
+@dataclass
+class OutputDiff:
+    name: str
+    max_abs_diff: float
+    max_rel_diff: float
+    ok: bool
+    argmax_agreement: float | None = None  # fraction of rows whose argmax agrees; None if n/a
+    shape: list[int] = field(default_factory=list)
+
+
+@dataclass
+class ParityInfo:
+    ok: bool
+    atol: float
+    rtol: float
+    outputs: list[OutputDiff]
+    rows: int = 0
+    provider: str = "CPUExecutionProvider"
+
+
+@dataclass
+class Probe:
+    batch: int
+    sequence: int | None
+    ok: bool
+    max_abs_diff: float | None
+    message: str
+    changed: str = ""  # which axis this probe varies: "batch" | "sequence" | ""
+
+
+@dataclass
+class DynamicInfo:
+    ok: bool | None  # None = not requested (static export)
+    probes: list[Probe] = field(default_factory=list)
+    requested: dict[str, list[str]] = field(default_factory=dict)  # input -> dynamic axes asked
+
+
+@dataclass
+class Timing:
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    iterations: int
+    batch: int
+    sequence: int | None
+    threads: int | None
+    provider: str  # what really ran, e.g. "CPUExecutionProvider", "CUDAExecutionProvider", "torch-cpu"
+
+
+@dataclass
+class LatencyInfo:
+    torch_cpu: Timing | None = None
+    ort_cpu: Timing | None = None
+    ort_cuda: Timing | None = None
+    torch_cuda: Timing | None = None
+    cuda_unavailable_reason: str | None = None
+    threads: int | None = None
+    budget_s: float | None = None
+    errors: dict[str, str] = field(default_factory=dict)  # measurement -> why it could not run
+
+
+@dataclass
+class VariantInfo:
+    """An extra artifact (optimized / int8 / fp16) with its own checks."""
+
+    name: str
+    file: str | None
+    ok: bool
+    size_bytes: int | None = None
+    parity: ParityInfo | None = None
+    dynamic: DynamicInfo | None = None
+    latency: LatencyInfo | None = None
+    error: str | None = None
+    notes: str = ""
+
+
+@dataclass
+class Report:
+    source: dict[str, Any]  # {kind, path, ...describe()}
+    roles: dict[str, str]
+    export: ExportInfo
+    graph: GraphInfo | None
+    checker: CheckerInfo | None
+    parity: ParityInfo | None
+    dynamic: DynamicInfo | None
+    latency: LatencyInfo | None
+    options: dict[str, Any] = field(default_factory=dict)
+    predictions: list[dict[str, Any]] = field(default_factory=list)  # per row: ignored cols + outputs
+    files: dict[str, str] = field(default_factory=dict)  # role -> file name inside the out dir
+    variants: list[VariantInfo] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    schema: str = SCHEMA
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def ok(self) -> bool:
+        """Every check that ran passed: checker, parity, dynamic probes (when requested), variants."""
+        checks = [self.checker.ok if self.checker else False, self.parity.ok if self.parity else False]
+        if self.dynamic is not None and self.dynamic.ok is not None:
+            checks.append(self.dynamic.ok)
+        checks += [v.ok for v in self.variants]
+        return all(checks)
+
+    @property
+    def failed_checks(self) -> list[str]:
+        failed = []
+        if not (self.checker and self.checker.ok):
+            failed.append("checker")
+        if not (self.parity and self.parity.ok):
+            failed.append("parity")
+        if self.dynamic is not None and self.dynamic.ok is False:
+            failed.append("dynamic")
+        failed += [f"variant:{v.name}" for v in self.variants if not v.ok]
+        return failed
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"schema": self.schema, "schema_version": self.schema_version, "ok": self.ok,
+             "failed_checks": self.failed_checks}
+        body = asdict(self)
+        body.pop("schema"), body.pop("schema_version")
+        d.update(body)
+        return _finite(d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
+
+    def to_markdown(self) -> str:
+        return render_markdown(self)
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN/inf: write them as strings so the file stays valid and honest."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _mark(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("PASS" if ok else "FAIL")
+
+
+def _shape(shape: list[int | str]) -> str:
+    return "[" + ", ".join(str(s) for s in shape) + "]"
+
+
+def _num(x: float | None, fmt: str = ".3g") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+# --- table rows (used by the CLI, the Markdown and the app) -------------------------------------
+
+def io_rows(report: Report) -> list[list[str]]:
+    if report.graph is None:
+        return []
+    return ([["input", t.name, t.dtype, _shape(t.shape)] for t in report.graph.inputs]
+            + [["output", t.name, t.dtype, _shape(t.shape)] for t in report.graph.outputs])
+
+
+def parity_rows(p: ParityInfo | None) -> list[list[str]]:
+    if p is None:
+        return []
+    return [[o.name, _num(o.max_abs_diff), _num(o.max_rel_diff),
+             "-" if o.argmax_agreement is None else f"{o.argmax_agreement:.1%}", _mark(o.ok)]
+            for o in p.outputs]
+
+
+def probe_rows(d: DynamicInfo | None) -> list[list[str]]:
+    if d is None:
+        return []
+    return [[p.changed or "-", str(p.batch), "-" if p.sequence is None else str(p.sequence),
+             _mark(p.ok), _num(p.max_abs_diff), p.message] for p in d.probes]
+
+
+LATENCY_LABELS = (("torch_cpu", "PyTorch CPU"), ("ort_cpu", "ORT CPU"),
+                  ("ort_cuda", "ORT CUDA"), ("torch_cuda", "PyTorch CUDA"))
+
+
+def latency_rows(lat: LatencyInfo | None) -> list[list[str]]:
+    """One row per measurement; an unavailable one shows its reason, never a number."""
+    if lat is None:
+        return []
+    rows = []
+    for key, label in LATENCY_LABELS:
+        t: Timing | None = getattr(lat, key)
+        if t is not None:
+            rows.append([label, f"{t.p50_ms:.2f}", f"{t.p90_ms:.2f}", f"{t.p99_ms:.2f}", str(t.iterations),
+                         f"{t.batch}x{t.sequence}" if t.sequence else str(t.batch),
+                         str(t.threads or "-"), t.provider])
+        else:
+            why = lat.errors.get(key) or (lat.cuda_unavailable_reason if "cuda" in key else None) or "not measured"
+            rows.append([label, "-", "-", "-", "-", "-", "-", f"unavailable: {why}"])
+    return rows
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    if not rows:
+        return "_none_\n"
+    esc = [[str(c).replace("|", "\\|").replace("\n", " ") for c in r] for r in rows]
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                     + ["| " + " | ".join(r) + " |" for r in esc]) + "\n"
+
+
+def render_markdown(r: Report) -> str:
+    e = r.export
+    out = [f"# ONNX Studio report — {'PASS' if r.ok else 'FAIL: ' + ', '.join(r.failed_checks)}", "",
+           f"- Source: `{r.source.get('path')}` ({r.source.get('kind')})",
+           f"- Exporter: {e.exporter}, opset requested {e.opset_requested}, written {e.opset}, "
+           f"{e.seconds:.1f} s" + (" (external data)" if e.external_data else ""),
+           f"- Checker: {_mark(r.checker.ok if r.checker else None)}"
+           + (f" — {r.checker.message}" if r.checker and not r.checker.ok else ""),
+           f"- Parity: {_mark(r.parity.ok if r.parity else None)}"
+           + (f" (atol {r.parity.atol:g}, rtol {r.parity.rtol:g}, {r.parity.rows} rows)" if r.parity else ""),
+           f"- Dynamic dimensions: {_mark(r.dynamic.ok if r.dynamic else None)}",
+           f"- Total time: {r.seconds:.1f} s", ""]
+    if len(e.attempts) > 1 or any(not a.ok for a in e.attempts):
+        out += ["## Export attempts", _table(["exporter", "ok", "error"],
+                                             [[a.exporter, _mark(a.ok), a.error or ""] for a in e.attempts])]
+    out += ["## Column roles", _table(["column", "role"], [[c, ro] for c, ro in r.roles.items()])]
+    out += ["## Graph inputs and outputs", _table(["", "name", "dtype", "shape"], io_rows(r))]
+    if r.graph:
+        ops = sorted(r.graph.op_counts.items(), key=lambda kv: -kv[1])
+        out += [f"File size: {r.graph.size_bytes:,} bytes. Ops: "
+                + ", ".join(f"{k} ×{v}" for k, v in ops[:15]) + ("…" if len(ops) > 15 else ""), ""]
+    out += ["## Parity (PyTorch vs ONNX Runtime, sample rows)",
+            _table(["output", "max abs diff", "max rel diff", "argmax agreement", "verdict"], parity_rows(r.parity))]
+    out += ["## Dynamic-dimension probes",
+            _table(["varies", "batch", "sequence", "verdict", "max abs diff", "message"], probe_rows(r.dynamic))]
+    out += ["## Latency", _table(["run", "p50 ms", "p90 ms", "p99 ms", "iterations", "batch", "threads", "provider"],
+                                 latency_rows(r.latency))]
+    for v in r.variants:
+        out += [f"## Variant: {v.name} — {_mark(v.ok)}",
+                f"File: {v.file or '-'}, {v.size_bytes or 0:,} bytes. {v.notes}"
+                + (f" Error: {v.error}" if v.error else ""), ""]
+        out += [_table(["output", "max abs diff", "max rel diff", "argmax agreement", "verdict"], parity_rows(v.parity))]
+        if v.latency:
+            out += [_table(["run", "p50 ms", "p90 ms", "p99 ms", "iterations", "batch", "threads", "provider"],
+                           latency_rows(v.latency))]
+    if r.warnings:
+        out += ["## Warnings"] + [f"- {w}" for w in r.warnings] + [""]
+    return "\n".join(out)
