@@ -1,0 +1,61 @@
+"""ONNX Studio: turn a PyTorch checkpoint into a verified ONNX artifact.
+
+    import studio
+    report = studio.convert(studio.ConvertSpec("assets/demo/demo_model.pt", "assets/demo/sample.csv", out="out"))
+    report.ok, report.parity.outputs[0].max_abs_diff
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import (BatchError, CheckpointError, ExportError, OpsetMismatchError, ShapeError, StudioError,
+                     ToleranceError, UnsafeCheckpointError, UnsafePathError)
+from .report import Report
+from .spec import ConvertSpec
+
+
+def convert(spec: ConvertSpec | None = None, /, progress=None, **options) -> Report:
+    """Run a conversion. Pass a ConvertSpec, or its fields as keywords:
+    `studio.convert(checkpoint="m.pt", data="rows.csv", out="out")`."""
+    from .pipeline import convert as _convert
+    if spec is None:
+        spec = ConvertSpec(**options)
+    elif options:
+        raise TypeError("pass either a ConvertSpec or keyword options, not both")
+    return _convert(spec, progress)
+
+
+def load_checkpoint(path, spec: ConvertSpec | None = None):
+    """Load a checkpoint into a LoadedModel (module, tokenizer, inputs, outputs)."""
+    from .sources import load
+    return load(path, spec)
+
+
+def read_sample(path):
+    """Read a sample file (CSV / TSV / JSON / JSONL) into a pandas DataFrame."""
+    from .batch import read_sample as _read
+    return _read(path)
+
+
+def build_batch(df, model, roles: dict[str, str] | None = None, spec: ConvertSpec | None = None):
+    """Sample rows + role mapping -> named tensors for `model`."""
+    from .batch import build_batch as _build
+    return _build(df, model, roles or {}, spec or ConvertSpec(checkpoint="-", data="-"))
+
+
+def suggest_roles(df) -> dict[str, str]:
+    from .batch import suggest_roles as _suggest
+    return _suggest(df)
+
+
+def inspect_onnx(path):
+    """Graph inputs/outputs, opset, op counts and checker verdict of an .onnx file."""
+    from pathlib import Path
+    from .inspect import check, graph_info
+    return graph_info(Path(path)), check(Path(path))
+
+
+__all__ = ["convert", "ConvertSpec", "Report", "load_checkpoint", "read_sample", "build_batch",
+           "suggest_roles", "inspect_onnx", "StudioError", "CheckpointError", "UnsafeCheckpointError",
+           "BatchError", "ExportError", "OpsetMismatchError", "ShapeError", "ToleranceError",
+           "UnsafePathError", "__version__"]

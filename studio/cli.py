@@ -1,0 +1,216 @@
+"""Command line: `studio convert | inspect | roles | app`. Turns StudioError into a message + exit 2.
+
+Exit codes: 0 exported and every check passed; 1 exported but a check failed;
+2 bad input or export impossible (message on stderr, traceback only with --debug).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+
+from .errors import StudioError
+from .spec import (ATOL_DEFAULT, DYNAMIC_AXES, EXPORTERS, HEADS, ID_DTYPES, OPSET_DEFAULT, RTOL_DEFAULT,
+                   VARIANTS, ConvertSpec, parse_roles)
+
+
+def _csv_list(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="studio", description="ONNX Studio: PyTorch checkpoint -> verified ONNX.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("convert", help="export a checkpoint to ONNX and verify it on sample rows",
+                       description="Export CHECKPOINT to ONNX using the rows in --data, then check it: onnx "
+                                   "checker, PyTorch-vs-ONNX Runtime parity, dynamic-dimension probes, latency.")
+    c.add_argument("checkpoint", metavar="CHECKPOINT", help="file (.pt .pth .ckpt .bin .zip ...) or model folder")
+    c.add_argument("--data", required=True, metavar="SAMPLE", help="sample rows: .csv .tsv .json .jsonl")
+    c.add_argument("--role", action="append", default=[], metavar="COL=ROLE",
+                   help="text | tabular | ignore for a column (repeatable); others get the suggested role")
+    c.add_argument("--opset", type=int, default=OPSET_DEFAULT, help=f"ONNX opset (default {OPSET_DEFAULT})")
+    dyn = c.add_mutually_exclusive_group()
+    dyn.add_argument("--dynamic", type=_csv_list, default=DYNAMIC_AXES, metavar="AXES",
+                     help="dynamic axes on every input: batch,sequence (default both)")
+    dyn.add_argument("--static", action="store_true", help="no dynamic axes: every shape fixed to the sample's")
+    c.add_argument("--exporter", choices=EXPORTERS, default="auto",
+                   help="auto = new torch.export-based exporter, falling back to the legacy one (default)")
+    c.add_argument("--max-length", type=int, default=128, help="tokenizer max length (default 128)")
+    c.add_argument("--id-dtype", choices=ID_DTYPES, default="int64", help="dtype of token ids (default int64)")
+    c.add_argument("--fill-value", type=float, default=None,
+                   help="fill empty tabular cells with this number instead of failing")
+    c.add_argument("--atol", type=float, default=ATOL_DEFAULT, help=f"parity absolute tolerance (default {ATOL_DEFAULT:g})")
+    c.add_argument("--rtol", type=float, default=RTOL_DEFAULT, help=f"parity relative tolerance (default {RTOL_DEFAULT:g})")
+    c.add_argument("--threads", type=int, default=None, help="intra-op threads for PyTorch and ORT (default: cores)")
+    c.add_argument("--latency-budget", type=float, default=1.0, metavar="SECONDS",
+                   help="time budget per latency measurement (default 1.0)")
+    c.add_argument("--no-cuda", action="store_true", help="skip CUDA measurements even when a GPU is present")
+    c.add_argument("--variants", type=_csv_list, default=(), metavar="LIST",
+                   help=f"extra artifacts to build and check: {','.join(VARIANTS)}")
+    c.add_argument("--config", default=None, metavar="PATH",
+                   help="config.json (or model folder) for a bare state dict / .safetensors checkpoint")
+    c.add_argument("--head", choices=HEADS, default=None, help="built-in head for a state-dict backbone")
+    c.add_argument("--trust-code", action="store_true",
+                   help="operator only: allow TorchScript, .pt2 and pickled modules (they can run code)")
+    c.add_argument("--out", default="studio-out", metavar="DIR", help="output folder (default ./studio-out)")
+    c.add_argument("--json", action="store_true", help="print report.json to stdout instead of the summary")
+    c.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    c.add_argument("--debug", action="store_true", help="show tracebacks")
+    c.set_defaults(func=cmd_convert)
+
+    i = sub.add_parser("inspect", help="print an .onnx file's inputs, outputs, opset and checker status",
+                       description="Print graph inputs/outputs (symbolic dims), opset, op counts and the checker.")
+    i.add_argument("model", metavar="MODEL.onnx")
+    i.add_argument("--json", action="store_true", help="print JSON")
+    i.add_argument("--debug", action="store_true", help="show tracebacks")
+    i.set_defaults(func=cmd_inspect)
+
+    r = sub.add_parser("roles", help="show a sample file's columns and their suggested roles",
+                       description="Read SAMPLE and print each column's detected type, example and suggested role.")
+    r.add_argument("data", metavar="SAMPLE")
+    r.add_argument("--json", action="store_true", help="print JSON")
+    r.add_argument("--debug", action="store_true", help="show tracebacks")
+    r.set_defaults(func=cmd_roles)
+
+    a = sub.add_parser("app", help="start the web studio", description="Start the Gradio web studio.")
+    a.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    a.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    a.add_argument("--trust-code", action="store_true",
+                   help="operator only: allow uploads that can run code when loaded (shown in the page)")
+    a.add_argument("--debug", action="store_true", help="show tracebacks")
+    a.set_defaults(func=cmd_app)
+    return p
+
+
+def spec_from_args(args: argparse.Namespace) -> ConvertSpec:
+    """The one mapping from CLI flags to the ConvertSpec."""
+    return ConvertSpec(
+        checkpoint=args.checkpoint, data=args.data, out=args.out, roles=parse_roles(args.role),
+        opset=args.opset, exporter=args.exporter, dynamic=() if args.static else tuple(args.dynamic),
+        max_length=args.max_length, id_dtype=args.id_dtype, atol=args.atol, rtol=args.rtol,
+        fill_value=args.fill_value, latency_budget_s=args.latency_budget, threads=args.threads,
+        cuda=not args.no_cuda, variants=tuple(args.variants), config=args.config, head=args.head,
+        trust_code=args.trust_code, debug=args.debug,
+    ).validated()
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    if not rows:
+        return "  (none)"
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    fmt = "  " + "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*header)] + [fmt.format(*map(str, r)) for r in rows])
+
+
+def summary(report) -> str:
+    from .report import io_rows, latency_rows, parity_rows, probe_rows
+    e = report.export
+    ok = lambda b: "n/a" if b is None else ("PASS" if b else "FAIL")  # noqa: E731
+    lines = [
+        f"{'PASS' if report.ok else 'FAIL (' + ', '.join(report.failed_checks) + ')'}: "
+        f"{report.options.get('out')}/model.onnx",
+        f"source   {report.source.get('kind')} {report.source.get('path')}",
+        "roles    " + ", ".join(f"{c}={r}" for c, r in report.roles.items()),
+        f"export   {e.exporter}, opset {e.opset} (requested {e.opset_requested}), {e.seconds:.1f} s"
+        + "".join(f"; {a.exporter} failed: {a.error}" for a in e.attempts if not a.ok),
+        f"checker  {ok(report.checker.ok)}" + ("" if report.checker.ok else f": {report.checker.message}"),
+        f"parity   {ok(report.parity.ok)} (atol {report.parity.atol:g}, rtol {report.parity.rtol:g})",
+        _table(["output", "max abs", "max rel", "argmax agree", "verdict"], parity_rows(report.parity)),
+        f"dynamic  {ok(report.dynamic.ok if report.dynamic else None)}",
+        _table(["varies", "batch", "seq", "verdict", "max abs", "message"], probe_rows(report.dynamic)),
+        "graph",
+        _table(["", "name", "dtype", "shape"], io_rows(report)),
+        "latency",
+        _table(["run", "p50 ms", "p90 ms", "p99 ms", "iters", "batch", "threads", "provider"],
+               latency_rows(report.latency)),
+    ]
+    for v in report.variants:
+        lines.append(f"variant  {v.name}: {ok(v.ok)} {v.file or ''} {v.error or v.notes}".rstrip())
+    lines.append(f"files    {', '.join(report.files.values())} ({report.seconds:.1f} s)")
+    return "\n".join(lines)
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .pipeline import convert
+    spec = spec_from_args(args)
+
+    def progress(stage: str, fraction: float) -> None:
+        if not args.quiet:
+            print(f"[{fraction:4.0%}] {stage}", file=sys.stderr, flush=True)
+    report = convert(spec, progress)
+    print(report.to_json() if args.json else summary(report))
+    return 0 if report.ok else 1
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .inspect import check, graph_info
+    from .report import TensorInfo
+    path = Path(args.model)
+    if not path.is_file():
+        raise StudioError(f"{path} does not exist or is not a file.")
+    g = graph_info(path)
+    chk = check(path)
+    if args.json:
+        from dataclasses import asdict
+        print(json.dumps({"graph": asdict(g), "checker": asdict(chk)}, indent=2))
+    else:
+        rows = [["input", t.name, t.dtype, "[" + ", ".join(map(str, t.shape)) + "]"] for t in g.inputs] + \
+               [["output", t.name, t.dtype, "[" + ", ".join(map(str, t.shape)) + "]"] for t in g.outputs]
+        assert all(isinstance(t, TensorInfo) for t in g.inputs)
+        print(f"{path}  opset {g.opset}  {g.size_bytes:,} bytes  {g.producer}")
+        print(_table(["", "name", "dtype", "shape"], rows))
+        print("ops      " + ", ".join(f"{k}x{v}" for k, v in sorted(g.op_counts.items(), key=lambda kv: -kv[1])))
+        for k, v in g.metadata.items():
+            print(f"meta     {k} = {v}")
+        print(f"checker  {'PASS' if chk.ok else 'FAIL: ' + chk.message}")
+    return 0 if chk.ok else 1
+
+
+def cmd_roles(args: argparse.Namespace) -> int:
+    from .batch import describe_columns, read_sample
+    cols = describe_columns(read_sample(args.data))
+    if args.json:
+        print(json.dumps([vars(c) for c in cols], indent=2))
+    else:
+        print(_table(["column", "detected", "suggested", "example"],
+                     [[c.name, c.detected, c.suggested, c.example] for c in cols]))
+    return 0
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    from .app import launch
+    launch(host=args.host, port=args.port, trust_code=args.trust_code)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except StudioError as e:
+        print(f"error: {e}", file=sys.stderr)
+        if e.details:
+            lines = e.details.strip().splitlines()
+            print("\nexporter diagnosis:\n" + "\n".join(lines[:80]) + ("\n…" if len(lines) > 80 else ""),
+                  file=sys.stderr)
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug, not the user's fault: say so plainly
+        print(f"error: unexpected {type(e).__name__}: {e}", file=sys.stderr)
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        else:
+            print("(run again with --debug for the traceback)", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,191 @@
+"""torch.onnx.export with the new (torch.export-based) and the legacy (TorchScript) exporter.
+
+`export()` writes one .onnx file (+ .data when the weights are large), reads the opset back
+from the file, and records every attempt. Exporter "auto" tries the new exporter first and
+falls back to the legacy one when it fails or writes another opset than requested.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+from .errors import ExportError, OpsetMismatchError
+from .report import ExportAttempt, ExportInfo
+from .sources.base import TABULAR, LoadedModel
+from .wrap import wrap
+
+# Above this many bytes of weights the graph is written with external data (protobuf caps at 2 GiB).
+EXTERNAL_DATA_BYTES = 1536 * 1024**2
+ORDER = {"auto": ("dynamo", "torchscript"), "dynamo": ("dynamo",), "torchscript": ("torchscript",)}
+
+
+def dynamic_axes_for(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec) -> dict[str, dict[int, str]]:
+    """input name -> {axis index: symbolic name} from the spec's batch/sequence choice."""
+    out: dict[str, dict[int, str]] = {}
+    kinds = {i.name: i.kind for i in loaded.inputs}
+    for name, t in tensors.items():
+        axes = spec.axes_for(name)
+        d: dict[int, str] = {}
+        if "batch" in axes and t.dim() >= 1:
+            d[0] = "batch"
+        if "sequence" in axes and t.dim() >= 2 and kinds.get(name) != TABULAR:
+            d[1] = "sequence"
+        if d:
+            out[name] = d
+    return out
+
+
+def _example_inputs(tensors: dict[str, torch.Tensor], axes: dict[str, dict[int, str]]) -> dict[str, torch.Tensor]:
+    """torch.export specialises a size-1 dimension to a constant: trace with 2 rows instead of 1.
+
+    Only the example used for tracing changes; parity always runs on the user's real rows.
+    """
+    batch_dynamic = any(0 in a for a in axes.values())
+    if batch_dynamic and all(t.shape[0] == 1 for t in tensors.values()):
+        return {n: t.repeat(2, *([1] * (t.dim() - 1))) for n, t in tensors.items()}
+    return tensors
+
+
+def read_opset(path: Path) -> int | None:
+    model = onnx.load(str(path), load_external_data=False)
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return None
+
+
+def _weights_bytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters()) + \
+        sum(b.numel() * b.element_size() for b in module.buffers())
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporters print progress and deprecation chatter; keep stdout clean for --json."""
+    buf = io.StringIO()
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
+            warnings.simplefilter("ignore")
+            yield buf
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def _export_dynamo(model, args, names, output_names, axes, opset, path: Path, external: bool, diag_dir: Path):
+    dims: dict[str, torch.export.Dim] = {}
+    dynamic_shapes = {n: {ax: dims.setdefault(sym, torch.export.Dim(sym)) for ax, sym in axes.get(n, {}).items()}
+                      or None for n in names}
+    torch.onnx.export(model, args, str(path), input_names=names, output_names=output_names,
+                      opset_version=opset, dynamo=True, external_data=external,
+                      dynamic_shapes=dynamic_shapes if axes else None, report=True,
+                      artifacts_dir=str(diag_dir), verbose=False)
+
+
+def _export_legacy(model, args, names, output_names, axes, opset, path: Path, external: bool, diag_dir: Path):
+    dyn = {n: {ax: sym for ax, sym in a.items()} for n, a in axes.items()}
+    if any(0 in a for a in axes.values()):
+        for o in output_names:
+            dyn[o] = {0: "batch"}
+    torch.onnx.export(model, args, str(path), input_names=names, output_names=output_names,
+                      opset_version=opset, dynamo=False, dynamic_axes=dyn or None, do_constant_folding=True,
+                      verbose=False)
+
+
+EXPORTERS = {"dynamo": _export_dynamo, "torchscript": _export_legacy}
+
+
+def _diagnosis(diag_dir: Path, since: float) -> Path | None:
+    reports = sorted((p for p in diag_dir.glob("onnx_export_*.md") if p.stat().st_mtime >= since - 1),
+                     key=lambda p: p.stat().st_mtime)
+    return reports[-1] if reports else None
+
+
+def export(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec, dest: Path) -> ExportInfo:
+    """Export `loaded` to `dest` (model.onnx path). Raises ExportError when every attempt failed."""
+    names = list(tensors)
+    axes = dynamic_axes_for(loaded, tensors, spec)
+    example = _example_inputs(tensors, axes)
+    args = tuple(example[n] for n in names)
+    model = wrap(loaded, names)
+    external = _weights_bytes(loaded.module) > EXTERNAL_DATA_BYTES
+    attempts: list[ExportAttempt] = []
+    start = time.perf_counter()
+    last_error: ExportError | None = None
+    diag_dir = dest.parent / "diagnostics"
+    diag_dir.mkdir(parents=True, exist_ok=True)
+    for exporter in ORDER[spec.exporter]:
+        _remove(dest)
+        t0, wall0 = time.perf_counter(), time.time()
+        try:
+            with _quiet(), torch.no_grad():
+                EXPORTERS[exporter](model, args, names, list(loaded.output_names), axes, spec.opset, dest,
+                                    external, diag_dir)
+        except Exception as e:  # the exporter's own failure: keep its words and its report
+            diag = _diagnosis(diag_dir, wall0) if exporter == "dynamo" else None
+            msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500]
+            attempts.append(ExportAttempt(exporter, False, msg, round(time.perf_counter() - t0, 2),
+                                          diagnosis_path=diag.name if diag else None))
+            last_error = ExportError(f"The {exporter} exporter failed: {msg}",
+                                     details=diag.read_text(errors="replace") if diag else str(e)[:20000])
+            continue
+        written = read_opset(dest)
+        seconds = round(time.perf_counter() - t0, 2)
+        if written != spec.opset:
+            err = OpsetMismatchError(spec.opset, written, exporter)
+            attempts.append(ExportAttempt(exporter, False, err.message, seconds, written))
+            last_error = err
+            continue
+        attempts.append(ExportAttempt(exporter, True, None, seconds, written))
+        _drop_empty(diag_dir)
+        return ExportInfo(exporter=exporter, opset_requested=spec.opset, opset=written,
+                          seconds=round(time.perf_counter() - start, 2), attempts=attempts,
+                          external_data=Path(str(dest) + ".data").exists() or _has_external(dest))
+    _remove(dest)
+    _drop_empty(diag_dir)
+    assert last_error is not None
+    if len(attempts) > 1:
+        summary = "; ".join(f"{a.exporter}: {a.error}" for a in attempts)
+        if isinstance(last_error, OpsetMismatchError) and all("opset" in (a.error or "") for a in attempts):
+            raise last_error
+        raise ExportError(f"Every exporter failed ({summary})", details=last_error.details,
+                          hint=last_error.hint)
+    raise last_error
+
+
+def _has_external(path: Path) -> bool:
+    model = onnx.load(str(path), load_external_data=False)
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def _remove(path: Path) -> None:
+    for p in (path, Path(str(path) + ".data")):
+        p.unlink(missing_ok=True)
+
+
+def _drop_empty(d: Path) -> None:
+    with contextlib.suppress(OSError):
+        d.rmdir()
+
+
+def annotate(path: Path, metadata: dict[str, str]) -> None:
+    """Write `metadata_props` so the artifact describes itself (roles, tokenizer settings, opset)."""
+    model = onnx.load(str(path), load_external_data=False)
+    existing = {p.key: p for p in model.metadata_props}
+    for k, v in metadata.items():
+        if k in existing:
+            existing[k].value = str(v)
+        else:
+            model.metadata_props.add(key=k, value=str(v))
+    onnx.save(model, str(path))

@@ -1,0 +1,98 @@
+"""The one place that builds onnxruntime sessions, and the truth about which provider runs them.
+
+onnxruntime-gpu lists CUDAExecutionProvider as *available* even where CUDA cannot load, and then
+silently runs on CPU; only `session.get_providers()` tells what a session really uses.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+
+
+def default_threads() -> int:
+    """Physical cores when psutil knows them, else logical CPUs (at least 1)."""
+    try:
+        import psutil
+        n = psutil.cpu_count(logical=False)
+    except Exception:
+        n = None
+    return max(1, n or os.cpu_count() or 1)
+
+
+def session_options(threads: int | None = None, optimization: str = "all") -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or default_threads()
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3  # errors only; the studio reports what matters itself
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimization]
+    return so
+
+
+def cpu_session(path: str | Path, threads: int | None = None, optimization: str = "all") -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), sess_options=session_options(threads, optimization), providers=[CPU])
+
+
+@dataclass
+class CudaSession:
+    session: ort.InferenceSession | None
+    reason: str | None  # why CUDA is not in use (None when it is)
+
+
+def _preload_cuda_libs() -> None:
+    """Let onnxruntime-gpu find CUDA/cuDNN from the nvidia-* wheels torch ships, when present."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except Exception:
+            pass
+
+
+def cuda_session(path: str | Path, threads: int | None = None) -> CudaSession:
+    """A session on CUDA, or the reason there is none. Never returns a CPU session under a CUDA label."""
+    if CUDA not in ort.get_available_providers():
+        return CudaSession(None, f"this onnxruntime build ({ort.__version__}) has no CUDAExecutionProvider "
+                                 "(install onnxruntime-gpu)")
+    try:
+        import torch
+        if not torch.cuda.is_available():
+            return CudaSession(None, "no CUDA device is visible (torch.cuda.is_available() is False)")
+    except Exception:
+        pass
+    _preload_cuda_libs()
+    try:
+        sess = ort.InferenceSession(str(path), sess_options=session_options(threads),
+                                    providers=[CUDA, CPU])
+    except Exception as e:
+        return CudaSession(None, f"the CUDA session could not be created: {str(e).splitlines()[0][:300]}")
+    used = sess.get_providers()
+    if not used or used[0] != CUDA:
+        return CudaSession(None, "onnxruntime fell back to CPU: CUDA or cuDNN libraries could not be loaded "
+                                 f"(session providers: {', '.join(used)})")
+    return CudaSession(sess, None)
+
+
+def feeds(session: ort.InferenceSession, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Select and order the arrays the session's graph takes; error naming any missing input."""
+    out = {}
+    for i in session.get_inputs():
+        if i.name not in tensors:
+            raise KeyError(f"ONNX input {i.name!r} has no tensor (have: {', '.join(tensors)})")
+        out[i.name] = tensors[i.name]
+    return out
+
+
+def run(session: ort.InferenceSession, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds(session, tensors))))

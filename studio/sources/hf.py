@@ -1,0 +1,119 @@
+"""Hugging Face model folders: config.json + weights (safetensors / weights-only .bin) + tokenizer."""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError
+from .base import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, LoadedModel, ModelInput
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spm.model", "sentencepiece.bpe.model",
+                   "tokenizer.model")
+
+# Task heads we load with an Auto class, keyed by the suffix of the config's `architectures` entry.
+# The value is (Auto class name, graph outputs, output kind).
+HEADS = {
+    "ForSequenceClassification": ("AutoModelForSequenceClassification", ["logits"], "logits"),
+    "ForTokenClassification": ("AutoModelForTokenClassification", ["logits"], "logits"),
+    "ForMultipleChoice": None,  # needs a 3-D input layout: refused with a message
+    "ForQuestionAnswering": ("AutoModelForQuestionAnswering", ["start_logits", "end_logits"], "logits"),
+}
+ENCODER_OUTPUTS = ["last_hidden_state"]
+
+
+def is_hf_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+def _task(config) -> tuple[str, list[str], str]:
+    archs = list(getattr(config, "architectures", None) or [])
+    for arch in archs:
+        for suffix, head in HEADS.items():
+            if arch.endswith(suffix):
+                if head is None:
+                    raise CheckpointError(f"Architecture {arch} is not supported yet.",
+                                          hint="Supported heads: sequence classification, token "
+                                               "classification, question answering, or a bare encoder.")
+                return head
+    return ("AutoModel", ENCODER_OUTPUTS, "hidden")
+
+
+def _forward_params(module: torch.nn.Module) -> set[str]:
+    return set(inspect.signature(module.forward).parameters)
+
+
+def load_tokenizer(folder: Path):
+    """The folder's tokenizer, or None when it carries no tokenizer files."""
+    if not any((folder / f).exists() for f in TOKENIZER_FILES + ("tokenizer_config.json",)):
+        return None
+    from transformers import AutoTokenizer
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True)
+    except Exception as e:  # a broken tokenizer is an input problem the user must see
+        raise CheckpointError(f"The tokenizer files in {folder} could not be loaded: {e}") from e
+
+
+def text_inputs_for(module: torch.nn.Module, config, tokenizer) -> list[ModelInput]:
+    """The text tensors this model takes: ids, mask, and token_type_ids only where it is used."""
+    params = _forward_params(module)
+    inputs = [ModelInput(INPUT_IDS, INPUT_IDS)]
+    if "attention_mask" in params:
+        inputs.append(ModelInput(ATTENTION_MASK, ATTENTION_MASK))
+    tok_names = getattr(tokenizer, "model_input_names", ["token_type_ids"]) if tokenizer else []
+    if ("token_type_ids" in params and getattr(config, "type_vocab_size", 0) > 1
+            and "token_type_ids" in tok_names):
+        inputs.append(ModelInput(TOKEN_TYPE_IDS, TOKEN_TYPE_IDS, required=False))
+    return inputs
+
+
+def make_adapter(output_names: list[str]):
+    """Call a transformers model with keyword tensors and return the named outputs as a tuple."""
+    def adapter(module, named):
+        out = module(**named, return_dict=True)
+        return tuple(out[name] for name in output_names)
+    return adapter
+
+
+def load_folder(folder: Path, shown_path: str | None = None) -> LoadedModel:
+    """Load a Hugging Face model folder. Never runs remote code; weights load without pickle code."""
+    import transformers
+    from transformers import AutoConfig
+    transformers.utils.logging.disable_progress_bar()
+
+    if not any((folder / f).exists() for f in WEIGHT_FILES):
+        found = sorted(p.name for p in folder.iterdir())[:20]
+        raise CheckpointError(f"{shown_path or folder} has a config.json but no weights "
+                              f"(looked for {', '.join(WEIGHT_FILES)}; found: {', '.join(found) or 'nothing'}).")
+    try:
+        config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True)
+    except Exception as e:
+        raise CheckpointError(f"config.json in {shown_path or folder} is not a config transformers knows: {e}") from e
+    auto_name, outputs, out_kind = _task(config)
+    auto_cls = getattr(transformers, auto_name)
+    try:
+        module = auto_cls.from_pretrained(str(folder), config=config, trust_remote_code=False,
+                                          local_files_only=True, attn_implementation="eager")
+    except Exception as e:
+        raise CheckpointError(f"Could not load the weights in {shown_path or folder} as "
+                              f"{auto_name} ({config.model_type}): {e}") from e
+    module = module.to("cpu").eval()
+    tokenizer = load_tokenizer(folder)
+    return LoadedModel(
+        kind="hf",
+        path=shown_path or str(folder),
+        module=module,
+        adapter=make_adapter(outputs),
+        inputs=text_inputs_for(module, config, tokenizer),
+        output_names=list(outputs),
+        output_kinds={o: out_kind for o in outputs},
+        tokenizer=tokenizer,
+        info={"architecture": type(module).__name__, "model_type": config.model_type,
+              "task": auto_name.replace("AutoModel", "").replace("For", "") or "encoder",
+              "labels": [config.id2label[i] for i in sorted(config.id2label)]
+              if out_kind == "logits" and getattr(config, "id2label", None) and auto_name.endswith("SequenceClassification")
+              else None},
+    )
