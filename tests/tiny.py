@@ -30,7 +30,7 @@ def write_vocab(folder: Path) -> Path:
 
 def bert_tokenizer(folder: Path):
     from transformers import BertTokenizerFast
-    return BertTokenizerFast(vocab_file=str(write_vocab(folder)), do_lower_case=True)
+    return BertTokenizerFast(vocab=str(write_vocab(folder)), do_lower_case=True)
 
 
 def vocab_size() -> int:

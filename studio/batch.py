@@ -1,0 +1,886 @@
+"""Sample file + role mapping -> named tensors.
+
+A person uploads a few real rows (CSV / TSV / JSON / JSONL) and says which columns are text, which are
+tabular (numeric features) and which to ignore. This module reads the file without guessing away
+information (zero-padded ids stay strings), describes and suggests roles for each column, and turns the
+mapping into the named tensors the model takes (tokenizing text, coercing tabular values).
+
+Row numbers in messages are 1-based and count data rows only (the header is not counted), so
+"row 3" is the third record of a JSON file or the third line under the header of a CSV file.
+"""
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .errors import BatchError
+from .spec import ROLES
+from .sources.base import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, LoadedModel, ModelInput
+
+ROW_CONVENTION = "1-based, header not counted"
+
+CSV_SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": None}
+JSON_SUFFIXES = (".json",)
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+SUPPORTED_SUFFIXES = tuple(CSV_SUFFIXES) + JSON_SUFFIXES + JSONL_SUFFIXES
+SNIFF_DELIMITERS = ",\t;|"
+
+# Cells holding one of these count as empty in number / bool / vector columns (never in text columns).
+NA_TOKENS = {"na", "n/a", "nan", "null", "none", "-nan"}
+_NUMBER_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+_LEADING_ZERO_RE = re.compile(r"^[+-]?0\d")
+_INT_RE = re.compile(r"^[+-]?\d+$")
+_CODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.:/#]*$")
+_MAX_EXACT_DIGITS = 15  # longer digit strings are identifiers: a float would lose digits
+
+ID_TOKENS = {"id", "ids", "uuid", "guid", "key", "pk"}
+LABEL_NAMES = {"label", "labels", "target", "targets", "y", "class", "classes", "gold"}
+LABEL_TOKENS = {"label", "labels", "target", "class"}
+INDEX_NAMES = {"index", "idx", ""}
+
+# "Long / free text": several words on average, a long average length, or some long values.
+TEXT_MEAN_WORDS, TEXT_MEAN_CHARS, TEXT_MAX_WORDS = 3.0, 25.0, 6
+EXAMPLE_CHARS = 60
+
+
+# --------------------------------------------------------------------------------------------------
+# Public types
+
+
+@dataclass
+class ColumnInfo:
+    """What the studio sees in one column (shown in the app's role table and the CLI)."""
+
+    name: str
+    detected: str  # "text" | "number" | "bool" | "vector" | "id" | "empty" | "other"
+    example: str  # first non-empty value, shortened for display
+    suggested: str  # "text" | "tabular" | "ignore"
+    reason: str = ""  # why that suggestion, in a few words
+    missing: int = 0  # empty cells
+
+
+@dataclass
+class Batch:
+    """Named tensors built from a sample file and a role mapping."""
+
+    tensors: dict[str, torch.Tensor]  # graph input name -> tensor, in model.inputs order (only inputs fed)
+    roles: dict[str, str]  # final role of EVERY column in the file, in file order
+    rows: int
+    text_columns: list[str]
+    tabular: dict[str, str]  # graph input name -> column feeding it
+    ignored: dict[str, list]  # ignored column -> JSON-able values per row (shown beside predictions)
+    tokenizer_settings: dict  # {"max_length", "padding", "truncation", "id_dtype", "pair": bool}
+    file: str
+    widths: dict[str, int] = field(default_factory=dict)  # tabular graph input -> features per row
+
+
+# --------------------------------------------------------------------------------------------------
+# Cells and columns
+
+
+def _is_missing(v: Any) -> bool:
+    if v is None or v is pd.NA or v is pd.NaT:
+        return True
+    if isinstance(v, (float, np.floating)):
+        return bool(np.isnan(v))
+    if isinstance(v, str):
+        return not v.strip()
+    return False
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def _parse_number_str(s: str) -> int | float | None:
+    """A number written in a cell, or None. Zero-padded and over-long integers are not numbers (ids)."""
+    t = s.strip()
+    if not _NUMBER_RE.match(t) or _LEADING_ZERO_RE.match(t):
+        return None
+    if _INT_RE.match(t):
+        if len(t.lstrip("+-")) > _MAX_EXACT_DIGITS:
+            return None
+        return int(t)
+    return float(t)
+
+
+def _parse_vector_str(s: str) -> list | None:
+    """A JSON array of numbers written in a cell ("[1, 2.5]"), or None."""
+    t = s.strip()
+    if not (t.startswith("[") and t.endswith("]")):
+        return None
+    try:
+        v = json.loads(t)
+    except ValueError:
+        return None
+    return v if isinstance(v, list) and _numeric_list(v) else None
+
+
+def _numeric_list(v: Iterable) -> bool:
+    return all(_is_number(x) or isinstance(x, (bool, np.bool_)) or x is None for x in v)
+
+
+def _cell_kind(v: Any) -> str:
+    """missing | na | bool | number | vector | str | other."""
+    if _is_missing(v):
+        return "missing"
+    if isinstance(v, (bool, np.bool_)):
+        return "bool"
+    if _is_number(v):
+        return "number"
+    if isinstance(v, np.ndarray):
+        return "vector" if v.ndim == 1 and _numeric_list(v.tolist()) else "other"
+    if isinstance(v, (list, tuple)):
+        return "vector" if _numeric_list(v) else "other"
+    if isinstance(v, str):
+        t = v.strip()
+        low = t.lower()
+        if low in ("true", "false"):
+            return "bool"
+        if low in NA_TOKENS:
+            return "na"
+        if _parse_number_str(t) is not None:
+            return "number"
+        if _parse_vector_str(t) is not None:
+            return "vector"
+        return "str"
+    return "other"
+
+
+def _convert(v: Any, kind: str) -> Any:
+    if kind == "bool":
+        return bool(v) if not isinstance(v, str) else v.strip().lower() == "true"
+    if kind == "number":
+        return _parse_number_str(v) if isinstance(v, str) else v.item() if isinstance(v, np.generic) else v
+    if kind == "vector":
+        return _parse_vector_str(v) if isinstance(v, str) else [_jsonable(x) for x in v]
+    return v
+
+
+def _column_kind(values: list) -> tuple[str, list[str]]:
+    """The value kind of a whole column (before name rules) and each cell's kind."""
+    kinds = [_cell_kind(v) for v in values]
+    present = set(kinds) - {"missing"}
+    if not present or present == {"na"}:
+        return "empty", kinds
+    typed = present - {"na"}
+    if len(typed) == 1 and typed <= {"bool", "number", "vector"}:
+        return typed.pop(), kinds
+    if present <= {"str", "number", "na", "bool"} and "str" in present:
+        return "text", kinds
+    return "other", kinds
+
+
+def _normalize(values: list) -> pd.Series:
+    """One column, from raw cells (CSV strings or JSON values) to a typed series.
+
+    bool / number / vector columns are converted when every non-empty cell is of that kind; otherwise the
+    cells stay as written (strings stay strings), with empty cells as missing.
+    """
+    kind, kinds = _column_kind(values)
+    if kind in ("bool", "number", "vector"):
+        out = [None if k in ("missing", "na") else _convert(v, kind) for v, k in zip(values, kinds)]
+    elif kind == "empty":
+        out = [None] * len(values)
+    else:
+        out = [None if k == "missing" else v for v, k in zip(values, kinds)]
+    if kind == "vector":
+        s = pd.Series([None] * len(out), dtype=object)
+        for i, v in enumerate(out):
+            s.iat[i] = v
+        return s
+    if kind == "empty":
+        return pd.Series(out, dtype=object)
+    return pd.Series(out)
+
+
+def _tokens(name: str) -> list[str]:
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name)
+    spaced = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", spaced)
+    return [t for t in re.split(r"[^A-Za-z0-9]+", spaced.lower()) if t]
+
+
+def _id_like_name(name: str) -> bool:
+    low = name.strip().lower()
+    if low in INDEX_NAMES or low.startswith("unnamed:"):
+        return True
+    toks = _tokens(name)
+    return bool(toks) and (toks[-1] in ID_TOKENS or low.endswith(("uuid", "guid")))
+
+
+def _label_like_name(name: str) -> bool:
+    low = name.strip().lower()
+    toks = _tokens(name)
+    return low in LABEL_NAMES or (bool(toks) and (toks[-1] in LABEL_TOKENS or toks[0] == "label"))
+
+
+def _code_like(values: list[str]) -> bool:
+    """Unique short alphanumeric codes with digits (order numbers, uuids, SKUs)."""
+    vals = [v.strip() for v in values]
+    return (bool(vals) and len(set(vals)) == len(vals)
+            and all(len(v) <= 64 and _CODE_RE.match(v) and any(c.isdigit() for c in v) for v in vals))
+
+
+def _free_text(values: list[str]) -> bool:
+    if not values:
+        return False
+    words = [len(v.split()) for v in values]
+    return (sum(words) / len(words) >= TEXT_MEAN_WORDS
+            or sum(len(v) for v in values) / len(values) >= TEXT_MEAN_CHARS
+            or max(words) >= TEXT_MAX_WORDS)
+
+
+def _shorten(v: Any, limit: int = EXAMPLE_CHARS) -> str:
+    if isinstance(v, (list, tuple, np.ndarray)):
+        s = json.dumps(_jsonable(list(v)))
+    elif isinstance(v, dict):
+        s = json.dumps(_jsonable(v))
+    elif isinstance(v, (float, np.floating)) and float(v).is_integer():
+        s = str(int(v))
+    else:
+        s = str(_jsonable(v))
+    s = " ".join(s.split())
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def _jsonable(v: Any) -> Any:
+    """A value JSON can hold: numpy -> python, NaN -> None, containers recursively."""
+    if v is None or v is pd.NA or v is pd.NaT:
+        return None
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float):
+        return None if math.isnan(v) else v if math.isfinite(v) else str(v)
+    if isinstance(v, (str, int, bool)):
+        return v
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return [_jsonable(x) for x in (v.tolist() if isinstance(v, np.ndarray) else v)]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (pd.Timestamp, pd.Timedelta)):
+        return v.isoformat()
+    return str(v)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+
+
+def _err(file: str, message: str, **kw) -> BatchError:
+    return BatchError(f"{file}: {message}" if file else message, file=file or None, **kw)
+
+
+def read_sample(path) -> pd.DataFrame:
+    """Read a sample file (CSV, TSV, JSON, JSONL) into a frame. Raises BatchError naming the file.
+
+    Every cell is read as written and typed per column afterwards: a column becomes numbers only when
+    every non-empty cell is a plain number (zero-padded codes like "00123" keep the column as strings),
+    bools when every cell is true/false, lists when every cell is a JSON array of numbers. The same
+    content gives the same frame whatever the format. `df.attrs["file"]` holds the file name.
+    """
+    p = Path(path).expanduser()
+    name = p.name or str(path)
+    if not p.exists():
+        raise _err(name, f"sample file {p} does not exist.")
+    if p.is_dir():
+        raise _err(name, f"{p} is a folder, not a sample file.")
+    suffix = p.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise _err(name, f"unsupported sample file type {suffix or '(no extension)'!r}.",
+                   hint=f"Supported: {', '.join(SUPPORTED_SUFFIXES)} (CSV/TSV with a header row, "
+                        "JSON records or columns, JSON Lines).")
+    raw = p.read_bytes()
+    if not raw.strip():
+        raise _err(name, "the file is empty.")
+    if b"\x00" in raw[:8192]:
+        raise _err(name, "the file is binary, not text (a spreadsheet?).",
+                   hint="Export it as CSV (UTF-8) or JSON.")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")  # never fails; Excel-style exports are usually cp1252/latin-1
+
+    if suffix in CSV_SUFFIXES:
+        columns = _read_delimited(text, CSV_SUFFIXES[suffix], name)
+    elif suffix in JSONL_SUFFIXES:
+        columns = _read_jsonl(text, name)
+    else:
+        columns = _read_json(text, name)
+    df = _frame(columns, name)
+    df.attrs["file"] = name
+    return df
+
+
+def _frame(columns: dict[str, list], name: str) -> pd.DataFrame:
+    if not columns:
+        raise _err(name, "no columns found.")
+    rows = len(next(iter(columns.values())))
+    if rows == 0:
+        raise _err(name, "the file has no data rows (only a header, or an empty list).")
+    return pd.DataFrame({c: _normalize(v) for c, v in columns.items()}, index=pd.RangeIndex(rows))
+
+
+def _check_names(names: list[str], name: str) -> list[str]:
+    out = []
+    for i, n in enumerate(names):
+        n = "" if n is None or (isinstance(n, float) and math.isnan(n)) else str(n).strip()
+        out.append(n or f"Unnamed: {i}")
+    dupes = sorted({n for n in out if out.count(n) > 1})
+    if dupes:
+        raise _err(name, f"duplicate column name(s): {', '.join(map(repr, dupes))}.",
+                   column=dupes[0], hint="Rename the columns so that each name is unique.")
+    return out
+
+
+def _pick_delimiter(text: str, default: str | None) -> str:
+    header = next((ln for ln in text.splitlines() if ln.strip()), "")
+    if default == "\t":
+        return "\t"
+    if default == "," and ("," in header or not any(d in header for d in ";\t|")):
+        return ","
+    # Unsure (.txt, or a .csv whose header has no comma): sniff, then fall back to the header's counts.
+    try:
+        return csv.Sniffer().sniff(text[:65536], delimiters=SNIFF_DELIMITERS).delimiter
+    except csv.Error:
+        counts = {d: header.count(d) for d in SNIFF_DELIMITERS}
+        best = max(counts, key=counts.get)
+        return best if counts[best] else ","
+
+
+def _read_delimited(text: str, default: str | None, name: str) -> dict[str, list]:
+    sep = _pick_delimiter(text, default)
+    try:
+        raw = pd.read_csv(io.StringIO(text), sep=sep, header=None, dtype=str, keep_default_na=False,
+                          skip_blank_lines=True)
+    except pd.errors.EmptyDataError as e:
+        raise _err(name, f"the file is empty ({e}).") from e
+    except (pd.errors.ParserError, ValueError, csv.Error) as e:
+        msg = " ".join(str(e).split())
+        m = re.search(r"line (\d+)", msg)
+        where = f" (file line {m.group(1)})" if m else ""
+        raise _err(name, f"could not be parsed as {'tab' if sep == chr(9) else repr(sep)}-separated "
+                         f"text{where}: {msg}",
+                   hint="Check quoting and that every row has as many fields as the header.") from e
+    if raw.shape[0] == 0:
+        raise _err(name, "the file is empty.")
+    names = _check_names(raw.iloc[0].tolist(), name)
+    body = raw.iloc[1:]
+    return {n: body.iloc[:, i].tolist() for i, n in enumerate(names)}
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs):
+    seen: dict = {}
+    for k, v in pairs:
+        if k in seen:
+            raise _DuplicateKey(k)
+        seen[k] = v
+    return seen
+
+
+def _loads(text: str):
+    return json.loads(text, object_pairs_hook=_no_duplicates)
+
+
+def _read_json(text: str, name: str) -> dict[str, list]:
+    try:
+        obj = _loads(text)
+    except _DuplicateKey as e:
+        raise _err(name, f"duplicate column name {e.args[0]!r} (a key repeated in one object).",
+                   column=str(e.args[0])) from e
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # several JSON values one after another: JSON Lines with a .json name
+            try:
+                return _read_jsonl(text, name)
+            except BatchError:
+                pass
+        raise _err(name, f"is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}.",
+                   hint="Expected an array of records [{...}, ...], columns {\"col\": [...]}, "
+                        "or {\"data\": [records]}.") from e
+    return _json_columns(obj, name)
+
+
+def _read_jsonl(text: str, name: str) -> dict[str, list]:
+    records = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = _loads(line)
+        except _DuplicateKey as e:
+            raise _err(name, f"line {lineno}: duplicate column name {e.args[0]!r}.", column=str(e.args[0])) from e
+        except json.JSONDecodeError as e:
+            raise _err(name, f"line {lineno} is not valid JSON: {e.msg} (column {e.colno}).") from e
+        if not isinstance(rec, dict):
+            raise _err(name, f"line {lineno} holds a JSON {type(rec).__name__}, expected an object "
+                             "(one record per line).")
+        records.append(rec)
+    if not records:
+        raise _err(name, "the file has no records.")
+    return _records(records, name)
+
+
+def _records(records: list, name: str, what: str = "item") -> dict[str, list]:
+    if not records:
+        raise _err(name, "the file has no data rows (an empty list of records).")
+    cols: dict[str, None] = {}
+    for i, rec in enumerate(records, 1):
+        if not isinstance(rec, dict):
+            raise _err(name, f"{what} {i} is a JSON {type(rec).__name__}, expected an object with one "
+                             "key per column.", row=i)
+        for k in rec:
+            cols.setdefault(str(k), None)
+    return {c: [rec.get(c) for rec in records] for c in cols}
+
+
+def _json_columns(obj: Any, name: str) -> dict[str, list]:
+    if isinstance(obj, list):
+        return _records(obj, name)
+    if not isinstance(obj, dict):
+        raise _err(name, f"holds a JSON {type(obj).__name__}; expected an array of records or an object "
+                         "of columns.")
+    for key in ("data", "rows", "records"):
+        data = obj.get(key)
+        if not isinstance(data, list):
+            continue
+        split = isinstance(obj.get("columns"), list) and all(isinstance(r, list) for r in data)
+        if split or (data and all(isinstance(r, dict) for r in data)):
+            if split:
+                # pandas orient="split": {"columns": [...], "data": [[...], ...]}
+                names = _check_names(obj["columns"], name)
+                for i, r in enumerate(data, 1):
+                    if len(r) != len(names):
+                        raise _err(name, f"row {i} ({ROW_CONVENTION}) has {len(r)} values, "
+                                         f"expected {len(names)} (one per column).", row=i)
+                return {n: [r[j] for r in data] for j, n in enumerate(names)}
+            return _records(data, name, what=f'"{key}" item')
+    if not obj:
+        raise _err(name, "the JSON object is empty.")
+    values = list(obj.values())
+    if all(isinstance(v, list) for v in values):  # {"col": [..], ...}
+        lengths = {k: len(v) for k, v in obj.items()}
+        if len(set(lengths.values())) > 1:
+            raise _err(name, "columns have different lengths: "
+                             + ", ".join(f"{k!r}: {n}" for k, n in lengths.items()) + ".")
+        return {str(k): list(v) for k, v in obj.items()}
+    if all(isinstance(v, dict) for v in values):  # pandas orient="columns": {"col": {"0": v, ...}}
+        index: dict[str, None] = {}
+        for v in values:
+            for k in v:
+                index.setdefault(k, None)
+        return {str(c): [v.get(k) for k in index] for c, v in obj.items()}
+    if not any(isinstance(v, (list, dict)) for v in values):  # one record
+        return {str(k): [v] for k, v in obj.items()}
+    raise _err(name, "mixes lists and single values at the top level; expected an array of records, "
+                     "an object of equal-length column lists, or {\"data\": [records]}.")
+
+
+# --------------------------------------------------------------------------------------------------
+# Describing and suggesting
+
+
+def _prepared(df: pd.DataFrame, file: str) -> pd.DataFrame:
+    if not isinstance(df, pd.DataFrame):
+        raise BatchError(f"Expected a pandas DataFrame, got {type(df).__name__}.", file=file or None)
+    names = [str(c) for c in df.columns]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise _err(file, f"duplicate column name(s): {', '.join(map(repr, dupes))}.", column=dupes[0])
+    if list(df.columns) != names or not isinstance(df.index, pd.RangeIndex) or df.index.start != 0:
+        df = df.copy()
+        df.columns = names
+        df.index = pd.RangeIndex(len(df))
+    return df
+
+
+def _describe(name: str, series: pd.Series) -> ColumnInfo:
+    values = series.tolist()
+    kind, kinds = _column_kind(values)
+    missing = sum(k in ("missing", "na") for k in kinds) if kind != "text" else kinds.count("missing")
+    first = next((v for v, k in zip(values, kinds) if k not in ("missing", "na")), None)
+    example = "" if first is None else _shorten(first)
+    strings = [str(v) for v, k in zip(values, kinds) if k not in ("missing",)]
+    detected = kind
+    if kind == "text" and _code_like(strings):
+        detected = "id"
+    if _id_like_name(name) and kind != "empty":
+        detected = "id"
+    if detected == "empty":
+        return ColumnInfo(name, detected, example, "ignore", "no values", missing)
+    if detected == "id":
+        why = "name looks like an identifier" if _id_like_name(name) else "unique short codes"
+        return ColumnInfo(name, detected, example, "ignore", why, missing)
+    if _label_like_name(name):
+        return ColumnInfo(name, detected, example, "ignore", "name looks like a label/target", missing)
+    if kind in ("number", "bool", "vector"):
+        return ColumnInfo(name, detected, example, "tabular", f"{kind} values", missing)
+    if kind == "text":
+        if _free_text(strings):
+            return ColumnInfo(name, detected, example, "text", "free text (several words)", missing)
+        return ColumnInfo(name, detected, example, "ignore", "short strings (a category?)", missing)
+    return ColumnInfo(name, detected, example, "ignore", "mixed or nested values", missing)
+
+
+def describe_columns(df: pd.DataFrame) -> list[ColumnInfo]:
+    """What each column holds and the role the studio suggests for it, in file order."""
+    df = _prepared(df, df.attrs.get("file", "") if isinstance(df, pd.DataFrame) else "")
+    return [_describe(c, df[c]) for c in df.columns]
+
+
+def suggest_roles(df: pd.DataFrame, model: LoadedModel | None = None) -> dict[str, str]:
+    """Suggested role per column. With `model`, suggestions also fit what the model takes (a text model
+    gets its best text column, columns the model cannot take are ignored)."""
+    if model is None:
+        return {c.name: c.suggested for c in describe_columns(df)}
+    return _resolve_roles(_prepared(df, df.attrs.get("file", "")), model, {})
+
+
+def _resolve_roles(df: pd.DataFrame, model: LoadedModel, explicit: dict[str, str]) -> dict[str, str]:
+    """Final role per column: explicit roles win; the others get the suggestion adjusted to the model."""
+    infos = {c.name: c for c in describe_columns(df)}
+    roles = {c: explicit.get(c, infos[c].suggested) for c in df.columns}
+    free = [c for c in df.columns if c not in explicit]
+
+    takes_text = bool(model.text_inputs)
+    # a checkpoint that names its text column (the multimodal loader puts it in info["text_field"])
+    text_field = (model.info or {}).get("text_field") if isinstance(model.info, dict) else None
+    if takes_text and text_field in free and "text" not in explicit.values():
+        for c in free:
+            if roles[c] == "text":
+                roles[c] = "ignore"
+        roles[text_field] = "text"
+    elif not takes_text or "text" in explicit.values():
+        for c in free:
+            if roles[c] == "text":
+                roles[c] = "ignore"
+    elif not any(r == "text" for r in roles.values()):
+        # the model needs text and nothing looks like free text: take the wordiest string column
+        cands = [c for c in free if infos[c].detected == "text" and not _label_like_name(c)]
+        if cands:
+            def words(c):
+                vals = [str(v) for v in df[c].tolist() if not _is_missing(v)]
+                return sum(len(v.split()) for v in vals) / max(len(vals), 1)
+            roles[max(cands, key=words)] = "text"
+
+    tab_inputs = model.tabular_inputs
+    named = {i.column for i in tab_inputs if i.column}
+    for c in free:
+        if c in named:
+            roles[c] = "tabular"
+        elif roles[c] == "tabular" and (not tab_inputs or all(i.column for i in tab_inputs)):
+            roles[c] = "ignore"
+    return roles
+
+
+# --------------------------------------------------------------------------------------------------
+# Building tensors
+
+
+def _row(i: int) -> str:
+    return f"row {i + 1} ({ROW_CONVENTION})"
+
+
+def _string_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in df.columns if _column_kind(df[c].tolist())[0] == "text"]
+
+
+def _texts(df: pd.DataFrame, col: str, file: str) -> list[str]:
+    out = []
+    for i, v in enumerate(df[col].tolist()):
+        if _is_missing(v):
+            raise _err(file, f"column {col!r}, {_row(i)}: the text is empty.", column=col, row=i + 1,
+                       hint="Fill the cell or drop the row; every row needs text.")
+        if isinstance(v, (list, tuple, dict, np.ndarray)):
+            raise _err(file, f"column {col!r}, {_row(i)}: {_shorten(v)} is not text.", column=col, row=i + 1)
+        if isinstance(v, np.generic):
+            v = v.item()
+        out.append(v if isinstance(v, str) else str(v))
+    return out
+
+
+def _tokenize(df: pd.DataFrame, model: LoadedModel, text_cols: list[str], spec: Any, file: str,
+              id_dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], dict]:
+    tok = model.tokenizer
+    max_length = int(getattr(spec, "max_length", 128))
+    model_max = getattr(tok, "model_max_length", None)
+    if isinstance(model_max, int) and 0 < model_max < 1_000_000 and model_max < max_length:
+        max_length = model_max  # never ask for more positions than the tokenizer says the model has
+    settings = {"max_length": max_length, "padding": "longest", "truncation": True,
+                "id_dtype": getattr(spec, "id_dtype", "int64"), "pair": len(text_cols) == 2}
+    kinds = {i.kind for i in model.text_inputs}
+    first = _texts(df, text_cols[0], file)
+    second = _texts(df, text_cols[1], file) if len(text_cols) == 2 else None
+    if getattr(tok, "pad_token", "") is None and len(first) > 1:
+        raise _err(file, "the tokenizer has no padding token, so rows of different lengths cannot be "
+                         "batched.", hint="Use a one-row sample, or a checkpoint whose tokenizer defines "
+                                          "pad_token.")
+    try:
+        enc = tok(first, second, padding=settings["padding"] if len(first) > 1 else False,
+                  truncation=True, max_length=max_length, return_tensors="pt",
+                  return_attention_mask=ATTENTION_MASK in kinds,
+                  return_token_type_ids=True if TOKEN_TYPE_IDS in kinds else None)
+    except Exception as e:  # a tokenizer failure is an input problem the user must see
+        raise _err(file, f"the tokenizer failed on column(s) {', '.join(map(repr, text_cols))}: "
+                         f"{type(e).__name__}: {e}") from e
+    ids = enc["input_ids"]
+    by_kind = {
+        INPUT_IDS: ids,
+        ATTENTION_MASK: enc.get("attention_mask") if enc.get("attention_mask") is not None
+        else torch.ones_like(ids),
+        TOKEN_TYPE_IDS: enc.get("token_type_ids") if enc.get("token_type_ids") is not None
+        else torch.zeros_like(ids),
+    }
+    tensors = {i.name: torch.as_tensor(by_kind[i.kind]).to(id_dtype).contiguous()
+               for i in model.text_inputs if i.kind in by_kind}
+    return tensors, settings
+
+
+def _tabular_values(df: pd.DataFrame, col: str, fill: float | None, file: str) -> np.ndarray:
+    """One tabular column -> float32 [rows, width]."""
+    series = df[col]
+    has_na = bool(series.isna().any())
+    if pd.api.types.is_bool_dtype(series.dtype) and not has_na:
+        return np.array(series.to_numpy(dtype=np.float32), dtype=np.float32).reshape(-1, 1)
+    if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype):
+        arr = np.array(series.to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64).reshape(-1, 1)
+        bad = np.where(~np.isfinite(arr[:, 0]))[0]
+        for i in bad:
+            if np.isnan(arr[i, 0]) and fill is not None:
+                arr[i, 0] = fill
+            else:
+                _bad_cell(file, col, int(i), series.iat[int(i)], fill)
+        return arr.astype(np.float32)
+
+    rows: list[list[float] | None] = []
+    scalar_rows, vector_rows = [], []
+    for i, v in enumerate(series.tolist()):
+        kind = _cell_kind(v)
+        if kind in ("missing", "na"):
+            if fill is None:
+                _bad_cell(file, col, i, v, fill)
+            rows.append(None)
+            continue
+        if kind == "bool":
+            rows.append([1.0 if _convert(v, "bool") else 0.0]); scalar_rows.append(i)
+        elif kind == "number":
+            x = float(_convert(v, "number"))
+            if not math.isfinite(x):
+                _bad_cell(file, col, i, v, fill)
+            rows.append([x]); scalar_rows.append(i)
+        elif kind == "vector":
+            vec = _convert(v, "vector")
+            if not vec:
+                raise _err(file, f"column {col!r}, {_row(i)}: the list is empty.", column=col, row=i + 1)
+            vals = []
+            for j, x in enumerate(vec):
+                if x is None or (isinstance(x, float) and math.isnan(x)):
+                    if fill is None:
+                        raise _err(file, f"column {col!r}, {_row(i)}: element {j + 1} of the list is empty.",
+                                   column=col, row=i + 1, hint="Set a fill value for empty cells, or fix it.")
+                    x = fill
+                x = float(x)
+                if not math.isfinite(x):
+                    raise _err(file, f"column {col!r}, {_row(i)}: element {j + 1} of the list is {x}, "
+                                     "not a finite number.", column=col, row=i + 1)
+                vals.append(x)
+            rows.append(vals); vector_rows.append(i)
+        else:
+            _bad_cell(file, col, i, v, fill)
+    if scalar_rows and vector_rows:
+        i = vector_rows[0] if vector_rows[0] > scalar_rows[0] else scalar_rows[0]
+        raise _err(file, f"column {col!r} mixes single numbers ({_row(scalar_rows[0])}) and lists "
+                         f"({_row(vector_rows[0])}); every row needs the same number of features.",
+                   column=col, row=i + 1)
+    widths = {len(r) for r in rows if r is not None}
+    if len(widths) > 1:
+        w0 = len(next(r for r in rows if r is not None))
+        i = next(i for i, r in enumerate(rows) if r is not None and len(r) != w0)
+        raise _err(file, f"column {col!r}, {_row(i)}: the list has {len(rows[i])} numbers but earlier rows "
+                         f"have {w0} (ragged lists).", column=col, row=i + 1,
+                   hint="Every row of a vector column needs the same length.")
+    width = widths.pop() if widths else 1
+    return np.asarray([r if r is not None else [fill] * width for r in rows], dtype=np.float32).reshape(-1, width)
+
+
+def _bad_cell(file: str, col: str, i: int, v: Any, fill: float | None):
+    if _is_missing(v) or (isinstance(v, str) and v.strip().lower() in NA_TOKENS):
+        raise _err(file, f"column {col!r}, {_row(i)}: the value is empty ({_shorten(v)!r}) and the column "
+                         "is mapped tabular.", column=col, row=i + 1,
+                   hint="Fill the cell, drop the row, set a fill value for empty cells "
+                        "(--fill-value in the CLI), or map the column to ignore.")
+    raise _err(file, f"column {col!r}, {_row(i)}: {_shorten(v)!r} is not a number, true/false, or a list "
+                     "of numbers.", column=col, row=i + 1,
+               hint="Tabular columns take numbers, true/false, 0/1, or JSON arrays of numbers like "
+                    "[1, 2.5]; map the column to text or ignore otherwise.")
+
+
+def _describe_inputs(inputs: list[ModelInput]) -> str:
+    return ", ".join(f"{i.name!r} (column {i.column!r})" if i.column else f"{i.name!r} (any column)"
+                     for i in inputs) or "none"
+
+
+def _match_tabular(df: pd.DataFrame, model: LoadedModel, roles: dict[str, str], file: str) -> dict[str, str]:
+    """Graph input name -> column, in model.inputs order; only the inputs that are fed."""
+    tab_inputs = model.tabular_inputs
+    tab_cols = [c for c in df.columns if roles[c] == "tabular"]
+    cols_text = ", ".join(map(repr, df.columns))
+    feeds: dict[str, str] = {}
+    claimed: set[str] = set()
+    for inp in tab_inputs:
+        if not inp.column:
+            continue
+        if inp.column not in df.columns:
+            if inp.required:
+                raise _err(file, f"the model needs the tabular field {inp.column!r} (input {inp.name!r}), "
+                                 f"but the file has no such column. Columns in the file: {cols_text}.",
+                           column=inp.column, hint="Rename the column in the file to the field name the "
+                                                   "model was trained with.")
+            continue
+        if roles[inp.column] != "tabular":
+            if inp.required:
+                raise _err(file, f"column {inp.column!r} feeds the model's tabular input {inp.name!r} but is "
+                                 f"mapped {roles[inp.column]!r}.", column=inp.column,
+                           hint=f"Map it tabular (--role {inp.column}=tabular).")
+            continue
+        feeds[inp.name] = inp.column
+        claimed.add(inp.column)
+    rest_cols = [c for c in tab_cols if c not in claimed]
+    rest_inputs = [i for i in tab_inputs if not i.column]
+    if len(rest_cols) > len(rest_inputs):
+        extra = rest_cols[len(rest_inputs):] if rest_inputs else rest_cols
+        raise _err(file, f"column(s) {', '.join(map(repr, extra))} are mapped tabular, but the model takes "
+                         f"tabular fields: {_describe_inputs(tab_inputs)}.", column=extra[0],
+                   hint="Map the extra column(s) to ignore (e.g. --role "
+                        f"{extra[0]}=ignore).")
+    missing = [i for i in rest_inputs[len(rest_cols):] if i.required]
+    if missing:
+        raise _err(file, f"the model needs {len(rest_inputs)} tabular column(s) for input(s) "
+                         f"{_describe_inputs(rest_inputs)}, but {len(rest_cols)} "
+                         f"{'is' if len(rest_cols) == 1 else 'are'} mapped tabular"
+                         f"{': ' + ', '.join(map(repr, rest_cols)) if rest_cols else ''}.",
+                   hint="Map more numeric columns to tabular (they feed the inputs in file order).")
+    for inp, col in zip(rest_inputs, rest_cols):
+        feeds[inp.name] = col
+    return {i.name: feeds[i.name] for i in tab_inputs if i.name in feeds}
+
+
+def build_batch(df: pd.DataFrame, model: LoadedModel, roles: dict[str, str] | None, spec: Any,
+                file: str = "") -> Batch:
+    """Turn a sample frame and a role mapping into the named tensors `model` takes.
+
+    roles: column -> "text" | "tabular" | "ignore"; columns left out get the suggestion (which also
+    looks at what the model takes). spec: a ConvertSpec (max_length, id_dtype, fill_value are read).
+    Raises BatchError naming the file, column and row at fault.
+    """
+    file = file or (df.attrs.get("file", "") if isinstance(df, pd.DataFrame) else "")
+    df = _prepared(df, file)
+    rows = len(df)
+    if rows == 0:
+        raise _err(file, "the sample has no rows.")
+    explicit: dict[str, str] = {}
+    cols_text = ", ".join(map(repr, df.columns))
+    for col, role in (roles or {}).items():
+        col = str(col)
+        if col not in df.columns:
+            close = difflib.get_close_matches(col, list(df.columns), n=1)
+            raise _err(file, f"a role is given for column {col!r}, which is not in the file. "
+                             f"Columns in the file: {cols_text}.", column=col,
+                       hint=f"Did you mean {close[0]!r}?" if close else None)
+        r = str(role).strip().lower()
+        if r not in ROLES:
+            raise _err(file, f"role {role!r} for column {col!r} is not one of {', '.join(ROLES)}.", column=col)
+        explicit[col] = r
+    final = _resolve_roles(df, model, explicit)
+
+    id_dtype_name = getattr(spec, "id_dtype", "int64") or "int64"
+    if id_dtype_name not in ("int64", "int32"):
+        raise _err(file, f"id dtype {id_dtype_name!r} is not one of int64, int32.")
+    id_dtype = torch.int32 if id_dtype_name == "int32" else torch.int64
+    fill = getattr(spec, "fill_value", None)
+    fill = None if fill is None else float(fill)
+
+    # ---- text
+    text_cols = [c for c in df.columns if final[c] == "text"]
+    tensors: dict[str, torch.Tensor] = {}
+    settings = {"max_length": int(getattr(spec, "max_length", 128)), "padding": "longest",
+                "truncation": True, "id_dtype": id_dtype_name, "pair": False}
+    if text_cols:
+        if not model.text_inputs:
+            raise _err(file, f"column(s) {', '.join(map(repr, text_cols))} are mapped text, but the model "
+                             f"takes no text inputs (it takes: {_describe_inputs(model.inputs)}).",
+                       column=text_cols[0], hint=f"Map {text_cols[0]!r} to tabular or ignore.")
+        if model.tokenizer is None:
+            raise _err(file, f"column {text_cols[0]!r} is mapped text, but the checkpoint carries no "
+                             "tokenizer, so the text cannot be turned into token ids.", column=text_cols[0],
+                       hint="Include the tokenizer files (tokenizer.json / vocab.txt ...) with the checkpoint.")
+        limit = 1 if model.tabular_inputs else 2
+        if len(text_cols) > limit:
+            what = ("a text-only model takes one text column or a pair of two" if limit == 2
+                    else "a model with tabular inputs takes one text column")
+            raise _err(file, f"{len(text_cols)} columns are mapped text ({', '.join(map(repr, text_cols))}); "
+                             f"{what}.", column=text_cols[limit],
+                       hint=f"Map the others to ignore (e.g. --role {text_cols[limit]}=ignore).")
+        text_tensors, settings = _tokenize(df, model, text_cols, spec, file, id_dtype)
+        tensors.update(text_tensors)
+    elif any(i.required for i in model.text_inputs):
+        cands = _string_columns(df)
+        raise _err(file, "the model takes text, but no column is mapped text. "
+                         + (f"String columns in the file: {', '.join(map(repr, cands))}." if cands
+                            else f"The file has no string column (columns: {cols_text})."),
+                   hint=f"Map one with --role {cands[0]}=text." if cands else None)
+
+    # ---- tabular
+    feeds = _match_tabular(df, model, final, file)
+    by_name = {i.name: i for i in model.inputs}
+    widths: dict[str, int] = {}
+    for name, col in feeds.items():
+        arr = _tabular_values(df, col, fill, file)
+        want = by_name[name].width
+        if want is not None and arr.shape[1] != int(want):
+            raise _err(file, f"column {col!r} has {arr.shape[1]} feature(s) per row, but the model's input "
+                             f"{name!r} expects width {want}.", column=col,
+                       hint="A vector feature is written as a JSON array of numbers, e.g. [0.1, 0.2, 0.3].")
+        tensors[name] = torch.from_numpy(np.ascontiguousarray(arr))
+        widths[name] = int(arr.shape[1])
+
+    sizes = {n: int(t.shape[0]) for n, t in tensors.items()}
+    if len(set(sizes.values()) | {rows}) > 1:
+        raise _err(file, "tensors do not share the batch size: "
+                         + ", ".join(f"{n}: {s}" for n, s in sizes.items()) + f" (file rows: {rows}).")
+
+    ordered = {i.name: tensors[i.name] for i in model.inputs if i.name in tensors}
+    ignored = {c: [_jsonable(v) for v in df[c].tolist()] for c in df.columns if final[c] == "ignore"}
+    return Batch(tensors=ordered, roles=dict(final), rows=rows, text_columns=text_cols, tabular=feeds,
+                 ignored=ignored, tokenizer_settings=settings, file=file, widths=widths)
+
+
+def tile_rows(tensors: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    """Repeat (cycle) or cut rows so every tensor has batch size n. Used by the shape probes."""
+    n = int(n)
+    if n < 1:
+        raise BatchError(f"Cannot build a batch of {n} rows; need at least 1.")
+    if not tensors:
+        return {}
+    sizes = {k: (int(t.shape[0]) if t.dim() else None) for k, t in tensors.items()}
+    if None in sizes.values() or len(set(sizes.values())) != 1 or 0 in sizes.values():
+        raise BatchError("Cannot tile tensors that do not share a non-empty batch dimension: "
+                         + ", ".join(f"{k}: {s}" for k, s in sizes.items()) + ".")
+    b = next(iter(sizes.values()))
+    if n == b:
+        return dict(tensors)
+    idx = torch.arange(n) % b
+    return {k: t.index_select(0, idx) for k, t in tensors.items()}

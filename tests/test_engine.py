@@ -1,0 +1,152 @@
+"""End-to-end conversions of tiny real architectures, the demo and the multimodal model."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import DEMO
+
+from studio import ConvertSpec, convert
+from studio.pipeline import STAGES
+
+
+def _assert_verified(report, opset=18):
+    assert report.checker.ok, report.checker.message
+    assert report.parity.ok, report.parity.outputs
+    assert report.dynamic.ok, [p.message for p in report.dynamic.probes]
+    assert report.export.opset == opset and report.graph.opset == opset
+    assert report.ok and report.failed_checks == []
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert", "roberta", "deberta-v2"])
+def test_hf_architectures_convert_and_verify(arch, hf_folders, sample_csv, tmp_path):
+    out = tmp_path / "out"
+    report = convert(ConvertSpec(checkpoint=str(hf_folders[arch]), data=str(sample_csv), out=str(out),
+                                 latency_budget_s=0.1))
+    _assert_verified(report)
+    assert report.export.exporter == "dynamo"
+    assert report.roles == {"order_id": "ignore", "review": "text", "price": "ignore",
+                            "quantity": "ignore", "label": "ignore"}
+    names = [t.name for t in report.graph.inputs]
+    assert names[:2] == ["input_ids", "attention_mask"]
+    # token_type_ids only where the model uses it (BERT has 2 segment types; the others none)
+    assert ("token_type_ids" in names) == (arch == "bert")
+    assert report.graph.inputs[0].shape == ["batch", "sequence"]
+    assert report.graph.outputs[0].shape == ["batch", 3]
+    assert report.parity.outputs[0].argmax_agreement == 1.0
+    changed = {p.changed for p in report.dynamic.probes}
+    assert changed == {"batch", "sequence"}
+    assert any(p.batch == 1 for p in report.dynamic.probes)
+
+
+def test_output_folder_contract(hf_folders, sample_csv, tmp_path):
+    out = tmp_path / "out"
+    (out).mkdir()
+    (out / "keep.txt").write_text("user file")
+    stages = []
+    report = convert(ConvertSpec(checkpoint=str(hf_folders["bert"]), data=str(sample_csv), out=str(out),
+                                 exporter="torchscript", latency_budget_s=0.1),
+                     progress=lambda stage, frac: stages.append((stage, frac)))
+    for name in ("model.onnx", "report.json", "report.md", "inference_example.py", "sample_inputs.npz"):
+        assert (out / name).is_file(), name
+    assert (out / "keep.txt").read_text() == "user file"  # nothing else in the folder is touched
+    assert not list(tmp_path.glob(".out.partial-*"))
+    seen = [s for s, _ in stages]
+    assert seen[:3] == ["loading", "batch", "export"] and seen[-1] == "done"
+    assert set(seen) - {"done"} <= set(STAGES)
+    fracs = [f for _, f in stages]
+    assert fracs == sorted(fracs)
+
+    data = json.loads((out / "report.json").read_text())
+    assert data["schema"] == "onnx-studio/report" and data["schema_version"] == 1
+    for key in ("source", "roles", "export", "graph", "checker", "parity", "dynamic", "latency"):
+        assert key in data, key
+    assert data["source"]["kind"] == "hf"
+    assert set(data["export"]) >= {"exporter", "opset_requested", "opset", "seconds", "attempts"}
+    assert set(data["latency"]) >= {"torch_cpu", "ort_cpu", "ort_cuda", "torch_cuda", "cuda_unavailable_reason"}
+    assert data["latency"]["ort_cpu"]["p50_ms"] > 0
+    if data["latency"]["ort_cuda"] is None:
+        assert data["latency"]["cuda_unavailable_reason"]
+    # predictions sit beside the ignored id column
+    assert [p["order_id"] for p in data["predictions"]] == ["A-001", "A-002", "A-003", "A-004", "A-005"]
+    assert all("prediction" in p for p in data["predictions"])
+
+    md = (out / "report.md").read_text()
+    assert "Parity" in md and "Latency" in md
+
+    model = onnx.load(str(out / "model.onnx"))
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta["studio.roles"])["review"] == "text"
+    assert json.loads(meta["studio.tokenizer"])["max_length"] == 128
+    assert meta["studio.opset"] == "18"
+
+    npz = np.load(out / "sample_inputs.npz")
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert {i.name for i in sess.get_inputs()} == set(npz.files)
+
+    # the generated example runs as written, from another working directory
+    run = subprocess.run([sys.executable, str(out / "inference_example.py")], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "inputs match sample_inputs.npz: True" in run.stdout
+    assert run.stdout.count("row ") == 5
+
+
+def test_one_row_sample_keeps_batch_dynamic(hf_folders, tmp_path):
+    one = tmp_path / "one.jsonl"
+    one.write_text('{"id": "x1", "review": "great product fast"}\n')
+    report = convert(ConvertSpec(checkpoint=str(hf_folders["distilbert"]), data=str(one), out=str(tmp_path / "o"),
+                                 latency_budget_s=0.1))
+    _assert_verified(report)
+    assert report.graph.inputs[0].shape[0] == "batch"
+    assert any(p.batch > 1 for p in report.dynamic.probes if p.ok)
+
+
+def test_static_export_fixes_shapes_and_skips_probes(hf_folders, sample_csv, tmp_path):
+    report = convert(ConvertSpec(checkpoint=str(hf_folders["bert"]), data=str(sample_csv), out=str(tmp_path / "o"),
+                                 dynamic=(), exporter="torchscript", latency_budget_s=0.1))
+    assert report.checker.ok and report.parity.ok
+    assert all(isinstance(d, int) for t in report.graph.inputs for d in t.shape)
+    assert report.dynamic.ok is None and report.dynamic.probes == []
+    assert report.ok
+
+
+def test_int32_ids_and_opset_choice(hf_folders, sample_csv, tmp_path):
+    report = convert(ConvertSpec(checkpoint=str(hf_folders["bert"]), data=str(sample_csv), out=str(tmp_path / "o"),
+                                 id_dtype="int32", opset=17, exporter="torchscript", latency_budget_s=0.1))
+    _assert_verified(report, opset=17)
+    assert {t.dtype for t in report.graph.inputs} == {"int32"}
+
+
+def test_auto_exporter_reaches_an_older_opset(hf_folders, sample_csv, tmp_path):
+    """torch 2.13's new exporter writes opset 18 when 14 is asked: auto must notice and fall back."""
+    report = convert(ConvertSpec(checkpoint=str(hf_folders["bert"]), data=str(sample_csv), out=str(tmp_path / "o"),
+                                 opset=14, latency_budget_s=0.1))
+    _assert_verified(report, opset=14)
+    attempts = report.export.attempts
+    assert attempts[-1].ok and attempts[-1].opset_written == 14
+    if len(attempts) == 2:  # the new exporter's attempt is recorded with the reason it was rejected
+        assert attempts[0].exporter == "dynamo" and not attempts[0].ok and "opset" in attempts[0].error
+
+
+demo_missing = pytest.mark.skipif(not (DEMO / "demo_model.pt").exists(), reason="demo checkpoint not built")
+
+
+@demo_missing
+@pytest.mark.parametrize("sample", ["sample.csv", "sample.json"])
+def test_demo_converts(sample, tmp_path):
+    report = convert(ConvertSpec(checkpoint=str(DEMO / "demo_model.pt"), data=str(DEMO / sample),
+                                 out=str(tmp_path / "o"), latency_budget_s=0.1))
+    _assert_verified(report)
+    assert report.source["kind"] == "multimodal"
+    assert report.roles["review"] == "text" and report.roles["order_id"] == "ignore"
+    assert report.roles["price"] == "tabular" and report.roles["quantity"] == "tabular"
+    assert [o.name for o in report.graph.outputs] == ["probs"]
+    probs_ok = report.parity.outputs[0]
+    assert probs_ok.argmax_agreement == 1.0
+    assert all(p["prediction"] in ("return", "keep", "complaint") for p in report.predictions)
