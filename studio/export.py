@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -136,7 +137,7 @@ def export(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec, dest: Pa
             diag = _diagnosis(diag_dir, wall0) if exporter == "dynamo" else None
             msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500]
             attempts.append(ExportAttempt(exporter, False, msg, round(time.perf_counter() - t0, 2),
-                                          diagnosis_path=diag.name if diag else None))
+                                          diagnosis_path=f"{diag_dir.name}/{diag.name}" if diag else None))
             last_error = ExportError(f"The {exporter} exporter failed: {msg}",
                                      details=diag.read_text(errors="replace") if diag else str(e)[:20000])
             continue
@@ -148,12 +149,12 @@ def export(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec, dest: Pa
             last_error = err
             continue
         attempts.append(ExportAttempt(exporter, True, None, seconds, written))
-        _drop_empty(diag_dir)
+        _prune(diag_dir, attempts)
         return ExportInfo(exporter=exporter, opset_requested=spec.opset, opset=written,
                           seconds=round(time.perf_counter() - start, 2), attempts=attempts,
                           external_data=Path(str(dest) + ".data").exists() or _has_external(dest))
     _remove(dest)
-    _drop_empty(diag_dir)
+    _prune(diag_dir, attempts)
     assert last_error is not None
     if len(attempts) > 1:
         summary = "; ".join(f"{a.exporter}: {a.error}" for a in attempts)
@@ -174,9 +175,17 @@ def _remove(path: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-def _drop_empty(d: Path) -> None:
+def _prune(diag_dir: Path, attempts: list[ExportAttempt]) -> None:
+    """Keep only the diagnoses of failed attempts (the report points at them); drop the folder if empty."""
+    keep = {Path(a.diagnosis_path).name for a in attempts if a.diagnosis_path}
+    for f in diag_dir.iterdir():
+        if f.name not in keep:
+            if f.is_dir():
+                shutil.rmtree(f, ignore_errors=True)
+            else:
+                f.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
-        d.rmdir()
+        diag_dir.rmdir()
 
 
 def annotate(path: Path, metadata: dict[str, str]) -> None:

@@ -1,0 +1,110 @@
+"""The CLI contract: commands have help and are documented, exit codes 0 / 1 / 2, --json output."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import DEMO, REPO
+
+from studio import cli
+
+COMMANDS = sorted(cli.build_parser()._subparsers._group_actions[0].choices)
+
+
+def studio(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "studio", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd or REPO, timeout=600)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_and_is_in_the_readme(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, "--help"])
+    assert e.value.code == 0
+    assert len(capsys.readouterr().out) > 100
+    assert f"studio {command}" in (REPO / "README.md").read_text()
+
+
+def test_commands_cover_the_contract():
+    assert {"convert", "inspect", "app"} <= set(COMMANDS)
+
+
+@pytest.fixture(scope="module")
+def converted(hf_folders, sample_csv, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "out"
+    run = studio("convert", hf_folders["bert"], "--data", sample_csv, "--out", out, "--exporter", "torchscript",
+                 "--latency-budget", "0.1", "--json", "--role", "review=text")
+    return run, out
+
+
+def test_convert_exit_0_and_json_on_stdout(converted):
+    run, out = converted
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)  # stdout holds only the JSON; progress goes to stderr
+    assert report["ok"] is True and report["roles"]["review"] == "text"
+    assert "[" in run.stderr and "export" in run.stderr
+    assert (out / "model.onnx").is_file()
+
+
+def test_inspect_prints_graph_and_checker(converted):
+    _, out = converted
+    run = studio("inspect", out / "model.onnx")
+    assert run.returncode == 0, run.stderr
+    assert "input_ids" in run.stdout and "[batch, sequence]" in run.stdout and "checker  PASS" in run.stdout
+    data = json.loads(studio("inspect", out / "model.onnx", "--json").stdout)
+    assert data["checker"]["ok"] and data["graph"]["opset"] == 18
+
+
+def test_roles_command(sample_csv):
+    run = studio("roles", sample_csv, "--json")
+    assert run.returncode == 0, run.stderr
+    roles = {c["name"]: c["suggested"] for c in json.loads(run.stdout)}
+    assert roles["review"] == "text" and roles["order_id"] == "ignore"
+
+
+def test_bad_input_exit_2_names_the_column_without_traceback(hf_folders, sample_csv, tmp_path):
+    run = studio("convert", hf_folders["bert"], "--data", sample_csv, "--out", tmp_path / "o",
+                 "--role", "no_such_column=text")
+    assert run.returncode == 2
+    assert "no_such_column" in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "o").exists()  # nothing half written
+    assert not list(tmp_path.glob(".o.partial-*"))
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["missing.pt", "--data", "x.csv"], "does not exist"),
+    (["{ckpt}", "--data", "{sample}", "--opset", "9"], "outside the supported range"),
+    (["{ckpt}", "--data", "{sample}", "--role", "review=words"], "not one of"),
+    (["{ckpt}", "--data", "missing.csv"], "missing.csv"),
+])
+def test_more_bad_inputs_exit_2(args, needle, hf_folders, sample_csv, tmp_path):
+    args = [a.format(ckpt=hf_folders["bert"], sample=sample_csv) for a in args]
+    run = studio("convert", *args, "--out", tmp_path / "o", cwd=tmp_path)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert needle in run.stderr and "Traceback" not in run.stderr
+
+
+def test_failed_check_exit_1(converted, monkeypatch, capsys, hf_folders, sample_csv, tmp_path):
+    """Exported but a check failed: exit 1, and the summary says which check."""
+    import studio.pipeline as pipeline
+    real = pipeline.convert
+
+    def failing(spec, progress=None):
+        report = real(spec, progress)
+        report.parity.ok = False
+        return report
+    monkeypatch.setattr(pipeline, "convert", failing)
+    code = cli.main(["convert", str(hf_folders["bert"]), "--data", str(sample_csv), "--out", str(tmp_path / "o"),
+                     "--exporter", "torchscript", "--latency-budget", "0.05", "--quiet"])
+    assert code == 1
+    assert "FAIL (parity)" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not (DEMO / "demo_model.pt").exists(), reason="demo checkpoint not built")
+def test_demo_from_the_readme_exits_0(tmp_path):
+    run = studio("convert", DEMO / "demo_model.pt", "--data", DEMO / "sample.csv", "--out", tmp_path / "demo",
+                 "--latency-budget", "0.2")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.startswith("PASS")
