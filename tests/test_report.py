@@ -1,0 +1,78 @@
+"""Report dataclasses, their JSON / Markdown / table rows, and the ConvertSpec rules."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from studio.errors import StudioError
+from studio.report import (CheckerInfo, DynamicInfo, ExportInfo, LatencyInfo, OutputDiff, ParityInfo, Probe,
+                           Report, Timing, VariantInfo, latency_rows)
+from studio.spec import ConvertSpec, parse_roles
+
+
+def make_report(**kw) -> Report:
+    base = dict(
+        source={"kind": "hf", "path": "m"}, roles={"review": "text", "id": "ignore"},
+        export=ExportInfo("dynamo", 18, 18, 1.0), graph=None, checker=CheckerInfo(True, "ok"),
+        parity=ParityInfo(True, 1e-4, 1e-3, [OutputDiff("logits", 1e-7, 1e-6, True, 1.0)], rows=3),
+        dynamic=DynamicInfo(True, [Probe(1, 8, True, 0.0, "ok", "batch")]),
+        latency=LatencyInfo(ort_cpu=Timing(1.0, 2.0, 3.0, 10, 3, 8, 2, "CPUExecutionProvider"),
+                            cuda_unavailable_reason="no CUDA device"),
+    )
+    base.update(kw)
+    return Report(**base)
+
+
+def test_verdict_combines_every_check():
+    assert make_report().ok
+    r = make_report(dynamic=DynamicInfo(False, [Probe(1, 8, False, None, "fixed", "batch")]))
+    assert not r.ok and r.failed_checks == ["dynamic"]
+    assert make_report(dynamic=DynamicInfo(None)).ok  # a static export has no dynamic verdict
+    r = make_report(checker=CheckerInfo(False, "bad"), variants=[VariantInfo("int8", None, False)])
+    assert r.failed_checks == ["checker", "variant:int8"]
+
+
+def test_json_is_strict_and_versioned():
+    r = make_report(parity=ParityInfo(False, 1e-4, 1e-3, [OutputDiff("y", float("inf"), float("nan"), False)]))
+    data = json.loads(r.to_json())  # would raise on NaN/inf: they are written as strings
+    assert data["schema"] == "onnx-studio/report" and data["schema_version"] == 1
+    assert data["parity"]["outputs"][0]["max_abs_diff"] == "inf"
+    assert data["ok"] is False and data["failed_checks"] == ["parity"]
+
+
+def test_unavailable_device_shows_a_reason_never_a_number():
+    rows = {r[0]: r for r in latency_rows(make_report().latency)}
+    assert rows["ORT CPU"][1] == "1.00"
+    for label in ("ORT CUDA", "PyTorch CUDA"):
+        assert rows[label][1] == "-" and "unavailable: no CUDA device" in rows[label][-1]
+    assert "unavailable" in rows["PyTorch CPU"][-1]
+
+
+def test_markdown_renders_every_section():
+    md = make_report().to_markdown()
+    for heading in ("Column roles", "Graph inputs and outputs", "Parity", "Dynamic-dimension probes", "Latency"):
+        assert heading in md
+    assert md.startswith("# ONNX Studio report — PASS")
+
+
+@pytest.mark.parametrize("kw, needle", [
+    ({"opset": 12}, "outside the supported range"),
+    ({"exporter": "onnx"}, "Exporter"),
+    ({"dynamic": ("time",)}, "Dynamic axis"),
+    ({"roles": {"a": "label"}}, "Role"),
+    ({"id_dtype": "int16"}, "Id dtype"),
+    ({"variants": ("int4",)}, "Variant"),
+    ({"max_length": 1}, "max-length"),
+])
+def test_spec_validation_names_the_bad_option(kw, needle):
+    with pytest.raises(StudioError, match=needle):
+        ConvertSpec("m", "d", **kw).validated()
+
+
+def test_parse_roles():
+    assert parse_roles(["a=text", "b=c=tabular"]) == {"a": "text", "b=c": "tabular"}
+    with pytest.raises(StudioError):
+        parse_roles(["nothing"])
+    spec = ConvertSpec("m", "d", dynamic_per_input={"price": ()}).validated()
+    assert spec.axes_for("price") == () and spec.axes_for("input_ids") == ("batch", "sequence")
