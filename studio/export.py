@@ -94,11 +94,38 @@ def _export_dynamo(model, args, names, output_names, axes, opset, path: Path, ex
                       artifacts_dir=str(diag_dir), verbose=False)
 
 
+def _output_axes(model, args, names, axes) -> list[dict[int, str]]:
+    """Which output dims follow the batch / sequence size: run at size+1 and see what moves."""
+    with torch.no_grad():
+        base = [tuple(o.shape) for o in model(*args)]
+        found: list[dict[int, str]] = [{} for _ in base]
+        for sym in ("batch", "sequence"):
+            grown = []
+            for n, t in zip(names, args):
+                ax = next((a for a, s in axes.get(n, {}).items() if s == sym), None)
+                if ax is None:
+                    grown.append(t)
+                else:
+                    grown.append(torch.cat([t, t.narrow(ax, 0, 1)], dim=ax))
+            if all(g is t for g, t in zip(grown, args)):
+                continue
+            try:
+                moved = [tuple(o.shape) for o in model(*grown)]
+            except Exception:
+                continue
+            for k, (b, m) in enumerate(zip(base, moved)):
+                for d, (x, y) in enumerate(zip(b, m)):
+                    if x != y:
+                        found[k][d] = sym
+    return found
+
+
 def _export_legacy(model, args, names, output_names, axes, opset, path: Path, external: bool, diag_dir: Path):
     dyn = {n: {ax: sym for ax, sym in a.items()} for n, a in axes.items()}
-    if any(0 in a for a in axes.values()):
-        for o in output_names:
-            dyn[o] = {0: "batch"}
+    if axes:
+        for o, found in zip(output_names, _output_axes(model, args, names, axes)):
+            if found:
+                dyn[o] = found
     torch.onnx.export(model, args, str(path), input_names=names, output_names=output_names,
                       opset_version=opset, dynamo=False, dynamic_axes=dyn or None, do_constant_folding=True,
                       verbose=False)

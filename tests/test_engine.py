@@ -150,3 +150,22 @@ def test_demo_converts(sample, tmp_path):
     probs_ok = report.parity.outputs[0]
     assert probs_ok.argmax_agreement == 1.0
     assert all(p["prediction"] in ("return", "keep", "complaint") for p in report.predictions)
+
+
+@pytest.mark.parametrize("task", ["encoder", "token"])
+def test_encoder_and_token_level_outputs_keep_symbolic_dims(task, tmp_path, sample_csv):
+    """Bare encoders and token classifiers: per-position outputs get batch and sequence dims."""
+    import tiny
+    import transformers as tf
+    folder = tmp_path / task
+    if task == "encoder":
+        tiny.make_hf_folder(folder, "bert", task="encoder")
+    else:
+        tf.BertForTokenClassification(tiny.make_config("bert")).save_pretrained(str(folder))
+        tiny.bert_tokenizer(tmp_path / "vocab").save_pretrained(str(folder))
+    report = convert(ConvertSpec(checkpoint=str(folder), data=str(sample_csv), out=str(tmp_path / "o"),
+                                 exporter="torchscript", latency_budget_s=0.05))
+    _assert_verified(report)
+    out = report.graph.outputs[0]
+    assert out.name == ("last_hidden_state" if task == "encoder" else "logits")
+    assert out.shape[:2] == ["batch", "sequence"]
