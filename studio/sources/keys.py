@@ -145,7 +145,8 @@ def normalize_keys(state_dict: Mapping[str, Any], expected_keys: Iterable[str], 
     closest prefix match.
     """
     if not isinstance(state_dict, Mapping):
-        raise CheckpointError(f"Expected a state dict (a mapping of names to tensors), found {type(state_dict).__name__}.")
+        raise CheckpointError("Expected a state dict (a mapping of names to tensors), "
+                              f"found {type(state_dict).__name__}.")
     bad = [k for k in state_dict if not isinstance(k, str)]
     if bad:
         raise CheckpointError(f"State dict keys must be strings; found {_listing([str(k) for k in bad])}.")
