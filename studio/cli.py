@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--head", choices=HEADS, default=None, help="built-in head for a state-dict backbone")
     c.add_argument("--trust-code", action="store_true",
                    help="operator only: allow TorchScript, .pt2 and pickled modules (they can run code)")
+    c.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
+                   help="operator only: load checkpoint kinds from this plugin module or .py file (repeatable; "
+                        "also ONNX_STUDIO_PLUGINS and the 'onnx_studio.sources' entry points)")
     c.add_argument("--out", default="studio-out", metavar="DIR", help="output folder (default ./studio-out)")
     c.add_argument("--json", action="store_true", help="print report.json to stdout instead of the summary")
     c.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -79,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     a.add_argument("--trust-code", action="store_true",
                    help="operator only: allow uploads that can run code when loaded (shown in the page)")
+    a.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
+                   help="operator only: load checkpoint kinds from this plugin module or .py file (repeatable)")
     a.add_argument("--debug", action="store_true", help="show tracebacks")
     a.set_defaults(func=cmd_app)
     return p
@@ -190,6 +195,9 @@ def cmd_app(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "plugin", None):
+            from .sources import plugins  # operator-chosen code, registered before any upload is read
+            plugins.use(args.plugin)
         return args.func(args)
     except StudioError as e:
         print(f"error: {e}", file=sys.stderr)

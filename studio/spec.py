@@ -12,7 +12,7 @@ DYNAMIC_AXES = ("batch", "sequence")
 ID_DTYPES = ("int64", "int32")
 OPSET_MIN, OPSET_MAX, OPSET_DEFAULT = 14, 23, 18
 VARIANTS = ("optimized", "int8", "fp16")
-HEADS = ("sequence", "token")
+HEADS = ("sequence", "pooled", "token")
 
 # Documented defaults for the parity verdict (float32 export of float32 weights).
 ATOL_DEFAULT = 1e-4

@@ -1,112 +1,199 @@
 """Checkpoint loaders. `load(path, spec)` finds the kind and returns a LoadedModel.
 
+What a file is, is told from its bytes (sources.sniff), not from its extension. Order of dispatch:
+  1. operator plugins (sources.plugins) — asked with the path, and again with the weights-only object;
+  2. folders: a Hugging Face folder (hf), a torch.distributed.checkpoint folder (dcp), or a folder with one
+     weights file (+ config.json / tokenizer files beside it); a .zip of a folder is unpacked safely first
+     (archive) and read the same way;
+  3. files: torch.save checkpoints read with weights_only=True — the multimodal format (multimodal),
+     Lightning / DDP / FSDP / plain state dicts of a Hugging Face backbone (+ Linear head) with a
+     config.json (statedict); single .safetensors files (statedict);
+  4. TorchScript, torch.export (.pt2) and pickled nn.Modules run code when loaded: refused unless the
+     operator set ConvertSpec.trust_code (--trust-code), then loaded by `trusted`.
 Supported kinds are listed in SUPPORTED; each loader lives in its own module.
 """
 from __future__ import annotations
 
 import pickle
+import re
 import tempfile
-import zipfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import CheckpointError, UnsafeCheckpointError
+from . import plugins, sniff as sniffing
 from .base import LoadedModel
 
 SUPPORTED = (
     "a Hugging Face model folder (config.json + model.safetensors or pytorch_model.bin + tokenizer files), "
     "or a .zip of one",
     "an ONNX Studio multimodal checkpoint (.pt/.pth/.ckpt, see README), Lightning-style dicts accepted",
+    "a state dict (.pt/.pth/.bin/.ckpt, Lightning/DDP/FSDP prefixes accepted) or a single .safetensors file of "
+    "a Hugging Face backbone, optionally with a Linear head (--head), with its config.json beside it or via "
+    "--config",
+    "a torch.distributed.checkpoint folder (.metadata + *.distcp), zipped, with config.json",
+    "TorchScript / torch.export .pt2 / pickled nn.Module only when the operator allows trusted code",
 )
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")
+WEIGHT_SUFFIXES = TORCH_SUFFIXES + (".safetensors", ".pt2", ".ts", ".jit", ".torchscript", ".pkl")
 
 
 def _supported() -> str:
     return "Supported: " + "; ".join(SUPPORTED) + "."
 
 
-def load(path: str | Path, spec: Any = None) -> LoadedModel:
-    """Load any supported checkpoint from a file or folder. Raises CheckpointError otherwise."""
+def _trusted(spec: Any) -> bool:
+    return bool(getattr(spec, "trust_code", False)) if spec is not None else False
+
+
+def load(path: str | Path, spec: Any = None, *, workdir: str | Path | None = None) -> LoadedModel:
+    """Load any supported checkpoint from a file or folder. Raises CheckpointError otherwise.
+
+    workdir: where an uploaded .zip is unpacked (in a private sub-folder removed before returning);
+    default: the system's temporary folder. Pass the job's folder to keep every write inside it."""
     p = Path(path).expanduser()
+    shown = str(path)
     if not p.exists():
         raise CheckpointError(f"Checkpoint {p} does not exist.")
+    plugin = plugins.claim(p)
+    if plugin is not None:
+        return plugins.load_with(plugin, p, shown, spec)
     if p.is_dir():
-        return _load_dir(p, str(path), spec)
+        return _load_dir(p, shown, spec)
     if p.stat().st_size == 0:
         raise CheckpointError(f"Checkpoint {p.name} is an empty file.")
-    if p.suffix.lower() == ".zip" and not _is_torch_zip(p):
-        with tempfile.TemporaryDirectory(prefix="studio-ckpt-") as tmp:
+    sn = sniffing.sniff(p)
+    if sn.kind == sniffing.ARCHIVE:
+        with tempfile.TemporaryDirectory(prefix="studio-ckpt-", dir=str(workdir) if workdir else None) as tmp:
             from .archive import extract_zip
             root = extract_zip(p, Path(tmp))
-            loaded = _load_dir(root, str(path), spec)
-            loaded.path = str(path)
+            loaded = _load_dir(root, shown, spec)
+            loaded.path = shown
             return loaded
-    return _load_file(p, str(path), spec)
+    return _load_file(p, shown, spec, sn, [p.parent])
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    return sorted(f for f in folder.iterdir()
+                  if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in WEIGHT_SUFFIXES)
 
 
 def _load_dir(folder: Path, shown: str, spec: Any) -> LoadedModel:
-    from . import hf
-    if hf.is_hf_folder(folder):
-        return hf.load_folder(folder, shown)
-    candidates = [f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in TORCH_SUFFIXES]
+    from . import dcp, hf
+    if hf.is_hf_folder(folder) and any((folder / f).exists() for f in hf.WEIGHT_FILES):
+        try:
+            return hf.load_folder(folder, shown)
+        except hf.WeightsMismatchError as e:
+            # a state dict of the user's own class saved under a Hugging Face file name
+            single = [folder / f for f in hf.WEIGHT_FILES[:2] if (folder / f).is_file()]
+            if len(single) != 1 or len(_weight_files(folder)) != 1:
+                raise
+            try:
+                return _load_file(single[0], shown, spec, sniffing.sniff(single[0]), [folder])
+            except CheckpointError as again:
+                raise again from e
+    dcp_dir = dcp.find_dcp_dir(folder)
+    if dcp_dir is not None:
+        state = dcp.load_dcp(dcp_dir, shown)
+        shards = len(list(dcp_dir.glob("*" + dcp.SHARD_SUFFIX)))
+        return _load_object(state, shown, spec, [folder, dcp_dir], {"layout": "dcp", "shards": shards})
+    candidates = _weight_files(folder)
     if len(candidates) == 1:
-        loaded = _load_file(candidates[0], shown, spec)
-        return loaded
+        return _load_file(candidates[0], shown, spec, sniffing.sniff(candidates[0]), [folder])
     found = ", ".join(sorted(f.name for f in folder.iterdir())[:20]) or "nothing"
+    if len(candidates) > 1:
+        raise CheckpointError(f"{shown} holds several weight files ({', '.join(f.name for f in candidates[:10])}); "
+                              "the studio converts one checkpoint at a time.",
+                              hint="Keep one weights file (plus config.json and tokenizer files) in the folder.")
     raise CheckpointError(f"{shown}: no checkpoint recognised in this folder (found: {found}). " + _supported())
 
 
-def _is_torch_zip(p: Path) -> bool:
-    """torch.save writes zip files too: tell them apart from a zipped model folder."""
-    try:
-        with zipfile.ZipFile(p) as zf:
-            names = zf.namelist()
-    except zipfile.BadZipFile:
-        return False
-    return any(n.endswith("/data.pkl") or n == "data.pkl" for n in names)
+def _unsafe_globals(message: str) -> list[str]:
+    return sorted(set(re.findall(r"GLOBAL ([\w.]+)", message)))
 
 
-def _torchscript_or_program(p: Path) -> str | None:
-    """Kinds that execute code when loaded: TorchScript archives and torch.export programs."""
-    if p.suffix.lower() == ".pt2":
-        return "a torch.export program (.pt2)"
-    try:
-        with zipfile.ZipFile(p) as zf:
-            names = zf.namelist()
-    except zipfile.BadZipFile:
-        return None
-    if any("/code/" in n or n.startswith("code/") for n in names) or any(n.endswith("constants.pkl") for n in names):
-        return "a TorchScript archive"
-    return None
-
-
-def read_weights_only(p: Path, shown: str) -> Any:
+def read_weights_only(p: Path, shown: str, kind: str | None = None) -> Any:
     """torch.load with weights_only=True; anything else in the file is refused, not executed."""
     try:
-        return torch.load(p, map_location="cpu", weights_only=True, mmap=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about legacy / raw pickles; the error says it all
+            return torch.load(p, map_location="cpu", weights_only=True, mmap=False)
     except pickle.UnpicklingError as e:
+        names = _unsafe_globals(str(e))
+        scanned, parsed = sniffing.pickle_globals(p, kind or sniffing.sniff(p).kind)
+        names = names or scanned
+        if not names and not parsed:
+            raise CheckpointError(f"{shown} is not a readable PyTorch checkpoint (truncated or corrupted?): its "
+                                  "pickle cannot be parsed.") from e
+        what = f" (it refers to {', '.join(names[:5])})" if names else ""
         raise UnsafeCheckpointError(
-            f"{shown} holds Python objects other than tensors and plain containers, so loading it could run "
-            f"code; refused. ({str(e).splitlines()[0][:300]})",
-            hint="Save the state_dict (torch.save(model.state_dict(), ...)) or a Hugging Face folder instead.") from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{shown} is not a readable PyTorch checkpoint (truncated or corrupted?): "
-                              f"{str(e).splitlines()[0][:300]}") from e
+            f"{shown} holds Python objects other than tensors and plain containers{what}, so loading it could "
+            f"run code; refused.",
+            hint="Save the state_dict (torch.save(model.state_dict(), ...)) or a Hugging Face folder instead; "
+                 "an operator who trusts the file can start the studio with --trust-code.") from e
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as e:
+        first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        raise CheckpointError(f"{shown} is not a readable PyTorch checkpoint (truncated or corrupted?): {first}") from e
 
 
-def _load_file(p: Path, shown: str, spec: Any) -> LoadedModel:
-    kind = _torchscript_or_program(p)
-    if kind:
-        raise UnsafeCheckpointError(f"{shown} is {kind}; loading it can execute code, so it is refused.",
-                                    hint="Upload a state_dict, a Hugging Face folder or a multimodal checkpoint.")
-    if p.suffix.lower() == ".safetensors":
-        raise CheckpointError(f"{shown} is a bare .safetensors file; it needs the model's config.json beside it. "
-                              + _supported())
-    obj = read_weights_only(p, shown)
-    from . import multimodal
+def _suffix_note(p: Path, kind: str) -> dict[str, str]:
+    expected = sniffing.expected_suffixes(kind)
+    if expected and p.suffix.lower() not in expected:
+        return {"note": f"named {p.suffix or '(no extension)'} but holds {sniffing.DESCRIPTIONS[kind]}; "
+                        "read as its content says"}
+    return {}
+
+
+def _load_file(p: Path, shown: str, spec: Any, sn: sniffing.Sniffed, folders: list[Path]) -> LoadedModel:
+    from . import statedict, trusted
+    info = _suffix_note(p, sn.kind)
+    if sn.kind in (sniffing.TORCHSCRIPT, sniffing.PROGRAM):
+        what = "torchscript" if sn.kind == sniffing.TORCHSCRIPT else "program"
+        if not _trusted(spec):
+            raise trusted.refusal(shown, what)
+        load_fn = trusted.load_torchscript if what == "torchscript" else trusted.load_program
+        return _with_info(load_fn(p, shown, spec, folders), info)
+    if sn.kind == sniffing.SAFETENSORS:
+        state = statedict.read_safetensors(p, shown)
+        return _load_object(state, shown, spec, folders, {**info, "layout": "safetensors"})
+    if sn.kind in (sniffing.TORCH_ZIP, sniffing.TORCH_LEGACY, sniffing.PICKLE):
+        try:
+            obj = read_weights_only(p, shown, sn.kind)
+        except UnsafeCheckpointError as e:
+            if not _trusted(spec):
+                raise trusted.refusal(shown, "pickle", _detail(e)) from e
+            return _with_info(trusted.load_pickled(p, shown, spec, folders), info)
+        return _load_object(obj, shown, spec, folders, info)
+    if sn.kind == sniffing.BROKEN_ZIP:
+        raise CheckpointError(f"{shown} is {sn.description}.", hint="Upload the file again; check its size.")
+    if sn.kind == sniffing.ARCHIVE:
+        raise CheckpointError(f"{shown} is a zip archive inside the upload; upload the model folder zipped once.")
+    raise CheckpointError(f"{shown} is {sn.description}, not a checkpoint the studio can read. " + _supported())
+
+
+def _detail(e: UnsafeCheckpointError) -> str:
+    m = re.search(r"\(it refers to ([^)]*)\)", e.message)
+    return f" (it refers to {m.group(1)})" if m else ""
+
+
+def _with_info(loaded: LoadedModel, info: dict[str, Any]) -> LoadedModel:
+    for k, v in info.items():
+        loaded.info.setdefault(k, v)
+    return loaded
+
+
+def _load_object(obj: Any, shown: str, spec: Any, folders: list[Path], info: dict[str, Any]) -> LoadedModel:
+    """A weights-only object (dict of tensors / training checkpoint dict) -> the loader that claims it."""
+    from . import multimodal, statedict
+    plugin = plugins.claim(obj)
+    if plugin is not None:
+        return _with_info(plugins.load_with(plugin, obj, shown, spec), info)
     if multimodal.looks_like(obj):
-        return multimodal.load(obj, shown)
-    what = f"a dict with keys {', '.join(list(map(str, obj))[:8])}" if isinstance(obj, dict) else type(obj).__name__
-    raise CheckpointError(f"{shown} holds {what}, which is not a checkpoint kind the studio knows. " + _supported())
+        return _with_info(multimodal.load(obj, shown), info)
+    if statedict.find_state_dict(obj) is None:
+        raise CheckpointError(f"{shown} holds {statedict.describe_object(obj)}, which is not a checkpoint kind the "
+                              "studio knows. " + _supported())
+    return statedict.load(obj, shown, spec, folders, info)

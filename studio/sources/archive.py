@@ -37,7 +37,8 @@ def extract_zip(archive: Path, dest: Path, *, max_members: int = MAX_MEMBERS,
             if name.startswith(("/", "\\")) or (parts and ":" in parts[0]) or ".." in parts:
                 raise UnsafePathError(f"{archive.name}: member {name!r} points outside the archive; refused.")
             mode = m.external_attr >> 16
-            if mode and (stat.S_ISLNK(mode) or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))):
+            ftype = stat.S_IFMT(mode)  # 0 when the writer stored permission bits only (zipfile.writestr, ...)
+            if ftype and ftype not in (stat.S_IFREG, stat.S_IFDIR):
                 raise UnsafePathError(f"{archive.name}: member {name!r} is a link or special file; refused.")
             if name.lower().endswith((".zip", ".tar", ".tar.gz", ".tgz", ".7z")):
                 raise CheckpointError(f"{archive.name}: member {name!r} is an archive inside the archive; "

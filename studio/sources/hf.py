@@ -25,6 +25,10 @@ HEADS = {
 ENCODER_OUTPUTS = ["last_hidden_state"]
 
 
+class WeightsMismatchError(CheckpointError):
+    """The folder's weights do not fit the model its config.json describes (missing tensors)."""
+
+
 def is_hf_folder(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
@@ -95,11 +99,20 @@ def load_folder(folder: Path, shown_path: str | None = None) -> LoadedModel:
     auto_name, outputs, out_kind = _task(config)
     auto_cls = getattr(transformers, auto_name)
     try:
-        module = auto_cls.from_pretrained(str(folder), config=config, trust_remote_code=False,
-                                          local_files_only=True, attn_implementation="eager")
+        module, loading = auto_cls.from_pretrained(str(folder), config=config, trust_remote_code=False,
+                                                   local_files_only=True, attn_implementation="eager",
+                                                   output_loading_info=True)
     except Exception as e:
         raise CheckpointError(f"Could not load the weights in {shown_path or folder} as "
                               f"{auto_name} ({config.model_type}): {e}") from e
+    missing = sorted((loading or {}).get("missing_keys") or [])
+    if missing:  # transformers would initialise these at random: never export such a model
+        from .keys import KeyMatch, describe_mismatch
+        unexpected = sorted((loading or {}).get("unexpected_keys") or [])
+        raise WeightsMismatchError(
+            describe_mismatch(KeyMatch(missing=missing, unexpected=unexpected), f"{auto_name} ({config.model_type})"),
+            hint="If the weights are a state dict of your own class (backbone + head), they are read as such "
+                 "when named e.g. weights.pt, with --head.")
     module = module.to("cpu").eval()
     tokenizer = load_tokenizer(folder)
     return LoadedModel(

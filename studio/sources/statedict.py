@@ -1,0 +1,429 @@
+"""State-dict checkpoints of a Hugging Face backbone (+ an optional custom Linear head).
+
+The weights come from torch.save(model.state_dict()) (.pt/.pth/.bin, read weights-only), a Lightning
+.ckpt ({"state_dict": ...}), a consolidated DCP checkpoint, or a single .safetensors file. The
+architecture comes from the backbone's config.json, found (in this order) at ConvertSpec.config
+(`--config`: a config.json or a folder holding one), or beside the weights (same folder / same zip).
+The tokenizer is read from the config's folder or the weights' folder.
+
+Keys may carry training-wrapper prefixes (module., model., _fsdp_wrapped_module., _orig_mod., ...,
+nested too) and the backbone may sit under any attribute (model., backbone., encoder., bert., ...):
+the backbone's keys are located by their suffixes, the rest must be one Linear layer (the head).
+When the config's `architectures` names a task model (…ForSequenceClassification, …) and the weights
+fit that class exactly, it is loaded as such (its own head), unless a head is chosen explicitly.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from ..errors import CheckpointError
+from ..models.heads import HEADS, BackboneWithHead, has_pooler
+from . import hf
+from .base import LoadedModel
+from .keys import SHOW, WRAPPER_SEGMENTS, KeyMatch, describe_mismatch, match_keys
+
+KIND = "state-dict"
+# Where a state dict sits inside a training checkpoint dict, searched in this order.
+CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "weights",
+                  "params", "model_state")
+MIN_COVERAGE = 0.5  # share of the backbone's tensors the checkpoint must hold to be called that backbone
+
+
+# ------------------------------------------------------------------------------------------ finding
+
+def _is_tensor_dict(obj: Any) -> bool:
+    """Every key a string, every value a tensor (or None, e.g. an empty `_extra_state`), at least one tensor."""
+    return isinstance(obj, Mapping) and all(isinstance(k, str) for k in obj) and \
+        all(v is None or isinstance(v, torch.Tensor) for v in obj.values()) and \
+        any(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def find_state_dict(obj: Any, _where: str = "", _depth: int = 0) -> tuple[dict[str, torch.Tensor], str] | None:
+    """The mapping of parameter names to tensors inside `obj`, and where it was ("", "state_dict", ...).
+
+    Non-tensor entries of that mapping (e.g. `_extra_state` None) are dropped."""
+    if not isinstance(obj, Mapping) or _depth > 3:
+        return None
+    if _is_tensor_dict(obj):
+        return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}, _where or "top level"
+    keys = [k for k in CONTAINER_KEYS if k in obj]
+    for k in keys:
+        found = find_state_dict(obj[k], f"{_where}.{k}" if _where else k, _depth + 1)
+        if found:
+            return found
+    return None
+
+
+def describe_object(obj: Any) -> str:
+    if isinstance(obj, Mapping):
+        keys = list(map(str, obj))
+        more = f" and {len(keys) - 8} more" if len(keys) > 8 else ""
+        return f"a dict with keys {', '.join(keys[:8])}{more}"
+    return type(obj).__name__
+
+
+# ------------------------------------------------------------------------------------------ config
+
+def _config_file(spec: Any, folders: list[Path], shown: str) -> Path | None:
+    given = getattr(spec, "config", None) if spec is not None else None
+    if given:
+        p = Path(str(given)).expanduser()
+        if p.is_dir():
+            if not (p / "config.json").is_file():
+                raise CheckpointError(f"--config {given}: the folder holds no config.json.")
+            return p / "config.json"
+        if not p.is_file():
+            raise CheckpointError(f"--config {given} does not exist.")
+        return p
+    for folder in folders:
+        if folder is not None and (folder / "config.json").is_file():
+            return folder / "config.json"
+    return None
+
+
+def load_config(path: Path):
+    """A transformers config from a config.json (never runs remote code)."""
+    from transformers import AutoConfig
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path.name} is not a readable JSON config: {e}") from e
+    if not isinstance(data, dict) or "model_type" not in data:
+        raise CheckpointError(f"{path} is not a Hugging Face config.json (it has no 'model_type').",
+                              hint="Use the config.json of the backbone the weights were trained from.")
+    try:
+        src = path.parent if path.name == "config.json" else path
+        return AutoConfig.from_pretrained(str(src), trust_remote_code=False, local_files_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a config transformers knows "
+                              f"(model_type {data.get('model_type')!r}): {e}") from e
+
+
+def find_tokenizer(folders: list[Path]):
+    for folder in folders:
+        if folder is not None and folder.is_dir():
+            tok = hf.load_tokenizer(folder)
+            if tok is not None:
+                return tok
+    return None
+
+
+# ------------------------------------------------------------------------------------------ keys
+
+def _unwrap(key: str) -> str:
+    """The key without the segments only training wrappers insert (anywhere in the key)."""
+    return ".".join(p for p in key.split(".") if p not in WRAPPER_SEGMENTS)
+
+
+def locate(keys: list[str], expected: list[str]) -> tuple[str, dict[str, str]]:
+    """Find the prefix under which `expected` (a module's own keys) sit in the checkpoint `keys`.
+
+    Returns (prefix, mapping expected key -> checkpoint key). The prefix is the one most expected
+    keys are found under (wrapper segments ignored); "" when they sit at the top level."""
+    exp = set(expected)
+    votes: Counter[str] = Counter()
+    for k in keys:
+        parts = _unwrap(k).split(".")
+        for i in range(len(parts)):
+            if ".".join(parts[i:]) in exp:
+                votes[".".join(parts[:i])] += 1
+                break
+    if not votes:
+        return "", {}
+    prefix = min(votes, key=lambda p: (-votes[p], len(p)))
+    mapping: dict[str, str] = {}
+    lead = prefix + "." if prefix else ""
+    for k in keys:
+        u = _unwrap(k)
+        if u.startswith(lead) and u[len(lead):] in exp:
+            target = u[len(lead):]
+            if target in mapping:
+                raise CheckpointError(
+                    f"The checkpoint holds two tensors for {target!r}: {mapping[target]!r} and {k!r}.",
+                    hint="Save the state dict of the inner model only, not of several wrappers around it.")
+            mapping[target] = k
+    return prefix, mapping
+
+
+def _shape_errors(pairs: list[tuple[str, tuple, tuple]]) -> str:
+    listed = "; ".join(f"{k!r}: checkpoint {list(a)} vs config {list(b)}" for k, a, b in pairs[:SHOW])
+    more = f" and {len(pairs) - SHOW} more" if len(pairs) > SHOW else ""
+    return f"{len(pairs)} tensors do not fit the config: {listed}{more}."
+
+
+def _config_hint(config) -> str:
+    names = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size",
+             "max_position_embeddings", "type_vocab_size")
+    vals = ", ".join(f"{n}={getattr(config, n)}" for n in names if getattr(config, n, None) is not None)
+    return f"The config says {vals}; the weights were trained with other values. Use the config.json of " \
+           "the model the weights were saved from."
+
+
+def _check_shapes(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], config,
+                  names: Mapping[str, str] | None = None) -> None:
+    bad = [((names or {}).get(k, k), tuple(v.shape), tuple(own[k].shape))
+           for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if bad:
+        raise CheckpointError(_shape_errors(bad), hint=_config_hint(config))
+
+
+def _float(state: Mapping[str, torch.Tensor], shown: str) -> None:
+    odd = [k for k, v in state.items() if v.is_complex() or v.dtype in (torch.bool,) or v.is_quantized]
+    if odd:
+        raise CheckpointError(f"{shown}: tensors {', '.join(map(repr, odd[:SHOW]))} have dtypes the studio cannot "
+                              "load into a float32 model (quantized / complex).")
+
+
+# ------------------------------------------------------------------------------------------ building
+
+def _build(auto_name: str, config, **kwargs):
+    import transformers
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        return getattr(transformers, auto_name).from_config(config, attn_implementation="eager", **kwargs)
+    except Exception as e:
+        raise CheckpointError(f"Cannot build a {config.model_type} model from the config: {e}") from e
+
+
+def _labels(config, n: int) -> list | None:
+    id2label = getattr(config, "id2label", None) or {}
+    if len(id2label) != n:
+        return None
+    labels = [id2label[i] for i in sorted(id2label)]
+    return None if labels == [f"LABEL_{i}" for i in range(n)] else labels
+
+
+def _try_task_model(sd: dict[str, torch.Tensor], config, tokenizer, shown: str, info: dict) -> LoadedModel | None:
+    """The config's own task class (…ForSequenceClassification, …) when the weights fit it exactly."""
+    archs = list(getattr(config, "architectures", None) or [])
+    if not archs:
+        return None
+    try:
+        auto_name, outputs, out_kind = hf._task(config)
+    except CheckpointError:
+        return None
+    if auto_name == "AutoModel":
+        return None
+    model = _build(auto_name, config)
+    own = model.state_dict()
+    match = match_keys(sd.keys(), own.keys())
+    if match.missing or match.unexpected:
+        return None
+    state = {t: sd[s] for t, s in match.mapping.items()}
+    _check_shapes(own, state, config, names=match.mapping)
+    model.load_state_dict(state, strict=True)
+    model = model.float().eval().to("cpu")
+    return LoadedModel(
+        kind=KIND, path=shown, module=model, adapter=hf.make_adapter(list(outputs)),
+        inputs=hf.text_inputs_for(model, config, tokenizer), output_names=list(outputs),
+        output_kinds={o: out_kind for o in outputs}, tokenizer=tokenizer,
+        info={**info, "architecture": type(model).__name__, "model_type": config.model_type,
+              "task": auto_name.replace("AutoModelFor", ""),
+              "labels": _labels(config, int(getattr(config, "num_labels", 0) or 0))
+              if auto_name.endswith("SequenceClassification") else None},
+    )
+
+
+def _logits_adapter(module, named):
+    return (module(**named),)
+
+
+def _linear_keys(rest: Mapping[str, torch.Tensor]) -> set[str]:
+    """Keys of the single Linear-shaped module among `rest` (the likely head), or an empty set."""
+    groups: dict[str, list[str]] = {}
+    for k in rest:
+        groups.setdefault(_unwrap(k).rpartition(".")[0], []).append(k)
+    linear = [ks for ks in groups.values()
+              if {_unwrap(k).rpartition(".")[2] for k in ks} <= {"weight", "bias"}
+              and any(_unwrap(k).endswith("weight") and rest[k].dim() == 2 for k in ks)]
+    return set(linear[0]) if len(linear) == 1 else set()
+
+
+def closest_rename(missing: list[str], unexpected: list[str], limit: int = 200) -> str | None:
+    """When keys differ in the middle (e.g. 'embed.' vs 'embeddings.'), the most common renaming:
+    the prefixes of missing and unexpected keys that share a tail of at least two segments."""
+    votes: Counter[tuple[str, str]] = Counter()
+    for m in missing[:limit]:
+        mp = m.split(".")
+        best: tuple[int, str, str] | None = None
+        for u in unexpected[:limit]:
+            up = u.split(".")
+            n = 0
+            while n < min(len(mp), len(up)) and mp[-1 - n] == up[-1 - n]:
+                n += 1
+            if n >= 2 and n < len(mp) and (best is None or n > best[0]):
+                best = (n, ".".join(up[:-n]) + ".", ".".join(mp[:-n]) + ".")
+        if best:
+            votes[(best[1], best[2])] += 1
+    if not votes:
+        return None
+    (have, want), n = votes.most_common(1)[0]
+    return f"checkpoint keys under {have!r} look like the expected {want!r} ({n} keys)"
+
+
+def _head_from(rest: dict[str, torch.Tensor], shown: str) -> tuple[str, torch.Tensor, torch.Tensor | None]:
+    """The one Linear layer among the keys outside the backbone: (module path, weight, bias)."""
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for k, v in rest.items():
+        mod, _, leaf = _unwrap(k).rpartition(".")
+        groups.setdefault(mod, {})[leaf] = v
+    linear = [(m, g) for m, g in groups.items()
+              if set(g) <= {"weight", "bias"} and "weight" in g and g["weight"].dim() == 2
+              and ("bias" not in g or tuple(g["bias"].shape) == (g["weight"].shape[0],))]
+    if len(groups) != 1 or len(linear) != 1:
+        listed = ", ".join(f"{k!r} {list(v.shape)}" for k, v in list(rest.items())[:SHOW + 3])
+        raise CheckpointError(
+            f"{shown}: besides the backbone, the checkpoint holds {len(rest)} tensors in {len(groups)} "
+            f"module(s) ({listed}); the built-in heads are one Linear layer on the backbone's hidden states.",
+            hint="Register an operator plugin for this architecture (see README, 'Operator plugins'), or "
+                 "export a Hugging Face task model (save_pretrained).")
+    mod, g = linear[0]
+    return mod, g["weight"], g.get("bias")
+
+
+def _choosable() -> list[str]:
+    """Built-in heads the options (ConvertSpec / --head) accept."""
+    try:
+        from ..spec import HEADS as SPEC_HEADS
+    except ImportError:
+        return list(HEADS)
+    return [h for h in HEADS if h in SPEC_HEADS] or list(HEADS)
+
+
+def load_state(sd: dict[str, torch.Tensor], config, tokenizer, head: str | None, shown: str,
+               info: dict[str, Any]) -> LoadedModel:
+    """Build the model the state dict `sd` belongs to: the config's task model, or backbone + head."""
+    _float(sd, shown)
+    if head is not None and head not in HEADS:
+        raise CheckpointError(f"Head {head!r} is not one of {', '.join(HEADS)}.")
+    if head is None:
+        loaded = _try_task_model(sd, config, tokenizer, shown, info)
+        if loaded is not None:
+            return loaded
+
+    backbone = _build("AutoModel", config)
+    own = backbone.state_dict()
+    keys = list(sd)
+    prefix, mapping = locate(keys, list(own))
+    missing = [k for k in own if k not in mapping]
+    if missing and all(k.startswith("pooler.") for k in missing) and has_pooler(backbone):
+        if head == "pooled":
+            raise CheckpointError(f"{shown}: --head pooled needs the backbone's pooler weights, which the "
+                                  "checkpoint does not hold.", hint="Use --head sequence (first token).")
+        backbone = _build("AutoModel", config, add_pooling_layer=False)
+        own = backbone.state_dict()
+        missing = [k for k in own if k not in mapping]
+    used = set(mapping.values())
+    lead = prefix + "." if prefix else ""
+    children = {name for name, _ in backbone.named_children()}
+    rest = {k: v for k, v in sd.items() if k not in used}
+    stray = [k for k in rest if _unwrap(k).startswith(lead) and _unwrap(k)[len(lead):].split(".")[0] in children]
+    if missing or stray or len(mapping) < MIN_COVERAGE * len(own):
+        head_keys = _linear_keys({k: v for k, v in rest.items() if k not in stray})
+        unexpected = [k for k in rest if k not in head_keys] if mapping else keys
+        match = KeyMatch(mapping={}, missing=[lead + k for k in missing] if mapping else list(own),
+                         unexpected=unexpected)
+        what = f"a {config.model_type} backbone built from the config"
+        message = describe_mismatch(match, what)
+        if "Closest match" not in message:
+            rename = closest_rename(match.missing, match.unexpected)
+            if rename:
+                message += f" Closest match: {rename}."
+        raise CheckpointError(
+            message + (f" (backbone found under {prefix!r})" if prefix else ""),
+            hint=_config_hint(config) if mapping else
+            "Check that the config.json belongs to the model the weights were saved from.")
+    state = {k: sd[s] for k, s in mapping.items()}
+    _check_shapes(own, state, config, names=mapping)
+    for k in stray:
+        rest.pop(k, None)
+
+    hidden = int(getattr(config, "hidden_size", 0) or 0)
+    base_info = {**info, "model_type": config.model_type, "backbone_prefix": prefix or "(top level)"}
+    if not rest:
+        if head is not None:
+            raise CheckpointError(f"{shown}: --head {head} was chosen, but the checkpoint holds only the backbone "
+                                  "(no head weights).", hint="Leave --head out to export the encoder's hidden states.")
+        backbone.load_state_dict(state, strict=True)
+        backbone = backbone.float().eval().to("cpu")
+        outputs = list(hf.ENCODER_OUTPUTS)
+        return LoadedModel(
+            kind=KIND, path=shown, module=backbone, adapter=hf.make_adapter(outputs),
+            inputs=hf.text_inputs_for(backbone, config, tokenizer), output_names=outputs,
+            output_kinds={o: "hidden" for o in outputs}, tokenizer=tokenizer,
+            info={**base_info, "architecture": type(backbone).__name__, "task": "encoder", "labels": None})
+
+    mod, weight, bias = _head_from(rest, shown)
+    num_labels, in_features = int(weight.shape[0]), int(weight.shape[1])
+    if head is None:
+        raise CheckpointError(
+            f"{shown}: the checkpoint holds a {config.model_type} backbone (under {prefix!r}) and a Linear head "
+            f"{mod!r} ({in_features} -> {num_labels}); say what the head reads with --head "
+            f"{' | '.join(_choosable())}.",
+            hint="; ".join(f"{k}: {HEADS[k]}" for k in _choosable()))
+    if in_features != hidden:
+        raise CheckpointError(f"{shown}: the head {mod!r} takes {in_features} features but the config's "
+                              f"hidden_size is {hidden}.", hint=_config_hint(config))
+    if head == "pooled" and not has_pooler(backbone):
+        raise CheckpointError(f"{shown}: --head pooled needs a backbone with a pooler; {config.model_type} has none.",
+                              hint="Use --head sequence (first token).")
+    model = BackboneWithHead(backbone, head, num_labels, in_features, bias=bias is not None)
+    full = {f"backbone.{k}": v for k, v in state.items()}
+    full["head.weight"] = weight
+    if bias is not None:
+        full["head.bias"] = bias
+    try:
+        model.load_state_dict(full, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{shown}: the weights cannot be loaded into backbone + head: {e}") from e
+    model = model.float().eval().to("cpu")
+    return LoadedModel(
+        kind=KIND, path=shown, module=model, adapter=_logits_adapter,
+        inputs=hf.text_inputs_for(backbone, config, tokenizer), output_names=["logits"],
+        output_kinds={"logits": "logits"}, tokenizer=tokenizer,
+        info={**base_info, "architecture": f"{type(backbone).__name__} + Linear head",
+              "task": f"{head}-classification" if head != "token" else "token-classification",
+              "head": head, "head_module": mod, "num_labels": num_labels,
+              "labels": _labels(config, num_labels) if head != "token" else None},
+    )
+
+
+def load(obj: Any, shown: str, spec: Any, folders: list[Path], info: dict[str, Any] | None = None) -> LoadedModel:
+    """A weights-only object (a state dict or a training checkpoint dict holding one) + its config."""
+    found = find_state_dict(obj)
+    if found is None:
+        raise CheckpointError(f"{shown} holds {describe_object(obj)}, which is not a checkpoint kind the studio "
+                              "knows (no state dict of tensors found).")
+    sd, where = found
+    info = dict(info or {})
+    info["state_dict_at"] = where
+    if isinstance(obj, Mapping) and ("pytorch-lightning_version" in obj or "hyper_parameters" in obj):
+        info.setdefault("layout", "lightning")
+    cfg_path = _config_file(spec, folders, shown)
+    if cfg_path is None:
+        sample = ", ".join(repr(k) for k in list(sd)[:3])
+        raise CheckpointError(
+            f"{shown} holds a state dict of {len(sd)} tensors (keys like {sample}) but no architecture: "
+            "the studio needs the backbone's config.json to rebuild the model.",
+            hint="Put config.json (and the tokenizer files) beside the weights or in the same .zip, or pass "
+                 "--config path/to/config.json (or the model folder).")
+    config = load_config(cfg_path)
+    info["config"] = str(cfg_path) if getattr(spec, "config", None) else cfg_path.name
+    tokenizer = find_tokenizer([cfg_path.parent] + [f for f in folders if f != cfg_path.parent])
+    return load_state(sd, config, tokenizer, getattr(spec, "head", None) if spec is not None else None,
+                      shown, info)
+
+
+def read_safetensors(p: Path, shown: str) -> dict[str, torch.Tensor]:
+    """All tensors of a .safetensors file (no code can run: the format holds only a JSON header + bytes)."""
+    from safetensors.torch import load_file
+    try:
+        return dict(load_file(str(p), device="cpu"))
+    except Exception as e:
+        raise CheckpointError(f"{shown} is not a readable .safetensors file (truncated or corrupted?): "
+                              f"{str(e).splitlines()[0][:300] if str(e) else type(e).__name__}") from e
