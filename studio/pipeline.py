@@ -135,8 +135,9 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
     )
     if spec.variants:
         say("variants", _FRACTION["variants"])
-        from . import variants  # issue: optimized / int8 / fp16 artifacts
-        report.variants = variants.build(spec, loaded, tensors, model_path, axes, work)
+        from . import variants  # optimized / int8 / fp16 artifacts, each checked like model.onnx
+        session = None  # the fp32 session is done: free its copy of the weights before building more
+        report.variants = variants.build(spec, loaded, tensors, model_path, axes, work, baseline=latency)
 
     np.savez(work / "sample_inputs.npz", **{n: t.detach().cpu().numpy() for n, t in tensors.items()})
     if loaded.tokenizer is not None:

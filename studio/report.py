@@ -101,6 +101,8 @@ class Timing:
     sequence: int | None
     threads: int | None
     provider: str  # what really ran, e.g. "CPUExecutionProvider", "CUDAExecutionProvider", "torch-cpu"
+    warmup: int = 0  # untimed calls made first
+    io_binding: bool = False  # ORT CUDA: inputs and outputs bound on the device (no host copies timed)
 
 
 @dataclass
@@ -113,6 +115,12 @@ class LatencyInfo:
     threads: int | None = None
     budget_s: float | None = None
     errors: dict[str, str] = field(default_factory=dict)  # measurement -> why it could not run
+    # the same measurements at batch 1 (key as above -> Timing); empty when the sample has one row
+    batch1: dict[str, Timing] = field(default_factory=dict)
+    seconds: float | None = None  # wall time spent measuring
+    # what else the machine was doing: {"cpu", "logical_cpus", "load_avg_before", "load_avg_after"};
+    # a load average above the core count means other processes competed for the CPU while timing
+    machine: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -128,6 +136,14 @@ class VariantInfo:
     latency: LatencyInfo | None = None
     error: str | None = None
     notes: str = ""
+    method: str = ""  # how it was built, e.g. "onnxscript ORT fusions", "onnxruntime dynamic quantization"
+    source: str = ""  # the file it was built from, relative to the output folder
+    files: list[str] = field(default_factory=list)  # every file of the artifact (.onnx + .data), relative
+    tolerance: dict[str, Any] = field(default_factory=dict)  # {atol, rtol, min_argmax_agreement, rule}
+    provider: str | None = None  # the execution provider its parity was checked on
+    seconds: float | None = None  # time to build it
+    speedup_vs_torch: float | None = None  # PyTorch CPU p50 / this variant's ORT CPU p50, sample batch
+    speedup_vs_fp32: float | None = None  # fp32 model.onnx ORT CPU p50 / this variant's, sample batch
 
 
 @dataclass
@@ -237,21 +253,67 @@ LATENCY_LABELS = (("torch_cpu", "PyTorch CPU"), ("ort_cpu", "ORT CPU"),
                   ("ort_cuda", "ORT CUDA"), ("torch_cuda", "PyTorch CUDA"))
 
 
-def latency_rows(lat: LatencyInfo | None) -> list[list[str]]:
-    """One row per measurement; an unavailable one shows its reason, never a number."""
+def latency_rows(lat: LatencyInfo | None, skip_missing: bool = False) -> list[list[str]]:
+    """One row per measurement; an unavailable one shows its reason, never a number.
+
+    skip_missing: leave out measurements that were not attempted (no number and no recorded reason),
+    as for a variant, whose PyTorch timings live in the main table."""
     if lat is None:
         return []
     rows = []
     for key, label in LATENCY_LABELS:
         t: Timing | None = getattr(lat, key)
         if t is not None:
-            rows.append([label, f"{t.p50_ms:.2f}", f"{t.p90_ms:.2f}", f"{t.p99_ms:.2f}", str(t.iterations),
-                         f"{t.batch}x{t.sequence}" if t.sequence else str(t.batch),
-                         str(t.threads or "-"), t.provider])
+            rows.append(_timing_row(label, t))
+        elif skip_missing and key not in lat.errors:
+            continue
         else:
             why = lat.errors.get(key) or (lat.cuda_unavailable_reason if "cuda" in key else None) or "not measured"
             rows.append([label, "-", "-", "-", "-", "-", "-", f"unavailable: {why}"])
+    for key, label in LATENCY_LABELS:  # the same runs at batch 1, when the sample has more rows
+        if key in lat.batch1:
+            rows.append(_timing_row(f"{label} (batch 1)", lat.batch1[key]))
     return rows
+
+
+def _timing_row(label: str, t: Timing) -> list[str]:
+    provider = t.provider + (" + IO binding" if t.io_binding else "")
+    return [label, f"{t.p50_ms:.2f}", f"{t.p90_ms:.2f}", f"{t.p99_ms:.2f}", str(t.iterations),
+            f"{t.batch}x{t.sequence}" if t.sequence else str(t.batch), str(t.threads or "-"), provider]
+
+
+def machine_line(lat: LatencyInfo | None) -> str:
+    """One line on how busy the machine was while timing (empty when unknown)."""
+    m = (lat.machine if lat else None) or {}
+    if not m:
+        return ""
+    cpus, before, after = m.get("logical_cpus"), m.get("load_avg_before"), m.get("load_avg_after")
+    line = f"Measured on {m.get('cpu') or 'unknown CPU'}, {cpus} logical CPUs"
+    if before is not None and after is not None:
+        line += f", 1-min load average {before:.1f} before / {after:.1f} after"
+        if cpus and max(before, after) > cpus:
+            line += " (other processes competed for the CPU: timings are pessimistic)"
+    return line + "."
+
+
+def variant_rows(variants: list[VariantInfo], lat: LatencyInfo | None = None) -> list[list[str]]:
+    """One row per variant: verdict, size, worst diff, argmax agreement, ORT CPU p50 and speedups."""
+    rows = [] if lat is None or lat.ort_cpu is None else [
+        ["fp32 (model.onnx)", "PASS", "-", "-", "-", f"{lat.ort_cpu.p50_ms:.2f}",
+         _ratio(lat.torch_cpu.p50_ms / lat.ort_cpu.p50_ms if lat.torch_cpu else None), "1.00x", ""]]
+    for v in variants:
+        diffs = v.parity.outputs if v.parity else []
+        worst = max((d.max_abs_diff for d in diffs), default=None)
+        agree = [d.argmax_agreement for d in diffs if d.argmax_agreement is not None]
+        t = v.latency.ort_cpu if v.latency else None
+        rows.append([v.name, _mark(v.ok), f"{v.size_bytes / 1e6:.1f} MB" if v.size_bytes else "-", _num(worst),
+                     f"{min(agree):.1%}" if agree else "-", f"{t.p50_ms:.2f}" if t else "-",
+                     _ratio(v.speedup_vs_torch), _ratio(v.speedup_vs_fp32), v.error or v.method])
+    return rows
+
+
+def _ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -289,14 +351,30 @@ def render_markdown(r: Report) -> str:
             _table(["varies", "batch", "sequence", "verdict", "max abs diff", "message"], probe_rows(r.dynamic))]
     out += ["## Latency", _table(["run", "p50 ms", "p90 ms", "p99 ms", "iterations", "batch", "threads", "provider"],
                                  latency_rows(r.latency))]
+    line = machine_line(r.latency)
+    if line:
+        out += [line, ""]
+    if r.variants:
+        out += ["## Variants", _table(["variant", "verdict", "size", "max abs diff", "argmax agreement",
+                                       "ORT CPU p50 ms", "vs PyTorch", "vs fp32", "how"],
+                                      variant_rows(r.variants, r.latency))]
     for v in r.variants:
+        tol = v.tolerance or {}
+        rule = tol.get("rule") or (f"atol {v.parity.atol:g}, rtol {v.parity.rtol:g}" if v.parity else "")
         out += [f"## Variant: {v.name} — {_mark(v.ok)}",
-                f"File: {v.file or '-'}, {v.size_bytes or 0:,} bytes. {v.notes}"
+                f"File: {v.file or '-'}, {v.size_bytes or 0:,} bytes"
+                + (f" (files: {', '.join(v.files)})" if len(v.files) > 1 else "")
+                + (f"; built by {v.method}" if v.method else "") + (f" from {v.source}" if v.source else "")
+                + (f" in {v.seconds:.1f} s" if v.seconds is not None else "") + ".",
+                f"Verdict rule: {rule}." if rule else "",
+                (f"Checked on {v.provider}. " if v.provider else "") + v.notes
                 + (f" Error: {v.error}" if v.error else ""), ""]
         out += [_table(["output", "max abs diff", "max rel diff", "argmax agreement", "verdict"], parity_rows(v.parity))]
+        if v.dynamic is not None and v.dynamic.probes:
+            out += [_table(["varies", "batch", "sequence", "verdict", "max abs diff", "message"], probe_rows(v.dynamic))]
         if v.latency:
             out += [_table(["run", "p50 ms", "p90 ms", "p99 ms", "iterations", "batch", "threads", "provider"],
-                           latency_rows(v.latency))]
+                           latency_rows(v.latency, skip_missing=True))]
     if r.warnings:
         out += ["## Warnings"] + [f"- {w}" for w in r.warnings] + [""]
     return "\n".join(out)

@@ -96,3 +96,20 @@ def feeds(session: ort.InferenceSession, tensors: dict[str, np.ndarray]) -> dict
 def run(session: ort.InferenceSession, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, feeds(session, tensors))))
+
+
+def save_optimized(src: str | Path, dest: str | Path, threads: int | None = None, level: str = "extended",
+                   external_data: bool = False) -> Path:
+    """Apply ONNX Runtime's graph optimisations to `src` on the CPU provider and save the result offline.
+
+    Level "extended" and below stay hardware-independent ("all" adds layout transforms tied to this
+    CPU, which ONNX Runtime warns against saving). With external_data, initializers go to
+    `<dest>.data` beside the graph (needed above 2 GiB)."""
+    so = session_options(threads, level)
+    so.optimized_model_filepath = str(dest)
+    if external_data:
+        so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                    Path(dest).name + ".data")
+        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    ort.InferenceSession(str(src), sess_options=so, providers=[CPU])
+    return Path(dest)

@@ -1,0 +1,474 @@
+"""Faster artifacts beside model.onnx: ORT-optimized, int8 and fp16, each with its own checks.
+
+`build(spec, loaded, tensors, model_path, axes, work)` is called by `pipeline.convert` when
+`spec.variants` is non-empty. Files go to `<out>/variants/model.<name>.onnx` (+ `.onnx.data` when the
+weights are external, as model.onnx's are); `VariantInfo.file` is relative to the output folder.
+Every variant gets the same checks as model.onnx: parity with PyTorch on the sample rows, the
+dynamic-dimension probes, and latency (ORT CPU at the sample's batch and at batch 1, ORT CUDA with
+IO binding when CUDA is truly in use), plus its size and speedups over PyTorch and over model.onnx.
+A variant that misses its tolerance is reported as failed (and fails the conversion), never hidden;
+one that cannot be built is reported with the reason.
+
+How each is built
+- optimized: transformer fusions for ONNX Runtime (Attention, SkipLayerNormalization, BiasGelu, ...).
+  Two fusers are tried and the better result is kept (fused attention first, then most fused nodes):
+  onnxscript's ORT fusions (`onnxscript.rewriter.ort_fusions`, written for graphs from the new
+  torch.export-based exporter; it works on the lazily loaded graph, so memory stays low) and
+  `onnxruntime.transformers.optimizer` (its patterns match the legacy TorchScript exporter's graphs;
+  BERT-family architectures only; it holds several copies of the weights in memory, so it is skipped for
+  models above TRANSFORMERS_OPTIMIZER_MAX_BYTES). When neither fuses anything, ONNX Runtime's own graph
+  optimisations (level "extended": no hardware-specific layouts) are applied and saved offline.
+  `VariantInfo.method` and `.notes` say which path was taken and what was fused.
+- int8: `onnxruntime.quantization.quantize_dynamic`: int8 weights (per output channel), activations
+  quantized on the fly at run time. For CPU. Built from model.onnx (fp32).
+- fp16: `onnxruntime.transformers` float16 conversion with keep_io_types (inputs and outputs keep
+  model.onnx's types, so the same feeds and post-processing work). For CUDA. Built from the optimized
+  graph when that variant was built in the same run (fusions first, as ONNX Runtime recommends), else
+  from model.onnx. Checked on CUDA when a CUDA session is truly in use, else on CPU (ONNX Runtime's CPU
+  provider runs it, slowly: its CPU timing is no measure of fp16 on a GPU).
+
+Verdicts (`tolerance()`; written into each VariantInfo.tolerance and the report):
+- optimized: the same rule as model.onnx (--atol / --rtol, default 1e-4 / 1e-3): fusions reorder fp32
+  arithmetic but must not change results beyond float noise.
+- int8: cannot meet fp32's 1e-4. Class outputs (logits / probs) must pick the same class as PyTorch on
+  at least INT8_MIN_AGREEMENT of the rows, and every element must be within
+  INT8_ATOL + INT8_RTOL x |PyTorch| (a loose bound that catches broken quantization, not rounding).
+- fp16: 10-bit mantissa (~3 significant digits): every element within FP16_ATOL + FP16_RTOL x |PyTorch|,
+  and class outputs must agree on the argmax on at least FP16_MIN_AGREEMENT of the rows.
+A user tolerance looser than these (--atol / --rtol) is honoured: the looser of the two applies.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import hashlib
+import io
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+import torch
+
+from . import export as export_mod
+from . import latency as latency_mod
+from . import parity as parity_mod
+from . import runtime
+from .report import LatencyInfo, OutputDiff, ParityInfo, VariantInfo
+from .sources.base import LoadedModel
+
+ORDER = ("optimized", "int8", "fp16")  # built in this order: fp16 reuses the optimized graph
+FOLDER = "variants"
+
+INT8_ATOL, INT8_RTOL, INT8_MIN_AGREEMENT = 0.1, 0.1, 0.99
+FP16_ATOL, FP16_RTOL, FP16_MIN_AGREEMENT = 1e-2, 1e-2, 0.99
+INT8_PER_CHANNEL = True
+# onnxruntime.transformers.optimizer loads the whole model as a protobuf and copies it while fusing
+# (bert-base, 0.44 GB of weights: 2.5 GB peak RSS): only tried below this many bytes of weights.
+TRANSFORMERS_OPTIMIZER_MAX_BYTES = 256 * 1024**2
+# model_type (transformers config) -> onnxruntime.transformers.optimizer model_type
+TRANSFORMERS_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "distilbert": "bert",
+                      "camembert": "bert", "electra": "bert", "albert": "bert", "mpnet": "bert"}
+FUSED_OPS = ("Attention", "MultiHeadAttention", "GroupQueryAttention", "PackedAttention",
+             "PackedMultiHeadAttention", "EmbedLayerNormalization", "SkipLayerNormalization",
+             "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization", "BiasGelu", "FastGelu", "Gelu",
+             "GemmFastGelu", "QuickGelu", "BiasSplitGelu", "BiasAdd", "RotaryEmbedding", "FusedMatMul",
+             "FusedGemm", "FusedConv")
+ATTENTION_OPS = ("Attention", "MultiHeadAttention", "GroupQueryAttention", "PackedAttention",
+                 "PackedMultiHeadAttention")
+
+
+# --- tolerances -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float
+    rtol: float
+    min_agreement: float | None  # argmax agreement required on class outputs; None = not judged
+    rule: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"atol": self.atol, "rtol": self.rtol, "min_argmax_agreement": self.min_agreement,
+                "rule": self.rule}
+
+
+def tolerance(name: str, atol: float, rtol: float) -> Tolerance:
+    """The verdict rule for a variant, given the conversion's own --atol / --rtol."""
+    if name == "optimized":
+        return Tolerance(atol, rtol, None, f"same as model.onnx: every element within atol {atol:g} + "
+                                           f"rtol {rtol:g} x |PyTorch|")
+    if name == "int8":
+        a, r = max(INT8_ATOL, atol), max(INT8_RTOL, rtol)
+        return Tolerance(a, r, INT8_MIN_AGREEMENT,
+                         f"int8 cannot meet fp32's tolerance: class outputs must pick PyTorch's class on at least "
+                         f"{INT8_MIN_AGREEMENT:.0%} of rows, and every element must be within atol {a:g} + "
+                         f"rtol {r:g} x |PyTorch|")
+    if name == "fp16":
+        a, r = max(FP16_ATOL, atol), max(FP16_RTOL, rtol)
+        return Tolerance(a, r, FP16_MIN_AGREEMENT,
+                         f"fp16 (about 3 significant digits): every element within atol {a:g} + rtol {r:g} x "
+                         f"|PyTorch|, and class outputs must pick PyTorch's class on at least "
+                         f"{FP16_MIN_AGREEMENT:.0%} of rows")
+    raise ValueError(name)
+
+
+def judge(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], tol: Tolerance,
+          kinds: dict[str, str]) -> list[OutputDiff]:
+    """parity.compare with the variant's atol / rtol, then the argmax-agreement rule on class outputs."""
+    diffs = parity_mod.compare(expected, actual, tol.atol, tol.rtol, kinds)
+    if tol.min_agreement is not None:
+        for d in diffs:
+            if d.argmax_agreement is not None and d.argmax_agreement < tol.min_agreement:
+                d.ok = False
+    return diffs
+
+
+# --- the PyTorch reference, computed once per input set ----------------------------------------------
+
+def cached_reference(loaded: LoadedModel) -> LoadedModel:
+    """The same model whose adapter remembers its outputs per input set: every variant is compared with
+    PyTorch on the same sample and probe sizes, and PyTorch runs once for each of them."""
+    cache: dict[tuple, tuple[torch.Tensor, ...]] = {}
+    inner = loaded.adapter
+
+    def adapter(module, named: dict[str, torch.Tensor]):
+        key = tuple((n, tuple(t.shape), str(t.dtype), hashlib.sha1(t.detach().cpu().numpy().tobytes()).hexdigest())
+                    for n, t in sorted(named.items()))
+        if key not in cache:
+            cache[key] = tuple(o.detach().clone() if isinstance(o, torch.Tensor) else o
+                               for o in inner(module, named))
+        return cache[key]
+    return replace(loaded, adapter=adapter)
+
+
+# --- building ------------------------------------------------------------------------------------
+
+@dataclass
+class Built:
+    path: Path
+    method: str
+    source: Path
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Context:
+    spec: Any
+    loaded: LoadedModel
+    model_path: Path
+    folder: Path
+    threads: int
+    external: bool  # model.onnx keeps its weights in external data: so do the variants
+    built: dict[str, Built] = field(default_factory=dict)
+
+
+def _files(path: Path) -> list[Path]:
+    return export_mod.artifact_files(path)
+
+
+def _remove(path: Path) -> None:
+    for p in (path, Path(str(path) + ".data")):
+        p.unlink(missing_ok=True)
+
+
+def _op_counts(path: Path) -> dict[str, int]:
+    model = onnx.load(str(path), load_external_data=False)
+    counts: dict[str, int] = {}
+    for n in model.graph.node:
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return counts
+
+
+def _fused(path: Path) -> dict[str, int]:
+    counts = _op_counts(path)
+    return {op: counts[op] for op in FUSED_OPS if counts.get(op)}
+
+
+def _score(fused: dict[str, int]) -> tuple[int, int]:
+    return sum(fused.get(op, 0) for op in ATTENTION_OPS), sum(fused.values())
+
+
+def _describe(fused: dict[str, int]) -> str:
+    return ", ".join(f"{op} x{n}" for op, n in sorted(fused.items(), key=lambda kv: -kv[1])) or "nothing"
+
+
+def _onnxscript_fusions(src: Path, dest: Path, external: bool) -> None:
+    import onnx_ir as ir
+    from onnxscript.rewriter.ort_fusions import optimize_for_ort
+    model = ir.load(str(src))
+    model, _counts = optimize_for_ort(model)
+    if external:
+        ir.save(model, str(dest), external_data=dest.name + ".data")
+    else:
+        ir.save(model, str(dest))
+
+
+def _transformers_optimizer(src: Path, dest: Path, external: bool, loaded: LoadedModel) -> str:
+    from onnxruntime.transformers.optimizer import optimize_model
+    cfg = getattr(loaded.module, "config", None)
+    model_type = TRANSFORMERS_TYPES[getattr(cfg, "model_type", "")]
+    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_heads", None) or 0
+    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "dim", None) or 0
+    # opt_level 0: the Python fusions only; ONNX Runtime's own passes run when the session loads it
+    om = optimize_model(str(src), model_type=model_type, num_heads=int(heads), hidden_size=int(hidden), opt_level=0)
+    om.save_model_to_file(str(dest), use_external_data_format=external)
+    return model_type
+
+
+def _transformers_eligible(ctx: Context) -> str | None:
+    """None when onnxruntime.transformers.optimizer may be tried, else why not."""
+    model_type = getattr(getattr(ctx.loaded.module, "config", None), "model_type", None)
+    if model_type not in TRANSFORMERS_TYPES:
+        return f"no fusion patterns for {model_type or 'this architecture'}"
+    weights = sum(f.stat().st_size for f in _files(ctx.model_path))
+    if weights > TRANSFORMERS_OPTIMIZER_MAX_BYTES:
+        return (f"skipped: the model is {weights / 1e9:.2f} GB and this optimizer holds several copies of it in "
+                "memory")
+    return None
+
+
+def build_optimized(ctx: Context, dest: Path) -> Built:
+    src = ctx.model_path
+    candidates: list[tuple[tuple[int, int], Path, str, dict[str, int]]] = []
+    notes: list[str] = []
+    tries: list[tuple[str, Callable[[Path], Any]]] = [
+        ("onnxscript ORT fusions", lambda p: _onnxscript_fusions(src, p, ctx.external))]
+    why_not = _transformers_eligible(ctx)
+    if why_not is None:
+        tries.append(("onnxruntime.transformers.optimizer",
+                      lambda p: _transformers_optimizer(src, p, ctx.external, ctx.loaded)))
+    else:
+        notes.append(f"onnxruntime.transformers.optimizer: {why_not}.")
+    for k, (label, run) in enumerate(tries):
+        tmp = dest.with_name(f".{dest.stem}.candidate{k}.onnx")
+        try:
+            run(tmp)
+            fused = _fused(tmp)
+        except Exception as e:
+            notes.append(f"{label} failed: {_error(e)}.")
+            _remove(tmp)
+            continue
+        candidates.append((_score(fused), tmp, label, fused))
+        gc.collect()
+    best = max(candidates, key=lambda c: c[0], default=None)
+    for score, tmp, label, fused in candidates:
+        if best is None or tmp != best[1]:
+            notes.append(f"{label} fused {_describe(fused)} (not kept).")
+    for score, tmp, label, fused in candidates:
+        if best is not None and tmp == best[1]:
+            continue
+        _remove(tmp)
+    if best is not None and best[0][1] > 0:
+        score, tmp, label, fused = best
+        _move(tmp, dest)
+        if not score[0]:
+            notes.append("Attention was not fused (no known pattern matched this graph).")
+        notes.insert(0, f"{label} fused {_describe(fused)}. Fused operators are ONNX Runtime contrib ops "
+                        "(com.microsoft): this file runs on ONNX Runtime only.")
+        return Built(dest, label, src, notes)
+    if best is not None:
+        _remove(best[1])
+    runtime.save_optimized(src, dest, ctx.threads, level="extended", external_data=ctx.external)
+    notes.insert(0, "No transformer fusion matched this graph: ONNX Runtime graph optimisations (level extended, "
+                    "no hardware-specific layouts) were applied and saved offline; model.onnx gets the same ones "
+                    "when a session loads it, so expect the same speed and a faster session start. "
+                    f"Fused: {_describe(_fused(dest))}.")
+    return Built(dest, "onnxruntime offline graph optimisation (extended)", src, notes)
+
+
+def _move(tmp: Path, dest: Path) -> None:
+    """Rename a candidate (and its external data, whose file name is written inside the graph)."""
+    if Path(str(tmp) + ".data").exists():
+        model = onnx.load(str(tmp), load_external_data=False)
+        for t in onnx.external_data_helper._get_all_tensors(model):
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                for e in t.external_data:
+                    if e.key == "location":
+                        e.value = dest.name + ".data"
+        Path(str(tmp) + ".data").replace(Path(str(dest) + ".data"))
+        onnx.save(model, str(dest))
+        tmp.unlink()
+    else:
+        tmp.replace(dest)
+
+
+def _without_value_info(src: Path) -> Path:
+    """A copy of the graph (beside it, sharing its external data) without value_info.
+
+    quantize_dynamic rewrites Gemm(transB=1) as MatMul and transposes the weight in place under the same
+    name; the exporter's recorded value_info for that weight then contradicts shape inference
+    ("Inferred shape and existing shape differ"). Shapes are re-inferred anyway."""
+    model = onnx.load(str(src), load_external_data=False)
+    del model.graph.value_info[:]
+    tmp = src.with_name(f".{src.stem}.q-src.onnx")
+    onnx.save(model, str(tmp))
+    return tmp
+
+
+def build_int8(ctx: Context, dest: Path) -> Built:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    src = ctx.model_path
+    tmp = _without_value_info(src)
+    try:
+        quantize_dynamic(str(tmp), str(dest), weight_type=QuantType.QInt8, per_channel=INT8_PER_CHANNEL,
+                         use_external_data_format=ctx.external,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    finally:
+        tmp.unlink(missing_ok=True)
+    quantized = _op_counts(dest)
+    n = quantized.get("MatMulInteger", 0) + quantized.get("QAttention", 0) + quantized.get("DynamicQuantizeMatMul", 0)
+    notes = [f"Weights int8 ({'per channel' if INT8_PER_CHANNEL else 'per tensor'}), activations quantized at run "
+             f"time (dynamic); {n} matrix products quantized. Meant for CPU."]
+    return Built(dest, "onnxruntime dynamic quantization (int8)", src, notes)
+
+
+def build_fp16(ctx: Context, dest: Path) -> Built:
+    from onnxruntime.transformers.onnx_model import OnnxModel
+    src = ctx.built["optimized"].path if "optimized" in ctx.built else ctx.model_path
+    model = onnx.load(str(src))  # with its weights: every float tensor is rewritten
+    om = OnnxModel(model)
+    om.convert_float_to_float16(use_symbolic_shape_infer=True, keep_io_types=True)
+    om.save_model_to_file(str(dest), use_external_data_format=ctx.external)
+    del om, model
+    notes = ["Float tensors fp16; inputs and outputs keep model.onnx's types (keep_io_types). Meant for CUDA."]
+    return Built(dest, "onnxruntime.transformers float16 conversion", src, notes)
+
+
+BUILDERS: dict[str, Callable[[Context, Path], Built]] = {
+    "optimized": build_optimized, "int8": build_int8, "fp16": build_fp16}
+
+
+# --- checking ------------------------------------------------------------------------------------
+
+def _error(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}"
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The quantizer and optimizers log advice to the root logger and print progress; the studio
+    reports what matters itself and keeps stdout clean for --json."""
+    root = logging.getLogger()
+    level = root.level
+    try:
+        root.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def _sessions(name: str, path: Path, ctx: Context):
+    """(session to check parity on, CUDA session or None, why not CUDA, notes)."""
+    notes: list[str] = []
+    cuda_sess, why = None, "CUDA measurements were turned off (--no-cuda)"
+    if ctx.spec.cuda and name != "int8":
+        made = runtime.cuda_session(path, ctx.threads)
+        cuda_sess, why = made.session, made.reason
+    elif name == "int8":
+        why = "int8 dynamic quantization targets CPU; not timed on CUDA"
+    if name == "fp16" and cuda_sess is not None:
+        return cuda_sess, cuda_sess, None, notes
+    try:
+        cpu = runtime.cpu_session(path, ctx.threads)
+    except Exception as e:
+        if cuda_sess is not None:
+            return cuda_sess, cuda_sess, None, [f"The CPU provider cannot run it ({_error(e)})."]
+        raise RuntimeError(f"not validated: ONNX Runtime's CPU provider cannot run it ({_error(e)}) and there is "
+                           f"no CUDA session ({why})") from e
+    if name == "fp16":
+        notes.append(f"Checked on CPU because no CUDA session is in use ({why}); fp16 is built for CUDA, and its "
+                     "CPU timing says nothing about its GPU speed.")
+    return cpu, cuda_sess, why, notes
+
+
+def check(name: str, made: Built, ctx: Context, ref: LoadedModel, tensors: dict[str, torch.Tensor],
+          expected: dict[str, np.ndarray], axes: dict[str, dict[int, str]], tol: Tolerance,
+          baseline: LatencyInfo | None, info: VariantInfo) -> None:
+    """Parity, probes and latency for one built variant; fills `info` in place."""
+    session, cuda_sess, why_not_cuda, notes = _sessions(name, made.path, ctx)
+    provider = session.get_providers()[0]
+    info.provider = provider
+    actual = runtime.run(session, parity_mod.to_numpy(tensors))
+    diffs = judge(expected, actual, tol, ref.output_kinds)
+    rows = next(iter(tensors.values())).shape[0]
+    info.parity = ParityInfo(all(d.ok for d in diffs), tol.atol, tol.rtol, diffs, rows, provider)
+    info.dynamic = parity_mod.probes(ref, session, tensors, axes, tol.atol, tol.rtol)
+    cpu = session if provider == runtime.CPU else None
+    info.latency = latency_mod.measure_onnx(made.path, tensors, threads=ctx.threads,
+                                            budget_s=ctx.spec.latency_budget_s, cuda=cuda_sess is not None,
+                                            cpu_session=cpu, cuda_session=cuda_sess)
+    if cuda_sess is None and why_not_cuda:
+        info.latency.cuda_unavailable_reason = why_not_cuda
+        info.latency.errors["ort_cuda"] = why_not_cuda
+    if cpu is None and name == "fp16":
+        info.latency.errors.setdefault("ort_cpu", "fp16 was checked and timed on CUDA")
+    if baseline is not None and info.latency.ort_cpu is not None:
+        mine = info.latency.ort_cpu.p50_ms
+        if baseline.torch_cpu is not None and mine > 0:
+            info.speedup_vs_torch = round(baseline.torch_cpu.p50_ms / mine, 2)
+        if baseline.ort_cpu is not None and mine > 0:
+            info.speedup_vs_fp32 = round(baseline.ort_cpu.p50_ms / mine, 2)
+    info.notes = " ".join(made.notes + notes)
+    problems = []
+    if not info.parity.ok:
+        bad = [d for d in diffs if not d.ok]
+        problems.append("parity: " + "; ".join(
+            f"{d.name} max abs diff {d.max_abs_diff:.3g}"
+            + (f", argmax agreement {d.argmax_agreement:.1%}" if d.argmax_agreement is not None else "")
+            for d in bad) + f" ({tol.rule})")
+    if info.dynamic is not None and info.dynamic.ok is False:
+        problems.append("dynamic dimensions: " + "; ".join(p.message for p in info.dynamic.probes if not p.ok))
+    info.ok = not problems
+    if problems:
+        info.error = "failed " + " | ".join(problems)
+
+
+def build(spec, loaded: LoadedModel, tensors: dict[str, torch.Tensor], model_path: Path,
+          axes: dict[str, dict[int, str]], work: Path, baseline: LatencyInfo | None = None) -> list[VariantInfo]:
+    """Build and check every requested variant; one VariantInfo each, in ORDER."""
+    work, model_path = Path(work), Path(model_path)
+    folder = work / FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    threads = spec.threads or runtime.default_threads()
+    ctx = Context(spec, loaded, model_path, folder, threads,
+                  external=any(f != model_path for f in _files(model_path)))
+    ref = cached_reference(loaded)
+    expected = parity_mod.torch_outputs(ref, tensors)
+    results: list[VariantInfo] = []
+    for name in [n for n in ORDER if n in spec.variants]:
+        tol = tolerance(name, spec.atol, spec.rtol)
+        dest = folder / f"model.{name}.onnx"
+        info = VariantInfo(name=name, file=None, ok=False, tolerance=tol.as_dict())
+        started = time.perf_counter()
+        try:
+            with _quiet():
+                made = BUILDERS[name](ctx, dest)
+        except Exception as e:
+            _remove(dest)
+            info.error = f"could not be built: {_error(e)}"
+            results.append(info)
+            continue
+        info.seconds = round(time.perf_counter() - started, 2)
+        ctx.built[name] = made
+        files = _files(made.path)
+        info.file = made.path.relative_to(work).as_posix()
+        info.files = [f.relative_to(work).as_posix() for f in files]
+        info.size_bytes = sum(f.stat().st_size for f in files)
+        info.method = made.method
+        info.source = made.source.relative_to(work).as_posix() if made.source.is_relative_to(work) else made.source.name
+        try:
+            check(name, made, ctx, ref, tensors, expected, axes, tol, baseline, info)
+        except Exception as e:
+            info.ok = False
+            info.notes = " ".join(made.notes)
+            info.error = f"not validated: {_error(e)}" if "not validated" not in str(e) else str(e)
+        results.append(info)
+        gc.collect()
+    return results
