@@ -172,6 +172,9 @@ def measure(loaded: LoadedModel, path: Path, tensors: dict[str, torch.Tensor], *
     started, before = time.perf_counter(), machine()
     info = LatencyInfo(threads=threads, budget_s=budget_s)
     sizes = [("", tensors)] + ([("b1", b1)] if (b1 := _batch1(loaded, tensors)) is not None else [])
+    for tag, ts in sizes:  # PyTorch first, then ORT: their working memory never stacks up
+        _record(info, "torch_cpu", tag, lambda: torch_cpu(loaded, ts, threads, budget_s))
+    runtime.release_memory()
     cpu_sess = cpu_session
     if cpu_sess is None:
         try:
@@ -181,7 +184,6 @@ def measure(loaded: LoadedModel, path: Path, tensors: dict[str, torch.Tensor], *
     for tag, ts in sizes:
         batch, seq = _shape(ts)
         arrays = {n: t.detach().cpu().numpy() for n, t in ts.items()}
-        _record(info, "torch_cpu", tag, lambda: torch_cpu(loaded, ts, threads, budget_s))
         if cpu_sess is not None:
             _record(info, "ort_cpu", tag, lambda: ort_cpu(path, arrays, threads, budget_s, batch, seq, cpu_sess))
     if not cuda:

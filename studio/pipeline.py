@@ -104,21 +104,26 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
     axes = export_mod.dynamic_axes_for(loaded, tensors, spec)
     export_mod.annotate(model_path, _metadata(spec, loaded, batch, export_info))
 
+    runtime.release_memory()  # the exporter's intermediate graphs are garbage now
+
     say("checker", _FRACTION["checker"])
     checker = inspect_mod.check(model_path)
     graph = inspect_mod.graph_info(model_path)
 
     say("parity", _FRACTION["parity"])
     threads = spec.threads or runtime.default_threads()
-    session = runtime.cpu_session(model_path, threads)
+    # checks run without ORT's memory arena (it never shrinks); latency gets its own default session
+    session = runtime.cpu_session(model_path, threads, arena=False)
     parity, onnx_outputs = parity_mod.parity(loaded, session, tensors, spec.atol, spec.rtol)
 
     say("shape probe", _FRACTION["shape probe"])
     dynamic = parity_mod.probes(loaded, session, tensors, axes, spec.atol, spec.rtol)
+    del session
+    runtime.release_memory()
 
     say("latency", _FRACTION["latency"])
     latency = latency_mod.measure(loaded, model_path, tensors, threads=threads, budget_s=spec.latency_budget_s,
-                                  cuda=spec.cuda, cpu_session=session)
+                                  cuda=spec.cuda)
 
     report = Report(
         source=loaded.describe(),
@@ -136,7 +141,6 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
     if spec.variants:
         say("variants", _FRACTION["variants"])
         from . import variants  # optimized / int8 / fp16 artifacts, each checked like model.onnx
-        session = None  # the fp32 session is done: free its copy of the weights before building more
         report.variants = variants.build(spec, loaded, tensors, model_path, axes, work, baseline=latency)
 
     np.savez(work / "sample_inputs.npz", **{n: t.detach().cpu().numpy() for n, t in tensors.items()})

@@ -119,10 +119,10 @@ def test_fp16_that_no_provider_can_run_is_not_validated(hf_folders, sample_csv, 
     from studio import runtime
     real = runtime.cpu_session
 
-    def picky(path, threads=None, optimization="all"):
+    def picky(path, threads=None, optimization="all", arena=True):
         if Path(path).name == "model.fp16.onnx":
             raise RuntimeError("NOT_IMPLEMENTED: no fp16 kernel")
-        return real(path, threads, optimization)
+        return real(path, threads, optimization, arena)
     monkeypatch.setattr(runtime, "cpu_session", picky)
     report = convert(ConvertSpec(checkpoint=str(hf_folders["bert"]), data=str(sample_csv), out=str(tmp_path / "o"),
                                  variants=("fp16",), **FAST))
