@@ -110,7 +110,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def summary(report) -> str:
-    from .report import io_rows, latency_rows, parity_rows, probe_rows
+    from .report import io_rows, latency_rows, machine_line, parity_rows, probe_rows
     e = report.export
     ok = lambda b: "n/a" if b is None else ("PASS" if b else "FAIL")  # noqa: E731
     lines = [
@@ -131,6 +131,8 @@ def summary(report) -> str:
         _table(["run", "p50 ms", "p90 ms", "p99 ms", "iters", "batch", "threads", "provider"],
                latency_rows(report.latency)),
     ]
+    if machine_line(report.latency):
+        lines.append("  " + machine_line(report.latency))
     for v in report.variants:
         lines.append(f"variant  {v.name}: {ok(v.ok)} {v.file or ''} {v.error or v.notes}".rstrip())
     lines.append(f"files    {', '.join(report.files.values())} ({report.seconds:.1f} s)")
