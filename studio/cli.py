@@ -84,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="operator only: allow uploads that can run code when loaded (shown in the page)")
     a.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
                    help="operator only: load checkpoint kinds from this plugin module or .py file (repeatable)")
+    a.add_argument("--max-jobs", type=int, default=2, help="conversions running at once; the rest queue (default 2)")
+    a.add_argument("--job-timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="a job running longer is stopped (default 600)")
+    a.add_argument("--memory-limit", type=int, default=8192, metavar="MB",
+                   help="a job using more memory is stopped (default 8192)")
+    a.add_argument("--max-file-size", default="2gb", help="largest upload accepted (default 2gb)")
+    a.add_argument("--session-ttl", type=float, default=3600.0, metavar="SECONDS",
+                   help="an idle session's files are removed after this long (default 3600)")
     a.add_argument("--debug", action="store_true", help="show tracebacks")
     a.set_defaults(func=cmd_app)
     return p
@@ -190,7 +198,9 @@ def cmd_roles(args: argparse.Namespace) -> int:
 
 def cmd_app(args: argparse.Namespace) -> int:
     from .app import launch
-    launch(host=args.host, port=args.port, trust_code=args.trust_code)
+    launch(host=args.host, port=args.port, trust_code=args.trust_code, max_jobs=args.max_jobs,
+           job_timeout_s=args.job_timeout, memory_limit_mb=args.memory_limit, max_file_size=args.max_file_size,
+           session_ttl_s=args.session_ttl)
     return 0
 
 

@@ -41,7 +41,7 @@ def _versions() -> dict[str, str]:
     import torch
     import transformers
     from . import __version__
-    return {"studio": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+    return {"studio": __version__, "torch": str(torch.__version__), "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__, "transformers": transformers.__version__}
 
 

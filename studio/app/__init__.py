@@ -1,0 +1,80 @@
+"""The web studio (Gradio) over the engine's pipeline. The only package that imports gradio — and only
+when the app is built, so the job processes (studio.app.worker) start without it.
+
+    studio.app.launch(host="127.0.0.1", port=7860)            # what `studio app` runs (blocks)
+    running = studio.app.start(port=0)                        # in the background: running.url, running.close()
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, fields
+from typing import Any
+
+__all__ = ["launch", "start", "create_app", "RunningApp"]
+
+
+def _quiet_env() -> None:
+    # nothing may be fetched at run time: no analytics / version checks
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def create_app(**config: Any):
+    """Build the app without serving it. Keywords are AppConfig fields (see launch)."""
+    _quiet_env()
+    from .server import AppConfig, StudioApp
+    names = {f.name for f in fields(AppConfig)}
+    unknown = sorted(set(config) - names)
+    if unknown:
+        raise TypeError(f"unknown app option(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    return StudioApp(AppConfig(**config))
+
+
+def launch(host: str = "127.0.0.1", port: int = 7860, trust_code: bool = False, *, max_jobs: int = 2,
+           job_timeout_s: float | None = 600.0, memory_limit_mb: int | None = 8192,
+           max_file_size: str | int | None = "2gb", session_ttl_s: float = 3600.0, queue_size: int | None = 64,
+           work_dir: str | None = None, open_browser: bool = False, quiet: bool = False) -> None:
+    """Serve the studio until interrupted (what `studio app` runs).
+
+    host/port: where to listen (127.0.0.1:7860). trust_code: allow checkpoints that can run code when
+    loaded (TorchScript, .pt2, pickled modules) — shown as a banner in the page. max_jobs: conversions
+    running at once, the rest queue (queue_size waiting at most). job_timeout_s / memory_limit_mb: limits
+    of each conversion's worker process. max_file_size: per upload, e.g. "500mb". session_ttl_s: an idle
+    session's files are removed after this. work_dir: where session folders are made (default: temp).
+    """
+    app = create_app(trust_code=trust_code, max_jobs=max_jobs, job_timeout_s=job_timeout_s,
+                     memory_limit_mb=memory_limit_mb, max_file_size=max_file_size, session_ttl_s=session_ttl_s,
+                     queue_size=queue_size, work_dir=work_dir)
+    if not quiet:
+        print(f"ONNX Studio on http://{host}:{port}  (press Load demo to try it; Ctrl-C to stop)", flush=True)
+    app.launch(host, port, block=True, quiet=quiet, open_browser=open_browser)
+
+
+@dataclass
+class RunningApp:
+    app: Any
+    url: str
+
+    def close(self) -> None:
+        self.app.close()
+
+    def __enter__(self) -> "RunningApp":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def start(host: str = "127.0.0.1", port: int = 0, **config: Any) -> RunningApp:
+    """Serve the studio in the background (tests, benchmarks, notebooks). port=0 picks a free port."""
+    app = create_app(**config)
+    port = port or free_port(host)
+    app.launch(host, port, block=False, quiet=True)
+    return RunningApp(app, f"http://{host}:{port}/")

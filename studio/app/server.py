@@ -1,0 +1,369 @@
+"""The app's event handlers: each one runs its work in a job process (worker.py), keeps its files in
+the session's folder (jobs.py) and turns results / StudioErrors into page updates (handlers.py)."""
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import shutil
+import signal
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from ..errors import StudioError
+from ..spec import ATOL_DEFAULT, DYNAMIC_AXES, OPSET_DEFAULT, RTOL_DEFAULT, ConvertSpec
+from . import handlers as h
+from .jobs import Sessions
+from .worker import Job, JobError, Limits, default_start_method
+
+log = logging.getLogger("studio.app")
+
+STAGE_TEXT = {
+    "queued": "waiting for a free worker",
+    "starting": "starting the worker process",
+    "loading": "loading the checkpoint",
+    "batch": "building the batch from the sample",
+    "export": "exporting to ONNX (the slowest stage)",
+    "checker": "running the ONNX checker",
+    "parity": "comparing PyTorch with ONNX Runtime",
+    "shape probe": "probing the dynamic dimensions",
+    "latency": "timing PyTorch and ONNX Runtime",
+    "variants": "building the extra variants",
+    "writing": "writing the artifacts",
+    "done": "packing the downloads",
+}
+
+
+@dataclass
+class AppConfig:
+    """Operator settings (the `studio app` flags)."""
+
+    trust_code: bool = False  # allow TorchScript / .pt2 / pickled modules: shown as a banner
+    max_jobs: int = 2  # conversions running at once (the rest wait in the queue)
+    queue_size: int | None = 64  # requests waiting at most; None = unbounded
+    job_timeout_s: float | None = 600.0  # wall time of one conversion
+    preview_timeout_s: float | None = 180.0  # wall time of one upload preview / mapping check
+    memory_limit_mb: int | None = 8192  # per job process tree
+    max_file_size: str | int | None = "2gb"  # per upload
+    session_ttl_s: float = 3600.0  # idle sessions' files are removed after this
+    work_dir: str | None = None  # parent of the private working root (default: system temp)
+    start_method: str | None = None  # "forkserver" (default where available) or "spawn"
+    warm_up: bool = True  # start the worker fork server at launch so the first job starts fast
+
+
+_GRADIO_CACHE: str | None = None
+
+
+def _private_gradio_cache() -> None:
+    """Gradio's upload/download cache is content-addressed, and an app deletes what it cached when it
+    stops: in the shared /tmp/gradio, one server stopping deletes files another server is using. Each
+    studio process gets its own cache folder (removed at exit) unless the operator set GRADIO_TEMP_DIR.
+    It is never inside the session folders, so a session's files stay unreachable over HTTP."""
+    global _GRADIO_CACHE
+    if os.environ.get("GRADIO_TEMP_DIR"):
+        return
+    import atexit
+    import tempfile
+    _GRADIO_CACHE = tempfile.mkdtemp(prefix="onnx-studio-uploads-")
+    os.environ["GRADIO_TEMP_DIR"] = _GRADIO_CACHE
+    atexit.register(shutil.rmtree, _GRADIO_CACHE, True)
+
+
+def _key(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "local"
+
+
+def _name(path: str | None) -> str | None:
+    return Path(path).name if path else None
+
+
+class StudioApp:
+    def __init__(self, config: AppConfig | None = None):
+        from .layout import build
+        self.config = config or AppConfig()
+        self.start_method = self.config.start_method or default_start_method()
+        self.sessions = Sessions(self.config.work_dir, self.config.session_ttl_s)
+        _private_gradio_cache()
+        self.blocks = build(self)
+        self._warm_thread: threading.Thread | None = None
+
+    # --- jobs ------------------------------------------------------------------------------------
+    def limits(self, task: str) -> Limits:
+        timeout = self.config.job_timeout_s if task == "convert" else self.config.preview_timeout_s
+        return Limits(timeout_s=timeout, memory_mb=self.config.memory_limit_mb)
+
+    def run_job(self, task: str, payload: dict[str, Any], request: gr.Request | None,
+                on_progress=None, label: str | None = None) -> Any:
+        key = _key(request)
+        job = Job(task, payload, self.limits(task), self.start_method, label=label or task)
+        self.sessions.add_job(key, job)
+        try:
+            job.start()
+            return job.wait(on_progress)
+        finally:
+            self.sessions.remove_job(key, job)
+
+    def warm_up(self, wait: bool = False) -> None:
+        """Start the fork server (it imports torch & co. once) so the first person's job starts fast."""
+        if self._warm_thread is None:
+            def go():
+                try:
+                    Job("selftest", {}, Limits(timeout_s=300, memory_mb=None), self.start_method).start().wait()
+                except Exception as e:  # noqa: BLE001 - a failed warm-up only costs the first job time
+                    log.warning("worker warm-up failed: %s", e)
+            self._warm_thread = threading.Thread(target=go, name="studio-warm-up", daemon=True)
+            self._warm_thread.start()
+        if wait:
+            self._warm_thread.join()
+
+    def preview_spec(self, checkpoint: str | None, sample: str | None, fill_value: Any = None) -> ConvertSpec:
+        """Options a preview / mapping check needs (the loader's trust setting, the fill value)."""
+        fill = None
+        try:
+            fill = None if fill_value in (None, "") else float(fill_value)
+        except (TypeError, ValueError):
+            pass
+        return ConvertSpec(checkpoint=str(checkpoint or "-"), data=str(sample or "-"),
+                           trust_code=self.config.trust_code, fill_value=fill)
+
+    # --- 1. inputs -------------------------------------------------------------------------------
+    def load_demo(self, request: gr.Request = None):
+        """Copy the demo checkpoint and sample into this session's folder and put them in the uploads."""
+        if not (h.DEMO_CHECKPOINT.is_file() and h.DEMO_SAMPLE.is_file()):
+            raise gr.Error(f"The demo files are missing from {h.DEMO_DIR}.", title="No demo")
+        folder = self.sessions.new_dir(_key(request), "demo", keep=2)
+        ckpt = shutil.copy2(h.DEMO_CHECKPOINT, folder / h.DEMO_CHECKPOINT.name)
+        sample = shutil.copy2(h.DEMO_SAMPLE, folder / h.DEMO_SAMPLE.name)
+        return str(ckpt), str(sample)
+
+    def preview(self, checkpoint: str | None, sample: str | None, dynamic: list[str] | None = None,
+                request: gr.Request = None):
+        """After an upload: what was detected, the first rows, the columns with their suggested roles."""
+        model = columns = rows = mapping = None
+        model_error = data_error = None
+        if checkpoint or sample:
+            try:
+                res = self.run_job("preview", {"checkpoint": checkpoint, "data": sample,
+                                               "spec": self.preview_spec(checkpoint, sample),
+                                               "label": "upload preview"}, request, label="upload preview")
+                model, model_error = res["model"], res["model_error"]
+                columns, rows, data_error = res["columns"], res["rows"], res["data_error"]
+                mapping = res["mapping"]
+            except Exception as e:  # noqa: BLE001 - shown in the cards, never as a traceback
+                if not isinstance(e, StudioError):
+                    log.exception("preview failed unexpectedly")
+                model_error = data_error = str(e) if isinstance(e, StudioError) else \
+                    f"unexpected {type(e).__name__}: {e}"
+                if not checkpoint:
+                    model_error = None
+                if not sample:
+                    data_error = None
+        columns = columns or []
+        scrub = lambda text: text and h.scrub_paths(text, [checkpoint, sample])  # noqa: E731
+        model_error, data_error = scrub(model_error), scrub(data_error)
+        if mapping and mapping.get("error"):
+            mapping["error"] = scrub(mapping["error"])
+        roles = h.initial_roles(columns, mapping)
+        state = {"nonce": uuid.uuid4().hex, "columns": [{**c, "role": roles.get(c["name"], "ignore")}
+                                                        for c in columns]}
+        per_rows = h.per_input_rows(model, dynamic if dynamic is not None else DYNAMIC_AXES)
+        return (
+            h.model_html(model, model_error, _name(checkpoint)),
+            h.sample_html(columns, rows or [], data_error, _name(sample)),
+            gr.update(value=h.preview_frame(rows or [], columns), visible=bool(rows)),
+            state,
+            json.dumps(roles),
+            h.mapping_html(mapping, model is not None, bool(columns)),
+            {"model": model, "has_sample": bool(columns)},
+            gr.update(value=per_rows or None, visible=bool(per_rows)),
+            "",
+        )
+
+    # --- 2. field mapping ------------------------------------------------------------------------
+    @staticmethod
+    def set_role(roles_json: str, column: str, role: str) -> str:
+        roles = h.parse_roles_value(roles_json) if roles_json else {}
+        roles[column] = role
+        return json.dumps(roles)
+
+    def check_mapping(self, checkpoint: str | None, sample: str | None, roles_json: str, info: dict | None,
+                      fill_value: float | None = None, request: gr.Request = None) -> str:
+        have_model = bool(info and info.get("model"))
+        have_sample = bool(info and info.get("has_sample"))
+        if not (checkpoint and sample and have_model and have_sample):
+            return h.mapping_html(None, have_model, have_sample)
+        try:
+            roles = h.parse_roles_value(roles_json)
+            mapping = self.run_job("check", {"checkpoint": checkpoint, "data": sample, "roles": roles,
+                                             "spec": self.preview_spec(checkpoint, sample, fill_value),
+                                             "label": "mapping check"}, request,
+                                   label="mapping check")
+        except StudioError as e:
+            mapping = {"ok": False, "error": str(e)}
+        except Exception as e:  # noqa: BLE001
+            log.exception("mapping check failed unexpectedly")
+            mapping = {"ok": False, "error": f"unexpected {type(e).__name__}: {e}"}
+        if mapping.get("error"):
+            mapping["error"] = h.scrub_paths(mapping["error"], [checkpoint, sample])
+        return h.mapping_html(mapping, True, True)
+
+    # --- 3. options ------------------------------------------------------------------------------
+    @staticmethod
+    def reset_per_input(dynamic: list[str], info: dict | None):
+        rows = h.per_input_rows((info or {}).get("model"), dynamic)
+        return gr.update(value=rows or None, visible=bool(rows)), ""
+
+    @staticmethod
+    def per_input_edited(rows) -> str:
+        return json.dumps(h.per_input_from_rows(rows))
+
+    # --- 4-6. export, results, downloads ------------------------------------------------------------
+    def convert(self, checkpoint: str | None, sample: str | None, roles: str | None = None,
+                opset: int = OPSET_DEFAULT, exporter: str = "auto", dynamic: list[str] | None = None,
+                dynamic_per_input: str | None = None, max_length: int = 128, atol: float = ATOL_DEFAULT,
+                rtol: float = RTOL_DEFAULT, id_dtype: str = "int64", fill_value: float | None = None,
+                latency_budget: float | None = None, request: gr.Request = None, progress=gr.Progress()):
+        """Convert the uploaded checkpoint with the sample rows; returns the artifacts and the report."""
+        key = _key(request)
+        dynamic = list(DYNAMIC_AXES) if dynamic is None else dynamic
+        error: StudioError | None = None
+        job_dir = None
+        try:
+            progress(0.0, desc="starting — " + STAGE_TEXT["starting"])
+            job_dir = self.sessions.new_dir(key, "job", busy=True)
+            out = job_dir / "out"
+            checkpoint, sample = _job_inputs(job_dir, checkpoint, sample)
+            spec = h.spec_from_ui(checkpoint, sample, roles, opset, exporter, dynamic, dynamic_per_input,
+                                  max_length, atol, rtol, id_dtype, fill_value, latency_budget, out=out,
+                                  trust_code=self.config.trust_code)
+
+            def on_progress(stage: str, fraction: float) -> None:
+                progress(min(max(fraction, 0.0), 1.0), desc=f"{stage} — {STAGE_TEXT.get(stage, stage)}")
+
+            result = self.run_job("convert", {"spec": spec, "zip_stem": h.zip_stem(checkpoint),
+                                              "label": "conversion"}, request, on_progress, label="conversion")
+        except StudioError as e:
+            error = e
+        except Exception as e:  # a bug of ours: the same words as the CLI, the traceback in the server log
+            log.exception("conversion failed unexpectedly")
+            error = StudioError(f"unexpected {type(e).__name__}: {e}")
+        try:
+            if error is not None:
+                message = h.scrub_paths(str(error), [checkpoint, sample, job_dir and job_dir / "x"])
+                yield self._error_outputs(error, message)
+                raise gr.Error(message, title=_error_title(error), print_exception=False)
+            yield self._report_outputs(result, Path(spec.out))
+        finally:  # after Gradio copied the downloads out of the job folder: it may be pruned later
+            if job_dir is not None:
+                self.sessions.release(key, job_dir)
+
+    def _report_outputs(self, result: dict[str, Any], out: Path) -> tuple:
+        report = result["report"]
+        diagnosis = h.diagnosis_md(report, result.get("diagnosis") or "")
+        return (
+            h.artifact_paths(report, out, result.get("zip")),
+            report.to_json(),
+            h.verdict_html(report),
+            gr.update(value=h.summary_md(report), visible=True),
+            h.io_frame(report),
+            h.parity_frame(report),
+            h.probe_frame(report),
+            h.latency_frame(report),
+            h.latency_chart(report),
+            gr.update(value=h.diff_chart(report), caption=h.diff_caption(report)),
+            h.predictions_frame(report),
+            h.attempts_frame(report),
+            diagnosis,
+            gr.update(visible=bool(diagnosis), open=not report.ok and bool(diagnosis)),
+            gr.update(visible=True),
+            gr.update(visible=True),
+        )
+
+    def _error_outputs(self, error: StudioError, message: str) -> tuple:
+        diagnosis = h.diagnosis_md(None, error=error) if error.details else ""
+        cancelled = isinstance(error, JobError) and error.reason == "cancelled"
+        return (
+            None, None,
+            h.error_html(message, title=_error_title(error)),
+            gr.update(visible=False),
+            None, None, None, None, None, None, None, None,
+            diagnosis,
+            gr.update(visible=bool(diagnosis), open=bool(diagnosis) and not cancelled),
+            gr.update(visible=False),
+            gr.update(visible=False),
+        )
+
+    def cancel(self, request: gr.Request = None) -> str:
+        """Stop this session's running conversion (its worker process is killed)."""
+        n = self.sessions.cancel(_key(request), ("convert",), "The conversion was cancelled.")
+        if n:
+            return h.error_html("The conversion was cancelled; its worker process was stopped.", title="Cancelled")
+        return gr.skip()
+
+    def close_session(self, request: gr.Request = None) -> None:
+        self.sessions.close(_key(request))
+
+    # --- serving ---------------------------------------------------------------------------------
+    def launch(self, host: str = "127.0.0.1", port: int | None = 7860, *, block: bool = True,
+               quiet: bool = False, open_browser: bool = False, **kwargs):
+        from .layout import CSS, THEME
+        self.blocks.queue(max_size=self.config.queue_size, default_concurrency_limit=self.config.max_jobs)
+        if self.config.warm_up:
+            self.warm_up()
+        self.sessions.start_sweeper()
+        atexit.register(self.sessions.shutdown)  # session folders never outlive the process
+        if block and threading.current_thread() is threading.main_thread():
+            # `kill` / a service manager stops the studio like Ctrl-C: jobs killed, folders removed
+            signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            return self.blocks.launch(
+                server_name=host, server_port=port, prevent_thread_lock=not block, quiet=quiet,
+                inbrowser=open_browser, max_file_size=self.config.max_file_size, show_error=False,
+                ssr_mode=False, theme=THEME, css=CSS, footer_links=["api"], **kwargs)
+        finally:
+            if block:
+                self.close()
+
+    def close(self) -> None:
+        try:
+            self.blocks.close()
+        except Exception:  # noqa: BLE001
+            pass
+        self.sessions.shutdown()
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _job_inputs(job_dir: Path, *paths: str | None) -> list[str | None]:
+    """The job's own links to the uploads: the upload cache may be cleaned while the job runs."""
+    out = []
+    folder = job_dir / "inputs"
+    for p in paths:
+        if not p or not Path(p).is_file():
+            out.append(p)
+            continue
+        folder.mkdir(exist_ok=True)
+        dest = folder / Path(p).name
+        if dest.exists():  # two uploads with the same name: keep both
+            dest = folder / f"{len(list(folder.iterdir()))}-{Path(p).name}"
+        try:
+            os.link(p, dest)
+        except OSError:
+            shutil.copy2(p, dest)
+        out.append(str(dest))
+    return out
+
+
+def _error_title(error: StudioError) -> str:
+    if isinstance(error, JobError):
+        return {"cancelled": "Cancelled", "timeout": "Time limit reached", "memory": "Out of memory",
+                "crashed": "Worker crashed"}.get(error.reason, "Conversion failed")
+    return "Conversion failed"

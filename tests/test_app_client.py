@@ -1,0 +1,179 @@
+"""The web studio driven with gradio_client against a real server on a free port, running the real engine."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+import studio.app  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "assets" / "demo"
+ROLES = {"order_id": "ignore", "review": "text", "price": "tabular", "quantity": "tabular", "label": "ignore"}
+
+
+@pytest.fixture(scope="module")
+def served():
+    running = studio.app.start(port=0, max_jobs=2, job_timeout_s=300, max_file_size="20mb")
+    running.app.warm_up(wait=True)
+    yield running
+    running.close()
+
+
+def client(served) -> Client:
+    return Client(served.url, verbose=False, download_files=True)
+
+
+def convert(c: Client, checkpoint=DEMO / "demo_model.pt", sample=DEMO / "sample.csv", **kw):
+    kw.setdefault("roles", json.dumps(ROLES))
+    return c.predict(handle_file(str(checkpoint)), handle_file(str(sample)), api_name="/convert", **kw)
+
+
+def test_api_lists_named_endpoints(served):
+    api = client(served).view_api(print_info=False, return_format="dict")
+    names = set(api["named_endpoints"])
+    assert {"/convert", "/preview", "/load_demo", "/cancel"} <= names
+    params = [p["parameter_name"] for p in api["named_endpoints"]["/convert"]["parameters"]]
+    assert params[:3] == ["checkpoint", "sample", "roles"] and "opset" in params and "exporter" in params
+
+
+def test_demo_conversion_downloads_a_model_that_runs(served, tmp_path):
+    import onnxruntime as ort
+    c = client(served)
+    ckpt, sample = c.predict(api_name="/load_demo")  # the demo files, as the button gives them
+    files, report = convert(c, ckpt, sample)[:2]
+    report = json.loads(report)
+    names = {Path(f).name for f in files}
+    assert {"model.onnx", "report.json", "report.md", "inference_example.py", "demo_model-onnx.zip"} <= names
+    assert report["ok"] is True and report["failed_checks"] == []
+    assert report["roles"] == ROLES
+    model = next(f for f in files if Path(f).name == "model.onnx")
+    inputs = [i["name"] for i in report["graph"]["inputs"]]
+    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == inputs
+    feeds = np.load(next(f for f in files if Path(f).name == "sample_inputs.npz"))
+    out = sess.run(None, {n: feeds[n][:3] for n in inputs})  # 3 rows: the batch dimension is dynamic
+    assert out[0].shape[0] == 3 and np.isfinite(out[0]).all()
+    # the same run as a Markdown report, and the predictions sit beside the ignored id column
+    assert "PASS" in Path(next(f for f in files if Path(f).name == "report.md")).read_text()
+    assert {"order_id", "prediction"} <= set(report["predictions"][0])
+
+
+def test_invalid_upload_gives_the_clis_message(served, tmp_path):
+    bad = tmp_path / "weights.pt"
+    bad.write_text("order_id,review\nA-1,hello\n")
+    with pytest.raises(AppError) as e:
+        convert(client(served), bad)
+    message = str(e.value)
+    assert "weights.pt" in message and "Traceback" not in message and "/tmp/" not in message
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    cli = subprocess.run([sys.executable, "-m", "studio", "convert", "weights.pt", "--data", str(DEMO / "sample.csv"),
+                          "--out", str(tmp_path / "o"), "--quiet"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert cli.returncode == 2
+    first = next(line for line in cli.stderr.splitlines() if line.startswith("error: "))
+    assert first == "error: " + message.splitlines()[0]
+
+
+def test_invalid_mapping_is_explained(served):
+    with pytest.raises(AppError) as e:
+        convert(client(served), roles=json.dumps({**ROLES, "price": "ignore"}), exporter="torchscript",
+                latency_budget=0.3)
+    assert "price" in str(e.value) and "tabular" in str(e.value)
+
+
+def test_three_conversions_at_once(served):
+    clients = [client(served) for _ in range(3)]  # three people, three sessions
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(convert, c, exporter="torchscript", opset=17, latency_budget=0.3) for c in clients]
+        results = [f.result(timeout=600) for f in futures]
+    for files, report in (r[:2] for r in results):
+        report = json.loads(report)
+        assert report["ok"] is True and report["export"]["opset"] == 17
+    models = [next(f for f in r[0] if Path(f).name == "model.onnx") for r in results]
+    assert len(set(models)) >= 1 and all(Path(m).stat().st_size > 0 for m in models)
+
+
+def _running_job(served, timeout=120.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        jobs = [j for j in served.app.sessions.all_jobs() if j.task == "convert" and j.pid]
+        if jobs:
+            return jobs[0]
+        time.sleep(0.05)
+    raise AssertionError("no conversion started")
+
+
+def test_cancel_stops_the_worker(served):
+    c = client(served)
+    pending = c.submit(handle_file(str(DEMO / "demo_model.pt")), handle_file(str(DEMO / "sample.csv")),
+                       json.dumps(ROLES), api_name="/convert")
+    worker = _running_job(served)
+    pid = worker.pid
+    c.predict(api_name="/cancel")  # the same session's Cancel button
+    with pytest.raises(Exception) as e:
+        pending.result(timeout=120)
+    assert "cancelled" in str(e.value).lower()
+    assert not worker.is_alive() and not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_a_crashed_worker_leaves_the_app_answering(served):
+    c = client(served)
+    pending = c.submit(handle_file(str(DEMO / "demo_model.pt")), handle_file(str(DEMO / "sample.csv")),
+                       json.dumps(ROLES), api_name="/convert")
+    worker = _running_job(served)
+    os.kill(worker.pid, signal.SIGKILL)  # what the kernel's OOM killer or a segfault does to it
+    with pytest.raises(AppError) as e:
+        pending.result(timeout=120)
+    assert "stopped unexpectedly" in str(e.value) and "SIGKILL" in str(e.value)
+    files, report = convert(client(served), exporter="torchscript", latency_budget=0.3)[:2]
+    assert json.loads(report)["ok"] is True
+
+
+def test_artifacts_of_a_session_cannot_be_fetched_by_path(served):
+    c = client(served)
+    convert(c, exporter="torchscript", latency_budget=0.3)
+    on_disk = [p for p in served.app.sessions.root.rglob("model.onnx")]
+    assert on_disk, "the job folder should still hold the artifacts"
+    for path in on_disk[:2]:
+        url = served.url + "gradio_api/file=" + urllib.parse.quote(str(path))
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(url, timeout=30)
+        assert e.value.code in (403, 404)
+
+
+def test_upload_size_limit(served, tmp_path):
+    big = tmp_path / "huge.pt"
+    with open(big, "wb") as f:
+        f.truncate(21 * 2**20)
+    with pytest.raises(Exception) as e:
+        convert(client(served), big)
+    assert "exceeds the maximum file size" in str(e.value) or "413" in str(e.value)
+    # the server enforces it too, whatever the client does
+    import httpx
+    with open(big, "rb") as f:
+        r = httpx.post(served.url + "gradio_api/upload", files={"files": ("huge.pt", f)}, timeout=120)
+    assert r.status_code == 413 and "maximum allowed size" in r.text

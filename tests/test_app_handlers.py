@@ -1,0 +1,200 @@
+"""The app's plain functions: page controls -> ConvertSpec (one mapping), Report -> what the page shows."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from studio.app import handlers as h
+from studio.errors import ExportError, StudioError
+from studio.report import (CheckerInfo, DynamicInfo, ExportAttempt, ExportInfo, GraphInfo, LatencyInfo, OutputDiff,
+                           ParityInfo, Probe, Report, TensorInfo, Timing)
+
+
+def make_report(parity_ok=True, dynamic_ok=True, opset=18, attempts=None) -> Report:
+    t = Timing(p50_ms=1.5, p90_ms=2.0, p99_ms=2.5, iterations=100, batch=8, sequence=16, threads=2,
+               provider="CPUExecutionProvider")
+    return Report(
+        source={"kind": "multimodal", "path": "/srv/uploads/x/demo_model.pt"},
+        roles={"order_id": "ignore", "review": "text", "price": "tabular"},
+        export=ExportInfo(exporter="dynamo", opset_requested=18, opset=opset, seconds=3.2,
+                          attempts=attempts or [ExportAttempt("dynamo", True, seconds=3.2, opset_written=opset)]),
+        graph=GraphInfo(inputs=[TensorInfo("input_ids", "int64", ["batch", "sequence"]),
+                                TensorInfo("price", "float32", ["batch", 1])],
+                        outputs=[TensorInfo("probs", "float32", ["batch", 3])], op_counts={"Gemm": 2},
+                        size_bytes=1234, opset=opset),
+        checker=CheckerInfo(True, "ok"),
+        parity=ParityInfo(parity_ok, 1e-4, 1e-3, [OutputDiff("probs", 1.2e-7 if parity_ok else 0.5, 1e-6, parity_ok,
+                                                              1.0)], rows=8),
+        dynamic=DynamicInfo(dynamic_ok, [Probe(1, 16, True, 1e-9, "ok", "batch"),
+                                         Probe(8, 21, dynamic_ok, 2e-8 if dynamic_ok else None,
+                                               "ok" if dynamic_ok else "baked", "sequence")],
+                            {"input_ids": ["batch", "sequence"]}),
+        latency=LatencyInfo(torch_cpu=t, ort_cpu=t, cuda_unavailable_reason="no CUDA device is visible",
+                            errors={"ort_cuda": "no CUDA device is visible"}),
+        predictions=[{"order_id": "A-1", "prediction": "keep", "confidence": 0.9}],
+        seconds=5.0,
+    )
+
+
+# --- the one mapping: controls -> ConvertSpec --------------------------------------------------------
+
+def test_spec_from_ui_maps_every_control(tmp_path):
+    spec = h.spec_from_ui("/up/m.pt", "/up/s.csv", '{"review": "text", "price": "Tabular"}', "17", "legacy",
+                          ["batch"], '{"input_ids": ["batch"], "price": []}', 64.0, "1e-5", 0.01, "int32", "0",
+                          "0.25", out=tmp_path / "out", trust_code=True)
+    assert (spec.checkpoint, spec.data, spec.out) == ("/up/m.pt", "/up/s.csv", str(tmp_path / "out"))
+    assert spec.roles == {"review": "text", "price": "tabular"}
+    assert (spec.opset, spec.exporter, spec.dynamic) == (17, "torchscript", ("batch",))
+    assert spec.dynamic_per_input == {"input_ids": ("batch",), "price": ()}
+    assert (spec.max_length, spec.atol, spec.rtol, spec.id_dtype, spec.fill_value) == (64, 1e-5, 0.01, "int32", 0.0)
+    assert spec.latency_budget_s == 0.25 and spec.trust_code is True
+
+
+def test_spec_from_ui_defaults_and_aliases(tmp_path):
+    spec = h.spec_from_ui("m.pt", "s.csv", None, out=tmp_path)
+    assert spec.roles == {} and spec.exporter == "auto" and spec.dynamic == ("batch", "sequence")
+    assert spec.fill_value is None and spec.trust_code is False and spec.latency_budget_s == h.LATENCY_BUDGET_DEFAULT
+    assert h.spec_from_ui("m.pt", "s.csv", "review=text\nprice=ignore", exporter="new", dynamic=[],
+                          out=tmp_path).roles == {"review": "text", "price": "ignore"}
+    assert h.spec_from_ui("m.pt", "s.csv", exporter="new", dynamic=[], out=tmp_path).dynamic == ()
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"checkpoint": None}, "No checkpoint uploaded"),
+    ({"sample": ""}, "No sample file uploaded"),
+    ({"roles": '{"review": "words"}'}, "is not one of text, tabular, ignore"),
+    ({"roles": "{not json"}, "not valid JSON"),
+    ({"opset": 9}, "outside the supported range"),
+    ({"exporter": "onnxscript"}, "is not one of auto, new, legacy"),
+    ({"dynamic": ["time"]}, "Dynamic axis 'time'"),
+    ({"max_length": 1}, "at least 2"),
+    ({"atol": "small"}, "atol must be a number"),
+    ({"id_dtype": "int8"}, "int64, int32"),
+    ({"latency_budget": 0}, "more than 0 s"),
+])
+def test_spec_from_ui_explains_bad_values(tmp_path, kwargs, words):
+    args = {"checkpoint": "m.pt", "sample": "s.csv", **kwargs}
+    with pytest.raises(StudioError) as e:
+        h.spec_from_ui(**args, out=tmp_path)
+    assert words in str(e.value)
+
+
+def test_per_input_table_round_trip():
+    model = {"inputs": [{"name": "input_ids", "kind": "input_ids"}, {"name": "price", "kind": "tabular"}]}
+    rows = h.per_input_rows(model, ["batch", "sequence"])
+    assert rows == [["input_ids", True, True], ["price", True, False]]
+    edited = pd.DataFrame([["input_ids", True, False], ["price", False, False]], columns=["input", "batch", "sequence"])
+    assert h.per_input_from_rows(edited) == {"input_ids": ["batch"], "price": []}
+    assert h.per_input_from_rows({"data": [["input_ids", "true", "false"]]}) == {"input_ids": ["batch"]}
+    assert h.per_input_from_rows(None) == {}
+
+
+# --- preview -> page ------------------------------------------------------------------------------------
+
+def test_model_and_sample_cards():
+    model = {"kind": "hf", "inputs": [{"name": "input_ids", "kind": "input_ids"},
+                                      {"name": "price", "kind": "tabular", "column": "price", "width": 1}],
+             "outputs": ["logits"], "tokenizer": None, "parameters": 1_500_000, "labels": ["a", "b"]}
+    card = h.model_html(model, filename="m.zip")
+    assert "m.zip" in card and "1.5 M" in card and "none found" in card and "<code>price</code>" in card
+    assert "card-bad" in h.model_html(None, "Checkpoint <x> is broken.")
+    assert "&lt;x&gt;" in h.model_html(None, "Checkpoint <x> is broken.")  # escaped, never raw HTML
+    cols = [{"name": "a", "detected": "text"}, {"name": "b", "detected": "number"}]
+    assert "2 columns" in h.sample_html(cols, [{"a": "x", "b": 1}])
+
+
+def test_mapping_messages():
+    assert "mapping-ok" in h.mapping_html({"ok": True, "tensors": {"input_ids": {"shape": [8, 16], "dtype": "int64"}}},
+                                          True, True)
+    bad = h.mapping_html({"ok": False, "error": "column 'price' is mapped 'ignore'."}, True, True)
+    assert "mapping-bad" in bad and "price" in bad
+    assert "once a checkpoint" in h.mapping_html(None, False, True)
+    cols = [{"name": "review", "suggested": "ignore"}, {"name": "price", "suggested": "tabular"}]
+    assert h.initial_roles(cols, {"roles": {"review": "text"}}) == {"review": "text", "price": "tabular"}
+
+
+# --- report -> page --------------------------------------------------------------------------------------
+
+def test_verdict_strip_when_everything_passed():
+    html = h.verdict_html(make_report())
+    assert 'data-ok="true"' in html and "All checks passed" in html
+    for check in ("checker", "parity", "dynamic", "opset"):
+        assert f'data-check="{check}" data-ok="true"' in html
+    assert "1.2e-07" in html and "Opset 18 written" in html
+
+
+def test_verdict_strip_names_what_failed():
+    html = h.verdict_html(make_report(parity_ok=False, dynamic_ok=False, opset=17))
+    assert 'id="verdict-strip"' in html and 'class="verdict verdict-fail" data-ok="false"' in html
+    assert 'data-check="parity" data-ok="false"' in html and 'data-check="dynamic" data-ok="false"' in html
+    assert 'data-check="opset" data-ok="false"' in html and "differs" in html
+    assert "parity, dynamic" in html
+
+
+def test_tables_reuse_the_report_rows():
+    r = make_report()
+    io = h.io_frame(r)
+    assert list(io.columns) == h.IO_HEADERS and io.iloc[0].tolist() == ["input", "input_ids", "int64", "[batch, sequence]"]
+    lat = h.latency_frame(r)
+    cuda = lat[lat["run"] == "ORT CUDA"].iloc[0].tolist()
+    assert cuda[1] == "-" and cuda[-1].startswith("unavailable: no CUDA device")
+    chart = h.latency_chart(r)
+    assert list(chart["run"]) == ["PT CPU 8×16", "ORT CPU 8×16"]  # an unavailable device is never a number
+    diffs = h.diff_chart(r)
+    assert list(diffs["check"]) == ["sample: probs", "batch 1", "seq 21"]
+    assert h.predictions_frame(r).columns.tolist() == ["order_id", "prediction", "confidence"]
+    assert h.parity_frame(r).iloc[0, -1] == "PASS" and h.probe_frame(r).shape == (2, 6)
+
+
+def test_diagnosis_shows_failed_attempts_and_export_details():
+    failed = [ExportAttempt("dynamo", False, "Unsupported: data-dependent branch", 2.0,
+                            diagnosis_path="diagnostics/x.md"),
+              ExportAttempt("torchscript", True, None, 0.5, 18)]
+    text = h.diagnosis_md(make_report(attempts=failed), "### dynamo exporter\n\nGraph break at line 3")
+    assert "dynamo exporter failed" in text and "data-dependent branch" in text and "Graph break" in text
+    assert h.diagnosis_md(make_report()) == ""
+    err = ExportError("The dynamo exporter failed: boom", details="## Exporter report\nstep 3 failed")
+    assert "step 3 failed" in h.diagnosis_md(None, error=err)
+
+
+def test_artifacts_and_zip(tmp_path):
+    r = make_report()
+    r.files = {"model": "model.onnx", "report_json": "report.json", "example": "inference_example.py"}
+    for name in ("model.onnx", "model.onnx.data", "report.json", "inference_example.py"):
+        (tmp_path / name).write_text("x")
+    z = tmp_path.parent / "m-onnx.zip"
+    z.write_text("z")
+    names = [Path(p).name for p in h.artifact_paths(r, tmp_path, z)]
+    assert names == ["model.onnx", "model.onnx.data", "report.json", "inference_example.py", "m-onnx.zip"]
+    assert h.zip_stem("/tmp/x/My Model (v2).pt") == "My-Model-v2-onnx"
+
+
+def test_scrub_paths_names_the_upload_not_the_server_folder():
+    msg = "/srv/cache/ab12/weights.pt is a text file, not model weights."
+    assert h.scrub_paths(msg, ["/srv/cache/ab12/weights.pt", None]) == "weights.pt is a text file, not model weights."
+
+
+# --- the page object (built, not served) ------------------------------------------------------------------
+
+def test_error_view_and_trust_banner():
+    import studio.app
+    from studio.app.worker import JobError
+    app = studio.app.create_app(trust_code=True, warm_up=False)
+    try:
+        config = json.dumps(app.blocks.get_config_file(), default=str)
+        assert "Trusted-code mode is ON" in config
+        out = app._error_outputs(ExportError("The dynamo exporter failed: boom", details="step 3 failed"),
+                                 "The dynamo exporter failed: boom")
+        assert "boom" in out[2] and "step 3 failed" in out[12] and out[13]["visible"] is True
+        cancelled = app._error_outputs(JobError("The conversion was cancelled.", reason="cancelled"), "cancelled")
+        assert "Cancelled" in cancelled[2] and cancelled[13]["visible"] is False
+    finally:
+        app.close()
+    plain = studio.app.create_app(warm_up=False)
+    try:
+        assert "Trusted-code mode is ON" not in json.dumps(plain.blocks.get_config_file(), default=str)
+    finally:
+        plain.close()
