@@ -150,6 +150,12 @@ def test_demo_converts(sample, tmp_path):
     probs_ok = report.parity.outputs[0]
     assert probs_ok.argmax_agreement == 1.0
     assert all(p["prediction"] in ("return", "keep", "complaint") for p in report.predictions)
+    run = subprocess.run([sys.executable, str(tmp_path / "o" / "inference_example.py")], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "inputs match sample_inputs.npz: True" in run.stdout
+    predicted = [line.split("class ")[1].split(" ")[0] for line in run.stdout.splitlines() if line.startswith("row ")]
+    assert predicted == [p["prediction"] for p in report.predictions]
 
 
 @pytest.mark.parametrize("task", ["encoder", "token"])
