@@ -163,7 +163,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .inspect import check, graph_info
-    from .report import TensorInfo
+    from .report import graph_rows
     path = Path(args.model)
     if not path.is_file():
         raise StudioError(f"{path} does not exist or is not a file.")
@@ -173,11 +173,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         from dataclasses import asdict
         print(json.dumps({"graph": asdict(g), "checker": asdict(chk)}, indent=2))
     else:
-        rows = [["input", t.name, t.dtype, "[" + ", ".join(map(str, t.shape)) + "]"] for t in g.inputs] + \
-               [["output", t.name, t.dtype, "[" + ", ".join(map(str, t.shape)) + "]"] for t in g.outputs]
-        assert all(isinstance(t, TensorInfo) for t in g.inputs)
         print(f"{path}  opset {g.opset}  {g.size_bytes:,} bytes  {g.producer}")
-        print(_table(["", "name", "dtype", "shape"], rows))
+        print(_table(["", "name", "dtype", "shape"], graph_rows(g)))
         print("ops      " + ", ".join(f"{k}x{v}" for k, v in sorted(g.op_counts.items(), key=lambda kv: -kv[1])))
         for k, v in g.metadata.items():
             print(f"meta     {k} = {v}")

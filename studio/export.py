@@ -18,6 +18,7 @@ import onnx
 import torch
 
 from .errors import ExportError, OpsetMismatchError
+from .inspect import external_files
 from .report import ExportAttempt, ExportInfo
 from .sources.base import TABULAR, LoadedModel
 from .wrap import wrap
@@ -134,7 +135,7 @@ def _export_legacy(model, args, names, output_names, axes, opset, path: Path, ex
     torch.onnx.export(model, args, str(path), input_names=names, output_names=output_names,
                       opset_version=opset, dynamo=False, dynamic_axes=dyn or None, do_constant_folding=True,
                       verbose=False)
-    if external and not _has_external(path):
+    if external and not external_files(path):
         externalize(path)
 
 
@@ -211,22 +212,17 @@ def export(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec, dest: Pa
         _prune(diag_dir, attempts)
         return ExportInfo(exporter=exporter, opset_requested=spec.opset, opset=written,
                           seconds=round(time.perf_counter() - start, 2), attempts=attempts,
-                          external_data=Path(str(dest) + ".data").exists() or _has_external(dest))
+                          external_data=bool(external_files(dest)))
     _remove(dest)
     _prune(diag_dir, attempts)
     assert last_error is not None
     if len(attempts) > 1:
         summary = "; ".join(f"{a.exporter}: {a.error}" for a in attempts)
-        if isinstance(last_error, OpsetMismatchError) and all("opset" in (a.error or "") for a in attempts):
+        if all(a.opset_written is not None for a in attempts):  # every exporter ran, none wrote the opset
             raise last_error
         raise ExportError(f"Every exporter failed ({summary})", details=last_error.details,
                           hint=last_error.hint)
     raise last_error
-
-
-def _has_external(path: Path) -> bool:
-    model = onnx.load(str(path), load_external_data=False)
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
 def _remove(path: Path) -> None:

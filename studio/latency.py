@@ -154,7 +154,7 @@ def _error(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}"
 
 
-def _batch1(loaded: LoadedModel | None, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+def _batch1(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
     """The sample's first row alone (None when the sample already has one row)."""
     batch, _ = _shape(tensors)
     if batch <= 1:
@@ -162,50 +162,38 @@ def _batch1(loaded: LoadedModel | None, tensors: dict[str, torch.Tensor]) -> dic
     return {n: t[:1].contiguous() for n, t in tensors.items()}
 
 
+def _sizes(tensors: dict[str, torch.Tensor]) -> list[tuple[str, dict[str, torch.Tensor]]]:
+    """(tag, tensors) for the sample's batch ("") and, when it differs, batch 1 ("b1")."""
+    b1 = _batch1(tensors)
+    return [("", tensors)] + ([("b1", b1)] if b1 is not None else [])
+
+
 # --- full measurements ---------------------------------------------------------------------------
 
 def measure(loaded: LoadedModel, path: Path, tensors: dict[str, torch.Tensor], *, threads: int | None = None,
-            budget_s: float = 1.0, cuda: bool = True, cpu_session=None) -> LatencyInfo:
+            budget_s: float = 1.0, cuda: bool = True) -> LatencyInfo:
     """All four measurements the device allows, at the sample's batch and at batch 1; an unavailable
-    one records why, never a number."""
+    one records why, never a number. PyTorch CPU runs first, then ONNX Runtime (`measure_onnx`), so
+    their working memory never stacks up; PyTorch CUDA last."""
     threads = threads or runtime.default_threads()
     started, before = time.perf_counter(), machine()
     info = LatencyInfo(threads=threads, budget_s=budget_s)
-    sizes = [("", tensors)] + ([("b1", b1)] if (b1 := _batch1(loaded, tensors)) is not None else [])
-    for tag, ts in sizes:  # PyTorch first, then ORT: their working memory never stacks up
+    sizes = _sizes(tensors)
+    for tag, ts in sizes:
         _record(info, "torch_cpu", tag, lambda: torch_cpu(loaded, ts, threads, budget_s))
     runtime.release_memory()
-    cpu_sess = cpu_session
-    if cpu_sess is None:
-        try:
-            cpu_sess = runtime.cpu_session(path, threads)
-        except Exception as e:
-            info.errors["ort_cpu"] = _error(e)
-    for tag, ts in sizes:
-        batch, seq = _shape(ts)
-        arrays = {n: t.detach().cpu().numpy() for n, t in ts.items()}
-        if cpu_sess is not None:
-            _record(info, "ort_cpu", tag, lambda: ort_cpu(path, arrays, threads, budget_s, batch, seq, cpu_sess))
-    if not cuda:
-        info.cuda_unavailable_reason = "CUDA measurements were turned off (--no-cuda)"
-    else:
-        cs = runtime.cuda_session(path, threads)
-        reasons = []
-        if cs.session is None:
-            reasons.append(f"ORT: {cs.reason}")
-            info.errors["ort_cuda"] = cs.reason
-        if not torch.cuda.is_available():
-            why = "torch has no CUDA device (torch.cuda.is_available() is False)"
-            reasons.append(f"PyTorch: {why}")
-            info.errors["torch_cuda"] = why
+    ort = measure_onnx(path, tensors, threads=threads, budget_s=budget_s, cuda=cuda)
+    info.ort_cpu, info.ort_cuda = ort.ort_cpu, ort.ort_cuda
+    info.batch1.update(ort.batch1)
+    info.errors.update(ort.errors)
+    info.cuda_unavailable_reason = ort.cuda_unavailable_reason
+    if cuda and torch.cuda.is_available():
         for tag, ts in sizes:
-            batch, seq = _shape(ts)
-            arrays = {n: t.detach().cpu().numpy() for n, t in ts.items()}
-            if cs.session is not None:
-                _record(info, "ort_cuda", tag, lambda: ort_cuda(cs.session, arrays, budget_s, batch, seq))
-            if torch.cuda.is_available():
-                _record(info, "torch_cuda", tag, lambda: torch_cuda(loaded, ts, budget_s))
-        info.cuda_unavailable_reason = "; ".join(reasons) or None
+            _record(info, "torch_cuda", tag, lambda: torch_cuda(loaded, ts, budget_s))
+    elif cuda:
+        why = "torch has no CUDA device (torch.cuda.is_available() is False)"
+        info.errors["torch_cuda"] = why
+        info.cuda_unavailable_reason = "; ".join(filter(None, [info.cuda_unavailable_reason, f"PyTorch: {why}"]))
     info.machine = _machine_span(before)
     info.seconds = round(time.perf_counter() - started, 2)
     return info
@@ -218,7 +206,7 @@ def measure_onnx(path: Path, tensors: dict[str, torch.Tensor], *, threads: int |
     threads = threads or runtime.default_threads()
     started, before = time.perf_counter(), machine()
     info = LatencyInfo(threads=threads, budget_s=budget_s)
-    sizes = [("", tensors)] + ([("b1", b1)] if (b1 := _batch1(None, tensors)) is not None else [])
+    sizes = _sizes(tensors)
     cpu_sess = cpu_session
     if cpu_sess is None:
         try:

@@ -5,14 +5,13 @@ Relative difference is |ort - torch| / max(|torch|, 1e-6); the verdict is numpy'
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import torch
 
 from .report import DynamicInfo, OutputDiff, ParityInfo, Probe
-from .sources.base import ATTENTION_MASK, INPUT_IDS, TABULAR, LoadedModel
+from .sources.base import INPUT_IDS, TABULAR, LoadedModel
 
 REL_FLOOR = 1e-6
 SEQ_PROBE_STEP = 5
@@ -115,13 +114,13 @@ def probe_plan(loaded: LoadedModel, tensors: dict[str, torch.Tensor], axes: dict
     return plan
 
 
-def _fixed_dims(session: ort.InferenceSession, axes: dict[str, dict[int, str]]) -> list[str]:
-    """Axes the user asked to be dynamic but the graph declares as fixed numbers."""
+def _fixed_dims(session: ort.InferenceSession, axes: dict[str, dict[int, str]]) -> list[tuple[str, str]]:
+    """(axis name, message) for each axis the user asked to be dynamic but the graph declares fixed."""
     problems = []
     for i in session.get_inputs():
         for ax, sym in axes.get(i.name, {}).items():
             if ax < len(i.shape) and isinstance(i.shape[ax], int):
-                problems.append(f"input {i.name!r} axis {ax} ({sym}) is fixed to {i.shape[ax]} in the graph")
+                problems.append((sym, f"input {i.name!r} axis {ax} ({sym}) is fixed to {i.shape[ax]} in the graph"))
     return problems
 
 
@@ -146,7 +145,7 @@ def probes(loaded: LoadedModel, session: ort.InferenceSession, tensors: dict[str
             actual = run(session, to_numpy(inputs))
         except Exception as e:
             first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-            where = "; ".join(p for p in fixed if f"({axis})" in p) or f"the {axis} axis is not really dynamic"
+            where = "; ".join(m for sym, m in fixed if sym == axis) or f"the {axis} axis is not really dynamic"
             results.append(Probe(b, seq_used, False, None, f"{where}: ONNX Runtime failed: {first}", axis))
             continue
         diffs = compare(expected, actual, atol, rtol, loaded.output_kinds)
@@ -159,7 +158,7 @@ def probes(loaded: LoadedModel, session: ort.InferenceSession, tensors: dict[str
             results.append(Probe(b, seq_used, False, worst, msg, axis))
         else:
             results.append(Probe(b, seq_used, True, worst, "ok", axis))
-    for problem in fixed:  # a fixed dimension is a failure even when no probe reached it
+    for sym, problem in fixed:  # a fixed dimension is a failure even when no probe reached it
         if not any(problem in p.message for p in results):
-            results.append(Probe(0, None, False, None, problem, problem.split("(")[1].split(")")[0]))
+            results.append(Probe(0, None, False, None, problem, sym))
     return DynamicInfo(ok=all(p.ok for p in results), probes=results, requested=requested)

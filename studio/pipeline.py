@@ -10,6 +10,7 @@ import json
 import shutil
 import time
 import uuid
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +24,7 @@ from . import parity as parity_mod
 from . import runtime, sources
 from .errors import StudioError
 from .report import ExportInfo, Report
+from .sources.base import TABULAR
 from .spec import ConvertSpec
 
 STAGES = ("loading", "batch", "export", "checker", "parity", "shape probe", "latency", "variants", "writing")
@@ -52,15 +54,9 @@ def preview(checkpoint: str | None, data: str | None, spec: ConvertSpec | None =
         out["model"] = sources.load(checkpoint, spec).describe()
     if data:
         df = batch_mod.read_sample(data)
-        out["columns"] = [vars(c) if not hasattr(c, "__dataclass_fields__") else _asdict(c)
-                          for c in batch_mod.describe_columns(df)]
+        out["columns"] = [asdict(c) for c in batch_mod.describe_columns(df)]
         out["rows"] = json.loads(df.head(5).to_json(orient="records", default_handler=str))
     return out
-
-
-def _asdict(obj) -> dict:
-    from dataclasses import asdict
-    return asdict(obj)
 
 
 def convert(spec: ConvertSpec, progress: Progress | None = None) -> Report:
@@ -148,7 +144,7 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
         loaded.tokenizer.save_pretrained(str(work / "tokenizer"))
     sample_copy = "sample" + Path(spec.data).suffix.lower()
     shutil.copyfile(spec.data, work / sample_copy)
-    (work / "inference_example.py").write_text(_example_script(loaded, batch, sample_copy))
+    (work / "inference_example.py").write_text(_example_script(loaded, batch, sample_copy, spec.fill_value))
     report.files = {"model": "model.onnx", "report_json": "report.json", "report_md": "report.md",
                     "example": "inference_example.py", "sample_inputs": "sample_inputs.npz",
                     "sample": sample_copy}
@@ -299,14 +295,11 @@ if __name__ == "__main__":
 '''
 
 
-def _example_script(loaded, batch, sample_name: str) -> str:
+def _example_script(loaded, batch, sample_name: str, fill_value: float | None) -> str:
     from . import __version__
-    text_map = {}
-    for i in loaded.inputs:
-        if i.name in batch.tensors and i.kind != "tabular":
-            text_map[i.name] = i.kind  # kinds are the tokenizer's output names
-    settings = dict(batch.tokenizer_settings)
-    settings.setdefault("fill_value", None)
+    # text input kinds are the tokenizer's output names
+    text_map = {i.name: i.kind for i in loaded.inputs if i.name in batch.tensors and i.kind != TABULAR}
+    settings = {**batch.tokenizer_settings, "fill_value": fill_value}
     return EXAMPLE.format(version=__version__, sample=sample_name, text_columns=list(batch.text_columns),
                           tabular=dict(batch.tabular), text_inputs=text_map, tokenizer=settings,
                           id_dtype=batch.tokenizer_settings.get("id_dtype", "int64"),

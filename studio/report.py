@@ -228,10 +228,14 @@ def _num(x: float | None, fmt: str = ".3g") -> str:
 # --- table rows (used by the CLI, the Markdown and the app) -------------------------------------
 
 def io_rows(report: Report) -> list[list[str]]:
-    if report.graph is None:
+    return graph_rows(report.graph)
+
+
+def graph_rows(graph: GraphInfo | None) -> list[list[str]]:
+    if graph is None:
         return []
-    return ([["input", t.name, t.dtype, _shape(t.shape)] for t in report.graph.inputs]
-            + [["output", t.name, t.dtype, _shape(t.shape)] for t in report.graph.outputs])
+    return ([["input", t.name, t.dtype, _shape(t.shape)] for t in graph.inputs]
+            + [["output", t.name, t.dtype, _shape(t.shape)] for t in graph.outputs])
 
 
 def parity_rows(p: ParityInfo | None) -> list[list[str]]:

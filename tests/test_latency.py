@@ -86,8 +86,8 @@ def test_measure_onnx_times_ort_alone(report):
 
 
 def test_single_row_sample_has_no_separate_batch1_runs():
-    assert latency._batch1(None, {"x": torch.zeros(1, 4, dtype=torch.int64)}) is None
-    b1 = latency._batch1(None, {"x": torch.arange(8).reshape(2, 4)})
+    assert latency._batch1({"x": torch.zeros(1, 4, dtype=torch.int64)}) is None
+    b1 = latency._batch1({"x": torch.arange(8).reshape(2, 4)})
     assert b1["x"].tolist() == [[0, 1, 2, 3]]
 
 
