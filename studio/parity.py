@@ -97,7 +97,9 @@ def _max_positions(loaded: LoadedModel) -> int:
 
 
 def probe_plan(loaded: LoadedModel, tensors: dict[str, torch.Tensor], axes: dict[str, dict[int, str]]) -> list[tuple[str, int, int | None]]:
-    """(axis varied, batch, sequence) for each probe: batch 1, another batch, another sequence."""
+    """(axis varied, batch, sequence) for each probe: batch 1, another small batch, a longer and a shorter
+    sequence. Probes prove that a size was not baked in; they need not be big, so they use few rows
+    (PyTorch runs each one too, and on a large model the full sample is seconds per run)."""
     batch = next(iter(tensors.values())).shape[0]
     seq_inputs = [n for n, a in axes.items() if 1 in a]
     seq = tensors[seq_inputs[0]].shape[1] if seq_inputs else None
@@ -105,10 +107,11 @@ def probe_plan(loaded: LoadedModel, tensors: dict[str, torch.Tensor], axes: dict
     if any(0 in a for a in axes.values()):
         if batch != 1:
             plan.append(("batch", 1, seq))
-        plan.append(("batch", batch + 3, seq))
+        traced = 2 if batch == 1 else batch  # a 1-row sample is traced with 2 rows (export._example_inputs)
+        plan.append(("batch", next(b for b in (2, 3, 4) if b not in (batch, traced)), seq))
     if seq is not None:
         longer = seq + SEQ_PROBE_STEP
-        plan.append(("sequence", batch, longer if longer <= _max_positions(loaded) else max(2, seq // 2)))
+        plan.append(("sequence", min(batch, 2), longer if longer <= _max_positions(loaded) else max(2, seq // 2)))
         if seq > 2:
             plan.append(("sequence", 1, max(2, seq - 2)))
     return plan

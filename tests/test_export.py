@@ -95,7 +95,25 @@ def test_honest_model_passes_probes_with_symbolic_dims(tmp_path):
     assert g.inputs[0].shape == ["batch", 3] and g.outputs[0].shape[0] == "batch"
     assert info.opset == 18 and info.attempts[0].ok
     dyn = parity.probes(loaded, runtime.cpu_session(path), X, export_mod.dynamic_axes_for(loaded, X, s), 1e-4, 1e-3)
-    assert dyn.ok and {pr.batch for pr in dyn.probes} >= {1, 7}
+    assert dyn.ok and {pr.batch for pr in dyn.probes} == {1, 2}
+
+
+def _text_model():
+    from studio.sources.base import ATTENTION_MASK, INPUT_IDS
+    inputs = [ModelInput("input_ids", INPUT_IDS), ModelInput("attention_mask", ATTENTION_MASK)]
+    return LoadedModel("test", "test", torch.nn.Identity(), lambda m, named: (), inputs, ["logits"])
+
+
+@pytest.mark.parametrize("rows, other_batch", [(1, 3), (2, 3), (3, 2), (8, 2)])
+def test_probe_plan_uses_small_sizes_that_differ_from_the_traced_ones(rows, other_batch):
+    """Probes only have to show that no size was baked in: a batch other than the sample's and the traced
+    example's (a 1-row sample is traced with 2 rows), and a longer and a shorter sequence on few rows."""
+    t = {"input_ids": torch.ones(rows, 16, dtype=torch.int64), "attention_mask": torch.ones(rows, 16, dtype=torch.int64)}
+    axes = {n: {0: "batch", 1: "sequence"} for n in t}
+    plan = parity.probe_plan(_text_model(), t, axes)
+    batches = [(b, s) for axis, b, s in plan if axis == "batch"]
+    assert batches == ([(1, 16)] if rows != 1 else []) + [(other_batch, 16)]
+    assert [(b, s) for axis, b, s in plan if axis == "sequence"] == [(min(rows, 2), 21), (1, 14)]
 
 
 def test_opset_mismatch_is_an_error(tmp_path, monkeypatch):
