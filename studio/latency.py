@@ -3,6 +3,9 @@
 Each measurement warms up, then repeats within a time budget (bounded iterations) and reports
 p50 / p90 / p99 with the iteration count, threads, batch size and sequence length. PyTorch and ORT
 use the same intra-op thread count. Everything is measured at the sample's batch and again at batch 1.
+On CPU, PyTorch and every ONNX file are timed side by side, in alternating rounds (`side_by_side`): the
+speed of a shared machine drifts, and timing one runtime after the other would put the drift into
+their ratio.
 CUDA numbers are produced only by sessions whose `get_providers()` shows CUDA (ORT with IO binding:
 inputs copied to the device once, outputs left there; PyTorch with `torch.cuda.synchronize()` inside
 the timed call); otherwise the reason is recorded instead. The machine's load average is recorded
@@ -13,6 +16,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,26 +31,66 @@ WARMUP = 3  # untimed calls first (fewer when one call already takes the whole b
 MIN_WARMUP = 1
 MIN_ITERS = 5
 MAX_ITERS = 2000
+ROUNDS = 3  # CPU timings: alternating rounds of PyTorch and every ONNX file (see side_by_side)
 KEYS = ("torch_cpu", "ort_cpu", "ort_cuda", "torch_cuda")
 
 
-def _timed(fn: Callable[[], object], budget_s: float, warmup: int = WARMUP, min_iters: int = MIN_ITERS,
-           max_iters: int = MAX_ITERS) -> tuple[float, float, float, int, int]:
-    """(p50_ms, p90_ms, p99_ms, iterations, warm-up calls)."""
+def _warm_up(fn: Callable[[], object], calls: int, budget_s: float) -> int:
+    """Up to `calls` untimed calls (at least MIN_WARMUP); stop early once they took `budget_s`."""
     warm, start = 0, time.perf_counter()
-    while warm < warmup:
+    while warm < calls:
         fn()
         warm += 1
         if warm >= MIN_WARMUP and time.perf_counter() - start >= budget_s:
             break  # a slow call: the budget is better spent on timed iterations
-    samples: list[float] = []
-    deadline = time.perf_counter() + budget_s
-    while len(samples) < max_iters and (len(samples) < min_iters or time.perf_counter() < deadline):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1000.0)
-    p50, p90, p99 = np.percentile(samples, [50, 90, 99])
-    return float(p50), float(p90), float(p99), len(samples), warm
+    return warm
+
+
+def side_by_side(fns: dict[Any, Callable[[], object]], budget_s: float, rounds: int = ROUNDS,
+                 warmup: int = WARMUP, min_iters: int = MIN_ITERS, max_iters: int = MAX_ITERS) -> dict[Any, Any]:
+    """Time several callables against each other, in `rounds` alternating rounds.
+
+    In each round every callable in turn gets a block of budget_s / rounds seconds of timed calls (at
+    least ceil(min_iters / rounds), at most max_iters / rounds). A block starts with untimed calls: the
+    warm-up in the first round, one call in later rounds (the callable before it may have left threads
+    spinning and caches cold). A slow drift of the machine's speed then hits every callable alike, so
+    their ratios hold. Returns key -> (p50_ms, p90_ms, p99_ms, iterations, untimed calls), or the
+    exception that stopped that callable (the others go on)."""
+    block = budget_s / rounds
+    per_block, cap = -(-min_iters // rounds), max(1, max_iters // rounds)
+    samples: dict[Any, list[float]] = {k: [] for k in fns}
+    untimed = dict.fromkeys(fns, 0)
+    failed: dict[Any, BaseException] = {}
+    for r in range(rounds):
+        for key, fn in fns.items():
+            if key in failed:
+                continue
+            try:
+                untimed[key] += _warm_up(fn, warmup, block) if r == 0 else _warm_up(fn, 1, 0)
+                times, deadline = samples[key], time.perf_counter() + block
+                n = 0
+                while n < cap and (n < per_block or time.perf_counter() < deadline):
+                    t0 = time.perf_counter()
+                    fn()
+                    times.append((time.perf_counter() - t0) * 1000.0)
+                    n += 1
+            except Exception as e:
+                failed[key] = e
+    out: dict[Any, Any] = dict(failed)
+    for key, times in samples.items():
+        if key not in failed:
+            p50, p90, p99 = np.percentile(times, [50, 90, 99])
+            out[key] = (float(p50), float(p90), float(p99), len(times), untimed[key])
+    return out
+
+
+def _timed(fn: Callable[[], object], budget_s: float, warmup: int = WARMUP, min_iters: int = MIN_ITERS,
+           max_iters: int = MAX_ITERS) -> tuple[float, float, float, int, int]:
+    """One callable alone: (p50_ms, p90_ms, p99_ms, iterations, warm-up calls)."""
+    result = side_by_side({0: fn}, budget_s, 1, warmup, min_iters, max_iters)[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def time_fn(fn: Callable[[], object], budget_s: float, warmup: int = WARMUP,
@@ -87,26 +131,6 @@ def machine() -> dict[str, Any]:
 
 
 # --- single measurements -------------------------------------------------------------------------
-
-def torch_cpu(loaded: LoadedModel, tensors: dict[str, torch.Tensor], threads: int, budget_s: float) -> Timing:
-    batch, seq = _shape(tensors)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            stats = _timed(lambda: loaded.adapter(loaded.module, tensors), budget_s)
-    finally:
-        torch.set_num_threads(previous)
-    return _timing(stats, batch, seq, threads, "torch-cpu")
-
-
-def ort_cpu(path: Path, tensors: dict[str, np.ndarray], threads: int, budget_s: float, batch: int,
-            seq: int | None, session=None) -> Timing:
-    sess = session or runtime.cpu_session(path, threads)
-    feeds = runtime.feeds(sess, tensors)
-    stats = _timed(lambda: sess.run(None, feeds), budget_s)
-    return _timing(stats, batch, seq, threads, sess.get_providers()[0])
-
 
 def ort_cuda(sess, tensors: dict[str, np.ndarray], budget_s: float, batch: int, seq: int | None) -> Timing:
     """ORT on CUDA with IO binding, as in ONNX Runtime's docs: inputs copied to the device once
@@ -170,23 +194,81 @@ def _sizes(tensors: dict[str, torch.Tensor]) -> list[tuple[str, dict[str, torch.
 
 # --- full measurements ---------------------------------------------------------------------------
 
+@dataclass
+class Target:
+    """An ONNX file to time. cpu_skip / cuda_skip: why it is not timed there (recorded instead of a
+    number). cuda_session: a session already made for it (reused instead of opening another)."""
+    path: Path
+    cpu_skip: str | None = None
+    cuda_skip: str | None = None
+    cuda_session: Any = None
+
+
 def measure(loaded: LoadedModel, path: Path, tensors: dict[str, torch.Tensor], *, threads: int | None = None,
             budget_s: float = 1.0, cuda: bool = True) -> LatencyInfo:
-    """All four measurements the device allows, at the sample's batch and at batch 1; an unavailable
-    one records why, never a number. PyTorch CPU runs first, then ONNX Runtime (`measure_onnx`), so
-    their working memory never stacks up; PyTorch CUDA last."""
+    """PyTorch and one ONNX file: `measure_all` with a single target."""
+    return measure_all(loaded, {"model": Target(Path(path))}, tensors, threads=threads, budget_s=budget_s,
+                       cuda=cuda)["model"]
+
+
+def measure_all(loaded: LoadedModel, targets: dict[str, Target], tensors: dict[str, torch.Tensor], *,
+                threads: int | None = None, budget_s: float = 1.0, cuda: bool = True) -> dict[str, LatencyInfo]:
+    """PyTorch eager and every target, at the sample's batch and at batch 1; one LatencyInfo per target,
+    PyTorch's numbers in the first one's. On CPU all of them are timed side by side (`side_by_side`), so
+    the speedups hold on a machine whose speed drifts; each still gets `budget_s` of timed calls. CUDA
+    runs (ORT with IO binding, then PyTorch) are timed one after another, only with sessions that really
+    run on CUDA. A measurement that cannot run records why, never a number."""
     threads = threads or runtime.default_threads()
     started, before = time.perf_counter(), machine()
-    info = LatencyInfo(threads=threads, budget_s=budget_s)
+    infos = {name: LatencyInfo(threads=threads, budget_s=budget_s) for name in targets}
+    first = next(iter(targets))
+    cpu_sessions, cuda_sessions = {}, {}
+    for name, target in targets.items():
+        info = infos[name]
+        if target.cpu_skip:
+            info.errors["ort_cpu"] = target.cpu_skip
+        else:
+            try:
+                cpu_sessions[name] = runtime.cpu_session(target.path, threads)
+            except Exception as e:  # e.g. a CUDA-only graph: say why instead of a number
+                info.errors["ort_cpu"] = _error(e)
+        if not cuda:
+            info.cuda_unavailable_reason = info.errors["ort_cuda"] = "CUDA measurements were turned off (--no-cuda)"
+        elif target.cuda_skip:
+            info.cuda_unavailable_reason = info.errors["ort_cuda"] = target.cuda_skip
+        elif target.cuda_session is not None:
+            cuda_sessions[name] = target.cuda_session
+        else:
+            made = runtime.cuda_session(target.path, threads)
+            if made.session is None:
+                info.cuda_unavailable_reason = f"ORT: {made.reason}"
+                info.errors["ort_cuda"] = made.reason
+            else:
+                cuda_sessions[name] = made.session
     sizes = _sizes(tensors)
     for tag, ts in sizes:
-        _record(info, "torch_cpu", tag, lambda: torch_cpu(loaded, ts, threads, budget_s))
+        batch, seq = _shape(ts)
+        arrays = {n: t.detach().cpu().numpy() for n, t in ts.items()}
+        runners: dict[tuple[str, str], Callable[[], object]] = {(first, "torch_cpu"): _torch_step(loaded, ts)}
+        providers = {(first, "torch_cpu"): "torch-cpu"}
+        for name, sess in cpu_sessions.items():
+            feeds = runtime.feeds(sess, arrays)
+            runners[(name, "ort_cpu")] = lambda sess=sess, feeds=feeds: sess.run(None, feeds)
+            providers[(name, "ort_cpu")] = sess.get_providers()[0]
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            with torch.inference_mode():
+                results = side_by_side(runners, budget_s)
+        finally:
+            torch.set_num_threads(previous)
+        for (name, key), result in results.items():
+            _record(infos[name], key, tag, lambda: _unwrap(result, batch, seq, threads, providers[(name, key)]))
+        for name, sess in cuda_sessions.items():
+            _record(infos[name], "ort_cuda", tag, lambda: ort_cuda(sess, arrays, budget_s, batch, seq))
+    cpu_sessions.clear()
     runtime.release_memory()
-    ort = measure_onnx(path, tensors, threads=threads, budget_s=budget_s, cuda=cuda)
-    info.ort_cpu, info.ort_cuda = ort.ort_cpu, ort.ort_cuda
-    info.batch1.update(ort.batch1)
-    info.errors.update(ort.errors)
-    info.cuda_unavailable_reason = ort.cuda_unavailable_reason
+    info = infos[first]
     if cuda and torch.cuda.is_available():
         for tag, ts in sizes:
             _record(info, "torch_cuda", tag, lambda: torch_cuda(loaded, ts, budget_s))
@@ -194,46 +276,20 @@ def measure(loaded: LoadedModel, path: Path, tensors: dict[str, torch.Tensor], *
         why = "torch has no CUDA device (torch.cuda.is_available() is False)"
         info.errors["torch_cuda"] = why
         info.cuda_unavailable_reason = "; ".join(filter(None, [info.cuda_unavailable_reason, f"PyTorch: {why}"]))
-    info.machine = _machine_span(before)
-    info.seconds = round(time.perf_counter() - started, 2)
-    return info
+    span, seconds = _machine_span(before), round(time.perf_counter() - started, 2)
+    for info in infos.values():
+        info.machine, info.seconds = dict(span), seconds
+    return infos
 
 
-def measure_onnx(path: Path, tensors: dict[str, torch.Tensor], *, threads: int | None = None,
-                 budget_s: float = 1.0, cuda: bool = True, cpu_session=None, cuda_session=None) -> LatencyInfo:
-    """ONNX Runtime alone (for a variant): CPU, and CUDA with IO binding when truly in use; at the
-    sample's batch and at batch 1. PyTorch is timed once, by `measure`, for the fp32 model."""
-    threads = threads or runtime.default_threads()
-    started, before = time.perf_counter(), machine()
-    info = LatencyInfo(threads=threads, budget_s=budget_s)
-    sizes = _sizes(tensors)
-    cpu_sess = cpu_session
-    if cpu_sess is None:
-        try:
-            cpu_sess = runtime.cpu_session(path, threads)
-        except Exception as e:  # e.g. a CUDA-only graph: say why instead of a number
-            info.errors["ort_cpu"] = _error(e)
-    cs = None
-    if not cuda:
-        info.cuda_unavailable_reason = "CUDA measurements were turned off (--no-cuda)"
-    elif cuda_session is not None:
-        cs = cuda_session
-    else:
-        made = runtime.cuda_session(path, threads)
-        cs = made.session
-        if cs is None:
-            info.cuda_unavailable_reason = f"ORT: {made.reason}"
-            info.errors["ort_cuda"] = made.reason
-    for tag, ts in sizes:
-        batch, seq = _shape(ts)
-        arrays = {n: t.detach().cpu().numpy() for n, t in ts.items()}
-        if cpu_sess is not None:
-            _record(info, "ort_cpu", tag, lambda: ort_cpu(path, arrays, threads, budget_s, batch, seq, cpu_sess))
-        if cs is not None:
-            _record(info, "ort_cuda", tag, lambda: ort_cuda(cs, arrays, budget_s, batch, seq))
-    info.machine = _machine_span(before)
-    info.seconds = round(time.perf_counter() - started, 2)
-    return info
+def _torch_step(loaded: LoadedModel, tensors: dict[str, torch.Tensor]) -> Callable[[], object]:
+    return lambda: loaded.adapter(loaded.module, tensors)
+
+
+def _unwrap(result, batch: int, seq: int | None, threads: int, provider: str) -> Timing:
+    if isinstance(result, BaseException):
+        raise result
+    return _timing(result, batch, seq, threads, provider)
 
 
 def _record(info: LatencyInfo, key: str, tag: str, fn: Callable[[], Timing]) -> None:

@@ -1,6 +1,7 @@
 """convert(spec) -> Report: the only orchestration, used by the CLI, the app and the Python API.
 
-Stages: loading, batch, export, checker, parity, shape probe, latency, variants, writing.
+Stages: loading, batch, export, checker, parity, shape probe, variants, latency, writing. Latency comes
+last so that PyTorch, model.onnx and every variant are timed side by side (`latency.measure_all`).
 Everything is built in a private folder beside `spec.out` and moved in only when complete, so a
 failed conversion leaves no half-written artifact behind.
 """
@@ -27,9 +28,9 @@ from .report import ExportInfo, Report
 from .sources.base import TABULAR
 from .spec import ConvertSpec
 
-STAGES = ("loading", "batch", "export", "checker", "parity", "shape probe", "latency", "variants", "writing")
+STAGES = ("loading", "batch", "export", "checker", "parity", "shape probe", "variants", "latency", "writing")
 _FRACTION = {"loading": 0.02, "batch": 0.1, "export": 0.15, "checker": 0.6, "parity": 0.65,
-             "shape probe": 0.72, "latency": 0.8, "variants": 0.9, "writing": 0.97}
+             "shape probe": 0.72, "variants": 0.78, "latency": 0.85, "writing": 0.97}
 Progress = Callable[[str, float], None]
 
 # Files a conversion owns inside the output folder (replaced on every run, nothing else touched).
@@ -117,9 +118,19 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
     del session
     runtime.release_memory()
 
+    variant_infos, timed = [], {"model": latency_mod.Target(model_path)}
+    if spec.variants:
+        say("variants", _FRACTION["variants"])
+        from . import variants  # optimized / int8 / fp16 artifacts, each checked like model.onnx
+        variant_infos, variant_targets = variants.build(spec, loaded, tensors, model_path, axes, work)
+        timed.update(variant_targets)
+
     say("latency", _FRACTION["latency"])
-    latency = latency_mod.measure(loaded, model_path, tensors, threads=threads, budget_s=spec.latency_budget_s,
-                                  cuda=spec.cuda)
+    measured = latency_mod.measure_all(loaded, timed, tensors, threads=threads, budget_s=spec.latency_budget_s,
+                                       cuda=spec.cuda)
+    latency = measured["model"]
+    if variant_infos:
+        variants.attach_latency(variant_infos, measured, latency)
 
     report = Report(
         source=loaded.describe(),
@@ -133,11 +144,8 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
         options=spec.to_dict(),
         predictions=_predictions(batch, loaded, onnx_outputs),
         versions=_versions(),
+        variants=variant_infos,
     )
-    if spec.variants:
-        say("variants", _FRACTION["variants"])
-        from . import variants  # optimized / int8 / fp16 artifacts, each checked like model.onnx
-        report.variants = variants.build(spec, loaded, tensors, model_path, axes, work, baseline=latency)
 
     np.savez(work / "sample_inputs.npz", **{n: t.detach().cpu().numpy() for n, t in tensors.items()})
     if loaded.tokenizer is not None:

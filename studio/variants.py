@@ -3,9 +3,10 @@
 `build(spec, loaded, tensors, model_path, axes, work)` is called by `pipeline.convert` when
 `spec.variants` is non-empty. Files go to `<out>/variants/model.<name>.onnx` (+ `.onnx.data` when the
 weights are external, as model.onnx's are); `VariantInfo.file` is relative to the output folder.
-Every variant gets the same checks as model.onnx: parity with PyTorch on the sample rows, the
-dynamic-dimension probes, and latency (ORT CPU at the sample's batch and at batch 1, ORT CUDA with
-IO binding when CUDA is truly in use), plus its size and speedups over PyTorch and over model.onnx.
+Every variant gets the same checks as model.onnx: parity with PyTorch on the sample rows and the
+dynamic-dimension probes; `build` also returns how to time each one, and the pipeline's latency stage
+times them side by side with PyTorch and model.onnx (ORT CPU at the sample's batch and at batch 1, ORT
+CUDA with IO binding when CUDA is truly in use); `attach_latency` adds their speedups over both.
 A variant that misses its tolerance is reported as failed (and fails the conversion), never hidden;
 one that cannot be built is reported with the reason.
 
@@ -390,8 +391,9 @@ def _sessions(name: str, path: Path, ctx: Context):
 
 def check(name: str, made: Built, ctx: Context, ref: LoadedModel, tensors: dict[str, torch.Tensor],
           expected: dict[str, np.ndarray], axes: dict[str, dict[int, str]], tol: Tolerance,
-          baseline: LatencyInfo | None, info: VariantInfo) -> None:
-    """Parity, probes and latency for one built variant; fills `info` in place."""
+          info: VariantInfo) -> latency_mod.Target:
+    """Parity and probes for one built variant; fills `info` in place. Returns how to time it: latency
+    is measured afterwards, side by side with PyTorch and model.onnx (`attach_latency`)."""
     session, cuda_sess, why_not_cuda, notes = _sessions(name, made.path, ctx)
     provider = session.get_providers()[0]
     info.provider = provider
@@ -400,21 +402,10 @@ def check(name: str, made: Built, ctx: Context, ref: LoadedModel, tensors: dict[
     rows = next(iter(tensors.values())).shape[0]
     info.parity = ParityInfo(all(d.ok for d in diffs), tol.atol, tol.rtol, diffs, rows, provider)
     info.dynamic = parity_mod.probes(ref, session, tensors, axes, tol.atol, tol.rtol)
-    cpu = session if provider == runtime.CPU else None
-    info.latency = latency_mod.measure_onnx(made.path, tensors, threads=ctx.threads,
-                                            budget_s=ctx.spec.latency_budget_s, cuda=cuda_sess is not None,
-                                            cpu_session=cpu, cuda_session=cuda_sess)
-    if cuda_sess is None and why_not_cuda:
-        info.latency.cuda_unavailable_reason = why_not_cuda
-        info.latency.errors["ort_cuda"] = why_not_cuda
-    if cpu is None and name == "fp16":
-        info.latency.errors.setdefault("ort_cpu", "fp16 was checked and timed on CUDA")
-    if baseline is not None and info.latency.ort_cpu is not None:
-        mine = info.latency.ort_cpu.p50_ms
-        if baseline.torch_cpu is not None and mine > 0:
-            info.speedup_vs_torch = round(baseline.torch_cpu.p50_ms / mine, 2)
-        if baseline.ort_cpu is not None and mine > 0:
-            info.speedup_vs_fp32 = round(baseline.ort_cpu.p50_ms / mine, 2)
+    target = latency_mod.Target(made.path, cuda_session=cuda_sess,
+                                cuda_skip=why_not_cuda if cuda_sess is None and ctx.spec.cuda else None)
+    if name == "fp16" and provider != runtime.CPU:
+        target.cpu_skip = "fp16 was checked and timed on CUDA"
     info.notes = " ".join(made.notes + notes)
     problems = []
     if not info.parity.ok:
@@ -428,11 +419,13 @@ def check(name: str, made: Built, ctx: Context, ref: LoadedModel, tensors: dict[
     info.ok = not problems
     if problems:
         info.error = "failed " + " | ".join(problems)
+    return target
 
 
 def build(spec, loaded: LoadedModel, tensors: dict[str, torch.Tensor], model_path: Path,
-          axes: dict[str, dict[int, str]], work: Path, baseline: LatencyInfo | None = None) -> list[VariantInfo]:
-    """Build and check every requested variant; one VariantInfo each, in ORDER."""
+          axes: dict[str, dict[int, str]], work: Path) -> tuple[list[VariantInfo], dict[str, latency_mod.Target]]:
+    """Build and check every requested variant: one VariantInfo each, in ORDER, and how to time each one
+    that could be validated (`latency.measure_all`, then `attach_latency`)."""
     work, model_path = Path(work), Path(model_path)
     folder = work / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
@@ -442,6 +435,7 @@ def build(spec, loaded: LoadedModel, tensors: dict[str, torch.Tensor], model_pat
     ref = cached_reference(loaded)
     expected = parity_mod.torch_outputs(ref, tensors)
     results: list[VariantInfo] = []
+    targets: dict[str, latency_mod.Target] = {}
     for name in [n for n in ORDER if n in spec.variants]:
         tol = tolerance(name, spec.atol, spec.rtol)
         dest = folder / f"model.{name}.onnx"
@@ -464,11 +458,25 @@ def build(spec, loaded: LoadedModel, tensors: dict[str, torch.Tensor], model_pat
         info.method = made.method
         info.source = made.source.relative_to(work).as_posix() if made.source.is_relative_to(work) else made.source.name
         try:
-            check(name, made, ctx, ref, tensors, expected, axes, tol, baseline, info)
+            targets[name] = check(name, made, ctx, ref, tensors, expected, axes, tol, info)
         except Exception as e:
             info.ok = False
             info.notes = " ".join(made.notes)
             info.error = f"not validated: {_error(e)}" if "not validated" not in str(e) else str(e)
         results.append(info)
         gc.collect()
-    return results
+    return results, targets
+
+
+def attach_latency(results: list[VariantInfo], timed: dict[str, LatencyInfo], baseline: LatencyInfo) -> None:
+    """Give each variant its latency (from `latency.measure_all`, timed side by side with PyTorch and
+    model.onnx) and its speedups over both at the sample's batch."""
+    for info in results:
+        info.latency = timed.get(info.name)
+        mine = info.latency.ort_cpu if info.latency else None
+        if mine is None or mine.p50_ms <= 0:
+            continue
+        if baseline.torch_cpu is not None:
+            info.speedup_vs_torch = round(baseline.torch_cpu.p50_ms / mine.p50_ms, 2)
+        if baseline.ort_cpu is not None:
+            info.speedup_vs_fp32 = round(baseline.ort_cpu.p50_ms / mine.p50_ms, 2)

@@ -74,15 +74,36 @@ def test_no_cuda_flag_records_why(hf_folders, sample_csv, tmp_path):
     assert loaded_report.latency.cuda_unavailable_reason == "CUDA measurements were turned off (--no-cuda)"
 
 
-def test_measure_onnx_times_ort_alone(report):
+def test_side_by_side_alternates_blocks_and_survives_a_failing_runner():
+    log = []
+
+    def broken():
+        raise ValueError("no")
+    fns = {"a": lambda: log.append("a"), "b": lambda: log.append("b"), "bad": broken}
+    out = latency.side_by_side(fns, budget_s=0.03, rounds=3, warmup=2, min_iters=6, max_iters=30)
+    blocks = [k for i, k in enumerate(log) if i == 0 or log[i - 1] != k]
+    assert blocks == ["a", "b"] * 3  # round after round, each runner in turn
+    assert isinstance(out["bad"], ValueError)
+    for key in ("a", "b"):
+        p50, p90, p99, n, untimed = out[key]
+        assert 6 <= n <= 30 and untimed == 2 + 2  # the warm-up, then one untimed call per later round
+        assert log.count(key) == n + untimed
+
+
+def test_measure_all_times_every_file_side_by_side(report):
     from studio import sources
     from studio.batch import build_batch, read_sample
     spec = ConvertSpec(checkpoint=report.source["path"], data=report.options["data"]).validated()
     loaded = sources.load(spec.checkpoint, spec)
     tensors = build_batch(read_sample(spec.data), loaded, spec.roles, spec).tensors
-    info = latency.measure_onnx(report.options["out"] + "/model.onnx", tensors, threads=1, budget_s=0.01, cuda=False)
-    assert info.torch_cpu is None and info.ort_cpu.batch == 5 and info.batch1["ort_cpu"].batch == 1
-    assert info.ort_cpu.threads == 1 and info.cuda_unavailable_reason
+    path = report.options["out"] + "/model.onnx"
+    got = latency.measure_all(loaded, {"model": latency.Target(path), "copy": latency.Target(path, cuda_skip="CPU only")},
+                              tensors, threads=1, budget_s=0.01, cuda=True)
+    model, copy = got["model"], got["copy"]
+    assert model.torch_cpu.batch == model.ort_cpu.batch == copy.ort_cpu.batch == 5
+    assert copy.torch_cpu is None and copy.batch1["ort_cpu"].batch == 1 and copy.ort_cpu.threads == 1
+    assert copy.errors["ort_cuda"] == copy.cuda_unavailable_reason == "CPU only"
+    assert model.seconds == copy.seconds and model.machine == copy.machine  # one measurement
 
 
 def test_single_row_sample_has_no_separate_batch1_runs():
