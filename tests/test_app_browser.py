@@ -74,9 +74,16 @@ def test_load_demo_export_shows_the_checks_passed(page, served, tmp_path):
     _choose_role(page, 2, "tabular")
     page.wait_for_selector("#mapping-status .mapping-ok")
 
+    # no faster variant unless ticked; tick int8 (the cheap one) to see its row in the results
+    variants = page.locator("#variants input[type=checkbox]")
+    expect(variants).to_have_count(3)
+    assert [variants.nth(i).is_checked() for i in range(3)] == [False, False, False]
+    page.locator("#variants label", has_text="int8").click()
+    expect(variants.nth(1)).to_be_checked()
+
     page.click("#export-btn")
     # the progress bar names the stage while it runs
-    page.wait_for_function("() => /(starting|loading|batch|export|checker|parity|shape probe|latency) — /"
+    page.wait_for_function("() => /(starting|loading|batch|export|checker|parity|shape probe|variants|latency) — /"
                            ".test(document.querySelector('#verdict').innerText)", timeout=60_000)
     page.wait_for_selector("#verdict-strip[data-ok='true'], #verdict-strip[data-ok='false']", timeout=240_000)
     page.wait_for_timeout(500)
@@ -84,12 +91,15 @@ def test_load_demo_export_shows_the_checks_passed(page, served, tmp_path):
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
     assert page.get_attribute("#verdict-strip", "data-ok") == "true", page.inner_text("#verdict")
-    for check in ("checker", "parity", "dynamic", "opset"):
+    for check in ("checker", "parity", "dynamic", "variants", "opset"):
         assert page.get_attribute(f"#verdict-strip [data-check={check}]", "data-ok") == "true", check
     assert "[batch, sequence]" in page.inner_text("#io-table")
     assert "unavailable" in page.inner_text("#latency-table")  # no GPU here: a reason, never a number
+    variant_rows = page.inner_text("#variants-table")
+    assert "int8" in variant_rows and "PASS" in variant_rows and "1/1 passed" in page.inner_text("#variants-note")
     downloads = page.inner_text("#downloads").replace("\n", "")
-    for name in ("model.onnx", "report.json", "report.md", "inference_example.py", "demo_model-onnx.zip"):
+    for name in ("model.onnx", "report.json", "report.md", "inference_example.py", "model.int8.onnx",
+                 "demo_model-onnx.zip"):
         assert name in downloads
     if os.environ.get("STUDIO_UPDATE_SCREENSHOT"):
         shutil.copyfile(shot, Path(__file__).resolve().parents[1] / "assets" / "screenshot.png")

@@ -50,14 +50,18 @@ def test_api_lists_named_endpoints(served):
     assert {"/convert", "/preview", "/load_demo", "/cancel"} <= names
     params = [p["parameter_name"] for p in api["named_endpoints"]["/convert"]["parameters"]]
     assert params[:3] == ["checkpoint", "sample", "roles"] and "opset" in params and "exporter" in params
+    assert params[-1] == "variants"  # last, with a default of none: older callers keep working
+    assert api["named_endpoints"]["/convert"]["parameters"][-1]["parameter_default"] == []
 
 
 def test_demo_conversion_downloads_a_model_that_runs(served, tmp_path):
     import onnxruntime as ort
     c = client(served)
     ckpt, sample = c.predict(api_name="/load_demo")  # the demo files, as the button gives them
-    files, report = convert(c, ckpt, sample)[:2]
+    result = convert(c, ckpt, sample)
+    files, report = result[:2]
     report = json.loads(report)
+    assert report["variants"] == [] and result[-1]["visible"] is False  # none unless asked
     names = {Path(f).name for f in files}
     assert {"model.onnx", "report.json", "report.md", "inference_example.py", "demo_model-onnx.zip"} <= names
     assert report["ok"] is True and report["failed_checks"] == []
@@ -72,6 +76,34 @@ def test_demo_conversion_downloads_a_model_that_runs(served, tmp_path):
     # the same run as a Markdown report, and the predictions sit beside the ignored id column
     assert "PASS" in Path(next(f for f in files if Path(f).name == "report.md")).read_text()
     assert {"order_id", "prediction"} <= set(report["predictions"][0])
+
+
+def test_demo_conversion_with_an_int8_variant(served):
+    import zipfile
+    result = convert(client(served), exporter="torchscript", latency_budget=0.2, variants=["int8"])
+    files, report = result[0], json.loads(result[1])
+    assert [v["name"] for v in report["variants"]] == ["int8"]
+    int8 = report["variants"][0]
+    assert int8["ok"] is True, int8["error"]
+    assert report["ok"] is True and int8["latency"]["ort_cpu"]["p50_ms"] > 0
+    shown = result[-1]  # the Variants table, made visible: model.onnx's row, then int8 with its verdict
+    assert shown["visible"] is True
+    table = shown["value"]
+    rows = {row[0]: row for row in table["data"]}
+    assert table["headers"][:2] == ["variant", "verdict"] and set(rows) == {"fp32 (model.onnx)", "int8"}
+    assert rows["int8"][1] == "PASS" and rows["int8"][5] != "-" and rows["int8"][7].endswith("x")
+    assert "1/1 passed" in result[-2]
+    names = {Path(f).name for f in files}
+    assert {Path(f).name for f in int8["files"]} <= names and "model.int8.onnx" in names
+    zipped = next(f for f in files if f.endswith(".zip"))
+    with zipfile.ZipFile(zipped) as zf:
+        assert "demo_model-onnx/variants/model.int8.onnx" in zf.namelist()
+
+
+def test_unknown_variant_is_explained(served):
+    with pytest.raises(AppError) as e:
+        convert(client(served), variants="int8,turbo")  # a comma string, as the CLI's --variants
+    assert "Variant 'turbo' is not one of optimized, int8, fp16" in str(e.value)
 
 
 def test_invalid_upload_gives_the_clis_message(served, tmp_path):

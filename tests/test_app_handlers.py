@@ -10,7 +10,23 @@ import pytest
 from studio.app import handlers as h
 from studio.errors import ExportError, StudioError
 from studio.report import (CheckerInfo, DynamicInfo, ExportAttempt, ExportInfo, GraphInfo, LatencyInfo, OutputDiff,
-                           ParityInfo, Probe, Report, TensorInfo, Timing)
+                           ParityInfo, Probe, Report, TensorInfo, Timing, VariantInfo)
+
+
+def make_variants() -> list[VariantInfo]:
+    """int8 passed (with a .data file beside it); fp16 failed its tolerance."""
+    t = Timing(p50_ms=0.5, p90_ms=0.6, p99_ms=0.7, iterations=100, batch=8, sequence=16, threads=2,
+               provider="CPUExecutionProvider")
+    int8 = VariantInfo("int8", "variants/model.int8.onnx", True, size_bytes=2_500_000,
+                       parity=ParityInfo(True, 0.1, 0.1, [OutputDiff("probs", 0.012, 0.05, True, 1.0)], rows=8),
+                       latency=LatencyInfo(ort_cpu=t), method="onnxruntime dynamic quantization",
+                       files=["variants/model.int8.onnx", "variants/model.int8.onnx.data"],
+                       speedup_vs_torch=3.0, speedup_vs_fp32=3.0)
+    fp16 = VariantInfo("fp16", "variants/model.fp16.onnx", False, size_bytes=600_000,
+                       parity=ParityInfo(False, 1e-2, 1e-2, [OutputDiff("probs", 0.4, 0.9, False, 0.5)], rows=8),
+                       error="max abs diff 0.4 exceeds the fp16 tolerance", method="float16 conversion",
+                       files=["variants/model.fp16.onnx"], provider="CPUExecutionProvider")
+    return [int8, fp16]
 
 
 def make_report(parity_ok=True, dynamic_ok=True, opset=18, attempts=None) -> Report:
@@ -62,7 +78,19 @@ def test_spec_from_ui_defaults_and_aliases(tmp_path):
     assert h.spec_from_ui("m.pt", "s.csv", exporter="new", dynamic=[], out=tmp_path).dynamic == ()
 
 
+def test_spec_from_ui_takes_variants_as_a_list_or_a_comma_string(tmp_path):
+    def variants(value):
+        return h.spec_from_ui("m.pt", "s.csv", variants=value, out=tmp_path).variants
+    assert variants(["int8"]) == ("int8",)
+    assert variants("fp16, INT8,optimized") == ("optimized", "int8", "fp16")  # build order, as the CLI
+    assert variants(["int8", "int8"]) == ("int8",)
+    assert variants(None) == variants([]) == variants("") == ()
+    assert h.spec_from_ui("m.pt", "s.csv", out=tmp_path).variants == ()  # none unless asked
+
+
 @pytest.mark.parametrize("kwargs, words", [
+    ({"variants": ["int4"]}, "Variant 'int4' is not one of optimized, int8, fp16"),
+    ({"variants": "int8,turbo"}, "Variant 'turbo' is not one of optimized, int8, fp16"),
     ({"checkpoint": None}, "No checkpoint uploaded"),
     ({"sample": ""}, "No sample file uploaded"),
     ({"roles": '{"review": "words"}'}, "is not one of text, tabular, ignore"),
@@ -149,6 +177,40 @@ def test_tables_reuse_the_report_rows():
     assert h.parity_frame(r).iloc[0, -1] == "PASS" and h.probe_frame(r).shape == (2, 6)
 
 
+def test_variants_table_shows_each_variant_and_a_failed_one_as_failed():
+    r = make_report()
+    r.variants = make_variants()
+    table = h.variants_frame(r)
+    assert list(table.columns) == h.VARIANT_HEADERS
+    rows = {row[0]: row for row in table.values.tolist()}
+    assert list(rows) == ["fp32 (model.onnx)", "int8", "fp16"]  # model.onnx first, as the baseline
+    assert rows["int8"] == ["int8", "PASS", "2.5 MB", "0.012", "100.0%", "0.50", "3.00x", "3.00x",
+                            "onnxruntime dynamic quantization"]
+    assert rows["fp16"][1] == "FAIL" and rows["fp16"][-1] == "max abs diff 0.4 exceeds the fp16 tolerance"
+    assert rows["fp16"][4] == "50.0%" and rows["fp16"][5] == "-"  # not timed: never a made-up number
+    note = h.variants_note(r)
+    assert "1/2 passed" in note and "failed: fp16" in note and "no measure of its GPU speed" in note
+    html = h.verdict_html(r)
+    assert 'data-check="variants" data-ok="false"' in html and "1/2 passed · fp16 failed" in html
+    assert "Checks failed: variant:fp16" in html
+
+
+def test_without_variants_the_table_is_empty_with_a_note():
+    r = make_report()
+    assert h.variants_frame(r).empty and list(h.variants_frame(r).columns) == h.VARIANT_HEADERS
+    assert "No faster variants were requested" in h.variants_note(r)
+    assert 'data-check="variants"' not in h.verdict_html(r)
+
+
+def test_progress_names_the_variants_stage_and_what_latency_times():
+    from studio.app.server import STAGE_TEXT, stage_text
+    order = ["loading", "batch", "export", "checker", "parity", "shape probe", "variants", "latency", "writing"]
+    assert [s for s in STAGE_TEXT if s in order] == order  # the pipeline's order
+    assert "checking each against PyTorch" in stage_text("variants", ("int8",))
+    assert stage_text("latency", ("int8",)) == "timing PyTorch, model.onnx and the variants side by side"
+    assert "variants" not in stage_text("latency", ())
+
+
 def test_diagnosis_shows_failed_attempts_and_export_details():
     failed = [ExportAttempt("dynamo", False, "Unsupported: data-dependent branch", 2.0,
                             diagnosis_path="diagnostics/x.md"),
@@ -172,6 +234,23 @@ def test_artifacts_and_zip(tmp_path):
     assert h.zip_stem("/tmp/x/My Model (v2).pt") == "My-Model-v2-onnx"
 
 
+def test_artifacts_include_every_variant_file(tmp_path):
+    r = make_report()
+    r.files = {"model": "model.onnx", "report_json": "report.json"}
+    r.variants = make_variants()
+    (tmp_path / "variants").mkdir()
+    for name in ("model.onnx", "report.json", "variants/model.int8.onnx", "variants/model.int8.onnx.data",
+                 "variants/model.fp16.onnx"):
+        (tmp_path / name).write_text("x")
+    z = tmp_path.parent / "m-onnx.zip"
+    z.write_text("z")
+    paths = h.artifact_paths(r, tmp_path, z)
+    assert [str(Path(p).relative_to(tmp_path)) for p in paths[:-1]] == [
+        "model.onnx", "report.json", "variants/model.int8.onnx", "variants/model.int8.onnx.data",
+        "variants/model.fp16.onnx"]  # a failed variant's file is offered too: the report says why it failed
+    assert Path(paths[-1]).name == "m-onnx.zip"
+
+
 def test_scrub_paths_names_the_upload_not_the_server_folder():
     msg = "/srv/cache/ab12/weights.pt is a text file, not model weights."
     assert h.scrub_paths(msg, ["/srv/cache/ab12/weights.pt", None]) == "weights.pt is a text file, not model weights."
@@ -191,6 +270,7 @@ def test_error_view_and_trust_banner():
         assert "boom" in out[2] and "step 3 failed" in out[12] and out[13]["visible"] is True
         cancelled = app._error_outputs(JobError("The conversion was cancelled.", reason="cancelled"), "cancelled")
         assert "Cancelled" in cancelled[2] and cancelled[13]["visible"] is False
+        assert cancelled[-2] == "" and cancelled[-1]["visible"] is False  # no stale variants table
     finally:
         app.close()
     plain = studio.app.create_app(warm_up=False)

@@ -13,9 +13,9 @@ from typing import Any
 import pandas as pd
 
 from ..errors import StudioError
-from ..report import LATENCY_LABELS, Report, io_rows, latency_rows, parity_rows, probe_rows
+from ..report import LATENCY_LABELS, Report, io_rows, latency_rows, parity_rows, probe_rows, variant_rows
 from ..spec import (ATOL_DEFAULT, DYNAMIC_AXES, EXPORTERS, ID_DTYPES, OPSET_DEFAULT, OPSET_MAX, OPSET_MIN,
-                    ROLES, RTOL_DEFAULT, ConvertSpec, parse_roles)
+                    ROLES, RTOL_DEFAULT, VARIANTS, ConvertSpec, parse_roles)
 
 DEMO_DIR = Path(__file__).resolve().parents[2] / "assets" / "demo"
 DEMO_CHECKPOINT = DEMO_DIR / "demo_model.pt"
@@ -30,6 +30,11 @@ LATENCY_BUDGET_DEFAULT = 0.5
 # The page says auto / new / legacy; the spec says auto / dynamo / torchscript.
 EXPORTER_CHOICES = [("auto", "auto"), ("new (dynamo)", "dynamo"), ("legacy (TorchScript)", "torchscript")]
 EXPORTER_ALIASES = {"new": "dynamo", "legacy": "torchscript", "torch.export": "dynamo"}
+# The "Faster variants" checkboxes: (label, value); each is built beside model.onnx, checked against
+# PyTorch like model.onnx and timed side by side with it (studio/variants.py).
+VARIANT_CHOICES = [("optimized: ONNX Runtime fusions (ONNX Runtime only)", "optimized"),
+                   ("int8: dynamic quantization, for CPU", "int8"),
+                   ("fp16: for CUDA (checked on CPU when there is no GPU)", "fp16")]
 SAMPLE_TYPES = [".csv", ".tsv", ".json", ".jsonl", ".ndjson", ".txt"]
 CHECKPOINT_TYPES = [".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".zip", ".tar", ".pt2"]
 
@@ -37,6 +42,9 @@ IO_HEADERS = ["", "name", "dtype", "shape"]
 PARITY_HEADERS = ["output", "max abs diff", "max rel diff", "argmax agreement", "verdict"]
 PROBE_HEADERS = ["varies", "batch", "sequence", "verdict", "max abs diff", "message"]
 LATENCY_HEADERS = ["run", "p50 ms", "p90 ms", "p99 ms", "iterations", "batch", "threads", "provider"]
+# the columns of studio.report.variant_rows (its Markdown table, with the app's own words)
+VARIANT_HEADERS = ["variant", "verdict", "size", "max abs diff", "argmax agreement", "ORT CPU p50 ms",
+                   "speedup vs PyTorch", "speedup vs model.onnx", "how built / error"]
 ATTEMPT_HEADERS = ["exporter", "ok", "seconds", "opset written", "error"]
 COLUMN_HEADERS = ["column", "detected", "example", "suggested", "why"]
 
@@ -92,6 +100,20 @@ def parse_per_input(value: Any) -> dict[str, tuple[str, ...]]:
     return {str(k): parse_axes(v) for k, v in value.items()}
 
 
+def parse_variants(value: Any) -> tuple[str, ...]:
+    """Variants as the page / API send them: a list, or a comma string like "int8,fp16" (as the CLI)."""
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        value = re.split(r"[,\s]+", value)
+    names = [str(v).strip().lower() for v in value if str(v).strip()]
+    for name in names:
+        if name not in VARIANTS:
+            raise StudioError(f"Variant {name!r} is not one of {', '.join(VARIANTS)}.",
+                              hint='Pick any of them, as a list like ["int8"] or a comma string like "optimized,int8".')
+    return tuple(v for v in VARIANTS if v in names)  # each once, in build order
+
+
 def _number(value: Any, name: str, default: float | None) -> float | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         return default
@@ -107,8 +129,8 @@ def _number(value: Any, name: str, default: float | None) -> float | None:
 def spec_from_ui(checkpoint: str | None, sample: str | None, roles: Any = None, opset: Any = OPSET_DEFAULT,
                  exporter: str = "auto", dynamic: Any = DYNAMIC_AXES, dynamic_per_input: Any = None,
                  max_length: Any = 128, atol: Any = ATOL_DEFAULT, rtol: Any = RTOL_DEFAULT,
-                 id_dtype: str = "int64", fill_value: Any = None, latency_budget: Any = None, *,
-                 out: str | Path, trust_code: bool = False) -> ConvertSpec:
+                 id_dtype: str = "int64", fill_value: Any = None, latency_budget: Any = None,
+                 variants: Any = None, *, out: str | Path, trust_code: bool = False) -> ConvertSpec:
     """The one mapping from the page's controls (or the API's arguments) to a validated ConvertSpec."""
     if not checkpoint:
         raise StudioError("No checkpoint uploaded.", hint="Upload a checkpoint file or a .zip of a model "
@@ -136,7 +158,7 @@ def spec_from_ui(checkpoint: str | None, sample: str | None, roles: Any = None, 
         dynamic_per_input=parse_per_input(dynamic_per_input), max_length=max_len, id_dtype=id_dtype,
         atol=_number(atol, "atol", ATOL_DEFAULT), rtol=_number(rtol, "rtol", RTOL_DEFAULT),
         fill_value=_number(fill_value, "Fill value", None), latency_budget_s=budget,
-        trust_code=bool(trust_code),
+        variants=parse_variants(variants), trust_code=bool(trust_code),
     ).validated()
 
 
@@ -302,7 +324,8 @@ def _fmt(x: float | None) -> str:
 
 
 def verdict_html(report: Report) -> str:
-    """The verdict strip: overall, checker, parity (max diff), dynamic dims, opset written, exporter."""
+    """The verdict strip: overall, checker, parity (max diff), dynamic dims, variants (when asked), opset
+    written, exporter."""
     e = report.export
     tiles = []
 
@@ -327,6 +350,10 @@ def verdict_html(report: Report) -> str:
         n_ok = sum(pr.ok for pr in d.probes)
         axes = sorted({a for v in d.requested.values() for a in v})
         tile("dynamic", "Dynamic dims", d.ok, f"{n_ok}/{len(d.probes)} probes · {esc(', '.join(axes) or '-')}")
+    if report.variants:
+        failed = [v.name for v in report.variants if not v.ok]
+        tile("variants", "Variants", not failed, f"{len(report.variants) - len(failed)}/{len(report.variants)} passed"
+             + (f" · {esc(', '.join(failed))} failed" if failed else ""))
     same = e.opset == e.opset_requested
     tile("opset", f"Opset {e.opset if e.opset is not None else '?'} written", same if e.opset is not None else False,
          f"requested {e.opset_requested}" + ("" if same else " — differs"))
@@ -376,6 +403,29 @@ def probe_frame(report: Report) -> pd.DataFrame:
 
 def latency_frame(report: Report) -> pd.DataFrame:
     return frame(LATENCY_HEADERS, latency_rows(report.latency))
+
+
+def variants_frame(report: Report) -> pd.DataFrame:
+    """One row per variant after model.onnx's own row; a failed one shows FAIL and its error."""
+    if not report.variants:
+        return frame(VARIANT_HEADERS, [])
+    return frame(VARIANT_HEADERS, variant_rows(report.variants, report.latency))
+
+
+def variants_note(report: Report) -> str:
+    """The line above the variants table (or instead of it, when none was asked for)."""
+    if not report.variants:
+        return ("No faster variants were requested: tick optimized, int8 or fp16 under Options to build them, "
+                "check each against PyTorch and time them beside model.onnx.")
+    failed = [v.name for v in report.variants if not v.ok]
+    line = f"**Faster variants** {len(report.variants) - len(failed)}/{len(report.variants)} passed"
+    if failed:
+        line += f" · ✗ failed: {', '.join(failed)} (the reason is in the last column)"
+    line += (" · speedups are ORT CPU p50 at the sample's batch; files under `variants/` in the downloads"
+             " and the zip.")
+    if any(v.name == "fp16" and "CUDA" not in (v.provider or "") for v in report.variants):
+        line += " fp16 is meant for CUDA: its CPU timing is no measure of its GPU speed."
+    return line
 
 
 def attempts_frame(report: Report) -> pd.DataFrame:
@@ -487,7 +537,8 @@ DOWNLOAD_ORDER = ("model", "data", "report_json", "report_md", "example", "sampl
 
 
 def artifact_paths(report: Report, out: Path, zip_path: str | Path | None) -> list[str]:
-    """model.onnx (+ .data), report.json, report.md, inference_example.py, sample_inputs.npz, the zip."""
+    """model.onnx (+ .data), report.json, report.md, inference_example.py, sample_inputs.npz, every
+    variant's files (variants/model.int8.onnx, + .data), the zip."""
     files = []
     for key in DOWNLOAD_ORDER:
         name = report.files.get(key)
@@ -497,6 +548,11 @@ def artifact_paths(report: Report, out: Path, zip_path: str | Path | None) -> li
         p = out / name
         if p.is_file() and str(p) not in files:
             files.insert(1, str(p))
+    for v in report.variants:
+        for name in v.files or ([v.file] if v.file else []):
+            p = out / name
+            if p.is_file() and str(p) not in files:
+                files.append(str(p))
     if zip_path and Path(zip_path).is_file():
         files.append(str(zip_path))
     return files

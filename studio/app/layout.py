@@ -77,6 +77,16 @@ CSS = """
 """
 
 
+def _variant_choice(**kwargs) -> gr.CheckboxGroup:
+    """The "Faster variants" checkboxes. Its API value may also be a comma string ("int8,fp16", as the
+    CLI's --variants), and names are checked by handlers.spec_from_ui (a StudioError naming the choices)
+    instead of gradio's own choice check. (Not a subclass: gradio writes a .pyi beside any module that
+    defines a component class.)"""
+    box = gr.CheckboxGroup(h.VARIANT_CHOICES, **kwargs)
+    box.preprocess = lambda payload: payload
+    return box
+
+
 def _step(num: int, title: str, hint: str = "") -> gr.HTML:
     return gr.HTML(f'<div class="step-title"><span class="num">{num}</span><h2>{title}</h2>'
                    f'<span class="hint">{hint}</span></div>')
@@ -164,6 +174,10 @@ def build(app: "StudioApp") -> gr.Blocks:
                                    min_width=130)
             id_dtype = gr.Radio(list(ID_DTYPES), value="int64", label="Token id dtype", elem_id="id-dtype",
                                 min_width=150)
+        variants = _variant_choice(value=[], elem_id="variants",
+                                   label="Faster variants (each checked against PyTorch, timed side by side)",
+                                   info="Extra files beside model.onnx, under variants/. None is built unless "
+                                        "ticked; each adds build, check and timing time.")
         with gr.Accordion("Advanced: tolerances, empty cells, latency budget, per-input dynamic dimensions",
                           open=False):
             with gr.Row():
@@ -202,6 +216,11 @@ def build(app: "StudioApp") -> gr.Blocks:
             latency_table = gr.Dataframe(headers=h.LATENCY_HEADERS, label="Latency", interactive=False,
                                          elem_id="latency-table", wrap=True,
                                          column_widths=["13%", "8%", "8%", "8%", "9%", "7%", "8%", "39%"])
+            variants_note = gr.Markdown(elem_id="variants-note")
+            variants_table = gr.Dataframe(headers=h.VARIANT_HEADERS, label="Variants (PyTorch vs each variant; "
+                                          "timed beside model.onnx)", interactive=False, visible=False,
+                                          elem_id="variants-table", wrap=True,
+                                          column_widths=["14%", "7%", "8%", "9%", "9%", "8%", "9%", "10%", "26%"])
             with gr.Row(equal_height=True):
                 latency_plot = gr.BarPlot(x="run", y="p50 ms", color="runtime", title="Latency p50 (ms)",
                                           label="latency chart", elem_id="latency-plot", height=300, sort=None,
@@ -222,7 +241,7 @@ def build(app: "StudioApp") -> gr.Blocks:
         # 6. Downloads ------------------------------------------------------------------------------
         with gr.Column(visible=False) as downloads_col:
             _step(6, "Downloads", "model.onnx (+ .data), report.json, report.md, inference_example.py, "
-                                  "one zip of all")
+                                  "the variants, one zip of all")
             downloads = gr.File(label="Artifacts", file_count="multiple", interactive=False, elem_id="downloads")
             with gr.Accordion("Full report (report.json)", open=False):
                 # JSON text, not gr.JSON: gradio_client treats any {"path": str} inside a JSON output as a
@@ -250,11 +269,11 @@ def build(app: "StudioApp") -> gr.Blocks:
 
         convert_outputs = [downloads, report_json, verdict, summary, io_table, parity_table, probe_table,
                            latency_table, latency_plot, diff_plot, predictions, attempts, diagnosis, diag_acc,
-                           results_col, downloads_col]
+                           results_col, downloads_col, variants_note, variants_table]
         export_event = export_btn.click(
             app.convert,
             inputs=[checkpoint, sample, roles_box, opset, exporter, dynamic, per_input_json, max_length, atol, rtol,
-                    id_dtype, fill_value, latency_budget],
+                    id_dtype, fill_value, latency_budget, variants],
             outputs=convert_outputs, api_name="convert", concurrency_id="convert",
             concurrency_limit=cfg.max_jobs, show_progress_on=[verdict], scroll_to_output=True)
         cancel_btn.click(app.cancel, outputs=[verdict], api_name="cancel", cancels=[export_event], queue=False)

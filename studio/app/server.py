@@ -33,8 +33,8 @@ STAGE_TEXT = {
     "checker": "running the ONNX checker",
     "parity": "comparing PyTorch with ONNX Runtime",
     "shape probe": "probing the dynamic dimensions",
-    "latency": "timing PyTorch and ONNX Runtime",
-    "variants": "building the extra variants",
+    "variants": "building the faster variants and checking each against PyTorch",
+    "latency": "timing PyTorch and model.onnx side by side",
     "writing": "writing the artifacts",
     "done": "packing the downloads",
 }
@@ -73,6 +73,13 @@ def _private_gradio_cache() -> None:
     _GRADIO_CACHE = tempfile.mkdtemp(prefix="onnx-studio-uploads-")
     os.environ["GRADIO_TEMP_DIR"] = _GRADIO_CACHE
     atexit.register(shutil.rmtree, _GRADIO_CACHE, True)
+
+
+def stage_text(stage: str, variants: tuple[str, ...] = ()) -> str:
+    """What the progress bar says for a pipeline stage (the latency stage also times the variants)."""
+    if stage == "latency" and variants:
+        return "timing PyTorch, model.onnx and the variants side by side"
+    return STAGE_TEXT.get(stage, stage)
 
 
 def _key(request: gr.Request | None) -> str:
@@ -228,8 +235,11 @@ class StudioApp:
                 opset: int = OPSET_DEFAULT, exporter: str = "auto", dynamic: list[str] | None = None,
                 dynamic_per_input: str | None = None, max_length: int = 128, atol: float = ATOL_DEFAULT,
                 rtol: float = RTOL_DEFAULT, id_dtype: str = "int64", fill_value: float | None = None,
-                latency_budget: float | None = None, request: gr.Request = None, progress=gr.Progress()):
-        """Convert the uploaded checkpoint with the sample rows; returns the artifacts and the report."""
+                latency_budget: float | None = None, variants: list[str] | str | None = None,
+                request: gr.Request = None, progress=gr.Progress()):
+        """Convert the uploaded checkpoint with the sample rows; returns the artifacts and the report.
+        variants: faster artifacts to build beside model.onnx, checked and timed like it: any of
+        optimized, int8, fp16, as a list or a comma string (default none)."""
         key = _key(request)
         dynamic = list(DYNAMIC_AXES) if dynamic is None else dynamic
         error: StudioError | None = None
@@ -240,11 +250,11 @@ class StudioApp:
             out = job_dir / "out"
             checkpoint, sample = _job_inputs(job_dir, checkpoint, sample)
             spec = h.spec_from_ui(checkpoint, sample, roles, opset, exporter, dynamic, dynamic_per_input,
-                                  max_length, atol, rtol, id_dtype, fill_value, latency_budget, out=out,
-                                  trust_code=self.config.trust_code)
+                                  max_length, atol, rtol, id_dtype, fill_value, latency_budget, variants,
+                                  out=out, trust_code=self.config.trust_code)
 
             def on_progress(stage: str, fraction: float) -> None:
-                progress(min(max(fraction, 0.0), 1.0), desc=f"{stage} — {STAGE_TEXT.get(stage, stage)}")
+                progress(min(max(fraction, 0.0), 1.0), desc=f"{stage} — {stage_text(stage, spec.variants)}")
 
             result = self.run_job("convert", {"spec": spec, "zip_stem": h.zip_stem(checkpoint),
                                               "label": "conversion"}, request, on_progress, label="conversion")
@@ -283,6 +293,8 @@ class StudioApp:
             gr.update(visible=bool(diagnosis), open=not report.ok and bool(diagnosis)),
             gr.update(visible=True),
             gr.update(visible=True),
+            h.variants_note(report),
+            gr.update(value=h.variants_frame(report), visible=bool(report.variants)),
         )
 
     def _error_outputs(self, error: StudioError, message: str) -> tuple:
@@ -297,6 +309,8 @@ class StudioApp:
             gr.update(visible=bool(diagnosis), open=bool(diagnosis) and not cancelled),
             gr.update(visible=False),
             gr.update(visible=False),
+            "",
+            gr.update(value=None, visible=False),
         )
 
     def cancel(self, request: gr.Request = None) -> str:
