@@ -56,6 +56,7 @@ def test_output_folder_contract(hf_folders, sample_csv, tmp_path):
         assert (out / name).is_file(), name
     assert (out / "keep.txt").read_text() == "user file"  # nothing else in the folder is touched
     assert not list(tmp_path.glob(".out.partial-*"))
+    assert report.ok and report.seconds > 0
     seen = [s for s, _ in stages]
     assert seen[:3] == ["loading", "batch", "export"] and seen[-1] == "done"
     assert set(seen) - {"done"} <= set(STAGES)

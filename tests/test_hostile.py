@@ -348,7 +348,6 @@ def test_state_dict_whose_shapes_do_not_fit_the_config(tmp_path):
 
 @pytest.mark.parametrize("location", ["../outside.bin", "/etc/passwd", "sub/../../outside.bin"])
 def test_onnx_external_data_outside_the_folder_is_refused_by_inspect(tmp_path, capsys, location):
-    import onnx
     from onnx import TensorProto, helper
     (tmp_path / "outside.bin").write_bytes(b"\0" * 16)
     folder = tmp_path / "upload"
