@@ -136,9 +136,13 @@ def _mem_gb() -> float | None:
         return None
 
 
+def _convert_cmd(checkpoint: Path, sample: Path, out: Path, args, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "studio", "convert", str(checkpoint), "--data", str(sample), "--out", str(out),
+            "--threads", str(args.threads), "--latency-budget", str(args.budget)] + extra
+
+
 def studio_convert(checkpoint: Path, sample: Path, out: Path, args, extra: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "studio", "convert", str(checkpoint), "--data", str(sample), "--out", str(out),
-           "--threads", str(args.threads), "--latency-budget", str(args.budget), "--json"] + extra
+    cmd = _convert_cmd(checkpoint, sample, out, args, extra + ["--json"])
     if args.variants:
         cmd += ["--variants", args.variants]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -161,8 +165,7 @@ def studio_convert(checkpoint: Path, sample: Path, out: Path, args, extra: list[
 def studio_torchscript(checkpoint: Path, sample: Path, out: Path, args, extra: list[str]) -> dict:
     """The same conversion with `--exporter torchscript` (the exporter optimum uses), stopped when it
     reaches the latency stage: export + validate wall time and peak RSS only."""
-    cmd = [sys.executable, "-m", "studio", "convert", str(checkpoint), "--data", str(sample), "--out", str(out),
-           "--threads", str(args.threads), "--exporter", "torchscript"] + extra
+    cmd = _convert_cmd(checkpoint, sample, out, args, extra + ["--exporter", "torchscript"])
     run = monitored(cmd, env=dict(os.environ, PYTHONUNBUFFERED="1"), stop_at=VALIDATE_END[-1])
     for leftover in out.parent.glob(f".{out.name}.partial-*"):
         shutil.rmtree(leftover, ignore_errors=True)
