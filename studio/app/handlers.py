@@ -432,22 +432,29 @@ def attempts_frame(report: Report) -> pd.DataFrame:
 
 
 def latency_chart(report: Report) -> pd.DataFrame:
-    """p50 per measured run, at the sample's batch and at batch 1 (unavailable runs are left out: the
-    table says why, a chart never shows a number for them)."""
-    lat = report.latency
+    """p50 per measured run, at the sample's batch and at batch 1: PyTorch, model.onnx and each variant
+    (its ONNX Runtime runs; the variant table says which passed). Unavailable runs are left out: the
+    tables say why, a chart never shows a number for them."""
     rows = []
-    if lat is not None:
-        for source in ({k: getattr(lat, k, None) for k, _ in LATENCY_LABELS},
-                       dict(getattr(lat, "batch1", {}) or {})):
+
+    def add(lat, prefix: str, runtime_of, keys) -> None:
+        if lat is None:
+            return
+        for source in ({k: getattr(lat, k, None) for k, _ in LATENCY_LABELS}, dict(getattr(lat, "batch1", {}) or {})):
             for key, label in LATENCY_LABELS:
                 t = source.get(key)
-                if t is None:
+                if t is None or key not in keys:
                     continue
                 shape = f"{t.batch}×{t.sequence}" if t.sequence else f"b{t.batch}"
-                short = label.replace("PyTorch", "PT")
-                rows.append({"run": f"{short} {shape}",
+                rows.append({"run": f"{prefix}{label.replace('PyTorch', 'PT')} {shape}",
                              "p50 ms": round(float(t.p50_ms), 4), "p90 ms": round(float(t.p90_ms), 4),
-                             "runtime": "ONNX Runtime" if key.startswith("ort") else "PyTorch"})
+                             "runtime": runtime_of(key)})
+
+    all_keys = [k for k, _ in LATENCY_LABELS]
+    add(report.latency, "", lambda k: "ONNX Runtime" if k.startswith("ort") else "PyTorch", all_keys)
+    for v in report.variants or []:  # PyTorch is timed once, in the main runs
+        add(v.latency, f"{v.name}: ", lambda k, name=v.name: f"ONNX Runtime {name}",
+            [k for k in all_keys if k.startswith("ort")])
     return pd.DataFrame(rows, columns=["run", "p50 ms", "p90 ms", "runtime"])
 
 
