@@ -97,6 +97,10 @@ def test_load_demo_export_shows_the_checks_passed(page, served, tmp_path):
     assert "unavailable" in page.inner_text("#latency-table")  # no GPU here: a reason, never a number
     variant_rows = page.inner_text("#variants-table")
     assert "int8" in variant_rows and "PASS" in variant_rows and "1/1 passed" in page.inner_text("#variants-note")
+    bars = page.locator("#latency-plot path[role='graphics-symbol']")  # vega's bars, one per timed run
+    assert bars.count() == 6, bars.count()  # PyTorch, model.onnx, int8: each at the sample's batch and at 1
+    fills = bars.evaluate_all("els => els.map(e => (e.getAttribute('fill') || '').toLowerCase())")
+    assert sorted(fills) == sorted([c.lower() for c in ("#ee8a3c", "#5b6ee1", "#8e5bd6")] * 2), fills
     downloads = page.inner_text("#downloads").replace("\n", "")
     for name in ("model.onnx", "report.json", "report.md", "inference_example.py", "model.int8.onnx",
                  "demo_model-onnx.zip"):

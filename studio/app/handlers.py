@@ -431,30 +431,35 @@ def attempts_frame(report: Report) -> pd.DataFrame:
                                     str(a.opset_written or "-"), a.error or ""] for a in report.export.attempts])
 
 
+# Bar colours of the latency chart, by runtime (a runtime missing here would not be drawn at all).
+LATENCY_COLORS = {"PyTorch": "#ee8a3c", "ONNX Runtime": "#5b6ee1", "ONNX Runtime optimized": "#2a9d8f",
+                  "ONNX Runtime int8": "#8e5bd6", "ONNX Runtime fp16": "#c9a227"}
+
+
 def latency_chart(report: Report) -> pd.DataFrame:
     """p50 per measured run, at the sample's batch and at batch 1: PyTorch, model.onnx and each variant
-    (its ONNX Runtime runs; the variant table says which passed). Unavailable runs are left out: the
-    tables say why, a chart never shows a number for them."""
+    (its ONNX Runtime runs, labelled by the variant's name; the variant table says which passed).
+    Unavailable runs are left out: the tables say why, a chart never shows a number for them."""
     rows = []
 
-    def add(lat, prefix: str, runtime_of, keys) -> None:
+    def add(lat, runtime_of, label_of) -> None:
         if lat is None:
             return
         for source in ({k: getattr(lat, k, None) for k, _ in LATENCY_LABELS}, dict(getattr(lat, "batch1", {}) or {})):
             for key, label in LATENCY_LABELS:
                 t = source.get(key)
-                if t is None or key not in keys:
+                runtime = runtime_of(key)
+                if t is None or runtime is None:
                     continue
                 shape = f"{t.batch}×{t.sequence}" if t.sequence else f"b{t.batch}"
-                rows.append({"run": f"{prefix}{label.replace('PyTorch', 'PT')} {shape}",
-                             "p50 ms": round(float(t.p50_ms), 4), "p90 ms": round(float(t.p90_ms), 4),
-                             "runtime": runtime_of(key)})
+                rows.append({"run": f"{label_of(key, label)} {shape}", "p50 ms": round(float(t.p50_ms), 4),
+                             "p90 ms": round(float(t.p90_ms), 4), "runtime": runtime})
 
-    all_keys = [k for k, _ in LATENCY_LABELS]
-    add(report.latency, "", lambda k: "ONNX Runtime" if k.startswith("ort") else "PyTorch", all_keys)
+    add(report.latency, lambda k: "ONNX Runtime" if k.startswith("ort") else "PyTorch",
+        lambda k, label: label.replace("PyTorch", "PT"))
     for v in report.variants or []:  # PyTorch is timed once, in the main runs
-        add(v.latency, f"{v.name}: ", lambda k, name=v.name: f"ONNX Runtime {name}",
-            [k for k in all_keys if k.startswith("ort")])
+        add(v.latency, lambda k, name=v.name: f"ONNX Runtime {name}" if k.startswith("ort") else None,
+            lambda k, label, name=v.name: name + (" CUDA" if "cuda" in k else ""))
     return pd.DataFrame(rows, columns=["run", "p50 ms", "p90 ms", "runtime"])
 
 

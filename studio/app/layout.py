@@ -224,9 +224,9 @@ def build(app: "StudioApp") -> gr.Blocks:
             with gr.Row(equal_height=True):
                 latency_plot = gr.BarPlot(x="run", y="p50 ms", color="runtime", title="Latency p50 (ms)",
                                           label="latency chart", elem_id="latency-plot", height=300, sort=None,
-                                          color_map={"PyTorch": "#ee8a3c", "ONNX Runtime": "#5b6ee1"},
-                                          colors_in_legend=[], caption="PT = PyTorch eager, ORT = ONNX Runtime; "
-                                          "batch × sequence")
+                                          color_map=h.LATENCY_COLORS, x_label_angle=-30,
+                                          colors_in_legend=[], caption="PT = PyTorch eager, ORT = ONNX Runtime "
+                                          "(model.onnx), a variant by its name; batch × sequence")
                 diff_plot = gr.BarPlot(x="check", y="max abs diff", color="verdict",
                                        title="Max |PyTorch − ONNX| per check", label="difference chart",
                                        elem_id="diff-plot", height=300,

@@ -40,6 +40,12 @@ STAGE_TEXT = {
 }
 
 
+def _in_order(chart, x: str, **kw):
+    """Bars in the frame's order (latency: PyTorch, model.onnx, then each variant; differences: the sample,
+    then the probes), not alphabetical."""
+    return gr.update(value=chart, sort=list(chart[x]) or None, **kw)
+
+
 @dataclass
 class AppConfig:
     """Operator settings (the `studio app` flags)."""
@@ -285,8 +291,8 @@ class StudioApp:
             h.parity_frame(report),
             h.probe_frame(report),
             h.latency_frame(report),
-            h.latency_chart(report),
-            gr.update(value=h.diff_chart(report), caption=h.diff_caption(report)),
+            _in_order(h.latency_chart(report), "run"),
+            _in_order(h.diff_chart(report), "check", caption=h.diff_caption(report)),
             h.predictions_frame(report),
             h.attempts_frame(report),
             diagnosis,
