@@ -47,7 +47,8 @@ def _warm_up(fn: Callable[[], object], calls: int, budget_s: float) -> int:
 
 
 def side_by_side(fns: dict[Any, Callable[[], object]], budget_s: float, rounds: int = ROUNDS,
-                 warmup: int = WARMUP, min_iters: int = MIN_ITERS, max_iters: int = MAX_ITERS) -> dict[Any, Any]:
+                 warmup: int = WARMUP, min_iters: int = MIN_ITERS, max_iters: int = MAX_ITERS,
+                 on_round: Callable[[int, int], None] | None = None) -> dict[Any, Any]:
     """Time several callables against each other, in `rounds` alternating rounds.
 
     In each round every callable in turn gets a block of budget_s / rounds seconds of timed calls (at
@@ -55,7 +56,7 @@ def side_by_side(fns: dict[Any, Callable[[], object]], budget_s: float, rounds: 
     warm-up in the first round, one call in later rounds (the callable before it may have left threads
     spinning and caches cold). A slow drift of the machine's speed then hits every callable alike, so
     their ratios hold. Returns key -> (p50_ms, p90_ms, p99_ms, iterations, untimed calls), or the
-    exception that stopped that callable (the others go on)."""
+    exception that stopped that callable (the others go on). `on_round(done, rounds)` after each round."""
     block = budget_s / rounds
     per_block, cap = -(-min_iters // rounds), max(1, max_iters // rounds)
     samples: dict[Any, list[float]] = {k: [] for k in fns}
@@ -76,6 +77,8 @@ def side_by_side(fns: dict[Any, Callable[[], object]], budget_s: float, rounds: 
                     n += 1
             except Exception as e:
                 failed[key] = e
+        if on_round is not None:
+            on_round(r + 1, rounds)
     out: dict[Any, Any] = dict(failed)
     for key, times in samples.items():
         if key not in failed:
@@ -212,12 +215,14 @@ def measure(loaded: LoadedModel, path: Path, tensors: dict[str, torch.Tensor], *
 
 
 def measure_all(loaded: LoadedModel, targets: dict[str, Target], tensors: dict[str, torch.Tensor], *,
-                threads: int | None = None, budget_s: float = 1.0, cuda: bool = True) -> dict[str, LatencyInfo]:
+                threads: int | None = None, budget_s: float = 1.0, cuda: bool = True,
+                progress: Callable[[float], None] | None = None) -> dict[str, LatencyInfo]:
     """PyTorch eager and every target, at the sample's batch and at batch 1; one LatencyInfo per target,
     PyTorch's numbers in the first one's. On CPU all of them are timed side by side (`side_by_side`), so
     the speedups hold on a machine whose speed drifts; each still gets `budget_s` of timed calls. CUDA
     runs (ORT with IO binding, then PyTorch) are timed one after another, only with sessions that really
-    run on CUDA. A measurement that cannot run records why, never a number."""
+    run on CUDA. A measurement that cannot run records why, never a number. `progress(fraction)` is
+    called after each CPU round, with the fraction of the CPU rounds done (CUDA runs, if any, come after)."""
     threads = threads or runtime.default_threads()
     started, before = time.perf_counter(), machine()
     infos = {name: LatencyInfo(threads=threads, budget_s=budget_s) for name in targets}
@@ -246,7 +251,8 @@ def measure_all(loaded: LoadedModel, targets: dict[str, Target], tensors: dict[s
             else:
                 cuda_sessions[name] = made.session
     sizes = _sizes(tensors)
-    for tag, ts in sizes:
+    say = progress or (lambda fraction: None)
+    for i, (tag, ts) in enumerate(sizes):
         batch, seq = _shape(ts)
         arrays = {n: t.detach().cpu().numpy() for n, t in ts.items()}
         runners: dict[tuple[str, str], Callable[[], object]] = {(first, "torch_cpu"): _torch_step(loaded, ts)}
@@ -259,7 +265,8 @@ def measure_all(loaded: LoadedModel, targets: dict[str, Target], tensors: dict[s
         torch.set_num_threads(threads)
         try:
             with torch.inference_mode():
-                results = side_by_side(runners, budget_s)
+                results = side_by_side(runners, budget_s,
+                                       on_round=lambda done, rounds, i=i: say((i + done / rounds) / len(sizes)))
         finally:
             torch.set_num_threads(previous)
         for (name, key), result in results.items():

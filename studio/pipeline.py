@@ -126,8 +126,10 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
         timed.update(variant_targets)
 
     say("latency", _FRACTION["latency"])
+    span = _FRACTION["writing"] - _FRACTION["latency"]  # slow models take a while here: move the bar per round
     measured = latency_mod.measure_all(loaded, timed, tensors, threads=threads, budget_s=spec.latency_budget_s,
-                                       cuda=spec.cuda)
+                                       cuda=spec.cuda,
+                                       progress=lambda f: say("latency", _FRACTION["latency"] + span * f))
     latency = measured["model"]
     if variant_infos:
         variants.attach_latency(variant_infos, measured, latency)

@@ -80,7 +80,10 @@ def test_side_by_side_alternates_blocks_and_survives_a_failing_runner():
     def broken():
         raise ValueError("no")
     fns = {"a": lambda: log.append("a"), "b": lambda: log.append("b"), "bad": broken}
-    out = latency.side_by_side(fns, budget_s=0.03, rounds=3, warmup=2, min_iters=6, max_iters=30)
+    rounds = []
+    out = latency.side_by_side(fns, budget_s=0.03, rounds=3, warmup=2, min_iters=6, max_iters=30,
+                               on_round=lambda done, total: rounds.append((done, total, len(log))))
+    assert [(d, t) for d, t, _ in rounds] == [(1, 3), (2, 3), (3, 3)] and rounds[-1][2] == len(log)
     blocks = [k for i, k in enumerate(log) if i == 0 or log[i - 1] != k]
     assert blocks == ["a", "b"] * 3  # round after round, each runner in turn
     assert isinstance(out["bad"], ValueError)
@@ -97,8 +100,11 @@ def test_measure_all_times_every_file_side_by_side(report):
     loaded = sources.load(spec.checkpoint, spec)
     tensors = build_batch(read_sample(spec.data), loaded, spec.roles, spec).tensors
     path = report.options["out"] + "/model.onnx"
+    moved: list[float] = []
     got = latency.measure_all(loaded, {"model": latency.Target(path), "copy": latency.Target(path, cuda_skip="CPU only")},
-                              tensors, threads=1, budget_s=0.01, cuda=True)
+                              tensors, threads=1, budget_s=0.01, cuda=True, progress=moved.append)
+    # the progress bar moves after every round at both sizes (the sample's batch, then batch 1)
+    assert moved == pytest.approx([k / (2 * latency.ROUNDS) for k in range(1, 2 * latency.ROUNDS + 1)])
     model, copy = got["model"], got["copy"]
     assert model.torch_cpu.batch == model.ort_cpu.batch == copy.ort_cpu.batch == 5
     assert copy.torch_cpu is None and copy.batch1["ort_cpu"].batch == 1 and copy.ort_cpu.threads == 1
