@@ -1,6 +1,7 @@
 """The app's job processes and session folders, without a web server: crashes, limits, cancel, cleanup."""
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -94,6 +95,13 @@ def test_preview_and_convert_the_demo(tmp_path):
     assert res["report"].ok, res["report"].failed_checks
     assert {"loading", "batch", "export", "checker", "parity", "shape probe", "latency"} <= set(stages)
     assert Path(res["zip"]).name == "demo-onnx.zip" and Path(res["zip"]).stat().st_size > 0
+    # the downloads name the files, not the server's folders
+    for text in ((tmp_path / "out" / "report.json").read_text(), (tmp_path / "out" / "report.md").read_text(),
+                 res["report"].to_json()):
+        assert str(tmp_path) not in text and str(DEMO) not in text
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["source"]["path"] == "demo_model.pt" and saved["options"]["data"] == "sample.csv"
+    assert saved["options"]["out"] == "out" and saved["ok"] is True
 
 
 def test_preview_reports_a_bad_checkpoint_beside_good_columns(tmp_path):

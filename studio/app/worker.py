@@ -434,8 +434,32 @@ def task_convert(payload: dict[str, Any], progress) -> dict[str, Any]:
     progress("starting", 0.0)
     report = pipeline.convert(spec, progress)
     out = Path(spec.out)
+    _without_server_paths(report, [spec.checkpoint, spec.data, spec.config, out], out)
     zip_path = _zip_folder(out, out.parent / f"{payload.get('zip_stem') or 'onnx-studio'}.zip")
     return {"report": report, "zip": str(zip_path), "diagnosis": _diagnoses(report, out)}
+
+
+def _without_server_paths(report, paths: list, out: Path) -> None:
+    """The downloads name `sample.csv` and `out`, not the server's job folders (which mean nothing to the
+    person downloading them): scrub every string of the report, then rewrite report.json / report.md."""
+    from .handlers import scrub_paths
+    _map_strings(report, lambda text: scrub_paths(text, paths))
+    (out / "report.json").write_text(report.to_json())
+    (out / "report.md").write_text(report.to_markdown())
+
+
+def _map_strings(obj: Any, fn) -> Any:
+    """fn applied to every string inside dataclasses, dicts and lists (dataclasses changed in place)."""
+    import dataclasses
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            setattr(obj, f.name, _map_strings(getattr(obj, f.name), fn))
+        return obj
+    if isinstance(obj, dict):
+        return {k: _map_strings(v, fn) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_map_strings(v, fn) for v in obj) if type(obj) in (list, tuple) else obj
+    return fn(obj) if isinstance(obj, str) else obj
 
 
 def _plain(obj: Any) -> Any:
