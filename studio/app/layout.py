@@ -229,7 +229,7 @@ def build(app: "StudioApp") -> gr.Blocks:
                                           "(model.onnx), a variant by its name; batch × sequence")
                 diff_plot = gr.BarPlot(x="check", y="max abs diff", color="verdict",
                                        title="Max |PyTorch − ONNX| per check", label="difference chart",
-                                       elem_id="diff-plot", height=300,
+                                       elem_id="diff-plot", height=300, x_label_angle=-30,
                                        sort=None, color_map={"pass": "#22a06b", "fail": "#d93f3f"},
                                        y_axis_format=".1e", colors_in_legend=[])
             predictions = gr.Dataframe(label="Predictions per row (ONNX Runtime) beside the ignored columns",
