@@ -312,9 +312,9 @@ def _without_value_info(src: Path) -> Path:
     return tmp
 
 
-def _with_fused_gelu(src: Path) -> tuple[Path, int]:
+def _with_fused_gelu(src: Path) -> tuple[Path | None, int]:
     """A copy of the graph (beside it, sharing its external data) whose erf-GELUs are one com.microsoft Gelu
-    each (onnxscript's `fuse_erfgelu`), and how many were fused.
+    each (onnxscript's `fuse_erfgelu`), and how many were fused; (None, 0) when there is none to fuse.
 
     The exporter writes GELU as x * (0.5 * (1 + erf(x / sqrt 2))); ONNX Runtime's own GeluFusion only knows
     the orders (0.5 * x) * (...) and (x * (...)) * 0.5, so in an int8 graph the five element-wise ops stay
@@ -324,6 +324,8 @@ def _with_fused_gelu(src: Path) -> tuple[Path, int]:
     from onnxscript.rewriter.ort_fusions.erfgelu import fuse_erfgelu
     model = ir.load(str(src))
     count = fuse_erfgelu(model)
+    if not count:
+        return None, 0
     tmp = src.with_name(f".{src.stem}.gelu.onnx")
     ir.save(model, str(tmp))  # external tensors keep pointing at src's .data file (same folder)
     return tmp, count
@@ -332,15 +334,19 @@ def _with_fused_gelu(src: Path) -> tuple[Path, int]:
 def build_int8(ctx: Context, dest: Path) -> Built:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     src = ctx.model_path
-    fused, gelus = _with_fused_gelu(src)
-    tmp = _without_value_info(fused if gelus else src)
+    try:
+        fused, gelus, why = *_with_fused_gelu(src), None
+    except Exception as e:  # a speed-up only: quantize the graph as exported
+        fused, gelus, why = None, 0, _error(e)
+    tmp = _without_value_info(fused or src)
     try:
         quantize_dynamic(str(tmp), str(dest), weight_type=QuantType.QInt8, per_channel=INT8_PER_CHANNEL,
                          use_external_data_format=ctx.external,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     finally:
         tmp.unlink(missing_ok=True)
-        fused.unlink(missing_ok=True)
+        if fused is not None:
+            fused.unlink(missing_ok=True)
     quantized = _op_counts(dest)
     n = quantized.get("MatMulInteger", 0) + quantized.get("QAttention", 0) + quantized.get("DynamicQuantizeMatMul", 0)
     notes = [f"Weights int8 ({'per channel' if INT8_PER_CHANNEL else 'per tensor'}), activations quantized at run "
@@ -348,6 +354,8 @@ def build_int8(ctx: Context, dest: Path) -> Built:
     if gelus:
         notes.append(f"GELU x{gelus} fused into ONNX Runtime's Gelu contrib op (com.microsoft) before quantizing "
                      "(the exporter's form is not fused by ONNX Runtime itself): this file runs on ONNX Runtime only.")
+    if why:
+        notes.append(f"GELU fusion before quantizing failed ({why}); quantized as exported.")
     return Built(dest, "onnxruntime dynamic quantization (int8)", src, notes)
 
 

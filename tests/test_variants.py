@@ -90,6 +90,16 @@ def test_int8_fuses_the_exporters_gelu_first(hf_folders, sample_csv, tmp_path):
     assert sorted(p.name for p in (out / "variants").iterdir()) == ["model.int8.onnx"]
 
 
+def test_int8_is_still_built_when_the_gelu_fusion_fails(hf_folders, sample_csv, tmp_path, monkeypatch):
+    def broken(src):
+        raise RuntimeError("pattern engine broke")
+    monkeypatch.setattr(V, "_with_fused_gelu", broken)
+    report = convert(ConvertSpec(checkpoint=str(hf_folders["bert"]), data=str(sample_csv), out=str(tmp_path / "out"),
+                                 variants=("int8",), **FAST))
+    int8 = report.variants[0]
+    assert int8.ok and "GELU fusion before quantizing failed (RuntimeError: pattern engine broke)" in int8.notes
+
+
 def test_report_json_markdown_and_summary_show_variants(all_three):
     report, out = all_three
     data = json.loads((out / "report.json").read_text())
