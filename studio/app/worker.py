@@ -443,37 +443,34 @@ def _without_server_paths(report, paths: list, out: Path) -> None:
     """The downloads name `sample.csv` and `out`, not the server's job folders (which mean nothing to the
     person downloading them): scrub every string of the report, then rewrite report.json / report.md."""
     from .handlers import scrub_paths
-    _map_strings(report, lambda text: scrub_paths(text, paths))
+    _map_leaves(report, lambda v: scrub_paths(v, paths) if isinstance(v, str) else v)
     (out / "report.json").write_text(report.to_json())
     (out / "report.md").write_text(report.to_markdown())
 
 
-def _map_strings(obj: Any, fn) -> Any:
-    """fn applied to every string inside dataclasses, dicts and lists (dataclasses changed in place)."""
+def _map_leaves(obj: Any, leaf) -> Any:
+    """`leaf` applied to every value (and dict key) inside dataclasses (changed in place), dicts, lists and
+    tuples (a subclass of list or tuple comes back as a list)."""
     import dataclasses
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         for f in dataclasses.fields(obj):
-            setattr(obj, f.name, _map_strings(getattr(obj, f.name), fn))
+            setattr(obj, f.name, _map_leaves(getattr(obj, f.name), leaf))
         return obj
     if isinstance(obj, dict):
-        return {k: _map_strings(v, fn) for k, v in obj.items()}
+        return {_map_leaves(k, leaf): _map_leaves(v, leaf) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_map_strings(v, fn) for v in obj) if type(obj) in (list, tuple) else obj
-    return fn(obj) if isinstance(obj, str) else obj
+        items = (_map_leaves(v, leaf) for v in obj)
+        return type(obj)(items) if type(obj) in (list, tuple) else list(items)
+    return leaf(obj)
 
 
 def _plain(obj: Any) -> Any:
     """Builtin types only, in place through dataclasses: a str subclass such as torch's TorchVersion or a
     numpy scalar would make the web server import torch / numpy types just to unpickle the result."""
-    import dataclasses
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        for f in dataclasses.fields(obj):
-            setattr(obj, f.name, _plain(getattr(obj, f.name)))
-        return obj
-    if isinstance(obj, dict):
-        return {_plain(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_plain(v) for v in obj) if type(obj) in (list, tuple) else [_plain(v) for v in obj]
+    return _map_leaves(obj, _plain_leaf)
+
+
+def _plain_leaf(obj: Any) -> Any:
     if obj is None or type(obj) in (str, int, float, bool):
         return obj
     if isinstance(obj, bool):
