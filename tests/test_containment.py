@@ -18,6 +18,7 @@ import struct
 import sys
 import sysconfig
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 
@@ -37,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # ----------------------------------------------------------------------------------------- recorders
 
-_opened: list[str] | None = None
+_opened: list[tuple[int, str]] | None = None
 
 
 def _audit(event: str, args: tuple) -> None:
@@ -46,8 +47,8 @@ def _audit(event: str, args: tuple) -> None:
     try:
         path = args[0]
         if isinstance(path, (str, bytes, os.PathLike)):
-            _opened.append(os.path.abspath(os.fsdecode(os.fspath(path))))
-    except Exception:  # an audit hook must never break the code it watches
+            _opened.append((threading.get_ident(), os.path.abspath(os.fsdecode(os.fspath(path)))))
+    except Exception:  # noqa: BLE001, S110 - an audit hook must never break the code it watches
         pass
 
 
@@ -56,14 +57,18 @@ sys.addaudithook(_audit)  # cannot be removed; records only inside `recorded()`
 
 @contextlib.contextmanager
 def recorded():
-    """Every path opened from Python inside the block (absolute, as opened)."""
+    """Every path opened from Python inside the block (absolute, as opened), by this thread or a thread
+    started in the block (threads of earlier tests, e.g. an app server, are not the conversion's)."""
     global _opened
+    before = {t.ident for t in threading.enumerate()} - {threading.get_ident()}
+    raw: list[tuple[int, str]] = []
     paths: list[str] = []
-    _opened = paths
+    _opened = raw
     try:
         yield paths
     finally:
         _opened = None
+        paths.extend(p for ident, p in raw if ident not in before)
 
 
 class Inotify:
@@ -176,7 +181,7 @@ def secret(tmp_path) -> Path:
 
 
 def _first_shard(index: dict) -> str:
-    return sorted(set(index["weight_map"].values()))[0]
+    return min(index["weight_map"].values())
 
 
 def index_pointing_out(folder: Path, secret: Path, safetensors: bool, how: str) -> tuple[Path, str]:
