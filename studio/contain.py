@@ -83,9 +83,12 @@ def _entries(root: Path, tree: bool) -> Iterator[Path]:
 
 
 def _check_json_files(root: Path, files: list[Path], shown: str) -> None:
-    queue, seen = list(files), set()
+    """Check the path-valued entries of `files`, and of every file they name. A value is joined to each folder
+    a loader may join it to: the JSON file's own, the upload's, and (for a named file) the naming file's."""
+    queue: list[tuple[Path, tuple[Path, ...]]] = [(f, (f.parent, root)) for f in files]
+    seen: set[Path] = set()
     while queue:
-        path = queue.pop(0)
+        path, bases = queue.pop(0)
         real = path.resolve()
         if real in seen:
             continue
@@ -95,9 +98,10 @@ def _check_json_files(root: Path, files: list[Path], shown: str) -> None:
             continue
         rel = path.relative_to(root).as_posix() if is_inside(root, path) else path.name
         for key, value, index in _path_values(data):
-            target = _checked(root, path.parent, value, rel, key, shown, HINT_INDEX if index else HINT_KEY)
-            if not index and target is not None and target.is_file() and real != target:
-                queue.append(target)  # a file a key names is read by the loaders too: check what it names
+            hint = HINT_INDEX if index else HINT_KEY
+            targets = {_checked(root, base, value, rel, key, shown, hint) for base in bases}
+            if not index:  # a file a key names is read by the loaders too: check what it names
+                queue.extend((t, (*bases, t.parent)) for t in targets if t is not None and t.is_file() and t != real)
 
 
 def _read_json(path: Path, root: Path, shown: str) -> Any:

@@ -315,6 +315,17 @@ def test_hostile_zip_through_the_cli_exits_2(tmp_path, secret, capsys):
     assert not out.exists()
 
 
+def test_hostile_zip_through_the_app_job_names_file_and_key(tmp_path, secret):
+    """The web studio's job process (what the page shows) gets the same refusal as the CLI."""
+    from studio.app.worker import run_job
+    up, name, key = hostile("tokenizer", "vocab", "absolute", tmp_path / "up", secret)
+    upload = zip_dir(up, tmp_path / "up.zip")
+    prev = run_job("preview", {"checkpoint": str(upload), "data": str(tiny.write_sample(tmp_path / "s.csv")),
+                               "spec": None})
+    assert prev["model"] is None and prev["columns"]
+    assert_names(prev["model_error"], name, key)
+
+
 def test_state_dict_file_with_a_hostile_tokenizer_beside_it_or_in_config(tmp_path, secret):
     """The folder of a single weights file, and a --config folder, are checked the same way."""
     import transformers as tf
@@ -357,6 +368,13 @@ def test_keys_hidden_in_duplicates_nesting_and_named_files_are_found(tmp_path, s
     (up / "tok.data").write_text(json.dumps({**tj, "model": {"type": "WordPiece", "vocab": str(secret / "vocab.txt")}}))
     tok.write_text(json.dumps({**base, "tokenizer_file": "tok.data"}))
     with pytest.raises(UnsafePathError, match=r"tok\.data names .* under 'model\.vocab'"):
+        sources.load(up, spec(up))
+    # the loaders join a name to the model's folder, not to the folder of the file that holds it
+    (up / "sub").mkdir()
+    (up / "sub" / "tok.data").write_text(json.dumps({**tj, "model": {"type": "WordPiece", "vocab": "../up2.txt"}}))
+    (up / "up2.txt").write_text("harmless: inside, seen from sub/")
+    tok.write_text(json.dumps({**base, "tokenizer_file": "sub/tok.data"}))
+    with pytest.raises(UnsafePathError, match=r"sub/tok\.data names '\.\./up2\.txt' under 'model\.vocab'"):
         sources.load(up, spec(up))
 
 
