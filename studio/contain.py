@@ -60,7 +60,11 @@ def check_folder(folder: Path, shown: str, *, tree: bool = True) -> None:
     folder of a single weights file or of --config, where the loaders read nothing else)."""
     root = folder.resolve()
     json_files: list[Path] = []
-    for entry in _entries(root, tree):
+    try:
+        entries = list(_entries(root, tree))
+    except OSError as e:
+        raise CheckpointError(f"{shown}: the folder {root.name!r} cannot be listed ({e.strerror or e}).") from e
+    for entry in entries:
         rel = entry.relative_to(root).as_posix()
         if entry.is_symlink() and resolve_inside(root, entry.parent, os.readlink(entry)) is None:
             raise UnsafePathError(f"{shown}: {rel} is a link to a path outside the upload's folder; refused.",
@@ -107,9 +111,12 @@ def _check_json_files(root: Path, files: list[Path], shown: str) -> None:
 def _read_json(path: Path, root: Path, shown: str) -> Any:
     """The parsed JSON, with duplicate keys kept (as lists of pairs); None when it is not JSON at all (the
     loaders cannot read it either, and say so in their own words)."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
+    except OSError:  # unreadable: no loader can read it either
+        return None
     if not head.startswith((b"{", b"[")):
         return None
     if size > MAX_JSON_BYTES:
@@ -118,7 +125,7 @@ def _read_json(path: Path, root: Path, shown: str) -> Any:
                               f"{MAX_JSON_BYTES:,} bytes are refused.")
     try:
         return json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_Pairs)
-    except (ValueError, RecursionError, UnicodeDecodeError):
+    except (OSError, ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
 
 
