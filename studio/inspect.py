@@ -6,6 +6,7 @@ from pathlib import Path
 
 import onnx
 
+from .contain import resolve_inside
 from .errors import StudioError, UnsafePathError
 from .report import CheckerInfo, GraphInfo, TensorInfo
 
@@ -35,8 +36,8 @@ def external_files(path: Path, model: onnx.ModelProto | None = None) -> list[Pat
         if t.data_location != onnx.TensorProto.EXTERNAL:
             continue
         loc = {e.key: e.value for e in t.external_data}.get("location", "")
-        target = (folder / loc).resolve()
-        if not loc or Path(loc).is_absolute() or folder not in target.parents:
+        target = resolve_inside(folder, folder, loc) if loc and not Path(loc).is_absolute() else None
+        if target is None or target == folder:
             raise UnsafePathError(f"{path.name}: tensor {t.name!r} points its external data at {loc!r}, "
                                   "outside the model's folder; refused.")
         files.add(target)

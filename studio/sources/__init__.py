@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .. import contain
 from ..errors import CheckpointError, UnsafeCheckpointError
 from . import plugins, sniff as sniffing
 from .base import LoadedModel
@@ -58,6 +59,7 @@ def load(path: str | Path, spec: Any = None, *, workdir: str | Path | None = Non
     shown = str(path)
     if not p.exists():
         raise CheckpointError(f"Checkpoint {p} does not exist.")
+    _contain(p, shown, spec)
     plugin = plugins.claim(p)
     if plugin is not None:
         return plugins.load_with(plugin, p, shown, spec)
@@ -70,10 +72,25 @@ def load(path: str | Path, spec: Any = None, *, workdir: str | Path | None = Non
         with tempfile.TemporaryDirectory(prefix="studio-ckpt-", dir=str(workdir) if workdir else None) as tmp:
             from .archive import extract_zip
             root = extract_zip(p, Path(tmp))
+            contain.check_folder(root, shown)
             loaded = _load_dir(root, shown, spec)
             loaded.path = shown
             return loaded
     return _load_file(p, shown, spec, sn, [p.parent])
+
+
+def _contain(p: Path, shown: str, spec: Any) -> None:
+    """Every folder the loaders read for this upload keeps its links and named paths inside itself
+    (studio.contain): the given folder's tree, the top of a single file's folder and of --config's."""
+    if p.is_dir():
+        contain.check_folder(p, shown)
+    elif p.stat().st_size and sniffing.sniff(p).kind != sniffing.ARCHIVE:  # a zip is checked once unpacked
+        contain.check_folder(p.parent, shown, tree=False)
+    given = getattr(spec, "config", None) if spec is not None else None
+    if given:
+        c = Path(str(given)).expanduser()
+        if c.exists():
+            contain.check_folder(c if c.is_dir() else c.parent, f"--config {given}", tree=False)
 
 
 def _weight_files(folder: Path) -> list[Path]:
