@@ -22,11 +22,8 @@ def _csv_list(value: str) -> tuple[str, ...]:
 def _count(value: str) -> int:
     """A whole number written as 5000000000, 5_000_000_000 or 5e9."""
     try:
-        n = float(value.replace("_", ""))
-        if n != n or n in (float("inf"), float("-inf")):
-            raise ValueError
-        return int(n)
-    except ValueError:
+        return int(float(value.replace("_", "")))
+    except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(f"{value!r} is not a number (e.g. 5e9)") from None
 
 
@@ -191,8 +188,11 @@ def _convert_limited(spec: ConvertSpec, progress, memory_mb: int | None, timeout
         raise StudioError(f"--memory-limit must be at least 1 MB, got {memory_mb}.")
     if timeout_s is not None and not timeout_s > 0:
         raise StudioError(f"--timeout must be more than 0 s, got {timeout_s:g}.")
+    import multiprocessing as mp
+    # fork where there is one: this process has imported nothing heavy yet, so the child starts at once
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     job = Job("convert-report", {"spec": spec, "label": "conversion"},
-              Limits(timeout_s=timeout_s or None, memory_mb=memory_mb or None), label="conversion")
+              Limits(timeout_s=timeout_s or None, memory_mb=memory_mb or None), method, label="conversion")
     try:
         return job.wait(progress)
     except JobError as e:

@@ -290,6 +290,8 @@ def _is_oom(e: BaseException) -> bool:
     if isinstance(e, MemoryError):
         return True
     text = str(e).lower()
+    if isinstance(e, (ImportError, OSError)):  # a library that cannot be mapped under the address-space limit
+        return any(s in text for s in ("failed to map segment", "cannot allocate memory"))
     return isinstance(e, RuntimeError) and any(s in text for s in (
         "can't allocate memory", "cannot allocate memory", "bad_alloc", "out of memory", "failed to allocate"))
 

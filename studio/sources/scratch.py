@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from glob import escape as glob_escape
 from pathlib import Path
-from typing import Iterator
 
 
 def pid_alive(pid: int) -> bool:

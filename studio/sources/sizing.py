@@ -16,18 +16,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 
 from ..errors import CheckpointError
-from ..spec import MAX_PARAMS_DEFAULT  # noqa: F401 - the default lives with the option
+from ..spec import MAX_PARAMS_DEFAULT  # the default lives with the option
 
-# Default --max-params: the studio loads and exports every model in float32 (4 bytes a parameter) and the
-# export holds about twice the weights at its peak, so 5e9 parameters already need ~40 GB of memory -
-# more than the machines it runs on have, while the encoders it converts are far below 1e9. It is also
-# about what the largest zip the studio unpacks (20 GiB) can carry as float32.
-MAX_PARAMS_DEFAULT = 5_000_000_000
 MIN_BYTES_PER_PARAM = 1  # int8 / float8 weights; float16 takes 2, float32 4
 MAX_MODULES = 100_000
 META_BUILD_S = 60.0
@@ -67,7 +63,6 @@ def count_on_meta(build: Callable[[], torch.nn.Module], stop_above: int) -> tupl
             total[0] += param.numel()
             if total[0] > stop_above:
                 raise _Stop("params")
-        return None
 
     def on_module(_mod, _name, _sub):
         modules[0] += 1
@@ -75,7 +70,6 @@ def count_on_meta(build: Callable[[], torch.nn.Module], stop_above: int) -> tupl
             raise _Stop("modules")
         if modules[0] % 256 == 0 and time.monotonic() > deadline:
             raise _Stop("time")
-        return None
 
     hooks = [nn_module.register_module_parameter_registration_hook(on_param),
              nn_module.register_module_module_registration_hook(on_module)]
