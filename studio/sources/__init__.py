@@ -115,7 +115,10 @@ def _unsafe_globals(message: str) -> list[str]:
 
 
 def read_weights_only(p: Path, shown: str, kind: str | None = None) -> Any:
-    """torch.load with weights_only=True; anything else in the file is refused, not executed."""
+    """torch.load with weights_only=True; anything else in the file is refused, not executed. The sizes and
+    the work the file declares are checked first (sources.budget)."""
+    from .budget import check_file
+    check_file(p, shown, kind or sniffing.sniff(p).kind)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about legacy / raw pickles; the error says it all
