@@ -402,3 +402,72 @@ def test_cli_limits_are_validated(tmp_path, capsys):
     for flag, value in (("--memory-limit", "0"), ("--timeout", "0")):
         assert cli_main(["convert", "x.pt", "--data", str(sample), flag, value, "--quiet"]) == 2
         assert flag in capsys.readouterr().err
+
+
+def test_hostile_pytorch_model_bin_in_a_hf_folder_meets_the_budget(tmp_path):
+    """transformers reads pytorch_model.bin with its own torch.load: the budget is checked before."""
+    folder = tiny.make_hf_folder(tmp_path / "hf", safetensors=False)
+    ops = [b"}", b"X\x01\x00\x00\x00w", b"cbuiltins\nbytearray\n", _long(8 * 1024**3), b"\x85", b"R", b"s"]
+    _torch_zip(folder / "pytorch_model.bin", _pickle(*ops))
+    with pytest.raises(CheckpointError, match=r"pytorch_model.bin: its pickle asks for bytearrays"):
+        sources.load(folder, spec(folder))
+
+
+def test_meta_and_sparse_tensors_declare_sizes_without_data():
+    with pytest.raises(CheckpointError, match="meta tensor"):
+        sizing.state_dict_bytes({"w": torch.empty(10**6, device="meta")}, "x")
+    with pytest.raises(CheckpointError, match="sparse_coo"):
+        sizing.state_dict_bytes({"w": torch.zeros(3).to_sparse()}, "x")
+    assert sizing.state_dict_bytes({"a": torch.zeros(4), "b": torch.zeros(8)[2:]}, "x") == 48
+
+
+def test_the_app_unpacks_previews_inside_the_session(tmp_path, monkeypatch):
+    from studio.app import worker
+    zpath = tmp_path / "up.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        zf.writestr("m/config.json", "{}")
+    seen = []
+
+    def spy(archive_path, dest, **kw):
+        seen.append(Path(dest))
+        raise CheckpointError("stop here")
+    monkeypatch.setattr(archive, "extract_zip", spy)
+    work = tmp_path / "session" / "scratch"
+    work.mkdir(parents=True)
+    out = worker.task_preview({"checkpoint": str(zpath), "data": None, "workdir": str(work),
+                               "spec": spec(zpath)}, lambda *a: None)
+    assert out["model_error"] == "stop here"
+    assert seen and seen[0].parent == work
+    with pytest.raises(CheckpointError):
+        worker.task_check({"checkpoint": str(zpath), "data": "-", "workdir": str(work), "spec": spec(zpath)},
+                          lambda *a: None)
+    assert len(seen) == 2 and seen[1].parent == work and not list(work.iterdir())
+
+
+def test_sigterm_unwinds_a_conversion_without_leftovers(tmp_path):
+    import signal
+    import time
+    sample = tiny.write_sample(tmp_path / "s.csv")
+    demo = REPO / "assets" / "demo" / "demo_model.pt"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "studio", "convert", str(demo), "--data", str(sample),
+                             "--out", str(tmp_path / "out"), "--quiet"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(tmp_path.glob(".out.partial-*")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(tmp_path.glob(".out.partial-*")), "the conversion never started building"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=300) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    assert not list(tmp_path.glob(".out.partial-*")) and not (tmp_path / "out").exists()
+
+
+def test_app_flag_max_params():
+    from studio.cli import build_parser
+    assert build_parser().parse_args(["app", "--max-params", "2e9"]).max_params == 2_000_000_000
+    assert build_parser().parse_args(["app"]).max_params == MAX_PARAMS_DEFAULT
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["convert", "x", "--data", "y", "--max-params", "lots"])

@@ -99,7 +99,10 @@ def load_folder(folder: Path, shown_path: str | None = None, *, max_params: int 
         raise CheckpointError(f"config.json in {shown_path or folder} is not a config transformers knows: {e}") from e
     auto_name, outputs, out_kind = _task(config)
     auto_cls = getattr(transformers, auto_name)
-    from . import sizing
+    from . import budget, sizing, sniff
+    for f in sorted(folder.iterdir()):  # transformers torch.loads these itself: the reading budget first
+        if f.is_file() and f.suffix.lower() in (".bin", ".pt", ".pth", ".ckpt"):
+            budget.check_file(f, f"{shown_path or folder}: {f.name}", sniff.sniff(f).kind)
     try:
         sizing.check_declared(lambda: auto_cls.from_config(config, attn_implementation="eager"),
                               config_name=f"config.json in {shown_path or folder}",

@@ -141,8 +141,13 @@ def state_dict_bytes(sd: Mapping[str, Any], shown: str) -> int:
     since copying it into a model would allocate what the upload never carried."""
     storages: dict[tuple[int, int], int] = {}
     for key, t in sd.items():
-        if not isinstance(t, torch.Tensor) or t.is_meta or t.layout != torch.strided:
+        if not isinstance(t, torch.Tensor):
             continue
+        if t.is_meta or t.layout != torch.strided:
+            what = "a meta tensor (a shape without data)" if t.is_meta else f"a {t.layout} tensor"
+            raise CheckpointError(f"{shown}: tensor {key!r} is {what}, which declares {t.numel():,} elements the "
+                                  "file does not hold as such; refused.",
+                                  hint="Save the model's own state_dict (torch.save(model.state_dict(), ...)).")
         storage = t.untyped_storage()
         nbytes = storage.nbytes()
         if t.numel() and t.numel() * t.element_size() > nbytes - t.storage_offset() * t.element_size():
