@@ -471,3 +471,11 @@ def test_app_flag_max_params():
     assert build_parser().parse_args(["app"]).max_params == MAX_PARAMS_DEFAULT
     with pytest.raises(SystemExit):
         build_parser().parse_args(["convert", "x", "--data", "y", "--max-params", "lots"])
+
+
+def test_pickle_with_too_many_opcodes_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(budget, "MAX_PICKLE_OPS", 500)
+    path = tmp_path / "many.pt"
+    torch.save({f"layer.{i}.weight": torch.zeros(1) for i in range(100)}, path)
+    with pytest.raises(CheckpointError, match="more than 500 opcodes"):
+        sources.load(path, spec(path))

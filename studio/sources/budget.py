@@ -14,8 +14,8 @@ unpickler does whatever work the opcodes ask for. So, before it runs:
   their records, dict keys or set members built from many shared parts (hashing one costs its expanded
   size: a few kB of memo references can stand for 2**60 parts), and keys whose hashes collide.
 
-The work the unpickler does is then linear in the pickle's size, and the pickle's size is bounded: that is
-the time budget. Each refusal names the file, the limit and what the file declares.
+The work the unpickler does is then linear in the pickle's opcodes, and those are bounded (MAX_PICKLE_OPS):
+that is the time budget. Each refusal names the file, the limit and what the file declares.
 """
 from __future__ import annotations
 
@@ -30,6 +30,10 @@ from . import sniff as sniffing
 from .archive import MAX_RATIO, MAX_TOTAL_BYTES
 
 MAX_PICKLE_BYTES = 64 * 1024**2  # real state dicts pickle to kB-MB; a multimodal checkpoint's tokenizer ~20 MB
+# The time budget: torch's weights-only unpickler is a Python loop over opcodes (so is this walk): 1.05 million
+# took 2.7-5 s each on the shared 2-core machine (load average 7). A state-dict entry takes ~25 opcodes, a Lightning optimizer's state
+# ~60 a parameter: 2 million is ~80,000 tensors, far beyond real checkpoints (bert-base has ~200).
+MAX_PICKLE_OPS = 2_000_000
 RATIO_CHECK_FROM = 1024**2  # records smaller than this may compress any amount (a 1 MiB cap on what they cost)
 MAX_BYTEARRAY = 64 * 1024**2  # bytes `bytearray(n)` calls may allocate in all (torch.save never writes one)
 MAX_KEY_WEIGHT = 10_000  # parts of one dict key / set member, shared parts counted each time they appear
@@ -179,7 +183,10 @@ def scan_pickle(data, shown: str) -> tuple[dict[str, int], bool]:
     marks: list[list] = []
     memo: dict[int, object] = {}
     try:
-        for op, arg, _pos in pickletools.genops(data):
+        for count, (op, arg, _pos) in enumerate(pickletools.genops(data)):
+            if count >= MAX_PICKLE_OPS:
+                raise _refuse(shown, f"its pickle has more than {MAX_PICKLE_OPS:,} opcodes, the limit (the unpickler "
+                                     "works through them one by one; a state dict's pickle needs ~25 a tensor)")
             name = op.name
             if name in ("PROTO", "FRAME"):
                 continue
