@@ -8,7 +8,6 @@ failed conversion leaves no half-written artifact behind.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import uuid
@@ -75,7 +74,7 @@ def convert(spec: ConvertSpec, progress: Progress | None = None) -> Report:
     if out.exists() and not out.is_dir():
         raise StudioError(f"--out {out} exists and is not a folder.")
     remove_stale(out)
-    work = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    work = out.parent / f".{out.name}.partial-{scratch.name_tail()}{uuid.uuid4().hex[:8]}"
     work.mkdir(parents=True)
     try:
         report = _run(spec, work, say)
@@ -91,8 +90,9 @@ def convert(spec: ConvertSpec, progress: Progress | None = None) -> Report:
 
 
 def remove_stale(out: str | Path) -> list[Path]:
-    """Remove the build folders (`.OUT.partial-PID-*`) that conversions into `out` left behind when they
-    were killed (a memory or time limit, SIGKILL): those whose process is gone. Returns what was removed."""
+    """Remove the build folders (`.OUT.partial-PID-HOST-*`) that conversions into `out` left behind when they
+    were killed (a memory or time limit, SIGKILL): those of this machine whose process is gone (see
+    sources.scratch). Returns what was removed."""
     out = Path(out).expanduser().resolve()
     removed = []
     if out.parent.is_dir():

@@ -322,19 +322,22 @@ def test_many_small_dense_members_are_refused_together(tmp_path):
 def test_stale_scratch_is_swept_and_live_scratch_kept(tmp_path, private_tmp):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
-    stale = private_tmp / f"studio-ckpt-{dead}-abc"
-    live = private_tmp / f"studio-ckpt-{os.getppid()}-abc"
+    host = scratch.HOST_TAG
+    stale = private_tmp / f"studio-ckpt-{dead}-{host}-abc"
+    live = private_tmp / f"studio-ckpt-{os.getppid()}-{host}-abc"
+    elsewhere = private_tmp / f"studio-ckpt-{dead}-{'0' * 6 if host != '0' * 6 else '1' * 6}-abc"  # another host
     unnamed = private_tmp / "studio-ckpt-old"
-    for p in (stale, live, unnamed):
+    for p in (stale, live, elsewhere, unnamed):
         (p / "model").mkdir(parents=True)
     with scratch.temp_dir("studio-ckpt-") as mine:
-        assert mine.name.startswith(f"studio-ckpt-{os.getpid()}-") and mine.parent == private_tmp
-    assert not stale.exists() and live.exists() and unnamed.exists() and not mine.exists()
+        assert mine.name.startswith(f"studio-ckpt-{os.getpid()}-{host}-") and mine.parent == private_tmp
+    assert not stale.exists() and not mine.exists()
+    assert live.exists() and elsewhere.exists() and unnamed.exists()
 
     from studio.pipeline import remove_stale
     out = tmp_path / "out"
-    leftover = tmp_path / f".out.partial-{dead}-1234abcd"
-    other = tmp_path / f".out.partial-{os.getpid()}-1234abcd"
+    leftover = tmp_path / f".out.partial-{dead}-{host}-1234abcd"
+    other = tmp_path / f".out.partial-{os.getpid()}-{host}-1234abcd"
     leftover.mkdir()
     other.mkdir()
     assert remove_stale(out) == [leftover]
@@ -358,8 +361,8 @@ def test_uploaded_zip_is_unpacked_inside_the_build_folder(tmp_path, private_tmp,
     sample = tiny.write_sample(tmp_path / "s.csv")
     assert cli_main(["convert", str(zpath), "--data", str(sample), "--out", str(tmp_path / "out"), "--quiet"]) == 2
     assert len(seen) == 1
-    assert seen[0].parent.name.startswith(f".out.partial-{os.getpid()}-")
-    assert not list(tmp_path.glob(".out.partial-*")) and not list(private_tmp.iterdir())
+    assert seen[0].parent.name.startswith(f".out.partial-{os.getpid()}-{scratch.HOST_TAG}-")
+    assert not list(tmp_path.glob(".out.partial-*")) and not list(private_tmp.glob("studio-*"))
 
 
 def test_memory_limit_stops_a_conversion_cleanly(tmp_path, private_tmp):

@@ -2,18 +2,30 @@
 
 A conversion removes its scratch space on every exit path Python sees (exceptions, SystemExit from
 SIGTERM); a process killed outright (SIGKILL, the kernel's out-of-memory killer, a job limit) cannot. Its
-folders are named `PREFIX<pid>-<random>`, so the next run that makes one beside them removes those whose
-process is gone. A folder whose name carries no pid, or whose pid is alive (possibly reused), is kept.
+folders are named `PREFIX<pid>-<host>-<random>`, so the next run that makes one beside them removes those
+whose process is gone. `<host>` is a tag of the machine's name: a folder shared with another machine or
+container (another pid namespace, where our liveness check means nothing) is never touched. A folder
+whose name carries no pid, another host's tag, or a live pid (possibly reused) is kept.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from glob import escape as glob_escape
 from pathlib import Path
+
+
+HOST_TAG = hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
+
+
+def name_tail() -> str:
+    """What follows the prefix in this process's scratch names (before the random part): '<pid>-<host>-'."""
+    return f"{os.getpid()}-{HOST_TAG}-"
 
 
 def pid_alive(pid: int) -> bool:
@@ -31,9 +43,9 @@ def pid_alive(pid: int) -> bool:
 
 
 def is_stale(tail: str) -> bool:
-    """`tail` is what follows the prefix in a scratch folder's name: '<pid>-<random>'."""
-    head = tail.partition("-")[0]
-    return head.isdigit() and not pid_alive(int(head))
+    """`tail` is what follows the prefix in a scratch folder's name: '<pid>-<host>-<random>'."""
+    parts = tail.split("-")
+    return len(parts) >= 3 and parts[0].isdigit() and parts[1] == HOST_TAG and not pid_alive(int(parts[0]))
 
 
 def sweep(folder: str | Path, prefix: str) -> list[Path]:
@@ -53,9 +65,9 @@ def sweep(folder: str | Path, prefix: str) -> list[Path]:
 
 @contextmanager
 def temp_dir(prefix: str, parent: str | Path | None = None) -> Iterator[Path]:
-    """A private folder `PREFIX<pid>-<random>` in `parent` (default: the system's temporary folder), removed
+    """A private folder `PREFIX<pid>-<host>-<random>` in `parent` (default: the system's temporary folder), removed
     when the block ends however it ends; stale ones left there by killed processes are removed first."""
     parent = str(parent) if parent else tempfile.gettempdir()
     sweep(parent, prefix)
-    with tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-", dir=parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=prefix + name_tail(), dir=parent) as tmp:
         yield Path(tmp)
