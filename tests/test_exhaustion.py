@@ -82,8 +82,12 @@ def test_absurd_config_is_refused_with_low_peak_memory(tmp_path):
             "try:\n    sources.load(sys.argv[1])\nexcept CheckpointError as e:\n    print('REFUSED', e)\n"
             "print('GROWTH_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def cap_memory():  # should the check regress, the real build fails here instead of eating the machine
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (4 * 1024**3, resource.RLIM_INFINITY))
     out = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, env=env,
-                         timeout=600).stdout
+                         timeout=600, preexec_fn=cap_memory).stdout
     assert "REFUSED" in out and "cannot belong to this config" in out
     growth_mb = int(out.split("GROWTH_KB")[1].split()[0]) / 1024
     # the real model would be 1e6 layers x ~200M parameters; counting it on meta stays under 200 MB
