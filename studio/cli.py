@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="operator only: load checkpoint kinds from this plugin module or .py file (repeatable; "
                         "also ONNX_STUDIO_PLUGINS and the 'onnx_studio.sources' entry points)")
     c.add_argument("--max-params", type=_count, default=MAX_PARAMS_DEFAULT, metavar="N",
-                   help=f"refuse a checkpoint whose config declares more parameters (default {MAX_PARAMS_DEFAULT:.0e})")
+                   help=f"refuse a checkpoint whose config declares more parameters (default {MAX_PARAMS_DEFAULT:,})")
     c.add_argument("--memory-limit", type=int, default=None, metavar="MB",
                    help="run the conversion in a child process stopped above this much memory (default: no limit)")
     c.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a job using more memory is stopped (default 8192)")
     a.add_argument("--max-file-size", default="2gb", help="largest upload accepted (default 2gb)")
     a.add_argument("--max-params", type=_count, default=MAX_PARAMS_DEFAULT, metavar="N",
-                   help=f"refuse a checkpoint whose config declares more parameters (default {MAX_PARAMS_DEFAULT:.0e})")
+                   help=f"refuse a checkpoint whose config declares more parameters (default {MAX_PARAMS_DEFAULT:,})")
     a.add_argument("--session-ttl", type=float, default=3600.0, metavar="SECONDS",
                    help="an idle session's files are removed after this long (default 3600)")
     a.add_argument("--debug", action="store_true", help="show tracebacks")
