@@ -11,12 +11,20 @@ import sys
 import traceback
 
 from .errors import StudioError
-from .spec import (ATOL_DEFAULT, DYNAMIC_AXES, EXPORTERS, HEADS, ID_DTYPES, OPSET_DEFAULT, RTOL_DEFAULT,
-                   VARIANTS, ConvertSpec, parse_roles)
+from .spec import (ATOL_DEFAULT, DYNAMIC_AXES, EXPORTERS, HEADS, ID_DTYPES, MAX_PARAMS_DEFAULT, OPSET_DEFAULT,
+                   RTOL_DEFAULT, VARIANTS, ConvertSpec, parse_roles)
 
 
 def _csv_list(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _count(value: str) -> int:
+    """A whole number written as 5000000000, 5_000_000_000 or 5e9."""
+    try:
+        return int(float(value.replace("_", "")))
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number (e.g. 5e9)") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
                    help="operator only: load checkpoint kinds from this plugin module or .py file (repeatable; "
                         "also ONNX_STUDIO_PLUGINS and the 'onnx_studio.sources' entry points)")
+    c.add_argument("--max-params", type=_count, default=MAX_PARAMS_DEFAULT, metavar="N",
+                   help=f"refuse a checkpoint whose config declares more parameters (default {MAX_PARAMS_DEFAULT:,})")
+    c.add_argument("--memory-limit", type=int, default=None, metavar="MB",
+                   help="run the conversion in a child process stopped above this much memory (default: no limit)")
+    c.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="stop the conversion after this long (default: no limit)")
     c.add_argument("--out", default="studio-out", metavar="DIR", help="output folder (default ./studio-out)")
     c.add_argument("--json", action="store_true", help="print report.json to stdout instead of the summary")
     c.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -90,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--memory-limit", type=int, default=8192, metavar="MB",
                    help="a job using more memory is stopped (default 8192)")
     a.add_argument("--max-file-size", default="2gb", help="largest upload accepted (default 2gb)")
+    a.add_argument("--max-params", type=_count, default=MAX_PARAMS_DEFAULT, metavar="N",
+                   help=f"refuse a checkpoint whose config declares more parameters (default {MAX_PARAMS_DEFAULT:,})")
     a.add_argument("--session-ttl", type=float, default=3600.0, metavar="SECONDS",
                    help="an idle session's files are removed after this long (default 3600)")
     a.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -105,7 +121,7 @@ def spec_from_args(args: argparse.Namespace) -> ConvertSpec:
         max_length=args.max_length, id_dtype=args.id_dtype, atol=args.atol, rtol=args.rtol,
         fill_value=args.fill_value, latency_budget_s=args.latency_budget, threads=args.threads,
         cuda=not args.no_cuda, variants=tuple(args.variants), config=args.config, head=args.head,
-        trust_code=args.trust_code, debug=args.debug,
+        trust_code=args.trust_code, max_params=args.max_params, debug=args.debug,
     ).validated()
 
 
@@ -154,9 +170,40 @@ def cmd_convert(args: argparse.Namespace) -> int:
     def progress(stage: str, fraction: float) -> None:
         if not args.quiet:
             print(f"[{fraction:4.0%}] {stage}", file=sys.stderr, flush=True)
-    report = convert(spec, progress)
+    if args.memory_limit is not None or args.timeout is not None:
+        report = _convert_limited(spec, progress, args.memory_limit, args.timeout)
+    else:
+        report = convert(spec, progress)
     print(report.to_json() if args.json else summary(report))
     return 0 if report.ok else 1
+
+
+def _convert_limited(spec: ConvertSpec, progress, memory_mb: int | None, timeout_s: float | None):
+    """The conversion in a child process under the app's per-job limits (studio.app.worker: address-space
+    limit in the child, resident-memory watchdog and wall-clock limit in the parent, the child's whole
+    process group killed when one is passed). What a killed child leaves is removed here."""
+    from .app.worker import Job, JobError, Limits
+    from .pipeline import remove_stale
+    if memory_mb is not None and memory_mb < 1:
+        raise StudioError(f"--memory-limit must be at least 1 MB, got {memory_mb}.")
+    if timeout_s is not None and not timeout_s > 0:
+        raise StudioError(f"--timeout must be more than 0 s, got {timeout_s:g}.")
+    import multiprocessing as mp
+    # fork where there is one: this process has imported nothing heavy yet, so the child starts at once
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    job = Job("convert-report", {"spec": spec, "label": "conversion"},
+              Limits(timeout_s=timeout_s or None, memory_mb=memory_mb or None), method, label="conversion")
+    try:
+        return job.wait(progress)
+    except JobError as e:
+        option = {"memory": f"--memory-limit (now {memory_mb} MB)", "timeout": f"--timeout (now {timeout_s:g} s)"
+                  if timeout_s else "--timeout"}.get(e.reason)
+        if option:
+            raise StudioError(e.message, hint=f"Raise {option}, or try a smaller sample or model.") from e
+        raise
+    finally:
+        job.kill()
+        remove_stale(spec.out)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -197,12 +244,29 @@ def cmd_app(args: argparse.Namespace) -> int:
     from .app import launch
     launch(host=args.host, port=args.port, trust_code=args.trust_code, max_jobs=args.max_jobs,
            job_timeout_s=args.job_timeout, memory_limit_mb=args.memory_limit, max_file_size=args.max_file_size,
-           session_ttl_s=args.session_ttl)
+           session_ttl_s=args.session_ttl, max_params=args.max_params)
     return 0
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds through every `finally`: no half-written folder stays behind
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import signal
+    import threading
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        return _main(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         if getattr(args, "plugin", None):
             from .sources import plugins  # operator-chosen code, registered before any upload is read

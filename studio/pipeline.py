@@ -12,6 +12,7 @@ import shutil
 import time
 import uuid
 from dataclasses import asdict
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +26,7 @@ from . import parity as parity_mod
 from . import runtime, sources
 from .errors import StudioError
 from .report import ExportInfo, Report
+from .sources import scratch
 from .sources.base import TABULAR
 from .spec import ConvertSpec
 
@@ -71,7 +73,8 @@ def convert(spec: ConvertSpec, progress: Progress | None = None) -> Report:
     out = Path(spec.out).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise StudioError(f"--out {out} exists and is not a folder.")
-    work = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    remove_stale(out)
+    work = out.parent / f".{out.name}.partial-{scratch.name_tail()}{uuid.uuid4().hex[:8]}"
     work.mkdir(parents=True)
     try:
         report = _run(spec, work, say)
@@ -86,9 +89,23 @@ def convert(spec: ConvertSpec, progress: Progress | None = None) -> Report:
     return report
 
 
+def remove_stale(out: str | Path) -> list[Path]:
+    """Remove the build folders (`.OUT.partial-PID-HOST-*`) that conversions into `out` left behind when they
+    were killed (a memory or time limit, SIGKILL): those of this machine whose process is gone (see
+    sources.scratch). Returns what was removed."""
+    out = Path(out).expanduser().resolve()
+    removed = []
+    if out.parent.is_dir():
+        for p in out.parent.glob(f".{glob_escape(out.name)}.partial-*"):
+            if p.is_dir() and not p.is_symlink() and scratch.is_stale(p.name.rpartition(".partial-")[2]):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    return removed
+
+
 def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
     say("loading", _FRACTION["loading"])
-    loaded = sources.load(spec.checkpoint, spec)
+    loaded = sources.load(spec.checkpoint, spec, workdir=work)  # an uploaded zip is unpacked inside the job
 
     say("batch", _FRACTION["batch"])
     df = batch_mod.read_sample(spec.data)

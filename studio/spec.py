@@ -14,6 +14,13 @@ OPSET_MIN, OPSET_MAX, OPSET_DEFAULT = 14, 23, 18
 VARIANTS = ("optimized", "int8", "fp16")
 HEADS = ("sequence", "pooled", "token")
 
+# Default --max-params (the most parameters a config may declare; counted on the meta device before
+# anything is allocated, see sources.sizing). The studio loads and exports every model in float32 (4 bytes
+# a parameter) and an export holds about twice the weights at its peak, so 5e9 parameters already need
+# ~40 GB of memory, more than the machines it runs on, while the encoders it converts are far below 1e9.
+# It is also about what the largest zip the studio unpacks (20 GiB) can carry as float32.
+MAX_PARAMS_DEFAULT = 5_000_000_000
+
 # Documented defaults for the parity verdict (float32 export of float32 weights).
 ATOL_DEFAULT = 1e-4
 RTOL_DEFAULT = 1e-3
@@ -45,6 +52,7 @@ class ConvertSpec:
     config: str | None = None  # config.json / model folder to pair with a state dict
     head: str | None = None  # built-in head for a state-dict backbone: sequence | token
     trust_code: bool = False  # operator-only: allow TorchScript / .pt2 / pickled modules
+    max_params: int = MAX_PARAMS_DEFAULT  # operator limit: parameters a checkpoint's config may declare
     debug: bool = False
 
     def validated(self) -> "ConvertSpec":
@@ -72,9 +80,12 @@ class ConvertSpec:
         for v in self.variants:
             if v not in VARIANTS:
                 raise StudioError(f"Variant {v!r} is not one of {', '.join(VARIANTS)}.")
+        if isinstance(self.max_params, bool) or not isinstance(self.max_params, (int, float)) \
+                or not 1 <= self.max_params < float("inf"):
+            raise StudioError(f"--max-params must be a number >= 1, got {self.max_params!r}.")
         if self.head is not None and self.head not in HEADS:
             raise StudioError(f"Head {self.head!r} is not one of {', '.join(HEADS)}.")
-        return replace(self, opset=int(self.opset), max_length=int(self.max_length),
+        return replace(self, opset=int(self.opset), max_length=int(self.max_length), max_params=int(self.max_params),
                        dynamic=tuple(self.dynamic), variants=tuple(self.variants))
 
     def axes_for(self, input_name: str) -> tuple[str, ...]:

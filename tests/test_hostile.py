@@ -137,7 +137,8 @@ def test_dcp_non_tensor_entry_that_would_run_a_command_is_never_read(tmp_path):
         dcp.save({"model": {"w": torch.zeros(3)}, "extra": RunsCommand(marker)},
                  checkpoint_id=str(folder / "ckpt"), no_dist=True)
     assert not marker.exists()  # saving pickled it; only loading it would run it
-    with pytest.raises(CheckpointError, match="do not fit"):  # the weights are read; 'extra' is not
+    # the weights are read ('extra' is not): 24 bytes cannot fill the config's model
+    with pytest.raises(CheckpointError, match="do not fit|cannot belong to this config"):
         sources.load(folder, spec(folder))
     assert not marker.exists()
 
@@ -300,9 +301,9 @@ def test_wrong_extension_is_read_by_content_or_explained(tmp_path):
     from safetensors.torch import save_file
     folder = bert_config_folder(tmp_path / "st")
     save_file({"x": torch.zeros(1)}, str(folder / "model.pt"))
-    with pytest.raises(CheckpointError) as e:  # read as safetensors: the keys do not fit a BERT config
+    with pytest.raises(CheckpointError) as e:  # read as safetensors: 4 bytes cannot fill a BERT config
         sources.load(folder, spec(folder))
-    assert "do not fit" in str(e.value)
+    assert "do not fit" in str(e.value) or "cannot belong to this config" in str(e.value)
 
 
 def test_empty_inputs(tmp_path):

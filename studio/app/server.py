@@ -10,14 +10,14 @@ import shutil
 import signal
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from ..errors import StudioError
-from ..spec import ATOL_DEFAULT, DYNAMIC_AXES, OPSET_DEFAULT, RTOL_DEFAULT, ConvertSpec
+from ..spec import ATOL_DEFAULT, DYNAMIC_AXES, MAX_PARAMS_DEFAULT, OPSET_DEFAULT, RTOL_DEFAULT, ConvertSpec
 from . import handlers as h
 from .jobs import Sessions
 from .worker import Job, JobError, Limits, default_start_method
@@ -56,6 +56,7 @@ class AppConfig:
     job_timeout_s: float | None = 600.0  # wall time of one conversion
     preview_timeout_s: float | None = 180.0  # wall time of one upload preview / mapping check
     memory_limit_mb: int | None = 8192  # per job process tree
+    max_params: int = MAX_PARAMS_DEFAULT  # parameters a checkpoint's config may declare (sources.sizing)
     max_file_size: str | int | None = "2gb"  # per upload
     session_ttl_s: float = 3600.0  # idle sessions' files are removed after this
     work_dir: str | None = None  # parent of the private working root (default: system temp)
@@ -135,6 +136,13 @@ class StudioApp:
         if wait:
             self._warm_thread.join()
 
+    def _scratch(self, request: gr.Request | None) -> str:
+        """Where a preview or mapping check unpacks an uploaded zip: inside the session's folder (removed with
+        the session), in a folder named by the job's pid, which the next job sweeps once that pid is gone."""
+        folder = self.sessions.session(_key(request)).folder / "scratch"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        return str(folder)
+
     def preview_spec(self, checkpoint: str | None, sample: str | None, fill_value: Any = None) -> ConvertSpec:
         """Options a preview / mapping check needs (the loader's trust setting, the fill value)."""
         fill = None
@@ -143,7 +151,7 @@ class StudioApp:
         except (TypeError, ValueError):
             pass
         return ConvertSpec(checkpoint=str(checkpoint or "-"), data=str(sample or "-"),
-                           trust_code=self.config.trust_code, fill_value=fill)
+                           trust_code=self.config.trust_code, fill_value=fill, max_params=self.config.max_params)
 
     # --- 1. inputs -------------------------------------------------------------------------------
     def load_demo(self, request: gr.Request = None):
@@ -163,6 +171,7 @@ class StudioApp:
         if checkpoint or sample:
             try:
                 res = self.run_job("preview", {"checkpoint": checkpoint, "data": sample,
+                                               "workdir": self._scratch(request),
                                                "spec": self.preview_spec(checkpoint, sample),
                                                "label": "upload preview"}, request, label="upload preview")
                 model, model_error = res["model"], res["model_error"]
@@ -214,6 +223,7 @@ class StudioApp:
         try:
             roles = h.parse_roles_value(roles_json)
             mapping = self.run_job("check", {"checkpoint": checkpoint, "data": sample, "roles": roles,
+                                             "workdir": self._scratch(request),
                                              "spec": self.preview_spec(checkpoint, sample, fill_value),
                                              "label": "mapping check"}, request,
                                    label="mapping check")
@@ -258,6 +268,7 @@ class StudioApp:
             spec = h.spec_from_ui(checkpoint, sample, roles, opset, exporter, dynamic, dynamic_per_input,
                                   max_length, atol, rtol, id_dtype, fill_value, latency_budget, variants,
                                   out=out, trust_code=self.config.trust_code)
+            spec = replace(spec, max_params=self.config.max_params).validated()
 
             def on_progress(stage: str, fraction: float) -> None:
                 progress(min(max(fraction, 0.0), 1.0), desc=f"{stage} — {stage_text(stage, spec.variants)}")

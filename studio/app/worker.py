@@ -290,6 +290,8 @@ def _is_oom(e: BaseException) -> bool:
     if isinstance(e, MemoryError):
         return True
     text = str(e).lower()
+    if isinstance(e, (ImportError, OSError)):  # a library that cannot be mapped under the address-space limit
+        return any(s in text for s in ("failed to map segment", "cannot allocate memory"))
     return isinstance(e, RuntimeError) and any(s in text for s in (
         "can't allocate memory", "cannot allocate memory", "bad_alloc", "out of memory", "failed to allocate"))
 
@@ -379,7 +381,7 @@ def task_preview(payload: dict[str, Any], progress) -> dict[str, Any]:
     if ckpt:
         progress("loading checkpoint", 0.4)
         try:
-            loaded = sources.load(ckpt, spec)
+            loaded = sources.load(ckpt, spec, workdir=payload.get("workdir"))
             out["model"] = loaded.describe()
         except Exception as e:  # noqa: BLE001
             if _is_oom(e):
@@ -396,7 +398,7 @@ def task_check(payload: dict[str, Any], progress) -> dict[str, Any]:
     from .. import sources
     from .. import batch as batch_mod
     spec, data = payload["spec"], payload["data"]
-    loaded = sources.load(payload["checkpoint"], spec)
+    loaded = sources.load(payload["checkpoint"], spec, workdir=payload.get("workdir"))
     df = batch_mod.read_sample(data)
     return _mapping(loaded, df, dict(payload.get("roles") or {}), spec, data)
 
@@ -437,6 +439,12 @@ def task_convert(payload: dict[str, Any], progress) -> dict[str, Any]:
     _without_server_paths(report, [spec.checkpoint, spec.data, spec.config, out], out)
     zip_path = _zip_folder(out, out.parent / f"{payload.get('zip_stem') or 'onnx-studio'}.zip")
     return {"report": report, "zip": str(zip_path), "diagnosis": _diagnoses(report, out)}
+
+
+def task_convert_report(payload: dict[str, Any], progress):
+    """pipeline.convert(spec) and its report, nothing else: `studio convert --memory-limit / --timeout`."""
+    from .. import pipeline
+    return pipeline.convert(payload["spec"], progress)
 
 
 def _without_server_paths(report, paths: list, out: Path) -> None:
@@ -510,4 +518,5 @@ def task_selftest(payload: dict[str, Any], progress) -> dict[str, Any]:
 
 
 TASKS: dict[str, Callable[[dict[str, Any], Callable[[str, float], None]], Any]] = {
-    "preview": task_preview, "check": task_check, "convert": task_convert, "selftest": task_selftest}
+    "preview": task_preview, "check": task_check, "convert": task_convert, "convert-report": task_convert_report,
+    "selftest": task_selftest}

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import pickle
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import torch
 
 from .. import contain
 from ..errors import CheckpointError, UnsafeCheckpointError
-from . import plugins, sniff as sniffing
+from . import plugins, scratch, sniff as sniffing
 from .base import LoadedModel
 
 SUPPORTED = (
@@ -69,9 +68,9 @@ def load(path: str | Path, spec: Any = None, *, workdir: str | Path | None = Non
         raise CheckpointError(f"Checkpoint {p.name} is an empty file.")
     sn = sniffing.sniff(p)
     if sn.kind == sniffing.ARCHIVE:
-        with tempfile.TemporaryDirectory(prefix="studio-ckpt-", dir=str(workdir) if workdir else None) as tmp:
+        with scratch.temp_dir("studio-ckpt-", workdir) as tmp:  # named by pid: a killed run's is swept later
             from .archive import extract_zip
-            root = extract_zip(p, Path(tmp))
+            root = extract_zip(p, tmp)
             contain.check_folder(root, shown)
             loaded = _load_dir(root, shown, spec)
             loaded.path = shown
@@ -102,7 +101,7 @@ def _load_dir(folder: Path, shown: str, spec: Any) -> LoadedModel:
     from . import dcp, hf
     if hf.is_hf_folder(folder) and any((folder / f).exists() for f in hf.WEIGHT_FILES):
         try:
-            return hf.load_folder(folder, shown)
+            return hf.load_folder(folder, shown, max_params=getattr(spec, "max_params", None))
         except hf.WeightsMismatchError as e:
             # a state dict of the user's own class saved under a Hugging Face file name
             single = [folder / f for f in hf.WEIGHT_FILES[:2] if (folder / f).is_file()]
@@ -133,7 +132,10 @@ def _unsafe_globals(message: str) -> list[str]:
 
 
 def read_weights_only(p: Path, shown: str, kind: str | None = None) -> Any:
-    """torch.load with weights_only=True; anything else in the file is refused, not executed."""
+    """torch.load with weights_only=True; anything else in the file is refused, not executed. The sizes and
+    the work the file declares are checked first (sources.budget)."""
+    from .budget import check_file
+    check_file(p, shown, kind or sniffing.sniff(p).kind)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about legacy / raw pickles; the error says it all
@@ -209,7 +211,7 @@ def _load_object(obj: Any, shown: str, spec: Any, folders: list[Path], info: dic
     if plugin is not None:
         return _with_info(plugins.load_with(plugin, obj, shown, spec), info)
     if multimodal.looks_like(obj):
-        return _with_info(multimodal.load(obj, shown), info)
+        return _with_info(multimodal.load(obj, shown, max_params=getattr(spec, "max_params", None)), info)
     if statedict.find_state_dict(obj) is None:
         raise CheckpointError(f"{shown} holds {statedict.describe_object(obj)}, which is not a checkpoint kind the "
                               "studio knows. " + _supported())

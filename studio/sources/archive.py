@@ -10,6 +10,7 @@ from ..errors import CheckpointError, UnsafePathError
 MAX_MEMBERS = 10_000
 MAX_TOTAL_BYTES = 20 * 1024**3  # 20 GiB unpacked
 MAX_RATIO = 200  # unpacked / packed per member: beyond this it is a zip bomb, not a checkpoint
+RATIO_CHECK_FROM = 1024**2  # members (and archives) up to this size unpacked may compress any amount
 
 
 def extract_zip(archive: Path, dest: Path, *, max_members: int = MAX_MEMBERS,
@@ -46,9 +47,13 @@ def extract_zip(archive: Path, dest: Path, *, max_members: int = MAX_MEMBERS,
             total += m.file_size
             if total > max_total_bytes:
                 raise CheckpointError(f"{archive.name} unpacks to more than {max_total_bytes:,} bytes; refused.")
-            if m.compress_size and m.file_size / m.compress_size > MAX_RATIO and m.file_size > 50 * 1024**2:
-                raise CheckpointError(f"{archive.name}: member {name!r} expands {m.file_size / m.compress_size:.0f}x; "
-                                      "refused as a zip bomb.")
+            if m.file_size > RATIO_CHECK_FROM and m.file_size > MAX_RATIO * max(m.compress_size, 1):
+                raise CheckpointError(f"{archive.name}: member {name!r} expands {m.file_size / max(m.compress_size, 1):.0f}x "
+                                      f"(the limit is {MAX_RATIO}x); refused as a zip bomb.")
+        packed = archive.stat().st_size
+        if total > RATIO_CHECK_FROM and total > MAX_RATIO * packed:  # many small members, each under the check
+            raise CheckpointError(f"{archive.name} unpacks to {total:,} bytes from {packed:,} ({total / packed:.0f}x, "
+                                  f"the limit is {MAX_RATIO}x); refused as a zip bomb.")
         dest.mkdir(parents=True, exist_ok=True)
         root = dest.resolve()
         for m in members:

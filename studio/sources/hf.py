@@ -82,8 +82,9 @@ def make_adapter(output_names: list[str]):
     return adapter
 
 
-def load_folder(folder: Path, shown_path: str | None = None) -> LoadedModel:
-    """Load a Hugging Face model folder. Never runs remote code; weights load without pickle code."""
+def load_folder(folder: Path, shown_path: str | None = None, *, max_params: int | None = None) -> LoadedModel:
+    """Load a Hugging Face model folder. Never runs remote code; weights load without pickle code.
+    The parameters config.json declares are counted on the meta device first (see sources.sizing)."""
     import transformers
     from transformers import AutoConfig
     transformers.utils.logging.disable_progress_bar()
@@ -98,6 +99,20 @@ def load_folder(folder: Path, shown_path: str | None = None) -> LoadedModel:
         raise CheckpointError(f"config.json in {shown_path or folder} is not a config transformers knows: {e}") from e
     auto_name, outputs, out_kind = _task(config)
     auto_cls = getattr(transformers, auto_name)
+    from . import budget, sizing, sniff
+    for f in sorted(folder.iterdir()):  # transformers torch.loads these itself: the reading budget first
+        if f.is_file() and f.suffix.lower() in (".bin", ".pt", ".pth", ".ckpt"):
+            budget.check_file(f, f"{shown_path or folder}: {f.name}", sniff.sniff(f).kind)
+    try:
+        sizing.check_declared(lambda: auto_cls.from_config(config, attn_implementation="eager"),
+                              config_name=f"config.json in {shown_path or folder}",
+                              held_bytes=sizing.folder_weight_bytes(folder), held_name="the folder's weight files",
+                              max_params=max_params or sizing.MAX_PARAMS_DEFAULT, sizes=sizing.config_sizes(config))
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise CheckpointError(f"Cannot build a {config.model_type} model from config.json in "
+                              f"{shown_path or folder}: {e}") from e
     try:
         module, loading = auto_cls.from_pretrained(str(folder), config=config, trust_remote_code=False,
                                                    local_files_only=True, attn_implementation="eager",

@@ -124,7 +124,27 @@ def _check_shapes(model: torch.nn.Module, state: Mapping[str, Any], config: Mult
                  f"labels={len(config.labels)}; the weights were trained with other values.")
 
 
-def load(obj: Any, path: str) -> LoadedModel:
+def _check_size(config: MultimodalConfig, state: Mapping[str, Any], path: str, max_params: int | None) -> None:
+    """The model the config (its encoder settings, tabular widths, head) declares, counted on the meta
+    device, must fit the bytes the state dict holds before it is built for real (see sources.sizing)."""
+    from . import sizing
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    held = sizing.state_dict_bytes(tensors, path)
+    if config.tab_width > held:  # the model lays out tab_width floats in Python lists before any tensor
+        raise CheckpointError(f"The multimodal config of {path} declares {config.tab_width:,} tabular features, "
+                              f"but the state dict holds only {held:,} bytes; refused before building the model.")
+    try:
+        sizing.check_declared(lambda: MultimodalClassifier(config), config_name=f"The multimodal config of {path}",
+                              held_bytes=held, held_name="its state dict",
+                              max_params=max_params or sizing.MAX_PARAMS_DEFAULT,
+                              sizes=sizing.config_sizes(config.encoder))
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError) as e:  # BertConfig / BertModel reject the encoder settings
+        raise CheckpointError(f"The multimodal config's encoder settings are invalid: {e}") from e
+
+
+def load(obj: Any, path: str, *, max_params: int | None = None) -> LoadedModel:
     """Turn a checkpoint dict into a LoadedModel whose graph outputs class probabilities ("probs")."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"A multimodal checkpoint is a dict; {path} holds {type(obj).__name__}.")
@@ -145,6 +165,7 @@ def load(obj: Any, path: str) -> LoadedModel:
         raise CheckpointError(
             f"No 'state_dict' mapping in {path}; top-level keys: {sorted(map(str, obj))}.")
 
+    _check_size(config, raw_state, path, max_params)
     try:
         model = MultimodalClassifier(config)
     except (TypeError, ValueError) as e:  # BertConfig / BertModel reject the encoder settings

@@ -414,9 +414,27 @@ def load(obj: Any, shown: str, spec: Any, folders: list[Path], info: dict[str, A
                  "--config path/to/config.json (or the model folder).")
     config = load_config(cfg_path)
     info["config"] = str(cfg_path) if getattr(spec, "config", None) else cfg_path.name
+    _check_size(sd, config, info["config"], shown, spec)
     tokenizer = find_tokenizer([cfg_path.parent] + [f for f in folders if f != cfg_path.parent])
     return load_state(sd, config, tokenizer, getattr(spec, "head", None) if spec is not None else None,
                       shown, info)
+
+
+def _check_size(sd: dict[str, torch.Tensor], config, config_name: str, shown: str, spec: Any) -> None:
+    """The backbone the config declares, counted on the meta device, must fit the bytes the state dict holds
+    (and the operator's --max-params) before the real model is built (see sources.sizing)."""
+    import transformers
+
+    from . import sizing
+    try:
+        sizing.check_declared(
+            lambda: transformers.AutoModel.from_config(config, attn_implementation="eager"),
+            config_name=config_name, held_bytes=sizing.state_dict_bytes(sd, shown), held_name=shown,
+            max_params=sizing.max_params_of(spec), sizes=sizing.config_sizes(config))
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise CheckpointError(f"Cannot build a {config.model_type} model from the config: {e}") from e
 
 
 def read_safetensors(p: Path, shown: str) -> dict[str, torch.Tensor]:
