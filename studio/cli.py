@@ -12,7 +12,7 @@ import traceback
 
 from .errors import StudioError
 from .spec import (ATOL_DEFAULT, DYNAMIC_AXES, EXPORTERS, HEADS, ID_DTYPES, OPSET_DEFAULT, RTOL_DEFAULT,
-                   VARIANTS, ConvertSpec, parse_roles)
+                   VARIANTS, ConvertSpec, parse_roles, parse_tabular)
 
 
 def _csv_list(value: str) -> tuple[str, ...]:
@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data", required=True, metavar="SAMPLE", help="sample rows: .csv .tsv .json .jsonl")
     c.add_argument("--role", action="append", default=[], metavar="COL=ROLE",
                    help="text | tabular | ignore for a column (repeatable); others get the suggested role")
+    c.add_argument("--tabular", action="append", default=[], metavar="INPUT=COL1,COL2,...",
+                   help="the columns feeding a tabular input, in order (ranges by name: FIRST..LAST; "
+                        "repeatable); default: the columns mapped tabular, in file order")
     c.add_argument("--opset", type=int, default=OPSET_DEFAULT, help=f"ONNX opset (default {OPSET_DEFAULT})")
     dyn = c.add_mutually_exclusive_group()
     dyn.add_argument("--dynamic", type=_csv_list, default=DYNAMIC_AXES, metavar="AXES",
@@ -101,6 +104,7 @@ def spec_from_args(args: argparse.Namespace) -> ConvertSpec:
     """The one mapping from CLI flags to the ConvertSpec."""
     return ConvertSpec(
         checkpoint=args.checkpoint, data=args.data, out=args.out, roles=parse_roles(args.role),
+        tabular=parse_tabular(args.tabular),
         opset=args.opset, exporter=args.exporter, dynamic=() if args.static else tuple(args.dynamic),
         max_length=args.max_length, id_dtype=args.id_dtype, atol=args.atol, rtol=args.rtol,
         fill_value=args.fill_value, latency_budget_s=args.latency_budget, threads=args.threads,
