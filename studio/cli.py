@@ -26,8 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="export a checkpoint to ONNX and verify it on sample rows",
                        description="Export CHECKPOINT to ONNX using the rows in --data, then check it: onnx "
                                    "checker, PyTorch-vs-ONNX Runtime parity, dynamic-dimension probes, latency.")
-    c.add_argument("checkpoint", metavar="CHECKPOINT", help="file (.pt .pth .ckpt .bin .zip ...) or model folder")
-    c.add_argument("--data", required=True, metavar="SAMPLE", help="sample rows: .csv .tsv .json .jsonl")
+    c.add_argument("checkpoint", metavar="CHECKPOINT", nargs="?", default=None,
+                   help="file (.pt .pth .ckpt .bin .zip ...) or model folder")
+    c.add_argument("--data", metavar="SAMPLE", default=None, help="sample rows: .csv .tsv .json .jsonl")
+    c.add_argument("--demo", action="store_true",
+                   help="convert the built-in demo (shipped in the package): its checkpoint and, without "
+                        "--data, its sample.csv")
     c.add_argument("--role", action="append", default=[], metavar="COL=ROLE",
                    help="text | tabular | ignore for a column (repeatable); others get the suggested role")
     c.add_argument("--tabular", action="append", default=[], metavar="INPUT=COL1,COL2,...",
@@ -100,10 +104,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _demo_paths(args: argparse.Namespace) -> tuple[str, str]:
+    """CHECKPOINT and --data, or the packaged demo's with --demo."""
+    if getattr(args, "demo", False):
+        if args.checkpoint:
+            raise StudioError(f"--demo converts the built-in demo; leave out CHECKPOINT ({args.checkpoint}).")
+        from . import demo
+        return str(demo.checkpoint()), str(args.data or demo.sample())
+    if not args.checkpoint:
+        raise StudioError("No CHECKPOINT given.", hint="studio convert CHECKPOINT --data SAMPLE, or "
+                                                      "studio convert --demo for the built-in demo.")
+    if not args.data:
+        raise StudioError("No sample file given (--data SAMPLE: a few real rows as CSV / TSV / JSON / JSONL).")
+    return args.checkpoint, args.data
+
+
 def spec_from_args(args: argparse.Namespace) -> ConvertSpec:
     """The one mapping from CLI flags to the ConvertSpec."""
+    checkpoint, data = _demo_paths(args)
     return ConvertSpec(
-        checkpoint=args.checkpoint, data=args.data, out=args.out, roles=parse_roles(args.role),
+        checkpoint=checkpoint, data=data, out=args.out, roles=parse_roles(args.role),
         tabular=parse_tabular(args.tabular),
         opset=args.opset, exporter=args.exporter, dynamic=() if args.static else tuple(args.dynamic),
         max_length=args.max_length, id_dtype=args.id_dtype, atol=args.atol, rtol=args.rtol,

@@ -12,14 +12,16 @@ from typing import Any
 
 import pandas as pd
 
+from .. import demo
 from ..errors import StudioError
 from ..report import LATENCY_LABELS, Report, io_rows, latency_rows, parity_rows, probe_rows, variant_rows
 from ..spec import (ATOL_DEFAULT, DYNAMIC_AXES, EXPORTERS, ID_DTYPES, OPSET_DEFAULT, OPSET_MAX, OPSET_MIN,
                     ROLES, RTOL_DEFAULT, VARIANTS, ConvertSpec, parse_roles)
 
-DEMO_DIR = Path(__file__).resolve().parents[2] / "assets" / "demo"
-DEMO_CHECKPOINT = DEMO_DIR / "demo_model.pt"
-DEMO_SAMPLE = DEMO_DIR / "sample.csv"
+# the demo ships inside the package (studio/demo, found with importlib.resources): an installed studio has it
+DEMO_CHECKPOINT = demo.checkpoint()
+DEMO_SAMPLE = demo.sample()
+DEMO_DIR = DEMO_CHECKPOINT.parent
 
 OPSETS = list(range(OPSET_MIN, OPSET_MAX + 1))
 # Seconds per latency measurement in the app (the CLI's default is ConvertSpec.latency_budget_s = 1.0).
