@@ -875,8 +875,11 @@ def _match_tabular(df: pd.DataFrame, model: LoadedModel, roles: dict[str, str], 
             if inp.required:
                 why = (f"is chosen to feed {next(n for n, c in feeds.items() if inp.column in c)!r} (--tabular)"
                        if inp.column in claimed else f"is mapped {roles[inp.column]!r}")
+                hint = (f"Leave it out of that --tabular list, or choose the columns of {inp.name!r} too "
+                        f"(--tabular {inp.name}=COL)." if inp.column in claimed
+                        else f"Map it tabular (--role {inp.column}=tabular).")
                 raise _err(file, f"column {inp.column!r} feeds the model's tabular input {inp.name!r} but {why}.",
-                           column=inp.column, hint=f"Map it tabular (--role {inp.column}=tabular).")
+                           column=inp.column, hint=hint)
             continue
         feeds[inp.name] = [inp.column]
         claimed.add(inp.column)
