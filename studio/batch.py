@@ -760,6 +760,40 @@ def _tabular_values(df: pd.DataFrame, col: str, fill: float | None, file: str) -
     return np.asarray([r if r is not None else [fill] * width for r in rows], dtype=np.float32).reshape(-1, width)
 
 
+def _one_hot(df: pd.DataFrame, col: str, vocab: list[str], name: str, file: str) -> np.ndarray:
+    """A categorical column -> float32 one-hot [rows, len(vocab)], by the model's own vocabulary."""
+    index = {str(v): k for k, v in enumerate(vocab)}
+    out = np.zeros((len(df), len(vocab)), dtype=np.float32)
+    for i, v in enumerate(df[col].tolist()):
+        if _is_missing(v):
+            raise _err(file, f"column {col!r}, {_row(i)}: the value is empty, and the model's categorical input "
+                             f"{name!r} takes one of: {_columns_text(list(vocab), 20)}.", column=col, row=i + 1,
+                       hint="Fill the cell with one of those categories, or drop the row.")
+        key = str(_jsonable(v)).strip()
+        if key not in index:
+            raise _err(file, f"column {col!r}, {_row(i)}: {_shorten(v)!r} is not a category the model knows for "
+                             f"input {name!r}: {_columns_text(list(vocab), 20)}.", column=col, row=i + 1,
+                       hint="The checkpoint's vocabulary is fixed at training; map the value to one of those.")
+        out[i, index[key]] = 1.0
+    return out
+
+
+def _ignored_categories(df: pd.DataFrame, final: dict[str, str], explicit: dict[str, str], file: str) -> list[str]:
+    """A warning for each short-string (category) column the studio left out because the model takes no such
+    field: said, never silently dropped."""
+    out = []
+    for c in df.columns:
+        if final[c] != "ignore" or c in explicit:
+            continue
+        info = _describe(c, df[c])
+        if info.detected == "text" and info.reason.startswith("short strings"):
+            seen = list(dict.fromkeys(str(v).strip() for v in df[c].tolist() if not _is_missing(v)))
+            out.append(f"{file + ': ' if file else ''}column {c!r} holds categories ({_columns_text(seen, 6)}); "
+                       "the model takes no such field (its checkpoint carries no vocabulary for it), so the column "
+                       "is ignored.")
+    return out
+
+
 def _bad_cell(file: str, col: str, i: int, v: Any, fill: float | None):
     if _is_missing(v) or (isinstance(v, str) and v.strip().lower() in NA_TOKENS):
         raise _err(file, f"column {col!r}, {_row(i)}: the value is empty ({_shorten(v)!r}) and the column "
@@ -1027,7 +1061,11 @@ def build_batch(df: pd.DataFrame, model: LoadedModel, roles: dict[str, str] | No
     widths: dict[str, int] = {}
     features: dict[str, list[dict]] = {}
     for name, cols in feeds.items():
-        parts = [values(c) for c in cols]
+        vocab = by_name[name].vocab
+        if vocab and len(cols) != 1:
+            raise _err(file, f"the model's categorical input {name!r} takes one column of categories, but "
+                             f"{len(cols)} are chosen: {_columns_text(cols)}.", column=cols[0])
+        parts = [_one_hot(df, cols[0], vocab, name, file)] if vocab else [values(c) for c in cols]
         arr = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
         want = by_name[name].width
         if want is not None and arr.shape[1] != int(want):
@@ -1044,8 +1082,10 @@ def build_batch(df: pd.DataFrame, model: LoadedModel, roles: dict[str, str] | No
         widths[name] = int(arr.shape[1])
         start, features[name] = 0, []
         for c, part in zip(cols, parts):
-            features[name].append({"column": c, "start": start, "width": int(part.shape[1])})
+            features[name].append({"column": c, "start": start, "width": int(part.shape[1]),
+                                   **({"encoding": "one-hot", "vocab": list(vocab)} if vocab else {})})
             start += int(part.shape[1])
+    warnings += _ignored_categories(df, final, explicit, file)
 
     sizes = {n: int(t.shape[0]) for n, t in tensors.items()}
     if len(set(sizes.values()) | {rows}) > 1:

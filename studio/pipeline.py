@@ -246,6 +246,7 @@ HERE = Path(__file__).resolve().parent
 SAMPLE = HERE / {sample!r}
 TEXT_COLUMNS = {text_columns!r}        # tokenized together (a pair when there are two)
 TABULAR = {tabular!r}                  # graph input -> sample columns, concatenated in this order
+CATEGORIES = {categories!r}            # categorical graph input -> its categories, one-hot in this order
 TEXT_INPUTS = {text_inputs!r}          # graph input -> tokenizer output
 TOKENIZER = {tokenizer!r}              # tokenizer call settings used at export
 ID_DTYPE = np.{id_dtype}
@@ -310,6 +311,11 @@ def build_inputs(df):
             value = enc[key] if key in enc else np.zeros_like(enc["input_ids"])
             feeds[name] = value.astype(ID_DTYPE)
     for name, columns in TABULAR.items():
+        if name in CATEGORIES:
+            cats = CATEGORIES[name]
+            values = [str(v).strip() for v in df[columns[0]].tolist()]
+            feeds[name] = np.array([[1.0 if v == c else 0.0 for c in cats] for v in values], dtype=np.float32)
+            continue
         parts = [tabular(df[c].tolist(), TOKENIZER.get("fill_value")) for c in columns]
         feeds[name] = np.concatenate(parts, axis=1).astype(np.float32)
     return feeds
@@ -355,6 +361,8 @@ def _example_script(loaded, batch, sample_name: str, fill_value: float | None,
         sep = batch_mod._pick_delimiter(text, batch_mod.CSV_SUFFIXES[sample_path.suffix.lower()])
     return EXAMPLE.format(version=__version__, sample=sample_name, text_columns=list(batch.text_columns),
                           tabular={n: list(c) for n, c in batch.tabular.items()}, text_inputs=text_map,
+                          categories={i.name: list(i.vocab) for i in loaded.tabular_inputs
+                                      if i.vocab and i.name in batch.tabular},
                           tokenizer=settings,
                           id_dtype=batch.tokenizer_settings.get("id_dtype", "int64"),
                           labels=loaded.info.get("labels"), sep=sep,

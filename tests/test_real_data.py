@@ -193,3 +193,53 @@ def test_ticket_csv_with_an_empty_comment_converts_and_warns(tmp_path):
     ids = np.load(tmp_path / "out" / "sample_inputs.npz")["input_ids"]
     row = ids[1].tolist()
     assert row[:2] == [tok.cls_token_id, tok.sep_token_id] and set(row[2:]) <= {tok.pad_token_id}
+
+
+CHANNELS = ["phone", "chat", "email"]
+
+
+def test_categorical_field_with_a_vocabulary_is_one_hot_encoded_and_recorded(tmp_path):
+    from test_multimodal import tiny_config, tiny_tokenizer
+
+    from studio.models.multimodal import build_model, save_checkpoint
+    torch.manual_seed(0)
+    model = build_model(tiny_config(text_field="comment", tab_fields={"channel": 3}, tab_vocab={"channel": CHANNELS},
+                                    labels=["complaint", "other", "praise"]))
+    ckpt = save_checkpoint(model, tiny_tokenizer(), tmp_path / "tickets.pt")
+    sample = tmp_path / "tickets.csv"
+    sample.write_text(TICKETS)
+    out = tmp_path / "out"
+    report = convert(ConvertSpec(str(ckpt), str(sample), out=str(out), exporter="torchscript",
+                                 latency_budget_s=0.02, cuda=False))
+    assert report.ok, report.failed_checks
+    assert report.roles["channel"] == "tabular"
+    assert report.feeds["channel"] == [{"column": "channel", "start": 0, "width": 3, "encoding": "one-hot",
+                                        "vocab": CHANNELS}]
+    fed = np.load(out / "sample_inputs.npz")["channel"]
+    expected = np.eye(3, dtype=np.float32)[[CHANNELS.index(c) for c in pd.read_csv(sample)["channel"]]]
+    np.testing.assert_array_equal(fed, expected)
+    meta = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
+    assert json.loads(meta["studio.inputs"])["channel"]["features"][0]["vocab"] == CHANNELS
+    ex = subprocess.run([sys.executable, str(out / "inference_example.py")], capture_output=True, text=True,
+                        cwd=tmp_path, timeout=300)
+    assert "inputs match sample_inputs.npz: True" in ex.stdout, ex.stderr
+    # a category the checkpoint does not know is named, with the ones it does
+    sample.write_text(TICKETS.replace("T-1003,email", "T-1003,fax"))
+    with pytest.raises(BatchError) as e:
+        convert(ConvertSpec(str(ckpt), str(sample), out=str(tmp_path / "o2")))
+    assert "'fax'" in str(e.value) and "'phone', 'chat', 'email'" in str(e.value) and e.value.row == 3
+
+
+def test_categories_the_model_does_not_take_are_ignored_and_said(tmp_path):
+    from studio.batch import build_batch, read_sample
+    folder = tiny.make_hf_folder(tmp_path / "bert", "bert")
+    sample = tmp_path / "tickets.csv"
+    sample.write_text(TICKETS)
+    loaded = sources.load(folder, ConvertSpec(str(folder), str(sample)))
+    b = build_batch(read_sample(sample), loaded, {}, ConvertSpec(str(folder), str(sample)), file="tickets.csv")
+    assert b.roles["channel"] == "ignore"
+    said = [w for w in b.warnings if "'channel'" in w]
+    assert len(said) == 1 and "takes no such field" in said[0] and "ignored" in said[0] and "'phone'" in said[0]
+    # set by the user: no warning
+    b2 = build_batch(read_sample(sample), loaded, {"channel": "ignore"}, ConvertSpec(str(folder), str(sample)))
+    assert not [w for w in b2.warnings if "'channel'" in w]
