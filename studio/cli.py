@@ -141,8 +141,15 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([fmt.format(*header)] + [fmt.format(*map(str, r)) for r in rows])
 
 
+def _group(rows: list[list[str]]) -> dict[str, list[list[str]]]:
+    out: dict[str, list[list[str]]] = {}
+    for r in rows:
+        out.setdefault(r[0], []).append(r)
+    return out
+
+
 def summary(report) -> str:
-    from .report import io_rows, latency_rows, machine_line, parity_rows, probe_rows
+    from .report import feed_rows, io_rows, latency_rows, machine_line, parity_rows, probe_rows
     e = report.export
     ok = lambda b: "n/a" if b is None else ("PASS" if b else "FAIL")  # noqa: E731
     lines = [
@@ -150,6 +157,8 @@ def summary(report) -> str:
         f"{report.options.get('out')}/model.onnx",
         f"source   {report.source.get('kind')} {report.source.get('path')}",
         "roles    " + ", ".join(f"{c}={r}" for c, r in report.roles.items()),
+        *[f"feeds    {name} = " + ", ".join(f"{col}[{idx}]" for _, idx, col in rows)
+          for name, rows in _group(feed_rows(report.feeds)).items() if len(rows) > 1],
         f"export   {e.exporter}, opset {e.opset} (requested {e.opset_requested}), {e.seconds:.1f} s"
         + "".join(f"; {a.exporter} failed: {a.error}" for a in e.attempts if not a.ok),
         f"checker  {ok(report.checker.ok)}" + ("" if report.checker.ok else f": {report.checker.message}"),
@@ -167,6 +176,7 @@ def summary(report) -> str:
         lines.append("  " + machine_line(report.latency))
     for v in report.variants:
         lines.append(f"variant  {v.name}: {ok(v.ok)} {v.file or ''} {v.error or v.notes}".rstrip())
+    lines += [f"warning  {w}" for w in report.warnings]
     lines.append(f"files    {', '.join(report.files.values())} ({report.seconds:.1f} s)")
     return "\n".join(lines)
 

@@ -81,10 +81,11 @@ def torch_reference(cancer, x: np.ndarray) -> np.ndarray:
 def test_torchscript_mlp_from_30_columns_via_cli(cancer, tmp_path):
     out = tmp_path / "out"
     run = run_cli("convert", cancer["root"] / "mlp.pt", "--trust-code", "--data", cancer["root"] / "cancer.csv",
-                  "--exporter", "torchscript", "--latency-budget", "0.02", "--no-cuda", "--out", out, "--json",
-                  "--quiet")
+                  "--exporter", "torchscript", "--latency-budget", "0.02", "--no-cuda", "--out", out, "--quiet")
     assert run.returncode == 0, run.stderr
-    report = json.loads(run.stdout)
+    report = json.loads((out / "report.json").read_text())
+    assert "feeds    features = mean radius[0], mean texture[1]," in run.stdout
+    assert "worst fractal dimension[29]" in run.stdout
     feats = cancer["features"]
     assert report["roles"]["id"] == report["roles"]["label"] == report["roles"]["Unnamed: 0"] == "ignore"
     assert all(report["roles"][f] == "tabular" for f in feats)
