@@ -78,11 +78,14 @@ class Batch:
     roles: dict[str, str]  # final role of EVERY column in the file, in file order
     rows: int
     text_columns: list[str]
-    tabular: dict[str, str]  # graph input name -> column feeding it
+    tabular: dict[str, list[str]]  # graph input name -> the columns feeding it, in order (concatenated)
     ignored: dict[str, list]  # ignored column -> JSON-able values per row (shown beside predictions)
     tokenizer_settings: dict  # {"max_length", "padding", "truncation", "id_dtype", "pair": bool}
     file: str
     widths: dict[str, int] = field(default_factory=dict)  # tabular graph input -> features per row
+    # tabular graph input -> [{"column", "start", "width"}]: which feature indices each column fills
+    features: dict[str, list[dict]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # odd cells that were used as they are (empty text, ...)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -447,8 +450,18 @@ def _records(records: list, name: str, what: str = "item") -> dict[str, list]:
     return {c: [rec.get(c) for rec in records] for c in cols}
 
 
+def _int_keys(keys: Iterable) -> bool:
+    return all(isinstance(k, str) and _INT_RE.match(k) for k in keys)
+
+
 def _json_columns(obj: Any, name: str) -> dict[str, list]:
     if isinstance(obj, list):
+        if obj and all(isinstance(r, list) for r in obj):  # pandas orient="values": rows without names
+            for i, r in enumerate(obj, 1):
+                if len(r) != len(obj[0]):
+                    raise _err(name, f"row {i} ({ROW_CONVENTION}) has {len(r)} values, expected "
+                                     f"{len(obj[0])} (as in row 1).", row=i)
+            return {str(j): [r[j] for r in obj] for j in range(len(obj[0]))}
         return _records(obj, name)
     if not isinstance(obj, dict):
         raise _err(name, f"holds a JSON {type(obj).__name__}; expected an array of records or an object "
@@ -477,6 +490,9 @@ def _json_columns(obj: Any, name: str) -> dict[str, list]:
             raise _err(name, "columns have different lengths: "
                              + ", ".join(f"{k!r}: {n}" for k, n in lengths.items()) + ".")
         return {str(k): list(v) for k, v in obj.items()}
+    if all(isinstance(v, dict) for v in values) and _int_keys(obj) and not _int_keys(
+            {k for v in values for k in v}):  # pandas orient="index": {"0": {"col": v, ...}, ...}
+        return _records(values, name, what="row")
     if all(isinstance(v, dict) for v in values):  # pandas orient="columns": {"col": {"0": v, ...}}
         index: dict[str, None] = {}
         for v in values:
@@ -549,8 +565,10 @@ def suggest_roles(df: pd.DataFrame, model: LoadedModel | None = None) -> dict[st
     return _resolve_roles(_prepared(df, df.attrs.get("file", "")), model, {})
 
 
-def _resolve_roles(df: pd.DataFrame, model: LoadedModel, explicit: dict[str, str]) -> dict[str, str]:
-    """Final role per column: explicit roles win; the others get the suggestion adjusted to the model."""
+def _resolve_roles(df: pd.DataFrame, model: LoadedModel, explicit: dict[str, str],
+                   fed: set[str] = frozenset()) -> dict[str, str]:
+    """Final role per column: explicit roles win; the others get the suggestion adjusted to the model.
+    fed: tabular inputs whose columns the user chose (--tabular)."""
     infos = {c.name: c for c in describe_columns(df)}
     roles = {c: explicit.get(c, infos[c].suggested) for c in df.columns}
     free = [c for c in df.columns if c not in explicit]
@@ -576,12 +594,14 @@ def _resolve_roles(df: pd.DataFrame, model: LoadedModel, explicit: dict[str, str
                 return sum(len(v.split()) for v in vals) / max(len(vals), 1)
             roles[max(cands, key=words)] = "text"
 
-    tab_inputs = model.tabular_inputs
+    tab_inputs = [i for i in model.tabular_inputs if i.name not in fed]
     named = {i.column for i in tab_inputs if i.column}
+    # inputs still open to the columns mapped tabular: those naming no column, or a column the file lacks
+    open_inputs = [i for i in tab_inputs if not i.column or i.column not in df.columns]
     for c in free:
         if c in named:
             roles[c] = "tabular"
-        elif roles[c] == "tabular" and (not tab_inputs or all(i.column for i in tab_inputs)):
+        elif roles[c] == "tabular" and not open_inputs:
             roles[c] = "ignore"
     return roles
 
@@ -598,22 +618,43 @@ def _string_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if _column_kind(df[c].tolist())[0] == "text"]
 
 
-def _texts(df: pd.DataFrame, col: str, file: str) -> list[str]:
-    out = []
+def _texts(df: pd.DataFrame, col: str, file: str) -> tuple[list[str], list[str]]:
+    """A text column's cells as the strings the tokenizer gets, and warnings for the odd ones.
+
+    An empty cell is empty text ("" tokenizes to the special tokens alone), whitespace stays whitespace,
+    a number or a list is tokenized as written (JSON for lists); each such cell is listed in a warning."""
+    out: list[str] = []
+    odd: dict[str, list[int]] = {}
     for i, v in enumerate(df[col].tolist()):
-        if _is_missing(v):
-            raise _err(file, f"column {col!r}, {_row(i)}: the text is empty.", column=col, row=i + 1,
-                       hint="Fill the cell or drop the row; every row needs text.")
-        if isinstance(v, (list, tuple, dict, np.ndarray)):
-            raise _err(file, f"column {col!r}, {_row(i)}: {_shorten(v)} is not text.", column=col, row=i + 1)
-        if isinstance(v, np.generic):
-            v = v.item()
-        out.append(v if isinstance(v, str) else str(v))
-    return out
+        if v is None or v is pd.NA or (isinstance(v, (float, np.floating)) and np.isnan(v)):
+            odd.setdefault("empty (tokenized as empty text)", []).append(i)
+            v = ""
+        elif isinstance(v, str):
+            if not v.strip():
+                odd.setdefault("empty or blank (tokenized as written)", []).append(i)
+        else:
+            if isinstance(v, np.ndarray):
+                v = v.tolist()
+            if isinstance(v, np.generic):
+                v = v.item()
+            what = ("a list" if isinstance(v, (list, tuple)) else "an object" if isinstance(v, dict)
+                    else f"a {type(v).__name__}")
+            odd.setdefault(f"{what}, not a string (tokenized as its text)", []).append(i)
+            v = json.dumps(_jsonable(v)) if isinstance(v, (list, tuple, dict)) else str(v)
+        out.append(v)
+    warnings = [f"{file + ': ' if file else ''}text column {col!r}: {_rows_text(rows)} "
+                f"{'is' if len(rows) == 1 else 'are'} {what}." for what, rows in odd.items()]
+    return out, warnings
+
+
+def _rows_text(rows: list[int], limit: int = 10) -> str:
+    shown = ", ".join(str(i + 1) for i in rows[:limit])
+    shown += f" and {len(rows) - limit} more" if len(rows) > limit else ""
+    return f"row{'s' if len(rows) > 1 else ''} {shown} ({ROW_CONVENTION})"
 
 
 def _tokenize(df: pd.DataFrame, model: LoadedModel, text_cols: list[str], spec: Any, file: str,
-              id_dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], dict]:
+              id_dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], dict, list[str]]:
     tok = model.tokenizer
     max_length = int(getattr(spec, "max_length", 128))
     model_max = getattr(tok, "model_max_length", None)
@@ -622,8 +663,11 @@ def _tokenize(df: pd.DataFrame, model: LoadedModel, text_cols: list[str], spec: 
     settings = {"max_length": max_length, "padding": "longest", "truncation": True,
                 "id_dtype": getattr(spec, "id_dtype", "int64"), "pair": len(text_cols) == 2}
     kinds = {i.kind for i in model.text_inputs}
-    first = _texts(df, text_cols[0], file)
-    second = _texts(df, text_cols[1], file) if len(text_cols) == 2 else None
+    first, warnings = _texts(df, text_cols[0], file)
+    second = None
+    if len(text_cols) == 2:
+        second, more = _texts(df, text_cols[1], file)
+        warnings += more
     if getattr(tok, "pad_token", "") is None and len(first) > 1:
         raise _err(file, "the tokenizer has no padding token, so rows of different lengths cannot be "
                          "batched.", hint="Use a one-row sample, or a checkpoint whose tokenizer defines "
@@ -646,7 +690,7 @@ def _tokenize(df: pd.DataFrame, model: LoadedModel, text_cols: list[str], spec: 
     }
     tensors = {i.name: torch.as_tensor(by_kind[i.kind]).to(id_dtype).contiguous()
                for i in model.text_inputs if i.kind in by_kind}
-    return tensors, settings
+    return tensors, settings, warnings
 
 
 def _tabular_values(df: pd.DataFrame, col: str, fill: float | None, file: str) -> np.ndarray:
@@ -716,6 +760,40 @@ def _tabular_values(df: pd.DataFrame, col: str, fill: float | None, file: str) -
     return np.asarray([r if r is not None else [fill] * width for r in rows], dtype=np.float32).reshape(-1, width)
 
 
+def _one_hot(df: pd.DataFrame, col: str, vocab: list[str], name: str, file: str) -> np.ndarray:
+    """A categorical column -> float32 one-hot [rows, len(vocab)], by the model's own vocabulary."""
+    index = {str(v): k for k, v in enumerate(vocab)}
+    out = np.zeros((len(df), len(vocab)), dtype=np.float32)
+    for i, v in enumerate(df[col].tolist()):
+        if _is_missing(v):
+            raise _err(file, f"column {col!r}, {_row(i)}: the value is empty, and the model's categorical input "
+                             f"{name!r} takes one of: {_columns_text(list(vocab), 20)}.", column=col, row=i + 1,
+                       hint="Fill the cell with one of those categories, or drop the row.")
+        key = str(_jsonable(v)).strip()
+        if key not in index:
+            raise _err(file, f"column {col!r}, {_row(i)}: {_shorten(v)!r} is not a category the model knows for "
+                             f"input {name!r}: {_columns_text(list(vocab), 20)}.", column=col, row=i + 1,
+                       hint="The checkpoint's vocabulary is fixed at training; map the value to one of those.")
+        out[i, index[key]] = 1.0
+    return out
+
+
+def _ignored_categories(df: pd.DataFrame, final: dict[str, str], explicit: dict[str, str], file: str) -> list[str]:
+    """A warning for each short-string (category) column the studio left out because the model takes no such
+    field: said, never silently dropped."""
+    out = []
+    for c in df.columns:
+        if final[c] != "ignore" or c in explicit:
+            continue
+        info = _describe(c, df[c])
+        if info.detected == "text" and info.reason.startswith("short strings"):
+            seen = list(dict.fromkeys(str(v).strip() for v in df[c].tolist() if not _is_missing(v)))
+            out.append(f"{file + ': ' if file else ''}column {c!r} holds categories ({_columns_text(seen, 6)}); "
+                       "the model takes no such field (its checkpoint carries no vocabulary for it), so the column "
+                       "is ignored.")
+    return out
+
+
 def _bad_cell(file: str, col: str, i: int, v: Any, fill: float | None):
     if _is_missing(v) or (isinstance(v, str) and v.strip().lower() in NA_TOKENS):
         raise _err(file, f"column {col!r}, {_row(i)}: the value is empty ({_shorten(v)!r}) and the column "
@@ -729,52 +807,170 @@ def _bad_cell(file: str, col: str, i: int, v: Any, fill: float | None):
 
 
 def _describe_inputs(inputs: list[ModelInput]) -> str:
-    return ", ".join(f"{i.name!r} (column {i.column!r})" if i.column else f"{i.name!r} (any column)"
-                     for i in inputs) or "none"
+    def one(i: ModelInput) -> str:
+        where = f"column {i.column!r}" if i.column else "any column"
+        return f"{i.name!r} ({where}{f', width {i.width}' if i.width else ''})"
+    return ", ".join(one(i) for i in inputs) or "none"
 
 
-def _match_tabular(df: pd.DataFrame, model: LoadedModel, roles: dict[str, str], file: str) -> dict[str, str]:
-    """Graph input name -> column, in model.inputs order; only the inputs that are fed."""
+def _columns_text(cols: list[str], limit: int = 12) -> str:
+    shown = ", ".join(map(repr, cols[:limit]))
+    return shown + (f" and {len(cols) - limit} more" if len(cols) > limit else "")
+
+
+def _column_range(item: str, columns: list[str], file: str, what: str) -> list[str] | None:
+    """'first..last' -> the columns from first to last, in file order (None when it is no such range)."""
+    pos = item.find("..")
+    while pos != -1:
+        a, b = item[:pos].strip(), item[pos + 2:].strip()
+        if a in columns and b in columns:
+            i, j = columns.index(a), columns.index(b)
+            if i > j:
+                raise _err(file, f"{what}: the range {item!r} runs backwards ({b!r} comes before {a!r} in the "
+                                 "file).", column=a, hint=f"Write it {b}..{a}.")
+            return columns[i:j + 1]
+        pos = item.find("..", pos + 1)
+    return None
+
+
+def expand_columns(items: Iterable[str], columns: list[str], file: str = "", what: str = "--tabular") -> list[str]:
+    """Column names and `first..last` ranges (in file order) -> the column names, in the order given."""
+    out: list[str] = []
+    for item in items:
+        item = str(item).strip()
+        if item in columns:
+            out.append(item)
+            continue
+        rng = _column_range(item, columns, file, what)
+        if rng is None:
+            close = difflib.get_close_matches(item, columns, n=1)
+            raise _err(file, f"{what}: {item!r} is not a column of the file, nor a range 'first..last' of two of "
+                             f"them. Columns in the file: {_columns_text(columns, 40)}.", column=item,
+                       hint=f"Did you mean {close[0]!r}?" if close else None)
+        out.extend(rng)
+    dupes = sorted({c for c in out if out.count(c) > 1})
+    if dupes:
+        raise _err(file, f"{what}: column(s) {_columns_text(dupes)} are listed more than once.", column=dupes[0])
+    return out
+
+
+def _explicit_feeds(df: pd.DataFrame, model: LoadedModel, spec: Any, file: str) -> dict[str, list[str]]:
+    """spec.tabular ({input: [columns or 'first..last' ranges]}) -> {input: [columns]}, checked."""
+    raw = getattr(spec, "tabular", None) or {}
+    if not raw:
+        return {}
+    names = [i.name for i in model.tabular_inputs]
+    columns = list(df.columns)
+    feeds: dict[str, list[str]] = {}
+    owner: dict[str, str] = {}
+    for name, items in raw.items():
+        name = str(name).strip()
+        if name not in names:
+            other = next((i for i in model.inputs if i.name == name), None)
+            why = (f"{name!r} is a text input ({other.kind})" if other is not None
+                   else f"the model has no input {name!r}")
+            raise _err(file, f"--tabular {name}=...: {why}; its tabular inputs are: "
+                             f"{_describe_inputs(model.tabular_inputs)}.", hint="Name one of those inputs.")
+        items = [items] if isinstance(items, str) else list(items)
+        cols = expand_columns(items, columns, file, what=f"--tabular {name}")
+        if not cols:
+            raise _err(file, f"--tabular {name}= names no column.")
+        for c in cols:
+            if c in owner:
+                raise _err(file, f"column {c!r} is chosen to feed both {owner[c]!r} and {name!r} (--tabular).",
+                           column=c)
+            owner[c] = name
+        feeds[name] = cols
+    return feeds
+
+
+def _match_tabular(df: pd.DataFrame, model: LoadedModel, roles: dict[str, str], file: str,
+                   explicit: dict[str, list[str]] | None = None,
+                   width_of=lambda col: 1) -> dict[str, list[str]]:
+    """Graph input name -> the columns feeding it (in order), in model.inputs order; only inputs fed.
+
+    explicit: the user's choice (--tabular), taken as given. Then inputs that name their column take it;
+    the columns mapped tabular that are left feed the remaining inputs in file order: all of them to a
+    single remaining input (a feature vector from many columns), else by the inputs' declared widths,
+    else one column per input. width_of(column) gives a column's features per row."""
     tab_inputs = model.tabular_inputs
     tab_cols = [c for c in df.columns if roles[c] == "tabular"]
-    cols_text = ", ".join(map(repr, df.columns))
-    feeds: dict[str, str] = {}
-    claimed: set[str] = set()
+    cols_text = _columns_text(list(df.columns), 40)
+    feeds: dict[str, list[str]] = {n: list(c) for n, c in (explicit or {}).items()}
+    claimed: set[str] = {c for cols in feeds.values() for c in cols}
+    absent: list[ModelInput] = []
     for inp in tab_inputs:
-        if not inp.column:
+        if not inp.column or inp.name in feeds:
             continue
         if inp.column not in df.columns:
-            if inp.required:
-                raise _err(file, f"the model needs the tabular field {inp.column!r} (input {inp.name!r}), "
-                                 f"but the file has no such column. Columns in the file: {cols_text}.",
-                           column=inp.column, hint="Rename the column in the file to the field name the "
-                                                   "model was trained with.")
+            absent.append(inp)
             continue
-        if roles[inp.column] != "tabular":
+        if roles[inp.column] != "tabular" or inp.column in claimed:
             if inp.required:
-                raise _err(file, f"column {inp.column!r} feeds the model's tabular input {inp.name!r} but is "
-                                 f"mapped {roles[inp.column]!r}.", column=inp.column,
-                           hint=f"Map it tabular (--role {inp.column}=tabular).")
+                why = (f"is chosen to feed {next(n for n, c in feeds.items() if inp.column in c)!r} (--tabular)"
+                       if inp.column in claimed else f"is mapped {roles[inp.column]!r}")
+                hint = (f"Leave it out of that --tabular list, or choose the columns of {inp.name!r} too "
+                        f"(--tabular {inp.name}=COL)." if inp.column in claimed
+                        else f"Map it tabular (--role {inp.column}=tabular).")
+                raise _err(file, f"column {inp.column!r} feeds the model's tabular input {inp.name!r} but {why}.",
+                           column=inp.column, hint=hint)
             continue
-        feeds[inp.name] = inp.column
+        feeds[inp.name] = [inp.column]
         claimed.add(inp.column)
     rest_cols = [c for c in tab_cols if c not in claimed]
-    rest_inputs = [i for i in tab_inputs if not i.column]
+    rest_inputs = [i for i in tab_inputs if not i.column and i.name not in feeds]
+
+    # a field the file has no column of, declared wider than one feature, and the only input left:
+    # the columns mapped tabular feed it in file order when their widths add up to its width
+    if (len(absent) == 1 and not rest_inputs and rest_cols and (absent[0].width or 0) > 1
+            and sum(width_of(c) for c in rest_cols) == int(absent[0].width)):
+        feeds[absent[0].name], rest_cols, absent = rest_cols, [], []
+    for inp in absent:
+        if inp.required:
+            width = f", width {inp.width}" if inp.width else ""
+            found = (f"; the columns mapped tabular give {sum(width_of(c) for c in rest_cols)} feature(s): "
+                     f"{_columns_text(rest_cols)}" if inp.width and rest_cols else "")
+            raise _err(file, f"the model needs the tabular field {inp.column!r} (input {inp.name!r}{width}), "
+                             f"but the file has no such column{found}. Columns in the file: {cols_text}.",
+                       column=inp.column, hint="Rename the column in the file to the field name the model was "
+                                               f"trained with, or choose its columns with --tabular "
+                                               f"{inp.name}=COL1,COL2,... (ranges: FIRST..LAST).")
+
+    if len(rest_inputs) == 1 and rest_cols:  # one input left: every column left feeds it, in file order
+        feeds[rest_inputs[0].name], rest_cols, rest_inputs = rest_cols, [], []
+    elif len(rest_inputs) > 1 and rest_cols and all(i.width for i in rest_inputs):
+        left = list(rest_cols)
+        for inp in rest_inputs:
+            take, total = [], 0
+            while left and total < int(inp.width):
+                take.append(left.pop(0))
+                total += width_of(take[-1])
+            if total != int(inp.width) and (take or inp.required):
+                raise _err(file, f"the model's tabular input {inp.name!r} expects width {inp.width}, but the "
+                                 f"columns mapped tabular, in file order, give it {total} feature(s)"
+                                 f"{': ' + _columns_text(take) if take else ''} (inputs: "
+                                 f"{_describe_inputs(rest_inputs)}).",
+                           column=take[-1] if take else None,
+                           hint="Choose each input's columns with --tabular NAME=COL1,COL2,... "
+                                "(ranges: FIRST..LAST).")
+            if take:
+                feeds[inp.name] = take
+        rest_cols, rest_inputs = left, [i for i in rest_inputs if i.name not in feeds]
     if len(rest_cols) > len(rest_inputs):
         extra = rest_cols[len(rest_inputs):] if rest_inputs else rest_cols
-        raise _err(file, f"column(s) {', '.join(map(repr, extra))} are mapped tabular, but the model takes "
+        raise _err(file, f"column(s) {_columns_text(extra)} are mapped tabular, but the model takes "
                          f"tabular fields: {_describe_inputs(tab_inputs)}.", column=extra[0],
                    hint="Map the extra column(s) to ignore (e.g. --role "
-                        f"{extra[0]}=ignore).")
+                        f"{extra[0]}=ignore), or choose each input's columns with --tabular NAME=COL1,COL2,...")
     missing = [i for i in rest_inputs[len(rest_cols):] if i.required]
     if missing:
         raise _err(file, f"the model needs {len(rest_inputs)} tabular column(s) for input(s) "
                          f"{_describe_inputs(rest_inputs)}, but {len(rest_cols)} "
                          f"{'is' if len(rest_cols) == 1 else 'are'} mapped tabular"
-                         f"{': ' + ', '.join(map(repr, rest_cols)) if rest_cols else ''}.",
+                         f"{': ' + _columns_text(rest_cols) if rest_cols else ''}.",
                    hint="Map more numeric columns to tabular (they feed the inputs in file order).")
     for inp, col in zip(rest_inputs, rest_cols):
-        feeds[inp.name] = col
+        feeds[inp.name] = [col]
     return {i.name: feeds[i.name] for i in tab_inputs if i.name in feeds}
 
 
@@ -804,7 +1000,15 @@ def build_batch(df: pd.DataFrame, model: LoadedModel, roles: dict[str, str] | No
         if r not in ROLES:
             raise _err(file, f"role {role!r} for column {col!r} is not one of {', '.join(ROLES)}.", column=col)
         explicit[col] = r
-    final = _resolve_roles(df, model, explicit)
+    chosen = _explicit_feeds(df, model, spec, file)
+    for name, cols in chosen.items():
+        for c in cols:
+            if explicit.get(c, "tabular") != "tabular":
+                raise _err(file, f"column {c!r} is chosen to feed input {name!r} (--tabular) but mapped "
+                                 f"{explicit[c]!r}.", column=c, hint=f"Map it tabular, or leave it out of "
+                                                                     f"--tabular {name}=...")
+            explicit[c] = "tabular"
+    final = _resolve_roles(df, model, explicit, fed=set(chosen))
 
     id_dtype_name = getattr(spec, "id_dtype", "int64") or "int64"
     if id_dtype_name not in ("int64", "int32"):
@@ -816,6 +1020,7 @@ def build_batch(df: pd.DataFrame, model: LoadedModel, roles: dict[str, str] | No
     # ---- text
     text_cols = [c for c in df.columns if final[c] == "text"]
     tensors: dict[str, torch.Tensor] = {}
+    warnings: list[str] = []
     settings = {"max_length": int(getattr(spec, "max_length", 128)), "padding": "longest",
                 "truncation": True, "id_dtype": id_dtype_name, "pair": False}
     if text_cols:
@@ -834,7 +1039,7 @@ def build_batch(df: pd.DataFrame, model: LoadedModel, roles: dict[str, str] | No
             raise _err(file, f"{len(text_cols)} columns are mapped text ({', '.join(map(repr, text_cols))}); "
                              f"{what}.", column=text_cols[limit],
                        hint=f"Map the others to ignore (e.g. --role {text_cols[limit]}=ignore).")
-        text_tensors, settings = _tokenize(df, model, text_cols, spec, file, id_dtype)
+        text_tensors, settings, warnings = _tokenize(df, model, text_cols, spec, file, id_dtype)
         tensors.update(text_tensors)
     elif any(i.required for i in model.text_inputs):
         cands = _string_columns(df)
@@ -844,18 +1049,43 @@ def build_batch(df: pd.DataFrame, model: LoadedModel, roles: dict[str, str] | No
                    hint=f"Map one with --role {cands[0]}=text." if cands else None)
 
     # ---- tabular
-    feeds = _match_tabular(df, model, final, file)
+    arrays: dict[str, np.ndarray] = {}
+
+    def values(col: str) -> np.ndarray:
+        if col not in arrays:
+            arrays[col] = _tabular_values(df, col, fill, file)
+        return arrays[col]
+
+    feeds = _match_tabular(df, model, final, file, chosen, width_of=lambda c: int(values(c).shape[1]))
     by_name = {i.name: i for i in model.inputs}
     widths: dict[str, int] = {}
-    for name, col in feeds.items():
-        arr = _tabular_values(df, col, fill, file)
+    features: dict[str, list[dict]] = {}
+    for name, cols in feeds.items():
+        vocab = by_name[name].vocab
+        if vocab and len(cols) != 1:
+            raise _err(file, f"the model's categorical input {name!r} takes one column of categories, but "
+                             f"{len(cols)} are chosen: {_columns_text(cols)}.", column=cols[0])
+        parts = [_one_hot(df, cols[0], vocab, name, file)] if vocab else [values(c) for c in cols]
+        arr = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
         want = by_name[name].width
         if want is not None and arr.shape[1] != int(want):
-            raise _err(file, f"column {col!r} has {arr.shape[1]} feature(s) per row, but the model's input "
-                             f"{name!r} expects width {want}.", column=col,
-                       hint="A vector feature is written as a JSON array of numbers, e.g. [0.1, 0.2, 0.3].")
-        tensors[name] = torch.from_numpy(np.ascontiguousarray(arr))
+            if len(cols) == 1:
+                raise _err(file, f"column {cols[0]!r} has {arr.shape[1]} feature(s) per row, but the model's "
+                                 f"input {name!r} expects width {want}.", column=cols[0],
+                           hint="A vector feature is written as a JSON array of numbers, e.g. [0.1, 0.2, 0.3], "
+                                f"or spread over {want} numeric columns (--tabular {name}=COL1,COL2,...).")
+            raise _err(file, f"the model's input {name!r} expects width {want}, but the {len(cols)} columns "
+                             f"feeding it give {arr.shape[1]} features: {_columns_text(cols, 40)}.",
+                       column=cols[0], hint=f"Choose exactly its columns with --tabular {name}=COL1,COL2,... "
+                                            "(ranges: FIRST..LAST), or map the others to ignore.")
+        tensors[name] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
         widths[name] = int(arr.shape[1])
+        start, features[name] = 0, []
+        for c, part in zip(cols, parts):
+            features[name].append({"column": c, "start": start, "width": int(part.shape[1]),
+                                   **({"encoding": "one-hot", "vocab": list(vocab)} if vocab else {})})
+            start += int(part.shape[1])
+    warnings += _ignored_categories(df, final, explicit, file)
 
     sizes = {n: int(t.shape[0]) for n, t in tensors.items()}
     if len(set(sizes.values()) | {rows}) > 1:
@@ -865,7 +1095,8 @@ def build_batch(df: pd.DataFrame, model: LoadedModel, roles: dict[str, str] | No
     ordered = {i.name: tensors[i.name] for i in model.inputs if i.name in tensors}
     ignored = {c: [_jsonable(v) for v in df[c].tolist()] for c in df.columns if final[c] == "ignore"}
     return Batch(tensors=ordered, roles=dict(final), rows=rows, text_columns=text_cols, tabular=feeds,
-                 ignored=ignored, tokenizer_settings=settings, file=file, widths=widths)
+                 ignored=ignored, tokenizer_settings=settings, file=file, widths=widths, features=features,
+                 warnings=warnings)
 
 
 def tile_rows(tensors: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:

@@ -12,7 +12,7 @@ import traceback
 
 from .errors import StudioError
 from .spec import (ATOL_DEFAULT, DYNAMIC_AXES, EXPORTERS, HEADS, ID_DTYPES, MAX_PARAMS_DEFAULT, OPSET_DEFAULT,
-                   RTOL_DEFAULT, VARIANTS, ConvertSpec, parse_roles)
+                   RTOL_DEFAULT, VARIANTS, ConvertSpec, parse_roles, parse_tabular)
 
 
 def _csv_list(value: str) -> tuple[str, ...]:
@@ -34,10 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="export a checkpoint to ONNX and verify it on sample rows",
                        description="Export CHECKPOINT to ONNX using the rows in --data, then check it: onnx "
                                    "checker, PyTorch-vs-ONNX Runtime parity, dynamic-dimension probes, latency.")
-    c.add_argument("checkpoint", metavar="CHECKPOINT", help="file (.pt .pth .ckpt .bin .zip ...) or model folder")
-    c.add_argument("--data", required=True, metavar="SAMPLE", help="sample rows: .csv .tsv .json .jsonl")
+    c.add_argument("checkpoint", metavar="CHECKPOINT", nargs="?", default=None,
+                   help="file (.pt .pth .ckpt .bin .zip ...) or model folder")
+    c.add_argument("--data", metavar="SAMPLE", default=None, help="sample rows: .csv .tsv .json .jsonl")
+    c.add_argument("--demo", action="store_true",
+                   help="convert the built-in demo (shipped in the package): its checkpoint and, without "
+                        "--data, its sample.csv")
     c.add_argument("--role", action="append", default=[], metavar="COL=ROLE",
                    help="text | tabular | ignore for a column (repeatable); others get the suggested role")
+    c.add_argument("--tabular", action="append", default=[], metavar="INPUT=COL1,COL2,...",
+                   help="the columns feeding a tabular input, in order (ranges by name: FIRST..LAST; "
+                        "repeatable); default: the columns mapped tabular, in file order")
     c.add_argument("--opset", type=int, default=OPSET_DEFAULT, help=f"ONNX opset (default {OPSET_DEFAULT})")
     dyn = c.add_mutually_exclusive_group()
     dyn.add_argument("--dynamic", type=_csv_list, default=DYNAMIC_AXES, metavar="AXES",
@@ -113,10 +120,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _demo_paths(args: argparse.Namespace) -> tuple[str, str]:
+    """CHECKPOINT and --data, or the packaged demo's with --demo."""
+    if getattr(args, "demo", False):
+        if args.checkpoint:
+            raise StudioError(f"--demo converts the built-in demo; leave out CHECKPOINT ({args.checkpoint}).")
+        from . import demo
+        return str(demo.checkpoint()), str(args.data or demo.sample())
+    if not args.checkpoint:
+        raise StudioError("No CHECKPOINT given.", hint="studio convert CHECKPOINT --data SAMPLE, or "
+                                                      "studio convert --demo for the built-in demo.")
+    if not args.data:
+        raise StudioError("No sample file given (--data SAMPLE: a few real rows as CSV / TSV / JSON / JSONL).")
+    return args.checkpoint, args.data
+
+
 def spec_from_args(args: argparse.Namespace) -> ConvertSpec:
     """The one mapping from CLI flags to the ConvertSpec."""
+    checkpoint, data = _demo_paths(args)
     return ConvertSpec(
-        checkpoint=args.checkpoint, data=args.data, out=args.out, roles=parse_roles(args.role),
+        checkpoint=checkpoint, data=data, out=args.out, roles=parse_roles(args.role),
+        tabular=parse_tabular(args.tabular),
         opset=args.opset, exporter=args.exporter, dynamic=() if args.static else tuple(args.dynamic),
         max_length=args.max_length, id_dtype=args.id_dtype, atol=args.atol, rtol=args.rtol,
         fill_value=args.fill_value, latency_budget_s=args.latency_budget, threads=args.threads,
@@ -133,8 +157,15 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([fmt.format(*header)] + [fmt.format(*map(str, r)) for r in rows])
 
 
+def _group(rows: list[list[str]]) -> dict[str, list[list[str]]]:
+    out: dict[str, list[list[str]]] = {}
+    for r in rows:
+        out.setdefault(r[0], []).append(r)
+    return out
+
+
 def summary(report) -> str:
-    from .report import io_rows, latency_rows, machine_line, parity_rows, probe_rows
+    from .report import feed_rows, io_rows, latency_rows, machine_line, parity_rows, probe_rows
     e = report.export
     ok = lambda b: "n/a" if b is None else ("PASS" if b else "FAIL")  # noqa: E731
     lines = [
@@ -142,6 +173,8 @@ def summary(report) -> str:
         f"{report.options.get('out')}/model.onnx",
         f"source   {report.source.get('kind')} {report.source.get('path')}",
         "roles    " + ", ".join(f"{c}={r}" for c, r in report.roles.items()),
+        *[f"feeds    {name} = " + ", ".join(f"{col}[{idx}]" for _, idx, col in rows)
+          for name, rows in _group(feed_rows(report.feeds)).items() if len(rows) > 1],
         f"export   {e.exporter}, opset {e.opset} (requested {e.opset_requested}), {e.seconds:.1f} s"
         + "".join(f"; {a.exporter} failed: {a.error}" for a in e.attempts if not a.ok),
         f"checker  {ok(report.checker.ok)}" + ("" if report.checker.ok else f": {report.checker.message}"),
@@ -159,6 +192,7 @@ def summary(report) -> str:
         lines.append("  " + machine_line(report.latency))
     for v in report.variants:
         lines.append(f"variant  {v.name}: {ok(v.ok)} {v.file or ''} {v.error or v.notes}".rstrip())
+    lines += [f"warning  {w}" for w in report.warnings]
     lines.append(f"files    {', '.join(report.files.values())} ({report.seconds:.1f} s)")
     return "\n".join(lines)
 

@@ -164,6 +164,8 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
         predictions=_predictions(batch, loaded, onnx_outputs),
         versions=_versions(),
         variants=variant_infos,
+        warnings=list(batch.warnings),
+        feeds={n: [dict(f) for f in parts] for n, parts in batch.features.items()},
     )
 
     np.savez(work / "sample_inputs.npz", **{n: t.detach().cpu().numpy() for n, t in tensors.items()})
@@ -171,7 +173,8 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
         loaded.tokenizer.save_pretrained(str(work / "tokenizer"))
     sample_copy = "sample" + Path(spec.data).suffix.lower()
     shutil.copyfile(spec.data, work / sample_copy)
-    (work / "inference_example.py").write_text(_example_script(loaded, batch, sample_copy, spec.fill_value))
+    (work / "inference_example.py").write_text(_example_script(loaded, batch, sample_copy, spec.fill_value,
+                                                                       work / sample_copy))
     report.files = {"model": "model.onnx", "report_json": "report.json", "report_md": "report.md",
                     "example": "inference_example.py", "sample_inputs": "sample_inputs.npz",
                     "sample": sample_copy}
@@ -188,14 +191,22 @@ def _metadata(spec: ConvertSpec, loaded, batch, info: ExportInfo) -> dict[str, s
         "studio.version": __version__,
         "studio.source_kind": loaded.kind,
         "studio.roles": json.dumps(batch.roles),
-        "studio.inputs": json.dumps({i.name: {"kind": i.kind, "column": batch.tabular.get(i.name)}
-                                     for i in loaded.inputs if i.name in batch.tensors}),
+        "studio.inputs": json.dumps({i.name: _input_meta(i, batch) for i in loaded.inputs if i.name in batch.tensors}),
         "studio.tokenizer": json.dumps(batch.tokenizer_settings),
         "studio.opset": str(info.opset),
         "studio.exporter": str(info.exporter),
         "studio.outputs": json.dumps({n: loaded.output_kinds.get(n, "other") for n in loaded.output_names}),
         "studio.labels": json.dumps(loaded.info.get("labels")),
     }
+
+
+def _input_meta(inp, batch) -> dict[str, Any]:
+    """What feeds one graph input: a tabular input's columns in order and the feature indices of each."""
+    if inp.kind != TABULAR:
+        return {"kind": inp.kind, "column": None}
+    cols = batch.tabular.get(inp.name) or []
+    return {"kind": inp.kind, "column": cols[0] if len(cols) == 1 else None, "columns": list(cols),
+            "width": batch.widths.get(inp.name), "features": batch.features.get(inp.name, [])}
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -251,11 +262,34 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 SAMPLE = HERE / {sample!r}
 TEXT_COLUMNS = {text_columns!r}        # tokenized together (a pair when there are two)
-TABULAR = {tabular!r}                  # graph input -> sample column
+TABULAR = {tabular!r}                  # graph input -> sample columns, concatenated in this order
+CATEGORIES = {categories!r}            # categorical graph input -> its categories, one-hot in this order
 TEXT_INPUTS = {text_inputs!r}          # graph input -> tokenizer output
 TOKENIZER = {tokenizer!r}              # tokenizer call settings used at export
 ID_DTYPE = np.{id_dtype}
 LABELS = {labels!r}
+SEP = {sep!r}                          # the delimiter of a CSV / TSV / TXT sample
+
+
+def read_json_table(data):
+    """The JSON layouts the studio reads: records, {{"data": records}}, and pandas' to_json orients."""
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        if isinstance(data.get("columns"), list):  # orient="split"
+            return pd.DataFrame(data["data"], columns=data["columns"])
+        return pd.DataFrame(data["data"])  # {{"data": records}}, orient="table"
+    if isinstance(data, list):
+        if data and isinstance(data[0], list):  # orient="values": columns are named 0, 1, ...
+            return pd.DataFrame(data, columns=[str(i) for i in range(len(data[0]))])
+        return pd.DataFrame(data)  # records
+    values = list(data.values())
+    if values and all(isinstance(v, dict) for v in values):
+        digits = lambda keys: all(str(k).lstrip("+-").isdigit() for k in keys)  # noqa: E731
+        if digits(data) and not digits({{k for v in values for k in v}}):  # orient="index"
+            return pd.DataFrame(values)
+        return pd.DataFrame({{c: list(v.values()) for c, v in data.items()}})  # orient="columns"
+    if values and all(isinstance(v, list) for v in values):
+        return pd.DataFrame(data)
+    return pd.DataFrame([data])
 
 
 def read_sample(path):
@@ -263,12 +297,12 @@ def read_sample(path):
     if suffix in (".jsonl", ".ndjson"):
         return pd.read_json(path, lines=True, dtype=False)
     if suffix == ".json":
-        data = json.loads(path.read_text())
-        if isinstance(data, dict) and "data" in data:
-            data = data["data"]
-        return pd.DataFrame(data)
-    return pd.read_csv(path, sep=None if suffix not in (".csv", ".tsv") else ("\\t" if suffix == ".tsv" else ","),
-                       engine="python", dtype=str, keep_default_na=False)
+        return read_json_table(json.loads(path.read_text(encoding="utf-8-sig")))
+    for encoding in ("utf-8-sig", "latin-1"):
+        try:
+            return pd.read_csv(path, sep=SEP, dtype=str, keep_default_na=False, encoding=encoding)
+        except UnicodeDecodeError:
+            continue
 
 
 def tabular(values, fill=None):
@@ -288,13 +322,19 @@ def build_inputs(df):
     if TEXT_COLUMNS:
         from transformers import AutoTokenizer
         tok = AutoTokenizer.from_pretrained(HERE / "tokenizer")
-        texts = [df[c].astype(str).tolist() for c in TEXT_COLUMNS]
+        texts = [["" if v is None or v != v else str(v) for v in df[c].tolist()] for c in TEXT_COLUMNS]
         enc = tok(*texts, padding=True, truncation=True, max_length=TOKENIZER["max_length"], return_tensors="np")
         for name, key in TEXT_INPUTS.items():
             value = enc[key] if key in enc else np.zeros_like(enc["input_ids"])
             feeds[name] = value.astype(ID_DTYPE)
-    for name, column in TABULAR.items():
-        feeds[name] = tabular(df[column].tolist(), TOKENIZER.get("fill_value"))
+    for name, columns in TABULAR.items():
+        if name in CATEGORIES:
+            cats = CATEGORIES[name]
+            values = [str(v).strip() for v in df[columns[0]].tolist()]
+            feeds[name] = np.array([[1.0 if v == c else 0.0 for c in cats] for v in values], dtype=np.float32)
+            continue
+        parts = [tabular(df[c].tolist(), TOKENIZER.get("fill_value")) for c in columns]
+        feeds[name] = np.concatenate(parts, axis=1).astype(np.float32)
     return feeds
 
 
@@ -322,13 +362,25 @@ if __name__ == "__main__":
 '''
 
 
-def _example_script(loaded, batch, sample_name: str, fill_value: float | None) -> str:
+def _example_script(loaded, batch, sample_name: str, fill_value: float | None,
+                    sample_path: Path | None = None) -> str:
     from . import __version__
     # text input kinds are the tokenizer's output names
     text_map = {i.name: i.kind for i in loaded.inputs if i.name in batch.tensors and i.kind != TABULAR}
     settings = {**batch.tokenizer_settings, "fill_value": fill_value}
+    sep = ","
+    if sample_path is not None and sample_path.suffix.lower() in batch_mod.CSV_SUFFIXES:
+        raw = sample_path.read_bytes()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            text = raw.decode("latin-1")
+        sep = batch_mod._pick_delimiter(text, batch_mod.CSV_SUFFIXES[sample_path.suffix.lower()])
     return EXAMPLE.format(version=__version__, sample=sample_name, text_columns=list(batch.text_columns),
-                          tabular=dict(batch.tabular), text_inputs=text_map, tokenizer=settings,
+                          tabular={n: list(c) for n, c in batch.tabular.items()}, text_inputs=text_map,
+                          categories={i.name: list(i.vocab) for i in loaded.tabular_inputs
+                                      if i.vocab and i.name in batch.tabular},
+                          tokenizer=settings,
                           id_dtype=batch.tokenizer_settings.get("id_dtype", "int64"),
-                          labels=loaded.info.get("labels"),
+                          labels=loaded.info.get("labels"), sep=sep,
                           tok_need=", transformers" if batch.text_columns else "")

@@ -162,6 +162,8 @@ class Report:
     variants: list[VariantInfo] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # tabular graph input -> [{"column", "start", "width"}]: the columns filling its feature indices, in order
+    feeds: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     seconds: float = 0.0
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
@@ -236,6 +238,16 @@ def graph_rows(graph: GraphInfo | None) -> list[list[str]]:
         return []
     return ([["input", t.name, t.dtype, _shape(t.shape)] for t in graph.inputs]
             + [["output", t.name, t.dtype, _shape(t.shape)] for t in graph.outputs])
+
+
+def feed_rows(feeds: dict[str, list[dict[str, Any]]]) -> list[list[str]]:
+    """One row per column feeding a tabular input: input, feature index (or range), column."""
+    rows = []
+    for name, parts in feeds.items():
+        for f in parts:
+            start, width = int(f["start"]), int(f["width"])
+            rows.append([name, str(start) if width == 1 else f"{start}-{start + width - 1}", str(f["column"])])
+    return rows
 
 
 def parity_rows(p: ParityInfo | None) -> list[list[str]]:
@@ -344,6 +356,9 @@ def render_markdown(r: Report) -> str:
         out += ["## Export attempts", _table(["exporter", "ok", "error"],
                                              [[a.exporter, _mark(a.ok), a.error or ""] for a in e.attempts])]
     out += ["## Column roles", _table(["column", "role"], [[c, ro] for c, ro in r.roles.items()])]
+    if r.feeds:
+        out += ["## Tabular inputs: which column is which feature",
+                _table(["input", "feature index", "column"], feed_rows(r.feeds))]
     out += ["## Graph inputs and outputs", _table(["", "name", "dtype", "shape"], io_rows(r))]
     if r.graph:
         ops = sorted(r.graph.op_counts.items(), key=lambda kv: -kv[1])

@@ -34,6 +34,9 @@ class ConvertSpec:
     data: str
     out: str = "studio-out"
     roles: dict[str, str] = field(default_factory=dict)  # column -> role; others get the suggestion
+    # tabular input -> the columns feeding it, in order (names or "first..last" ranges in file order);
+    # inputs left out are fed by the columns mapped tabular (see studio.batch)
+    tabular: dict[str, tuple[str, ...]] = field(default_factory=dict)
     opset: int = OPSET_DEFAULT
     exporter: str = "auto"
     dynamic: tuple[str, ...] = DYNAMIC_AXES  # axes made dynamic on every input; () = static
@@ -64,6 +67,13 @@ class ConvertSpec:
         for col, role in self.roles.items():
             if role not in ROLES:
                 raise StudioError(f"Role {role!r} for column {col!r} is not one of {', '.join(ROLES)}.")
+        tabular = {}
+        for name, cols in (self.tabular or {}).items():
+            cols = (cols,) if isinstance(cols, str) else tuple(cols or ())
+            if not str(name).strip() or not cols or not all(isinstance(c, str) and c.strip() for c in cols):
+                raise StudioError(f"--tabular {name}={','.join(map(str, cols))!s} is not INPUT=COL1,COL2,... "
+                                  "(an input name and at least one column or FIRST..LAST range).")
+            tabular[str(name).strip()] = tuple(c.strip() for c in cols)
         if not (OPSET_MIN <= int(self.opset) <= OPSET_MAX):
             raise StudioError(f"Opset {self.opset} is outside the supported range {OPSET_MIN}-{OPSET_MAX}.")
         if self.exporter not in EXPORTERS:
@@ -85,7 +95,8 @@ class ConvertSpec:
             raise StudioError(f"--max-params must be a number >= 1, got {self.max_params!r}.")
         if self.head is not None and self.head not in HEADS:
             raise StudioError(f"Head {self.head!r} is not one of {', '.join(HEADS)}.")
-        return replace(self, opset=int(self.opset), max_length=int(self.max_length), max_params=int(self.max_params),
+        return replace(self, tabular=tabular, opset=int(self.opset), max_length=int(self.max_length),
+                       max_params=int(self.max_params),
                        dynamic=tuple(self.dynamic), variants=tuple(self.variants))
 
     def axes_for(self, input_name: str) -> tuple[str, ...]:
@@ -107,6 +118,20 @@ def parse_roles(items: list[str] | None) -> dict[str, str]:
             raise StudioError(f"--role {item!r} is not COLUMN=ROLE (ROLE is one of {', '.join(ROLES)}).")
         roles[col] = role.strip().lower()
     return roles
+
+
+def parse_tabular(items: list[str] | None) -> dict[str, tuple[str, ...]]:
+    """Parse CLI `INPUT=COL1,COL2,...` items (columns or FIRST..LAST ranges; split on the first '=')."""
+    out: dict[str, tuple[str, ...]] = {}
+    for item in items or []:
+        name, sep, cols = item.partition("=")
+        columns = tuple(c.strip() for c in cols.split(",") if c.strip())
+        if not sep or not name.strip() or not columns:
+            raise StudioError(f"--tabular {item!r} is not INPUT=COL1,COL2,... (ranges: FIRST..LAST).")
+        if name.strip() in out:
+            raise StudioError(f"--tabular {name.strip()} is given twice; list all its columns in one.")
+        out[name.strip()] = columns
+    return out
 
 
 def as_path(p: str | Path) -> Path:

@@ -130,3 +130,20 @@ def test_closing_the_page_removes_the_session_folder(served):
         import time
         time.sleep(0.1)
     assert not folder.exists()
+
+
+def test_feeds_choice_per_column_shows_the_order_and_is_checked(page):
+    page.click("#load-demo")
+    page.wait_for_selector("#mapping-status .mapping-ok")
+    from playwright.sync_api import expect
+    expect(page.locator(".feed-dd")).to_have_count(5)  # the demo model has tabular inputs: price, quantity
+    # quantity -> price as well: the model's own quantity input would have no column left
+    page.locator(".feed-dd input").nth(3).click()
+    page.locator("[data-testid=dropdown-option][aria-label=price]").first.click()
+    expect(page.locator("#tabular-feeds textarea")).to_have_value("price=quantity")
+    page.wait_for_selector("#mapping-status .mapping-bad")
+    assert "is chosen to feed 'price'" in page.inner_text("#mapping-status")
+    page.locator(".feed-dd input").nth(3).click()
+    page.locator("[data-testid=dropdown-option][aria-label=auto]").first.click()
+    expect(page.locator("#tabular-feeds textarea")).to_have_value("")
+    page.wait_for_selector("#mapping-status .mapping-ok")

@@ -50,8 +50,10 @@ def test_api_lists_named_endpoints(served):
     assert {"/convert", "/preview", "/load_demo", "/cancel"} <= names
     params = [p["parameter_name"] for p in api["named_endpoints"]["/convert"]["parameters"]]
     assert params[:3] == ["checkpoint", "sample", "roles"] and "opset" in params and "exporter" in params
-    assert params[-1] == "variants"  # last, with a default of none: older callers keep working
-    assert api["named_endpoints"]["/convert"]["parameters"][-1]["parameter_default"] == []
+    assert params[-2:] == ["variants", "tabular"]  # last, with defaults: older callers keep working
+    by_name = {p["parameter_name"]: p for p in api["named_endpoints"]["/convert"]["parameters"]}
+    assert by_name["variants"]["parameter_default"] == []
+    assert by_name["tabular"]["parameter_has_default"] and by_name["tabular"]["parameter_default"] in (None, "")
 
 
 def test_demo_conversion_downloads_a_model_that_runs(served, tmp_path):

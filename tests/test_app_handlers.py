@@ -144,6 +144,29 @@ def test_mapping_messages():
     assert h.initial_roles(cols, {"roles": {"review": "text"}}) == {"review": "text", "price": "tabular"}
 
 
+def test_tabular_feeds_from_the_page():
+    assert h.parse_tabular_value("") == {} and h.parse_tabular_value(None) == {}
+    assert h.parse_tabular_value("features=a..c, d\nprice=price") == {"features": ("a..c", "d"), "price": ("price",)}
+    assert h.parse_tabular_value('{"features": ["b", "a"]}') == {"features": ("b", "a")}
+    with pytest.raises(StudioError, match="INPUT=COL1"):
+        h.parse_tabular_value("features")
+    cols = ["id", "a", "b", "c", "d"]
+    # choosing an input per column: appended in the order chosen; ranges are spelled out to move one column
+    text = h.set_feed("", cols, "c", "features")
+    text = h.set_feed(text, cols, "a", "features")
+    assert text == "features=c,a"
+    assert h.set_feed("features=a..c", cols, "b", "auto") == "features=a,c"
+    assert h.set_feed("features=a..c", cols, "b", "extra") == "features=a,c\nextra=b"
+    assert h.set_feed("features=a", cols, "a", "auto") == ""
+    assert h.feed_choice("features=a..c", cols, "b") == "features" and h.feed_choice("", cols, "b") == "auto"
+    spec = h.spec_from_ui("m.pt", "s.csv", tabular="features=c,a..b", out="o")
+    assert spec.tabular == {"features": ("c", "a..b")}
+    ok = h.mapping_html({"ok": True, "tensors": {"features": {"shape": [2, 3], "dtype": "float32"}},
+                         "feeds": {"features": [{"column": "c", "start": 0, "width": 1},
+                                                {"column": "emb", "start": 1, "width": 2}]}}, True, True)
+    assert "mapping-ok" in ok and "c [0], emb [1-2]" in ok
+
+
 # --- report -> page --------------------------------------------------------------------------------------
 
 def test_verdict_strip_when_everything_passed():

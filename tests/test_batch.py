@@ -297,7 +297,7 @@ def test_one_row_sample(tokenizer):
     mm = text_model(tokenizer, tabular=[ModelInput("num", TABULAR)])
     b = build_batch(df, mm, {}, spec())
     assert b.rows == 1 and b.tensors[INPUT_IDS].shape[0] == 1
-    assert b.tensors["num"].tolist() == [[3.0]] and b.tabular == {"num": "price"}
+    assert b.tensors["num"].tolist() == [[3.0]] and b.tabular == {"num": ["price"]}
 
 
 def test_text_errors(tokenizer):
@@ -317,13 +317,26 @@ def test_text_errors(tokenizer):
     raises(lambda: build_batch(df2, mm, {}, spec()), "2 columns are mapped text", "one text column")
 
 
-def test_empty_text_names_column_and_row(tokenizer):
-    df = pd.DataFrame({"review": ["great product", "works well", "  ", "ok"]})
-    err = raises(lambda: build_batch(df, text_model(tokenizer), {"review": "text"}, spec(), file="r.csv"),
-                 "r.csv", "'review'", "row 3 (1-based, header not counted)", "empty", column="review", row=3)
-    assert err.file == "r.csv"
-    df2 = pd.DataFrame({"review": ["great product", None]})
-    raises(lambda: build_batch(df2, text_model(tokenizer), {"review": "text"}, spec()), "row 2", row=2)
+def test_empty_and_odd_text_cells_are_text_and_warned(tokenizer):
+    # an empty cell is empty text: [CLS] [SEP] then padding (ids 2, 3, 0 in VOCAB), listed in a warning
+    df = pd.DataFrame({"review": ["great product", "works well", "  ", None, "ok"]})
+    b = build_batch(df, text_model(tokenizer), {"review": "text"}, spec(), file="r.csv")
+    ids, mask = b.tensors[INPUT_IDS].tolist(), b.tensors[ATTENTION_MASK].tolist()
+    width = len(ids[0])
+    assert ids[2] == ids[3] == [2, 3] + [0] * (width - 2)
+    assert mask[3] == [1, 1] + [0] * (width - 2)
+    assert ids[0][:4] == [2, VOCAB.index("great"), VOCAB.index("product"), 3]
+    assert any("r.csv" in w and "'review'" in w and "row 4 (1-based, header not counted)" in w
+               and "empty text" in w for w in b.warnings), b.warnings
+    assert any("row 3 " in w and "blank" in w for w in b.warnings), b.warnings
+    # JSON values that are not strings are tokenized as their text, and listed
+    odd = pd.DataFrame({"review": ["great product", 42, [1, 2]]})
+    b2 = build_batch(odd, text_model(tokenizer), {"review": "text"}, spec())
+    assert b2.rows == 3 and len(b2.warnings) == 2
+    assert any("row 2 " in w and "int" in w for w in b2.warnings)
+    assert any("row 3 " in w and "a list" in w for w in b2.warnings)
+    clean = build_batch(pd.DataFrame({"review": ["great product", "ok"]}), text_model(tokenizer), {}, spec())
+    assert clean.warnings == []
 
 
 # ---------------------------------------------------------------------------------------------- tabular
@@ -345,7 +358,8 @@ def test_tabular_numbers_bools_and_vectors(tmp_path):
     assert b.tensors["flag01"].tolist() == [[1.0], [0.0]]
     assert b.tensors["emb"].tolist() == [[1.0, 2.5, 3.0], [0.0, 0.0, -1.0]]
     assert b.tensors["rest"].tolist() == [[2.0], [3.0]]
-    assert b.tabular == {"price": "price", "flag": "flag", "flag01": "flag01", "emb": "emb", "rest": "raw"}
+    assert b.tabular == {"price": ["price"], "flag": ["flag"], "flag01": ["flag01"], "emb": ["emb"],
+                         "rest": ["raw"]}
     assert b.widths["emb"] == 3
     # real lists (JSON) and strings holding lists (a hand-built frame) both work
     df2 = pd.DataFrame({"emb": [[1, 2], "[3, 4]"]})
@@ -415,7 +429,7 @@ def test_optional_named_input_may_be_absent():
     model = make_model([ModelInput("p", TABULAR, column="price"),
                         ModelInput("d", TABULAR, column="discount", required=False)])
     b = build_batch(df, model, {}, spec())
-    assert list(b.tensors) == ["p"] and b.tabular == {"p": "price"}
+    assert list(b.tensors) == ["p"] and b.tabular == {"p": ["price"]}
 
 
 def test_multimodal_tensors_in_model_order(tokenizer):
@@ -441,3 +455,73 @@ def test_tile_rows():
     assert tile_rows(t, 3)["a"] is t["a"]
     raises(lambda: tile_rows(t, 0), "at least 1")
     raises(lambda: tile_rows({"a": torch.zeros(2, 1), "b": torch.zeros(3, 1)}, 4), "batch")
+
+
+# ---------------------------------------------------------------------------------- many columns, one input
+
+def wide_frame() -> pd.DataFrame:
+    return pd.DataFrame({"id": ["a1", "a2"], "a": [1.0, 2.0], "b": [3, 4], "emb": [[5, 6], [7, 8]],
+                         "c": [9.5, 10.5], "label": [0, 1]})
+
+
+def test_one_tabular_input_takes_every_tabular_column_in_file_order():
+    model = make_model([ModelInput("features", TABULAR)])
+    b = build_batch(wide_frame(), model, {}, spec())
+    assert b.roles == {"id": "ignore", "a": "tabular", "b": "tabular", "emb": "tabular", "c": "tabular",
+                       "label": "ignore"}
+    assert b.tabular == {"features": ["a", "b", "emb", "c"]}
+    assert b.tensors["features"].tolist() == [[1, 3, 5, 6, 9.5], [2, 4, 7, 8, 10.5]]
+    assert b.widths == {"features": 5}
+    assert b.features["features"] == [{"column": "a", "start": 0, "width": 1},
+                                      {"column": "b", "start": 1, "width": 1},
+                                      {"column": "emb", "start": 2, "width": 2},
+                                      {"column": "c", "start": 4, "width": 1}]
+
+
+def test_declared_width_is_checked_naming_width_and_columns():
+    model = make_model([ModelInput("features", TABULAR, width=3)])
+    raises(lambda: build_batch(wide_frame(), model, {}, spec(), file="w.csv"),
+           "w.csv", "'features'", "expects width 3", "5 features", "'a', 'b', 'emb', 'c'", column="a")
+    ok = build_batch(wide_frame(), model, {"emb": "ignore"}, spec())
+    assert ok.tensors["features"].tolist() == [[1, 3, 9.5], [2, 4, 10.5]]
+
+
+def test_explicit_tabular_order_and_ranges():
+    model = make_model([ModelInput("features", TABULAR, width=3)])
+    b = build_batch(wide_frame(), model, {}, spec(tabular={"features": ["c", "a..b"]}))
+    assert b.tabular == {"features": ["c", "a", "b"]}
+    assert b.tensors["features"].tolist() == [[9.5, 1, 3], [10.5, 2, 4]]
+    assert b.roles["emb"] == "ignore"  # not chosen, and no input is left for it
+    # a column the user mapped ignore is made tabular by --tabular when the role is left to the studio
+    b2 = build_batch(wide_frame(), make_model([ModelInput("x", TABULAR)]), {}, spec(tabular={"x": ["label"]}))
+    assert b2.roles["label"] == "tabular" and b2.tensors["x"].tolist() == [[0], [1]]
+    raises(lambda: build_batch(wide_frame(), model, {}, spec(tabular={"feats": ["a"]})),
+           "no input 'feats'", "'features'")
+    raises(lambda: build_batch(wide_frame(), model, {}, spec(tabular={"features": ["a", "z"]})),
+           "'z' is not a column", column="z")
+    raises(lambda: build_batch(wide_frame(), model, {}, spec(tabular={"features": ["c..a"]})),
+           "runs backwards", column="c")
+    raises(lambda: build_batch(wide_frame(), model, {"b": "ignore"}, spec(tabular={"features": ["a..c"]})),
+           "'b'", "mapped 'ignore'", column="b")
+    raises(lambda: build_batch(wide_frame(), model, {}, spec(tabular={"features": ["a", "a..b"]})),
+           "more than once", column="a")
+
+
+def test_widths_split_columns_between_inputs_in_file_order():
+    model = make_model([ModelInput("x", TABULAR, width=2), ModelInput("y", TABULAR, width=3)])
+    b = build_batch(wide_frame(), model, {}, spec())
+    assert b.tabular == {"x": ["a", "b"], "y": ["emb", "c"]}
+    bad = make_model([ModelInput("x", TABULAR, width=3), ModelInput("y", TABULAR, width=2)])
+    raises(lambda: build_batch(wide_frame(), bad, {}, spec()), "'x'", "expects width 3", "4 feature(s)")
+
+
+def test_multimodal_field_without_column_fed_by_many_columns():
+    # a checkpoint field "features" of width 4 and a file with four numeric columns and no "features"
+    mm = make_model([ModelInput("features", TABULAR, column="features", width=4)])
+    df = wide_frame().drop(columns=["emb"]).assign(d=[0.0, 1.0])
+    b = build_batch(df, mm, {}, spec())
+    assert b.tabular == {"features": ["a", "b", "c", "d"]}
+    raises(lambda: build_batch(wide_frame(), mm, {}, spec()),
+           "tabular field 'features'", "width 4", "5 feature(s)", "--tabular features=", column="features")
+    b2 = build_batch(wide_frame(), mm, {}, spec(tabular={"features": ["a", "emb", "c"]}))
+    assert b2.tensors["features"].tolist() == [[1, 5, 6, 9.5], [2, 7, 8, 10.5]]

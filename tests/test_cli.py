@@ -108,3 +108,23 @@ def test_demo_from_the_readme_exits_0(tmp_path):
                  "--latency-budget", "0.2")
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.startswith("PASS")
+
+
+def test_demo_and_tabular_flags_map_to_the_spec(capsys):
+    from studio import demo
+    from studio.errors import StudioError
+    from studio.spec import parse_tabular
+    args = cli.build_parser().parse_args(["convert", "--demo", "--tabular", "features=a..c, d", "--tabular",
+                                          "price=price"])
+    spec = cli.spec_from_args(args)
+    assert spec.checkpoint == str(demo.checkpoint()) and spec.data == str(demo.sample())
+    assert demo.checkpoint().is_file() and demo.checkpoint().parent.name == "demo"
+    assert spec.tabular == {"features": ("a..c", "d"), "price": ("price",)}
+    with pytest.raises(StudioError, match="is not INPUT=COL1,COL2"):
+        parse_tabular(["features"])
+    with pytest.raises(StudioError, match="given twice"):
+        parse_tabular(["x=a", "x=b"])
+    assert cli.main(["convert", "--data", "x.csv"]) == 2
+    assert "No CHECKPOINT given" in capsys.readouterr().err
+    assert cli.main(["convert", "model.pt", "--demo"]) == 2
+    assert "--demo converts the built-in demo" in capsys.readouterr().err

@@ -339,3 +339,20 @@ def test_dynamo_onnx_export_with_dynamic_batch_and_sequence(tmp_path):
         want = wrapper(*(other[n] for n in names)).numpy()
     assert got.shape == (5, 3)
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_categorical_vocabulary_is_validated_and_loaded(tmp_path):
+    with pytest.raises(ValueError, match="has 2 categories; the field's width is 3"):
+        tiny_config(tab_fields={"channel": 3}, tab_vocab={"channel": ["phone", "chat"]})
+    with pytest.raises(ValueError, match="not a tabular field"):
+        tiny_config(tab_fields={"channel": 2}, tab_vocab={"kind": ["a", "b"]})
+    with pytest.raises(ValueError, match="distinct strings"):
+        tiny_config(tab_fields={"channel": 2}, tab_vocab={"channel": ["a", "a"]})
+    model = build_model(tiny_config(tab_fields={"unit price": 1, "channel": 3},
+                                    tab_vocab={"channel": ["phone", "chat", "email"]}))
+    path = save_checkpoint(model, tiny_tokenizer(), tmp_path / "mm.pt")
+    loaded = source.load(torch.load(path, weights_only=True), str(path))
+    by_name = {i.name: i for i in loaded.inputs}
+    assert by_name["channel"].vocab == ["phone", "chat", "email"] and by_name["channel"].width == 3
+    assert by_name["unit_price"].vocab is None
+    assert loaded.describe()["categorical_fields"] == {"channel": ["phone", "chat", "email"]}

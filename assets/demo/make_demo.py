@@ -2,7 +2,7 @@
 
     python assets/demo/make_demo.py            (CPU, deterministic, well under 2 minutes on 2 cores)
 
-Writes next to this script:
+Writes into the package (studio/demo/, shipped as package data; assets/demo/ links to those files):
     demo_model.pt   onnx-studio/multimodal v1 checkpoint (text field "review"; tabular "price", "quantity";
                     labels return / keep / complaint), loadable with torch.load(..., weights_only=True)
     sample.csv      8 held-out rows: order_id, review, price, quantity, label
@@ -24,8 +24,9 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1]))  # run from anywhere without installing the package
+REPO = Path(__file__).resolve().parents[2]
+HERE = REPO / "studio" / "demo"  # the package's demo folder (package data)
+sys.path.insert(0, str(REPO))  # run from anywhere without installing the package
 
 from studio.models.multimodal import MultimodalConfig, build_model, save_checkpoint  # noqa: E402
 

@@ -12,14 +12,16 @@ from typing import Any
 
 import pandas as pd
 
+from .. import demo
 from ..errors import StudioError
 from ..report import LATENCY_LABELS, Report, io_rows, latency_rows, parity_rows, probe_rows, variant_rows
 from ..spec import (ATOL_DEFAULT, DYNAMIC_AXES, EXPORTERS, ID_DTYPES, OPSET_DEFAULT, OPSET_MAX, OPSET_MIN,
-                    ROLES, RTOL_DEFAULT, VARIANTS, ConvertSpec, parse_roles)
+                    ROLES, RTOL_DEFAULT, VARIANTS, ConvertSpec, parse_roles, parse_tabular)
 
-DEMO_DIR = Path(__file__).resolve().parents[2] / "assets" / "demo"
-DEMO_CHECKPOINT = DEMO_DIR / "demo_model.pt"
-DEMO_SAMPLE = DEMO_DIR / "sample.csv"
+# the demo ships inside the package (studio/demo, found with importlib.resources): an installed studio has it
+DEMO_CHECKPOINT = demo.checkpoint()
+DEMO_SAMPLE = demo.sample()
+DEMO_DIR = DEMO_CHECKPOINT.parent
 
 OPSETS = list(range(OPSET_MIN, OPSET_MAX + 1))
 # Seconds per latency measurement in the app (the CLI's default is ConvertSpec.latency_budget_s = 1.0).
@@ -124,11 +126,67 @@ def _number(value: Any, name: str, default: float | None) -> float | None:
     return x
 
 
+def parse_tabular_value(value: Any) -> dict[str, tuple[str, ...]]:
+    """Tabular feeds as the page / API send them: a dict {input: [columns]}, a JSON object, or
+    `INPUT=COL1,COL2,...` lines (as the CLI's --tabular; FIRST..LAST is a range). Blank: none chosen."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return {}
+    if isinstance(value, dict):
+        data = value
+    else:
+        text = str(value).strip()
+        if not text.startswith("{"):
+            return parse_tabular([ln for ln in text.splitlines() if ln.strip()])
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise StudioError(f"Tabular inputs are not valid JSON: {e.msg} (line {e.lineno}, column {e.colno}).",
+                              hint='Send {"features": ["a", "b"]} or lines like features=a,b.') from e
+        if not isinstance(data, dict):
+            raise StudioError("Tabular inputs must be a JSON object of input -> list of columns.")
+    return {str(k): (v,) if isinstance(v, str) else tuple(str(c) for c in v) for k, v in data.items()}
+
+
+def tabular_text(feeds: dict[str, Any]) -> str:
+    """{input: [columns]} -> the `INPUT=COL1,COL2,...` lines shown in the page."""
+    return "\n".join(f"{name}={','.join(cols)}" for name, cols in feeds.items() if cols)
+
+
+def set_feed(text: str, columns: list[str], column: str, choice: str) -> str:
+    """The tabular-inputs text after choosing which input `column` feeds ("auto": the studio decides).
+    Ranges are spelled out (in file order) so that one column can move; a chosen column is appended to its
+    input's list, so the order shown is the order of the choices (edit the text to reorder)."""
+    from ..batch import expand_columns
+    try:
+        feeds = {n: expand_columns(c, columns) for n, c in parse_tabular_value(text).items()}
+    except StudioError:
+        feeds = {}
+    for cols in feeds.values():
+        if column in cols:
+            cols.remove(column)
+    if choice and choice != "auto":
+        feeds.setdefault(choice, []).append(column)
+    return tabular_text(feeds)
+
+
+def feed_choice(text: str, columns: list[str], column: str) -> str:
+    """Which input the tabular-inputs text makes `column` feed ("auto" when it names none)."""
+    from ..batch import expand_columns
+    try:
+        for name, cols in parse_tabular_value(text).items():
+            if column in expand_columns(cols, columns):
+                return name
+    except StudioError:
+        pass
+    return "auto"
+
+
 def spec_from_ui(checkpoint: str | None, sample: str | None, roles: Any = None, opset: Any = OPSET_DEFAULT,
                  exporter: str = "auto", dynamic: Any = DYNAMIC_AXES, dynamic_per_input: Any = None,
                  max_length: Any = 128, atol: Any = ATOL_DEFAULT, rtol: Any = RTOL_DEFAULT,
                  id_dtype: str = "int64", fill_value: Any = None, latency_budget: Any = None,
-                 variants: Any = None, *, out: str | Path, trust_code: bool = False) -> ConvertSpec:
+                 variants: Any = None, tabular: Any = None, *, out: str | Path,
+                 trust_code: bool = False) -> ConvertSpec:
     """The one mapping from the page's controls (or the API's arguments) to a validated ConvertSpec."""
     if not checkpoint:
         raise StudioError("No checkpoint uploaded.", hint="Upload a checkpoint file or a .zip of a model "
@@ -156,7 +214,7 @@ def spec_from_ui(checkpoint: str | None, sample: str | None, roles: Any = None, 
         dynamic_per_input=parse_per_input(dynamic_per_input), max_length=max_len, id_dtype=id_dtype,
         atol=_number(atol, "atol", ATOL_DEFAULT), rtol=_number(rtol, "rtol", RTOL_DEFAULT),
         fill_value=_number(fill_value, "Fill value", None), latency_budget_s=budget,
-        variants=parse_variants(variants), trust_code=bool(trust_code),
+        variants=parse_variants(variants), tabular=parse_tabular_value(tabular), trust_code=bool(trust_code),
     ).validated()
 
 
@@ -299,8 +357,17 @@ def mapping_html(mapping: dict | None, have_model: bool, have_sample: bool) -> s
     tensors = mapping.get("tensors") or {}
     parts = ", ".join(f'<code>{esc(n)}</code> {esc(t["dtype"])}[{", ".join(map(str, t["shape"]))}]'
                       for n, t in tensors.items())
+    feeds = mapping.get("feeds") or {}
+    order = "".join(f'<div class="feeds" data-input="{esc(n)}"><code>{esc(n)}</code> ← '
+                    + ", ".join(f'{esc(f["column"])} [{_index(f)}]' for f in cols) + "</div>"
+                    for n, cols in feeds.items() if len(cols) > 1)
     return (f'<div class="mapping mapping-ok" data-ok="true"><b>✓ Mapping OK.</b> '
-            f'The sample makes: {parts}</div>')
+            f'The sample makes: {parts}{order}</div>')
+
+
+def _index(f: dict) -> str:
+    start, width = int(f["start"]), int(f["width"])
+    return str(start) if width == 1 else f"{start}-{start + width - 1}"
 
 
 def _multiline(text: str) -> str:

@@ -133,7 +133,10 @@ def build(app: "StudioApp") -> gr.Blocks:
             if not cols:
                 gr.HTML('<div class="muted">Columns appear here after a sample is uploaded.</div>')
                 return
+            tab_inputs = list((state or {}).get("tabular_inputs") or [])
             widths = (("column", 3), ("detected type", 2), ("example value", 6), ("role", 3))
+            if tab_inputs:  # which tabular input a column feeds (auto: the studio decides, in file order)
+                widths += (("feeds (tabular)", 3),)
             with gr.Row(elem_classes="map-head"):
                 for label, scale in widths:
                     with gr.Column(scale=scale, min_width=80):
@@ -152,15 +155,30 @@ def build(app: "StudioApp") -> gr.Blocks:
                         dd = gr.Dropdown(list(ROLES), value=c.get("role") or c.get("suggested"), show_label=False,
                                          container=False, interactive=True, elem_classes="role-dd",
                                          elem_id=f"role-{n}")
+                    if tab_inputs:
+                        with gr.Column(scale=3, min_width=120):
+                            feed = gr.Dropdown(["auto"] + tab_inputs, value="auto", show_label=False,
+                                               container=False, interactive=True, elem_classes="feed-dd",
+                                               elem_id=f"feed-{n}")
                     name = gr.State(c["name"])
                     dd.input(app.set_role, inputs=[roles_box, name, dd], outputs=[roles_box],
                              api_visibility="private", queue=False) \
-                        .then(app.check_mapping, inputs=[checkpoint, sample, roles_box, preview_info, fill_value],
-                              outputs=[mapping_box], api_visibility="private", concurrency_id="preview",
+                        .then(app.check_mapping, inputs=check_inputs, outputs=[mapping_box],
+                              api_visibility="private", concurrency_id="preview",
                               concurrency_limit=cfg.max_jobs, trigger_mode="always_last",
                               show_progress="minimal")
+                    if tab_inputs:
+                        feed.input(app.set_feed, inputs=[tabular_box, columns_state, name, feed],
+                                   outputs=[tabular_box], api_visibility="private", queue=False) \
+                            .then(app.check_mapping, inputs=check_inputs, outputs=[mapping_box],
+                                  api_visibility="private", concurrency_id="preview",
+                                  concurrency_limit=cfg.max_jobs, trigger_mode="always_last",
+                                  show_progress="minimal")
 
         mapping_box = gr.HTML(h.mapping_html(None, False, False), elem_id="mapping-status")
+        tabular_box = gr.Textbox(label="Tabular inputs: INPUT=COL1,COL2,... one per line, in feature order "
+                                       "(FIRST..LAST is a range of columns)", lines=1, elem_id="tabular-feeds",
+                                 placeholder="blank: the columns mapped tabular feed the inputs in file order")
 
         # 3. Options --------------------------------------------------------------------------------
         _step(3, "Options")
@@ -250,6 +268,12 @@ def build(app: "StudioApp") -> gr.Blocks:
                                       interactive=False, max_lines=40)
 
         # --- events ---------------------------------------------------------------------------------
+        check_inputs = [checkpoint, sample, roles_box, preview_info, fill_value, tabular_box]  # the mapping check
+        columns_state.change(lambda: "", outputs=[tabular_box], api_visibility="private", queue=False)
+        for ev in (tabular_box.submit, tabular_box.blur):
+            ev(app.check_mapping, inputs=check_inputs, outputs=[mapping_box], api_visibility="private",
+               concurrency_id="preview", concurrency_limit=cfg.max_jobs, trigger_mode="always_last",
+               show_progress="minimal")
         preview_outputs = [model_card, sample_card, preview_table, columns_state, roles_box, mapping_box,
                            preview_info, per_input, per_input_json]
         preview_kw = dict(fn=app.preview, inputs=[checkpoint, sample, dynamic], outputs=preview_outputs,
@@ -273,7 +297,7 @@ def build(app: "StudioApp") -> gr.Blocks:
         export_event = export_btn.click(
             app.convert,
             inputs=[checkpoint, sample, roles_box, opset, exporter, dynamic, per_input_json, max_length, atol, rtol,
-                    id_dtype, fill_value, latency_budget, variants],
+                    id_dtype, fill_value, latency_budget, variants, tabular_box],
             outputs=convert_outputs, api_name="convert", concurrency_id="convert",
             concurrency_limit=cfg.max_jobs, show_progress_on=[verdict], scroll_to_output=True)
         cancel_btn.click(app.cancel, outputs=[verdict], api_name="cancel", cancels=[export_event], queue=False)

@@ -143,15 +143,21 @@ class StudioApp:
         folder.mkdir(mode=0o700, exist_ok=True)
         return str(folder)
 
-    def preview_spec(self, checkpoint: str | None, sample: str | None, fill_value: Any = None) -> ConvertSpec:
+    def preview_spec(self, checkpoint: str | None, sample: str | None, fill_value: Any = None,
+                     tabular: Any = None) -> ConvertSpec:
         """Options a preview / mapping check needs (the loader's trust setting, the fill value)."""
         fill = None
         try:
             fill = None if fill_value in (None, "") else float(fill_value)
         except (TypeError, ValueError):
             pass
+        try:
+            feeds = h.parse_tabular_value(tabular)
+        except StudioError:
+            feeds = {}
         return ConvertSpec(checkpoint=str(checkpoint or "-"), data=str(sample or "-"),
-                           trust_code=self.config.trust_code, fill_value=fill, max_params=self.config.max_params)
+                           trust_code=self.config.trust_code, fill_value=fill, tabular=feeds,
+                           max_params=self.config.max_params)
 
     # --- 1. inputs -------------------------------------------------------------------------------
     def load_demo(self, request: gr.Request = None):
@@ -193,7 +199,8 @@ class StudioApp:
             mapping["error"] = scrub(mapping["error"])
         roles = h.initial_roles(columns, mapping)
         state = {"nonce": uuid.uuid4().hex, "columns": [{**c, "role": roles.get(c["name"], "ignore")}
-                                                        for c in columns]}
+                                                        for c in columns],
+                 "tabular_inputs": [i["name"] for i in (model or {}).get("inputs") or [] if i.get("kind") == "tabular"]}
         per_rows = h.per_input_rows(model, dynamic if dynamic is not None else DYNAMIC_AXES)
         return (
             h.model_html(model, model_error, _name(checkpoint)),
@@ -214,17 +221,24 @@ class StudioApp:
         roles[column] = role
         return json.dumps(roles)
 
+    @staticmethod
+    def set_feed(tabular: str, state: dict | None, column: str, choice: str) -> str:
+        columns = [c["name"] for c in (state or {}).get("columns") or []]
+        return h.set_feed(tabular or "", columns, column, choice)
+
     def check_mapping(self, checkpoint: str | None, sample: str | None, roles_json: str, info: dict | None,
-                      fill_value: float | None = None, request: gr.Request = None) -> str:
+                      fill_value: float | None = None, tabular: str | None = None,
+                      request: gr.Request = None) -> str:
         have_model = bool(info and info.get("model"))
         have_sample = bool(info and info.get("has_sample"))
         if not (checkpoint and sample and have_model and have_sample):
             return h.mapping_html(None, have_model, have_sample)
         try:
             roles = h.parse_roles_value(roles_json)
+            h.parse_tabular_value(tabular)  # a typing error is said here, not ignored
             mapping = self.run_job("check", {"checkpoint": checkpoint, "data": sample, "roles": roles,
                                              "workdir": self._scratch(request),
-                                             "spec": self.preview_spec(checkpoint, sample, fill_value),
+                                             "spec": self.preview_spec(checkpoint, sample, fill_value, tabular),
                                              "label": "mapping check"}, request,
                                    label="mapping check")
         except StudioError as e:
@@ -252,10 +266,12 @@ class StudioApp:
                 dynamic_per_input: str | None = None, max_length: int = 128, atol: float = ATOL_DEFAULT,
                 rtol: float = RTOL_DEFAULT, id_dtype: str = "int64", fill_value: float | None = None,
                 latency_budget: float | None = None, variants: list[str] | str | None = None,
-                request: gr.Request = None, progress=gr.Progress()):
+                tabular: str | dict | None = None, request: gr.Request = None, progress=gr.Progress()):
         """Convert the uploaded checkpoint with the sample rows; returns the artifacts and the report.
         variants: faster artifacts to build beside model.onnx, checked and timed like it: any of
-        optimized, int8, fp16, as a list or a comma string (default none)."""
+        optimized, int8, fp16, as a list or a comma string (default none).
+        tabular: the columns feeding each tabular input, in order: `INPUT=COL1,COL2,...` lines (FIRST..LAST
+        is a range) or a JSON object {input: [columns]} (default: the columns mapped tabular, in file order)."""
         key = _key(request)
         dynamic = list(DYNAMIC_AXES) if dynamic is None else dynamic
         error: StudioError | None = None
@@ -267,7 +283,7 @@ class StudioApp:
             checkpoint, sample = _job_inputs(job_dir, checkpoint, sample)
             spec = h.spec_from_ui(checkpoint, sample, roles, opset, exporter, dynamic, dynamic_per_input,
                                   max_length, atol, rtol, id_dtype, fill_value, latency_budget, variants,
-                                  out=out, trust_code=self.config.trust_code)
+                                  tabular, out=out, trust_code=self.config.trust_code)
             spec = replace(spec, max_params=self.config.max_params).validated()
 
             def on_progress(stage: str, fraction: float) -> None:

@@ -359,7 +359,8 @@ def _mapping(loaded, df, roles: dict[str, str], spec, data: str) -> dict[str, An
         return {"ok": False, "error": str(e), "roles": roles_out, "tensors": {}}
     return {"ok": True, "error": None, "roles": dict(b.roles),
             "tensors": {n: {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
-                        for n, t in b.tensors.items()}}
+                        for n, t in b.tensors.items()},
+            "feeds": {n: [dict(f) for f in parts] for n, parts in b.features.items()}}
 
 
 def task_preview(payload: dict[str, Any], progress) -> dict[str, Any]:

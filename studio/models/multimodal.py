@@ -55,6 +55,9 @@ class MultimodalConfig:
     text_field:  the data column holding the text (e.g. "review").
     text_key / mask_key: keys of input_ids / attention_mask in the forward batch dict.
     tab_fields:  numeric field name -> width (1 for a scalar, k for a k-vector), in feature order.
+    tab_vocab:   categorical fields: field name -> its categories (short strings such as phone / chat /
+                 email), in one-hot order; the field's width in tab_fields is the number of categories.
+                 The sample's column holds the strings; the graph input takes the one-hot block.
     head_hidden, dropout: the MLP head.
     tab_mean / tab_std: per-field normalisation statistics (name -> list of `width` floats);
                  None = identity (mean 0, std 1). The model's buffers are the source of truth;
@@ -73,6 +76,7 @@ class MultimodalConfig:
     tab_mean: dict[str, list[float]] | None = None
     tab_std: dict[str, list[float]] | None = None
     attn_implementation: str = "eager"
+    tab_vocab: dict[str, list[str]] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -110,6 +114,17 @@ class MultimodalConfig:
                                      f"{self.tab_fields[name]}")
                 if stat_name == "tab_std" and any(float(v) <= 0 for v in values):
                     raise ValueError(f"tab_std[{name!r}] must be > 0, got {list(values)!r}")
+        for name, values in (self.tab_vocab or {}).items():
+            if name not in self.tab_fields:
+                raise ValueError(f"tab_vocab names {name!r}, which is not a tabular field")
+            if (not isinstance(values, (list, tuple)) or not values or not all(isinstance(v, str) for v in values)
+                    or len(set(values)) != len(values)):
+                raise ValueError(f"tab_vocab[{name!r}] must be a non-empty list of distinct strings")
+            if len(values) != self.tab_fields[name]:
+                raise ValueError(f"tab_vocab[{name!r}] has {len(values)} categories; the field's width is "
+                                 f"{self.tab_fields[name]} (one-hot: one feature per category)")
+        if self.tab_vocab is not None and not isinstance(self.tab_vocab, dict):
+            raise ValueError("tab_vocab must be a dict field -> list of category strings")
         if int(self.head_hidden) < 1:
             raise ValueError(f"head_hidden must be >= 1, got {self.head_hidden}")
         if not 0.0 <= float(self.dropout) < 1.0:
@@ -142,6 +157,9 @@ class MultimodalConfig:
         kwargs = {k: v for k, v in d.items() if k in known}
         if "tab_fields" in kwargs and isinstance(kwargs["tab_fields"], Mapping):
             kwargs["tab_fields"] = dict(kwargs["tab_fields"])
+        if isinstance(kwargs.get("tab_vocab"), Mapping):
+            kwargs["tab_vocab"] = {str(k): list(v) if isinstance(v, (list, tuple)) else v
+                                   for k, v in kwargs["tab_vocab"].items()}
         if "labels" in kwargs and isinstance(kwargs["labels"], tuple):
             kwargs["labels"] = list(kwargs["labels"])
         try:

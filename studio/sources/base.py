@@ -23,6 +23,8 @@ class ModelInput:
     column: for TABULAR, the sample column that must feed it (None = any tabular column, by order).
     width: for TABULAR, features per row (tensor shape [batch, width]); None = taken from the data.
     required: the model cannot run without it.
+    vocab: for a categorical TABULAR input, its categories in one-hot order: the column's strings are
+           encoded as a one-hot block of width len(vocab).
     """
 
     name: str
@@ -30,6 +32,7 @@ class ModelInput:
     column: str | None = None
     width: int | None = None
     required: bool = True
+    vocab: list[str] | None = None
 
 
 @dataclass
@@ -76,7 +79,8 @@ class LoadedModel:
             "kind": self.kind,
             "path": self.path,
             "inputs": [{"name": i.name, "kind": i.kind, "column": i.column, "width": i.width,
-                        "required": i.required} for i in self.inputs],
+                        "required": i.required, **({"vocab": list(i.vocab)} if i.vocab else {})}
+                       for i in self.inputs],
             "outputs": list(self.output_names),
             "tokenizer": type(self.tokenizer).__name__ if self.tokenizer is not None else None,
             "parameters": self.num_parameters,

@@ -192,7 +192,9 @@ def load(obj: Any, path: str, *, max_params: int | None = None) -> LoadedModel:
     pairs = []
     for column, width in config.tab_fields.items():
         name = python_name(column, taken)
-        inputs.append(ModelInput(name=name, kind=TABULAR, column=column, width=width))
+        vocab = (config.tab_vocab or {}).get(column)
+        inputs.append(ModelInput(name=name, kind=TABULAR, column=column, width=width,
+                                 vocab=list(vocab) if vocab else None))
         pairs.append((column, name))
 
     info: dict[str, Any] = {
@@ -200,6 +202,7 @@ def load(obj: Any, path: str, *, max_params: int | None = None) -> LoadedModel:
         "labels": list(config.labels),
         "text_field": config.text_field,
         "tabular_fields": dict(config.tab_fields),
+        **({"categorical_fields": {k: list(v) for k, v in config.tab_vocab.items()}} if config.tab_vocab else {}),
         "layout": "native" if native else ("lightning" if where.startswith("hyper_parameters") else "plain"),
     }
     if native:

@@ -342,8 +342,26 @@ def load_program(p: Path, shown: str, spec: Any, folders: list[Path]) -> LoadedM
         module = move_exported_model_to_eval(module)
     except Exception:  # older torch, or nothing to switch
         pass
-    return _build("torch-export", ProgramModule(module), params, False, len(sig.user_outputs), shown, spec, folders,
-                  {"architecture": "torch.export program"})
+    loaded = _build("torch-export", ProgramModule(module), params, False, len(sig.user_outputs), shown, spec,
+                    folders, {"architecture": "torch.export program"})
+    widths = program_widths(ep)
+    for inp, param in zip(loaded.inputs, params):
+        if inp.kind == TABULAR and inp.width is None and param in widths:
+            inp.width = widths[param]  # the program was exported for [batch, width]: checked against the data
+    return loaded
+
+
+def program_widths(ep: Any) -> dict[str, int]:
+    """Forward parameter -> the fixed second dimension of a 2-d input, as the program declares it."""
+    user = set(ep.graph_signature.user_inputs)
+    out: dict[str, int] = {}
+    for node in ep.graph.nodes:
+        if node.op != "placeholder" or node.name not in user:
+            continue
+        shape = getattr(node.meta.get("val"), "shape", None)
+        if shape is not None and len(shape) == 2 and isinstance(shape[1], int):  # a torch.SymInt is dynamic
+            out[node.name] = int(shape[1])
+    return out
 
 
 def load_pickled(p: Path, shown: str, spec: Any, folders: list[Path]) -> LoadedModel:
