@@ -346,11 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     for size in [s.strip() for s in args.sizes.split(",") if s.strip()]:
         print(f"== {size}: preparing", file=sys.stderr, flush=True)
         if size == "demo":
-            ckpt, sample = REPO / "assets" / "demo" / "demo_model.pt", REPO / "assets" / "demo" / "sample.csv"
+            ckpt, sample = REPO / "studio" / "demo" / "demo_model.pt", REPO / "studio" / "demo" / "sample.csv"
             if not ckpt.exists():
                 print(f"   skipped: {ckpt} is missing", file=sys.stderr)
                 continue
-            weights, desc, extra, optimum = ckpt.stat().st_size, "the demo model (assets/demo, multimodal text + tabular)", [], {
+            weights, desc, extra, optimum = ckpt.stat().st_size, "the demo model (studio/demo, multimodal text + tabular)", [], {
                 "skipped": "optimum-cli has no exporter for this custom architecture"}
         else:
             ckpt = models.make_bert(work / size, size)

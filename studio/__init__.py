@@ -1,7 +1,7 @@
 """ONNX Studio: turn a PyTorch checkpoint into a verified ONNX artifact.
 
     import studio
-    report = studio.convert(studio.ConvertSpec("assets/demo/demo_model.pt", "assets/demo/sample.csv", out="out"))
+    report = studio.convert(studio.ConvertSpec("studio/demo/demo_model.pt", "studio/demo/sample.csv", out="out"))
     report.ok, report.parity.outputs[0].max_abs_diff
 """
 from __future__ import annotations

@@ -23,7 +23,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 import studio.app  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "assets" / "demo"
+DEMO = REPO / "studio" / "demo"
 ROLES = {"order_id": "ignore", "review": "text", "price": "tabular", "quantity": "tabular", "label": "ignore"}
 
 

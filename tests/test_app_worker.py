@@ -14,7 +14,7 @@ from studio.app.worker import Job, JobError, Limits, run_job
 from studio.spec import ConvertSpec
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "assets" / "demo"
+DEMO = REPO / "studio" / "demo"
 
 
 def _gone(pid: int) -> bool:

@@ -291,7 +291,7 @@ def test_pickle_above_the_size_limit_is_refused(tmp_path, monkeypatch):
 
 
 def test_real_checkpoints_pass_the_budget():
-    demo = REPO / "assets" / "demo" / "demo_model.pt"
+    demo = REPO / "studio" / "demo" / "demo_model.pt"
     budget.check_file(demo, "demo", "torch")  # no exception
     with zipfile.ZipFile(demo) as zf:
         pkl = next(n for n in zf.namelist() if n.endswith("data.pkl"))
@@ -394,7 +394,7 @@ def test_timeout_stops_a_conversion_cleanly(tmp_path):
     """Killed wherever it is after 20 s (the demo's conversion takes longer: latency alone is ~8 s of
     budget), the conversion leaves no output and no build folder."""
     sample = tiny.write_sample(tmp_path / "s.csv")
-    demo = REPO / "assets" / "demo" / "demo_model.pt"
+    demo = REPO / "studio" / "demo" / "demo_model.pt"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "studio", "convert", str(demo), "--data", str(sample),
                            "--out", str(tmp_path / "out"), "--timeout", "20", "--quiet"],
@@ -455,7 +455,7 @@ def test_sigterm_unwinds_a_conversion_without_leftovers(tmp_path):
     import signal
     import time
     sample = tiny.write_sample(tmp_path / "s.csv")
-    demo = REPO / "assets" / "demo" / "demo_model.pt"
+    demo = REPO / "studio" / "demo" / "demo_model.pt"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "studio", "convert", str(demo), "--data", str(sample),
                              "--out", str(tmp_path / "out"), "--quiet"], env=env,

@@ -14,7 +14,7 @@ from studio.models.multimodal import (FORMAT, MultimodalConfig, build_model, che
 from studio.sources import multimodal as source
 from studio.sources.base import ATTENTION_MASK, INPUT_IDS, TABULAR
 
-DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo"
+DEMO = Path(__file__).resolve().parents[1] / "studio" / "demo"
 WORDS = ["good", "bad", "great", "late", "broken", "fits", "price", "the", "is", "was", "item", "."]
 
 

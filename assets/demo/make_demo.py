@@ -2,7 +2,7 @@
 
     python assets/demo/make_demo.py            (CPU, deterministic, well under 2 minutes on 2 cores)
 
-Writes into the package (studio/demo/, shipped as package data; assets/demo/ links to those files):
+Writes into the package (studio/demo/, shipped as package data):
     demo_model.pt   onnx-studio/multimodal v1 checkpoint (text field "review"; tabular "price", "quantity";
                     labels return / keep / complaint), loadable with torch.load(..., weights_only=True)
     sample.csv      8 held-out rows: order_id, review, price, quantity, label
