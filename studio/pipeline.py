@@ -54,7 +54,7 @@ def preview(checkpoint: str | None, data: str | None, spec: ConvertSpec | None =
     if checkpoint:
         out["model"] = sources.load(checkpoint, spec).describe()
     if data:
-        df = batch_mod.read_sample(data)
+        df = batch_mod.read_sample(data, spec.sample_limits if spec is not None else None)
         out["columns"] = [asdict(c) for c in batch_mod.describe_columns(df)]
         out["rows"] = json.loads(df.head(5).to_json(orient="records", default_handler=str))
     return out
@@ -91,7 +91,7 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
     loaded = sources.load(spec.checkpoint, spec)
 
     say("batch", _FRACTION["batch"])
-    df = batch_mod.read_sample(spec.data)
+    df = batch_mod.read_sample(spec.data, spec.sample_limits)
     batch = batch_mod.build_batch(df, loaded, spec.roles, spec, file=str(spec.data))
     tensors = batch.tensors
 
@@ -147,6 +147,7 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
         predictions=_predictions(batch, loaded, onnx_outputs),
         versions=_versions(),
         variants=variant_infos,
+        warnings=list(batch.warnings),
     )
 
     np.savez(work / "sample_inputs.npz", **{n: t.detach().cpu().numpy() for n, t in tensors.items()})
