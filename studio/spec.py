@@ -22,7 +22,7 @@ RTOL_DEFAULT = 1e-3
 SAMPLE_LIMITS_OPTION = "--sample-limits"
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: the app's worker maps over dataclasses in place
 class SampleLimits:
     """What a sample file ("a few real rows") may hold, checked while it is read (studio/batch.py).
 
