@@ -501,7 +501,7 @@ def _read_json(text: str, name: str, limits: SampleLimits) -> dict[str, list]:
 
 def _read_jsonl(text: str, name: str, limits: SampleLimits) -> dict[str, list]:
     records = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 may sit in a string
         if not line.strip():
             continue
         if len(records) == limits.rows:  # refused before the line past the limit is parsed

@@ -214,3 +214,10 @@ def test_a_pathological_txt_sample_is_sniffed_on_its_start_only(tmp_path, monkey
     except BatchError:
         pass  # refused or read: either way, only the start was sniffed
     assert calls and max(calls) <= batch.SNIFF_CHARS
+
+
+def test_jsonl_lines_split_on_newlines_only(tmp_path):
+    p = tmp_path / "s.jsonl"  # U+2028 / U+2029 are legal inside a JSON string; str.splitlines() splits on them
+    p.write_text(json.dumps({"a": "x\u2028y"}, ensure_ascii=False) + "\r\n" + json.dumps({"a": "z"}) + "\n",
+                 encoding="utf-8", newline="")
+    assert read_sample(p)["a"].tolist() == ["x\u2028y", "z"]
