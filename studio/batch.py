@@ -743,7 +743,15 @@ def _check_token_ids(ids: torch.Tensor, model: LoadedModel, text_cols: list[str]
     """A tokenizer that gives ids past the embedding table does not belong to the model: say which token,
     before the model runs (it would fail with an IndexError deep inside)."""
     rows = _embedding_rows(model.module)
-    if rows is None or ids.numel() == 0 or int(ids.max()) < rows:
+    if rows is None:
+        return
+    pad = getattr(model.tokenizer, "pad_token_id", None)
+    if isinstance(pad, int) and not 0 <= pad < rows:  # the shape probes pad with it
+        raise CheckpointError(
+            f"{model.path}: the tokenizer's padding token {getattr(model.tokenizer, 'pad_token', None)!r} has id "
+            f"{pad:,}, past the model's embedding table ({rows:,} rows, ids 0-{rows - 1:,}): the tokenizer "
+            "(vocabulary) does not belong to this model.", hint="Upload the tokenizer files the model was trained with.")
+    if ids.numel() == 0 or int(ids.max()) < rows:
         return
     r, pos = (int(x) for x in (ids >= rows).nonzero()[0])
     bad = int(ids[r, pos])

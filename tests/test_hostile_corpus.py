@@ -134,6 +134,24 @@ def ckpt_vocab_past_embeddings(d, hf, sample):  # was "unexpected IndexError"
     return ["convert", m, "--data", sample]
 
 
+def ckpt_padding_token_past_embeddings(d, hf, sample):  # the shape probes pad with it
+    m = _copy_hf(hf, d / "m")
+    _edit_json(m / "tokenizer.json", lambda t: t["model"]["vocab"].update({"[PAD]": 7000}))
+    rows = d / "rows.csv"
+    rows.write_text("review,label\nthe product,a\ngood box,b\n")  # same length: no padding in the batch
+    return ["convert", m, "--data", rows]
+
+
+def ckpt_pickle_unknown_codec(d, hf, sample):  # was "unexpected LookupError"
+    import codecs
+
+    class Encode:
+        def __reduce__(self):
+            return codecs.encode, ("abc", "no-such-codec")
+    torch.save({"w": Encode()}, d / "model.pt")
+    return ["convert", d / "model.pt", "--data", sample]
+
+
 def zip_header_names_another_file(d, hf, sample):  # was "unexpected BadZipFile"
     z = _zip_folder(hf, d / "model.zip")
     data = bytearray(z.read_bytes())
@@ -325,7 +343,8 @@ def onnx_truncated(d, hf, sample):
 
 CORPUS = [ckpt_truncated, ckpt_random_bytes, ckpt_empty, ckpt_tensor_subclass_rebuild, ckpt_pickle_names_a_function,
           ckpt_safetensors_absurd_header, ckpt_config_not_json, ckpt_config_unknown_type, ckpt_tokenizer_not_json,
-          ckpt_tokenizer_regex_panics, ckpt_vocab_past_embeddings,
+          ckpt_tokenizer_regex_panics, ckpt_vocab_past_embeddings, ckpt_padding_token_past_embeddings,
+          ckpt_pickle_unknown_codec,
           zip_header_names_another_file, zip_bad_crc, zip_truncated, zip_member_escapes, zip_symlink_member,
           zip_inside_zip,
           sample_200mb, sample_million_columns, sample_million_fields_in_a_row, sample_json_200k_keys,
@@ -336,7 +355,7 @@ CORPUS = [ckpt_truncated, ckpt_random_bytes, ckpt_empty, ckpt_tensor_subclass_re
           onnx_garbage, onnx_empty, onnx_truncated]
 
 # the file each case's message must name (the upload at fault)
-NAMES = {"ckpt_tokenizer_regex_panics": "rows.csv", "convert_sample_json_200k_keys": "keys.json",
+NAMES = {"ckpt_tokenizer_regex_panics": "rows.csv", "ckpt_padding_token_past_embeddings": "m", "convert_sample_json_200k_keys": "keys.json",
          "convert_role_for_missing_column": "nope", "convert_bad_sample_limits_option": "--sample-limits"}
 
 
