@@ -246,7 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # a bug, not the user's fault: say so plainly
+    except BaseException as e:  # a bug, not the user's fault: say so plainly
+        if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
+            raise  # SystemExit, GeneratorExit...; a Rust library's panic (pyo3) is a BaseException too
         print(f"error: unexpected {type(e).__name__}: {shown(e, newlines=True)}", file=sys.stderr)
         if getattr(args, "debug", False):
             traceback.print_exc()
