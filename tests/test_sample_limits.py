@@ -221,3 +221,17 @@ def test_jsonl_lines_split_on_newlines_only(tmp_path):
     p.write_text(json.dumps({"a": "x\u2028y"}, ensure_ascii=False) + "\r\n" + json.dumps({"a": "z"}) + "\n",
                  encoding="utf-8", newline="")
     assert read_sample(p)["a"].tolist() == ["x\u2028y", "z"]
+
+
+def test_the_app_preview_reads_with_the_specs_limits(tmp_path):
+    from studio.app import worker
+    p = tmp_path / "keys.json"
+    p.write_text(json.dumps([{"a": {f"k{i}": i for i in range(200_000)}, "b": "x"}]))
+
+    def preview(limits):
+        spec = ConvertSpec("-", str(p), sample_limits=limits)
+        return worker.task_preview({"checkpoint": None, "data": str(p), "spec": spec}, lambda *a: None)
+    refused_ = preview(SampleLimits())
+    assert "past the sample limit keys=100,000" in refused_["data_error"] and not refused_["columns"]
+    read = preview(SampleLimits(keys=200_000))
+    assert read["data_error"] is None and [c["name"] for c in read["columns"]] == ["a", "b"]
