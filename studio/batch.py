@@ -328,7 +328,7 @@ def read_sample(path, limits: SampleLimits | None = None) -> pd.DataFrame:
         columns = _read_jsonl(text, name, limits)
     else:
         columns = _read_json(text, name, limits)
-    df = _frame(columns, name)
+    df = _frame(columns, name, limits)
     df.attrs["file"] = name
     return df
 
@@ -349,12 +349,15 @@ def _over(file: str, limits: SampleLimits, key: str, what: str, **kw) -> BatchEr
                      "(studio convert, studio roles, studio app).", **kw)
 
 
-def _frame(columns: dict[str, list], name: str) -> pd.DataFrame:
+def _frame(columns: dict[str, list], name: str, limits: SampleLimits) -> pd.DataFrame:
     if not columns:
         raise _err(name, "no columns found.")
     rows = len(next(iter(columns.values())))
     if rows == 0:
         raise _err(name, "the file has no data rows (only a header, or an empty list).")
+    if rows * len(columns) > limits.cells:
+        raise _over(name, limits, "cells", f"{rows:,} rows x {len(columns):,} columns are "
+                                           f"{rows * len(columns):,} cells")
     return pd.DataFrame({c: _normalize(v) for c, v in columns.items()}, index=pd.RangeIndex(rows))
 
 
@@ -400,12 +403,13 @@ def _first_line(text: str) -> str:
 
 def _read_delimited(text: str, default: str | None, name: str, limits: SampleLimits) -> dict[str, list]:
     sep = _pick_delimiter(text, default)
-    header = _first_line(text)
-    if header.count(sep) >= limits.columns:  # a quoted separator counts too: the check after parsing is exact
-        raise _over(name, limits, "columns", f"the header line has {header.count(sep) + 1:,} fields")
+    fields = _first_line(text).count(sep) + 1  # a quoted separator counts too: the checks after parsing are exact
+    if fields > limits.columns:
+        raise _over(name, limits, "columns", f"the header line has {fields:,} fields")
+    most = min(limits.rows, max(1, limits.cells // fields))  # data rows worth parsing at all
     try:
         raw = pd.read_csv(io.StringIO(text), sep=sep, header=None, dtype=str, keep_default_na=False,
-                          skip_blank_lines=True, nrows=limits.rows + 2)  # header + rows + one too many
+                          skip_blank_lines=True, nrows=most + 2)  # header + rows + one too many
     except pd.errors.EmptyDataError as e:
         raise _err(name, f"the file is empty ({e}).") from e
     except (pd.errors.ParserError, ValueError, csv.Error) as e:
@@ -421,6 +425,9 @@ def _read_delimited(text: str, default: str | None, name: str, limits: SampleLim
         raise _over(name, limits, "columns", f"the file has {raw.shape[1]:,} columns")
     if raw.shape[0] - 1 > limits.rows:
         raise _over(name, limits, "rows", f"the file has more than {limits.rows:,} data rows")
+    if (raw.shape[0] - 1) * raw.shape[1] > limits.cells:
+        raise _over(name, limits, "cells", f"{raw.shape[1]:,} columns x at least {raw.shape[0] - 1:,} rows are "
+                                           f"more than {limits.cells:,} cells")
     if len(text) > limits.cell:  # else no cell can be longer
         for i in range(raw.shape[1]):
             lengths = raw.iloc[:, i].str.len()

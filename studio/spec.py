@@ -36,6 +36,7 @@ class SampleLimits:
     cell: int = 1_000_000  # characters in one cell, column name or JSON string
     depth: int = 32  # JSON nesting: arrays / objects inside each other
     keys: int = 100_000  # keys in one JSON object (a column object keyed by row needs one per row)
+    cells: int = 1_000_000  # rows x columns: every cell is typed one by one (1M took ~40 s on 2 busy cores)
 
     def hint(self, key: str) -> str:
         return f"{SAMPLE_LIMITS_OPTION} {key}={'SIZE (e.g. 200mb)' if key == 'size' else 'N'}"

@@ -231,6 +231,12 @@ def sample_million_fields_in_a_row(d, hf, sample):
     return _roles(p)
 
 
+def sample_two_million_cells(d, hf, sample):  # typing them one by one took minutes
+    p = d / "cells.csv"
+    p.write_text(",".join(f"c{i}" for i in range(2000)) + "\n" + (",".join(["1"] * 2000) + "\n") * 1000)
+    return _roles(p)
+
+
 def sample_json_200k_keys(d, hf, sample):
     p = d / "keys.json"
     p.write_text(json.dumps({f"k{i}": i for i in range(200_000)}))
@@ -347,7 +353,7 @@ CORPUS = [ckpt_truncated, ckpt_random_bytes, ckpt_empty, ckpt_tensor_subclass_re
           ckpt_pickle_unknown_codec,
           zip_header_names_another_file, zip_bad_crc, zip_truncated, zip_member_escapes, zip_symlink_member,
           zip_inside_zip,
-          sample_200mb, sample_million_columns, sample_million_fields_in_a_row, sample_json_200k_keys,
+          sample_200mb, sample_million_columns, sample_two_million_cells, sample_million_fields_in_a_row, sample_json_200k_keys,
           sample_json_nested_100k, sample_jsonl_nested_100k, sample_long_cell, sample_too_many_rows,
           sample_binary, sample_empty, sample_unsupported_suffix, sample_duplicate_columns, sample_invalid_json,
           sample_ragged_csv, sample_json_scalar,
@@ -420,7 +426,8 @@ def test_hostile_input_through_python_m_studio(build, hf, tmp_path):
 def test_the_messages_name_the_limit_and_the_option(hf, tmp_path, capsys):
     for build, limit in ((sample_200mb, "size="), (sample_million_columns, "columns="),
                          (sample_json_200k_keys, "keys="), (sample_json_nested_100k, "depth="),
-                         (sample_long_cell, "cell="), (sample_too_many_rows, "rows=")):
+                         (sample_long_cell, "cell="), (sample_too_many_rows, "rows="),
+                         (sample_two_million_cells, "cells=")):
         d = tmp_path / build.__name__
         d.mkdir()
         assert cli_main([str(a) for a in build(d, hf, None)]) == 2

@@ -84,6 +84,22 @@ def test_rows(tmp_path, fmt):
     refused(write(5), limits, "rows")
 
 
+@pytest.mark.parametrize("suffix", ["csv", "json"])
+def test_cells(tmp_path, suffix):
+    def write(rows):
+        p = tmp_path / f"s{rows}.{suffix}"
+        if suffix == "csv":  # a broken line past the limit: never parsed
+            p.write_text("a,b,c\n" + "1,2,3\n" * rows + '"unclosed,4\n')
+        else:
+            p.write_text(json.dumps([{"a": 1, "b": 2, "c": 3}] * rows))
+        return p
+    limits = SampleLimits(cells=12)
+    if suffix == "json":
+        assert read_sample(write(4), limits).shape == (4, 3)
+    err = refused(write(5), limits, "cells")
+    assert "more than 12 cells" in str(err) if suffix == "csv" else "15 cells" in str(err)
+
+
 def test_rows_default_is_refused_before_the_rest_is_parsed(tmp_path):
     p = tmp_path / "s.jsonl"
     # line 10,002 is not JSON: the rows limit stops reading at line 10,001, so it is never parsed
