@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 from .errors import (BatchError, CheckpointError, ExportError, OpsetMismatchError, ShapeError, StudioError,
                      ToleranceError, UnsafeCheckpointError, UnsafePathError)
 from .report import Report
-from .spec import ConvertSpec
+from .spec import ConvertSpec, SampleLimits
 
 
 def convert(spec: ConvertSpec | None = None, /, progress=None, **options) -> Report:
@@ -31,10 +31,11 @@ def load_checkpoint(path, spec: ConvertSpec | None = None):
     return load(path, spec)
 
 
-def read_sample(path):
-    """Read a sample file (CSV / TSV / JSON / JSONL) into a pandas DataFrame."""
+def read_sample(path, limits=None):
+    """Read a sample file (CSV / TSV / JSON / JSONL) into a pandas DataFrame. limits: a SampleLimits
+    (or "rows=N,..."); default: the studio's sample limits."""
     from .batch import read_sample as _read
-    return _read(path)
+    return _read(path, limits)
 
 
 def build_batch(df, model, roles: dict[str, str] | None = None, spec: ConvertSpec | None = None):
@@ -55,7 +56,7 @@ def inspect_onnx(path):
     return graph_info(Path(path)), check(Path(path))
 
 
-__all__ = ["convert", "ConvertSpec", "Report", "load_checkpoint", "read_sample", "build_batch",
+__all__ = ["convert", "ConvertSpec", "SampleLimits", "Report", "load_checkpoint", "read_sample", "build_batch",
            "suggest_roles", "inspect_onnx", "StudioError", "CheckpointError", "UnsafeCheckpointError",
            "BatchError", "ExportError", "OpsetMismatchError", "ShapeError", "ToleranceError",
            "UnsafePathError", "__version__"]

@@ -16,6 +16,7 @@ import io
 import json
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -24,8 +25,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .errors import BatchError
-from .spec import ROLES
+from .errors import BatchError, CheckpointError
+from .spec import ROLES, SampleLimits, parse_sample_limits
 from .sources.base import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, LoadedModel, ModelInput
 
 ROW_CONVENTION = "1-based, header not counted"
@@ -35,6 +36,7 @@ JSON_SUFFIXES = (".json",)
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 SUPPORTED_SUFFIXES = tuple(CSV_SUFFIXES) + JSON_SUFFIXES + JSONL_SUFFIXES
 SNIFF_DELIMITERS = ",\t;|"
+SNIFF_CHARS = 4096  # csv.Sniffer is quadratic in its input (64 KiB of `,"` took 48 s): sniff the start only
 
 # Cells holding one of these count as empty in number / bool / vector columns (never in text columns).
 NA_TOKENS = {"na", "n/a", "nan", "null", "none", "-nan"}
@@ -85,7 +87,8 @@ class Batch:
     widths: dict[str, int] = field(default_factory=dict)  # tabular graph input -> features per row
     # tabular graph input -> [{"column", "start", "width"}]: which feature indices each column fills
     features: dict[str, list[dict]] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)  # odd cells that were used as they are (empty text, ...)
+    # odd cells used as they are (empty text, ...), the max length lowered to the model's positions, ...
+    warnings: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -125,7 +128,7 @@ def _parse_vector_str(s: str) -> list | None:
         return None
     try:
         v = json.loads(t)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: "[[[[...]]]]" nested past the parser's guard
         return None
     return v if isinstance(v, list) and _numeric_list(v) else None
 
@@ -284,14 +287,18 @@ def _err(file: str, message: str, **kw) -> BatchError:
     return BatchError(f"{file}: {message}" if file else message, file=file or None, **kw)
 
 
-def read_sample(path) -> pd.DataFrame:
+def read_sample(path, limits: SampleLimits | None = None) -> pd.DataFrame:
     """Read a sample file (CSV, TSV, JSON, JSONL) into a frame. Raises BatchError naming the file.
 
     Every cell is read as written and typed per column afterwards: a column becomes numbers only when
     every non-empty cell is a plain number (zero-padded codes like "00123" keep the column as strings),
     bools when every cell is true/false, lists when every cell is a JSON array of numbers. The same
     content gives the same frame whatever the format. `df.attrs["file"]` holds the file name.
+
+    limits: what the file may hold (size, rows, columns, cell length, JSON depth and keys), checked while
+    it is read; default `SampleLimits()`. Going past one is a BatchError naming the limit.
     """
+    limits = parse_sample_limits(limits)
     p = Path(path).expanduser()
     name = p.name or str(path)
     if not p.exists():
@@ -303,7 +310,10 @@ def read_sample(path) -> pd.DataFrame:
         raise _err(name, f"unsupported sample file type {suffix or '(no extension)'!r}.",
                    hint=f"Supported: {', '.join(SUPPORTED_SUFFIXES)} (CSV/TSV with a header row, "
                         "JSON records or columns, JSON Lines).")
-    raw = p.read_bytes()
+    with open(p, "rb") as f:  # never more than the limit in memory, whatever the file's size says
+        raw = f.read(limits.size + 1)
+    if len(raw) > limits.size:
+        raise _over(name, limits, "size", f"the file is larger than {_bytes(limits.size)}")
     if not raw.strip():
         raise _err(name, "the file is empty.")
     if b"\x00" in raw[:8192]:
@@ -313,24 +323,44 @@ def read_sample(path) -> pd.DataFrame:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         text = raw.decode("latin-1")  # never fails; Excel-style exports are usually cp1252/latin-1
+    del raw
 
     if suffix in CSV_SUFFIXES:
-        columns = _read_delimited(text, CSV_SUFFIXES[suffix], name)
+        columns = _read_delimited(text, CSV_SUFFIXES[suffix], name, limits)
     elif suffix in JSONL_SUFFIXES:
-        columns = _read_jsonl(text, name)
+        columns = _read_jsonl(text, name, limits)
     else:
-        columns = _read_json(text, name)
-    df = _frame(columns, name)
+        columns = _read_json(text, name, limits)
+    df = _frame(columns, name, limits)
     df.attrs["file"] = name
     return df
 
 
-def _frame(columns: dict[str, list], name: str) -> pd.DataFrame:
+def _bytes(n: int) -> str:
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= size:
+            return f"{n / size:g} {unit}"
+    return f"{n:,} bytes"
+
+
+def _over(file: str, limits: SampleLimits, key: str, what: str, **kw) -> BatchError:
+    """The error for a sample past one of its limits: what was found, the limit, the option raising it."""
+    value = getattr(limits, key)
+    shown = _bytes(value) if key == "size" else f"{value:,}"
+    return _err(file, f"{what}: past the sample limit {key}={shown}.",
+                hint=f"The sample is a few real rows: cut it down, or raise the limit: {limits.hint(key)} "
+                     "(studio convert, studio roles, studio app).", **kw)
+
+
+def _frame(columns: dict[str, list], name: str, limits: SampleLimits) -> pd.DataFrame:
     if not columns:
         raise _err(name, "no columns found.")
     rows = len(next(iter(columns.values())))
     if rows == 0:
         raise _err(name, "the file has no data rows (only a header, or an empty list).")
+    if rows * len(columns) > limits.cells:
+        raise _over(name, limits, "cells", f"{rows:,} rows x {len(columns):,} columns are "
+                                           f"{rows * len(columns):,} cells")
     return pd.DataFrame({c: _normalize(v) for c, v in columns.items()}, index=pd.RangeIndex(rows))
 
 
@@ -339,33 +369,50 @@ def _check_names(names: list[str], name: str) -> list[str]:
     for i, n in enumerate(names):
         n = "" if n is None or (isinstance(n, float) and math.isnan(n)) else str(n).strip()
         out.append(n or f"Unnamed: {i}")
-    dupes = sorted({n for n in out if out.count(n) > 1})
+    dupes = _duplicates(out)
     if dupes:
         raise _err(name, f"duplicate column name(s): {', '.join(map(repr, dupes))}.",
                    column=dupes[0], hint="Rename the columns so that each name is unique.")
     return out
 
 
+def _duplicates(names: list[str]) -> list[str]:
+    """Names that occur more than once, sorted (one pass: a file may have thousands of columns)."""
+    return sorted(n for n, k in Counter(names).items() if k > 1)
+
+
 def _pick_delimiter(text: str, default: str | None) -> str:
-    header = next((ln for ln in text.splitlines() if ln.strip()), "")
+    header = _first_line(text)
     if default == "\t":
         return "\t"
     if default == "," and ("," in header or not any(d in header for d in ";\t|")):
         return ","
     # Unsure (.txt, or a .csv whose header has no comma): sniff, then fall back to the header's counts.
     try:
-        return csv.Sniffer().sniff(text[:65536], delimiters=SNIFF_DELIMITERS).delimiter
+        return csv.Sniffer().sniff(text[:SNIFF_CHARS], delimiters=SNIFF_DELIMITERS).delimiter
     except csv.Error:
         counts = {d: header.count(d) for d in SNIFF_DELIMITERS}
         best = max(counts, key=counts.get)
         return best if counts[best] else ","
 
 
-def _read_delimited(text: str, default: str | None, name: str) -> dict[str, list]:
+def _first_line(text: str) -> str:
+    """The first non-blank line, without splitting the whole file."""
+    for m in re.finditer(r"[^\r\n]*", text):
+        if m.group().strip():
+            return m.group()
+    return ""
+
+
+def _read_delimited(text: str, default: str | None, name: str, limits: SampleLimits) -> dict[str, list]:
     sep = _pick_delimiter(text, default)
+    fields = _first_line(text).count(sep) + 1  # a quoted separator counts too: the checks after parsing are exact
+    if fields > limits.columns:
+        raise _over(name, limits, "columns", f"the header line has {fields:,} fields")
+    most = min(limits.rows, max(1, limits.cells // fields))  # data rows worth parsing at all
     try:
         raw = pd.read_csv(io.StringIO(text), sep=sep, header=None, dtype=str, keep_default_na=False,
-                          skip_blank_lines=True)
+                          skip_blank_lines=True, nrows=most + 2)  # header + rows + one too many
     except pd.errors.EmptyDataError as e:
         raise _err(name, f"the file is empty ({e}).") from e
     except (pd.errors.ParserError, ValueError, csv.Error) as e:
@@ -373,10 +420,26 @@ def _read_delimited(text: str, default: str | None, name: str) -> dict[str, list
         m = re.search(r"line (\d+)", msg)
         where = f" (file line {m.group(1)})" if m else ""
         raise _err(name, f"could not be parsed as {'tab' if sep == chr(9) else repr(sep)}-separated "
-                         f"text{where}: {msg}",
+                         f"text{where}: {msg[:500]}",
                    hint="Check quoting and that every row has as many fields as the header.") from e
     if raw.shape[0] == 0:
         raise _err(name, "the file is empty.")
+    if raw.shape[1] > limits.columns:
+        raise _over(name, limits, "columns", f"the file has {raw.shape[1]:,} columns")
+    if raw.shape[0] - 1 > limits.rows:
+        raise _over(name, limits, "rows", f"the file has more than {limits.rows:,} data rows")
+    if (raw.shape[0] - 1) * raw.shape[1] > limits.cells:
+        raise _over(name, limits, "cells", f"{raw.shape[1]:,} columns x at least {raw.shape[0] - 1:,} rows are "
+                                           f"more than {limits.cells:,} cells")
+    if len(text) > limits.cell:  # else no cell can be longer
+        for i in range(raw.shape[1]):
+            lengths = raw.iloc[:, i].str.len()
+            if int(lengths.max()) > limits.cell:
+                row = int(lengths.to_numpy().argmax())
+                col = _shorten(raw.iat[0, i]) if row else f"{i + 1}"
+                where = f"the name of column {i + 1}" if row == 0 else f"column {col!r}, {_row(row - 1)}"
+                raise _over(name, limits, "cell", f"{where} holds {int(lengths.max()):,} characters",
+                            row=row or None)
     names = _check_names(raw.iloc[0].tolist(), name)
     body = raw.iloc[1:]
     return {n: body.iloc[:, i].tolist() for i, n in enumerate(names)}
@@ -386,44 +449,75 @@ class _DuplicateKey(ValueError):
     pass
 
 
-def _no_duplicates(pairs):
-    seen: dict = {}
-    for k, v in pairs:
-        if k in seen:
-            raise _DuplicateKey(k)
-        seen[k] = v
-    return seen
-
-
-def _loads(text: str):
-    return json.loads(text, object_pairs_hook=_no_duplicates)
-
-
-def _read_json(text: str, name: str) -> dict[str, list]:
+def _loads(text: str, name: str, limits: SampleLimits, where: str = ""):
+    """json.loads with the sample's limits: keys per object while parsing, then depth and string length."""
+    def pairs_hook(pairs):
+        if len(pairs) > limits.keys:
+            raise _over(name, limits, "keys", f"{where}a JSON object has {len(pairs):,} keys")
+        seen: dict = {}
+        for k, v in pairs:
+            if k in seen:
+                raise _DuplicateKey(k)
+            seen[k] = v
+        return seen
     try:
-        obj = _loads(text)
+        obj = json.loads(text, object_pairs_hook=pairs_hook)
+    except RecursionError as e:  # the C parser's own guard, far past any sample limit
+        raise _over(name, limits, "depth", f"{where}the JSON is nested more than {limits.depth} levels deep "
+                                           "(deeper than the JSON reader goes)") from e
+    _check_tree(obj, name, limits, where)
+    return obj
+
+
+def _check_tree(obj: Any, name: str, limits: SampleLimits, where: str = "") -> None:
+    """Nesting depth and string lengths of parsed JSON, without recursion (the JSON is untrusted)."""
+    stack = [(obj, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, str):
+            if len(v) > limits.cell:
+                raise _over(name, limits, "cell", f"{where}a JSON string holds {len(v):,} characters")
+            continue
+        if not isinstance(v, (dict, list)):
+            continue
+        if depth > limits.depth:
+            raise _over(name, limits, "depth", f"{where}the JSON is nested more than {limits.depth} levels deep")
+        if isinstance(v, dict):
+            for k in v:
+                if len(k) > limits.cell:
+                    raise _over(name, limits, "cell", f"{where}a JSON key holds {len(k):,} characters")
+            stack.extend((x, depth + 1) for x in v.values())
+        else:
+            stack.extend((x, depth + 1) for x in v)
+
+
+def _read_json(text: str, name: str, limits: SampleLimits) -> dict[str, list]:
+    try:
+        obj = _loads(text, name, limits)
     except _DuplicateKey as e:
         raise _err(name, f"duplicate column name {e.args[0]!r} (a key repeated in one object).",
                    column=str(e.args[0])) from e
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # several JSON values one after another: JSON Lines with a .json name
             try:
-                return _read_jsonl(text, name)
+                return _read_jsonl(text, name, limits)
             except BatchError:
                 pass
         raise _err(name, f"is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}.",
                    hint="Expected an array of records [{...}, ...], columns {\"col\": [...]}, "
                         "or {\"data\": [records]}.") from e
-    return _json_columns(obj, name)
+    return _json_columns(obj, name, limits)
 
 
-def _read_jsonl(text: str, name: str) -> dict[str, list]:
+def _read_jsonl(text: str, name: str, limits: SampleLimits) -> dict[str, list]:
     records = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 may sit in a string
         if not line.strip():
             continue
+        if len(records) == limits.rows:  # refused before the line past the limit is parsed
+            raise _over(name, limits, "rows", f"the file has more than {limits.rows:,} records")
         try:
-            rec = _loads(line)
+            rec = _loads(line, name, limits, where=f"line {lineno}: ")
         except _DuplicateKey as e:
             raise _err(name, f"line {lineno}: duplicate column name {e.args[0]!r}.", column=str(e.args[0])) from e
         except json.JSONDecodeError as e:
@@ -434,12 +528,14 @@ def _read_jsonl(text: str, name: str) -> dict[str, list]:
         records.append(rec)
     if not records:
         raise _err(name, "the file has no records.")
-    return _records(records, name)
+    return _records(records, name, limits)
 
 
-def _records(records: list, name: str, what: str = "item") -> dict[str, list]:
+def _records(records: list, name: str, limits: SampleLimits, what: str = "item") -> dict[str, list]:
     if not records:
         raise _err(name, "the file has no data rows (an empty list of records).")
+    if len(records) > limits.rows:
+        raise _over(name, limits, "rows", f"the file has {len(records):,} records")
     cols: dict[str, None] = {}
     for i, rec in enumerate(records, 1):
         if not isinstance(rec, dict):
@@ -447,6 +543,9 @@ def _records(records: list, name: str, what: str = "item") -> dict[str, list]:
                              "key per column.", row=i)
         for k in rec:
             cols.setdefault(str(k), None)
+        if len(cols) > limits.columns:
+            raise _over(name, limits, "columns", f"the records have more than {limits.columns:,} different "
+                                                 f"keys (columns) by {what} {i}", row=i)
     return {c: [rec.get(c) for rec in records] for c in cols}
 
 
@@ -454,7 +553,7 @@ def _int_keys(keys: Iterable) -> bool:
     return all(isinstance(k, str) and _INT_RE.match(k) for k in keys)
 
 
-def _json_columns(obj: Any, name: str) -> dict[str, list]:
+def _json_columns(obj: Any, name: str, limits: SampleLimits) -> dict[str, list]:
     if isinstance(obj, list):
         if obj and all(isinstance(r, list) for r in obj):  # pandas orient="values": rows without names
             for i, r in enumerate(obj, 1):
@@ -462,7 +561,7 @@ def _json_columns(obj: Any, name: str) -> dict[str, list]:
                     raise _err(name, f"row {i} ({ROW_CONVENTION}) has {len(r)} values, expected "
                                      f"{len(obj[0])} (as in row 1).", row=i)
             return {str(j): [r[j] for r in obj] for j in range(len(obj[0]))}
-        return _records(obj, name)
+        return _records(obj, name, limits)
     if not isinstance(obj, dict):
         raise _err(name, f"holds a JSON {type(obj).__name__}; expected an array of records or an object "
                          "of columns.")
@@ -474,35 +573,47 @@ def _json_columns(obj: Any, name: str) -> dict[str, list]:
         if split or (data and all(isinstance(r, dict) for r in data)):
             if split:
                 # pandas orient="split": {"columns": [...], "data": [[...], ...]}
+                if len(obj["columns"]) > limits.columns:
+                    raise _over(name, limits, "columns", f"\"columns\" lists {len(obj['columns']):,} names")
+                if len(data) > limits.rows:
+                    raise _over(name, limits, "rows", f"\"{key}\" holds {len(data):,} rows")
                 names = _check_names(obj["columns"], name)
                 for i, r in enumerate(data, 1):
                     if len(r) != len(names):
                         raise _err(name, f"row {i} ({ROW_CONVENTION}) has {len(r)} values, "
                                          f"expected {len(names)} (one per column).", row=i)
                 return {n: [r[j] for r in data] for j, n in enumerate(names)}
-            return _records(data, name, what=f'"{key}" item')
+            return _records(data, name, limits, what=f'"{key}" item')
     if not obj:
         raise _err(name, "the JSON object is empty.")
+    if len(obj) > limits.columns:
+        raise _over(name, limits, "columns", f"the JSON object has {len(obj):,} keys (columns)")
     values = list(obj.values())
     if all(isinstance(v, list) for v in values):  # {"col": [..], ...}
         lengths = {k: len(v) for k, v in obj.items()}
         if len(set(lengths.values())) > 1:
             raise _err(name, "columns have different lengths: "
-                             + ", ".join(f"{k!r}: {n}" for k, n in lengths.items()) + ".")
+                             + ", ".join(f"{k!r}: {n}" for k, n in list(lengths.items())[:20]) + ".")
+        if values and len(values[0]) > limits.rows:
+            raise _over(name, limits, "rows", f"the columns hold {len(values[0]):,} rows")
         return {str(k): list(v) for k, v in obj.items()}
     if all(isinstance(v, dict) for v in values) and _int_keys(obj) and not _int_keys(
             {k for v in values for k in v}):  # pandas orient="index": {"0": {"col": v, ...}, ...}
-        return _records(values, name, what="row")
+        return _records(values, name, limits, what="row")
     if all(isinstance(v, dict) for v in values):  # pandas orient="columns": {"col": {"0": v, ...}}
         index: dict[str, None] = {}
         for v in values:
             for k in v:
                 index.setdefault(k, None)
+            if len(index) > limits.rows:
+                raise _over(name, limits, "rows", f"the columns hold more than {limits.rows:,} rows")
         return {str(c): [v.get(k) for k in index] for c, v in obj.items()}
     if not any(isinstance(v, (list, dict)) for v in values):  # one record
         return {str(k): [v] for k, v in obj.items()}
     raise _err(name, "mixes lists and single values at the top level; expected an array of records, "
                      "an object of equal-length column lists, or {\"data\": [records]}.")
+
+
 
 
 # --------------------------------------------------------------------------------------------------
@@ -513,7 +624,7 @@ def _prepared(df: pd.DataFrame, file: str) -> pd.DataFrame:
     if not isinstance(df, pd.DataFrame):
         raise BatchError(f"Expected a pandas DataFrame, got {type(df).__name__}.", file=file or None)
     names = [str(c) for c in df.columns]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    dupes = _duplicates(names)
     if dupes:
         raise _err(file, f"duplicate column name(s): {', '.join(map(repr, dupes))}.", column=dupes[0])
     if list(df.columns) != names or not isinstance(df.index, pd.RangeIndex) or df.index.start != 0:
@@ -653,13 +764,74 @@ def _rows_text(rows: list[int], limit: int = 10) -> str:
     return f"row{'s' if len(rows) > 1 else ''} {shown} ({ROW_CONVENTION})"
 
 
+def _model_positions(module: Any) -> int | None:
+    """Token positions the model's absolute position-embedding table holds (None: it has none)."""
+    for sub in module.modules() if isinstance(module, torch.nn.Module) else ():
+        table = getattr(sub, "position_embeddings", None)
+        if isinstance(table, torch.nn.Embedding):
+            pad = getattr(sub, "padding_idx", None)  # RoBERTa-style: positions start after the padding id
+            return table.num_embeddings - (pad + 1 if isinstance(pad, int) and pad >= 0 else 0)
+    return None
+
+
+def _embedding_rows(module: Any) -> int | None:
+    """Rows of the model's token-embedding table (the largest token id it can take + 1), if it has one."""
+    for sub in module.modules() if isinstance(module, torch.nn.Module) else ():
+        table = getattr(sub, "word_embeddings", None)
+        if isinstance(table, torch.nn.Embedding):
+            return table.num_embeddings
+    try:
+        table = module.get_input_embeddings()
+    except Exception:  # noqa: BLE001 - not a transformers model: nothing to check against
+        return None
+    return table.num_embeddings if isinstance(table, torch.nn.Embedding) else None
+
+
+def _check_token_ids(ids: torch.Tensor, model: LoadedModel, text_cols: list[str], file: str) -> None:
+    """A tokenizer that gives ids past the embedding table does not belong to the model: say which token,
+    before the model runs (it would fail with an IndexError deep inside)."""
+    rows = _embedding_rows(model.module)
+    if rows is None:
+        return
+    pad = getattr(model.tokenizer, "pad_token_id", None)
+    if isinstance(pad, int) and not 0 <= pad < rows:  # the shape probes pad with it
+        raise CheckpointError(
+            f"{model.path}: the tokenizer's padding token {getattr(model.tokenizer, 'pad_token', None)!r} has id "
+            f"{pad:,}, past the model's embedding table ({rows:,} rows, ids 0-{rows - 1:,}): the tokenizer "
+            "(vocabulary) does not belong to this model.", hint="Upload the tokenizer files the model was trained with.")
+    if ids.numel() == 0 or int(ids.max()) < rows:
+        return
+    r, pos = (int(x) for x in (ids >= rows).nonzero()[0])
+    bad = int(ids[r, pos])
+    try:
+        token = model.tokenizer.convert_ids_to_tokens(bad)
+    except Exception:  # noqa: BLE001 - the id is the fact; its text is a courtesy
+        token = None
+    what = f"token {token!r} (id {bad:,})" if isinstance(token, str) else f"token id {bad:,}"
+    raise CheckpointError(
+        f"{model.path}: the tokenizer turns {what} in column {text_cols[0]!r}, {_row(r)} of {file or 'the sample'} "
+        f"into an id past the model's embedding table ({rows:,} rows, ids 0-{rows - 1:,}): the tokenizer "
+        "(vocabulary) does not belong to this model.",
+        hint="Upload the tokenizer files the model was trained with.")
+
+
+def _is_panic(e: BaseException) -> bool:
+    """pyo3's PanicException (a Rust tokenizer panicking, e.g. a regex past its retry limit) derives from
+    BaseException, not Exception; it is not importable by name."""
+    return type(e).__name__ == "PanicException"
+
+
 def _tokenize(df: pd.DataFrame, model: LoadedModel, text_cols: list[str], spec: Any, file: str,
               id_dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], dict, list[str]]:
     tok = model.tokenizer
-    max_length = int(getattr(spec, "max_length", 128))
+    requested = max_length = int(getattr(spec, "max_length", 128))
     model_max = getattr(tok, "model_max_length", None)
     if isinstance(model_max, int) and 0 < model_max < 1_000_000 and model_max < max_length:
         max_length = model_max  # never ask for more positions than the tokenizer says the model has
+    positions = _model_positions(model.module)
+    clamped = positions is not None and 2 <= positions < max_length
+    if clamped:
+        max_length = positions  # nor more than the model's position table holds, whatever the tokenizer says
     settings = {"max_length": max_length, "padding": "longest", "truncation": True,
                 "id_dtype": getattr(spec, "id_dtype", "int64"), "pair": len(text_cols) == 2}
     kinds = {i.kind for i in model.text_inputs}
@@ -677,10 +849,22 @@ def _tokenize(df: pd.DataFrame, model: LoadedModel, text_cols: list[str], spec: 
                   truncation=True, max_length=max_length, return_tensors="pt",
                   return_attention_mask=ATTENTION_MASK in kinds,
                   return_token_type_ids=True if TOKEN_TYPE_IDS in kinds else None)
-    except Exception as e:  # a tokenizer failure is an input problem the user must see
+    except BaseException as e:  # a tokenizer failure is an input problem the user must see
+        if not (isinstance(e, Exception) or _is_panic(e)):
+            raise
+        first_line = (str(e).strip().splitlines() or [""])[0][:300]
         raise _err(file, f"the tokenizer failed on column(s) {', '.join(map(repr, text_cols))}: "
-                         f"{type(e).__name__}: {e}") from e
+                         f"{'the tokenizer crashed (Rust panic)' if _is_panic(e) else type(e).__name__}: "
+                         f"{first_line}",
+                   hint="The checkpoint's tokenizer files (tokenizer.json: its pre-tokenizer / normalizer "
+                        "patterns) are broken or hostile." if _is_panic(e) else None) from e
     ids = enc["input_ids"]
+    _check_token_ids(ids, model, text_cols, file)
+    if clamped and ids.shape[-1] >= max_length:
+        said = f" (its tokenizer says {model_max:,})" if isinstance(model_max, int) and model_max > positions \
+            and model_max < 1_000_000 else ""
+        warnings.append(f"max length {requested} is more than the model's {positions} token positions{said}: "
+                        f"text was cut at {positions} tokens.")
     by_kind = {
         INPUT_IDS: ids,
         ATTENTION_MASK: enc.get("attention_mask") if enc.get("attention_mask") is not None
@@ -1039,7 +1223,8 @@ def build_batch(df: pd.DataFrame, model: LoadedModel, roles: dict[str, str] | No
             raise _err(file, f"{len(text_cols)} columns are mapped text ({', '.join(map(repr, text_cols))}); "
                              f"{what}.", column=text_cols[limit],
                        hint=f"Map the others to ignore (e.g. --role {text_cols[limit]}=ignore).")
-        text_tensors, settings, warnings = _tokenize(df, model, text_cols, spec, file, id_dtype)
+        text_tensors, settings, tok_warnings = _tokenize(df, model, text_cols, spec, file, id_dtype)
+        warnings += tok_warnings
         tensors.update(text_tensors)
     elif any(i.required for i in model.text_inputs):
         cands = _string_columns(df)

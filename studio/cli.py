@@ -12,7 +12,24 @@ import traceback
 
 from .errors import StudioError
 from .spec import (ATOL_DEFAULT, DYNAMIC_AXES, EXPORTERS, HEADS, ID_DTYPES, MAX_PARAMS_DEFAULT, OPSET_DEFAULT,
-                   RTOL_DEFAULT, VARIANTS, ConvertSpec, parse_roles, parse_tabular)
+                   RTOL_DEFAULT, SAMPLE_LIMITS_OPTION, VARIANTS, ConvertSpec, SampleLimits, parse_roles,
+                   parse_sample_limits, parse_tabular)
+
+SAMPLE_LIMITS_HELP = ("what the sample file may hold, e.g. rows=50000,size=200mb (defaults: "
+                      + ", ".join(f"{k}={v}" for k, v in vars(SampleLimits()).items()) + ")")
+
+
+def shown(value, *, newlines: bool = False) -> str:
+    """Text from an upload (a column name, a metadata value, a path, a message quoting them), safe to
+    print: control characters (terminal escape codes), other invisible or line-breaking characters become
+    visible escapes like \\x1b, so nothing printed can move the cursor, clear the screen or forge a line.
+    newlines=True keeps line breaks (multi-line messages of our own)."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    if newlines:
+        return "\n".join(shown(line) for line in text.split("\n"))
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _csv_list(value: str) -> tuple[str, ...]:
@@ -78,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the conversion in a child process stopped above this much memory (default: no limit)")
     c.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="stop the conversion after this long (default: no limit)")
+    c.add_argument(SAMPLE_LIMITS_OPTION, default=None, metavar="KEY=N,...", help=SAMPLE_LIMITS_HELP)
     c.add_argument("--out", default="studio-out", metavar="DIR", help="output folder (default ./studio-out)")
     c.add_argument("--json", action="store_true", help="print report.json to stdout instead of the summary")
     c.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -94,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("roles", help="show a sample file's columns and their suggested roles",
                        description="Read SAMPLE and print each column's detected type, example and suggested role.")
     r.add_argument("data", metavar="SAMPLE")
+    r.add_argument(SAMPLE_LIMITS_OPTION, default=None, metavar="KEY=N,...", help=SAMPLE_LIMITS_HELP)
     r.add_argument("--json", action="store_true", help="print JSON")
     r.add_argument("--debug", action="store_true", help="show tracebacks")
     r.set_defaults(func=cmd_roles)
@@ -115,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"refuse a checkpoint whose config declares more parameters (default {MAX_PARAMS_DEFAULT:,})")
     a.add_argument("--session-ttl", type=float, default=3600.0, metavar="SECONDS",
                    help="an idle session's files are removed after this long (default 3600)")
+    a.add_argument(SAMPLE_LIMITS_OPTION, default=None, metavar="KEY=N,...", help=SAMPLE_LIMITS_HELP)
     a.add_argument("--debug", action="store_true", help="show tracebacks")
     a.set_defaults(func=cmd_app)
     return p
@@ -146,15 +166,17 @@ def spec_from_args(args: argparse.Namespace) -> ConvertSpec:
         fill_value=args.fill_value, latency_budget_s=args.latency_budget, threads=args.threads,
         cuda=not args.no_cuda, variants=tuple(args.variants), config=args.config, head=args.head,
         trust_code=args.trust_code, max_params=args.max_params, debug=args.debug,
+        sample_limits=parse_sample_limits(args.sample_limits),
     ).validated()
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
     if not rows:
         return "  (none)"
+    rows = [[shown(x) for x in r] for r in rows]  # cells hold names and values from the upload
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     fmt = "  " + "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*header)] + [fmt.format(*map(str, r)) for r in rows])
+    return "\n".join([fmt.format(*header)] + [fmt.format(*r) for r in rows])
 
 
 def _group(rows: list[list[str]]) -> dict[str, list[list[str]]]:
@@ -170,14 +192,14 @@ def summary(report) -> str:
     ok = lambda b: "n/a" if b is None else ("PASS" if b else "FAIL")  # noqa: E731
     lines = [
         f"{'PASS' if report.ok else 'FAIL (' + ', '.join(report.failed_checks) + ')'}: "
-        f"{report.options.get('out')}/model.onnx",
-        f"source   {report.source.get('kind')} {report.source.get('path')}",
-        "roles    " + ", ".join(f"{c}={r}" for c, r in report.roles.items()),
-        *[f"feeds    {name} = " + ", ".join(f"{col}[{idx}]" for _, idx, col in rows)
+        f"{shown(report.options.get('out'))}/model.onnx",
+        f"source   {shown(report.source.get('kind'))} {shown(report.source.get('path'))}",
+        "roles    " + ", ".join(f"{shown(c)}={shown(r)}" for c, r in report.roles.items()),
+        *[f"feeds    {shown(name)} = " + ", ".join(f"{shown(col)}[{idx}]" for _, idx, col in rows)
           for name, rows in _group(feed_rows(report.feeds)).items() if len(rows) > 1],
         f"export   {e.exporter}, opset {e.opset} (requested {e.opset_requested}), {e.seconds:.1f} s"
-        + "".join(f"; {a.exporter} failed: {a.error}" for a in e.attempts if not a.ok),
-        f"checker  {ok(report.checker.ok)}" + ("" if report.checker.ok else f": {report.checker.message}"),
+        + "".join(f"; {a.exporter} failed: {shown(a.error)}" for a in e.attempts if not a.ok),
+        f"checker  {ok(report.checker.ok)}" + ("" if report.checker.ok else f": {shown(report.checker.message)}"),
         f"parity   {ok(report.parity.ok)} (atol {report.parity.atol:g}, rtol {report.parity.rtol:g})",
         _table(["output", "max abs", "max rel", "argmax agree", "verdict"], parity_rows(report.parity)),
         f"dynamic  {ok(report.dynamic.ok if report.dynamic else None)}",
@@ -191,8 +213,8 @@ def summary(report) -> str:
     if machine_line(report.latency):
         lines.append("  " + machine_line(report.latency))
     for v in report.variants:
-        lines.append(f"variant  {v.name}: {ok(v.ok)} {v.file or ''} {v.error or v.notes}".rstrip())
-    lines += [f"warning  {w}" for w in report.warnings]
+        lines.append(f"variant  {v.name}: {ok(v.ok)} {v.file or ''} {shown(v.error or v.notes)}".rstrip())
+    lines += [f"warning  {shown(w)}" for w in report.warnings]
     lines.append(f"files    {', '.join(report.files.values())} ({report.seconds:.1f} s)")
     return "\n".join(lines)
 
@@ -248,24 +270,27 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     path = Path(args.model)
     if not path.is_file():
         raise StudioError(f"{path} does not exist or is not a file.")
+    if path.stat().st_size == 0:
+        raise StudioError(f"{path} is an empty file, not an ONNX model.")
     g = graph_info(path)
     chk = check(path)
     if args.json:
         from dataclasses import asdict
         print(json.dumps({"graph": asdict(g), "checker": asdict(chk)}, indent=2))
     else:
-        print(f"{path}  opset {g.opset}  {g.size_bytes:,} bytes  {g.producer}")
+        # everything but the numbers comes from the uploaded file: escaped, so it cannot forge a line
+        print(f"{shown(path)}  opset {g.opset}  {g.size_bytes:,} bytes  {shown(g.producer)}")
         print(_table(["", "name", "dtype", "shape"], graph_rows(g)))
-        print("ops      " + ", ".join(f"{k}x{v}" for k, v in sorted(g.op_counts.items(), key=lambda kv: -kv[1])))
+        print("ops      " + ", ".join(f"{shown(k)}x{v}" for k, v in sorted(g.op_counts.items(), key=lambda kv: -kv[1])))
         for k, v in g.metadata.items():
-            print(f"meta     {k} = {v}")
-        print(f"checker  {'PASS' if chk.ok else 'FAIL: ' + chk.message}")
+            print(f"meta     {shown(k)} = {shown(v)}")
+        print(f"checker  {'PASS' if chk.ok else 'FAIL: ' + shown(chk.message)}")
     return 0 if chk.ok else 1
 
 
 def cmd_roles(args: argparse.Namespace) -> int:
     from .batch import describe_columns, read_sample
-    cols = describe_columns(read_sample(args.data))
+    cols = describe_columns(read_sample(args.data, parse_sample_limits(args.sample_limits)))
     if args.json:
         print(json.dumps([vars(c) for c in cols], indent=2))
     else:
@@ -276,9 +301,10 @@ def cmd_roles(args: argparse.Namespace) -> int:
 
 def cmd_app(args: argparse.Namespace) -> int:
     from .app import launch
+    parse_sample_limits(args.sample_limits)  # a bad value stops here, before the server starts
     launch(host=args.host, port=args.port, trust_code=args.trust_code, max_jobs=args.max_jobs,
            job_timeout_s=args.job_timeout, memory_limit_mb=args.memory_limit, max_file_size=args.max_file_size,
-           session_ttl_s=args.session_ttl, max_params=args.max_params)
+           session_ttl_s=args.session_ttl, max_params=args.max_params, sample_limits=args.sample_limits)
     return 0
 
 
@@ -307,10 +333,10 @@ def _main(args: argparse.Namespace) -> int:
             plugins.use(args.plugin)
         return args.func(args)
     except StudioError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {shown(e, newlines=True)}", file=sys.stderr)
         if e.details:
             lines = e.details.strip().splitlines()
-            print("\nexporter diagnosis:\n" + "\n".join(lines[:80]) + ("\n…" if len(lines) > 80 else ""),
+            print("\nexporter diagnosis:\n" + "\n".join(map(shown, lines[:80])) + ("\n…" if len(lines) > 80 else ""),
                   file=sys.stderr)
         if getattr(args, "debug", False):
             traceback.print_exc()
@@ -318,8 +344,10 @@ def _main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # a bug, not the user's fault: say so plainly
-        print(f"error: unexpected {type(e).__name__}: {e}", file=sys.stderr)
+    except BaseException as e:  # a bug, not the user's fault: say so plainly
+        if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
+            raise  # SystemExit, GeneratorExit...; a Rust library's panic (pyo3) is a BaseException too
+        print(f"error: unexpected {type(e).__name__}: {shown(e, newlines=True)}", file=sys.stderr)
         if getattr(args, "debug", False):
             traceback.print_exc()
         else:

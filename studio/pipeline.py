@@ -56,7 +56,7 @@ def preview(checkpoint: str | None, data: str | None, spec: ConvertSpec | None =
     if checkpoint:
         out["model"] = sources.load(checkpoint, spec).describe()
     if data:
-        df = batch_mod.read_sample(data)
+        df = batch_mod.read_sample(data, spec.sample_limits if spec is not None else None)
         out["columns"] = [asdict(c) for c in batch_mod.describe_columns(df)]
         out["rows"] = json.loads(df.head(5).to_json(orient="records", default_handler=str))
     return out
@@ -108,7 +108,7 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
     loaded = sources.load(spec.checkpoint, spec, workdir=work)  # an uploaded zip is unpacked inside the job
 
     say("batch", _FRACTION["batch"])
-    df = batch_mod.read_sample(spec.data)
+    df = batch_mod.read_sample(spec.data, spec.sample_limits)
     batch = batch_mod.build_batch(df, loaded, spec.roles, spec, file=str(spec.data))
     tensors = batch.tensors
 

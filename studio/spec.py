@@ -1,7 +1,8 @@
 """ConvertSpec: the one options object that flows from CLI flags / UI controls to the pipeline."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from .errors import StudioError
@@ -24,6 +25,63 @@ MAX_PARAMS_DEFAULT = 5_000_000_000
 # Documented defaults for the parity verdict (float32 export of float32 weights).
 ATOL_DEFAULT = 1e-4
 RTOL_DEFAULT = 1e-3
+
+SAMPLE_LIMITS_OPTION = "--sample-limits"
+
+
+@dataclass  # not frozen: the app's worker maps over dataclasses in place
+class SampleLimits:
+    """What a sample file ("a few real rows") may hold, checked while it is read (studio/batch.py).
+
+    The defaults are far beyond a real sample; an operator raises one with `--sample-limits KEY=N,...`
+    (e.g. `rows=50000,size=200mb`) or `ConvertSpec(sample_limits=SampleLimits(rows=50_000))`.
+    """
+
+    size: int = 64 * 1024**2  # bytes in the file
+    rows: int = 10_000  # data rows (records)
+    columns: int = 10_000  # columns (distinct keys of the records)
+    cell: int = 1_000_000  # characters in one cell, column name or JSON string
+    depth: int = 32  # JSON nesting: arrays / objects inside each other
+    keys: int = 100_000  # keys in one JSON object (a column object keyed by row needs one per row)
+    cells: int = 1_000_000  # rows x columns: every cell is typed one by one (1M took ~40 s on 2 busy cores)
+
+    def hint(self, key: str) -> str:
+        return f"{SAMPLE_LIMITS_OPTION} {key}={'SIZE (e.g. 200mb)' if key == 'size' else 'N'}"
+
+    def validated(self) -> SampleLimits:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise StudioError(f"{SAMPLE_LIMITS_OPTION} {f.name}={v!r}: must be a whole number >= 1.")
+        return self
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3, "gb": 1024**3}
+
+
+def parse_sample_limits(value: str | dict | SampleLimits | None) -> SampleLimits:
+    """`rows=50000,size=200mb` (CLI), a dict, or SampleLimits -> SampleLimits; unknown keys are an error."""
+    if value is None or value == "":
+        return SampleLimits()
+    if isinstance(value, SampleLimits):
+        return value.validated()
+    names = [f.name for f in fields(SampleLimits)]
+    items = value.items() if isinstance(value, dict) else \
+        [item.partition("=")[::2] for item in str(value).split(",") if item.strip()]
+    out: dict[str, int] = {}
+    for key, raw in items:
+        key = str(key).strip().lower()
+        if key not in names:
+            raise StudioError(f"{SAMPLE_LIMITS_OPTION}: unknown limit {key!r}; known: {', '.join(names)}.")
+        m = re.fullmatch(r"\s*([0-9][0-9_,]*)\s*([a-z]*)\s*", str(raw).lower())
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            out[key] = raw
+        elif m and m.group(2) in _SIZE_UNITS and (key == "size" or not m.group(2)):
+            out[key] = int(m.group(1).replace("_", "").replace(",", "")) * _SIZE_UNITS[m.group(2)]
+        else:
+            raise StudioError(f"{SAMPLE_LIMITS_OPTION} {key}={raw!r} is not a whole number"
+                              + (" (a size may end in kb, mb, gb)." if key == "size" else "."))
+    return SampleLimits(**out).validated()
 
 
 @dataclass
@@ -56,6 +114,7 @@ class ConvertSpec:
     head: str | None = None  # built-in head for a state-dict backbone: sequence | token
     trust_code: bool = False  # operator-only: allow TorchScript / .pt2 / pickled modules
     max_params: int = MAX_PARAMS_DEFAULT  # operator limit: parameters a checkpoint's config may declare
+    sample_limits: SampleLimits = field(default_factory=SampleLimits)  # what the sample file may hold
     debug: bool = False
 
     def validated(self) -> "ConvertSpec":
@@ -97,7 +156,8 @@ class ConvertSpec:
             raise StudioError(f"Head {self.head!r} is not one of {', '.join(HEADS)}.")
         return replace(self, tabular=tabular, opset=int(self.opset), max_length=int(self.max_length),
                        max_params=int(self.max_params),
-                       dynamic=tuple(self.dynamic), variants=tuple(self.variants))
+                       dynamic=tuple(self.dynamic), variants=tuple(self.variants),
+                       sample_limits=parse_sample_limits(self.sample_limits))
 
     def axes_for(self, input_name: str) -> tuple[str, ...]:
         """Dynamic axes for one graph input (per-input override, else the global choice)."""

@@ -15,6 +15,7 @@ import pandas as pd
 from .. import demo
 from ..errors import StudioError
 from ..report import LATENCY_LABELS, Report, io_rows, latency_rows, parity_rows, probe_rows, variant_rows
+from ..spec import parse_sample_limits
 from ..spec import (ATOL_DEFAULT, DYNAMIC_AXES, EXPORTERS, ID_DTYPES, OPSET_DEFAULT, OPSET_MAX, OPSET_MIN,
                     ROLES, RTOL_DEFAULT, VARIANTS, ConvertSpec, parse_roles, parse_tabular)
 
@@ -186,7 +187,7 @@ def spec_from_ui(checkpoint: str | None, sample: str | None, roles: Any = None, 
                  max_length: Any = 128, atol: Any = ATOL_DEFAULT, rtol: Any = RTOL_DEFAULT,
                  id_dtype: str = "int64", fill_value: Any = None, latency_budget: Any = None,
                  variants: Any = None, tabular: Any = None, *, out: str | Path,
-                 trust_code: bool = False) -> ConvertSpec:
+                 trust_code: bool = False, sample_limits: Any = None) -> ConvertSpec:
     """The one mapping from the page's controls (or the API's arguments) to a validated ConvertSpec."""
     if not checkpoint:
         raise StudioError("No checkpoint uploaded.", hint="Upload a checkpoint file or a .zip of a model "
@@ -215,6 +216,7 @@ def spec_from_ui(checkpoint: str | None, sample: str | None, roles: Any = None, 
         atol=_number(atol, "atol", ATOL_DEFAULT), rtol=_number(rtol, "rtol", RTOL_DEFAULT),
         fill_value=_number(fill_value, "Fill value", None), latency_budget_s=budget,
         variants=parse_variants(variants), tabular=parse_tabular_value(tabular), trust_code=bool(trust_code),
+        sample_limits=parse_sample_limits(sample_limits),  # the operator's --sample-limits, never the page's
     ).validated()
 
 
@@ -640,10 +642,18 @@ def zip_stem(checkpoint: str) -> str:
     return f"{stem[:60]}-onnx"
 
 
+# The folder a zipped upload is unpacked into (studio.sources.load: "studio-ckpt-" + random), wherever it
+# lies: messages about its files name them from the archive's root ("model/config.json").
+_UNPACK_DIR = re.compile(r"""(?:[A-Za-z]:)?[^\s'"`()\[\]{}<>,;=]*?[\\/]studio-ckpt-[A-Za-z0-9_]+(?P<sep>[\\/])?""")
+
+
 def scrub_paths(text: str, paths: list[str | Path | None]) -> str:
-    """Say `sample.csv`, not the server's upload folder: drop the folders of the given paths."""
+    """Say `sample.csv`, not the server's upload folder: drop the folders of the given paths, and the
+    temporary folders zipped uploads are unpacked in."""
     import os
+    import tempfile
     for p in sorted({str(Path(p).parent) for p in paths if p}, key=len, reverse=True):
         if p not in ("", ".", "/"):
             text = text.replace(p + os.sep, "")
-    return text
+    text = text.replace(os.path.join(tempfile.gettempdir(), "studio-ckpt-"), "/studio-ckpt-")  # even with spaces
+    return _UNPACK_DIR.sub(lambda m: "" if m.group("sep") else "(the unpacked upload)", text)

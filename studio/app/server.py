@@ -17,7 +17,8 @@ from typing import Any
 import gradio as gr
 
 from ..errors import StudioError
-from ..spec import ATOL_DEFAULT, DYNAMIC_AXES, MAX_PARAMS_DEFAULT, OPSET_DEFAULT, RTOL_DEFAULT, ConvertSpec
+from ..spec import (ATOL_DEFAULT, DYNAMIC_AXES, MAX_PARAMS_DEFAULT, OPSET_DEFAULT, RTOL_DEFAULT, ConvertSpec,
+                    parse_sample_limits)
 from . import handlers as h
 from .jobs import Sessions
 from .worker import Job, JobError, Limits, default_start_method
@@ -62,6 +63,7 @@ class AppConfig:
     work_dir: str | None = None  # parent of the private working root (default: system temp)
     start_method: str | None = None  # "forkserver" (default where available) or "spawn"
     warm_up: bool = True  # start the worker fork server at launch so the first job starts fast
+    sample_limits: Any = None  # what a sample file may hold: "rows=N,..." / SampleLimits (default: the studio's)
 
 
 _GRADIO_CACHE: str | None = None
@@ -157,7 +159,8 @@ class StudioApp:
             feeds = {}
         return ConvertSpec(checkpoint=str(checkpoint or "-"), data=str(sample or "-"),
                            trust_code=self.config.trust_code, fill_value=fill, tabular=feeds,
-                           max_params=self.config.max_params)
+                           max_params=self.config.max_params,
+                           sample_limits=parse_sample_limits(self.config.sample_limits))
 
     # --- 1. inputs -------------------------------------------------------------------------------
     def load_demo(self, request: gr.Request = None):
@@ -283,7 +286,8 @@ class StudioApp:
             checkpoint, sample = _job_inputs(job_dir, checkpoint, sample)
             spec = h.spec_from_ui(checkpoint, sample, roles, opset, exporter, dynamic, dynamic_per_input,
                                   max_length, atol, rtol, id_dtype, fill_value, latency_budget, variants,
-                                  tabular, out=out, trust_code=self.config.trust_code)
+                                  tabular, out=out, trust_code=self.config.trust_code,
+                                  sample_limits=self.config.sample_limits)
             spec = replace(spec, max_params=self.config.max_params).validated()
 
             def on_progress(stage: str, fraction: float) -> None:

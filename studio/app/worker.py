@@ -376,7 +376,7 @@ def task_preview(payload: dict[str, Any], progress) -> dict[str, Any]:
         progress("reading sample", 0.1)
         try:
             out.update({k: v for k, v in pipeline.preview(None, data, spec).items() if k != "model"})
-            df = batch_mod.read_sample(data)
+            df = batch_mod.read_sample(data, getattr(spec, "sample_limits", None))
         except Exception as e:  # noqa: BLE001 - shown next to the upload
             out["data_error"] = _error_text(e)
     if ckpt:
@@ -400,7 +400,7 @@ def task_check(payload: dict[str, Any], progress) -> dict[str, Any]:
     from .. import batch as batch_mod
     spec, data = payload["spec"], payload["data"]
     loaded = sources.load(payload["checkpoint"], spec, workdir=payload.get("workdir"))
-    df = batch_mod.read_sample(data)
+    df = batch_mod.read_sample(data, getattr(spec, "sample_limits", None))
     return _mapping(loaded, df, dict(payload.get("roles") or {}), spec, data)
 
 

@@ -153,7 +153,8 @@ def read_weights_only(p: Path, shown: str, kind: str | None = None) -> Any:
             f"run code; refused.",
             hint="Save the state_dict (torch.save(model.state_dict(), ...)) or a Hugging Face folder instead; "
                  "an operator who trusts the file can start the studio with --trust-code.") from e
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as e:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError,
+            OverflowError, LookupError) as e:  # e.g. a tensor "subclass" rebuilt from a class that is no tensor: TypeError
         first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
         raise CheckpointError(f"{shown} is not a readable PyTorch checkpoint (truncated or corrupted?): {first}") from e
 

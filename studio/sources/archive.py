@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import stat
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from ..errors import CheckpointError, UnsafePathError
@@ -65,11 +66,17 @@ def extract_zip(archive: Path, dest: Path, *, max_members: int = MAX_MEMBERS,
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             written = 0
-            with zf.open(m) as src, open(target, "wb") as out:
-                while chunk := src.read(1 << 20):
-                    written += len(chunk)
-                    if written > m.file_size:  # the header lied about the size
-                        raise CheckpointError(f"{archive.name}: member {m.filename!r} is larger than declared.")
-                    out.write(chunk)
+            try:
+                with zf.open(m) as src, open(target, "wb") as out:
+                    while chunk := src.read(1 << 20):
+                        written += len(chunk)
+                        if written > m.file_size:  # the header lied about the size
+                            raise CheckpointError(f"{archive.name}: member {m.filename!r} is larger than declared.")
+                        out.write(chunk)
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
+                # a local header naming another file than the directory, a wrong CRC, a truncated or
+                # unsupported member: the archive is damaged or forged
+                raise CheckpointError(f"{archive.name}: member {m.filename!r} cannot be read ({e}); the archive "
+                                      "is damaged or forged.", hint="Zip the model folder again and upload it.") from e
     entries = [p for p in dest.iterdir() if not p.name.startswith("__MACOSX")]
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else dest
