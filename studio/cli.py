@@ -12,7 +12,7 @@ import traceback
 
 from .errors import StudioError
 from .spec import (ATOL_DEFAULT, DYNAMIC_AXES, EXPORTERS, HEADS, ID_DTYPES, OPSET_DEFAULT, RTOL_DEFAULT,
-                   VARIANTS, ConvertSpec, parse_roles)
+                   TASKS, VARIANTS, ConvertSpec, parse_roles)
 
 
 def _csv_list(value: str) -> tuple[str, ...]:
@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--config", default=None, metavar="PATH",
                    help="config.json (or model folder) for a bare state dict / .safetensors checkpoint")
     c.add_argument("--head", choices=HEADS, default=None, help="built-in head for a state-dict backbone")
+    c.add_argument("--task", choices=TASKS, default="auto",
+                   help="what a model folder is exported as (default auto: modules.json -> sentence-embedding, "
+                        "else config.json's architectures)")
     c.add_argument("--trust-code", action="store_true",
                    help="operator only: allow TorchScript, .pt2 and pickled modules (they can run code)")
     c.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
@@ -104,7 +107,7 @@ def spec_from_args(args: argparse.Namespace) -> ConvertSpec:
         opset=args.opset, exporter=args.exporter, dynamic=() if args.static else tuple(args.dynamic),
         max_length=args.max_length, id_dtype=args.id_dtype, atol=args.atol, rtol=args.rtol,
         fill_value=args.fill_value, latency_budget_s=args.latency_budget, threads=args.threads,
-        cuda=not args.no_cuda, variants=tuple(args.variants), config=args.config, head=args.head,
+        cuda=not args.no_cuda, variants=tuple(args.variants), config=args.config, head=args.head, task=args.task,
         trust_code=args.trust_code, debug=args.debug,
     ).validated()
 
@@ -118,19 +121,21 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def summary(report) -> str:
-    from .report import io_rows, latency_rows, machine_line, parity_rows, probe_rows
+    from .report import PARITY_COLUMNS, io_rows, latency_rows, machine_line, parity_rows, probe_rows
     e = report.export
     ok = lambda b: "n/a" if b is None else ("PASS" if b else "FAIL")  # noqa: E731
     lines = [
         f"{'PASS' if report.ok else 'FAIL (' + ', '.join(report.failed_checks) + ')'}: "
         f"{report.options.get('out')}/model.onnx",
         f"source   {report.source.get('kind')} {report.source.get('path')}",
+        *([f"task     {report.source.get('task')} ({report.source.get('task_reason')})"]
+          if report.source.get("task") else []),
         "roles    " + ", ".join(f"{c}={r}" for c, r in report.roles.items()),
         f"export   {e.exporter}, opset {e.opset} (requested {e.opset_requested}), {e.seconds:.1f} s"
         + "".join(f"; {a.exporter} failed: {a.error}" for a in e.attempts if not a.ok),
         f"checker  {ok(report.checker.ok)}" + ("" if report.checker.ok else f": {report.checker.message}"),
         f"parity   {ok(report.parity.ok)} (atol {report.parity.atol:g}, rtol {report.parity.rtol:g})",
-        _table(["output", "max abs", "max rel", "argmax agree", "verdict"], parity_rows(report.parity)),
+        _table(PARITY_COLUMNS, parity_rows(report.parity)),
         f"dynamic  {ok(report.dynamic.ok if report.dynamic else None)}",
         _table(["varies", "batch", "seq", "verdict", "max abs", "message"], probe_rows(report.dynamic)),
         "graph",
@@ -143,6 +148,7 @@ def summary(report) -> str:
         lines.append("  " + machine_line(report.latency))
     for v in report.variants:
         lines.append(f"variant  {v.name}: {ok(v.ok)} {v.file or ''} {v.error or v.notes}".rstrip())
+    lines += [f"warning  {w}" for w in report.warnings]
     lines.append(f"files    {', '.join(report.files.values())} ({report.seconds:.1f} s)")
     return "\n".join(lines)
 

@@ -147,6 +147,7 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
         predictions=_predictions(batch, loaded, onnx_outputs),
         versions=_versions(),
         variants=variant_infos,
+        warnings=list(loaded.info.get("warnings") or []),
     )
 
     np.savez(work / "sample_inputs.npz", **{n: t.detach().cpu().numpy() for n, t in tensors.items()})
@@ -239,6 +240,7 @@ TEXT_INPUTS = {text_inputs!r}          # graph input -> tokenizer output
 TOKENIZER = {tokenizer!r}              # tokenizer call settings used at export
 ID_DTYPE = np.{id_dtype}
 LABELS = {labels!r}
+EMBEDDING = {embedding!r}              # the sentence-embedding output, for embedding models
 
 
 def read_sample(path):
@@ -281,6 +283,21 @@ def build_inputs(df):
     return feeds
 
 
+def show_embeddings(emb):
+    """Each row's embedding (first values, size, length) and the cosine similarity of every pair of rows."""
+    emb = emb.astype(np.float64)
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    for i, row in enumerate(emb):
+        head = ", ".join(f"{{x:.4f}}" for x in row[:6])
+        print(f"row {{i + 1}}: embedding [{{head}}, ...] ({{row.shape[0]}} values, L2 norm {{norms[i, 0]:.4f}})")
+    unit = emb / np.maximum(norms, 1e-12)
+    sims = unit @ unit.T
+    print("cosine similarity (rows x rows):")
+    print("       " + " ".join(f"{{'row ' + str(j + 1):>7}}" for j in range(len(emb))))
+    for i in range(len(emb)):
+        print(f"{{'row ' + str(i + 1):>6}} " + " ".join(f"{{x:7.4f}}" for x in sims[i]))
+
+
 def main():
     df = read_sample(SAMPLE)
     feeds = build_inputs(df)
@@ -290,6 +307,9 @@ def main():
     expected = np.load(HERE / "sample_inputs.npz")
     same = all(np.array_equal(feeds[n], expected[n]) for n in names)
     print("inputs match sample_inputs.npz:", same)
+    if EMBEDDING is not None:
+        show_embeddings(outputs[[o.name for o in session.get_outputs()].index(EMBEDDING)])
+        return 0 if same else 1
     first = outputs[0]
     for i in range(first.shape[0]):
         if first.ndim == 2:
@@ -314,4 +334,6 @@ def _example_script(loaded, batch, sample_name: str, fill_value: float | None) -
                           tabular=dict(batch.tabular), text_inputs=text_map, tokenizer=settings,
                           id_dtype=batch.tokenizer_settings.get("id_dtype", "int64"),
                           labels=loaded.info.get("labels"),
+                          embedding=next((n for n in loaded.output_names if loaded.output_kinds.get(n) == "embedding"),
+                                         None),
                           tok_need=", transformers" if batch.text_columns else "")

@@ -13,6 +13,10 @@ ID_DTYPES = ("int64", "int32")
 OPSET_MIN, OPSET_MAX, OPSET_DEFAULT = 14, 23, 18
 VARIANTS = ("optimized", "int8", "fp16")
 HEADS = ("sequence", "pooled", "token")
+# what the graph computes (--task), as optimum-cli's; auto: modules.json -> sentence-embedding, else the
+# config's architectures (see README "Tasks")
+TASKS = ("auto", "sentence-embedding", "feature-extraction", "sequence-classification", "token-classification",
+         "question-answering")
 
 # Documented defaults for the parity verdict (float32 export of float32 weights).
 ATOL_DEFAULT = 1e-4
@@ -44,6 +48,7 @@ class ConvertSpec:
     # checkpoints that are a bare state dict of a HF backbone (+ head): see README
     config: str | None = None  # config.json / model folder to pair with a state dict
     head: str | None = None  # built-in head for a state-dict backbone: sequence | token
+    task: str = "auto"  # one of TASKS: what a Hugging Face / sentence-transformers folder is exported as
     trust_code: bool = False  # operator-only: allow TorchScript / .pt2 / pickled modules
     debug: bool = False
 
@@ -74,6 +79,8 @@ class ConvertSpec:
                 raise StudioError(f"Variant {v!r} is not one of {', '.join(VARIANTS)}.")
         if self.head is not None and self.head not in HEADS:
             raise StudioError(f"Head {self.head!r} is not one of {', '.join(HEADS)}.")
+        if self.task not in TASKS:
+            raise StudioError(f"Task {self.task!r} is not one of {', '.join(TASKS)}.")
         return replace(self, opset=int(self.opset), max_length=int(self.max_length),
                        dynamic=tuple(self.dynamic), variants=tuple(self.variants))
 

@@ -13,7 +13,8 @@ from typing import Any
 import pandas as pd
 
 from ..errors import StudioError
-from ..report import LATENCY_LABELS, Report, io_rows, latency_rows, parity_rows, probe_rows, variant_rows
+from ..report import (LATENCY_LABELS, PARITY_COLUMNS, Report, io_rows, latency_rows, parity_rows, probe_rows,
+                      variant_rows)
 from ..spec import (ATOL_DEFAULT, DYNAMIC_AXES, EXPORTERS, ID_DTYPES, OPSET_DEFAULT, OPSET_MAX, OPSET_MIN,
                     ROLES, RTOL_DEFAULT, VARIANTS, ConvertSpec, parse_roles)
 
@@ -39,11 +40,11 @@ SAMPLE_TYPES = [".csv", ".tsv", ".json", ".jsonl", ".ndjson", ".txt"]
 CHECKPOINT_TYPES = [".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".zip", ".tar", ".pt2"]
 
 IO_HEADERS = ["", "name", "dtype", "shape"]
-PARITY_HEADERS = ["output", "max abs diff", "max rel diff", "argmax agreement", "verdict"]
+PARITY_HEADERS = list(PARITY_COLUMNS)
 PROBE_HEADERS = ["varies", "batch", "sequence", "verdict", "max abs diff", "message"]
 LATENCY_HEADERS = ["run", "p50 ms", "p90 ms", "p99 ms", "iterations", "batch", "threads", "provider"]
 # the columns of studio.report.variant_rows (its Markdown table, with the app's own words)
-VARIANT_HEADERS = ["variant", "verdict", "size", "max abs diff", "argmax agreement", "ORT CPU p50 ms",
+VARIANT_HEADERS = ["variant", "verdict", "size", "max abs diff", "min cosine", "argmax agreement", "ORT CPU p50 ms",
                    "speedup vs PyTorch", "speedup vs model.onnx", "how built / error"]
 ATTEMPT_HEADERS = ["exporter", "ok", "seconds", "opset written", "error"]
 COLUMN_HEADERS = ["column", "detected", "example", "suggested", "why"]
@@ -232,6 +233,8 @@ def model_html(model: dict | None, error: str | None = None, filename: str | Non
         for i in model.get("inputs", []))
     tok = model.get("tokenizer")
     facts = [("kind", esc(model.get("kind"))),
+             *([("task", f'{esc(model["task"])} <span class="muted">({esc(model.get("task_reason") or "")})</span>')]
+               if model.get("task") else []),
              ("architecture", esc(model.get("architecture") or model.get("model_type") or "-")),
              ("parameters", _count(model.get("parameters"))),
              ("tokenizer", f'<span class="ok">✓ {esc(tok)}</span>' if tok else '<span class="bad">✗ none found</span>'),
@@ -512,6 +515,8 @@ def summary_md(report: Report) -> str:
     roles = ", ".join(f"`{c}` → {r}" for c, r in report.roles.items())
     lines = [f"**Source** `{Path(str(report.source.get('path', ''))).name}` ({report.source.get('kind')}) · "
              f"**Roles** {roles}"]
+    if report.source.get("task"):
+        lines.append(f"**Task** {report.source['task']} ({report.source.get('task_reason') or '-'})")
     if report.graph is not None:
         lines.append(f"**File** {report.graph.size_bytes:,} bytes · {sum(report.graph.op_counts.values())} nodes · "
                      f"producer {report.graph.producer or '-'}")

@@ -62,7 +62,7 @@ def load(path: str | Path, spec: Any = None, *, workdir: str | Path | None = Non
     if plugin is not None:
         return plugins.load_with(plugin, p, shown, spec)
     if p.is_dir():
-        return _load_dir(p, shown, spec)
+        return _checked_task(_load_dir(p, shown, spec), spec)
     if p.stat().st_size == 0:
         raise CheckpointError(f"Checkpoint {p.name} is an empty file.")
     sn = sniffing.sniff(p)
@@ -72,8 +72,22 @@ def load(path: str | Path, spec: Any = None, *, workdir: str | Path | None = Non
             root = extract_zip(p, Path(tmp))
             loaded = _load_dir(root, shown, spec)
             loaded.path = shown
-            return loaded
-    return _load_file(p, shown, spec, sn, [p.parent])
+            return _checked_task(loaded, spec)
+    return _checked_task(_load_file(p, shown, spec, sn, [p.parent]), spec)
+
+
+def _task(spec: Any) -> str:
+    return (getattr(spec, "task", None) or "auto") if spec is not None else "auto"
+
+
+def _checked_task(loaded: LoadedModel, spec: Any) -> LoadedModel:
+    """An explicit --task must be the task the graph computes; only model folders can be told one."""
+    task = _task(spec)
+    if task != "auto" and loaded.info.get("task") != task:
+        raise CheckpointError(f"--task {task} does not apply to {loaded.path} ({loaded.kind}): --task chooses what a "
+                              "Hugging Face or sentence-transformers model folder is exported as.",
+                              hint="Leave --task auto; a state dict's head is chosen with --head.")
+    return loaded
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -82,10 +96,15 @@ def _weight_files(folder: Path) -> list[Path]:
 
 
 def _load_dir(folder: Path, shown: str, spec: Any) -> LoadedModel:
-    from . import dcp, hf
+    from . import dcp, hf, sbert
+    if sbert.is_sbert_folder(folder):  # a sentence-transformers folder: the pipeline modules.json declares
+        return sbert.load_for_task(folder, shown, _task(spec))
+    if _task(spec) == "sentence-embedding":
+        raise CheckpointError(f"--task sentence-embedding needs a sentence-transformers folder, and {shown} has no "
+                              f"{sbert.MODULES_FILE}.", hint="Use --task feature-extraction for the token embeddings.")
     if hf.is_hf_folder(folder) and any((folder / f).exists() for f in hf.WEIGHT_FILES):
         try:
-            return hf.load_folder(folder, shown)
+            return hf.load_folder(folder, shown, task=_task(spec))
         except hf.WeightsMismatchError as e:
             # a state dict of the user's own class saved under a Hugging Face file name
             single = [folder / f for f in hf.WEIGHT_FILES[:2] if (folder / f).is_file()]
