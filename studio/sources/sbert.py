@@ -64,7 +64,8 @@ def read_modules(folder: Path) -> list[dict[str, Any]]:
         if not isinstance(full, str) or not full:
             raise CheckpointError(f"{MODULES_FILE}: module {i} has no type.")
         cls = full.rsplit(".", 1)[-1]
-        label = f"module {m.get('name', i)!s} ({full})"
+        rel = m.get("path", "")
+        label = f"module {m.get('name', i)!s} ({full}" + (f", folder {rel}" if isinstance(rel, str) and rel else "") + ")"
         out.append({"name": str(m.get("name", i)), "type": full, "cls": cls if full.startswith("sentence_transformers.")
                     else None, "path": _inside(folder, m.get("path", ""), label), "label": label})
     return out
@@ -116,7 +117,7 @@ def _activation(name: Any, label: str) -> torch.nn.Module:
     return getattr(torch.nn, cls)()
 
 
-def _dense_weights(module: dict[str, Any]) -> dict[str, torch.Tensor]:
+def _dense_weights(module: dict[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
     from . import read_weights_only
     from .statedict import read_safetensors
     for name in DENSE_WEIGHTS:
@@ -126,7 +127,7 @@ def _dense_weights(module: dict[str, Any]) -> dict[str, torch.Tensor]:
             state = read_safetensors(p, shown) if name.endswith(".safetensors") else read_weights_only(p, shown)
             if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
                 raise CheckpointError(f"{shown} does not hold a dict of tensors.")
-            return state
+            return state, name
     raise CheckpointError(f"{module['label']}: no weights ({' or '.join(DENSE_WEIGHTS)}) in its folder.")
 
 
@@ -148,7 +149,7 @@ def _dense(module: dict[str, Any], widths: dict[str, int]) -> Dense:
                   cfg.get("module_output_name"), residual)
     if dense.output_name not in widths:
         raise CheckpointError(f"{label}: module_output_name {dense.output_name!r} is not one of {', '.join(widths)}.")
-    state = _dense_weights(module)
+    state, file = _dense_weights(module)
     expected = {k: v.shape for k, v in dense.state_dict().items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -158,7 +159,7 @@ def _dense(module: dict[str, Any], widths: dict[str, int]) -> Dense:
         parts = ([f"missing {', '.join(missing)}"] if missing else []) + \
                 ([f"unexpected {', '.join(unexpected)}"] if unexpected else []) + \
                 ([f"wrong shape {', '.join(wrong)}"] if wrong else [])
-        raise CheckpointError(f"{label}: its weights do not fit its config ({'; '.join(parts)}).")
+        raise CheckpointError(f"{label}: its weights ({file}) do not fit its config.json ({'; '.join(parts)}).")
     dense.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
     widths[dense.output_name] = n_out
     return dense
