@@ -335,7 +335,8 @@ def variant_rows(variants: list[VariantInfo], lat: LatencyInfo | None = None) ->
         cosines = [d.min_cosine for d in diffs if d.min_cosine is not None]
         t = v.latency.ort_cpu if v.latency else None
         rows.append([v.name, _mark(v.ok), f"{v.size_bytes / 1e6:.1f} MB" if v.size_bytes else "-", _num(worst),
-                     _cosine(min(cosines)) if cosines else "-", f"{min(agree):.1%}" if agree else "-", f"{t.p50_ms:.2f}" if t else "-",
+                     _cosine(min(cosines)) if cosines else "-", f"{min(agree):.1%}" if agree else "-",
+                     f"{t.p50_ms:.2f}" if t else "-",
                      _ratio(v.speedup_vs_torch), _ratio(v.speedup_vs_fp32), v.error or v.method])
     return rows
 

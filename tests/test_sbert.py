@@ -16,7 +16,7 @@ import torch
 
 import tiny
 from studio import ConvertSpec, convert, sources
-from studio.errors import CheckpointError
+from studio.errors import CheckpointError, StudioError
 from studio.models.sentence import POOLING_MODES
 from studio.parity import output_checks
 
@@ -287,7 +287,7 @@ def test_legacy_pooling_keys_and_task_choices(tmp_path, hf_folders):
     assert "BertForSequenceClassification" in loaded.info["task_reason"]
     bare = sources.load(str(hf_folders["bert"]), ConvertSpec("x", "y", task="feature-extraction"))
     assert bare.output_names == ["last_hidden_state"] and bare.info["task_reason"] == "--task feature-extraction"
-    with pytest.raises(Exception):
+    with pytest.raises(StudioError, match="Task 'translation' is not one of auto, sentence-embedding"):
         ConvertSpec("x", "y", task="translation").validated()
 
 
@@ -368,3 +368,42 @@ def test_int8_and_fp16_judge_embeddings_by_cosine():
         [bad] = judge({"sentence_embedding": e}, {"sentence_embedding": far}, tol, kinds)
         assert ok.ok and ok.min_cosine >= floor
         assert not bad.ok and bad.min_cosine < floor
+
+
+def test_real_minilm_through_the_web_studio(minilm, minilm_reference, tmp_path):
+    """The folder zipped and uploaded as a person would, converted by the real server (gradio_client)."""
+    import zipfile
+    pytest.importorskip("gradio_client")
+    from gradio_client import Client, handle_file
+
+    import studio.app
+    zipped = tmp_path / "all-MiniLM-L6-v2.zip"
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_STORED) as zf:
+        for f in sorted(minilm.rglob("*")):
+            if f.is_file():
+                zf.write(f, "all-MiniLM-L6-v2/" + f.relative_to(minilm).as_posix())
+    running = studio.app.start(port=0, max_jobs=1, job_timeout_s=600, max_file_size="200mb")
+    try:
+        c = Client(running.url, verbose=False, download_files=True)
+        result = c.predict(handle_file(str(zipped)), handle_file(str(sample(tmp_path / "rows.csv"))),
+                           json.dumps({"id": "ignore", "text": "text"}), exporter="torchscript", latency_budget=0.05,
+                           api_name="/convert")
+    finally:
+        running.close()
+    files, report = result[0], json.loads(result[1])
+    assert report["ok"] is True, report["failed_checks"]
+    assert report["source"]["task"] == "sentence-embedding"
+    summary = result[3]["value"] if isinstance(result[3], dict) else result[3]  # the lines under the verdict
+    assert "**Task** sentence-embedding (modules.json declares a sentence-transformers pipeline)" in summary
+    model = next(Path(f) for f in files if Path(f).name == "model.onnx")
+    got = ort_embed(model, minilm, SENTENCES)
+    assert cosines(got["sentence_embedding"], minilm_reference).min() >= 0.99999
+
+
+def test_the_page_says_which_task_and_why():
+    from studio.app import handlers as h
+    card = h.model_html({"kind": "sentence-transformers", "task": "sentence-embedding",
+                         "task_reason": "modules.json declares a sentence-transformers pipeline",
+                         "outputs": ["sentence_embedding", "token_embeddings"], "inputs": []})
+    assert "<th>task</th>" in card and "sentence-embedding" in card and "modules.json declares" in card
+    assert h.PARITY_HEADERS[3] == "min cosine" and "top-k agreement" in h.PARITY_HEADERS

@@ -72,7 +72,8 @@ class Dense(nn.Module):
         self.activation = activation
         self.input_name, self.output_name = input_name, output_name or input_name
         self.use_residual = residual
-        self.residual = nn.Linear(in_features, out_features, bias=False) if residual and in_features != out_features else None
+        projected = residual and in_features != out_features
+        self.residual = nn.Linear(in_features, out_features, bias=False) if projected else None
 
     def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = features[self.input_name]

@@ -65,7 +65,8 @@ def read_modules(folder: Path) -> list[dict[str, Any]]:
             raise CheckpointError(f"{MODULES_FILE}: module {i} has no type.")
         cls = full.rsplit(".", 1)[-1]
         rel = m.get("path", "")
-        label = f"module {m.get('name', i)!s} ({full}" + (f", folder {rel}" if isinstance(rel, str) and rel else "") + ")"
+        where = f", folder {rel}" if isinstance(rel, str) and rel else ""
+        label = f"module {m.get('name', i)!s} ({full}{where})"
         out.append({"name": str(m.get("name", i)), "type": full, "cls": cls if full.startswith("sentence_transformers.")
                     else None, "path": _inside(folder, m.get("path", ""), label), "label": label})
     return out
@@ -285,5 +286,6 @@ def load(folder: Path, shown: str, task: str, reason: str) -> LoadedModel:
         tokenizer=base.tokenizer,
         info={"architecture": base.info.get("architecture"), "model_type": base.info.get("model_type"),
               "task": task, "task_reason": reason, "modules": [m["type"].rsplit(".", 1)[-1] for m in modules],
-              "embedding_dimension": widths["sentence_embedding"], **info, **({"warnings": warnings} if warnings else {})},
+              "embedding_dimension": widths["sentence_embedding"], **info,
+              **({"warnings": warnings} if warnings else {})},
     )
