@@ -407,3 +407,29 @@ def test_the_page_says_which_task_and_why():
                          "outputs": ["sentence_embedding", "token_embeddings"], "inputs": []})
     assert "<th>task</th>" in card and "sentence-embedding" in card and "modules.json declares" in card
     assert h.PARITY_HEADERS[3] == "min cosine" and "top-k agreement" in h.PARITY_HEADERS
+
+
+@pytest.mark.parametrize("head,auto_cls", [("token-classification", "AutoModelForTokenClassification"),
+                                           ("question-answering", "AutoModelForQuestionAnswering"),
+                                           ("sequence-classification", "AutoModelForSequenceClassification")])
+def test_task_heads_end_to_end_report_their_own_checks(head, auto_cls, tmp_path):
+    import transformers as tf
+    torch.manual_seed(0)
+    folder = tmp_path / head
+    config = tiny.make_config("bert", num_labels=2 if head == "question-answering" else 6)  # QA: start, end
+    getattr(tf, auto_cls).from_config(config).eval().save_pretrained(str(folder))
+    tiny.bert_tokenizer(folder / "_vocab").save_pretrained(str(folder))
+    rows = sample(tmp_path / "rows.csv", TINY_SENTENCES)  # different lengths: padding in the batch
+    report = convert(ConvertSpec(str(folder), str(rows), out=str(tmp_path / "out"), exporter="torchscript",
+                                 latency_budget_s=0.01, cuda=False, task=head))
+    assert report.ok, report.failed_checks
+    assert report.source["task"] == head and report.source["task_reason"] == f"--task {head}"
+    diffs = {o.name: o for o in report.parity.outputs}
+    if head == "token-classification":
+        assert diffs["logits"].agreement_over == "real tokens" and diffs["logits"].argmax_agreement == 1.0
+    elif head == "question-answering":
+        for name in ("start_logits", "end_logits"):
+            assert diffs[name].agreement_over == "rows, over real tokens" and diffs[name].argmax_agreement == 1.0
+    else:
+        assert diffs["logits"].topk == 5 and diffs["logits"].topk_agreement == 1.0
+        assert "top-5 100.0%" in (tmp_path / "out" / "report.md").read_text()
