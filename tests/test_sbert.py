@@ -105,8 +105,12 @@ def test_real_minilm_feature_extraction_drops_the_modules_with_a_warning(minilm)
     loaded = sources.load(str(minilm), ConvertSpec(str(minilm), "x.csv", task="feature-extraction"))
     assert loaded.output_names == ["last_hidden_state"] and loaded.info["task"] == "feature-extraction"
     assert loaded.info["task_reason"] == "--task feature-extraction"
-    [warning] = loaded.info["warnings"]
-    assert "Pooling" in warning and "Normalize" in warning and "dropped" in warning
+    dropped, length = loaded.info["warnings"]
+    assert "Pooling" in dropped and "Normalize" in dropped and "dropped" in dropped
+    # the folder truncates at 256 tokens, the default conversion at 128: said, with the flag that matches it
+    assert "max_seq_length 256" in length and "--max-length 256" in length
+    again = sources.load(str(minilm), ConvertSpec(str(minilm), "x.csv", max_length=256))
+    assert "warnings" not in again.info and again.info["max_seq_length"] == 256
 
 
 # --- tiny random folders: every pooling mode, Dense, Normalize -----------------------------------

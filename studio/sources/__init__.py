@@ -98,7 +98,7 @@ def _weight_files(folder: Path) -> list[Path]:
 def _load_dir(folder: Path, shown: str, spec: Any) -> LoadedModel:
     from . import dcp, hf, sbert
     if sbert.is_sbert_folder(folder):  # a sentence-transformers folder: the pipeline modules.json declares
-        return sbert.load_for_task(folder, shown, _task(spec))
+        return sbert.load_for_task(folder, shown, _task(spec), getattr(spec, "max_length", None))
     if _task(spec) == "sentence-embedding":
         raise CheckpointError(f"--task sentence-embedding needs a sentence-transformers folder, and {shown} has no "
                               f"{sbert.MODULES_FILE}.", hint="Use --task feature-extraction for the token embeddings.")

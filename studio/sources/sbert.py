@@ -201,13 +201,33 @@ def dropped_warning(modules: list[dict[str, Any]], task: str) -> str | None:
                else f" with a {task} head, not the sentence embedding."))
 
 
-def load_for_task(folder: Path, shown: str, task: str) -> LoadedModel:
-    """sources.load's entry: auto and sentence-embedding build the pipeline, another --task the bare model."""
+def load_for_task(folder: Path, shown: str, task: str, max_length: int | None = None) -> LoadedModel:
+    """sources.load's entry: auto and sentence-embedding build the pipeline, another --task the bare model.
+
+    max_length: the conversion's --max-length, compared with the folder's max_seq_length (a warning)."""
     if task in ("auto", "sentence-embedding"):
         why = (f"{MODULES_FILE} declares a sentence-transformers pipeline" if task == "auto"
                else "--task sentence-embedding")
-        return load(folder, shown, "sentence-embedding", why)
-    return load_bare(folder, shown, task)
+        loaded = load(folder, shown, "sentence-embedding", why)
+    else:
+        loaded = load_bare(folder, shown, task)
+    st_max = _max_seq_length(folder)
+    if st_max is not None:
+        loaded.info["max_seq_length"] = st_max
+        if max_length is not None and int(max_length) != st_max:
+            loaded.info["warnings"] = [*loaded.info.get("warnings", []), (
+                f"sentence_bert_config.json truncates at max_seq_length {st_max} tokens, this conversion at "
+                f"--max-length {max_length}: texts longer than {min(st_max, int(max_length))} tokens are embedded "
+                f"differently than sentence-transformers would; pass --max-length {st_max} to match it (the graph "
+                "itself takes any length up to the model's positions).")]
+    return loaded
+
+
+def _max_seq_length(folder: Path) -> int | None:
+    p = folder / "sentence_bert_config.json"
+    data = _read_json(p, p.name) if p.is_file() else None
+    value = data.get("max_seq_length") if isinstance(data, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def load_bare(folder: Path, shown: str, task: str) -> LoadedModel:
@@ -269,11 +289,6 @@ def load(folder: Path, shown: str, task: str, reason: str) -> LoadedModel:
     inputs = list(base.inputs)
     if not any(i.kind == ATTENTION_MASK for i in inputs):  # the pooling needs it even if the model does not
         inputs.insert(1, ModelInput(ATTENTION_MASK, ATTENTION_MASK))
-    st_cfg = folder / "sentence_bert_config.json"
-    if st_cfg.is_file():
-        data = _read_json(st_cfg, st_cfg.name)
-        if isinstance(data, dict) and isinstance(data.get("max_seq_length"), int):
-            info["max_seq_length"] = data["max_seq_length"]
     warnings = [w for w in [_prompt_warning(folder, info)] if w]
     return LoadedModel(
         kind="sentence-transformers",
