@@ -50,8 +50,9 @@ def test_api_lists_named_endpoints(served):
     assert {"/convert", "/preview", "/load_demo", "/cancel"} <= names
     params = [p["parameter_name"] for p in api["named_endpoints"]["/convert"]["parameters"]]
     assert params[:3] == ["checkpoint", "sample", "roles"] and "opset" in params and "exporter" in params
-    assert params[-1] == "variants"  # last, with a default of none: older callers keep working
-    assert api["named_endpoints"]["/convert"]["parameters"][-1]["parameter_default"] == []
+    assert params[-2:] == ["variants", "task"]  # last, with defaults: older callers keep working
+    assert api["named_endpoints"]["/convert"]["parameters"][-2]["parameter_default"] == []
+    assert api["named_endpoints"]["/convert"]["parameters"][-1]["parameter_default"] == "auto"
 
 
 def test_demo_conversion_downloads_a_model_that_runs(served, tmp_path):

@@ -411,6 +411,11 @@ def test_the_page_says_which_task_and_why():
                          "outputs": ["sentence_embedding", "token_embeddings"], "inputs": []})
     assert "<th>task</th>" in card and "sentence-embedding" in card and "modules.json declares" in card
     assert h.PARITY_HEADERS[3] == "min cosine" and "top-k agreement" in h.PARITY_HEADERS
+    # the page's Task control maps onto ConvertSpec.task, checked as the CLI's --task
+    assert h.spec_from_ui("m", "s.csv", task="Feature-Extraction", out="o").task == "feature-extraction"
+    assert h.spec_from_ui("m", "s.csv", out="o").task == "auto"
+    with pytest.raises(StudioError, match="Task 'translation'"):
+        h.spec_from_ui("m", "s.csv", task="translation", out="o")
 
 
 @pytest.mark.parametrize("head,auto_cls", [("token-classification", "AutoModelForTokenClassification"),

@@ -129,7 +129,8 @@ def spec_from_ui(checkpoint: str | None, sample: str | None, roles: Any = None, 
                  exporter: str = "auto", dynamic: Any = DYNAMIC_AXES, dynamic_per_input: Any = None,
                  max_length: Any = 128, atol: Any = ATOL_DEFAULT, rtol: Any = RTOL_DEFAULT,
                  id_dtype: str = "int64", fill_value: Any = None, latency_budget: Any = None,
-                 variants: Any = None, *, out: str | Path, trust_code: bool = False) -> ConvertSpec:
+                 variants: Any = None, task: Any = "auto", *, out: str | Path,
+                 trust_code: bool = False) -> ConvertSpec:
     """The one mapping from the page's controls (or the API's arguments) to a validated ConvertSpec."""
     if not checkpoint:
         raise StudioError("No checkpoint uploaded.", hint="Upload a checkpoint file or a .zip of a model "
@@ -157,7 +158,7 @@ def spec_from_ui(checkpoint: str | None, sample: str | None, roles: Any = None, 
         dynamic_per_input=parse_per_input(dynamic_per_input), max_length=max_len, id_dtype=id_dtype,
         atol=_number(atol, "atol", ATOL_DEFAULT), rtol=_number(rtol, "rtol", RTOL_DEFAULT),
         fill_value=_number(fill_value, "Fill value", None), latency_budget_s=budget,
-        variants=parse_variants(variants), trust_code=bool(trust_code),
+        variants=parse_variants(variants), task=str(task or "auto").strip().lower(), trust_code=bool(trust_code),
     ).validated()
 
 

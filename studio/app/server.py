@@ -242,10 +242,11 @@ class StudioApp:
                 dynamic_per_input: str | None = None, max_length: int = 128, atol: float = ATOL_DEFAULT,
                 rtol: float = RTOL_DEFAULT, id_dtype: str = "int64", fill_value: float | None = None,
                 latency_budget: float | None = None, variants: list[str] | str | None = None,
-                request: gr.Request = None, progress=gr.Progress()):
+                task: str = "auto", request: gr.Request = None, progress=gr.Progress()):
         """Convert the uploaded checkpoint with the sample rows; returns the artifacts and the report.
         variants: faster artifacts to build beside model.onnx, checked and timed like it: any of
-        optimized, int8, fp16, as a list or a comma string (default none)."""
+        optimized, int8, fp16, as a list or a comma string (default none).
+        task: what a model folder is exported as (the CLI's --task; default auto)."""
         key = _key(request)
         dynamic = list(DYNAMIC_AXES) if dynamic is None else dynamic
         error: StudioError | None = None
@@ -257,7 +258,7 @@ class StudioApp:
             checkpoint, sample = _job_inputs(job_dir, checkpoint, sample)
             spec = h.spec_from_ui(checkpoint, sample, roles, opset, exporter, dynamic, dynamic_per_input,
                                   max_length, atol, rtol, id_dtype, fill_value, latency_budget, variants,
-                                  out=out, trust_code=self.config.trust_code)
+                                  task, out=out, trust_code=self.config.trust_code)
 
             def on_progress(stage: str, fraction: float) -> None:
                 progress(min(max(fraction, 0.0), 1.0), desc=f"{stage} — {stage_text(stage, spec.variants)}")
