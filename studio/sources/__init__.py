@@ -2,7 +2,9 @@
 
 What a file is, is told from its bytes (sources.sniff), not from its extension. Order of dispatch:
   1. operator plugins (sources.plugins) — asked with the path, and again with the weights-only object;
-  2. folders: a Hugging Face folder (hf), a torch.distributed.checkpoint folder (dcp), or a folder with one
+  2. folders: a sentence-transformers folder (sbert: modules.json, exported with its pooling / dense /
+     normalize modules unless --task says otherwise), a Hugging Face folder (hf, --task picks the head),
+     a torch.distributed.checkpoint folder (dcp), or a folder with one
      weights file (+ config.json / tokenizer files beside it); a .zip of a folder is unpacked safely first
      (archive) and read the same way;
   3. files: torch.save checkpoints read with weights_only=True — the multimodal format (multimodal),
@@ -30,6 +32,7 @@ from .base import LoadedModel
 SUPPORTED = (
     "a Hugging Face model folder (config.json + model.safetensors or pytorch_model.bin + tokenizer files), "
     "or a .zip of one",
+    "a sentence-transformers folder (modules.json: Transformer, Pooling, Dense, Normalize), or a .zip of one",
     "an ONNX Studio multimodal checkpoint (.pt/.pth/.ckpt, see README), Lightning-style dicts accepted",
     "a state dict (.pt/.pth/.bin/.ckpt, Lightning/DDP/FSDP prefixes accepted) or a single .safetensors file of "
     "a Hugging Face backbone, optionally with a Linear head (--head), with its config.json beside it or via "
