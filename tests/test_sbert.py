@@ -274,6 +274,12 @@ def test_a_module_path_outside_the_folder_is_refused(tmp_path):
     (folder / "modules.json").write_text(json.dumps(modules))
     with pytest.raises(CheckpointError, match="outside the model folder"):
         sources.load(str(folder))
+    modules[1]["path"] = "1_Pooling"  # its own folder, but the config is a link to a file outside
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "1_Pooling" / "config.json").unlink()
+    (folder / "1_Pooling" / "config.json").symlink_to(outside / "config.json")
+    with pytest.raises(CheckpointError, match="config.json links outside the model folder"):
+        sources.load(str(folder))
 
 
 def test_legacy_pooling_keys_and_task_choices(tmp_path, hf_folders):

@@ -68,12 +68,21 @@ def read_modules(folder: Path) -> list[dict[str, Any]]:
         where = f", folder {rel}" if isinstance(rel, str) and rel else ""
         label = f"module {m.get('name', i)!s} ({full}{where})"
         out.append({"name": str(m.get("name", i)), "type": full, "cls": cls if full.startswith("sentence_transformers.")
-                    else None, "path": _inside(folder, m.get("path", ""), label), "label": label})
+                    else None, "path": _inside(folder, m.get("path", ""), label), "label": label,
+                    "root": folder.resolve()})
     return out
 
 
+def _file(module: dict[str, Any], name: str) -> Path:
+    """A file of a module's folder; one that links outside the model folder is refused."""
+    p = module["path"] / name
+    if p.exists() and not p.resolve().is_relative_to(module["root"]):
+        raise CheckpointError(f"{module['label']}: {name} links outside the model folder; refused.")
+    return p
+
+
 def _config(module: dict[str, Any], required: bool) -> dict[str, Any]:
-    path = module["path"] / "config.json"
+    path = _file(module, "config.json")
     if not path.is_file():
         if required:
             raise CheckpointError(f"{module['label']}: {path.name} is missing in its folder.")
@@ -122,7 +131,7 @@ def _dense_weights(module: dict[str, Any]) -> tuple[dict[str, torch.Tensor], str
     from . import read_weights_only
     from .statedict import read_safetensors
     for name in DENSE_WEIGHTS:
-        p = module["path"] / name
+        p = _file(module, name)
         if p.is_file():
             shown = f"{module['label']} {name}"
             state = read_safetensors(p, shown) if name.endswith(".safetensors") else read_weights_only(p, shown)
