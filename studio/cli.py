@@ -12,7 +12,7 @@ import traceback
 
 from .errors import StudioError
 from .spec import (ATOL_DEFAULT, DYNAMIC_AXES, EXPORTERS, HEADS, ID_DTYPES, MAX_PARAMS_DEFAULT, OPSET_DEFAULT,
-                   RTOL_DEFAULT, SAMPLE_LIMITS_OPTION, VARIANTS, ConvertSpec, SampleLimits, parse_roles,
+                   RTOL_DEFAULT, SAMPLE_LIMITS_OPTION, TASKS, VARIANTS, ConvertSpec, SampleLimits, parse_roles,
                    parse_sample_limits, parse_tabular)
 
 SAMPLE_LIMITS_HELP = ("what the sample file may hold, e.g. rows=50000,size=200mb (defaults: "
@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--config", default=None, metavar="PATH",
                    help="config.json (or model folder) for a bare state dict / .safetensors checkpoint")
     c.add_argument("--head", choices=HEADS, default=None, help="built-in head for a state-dict backbone")
+    c.add_argument("--task", choices=TASKS, default="auto",
+                   help="what a model folder is exported as (default auto: modules.json -> sentence-embedding, "
+                        "else config.json's architectures)")
     c.add_argument("--trust-code", action="store_true",
                    help="operator only: allow TorchScript, .pt2 and pickled modules (they can run code)")
     c.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
@@ -164,7 +167,7 @@ def spec_from_args(args: argparse.Namespace) -> ConvertSpec:
         opset=args.opset, exporter=args.exporter, dynamic=() if args.static else tuple(args.dynamic),
         max_length=args.max_length, id_dtype=args.id_dtype, atol=args.atol, rtol=args.rtol,
         fill_value=args.fill_value, latency_budget_s=args.latency_budget, threads=args.threads,
-        cuda=not args.no_cuda, variants=tuple(args.variants), config=args.config, head=args.head,
+        cuda=not args.no_cuda, variants=tuple(args.variants), config=args.config, head=args.head, task=args.task,
         trust_code=args.trust_code, max_params=args.max_params, debug=args.debug,
         sample_limits=parse_sample_limits(args.sample_limits),
     ).validated()
@@ -187,13 +190,15 @@ def _group(rows: list[list[str]]) -> dict[str, list[list[str]]]:
 
 
 def summary(report) -> str:
-    from .report import feed_rows, io_rows, latency_rows, machine_line, parity_rows, probe_rows
+    from .report import PARITY_COLUMNS, feed_rows, io_rows, latency_rows, machine_line, parity_rows, probe_rows
     e = report.export
     ok = lambda b: "n/a" if b is None else ("PASS" if b else "FAIL")  # noqa: E731
     lines = [
         f"{'PASS' if report.ok else 'FAIL (' + ', '.join(report.failed_checks) + ')'}: "
         f"{shown(report.options.get('out'))}/model.onnx",
         f"source   {shown(report.source.get('kind'))} {shown(report.source.get('path'))}",
+        *([f"task     {shown(report.source.get('task'))} ({shown(report.source.get('task_reason'))})"]
+          if report.source.get("task") else []),
         "roles    " + ", ".join(f"{shown(c)}={shown(r)}" for c, r in report.roles.items()),
         *[f"feeds    {shown(name)} = " + ", ".join(f"{shown(col)}[{idx}]" for _, idx, col in rows)
           for name, rows in _group(feed_rows(report.feeds)).items() if len(rows) > 1],
@@ -201,7 +206,7 @@ def summary(report) -> str:
         + "".join(f"; {a.exporter} failed: {shown(a.error)}" for a in e.attempts if not a.ok),
         f"checker  {ok(report.checker.ok)}" + ("" if report.checker.ok else f": {shown(report.checker.message)}"),
         f"parity   {ok(report.parity.ok)} (atol {report.parity.atol:g}, rtol {report.parity.rtol:g})",
-        _table(["output", "max abs", "max rel", "argmax agree", "verdict"], parity_rows(report.parity)),
+        _table(PARITY_COLUMNS, parity_rows(report.parity)),
         f"dynamic  {ok(report.dynamic.ok if report.dynamic else None)}",
         _table(["varies", "batch", "seq", "verdict", "max abs", "message"], probe_rows(report.dynamic)),
         "graph",

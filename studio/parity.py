@@ -11,10 +11,11 @@ import onnxruntime as ort
 import torch
 
 from .report import DynamicInfo, OutputDiff, ParityInfo, Probe
-from .sources.base import INPUT_IDS, TABULAR, LoadedModel
+from .sources.base import ATTENTION_MASK, INPUT_IDS, TABULAR, LoadedModel
 
 REL_FLOOR = 1e-6
 SEQ_PROBE_STEP = 5
+TOPK = 5  # top-k agreement: k = min(TOPK, classes - 1), for outputs with at least 3 classes
 
 
 def torch_outputs(loaded: LoadedModel, tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -27,8 +28,68 @@ def to_numpy(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return {n: t.detach().cpu().numpy() for n, t in tensors.items()}
 
 
+def real_tokens(loaded: LoadedModel, tensors: dict[str, torch.Tensor]) -> np.ndarray | None:
+    """[batch, sequence] bool: the tokens that are not padding (the attention mask), None without one."""
+    name = next((i.name for i in loaded.inputs if i.kind == ATTENTION_MASK and i.name in tensors), None)
+    return None if name is None else tensors[name].detach().cpu().numpy() != 0
+
+
+def _rows_cosine(e: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """Cosine similarity of matching rows (last axis); two zero vectors count as 1, one as 0; NaN stays NaN."""
+    dot = (e * a).sum(-1)
+    ne, na = np.sqrt((e * e).sum(-1)), np.sqrt((a * a).sum(-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = dot / (ne * na)
+    zero_e, zero_a = ne == 0, na == 0
+    cos = np.where(zero_e & zero_a, 1.0, np.where(zero_e | zero_a, 0.0, cos))
+    return np.where(np.isnan(dot) | np.isnan(ne) | np.isnan(na), np.nan, cos)
+
+
+def _topk_sets_equal(e: np.ndarray, a: np.ndarray, k: int) -> np.ndarray:
+    top_e = np.sort(np.argsort(-e, axis=-1, kind="stable")[..., :k], axis=-1)
+    top_a = np.sort(np.argsort(-a, axis=-1, kind="stable")[..., :k], axis=-1)
+    return (top_e == top_a).all(-1)
+
+
+def output_checks(kind: str | None, e: np.ndarray, a: np.ndarray, mask: np.ndarray | None) -> dict:
+    """What an output means, checked (OutputDiff fields):
+    - class outputs (logits / probs) [batch, classes]: argmax agreement over rows, and top-k agreement (the
+      k best classes are the same set, k = min(TOPK, classes - 1), for >= 3 classes);
+    - token classification logits [batch, seq, labels]: argmax agreement over real (unpadded) tokens;
+    - question-answering span logits [batch, seq] (kind "span"): start / end argmax over real tokens, per row;
+    - embeddings (kind "embedding", and token-level "hidden"): the lowest cosine similarity over rows (2-D)
+      or over real tokens (3-D).
+    `mask`: [batch, seq] real tokens, or None (every position counts)."""
+    out: dict = {}
+    token_mask = mask if mask is not None and e.ndim >= 2 and e.shape[:2] == mask.shape else None
+    if kind in ("logits", "probs") and e.ndim == 2 and e.shape[-1] > 1:
+        out["argmax_agreement"] = float((e.argmax(-1) == a.argmax(-1)).mean()) if e.size else None
+        out["agreement_over"] = "rows"
+        if e.shape[-1] >= 3:
+            k = min(TOPK, e.shape[-1] - 1)
+            out["topk"], out["topk_agreement"] = k, float(_topk_sets_equal(e, a, k).mean())
+    elif kind in ("logits", "probs") and e.ndim == 3 and e.shape[-1] > 1:
+        same = e.argmax(-1) == a.argmax(-1)
+        if token_mask is not None:
+            same = same[token_mask]
+        out["argmax_agreement"] = float(same.mean()) if same.size else None
+        out["agreement_over"] = "real tokens" if token_mask is not None else "tokens"
+    elif kind == "span" and e.ndim == 2 and e.shape[-1] > 1:
+        if token_mask is not None:
+            e, a = np.where(token_mask, e, -np.inf), np.where(token_mask, a, -np.inf)
+        out["argmax_agreement"] = float((e.argmax(-1) == a.argmax(-1)).mean()) if e.size else None
+        out["agreement_over"] = "rows, over real tokens" if token_mask is not None else "rows"
+    elif kind in ("embedding", "hidden") and e.ndim >= 2 and e.size:
+        cos = _rows_cosine(e.astype(np.float64), a.astype(np.float64))
+        if e.ndim == 3 and token_mask is not None:
+            cos = cos[token_mask]
+        out["min_cosine"] = float(np.min(cos)) if cos.size else None
+    return out
+
+
 def compare(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], atol: float, rtol: float,
-            kinds: dict[str, str]) -> list[OutputDiff]:
+            kinds: dict[str, str], mask: np.ndarray | None = None) -> list[OutputDiff]:
+    """mask: [batch, seq] real tokens (see `real_tokens`), for the checks that skip padding."""
     diffs = []
     for name, e in expected.items():
         a = actual.get(name)
@@ -45,10 +106,9 @@ def compare(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], atol
         max_abs = float(absd.max()) if absd.size else 0.0
         max_rel = float((absd / np.maximum(np.abs(e64), REL_FLOOR)).max()) if absd.size else 0.0
         ok = same and bool(np.all(absd <= atol + rtol * np.abs(e64)))
-        agreement = None
-        if kinds.get(name) in ("logits", "probs") and e.ndim >= 2 and e.shape[-1] > 1:
-            agreement = float((e.argmax(-1) == a.argmax(-1)).mean())
-        diffs.append(OutputDiff(name, max_abs, max_rel, ok, agreement, list(e.shape)))
+        checks = output_checks(kinds.get(name), e, a, mask)
+        agreement = checks.pop("argmax_agreement", None)
+        diffs.append(OutputDiff(name, max_abs, max_rel, ok, agreement, list(e.shape), **checks))
     return diffs
 
 
@@ -58,7 +118,7 @@ def parity(loaded: LoadedModel, session: ort.InferenceSession, tensors: dict[str
     from .runtime import run
     expected = torch_outputs(loaded, tensors)
     actual = run(session, to_numpy(tensors))
-    diffs = compare(expected, actual, atol, rtol, loaded.output_kinds)
+    diffs = compare(expected, actual, atol, rtol, loaded.output_kinds, real_tokens(loaded, tensors))
     rows = next(iter(tensors.values())).shape[0]
     return ParityInfo(all(d.ok for d in diffs), atol, rtol, diffs, rows, session.get_providers()[0]), actual
 
@@ -128,8 +188,11 @@ def _fixed_dims(session: ort.InferenceSession, axes: dict[str, dict[int, str]]) 
 
 
 def probes(loaded: LoadedModel, session: ort.InferenceSession, tensors: dict[str, torch.Tensor],
-           axes: dict[str, dict[int, str]], atol: float, rtol: float) -> DynamicInfo:
-    """Run PyTorch and ORT at other sizes; a baked dimension fails naming the input and axis."""
+           axes: dict[str, dict[int, str]], atol: float, rtol: float, judge=None) -> DynamicInfo:
+    """Run PyTorch and ORT at other sizes; a baked dimension fails naming the input and axis.
+
+    judge(expected, actual, mask) -> list[OutputDiff]: the verdict rule (default: `compare` with atol / rtol;
+    a variant passes its own, e.g. the cosine rule for int8 embeddings)."""
     from .runtime import run
     requested = {n: [a[k] for k in sorted(a)] for n, a in axes.items()}
     if not axes:
@@ -151,7 +214,9 @@ def probes(loaded: LoadedModel, session: ort.InferenceSession, tensors: dict[str
             where = "; ".join(m for sym, m in fixed if sym == axis) or f"the {axis} axis is not really dynamic"
             results.append(Probe(b, seq_used, False, None, f"{where}: ONNX Runtime failed: {first}", axis))
             continue
-        diffs = compare(expected, actual, atol, rtol, loaded.output_kinds)
+        mask = real_tokens(loaded, inputs)
+        diffs = (judge(expected, actual, mask) if judge is not None
+                 else compare(expected, actual, atol, rtol, loaded.output_kinds, mask))
         worst = max((d.max_abs_diff for d in diffs), default=0.0)
         bad = [d for d in diffs if not d.ok]
         if bad:

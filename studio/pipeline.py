@@ -164,7 +164,7 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
         predictions=_predictions(batch, loaded, onnx_outputs),
         versions=_versions(),
         variants=variant_infos,
-        warnings=list(batch.warnings),
+        warnings=list(batch.warnings) + list(loaded.info.get("warnings") or []),
         feeds={n: [dict(f) for f in parts] for n, parts in batch.features.items()},
     )
 
@@ -269,6 +269,7 @@ TOKENIZER = {tokenizer!r}              # tokenizer call settings used at export
 ID_DTYPE = np.{id_dtype}
 LABELS = {labels!r}
 SEP = {sep!r}                          # the delimiter of a CSV / TSV / TXT sample
+EMBEDDING = {embedding!r}              # the sentence-embedding output, for embedding models
 
 
 def read_json_table(data):
@@ -338,6 +339,21 @@ def build_inputs(df):
     return feeds
 
 
+def show_embeddings(emb):
+    """Each row's embedding (first values, size, length) and the cosine similarity of every pair of rows."""
+    emb = emb.astype(np.float64)
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    for i, row in enumerate(emb):
+        head = ", ".join(f"{{x:.4f}}" for x in row[:6])
+        print(f"row {{i + 1}}: embedding [{{head}}, ...] ({{row.shape[0]}} values, L2 norm {{norms[i, 0]:.4f}})")
+    unit = emb / np.maximum(norms, 1e-12)
+    sims = unit @ unit.T
+    print("cosine similarity (rows x rows):")
+    print("       " + " ".join(f"{{'row ' + str(j + 1):>7}}" for j in range(len(emb))))
+    for i in range(len(emb)):
+        print(f"{{'row ' + str(i + 1):>6}} " + " ".join(f"{{x:7.4f}}" for x in sims[i]))
+
+
 def main():
     df = read_sample(SAMPLE)
     feeds = build_inputs(df)
@@ -347,6 +363,9 @@ def main():
     expected = np.load(HERE / "sample_inputs.npz")
     same = all(np.array_equal(feeds[n], expected[n]) for n in names)
     print("inputs match sample_inputs.npz:", same)
+    if EMBEDDING is not None:
+        show_embeddings(outputs[[o.name for o in session.get_outputs()].index(EMBEDDING)])
+        return 0 if same else 1
     first = outputs[0]
     for i in range(first.shape[0]):
         if first.ndim == 2:
@@ -383,4 +402,6 @@ def _example_script(loaded, batch, sample_name: str, fill_value: float | None,
                           tokenizer=settings,
                           id_dtype=batch.tokenizer_settings.get("id_dtype", "int64"),
                           labels=loaded.info.get("labels"), sep=sep,
+                          embedding=next((n for n in loaded.output_names if loaded.output_kinds.get(n) == "embedding"),
+                                         None),
                           tok_need=", transformers" if batch.text_columns else "")

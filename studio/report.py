@@ -62,6 +62,12 @@ class OutputDiff:
     ok: bool
     argmax_agreement: float | None = None  # fraction of rows whose argmax agrees; None if n/a
     shape: list[int] = field(default_factory=list)
+    # what a row is for argmax_agreement: "rows" (classes), "real tokens" (token classification, padding
+    # left out), "rows, over real tokens" (question answering start / end positions)
+    agreement_over: str | None = None
+    topk: int | None = None  # k of topk_agreement (class outputs with >= 3 classes)
+    topk_agreement: float | None = None  # fraction of rows whose top-k class sets are equal
+    min_cosine: float | None = None  # embeddings: lowest cosine similarity ORT vs PyTorch over rows / real tokens
 
 
 @dataclass
@@ -248,13 +254,27 @@ def feed_rows(feeds: dict[str, list[dict[str, Any]]]) -> list[list[str]]:
             start, width = int(f["start"]), int(f["width"])
             rows.append([name, str(start) if width == 1 else f"{start}-{start + width - 1}", str(f["column"])])
     return rows
+PARITY_COLUMNS = ["output", "max abs diff", "max rel diff", "min cosine", "argmax agreement", "top-k agreement",
+                  "verdict"]
+
+
+def _agreement(o: OutputDiff) -> str:
+    if o.argmax_agreement is None:
+        return "-"
+    over = o.agreement_over if o.agreement_over not in (None, "rows") else ""
+    return f"{o.argmax_agreement:.1%}" + (f" ({over})" if over else "")
+
+
+def _cosine(x: float | None) -> str:
+    return "-" if x is None else format(x, ".7g")
 
 
 def parity_rows(p: ParityInfo | None) -> list[list[str]]:
+    """One row per output, in PARITY_COLUMNS order."""
     if p is None:
         return []
-    return [[o.name, _num(o.max_abs_diff), _num(o.max_rel_diff),
-             "-" if o.argmax_agreement is None else f"{o.argmax_agreement:.1%}", _mark(o.ok)]
+    return [[o.name, _num(o.max_abs_diff), _num(o.max_rel_diff), _cosine(o.min_cosine), _agreement(o),
+             "-" if o.topk_agreement is None else f"top-{o.topk} {o.topk_agreement:.1%}", _mark(o.ok)]
             for o in p.outputs]
 
 
@@ -313,17 +333,20 @@ def machine_line(lat: LatencyInfo | None) -> str:
 
 
 def variant_rows(variants: list[VariantInfo], lat: LatencyInfo | None = None) -> list[list[str]]:
-    """One row per variant: verdict, size, worst diff, argmax agreement, ORT CPU p50 and speedups."""
+    """One row per variant: verdict, size, worst diff, lowest cosine (embeddings), argmax agreement, ORT CPU
+    p50 and speedups."""
     rows = [] if lat is None or lat.ort_cpu is None else [
-        ["fp32 (model.onnx)", "PASS", "-", "-", "-", f"{lat.ort_cpu.p50_ms:.2f}",
+        ["fp32 (model.onnx)", "PASS", "-", "-", "-", "-", f"{lat.ort_cpu.p50_ms:.2f}",
          _ratio(lat.torch_cpu.p50_ms / lat.ort_cpu.p50_ms if lat.torch_cpu else None), "1.00x", ""]]
     for v in variants:
         diffs = v.parity.outputs if v.parity else []
         worst = max((d.max_abs_diff for d in diffs), default=None)
         agree = [d.argmax_agreement for d in diffs if d.argmax_agreement is not None]
+        cosines = [d.min_cosine for d in diffs if d.min_cosine is not None]
         t = v.latency.ort_cpu if v.latency else None
         rows.append([v.name, _mark(v.ok), f"{v.size_bytes / 1e6:.1f} MB" if v.size_bytes else "-", _num(worst),
-                     f"{min(agree):.1%}" if agree else "-", f"{t.p50_ms:.2f}" if t else "-",
+                     _cosine(min(cosines)) if cosines else "-", f"{min(agree):.1%}" if agree else "-",
+                     f"{t.p50_ms:.2f}" if t else "-",
                      _ratio(v.speedup_vs_torch), _ratio(v.speedup_vs_fp32), v.error or v.method])
     return rows
 
@@ -344,6 +367,7 @@ def render_markdown(r: Report) -> str:
     e = r.export
     out = [f"# ONNX Studio report — {'PASS' if r.ok else 'FAIL: ' + ', '.join(r.failed_checks)}", "",
            f"- Source: `{r.source.get('path')}` ({r.source.get('kind')})",
+           *([f"- Task: {r.source.get('task')} ({r.source.get('task_reason')})"] if r.source.get("task") else []),
            f"- Exporter: {e.exporter}, opset requested {e.opset_requested}, written {e.opset}, "
            f"{e.seconds:.1f} s" + (" (external data)" if e.external_data else ""),
            f"- Checker: {_mark(r.checker.ok if r.checker else None)}"
@@ -365,7 +389,7 @@ def render_markdown(r: Report) -> str:
         out += [f"File size: {r.graph.size_bytes:,} bytes. Ops: "
                 + ", ".join(f"{k} ×{v}" for k, v in ops[:15]) + ("…" if len(ops) > 15 else ""), ""]
     out += ["## Parity (PyTorch vs ONNX Runtime, sample rows)",
-            _table(["output", "max abs diff", "max rel diff", "argmax agreement", "verdict"], parity_rows(r.parity))]
+            _table(PARITY_COLUMNS, parity_rows(r.parity))]
     out += ["## Dynamic-dimension probes",
             _table(["varies", "batch", "sequence", "verdict", "max abs diff", "message"], probe_rows(r.dynamic))]
     out += ["## Latency", _table(["run", "p50 ms", "p90 ms", "p99 ms", "iterations", "batch", "threads", "provider"],
@@ -374,7 +398,7 @@ def render_markdown(r: Report) -> str:
     if line:
         out += [line, ""]
     if r.variants:
-        out += ["## Variants", _table(["variant", "verdict", "size", "max abs diff", "argmax agreement",
+        out += ["## Variants", _table(["variant", "verdict", "size", "max abs diff", "min cosine", "argmax agreement",
                                        "ORT CPU p50 ms", "vs PyTorch", "vs fp32", "how"],
                                       variant_rows(r.variants, r.latency))]
     for v in r.variants:
@@ -388,7 +412,7 @@ def render_markdown(r: Report) -> str:
                 f"Verdict rule: {rule}." if rule else "",
                 (f"Checked on {v.provider}. " if v.provider else "") + v.notes
                 + (f" Error: {v.error}" if v.error else ""), ""]
-        out += [_table(["output", "max abs diff", "max rel diff", "argmax agreement", "verdict"], parity_rows(v.parity))]
+        out += [_table(PARITY_COLUMNS, parity_rows(v.parity))]
         if v.dynamic is not None and v.dynamic.probes:
             out += [_table(["varies", "batch", "sequence", "verdict", "max abs diff", "message"], probe_rows(v.dynamic))]
         if v.latency:

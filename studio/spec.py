@@ -14,6 +14,10 @@ ID_DTYPES = ("int64", "int32")
 OPSET_MIN, OPSET_MAX, OPSET_DEFAULT = 14, 23, 18
 VARIANTS = ("optimized", "int8", "fp16")
 HEADS = ("sequence", "pooled", "token")
+# what the graph computes (--task), as optimum-cli's; auto: modules.json -> sentence-embedding, else the
+# config's architectures (see README "Tasks")
+TASKS = ("auto", "sentence-embedding", "feature-extraction", "sequence-classification", "token-classification",
+         "question-answering")
 
 # Default --max-params (the most parameters a config may declare; counted on the meta device before
 # anything is allocated, see sources.sizing). The studio loads and exports every model in float32 (4 bytes
@@ -112,6 +116,7 @@ class ConvertSpec:
     # checkpoints that are a bare state dict of a HF backbone (+ head): see README
     config: str | None = None  # config.json / model folder to pair with a state dict
     head: str | None = None  # built-in head for a state-dict backbone: sequence | token
+    task: str = "auto"  # one of TASKS: what a Hugging Face / sentence-transformers folder is exported as
     trust_code: bool = False  # operator-only: allow TorchScript / .pt2 / pickled modules
     max_params: int = MAX_PARAMS_DEFAULT  # operator limit: parameters a checkpoint's config may declare
     sample_limits: SampleLimits = field(default_factory=SampleLimits)  # what the sample file may hold
@@ -154,6 +159,8 @@ class ConvertSpec:
             raise StudioError(f"--max-params must be a number >= 1, got {self.max_params!r}.")
         if self.head is not None and self.head not in HEADS:
             raise StudioError(f"Head {self.head!r} is not one of {', '.join(HEADS)}.")
+        if self.task not in TASKS:
+            raise StudioError(f"Task {self.task!r} is not one of {', '.join(TASKS)}.")
         return replace(self, tabular=tabular, opset=int(self.opset), max_length=int(self.max_length),
                        max_params=int(self.max_params),
                        dynamic=tuple(self.dynamic), variants=tuple(self.variants),

@@ -50,10 +50,11 @@ def test_api_lists_named_endpoints(served):
     assert {"/convert", "/preview", "/load_demo", "/cancel"} <= names
     params = [p["parameter_name"] for p in api["named_endpoints"]["/convert"]["parameters"]]
     assert params[:3] == ["checkpoint", "sample", "roles"] and "opset" in params and "exporter" in params
-    assert params[-2:] == ["variants", "tabular"]  # last, with defaults: older callers keep working
+    assert params[-3:] == ["variants", "tabular", "task"]  # last, with defaults: older callers keep working
     by_name = {p["parameter_name"]: p for p in api["named_endpoints"]["/convert"]["parameters"]}
     assert by_name["variants"]["parameter_default"] == []
     assert by_name["tabular"]["parameter_has_default"] and by_name["tabular"]["parameter_default"] in (None, "")
+    assert by_name["task"]["parameter_default"] == "auto"
 
 
 def test_demo_conversion_downloads_a_model_that_runs(served, tmp_path):

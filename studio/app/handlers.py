@@ -14,7 +14,8 @@ import pandas as pd
 
 from .. import demo
 from ..errors import StudioError
-from ..report import LATENCY_LABELS, Report, io_rows, latency_rows, parity_rows, probe_rows, variant_rows
+from ..report import (LATENCY_LABELS, PARITY_COLUMNS, Report, io_rows, latency_rows, parity_rows, probe_rows,
+                      variant_rows)
 from ..spec import parse_sample_limits
 from ..spec import (ATOL_DEFAULT, DYNAMIC_AXES, EXPORTERS, ID_DTYPES, OPSET_DEFAULT, OPSET_MAX, OPSET_MIN,
                     ROLES, RTOL_DEFAULT, VARIANTS, ConvertSpec, parse_roles, parse_tabular)
@@ -42,11 +43,11 @@ SAMPLE_TYPES = [".csv", ".tsv", ".json", ".jsonl", ".ndjson", ".txt"]
 CHECKPOINT_TYPES = [".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".zip", ".tar", ".pt2"]
 
 IO_HEADERS = ["", "name", "dtype", "shape"]
-PARITY_HEADERS = ["output", "max abs diff", "max rel diff", "argmax agreement", "verdict"]
+PARITY_HEADERS = list(PARITY_COLUMNS)
 PROBE_HEADERS = ["varies", "batch", "sequence", "verdict", "max abs diff", "message"]
 LATENCY_HEADERS = ["run", "p50 ms", "p90 ms", "p99 ms", "iterations", "batch", "threads", "provider"]
 # the columns of studio.report.variant_rows (its Markdown table, with the app's own words)
-VARIANT_HEADERS = ["variant", "verdict", "size", "max abs diff", "argmax agreement", "ORT CPU p50 ms",
+VARIANT_HEADERS = ["variant", "verdict", "size", "max abs diff", "min cosine", "argmax agreement", "ORT CPU p50 ms",
                    "speedup vs PyTorch", "speedup vs model.onnx", "how built / error"]
 ATTEMPT_HEADERS = ["exporter", "ok", "seconds", "opset written", "error"]
 COLUMN_HEADERS = ["column", "detected", "example", "suggested", "why"]
@@ -186,7 +187,7 @@ def spec_from_ui(checkpoint: str | None, sample: str | None, roles: Any = None, 
                  exporter: str = "auto", dynamic: Any = DYNAMIC_AXES, dynamic_per_input: Any = None,
                  max_length: Any = 128, atol: Any = ATOL_DEFAULT, rtol: Any = RTOL_DEFAULT,
                  id_dtype: str = "int64", fill_value: Any = None, latency_budget: Any = None,
-                 variants: Any = None, tabular: Any = None, *, out: str | Path,
+                 variants: Any = None, tabular: Any = None, task: Any = "auto", *, out: str | Path,
                  trust_code: bool = False, sample_limits: Any = None) -> ConvertSpec:
     """The one mapping from the page's controls (or the API's arguments) to a validated ConvertSpec."""
     if not checkpoint:
@@ -215,7 +216,8 @@ def spec_from_ui(checkpoint: str | None, sample: str | None, roles: Any = None, 
         dynamic_per_input=parse_per_input(dynamic_per_input), max_length=max_len, id_dtype=id_dtype,
         atol=_number(atol, "atol", ATOL_DEFAULT), rtol=_number(rtol, "rtol", RTOL_DEFAULT),
         fill_value=_number(fill_value, "Fill value", None), latency_budget_s=budget,
-        variants=parse_variants(variants), tabular=parse_tabular_value(tabular), trust_code=bool(trust_code),
+        variants=parse_variants(variants), tabular=parse_tabular_value(tabular),
+        task=str(task or "auto").strip().lower(), trust_code=bool(trust_code),
         sample_limits=parse_sample_limits(sample_limits),  # the operator's --sample-limits, never the page's
     ).validated()
 
@@ -292,6 +294,8 @@ def model_html(model: dict | None, error: str | None = None, filename: str | Non
         for i in model.get("inputs", []))
     tok = model.get("tokenizer")
     facts = [("kind", esc(model.get("kind"))),
+             *([("task", f'{esc(model["task"])} <span class="muted">({esc(model.get("task_reason") or "")})</span>')]
+               if model.get("task") else []),
              ("architecture", esc(model.get("architecture") or model.get("model_type") or "-")),
              ("parameters", _count(model.get("parameters"))),
              ("tokenizer", f'<span class="ok">✓ {esc(tok)}</span>' if tok else '<span class="bad">✗ none found</span>'),
@@ -581,6 +585,8 @@ def summary_md(report: Report) -> str:
     roles = ", ".join(f"`{c}` → {r}" for c, r in report.roles.items())
     lines = [f"**Source** `{Path(str(report.source.get('path', ''))).name}` ({report.source.get('kind')}) · "
              f"**Roles** {roles}"]
+    if report.source.get("task"):
+        lines.append(f"**Task** {report.source['task']} ({report.source.get('task_reason') or '-'})")
     if report.graph is not None:
         lines.append(f"**File** {report.graph.size_bytes:,} bytes · {sum(report.graph.op_counts.values())} nodes · "
                      f"producer {report.graph.producer or '-'}")

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from ..spec import ATOL_DEFAULT, DYNAMIC_AXES, ID_DTYPES, OPSET_DEFAULT, ROLES, RTOL_DEFAULT
+from ..spec import ATOL_DEFAULT, DYNAMIC_AXES, ID_DTYPES, OPSET_DEFAULT, ROLES, RTOL_DEFAULT, TASKS
 from . import handlers as h
 
 if TYPE_CHECKING:
@@ -198,6 +198,9 @@ def build(app: "StudioApp") -> gr.Blocks:
                                         "ticked; each adds build, check and timing time.")
         with gr.Accordion("Advanced: tolerances, empty cells, latency budget, per-input dynamic dimensions",
                           open=False):
+            task = gr.Dropdown(list(TASKS), value="auto", label="Task (what a model folder is exported as)",
+                               elem_id="task", info="auto: modules.json -> sentence-embedding, else the config's "
+                                                    "architectures (as the CLI's --task)")
             with gr.Row():
                 atol = gr.Number(ATOL_DEFAULT, label="atol (parity absolute tolerance)", elem_id="atol")
                 rtol = gr.Number(RTOL_DEFAULT, label="rtol (parity relative tolerance)", elem_id="rtol")
@@ -297,7 +300,7 @@ def build(app: "StudioApp") -> gr.Blocks:
         export_event = export_btn.click(
             app.convert,
             inputs=[checkpoint, sample, roles_box, opset, exporter, dynamic, per_input_json, max_length, atol, rtol,
-                    id_dtype, fill_value, latency_budget, variants, tabular_box],
+                    id_dtype, fill_value, latency_budget, variants, tabular_box, task],
             outputs=convert_outputs, api_name="convert", concurrency_id="convert",
             concurrency_limit=cfg.max_jobs, show_progress_on=[verdict], scroll_to_output=True)
         cancel_btn.click(app.cancel, outputs=[verdict], api_name="cancel", cancels=[export_event], queue=False)

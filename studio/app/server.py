@@ -269,12 +269,14 @@ class StudioApp:
                 dynamic_per_input: str | None = None, max_length: int = 128, atol: float = ATOL_DEFAULT,
                 rtol: float = RTOL_DEFAULT, id_dtype: str = "int64", fill_value: float | None = None,
                 latency_budget: float | None = None, variants: list[str] | str | None = None,
-                tabular: str | dict | None = None, request: gr.Request = None, progress=gr.Progress()):
+                tabular: str | dict | None = None, task: str = "auto", request: gr.Request = None,
+                progress=gr.Progress()):
         """Convert the uploaded checkpoint with the sample rows; returns the artifacts and the report.
         variants: faster artifacts to build beside model.onnx, checked and timed like it: any of
         optimized, int8, fp16, as a list or a comma string (default none).
         tabular: the columns feeding each tabular input, in order: `INPUT=COL1,COL2,...` lines (FIRST..LAST
-        is a range) or a JSON object {input: [columns]} (default: the columns mapped tabular, in file order)."""
+        is a range) or a JSON object {input: [columns]} (default: the columns mapped tabular, in file order).
+        task: what a model folder is exported as (the CLI's --task; default auto)."""
         key = _key(request)
         dynamic = list(DYNAMIC_AXES) if dynamic is None else dynamic
         error: StudioError | None = None
@@ -286,7 +288,7 @@ class StudioApp:
             checkpoint, sample = _job_inputs(job_dir, checkpoint, sample)
             spec = h.spec_from_ui(checkpoint, sample, roles, opset, exporter, dynamic, dynamic_per_input,
                                   max_length, atol, rtol, id_dtype, fill_value, latency_budget, variants,
-                                  tabular, out=out, trust_code=self.config.trust_code,
+                                  tabular, task, out=out, trust_code=self.config.trust_code,
                                   sample_limits=self.config.sample_limits)
             spec = replace(spec, max_params=self.config.max_params).validated()
 

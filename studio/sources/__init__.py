@@ -2,7 +2,9 @@
 
 What a file is, is told from its bytes (sources.sniff), not from its extension. Order of dispatch:
   1. operator plugins (sources.plugins) — asked with the path, and again with the weights-only object;
-  2. folders: a Hugging Face folder (hf), a torch.distributed.checkpoint folder (dcp), or a folder with one
+  2. folders: a sentence-transformers folder (sbert: modules.json, exported with its pooling / dense /
+     normalize modules unless --task says otherwise), a Hugging Face folder (hf, --task picks the head),
+     a torch.distributed.checkpoint folder (dcp), or a folder with one
      weights file (+ config.json / tokenizer files beside it); a .zip of a folder is unpacked safely first
      (archive) and read the same way;
   3. files: torch.save checkpoints read with weights_only=True — the multimodal format (multimodal),
@@ -30,6 +32,7 @@ from .base import LoadedModel
 SUPPORTED = (
     "a Hugging Face model folder (config.json + model.safetensors or pytorch_model.bin + tokenizer files), "
     "or a .zip of one",
+    "a sentence-transformers folder (modules.json: Transformer, Pooling, Dense, Normalize), or a .zip of one",
     "an ONNX Studio multimodal checkpoint (.pt/.pth/.ckpt, see README), Lightning-style dicts accepted",
     "a state dict (.pt/.pth/.bin/.ckpt, Lightning/DDP/FSDP prefixes accepted) or a single .safetensors file of "
     "a Hugging Face backbone, optionally with a Linear head (--head), with its config.json beside it or via "
@@ -63,7 +66,7 @@ def load(path: str | Path, spec: Any = None, *, workdir: str | Path | None = Non
     if plugin is not None:
         return plugins.load_with(plugin, p, shown, spec)
     if p.is_dir():
-        return _load_dir(p, shown, spec)
+        return _checked_task(_load_dir(p, shown, spec), spec)
     if p.stat().st_size == 0:
         raise CheckpointError(f"Checkpoint {p.name} is an empty file.")
     sn = sniffing.sniff(p)
@@ -74,8 +77,22 @@ def load(path: str | Path, spec: Any = None, *, workdir: str | Path | None = Non
             contain.check_folder(root, shown)
             loaded = _load_dir(root, shown, spec)
             loaded.path = shown
-            return loaded
-    return _load_file(p, shown, spec, sn, [p.parent])
+            return _checked_task(loaded, spec)
+    return _checked_task(_load_file(p, shown, spec, sn, [p.parent]), spec)
+
+
+def _task(spec: Any) -> str:
+    return (getattr(spec, "task", None) or "auto") if spec is not None else "auto"
+
+
+def _checked_task(loaded: LoadedModel, spec: Any) -> LoadedModel:
+    """An explicit --task must be the task the graph computes; only model folders can be told one."""
+    task = _task(spec)
+    if task != "auto" and loaded.info.get("task") != task:
+        raise CheckpointError(f"--task {task} does not apply to {loaded.path} ({loaded.kind}): --task chooses what a "
+                              "Hugging Face or sentence-transformers model folder is exported as.",
+                              hint="Leave --task auto; a state dict's head is chosen with --head.")
+    return loaded
 
 
 def _contain(p: Path, shown: str, spec: Any) -> None:
@@ -98,10 +115,16 @@ def _weight_files(folder: Path) -> list[Path]:
 
 
 def _load_dir(folder: Path, shown: str, spec: Any) -> LoadedModel:
-    from . import dcp, hf
+    from . import dcp, hf, sbert
+    if sbert.is_sbert_folder(folder):  # a sentence-transformers folder: the pipeline modules.json declares
+        return sbert.load_for_task(folder, shown, _task(spec), getattr(spec, "max_length", None),
+                                   max_params=getattr(spec, "max_params", None))
+    if _task(spec) == "sentence-embedding":
+        raise CheckpointError(f"--task sentence-embedding needs a sentence-transformers folder, and {shown} has no "
+                              f"{sbert.MODULES_FILE}.", hint="Use --task feature-extraction for the token embeddings.")
     if hf.is_hf_folder(folder) and any((folder / f).exists() for f in hf.WEIGHT_FILES):
         try:
-            return hf.load_folder(folder, shown, max_params=getattr(spec, "max_params", None))
+            return hf.load_folder(folder, shown, task=_task(spec), max_params=getattr(spec, "max_params", None))
         except hf.WeightsMismatchError as e:
             # a state dict of the user's own class saved under a Hugging Face file name
             single = [folder / f for f in hf.WEIGHT_FILES[:2] if (folder / f).is_file()]

@@ -20,9 +20,12 @@ HEADS = {
     "ForSequenceClassification": ("AutoModelForSequenceClassification", ["logits"], "logits"),
     "ForTokenClassification": ("AutoModelForTokenClassification", ["logits"], "logits"),
     "ForMultipleChoice": None,  # needs a 3-D input layout: refused with a message
-    "ForQuestionAnswering": ("AutoModelForQuestionAnswering", ["start_logits", "end_logits"], "logits"),
+    "ForQuestionAnswering": ("AutoModelForQuestionAnswering", ["start_logits", "end_logits"], "span"),
 }
 ENCODER_OUTPUTS = ["last_hidden_state"]
+# ConvertSpec.task (--task) -> the head it asks for (None = the bare encoder)
+TASK_HEADS = {"feature-extraction": None, "sequence-classification": "ForSequenceClassification",
+              "token-classification": "ForTokenClassification", "question-answering": "ForQuestionAnswering"}
 
 
 class WeightsMismatchError(CheckpointError):
@@ -34,6 +37,14 @@ def is_hf_folder(path: Path) -> bool:
 
 
 def _task(config) -> tuple[str, list[str], str]:
+    return choose_task(config)[0]
+
+
+def choose_task(config, task: str = "auto") -> tuple[tuple[str, list[str], str], str]:
+    """(Auto class, outputs, output kind) and why: from --task when given, else the config's architectures."""
+    if task in TASK_HEADS:
+        suffix = TASK_HEADS[task]
+        return (HEADS[suffix] if suffix else ("AutoModel", ENCODER_OUTPUTS, "hidden")), f"--task {task}"
     archs = list(getattr(config, "architectures", None) or [])
     for arch in archs:
         for suffix, head in HEADS.items():
@@ -42,8 +53,18 @@ def _task(config) -> tuple[str, list[str], str]:
                     raise CheckpointError(f"Architecture {arch} is not supported yet.",
                                           hint="Supported heads: sequence classification, token "
                                                "classification, question answering, or a bare encoder.")
-                return head
-    return ("AutoModel", ENCODER_OUTPUTS, "hidden")
+                return head, f"config.json's architectures names {arch}"
+    why = (f"config.json's architectures names {', '.join(archs)}, no task head" if archs
+           else "config.json names no architectures")
+    return ("AutoModel", ENCODER_OUTPUTS, "hidden"), why
+
+
+def task_name(auto_name: str) -> str:
+    """The --task word for an Auto class name."""
+    for task, suffix in TASK_HEADS.items():
+        if suffix and HEADS[suffix][0] == auto_name:
+            return task
+    return "feature-extraction"
 
 
 def _forward_params(module: torch.nn.Module) -> set[str]:
@@ -82,9 +103,12 @@ def make_adapter(output_names: list[str]):
     return adapter
 
 
-def load_folder(folder: Path, shown_path: str | None = None, *, max_params: int | None = None) -> LoadedModel:
+def load_folder(folder: Path, shown_path: str | None = None, task: str = "auto", *,
+                max_params: int | None = None) -> LoadedModel:
     """Load a Hugging Face model folder. Never runs remote code; weights load without pickle code.
-    The parameters config.json declares are counted on the meta device first (see sources.sizing)."""
+    The parameters config.json declares are counted on the meta device first (see sources.sizing).
+
+    task: a ConvertSpec.task head (--task); "auto" = the one config.json's architectures names."""
     import transformers
     from transformers import AutoConfig
     transformers.utils.logging.disable_progress_bar()
@@ -97,7 +121,7 @@ def load_folder(folder: Path, shown_path: str | None = None, *, max_params: int 
         config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True)
     except Exception as e:
         raise CheckpointError(f"config.json in {shown_path or folder} is not a config transformers knows: {e}") from e
-    auto_name, outputs, out_kind = _task(config)
+    (auto_name, outputs, out_kind), task_why = choose_task(config, task)
     auto_cls = getattr(transformers, auto_name)
     from . import budget, sizing, sniff
     for f in sorted(folder.iterdir()):  # transformers torch.loads these itself: the reading budget first
@@ -140,7 +164,7 @@ def load_folder(folder: Path, shown_path: str | None = None, *, max_params: int 
         output_kinds={o: out_kind for o in outputs},
         tokenizer=tokenizer,
         info={"architecture": type(module).__name__, "model_type": config.model_type,
-              "task": auto_name.replace("AutoModel", "").replace("For", "") or "encoder",
+              "task": task_name(auto_name), "task_reason": task_why,
               "labels": [config.id2label[i] for i in sorted(config.id2label)]
               if out_kind == "logits" and getattr(config, "id2label", None) and auto_name.endswith("SequenceClassification")
               else None},
