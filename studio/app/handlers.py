@@ -650,7 +650,7 @@ def zip_stem(checkpoint: str) -> str:
 
 # The folder a zipped upload is unpacked into (studio.sources.load: "studio-ckpt-" + random), wherever it
 # lies: messages about its files name them from the archive's root ("model/config.json").
-_UNPACK_DIR = re.compile(r"""(?:[A-Za-z]:)?[^\s'"`()\[\]{}<>,;=]*?[\\/]studio-ckpt-[A-Za-z0-9_]+(?P<sep>[\\/])?""")
+_UNPACK_DIR = re.compile(r"""(?:[A-Za-z]:)?[^\s'"`()\[\]{}<>,;=]*?[\\/]studio-ckpt-[A-Za-z0-9_-]+(?P<sep>[\\/])?""")
 
 
 def scrub_paths(text: str, paths: list[str | Path | None]) -> str:
