@@ -177,6 +177,8 @@ def _checked(root: Path, base: Path, value: str, rel: str, key: str, shown: str,
         return None
     shown_value = repr(value if len(value) <= 200 else value[:200] + "...")
     target = resolve_inside(root, base, value)
+    if target is None and _names_nothing(base, value):
+        return None  # e.g. the saver's own absolute path, written by old transformers: there is nothing to read
     if target is None:
         raise UnsafePathError(f"{shown}: {rel} names {shown_value} under {key!r}, a path outside the upload's "
                               "folder; refused.", hint=hint)
@@ -190,3 +192,15 @@ def _checked(root: Path, base: Path, value: str, rel: str, key: str, shown: str,
                                   "to the working directory) is a file outside the upload's folder; refused.",
                                   hint=hint)
     return target
+
+
+def _names_nothing(base: Path, value: str) -> bool:
+    """`value` names no file at all, joined to `base` nor as given (relative to the working directory): nothing
+    outside the folder can be read through it, so it is no way out. A link, even a dangling one, counts as
+    something."""
+    if "\0" in value:
+        return False
+    try:
+        return not os.path.lexists(base / value) and not os.path.lexists(value)
+    except (OSError, ValueError):
+        return False

@@ -420,6 +420,21 @@ def test_benign_sharded_folder_with_links_and_keys_inside_still_loads(tmp_path, 
     assert zipped.kind == "hf"
 
 
+def test_stale_saver_paths_that_name_nothing_are_no_way_out(tmp_path, secret):
+    """Old transformers wrote the saver's own absolute paths into tokenizer_config.json; on this machine they
+    name nothing, so nothing outside can be read through them: such a folder loads. The same key naming a
+    file that does exist outside is still refused."""
+    up = sharded_upload(tmp_path / "up", True)
+    config = json.loads((up / "tokenizer_config.json").read_text())
+    stale = {**config, "special_tokens_map_file": "/home/someone/.cache/huggingface/special_tokens_map.json",
+             "tokenizer_file": "/root/.cache/huggingface/transformers/0d5c2a.tokenizer.json"}
+    (up / "tokenizer_config.json").write_text(json.dumps(stale))
+    assert sources.load(up, spec(up)).tokenizer is not None
+    (up / "tokenizer_config.json").write_text(json.dumps({**stale, "special_tokens_map_file": str(secret / "vocab.txt")}))
+    with pytest.raises(UnsafePathError, match="special_tokens_map_file"):
+        sources.load(up, spec(up))
+
+
 # ----------------------------------------------------------------------------------------- audit: the strong test
 
 def _allowed_roots(up: Path, job: Path, sample: Path, scratch: Path) -> list[Path]:
