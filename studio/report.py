@@ -18,6 +18,8 @@ class ExportAttempt:
     seconds: float | None = None
     opset_written: int | None = None
     diagnosis_path: str | None = None  # the exporter's own markdown report, when it wrote one
+    skipped: bool = False  # not run: known to fail for this model and opset (the reason is in `error`)
+    note: str | None = None  # what the studio did to the exporter's file (e.g. a rewrite of leftover ops)
 
 
 @dataclass
@@ -238,6 +240,12 @@ def graph_rows(graph: GraphInfo | None) -> list[list[str]]:
             + [["output", t.name, t.dtype, _shape(t.shape)] for t in graph.outputs])
 
 
+def attempt_rows(e: ExportInfo) -> list[list[str]]:
+    """One row per export attempt: a skipped one says so and why, never a time."""
+    return [[a.exporter, "skipped" if a.skipped else _mark(a.ok), "-" if a.skipped else _num(a.seconds, ".2f"),
+             "; ".join(x for x in (a.error, a.note) if x)] for a in e.attempts]
+
+
 def parity_rows(p: ParityInfo | None) -> list[list[str]]:
     if p is None:
         return []
@@ -341,8 +349,10 @@ def render_markdown(r: Report) -> str:
            f"- Dynamic dimensions: {_mark(r.dynamic.ok if r.dynamic else None)}",
            f"- Total time: {r.seconds:.1f} s", ""]
     if len(e.attempts) > 1 or any(not a.ok for a in e.attempts):
-        out += ["## Export attempts", _table(["exporter", "ok", "error"],
-                                             [[a.exporter, _mark(a.ok), a.error or ""] for a in e.attempts])]
+        out += ["## Export attempts", _table(["exporter", "ok", "seconds", "error / note"],
+                                             attempt_rows(e))]
+    elif any(a.note for a in e.attempts):
+        out += [f"Export note: {'; '.join(a.note for a in e.attempts if a.note)}.", ""]
     out += ["## Column roles", _table(["column", "role"], [[c, ro] for c, ro in r.roles.items()])]
     out += ["## Graph inputs and outputs", _table(["", "name", "dtype", "shape"], io_rows(r))]
     if r.graph:
