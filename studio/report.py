@@ -64,6 +64,14 @@ class OutputDiff:
     ok: bool
     argmax_agreement: float | None = None  # fraction of rows whose argmax agrees; None if n/a
     shape: list[int] = field(default_factory=list)
+    # non-finite values, counted in each runtime (never replaced by numbers in a difference)
+    torch_nan: int = 0
+    torch_inf: int = 0
+    ort_nan: int = 0
+    ort_inf: int = 0
+    same_nonfinite: int = 0  # elements non-finite alike in both (NaN and NaN, +inf and +inf): not differences
+    nonfinite_rows: list[int] = field(default_factory=list)  # 1-based rows where they disagree on one
+    note: str = ""  # what the counts mean, in words (empty when every value is finite)
 
 
 @dataclass
@@ -250,8 +258,22 @@ def parity_rows(p: ParityInfo | None) -> list[list[str]]:
     if p is None:
         return []
     return [[o.name, _num(o.max_abs_diff), _num(o.max_rel_diff),
-             "-" if o.argmax_agreement is None else f"{o.argmax_agreement:.1%}", _mark(o.ok)]
+             "-" if o.argmax_agreement is None else f"{o.argmax_agreement:.1%}",
+             _mark(o.ok) + (f" — {o.note}" if o.note else "")]
             for o in p.outputs]
+
+
+def nonfinite_lines(p: ParityInfo | None) -> list[str]:
+    """One line per output holding a NaN / inf in either runtime: the counts, side by side."""
+    return [f"- {o.name}: PyTorch {o.torch_nan} NaN, {o.torch_inf} inf; ONNX Runtime {o.ort_nan} NaN, "
+            f"{o.ort_inf} inf" + (f" — {o.note}" if o.note else "")
+            for o in (p.outputs if p else []) if o.torch_nan or o.torch_inf or o.ort_nan or o.ort_inf]
+
+
+def worst_diff(diffs: list[OutputDiff]) -> float | None:
+    """Largest max abs diff; NaN (unknown) when any is NaN, never a smaller number in its place."""
+    values = [d.max_abs_diff for d in diffs]
+    return None if not values else (math.nan if any(math.isnan(v) for v in values) else max(values))
 
 
 def probe_rows(d: DynamicInfo | None) -> list[list[str]]:
@@ -315,7 +337,7 @@ def variant_rows(variants: list[VariantInfo], lat: LatencyInfo | None = None) ->
          _ratio(lat.torch_cpu.p50_ms / lat.ort_cpu.p50_ms if lat.torch_cpu else None), "1.00x", ""]]
     for v in variants:
         diffs = v.parity.outputs if v.parity else []
-        worst = max((d.max_abs_diff for d in diffs), default=None)
+        worst = worst_diff(diffs)
         agree = [d.argmax_agreement for d in diffs if d.argmax_agreement is not None]
         t = v.latency.ort_cpu if v.latency else None
         rows.append([v.name, _mark(v.ok), f"{v.size_bytes / 1e6:.1f} MB" if v.size_bytes else "-", _num(worst),
@@ -361,6 +383,9 @@ def render_markdown(r: Report) -> str:
                 + ", ".join(f"{k} ×{v}" for k, v in ops[:15]) + ("…" if len(ops) > 15 else ""), ""]
     out += ["## Parity (PyTorch vs ONNX Runtime, sample rows)",
             _table(["output", "max abs diff", "max rel diff", "argmax agreement", "verdict"], parity_rows(r.parity))]
+    if nonfinite_lines(r.parity):
+        out += ["Non-finite values (counted in each runtime, never replaced by numbers):"] \
+            + nonfinite_lines(r.parity) + [""]
     out += ["## Dynamic-dimension probes",
             _table(["varies", "batch", "sequence", "verdict", "max abs diff", "message"], probe_rows(r.dynamic))]
     out += ["## Latency", _table(["run", "p50 ms", "p90 ms", "p99 ms", "iterations", "batch", "threads", "provider"],
