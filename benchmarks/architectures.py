@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -95,7 +96,8 @@ def _cell(res: dict | None) -> str:
     if res["outcome"] in ("PASS", "FAIL"):
         what = res["outcome"] + ("" if res["outcome"] == "PASS" else " (" + ", ".join(res["failed"]) + ")")
         return f"{what}, {res['exporter']}, {res['seconds']:.0f} s"
-    return f"{res['outcome']}: {res.get('message', '')[:140]}, {res['seconds']:.0f} s"
+    message = re.sub(r"\x1b\[[0-9;]*m", "", res.get("message", ""))  # terminal colours in torch's words
+    return f"{res['outcome']}: {message[:140]}, {res['seconds']:.0f} s"
 
 
 def table(rows: list[dict], opsets: list[int]) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import shutil
 import time
 import warnings
@@ -32,6 +33,7 @@ from .wrap import wrap
 # in total (bert-base: 2.3 GB peak RSS for `studio convert`). External data keeps those steps small,
 # so the whole run stays near weights + one ORT session (bert-base: see benchmarks/README.md).
 EXTERNAL_DATA_BYTES = 256 * 1024**2
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 ORDER = {"auto": ("dynamo", "torchscript"), "dynamo": ("dynamo",), "torchscript": ("torchscript",)}
 
 
@@ -304,7 +306,8 @@ def export(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec, dest: Pa
                                     external, diag_dir)
         except Exception as e:  # the exporter's own failure: keep its words and its report
             diag = _diagnosis(diag_dir, wall0) if exporter == "dynamo" else None
-            msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500]
+            text = ANSI.sub("", str(e)).strip()  # torch's messages carry terminal colours
+            msg = f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"[:500]
             attempts.append(ExportAttempt(exporter, False, msg, round(time.perf_counter() - t0, 2),
                                           diagnosis_path=f"{diag_dir.name}/{diag.name}" if diag else None))
             last_error = ExportError(f"The {exporter} exporter failed: {msg}",
