@@ -2,13 +2,16 @@
 
 `export()` writes one .onnx file (+ .data when the weights are large), reads the opset back
 from the file, and records every attempt. Exporter "auto" tries the new exporter first and
-falls back to the legacy one when it fails or writes another opset than requested.
+falls back to the legacy one when it fails, writes another opset than requested, or writes a file
+that the onnx checker rejects or ONNX Runtime cannot load: an attempt only succeeds with a file the
+later stages can open. An attempt known to fail is skipped up front, with the reason recorded.
 """
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
+import re
 import shutil
 import time
 import warnings
@@ -18,7 +21,7 @@ import onnx
 import torch
 
 from .errors import ExportError, OpsetMismatchError
-from .inspect import external_files
+from .inspect import check, external_files
 from .report import ExportAttempt, ExportInfo
 from .sources.base import TABULAR, LoadedModel
 from .wrap import wrap
@@ -30,6 +33,7 @@ from .wrap import wrap
 # in total (bert-base: 2.3 GB peak RSS for `studio convert`). External data keeps those steps small,
 # so the whole run stays near weights + one ORT session (bert-base: see benchmarks/README.md).
 EXTERNAL_DATA_BYTES = 256 * 1024**2
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 ORDER = {"auto": ("dynamo", "torchscript"), "dynamo": ("dynamo",), "torchscript": ("torchscript",)}
 
 
@@ -126,6 +130,109 @@ def _output_axes(model, args, names, axes) -> list[dict[int, str]]:
     return found
 
 
+def _has_layer_norm(module: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.LayerNorm) for m in module.modules())
+
+
+def skip_reason(exporter: str, loaded: LoadedModel, spec) -> str | None:
+    """Why `auto` does not even try `exporter` (measured with torch 2.13), or None.
+
+    Below opset 17 the new exporter's down-conversion cannot express LayerNormalization (an opset-17
+    op): it writes an opset-18 file instead, after a full export (seconds). A model without LayerNorm
+    is still tried (a plain Linear stack is written at 14). A forced exporter is always tried."""
+    if spec.exporter == "auto" and exporter == "dynamo" and spec.opset < 17 and _has_layer_norm(loaded.module):
+        return (f"skipped: the model has LayerNorm layers, and the new exporter cannot write them at opset "
+                f"{spec.opset} (LayerNormalization needs opset 17; torch's down-conversion fails and writes 18)")
+    return None
+
+
+def _split_sizes(node: onnx.NodeProto, shapes: dict[str, list[int | None]]) -> list[int] | None:
+    """Explicit sizes for an opset-18 Split that names only num_outputs, from the shapes the exporter
+    recorded: each output's size along the axis, else the input's (ceil-sized chunks, last one smaller,
+    as opset 18 defines). None when the sizes are not static."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    n, axis = int(attrs["num_outputs"]), int(attrs.get("axis", 0))
+    outs = [shapes.get(o) for o in node.output]
+    if all(s is not None and -len(s) <= axis < len(s) and s[axis] is not None for s in outs):
+        return [int(s[axis]) for s in outs]
+    src = shapes.get(node.input[0])
+    if src is None or not -len(src) <= axis < len(src) or src[axis] is None:
+        return None
+    total = int(src[axis])
+    chunk = -(-total // n)
+    sizes = [chunk] * (n - 1) + [total - chunk * (n - 1)]
+    return sizes if sizes[-1] >= 0 else None
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    out: dict[str, list[int | None]] = {}
+    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        tt = vi.type.tensor_type
+        if tt.HasField("shape"):
+            out[vi.name] = [int(d.dim_value) if d.HasField("dim_value") else None for d in tt.shape.dim]
+    return out
+
+
+def split_to_opset17(path: Path) -> tuple[int, list[str]]:
+    """Rewrite each opset-18 `Split(num_outputs=n)` that the new exporter's down-conversion leaves in
+    an opset-17 file into the opset-13 form, `Split(x, split=sizes)`, where the sizes are static.
+
+    Returns (nodes rewritten, names of the nodes whose sizes are unknown: left as they are, so the
+    checker rejects the file). Only the graph is rewritten; external weights are not read."""
+    model = onnx.load(str(path), load_external_data=False)
+    shapes = _shapes(model)
+    fixed, unknown = 0, []
+
+    def rewrite(nodes) -> list[onnx.NodeProto]:
+        nonlocal fixed
+        new = []
+        for node in nodes:
+            for a in node.attribute:  # subgraphs (If / Loop / Scan bodies)
+                if a.type == onnx.AttributeProto.GRAPH:
+                    _replace(a.g.node, rewrite(a.g.node))
+                for g in (a.graphs if a.type == onnx.AttributeProto.GRAPHS else []):
+                    _replace(g.node, rewrite(g.node))
+            if node.op_type == "Split" and node.domain in ("", "ai.onnx") and \
+                    any(a.name == "num_outputs" for a in node.attribute):
+                sizes = _split_sizes(node, shapes)
+                if sizes is None:
+                    unknown.append(node.name or node.output[0])
+                else:
+                    name = f"{node.name or node.output[0]}__split_sizes"
+                    new.append(onnx.helper.make_node(
+                        "Constant", [], [name], name=name,
+                        value=onnx.helper.make_tensor(name, onnx.TensorProto.INT64, [len(sizes)], sizes)))
+                    _replace(node.attribute, [a for a in node.attribute if a.name != "num_outputs"])
+                    del node.input[1:]
+                    node.input.append(name)
+                    fixed += 1
+            new.append(node)
+        return new
+
+    _replace(model.graph.node, rewrite(model.graph.node))
+    for f in model.functions:
+        _replace(f.node, rewrite(f.node))
+    if fixed:
+        onnx.save(model, str(path))
+    return fixed, unknown
+
+
+def _replace(field, items) -> None:
+    items = list(items)
+    del field[:]
+    field.extend(items)
+
+
+def file_problem(path: Path) -> str | None:
+    """Why the written file cannot be used (the onnx checker's or ONNX Runtime's words), or None."""
+    from .runtime import load_error
+    checker = check(path)
+    if not checker.ok:
+        return f"the file fails the onnx checker: {checker.message.splitlines()[0][:400]}"
+    problem = load_error(path)
+    return f"ONNX Runtime cannot load the file: {problem}" if problem else None
+
+
 def _export_legacy(model, args, names, output_names, axes, opset, path: Path, external: bool, diag_dir: Path):
     dyn = {n: {ax: sym for ax, sym in a.items()} for n, a in axes.items()}
     if axes:
@@ -187,6 +294,10 @@ def export(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec, dest: Pa
     diag_dir = dest.parent / "diagnostics"
     diag_dir.mkdir(parents=True, exist_ok=True)
     for exporter in ORDER[spec.exporter]:
+        skipped = skip_reason(exporter, loaded, spec)
+        if skipped:
+            attempts.append(ExportAttempt(exporter, False, skipped, 0.0, skipped=True))
+            continue
         _remove(dest)
         t0, wall0 = time.perf_counter(), time.time()
         try:
@@ -195,33 +306,50 @@ def export(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec, dest: Pa
                                     external, diag_dir)
         except Exception as e:  # the exporter's own failure: keep its words and its report
             diag = _diagnosis(diag_dir, wall0) if exporter == "dynamo" else None
-            msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500]
+            text = ANSI.sub("", str(e)).strip()  # torch's messages carry terminal colours
+            msg = f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"[:500]
             attempts.append(ExportAttempt(exporter, False, msg, round(time.perf_counter() - t0, 2),
                                           diagnosis_path=f"{diag_dir.name}/{diag.name}" if diag else None))
             last_error = ExportError(f"The {exporter} exporter failed: {msg}",
                                      details=diag.read_text(errors="replace") if diag else str(e)[:20000])
             continue
         written = read_opset(dest)
-        seconds = round(time.perf_counter() - t0, 2)
         if written != spec.opset:
             err = OpsetMismatchError(spec.opset, written, exporter)
-            attempts.append(ExportAttempt(exporter, False, err.message, seconds, written))
+            attempts.append(ExportAttempt(exporter, False, err.message, round(time.perf_counter() - t0, 2), written))
             last_error = err
             continue
-        attempts.append(ExportAttempt(exporter, True, None, seconds, written))
+        note = None
+        if exporter == "dynamo" and written is not None and written < 18:
+            rewritten, _ = split_to_opset17(dest)
+            if rewritten:
+                note = (f"rewrote {rewritten} opset-18 Split node(s) (num_outputs) that the new exporter left "
+                        f"in the opset-{written} file into Split with explicit sizes")
+        problem = file_problem(dest)
+        seconds = round(time.perf_counter() - t0, 2)
+        if problem:  # what the exporter wrote cannot be used: a failed attempt, never a crash later on
+            msg = f"the {exporter} exporter wrote an unusable file: {problem}"[:1000]
+            attempts.append(ExportAttempt(exporter, False, msg, seconds, written, note=note))
+            last_error = ExportError(msg[0].upper() + msg[1:],
+                                     hint="Try another --exporter or --opset (the report of --exporter auto "
+                                          "lists every attempt).")
+            continue
+        attempts.append(ExportAttempt(exporter, True, None, seconds, written, note=note))
         _prune(diag_dir, attempts)
         return ExportInfo(exporter=exporter, opset_requested=spec.opset, opset=written,
                           seconds=round(time.perf_counter() - start, 2), attempts=attempts,
                           external_data=bool(external_files(dest)))
     _remove(dest)
     _prune(diag_dir, attempts)
-    assert last_error is not None
-    if len(attempts) > 1:
+    tried = [a for a in attempts if not a.skipped]
+    if last_error is None or len(attempts) > 1:
         summary = "; ".join(f"{a.exporter}: {a.error}" for a in attempts)
-        if all(a.opset_written is not None for a in attempts):  # every exporter ran, none wrote the opset
+        if tried and all(a.opset_written is not None and a.opset_written != spec.opset for a in tried) \
+                and isinstance(last_error, OpsetMismatchError):  # every exporter ran, none wrote the opset
             raise last_error
-        raise ExportError(f"Every exporter failed ({summary})", details=last_error.details,
-                          hint=last_error.hint)
+        raise ExportError(f"Every exporter failed ({summary})",
+                          details=last_error.details if last_error else None,
+                          hint=last_error.hint if last_error else None)
     raise last_error
 
 

@@ -1,7 +1,9 @@
 """PyTorch vs ONNX Runtime: on the sample rows, and at other batch / sequence sizes (shape probes).
 
 Relative difference is |ort - torch| / max(|torch|, 1e-6); the verdict is numpy's allclose rule
-(|ort - torch| <= atol + rtol * |torch|) on every element.
+(|ort - torch| <= atol + rtol * |torch|) on every element finite in both runtimes. NaN / inf are counted
+per output in each runtime: alike in both (NaN and NaN, the same infinity) they are reported and not
+differences; in one runtime only they fail the output, naming the rows, and its difference is NaN.
 """
 from __future__ import annotations
 
@@ -10,12 +12,13 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from .report import DynamicInfo, OutputDiff, ParityInfo, Probe
+from .report import DynamicInfo, OutputDiff, ParityInfo, Probe, worst_diff
 from .sources.base import ATTENTION_MASK, INPUT_IDS, TABULAR, LoadedModel
 
 REL_FLOOR = 1e-6
 SEQ_PROBE_STEP = 5
 TOPK = 5  # top-k agreement: k = min(TOPK, classes - 1), for outputs with at least 3 classes
+MAX_ROWS_LISTED = 100  # rows named in a report field (the message shows the first 10)
 
 
 def torch_outputs(loaded: LoadedModel, tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -26,6 +29,45 @@ def torch_outputs(loaded: LoadedModel, tensors: dict[str, torch.Tensor]) -> dict
 
 def to_numpy(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return {n: t.detach().cpu().numpy() for n, t in tensors.items()}
+
+
+def _rows(mask: np.ndarray) -> list[int]:
+    """1-based indices along the first axis (the batch rows) where `mask` holds anywhere."""
+    if mask.ndim == 0:
+        return [1] if bool(mask) else []
+    return [int(i) + 1 for i in np.nonzero(mask.reshape(mask.shape[0], -1).any(axis=1))[0][:MAX_ROWS_LISTED]]
+
+
+def _shown(rows: list[int]) -> str:
+    return ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+
+
+def nonfinite(e64: np.ndarray, a64: np.ndarray) -> dict:
+    """NaN / inf counted in each runtime; which elements are non-finite alike in both (NaN and NaN, or the
+    same infinity: reported, never counted as a difference) and which disagree (a failure)."""
+    fin_e, fin_a = np.isfinite(e64), np.isfinite(a64)
+    with np.errstate(invalid="ignore"):
+        alike = ~fin_e & ~fin_a & ((np.isnan(e64) & np.isnan(a64)) | (e64 == a64))
+    disagree = ~(fin_e & fin_a) & ~alike
+    counts = {"torch_nan": int(np.isnan(e64).sum()), "torch_inf": int(np.isinf(e64).sum()),
+              "ort_nan": int(np.isnan(a64).sum()), "ort_inf": int(np.isinf(a64).sum()),
+              "same_nonfinite": int(alike.sum()), "nonfinite_rows": _rows(disagree)}
+    notes = []
+    ort_only, torch_only = int((~fin_a & fin_e).sum()), int((~fin_e & fin_a).sum())
+    if ort_only:
+        notes.append(f"{ort_only} non-finite value(s) in ONNX Runtime where PyTorch is finite")
+    if torch_only:
+        notes.append(f"{torch_only} non-finite value(s) in PyTorch where ONNX Runtime is finite")
+    other = int(disagree.sum()) - ort_only - torch_only
+    if other:
+        notes.append(f"{other} non-finite value(s) of another kind in each runtime (NaN vs inf)")
+    if notes:
+        notes[-1] += f" (rows {_shown(counts['nonfinite_rows'])}, 1-based)"
+    if counts["same_nonfinite"]:
+        notes.append(f"{counts['same_nonfinite']} value(s) non-finite alike in both runtimes "
+                     "(the same NaN / inf: not a difference)")
+    counts["note"] = "; ".join(notes)
+    return {"disagree": disagree, "comparable": fin_e & fin_a, **counts}
 
 
 def real_tokens(loaded: LoadedModel, tensors: dict[str, torch.Tensor]) -> np.ndarray | None:
@@ -89,7 +131,11 @@ def output_checks(kind: str | None, e: np.ndarray, a: np.ndarray, mask: np.ndarr
 
 def compare(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], atol: float, rtol: float,
             kinds: dict[str, str], mask: np.ndarray | None = None) -> list[OutputDiff]:
-    """mask: [batch, seq] real tokens (see `real_tokens`), for the checks that skip padding."""
+    """Per output: max abs / rel difference over the elements finite in both runtimes, the allclose
+    verdict, non-finite values counted, and the checks its kind calls for (`output_checks`). A value
+    non-finite in one runtime only (or NaN in one and inf in the other) fails, and its difference is NaN:
+    unknown, never a number standing in for one. mask: [batch, seq] real tokens (see `real_tokens`), for the
+    checks that skip padding."""
     diffs = []
     for name, e in expected.items():
         a = actual.get(name)
@@ -97,18 +143,20 @@ def compare(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], atol
             diffs.append(OutputDiff(name, float("inf"), float("inf"), False, None, list(e.shape)))
             continue
         e64, a64 = e.astype(np.float64), a.astype(np.float64)
-        if not (np.isfinite(e64).all() and np.isfinite(a64).all()):
-            same = bool(np.array_equal(np.isnan(e64), np.isnan(a64)))
-            e64, a64 = np.nan_to_num(e64, posinf=0, neginf=0), np.nan_to_num(a64, posinf=0, neginf=0)
+        nf = nonfinite(e64, a64)
+        comparable = nf.pop("comparable")
+        disagree = nf.pop("disagree")
+        ev, av = e64[comparable], a64[comparable]
+        absd = np.abs(av - ev)
+        if disagree.any():
+            max_abs = max_rel = float("nan")
         else:
-            same = True
-        absd = np.abs(a64 - e64)
-        max_abs = float(absd.max()) if absd.size else 0.0
-        max_rel = float((absd / np.maximum(np.abs(e64), REL_FLOOR)).max()) if absd.size else 0.0
-        ok = same and bool(np.all(absd <= atol + rtol * np.abs(e64)))
+            max_abs = float(absd.max()) if absd.size else 0.0
+            max_rel = float((absd / np.maximum(np.abs(ev), REL_FLOOR)).max()) if absd.size else 0.0
+        ok = not disagree.any() and bool(np.all(absd <= atol + rtol * np.abs(ev)))
         checks = output_checks(kinds.get(name), e, a, mask)
         agreement = checks.pop("argmax_agreement", None)
-        diffs.append(OutputDiff(name, max_abs, max_rel, ok, agreement, list(e.shape), **checks))
+        diffs.append(OutputDiff(name, max_abs, max_rel, ok, agreement, list(e.shape), **checks, **nf))
     return diffs
 
 
@@ -217,15 +265,21 @@ def probes(loaded: LoadedModel, session: ort.InferenceSession, tensors: dict[str
         mask = real_tokens(loaded, inputs)
         diffs = (judge(expected, actual, mask) if judge is not None
                  else compare(expected, actual, atol, rtol, loaded.output_kinds, mask))
-        worst = max((d.max_abs_diff for d in diffs), default=0.0)
+        worst = worst_diff(diffs) or 0.0
         bad = [d for d in diffs if not d.ok]
-        if bad:
+        at = f"{axis} {b if axis == 'batch' else seq_used}"
+        nonfinite_bad = [d for d in bad if d.nonfinite_rows]
+        if nonfinite_bad:  # a NaN / inf is not a baked dimension: say what it is
+            msg = "non-finite output at " + at + ": " + "; ".join(f"{d.name}: {d.note}" for d in nonfinite_bad)
+            results.append(Probe(b, seq_used, False, worst, msg[:600], axis))
+        elif bad:
             msg = (f"{', '.join(d.name for d in bad)} differ{'s' if len(bad) == 1 else ''} from PyTorch at "
-                   f"{axis} {b if axis == 'batch' else seq_used} (max abs diff {worst:.3g}): the {axis} size "
-                   "was baked into the graph")
+                   f"{at} (max abs diff {worst:.3g}): the {axis} size was baked into the graph")
             results.append(Probe(b, seq_used, False, worst, msg, axis))
         else:
-            results.append(Probe(b, seq_used, True, worst, "ok", axis))
+            alike = sum(d.same_nonfinite for d in diffs)
+            results.append(Probe(b, seq_used, True, worst, "ok" + (f" ({alike} value(s) non-finite alike in "
+                                                                  "both runtimes)" if alike else ""), axis))
     for sym, problem in fixed:  # a fixed dimension is a failure even when no probe reached it
         if not any(problem in p.message for p in results):
             results.append(Probe(0, None, False, None, problem, sym))

@@ -18,6 +18,8 @@ class ExportAttempt:
     seconds: float | None = None
     opset_written: int | None = None
     diagnosis_path: str | None = None  # the exporter's own markdown report, when it wrote one
+    skipped: bool = False  # not run: known to fail for this model and opset (the reason is in `error`)
+    note: str | None = None  # what the studio did to the exporter's file (e.g. a rewrite of leftover ops)
 
 
 @dataclass
@@ -68,6 +70,14 @@ class OutputDiff:
     topk: int | None = None  # k of topk_agreement (class outputs with >= 3 classes)
     topk_agreement: float | None = None  # fraction of rows whose top-k class sets are equal
     min_cosine: float | None = None  # embeddings: lowest cosine similarity ORT vs PyTorch over rows / real tokens
+    # non-finite values, counted in each runtime (never replaced by numbers in a difference)
+    torch_nan: int = 0
+    torch_inf: int = 0
+    ort_nan: int = 0
+    ort_inf: int = 0
+    same_nonfinite: int = 0  # elements non-finite alike in both (NaN and NaN, +inf and +inf): not differences
+    nonfinite_rows: list[int] = field(default_factory=list)  # 1-based rows where they disagree on one
+    note: str = ""  # what the counts mean, in words (empty when every value is finite)
 
 
 @dataclass
@@ -254,6 +264,8 @@ def feed_rows(feeds: dict[str, list[dict[str, Any]]]) -> list[list[str]]:
             start, width = int(f["start"]), int(f["width"])
             rows.append([name, str(start) if width == 1 else f"{start}-{start + width - 1}", str(f["column"])])
     return rows
+
+
 PARITY_COLUMNS = ["output", "max abs diff", "max rel diff", "min cosine", "argmax agreement", "top-k agreement",
                   "verdict"]
 
@@ -269,13 +281,33 @@ def _cosine(x: float | None) -> str:
     return "-" if x is None else format(x, ".7g")
 
 
+def attempt_rows(e: ExportInfo) -> list[list[str]]:
+    """One row per export attempt: a skipped one says so and why, never a time."""
+    return [[a.exporter, "skipped" if a.skipped else _mark(a.ok), "-" if a.skipped else _num(a.seconds, ".2f"),
+             "; ".join(x for x in (a.error, a.note) if x)] for a in e.attempts]
+
+
 def parity_rows(p: ParityInfo | None) -> list[list[str]]:
     """One row per output, in PARITY_COLUMNS order."""
     if p is None:
         return []
     return [[o.name, _num(o.max_abs_diff), _num(o.max_rel_diff), _cosine(o.min_cosine), _agreement(o),
-             "-" if o.topk_agreement is None else f"top-{o.topk} {o.topk_agreement:.1%}", _mark(o.ok)]
+             "-" if o.topk_agreement is None else f"top-{o.topk} {o.topk_agreement:.1%}",
+             _mark(o.ok) + (f" — {o.note}" if o.note else "")]
             for o in p.outputs]
+
+
+def nonfinite_lines(p: ParityInfo | None) -> list[str]:
+    """One line per output holding a NaN / inf in either runtime: the counts, side by side."""
+    return [f"- {o.name}: PyTorch {o.torch_nan} NaN, {o.torch_inf} inf; ONNX Runtime {o.ort_nan} NaN, "
+            f"{o.ort_inf} inf" + (f" — {o.note}" if o.note else "")
+            for o in (p.outputs if p else []) if o.torch_nan or o.torch_inf or o.ort_nan or o.ort_inf]
+
+
+def worst_diff(diffs: list[OutputDiff]) -> float | None:
+    """Largest max abs diff; NaN (unknown) when any is NaN, never a smaller number in its place."""
+    values = [d.max_abs_diff for d in diffs]
+    return None if not values else (math.nan if any(math.isnan(v) for v in values) else max(values))
 
 
 def probe_rows(d: DynamicInfo | None) -> list[list[str]]:
@@ -340,7 +372,7 @@ def variant_rows(variants: list[VariantInfo], lat: LatencyInfo | None = None) ->
          _ratio(lat.torch_cpu.p50_ms / lat.ort_cpu.p50_ms if lat.torch_cpu else None), "1.00x", ""]]
     for v in variants:
         diffs = v.parity.outputs if v.parity else []
-        worst = max((d.max_abs_diff for d in diffs), default=None)
+        worst = worst_diff(diffs)
         agree = [d.argmax_agreement for d in diffs if d.argmax_agreement is not None]
         cosines = [d.min_cosine for d in diffs if d.min_cosine is not None]
         t = v.latency.ort_cpu if v.latency else None
@@ -377,8 +409,10 @@ def render_markdown(r: Report) -> str:
            f"- Dynamic dimensions: {_mark(r.dynamic.ok if r.dynamic else None)}",
            f"- Total time: {r.seconds:.1f} s", ""]
     if len(e.attempts) > 1 or any(not a.ok for a in e.attempts):
-        out += ["## Export attempts", _table(["exporter", "ok", "error"],
-                                             [[a.exporter, _mark(a.ok), a.error or ""] for a in e.attempts])]
+        out += ["## Export attempts", _table(["exporter", "ok", "seconds", "error / note"],
+                                             attempt_rows(e))]
+    elif any(a.note for a in e.attempts):
+        out += [f"Export note: {'; '.join(a.note for a in e.attempts if a.note)}.", ""]
     out += ["## Column roles", _table(["column", "role"], [[c, ro] for c, ro in r.roles.items()])]
     if r.feeds:
         out += ["## Tabular inputs: which column is which feature",
@@ -390,6 +424,9 @@ def render_markdown(r: Report) -> str:
                 + ", ".join(f"{k} ×{v}" for k, v in ops[:15]) + ("…" if len(ops) > 15 else ""), ""]
     out += ["## Parity (PyTorch vs ONNX Runtime, sample rows)",
             _table(PARITY_COLUMNS, parity_rows(r.parity))]
+    if nonfinite_lines(r.parity):
+        out += ["Non-finite values (counted in each runtime, never replaced by numbers):"] \
+            + nonfinite_lines(r.parity) + [""]
     out += ["## Dynamic-dimension probes",
             _table(["varies", "batch", "sequence", "verdict", "max abs diff", "message"], probe_rows(r.dynamic))]
     out += ["## Latency", _table(["run", "p50 ms", "p90 ms", "p99 ms", "iterations", "batch", "threads", "provider"],

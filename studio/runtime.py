@@ -59,6 +59,18 @@ def release_memory() -> None:
         pass
 
 
+def load_error(path: str | Path) -> str | None:
+    """Why ONNX Runtime cannot open `path` on the CPU (its first line), or None when it can. The session
+    is built as the checks build theirs (all optimisations, no arena) and dropped at once."""
+    try:
+        session = cpu_session(path, threads=1, arena=False)
+    except Exception as e:
+        text = str(e).strip()
+        return f"{type(e).__name__}: {text.splitlines()[0][:400] if text else ''}"
+    del session
+    return None
+
+
 @dataclass
 class CudaSession:
     session: ort.InferenceSession | None

@@ -20,3 +20,9 @@ def test_benchmark_runner_has_help():
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--help"], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0 and "--optimum-cli" in out.stdout
+
+
+def test_architectures_benchmark_has_help():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "architectures.py"), "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "--types" in out.stdout and "--opsets" in out.stdout

@@ -173,3 +173,119 @@ def test_compare_rules():
     assert not d.ok and d.argmax_agreement == 0.0
     d = parity.compare(e, {"y": e["y"][:1]}, 1e-4, 1e-3, {})[0]
     assert not d.ok and d.max_abs_diff == float("inf")  # a shape mismatch is a failure, not a crash
+
+
+# --- files an exporter writes that later stages could not open -------------------------------------
+
+def _split18_in_opset17(total: int, parts: int, output_shapes: bool) -> "onnx.ModelProto":
+    """What torch 2.13's new exporter leaves at opset 17: an opset-18 Split (num_outputs) in an opset-17 file."""
+    import onnx
+    from onnx import TensorProto, helper
+    outs = [f"y{i}" for i in range(parts)]
+    node = helper.make_node("Split", ["x"], outs, axis=1, num_outputs=parts, name="split_qkv")
+    chunk = -(-total // parts)
+    sizes = [chunk] * (parts - 1) + [total - chunk * (parts - 1)]
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", total])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["batch", s if output_shapes else f"w{i}"])
+         for i, (o, s) in enumerate(zip(outs, sizes))])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("total, parts, output_shapes", [(96, 3, True), (7, 3, False), (7, 3, True)])
+def test_opset18_split_is_rewritten_for_opset17(tmp_path, total, parts, output_shapes):
+    """The rewritten file passes the checker, loads in ONNX Runtime and splits as opset 18 defines
+    (chunks of ceil(total / parts), the last one smaller), checked against slices written out here."""
+    import numpy as np
+    import onnx
+    path = tmp_path / "m.onnx"
+    onnx.save(_split18_in_opset17(total, parts, output_shapes), str(path))
+    assert not inspect_mod.check(path).ok  # the file as the exporter leaves it
+    assert export_mod.split_to_opset17(path) == (1, [])
+    assert inspect_mod.check(path).ok and runtime.load_error(path) is None
+    x = np.arange(2 * total, dtype=np.float32).reshape(2, total)
+    got = runtime.run(runtime.cpu_session(path), {"x": x})
+    chunk = -(-total // parts)
+    for i in range(parts):
+        np.testing.assert_array_equal(got[f"y{i}"], x[:, i * chunk:min(total, (i + 1) * chunk)])
+
+
+def test_split_with_unknown_sizes_is_left_and_named(tmp_path):
+    import onnx
+    model = _split18_in_opset17(6, 2, output_shapes=False)
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "width"  # the split axis is not static
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    assert export_mod.split_to_opset17(path) == (0, ["split_qkv"])
+    assert "checker" in export_mod.file_problem(path)
+
+
+def _writes(model_fn):
+    """A fake exporter that writes `model_fn(opset)` where the real one would write its file."""
+    def fake(model, args, names, output_names, axes, opset, path, external, diag_dir):
+        import onnx
+        onnx.save(model_fn(opset), str(path))
+    return fake
+
+
+def _unknown_op(domain: str):
+    def build(opset):
+        from onnx import TensorProto, helper
+        node = helper.make_node("NoSuchOp", ["x"], ["y"], domain=domain)
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])])
+        imports = [helper.make_opsetid("", opset)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+        return helper.make_model(graph, opset_imports=imports, ir_version=8)
+    return build
+
+
+@pytest.mark.parametrize("domain, why", [("", "onnx checker"), ("com.acme", "ONNX Runtime cannot load")])
+def test_auto_treats_an_unusable_file_as_a_failed_attempt(tmp_path, monkeypatch, domain, why):
+    """A file the checker rejects, or one it passes but ONNX Runtime cannot load, is a failed attempt with
+    its reason; auto goes on to the next exporter."""
+    monkeypatch.setitem(export_mod.EXPORTERS, "dynamo", _writes(_unknown_op(domain)))
+    _, _, path, info = _export(Honest(), tmp_path, exporter="auto")
+    first, second = info.attempts
+    assert not first.ok and why in first.error and first.opset_written == 18
+    assert second.ok and info.exporter == "torchscript" and runtime.load_error(path) is None
+
+
+def test_forced_exporter_with_an_unusable_file_is_an_export_error(tmp_path, monkeypatch):
+    """With one exporter there is nothing to fall back to: ExportError (CLI exit 2), no file left behind."""
+    monkeypatch.setitem(export_mod.EXPORTERS, "dynamo", _writes(_unknown_op("com.acme")))
+    with pytest.raises(ExportError) as e:
+        _export(Honest(), tmp_path, exporter="dynamo")
+    assert "unusable file" in str(e.value) and "ONNX Runtime cannot load" in str(e.value)
+    assert not (tmp_path / "model.onnx").exists()
+
+
+class Normed(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin, self.norm = torch.nn.Linear(3, 2), torch.nn.LayerNorm(2)
+
+    def forward(self, x):
+        return self.norm(self.lin(x))
+
+
+def test_auto_skips_the_new_exporter_below_17_for_layer_norm(tmp_path, monkeypatch):
+    """Known to fail (it writes 18 after a full export): skipped up front, the reason recorded, no time spent."""
+    def must_not_run(*a, **k):
+        raise AssertionError("the new exporter ran")
+    monkeypatch.setitem(export_mod.EXPORTERS, "dynamo", must_not_run)
+    _, _, path, info = _export(Normed(), tmp_path, exporter="auto", opset=16)
+    first, second = info.attempts
+    assert first.skipped and not first.ok and first.seconds == 0.0 and "LayerNorm" in first.error
+    assert second.ok and info.exporter == "torchscript" and info.opset == 16
+
+
+def test_the_skip_is_true_the_forced_new_exporter_writes_18(tmp_path):
+    """The fact the skip rests on (torch 2.13); if a newer torch writes 16, the skip must go."""
+    with pytest.raises(OpsetMismatchError) as e:
+        _export(Normed(), tmp_path, exporter="dynamo", opset=16)
+    assert e.value.written == 18
+
+
+def test_auto_still_tries_the_new_exporter_below_17_without_layer_norm(tmp_path):
+    _, _, _, info = _export(Honest(), tmp_path, exporter="auto", opset=16)
+    assert not info.attempts[0].skipped and info.attempts[0].exporter == "dynamo"

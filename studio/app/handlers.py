@@ -15,7 +15,7 @@ import pandas as pd
 from .. import demo
 from ..errors import StudioError
 from ..report import (LATENCY_LABELS, PARITY_COLUMNS, Report, io_rows, latency_rows, parity_rows, probe_rows,
-                      variant_rows)
+                      variant_rows, worst_diff)
 from ..spec import parse_sample_limits
 from ..spec import (ATOL_DEFAULT, DYNAMIC_AXES, EXPORTERS, ID_DTYPES, OPSET_DEFAULT, OPSET_MAX, OPSET_MIN,
                     ROLES, RTOL_DEFAULT, VARIANTS, ConvertSpec, parse_roles, parse_tabular)
@@ -410,7 +410,7 @@ def verdict_html(report: Report) -> str:
          "model is valid" if chk and chk.ok else esc((chk.message if chk else "did not run")[:160]))
     p = report.parity
     if p is not None:
-        worst = max((o.max_abs_diff for o in p.outputs), default=None)
+        worst = worst_diff(p.outputs)  # NaN when a non-finite value makes the difference unknown
         tile("parity", "Parity", p.ok, f"max |Δ| {_fmt(worst)} · atol {p.atol:g}, rtol {p.rtol:g}")
     else:
         tile("parity", "Parity", False, "did not run")
