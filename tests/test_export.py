@@ -2,6 +2,7 @@
 the exporter's own diagnosis, symbolic dims read back."""
 from __future__ import annotations
 
+import onnx
 import pytest
 import torch
 
@@ -179,7 +180,6 @@ def test_compare_rules():
 
 def _split18_in_opset17(total: int, parts: int, output_shapes: bool) -> "onnx.ModelProto":
     """What torch 2.13's new exporter leaves at opset 17: an opset-18 Split (num_outputs) in an opset-17 file."""
-    import onnx
     from onnx import TensorProto, helper
     outs = [f"y{i}" for i in range(parts)]
     node = helper.make_node("Split", ["x"], outs, axis=1, num_outputs=parts, name="split_qkv")

@@ -143,5 +143,5 @@ def test_convert_reports_non_finite_counts_in_json_markdown_and_cli_rows(tmp_pat
     assert out["max_abs_diff"] == "nan" and out["ort_nan"] == 6 and out["nonfinite_rows"] == [2, 5]
     md = (tmp_path / "out" / "report.md").read_text()
     assert "ONNX Runtime 6 NaN, 0 inf" in md and "rows 2, 5" in md
-    assert parity_rows(report.parity)[0][1] == "nan" and "FAIL — " in parity_rows(report.parity)[0][4]
+    assert parity_rows(report.parity)[0][1] == "nan" and "FAIL — " in parity_rows(report.parity)[0][-1]
     assert any(p.message.startswith("non-finite output") for p in report.dynamic.probes if not p.ok)
