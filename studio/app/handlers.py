@@ -57,6 +57,18 @@ COLUMN_HEADERS = ["column", "detected", "example", "suggested", "why"]
 # UI values -> ConvertSpec
 
 
+def _json_object(text: str, what: str, shape: str, example: str) -> dict:
+    """A JSON object the page / API sent; a StudioError saying what is wrong otherwise."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise StudioError(f"{what} are not valid JSON: {e.msg} (line {e.lineno}, column {e.colno}).",
+                          hint=f"Send {example}.") from e
+    if not isinstance(data, dict):
+        raise StudioError(f"{what} must be a JSON object of {shape}.")
+    return data
+
+
 def parse_roles_value(value: Any) -> dict[str, str]:
     """Roles as the page / API send them: a dict, a JSON object, or `COL=ROLE` lines (as the CLI)."""
     if value is None or value == "":
@@ -66,13 +78,8 @@ def parse_roles_value(value: Any) -> dict[str, str]:
     else:
         text = str(value).strip()
         if text.startswith("{"):
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise StudioError(f"Roles are not valid JSON: {e.msg} (line {e.lineno}, column {e.colno}).",
-                                  hint='Send an object like {"review": "text", "price": "tabular"}.') from e
-            if not isinstance(data, dict):
-                raise StudioError("Roles must be a JSON object of column -> role.")
+            data = _json_object(text, "Roles", "column -> role",
+                                'an object like {"review": "text", "price": "tabular"}')
             roles = {str(k): str(v).strip().lower() for k, v in data.items()}
         else:
             roles = parse_roles([s for s in re.split(r"[\n;]", text) if s.strip()])
@@ -139,13 +146,8 @@ def parse_tabular_value(value: Any) -> dict[str, tuple[str, ...]]:
         text = str(value).strip()
         if not text.startswith("{"):
             return parse_tabular([ln for ln in text.splitlines() if ln.strip()])
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise StudioError(f"Tabular inputs are not valid JSON: {e.msg} (line {e.lineno}, column {e.colno}).",
-                              hint='Send {"features": ["a", "b"]} or lines like features=a,b.') from e
-        if not isinstance(data, dict):
-            raise StudioError("Tabular inputs must be a JSON object of input -> list of columns.")
+        data = _json_object(text, "Tabular inputs", "input -> list of columns",
+                            '{"features": ["a", "b"]} or lines like features=a,b')
     return {str(k): (v,) if isinstance(v, str) else tuple(str(c) for c in v) for k, v in data.items()}
 
 
