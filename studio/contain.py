@@ -195,10 +195,10 @@ def _checked(root: Path, base: Path, value: str, rel: str, key: str, shown: str,
 
 
 def _names_nothing(base: Path, value: str) -> bool:
-    """`value` names no file at all, joined to `base` nor as given (relative to the working directory): nothing
-    outside the folder can be read through it, so it is no way out. A link, even a dangling one, counts as
-    something."""
-    if "\0" in value:
+    """`value` is an absolute path that names nothing on this machine (the saver's own path, written by old
+    transformers): nothing can be read through it, so it is no way out. A link, even a dangling one, counts as
+    something; a relative path out of the folder (`../`) is always refused, whatever it names."""
+    if "\0" in value or not os.path.isabs(value):
         return False
     try:
         return not os.path.lexists(base / value) and not os.path.lexists(value)
