@@ -229,6 +229,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
 
     def progress(stage: str, fraction: float) -> None:
+        if _TERMINATED:  # a SIGTERM whose SystemExit was swallowed: stop at the next stage, before writing
+            raise SystemExit(128 + _TERMINATED[0])
         if not args.quiet:
             print(f"[{fraction:4.0%}] {stage}", file=sys.stderr, flush=True)
     if args.memory_limit is not None or args.timeout is not None:
@@ -313,7 +315,12 @@ def cmd_app(args: argparse.Namespace) -> int:
     return 0
 
 
+_TERMINATED: list[int] = []  # the signal received, kept: a SystemExit raised while Python runs a finalizer or
+# callback is printed and dropped, so the next progress step raises it again
+
+
 def _exit_on_sigterm(signum, frame):
+    _TERMINATED.append(signum)
     raise SystemExit(128 + signum)  # unwinds through every `finally`: no half-written folder stays behind
 
 
