@@ -63,3 +63,13 @@ class ToleranceError(StudioError):
 
 class UnsafePathError(StudioError):
     """An archive member or external-data reference points outside the allowed directory."""
+
+
+def first_line(e: BaseException, limit: int = 300, *, with_type: bool = False) -> str:
+    """The first line of an exception's text, cut to `limit` characters (its type's name when it has no
+    text). `with_type` prefixes the type, as in "ValueError: bad shape"."""
+    lines = str(e).strip().splitlines()
+    text = lines[0][:limit] if lines else ""
+    if with_type:
+        return f"{type(e).__name__}: {text}"
+    return text or type(e).__name__
