@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from .errors import StudioError
@@ -174,6 +174,12 @@ class ConvertSpec:
         d = asdict(self)
         d["checkpoint"], d["data"], d["out"] = str(self.checkpoint), str(self.data), str(self.out)
         return d
+
+
+def default(name: str):
+    """The default of one ConvertSpec option: the one place the CLI, the app and the API read it from."""
+    f = {f.name: f for f in fields(ConvertSpec)}[name]
+    return f.default_factory() if f.default is MISSING else f.default
 
 
 def parse_roles(items: list[str] | None) -> dict[str, str]:
