@@ -11,7 +11,8 @@ import socket
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .config import AppConfig as _Config  # gradio-free: the operator defaults, read here
+# gradio-free: launch's defaults are read from the operator settings
+from .config import AppConfig as _Config
 
 __all__ = ["launch", "start", "create_app", "RunningApp"]
 

@@ -24,8 +24,8 @@ from ..spec import DYNAMIC_AXES, ConvertSpec, parse_sample_limits
 from . import handlers as h
 from . import render as r
 from .config import AppConfig
-from .layout import CONVERT_OUTPUTS, DEMO_OUTPUTS, PER_INPUT_OUTPUTS, PREVIEW_OUTPUTS
 from .jobs import Sessions
+from .layout import CONVERT_OUTPUTS, DEMO_OUTPUTS, PER_INPUT_OUTPUTS, PREVIEW_OUTPUTS
 from .worker import Job, JobError, Limits, default_start_method
 
 log = logging.getLogger("studio.app")
