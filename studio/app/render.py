@@ -369,7 +369,7 @@ def diagnosis_md(report: Report | None, diagnosis: str = "", error: StudioError 
     """The exporter's own diagnosis when an export attempt failed (or the whole export did)."""
     parts = []
     if error is not None:
-        parts.append(f"**{esc(first_line(error, limit=len(str(error))))}**")
+        parts.append(f"**{esc(first_line(error, limit=len(str(error))))}**")  # the whole first line, uncut
         if error.details:
             parts.append(error.details)
     if report is not None:
