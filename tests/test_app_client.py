@@ -21,6 +21,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 import studio.app  # noqa: E402
+from studio.app.layout import CONVERT_OUTPUTS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "studio" / "demo"
@@ -44,6 +45,14 @@ def convert(c: Client, checkpoint=DEMO / "demo_model.pt", sample=DEMO / "sample.
     return c.predict(handle_file(str(checkpoint)), handle_file(str(sample)), api_name="/convert", **kw)
 
 
+def named(served, result: tuple) -> dict:
+    """/convert's values by the page's names (gradio_client returns them in the order of CONVERT_OUTPUTS,
+    less the layout blocks)."""
+    names = served.app.ui.api_names(CONVERT_OUTPUTS)
+    assert len(result) == len(names)
+    return dict(zip(names, result))
+
+
 def test_api_lists_named_endpoints(served):
     api = client(served).view_api(print_info=False, return_format="dict")
     names = set(api["named_endpoints"])
@@ -61,10 +70,10 @@ def test_demo_conversion_downloads_a_model_that_runs(served, tmp_path):
     import onnxruntime as ort
     c = client(served)
     ckpt, sample = c.predict(api_name="/load_demo")  # the demo files, as the button gives them
-    result = convert(c, ckpt, sample)
-    files, report = result[:2]
-    report = json.loads(report)
-    assert report["variants"] == [] and result[-1]["visible"] is False  # none unless asked
+    result = named(served, convert(c, ckpt, sample))
+    assert CONVERT_OUTPUTS[:2] == ("downloads", "report_json")  # first, as the README and test_install read them
+    files, report = result["downloads"], json.loads(result["report_json"])
+    assert report["variants"] == [] and result["variants_table"]["visible"] is False  # none unless asked
     names = {Path(f).name for f in files}
     assert {"model.onnx", "report.json", "report.md", "inference_example.py", "demo_model-onnx.zip"} <= names
     assert report["ok"] is True and report["failed_checks"] == []
@@ -83,19 +92,19 @@ def test_demo_conversion_downloads_a_model_that_runs(served, tmp_path):
 
 def test_demo_conversion_with_an_int8_variant(served):
     import zipfile
-    result = convert(client(served), exporter="torchscript", latency_budget=0.2, variants=["int8"])
-    files, report = result[0], json.loads(result[1])
+    result = named(served, convert(client(served), exporter="torchscript", latency_budget=0.2, variants=["int8"]))
+    files, report = result["downloads"], json.loads(result["report_json"])
     assert [v["name"] for v in report["variants"]] == ["int8"]
     int8 = report["variants"][0]
     assert int8["ok"] is True, int8["error"]
     assert report["ok"] is True and int8["latency"]["ort_cpu"]["p50_ms"] > 0
-    shown = result[-1]  # the Variants table, made visible: model.onnx's row, then int8 with its verdict
+    shown = result["variants_table"]  # the Variants table, made visible: model.onnx's row, then int8 with its verdict
     assert shown["visible"] is True
     table = shown["value"]
     rows = {row[0]: row for row in table["data"]}
     assert table["headers"][:2] == ["variant", "verdict"] and set(rows) == {"fp32 (model.onnx)", "int8"}
     assert rows["int8"][1] == "PASS" and rows["int8"][5] != "-" and rows["int8"][7].endswith("x")
-    assert "1/1 passed" in result[-2]
+    assert "1/1 passed" in result["variants_note"]
     names = {Path(f).name for f in files}
     assert {Path(f).name for f in int8["files"]} <= names and "model.int8.onnx" in names
     zipped = next(f for f in files if f.endswith(".zip"))
@@ -136,11 +145,11 @@ def test_three_conversions_at_once(served):
     clients = [client(served) for _ in range(3)]  # three people, three sessions
     with ThreadPoolExecutor(3) as pool:
         futures = [pool.submit(convert, c, exporter="torchscript", opset=17, latency_budget=0.3) for c in clients]
-        results = [f.result(timeout=600) for f in futures]
-    for files, report in (r[:2] for r in results):
-        report = json.loads(report)
+        results = [named(served, f.result(timeout=600)) for f in futures]
+    for r in results:
+        report = json.loads(r["report_json"])
         assert report["ok"] is True and report["export"]["opset"] == 17
-    models = [next(f for f in r[0] if Path(f).name == "model.onnx") for r in results]
+    models = [next(f for f in r["downloads"] if Path(f).name == "model.onnx") for r in results]
     assert len(set(models)) >= 1 and all(Path(m).stat().st_size > 0 for m in models)
 
 
@@ -184,7 +193,7 @@ def test_a_crashed_worker_leaves_the_app_answering(served):
     with pytest.raises(AppError) as e:
         pending.result(timeout=120)
     assert "stopped unexpectedly" in str(e.value) and "SIGKILL" in str(e.value)
-    files, report = convert(client(served), exporter="torchscript", latency_budget=0.3)[:2]
+    report = named(served, convert(client(served), exporter="torchscript", latency_budget=0.3))["report_json"]
     assert json.loads(report)["ok"] is True
 
 

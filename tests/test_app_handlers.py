@@ -1,4 +1,5 @@
-"""The app's plain functions: page controls -> ConvertSpec (one mapping), Report -> what the page shows."""
+"""The app's plain functions: page controls -> ConvertSpec (one mapping, handlers.py), Report -> what the page
+shows (render.py); the page object's outputs by name."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import pandas as pd
 import pytest
 
 from studio.app import handlers as h
+from studio.app import render
 from studio.errors import ExportError, StudioError
 from studio.report import (CheckerInfo, DynamicInfo, ExportAttempt, ExportInfo, GraphInfo, LatencyInfo, OutputDiff,
                            ParityInfo, Probe, Report, TensorInfo, Timing, VariantInfo)
@@ -58,9 +60,11 @@ def make_report(parity_ok=True, dynamic_ok=True, opset=18, attempts=None) -> Rep
 # --- the one mapping: controls -> ConvertSpec --------------------------------------------------------
 
 def test_spec_from_ui_maps_every_control(tmp_path):
-    spec = h.spec_from_ui("/up/m.pt", "/up/s.csv", '{"review": "text", "price": "Tabular"}', "17", "legacy",
-                          ["batch"], '{"input_ids": ["batch"], "price": []}', 64.0, "1e-5", 0.01, "int32", "0",
-                          "0.25", out=tmp_path / "out", trust_code=True)
+    spec = h.spec_from_ui(checkpoint="/up/m.pt", sample="/up/s.csv", roles='{"review": "text", "price": "Tabular"}',
+                          opset="17", exporter="legacy", dynamic=["batch"],
+                          dynamic_per_input='{"input_ids": ["batch"], "price": []}', max_length=64.0, atol="1e-5",
+                          rtol=0.01, id_dtype="int32", fill_value="0", latency_budget="0.25", out=tmp_path / "out",
+                          trust_code=True)
     assert (spec.checkpoint, spec.data, spec.out) == ("/up/m.pt", "/up/s.csv", str(tmp_path / "out"))
     assert spec.roles == {"review": "text", "price": "tabular"}
     assert (spec.opset, spec.exporter, spec.dynamic) == (17, "torchscript", ("batch",))
@@ -70,10 +74,10 @@ def test_spec_from_ui_maps_every_control(tmp_path):
 
 
 def test_spec_from_ui_defaults_and_aliases(tmp_path):
-    spec = h.spec_from_ui("m.pt", "s.csv", None, out=tmp_path)
+    spec = h.spec_from_ui("m.pt", "s.csv", roles=None, out=tmp_path)
     assert spec.roles == {} and spec.exporter == "auto" and spec.dynamic == ("batch", "sequence")
     assert spec.fill_value is None and spec.trust_code is False and spec.latency_budget_s == h.LATENCY_BUDGET_DEFAULT
-    assert h.spec_from_ui("m.pt", "s.csv", "review=text\nprice=ignore", exporter="new", dynamic=[],
+    assert h.spec_from_ui("m.pt", "s.csv", roles="review=text\nprice=ignore", exporter="new", dynamic=[],
                           out=tmp_path).roles == {"review": "text", "price": "ignore"}
     assert h.spec_from_ui("m.pt", "s.csv", exporter="new", dynamic=[], out=tmp_path).dynamic == ()
 
@@ -126,22 +130,22 @@ def test_model_and_sample_cards():
     model = {"kind": "hf", "inputs": [{"name": "input_ids", "kind": "input_ids"},
                                       {"name": "price", "kind": "tabular", "column": "price", "width": 1}],
              "outputs": ["logits"], "tokenizer": None, "parameters": 1_500_000, "labels": ["a", "b"]}
-    card = h.model_html(model, filename="m.zip")
+    card = render.model_html(model, filename="m.zip")
     assert "m.zip" in card and "1.5 M" in card and "none found" in card and "<code>price</code>" in card
-    assert "card-bad" in h.model_html(None, "Checkpoint <x> is broken.")
-    assert "&lt;x&gt;" in h.model_html(None, "Checkpoint <x> is broken.")  # escaped, never raw HTML
+    assert "card-bad" in render.model_html(None, "Checkpoint <x> is broken.")
+    assert "&lt;x&gt;" in render.model_html(None, "Checkpoint <x> is broken.")  # escaped, never raw HTML
     cols = [{"name": "a", "detected": "text"}, {"name": "b", "detected": "number"}]
-    assert "2 columns" in h.sample_html(cols, [{"a": "x", "b": 1}])
+    assert "2 columns" in render.sample_html(cols, [{"a": "x", "b": 1}])
 
 
 def test_mapping_messages():
-    assert "mapping-ok" in h.mapping_html({"ok": True, "tensors": {"input_ids": {"shape": [8, 16], "dtype": "int64"}}},
-                                          True, True)
-    bad = h.mapping_html({"ok": False, "error": "column 'price' is mapped 'ignore'."}, True, True)
+    tensors = {"input_ids": {"shape": [8, 16], "dtype": "int64"}}
+    assert "mapping-ok" in render.mapping_html({"ok": True, "tensors": tensors}, True, True)
+    bad = render.mapping_html({"ok": False, "error": "column 'price' is mapped 'ignore'."}, True, True)
     assert "mapping-bad" in bad and "price" in bad
-    assert "once a checkpoint" in h.mapping_html(None, False, True)
+    assert "once a checkpoint" in render.mapping_html(None, False, True)
     cols = [{"name": "review", "suggested": "ignore"}, {"name": "price", "suggested": "tabular"}]
-    assert h.initial_roles(cols, {"roles": {"review": "text"}}) == {"review": "text", "price": "tabular"}
+    assert render.initial_roles(cols, {"roles": {"review": "text"}}) == {"review": "text", "price": "tabular"}
 
 
 def test_tabular_feeds_from_the_page():
@@ -161,7 +165,7 @@ def test_tabular_feeds_from_the_page():
     assert h.feed_choice("features=a..c", cols, "b") == "features" and h.feed_choice("", cols, "b") == "auto"
     spec = h.spec_from_ui("m.pt", "s.csv", tabular="features=c,a..b", out="o")
     assert spec.tabular == {"features": ("c", "a..b")}
-    ok = h.mapping_html({"ok": True, "tensors": {"features": {"shape": [2, 3], "dtype": "float32"}},
+    ok = render.mapping_html({"ok": True, "tensors": {"features": {"shape": [2, 3], "dtype": "float32"}},
                          "feeds": {"features": [{"column": "c", "start": 0, "width": 1},
                                                 {"column": "emb", "start": 1, "width": 2}]}}, True, True)
     assert "mapping-ok" in ok and "c [0], emb [1-2]" in ok
@@ -170,7 +174,7 @@ def test_tabular_feeds_from_the_page():
 # --- report -> page --------------------------------------------------------------------------------------
 
 def test_verdict_strip_when_everything_passed():
-    html = h.verdict_html(make_report())
+    html = render.verdict_html(make_report())
     assert 'data-ok="true"' in html and "All checks passed" in html
     for check in ("checker", "parity", "dynamic", "opset"):
         assert f'data-check="{check}" data-ok="true"' in html
@@ -178,7 +182,7 @@ def test_verdict_strip_when_everything_passed():
 
 
 def test_verdict_strip_names_what_failed():
-    html = h.verdict_html(make_report(parity_ok=False, dynamic_ok=False, opset=17))
+    html = render.verdict_html(make_report(parity_ok=False, dynamic_ok=False, opset=17))
     assert 'id="verdict-strip"' in html and 'class="verdict verdict-fail" data-ok="false"' in html
     assert 'data-check="parity" data-ok="false"' in html and 'data-check="dynamic" data-ok="false"' in html
     assert 'data-check="opset" data-ok="false"' in html and "differs" in html
@@ -187,47 +191,48 @@ def test_verdict_strip_names_what_failed():
 
 def test_tables_reuse_the_report_rows():
     r = make_report()
-    io = h.io_frame(r)
-    assert list(io.columns) == h.IO_HEADERS and io.iloc[0].tolist() == ["input", "input_ids", "int64", "[batch, sequence]"]
-    lat = h.latency_frame(r)
+    io = render.io_frame(r)
+    assert list(io.columns) == render.IO_HEADERS
+    assert io.iloc[0].tolist() == ["input", "input_ids", "int64", "[batch, sequence]"]
+    lat = render.latency_frame(r)
     cuda = lat[lat["run"] == "ORT CUDA"].iloc[0].tolist()
     assert cuda[1] == "-" and cuda[-1].startswith("unavailable: no CUDA device")
-    chart = h.latency_chart(r)
+    chart = render.latency_chart(r)
     assert list(chart["run"]) == ["PT CPU 8×16", "ORT CPU 8×16"]  # an unavailable device is never a number
-    diffs = h.diff_chart(r)
+    diffs = render.diff_chart(r)
     assert list(diffs["check"]) == ["sample: probs", "batch 1", "seq 21"]
-    assert h.predictions_frame(r).columns.tolist() == ["order_id", "prediction", "confidence"]
-    assert h.parity_frame(r).iloc[0, -1] == "PASS" and h.probe_frame(r).shape == (2, 6)
+    assert render.predictions_frame(r).columns.tolist() == ["order_id", "prediction", "confidence"]
+    assert render.parity_frame(r).iloc[0, -1] == "PASS" and render.probe_frame(r).shape == (2, 6)
 
 
 def test_variants_table_shows_each_variant_and_a_failed_one_as_failed():
     r = make_report()
     r.variants = make_variants()
-    table = h.variants_frame(r)
-    assert list(table.columns) == h.VARIANT_HEADERS
+    table = render.variants_frame(r)
+    assert list(table.columns) == render.VARIANT_HEADERS
     rows = {row[0]: row for row in table.values.tolist()}
     assert list(rows) == ["fp32 (model.onnx)", "int8", "fp16"]  # model.onnx first, as the baseline
     assert rows["int8"] == ["int8", "PASS", "2.5 MB", "0.012", "-", "100.0%", "0.50", "3.00x", "3.00x",
                             "onnxruntime dynamic quantization"]
     assert rows["fp16"][1] == "FAIL" and rows["fp16"][-1] == "max abs diff 0.4 exceeds the fp16 tolerance"
     assert rows["fp16"][5] == "50.0%" and rows["fp16"][6] == "-"  # not timed: never a made-up number
-    chart = h.latency_chart(r)  # the timed variant joins the chart; the untimed one never shows a number
+    chart = render.latency_chart(r)  # the timed variant joins the chart; the untimed one never shows a number
     assert list(chart["run"]) == ["PT CPU 8×16", "ORT CPU 8×16", "int8 8×16"]
     assert list(chart["runtime"]) == ["PyTorch", "ONNX Runtime", "ONNX Runtime int8"]
-    assert set(chart["runtime"]) <= set(h.LATENCY_COLORS)  # a runtime without a colour is not drawn
+    assert set(chart["runtime"]) <= set(render.LATENCY_COLORS)  # a runtime without a colour is not drawn
     assert list(chart["p50 ms"]) == [1.5, 1.5, 0.5]
-    note = h.variants_note(r)
+    note = render.variants_note(r)
     assert "1/2 passed" in note and "failed: fp16" in note and "no measure of its GPU speed" in note
-    html = h.verdict_html(r)
+    html = render.verdict_html(r)
     assert 'data-check="variants" data-ok="false"' in html and "1/2 passed · fp16 failed" in html
     assert "Checks failed: variant:fp16" in html
 
 
 def test_without_variants_the_table_is_empty_with_a_note():
     r = make_report()
-    assert h.variants_frame(r).empty and list(h.variants_frame(r).columns) == h.VARIANT_HEADERS
-    assert "No faster variants were requested" in h.variants_note(r)
-    assert 'data-check="variants"' not in h.verdict_html(r)
+    assert render.variants_frame(r).empty and list(render.variants_frame(r).columns) == render.VARIANT_HEADERS
+    assert "No faster variants were requested" in render.variants_note(r)
+    assert 'data-check="variants"' not in render.verdict_html(r)
 
 
 def test_progress_names_the_variants_stage_and_what_latency_times():
@@ -243,11 +248,11 @@ def test_diagnosis_shows_failed_attempts_and_export_details():
     failed = [ExportAttempt("dynamo", False, "Unsupported: data-dependent branch", 2.0,
                             diagnosis_path="diagnostics/x.md"),
               ExportAttempt("torchscript", True, None, 0.5, 18)]
-    text = h.diagnosis_md(make_report(attempts=failed), "### dynamo exporter\n\nGraph break at line 3")
+    text = render.diagnosis_md(make_report(attempts=failed), "### dynamo exporter\n\nGraph break at line 3")
     assert "dynamo exporter failed" in text and "data-dependent branch" in text and "Graph break" in text
-    assert h.diagnosis_md(make_report()) == ""
+    assert render.diagnosis_md(make_report()) == ""
     err = ExportError("The dynamo exporter failed: boom", details="## Exporter report\nstep 3 failed")
-    assert "step 3 failed" in h.diagnosis_md(None, error=err)
+    assert "step 3 failed" in render.diagnosis_md(None, error=err)
 
 
 def test_artifacts_and_zip(tmp_path):
@@ -257,7 +262,7 @@ def test_artifacts_and_zip(tmp_path):
         (tmp_path / name).write_text("x")
     z = tmp_path.parent / "m-onnx.zip"
     z.write_text("z")
-    names = [Path(p).name for p in h.artifact_paths(r, tmp_path, z)]
+    names = [Path(p).name for p in render.artifact_paths(r, tmp_path, z)]
     assert names == ["model.onnx", "model.onnx.data", "report.json", "inference_example.py", "m-onnx.zip"]
     assert h.zip_stem("/tmp/x/My Model (v2).pt") == "My-Model-v2-onnx"
 
@@ -272,7 +277,7 @@ def test_artifacts_include_every_variant_file(tmp_path):
         (tmp_path / name).write_text("x")
     z = tmp_path.parent / "m-onnx.zip"
     z.write_text("z")
-    paths = h.artifact_paths(r, tmp_path, z)
+    paths = render.artifact_paths(r, tmp_path, z)
     assert [str(Path(p).relative_to(tmp_path)) for p in paths[:-1]] == [
         "model.onnx", "report.json", "variants/model.int8.onnx", "variants/model.int8.onnx.data",
         "variants/model.fp16.onnx"]  # a failed variant's file is offered too: the report says why it failed
@@ -293,12 +298,15 @@ def test_error_view_and_trust_banner():
     try:
         config = json.dumps(app.blocks.get_config_file(), default=str)
         assert "Trusted-code mode is ON" in config
+        ui = app.ui
         out = app._error_outputs(ExportError("The dynamo exporter failed: boom", details="step 3 failed"),
                                  "The dynamo exporter failed: boom")
-        assert "boom" in out[2] and "step 3 failed" in out[12] and out[13]["visible"] is True
+        assert "boom" in out[ui.verdict] and "step 3 failed" in out[ui.diagnosis]
+        assert out[ui.diag_acc]["visible"] is True
         cancelled = app._error_outputs(JobError("The conversion was cancelled.", reason="cancelled"), "cancelled")
-        assert "Cancelled" in cancelled[2] and cancelled[13]["visible"] is False
-        assert cancelled[-2] == "" and cancelled[-1]["visible"] is False  # no stale variants table
+        assert "Cancelled" in cancelled[ui.verdict] and cancelled[ui.diag_acc]["visible"] is False
+        assert cancelled[ui.variants_note] == "" and cancelled[ui.variants_table]["visible"] is False  # no stale table
+        assert cancelled[ui.downloads] is None and cancelled[ui.report_json] is None
     finally:
         app.close()
     plain = studio.app.create_app(warm_up=False)
@@ -306,3 +314,51 @@ def test_error_view_and_trust_banner():
         assert "Trusted-code mode is ON" not in json.dumps(plain.blocks.get_config_file(), default=str)
     finally:
         plain.close()
+
+
+def test_the_convert_table_names_real_controls_and_spec_fields():
+    import dataclasses
+    import inspect
+
+    from studio.app import layout
+    from studio.spec import ConvertSpec
+    page_fields = {f.name for f in dataclasses.fields(layout.Page)}
+    spec_fields = {f.name for f in dataclasses.fields(ConvertSpec)}
+    for p in h.CONVERT_PARAMS:
+        assert p.component in page_fields and p.field in spec_fields, p
+    assert len({p.field for p in h.CONVERT_PARAMS}) == len(h.CONVERT_PARAMS)  # each field set by one parameter
+    for names in (layout.CONVERT_OUTPUTS, layout.PREVIEW_OUTPUTS, layout.CHECK_INPUTS, layout.PER_INPUT_OUTPUTS):
+        assert set(names) <= page_fields and len(set(names)) == len(names)
+    # the endpoint's public parameters, in the order positional gradio_client callers rely on
+    from studio.app.server import StudioApp
+    params = list(inspect.signature(StudioApp.convert).parameters)
+    assert params == ["self", *h.CONVERT_NAMES, "request", "progress"]
+    assert h.CONVERT_NAMES[:3] == ("checkpoint", "sample", "roles") and h.CONVERT_NAMES[-3:] == (
+        "variants", "tabular", "task")
+    with pytest.raises(TypeError, match="unknown /convert parameter"):
+        h.spec_from_ui("m.pt", "s.csv", max_len=64, out="o")
+
+
+def test_report_view_updates_every_output_by_name(tmp_path):
+    import studio.app
+    from studio.app import layout
+    app = studio.app.create_app(warm_up=False)
+    try:
+        ui = app.ui
+        report = make_report()
+        report.files = {"model": "model.onnx"}
+        (tmp_path / "model.onnx").write_text("x")
+        out = app._report_outputs({"report": report, "zip": None}, tmp_path)
+        assert list(out) == ui.of(layout.CONVERT_OUTPUTS)  # every output, none twice, in the API's order
+        assert "All checks passed" in out[ui.verdict] and json.loads(out[ui.report_json])["ok"] is True
+        assert [Path(f).name for f in out[ui.downloads]] == ["model.onnx"]
+        assert out[ui.results_col]["visible"] is True and out[ui.downloads_col]["visible"] is True
+        assert out[ui.variants_table]["visible"] is False and "No faster variants" in out[ui.variants_note]
+        assert out[ui.diag_acc]["visible"] is False and out[ui.diagnosis] == ""
+        assert list(out[ui.latency_plot]["sort"]) == ["PT CPU 8×16", "ORT CPU 8×16"]
+        with pytest.raises(ValueError, match="missing"):
+            ui.updates(layout.CONVERT_OUTPUTS, verdict="x")  # a forgotten output is an error, not a stale value
+        with pytest.raises(ValueError, match="not outputs"):
+            ui.updates(("verdict",), verdict="x", summary="y")
+    finally:
+        app.close()

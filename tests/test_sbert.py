@@ -412,11 +412,12 @@ def test_real_minilm_through_the_web_studio(minilm, minilm_reference, tmp_path):
 
 def test_the_page_says_which_task_and_why():
     from studio.app import handlers as h
-    card = h.model_html({"kind": "sentence-transformers", "task": "sentence-embedding",
+    from studio.app import render
+    card = render.model_html({"kind": "sentence-transformers", "task": "sentence-embedding",
                          "task_reason": "modules.json declares a sentence-transformers pipeline",
                          "outputs": ["sentence_embedding", "token_embeddings"], "inputs": []})
     assert "<th>task</th>" in card and "sentence-embedding" in card and "modules.json declares" in card
-    assert h.PARITY_HEADERS[3] == "min cosine" and "top-k agreement" in h.PARITY_HEADERS
+    assert render.PARITY_HEADERS[3] == "min cosine" and "top-k agreement" in render.PARITY_HEADERS
     # the page's Task control maps onto ConvertSpec.task, checked as the CLI's --task
     assert h.spec_from_ui("m", "s.csv", task="Feature-Extraction", out="o").task == "feature-extraction"
     assert h.spec_from_ui("m", "s.csv", out="o").task == "auto"

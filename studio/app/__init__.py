@@ -11,6 +11,9 @@ import socket
 from dataclasses import dataclass, fields
 from typing import Any
 
+# gradio-free: launch's defaults are read from the operator settings
+from .config import AppConfig as _Config
+
 __all__ = ["launch", "start", "create_app", "RunningApp"]
 
 
@@ -23,19 +26,21 @@ def _quiet_env() -> None:
 def create_app(**config: Any):
     """Build the app without serving it. Keywords are AppConfig fields (see launch)."""
     _quiet_env()
-    from .server import AppConfig, StudioApp
-    names = {f.name for f in fields(AppConfig)}
+    from .server import StudioApp
+    names = {f.name for f in fields(_Config)}
     unknown = sorted(set(config) - names)
     if unknown:
         raise TypeError(f"unknown app option(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    return StudioApp(AppConfig(**config))
+    return StudioApp(_Config(**config))
 
 
-def launch(host: str = "127.0.0.1", port: int = 7860, trust_code: bool = False, *, max_jobs: int = 2,
-           job_timeout_s: float | None = 600.0, memory_limit_mb: int | None = 8192,
-           max_file_size: str | int | None = "2gb", session_ttl_s: float = 3600.0, queue_size: int | None = 64,
-           work_dir: str | None = None, open_browser: bool = False, quiet: bool = False,
-           max_params: int | None = None, sample_limits: Any = None) -> None:
+def launch(host: str = "127.0.0.1", port: int = 7860, trust_code: bool = _Config.trust_code, *,
+           max_jobs: int = _Config.max_jobs, job_timeout_s: float | None = _Config.job_timeout_s,
+           memory_limit_mb: int | None = _Config.memory_limit_mb,
+           max_file_size: str | int | None = _Config.max_file_size, session_ttl_s: float = _Config.session_ttl_s,
+           queue_size: int | None = _Config.queue_size,
+           work_dir: str | None = _Config.work_dir, open_browser: bool = False, quiet: bool = False,
+           max_params: int | None = None, sample_limits: Any = _Config.sample_limits) -> None:
     """Serve the studio until interrupted (what `studio app` runs).
 
     host/port: where to listen (127.0.0.1:7860). trust_code: allow checkpoints that can run code when

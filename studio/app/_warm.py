@@ -14,11 +14,12 @@ THREADS: int | None = None  # torch's thread count before warming: each job rest
 
 def _warm() -> None:
     global THREADS
-    import logging
     import tempfile
-    import warnings
 
     import torch
+
+    from ..quiet import quiet
+    from ..spec import default
 
     THREADS = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -39,24 +40,15 @@ def _warm() -> None:
     mask = torch.ones(2, 5, dtype=torch.long)
     tab = torch.randn(2, 1)
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    quiet = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
-    levels = [lg.level for lg in quiet]
-    for lg in quiet:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                Tiny().eval(), (ids, mask, tab), dynamo=True, input_names=["input_ids", "attention_mask", "tabular"],
-                output_names=["probs"], opset_version=18, verbose=False,
-                dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq},
-                                "tabular": {0: batch}})
-            if program is not None:
-                with tempfile.TemporaryDirectory(prefix="studio-warm-") as tmp:
-                    program.save(os.path.join(tmp, "warm.onnx"))
-    finally:
-        for lg, level in zip(quiet, levels):
-            lg.setLevel(level)
+    with quiet(), torch.no_grad():
+        program = torch.onnx.export(
+            Tiny().eval(), (ids, mask, tab), dynamo=True, input_names=["input_ids", "attention_mask", "tabular"],
+            output_names=["probs"], opset_version=default("opset"), verbose=False,
+            dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq},
+                            "tabular": {0: batch}})
+        if program is not None:
+            with tempfile.TemporaryDirectory(prefix="studio-warm-") as tmp:
+                program.save(os.path.join(tmp, "warm.onnx"))
 
 
 if os.environ.get("STUDIO_WORKER_WARM", "1") != "0":

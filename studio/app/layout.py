@@ -1,12 +1,20 @@
-"""The page, in the order a person uses it: inputs, field mapping, options, export, results, downloads."""
+"""The page, in the order a person uses it: inputs, field mapping, options, export, results, downloads.
+
+`build(app)` returns a Page: every component the handlers read or update, by name. Events are wired by
+name (handlers.CONVERT_PARAMS for the /convert inputs, the *_OUTPUTS tuples below for what each event
+updates), and the handlers return {component: value} dicts made with Page.updates, so that moving a
+component can break nothing silently. A new panel: its components become Page fields, made in the
+section function of its step (or a new one called from build), and a handler's output names it."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from ..spec import ATOL_DEFAULT, DYNAMIC_AXES, ID_DTYPES, OPSET_DEFAULT, ROLES, RTOL_DEFAULT, TASKS
+from ..spec import DYNAMIC_AXES, ID_DTYPES, ROLES, TASKS, default
 from . import handlers as h
+from . import render as r
 
 if TYPE_CHECKING:
     from .server import StudioApp
@@ -77,6 +85,93 @@ CSS = """
 """
 
 
+# What each event updates, by Page field; the order is the API's (gradio_client returns the values of
+# /convert in this order: downloads and report.json first, as the README and the tests read them).
+CONVERT_OUTPUTS = ("downloads", "report_json", "verdict", "summary", "io_table", "parity_table", "probe_table",
+                   "latency_table", "latency_plot", "diff_plot", "predictions", "attempts", "diagnosis", "diag_acc",
+                   "results_col", "downloads_col", "variants_note", "variants_table")
+PREVIEW_OUTPUTS = ("model_card", "sample_card", "preview_table", "columns_state", "roles_box", "mapping_box",
+                   "preview_info", "per_input", "per_input_json")
+PREVIEW_INPUTS = ("checkpoint", "sample", "dynamic")  # the /preview endpoint's parameters, in its order
+CHECK_INPUTS = ("checkpoint", "sample", "roles_box", "preview_info", "fill_value", "tabular_box")
+PER_INPUT_OUTPUTS = ("per_input", "per_input_json")
+DEMO_OUTPUTS = ("checkpoint", "sample")
+
+
+@dataclass(slots=True)  # slots: a misspelt name is an AttributeError, never a new attribute
+class Page:
+    """The page's components by name (what the events wire and the handlers update)."""
+
+    blocks: Any = None
+    preview_info: Any = None  # gr.State {"model": ..., "has_sample": ...}
+    columns_state: Any = None  # gr.State {"nonce", "columns", "tabular_inputs"}: redraws the mapping rows
+    # 1. inputs
+    checkpoint: Any = None
+    sample: Any = None
+    demo_btn: Any = None
+    model_card: Any = None
+    sample_card: Any = None
+    preview_table: Any = None
+    # 2. field mapping
+    roles_box: Any = None
+    mapping_box: Any = None
+    tabular_box: Any = None
+    # 3. options
+    opset: Any = None
+    exporter: Any = None
+    dynamic: Any = None
+    max_length: Any = None
+    id_dtype: Any = None
+    variants: Any = None
+    task: Any = None
+    atol: Any = None
+    rtol: Any = None
+    fill_value: Any = None
+    latency_budget: Any = None
+    per_input: Any = None
+    per_input_json: Any = None
+    # 4. export
+    export_btn: Any = None
+    cancel_btn: Any = None
+    # 5. results
+    verdict: Any = None
+    summary: Any = None
+    diag_acc: Any = None
+    diagnosis: Any = None
+    results_col: Any = None
+    io_table: Any = None
+    parity_table: Any = None
+    probe_table: Any = None
+    latency_table: Any = None
+    variants_note: Any = None
+    variants_table: Any = None
+    latency_plot: Any = None
+    diff_plot: Any = None
+    predictions: Any = None
+    attempts: Any = None
+    # 6. downloads
+    downloads_col: Any = None
+    downloads: Any = None
+    report_json: Any = None
+
+    def of(self, names: tuple[str, ...]) -> list:
+        """The components of these names, in this order (an event's inputs or outputs)."""
+        return [getattr(self, n) for n in names]
+
+    def api_names(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        """The names among `names` whose values an API client receives, in order (a layout block such as
+        an accordion or a column is updated on the page only)."""
+        return tuple(n for n in names if isinstance(getattr(self, n), gr.components.Component))
+
+    def updates(self, names: tuple[str, ...], **values: Any) -> dict:
+        """{component: value} for an event whose outputs are `names`: each named exactly once (a missing
+        one would silently keep its old value, a stray one is not an output)."""
+        missing, extra = set(names) - set(values), set(values) - set(names)
+        if missing or extra:
+            raise ValueError(f"outputs {sorted(names)}: missing {sorted(missing)}, not outputs {sorted(extra)}")
+        return {getattr(self, n): v for n, v in values.items()}
+
+
 def _variant_choice(**kwargs) -> gr.CheckboxGroup:
     """The "Faster variants" checkboxes. Its API value may also be a comma string ("int8,fp16", as the
     CLI's --variants), and names are checked by handlers.spec_from_ui (a StudioError naming the choices)
@@ -92,217 +187,252 @@ def _step(num: int, title: str, hint: str = "") -> gr.HTML:
                    f'<span class="hint">{hint}</span></div>')
 
 
-def build(app: "StudioApp") -> gr.Blocks:
+def build(app: StudioApp) -> Page:
     cfg = app.config
+    page = Page()
     with gr.Blocks(title="ONNX Studio", analytics_enabled=False,
-                   delete_cache=(600, int(max(cfg.session_ttl_s, 600)))) as demo:
-        if cfg.trust_code:
-            gr.HTML('<div class="trust-banner" id="trust-banner">⚠ Trusted-code mode is ON: this studio '
-                    'loads TorchScript, .pt2 and pickled-module checkpoints, which can run code on the server '
-                    'when loaded. Upload only checkpoints you trust.</div>')
-        gr.HTML('<div id="studio-header"><h1>ONNX Studio</h1><span class="tag">PyTorch checkpoint + a few real '
-                'rows → a verified ONNX model, with its report</span></div>')
+                   delete_cache=(600, int(max(cfg.session_ttl_s, 600)))) as page.blocks:
+        _header(cfg.trust_code)
+        page.preview_info = gr.State({"model": None, "has_sample": False})
+        page.columns_state = gr.State({"nonce": "", "columns": []})
+        _inputs(page)
+        _mapping(page, app)
+        _options(page)
+        _export(page)
+        _results(page)
+        _downloads(page)
+        _preview_events(page, app)
+        _convert_events(page, app)
+    missing = [f.name for f in fields(Page) if getattr(page, f.name) is None]
+    if missing:
+        raise RuntimeError(f"layout.build made no component for {', '.join(missing)}")
+    return page
 
-        preview_info = gr.State({"model": None, "has_sample": False})
-        columns_state = gr.State({"nonce": "", "columns": []})
 
-        # 1. Inputs ---------------------------------------------------------------------------------
-        _step(1, "Inputs", ".pt .pth .ckpt .bin .safetensors or a zipped Hugging Face folder, and a few real rows")
+def _header(trust_code: bool) -> None:
+    if trust_code:
+        gr.HTML('<div class="trust-banner" id="trust-banner">⚠ Trusted-code mode is ON: this studio '
+                'loads TorchScript, .pt2 and pickled-module checkpoints, which can run code on the server '
+                'when loaded. Upload only checkpoints you trust.</div>')
+    gr.HTML('<div id="studio-header"><h1>ONNX Studio</h1><span class="tag">PyTorch checkpoint + a few real '
+            'rows → a verified ONNX model, with its report</span></div>')
+
+
+def _inputs(page: Page) -> None:
+    _step(1, "Inputs", ".pt .pth .ckpt .bin .safetensors or a zipped Hugging Face folder, and a few real rows")
+    with gr.Row(equal_height=True):
+        page.checkpoint = gr.File(label="Checkpoint file, or .zip of a model folder",
+                                  elem_id="checkpoint-file", height=120, scale=5)
+        page.sample = gr.File(label="Sample rows: CSV / TSV / JSON / JSONL", elem_id="sample-file", height=120,
+                              scale=5)
+        with gr.Column(scale=2, min_width=170):
+            page.demo_btn = gr.Button("▶ Load demo", elem_id="load-demo", variant="secondary", size="lg")
+            gr.HTML('<div class="muted" style="font-size:0.82rem">A small text + tabular review '
+                    'classifier and 8 order rows.</div>')
+    with gr.Row(equal_height=True):
+        page.model_card = gr.HTML(r.model_html(None), elem_id="model-card")
+        page.sample_card = gr.HTML(r.sample_html([], []), elem_id="sample-card")
+    page.preview_table = gr.Dataframe(label="First rows of the sample", interactive=False, visible=False,
+                                      elem_id="preview-table", max_height=260, wrap=True)
+
+
+def _check_mapping_kw(page: Page, app: StudioApp) -> dict:
+    """The mapping check, after a role / feed / tabular-inputs edit: the latest edit wins."""
+    cfg = app.config
+    return dict(fn=app.check_mapping, inputs=page.of(CHECK_INPUTS), outputs=[page.mapping_box],
+                api_visibility="private", concurrency_id="preview", concurrency_limit=cfg.max_jobs,
+                trigger_mode="always_last", show_progress="minimal")
+
+
+def _mapping(page: Page, app: StudioApp) -> None:
+    _step(2, "Field mapping", "what each column feeds: text, tabular (numbers) or ignore")
+    page.roles_box = gr.Textbox(visible=False, elem_id="roles-json")
+
+    @gr.render(inputs=[page.columns_state], triggers=[page.columns_state.change])
+    def mapping_rows(state):
+        cols = (state or {}).get("columns") or []
+        if not cols:
+            gr.HTML('<div class="muted">Columns appear here after a sample is uploaded.</div>')
+            return
+        tab_inputs = list((state or {}).get("tabular_inputs") or [])
+        _mapping_head(bool(tab_inputs))
+        for n, c in enumerate(cols):
+            _mapping_row(page, app, n, c, tab_inputs)
+
+    page.mapping_box = gr.HTML(r.mapping_html(None, False, False), elem_id="mapping-status")
+    page.tabular_box = gr.Textbox(label="Tabular inputs: INPUT=COL1,COL2,... one per line, in feature order "
+                                        "(FIRST..LAST is a range of columns)", lines=1, elem_id="tabular-feeds",
+                                  placeholder="blank: the columns mapped tabular feed the inputs in file order")
+
+
+def _mapping_head(with_feeds: bool) -> None:
+    widths = (("column", 3), ("detected type", 2), ("example value", 6), ("role", 3))
+    if with_feeds:  # which tabular input a column feeds (auto: the studio decides, in file order)
+        widths += (("feeds (tabular)", 3),)
+    with gr.Row(elem_classes="map-head"):
+        for label, scale in widths:
+            with gr.Column(scale=scale, min_width=80):
+                gr.HTML(f'<div class="map-cell">{label}</div>')
+
+
+def _mapping_row(page: Page, app: StudioApp, n: int, c: dict, tab_inputs: list[str]) -> None:
+    """One column of the sample: its name, type and example, its role and (with tabular inputs) its feed."""
+    esc = r.esc
+    with gr.Row(elem_classes="map-row", equal_height=True):
+        with gr.Column(scale=3, min_width=80):
+            gr.HTML(f'<div class="map-cell map-name" title="{esc(c["name"])}">{esc(c["name"])}</div>')
+        with gr.Column(scale=2, min_width=80):
+            gr.HTML(f'<div class="map-cell"><span class="map-type">{esc(c.get("detected"))}</span></div>')
+        with gr.Column(scale=6, min_width=80):
+            gr.HTML(f'<div class="map-cell" title="{esc(c.get("example"))}">{esc(c.get("example"))}'
+                    f'</div><div class="map-why">suggested {esc(c.get("suggested"))}'
+                    f'{": " + esc(c.get("reason")) if c.get("reason") else ""}</div>')
+        with gr.Column(scale=3, min_width=120):
+            dd = gr.Dropdown(list(ROLES), value=c.get("role") or c.get("suggested"), show_label=False,
+                             container=False, interactive=True, elem_classes="role-dd", elem_id=f"role-{n}")
+        if tab_inputs:
+            with gr.Column(scale=3, min_width=120):
+                feed = gr.Dropdown(["auto"] + tab_inputs, value="auto", show_label=False, container=False,
+                                   interactive=True, elem_classes="feed-dd", elem_id=f"feed-{n}")
+        name = gr.State(c["name"])
+        dd.input(app.set_role, inputs=[page.roles_box, name, dd], outputs=[page.roles_box],
+                 api_visibility="private", queue=False).then(**_check_mapping_kw(page, app))
+        if tab_inputs:
+            feed.input(app.set_feed, inputs=[page.tabular_box, page.columns_state, name, feed],
+                       outputs=[page.tabular_box], api_visibility="private", queue=False) \
+                .then(**_check_mapping_kw(page, app))
+
+
+def _options(page: Page) -> None:
+    _step(3, "Options")
+    with gr.Row():
+        page.opset = gr.Dropdown(h.OPSETS, value=default("opset"), label="Opset", elem_id="opset", min_width=110)
+        page.exporter = gr.Dropdown(h.EXPORTER_CHOICES, value=default("exporter"), label="Exporter",
+                                    elem_id="exporter", min_width=180, info="auto: new, legacy as fallback")
+        page.dynamic = gr.CheckboxGroup(list(DYNAMIC_AXES), value=list(default("dynamic")),
+                                        label="Dynamic dimensions", elem_id="dynamic", min_width=200)
+        page.max_length = gr.Number(default("max_length"), label="Max sequence length", precision=0, minimum=2,
+                                    elem_id="max-length", min_width=130)
+        page.id_dtype = gr.Radio(list(ID_DTYPES), value=default("id_dtype"), label="Token id dtype",
+                                 elem_id="id-dtype", min_width=150)
+    page.variants = _variant_choice(value=list(default("variants")), elem_id="variants",
+                                    label="Faster variants (each checked against PyTorch, timed side by side)",
+                                    info="Extra files beside model.onnx, under variants/. None is built unless "
+                                         "ticked; each adds build, check and timing time.")
+    with gr.Accordion("Advanced: tolerances, empty cells, latency budget, per-input dynamic dimensions",
+                      open=False):
+        _advanced(page)
+
+
+def _advanced(page: Page) -> None:
+    page.task = gr.Dropdown(list(TASKS), value=default("task"), label="Task (what a model folder is exported as)",
+                            elem_id="task", info="auto: modules.json -> sentence-embedding, else the config's "
+                                                 "architectures (as the CLI's --task)")
+    with gr.Row():
+        page.atol = gr.Number(default("atol"), label="atol (parity absolute tolerance)", elem_id="atol")
+        page.rtol = gr.Number(default("rtol"), label="rtol (parity relative tolerance)", elem_id="rtol")
+        page.fill_value = gr.Number(default("fill_value"), label="Fill empty tabular cells with (blank = error)",
+                                    elem_id="fill-value")
+        page.latency_budget = gr.Number(h.LATENCY_BUDGET_DEFAULT, label="Latency: seconds per measurement",
+                                        minimum=0.05, elem_id="latency-budget")
+    page.per_input = gr.Dataframe(headers=["input", "batch", "sequence"], datatype=["str", "bool", "bool"],
+                                  label="Dynamic dimensions per input (edit to override the choice above)",
+                                  interactive=True, static_columns=[0], visible=False,
+                                  elem_id="per-input", column_count=3)
+    page.per_input_json = gr.Textbox(visible=False, elem_id="per-input-json")
+
+
+def _export(page: Page) -> None:
+    _step(4, "Export")
+    with gr.Row():
+        page.export_btn = gr.Button("Export to ONNX", variant="primary", elem_id="export-btn", scale=4)
+        page.cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn", scale=1, min_width=120)
+
+
+def _results(page: Page) -> None:
+    _step(5, "Results")
+    page.verdict = gr.HTML(r.idle_html(), label="verdict", elem_id="verdict", min_height=60)
+    page.summary = gr.Markdown(visible=False, label="summary", elem_id="summary")
+    with gr.Accordion("Exporter diagnosis", open=False, visible=False) as page.diag_acc:
+        page.diagnosis = gr.Markdown(label="diagnosis", elem_id="diagnosis")
+    with gr.Column(visible=False) as page.results_col:
         with gr.Row(equal_height=True):
-            checkpoint = gr.File(label="Checkpoint file, or .zip of a model folder",
-                                 elem_id="checkpoint-file", height=120, scale=5)
-            sample = gr.File(label="Sample rows: CSV / TSV / JSON / JSONL", elem_id="sample-file", height=120,
-                             scale=5)
-            with gr.Column(scale=2, min_width=170):
-                demo_btn = gr.Button("▶ Load demo", elem_id="load-demo", variant="secondary", size="lg")
-                gr.HTML('<div class="muted" style="font-size:0.82rem">A small text + tabular review '
-                        'classifier and 8 order rows.</div>')
+            page.io_table = gr.Dataframe(headers=r.IO_HEADERS, label="Graph inputs and outputs (symbolic dims by "
+                                         "name)", interactive=False, elem_id="io-table", scale=1)
+            page.parity_table = gr.Dataframe(headers=r.PARITY_HEADERS, label="Parity per output (PyTorch vs ORT)",
+                                             interactive=False, elem_id="parity-table", scale=1)
+        page.probe_table = gr.Dataframe(headers=r.PROBE_HEADERS, label="Shape probes (other batch / sequence "
+                                        "sizes)", interactive=False, elem_id="probe-table", wrap=True)
+        page.latency_table = gr.Dataframe(headers=r.LATENCY_HEADERS, label="Latency", interactive=False,
+                                          elem_id="latency-table", wrap=True,
+                                          column_widths=["13%", "8%", "8%", "8%", "9%", "7%", "8%", "39%"])
+        page.variants_note = gr.Markdown(elem_id="variants-note")
+        page.variants_table = gr.Dataframe(headers=r.VARIANT_HEADERS, label="Variants (PyTorch vs each variant; "
+                                           "timed beside model.onnx)", interactive=False, visible=False,
+                                           elem_id="variants-table", wrap=True,
+                                           column_widths=["14%", "7%", "8%", "9%", "9%", "8%", "9%", "10%", "26%"])
         with gr.Row(equal_height=True):
-            model_card = gr.HTML(h.model_html(None), elem_id="model-card")
-            sample_card = gr.HTML(h.sample_html([], []), elem_id="sample-card")
-        preview_table = gr.Dataframe(label="First rows of the sample", interactive=False, visible=False,
-                                     elem_id="preview-table", max_height=260, wrap=True)
+            _charts(page)
+        page.predictions = gr.Dataframe(label="Predictions per row (ONNX Runtime) beside the ignored columns",
+                                        interactive=False, elem_id="predictions", max_height=320, wrap=True)
+        with gr.Accordion("Export attempts", open=False):
+            page.attempts = gr.Dataframe(headers=r.ATTEMPT_HEADERS, label="export attempts", interactive=False,
+                                         wrap=True, elem_id="attempts")
 
-        # 2. Field mapping --------------------------------------------------------------------------
-        _step(2, "Field mapping", "what each column feeds: text, tabular (numbers) or ignore")
-        roles_box = gr.Textbox(visible=False, elem_id="roles-json")
 
-        @gr.render(inputs=[columns_state], triggers=[columns_state.change])
-        def mapping_rows(state):
-            cols = (state or {}).get("columns") or []
-            if not cols:
-                gr.HTML('<div class="muted">Columns appear here after a sample is uploaded.</div>')
-                return
-            tab_inputs = list((state or {}).get("tabular_inputs") or [])
-            widths = (("column", 3), ("detected type", 2), ("example value", 6), ("role", 3))
-            if tab_inputs:  # which tabular input a column feeds (auto: the studio decides, in file order)
-                widths += (("feeds (tabular)", 3),)
-            with gr.Row(elem_classes="map-head"):
-                for label, scale in widths:
-                    with gr.Column(scale=scale, min_width=80):
-                        gr.HTML(f'<div class="map-cell">{label}</div>')
-            for n, c in enumerate(cols):
-                with gr.Row(elem_classes="map-row", equal_height=True):
-                    with gr.Column(scale=3, min_width=80):
-                        gr.HTML(f'<div class="map-cell map-name" title="{h.esc(c["name"])}">{h.esc(c["name"])}</div>')
-                    with gr.Column(scale=2, min_width=80):
-                        gr.HTML(f'<div class="map-cell"><span class="map-type">{h.esc(c.get("detected"))}</span></div>')
-                    with gr.Column(scale=6, min_width=80):
-                        gr.HTML(f'<div class="map-cell" title="{h.esc(c.get("example"))}">{h.esc(c.get("example"))}'
-                                f'</div><div class="map-why">suggested {h.esc(c.get("suggested"))}'
-                                f'{": " + h.esc(c.get("reason")) if c.get("reason") else ""}</div>')
-                    with gr.Column(scale=3, min_width=120):
-                        dd = gr.Dropdown(list(ROLES), value=c.get("role") or c.get("suggested"), show_label=False,
-                                         container=False, interactive=True, elem_classes="role-dd",
-                                         elem_id=f"role-{n}")
-                    if tab_inputs:
-                        with gr.Column(scale=3, min_width=120):
-                            feed = gr.Dropdown(["auto"] + tab_inputs, value="auto", show_label=False,
-                                               container=False, interactive=True, elem_classes="feed-dd",
-                                               elem_id=f"feed-{n}")
-                    name = gr.State(c["name"])
-                    dd.input(app.set_role, inputs=[roles_box, name, dd], outputs=[roles_box],
-                             api_visibility="private", queue=False) \
-                        .then(app.check_mapping, inputs=check_inputs, outputs=[mapping_box],
-                              api_visibility="private", concurrency_id="preview",
-                              concurrency_limit=cfg.max_jobs, trigger_mode="always_last",
-                              show_progress="minimal")
-                    if tab_inputs:
-                        feed.input(app.set_feed, inputs=[tabular_box, columns_state, name, feed],
-                                   outputs=[tabular_box], api_visibility="private", queue=False) \
-                            .then(app.check_mapping, inputs=check_inputs, outputs=[mapping_box],
-                                  api_visibility="private", concurrency_id="preview",
-                                  concurrency_limit=cfg.max_jobs, trigger_mode="always_last",
-                                  show_progress="minimal")
+def _charts(page: Page) -> None:
+    page.latency_plot = gr.BarPlot(x="run", y="p50 ms", color="runtime", title="Latency p50 (ms)",
+                                   label="latency chart", elem_id="latency-plot", height=300, sort=None,
+                                   color_map=r.LATENCY_COLORS, x_label_angle=-30,
+                                   colors_in_legend=[], caption="PT = PyTorch eager, ORT = ONNX Runtime "
+                                   "(model.onnx), a variant by its name; batch × sequence")
+    page.diff_plot = gr.BarPlot(x="check", y="max abs diff", color="verdict",
+                                title="Max |PyTorch − ONNX| per check", label="difference chart",
+                                elem_id="diff-plot", height=300, x_label_angle=-30,
+                                sort=None, color_map={"pass": "#22a06b", "fail": "#d93f3f"},
+                                y_axis_format=".1e", colors_in_legend=[])
 
-        mapping_box = gr.HTML(h.mapping_html(None, False, False), elem_id="mapping-status")
-        tabular_box = gr.Textbox(label="Tabular inputs: INPUT=COL1,COL2,... one per line, in feature order "
-                                       "(FIRST..LAST is a range of columns)", lines=1, elem_id="tabular-feeds",
-                                 placeholder="blank: the columns mapped tabular feed the inputs in file order")
 
-        # 3. Options --------------------------------------------------------------------------------
-        _step(3, "Options")
-        with gr.Row():
-            opset = gr.Dropdown(h.OPSETS, value=OPSET_DEFAULT, label="Opset", elem_id="opset", min_width=110)
-            exporter = gr.Dropdown(h.EXPORTER_CHOICES, value="auto", label="Exporter", elem_id="exporter",
-                                   min_width=180, info="auto: new, legacy as fallback")
-            dynamic = gr.CheckboxGroup(list(DYNAMIC_AXES), value=list(DYNAMIC_AXES), label="Dynamic dimensions",
-                                       elem_id="dynamic", min_width=200)
-            max_length = gr.Number(128, label="Max sequence length", precision=0, minimum=2, elem_id="max-length",
-                                   min_width=130)
-            id_dtype = gr.Radio(list(ID_DTYPES), value="int64", label="Token id dtype", elem_id="id-dtype",
-                                min_width=150)
-        variants = _variant_choice(value=[], elem_id="variants",
-                                   label="Faster variants (each checked against PyTorch, timed side by side)",
-                                   info="Extra files beside model.onnx, under variants/. None is built unless "
-                                        "ticked; each adds build, check and timing time.")
-        with gr.Accordion("Advanced: tolerances, empty cells, latency budget, per-input dynamic dimensions",
-                          open=False):
-            task = gr.Dropdown(list(TASKS), value="auto", label="Task (what a model folder is exported as)",
-                               elem_id="task", info="auto: modules.json -> sentence-embedding, else the config's "
-                                                    "architectures (as the CLI's --task)")
-            with gr.Row():
-                atol = gr.Number(ATOL_DEFAULT, label="atol (parity absolute tolerance)", elem_id="atol")
-                rtol = gr.Number(RTOL_DEFAULT, label="rtol (parity relative tolerance)", elem_id="rtol")
-                fill_value = gr.Number(None, label="Fill empty tabular cells with (blank = error)",
-                                       elem_id="fill-value")
-                latency_budget = gr.Number(h.LATENCY_BUDGET_DEFAULT, label="Latency: seconds per measurement",
-                                           minimum=0.05, elem_id="latency-budget")
-            per_input = gr.Dataframe(headers=["input", "batch", "sequence"], datatype=["str", "bool", "bool"],
-                                     label="Dynamic dimensions per input (edit to override the choice above)",
-                                     interactive=True, static_columns=[0], visible=False,
-                                     elem_id="per-input", column_count=3)
-            per_input_json = gr.Textbox(visible=False, elem_id="per-input-json")
+def _downloads(page: Page) -> None:
+    with gr.Column(visible=False) as page.downloads_col:
+        _step(6, "Downloads", "model.onnx (+ .data), report.json, report.md, inference_example.py, "
+                              "the variants, one zip of all")
+        page.downloads = gr.File(label="Artifacts", file_count="multiple", interactive=False, elem_id="downloads")
+        with gr.Accordion("Full report (report.json)", open=False):
+            # JSON text, not gr.JSON: gradio_client treats any {"path": str} inside a JSON output as a
+            # file to download (the report's source.path, a user column named "path", ...).
+            page.report_json = gr.Code(language="json", label="report.json", elem_id="report-json",
+                                       interactive=False, max_lines=40)
 
-        # 4. Export ---------------------------------------------------------------------------------
-        _step(4, "Export")
-        with gr.Row():
-            export_btn = gr.Button("Export to ONNX", variant="primary", elem_id="export-btn", scale=4)
-            cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel-btn", scale=1, min_width=120)
 
-        # 5. Results --------------------------------------------------------------------------------
-        _step(5, "Results")
-        verdict = gr.HTML(h.idle_html(), label="verdict", elem_id="verdict", min_height=60)
-        summary = gr.Markdown(visible=False, label="summary", elem_id="summary")
-        with gr.Accordion("Exporter diagnosis", open=False, visible=False) as diag_acc:
-            diagnosis = gr.Markdown(label="diagnosis", elem_id="diagnosis")
-        with gr.Column(visible=False) as results_col:
-            with gr.Row(equal_height=True):
-                io_table = gr.Dataframe(headers=h.IO_HEADERS, label="Graph inputs and outputs (symbolic dims by name)",
-                                        interactive=False, elem_id="io-table", scale=1)
-                parity_table = gr.Dataframe(headers=h.PARITY_HEADERS, label="Parity per output (PyTorch vs ORT)",
-                                            interactive=False, elem_id="parity-table", scale=1)
-            probe_table = gr.Dataframe(headers=h.PROBE_HEADERS, label="Shape probes (other batch / sequence sizes)",
-                                       interactive=False, elem_id="probe-table", wrap=True)
-            latency_table = gr.Dataframe(headers=h.LATENCY_HEADERS, label="Latency", interactive=False,
-                                         elem_id="latency-table", wrap=True,
-                                         column_widths=["13%", "8%", "8%", "8%", "9%", "7%", "8%", "39%"])
-            variants_note = gr.Markdown(elem_id="variants-note")
-            variants_table = gr.Dataframe(headers=h.VARIANT_HEADERS, label="Variants (PyTorch vs each variant; "
-                                          "timed beside model.onnx)", interactive=False, visible=False,
-                                          elem_id="variants-table", wrap=True,
-                                          column_widths=["14%", "7%", "8%", "9%", "9%", "8%", "9%", "10%", "26%"])
-            with gr.Row(equal_height=True):
-                latency_plot = gr.BarPlot(x="run", y="p50 ms", color="runtime", title="Latency p50 (ms)",
-                                          label="latency chart", elem_id="latency-plot", height=300, sort=None,
-                                          color_map=h.LATENCY_COLORS, x_label_angle=-30,
-                                          colors_in_legend=[], caption="PT = PyTorch eager, ORT = ONNX Runtime "
-                                          "(model.onnx), a variant by its name; batch × sequence")
-                diff_plot = gr.BarPlot(x="check", y="max abs diff", color="verdict",
-                                       title="Max |PyTorch − ONNX| per check", label="difference chart",
-                                       elem_id="diff-plot", height=300, x_label_angle=-30,
-                                       sort=None, color_map={"pass": "#22a06b", "fail": "#d93f3f"},
-                                       y_axis_format=".1e", colors_in_legend=[])
-            predictions = gr.Dataframe(label="Predictions per row (ONNX Runtime) beside the ignored columns",
-                                       interactive=False, elem_id="predictions", max_height=320, wrap=True)
-            with gr.Accordion("Export attempts", open=False):
-                attempts = gr.Dataframe(headers=h.ATTEMPT_HEADERS, label="export attempts", interactive=False, wrap=True,
-                                        elem_id="attempts")
+def _preview_events(page: Page, app: StudioApp) -> None:
+    """Uploads, Load demo and the option edits that redraw the preview / mapping / per-input table."""
+    cfg = app.config
+    page.columns_state.change(lambda: "", outputs=[page.tabular_box], api_visibility="private", queue=False)
+    for ev in (page.tabular_box.submit, page.tabular_box.blur):
+        ev(**_check_mapping_kw(page, app))
+    preview_kw = dict(fn=app.preview, inputs=page.of(PREVIEW_INPUTS), outputs=page.of(PREVIEW_OUTPUTS),
+                      concurrency_id="preview", concurrency_limit=cfg.max_jobs, show_progress="minimal",
+                      show_progress_on=[page.model_card, page.sample_card])
+    page.demo_btn.click(app.load_demo, outputs=page.of(DEMO_OUTPUTS), api_name="load_demo",
+                        show_progress="hidden").then(**preview_kw, api_name="preview_demo", api_visibility="private")
+    page.checkpoint.upload(**preview_kw, api_name="preview")
+    page.sample.upload(**preview_kw, api_name="preview_sample", api_visibility="private")
+    page.checkpoint.clear(**preview_kw, api_name="preview_clear_checkpoint", api_visibility="private")
+    page.sample.clear(**preview_kw, api_name="preview_clear_sample", api_visibility="private")
+    page.dynamic.change(app.reset_per_input, inputs=[page.dynamic, page.preview_info],
+                        outputs=page.of(PER_INPUT_OUTPUTS), api_name="reset_per_input", api_visibility="private",
+                        queue=False)
+    page.per_input.input(app.per_input_edited, inputs=[page.per_input], outputs=[page.per_input_json],
+                         api_name="per_input_edited", api_visibility="private", queue=False)
 
-        # 6. Downloads ------------------------------------------------------------------------------
-        with gr.Column(visible=False) as downloads_col:
-            _step(6, "Downloads", "model.onnx (+ .data), report.json, report.md, inference_example.py, "
-                                  "the variants, one zip of all")
-            downloads = gr.File(label="Artifacts", file_count="multiple", interactive=False, elem_id="downloads")
-            with gr.Accordion("Full report (report.json)", open=False):
-                # JSON text, not gr.JSON: gradio_client treats any {"path": str} inside a JSON output as a
-                # file to download (the report's source.path, a user column named "path", ...).
-                report_json = gr.Code(language="json", label="report.json", elem_id="report-json",
-                                      interactive=False, max_lines=40)
 
-        # --- events ---------------------------------------------------------------------------------
-        check_inputs = [checkpoint, sample, roles_box, preview_info, fill_value, tabular_box]  # the mapping check
-        columns_state.change(lambda: "", outputs=[tabular_box], api_visibility="private", queue=False)
-        for ev in (tabular_box.submit, tabular_box.blur):
-            ev(app.check_mapping, inputs=check_inputs, outputs=[mapping_box], api_visibility="private",
-               concurrency_id="preview", concurrency_limit=cfg.max_jobs, trigger_mode="always_last",
-               show_progress="minimal")
-        preview_outputs = [model_card, sample_card, preview_table, columns_state, roles_box, mapping_box,
-                           preview_info, per_input, per_input_json]
-        preview_kw = dict(fn=app.preview, inputs=[checkpoint, sample, dynamic], outputs=preview_outputs,
-                          concurrency_id="preview", concurrency_limit=cfg.max_jobs, show_progress="minimal",
-                          show_progress_on=[model_card, sample_card])
-        demo_btn.click(app.load_demo, outputs=[checkpoint, sample], api_name="load_demo",
-                       show_progress="hidden").then(**preview_kw, api_name="preview_demo", api_visibility="private")
-        checkpoint.upload(**preview_kw, api_name="preview")
-        sample.upload(**preview_kw, api_name="preview_sample", api_visibility="private")
-        checkpoint.clear(**preview_kw, api_name="preview_clear_checkpoint", api_visibility="private")
-        sample.clear(**preview_kw, api_name="preview_clear_sample", api_visibility="private")
-
-        dynamic.change(app.reset_per_input, inputs=[dynamic, preview_info], outputs=[per_input, per_input_json],
-                       api_name="reset_per_input", api_visibility="private", queue=False)
-        per_input.input(app.per_input_edited, inputs=[per_input], outputs=[per_input_json],
-                        api_name="per_input_edited", api_visibility="private", queue=False)
-
-        convert_outputs = [downloads, report_json, verdict, summary, io_table, parity_table, probe_table,
-                           latency_table, latency_plot, diff_plot, predictions, attempts, diagnosis, diag_acc,
-                           results_col, downloads_col, variants_note, variants_table]
-        export_event = export_btn.click(
-            app.convert,
-            inputs=[checkpoint, sample, roles_box, opset, exporter, dynamic, per_input_json, max_length, atol, rtol,
-                    id_dtype, fill_value, latency_budget, variants, tabular_box, task],
-            outputs=convert_outputs, api_name="convert", concurrency_id="convert",
-            concurrency_limit=cfg.max_jobs, show_progress_on=[verdict], scroll_to_output=True)
-        cancel_btn.click(app.cancel, outputs=[verdict], api_name="cancel", cancels=[export_event], queue=False)
-        demo.unload(app.close_session)
-    return demo
+def _convert_events(page: Page, app: StudioApp) -> None:
+    """Export (the /convert endpoint: its inputs from handlers.CONVERT_PARAMS), Cancel, leaving the page."""
+    cfg = app.config
+    export_event = page.export_btn.click(
+        app.convert, inputs=[getattr(page, p.component) for p in h.CONVERT_PARAMS],
+        outputs=page.of(CONVERT_OUTPUTS), api_name="convert", concurrency_id="convert",
+        concurrency_limit=cfg.max_jobs, show_progress_on=[page.verdict], scroll_to_output=True)
+    page.cancel_btn.click(app.cancel, outputs=[page.verdict], api_name="cancel", cancels=[export_event], queue=False)
+    page.blocks.unload(app.close_session)

@@ -1,8 +1,11 @@
 """The app's event handlers: each one runs its work in a job process (worker.py), keeps its files in
-the session's folder (jobs.py) and turns results / StudioErrors into page updates (handlers.py)."""
+the session's folder (jobs.py) and turns results / StudioErrors into page updates (render.py), returned as
+{component: value} dicts keyed by the names of layout.Page."""
 from __future__ import annotations
 
 import atexit
+import functools
+import inspect
 import json
 import logging
 import os
@@ -10,17 +13,19 @@ import shutil
 import signal
 import threading
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from ..errors import StudioError
-from ..spec import (ATOL_DEFAULT, DYNAMIC_AXES, MAX_PARAMS_DEFAULT, OPSET_DEFAULT, RTOL_DEFAULT, ConvertSpec,
-                    parse_sample_limits)
+from ..spec import DYNAMIC_AXES, ConvertSpec, parse_sample_limits
 from . import handlers as h
+from . import render as r
+from .config import AppConfig
 from .jobs import Sessions
+from .layout import CONVERT_OUTPUTS, DEMO_OUTPUTS, PER_INPUT_OUTPUTS, PREVIEW_OUTPUTS
 from .worker import Job, JobError, Limits, default_start_method
 
 log = logging.getLogger("studio.app")
@@ -45,25 +50,6 @@ def _in_order(chart, x: str, **kw):
     """Bars in the frame's order (latency: PyTorch, model.onnx, then each variant; differences: the sample,
     then the probes), not alphabetical."""
     return gr.update(value=chart, sort=list(chart[x]) or None, **kw)
-
-
-@dataclass
-class AppConfig:
-    """Operator settings (the `studio app` flags)."""
-
-    trust_code: bool = False  # allow TorchScript / .pt2 / pickled modules: shown as a banner
-    max_jobs: int = 2  # conversions running at once (the rest wait in the queue)
-    queue_size: int | None = 64  # requests waiting at most; None = unbounded
-    job_timeout_s: float | None = 600.0  # wall time of one conversion
-    preview_timeout_s: float | None = 180.0  # wall time of one upload preview / mapping check
-    memory_limit_mb: int | None = 8192  # per job process tree
-    max_params: int = MAX_PARAMS_DEFAULT  # parameters a checkpoint's config may declare (sources.sizing)
-    max_file_size: str | int | None = "2gb"  # per upload
-    session_ttl_s: float = 3600.0  # idle sessions' files are removed after this
-    work_dir: str | None = None  # parent of the private working root (default: system temp)
-    start_method: str | None = None  # "forkserver" (default where available) or "spawn"
-    warm_up: bool = True  # start the worker fork server at launch so the first job starts fast
-    sample_limits: Any = None  # what a sample file may hold: "rows=N,..." / SampleLimits (default: the studio's)
 
 
 _GRADIO_CACHE: str | None = None
@@ -99,6 +85,30 @@ def _name(path: str | None) -> str | None:
     return Path(path).name if path else None
 
 
+def _convert_endpoint(fn):
+    """Expose `fn(self, values, request, progress)` as the /convert function: one parameter per
+    handlers.CONVERT_PARAMS entry, in the table's order and with its API default (gradio names the API's
+    parameters, and gradio_client fills the ones left out, from this signature), then gradio's request and
+    progress. `values` is {parameter name: value}."""
+    P = inspect.Parameter
+    sig = inspect.Signature(
+        [P("self", P.POSITIONAL_OR_KEYWORD)]
+        + [P(p.name, P.POSITIONAL_OR_KEYWORD, default=p.api_default) for p in h.CONVERT_PARAMS]
+        + [P("request", P.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request),
+           P("progress", P.POSITIONAL_OR_KEYWORD, default=gr.Progress())])
+
+    @functools.wraps(fn)
+    def convert(*args, **kwargs):
+        call = sig.bind(*args, **kwargs)
+        call.apply_defaults()
+        a = call.arguments
+        yield from fn(a["self"], {n: a[n] for n in h.CONVERT_NAMES}, a["request"], a["progress"])
+
+    convert.__signature__ = sig
+    convert.__annotations__ = {"request": gr.Request}
+    return convert
+
+
 class StudioApp:
     def __init__(self, config: AppConfig | None = None):
         from .layout import build
@@ -106,7 +116,8 @@ class StudioApp:
         self.start_method = self.config.start_method or default_start_method()
         self.sessions = Sessions(self.config.work_dir, self.config.session_ttl_s)
         _private_gradio_cache()
-        self.blocks = build(self)
+        self.ui = build(self)  # the page's components by name (layout.Page)
+        self.blocks = self.ui.blocks
         self._warm_thread: threading.Thread | None = None
 
     # --- jobs ------------------------------------------------------------------------------------
@@ -170,52 +181,53 @@ class StudioApp:
         folder = self.sessions.new_dir(_key(request), "demo", keep=2)
         ckpt = shutil.copy2(h.DEMO_CHECKPOINT, folder / h.DEMO_CHECKPOINT.name)
         sample = shutil.copy2(h.DEMO_SAMPLE, folder / h.DEMO_SAMPLE.name)
-        return str(ckpt), str(sample)
+        return self.ui.updates(DEMO_OUTPUTS, checkpoint=str(ckpt), sample=str(sample))
 
     def preview(self, checkpoint: str | None, sample: str | None, dynamic: list[str] | None = None,
                 request: gr.Request = None):
         """After an upload: what was detected, the first rows, the columns with their suggested roles."""
-        model = columns = rows = mapping = None
-        model_error = data_error = None
-        if checkpoint or sample:
-            try:
-                res = self.run_job("preview", {"checkpoint": checkpoint, "data": sample,
-                                               "workdir": self._scratch(request),
-                                               "spec": self.preview_spec(checkpoint, sample),
-                                               "label": "upload preview"}, request, label="upload preview")
-                model, model_error = res["model"], res["model_error"]
-                columns, rows, data_error = res["columns"], res["rows"], res["data_error"]
-                mapping = res["mapping"]
-            except Exception as e:  # noqa: BLE001 - shown in the cards, never as a traceback
-                if not isinstance(e, StudioError):
-                    log.exception("preview failed unexpectedly")
-                model_error = data_error = str(e) if isinstance(e, StudioError) else \
-                    f"unexpected {type(e).__name__}: {e}"
-                if not checkpoint:
-                    model_error = None
-                if not sample:
-                    data_error = None
-        columns = columns or []
+        res = self._preview_job(checkpoint, sample, request)
         scrub = lambda text: text and h.scrub_paths(text, [checkpoint, sample])  # noqa: E731
-        model_error, data_error = scrub(model_error), scrub(data_error)
+        model, columns, mapping = res["model"], res["columns"] or [], res["mapping"]
         if mapping and mapping.get("error"):
             mapping["error"] = scrub(mapping["error"])
-        roles = h.initial_roles(columns, mapping)
+        roles = r.initial_roles(columns, mapping)
         state = {"nonce": uuid.uuid4().hex, "columns": [{**c, "role": roles.get(c["name"], "ignore")}
                                                         for c in columns],
                  "tabular_inputs": [i["name"] for i in (model or {}).get("inputs") or [] if i.get("kind") == "tabular"]}
         per_rows = h.per_input_rows(model, dynamic if dynamic is not None else DYNAMIC_AXES)
-        return (
-            h.model_html(model, model_error, _name(checkpoint)),
-            h.sample_html(columns, rows or [], data_error, _name(sample)),
-            gr.update(value=h.preview_frame(rows or [], columns), visible=bool(rows)),
-            state,
-            json.dumps(roles),
-            h.mapping_html(mapping, model is not None, bool(columns)),
-            {"model": model, "has_sample": bool(columns)},
-            gr.update(value=per_rows or None, visible=bool(per_rows)),
-            "",
+        rows = res["rows"] or []
+        return self.ui.updates(
+            PREVIEW_OUTPUTS,
+            model_card=r.model_html(model, scrub(res["model_error"]), _name(checkpoint)),
+            sample_card=r.sample_html(columns, rows, scrub(res["data_error"]), _name(sample)),
+            preview_table=gr.update(value=r.preview_frame(rows, columns), visible=bool(rows)),
+            columns_state=state,
+            roles_box=json.dumps(roles),
+            mapping_box=r.mapping_html(mapping, model is not None, bool(columns)),
+            preview_info={"model": model, "has_sample": bool(columns)},
+            per_input=gr.update(value=per_rows or None, visible=bool(per_rows)),
+            per_input_json="",
         )
+
+    def _preview_job(self, checkpoint: str | None, sample: str | None, request: gr.Request | None) -> dict:
+        """The preview job's result (model, columns, rows, mapping, and what was wrong with each upload)."""
+        res = {"model": None, "model_error": None, "columns": None, "rows": None, "data_error": None,
+               "mapping": None}
+        if not (checkpoint or sample):
+            return res
+        try:
+            res.update(self.run_job("preview", {"checkpoint": checkpoint, "data": sample,
+                                                "workdir": self._scratch(request),
+                                                "spec": self.preview_spec(checkpoint, sample),
+                                                "label": "upload preview"}, request, label="upload preview"))
+        except Exception as e:  # noqa: BLE001 - shown in the cards, never as a traceback
+            if not isinstance(e, StudioError):
+                log.exception("preview failed unexpectedly")
+            message = str(e) if isinstance(e, StudioError) else f"unexpected {type(e).__name__}: {e}"
+            res["model_error"] = message if checkpoint else None
+            res["data_error"] = message if sample else None
+        return res
 
     # --- 2. field mapping ------------------------------------------------------------------------
     @staticmethod
@@ -235,7 +247,7 @@ class StudioApp:
         have_model = bool(info and info.get("model"))
         have_sample = bool(info and info.get("has_sample"))
         if not (checkpoint and sample and have_model and have_sample):
-            return h.mapping_html(None, have_model, have_sample)
+            return r.mapping_html(None, have_model, have_sample)
         try:
             roles = h.parse_roles_value(roles_json)
             h.parse_tabular_value(tabular)  # a typing error is said here, not ignored
@@ -251,26 +263,21 @@ class StudioApp:
             mapping = {"ok": False, "error": f"unexpected {type(e).__name__}: {e}"}
         if mapping.get("error"):
             mapping["error"] = h.scrub_paths(mapping["error"], [checkpoint, sample])
-        return h.mapping_html(mapping, True, True)
+        return r.mapping_html(mapping, True, True)
 
     # --- 3. options ------------------------------------------------------------------------------
-    @staticmethod
-    def reset_per_input(dynamic: list[str], info: dict | None):
+    def reset_per_input(self, dynamic: list[str], info: dict | None):
         rows = h.per_input_rows((info or {}).get("model"), dynamic)
-        return gr.update(value=rows or None, visible=bool(rows)), ""
+        return self.ui.updates(PER_INPUT_OUTPUTS, per_input=gr.update(value=rows or None, visible=bool(rows)),
+                               per_input_json="")
 
     @staticmethod
     def per_input_edited(rows) -> str:
         return json.dumps(h.per_input_from_rows(rows))
 
     # --- 4-6. export, results, downloads ------------------------------------------------------------
-    def convert(self, checkpoint: str | None, sample: str | None, roles: str | None = None,
-                opset: int = OPSET_DEFAULT, exporter: str = "auto", dynamic: list[str] | None = None,
-                dynamic_per_input: str | None = None, max_length: int = 128, atol: float = ATOL_DEFAULT,
-                rtol: float = RTOL_DEFAULT, id_dtype: str = "int64", fill_value: float | None = None,
-                latency_budget: float | None = None, variants: list[str] | str | None = None,
-                tabular: str | dict | None = None, task: str = "auto", request: gr.Request = None,
-                progress=gr.Progress()):
+    @_convert_endpoint
+    def convert(self, values: dict[str, Any], request: gr.Request = None, progress=gr.Progress()):
         """Convert the uploaded checkpoint with the sample rows; returns the artifacts and the report.
         variants: faster artifacts to build beside model.onnx, checked and timed like it: any of
         optimized, int8, fp16, as a list or a comma string (default none).
@@ -278,24 +285,20 @@ class StudioApp:
         is a range) or a JSON object {input: [columns]} (default: the columns mapped tabular, in file order).
         task: what a model folder is exported as (the CLI's --task; default auto)."""
         key = _key(request)
-        dynamic = list(DYNAMIC_AXES) if dynamic is None else dynamic
         error: StudioError | None = None
         job_dir = None
         try:
             progress(0.0, desc="starting — " + STAGE_TEXT["starting"])
             job_dir = self.sessions.new_dir(key, "job", busy=True)
-            out = job_dir / "out"
-            checkpoint, sample = _job_inputs(job_dir, checkpoint, sample)
-            spec = h.spec_from_ui(checkpoint, sample, roles, opset, exporter, dynamic, dynamic_per_input,
-                                  max_length, atol, rtol, id_dtype, fill_value, latency_budget, variants,
-                                  tabular, task, out=out, trust_code=self.config.trust_code,
+            values["checkpoint"], values["sample"] = _job_inputs(job_dir, values["checkpoint"], values["sample"])
+            spec = h.spec_from_ui(**values, out=job_dir / "out", trust_code=self.config.trust_code,
                                   sample_limits=self.config.sample_limits)
             spec = replace(spec, max_params=self.config.max_params).validated()
 
             def on_progress(stage: str, fraction: float) -> None:
                 progress(min(max(fraction, 0.0), 1.0), desc=f"{stage} — {stage_text(stage, spec.variants)}")
 
-            result = self.run_job("convert", {"spec": spec, "zip_stem": h.zip_stem(checkpoint),
+            result = self.run_job("convert", {"spec": spec, "zip_stem": h.zip_stem(values["checkpoint"]),
                                               "label": "conversion"}, request, on_progress, label="conversion")
         except StudioError as e:
             error = e
@@ -304,7 +307,8 @@ class StudioApp:
             error = StudioError(f"unexpected {type(e).__name__}: {e}")
         try:
             if error is not None:
-                message = h.scrub_paths(str(error), [checkpoint, sample, job_dir and job_dir / "x"])
+                message = h.scrub_paths(str(error), [values["checkpoint"], values["sample"],
+                                                     job_dir and job_dir / "x"])
                 yield self._error_outputs(error, message)
                 raise gr.Error(message, title=_error_title(error), print_exception=False)
             yield self._report_outputs(result, Path(spec.out))
@@ -312,51 +316,54 @@ class StudioApp:
             if job_dir is not None:
                 self.sessions.release(key, job_dir)
 
-    def _report_outputs(self, result: dict[str, Any], out: Path) -> tuple:
+    def _report_outputs(self, result: dict[str, Any], out: Path) -> dict:
         report = result["report"]
-        diagnosis = h.diagnosis_md(report, result.get("diagnosis") or "")
-        return (
-            h.artifact_paths(report, out, result.get("zip")),
-            report.to_json(),
-            h.verdict_html(report),
-            gr.update(value=h.summary_md(report), visible=True),
-            h.io_frame(report),
-            h.parity_frame(report),
-            h.probe_frame(report),
-            h.latency_frame(report),
-            _in_order(h.latency_chart(report), "run"),
-            _in_order(h.diff_chart(report), "check", caption=h.diff_caption(report)),
-            h.predictions_frame(report),
-            h.attempts_frame(report),
-            diagnosis,
-            gr.update(visible=bool(diagnosis), open=not report.ok and bool(diagnosis)),
-            gr.update(visible=True),
-            gr.update(visible=True),
-            h.variants_note(report),
-            gr.update(value=h.variants_frame(report), visible=bool(report.variants)),
+        diagnosis = r.diagnosis_md(report, result.get("diagnosis") or "")
+        return self.ui.updates(
+            CONVERT_OUTPUTS,
+            downloads=r.artifact_paths(report, out, result.get("zip")),
+            report_json=report.to_json(),
+            verdict=r.verdict_html(report),
+            summary=gr.update(value=r.summary_md(report), visible=True),
+            io_table=r.io_frame(report),
+            parity_table=r.parity_frame(report),
+            probe_table=r.probe_frame(report),
+            latency_table=r.latency_frame(report),
+            latency_plot=_in_order(r.latency_chart(report), "run"),
+            diff_plot=_in_order(r.diff_chart(report), "check", caption=r.diff_caption(report)),
+            predictions=r.predictions_frame(report),
+            attempts=r.attempts_frame(report),
+            diagnosis=diagnosis,
+            diag_acc=gr.update(visible=bool(diagnosis), open=not report.ok and bool(diagnosis)),
+            results_col=gr.update(visible=True),
+            downloads_col=gr.update(visible=True),
+            variants_note=r.variants_note(report),
+            variants_table=gr.update(value=r.variants_frame(report), visible=bool(report.variants)),
         )
 
-    def _error_outputs(self, error: StudioError, message: str) -> tuple:
-        diagnosis = h.diagnosis_md(None, error=error) if error.details else ""
+    def _error_outputs(self, error: StudioError, message: str) -> dict:
+        diagnosis = r.diagnosis_md(None, error=error) if error.details else ""
         cancelled = isinstance(error, JobError) and error.reason == "cancelled"
-        return (
-            None, None,
-            h.error_html(message, title=_error_title(error)),
-            gr.update(visible=False),
-            None, None, None, None, None, None, None, None,
-            diagnosis,
-            gr.update(visible=bool(diagnosis), open=bool(diagnosis) and not cancelled),
-            gr.update(visible=False),
-            gr.update(visible=False),
-            "",
-            gr.update(value=None, visible=False),
+        cleared = ("downloads", "report_json", "io_table", "parity_table", "probe_table", "latency_table",
+                   "latency_plot", "diff_plot", "predictions", "attempts")
+        return self.ui.updates(
+            CONVERT_OUTPUTS,
+            **dict.fromkeys(cleared),  # no stale results of an earlier run
+            verdict=r.error_html(message, title=_error_title(error)),
+            summary=gr.update(visible=False),
+            diagnosis=diagnosis,
+            diag_acc=gr.update(visible=bool(diagnosis), open=bool(diagnosis) and not cancelled),
+            results_col=gr.update(visible=False),
+            downloads_col=gr.update(visible=False),
+            variants_note="",
+            variants_table=gr.update(value=None, visible=False),
         )
 
     def cancel(self, request: gr.Request = None) -> str:
         """Stop this session's running conversion (its worker process is killed)."""
         n = self.sessions.cancel(_key(request), ("convert",), "The conversion was cancelled.")
         if n:
-            return h.error_html("The conversion was cancelled; its worker process was stopped.", title="Cancelled")
+            return r.error_html("The conversion was cancelled; its worker process was stopped.", title="Cancelled")
         return gr.skip()
 
     def close_session(self, request: gr.Request = None) -> None:
