@@ -9,19 +9,17 @@ later stages can open. An attempt known to fail is skipped up front, with the re
 from __future__ import annotations
 
 import contextlib
-import io
-import logging
 import re
 import shutil
 import time
-import warnings
 from pathlib import Path
 
 import onnx
 import torch
 
-from .errors import ExportError, OpsetMismatchError
+from .errors import ExportError, OpsetMismatchError, first_line
 from .inspect import check, external_files
+from .quiet import quiet
 from .report import ExportAttempt, ExportInfo
 from .sources.base import TABULAR, LoadedModel
 from .wrap import wrap
@@ -75,23 +73,6 @@ def read_opset(path: Path) -> int | None:
 def _weights_bytes(module: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters()) + \
         sum(b.numel() * b.element_size() for b in module.buffers())
-
-
-@contextlib.contextmanager
-def _quiet():
-    """The exporters print progress and deprecation chatter; keep stdout clean for --json."""
-    buf = io.StringIO()
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
-    levels = [lg.level for lg in loggers]
-    try:
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
-            warnings.simplefilter("ignore")
-            yield buf
-    finally:
-        for lg, lv in zip(loggers, levels):
-            lg.setLevel(lv)
 
 
 def _export_dynamo(model, args, names, output_names, axes, opset, path: Path, external: bool, diag_dir: Path):
@@ -301,13 +282,13 @@ def export(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec, dest: Pa
         _remove(dest)
         t0, wall0 = time.perf_counter(), time.time()
         try:
-            with _quiet(), torch.no_grad():
+            with quiet(), torch.no_grad():  # exporter progress and deprecation chatter
                 EXPORTERS[exporter](model, args, names, list(loaded.output_names), axes, spec.opset, dest,
                                     external, diag_dir)
         except Exception as e:  # the exporter's own failure: keep its words and its report
             diag = _diagnosis(diag_dir, wall0) if exporter == "dynamo" else None
-            text = ANSI.sub("", str(e)).strip()  # torch's messages carry terminal colours
-            msg = f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"[:500]
+            # torch's messages carry terminal colours: removed before the cut (the whole first line first)
+            msg = ANSI.sub("", first_line(e, len(str(e)), with_type=True))[:500]
             attempts.append(ExportAttempt(exporter, False, msg, round(time.perf_counter() - t0, 2),
                                           diagnosis_path=f"{diag_dir.name}/{diag.name}" if diag else None))
             last_error = ExportError(f"The {exporter} exporter failed: {msg}",

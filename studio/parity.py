@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from .errors import first_line
 from .report import DynamicInfo, OutputDiff, ParityInfo, Probe, worst_diff
 from .sources.base import ATTENTION_MASK, INPUT_IDS, TABULAR, LoadedModel
 
@@ -258,9 +259,8 @@ def probes(loaded: LoadedModel, session: ort.InferenceSession, tensors: dict[str
         try:
             actual = run(session, to_numpy(inputs))
         except Exception as e:
-            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
             where = "; ".join(m for sym, m in fixed if sym == axis) or f"the {axis} axis is not really dynamic"
-            results.append(Probe(b, seq_used, False, None, f"{where}: ONNX Runtime failed: {first}", axis))
+            results.append(Probe(b, seq_used, False, None, f"{where}: ONNX Runtime failed: {first_line(e)}", axis))
             continue
         mask = real_tokens(loaded, inputs)
         diffs = (judge(expected, actual, mask) if judge is not None

@@ -51,13 +51,9 @@ A user tolerance looser than these (--atol / --rtol) is honoured: the looser of 
 """
 from __future__ import annotations
 
-import contextlib
 import gc
 import hashlib
-import io
-import logging
 import time
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -70,11 +66,14 @@ from . import export as export_mod
 from . import latency as latency_mod
 from . import parity as parity_mod
 from . import runtime
+from .errors import first_line
+from .quiet import quiet
 from .report import LatencyInfo, OutputDiff, ParityInfo, VariantInfo
 from .sources.base import LoadedModel
 
 ORDER = ("optimized", "int8", "fp16")  # built in this order: fp16 reuses the optimized graph
 FOLDER = "variants"
+ROOT_LOGGER = ("",)  # quiet(): the root logger
 
 INT8_ATOL, INT8_RTOL, INT8_MIN_AGREEMENT = 0.1, 0.1, 0.99
 FP16_ATOL, FP16_RTOL, FP16_MIN_AGREEMENT = 1e-2, 1e-2, 0.99
@@ -273,7 +272,7 @@ def build_optimized(ctx: Context, dest: Path) -> Built:
             run(tmp)
             fused = _fused(tmp)
         except Exception as e:
-            notes.append(f"{label} failed: {_error(e)}.")
+            notes.append(f"{label} failed: {first_line(e, with_type=True)}.")
             _remove(tmp)
             continue
         candidates.append((_score(fused), tmp, label, fused))
@@ -358,7 +357,7 @@ def build_int8(ctx: Context, dest: Path) -> Built:
     try:
         fused, gelus, why = *_with_fused_gelu(src), None
     except Exception as e:  # a speed-up only: quantize the graph as exported
-        fused, gelus, why = None, 0, _error(e)
+        fused, gelus, why = None, 0, first_line(e, with_type=True)
     tmp = _without_value_info(fused or src)
     try:
         quantize_dynamic(str(tmp), str(dest), weight_type=QuantType.QInt8, per_channel=INT8_PER_CHANNEL,
@@ -398,26 +397,6 @@ BUILDERS: dict[str, Callable[[Context, Path], Built]] = {
 
 # --- checking ------------------------------------------------------------------------------------
 
-def _error(e: BaseException) -> str:
-    text = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-    return f"{type(e).__name__}: {text}"
-
-
-@contextlib.contextmanager
-def _quiet():
-    """The quantizer and optimizers log advice to the root logger and print progress; the studio
-    reports what matters itself and keeps stdout clean for --json."""
-    root = logging.getLogger()
-    level = root.level
-    try:
-        root.setLevel(logging.ERROR)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        root.setLevel(level)
-
-
 def _sessions(name: str, path: Path, ctx: Context):
     """(session to check parity on, CUDA session or None, why not CUDA, notes)."""
     notes: list[str] = []
@@ -433,8 +412,8 @@ def _sessions(name: str, path: Path, ctx: Context):
         cpu = runtime.cpu_session(path, ctx.threads)
     except Exception as e:
         if cuda_sess is not None:
-            return cuda_sess, cuda_sess, None, [f"The CPU provider cannot run it ({_error(e)})."]
-        raise RuntimeError(f"not validated: ONNX Runtime's CPU provider cannot run it ({_error(e)}) and there is "
+            return cuda_sess, cuda_sess, None, [f"The CPU provider cannot run it ({first_line(e, with_type=True)})."]
+        raise RuntimeError(f"not validated: ONNX Runtime's CPU provider cannot run it ({first_line(e, with_type=True)}) and there is "
                            f"no CUDA session ({why})") from e
     if name == "fp16":
         notes.append(f"Checked on CPU because no CUDA session is in use ({why}); fp16 is built for CUDA, and its "
@@ -497,11 +476,11 @@ def build(spec, loaded: LoadedModel, tensors: dict[str, torch.Tensor], model_pat
         info = VariantInfo(name=name, file=None, ok=False, tolerance=tol.as_dict())
         started = time.perf_counter()
         try:
-            with _quiet():
+            with quiet(ROOT_LOGGER):  # the quantizer and optimizers log advice to the root logger
                 made = BUILDERS[name](ctx, dest)
         except Exception as e:
             _remove(dest)
-            info.error = f"could not be built: {_error(e)}"
+            info.error = f"could not be built: {first_line(e, with_type=True)}"
             results.append(info)
             continue
         info.seconds = round(time.perf_counter() - started, 2)
@@ -517,7 +496,7 @@ def build(spec, loaded: LoadedModel, tensors: dict[str, torch.Tensor], model_pat
         except Exception as e:
             info.ok = False
             info.notes = " ".join(made.notes)
-            info.error = f"not validated: {_error(e)}" if "not validated" not in str(e) else str(e)
+            info.error = f"not validated: {first_line(e, with_type=True)}" if "not validated" not in str(e) else str(e)
         results.append(info)
         gc.collect()
     return results, targets
