@@ -52,7 +52,7 @@ def suggest_roles(df) -> dict[str, str]:
 def inspect_onnx(path):
     """Graph inputs/outputs, opset, op counts and checker verdict of an .onnx file."""
     from pathlib import Path
-    from .inspect import check, graph_info
+    from .graph_info import check, graph_info
     return graph_info(Path(path)), check(Path(path))
 
 

@@ -18,7 +18,7 @@ import onnx
 import torch
 
 from .errors import ExportError, OpsetMismatchError, first_line
-from .inspect import check, external_files
+from .graph_info import check, external_files
 from .quiet import quiet
 from .report import ExportAttempt, ExportInfo
 from .sources.base import TABULAR, LoadedModel
@@ -32,7 +32,8 @@ from .wrap import wrap
 # so the whole run stays near weights + one ORT session (bert-base: see benchmarks/README.md).
 EXTERNAL_DATA_BYTES = 256 * 1024**2
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-ORDER = {"auto": ("dynamo", "torchscript"), "dynamo": ("dynamo",), "torchscript": ("torchscript",)}
+# --exporter -> the exporters tried, in this order
+ATTEMPT_ORDER = {"auto": ("dynamo", "torchscript"), "dynamo": ("dynamo",), "torchscript": ("torchscript",)}
 
 
 def dynamic_axes_for(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec) -> dict[str, dict[int, str]]:
@@ -237,7 +238,6 @@ def externalize(path: Path) -> None:
 
 def artifact_files(path: Path) -> list[Path]:
     """The .onnx file and every external-data file it refers to (all inside its folder)."""
-    from .inspect import external_files
     return [Path(path)] + [f for f in external_files(Path(path)) if f.exists()]
 
 
@@ -252,7 +252,8 @@ def zip_artifact(path: Path, dest: Path) -> Path:
     return dest
 
 
-EXPORTERS = {"dynamo": _export_dynamo, "torchscript": _export_legacy}
+# exporter name (spec.EXPORTERS, less "auto") -> the function that runs it
+EXPORT_FUNCTIONS = {"dynamo": _export_dynamo, "torchscript": _export_legacy}
 
 
 def _diagnosis(diag_dir: Path, since: float) -> Path | None:
@@ -274,7 +275,7 @@ def export(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec, dest: Pa
     last_error: ExportError | None = None
     diag_dir = dest.parent / "diagnostics"
     diag_dir.mkdir(parents=True, exist_ok=True)
-    for exporter in ORDER[spec.exporter]:
+    for exporter in ATTEMPT_ORDER[spec.exporter]:
         skipped = skip_reason(exporter, loaded, spec)
         if skipped:
             attempts.append(ExportAttempt(exporter, False, skipped, 0.0, skipped=True))
@@ -283,7 +284,7 @@ def export(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec, dest: Pa
         t0, wall0 = time.perf_counter(), time.time()
         try:
             with quiet(), torch.no_grad():  # exporter progress and deprecation chatter
-                EXPORTERS[exporter](model, args, names, list(loaded.output_names), axes, spec.opset, dest,
+                EXPORT_FUNCTIONS[exporter](model, args, names, list(loaded.output_names), axes, spec.opset, dest,
                                     external, diag_dir)
         except Exception as e:  # the exporter's own failure: keep its words and its report
             diag = _diagnosis(diag_dir, wall0) if exporter == "dynamo" else None

@@ -63,6 +63,7 @@ import onnx
 import torch
 
 from . import export as export_mod
+from . import graph_info
 from . import latency as latency_mod
 from . import parity as parity_mod
 from . import runtime
@@ -307,8 +308,8 @@ def _move(tmp: Path, dest: Path) -> None:
     """Rename a candidate (and its external data, whose file name is written inside the graph)."""
     if Path(str(tmp) + ".data").exists():
         model = onnx.load(str(tmp), load_external_data=False)
-        for t in onnx.external_data_helper._get_all_tensors(model):
-            if t.data_location == onnx.TensorProto.EXTERNAL:
+        for t in graph_info.tensors(model):
+            if onnx.external_data_helper.uses_external_data(t):
                 for e in t.external_data:
                     if e.key == "location":
                         e.value = dest.name + ".data"
