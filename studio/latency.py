@@ -26,6 +26,7 @@ import torch
 from . import runtime
 from .errors import first_line
 from .report import LatencyInfo, Timing
+from .spec import default
 from .sources.base import LoadedModel
 
 WARMUP = 3  # untimed calls first (fewer when one call already takes the whole budget)
@@ -33,7 +34,6 @@ MIN_WARMUP = 1
 MIN_ITERS = 5
 MAX_ITERS = 2000
 ROUNDS = 3  # CPU timings: alternating rounds of PyTorch and every ONNX file (see side_by_side)
-KEYS = ("torch_cpu", "ort_cpu", "ort_cuda", "torch_cuda")
 
 
 def _warm_up(fn: Callable[[], object], calls: int, budget_s: float) -> int:
@@ -204,7 +204,7 @@ class Target:
 
 
 def measure_all(loaded: LoadedModel, targets: dict[str, Target], tensors: dict[str, torch.Tensor], *,
-                threads: int | None = None, budget_s: float = 1.0, cuda: bool = True,
+                threads: int | None = None, budget_s: float = default("latency_budget_s"), cuda: bool = default("cuda"),
                 progress: Callable[[float], None] | None = None) -> dict[str, LatencyInfo]:
     """PyTorch eager and every target, at the sample's batch and at batch 1; one LatencyInfo per target,
     PyTorch's numbers in the first one's. On CPU all of them are timed side by side (`side_by_side`), so
