@@ -8,8 +8,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import (BatchError, CheckpointError, ExportError, OpsetMismatchError, ShapeError, StudioError,
-                     ToleranceError, UnsafeCheckpointError, UnsafePathError)
+from .errors import (BatchError, CheckpointError, ExportError, OpsetMismatchError, StudioError,
+                     UnsafeCheckpointError, UnsafePathError)
 from .report import Report
 from .spec import ConvertSpec, SampleLimits
 
@@ -52,11 +52,11 @@ def suggest_roles(df) -> dict[str, str]:
 def inspect_onnx(path):
     """Graph inputs/outputs, opset, op counts and checker verdict of an .onnx file."""
     from pathlib import Path
-    from .inspect import check, graph_info
+    from .graph_info import check, graph_info
     return graph_info(Path(path)), check(Path(path))
 
 
 __all__ = ["convert", "ConvertSpec", "SampleLimits", "Report", "load_checkpoint", "read_sample", "build_batch",
            "suggest_roles", "inspect_onnx", "StudioError", "CheckpointError", "UnsafeCheckpointError",
-           "BatchError", "ExportError", "OpsetMismatchError", "ShapeError", "ToleranceError",
+           "BatchError", "ExportError", "OpsetMismatchError",
            "UnsafePathError", "__version__"]

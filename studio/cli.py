@@ -272,7 +272,7 @@ def _convert_limited(spec: ConvertSpec, progress, memory_mb: int | None, timeout
 def cmd_inspect(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .inspect import check, graph_info
+    from .graph_info import check, graph_info
     from .report import graph_rows
     path = Path(args.model)
     if not path.is_file():

@@ -52,15 +52,6 @@ class OpsetMismatchError(ExportError):
         self.requested, self.written, self.exporter = requested, written, exporter
 
 
-class ShapeError(StudioError):
-    """A dimension declared dynamic was baked into the graph (raised only on request; the report
-    normally records it as a failed probe)."""
-
-
-class ToleranceError(StudioError):
-    """Outputs differ beyond atol/rtol (raised only on request; normally a failed report check)."""
-
-
 class UnsafePathError(StudioError):
     """An archive member or external-data reference points outside the allowed directory."""
 

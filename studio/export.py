@@ -9,19 +9,17 @@ later stages can open. An attempt known to fail is skipped up front, with the re
 from __future__ import annotations
 
 import contextlib
-import io
-import logging
 import re
 import shutil
 import time
-import warnings
 from pathlib import Path
 
 import onnx
 import torch
 
-from .errors import ExportError, OpsetMismatchError
-from .inspect import check, external_files
+from .errors import ExportError, OpsetMismatchError, first_line
+from .graph_info import check, external_files
+from .quiet import quiet
 from .report import ExportAttempt, ExportInfo
 from .sources.base import TABULAR, LoadedModel
 from .wrap import wrap
@@ -34,7 +32,8 @@ from .wrap import wrap
 # so the whole run stays near weights + one ORT session (bert-base: see benchmarks/README.md).
 EXTERNAL_DATA_BYTES = 256 * 1024**2
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-ORDER = {"auto": ("dynamo", "torchscript"), "dynamo": ("dynamo",), "torchscript": ("torchscript",)}
+# --exporter -> the exporters tried, in this order
+ATTEMPT_ORDER = {"auto": ("dynamo", "torchscript"), "dynamo": ("dynamo",), "torchscript": ("torchscript",)}
 
 
 def dynamic_axes_for(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec) -> dict[str, dict[int, str]]:
@@ -75,23 +74,6 @@ def read_opset(path: Path) -> int | None:
 def _weights_bytes(module: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters()) + \
         sum(b.numel() * b.element_size() for b in module.buffers())
-
-
-@contextlib.contextmanager
-def _quiet():
-    """The exporters print progress and deprecation chatter; keep stdout clean for --json."""
-    buf = io.StringIO()
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
-    levels = [lg.level for lg in loggers]
-    try:
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
-            warnings.simplefilter("ignore")
-            yield buf
-    finally:
-        for lg, lv in zip(loggers, levels):
-            lg.setLevel(lv)
 
 
 def _export_dynamo(model, args, names, output_names, axes, opset, path: Path, external: bool, diag_dir: Path):
@@ -256,7 +238,6 @@ def externalize(path: Path) -> None:
 
 def artifact_files(path: Path) -> list[Path]:
     """The .onnx file and every external-data file it refers to (all inside its folder)."""
-    from .inspect import external_files
     return [Path(path)] + [f for f in external_files(Path(path)) if f.exists()]
 
 
@@ -271,7 +252,8 @@ def zip_artifact(path: Path, dest: Path) -> Path:
     return dest
 
 
-EXPORTERS = {"dynamo": _export_dynamo, "torchscript": _export_legacy}
+# exporter name (spec.EXPORTERS, less "auto") -> the function that runs it
+EXPORT_FUNCTIONS = {"dynamo": _export_dynamo, "torchscript": _export_legacy}
 
 
 def _diagnosis(diag_dir: Path, since: float) -> Path | None:
@@ -293,7 +275,7 @@ def export(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec, dest: Pa
     last_error: ExportError | None = None
     diag_dir = dest.parent / "diagnostics"
     diag_dir.mkdir(parents=True, exist_ok=True)
-    for exporter in ORDER[spec.exporter]:
+    for exporter in ATTEMPT_ORDER[spec.exporter]:
         skipped = skip_reason(exporter, loaded, spec)
         if skipped:
             attempts.append(ExportAttempt(exporter, False, skipped, 0.0, skipped=True))
@@ -301,13 +283,13 @@ def export(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec, dest: Pa
         _remove(dest)
         t0, wall0 = time.perf_counter(), time.time()
         try:
-            with _quiet(), torch.no_grad():
-                EXPORTERS[exporter](model, args, names, list(loaded.output_names), axes, spec.opset, dest,
+            with quiet(), torch.no_grad():  # exporter progress and deprecation chatter
+                EXPORT_FUNCTIONS[exporter](model, args, names, list(loaded.output_names), axes, spec.opset, dest,
                                     external, diag_dir)
         except Exception as e:  # the exporter's own failure: keep its words and its report
             diag = _diagnosis(diag_dir, wall0) if exporter == "dynamo" else None
-            text = ANSI.sub("", str(e)).strip()  # torch's messages carry terminal colours
-            msg = f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"[:500]
+            # torch's messages carry terminal colours: removed before the cut (the whole first line first)
+            msg = ANSI.sub("", first_line(e, len(str(e)), with_type=True))[:500]
             attempts.append(ExportAttempt(exporter, False, msg, round(time.perf_counter() - t0, 2),
                                           diagnosis_path=f"{diag_dir.name}/{diag.name}" if diag else None))
             last_error = ExportError(f"The {exporter} exporter failed: {msg}",

@@ -24,7 +24,9 @@ import numpy as np
 import torch
 
 from . import runtime
+from .errors import first_line
 from .report import LatencyInfo, Timing
+from .spec import default
 from .sources.base import LoadedModel
 
 WARMUP = 3  # untimed calls first (fewer when one call already takes the whole budget)
@@ -32,7 +34,6 @@ MIN_WARMUP = 1
 MIN_ITERS = 5
 MAX_ITERS = 2000
 ROUNDS = 3  # CPU timings: alternating rounds of PyTorch and every ONNX file (see side_by_side)
-KEYS = ("torch_cpu", "ort_cpu", "ort_cuda", "torch_cuda")
 
 
 def _warm_up(fn: Callable[[], object], calls: int, budget_s: float) -> int:
@@ -176,11 +177,6 @@ def torch_cuda(loaded: LoadedModel, tensors: dict[str, torch.Tensor], budget_s: 
     return _timing(stats, batch, seq, None, f"torch-cuda ({torch.cuda.get_device_name(0)})")
 
 
-def _error(e: BaseException) -> str:
-    text = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-    return f"{type(e).__name__}: {text}"
-
-
 def _batch1(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
     """The sample's first row alone (None when the sample already has one row)."""
     batch, _ = _shape(tensors)
@@ -207,15 +203,8 @@ class Target:
     cuda_session: Any = None
 
 
-def measure(loaded: LoadedModel, path: Path, tensors: dict[str, torch.Tensor], *, threads: int | None = None,
-            budget_s: float = 1.0, cuda: bool = True) -> LatencyInfo:
-    """PyTorch and one ONNX file: `measure_all` with a single target."""
-    return measure_all(loaded, {"model": Target(Path(path))}, tensors, threads=threads, budget_s=budget_s,
-                       cuda=cuda)["model"]
-
-
 def measure_all(loaded: LoadedModel, targets: dict[str, Target], tensors: dict[str, torch.Tensor], *,
-                threads: int | None = None, budget_s: float = 1.0, cuda: bool = True,
+                threads: int | None = None, budget_s: float = default("latency_budget_s"), cuda: bool = default("cuda"),
                 progress: Callable[[float], None] | None = None) -> dict[str, LatencyInfo]:
     """PyTorch eager and every target, at the sample's batch and at batch 1; one LatencyInfo per target,
     PyTorch's numbers in the first one's. On CPU all of them are timed side by side (`side_by_side`), so
@@ -236,7 +225,7 @@ def measure_all(loaded: LoadedModel, targets: dict[str, Target], tensors: dict[s
             try:
                 cpu_sessions[name] = runtime.cpu_session(target.path, threads)
             except Exception as e:  # e.g. a CUDA-only graph: say why instead of a number
-                info.errors["ort_cpu"] = _error(e)
+                info.errors["ort_cpu"] = first_line(e, with_type=True)
         if not cuda:
             info.cuda_unavailable_reason = info.errors["ort_cuda"] = "CUDA measurements were turned off (--no-cuda)"
         elif target.cuda_skip:
@@ -303,7 +292,7 @@ def _record(info: LatencyInfo, key: str, tag: str, fn: Callable[[], Timing]) -> 
     try:
         timing = fn()
     except Exception as e:
-        info.errors[key if not tag else f"{key}_batch1"] = _error(e)
+        info.errors[key if not tag else f"{key}_batch1"] = first_line(e, with_type=True)
         return
     if tag:
         info.batch1[key] = timing

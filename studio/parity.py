@@ -7,11 +7,15 @@ differences; in one runtime only they fail the output, naming the rows, and its 
 """
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import torch
 
+from .errors import first_line
 from .report import DynamicInfo, OutputDiff, ParityInfo, Probe, worst_diff
 from .sources.base import ATTENTION_MASK, INPUT_IDS, TABULAR, LoadedModel
 
@@ -19,6 +23,7 @@ REL_FLOOR = 1e-6
 SEQ_PROBE_STEP = 5
 TOPK = 5  # top-k agreement: k = min(TOPK, classes - 1), for outputs with at least 3 classes
 MAX_ROWS_LISTED = 100  # rows named in a report field (the message shows the first 10)
+EMBEDDING_KINDS = ("embedding", "hidden")  # output kinds judged by cosine similarity when a rule says so
 
 
 def torch_outputs(loaded: LoadedModel, tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -121,7 +126,7 @@ def output_checks(kind: str | None, e: np.ndarray, a: np.ndarray, mask: np.ndarr
             e, a = np.where(token_mask, e, -np.inf), np.where(token_mask, a, -np.inf)
         out["argmax_agreement"] = float((e.argmax(-1) == a.argmax(-1)).mean()) if e.size else None
         out["agreement_over"] = "rows, over real tokens" if token_mask is not None else "rows"
-    elif kind in ("embedding", "hidden") and e.ndim >= 2 and e.size:
+    elif kind in EMBEDDING_KINDS and e.ndim >= 2 and e.size:
         cos = _rows_cosine(e.astype(np.float64), a.astype(np.float64))
         if e.ndim == 3 and token_mask is not None:
             cos = cos[token_mask]
@@ -158,6 +163,59 @@ def compare(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], atol
         agreement = checks.pop("argmax_agreement", None)
         diffs.append(OutputDiff(name, max_abs, max_rel, ok, agreement, list(e.shape), **checks, **nf))
     return diffs
+
+
+# --- verdict rules beyond allclose (the variants': studio/variants.py VARIANT_TABLE) ---------------
+
+@dataclass(frozen=True)
+class Tolerance:
+    """A verdict rule: allclose with atol / rtol, plus optional argmax agreement and embedding cosine rules."""
+
+    atol: float
+    rtol: float
+    min_agreement: float | None  # argmax agreement required on class outputs; None = not judged
+    rule: str
+    min_cosine: float | None = None  # embeddings: lowest cosine similarity required; None = element-wise rule
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"atol": self.atol, "rtol": self.rtol, "min_argmax_agreement": self.min_agreement,
+                "min_cosine": self.min_cosine, "rule": self.rule}
+
+
+def judge(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], tol: Tolerance,
+          kinds: dict[str, str], mask: np.ndarray | None = None) -> list[OutputDiff]:
+    """`compare` with the rule's atol / rtol, then the argmax-agreement rule on class outputs and,
+    when the tolerance has one, the cosine rule on embeddings (instead of the element-wise one)."""
+    diffs = compare(expected, actual, tol.atol, tol.rtol, kinds, mask)
+    if tol.min_agreement is not None:
+        for d in diffs:
+            if d.argmax_agreement is not None and d.argmax_agreement < tol.min_agreement:
+                d.ok = False
+    if tol.min_cosine is not None:
+        for d in diffs:
+            if kinds.get(d.name) in EMBEDDING_KINDS:
+                same_shape = list(actual[d.name].shape) == d.shape if d.name in actual else False
+                # NaN >= x is False: a non-finite embedding fails
+                d.ok = bool(same_shape and d.min_cosine is not None and d.min_cosine >= tol.min_cosine)
+    return diffs
+
+
+# --- the PyTorch reference, computed once per input set ----------------------------------------------
+
+def cached_reference(loaded: LoadedModel) -> LoadedModel:
+    """The same model whose adapter remembers its outputs per input set: every variant is compared with
+    PyTorch on the same sample and probe sizes, and PyTorch runs once for each of them."""
+    cache: dict[tuple, tuple[torch.Tensor, ...]] = {}
+    inner = loaded.adapter
+
+    def adapter(module, named: dict[str, torch.Tensor]):
+        key = tuple((n, tuple(t.shape), str(t.dtype), hashlib.sha1(t.detach().cpu().numpy().tobytes()).hexdigest())
+                    for n, t in sorted(named.items()))
+        if key not in cache:
+            cache[key] = tuple(o.detach().clone() if isinstance(o, torch.Tensor) else o
+                               for o in inner(module, named))
+        return cache[key]
+    return replace(loaded, adapter=adapter)
 
 
 def parity(loaded: LoadedModel, session: ort.InferenceSession, tensors: dict[str, torch.Tensor],
@@ -258,9 +316,8 @@ def probes(loaded: LoadedModel, session: ort.InferenceSession, tensors: dict[str
         try:
             actual = run(session, to_numpy(inputs))
         except Exception as e:
-            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
             where = "; ".join(m for sym, m in fixed if sym == axis) or f"the {axis} axis is not really dynamic"
-            results.append(Probe(b, seq_used, False, None, f"{where}: ONNX Runtime failed: {first}", axis))
+            results.append(Probe(b, seq_used, False, None, f"{where}: ONNX Runtime failed: {first_line(e)}", axis))
             continue
         mask = real_tokens(loaded, inputs)
         diffs = (judge(expected, actual, mask) if judge is not None

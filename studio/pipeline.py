@@ -20,7 +20,7 @@ import numpy as np
 
 from . import batch as batch_mod
 from . import export as export_mod
-from . import inspect as inspect_mod
+from . import graph_info as inspect_mod
 from . import latency as latency_mod
 from . import parity as parity_mod
 from . import runtime, sources

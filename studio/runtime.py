@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from .errors import first_line
+
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 
 
@@ -65,8 +67,7 @@ def load_error(path: str | Path) -> str | None:
     try:
         session = cpu_session(path, threads=1, arena=False)
     except Exception as e:
-        text = str(e).strip()
-        return f"{type(e).__name__}: {text.splitlines()[0][:400] if text else ''}"
+        return first_line(e, 400, with_type=True)
     del session
     return None
 
@@ -103,7 +104,7 @@ def cuda_session(path: str | Path, threads: int | None = None) -> CudaSession:
         sess = ort.InferenceSession(str(path), sess_options=session_options(threads),
                                     providers=[CUDA, CPU])
     except Exception as e:
-        return CudaSession(None, f"the CUDA session could not be created: {str(e).splitlines()[0][:300]}")
+        return CudaSession(None, f"the CUDA session could not be created: {first_line(e)}")
     used = sess.get_providers()
     if not used or used[0] != CUDA:
         return CudaSession(None, "onnxruntime fell back to CPU: CUDA or cuDNN libraries could not be loaded "

@@ -1,5 +1,9 @@
 """Faster artifacts beside model.onnx: ORT-optimized, int8 and fp16, each with its own checks.
 
+Each variant is declared once, in VARIANT_TABLE (a `Variant` each: its builder, what it is built from, its
+verdict rule, where it runs); `build`, `check` and `tolerance` read the table and never compare names. A new
+variant is a builder function and one row there (and its name in spec.VARIANTS).
+
 `build(spec, loaded, tensors, model_path, axes, work)` is called by `pipeline.convert` when
 `spec.variants` is non-empty. Files go to `<out>/variants/model.<name>.onnx` (+ `.onnx.data` when the
 weights are external, as model.onnx's are); `VariantInfo.file` is relative to the output folder.
@@ -30,14 +34,11 @@ How each is built
   from model.onnx. Checked on CUDA when a CUDA session is truly in use, else on CPU (ONNX Runtime's CPU
   provider runs it, slowly: its CPU timing is no measure of fp16 on a GPU).
 
-Verdicts (`tolerance()`; written into each VariantInfo.tolerance and the report):
-- optimized: the same rule as model.onnx (--atol / --rtol, default 1e-4 / 1e-3): fusions reorder fp32
-  arithmetic but must not change results beyond float noise.
-- int8: cannot meet fp32's 1e-4. Class outputs (logits / probs) must pick the same class as PyTorch on
-  at least INT8_MIN_AGREEMENT of the rows, and every element must be within
-  INT8_ATOL + INT8_RTOL x |PyTorch| (a loose bound that catches broken quantization, not rounding).
-- fp16: 10-bit mantissa (~3 significant digits): every element within FP16_ATOL + FP16_RTOL x |PyTorch|,
-  and class outputs must agree on the argmax on at least FP16_MIN_AGREEMENT of the rows.
+Verdicts (each row of VARIANT_TABLE; `tolerance()` writes them into VariantInfo.tolerance and the report):
+- optimized: model.onnx's rule (--atol / --rtol): fusions reorder fp32 arithmetic, within float noise only.
+- int8 cannot meet fp32's 1e-4: class outputs (logits / probs) must pick PyTorch's class on most rows, and
+  the element-wise bound is loose (it catches broken quantization, not rounding).
+- fp16: 10-bit mantissa (~3 significant digits): a 1e-2 bound and the argmax rule.
 A user tolerance looser than these (--atol / --rtol) is honoured: the looser of the two applies.
 - Embeddings (sentence_embedding, token_embeddings, last_hidden_state): for int8 and fp16 the verdict is
   a cosine rule instead of the element-wise one: the lowest cosine similarity with PyTorch over the rows
@@ -51,14 +52,9 @@ A user tolerance looser than these (--atol / --rtol) is honoured: the looser of 
 """
 from __future__ import annotations
 
-import contextlib
 import gc
-import hashlib
-import io
-import logging
 import time
-import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -67,19 +63,22 @@ import onnx
 import torch
 
 from . import export as export_mod
+from . import graph_info
 from . import latency as latency_mod
 from . import parity as parity_mod
 from . import runtime
-from .report import LatencyInfo, OutputDiff, ParityInfo, VariantInfo
+from .errors import first_line
+from .quiet import quiet
+from .parity import Tolerance, cached_reference, judge
+from .report import LatencyInfo, ParityInfo, VariantInfo
 from .sources.base import LoadedModel
 
-ORDER = ("optimized", "int8", "fp16")  # built in this order: fp16 reuses the optimized graph
 FOLDER = "variants"
+ROOT_LOGGER = ("",)  # quiet(): the root logger
 
 INT8_ATOL, INT8_RTOL, INT8_MIN_AGREEMENT = 0.1, 0.1, 0.99
 FP16_ATOL, FP16_RTOL, FP16_MIN_AGREEMENT = 1e-2, 1e-2, 0.99
 INT8_MIN_COSINE, FP16_MIN_COSINE = 0.97, 0.999  # embeddings' verdict for int8 / fp16 (module docstring)
-EMBEDDING_KINDS = ("embedding", "hidden")
 INT8_PER_CHANNEL = True
 # onnxruntime.transformers.optimizer loads the whole model as a protobuf and copies it while fusing
 # (bert-base, 0.44 GB of weights: 2.5 GB peak RSS): only tried below this many bytes of weights.
@@ -98,75 +97,16 @@ ATTENTION_OPS = ("Attention", "MultiHeadAttention", "GroupQueryAttention", "Pack
 
 # --- tolerances -----------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Tolerance:
-    atol: float
-    rtol: float
-    min_agreement: float | None  # argmax agreement required on class outputs; None = not judged
-    rule: str
-    min_cosine: float | None = None  # embeddings: lowest cosine similarity required; None = element-wise rule
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"atol": self.atol, "rtol": self.rtol, "min_argmax_agreement": self.min_agreement,
-                "min_cosine": self.min_cosine, "rule": self.rule}
-
-
 def tolerance(name: str, atol: float, rtol: float) -> Tolerance:
-    """The verdict rule for a variant, given the conversion's own --atol / --rtol."""
-    if name == "optimized":
-        return Tolerance(atol, rtol, None, f"same as model.onnx: every element within atol {atol:g} + "
-                                           f"rtol {rtol:g} x |PyTorch|")
-    if name == "int8":
-        a, r = max(INT8_ATOL, atol), max(INT8_RTOL, rtol)
-        return Tolerance(a, r, INT8_MIN_AGREEMENT,
-                         f"int8 cannot meet fp32's tolerance: class outputs must pick PyTorch's class on at least "
-                         f"{INT8_MIN_AGREEMENT:.0%} of rows, and every element must be within atol {a:g} + "
-                         f"rtol {r:g} x |PyTorch|; embeddings instead need a cosine similarity of at least "
-                         f"{INT8_MIN_COSINE:g} with PyTorch on every row / real token", INT8_MIN_COSINE)
-    if name == "fp16":
-        a, r = max(FP16_ATOL, atol), max(FP16_RTOL, rtol)
-        return Tolerance(a, r, FP16_MIN_AGREEMENT,
-                         f"fp16 (about 3 significant digits): every element within atol {a:g} + rtol {r:g} x "
-                         f"|PyTorch|, and class outputs must pick PyTorch's class on at least "
-                         f"{FP16_MIN_AGREEMENT:.0%} of rows; embeddings instead need a cosine similarity of at "
-                         f"least {FP16_MIN_COSINE:g} with PyTorch on every row / real token", FP16_MIN_COSINE)
-    raise ValueError(name)
-
-
-def judge(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], tol: Tolerance,
-          kinds: dict[str, str], mask: np.ndarray | None = None) -> list[OutputDiff]:
-    """parity.compare with the variant's atol / rtol, then the argmax-agreement rule on class outputs and,
-    when the tolerance has one, the cosine rule on embeddings (instead of the element-wise one)."""
-    diffs = parity_mod.compare(expected, actual, tol.atol, tol.rtol, kinds, mask)
-    if tol.min_agreement is not None:
-        for d in diffs:
-            if d.argmax_agreement is not None and d.argmax_agreement < tol.min_agreement:
-                d.ok = False
-    if tol.min_cosine is not None:
-        for d in diffs:
-            if kinds.get(d.name) in EMBEDDING_KINDS:
-                same_shape = list(actual[d.name].shape) == d.shape if d.name in actual else False
-                # NaN >= x is False: a non-finite embedding fails
-                d.ok = bool(same_shape and d.min_cosine is not None and d.min_cosine >= tol.min_cosine)
-    return diffs
-
-
-# --- the PyTorch reference, computed once per input set ----------------------------------------------
-
-def cached_reference(loaded: LoadedModel) -> LoadedModel:
-    """The same model whose adapter remembers its outputs per input set: every variant is compared with
-    PyTorch on the same sample and probe sizes, and PyTorch runs once for each of them."""
-    cache: dict[tuple, tuple[torch.Tensor, ...]] = {}
-    inner = loaded.adapter
-
-    def adapter(module, named: dict[str, torch.Tensor]):
-        key = tuple((n, tuple(t.shape), str(t.dtype), hashlib.sha1(t.detach().cpu().numpy().tobytes()).hexdigest())
-                    for n, t in sorted(named.items()))
-        if key not in cache:
-            cache[key] = tuple(o.detach().clone() if isinstance(o, torch.Tensor) else o
-                               for o in inner(module, named))
-        return cache[key]
-    return replace(loaded, adapter=adapter)
+    """The verdict rule for a variant (its VARIANT_TABLE row), given the conversion's own --atol / --rtol:
+    the looser of the row's bound and the user's applies."""
+    if name not in VARIANT_TABLE:
+        raise ValueError(name)
+    v = VARIANT_TABLE[name]
+    a = atol if v.atol is None else max(v.atol, atol)
+    r = rtol if v.rtol is None else max(v.rtol, rtol)
+    rule = v.rule.format(atol=a, rtol=r, agreement=v.min_agreement, cosine=v.min_cosine)
+    return Tolerance(a, r, v.min_agreement, rule, v.min_cosine)
 
 
 # --- building ------------------------------------------------------------------------------------
@@ -255,8 +195,7 @@ def _transformers_eligible(ctx: Context) -> str | None:
     return None
 
 
-def build_optimized(ctx: Context, dest: Path) -> Built:
-    src = ctx.model_path
+def build_optimized(ctx: Context, src: Path, dest: Path) -> Built:
     candidates: list[tuple[tuple[int, int], Path, str, dict[str, int]]] = []
     notes: list[str] = []
     tries: list[tuple[str, Callable[[Path], Any]]] = [
@@ -273,19 +212,16 @@ def build_optimized(ctx: Context, dest: Path) -> Built:
             run(tmp)
             fused = _fused(tmp)
         except Exception as e:
-            notes.append(f"{label} failed: {_error(e)}.")
+            notes.append(f"{label} failed: {first_line(e, with_type=True)}.")
             _remove(tmp)
             continue
         candidates.append((_score(fused), tmp, label, fused))
         gc.collect()
     best = max(candidates, key=lambda c: c[0], default=None)
-    for score, tmp, label, fused in candidates:
+    for _, tmp, label, fused in candidates:
         if best is None or tmp != best[1]:
             notes.append(f"{label} fused {_describe(fused)} (not kept).")
-    for score, tmp, label, fused in candidates:
-        if best is not None and tmp == best[1]:
-            continue
-        _remove(tmp)
+            _remove(tmp)
     if best is not None and best[0][1] > 0:
         score, tmp, label, fused = best
         _move(tmp, dest)
@@ -308,8 +244,8 @@ def _move(tmp: Path, dest: Path) -> None:
     """Rename a candidate (and its external data, whose file name is written inside the graph)."""
     if Path(str(tmp) + ".data").exists():
         model = onnx.load(str(tmp), load_external_data=False)
-        for t in onnx.external_data_helper._get_all_tensors(model):
-            if t.data_location == onnx.TensorProto.EXTERNAL:
+        for t in graph_info.tensors(model):
+            if onnx.external_data_helper.uses_external_data(t):
                 for e in t.external_data:
                     if e.key == "location":
                         e.value = dest.name + ".data"
@@ -352,13 +288,12 @@ def _with_fused_gelu(src: Path) -> tuple[Path | None, int]:
     return tmp, count
 
 
-def build_int8(ctx: Context, dest: Path) -> Built:
+def build_int8(ctx: Context, src: Path, dest: Path) -> Built:
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    src = ctx.model_path
     try:
         fused, gelus, why = *_with_fused_gelu(src), None
     except Exception as e:  # a speed-up only: quantize the graph as exported
-        fused, gelus, why = None, 0, _error(e)
+        fused, gelus, why = None, 0, first_line(e, with_type=True)
     tmp = _without_value_info(fused or src)
     try:
         quantize_dynamic(str(tmp), str(dest), weight_type=QuantType.QInt8, per_channel=INT8_PER_CHANNEL,
@@ -380,9 +315,8 @@ def build_int8(ctx: Context, dest: Path) -> Built:
     return Built(dest, "onnxruntime dynamic quantization (int8)", src, notes)
 
 
-def build_fp16(ctx: Context, dest: Path) -> Built:
+def build_fp16(ctx: Context, src: Path, dest: Path) -> Built:
     from onnxruntime.transformers.onnx_model import OnnxModel
-    src = ctx.built["optimized"].path if "optimized" in ctx.built else ctx.model_path
     model = onnx.load(str(src))  # with its weights: every float tensor is rewritten
     om = OnnxModel(model)
     om.convert_float_to_float16(use_symbolic_shape_infer=True, keep_io_types=True)
@@ -392,52 +326,80 @@ def build_fp16(ctx: Context, dest: Path) -> Built:
     return Built(dest, "onnxruntime.transformers float16 conversion", src, notes)
 
 
-BUILDERS: dict[str, Callable[[Context, Path], Built]] = {
-    "optimized": build_optimized, "int8": build_int8, "fp16": build_fp16}
+# --- the variants, declared once ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Variant:
+    """One variant: everything `build`, `check` and `tolerance` need to know about it.
+
+    build(ctx, src, dest) writes `dest` from `src`: the first of `built_from` (variants built earlier in the
+    same run) that was built, else model.onnx. Verdict: every element within atol + rtol x |PyTorch|, where
+    atol / rtol are the looser of these and the user's --atol / --rtol (None: the user's alone, as for
+    model.onnx); class outputs must pick PyTorch's class on at least `min_agreement` of the rows (None: not
+    judged); embeddings need a lowest cosine of `min_cosine` instead of the element-wise rule (None: the
+    element-wise rule). `rule` says so in the report ({atol} {rtol} {agreement} {cosine} filled in).
+    Where it runs: `on_cuda` False: never given a CUDA session (`not_on_cuda` says why); `meant_for_cuda`:
+    checked and timed on the CUDA session when one is truly in use (and then not timed on CPU), else
+    checked on CPU with a note that its CPU timing says nothing about its GPU speed."""
+    build: Callable[[Context, Path, Path], Built]
+    rule: str
+    atol: float | None = None
+    rtol: float | None = None
+    min_agreement: float | None = None
+    min_cosine: float | None = None
+    built_from: tuple[str, ...] = ()
+    on_cuda: bool = True
+    not_on_cuda: str = ""
+    meant_for_cuda: bool = False
+
+
+# Built in this order (a variant's built_from come before it). Its keys are spec.VARIANTS (a test holds them equal).
+VARIANT_TABLE: dict[str, Variant] = {
+    "optimized": Variant(
+        build_optimized,
+        rule="same as model.onnx: every element within atol {atol:g} + rtol {rtol:g} x |PyTorch|"),
+    "int8": Variant(
+        build_int8, atol=INT8_ATOL, rtol=INT8_RTOL, min_agreement=INT8_MIN_AGREEMENT, min_cosine=INT8_MIN_COSINE,
+        on_cuda=False, not_on_cuda="int8 dynamic quantization targets CPU; not timed on CUDA",
+        rule="int8 cannot meet fp32's tolerance: class outputs must pick PyTorch's class on at least "
+             "{agreement:.0%} of rows, and every element must be within atol {atol:g} + rtol {rtol:g} x "
+             "|PyTorch|; embeddings instead need a cosine similarity of at least {cosine:g} with PyTorch on "
+             "every row / real token"),
+    "fp16": Variant(
+        build_fp16, atol=FP16_ATOL, rtol=FP16_RTOL, min_agreement=FP16_MIN_AGREEMENT, min_cosine=FP16_MIN_COSINE,
+        built_from=("optimized",), meant_for_cuda=True,  # fusions first, as ONNX Runtime recommends
+        rule="fp16 (about 3 significant digits): every element within atol {atol:g} + rtol {rtol:g} x "
+             "|PyTorch|, and class outputs must pick PyTorch's class on at least {agreement:.0%} of rows; "
+             "embeddings instead need a cosine similarity of at least {cosine:g} with PyTorch on every row / "
+             "real token"),
+}
+BUILD_ORDER = tuple(VARIANT_TABLE)
 
 
 # --- checking ------------------------------------------------------------------------------------
 
-def _error(e: BaseException) -> str:
-    text = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-    return f"{type(e).__name__}: {text}"
-
-
-@contextlib.contextmanager
-def _quiet():
-    """The quantizer and optimizers log advice to the root logger and print progress; the studio
-    reports what matters itself and keeps stdout clean for --json."""
-    root = logging.getLogger()
-    level = root.level
-    try:
-        root.setLevel(logging.ERROR)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        root.setLevel(level)
-
-
 def _sessions(name: str, path: Path, ctx: Context):
-    """(session to check parity on, CUDA session or None, why not CUDA, notes)."""
+    """(session to check parity on, CUDA session or None, why not CUDA, notes), as the variant's row says."""
+    v = VARIANT_TABLE[name]
     notes: list[str] = []
     cuda_sess, why = None, "CUDA measurements were turned off (--no-cuda)"
-    if ctx.spec.cuda and name != "int8":
+    if ctx.spec.cuda and v.on_cuda:
         made = runtime.cuda_session(path, ctx.threads)
         cuda_sess, why = made.session, made.reason
-    elif name == "int8":
-        why = "int8 dynamic quantization targets CPU; not timed on CUDA"
-    if name == "fp16" and cuda_sess is not None:
+    elif not v.on_cuda:
+        why = v.not_on_cuda
+    if v.meant_for_cuda and cuda_sess is not None:
         return cuda_sess, cuda_sess, None, notes
     try:
         cpu = runtime.cpu_session(path, ctx.threads)
     except Exception as e:
+        cpu_error = first_line(e, with_type=True)
         if cuda_sess is not None:
-            return cuda_sess, cuda_sess, None, [f"The CPU provider cannot run it ({_error(e)})."]
-        raise RuntimeError(f"not validated: ONNX Runtime's CPU provider cannot run it ({_error(e)}) and there is "
+            return cuda_sess, cuda_sess, None, [f"The CPU provider cannot run it ({cpu_error})."]
+        raise RuntimeError(f"not validated: ONNX Runtime's CPU provider cannot run it ({cpu_error}) and there is "
                            f"no CUDA session ({why})") from e
-    if name == "fp16":
-        notes.append(f"Checked on CPU because no CUDA session is in use ({why}); fp16 is built for CUDA, and its "
+    if v.meant_for_cuda:
+        notes.append(f"Checked on CPU because no CUDA session is in use ({why}); {name} is built for CUDA, and its "
                      "CPU timing says nothing about its GPU speed.")
     return cpu, cuda_sess, why, notes
 
@@ -458,8 +420,8 @@ def check(name: str, made: Built, ctx: Context, ref: LoadedModel, tensors: dict[
                                      judge=lambda e, a, mask: judge(e, a, tol, ref.output_kinds, mask))
     target = latency_mod.Target(made.path, cuda_session=cuda_sess,
                                 cuda_skip=why_not_cuda if cuda_sess is None and ctx.spec.cuda else None)
-    if name == "fp16" and provider != runtime.CPU:
-        target.cpu_skip = "fp16 was checked and timed on CUDA"
+    if VARIANT_TABLE[name].meant_for_cuda and provider != runtime.CPU:
+        target.cpu_skip = f"{name} was checked and timed on CUDA"
     info.notes = " ".join(made.notes + notes)
     problems = []
     if not info.parity.ok:
@@ -479,7 +441,7 @@ def check(name: str, made: Built, ctx: Context, ref: LoadedModel, tensors: dict[
 
 def build(spec, loaded: LoadedModel, tensors: dict[str, torch.Tensor], model_path: Path,
           axes: dict[str, dict[int, str]], work: Path) -> tuple[list[VariantInfo], dict[str, latency_mod.Target]]:
-    """Build and check every requested variant: one VariantInfo each, in ORDER, and how to time each one
+    """Build and check every requested variant: one VariantInfo each, in BUILD_ORDER, and how to time each one
     that could be validated (`latency.measure_all`, then `attach_latency`)."""
     work, model_path = Path(work), Path(model_path)
     folder = work / FOLDER
@@ -491,17 +453,19 @@ def build(spec, loaded: LoadedModel, tensors: dict[str, torch.Tensor], model_pat
     expected = parity_mod.torch_outputs(ref, tensors)
     results: list[VariantInfo] = []
     targets: dict[str, latency_mod.Target] = {}
-    for name in [n for n in ORDER if n in spec.variants]:
+    for name in [n for n in BUILD_ORDER if n in spec.variants]:
+        variant = VARIANT_TABLE[name]
+        src = next((ctx.built[b].path for b in variant.built_from if b in ctx.built), model_path)
         tol = tolerance(name, spec.atol, spec.rtol)
         dest = folder / f"model.{name}.onnx"
         info = VariantInfo(name=name, file=None, ok=False, tolerance=tol.as_dict())
         started = time.perf_counter()
         try:
-            with _quiet():
-                made = BUILDERS[name](ctx, dest)
+            with quiet(ROOT_LOGGER):  # the quantizer and optimizers log advice to the root logger
+                made = variant.build(ctx, src, dest)
         except Exception as e:
             _remove(dest)
-            info.error = f"could not be built: {_error(e)}"
+            info.error = f"could not be built: {first_line(e, with_type=True)}"
             results.append(info)
             continue
         info.seconds = round(time.perf_counter() - started, 2)
@@ -517,7 +481,7 @@ def build(spec, loaded: LoadedModel, tensors: dict[str, torch.Tensor], model_pat
         except Exception as e:
             info.ok = False
             info.notes = " ".join(made.notes)
-            info.error = f"not validated: {_error(e)}" if "not validated" not in str(e) else str(e)
+            info.error = f"not validated: {first_line(e, with_type=True)}" if "not validated" not in str(e) else str(e)
         results.append(info)
         gc.collect()
     return results, targets

@@ -12,7 +12,7 @@ import pytest
 
 from studio import ConvertSpec, convert
 from studio import export as export_mod
-from studio.inspect import check
+from studio.graph_info import check
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from studio import export as export_mod
-from studio import inspect as inspect_mod
+from studio import graph_info
 from studio import parity, runtime
 from studio.errors import ExportError, OpsetMismatchError
 from studio.sources.base import TABULAR, LoadedModel, ModelInput
@@ -92,7 +92,7 @@ def test_static_graph_with_dynamic_request_names_input_and_axis(tmp_path):
 
 def test_honest_model_passes_probes_with_symbolic_dims(tmp_path):
     loaded, s, path, info = _export(Honest(), tmp_path, exporter="dynamo")
-    g = inspect_mod.graph_info(path)
+    g = graph_info.graph_info(path)
     assert g.inputs[0].shape == ["batch", 3] and g.outputs[0].shape[0] == "batch"
     assert info.opset == 18 and info.attempts[0].ok
     dyn = parity.probes(loaded, runtime.cpu_session(path), X, export_mod.dynamic_axes_for(loaded, X, s), 1e-4, 1e-3)
@@ -152,7 +152,7 @@ def test_auto_falls_back_and_records_both_attempts(tmp_path):
 def test_checker_reports_a_broken_file(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")
-    assert inspect_mod.check(bad).ok is False
+    assert graph_info.check(bad).ok is False
 
 
 def test_cuda_is_never_claimed_without_a_cuda_session(tmp_path):
@@ -200,9 +200,9 @@ def test_opset18_split_is_rewritten_for_opset17(tmp_path, total, parts, output_s
     import onnx
     path = tmp_path / "m.onnx"
     onnx.save(_split18_in_opset17(total, parts, output_shapes), str(path))
-    assert not inspect_mod.check(path).ok  # the file as the exporter leaves it
+    assert not graph_info.check(path).ok  # the file as the exporter leaves it
     assert export_mod.split_to_opset17(path) == (1, [])
-    assert inspect_mod.check(path).ok and runtime.load_error(path) is None
+    assert graph_info.check(path).ok and runtime.load_error(path) is None
     x = np.arange(2 * total, dtype=np.float32).reshape(2, total)
     got = runtime.run(runtime.cpu_session(path), {"x": x})
     chunk = -(-total // parts)
@@ -243,7 +243,7 @@ def _unknown_op(domain: str):
 def test_auto_treats_an_unusable_file_as_a_failed_attempt(tmp_path, monkeypatch, domain, why):
     """A file the checker rejects, or one it passes but ONNX Runtime cannot load, is a failed attempt with
     its reason; auto goes on to the next exporter."""
-    monkeypatch.setitem(export_mod.EXPORTERS, "dynamo", _writes(_unknown_op(domain)))
+    monkeypatch.setitem(export_mod.EXPORT_FUNCTIONS, "dynamo", _writes(_unknown_op(domain)))
     _, _, path, info = _export(Honest(), tmp_path, exporter="auto")
     first, second = info.attempts
     assert not first.ok and why in first.error and first.opset_written == 18
@@ -252,7 +252,7 @@ def test_auto_treats_an_unusable_file_as_a_failed_attempt(tmp_path, monkeypatch,
 
 def test_forced_exporter_with_an_unusable_file_is_an_export_error(tmp_path, monkeypatch):
     """With one exporter there is nothing to fall back to: ExportError (CLI exit 2), no file left behind."""
-    monkeypatch.setitem(export_mod.EXPORTERS, "dynamo", _writes(_unknown_op("com.acme")))
+    monkeypatch.setitem(export_mod.EXPORT_FUNCTIONS, "dynamo", _writes(_unknown_op("com.acme")))
     with pytest.raises(ExportError) as e:
         _export(Honest(), tmp_path, exporter="dynamo")
     assert "unusable file" in str(e.value) and "ONNX Runtime cannot load" in str(e.value)
@@ -272,7 +272,7 @@ def test_auto_skips_the_new_exporter_below_17_for_layer_norm(tmp_path, monkeypat
     """Known to fail (it writes 18 after a full export): skipped up front, the reason recorded, no time spent."""
     def must_not_run(*a, **k):
         raise AssertionError("the new exporter ran")
-    monkeypatch.setitem(export_mod.EXPORTERS, "dynamo", must_not_run)
+    monkeypatch.setitem(export_mod.EXPORT_FUNCTIONS, "dynamo", must_not_run)
     _, _, path, info = _export(Normed(), tmp_path, exporter="auto", opset=16)
     first, second = info.attempts
     assert first.skipped and not first.ok and first.seconds == 0.0 and "LayerNorm" in first.error
@@ -289,3 +289,24 @@ def test_the_skip_is_true_the_forced_new_exporter_writes_18(tmp_path):
 def test_auto_still_tries_the_new_exporter_below_17_without_layer_norm(tmp_path):
     _, _, _, info = _export(Honest(), tmp_path, exporter="auto", opset=16)
     assert not info.attempts[0].skipped and info.attempts[0].exporter == "dynamo"
+
+
+def test_graph_info_tensors_walks_subgraphs_and_functions():
+    """Every tensor that may hold external data: initializers, Constant values, an If branch's own
+    initializer and Constant, a function's Constant (the reference is the list written by hand below)."""
+    h, T = onnx.helper, onnx.TensorProto
+
+    def const(name):
+        return h.make_node("Constant", [], [name], value=h.make_tensor(f"{name}_value", T.FLOAT, [1], [1.0]))
+    branch = h.make_graph([const("b_c"), h.make_node("Add", ["b_c", "b_init"], ["b_out"])], "branch", [],
+                          [h.make_tensor_value_info("b_out", T.FLOAT, [1])],
+                          initializer=[h.make_tensor("b_init", T.FLOAT, [1], [2.0])])
+    fn = h.make_function("local", "f", [], ["f_out"], [const("f_out")], [h.make_opsetid("", 17)])
+    graph = h.make_graph([const("c"), h.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch),
+                          h.make_node("f", [], ["z"], domain="local")], "g",
+                         [h.make_tensor_value_info("cond", T.BOOL, [])],
+                         [h.make_tensor_value_info("y", T.FLOAT, [1])],
+                         initializer=[h.make_tensor("w", T.FLOAT, [1], [3.0])])
+    model = h.make_model(graph, functions=[fn], opset_imports=[h.make_opsetid("", 17), h.make_opsetid("local", 1)])
+    names = sorted(t.name for t in graph_info.tensors(model))
+    assert names == sorted(["w", "c_value", "b_c_value", "b_init", "b_c_value", "b_init", "f_out_value"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from studio import ConvertSpec, convert
 from studio import variants as V
 from studio.cli import main as cli_main
 from studio.report import VariantInfo
+from studio.spec import VARIANTS
 
 FAST = dict(exporter="torchscript", latency_budget_s=0.02, cuda=False)
 
@@ -130,9 +132,9 @@ def test_a_variant_that_misses_its_tolerance_fails_the_conversion(hf_folders, sa
 
 
 def test_a_variant_that_cannot_be_built_says_why(hf_folders, sample_csv, tmp_path, monkeypatch):
-    def broken(ctx, dest):
+    def broken(ctx, src, dest):
         raise RuntimeError("quantizer exploded")
-    monkeypatch.setitem(V.BUILDERS, "int8", broken)
+    monkeypatch.setitem(V.VARIANT_TABLE, "int8", replace(V.VARIANT_TABLE["int8"], build=broken))
     report = convert(ConvertSpec(checkpoint=str(hf_folders["bert"]), data=str(sample_csv), out=str(tmp_path / "o"),
                                  variants=("int8",), **FAST))
     (v,) = report.variants
@@ -199,6 +201,18 @@ def test_tolerances_never_tighter_than_the_users():
     assert V.tolerance("optimized", 1e-5, 1e-4).atol == 1e-5
     with pytest.raises(ValueError):
         V.tolerance("int4", 1e-4, 1e-3)
+
+
+def test_the_table_declares_every_variant_once_in_a_buildable_order():
+    assert sorted(V.VARIANT_TABLE) == sorted(VARIANTS) and len(VARIANTS) == len(set(VARIANTS))
+    assert V.BUILD_ORDER == tuple(V.VARIANT_TABLE)
+    for k, (name, row) in enumerate(V.VARIANT_TABLE.items()):
+        assert set(row.built_from) <= set(V.BUILD_ORDER[:k]), name  # what it is built from is built before it
+        assert row.on_cuda or row.not_on_cuda, name  # a variant kept off CUDA says why
+        assert V.tolerance(name, 0.0, 0.0).rule and "{" not in V.tolerance(name, 0.0, 0.0).rule
+    # the embedding cosine rule: int8 >= 0.97, fp16 >= 0.999 (measured on all-MiniLM-L6-v2: module docstring)
+    assert (V.tolerance("int8", 1e-4, 1e-3).min_cosine, V.tolerance("fp16", 1e-4, 1e-3).min_cosine) == (0.97, 0.999)
+    assert V.tolerance("optimized", 1e-4, 1e-3).min_cosine is None
 
 
 def test_cached_reference_runs_pytorch_once_per_input_set():

@@ -1,7 +1,9 @@
-"""Read an .onnx file: graph inputs/outputs with symbolic dims, opset written, op counts, checker."""
+"""Read an .onnx file: graph inputs/outputs with symbolic dims, opset written, op counts, checker, and the
+external-data files it refers to. (Named graph_info, not inspect: that would shadow the standard library's.)"""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -27,13 +29,32 @@ def _tensor(vi: onnx.ValueInfoProto) -> TensorInfo:
     return TensorInfo(vi.name, _dtype(tt.elem_type), shape)
 
 
+def tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto the model holds: initializers and node-attribute tensors (Constant values), in
+    subgraphs (If / Loop / Scan bodies) and functions too; what onnx's external-data code walks."""
+    for graph in [model.graph, *model.functions]:
+        yield from _graph_tensors(graph)
+
+
+def _graph_tensors(graph: onnx.GraphProto | onnx.FunctionProto) -> Iterator[onnx.TensorProto]:
+    yield from getattr(graph, "initializer", ())  # a FunctionProto has none
+    for node in graph.node:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            subgraphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+            for sub in subgraphs:
+                yield from _graph_tensors(sub)
+
+
 def external_files(path: Path, model: onnx.ModelProto | None = None) -> list[Path]:
     """Files the graph's external data refers to. Refuses references outside the model's folder."""
     model = model or onnx.load(str(path), load_external_data=False)
     folder = path.resolve().parent
     files: set[Path] = set()
-    for t in onnx.external_data_helper._get_all_tensors(model):
-        if t.data_location != onnx.TensorProto.EXTERNAL:
+    for t in tensors(model):
+        if not onnx.external_data_helper.uses_external_data(t):
             continue
         loc = {e.key: e.value for e in t.external_data}.get("location", "")
         target = resolve_inside(folder, folder, loc) if loc and not Path(loc).is_absolute() else None
