@@ -125,6 +125,7 @@ class _Scope:
     call: int
     nodes: set[int] = field(default_factory=set)
     depth: int = 0
+    shared: int = 1  # calls whose nodes share this scope (the new exporter: every call of a module)
 
 
 def exporter_of(model: onnx.ModelProto) -> str:
@@ -344,16 +345,28 @@ def _plan(model: onnx.ModelProto, wrapper: torch.nn.Module, args, max_bytes: int
     exits, entries, producer = exits_and_entries(model, scopes, chains)
     wanted = {s.module for s in scopes.values()}
     calls, counts, cut, final = torch_calls(wrapper, args, wanted, max_bytes)
+    if kind == "dynamo":
+        _split_shared(scopes, exits, entries, counts)
     expected = {}
     for key, sc in scopes.items():
         recorded = calls.get(sc.module, [])
-        if kind == "dynamo" and counts.get(sc.module, 0) != 1:
-            continue  # the new exporter gives every call of a module one scope: which node is which call is unknown
         if sc.call < len(recorded) and recorded[sc.call] and exits[key]:
             expected[key] = recorded[sc.call]
     order = sorted(expected, key=lambda k: (producer[exits[k][-1]], -scopes[k].depth))
     types = {n: type(m).__name__ for n, m in named.items()}
     return _Plan(model, kind, scopes, exits, entries, producer, expected, order, types), cut, final
+
+
+def _split_shared(scopes: dict[str, _Scope], exits, entries, counts: dict[str, int]) -> None:
+    """The new exporter gives every call of a module one scope: make one key per call (`path#k`), sharing
+    the exits (`_pair` tells the calls apart by graph order); what enters which call is not known."""
+    for key, sc in list(scopes.items()):
+        n = counts.get(sc.module, 0)
+        if n > 1:
+            del scopes[key]
+            for k in range(n):
+                scopes[f"{key}#{k}"] = _Scope(sc.module, k, sc.nodes, sc.depth, shared=n)
+                exits[f"{key}#{k}"], entries[f"{key}#{k}"] = exits[key], []
 
 
 def _chunks(plan: _Plan, max_values: int, chunk_values: int, chunk_bytes: int):
@@ -376,12 +389,16 @@ def _chunks(plan: _Plan, max_values: int, chunk_values: int, chunk_bytes: int):
 
 
 def _pair(plan: _Plan, key: str, got: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
-    """Each of the call's tensors with the exit of the same shape and dtype kind produced last (not used twice)."""
+    """Each of the call's tensors with the exit of the same shape and dtype kind produced last (not used twice).
+    A scope shared by n calls: the k-th call takes the k-th such exit in graph order, when there are exactly n."""
+    sc = plan.scopes[key]
     used: set[str] = set()
     pairs = []
     for t in plan.expected[key]:
         fits = [v for v in plan.exits[key] if isinstance(got.get(v), np.ndarray) and v not in used
                 and got[v].shape == t.shape and _kind(got[v].dtype) == _kind(t.dtype)]
+        if sc.shared > 1:
+            fits = [fits[sc.call]] if len(fits) == sc.shared else []
         if fits:
             used.add(fits[-1])
             pairs.append((fits[-1], t))
@@ -510,6 +527,73 @@ def _outputs_diff(expected: list[np.ndarray], actual: list, atol: float, rtol: f
             return float("nan")
         worst = max(worst, d)
     return worst
+
+
+# --- the pipeline's hook -------------------------------------------------------------------------------
+
+def failing_rows(loaded: LoadedModel, model_path: str | Path, tensors: dict[str, torch.Tensor], atol: float,
+                 rtol: float, onnx_outputs: dict[str, np.ndarray] | None = None, limit: int = MAX_ROWS) -> list[int]:
+    """0-based rows where some output fails the parity rule (at most `limit`); the first `limit` rows when
+    none does. `onnx_outputs`: ONNX Runtime's outputs on `tensors` when the caller has them (parity's)."""
+    from .parity import to_numpy, torch_outputs
+    expected = torch_outputs(loaded, tensors)
+    if onnx_outputs is None:
+        onnx_outputs = runtime.run(runtime.cpu_session(model_path, arena=False), to_numpy(tensors))
+    batch = next(iter(tensors.values())).shape[0]
+    bad = []
+    for row in range(batch):
+        for name, e in expected.items():
+            a = onnx_outputs.get(name)
+            if a is None or a.shape != e.shape or not compare_values(e[row], a[row], atol, rtol)[2]:
+                bad.append(row)
+                break
+        if len(bad) >= limit:
+            break
+    return bad or list(range(min(batch, limit)))
+
+
+def _failing_probe(dynamic) -> Any:
+    """The first shape probe that ran in both runtimes and differs (a probe ORT could not run has nothing to
+    compare), or None."""
+    for p in getattr(dynamic, "probes", None) or []:
+        if not p.ok and p.max_abs_diff is not None and p.batch:
+            return p
+    return None
+
+
+def for_report(loaded: LoadedModel, model_path: str | Path, tensors: dict[str, torch.Tensor], spec=None, *,
+               parity=None, dynamic=None, onnx_outputs: dict[str, np.ndarray] | None = None,
+               requested: bool = False, **budget: Any) -> Divergence | None:
+    """What the pipeline calls after parity and the shape probes: locate when parity failed (on its failing
+    rows), else when a probe differs (on that probe's inputs), else when `requested` (on the sample); None
+    when none of these holds. Never raises for the locator's own failure: the Divergence says what failed.
+    `budget`: locate()'s keywords (time_budget_s, max_values, ...)."""
+    atol = spec.atol if spec is not None else default("atol")
+    rtol = spec.rtol if spec is not None else default("rtol")
+    probe = _failing_probe(dynamic)
+    if parity is not None and not parity.ok:
+        trigger, feeds, outputs = "parity", tensors, onnx_outputs
+    elif probe is not None:
+        from .parity import resize
+        seq = probe.sequence if probe.changed == "sequence" else None
+        size = f"{probe.batch}x{probe.sequence}" if probe.sequence else f"{probe.batch}"
+        trigger, feeds, outputs = f"probe {probe.changed} {size}", \
+            resize(loaded, tensors, batch=probe.batch, sequence=seq), None
+    elif requested:
+        trigger, feeds, outputs = "requested", tensors, onnx_outputs
+    else:
+        return None
+    started = time.perf_counter()
+    try:
+        rows = failing_rows(loaded, model_path, feeds, atol, rtol, outputs)
+        div = locate(loaded, model_path, feeds, atol=atol, rtol=rtol, rows=rows,
+                     threads=getattr(spec, "threads", None), **budget)
+    except Exception as e:  # noqa: BLE001 - the conversion's verdict stands; the report says the locator failed
+        div = Divergence(False, "unknown", None, atol=atol, rtol=rtol, stopped=first_line(e, with_type=True),
+                         seconds=round(time.perf_counter() - started, 2))
+        div.message = f"the divergence locator failed: {div.stopped}"
+    div.trigger = trigger
+    return div
 
 
 # --- words: the summary, the CLI's lines, the report's table ---------------------------------------------

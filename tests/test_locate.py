@@ -1,0 +1,249 @@
+"""The divergence locator on models made to diverge at a known place: an initializer perturbed in the written
+file (the node that reads it is found by scanning the graph here, not by the locator), a module whose ONNX
+lowering differs from PyTorch (Softplus's threshold, which the TorchScript exporter drops), a module whose
+exported form differs on purpose; both exporters; NaN; the budgets; the pipeline hook; the real case
+(Longformer, TorchScript, opset 17)."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from studio import export as export_mod
+from studio import locate, runtime
+from studio.report import DynamicInfo, ParityInfo, Probe
+from studio.sources.base import TABULAR, LoadedModel, ModelInput
+from studio.spec import ConvertSpec
+
+EXPORTERS = ("torchscript", "dynamo")
+
+
+class Chain(torch.nn.Module):
+    """lin1 -> act -> lin2 -> act (the same module called twice) -> lin3."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin1, self.lin2, self.lin3 = torch.nn.Linear(3, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 2)
+        self.act = torch.nn.Tanh()
+
+    def forward(self, x):
+        return self.lin3(self.act(self.lin2(self.act(self.lin1(x)))))
+
+
+class Threshold(torch.nn.Module):
+    """PyTorch's Softplus returns x where beta * x > threshold; the TorchScript exporter drops the threshold."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin1, self.act, self.lin2 = torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)
+        self.soft = torch.nn.Softplus(beta=2.0, threshold=0.5)
+
+    def forward(self, x):
+        return self.lin2(self.soft(self.act(self.lin1(x))))
+
+
+class Drift(torch.nn.Module):
+    """Scales by 2 in eager mode and by 2.5 while torch.export traces it (the new exporter's first step)."""
+
+    def forward(self, x):
+        return x * (2.5 if torch.compiler.is_exporting() else 2.0)
+
+
+class Drifting(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin1, self.act, self.drift, self.lin2 = torch.nn.Linear(3, 8), torch.nn.Tanh(), Drift(), \
+            torch.nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.lin2(self.drift(self.act(self.lin1(x))))
+
+
+def loaded_for(module: torch.nn.Module) -> LoadedModel:
+    return LoadedModel(kind="test", path="-", module=module.eval(), adapter=lambda m, t: (m(t["x"]),),
+                       inputs=[ModelInput("x", TABULAR, column="x", width=3)], output_names=["y"],
+                       output_kinds={"y": "logits"})
+
+
+torch.manual_seed(0)
+X = {"x": torch.randn(6, 3) * 2}
+
+
+def export(module_cls, exporter: str, folder):
+    torch.manual_seed(0)
+    loaded = loaded_for(module_cls())
+    path = folder / "model.onnx"
+    export_mod.export(loaded, X, ConvertSpec(checkpoint="-", data="-", exporter=exporter).validated(), path)
+    return loaded, path
+
+
+@pytest.fixture(scope="module", params=EXPORTERS)
+def chain(request, tmp_path_factory):
+    loaded, path = export(Chain, request.param, tmp_path_factory.mktemp(f"chain-{request.param}"))
+    return request.param, loaded, path
+
+
+def perturbed(path, tmp_path, initializer: str, change) -> tuple[str, object]:
+    """A copy of the file with one initializer changed; returns (the copy, the node that reads it)."""
+    model = onnx.load(str(path))
+    tensor = next(t for t in model.graph.initializer if t.name == initializer)
+    array = numpy_helper.to_array(tensor).copy()
+    change(array)
+    tensor.CopyFrom(numpy_helper.from_array(array, initializer))
+    readers = [n for n in model.graph.node if initializer in n.input]
+    assert len(readers) == 1
+    out = tmp_path / "perturbed.onnx"
+    onnx.save(model, str(out))
+    return str(out), readers[0]
+
+
+def bump(array):
+    array[0] += 0.5
+
+
+def test_the_exported_file_agrees_everywhere(chain):
+    exporter, loaded, path = chain
+    div = locate.locate(loaded, path, X)
+    assert div.exporter == exporter
+    assert not div.found and div.first is None and div.complete and div.stopped is None
+    assert div.compared == div.candidates >= 5  # lin1, act (2 calls), lin2, lin3
+    assert {s.module for s in div.agreeing} <= {"lin1", "act", "lin2", "lin3"}
+    assert div.outputs_max_abs_diff is not None and div.outputs_max_abs_diff < 1e-5
+
+
+def test_a_perturbed_initializer_is_named_with_its_module(chain, tmp_path):
+    _, loaded, path = chain
+    changed, reader = perturbed(path, tmp_path, "model.lin2.bias", bump)
+    div = locate.locate(loaded, changed, X)
+    assert div.found and div.first is not None
+    assert div.first.node == reader.name and div.first.op_type == reader.op_type
+    assert (div.first.module, div.first.module_type) == ("lin2", "Linear")
+    assert div.first.max_abs_diff == pytest.approx(0.5, abs=1e-4)  # the bump itself: a bias adds to every row
+    assert div.first.inputs_max_abs_diff is not None and div.first.inputs_max_abs_diff < 1e-5
+    assert [s.module for s in div.agreeing] == ["lin1", "act"]
+    # what follows: the second call of `act`, then lin3 (TorchScript: scope act_1; new exporter: one shared scope)
+    assert [(s.module, s.call) for s in div.following] == [("act", 1), ("lin3", 0)]
+    assert div.following[0].inputs_max_abs_diff is None or div.following[0].inputs_max_abs_diff > 0.1
+    assert div.outputs_max_abs_diff > 1e-3
+
+
+def test_nan_stays_nan(chain, tmp_path):
+    _, loaded, path = chain
+    changed, reader = perturbed(path, tmp_path, "model.lin1.bias", lambda a: a.__setitem__(0, np.nan))
+    div = locate.locate(loaded, changed, X)
+    assert div.first.node == reader.name and div.first.module == "lin1"
+    assert math.isnan(div.first.max_abs_diff) and not div.first.ok
+    assert math.isnan(div.outputs_max_abs_diff)
+    d = json.loads(json.dumps(div.to_dict()))  # strict JSON: no bare NaN
+    assert d["first"]["max_abs_diff"] == "nan"
+    assert "max abs diff nan" in div.message and "| nan |" in locate.to_markdown(div)
+
+
+def test_a_lowering_that_drops_softplus_threshold_is_found_at_that_module(tmp_path):
+    # the independent reference: where beta * x > threshold PyTorch returns x, log(1 + exp(beta x)) / beta is larger
+    loaded, path = export(Threshold, "torchscript", tmp_path)
+    with torch.no_grad():
+        inner = torch.tanh(loaded.module.lin1(X["x"]))
+    assert bool((2.0 * inner > 0.5).any())
+    div = locate.locate(loaded, path, X)
+    assert div.found and (div.first.module, div.first.module_type) == ("soft", "Softplus")
+    soft_nodes = [n for n in onnx.load(str(path)).graph.node if n.name.startswith("/model/soft/")]
+    assert div.first.node == soft_nodes[-1].name  # the node handing the module's value on
+    assert div.first.inputs_max_abs_diff < 1e-5
+    assert [s.module for s in div.agreeing] == ["lin1", "act"]
+    assert [s.module for s in div.following] == ["lin2"]
+
+
+def test_the_new_exporter_keeps_softplus_threshold(tmp_path):
+    loaded, path = export(Threshold, "dynamo", tmp_path)
+    div = locate.locate(loaded, path, X)
+    assert div.exporter == "dynamo" and not div.found and div.compared >= 3
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_a_module_exported_differently_is_named(exporter, tmp_path):
+    loaded, path = export(Drifting, exporter, tmp_path)
+    div = locate.locate(loaded, path, X)
+    if exporter == "torchscript":  # only torch.export sets is_exporting: the TorchScript file agrees
+        assert not div.found
+        return
+    assert div.found and (div.first.module, div.first.module_type) == ("drift", "Drift")
+    assert div.first.op_type == "Mul" and div.first.inputs_max_abs_diff < 1e-5
+    with torch.no_grad():  # the independent reference: 2.5 x - 2 x
+        expected = float((0.5 * torch.tanh(loaded.module.lin1(X["x"]))).abs().max())
+    assert div.first.max_abs_diff == pytest.approx(expected, rel=1e-4)
+
+
+def test_the_budgets_say_how_far_it_got(chain, tmp_path):
+    _, loaded, path = chain
+    div = locate.locate(loaded, path, X, max_values=1)
+    assert not div.complete and "value budget" in div.stopped and div.compared == 1
+    assert div.reached < div.nodes and "stopped: value budget" in div.message
+    div = locate.locate(loaded, path, X, chunk_values=1, time_budget_s=0.0)
+    assert not div.complete and "time budget" in div.stopped and div.compared == 1
+
+
+def test_rows_are_taken_from_the_feeds(chain, tmp_path):
+    _, loaded, path = chain
+    changed, _ = perturbed(path, tmp_path, "model.lin2.bias", bump)
+    div = locate.locate(loaded, changed, X, rows=[1, 4])
+    assert div.rows == [1, 4] and div.first.shape == [2, 8]
+
+
+def test_lines_and_table_name_the_node(chain, tmp_path):
+    _, loaded, path = chain
+    changed, reader = perturbed(path, tmp_path, "model.lin2.bias", bump)
+    div = locate.locate(loaded, changed, X)
+    lines = locate.format_lines(div)
+    assert lines[0].startswith("divergence  FOUND") and reader.name in lines[0]
+    assert any(line.strip().startswith("FIRST") and reader.name in line for line in lines)
+    table = locate.to_markdown(div)
+    assert f"| FIRST | `{reader.name}` | {reader.op_type} | `lin2` Linear | [6, 8] |" in table
+
+
+def _parity(ok: bool) -> ParityInfo:
+    return ParityInfo(ok, 1e-4, 1e-3, [], 6, runtime.CPU)
+
+
+def test_for_report_runs_on_a_parity_failure_only_on_failing_rows(chain, tmp_path):
+    _, loaded, path = chain
+    assert locate.for_report(loaded, path, X, parity=_parity(True)) is None
+    changed, reader = perturbed(path, tmp_path, "model.lin2.bias", bump)
+    div = locate.for_report(loaded, changed, X, parity=_parity(False))
+    assert div.trigger == "parity" and div.first.node == reader.name and div.rows == list(range(6))
+    asked = locate.for_report(loaded, path, X, parity=_parity(True), requested=True)
+    assert asked.trigger == "requested" and not asked.found
+
+
+def test_failing_rows_are_the_rows_that_differ(chain, tmp_path):
+    _, loaded, path = chain
+    model = onnx.load(str(path))
+    feeds = {"x": X["x"].numpy()}
+    outputs = runtime.run(runtime.cpu_session(path), feeds)
+    outputs["y"] = outputs["y"].copy()
+    outputs["y"][3] += 1.0
+    assert locate.failing_rows(loaded, path, X, 1e-4, 1e-3, outputs) == [3]
+    assert locate.failing_rows(loaded, path, X, 1e-4, 1e-3) == list(range(6))  # none differs: the first rows
+    assert model.graph.output[0].name == "y"
+
+
+def test_for_report_runs_on_a_differing_probe(chain, tmp_path):
+    _, loaded, path = chain
+    changed, reader = perturbed(path, tmp_path, "model.lin2.bias", bump)
+    dynamic = DynamicInfo(False, [Probe(1, None, True, 0.0, "ok", "batch"),
+                                  Probe(2, None, False, 0.5, "differs", "batch")])
+    div = locate.for_report(loaded, changed, X, parity=_parity(True), dynamic=dynamic)
+    assert div.trigger == "probe batch 2" and div.first.node == reader.name and div.first.shape == [2, 8]
+
+
+def test_for_report_records_the_locators_own_failure(tmp_path):
+    loaded = loaded_for(Chain())
+    missing = tmp_path / "missing.onnx"
+    div = locate.for_report(loaded, missing, X, requested=True)
+    assert div is not None and not div.found and div.trigger == "requested"
+    assert div.message.startswith("the divergence locator failed:")
