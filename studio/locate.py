@@ -636,7 +636,7 @@ def format_lines(div: Divergence) -> list[str]:
     """The CLI's lines: the summary, then one line per value around the divergence."""
     lines = [f"divergence  {'FOUND' if div.found else 'none found'}: {div.message}"]
     for tag, s in _rows(div):
-        lines.append(f"  {tag:<8} {s.node} ({s.op_type})  module {s.module or '(the model)'}  "
+        lines.append(f"  {tag:<8} {s.node} ({s.op_type})  module {_module(s)}  "
                      f"max abs {_num(s.max_abs_diff)}  inputs {_num(s.inputs_max_abs_diff)}")
     return lines
 
@@ -651,7 +651,8 @@ def to_markdown(div: Divergence) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for tag, s in rows:
         cell = lambda x: str(x).replace("|", "\\|")
+        call = f" (call {s.call + 1})" if s.call else ""
         table.append(f"| {tag} | `{cell(s.node)}` | {s.op_type} | `{cell(s.module or '(the model)')}` "
-                     f"{cell(s.module_type)} | {s.shape} | {_num(s.inputs_max_abs_diff)} | {_num(s.max_abs_diff)} "
+                     f"{cell(s.module_type)}{call} | {s.shape} | {_num(s.inputs_max_abs_diff)} | {_num(s.max_abs_diff)} "
                      f"| {_num(s.max_rel_diff)} |")
     return "\n".join(head + table) + "\n"

@@ -188,6 +188,18 @@ def test_the_budgets_say_how_far_it_got(chain, tmp_path):
     assert not div.complete and "time budget" in div.stopped and div.compared == 1
 
 
+def test_external_weights_are_found_and_nothing_is_left_beside_them(chain, tmp_path):
+    _, loaded, path = chain
+    changed, reader = perturbed(path, tmp_path, "model.lin2.bias", bump)
+    onnx.save_model(onnx.load(changed), changed, save_as_external_data=True, location="perturbed.onnx.data",
+                    size_threshold=0)  # every initializer in the .data file, the bumped bias included
+    assert (tmp_path / "perturbed.onnx.data").exists()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    div = locate.locate(loaded, changed, X)
+    assert div.first.node == reader.name and div.first.max_abs_diff == pytest.approx(0.5, abs=1e-4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # the marked copy beside the weights is gone
+
+
 def test_rows_are_taken_from_the_feeds(chain, tmp_path):
     _, loaded, path = chain
     changed, _ = perturbed(path, tmp_path, "model.lin2.bias", bump)
@@ -247,3 +259,70 @@ def test_for_report_records_the_locators_own_failure(tmp_path):
     div = locate.for_report(loaded, missing, X, requested=True)
     assert div is not None and not div.found and div.trigger == "requested"
     assert div.message.startswith("the divergence locator failed:")
+
+
+ROLES = {"review": "text", "order_id": "ignore", "price": "ignore", "quantity": "ignore", "label": "ignore"}
+
+
+def tiny_longformer(folder, initializer_range: float):
+    """tests/tiny_archs.py's tiny Longformer with larger random weights (initializer_range), so that what
+    differs inside reaches the logits, as it does with trained weights."""
+    import tiny
+    import tiny_archs
+    import transformers as tf
+    torch.manual_seed(0)
+    config = tiny_archs.tiny_config("longformer")
+    config.initializer_range = initializer_range
+    tf.AutoModelForSequenceClassification.from_config(config).eval().save_pretrained(str(folder))
+    tiny.bert_tokenizer(folder / "_vocab").save_pretrained(str(folder))
+    return folder
+
+
+@pytest.mark.slow
+def test_longformer_by_torchscript_at_opset_17_leaves_pytorch_in_layer_0_self_attention(tmp_path):
+    """The real case of issue 15: Longformer exported by TorchScript at opset 17 differs from PyTorch on the
+    sample's rows. The locator names layer 0's LongformerSelfAttention, its inputs (the embeddings, the
+    query / key / value projections) agreeing, with every ORT graph optimisation off too (the lowering
+    itself, not ORT's fusions); checked here with a hook and an ORT run of our own."""
+    import tiny
+
+    from studio import batch as batch_mod
+    from studio import parity as parity_mod
+    from studio import sources
+
+    folder = tiny_longformer(tmp_path / "longformer", 0.5)
+    sample = tiny.write_sample(tmp_path / "sample.csv")
+    spec = ConvertSpec(checkpoint=str(folder), data=str(sample), roles=ROLES, opset=17,
+                       exporter="torchscript").validated()
+    loaded = sources.load(spec.checkpoint, spec)
+    tensors = batch_mod.build_batch(batch_mod.read_sample(spec.data), loaded, spec.roles, spec,
+                                    file=str(sample)).tensors
+    path = tmp_path / "model.onnx"
+    assert export_mod.export(loaded, tensors, spec, path).exporter == "torchscript"
+    parity, outputs = parity_mod.parity(loaded, runtime.cpu_session(path), tensors, spec.atol, spec.rtol)
+    assert not parity.ok and parity.outputs[0].max_abs_diff > 1e-2
+    div = locate.for_report(loaded, path, tensors, spec, parity=parity, onnx_outputs=outputs,
+                            optimization="disable", agreeing=20)
+    assert div.trigger == "parity" and div.found and div.exporter == "torchscript"
+    first = div.first
+    assert (first.module, first.module_type) == ("longformer.encoder.layer.0.attention.self", "LongformerSelfAttention")
+    assert first.inputs_max_abs_diff < 1e-5 and first.max_abs_diff > 1e-2
+    before = {s.module for s in div.agreeing}
+    assert {"longformer.embeddings.LayerNorm"} | {f"{first.module}.{p}" for p in ("query", "key", "value")} <= before
+    # independently: the module's own output by a hook, the named value by an ORT run of our own
+    rows = {n: t[div.rows] for n, t in tensors.items()}
+    seen = []
+    handle = loaded.module.get_submodule(first.module).register_forward_hook(
+        lambda m, i, o: seen.append(o[0].detach().numpy().copy()))
+    try:
+        with torch.no_grad():
+            loaded.adapter(loaded.module, dict(rows))
+    finally:
+        handle.remove()
+    model = onnx.load(str(path))
+    model.graph.output.append(onnx.ValueInfoProto(name=first.value))
+    onnx.save(model, str(tmp_path / "marked.onnx"))
+    got = runtime.run(runtime.cpu_session(tmp_path / "marked.onnx", optimization="disable"),
+                      {n: t.numpy() for n, t in rows.items()})[first.value]
+    assert got.shape == seen[0].shape
+    assert float(np.abs(got - seen[0]).max()) == pytest.approx(first.max_abs_diff, rel=1e-5)
