@@ -374,12 +374,13 @@ def _chunks(plan: _Plan, max_values: int, chunk_values: int, chunk_bytes: int):
     chunk, values, size, total = [], set(), 0, 0
     for key in plan.order:
         new = [v for v in plan.exits[key] if v not in values]
-        if total + len(new) > max_values:
-            break
         nbytes = sum(t.nbytes for t in plan.expected[key])
         if chunk and (len(values) + len(new) > chunk_values or size + nbytes > chunk_bytes):
             yield chunk, sorted(values)
             chunk, values, size = [], set(), 0
+            new = list(plan.exits[key])
+        if total + len(new) > max_values:
+            break
         chunk.append(key)
         values.update(new)
         size += nbytes

@@ -200,6 +200,15 @@ def test_external_weights_are_found_and_nothing_is_left_beside_them(chain, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # the marked copy beside the weights is gone
 
 
+def test_one_value_per_run_finds_the_same_as_one_run(chain, tmp_path):
+    _, loaded, path = chain
+    changed, _ = perturbed(path, tmp_path, "model.lin2.bias", bump)
+    whole, split = locate.locate(loaded, changed, X), locate.locate(loaded, changed, X, chunk_values=1)
+    assert split.to_dict()["first"] == whole.to_dict()["first"]
+    assert [s.to_dict() for s in split.following] == [s.to_dict() for s in whole.following]
+    assert [s.value for s in split.agreeing] == [s.value for s in whole.agreeing] and split.complete
+
+
 def test_rows_are_taken_from_the_feeds(chain, tmp_path):
     _, loaded, path = chain
     changed, _ = perturbed(path, tmp_path, "model.lin2.bias", bump)
