@@ -107,6 +107,18 @@ class Divergence:
         d["agreeing"] = [s.to_dict() for s in self.agreeing]
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Divergence:
+        """Back from `to_dict()` (report.json's `divergence`), so the CLI and the page format what the report holds."""
+        sites = lambda items: [Site(**{k: _from_json(v) for k, v in x.items()}) for x in items]
+        rest = {k: _from_json(v) for k, v in d.items() if k not in ("first", "following", "agreeing")}
+        return cls(**rest, first=sites([d["first"]])[0] if d.get("first") else None,
+                   following=sites(d.get("following") or []), agreeing=sites(d.get("agreeing") or []))
+
+
+def _from_json(v: Any) -> Any:
+    return float(v) if isinstance(v, str) and v in ("nan", "inf", "-inf") else v
+
 
 def _json_float(v: Any) -> Any:
     """NaN stays NaN in Python; in JSON (report.json) it is written as the string "nan", never a number."""
@@ -642,18 +654,23 @@ def format_lines(div: Divergence) -> list[str]:
     return lines
 
 
+HEADERS = ["", "node", "op", "module", "shape", "inputs max abs diff", "max abs diff", "max rel diff"]
+
+
+def table_rows(div: Divergence) -> list[list[str]]:
+    """The values around the divergence as table rows (HEADERS): the page's table and the report's."""
+    return [[tag, s.node, s.op_type, _module(s), str(s.shape), _num(s.inputs_max_abs_diff), _num(s.max_abs_diff),
+             _num(s.max_rel_diff)] for tag, s in _rows(div)]
+
+
 def to_markdown(div: Divergence) -> str:
     """The report's section: the summary and a table of the values around the divergence."""
     head = ["## Divergence", "", div.message, ""]
-    rows = _rows(div)
+    rows = table_rows(div)
     if not rows:
         return "\n".join(head)
-    table = ["| | node | op | module | shape | inputs max abs diff | max abs diff | max rel diff |",
-             "|---|---|---|---|---|---|---|---|"]
-    for tag, s in rows:
-        cell = lambda x: str(x).replace("|", "\\|")
-        call = f" (call {s.call + 1})" if s.call else ""
-        table.append(f"| {tag} | `{cell(s.node)}` | {s.op_type} | `{cell(s.module or '(the model)')}` "
-                     f"{cell(s.module_type)}{call} | {s.shape} | {_num(s.inputs_max_abs_diff)} | {_num(s.max_abs_diff)} "
-                     f"| {_num(s.max_rel_diff)} |")
+    cell = lambda x: str(x).replace("|", "\\|")
+    table = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    for r in rows:
+        table.append(f"| {r[0]} | `{cell(r[1])}` | {r[2]} | {cell(r[3])} | " + " | ".join(r[4:]) + " |")
     return "\n".join(head + table) + "\n"

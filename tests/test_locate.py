@@ -142,6 +142,9 @@ def test_nan_stays_nan(chain, tmp_path):
     d = json.loads(json.dumps(div.to_dict()))  # strict JSON: no bare NaN
     assert d["first"]["max_abs_diff"] == "nan"
     assert "max abs diff nan" in div.message and "| nan |" in locate.to_markdown(div)
+    back = locate.Divergence.from_dict(d)  # what the CLI and the page get back from report.json
+    assert math.isnan(back.first.max_abs_diff) and back.to_dict() == d
+    assert locate.format_lines(back) == locate.format_lines(div) and locate.to_markdown(back) == locate.to_markdown(div)
 
 
 def test_a_lowering_that_drops_softplus_threshold_is_found_at_that_module(tmp_path):
@@ -224,7 +227,8 @@ def test_lines_and_table_name_the_node(chain, tmp_path):
     assert lines[0].startswith("divergence  FOUND") and reader.name in lines[0]
     assert any(line.strip().startswith("FIRST") and reader.name in line for line in lines)
     table = locate.to_markdown(div)
-    assert f"| FIRST | `{reader.name}` | {reader.op_type} | `lin2` Linear | [6, 8] |" in table
+    assert f"| FIRST | `{reader.name}` | {reader.op_type} | lin2 (Linear) | [6, 8] |" in table
+    assert f"| differs | `{div.following[0].node}` | Tanh | act (Tanh, call 2) | [6, 8] |" in table
 
 
 def _parity(ok: bool) -> ParityInfo:
