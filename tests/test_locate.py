@@ -138,6 +138,7 @@ def test_nan_stays_nan(chain, tmp_path):
     div = locate.locate(loaded, changed, X)
     assert div.first.node == reader.name and div.first.module == "lin1"
     assert math.isnan(div.first.max_abs_diff) and not div.first.ok
+    assert div.first.inputs_max_abs_diff == 0.0  # lin1 reads the graph input: the same feeds in both runtimes
     assert math.isnan(div.outputs_max_abs_diff)
     d = json.loads(json.dumps(div.to_dict()))  # strict JSON: no bare NaN
     assert d["first"]["max_abs_diff"] == "nan"
