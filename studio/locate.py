@@ -344,8 +344,8 @@ def _run_chunks(plan: _Plan, model_path: Path, chunks, feeds, final, div: Diverg
     done: set[str] = set()
     graph_inputs = {i.name for i in plan.model.graph.input}
     out_names = [o.name for o in plan.model.graph.output]
-    for chunk, values in chunks:
-        if sites and time.perf_counter() - started > time_budget_s:
+    for ran, (chunk, values) in enumerate(chunks):
+        if ran and time.perf_counter() - started > time_budget_s:  # the first run always happens
             div.stopped = f"time budget ({time_budget_s:g} s) spent"
             break
         try:
