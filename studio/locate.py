@@ -16,7 +16,8 @@ unknown size (NaN), never a number.
 Why not `torch.onnx.verification.verify_onnx_program(program, args, compare_intermediates=True)` (torch
 2.13)? It compares per fx node, but needs the in-memory `ONNXProgram` (the studio keeps only the file,
 which it rewrites and annotates after export, and it only exists for the new exporter), and it runs the
-whole model in ONNX Runtime once per value (`ONNXProgram.compute_values`): unbounded on a real model.
+whole model in ONNX Runtime once per value (`ONNXProgram.compute_values`): unbounded on a real model; and its
+reference is torch.export's program, not the eager module, so what tracing changed agrees there.
 Here one ONNX Runtime run serves a chunk of values, and the file checked is the file shipped.
 """
 from __future__ import annotations

@@ -183,6 +183,24 @@ def test_a_module_exported_differently_is_named(exporter, tmp_path):
     assert div.first.max_abs_diff == pytest.approx(expected, rel=1e-4)
 
 
+def test_torchs_own_verification_compares_with_the_exported_program_so_misses_what_tracing_changed(tmp_path):
+    """Why the locator compares with the eager module: verify_onnx_program(compare_intermediates=True) (torch
+    2.13) compares the ONNX values with torch.export's program, which already holds the traced 2.5."""
+    from torch.onnx.verification import verify_onnx_program
+
+    from studio.quiet import quiet
+    from studio.wrap import wrap
+    torch.manual_seed(0)
+    loaded = loaded_for(Drifting())
+    with quiet(("", "torch.onnx", "onnxscript")):
+        program = torch.onnx.export(wrap(loaded, ["x"]), (X["x"],), dynamo=True)
+        infos = verify_onnx_program(program, (X["x"],), compare_intermediates=True)
+    assert infos and max(i.max_abs_diff for i in infos) < 1e-5  # "everything agrees"
+    program.save(str(tmp_path / "model.onnx"))
+    div = locate.locate(loaded, tmp_path / "model.onnx", X)
+    assert div.found and div.first.module == "drift" and div.first.max_abs_diff > 0.1
+
+
 def test_the_budgets_say_how_far_it_got(chain, tmp_path):
     _, loaded, path = chain
     div = locate.locate(loaded, path, X, max_values=1)
