@@ -8,8 +8,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import (BatchError, CheckpointError, ExportError, OpsetMismatchError, ShapeError, StudioError,
-                     ToleranceError, UnsafeCheckpointError, UnsafePathError)
+from .errors import (BatchError, CheckpointError, ExportError, OpsetMismatchError, StudioError,
+                     UnsafeCheckpointError, UnsafePathError)
 from .report import Report
 from .spec import ConvertSpec, SampleLimits
 
@@ -58,5 +58,4 @@ def inspect_onnx(path):
 
 __all__ = ["convert", "ConvertSpec", "SampleLimits", "Report", "load_checkpoint", "read_sample", "build_batch",
            "suggest_roles", "inspect_onnx", "StudioError", "CheckpointError", "UnsafeCheckpointError",
-           "BatchError", "ExportError", "OpsetMismatchError", "ShapeError", "ToleranceError",
-           "UnsafePathError", "__version__"]
+           "BatchError", "ExportError", "OpsetMismatchError", "UnsafePathError", "__version__"]

@@ -66,10 +66,11 @@ import numpy as np
 import onnx
 import torch
 
-from . import export as export_mod
 from . import latency as latency_mod
 from . import parity as parity_mod
 from . import runtime
+from .artifacts import artifact_files
+from .artifacts import remove_model as _remove
 from .report import LatencyInfo, OutputDiff, ParityInfo, VariantInfo
 from .sources.base import LoadedModel
 
@@ -191,12 +192,7 @@ class Context:
 
 
 def _files(path: Path) -> list[Path]:
-    return export_mod.artifact_files(path)
-
-
-def _remove(path: Path) -> None:
-    for p in (path, Path(str(path) + ".data")):
-        p.unlink(missing_ok=True)
+    return artifact_files(path)
 
 
 def _op_counts(path: Path) -> dict[str, int]:

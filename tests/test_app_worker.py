@@ -10,7 +10,8 @@ import psutil
 import pytest
 
 from studio.app.jobs import Sessions
-from studio.app.worker import Job, JobError, Limits, run_job
+import studio.app.worker  # noqa: F401 - registers the app's tasks (preview, check, convert)
+from studio.isolate import Job, JobError, Limits, run_job
 from studio.spec import ConvertSpec
 
 REPO = Path(__file__).resolve().parents[1]
