@@ -139,7 +139,7 @@ class Job:
         recv, send = ctx.Pipe(duplex=False)
         mem = self.limits.memory_mb * 2**20 if self.limits.memory_mb else None
         proc = ctx.Process(target=_child_main, name=f"studio-{self.task}", daemon=True,
-                           args=(_TASKS[self.task], self.payload, send, mem, tuple(PRELOAD)))
+                           args=(self.task, _TASKS[self.task], self.payload, send, mem, tuple(PRELOAD)))
         with self._lock:
             if self._cancel_reason:
                 raise JobError(self._cancel_reason, reason="cancelled")
@@ -195,10 +195,8 @@ class Job:
                 try:
                     if self._conn.poll(POLL_S):
                         msg = self._conn.recv()
-                except (EOFError, OSError):
+                except Exception:  # noqa: BLE001 - EOF, a closed pipe, a message cut short by a dying child
                     msg = ("eof",)
-                except Exception as e:  # noqa: BLE001 - a message cut short by a dying child
-                    msg = ("eof", f"{type(e).__name__}: {e}")
                 if msg is not None:
                     kind = msg[0]
                     if kind == "progress":
@@ -318,14 +316,14 @@ def is_oom(e: BaseException) -> bool:
         "can't allocate memory", "cannot allocate memory", "bad_alloc", "out of memory", "failed to allocate"))
 
 
-def _child_main(task: Task, payload: dict[str, Any], conn, memory_bytes: int | None,
+def _child_main(name: str, task: Task, payload: dict[str, Any], conn, memory_bytes: int | None,
                 preloaded: tuple[str, ...] = ()) -> None:
     try:
         os.setsid()  # own process group: a kill takes anything the job started with it
     except OSError:
         pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C on the server stops the server, which kills us
-    label = payload.get("label", "job")
+    label = payload.get("label", name)
     for k in FORWARD_ENV:  # e.g. the operator's --plugin list, as the server has it now
         os.environ.pop(k, None)
     os.environ.update(payload.pop("_env", None) or {})
@@ -346,12 +344,17 @@ def _child_main(task: Task, payload: dict[str, Any], conn, memory_bytes: int | N
         else:
             # the same words as the CLI (`error: unexpected ...`); the traceback stays in the server log
             traceback.print_exc()
-            _send_error(conn, {"type": type(e).__name__, "message": f"unexpected {type(e).__name__}: {e}"})
+            _send_error(conn, {"type": type(e).__name__, "message": error_text(e)})
     finally:
         try:
             conn.close()
         except OSError:
             pass
+
+
+def error_text(e: BaseException) -> str:
+    """A StudioError's own text; anything else in the CLI's words (`unexpected ValueError: ...`)."""
+    return str(e) if isinstance(e, StudioError) else f"unexpected {type(e).__name__}: {e}"
 
 
 def _send_error(conn, info: dict[str, Any]) -> None:

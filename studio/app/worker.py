@@ -22,10 +22,6 @@ DIAGNOSIS_CHARS = 20_000
 isolate.preload("studio.app._warm")
 
 
-def _error_text(e: BaseException) -> str:
-    return str(e) if isinstance(e, StudioError) else f"unexpected {type(e).__name__}: {e}"
-
-
 def _mapping(loaded, df, roles: dict[str, str], spec, data: str) -> dict[str, Any]:
     """Build the batch with this mapping: the final role of every column, the tensors it makes, or why
     the mapping cannot work (the same BatchError text a conversion would stop with)."""
@@ -60,7 +56,7 @@ def task_preview(payload: dict[str, Any], progress) -> dict[str, Any]:
             out.update({k: v for k, v in pipeline.preview(None, data, spec).items() if k != "model"})
             df = batch_mod.read_sample(data, getattr(spec, "sample_limits", None))
         except Exception as e:  # noqa: BLE001 - shown next to the upload
-            out["data_error"] = _error_text(e)
+            out["data_error"] = isolate.error_text(e)
     if ckpt:
         progress("loading checkpoint", 0.4)
         try:
@@ -69,7 +65,7 @@ def task_preview(payload: dict[str, Any], progress) -> dict[str, Any]:
         except Exception as e:  # shown next to the upload (running out of memory ends the job)
             if isolate.is_oom(e):
                 raise
-            out["model_error"] = _error_text(e)
+            out["model_error"] = isolate.error_text(e)
     if loaded is not None and df is not None:
         progress("checking mapping", 0.8)
         out["mapping"] = _mapping(loaded, df, dict(payload.get("roles") or {}), spec, data)
