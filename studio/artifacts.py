@@ -266,7 +266,8 @@ def main():
     for i in range(first.shape[0]):
         if first.ndim == 2:
             k = int(first[i].argmax())
-            print(f"row {{i + 1}}: class {{LABELS[k] if LABELS else k}} scores {{[round(float(x), 4) for x in first[i]]}}")
+            scores = [round(float(x), 4) for x in first[i]]
+            print(f"row {{i + 1}}: class {{LABELS[k] if LABELS else k}} scores {{scores}}")
         else:
             print(f"row {{i + 1}}: output shape {{first[i].shape}}")
     return 0 if same else 1

@@ -160,8 +160,8 @@ def test_jobs_see_the_servers_plugin_list_even_when_set_after_the_worker_server_
 def test_the_job_runner_is_part_of_the_core():
     """studio.isolate, and the CLI that runs `--memory-limit` conversions with it, import neither the app
     (studio.app, gradio) nor torch."""
-    code = ("import sys, studio.isolate, studio.cli; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('gradio', 'torch') or m.startswith('studio.app')))")
+    code = ("import sys, studio.isolate, studio.cli; print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('gradio', 'torch') or m.startswith('studio.app')))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert run.returncode == 0, run.stderr
