@@ -58,5 +58,4 @@ def inspect_onnx(path):
 
 __all__ = ["convert", "ConvertSpec", "SampleLimits", "Report", "load_checkpoint", "read_sample", "build_batch",
            "suggest_roles", "inspect_onnx", "StudioError", "CheckpointError", "UnsafeCheckpointError",
-           "BatchError", "ExportError", "OpsetMismatchError",
-           "UnsafePathError", "__version__"]
+           "BatchError", "ExportError", "OpsetMismatchError", "UnsafePathError", "__version__"]

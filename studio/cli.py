@@ -245,7 +245,7 @@ def _convert_limited(spec: ConvertSpec, progress, memory_mb: int | None, timeout
     """The conversion in a child process under the app's per-job limits (studio.app.worker: address-space
     limit in the child, resident-memory watchdog and wall-clock limit in the parent, the child's whole
     process group killed when one is passed). What a killed child leaves is removed here."""
-    from .app.worker import Job, JobError, Limits
+    from .isolate import Job, JobError, Limits
     from .pipeline import remove_stale
     if memory_mb is not None and memory_mb < 1:
         raise StudioError(f"--memory-limit must be at least 1 MB, got {memory_mb}.")

@@ -17,6 +17,7 @@ from pathlib import Path
 import onnx
 import torch
 
+from .artifacts import remove_model
 from .errors import ExportError, OpsetMismatchError, first_line
 from .graph_info import check, external_files
 from .quiet import quiet
@@ -236,22 +237,6 @@ def externalize(path: Path) -> None:
                     location=Path(path).name + ".data", size_threshold=1024)
 
 
-def artifact_files(path: Path) -> list[Path]:
-    """The .onnx file and every external-data file it refers to (all inside its folder)."""
-    return [Path(path)] + [f for f in external_files(Path(path)) if f.exists()]
-
-
-def zip_artifact(path: Path, dest: Path) -> Path:
-    """One download for a model whose weights live beside it: a .zip of the .onnx and its .data files
-    (stored, not deflated: weights barely compress). Unzipped into one folder, it loads as it is."""
-    import zipfile
-    path, dest = Path(path), Path(dest)
-    with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for f in artifact_files(path):
-            zf.write(f, arcname=f.relative_to(path.parent).as_posix())
-    return dest
-
-
 # exporter name (spec.EXPORTERS, less "auto") -> the function that runs it
 EXPORT_FUNCTIONS = {"dynamo": _export_dynamo, "torchscript": _export_legacy}
 
@@ -280,7 +265,7 @@ def export(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec, dest: Pa
         if skipped:
             attempts.append(ExportAttempt(exporter, False, skipped, 0.0, skipped=True))
             continue
-        _remove(dest)
+        remove_model(dest)
         t0, wall0 = time.perf_counter(), time.time()
         try:
             with quiet(), torch.no_grad():  # exporter progress and deprecation chatter
@@ -321,7 +306,7 @@ def export(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec, dest: Pa
         return ExportInfo(exporter=exporter, opset_requested=spec.opset, opset=written,
                           seconds=round(time.perf_counter() - start, 2), attempts=attempts,
                           external_data=bool(external_files(dest)))
-    _remove(dest)
+    remove_model(dest)
     _prune(diag_dir, attempts)
     tried = [a for a in attempts if not a.skipped]
     if last_error is None or len(attempts) > 1:
@@ -333,11 +318,6 @@ def export(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec, dest: Pa
                           details=last_error.details if last_error else None,
                           hint=last_error.hint if last_error else None)
     raise last_error
-
-
-def _remove(path: Path) -> None:
-    for p in (path, Path(str(path) + ".data")):
-        p.unlink(missing_ok=True)
 
 
 def _prune(diag_dir: Path, attempts: list[ExportAttempt]) -> None:

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import artifacts
 from . import batch as batch_mod
 from . import export as export_mod
 from . import graph_info as inspect_mod
@@ -35,9 +36,8 @@ _FRACTION = {"loading": 0.02, "batch": 0.1, "export": 0.15, "checker": 0.6, "par
              "shape probe": 0.72, "variants": 0.78, "latency": 0.85, "writing": 0.97}
 Progress = Callable[[str, float], None]
 
-# Files a conversion owns inside the output folder (replaced on every run, nothing else touched).
-OWNED = ("model.onnx", "model.onnx.data", "report.json", "report.md", "inference_example.py",
-         "sample_inputs.npz", "tokenizer", "diagnostics", "variants")
+# Options the report does not list: server paths, named in it without their folders (see artifacts).
+UNREPORTED = ("display_paths",)
 
 
 def _versions() -> dict[str, str]:
@@ -81,8 +81,8 @@ def convert(spec: ConvertSpec, progress: Progress | None = None) -> Report:
         say("writing", _FRACTION["writing"])
         report.seconds = round(time.perf_counter() - started, 2)
         report.options["out"] = str(out)
-        _write_report(report, work)
-        _move_into(work, out)
+        artifacts.write_report(report, work, spec.display_paths)
+        artifacts.move_into(work, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     say("done", 1.0)
@@ -110,31 +110,58 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
     say("batch", _FRACTION["batch"])
     df = batch_mod.read_sample(spec.data, spec.sample_limits)
     batch = batch_mod.build_batch(df, loaded, spec.roles, spec, file=str(spec.data))
-    tensors = batch.tensors
 
     say("export", _FRACTION["export"])
     model_path = work / "model.onnx"
-    export_info: ExportInfo = export_mod.export(loaded, tensors, spec, model_path)
-    axes = export_mod.dynamic_axes_for(loaded, tensors, spec)
+    export_info: ExportInfo = export_mod.export(loaded, batch.tensors, spec, model_path)
+    axes = export_mod.dynamic_axes_for(loaded, batch.tensors, spec)
     export_mod.annotate(model_path, _metadata(spec, loaded, batch, export_info))
-
     runtime.release_memory()  # the exporter's intermediate graphs are garbage now
 
     say("checker", _FRACTION["checker"])
+    checks = _check(spec, loaded, batch.tensors, model_path, axes, say)
+    variant_infos, latency = _variants_and_latency(spec, loaded, batch.tensors, model_path, axes, work, say)
+
+    report = Report(
+        source=loaded.describe(),
+        roles=batch.roles,
+        export=export_info,
+        graph=checks["graph"],
+        checker=checks["checker"],
+        parity=checks["parity"],
+        dynamic=checks["dynamic"],
+        latency=latency,
+        options={k: v for k, v in spec.to_dict().items() if k not in UNREPORTED},
+        predictions=_predictions(batch, loaded, checks["onnx_outputs"]),
+        versions=_versions(),
+        variants=variant_infos,
+        warnings=list(batch.warnings) + list(loaded.info.get("warnings") or []),
+        feeds={n: [dict(f) for f in parts] for n, parts in batch.features.items()},
+    )
+    report.files = _write_files(spec, loaded, batch, df, work)
+    return report
+
+
+def _check(spec: ConvertSpec, loaded, tensors, model_path: Path, axes, say: Progress) -> dict[str, Any]:
+    """The onnx checker, the graph's facts, parity on the sample and the shape probes (one ORT session)."""
     checker = inspect_mod.check(model_path)
     graph = inspect_mod.graph_info(model_path)
 
     say("parity", _FRACTION["parity"])
-    threads = spec.threads or runtime.default_threads()
     # checks run without ORT's memory arena (it never shrinks); latency gets its own default session
-    session = runtime.cpu_session(model_path, threads, arena=False)
+    session = runtime.cpu_session(model_path, spec.threads or runtime.default_threads(), arena=False)
     parity, onnx_outputs = parity_mod.parity(loaded, session, tensors, spec.atol, spec.rtol)
 
     say("shape probe", _FRACTION["shape probe"])
     dynamic = parity_mod.probes(loaded, session, tensors, axes, spec.atol, spec.rtol)
     del session
     runtime.release_memory()
+    return {"checker": checker, "graph": graph, "parity": parity, "dynamic": dynamic, "onnx_outputs": onnx_outputs}
 
+
+def _variants_and_latency(spec: ConvertSpec, loaded, tensors, model_path: Path, axes, work: Path, say: Progress):
+    """The variants asked for (built and checked), then PyTorch, model.onnx and every variant timed side by
+    side. Returns (variant infos, model.onnx's latency)."""
     variant_infos, timed = [], {"model": latency_mod.Target(model_path)}
     if spec.variants:
         say("variants", _FRACTION["variants"])
@@ -144,45 +171,28 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
 
     say("latency", _FRACTION["latency"])
     span = _FRACTION["writing"] - _FRACTION["latency"]  # slow models take a while here: move the bar per round
-    measured = latency_mod.measure_all(loaded, timed, tensors, threads=threads, budget_s=spec.latency_budget_s,
-                                       cuda=spec.cuda,
+    measured = latency_mod.measure_all(loaded, timed, tensors, threads=spec.threads or runtime.default_threads(),
+                                       budget_s=spec.latency_budget_s, cuda=spec.cuda,
                                        progress=lambda f: say("latency", _FRACTION["latency"] + span * f))
-    latency = measured["model"]
     if variant_infos:
-        variants.attach_latency(variant_infos, measured, latency)
+        variants.attach_latency(variant_infos, measured, measured["model"])
+    return variant_infos, measured["model"]
 
-    report = Report(
-        source=loaded.describe(),
-        roles=batch.roles,
-        export=export_info,
-        graph=graph,
-        checker=checker,
-        parity=parity,
-        dynamic=dynamic,
-        latency=latency,
-        options=spec.to_dict(),
-        predictions=_predictions(batch, loaded, onnx_outputs),
-        versions=_versions(),
-        variants=variant_infos,
-        warnings=list(batch.warnings) + list(loaded.info.get("warnings") or []),
-        feeds={n: [dict(f) for f in parts] for n, parts in batch.features.items()},
-    )
 
-    np.savez(work / "sample_inputs.npz", **{n: t.detach().cpu().numpy() for n, t in tensors.items()})
+def _write_files(spec: ConvertSpec, loaded, batch, df, work: Path) -> dict[str, str]:
+    """The sample's tensors, the tokenizer, the example script and the rows it reads; their report.files."""
+    np.savez(work / "sample_inputs.npz", **{n: t.detach().cpu().numpy() for n, t in batch.tensors.items()})
     if loaded.tokenizer is not None:
         loaded.tokenizer.save_pretrained(str(work / "tokenizer"))
-    sample_copy = "sample" + Path(spec.data).suffix.lower()
-    shutil.copyfile(spec.data, work / sample_copy)
-    (work / "inference_example.py").write_text(_example_script(loaded, batch, sample_copy, spec.fill_value,
-                                                                       work / sample_copy))
-    report.files = {"model": "model.onnx", "report_json": "report.json", "report_md": "report.md",
-                    "example": "inference_example.py", "sample_inputs": "sample_inputs.npz",
-                    "sample": sample_copy}
+    example = artifacts.write_example(work, loaded, batch, df, spec.data, spec.fill_value)
+    files = {"model": "model.onnx", "report_json": "report.json", "report_md": "report.md",
+             "example": example["example"], "sample_inputs": "sample_inputs.npz", "sample": example["sample"],
+             "sample_rows": example["sample_rows"]}
     if (work / "model.onnx.data").exists():
-        report.files["data"] = "model.onnx.data"
+        files["data"] = "model.onnx.data"
     if loaded.tokenizer is not None:
-        report.files["tokenizer"] = "tokenizer"
-    return report
+        files["tokenizer"] = "tokenizer"
+    return files
 
 
 def _metadata(spec: ConvertSpec, loaded, batch, info: ExportInfo) -> dict[str, str]:
@@ -228,180 +238,3 @@ def _predictions(batch, loaded, outputs: dict[str, np.ndarray]) -> list[dict[str
         row["prediction"] = labels[k] if labels and k < len(labels) else k
         row["confidence"] = round(float(probs[i, k]), 4)
     return rows
-
-
-def _write_report(report: Report, work: Path) -> None:
-    (work / "report.json").write_text(report.to_json())
-    (work / "report.md").write_text(report.to_markdown())
-
-
-def _move_into(work: Path, out: Path) -> None:
-    """Replace the conversion's own files in `out`; leave anything else the user keeps there."""
-    out.mkdir(parents=True, exist_ok=True)
-    for name in OWNED + tuple(p.name for p in out.glob("sample.*")):
-        target = out / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-    for item in work.iterdir():
-        shutil.move(str(item), str(out / item.name))
-
-
-EXAMPLE = '''"""Run model.onnx on the sample rows with onnxruntime. Generated by ONNX Studio {version}.
-
-Needs: onnxruntime, numpy, pandas{tok_need}. Run from anywhere: python inference_example.py
-"""
-import json
-from pathlib import Path
-
-import numpy as np
-import onnxruntime as ort
-import pandas as pd
-
-HERE = Path(__file__).resolve().parent
-SAMPLE = HERE / {sample!r}
-TEXT_COLUMNS = {text_columns!r}        # tokenized together (a pair when there are two)
-TABULAR = {tabular!r}                  # graph input -> sample columns, concatenated in this order
-CATEGORIES = {categories!r}            # categorical graph input -> its categories, one-hot in this order
-TEXT_INPUTS = {text_inputs!r}          # graph input -> tokenizer output
-TOKENIZER = {tokenizer!r}              # tokenizer call settings used at export
-ID_DTYPE = np.{id_dtype}
-LABELS = {labels!r}
-SEP = {sep!r}                          # the delimiter of a CSV / TSV / TXT sample
-EMBEDDING = {embedding!r}              # the sentence-embedding output, for embedding models
-
-
-def read_json_table(data):
-    """The JSON layouts the studio reads: records, {{"data": records}}, and pandas' to_json orients."""
-    if isinstance(data, dict) and isinstance(data.get("data"), list):
-        if isinstance(data.get("columns"), list):  # orient="split"
-            return pd.DataFrame(data["data"], columns=data["columns"])
-        return pd.DataFrame(data["data"])  # {{"data": records}}, orient="table"
-    if isinstance(data, list):
-        if data and isinstance(data[0], list):  # orient="values": columns are named 0, 1, ...
-            return pd.DataFrame(data, columns=[str(i) for i in range(len(data[0]))])
-        return pd.DataFrame(data)  # records
-    values = list(data.values())
-    if values and all(isinstance(v, dict) for v in values):
-        digits = lambda keys: all(str(k).lstrip("+-").isdigit() for k in keys)  # noqa: E731
-        if digits(data) and not digits({{k for v in values for k in v}}):  # orient="index"
-            return pd.DataFrame(values)
-        return pd.DataFrame({{c: list(v.values()) for c, v in data.items()}})  # orient="columns"
-    if values and all(isinstance(v, list) for v in values):
-        return pd.DataFrame(data)
-    return pd.DataFrame([data])
-
-
-def read_sample(path):
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        return pd.read_json(path, lines=True, dtype=False)
-    if suffix == ".json":
-        return read_json_table(json.loads(path.read_text(encoding="utf-8-sig")))
-    for encoding in ("utf-8-sig", "latin-1"):
-        try:
-            return pd.read_csv(path, sep=SEP, dtype=str, keep_default_na=False, encoding=encoding)
-        except UnicodeDecodeError:
-            continue
-
-
-def tabular(values, fill=None):
-    rows = []
-    for v in values:
-        if isinstance(v, str):
-            s = v.strip()
-            v = json.loads(s) if s.startswith("[") else {{"true": 1.0, "false": 0.0}}.get(s.lower(), s)
-            if v == "" and fill is not None:
-                v = fill
-        rows.append(np.atleast_1d(np.asarray(v, dtype=np.float32)))
-    return np.stack(rows).astype(np.float32)
-
-
-def build_inputs(df):
-    feeds = {{}}
-    if TEXT_COLUMNS:
-        from transformers import AutoTokenizer
-        tok = AutoTokenizer.from_pretrained(HERE / "tokenizer")
-        texts = [["" if v is None or v != v else str(v) for v in df[c].tolist()] for c in TEXT_COLUMNS]
-        enc = tok(*texts, padding=True, truncation=True, max_length=TOKENIZER["max_length"], return_tensors="np")
-        for name, key in TEXT_INPUTS.items():
-            value = enc[key] if key in enc else np.zeros_like(enc["input_ids"])
-            feeds[name] = value.astype(ID_DTYPE)
-    for name, columns in TABULAR.items():
-        if name in CATEGORIES:
-            cats = CATEGORIES[name]
-            values = [str(v).strip() for v in df[columns[0]].tolist()]
-            feeds[name] = np.array([[1.0 if v == c else 0.0 for c in cats] for v in values], dtype=np.float32)
-            continue
-        parts = [tabular(df[c].tolist(), TOKENIZER.get("fill_value")) for c in columns]
-        feeds[name] = np.concatenate(parts, axis=1).astype(np.float32)
-    return feeds
-
-
-def show_embeddings(emb):
-    """Each row's embedding (first values, size, length) and the cosine similarity of every pair of rows."""
-    emb = emb.astype(np.float64)
-    norms = np.linalg.norm(emb, axis=1, keepdims=True)
-    for i, row in enumerate(emb):
-        head = ", ".join(f"{{x:.4f}}" for x in row[:6])
-        print(f"row {{i + 1}}: embedding [{{head}}, ...] ({{row.shape[0]}} values, L2 norm {{norms[i, 0]:.4f}})")
-    unit = emb / np.maximum(norms, 1e-12)
-    sims = unit @ unit.T
-    print("cosine similarity (rows x rows):")
-    print("       " + " ".join(f"{{'row ' + str(j + 1):>7}}" for j in range(len(emb))))
-    for i in range(len(emb)):
-        print(f"{{'row ' + str(i + 1):>6}} " + " ".join(f"{{x:7.4f}}" for x in sims[i]))
-
-
-def main():
-    df = read_sample(SAMPLE)
-    feeds = build_inputs(df)
-    session = ort.InferenceSession(str(HERE / "model.onnx"), providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
-    outputs = session.run(None, {{n: feeds[n] for n in names}})
-    expected = np.load(HERE / "sample_inputs.npz")
-    same = all(np.array_equal(feeds[n], expected[n]) for n in names)
-    print("inputs match sample_inputs.npz:", same)
-    if EMBEDDING is not None:
-        show_embeddings(outputs[[o.name for o in session.get_outputs()].index(EMBEDDING)])
-        return 0 if same else 1
-    first = outputs[0]
-    for i in range(first.shape[0]):
-        if first.ndim == 2:
-            k = int(first[i].argmax())
-            print(f"row {{i + 1}}: class {{LABELS[k] if LABELS else k}} scores {{[round(float(x), 4) for x in first[i]]}}")
-        else:
-            print(f"row {{i + 1}}: output shape {{first[i].shape}}")
-    return 0 if same else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
-'''
-
-
-def _example_script(loaded, batch, sample_name: str, fill_value: float | None,
-                    sample_path: Path | None = None) -> str:
-    from . import __version__
-    # text input kinds are the tokenizer's output names
-    text_map = {i.name: i.kind for i in loaded.inputs if i.name in batch.tensors and i.kind != TABULAR}
-    settings = {**batch.tokenizer_settings, "fill_value": fill_value}
-    sep = ","
-    if sample_path is not None and sample_path.suffix.lower() in batch_mod.CSV_SUFFIXES:
-        raw = sample_path.read_bytes()
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            text = raw.decode("latin-1")
-        sep = batch_mod._pick_delimiter(text, batch_mod.CSV_SUFFIXES[sample_path.suffix.lower()])
-    return EXAMPLE.format(version=__version__, sample=sample_name, text_columns=list(batch.text_columns),
-                          tabular={n: list(c) for n, c in batch.tabular.items()}, text_inputs=text_map,
-                          categories={i.name: list(i.vocab) for i in loaded.tabular_inputs
-                                      if i.vocab and i.name in batch.tabular},
-                          tokenizer=settings,
-                          id_dtype=batch.tokenizer_settings.get("id_dtype", "int64"),
-                          labels=loaded.info.get("labels"), sep=sep,
-                          embedding=next((n for n in loaded.output_names if loaded.output_kinds.get(n) == "embedding"),
-                                         None),
-                          tok_need=", transformers" if batch.text_columns else "")

@@ -1,6 +1,7 @@
 """Report dataclasses -> JSON, Markdown and table rows. Results live here, never only in log lines."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -458,3 +459,18 @@ def render_markdown(r: Report) -> str:
     if r.warnings:
         out += ["## Warnings"] + [f"- {w}" for w in r.warnings] + [""]
     return "\n".join(out)
+
+
+def map_leaves(obj: Any, leaf) -> Any:
+    """`leaf` applied to every value (and dict key) inside dataclasses (changed in place), dicts, lists and
+    tuples (a subclass of list or tuple comes back as a list)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            setattr(obj, f.name, map_leaves(getattr(obj, f.name), leaf))
+        return obj
+    if isinstance(obj, dict):
+        return {map_leaves(k, leaf): map_leaves(v, leaf) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        items = (map_leaves(v, leaf) for v in obj)
+        return type(obj)(items) if type(obj) in (list, tuple) else list(items)
+    return leaf(obj)

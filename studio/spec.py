@@ -120,6 +120,9 @@ class ConvertSpec:
     trust_code: bool = False  # operator-only: allow TorchScript / .pt2 / pickled modules
     max_params: int = MAX_PARAMS_DEFAULT  # operator limit: parameters a checkpoint's config may declare
     sample_limits: SampleLimits = field(default_factory=SampleLimits)  # what the sample file may hold
+    # the app: server paths (uploads, the job's out folder) that report.json / report.md name without their
+    # folders, as the person who uploaded them knows them (studio.artifacts.write_report); () = as given
+    display_paths: tuple[str, ...] = ()
     debug: bool = False
 
     def validated(self) -> "ConvertSpec":

@@ -62,14 +62,15 @@ import numpy as np
 import onnx
 import torch
 
-from . import export as export_mod
 from . import graph_info
 from . import latency as latency_mod
 from . import parity as parity_mod
 from . import runtime
+from .artifacts import artifact_files
+from .artifacts import remove_model
 from .errors import first_line
-from .quiet import quiet
 from .parity import Tolerance, cached_reference, judge
+from .quiet import quiet
 from .report import LatencyInfo, ParityInfo, VariantInfo
 from .sources.base import LoadedModel
 
@@ -131,12 +132,7 @@ class Context:
 
 
 def _files(path: Path) -> list[Path]:
-    return export_mod.artifact_files(path)
-
-
-def _remove(path: Path) -> None:
-    for p in (path, Path(str(path) + ".data")):
-        p.unlink(missing_ok=True)
+    return artifact_files(path)
 
 
 def _op_counts(path: Path) -> dict[str, int]:
@@ -213,7 +209,7 @@ def build_optimized(ctx: Context, src: Path, dest: Path) -> Built:
             fused = _fused(tmp)
         except Exception as e:
             notes.append(f"{label} failed: {first_line(e, with_type=True)}.")
-            _remove(tmp)
+            remove_model(tmp)
             continue
         candidates.append((_score(fused), tmp, label, fused))
         gc.collect()
@@ -221,7 +217,7 @@ def build_optimized(ctx: Context, src: Path, dest: Path) -> Built:
     for _, tmp, label, fused in candidates:
         if best is None or tmp != best[1]:
             notes.append(f"{label} fused {_describe(fused)} (not kept).")
-            _remove(tmp)
+            remove_model(tmp)
     if best is not None and best[0][1] > 0:
         score, tmp, label, fused = best
         _move(tmp, dest)
@@ -231,7 +227,7 @@ def build_optimized(ctx: Context, src: Path, dest: Path) -> Built:
                         "(com.microsoft): this file runs on ONNX Runtime only.")
         return Built(dest, label, src, notes)
     if best is not None:
-        _remove(best[1])
+        remove_model(best[1])
     runtime.save_optimized(src, dest, ctx.threads, level="extended", external_data=ctx.external)
     notes.insert(0, "No transformer fusion matched this graph: ONNX Runtime graph optimisations (level extended, "
                     "no hardware-specific layouts) were applied and saved offline; model.onnx gets the same ones "
@@ -464,7 +460,7 @@ def build(spec, loaded: LoadedModel, tensors: dict[str, torch.Tensor], model_pat
             with quiet(ROOT_LOGGER):  # the quantizer and optimizers log advice to the root logger
                 made = variant.build(ctx, src, dest)
         except Exception as e:
-            _remove(dest)
+            remove_model(dest)
             info.error = f"could not be built: {first_line(e, with_type=True)}"
             results.append(info)
             continue

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -10,7 +13,8 @@ import psutil
 import pytest
 
 from studio.app.jobs import Sessions
-from studio.app.worker import Job, JobError, Limits, run_job
+import studio.app.worker  # noqa: F401 - registers the app's tasks (preview, check, convert)
+from studio.isolate import Job, JobError, Limits, run_job
 from studio.spec import ConvertSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,6 +106,7 @@ def test_preview_and_convert_the_demo(tmp_path):
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["source"]["path"] == "demo_model.pt" and saved["options"]["data"] == "sample.csv"
     assert saved["options"]["out"] == "out" and saved["ok"] is True
+    assert "display_paths" not in saved["options"]  # the scrubbing option is not itself reported
 
 
 def test_preview_reports_a_bad_checkpoint_beside_good_columns(tmp_path):
@@ -150,3 +155,16 @@ def test_jobs_see_the_servers_plugin_list_even_when_set_after_the_worker_server_
     assert run_job("selftest", {})["env"]["ONNX_STUDIO_PLUGINS"] == "acme.studio_plugin"
     monkeypatch.delenv("ONNX_STUDIO_PLUGINS")
     assert run_job("selftest", {})["env"]["ONNX_STUDIO_PLUGINS"] is None
+
+
+def test_the_job_runner_is_part_of_the_core():
+    """studio.isolate, and the CLI that runs `--memory-limit` conversions with it, import neither the app
+    (studio.app, gradio) nor torch."""
+    code = ("import sys, studio.isolate, studio.cli; print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('gradio', 'torch') or m.startswith('studio.app')))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
+    with pytest.raises(ValueError, match="unknown task 'nope'"):
+        Job("nope", {})

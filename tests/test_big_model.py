@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from studio import ConvertSpec, convert
+from studio import ConvertSpec, artifacts, convert
 from studio import export as export_mod
 from studio.graph_info import check
 
@@ -65,7 +65,7 @@ def test_downloadable_as_one_zip_that_runs_where_it_is_unpacked(big, tmp_path):
     feeds = dict(np.load(out / "sample_inputs.npz"))
     expected = _run(out / "model.onnx", feeds)
     for name in ["model.onnx"] + [v.file for v in report.variants]:
-        z = export_mod.zip_artifact(out / name, tmp_path / (name.replace("/", "_") + ".zip"))
+        z = artifacts.zip_artifact(out / name, tmp_path / (name.replace("/", "_") + ".zip"))
         with zipfile.ZipFile(z) as zf:
             names = sorted(zf.namelist())
             zf.extractall(tmp_path / z.stem)

@@ -177,3 +177,47 @@ def test_encoder_and_token_level_outputs_keep_symbolic_dims(task, tmp_path, samp
     out = report.graph.outputs[0]
     assert out.name == ("last_hidden_state" if task == "encoder" else "logits")
     assert out.shape[:2] == ["batch", "sequence"]
+
+
+def _sample_shapes() -> dict[str, str]:
+    """The demo's rows in JSON layouts the studio reads (pandas' own writer for the split orient)."""
+    import pandas as pd
+    records = json.loads((DEMO / "sample.json").read_text())
+    columns = {c: {str(i): r[c] for i, r in enumerate(records) if not (c == "price" and i == 1)} for c in records[0]}
+    return {"split": pd.DataFrame(records).to_json(orient="split"), "one_object": json.dumps(records[0]),
+            "records_key": json.dumps({"records": records}), "columns_missing_cell": json.dumps(columns)}
+
+
+@demo_missing
+@pytest.mark.parametrize("shape", ["split", "one_object", "records_key", "columns_missing_cell"])
+def test_example_script_reads_every_sample_layout(shape, tmp_path):
+    """inference_example.py reads the rows as the studio read them (sample_rows.json), whatever the layout
+    of the upload: it runs, builds the very tensors of sample_inputs.npz and prints every row's class."""
+    sample = tmp_path / f"{shape}.json"
+    sample.write_text(_sample_shapes()[shape])
+    out = tmp_path / "o"
+    report = convert(ConvertSpec(checkpoint=str(DEMO / "demo_model.pt"), data=str(sample), out=str(out),
+                                 exporter="torchscript", fill_value=0.0, latency_budget_s=0.05))
+    assert report.ok, report.failed_checks
+    assert report.files["sample_rows"] == "sample_rows.json" and (out / "sample.json").read_text() == sample.read_text()
+    run = subprocess.run([sys.executable, str(out / "inference_example.py")], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "inputs match sample_inputs.npz: True" in run.stdout
+    predicted = [line.split("class ")[1].split(" ")[0] for line in run.stdout.splitlines() if line.startswith("row ")]
+    rows = 1 if shape == "one_object" else len(json.loads((DEMO / "sample.json").read_text()))
+    assert len(predicted) == rows and predicted == [p["prediction"] for p in report.predictions]
+
+
+def test_sample_rows_keep_each_cell_as_read(tmp_path):
+    """sample_rows.json is standard JSON: missing cells null, numpy values as numbers, lists as lists."""
+    import pandas as pd
+
+    from studio import artifacts
+    df = pd.DataFrame({"a": [1.5, np.nan], "b": np.array([3, 4], dtype=np.int64), "v": [[1, 2], None],
+                       "t": ["x", float("inf")], "ok": [True, False]})
+    artifacts.write_rows(df, tmp_path / "rows.json")
+    text = (tmp_path / "rows.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"columns": ["a", "b", "v", "t", "ok"],
+                                "rows": [[1.5, 3, [1, 2], "x", True], [None, 4, None, "inf", False]]}

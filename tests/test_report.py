@@ -76,3 +76,27 @@ def test_parse_roles():
         parse_roles(["nothing"])
     spec = ConvertSpec("m", "d", dynamic_per_input={"price": ()}).validated()
     assert spec.axes_for("price") == () and spec.axes_for("input_ids") == ("batch", "sequence")
+
+
+def test_write_report_drops_server_folders_only_when_asked(tmp_path):
+    """The app passes its upload and job paths (ConvertSpec.display_paths): both files, and the Report
+    itself, name `weights.pt` / `out`; without display paths (the CLI, the API) every path is as given."""
+    from studio import artifacts
+    ckpt, out = "/srv/jobs/j1/inputs/weights.pt", "/srv/jobs/j1/out"
+    for display in ((), (ckpt, out)):
+        r = make_report()
+        r.source = {"kind": "hf", "path": ckpt}
+        r.options = {"out": out}
+        r.warnings = [f"{ckpt} has no tokenizer", "/tmp/studio-ckpt-ab12/model/config.json: odd key"]
+        folder = tmp_path / str(len(display))
+        folder.mkdir()
+        artifacts.write_report(r, folder, display)
+        saved = json.loads((folder / "report.json").read_text())
+        md = (folder / "report.md").read_text()
+        if display:
+            assert saved["source"]["path"] == r.source["path"] == "weights.pt" and saved["options"]["out"] == "out"
+            assert saved["warnings"] == ["weights.pt has no tokenizer", "model/config.json: odd key"]
+            assert "/srv/jobs" not in md and "/srv/jobs" not in (folder / "report.json").read_text()
+        else:
+            assert saved["source"]["path"] == ckpt and saved["options"]["out"] == out
+            assert saved["warnings"] == r.warnings

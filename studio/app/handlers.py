@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from .. import demo
+from ..artifacts import scrub_paths  # noqa: F401 - the app names uploads as the core does
 from ..errors import StudioError
 from ..spec import (DYNAMIC_AXES, EXPORTERS, ID_DTYPES, OPSET_MAX, OPSET_MIN, ROLES, VARIANTS, ConvertSpec, default,
                     parse_roles, parse_sample_limits, parse_tabular)
@@ -320,20 +321,3 @@ def _truthy(x: Any) -> bool:
 def zip_stem(checkpoint: str) -> str:
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(str(checkpoint)).stem).strip("-.") or "model"
     return f"{stem[:60]}-onnx"
-
-
-# The folder a zipped upload is unpacked into (studio.sources.load: "studio-ckpt-" + random), wherever it
-# lies: messages about its files name them from the archive's root ("model/config.json").
-_UNPACK_DIR = re.compile(r"""(?:[A-Za-z]:)?[^\s'"`()\[\]{}<>,;=]*?[\\/]studio-ckpt-[A-Za-z0-9_-]+(?P<sep>[\\/])?""")
-
-
-def scrub_paths(text: str, paths: list[str | Path | None]) -> str:
-    """Say `sample.csv`, not the server's upload folder: drop the folders of the given paths, and the
-    temporary folders zipped uploads are unpacked in."""
-    import os
-    import tempfile
-    for p in sorted({str(Path(p).parent) for p in paths if p}, key=len, reverse=True):
-        if p not in ("", ".", "/"):
-            text = text.replace(p + os.sep, "")
-    text = text.replace(os.path.join(tempfile.gettempdir(), "studio-ckpt-"), "/studio-ckpt-")  # even with spaces
-    return _UNPACK_DIR.sub(lambda m: "" if m.group("sep") else "(the unpacked upload)", text)

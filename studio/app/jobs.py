@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .worker import Job
+from ..isolate import Job
 
 
 @dataclass

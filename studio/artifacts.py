@@ -1,0 +1,279 @@
+"""The output folder: report.json / report.md, the example script and the sample rows it reads, the zips.
+
+pipeline.convert writes every file here through this module (into its private build folder, moved into
+place when complete); the app zips the folder with `zip_folder`. Server paths are scrubbed once, when the
+report is written (`write_report(..., display=spec.display_paths)`): the app's downloads name `sample.csv`
+and `out`, not the job folders they came from.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from .report import Report, map_leaves
+
+# Files a conversion owns inside the output folder (replaced on every run, nothing else touched), besides
+# the copy of the sample (`sample.<suffix>`).
+OWNED = ("model.onnx", "model.onnx.data", "report.json", "report.md", "inference_example.py",
+         "sample_inputs.npz", "sample_rows.json", "tokenizer", "diagnostics", "variants")
+SAMPLE_ROWS = "sample_rows.json"  # the sample as read (typed cells), what inference_example.py reads
+
+# The folder a zipped upload is unpacked into (studio.sources.load: "studio-ckpt-" + random), wherever it
+# lies: messages about its files name them from the archive's root ("model/config.json").
+_UNPACK_DIR = re.compile(r"""(?:[A-Za-z]:)?[^\s'"`()\[\]{}<>,;=]*?[\\/]studio-ckpt-[A-Za-z0-9_-]+(?P<sep>[\\/])?""")
+
+
+# --- the report ---------------------------------------------------------------------------------------
+
+def scrub_paths(text: str, paths: list[str | Path | None]) -> str:
+    """Say `sample.csv`, not the server's upload folder: drop the folders of the given paths, and the
+    temporary folders zipped uploads are unpacked in."""
+    for p in sorted({str(Path(p).parent) for p in paths if p}, key=len, reverse=True):
+        if p not in ("", ".", "/"):
+            text = text.replace(p + os.sep, "")
+    text = text.replace(os.path.join(tempfile.gettempdir(), "studio-ckpt-"), "/studio-ckpt-")  # even with spaces
+    return _UNPACK_DIR.sub(lambda m: "" if m.group("sep") else "(the unpacked upload)", text)
+
+
+def write_report(report: Report, folder: Path, display: tuple[str, ...] | list[str] = ()) -> None:
+    """report.json and report.md in `folder`. display: server paths that the report (and the Report object
+    itself, changed in place) names without their folders (`scrub_paths`); empty: every path as given."""
+    if display:
+        map_leaves(report, lambda v: scrub_paths(v, list(display)) if isinstance(v, str) else v)
+    (folder / "report.json").write_text(report.to_json())
+    (folder / "report.md").write_text(report.to_markdown())
+
+
+# --- the example script and the sample it reads -------------------------------------------------------
+
+def write_example(folder: Path, loaded, batch, df, data: str | Path, fill_value: float | None) -> dict[str, str]:
+    """inference_example.py, the rows it reads (sample_rows.json: `df` as read_sample typed it, so the
+    example cannot read the file differently from the studio) and a copy of the sample file as uploaded.
+    Returns their report.files entries."""
+    sample_copy = "sample" + Path(data).suffix.lower()
+    shutil.copyfile(data, folder / sample_copy)
+    write_rows(df, folder / SAMPLE_ROWS)
+    (folder / "inference_example.py").write_text(example_script(loaded, batch, fill_value))
+    return {"example": "inference_example.py", "sample": sample_copy, "sample_rows": SAMPLE_ROWS}
+
+
+def write_rows(df, path: Path) -> None:
+    """`{"columns": [...], "rows": [[cell, ...], ...]}`: every cell as the studio read it, in standard JSON
+    (a missing cell is null; an infinite number is its text, as the studio tokenizes it)."""
+    rows = [[_json_cell(v) for v in row] for row in df.itertuples(index=False, name=None)]
+    path.write_text(json.dumps({"columns": [str(c) for c in df.columns], "rows": rows}, ensure_ascii=False,
+                               allow_nan=False), encoding="utf-8")
+
+
+def _json_cell(v: Any) -> Any:
+    if isinstance(v, float):  # numpy's float64 too
+        return None if math.isnan(v) else v if math.isfinite(v) else str(v)
+    if v is None or isinstance(v, (str, int, bool)):
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_json_cell(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _json_cell(x) for k, x in v.items()}
+    if hasattr(v, "tolist"):  # numpy scalars and arrays
+        return _json_cell(v.tolist())
+    import pandas as pd
+    return None if v is pd.NA or v is pd.NaT else str(v)
+
+
+def example_script(loaded, batch, fill_value: float | None) -> str:
+    """The text of inference_example.py for this model and batch (see EXAMPLE)."""
+    from . import __version__
+    from .batch import NA_TOKENS
+    from .sources.base import TABULAR
+    # text input kinds are the tokenizer's output names
+    text_map = {i.name: i.kind for i in loaded.inputs if i.name in batch.tensors and i.kind != TABULAR}
+    return EXAMPLE.format(
+        version=__version__, sample=SAMPLE_ROWS, text_columns=list(batch.text_columns),
+        tabular={n: list(c) for n, c in batch.tabular.items()}, text_inputs=text_map,
+        categories={i.name: list(i.vocab) for i in loaded.tabular_inputs if i.vocab and i.name in batch.tabular},
+        tokenizer={**batch.tokenizer_settings, "fill_value": fill_value},
+        id_dtype=batch.tokenizer_settings.get("id_dtype", "int64"), labels=loaded.info.get("labels"),
+        missing=sorted({"", *NA_TOKENS}),
+        embedding=next((n for n in loaded.output_names if loaded.output_kinds.get(n) == "embedding"), None),
+        tok_need=", transformers" if batch.text_columns else "")
+
+
+# --- moving into place, zips, removing ----------------------------------------------------------------
+
+def move_into(work: Path, out: Path) -> None:
+    """Replace the conversion's own files in `out` with those built in `work`; leave anything else the user
+    keeps there."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in OWNED + tuple(p.name for p in out.glob("sample.*")):
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    for item in work.iterdir():
+        shutil.move(str(item), str(out / item.name))
+
+
+def zip_folder(folder: Path, dest: Path) -> Path:
+    """One download of a whole output folder, under a top folder named like the zip (weights stored, the
+    rest deflated)."""
+    with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                stored = path.suffix in (".onnx", ".data", ".npz")  # weights barely compress
+                zf.write(path, f"{dest.stem}/{path.relative_to(folder)}",
+                         compress_type=zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED)
+    return dest
+
+
+def artifact_files(path: Path) -> list[Path]:
+    """The .onnx file and every external-data file it refers to (all inside its folder)."""
+    from .graph_info import external_files
+    return [Path(path)] + [f for f in external_files(Path(path)) if f.exists()]
+
+
+def zip_artifact(path: Path, dest: Path) -> Path:
+    """One download for a model whose weights live beside it: a .zip of the .onnx and its .data files
+    (stored, not deflated: weights barely compress). Unzipped into one folder, it loads as it is."""
+    path, dest = Path(path), Path(dest)
+    with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for f in artifact_files(path):
+            zf.write(f, arcname=f.relative_to(path.parent).as_posix())
+    return dest
+
+
+def remove_model(path: Path) -> None:
+    """Delete an .onnx file and the `<name>.data` beside it, where they exist."""
+    for p in (Path(path), Path(str(path) + ".data")):
+        p.unlink(missing_ok=True)
+
+
+EXAMPLE = '''"""Run model.onnx on the sample rows with onnxruntime. Generated by ONNX Studio {version}.
+
+Needs: onnxruntime, numpy, pandas{tok_need}. Run from anywhere: python inference_example.py
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+SAMPLE = HERE / {sample!r}
+TEXT_COLUMNS = {text_columns!r}        # tokenized together (a pair when there are two)
+TABULAR = {tabular!r}                  # graph input -> sample columns, concatenated in this order
+CATEGORIES = {categories!r}            # categorical graph input -> its categories, one-hot in this order
+TEXT_INPUTS = {text_inputs!r}          # graph input -> tokenizer output
+TOKENIZER = {tokenizer!r}              # tokenizer call settings used at export
+ID_DTYPE = np.{id_dtype}
+LABELS = {labels!r}
+MISSING = {missing!r}  # cells read as empty (like a blank cell)
+EMBEDDING = {embedding!r}              # the sentence-embedding output, for embedding models
+
+
+def read_sample(path):
+    """The sample as the studio read it: {{"columns": [...], "rows": [[cell, ...], ...]}}, cells as typed."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return pd.DataFrame(data["rows"], columns=data["columns"], dtype=object)
+
+
+def text(v):
+    """A text cell as the tokenizer gets it: empty for a missing cell, lists and objects as JSON."""
+    if v is None or v != v:
+        return ""
+    return v if isinstance(v, str) else json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+
+
+def cell(v, fill=None):
+    """A tabular cell -> its numbers; a missing cell (or list element) gets the fill value."""
+    if isinstance(v, str):
+        s = v.strip()
+        if s.lower() in MISSING:
+            v = None
+        elif s.lower() in ("true", "false"):
+            v = s.lower() == "true"
+        else:
+            v = json.loads(s) if s.startswith("[") else float(s)
+    if isinstance(v, list):
+        return [fill if x is None or x != x else x for x in v]
+    return None if v is None or v != v else [v]
+
+
+def tabular(values, fill=None):
+    """One tabular column -> float32 [rows, width]."""
+    rows = [cell(v, fill) for v in values]
+    width = max((len(r) for r in rows if r is not None), default=1)
+    return np.array([r if r is not None else [fill] * width for r in rows], dtype=np.float32).reshape(-1, width)
+
+
+def build_inputs(df):
+    feeds = {{}}
+    if TEXT_COLUMNS:
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(HERE / "tokenizer")
+        texts = [[text(v) for v in df[c].tolist()] for c in TEXT_COLUMNS]
+        enc = tok(*texts, padding=True, truncation=True, max_length=TOKENIZER["max_length"], return_tensors="np")
+        for name, key in TEXT_INPUTS.items():
+            value = enc[key] if key in enc else np.zeros_like(enc["input_ids"])
+            feeds[name] = value.astype(ID_DTYPE)
+    for name, columns in TABULAR.items():
+        if name in CATEGORIES:
+            cats = CATEGORIES[name]
+            values = [text(v).strip() for v in df[columns[0]].tolist()]
+            feeds[name] = np.array([[1.0 if v == c else 0.0 for c in cats] for v in values], dtype=np.float32)
+            continue
+        parts = [tabular(df[c].tolist(), TOKENIZER.get("fill_value")) for c in columns]
+        feeds[name] = np.concatenate(parts, axis=1).astype(np.float32)
+    return feeds
+
+
+def show_embeddings(emb):
+    """Each row's embedding (first values, size, length) and the cosine similarity of every pair of rows."""
+    emb = emb.astype(np.float64)
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    for i, row in enumerate(emb):
+        head = ", ".join(f"{{x:.4f}}" for x in row[:6])
+        print(f"row {{i + 1}}: embedding [{{head}}, ...] ({{row.shape[0]}} values, L2 norm {{norms[i, 0]:.4f}})")
+    unit = emb / np.maximum(norms, 1e-12)
+    sims = unit @ unit.T
+    print("cosine similarity (rows x rows):")
+    print("       " + " ".join(f"{{'row ' + str(j + 1):>7}}" for j in range(len(emb))))
+    for i in range(len(emb)):
+        print(f"{{'row ' + str(i + 1):>6}} " + " ".join(f"{{x:7.4f}}" for x in sims[i]))
+
+
+def main():
+    df = read_sample(SAMPLE)
+    feeds = build_inputs(df)
+    session = ort.InferenceSession(str(HERE / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    outputs = session.run(None, {{n: feeds[n] for n in names}})
+    expected = np.load(HERE / "sample_inputs.npz")
+    same = all(np.array_equal(feeds[n], expected[n]) for n in names)
+    print("inputs match sample_inputs.npz:", same)
+    if EMBEDDING is not None:
+        show_embeddings(outputs[[o.name for o in session.get_outputs()].index(EMBEDDING)])
+        return 0 if same else 1
+    first = outputs[0]
+    for i in range(first.shape[0]):
+        if first.ndim == 2:
+            k = int(first[i].argmax())
+            scores = [round(float(x), 4) for x in first[i]]
+            print(f"row {{i + 1}}: class {{LABELS[k] if LABELS else k}} scores {{scores}}")
+        else:
+            print(f"row {{i + 1}}: output shape {{first[i].shape}}")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+'''
+
