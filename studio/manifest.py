@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -202,7 +203,7 @@ def _typed(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"must be a number, got {value!r}.")
         if base == "int":
-            if value != value or value in (float("inf"), float("-inf")) or value != int(value):
+            if not math.isfinite(value) or value != int(value):
                 raise ValueError(f"must be a whole number, got {value!r}.")
             return int(value)
         return float(value)
