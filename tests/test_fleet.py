@@ -175,3 +175,17 @@ def test_an_incomplete_folder_is_not_skipped(batch):
     finally:
         (folder / "model.onnx").write_bytes(model)
     assert stored_row(folder, digest) is not None and (folder / STATE_FILE).read_text() == state
+
+
+def test_the_core_does_not_import_ray(tmp_path):
+    """Only `--ray` imports ray: the CLI, the manifest and a local batch that skips everything do not."""
+    import subprocess
+    import sys
+    manifest = fleet_cases.write_jsonl(tmp_path / "m.jsonl", [{"checkpoint": str(demo.checkpoint()),
+                                                                "data": str(demo.sample())}])
+    code = ("import sys, studio.cli, studio.fleet, studio.manifest; "
+            f"studio.manifest.read_manifest({str(manifest)!r}); studio.cli.build_parser().parse_args(['batch', 'm']); "
+            "print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
