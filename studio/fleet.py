@@ -264,17 +264,35 @@ class Pending:
     digest: str
 
 
+_running: set = set()  # the jobs of this process's batches now running: cancelled when the batch is interrupted
+_running_lock = threading.Lock()
+
+
 def _run_isolated(spec, lim, on_progress: Callable[[str, float], None]):
     """pipeline.convert(spec) in a child process under `lim` (the app's job runner); the Report, or JobError /
-    StudioError. A killed child's build folder is removed."""
-    from .pipeline import remove_stale
+    StudioError. What a killed child leaves in the output's parent folder is removed."""
     worker = _isolate()
     job = worker.Job("convert-report", {"spec": spec, "label": "conversion"}, lim, label="conversion")
+    with _running_lock:
+        _running.add(job)
     try:
         return job.wait(on_progress)
-    finally:
+    except BaseException:
+        from .pipeline import remove_stale  # imports torch: only when a job did not end on its own
         job.kill()
         remove_stale(spec.out)
+        raise
+    finally:
+        job.kill()
+        with _running_lock:
+            _running.discard(job)
+
+
+def cancel_running(reason: str = "The batch was interrupted.") -> None:
+    with _running_lock:
+        jobs = list(_running)
+    for job in jobs:
+        job.cancel(reason)
 
 
 def convert_entry(p: Pending, lim, threads: int | None, progress: BatchProgress) -> dict[str, Any]:
@@ -315,8 +333,15 @@ def run_local(pending: list[Pending], jobs: int, lim, progress: BatchProgress) -
         rows[p.entry.name] = row
         progress.finish(p.entry.name, row)
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="studio-batch") as pool:
-        list(pool.map(one, pending))
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="studio-batch")
+    try:
+        for future in [pool.submit(one, p) for p in pending]:
+            future.result()
+    except BaseException:  # Ctrl-C / SIGTERM: stop what runs, start nothing more
+        pool.shutdown(wait=False, cancel_futures=True)
+        cancel_running()
+        raise
+    pool.shutdown()
     return rows
 
 
@@ -327,6 +352,11 @@ def run_batch(manifest: str | Path, opts: BatchOptions, stream=None) -> BatchRes
     if opts.jobs is not None and opts.jobs < 1:
         raise StudioError(f"--jobs must be at least 1, got {opts.jobs}.")
     out = Path(opts.out).expanduser().resolve()
+    if opts.shared_dir:
+        if not opts.ray:
+            raise StudioError("--shared-dir is for --ray: a folder every node of the cluster sees at the same path.")
+        from .fleet_ray import check_shared
+        check_shared(entries, out, opts.shared_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict[str, Any]] = {}
     pending = []

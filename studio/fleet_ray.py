@@ -189,24 +189,26 @@ def convert_task(name: str, spec, inputs: bytes | None, lim, queue, hooks: dict)
         return {"report": json.loads((out / "report.json").read_text()), "zip": _zip_folder(out)}
 
 
-def _check_shared(pending: list[Pending], shared: str) -> None:
+def check_shared(entries, out: Path, shared: str) -> None:
+    """With --shared-dir every input and the output folder must lie in it: the workers see nothing else."""
     root = Path(shared).expanduser().resolve()
-    for p in pending:
+    if not root.is_dir():
+        raise StudioError(f"--shared-dir {root} is not a folder.")
+    for e in entries:
         for key in INPUT_KEYS:
-            value = getattr(p.entry.spec, key)
+            value = getattr(e.spec, key)
             if value and not Path(value).resolve().is_relative_to(root):
-                raise StudioError(f"--shared-dir {root}: entry {p.entry.name!r} (line {p.entry.line}) reads {key} "
-                                  f"{value}, outside the shared folder the workers see.")
-        if not p.folder.resolve().is_relative_to(root):
-            raise StudioError(f"--shared-dir {root}: --out {p.folder.parent} is outside it; the workers could "
-                              "not write there.")
+                raise StudioError(f"--shared-dir {root}: entry {e.name!r} (line {e.line}) reads {key} {value}, "
+                                  "outside the shared folder the workers see.")
+    if not Path(out).resolve().is_relative_to(root):
+        raise StudioError(f"--shared-dir {root}: --out {out} is outside it; the workers could not write there.")
 
 
 def run_ray(pending: list[Pending], opts: BatchOptions, lim, progress: BatchProgress) -> dict[str, dict]:
     """Every pending entry as a Ray task (Ray queues them by their resource requests); rows by entry name."""
     shared = opts.shared_dir
     if shared:
-        _check_shared(pending, shared)
+        check_shared([p.entry for p in pending], pending[0].folder.parent, shared)
     started_ray = connect(opts.ray)
     import ray
     from ray.util.queue import Queue

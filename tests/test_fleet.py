@@ -189,3 +189,29 @@ def test_the_core_does_not_import_ray(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_progress_draws_bars_on_a_terminal_and_lines_elsewhere():
+    import io
+
+    from studio.fleet import BatchProgress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    row = {"verdict": "FAIL", "failed_checks": ["parity"], "error": None, "seconds": 2.0}
+    tty, log = Terminal(), io.StringIO()
+    for stream in (tty, log):
+        p = BatchProgress(total=3, done=1, stream=stream)
+        p.start("a")
+        p.update("a", "export", 0.15)
+        p.update("a", "export", 0.15)
+        p.start("b")
+        p.finish("a", row)
+    text = tty.getvalue()
+    assert "batch [########----------------] 1/3 done" in text  # the skipped entry counts as done
+    assert "  a                              [##--------------]  15% export" in text
+    assert "\x1b[" in text and "[2/3] a FAIL (parity) (2.0 s)" in text
+    assert "batch [################--------] 2/3 done, 1 FAIL" in text.rsplit("\x1b[J", 1)[1]
+    assert log.getvalue().splitlines() == ["  a: [  0%] queued", "  a: [ 15%] export", "  b: [  0%] queued",
+                                           "[2/3] a FAIL (parity) (2.0 s)"]

@@ -105,3 +105,31 @@ def test_ray_job_cancel_and_errors(cluster):
     with pytest.raises(JobError) as e:
         RayJob("selftest", {"action": "sleep", "seconds": 60}, Limits(timeout_s=2), address="local").start().wait()
     assert e.value.reason == "timeout"
+
+
+def test_shared_dir_workers_read_and_write_in_place(cluster, tmp_path):
+    (tmp_path / "model.pt").write_bytes(demo.checkpoint().read_bytes())
+    (tmp_path / "rows.csv").write_text(demo.sample().read_text())
+    manifest = fleet_cases.write_jsonl(tmp_path / "m.jsonl", [{"name": "demo", "checkpoint": "model.pt",
+                                                               "data": "rows.csv", **fleet_cases.FAST}])
+    outside = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    # --out outside the shared folder: refused before anything is sent
+    assert main(["batch", str(manifest), "--ray", "local", "--shared-dir", str(tmp_path), "--out", str(outside),
+                 "--quiet"]) == 2
+    assert not outside.exists()
+    assert main(["batch", str(manifest), "--ray", "local", "--shared-dir", str(tmp_path), "--out",
+                 str(tmp_path / "out"), "--quiet"]) == 0
+    report = json.loads((tmp_path / "out" / "demo" / "report.json").read_text())
+    assert report["ok"] and report["source"]["path"] == str(tmp_path / "model.pt")  # read where it lies
+
+
+def test_resource_requests_follow_the_entry():
+    from studio.fleet_ray import BASE_MB, WEIGHT_FACTOR, resources
+    spec = ConvertSpec(checkpoint=str(demo.checkpoint()), data=str(demo.sample())).validated()
+    mb = BASE_MB + WEIGHT_FACTOR * demo.checkpoint().stat().st_size / 2**20
+    assert resources(spec, None, 0) == {"num_cpus": 1, "memory": int(mb * 2**20), "num_gpus": 0}
+    assert resources(spec, 500, 0)["memory"] == 500 * 2**20  # never more than the job's memory limit
+    fp16 = ConvertSpec(checkpoint=spec.checkpoint, data=spec.data, variants=("fp16",), threads=3).validated()
+    assert resources(fp16, None, 0)["num_gpus"] == 0  # no GPU in the cluster: runs on CPU rather than wait
+    assert resources(fp16, None, 2) == {"num_cpus": 3, "memory": int(mb * 2**20), "num_gpus": 1}
+    assert resources(spec, None, 1, cuda_asked=True)["num_gpus"] == 1
