@@ -379,7 +379,8 @@ def _add_batch_parser(sub) -> None:
     b.add_argument("manifest", metavar="MANIFEST", help=".jsonl, .csv or .yaml: one conversion per line")
     b.add_argument("--out", default="studio-batch", metavar="DIR", help="output folder (default ./studio-batch)")
     b.add_argument("--jobs", type=int, default=None, metavar="N",
-                   help="conversions at once (default: what this machine holds: CPUs, memory / --memory-limit)")
+                   help="conversions at once (default: what this machine holds: CPUs, memory / --memory-limit); "
+                        "with --ray the cluster's resources decide")
     b.add_argument("--ray", default=None, metavar="ADDRESS",
                    help="run each conversion as a Ray task: a cluster ADDRESS (HEAD:6379), auto, or local")
     b.add_argument("--shared-dir", default=None, metavar="DIR",

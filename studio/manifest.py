@@ -163,7 +163,7 @@ def _entry(record: Any, line: int, manifest: Path, csv_cells: bool) -> ManifestE
                 raise ManifestError(f"{p} does not exist.", file=file, line=line, key=key)
             options[key] = str(p)
     name = options.pop("name", None) or _default_name(options["checkpoint"], line)
-    if not _NAME.fullmatch(str(name)):
+    if not _NAME.fullmatch(str(name)) or str(name).lower() in ("summary.json", "summary.md"):
         raise ManifestError(f"{name!r} is not a folder name (letters, digits, . _ -; not starting with . or -).",
                             file=file, line=line, key="name")
     try:

@@ -44,7 +44,7 @@ def test_jsonl_csv_yaml_read_the_same(inputs):
     assert got["csv"][0][:7] == first and got["csv"][1][6:] == ((), "second")
     assert got["yaml"][0][:7] == first and got["yaml"][1][6:] == ((), "second")
     # the default names differ only by the line they come from
-    assert got["jsonl"][0][7] == "model-line2" and got["csv"][0][7] == "model-line2" and got["yaml"][0][7] == "model-line2"
+    assert got["jsonl"][0][7] == got["csv"][0][7] == got["yaml"][0][7] == "model-line2"
 
 
 @pytest.mark.parametrize("line, key, words", [
@@ -56,6 +56,7 @@ def test_jsonl_csv_yaml_read_the_same(inputs):
     ('{"data": "rows.csv"}', "checkpoint", "is missing"),
     ('{"checkpoint": "model.pt", "data": "rows.csv", "out": "/tmp/x"}', "out", "use `name`"),
     ('{"checkpoint": "model.pt", "data": "rows.csv", "name": "../up"}', "name", "not a folder name"),
+    ('{"checkpoint": "model.pt", "data": "rows.csv", "name": "summary.json"}', "name", "not a folder name"),
     ('{"checkpoint": "model.pt", "data": "rows.csv", "name": "demo"}', "name", "already used on line 1"),
     ('{"checkpoint": "model.pt", "data": "rows.csv", "exporter": "onnxmltools"}', None, "not one of"),
     ('{"checkpoint": "model.pt", "data": "rows.csv",', None, "not a JSON object"),
