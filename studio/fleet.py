@@ -236,8 +236,9 @@ class BatchProgress:
         if self.quiet:
             return
         self._clear()
-        lines = [f"batch [{self._bar(self.done / max(1, self.total))}] {self.done}/{self.total} done, "
-                 + ", ".join(f"{n} {v}" for v, n in self.counts.items() if n)]
+        counts = ", ".join(f"{n} {v}" for v, n in self.counts.items() if n)
+        lines = [f"batch [{self._bar(self.done / max(1, self.total))}] {self.done}/{self.total} done"
+                 + (f", {counts}" if counts else "")]
         lines += [f"  {name[:30]:<30} [{self._bar(f, 16)}] {f:4.0%} {stage}" for name, (stage, f) in
                   sorted(self.running.items())]
         self.stream.write("\n".join(lines) + "\n")
@@ -407,7 +408,8 @@ def _x(v: Any) -> str:
 def summary_markdown(data: dict[str, Any]) -> str:
     c = data["counts"]
     lines = [f"# Batch summary: {_cell(Path(data['manifest']).name)}", "",
-             f"**{len(data['entries'])} entries: {c['PASS']} passed, {c['FAIL']} failed a check, {c['ERROR']} could "
+             f"**{len(data['entries'])} {'entry' if len(data['entries']) == 1 else 'entries'}: "
+             f"{c['PASS']} passed, {c['FAIL']} failed a check, {c['ERROR']} could "
              f"not be converted** ({c['skipped']} unchanged, skipped). Exit code {data['exit_code']}.", "",
              "| entry | verdict | failed checks / error | export s | model | ORT CPU vs PyTorch | variants |",
              "|---|---|---|---|---|---|---|"]

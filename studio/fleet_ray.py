@@ -216,14 +216,14 @@ def run_ray(pending: list[Pending], opts: BatchOptions, lim, progress: BatchProg
         queue = Queue(actor_options={"num_cpus": 0})
         remote = ray.remote(max_retries=0)(convert_task)
         gpus = _gpus()
-        refs = {}
+        refs, packed = {}, {}
         for p in pending:
             p.folder.mkdir(parents=True, exist_ok=True)
             (p.folder / "batch.json").unlink(missing_ok=True)
             spec = replace(p.entry.spec, out=str(p.folder))
             request = resources(spec, opts.memory_mb, gpus, cuda_asked=p.entry.options.get("cuda") is True)
             spec = replace(spec, threads=spec.threads or request["num_cpus"])
-            inputs = None if shared else ray.put(pack({k: getattr(spec, k) for k in INPUT_KEYS if getattr(spec, k)}))
+            inputs = None if shared else _put_inputs(spec, packed)
             ref = remote.options(**request, name=f"studio-convert:{p.entry.name}").remote(
                 p.entry.name, spec, inputs, lim, queue, dict(p.entry.hooks))
             refs[ref] = p
@@ -231,6 +231,16 @@ def run_ray(pending: list[Pending], opts: BatchOptions, lim, progress: BatchProg
     finally:
         if started_ray:
             ray.shutdown()
+
+
+def _put_inputs(spec, packed: dict):
+    """The entry's files in Ray's object store, sent once for entries that name the same files."""
+    import ray
+    paths = {k: getattr(spec, k) for k in INPUT_KEYS if getattr(spec, k)}
+    key = tuple(sorted(paths.items()))
+    if key not in packed:
+        packed[key] = ray.put(pack(paths))
+    return packed[key]
 
 
 def _drain(queue, progress: BatchProgress, started: dict) -> None:
