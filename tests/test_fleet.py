@@ -216,3 +216,30 @@ def test_progress_draws_bars_on_a_terminal_and_lines_elsewhere():
     assert "batch [################--------] 2/3 done, 1 FAIL" in text.rsplit("\x1b[J", 1)[1]
     assert log.getvalue().splitlines() == ["  a: [  0%] queued", "  a: [ 15%] export", "  b: [  0%] queued",
                                            "[2/3] a FAIL (parity) (2.0 s)"]
+
+
+def test_ctrl_c_stops_the_running_jobs(tmp_path):
+    """SIGINT during a conversion: exit 130, the job's processes are gone, no build folder stays behind."""
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+    manifest = fleet_cases.write_jsonl(tmp_path / "m.jsonl", [{"name": "demo", "checkpoint": str(demo.checkpoint()),
+                                                                "data": str(demo.sample()), **fleet_cases.FAST}])
+    proc = subprocess.Popen([sys.executable, "-m", "studio", "batch", str(manifest), "--out", str(tmp_path / "out")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:
+            if "export" in line:
+                break
+        kids = psutil.Process(proc.pid).children(recursive=True)
+        assert kids  # the job (and the job server it was forked from)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "demo ERROR: The batch was interrupted." in err
+    gone, alive = psutil.wait_procs(kids, timeout=10)
+    assert not alive
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["demo"] and not any((tmp_path / "out" / "demo").iterdir())
