@@ -34,6 +34,7 @@ INPUT_KEYS = ("checkpoint", "data", "config")
 BASE_MB = 600  # a conversion process before the model: python + torch + onnx + onnxruntime imported
 WEIGHT_FACTOR = 4  # bert-base (0.44 GB of weights) peaked at 2.17 GB for the whole process (DESIGN.md)
 POLL_S = 0.2
+STOP_GRACE_S = 10.0  # a cancelled task's time to stop its job's process before its worker is killed
 _OUT = "\0studio-out\0"  # stands for the job's output parent folder in a result sent back by the worker
 
 
@@ -243,6 +244,29 @@ def _put_inputs(spec, packed: dict):
     return packed[key]
 
 
+def stop(ref) -> None:
+    """Cancel a task: a KeyboardInterrupt in it first, so that its Job kills the job's own process group (a
+    force-cancel kills only the Ray worker and would leave that process running), then after STOP_GRACE_S a
+    force-cancel if it is still there. Nothing happens to a task that has finished."""
+    import ray
+    if ray.wait([ref], timeout=0)[0]:
+        return
+    try:
+        ray.cancel(ref)
+    except Exception:  # noqa: BLE001 - finished in the meantime
+        return
+
+    def force() -> None:
+        try:
+            if not ray.wait([ref], timeout=0)[0]:
+                ray.cancel(ref, force=True)
+        except Exception:  # noqa: BLE001 - Ray already shut down, or the task is gone
+            pass
+    timer = threading.Timer(STOP_GRACE_S, force)
+    timer.daemon = True
+    timer.start()
+
+
 def _drain(queue, progress: BatchProgress, started: dict) -> None:
     try:
         items = queue.get_nowait_batch(queue.qsize())
@@ -269,7 +293,7 @@ def _collect(refs: dict, queue, progress: BatchProgress) -> dict[str, dict]:
                 progress.finish(p.entry.name, row)
     except BaseException:
         for ref in left:
-            ray.cancel(ref, force=True)
+            stop(ref)
         raise
     return rows
 
@@ -403,8 +427,7 @@ class RayJob:
             self._cancel_reason = self._cancel_reason or reason
             ref = self._ref
         if ref is not None:
-            import ray
-            ray.cancel(ref, force=True)
+            stop(ref)
 
     def _drain(self, on_progress) -> None:
         try:
@@ -442,11 +465,7 @@ class RayJob:
     def cancel_quietly(self) -> None:
         """Make sure the task is gone (after a result this does nothing)."""
         if self._ref is not None:
-            import ray
-            try:
-                ray.cancel(self._ref, force=True)
-            except Exception:  # noqa: BLE001 - already finished
-                pass
+            stop(self._ref)
 
     def kill(self) -> None:
         self.cancel_quietly()

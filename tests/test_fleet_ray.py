@@ -93,12 +93,30 @@ def test_ray_job_converts_the_demo_like_the_app_job(cluster, tmp_path):
     assert (tmp_path / "job" / "out" / "model.onnx").stat().st_size == report.graph.size_bytes
 
 
+def _job_processes(worker_pid: int) -> list:
+    """The job's own processes: forked by the job server the Ray worker started (grandchildren of the worker)."""
+    import psutil
+    worker = psutil.Process(worker_pid)
+    return [p for p in worker.children(recursive=True) if p.ppid() != worker_pid]
+
+
 def test_ray_job_cancel_and_errors(cluster):
+    import psutil
     job = RayJob("selftest", {"action": "sleep", "seconds": 120}, Limits(timeout_s=300), address="local").start()
-    threading.Timer(3.0, job.cancel, args=("stopped by the test",)).start()
+    jobs = []
+
+    def cancel_once_running() -> None:
+        while not jobs:
+            if job.pid:
+                jobs.extend(_job_processes(job.pid))
+            threading.Event().wait(0.2)
+        job.cancel("stopped by the test")
+    threading.Thread(target=cancel_once_running, daemon=True).start()
     with pytest.raises(JobError) as e:
         job.wait()
     assert e.value.reason == "cancelled" and "stopped by the test" in str(e.value)
+    _, alive = psutil.wait_procs(jobs, timeout=8)  # the job's own process is gone too, not left sleeping
+    assert not alive
     with pytest.raises(JobError) as e:
         RayJob("selftest", {"action": "raise", "message": "bad sample"}, address="local").start().wait()
     assert e.value.reason == "error" and str(e.value) == "bad sample"
