@@ -140,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument(SAMPLE_LIMITS_OPTION, default=None, metavar="KEY=N,...", help=SAMPLE_LIMITS_HELP)
     a.add_argument("--debug", action="store_true", help="show tracebacks")
     a.set_defaults(func=cmd_app)
+    _add_batch_parser(sub)
     return p
 
 
@@ -365,6 +366,44 @@ def _main(args: argparse.Namespace) -> int:
         else:
             print("(run again with --debug for the traceback)", file=sys.stderr)
         return 2
+
+
+def _add_batch_parser(sub) -> None:
+    """`studio batch MANIFEST` (studio/fleet.py; on Ray: studio/fleet_ray.py)."""
+    b = sub.add_parser("batch", help="run every conversion of a manifest (JSONL / CSV / YAML), locally or on Ray",
+                       description="Convert and check every entry of MANIFEST (one conversion per line: checkpoint, "
+                                   "data, roles, options named as in ConvertSpec), each in its own process under "
+                                   "the job limits, into OUT/NAME; writes OUT/summary.json and OUT/summary.md. "
+                                   "Entries unchanged since a complete run are skipped. Exit 0 all passed, 1 a "
+                                   "check failed, 2 an entry could not be converted.")
+    b.add_argument("manifest", metavar="MANIFEST", help=".jsonl, .csv or .yaml: one conversion per line")
+    b.add_argument("--out", default="studio-batch", metavar="DIR", help="output folder (default ./studio-batch)")
+    b.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="conversions at once (default: what this machine holds: CPUs, memory / --memory-limit); "
+                        "with --ray the cluster's resources decide")
+    b.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run each conversion as a Ray task: a cluster ADDRESS (HEAD:6379), auto, or local")
+    b.add_argument("--shared-dir", default=None, metavar="DIR",
+                   help="with --ray: a folder every node mounts at the same path, holding the inputs and --out; "
+                        "default: inputs and outputs travel through Ray")
+    b.add_argument("--memory-limit", type=int, default=None, metavar="MB",
+                   help="a job using more memory is stopped (default: the app's, 8192)")
+    b.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="a job running longer is stopped (default: the app's, 600)")
+    b.add_argument("--force", action="store_true", help="run every entry, also those unchanged since their last run")
+    b.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    b.add_argument("--debug", action="store_true", help="show tracebacks")
+    b.set_defaults(func=cmd_batch)
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from .fleet import BatchOptions, run_batch
+    result = run_batch(args.manifest, BatchOptions(
+        out=args.out, jobs=args.jobs, memory_mb=args.memory_limit, timeout_s=args.timeout, force=args.force,
+        quiet=args.quiet, ray=args.ray, shared_dir=args.shared_dir))
+    print(result.summary_md.read_text(), end="")
+    print(f"summary  {result.summary_json}, {result.summary_md}")
+    return result.exit_code
 
 
 if __name__ == "__main__":

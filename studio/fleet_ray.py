@@ -1,0 +1,483 @@
+"""Conversions as Ray tasks: `studio batch --ray ADDRESS|auto|local` (run_ray) and RayJob, a drop-in for the
+app's Job (studio.app.worker) that runs one job on a Ray cluster.
+
+Each task asks Ray for what it needs: CPUs (the entry's `threads`, else 1), memory (estimated from the size of
+the checkpoint, at most the job memory limit) and a GPU when CUDA latency or the fp16 variant is asked for and
+the cluster has one. On the worker the job runs in its own process under the same limits as on one machine
+(studio.fleet._run_isolated). By default the inputs travel to the worker and the output folder comes back
+through Ray (zip bytes), so the nodes share no disk; with `shared_dir` every node reads the inputs and writes
+the output at the same paths. A worker that dies fails only its own entry.
+
+Only this module imports ray, and only when a batch or job is sent to Ray.
+"""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+import uuid
+import zipfile
+from dataclasses import fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import StudioError, first_line
+from .fleet import (BatchOptions, BatchProgress, Pending, _isolate, _run_isolated, error_row, finish_error,
+                    row_from_report, write_state)
+
+HOOK_ENV = "ONNX_STUDIO_FLEET_TEST_HOOKS"  # "1": honour the manifest's test-only keys (tests/test_fleet_ray.py)
+INPUT_KEYS = ("checkpoint", "data", "config")
+BASE_MB = 600  # a conversion process before the model: python + torch + onnx + onnxruntime imported
+WEIGHT_FACTOR = 4  # bert-base (0.44 GB of weights) peaked at 2.17 GB for the whole process (DESIGN.md)
+POLL_S = 0.2
+STOP_GRACE_S = 10.0  # a cancelled task's time to stop its job's process before its worker is killed
+_OUT = "\0studio-out\0"  # stands for the job's output parent folder in a result sent back by the worker
+
+
+# --- the cluster ------------------------------------------------------------------------------------------------
+
+def connect(address: str | None) -> bool:
+    """Join the cluster at ADDRESS (`auto`: the one this machine belongs to), or start a local one (`local`).
+    An already initialised Ray is used as it is. True when this call initialised Ray."""
+    try:
+        import ray
+    except ImportError as e:
+        raise StudioError("--ray needs the ray package.", hint='pip install "onnx-studio[ray]" (ray>=2.40) on '
+                          "this machine and on every node of the cluster.") from e
+    if ray.is_initialized():
+        return False
+    try:
+        if address in (None, "", "local"):
+            ray.init(include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise StudioError(f"Cannot connect to the Ray cluster at {address}: {first_line(e)}",
+                          hint="Start it with `ray start --head` (workers: `ray start --address=HEAD:6379`), "
+                               "or use --ray local for a cluster on this machine.") from e
+    return True
+
+
+def _size_bytes(path: str | None) -> int:
+    if not path:
+        return 0
+    p = Path(path)
+    if p.is_file():
+        return p.stat().st_size
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def resources(spec, memory_limit_mb: int | None, gpus_in_cluster: float, cuda_asked: bool = False) -> dict:
+    """The Ray resource request of one conversion."""
+    mb = BASE_MB + WEIGHT_FACTOR * _size_bytes(spec.checkpoint) / 2**20
+    if memory_limit_mb:
+        mb = min(mb, memory_limit_mb)
+    wants_gpu = cuda_asked or "fp16" in tuple(spec.variants)
+    return {"num_cpus": int(spec.threads or 1), "memory": int(mb * 2**20),
+            "num_gpus": 1 if wants_gpu and gpus_in_cluster >= 1 else 0}
+
+
+def _gpus() -> float:
+    import ray
+    return float(ray.cluster_resources().get("GPU", 0))
+
+
+# --- moving files through Ray -----------------------------------------------------------------------------------
+
+def pack(paths: dict[str, str]) -> bytes:
+    """Zip bytes of the named files or folders, each under its key (`checkpoint/model.pt`, `data/x.csv`)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, path in paths.items():
+            p = Path(path)
+            items = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+            for f in items:
+                zf.write(f, f"{key}/{p.name}" + ("" if f == p else f"/{f.relative_to(p)}"))
+    return buf.getvalue()
+
+
+def unpack(data: bytes, dest: Path) -> None:
+    """Extract zip bytes into dest (zipfile drops absolute names and `..`, so nothing lands outside it)."""
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        for name in zf.namelist():
+            if name.startswith("/") or ".." in Path(name).parts:
+                raise StudioError(f"Refusing the file {name!r} sent back by a Ray worker: it points outside "
+                                  "its folder.")
+        zf.extractall(dest)
+
+
+def _zip_folder(folder: Path) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1, allowZip64=True) as zf:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                stored = f.suffix in (".onnx", ".data", ".npz")  # weights barely compress
+                zf.write(f, str(f.relative_to(folder)), compress_type=zipfile.ZIP_STORED if stored else None)
+    return buf.getvalue()
+
+
+def _local_inputs(spec, tmp: Path) -> tuple[Any, dict[str, str]]:
+    """The spec pointing at the unpacked inputs, and {worker path: driver path} to map the report back."""
+    names, back = {}, {}
+    for key in INPUT_KEYS:
+        original = getattr(spec, key)
+        if original:
+            local = tmp / "in" / key / Path(original).name
+            names[key], back[str(local)] = str(local), str(original)
+    return replace(spec, **names), back
+
+
+def _rewrite_texts(folder: Path, mapping: dict[str, str]) -> None:
+    """report.json / report.md name the paths the user gave, not the worker's temporary ones."""
+    for name in ("report.json", "report.md"):
+        p = folder / name
+        if p.is_file():
+            text = p.read_text()
+            for old, new in sorted(mapping.items(), key=lambda kv: -len(kv[0])):
+                text = text.replace(old, new)
+            p.write_text(text)
+
+
+def _move_into(src: Path, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for item in src.iterdir():
+        target = folder / item.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        shutil.move(str(item), str(target))
+
+
+# --- a batch entry as a Ray task ---------------------------------------------------------------------------------
+
+def _progress_sink(queue, key: str) -> Callable[[str, float], None]:
+    def send(stage: str, fraction: float) -> None:
+        try:
+            queue.put_nowait((key, str(stage), float(fraction)))
+        except Exception:  # noqa: BLE001 - progress is best effort; the result is what counts
+            pass
+    return send
+
+
+def convert_task(name: str, spec, inputs: bytes | None, lim, queue, hooks: dict) -> dict[str, Any]:
+    """Runs on a Ray worker: the entry's conversion in its own process; its report and (without a shared
+    folder) the output folder as zip bytes, or the error."""
+    import json
+    progress = _progress_sink(queue, name)
+    progress("started on " + os.uname().nodename, 0.0)
+    if hooks.get("_kill_worker") and os.environ.get(HOOK_ENV) == "1":
+        os.kill(os.getpid(), signal.SIGKILL)  # tests: a worker that dies in the middle of its task
+    with tempfile.TemporaryDirectory(prefix="studio-ray-") as tmp:
+        back: dict[str, str] = {}
+        if inputs is not None:
+            unpack(inputs, Path(tmp) / "in")
+            spec, back = _local_inputs(spec, Path(tmp))
+            out = Path(tmp) / "out" / name
+            back[str(out)], spec = str(spec.out), replace(spec, out=str(out))
+        try:
+            report = _run_isolated(spec, lim, progress)
+        except StudioError as e:
+            return {"error": _swap(back)(str(e)), "reason": getattr(e, "reason", "error")}
+        out = Path(spec.out)
+        if inputs is None:
+            return {"report": report.to_dict()}
+        _rewrite_texts(out, back)
+        return {"report": json.loads((out / "report.json").read_text()), "zip": _zip_folder(out)}
+
+
+def check_shared(entries, out: Path, shared: str) -> None:
+    """With --shared-dir every input and the output folder must lie in it: the workers see nothing else."""
+    root = Path(shared).expanduser().resolve()
+    if not root.is_dir():
+        raise StudioError(f"--shared-dir {root} is not a folder.")
+    for e in entries:
+        for key in INPUT_KEYS:
+            value = getattr(e.spec, key)
+            if value and not Path(value).resolve().is_relative_to(root):
+                raise StudioError(f"--shared-dir {root}: entry {e.name!r} (line {e.line}) reads {key} {value}, "
+                                  "outside the shared folder the workers see.")
+    if not Path(out).resolve().is_relative_to(root):
+        raise StudioError(f"--shared-dir {root}: --out {out} is outside it; the workers could not write there.")
+
+
+def run_ray(pending: list[Pending], opts: BatchOptions, lim, progress: BatchProgress) -> dict[str, dict]:
+    """Every pending entry as a Ray task (Ray queues them by their resource requests); rows by entry name."""
+    shared = opts.shared_dir
+    if shared:
+        check_shared([p.entry for p in pending], pending[0].folder.parent, shared)
+    started_ray = connect(opts.ray)
+    import ray
+    from ray.util.queue import Queue
+    try:
+        queue = Queue(actor_options={"num_cpus": 0})
+        remote = ray.remote(max_retries=0)(convert_task)
+        gpus = _gpus()
+        refs, packed = {}, {}
+        for p in pending:
+            p.folder.mkdir(parents=True, exist_ok=True)
+            (p.folder / "batch.json").unlink(missing_ok=True)
+            spec = replace(p.entry.spec, out=str(p.folder))
+            request = resources(spec, opts.memory_mb, gpus, cuda_asked=p.entry.options.get("cuda") is True)
+            spec = replace(spec, threads=spec.threads or request["num_cpus"])
+            inputs = None if shared else _put_inputs(spec, packed)
+            ref = remote.options(**request, name=f"studio-convert:{p.entry.name}").remote(
+                p.entry.name, spec, inputs, lim, queue, dict(p.entry.hooks))
+            refs[ref] = p
+        return _collect(refs, queue, progress)
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def _put_inputs(spec, packed: dict):
+    """The entry's files in Ray's object store, sent once for entries that name the same files."""
+    import ray
+    paths = {k: getattr(spec, k) for k in INPUT_KEYS if getattr(spec, k)}
+    key = tuple(sorted(paths.items()))
+    if key not in packed:
+        packed[key] = ray.put(pack(paths))
+    return packed[key]
+
+
+def stop(ref) -> None:
+    """Cancel a task: a KeyboardInterrupt in it first, so that its Job kills the job's own process group (a
+    force-cancel kills only the Ray worker and would leave that process running), then after STOP_GRACE_S a
+    force-cancel if it is still there. Nothing happens to a task that has finished."""
+    import ray
+    if ray.wait([ref], timeout=0)[0]:
+        return
+    try:
+        ray.cancel(ref)
+    except Exception:  # noqa: BLE001 - finished in the meantime
+        return
+
+    def force() -> None:
+        try:
+            if not ray.wait([ref], timeout=0)[0]:
+                ray.cancel(ref, force=True)
+        except Exception:  # noqa: BLE001 - Ray already shut down, or the task is gone
+            pass
+    timer = threading.Timer(STOP_GRACE_S, force)
+    timer.daemon = True
+    timer.start()
+
+
+def _drain(queue, progress: BatchProgress, started: dict) -> None:
+    try:
+        items = queue.get_nowait_batch(queue.qsize())
+    except Exception:  # noqa: BLE001
+        return
+    for name, stage, fraction in items:
+        if name not in started:  # its time counts from when a worker took it, not from the queue
+            started[name] = time.monotonic()
+        progress.update(name, stage, fraction)
+
+
+def _collect(refs: dict, queue, progress: BatchProgress) -> dict[str, dict]:
+    import ray
+    rows, started, left = {}, {}, list(refs)
+    submitted = time.monotonic()
+    try:
+        while left:
+            done, left = ray.wait(left, num_returns=1, timeout=POLL_S)
+            _drain(queue, progress, started)
+            for ref in done:
+                p = refs[ref]
+                row = _finish(p, ref, time.monotonic() - started.get(p.entry.name, submitted))
+                rows[p.entry.name] = row
+                progress.finish(p.entry.name, row)
+    except BaseException:
+        for ref in left:
+            stop(ref)
+        raise
+    return rows
+
+
+def _finish(p: Pending, ref, seconds: float) -> dict:
+    """The row of one finished task: its folder filled from the zip it sent back, or why it failed."""
+    import ray
+    try:
+        res = ray.get(ref)
+    except ray.exceptions.RayError as e:
+        return error_row(p.entry, f"The Ray worker running this conversion died or was lost: {first_line(e, 400)}",
+                         "crashed", seconds)
+    if "error" in res:
+        return finish_error(p, error_row(p.entry, res["error"], res.get("reason") or "error", seconds))
+    if res.get("zip") is not None:
+        tmp = p.folder.parent / f".{p.folder.name}.partial-ray-{uuid.uuid4().hex[:8]}"
+        try:
+            unpack(res["zip"], tmp)
+            _move_into(tmp, p.folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    row = row_from_report(p.entry, res["report"], seconds)
+    write_state(p.folder, p.digest, row)
+    return row
+
+
+# --- RayJob: the app's Job, on Ray ------------------------------------------------------------------------------
+
+def _map_strings(obj: Any, fn: Callable[[str], str]) -> Any:
+    """fn applied to every string inside dataclasses (in place), dicts, lists and tuples."""
+    if is_dataclass(obj) and not isinstance(obj, type):
+        for f in fields(obj):
+            setattr(obj, f.name, _map_strings(getattr(obj, f.name), fn))
+        return obj
+    if isinstance(obj, dict):
+        return {_map_strings(k, fn): _map_strings(v, fn) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_map_strings(v, fn) for v in obj)
+    return fn(obj) if isinstance(obj, str) else obj
+
+
+def _swap(mapping: dict[str, str]) -> Callable[[str], str]:
+    pairs = sorted(mapping.items(), key=lambda kv: -len(kv[0]))
+
+    def fn(text: str) -> str:
+        for old, new in pairs:
+            text = text.replace(old, new)
+        return text
+    return fn
+
+
+def job_task(task: str, payload: dict, inputs: bytes | None, lim, queue, key: str) -> dict[str, Any]:
+    """Runs on a Ray worker: one app job (studio.app.worker TASKS) in its own process under `lim`, on the
+    inputs sent with it; the result (paths of the output parent folder written as a placeholder) and the files
+    the job wrote there as zip bytes, or the JobError's fields."""
+    send = _progress_sink(queue, key)
+    send("pid", float(os.getpid()))
+    worker = _isolate()
+    with tempfile.TemporaryDirectory(prefix="studio-rayjob-") as tmp:
+        spec, back = payload.get("spec"), {}
+        out_parent = Path(tmp) / "out"
+        out_parent.mkdir()
+        if spec is not None:
+            if inputs is not None:
+                unpack(inputs, Path(tmp) / "in")
+                spec, back = _local_inputs(spec, Path(tmp))
+            payload = {**payload, "spec": replace(spec, out=str(out_parent / Path(spec.out).name))}
+        try:
+            result = worker.Job(task, payload, lim, label=payload.get("label") or task).wait(send)
+        except worker.JobError as e:
+            return {"error": {"message": e.message, "reason": e.reason, "type": e.error_type,
+                              "details": e.details, "hint": e.hint}}
+        back[str(out_parent)] = _OUT
+        result = _map_strings(result, _swap(back))
+        return {"result": result, "zip": _zip_folder(out_parent)}
+
+
+class RayJob:
+    """studio.app.worker.Job's interface, the job run as a Ray task: `start()`, then `wait(on_progress)` returns
+    the result or raises JobError; `cancel(reason)` from any thread stops it (the task is force-cancelled,
+    which kills its worker process and the job's process with it). The spec's checkpoint, sample and config
+    travel to the worker; what the job writes beside `spec.out` comes back into the same place here."""
+
+    def __init__(self, task: str, payload: dict[str, Any], limits=None, start_method: str | None = None,
+                 label: str = "", address: str | None = "auto", cuda: bool = False):
+        worker = _isolate()
+        if task not in worker.TASKS:
+            raise ValueError(f"unknown task {task!r}")
+        self.task, self.payload = task, payload
+        self.limits = limits if limits is not None else worker.Limits()
+        self.label = label or task
+        self.address, self.cuda = address, cuda
+        self.started_at: float | None = None
+        self._ref = self._queue = None
+        self._pid: int | None = None
+        self._cancel_reason: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        """The Ray worker process running the job (on its node), once the task has started."""
+        return self._pid
+
+    def is_alive(self) -> bool:
+        if self._ref is None:
+            return False
+        import ray
+        done, _ = ray.wait([self._ref], timeout=0)
+        return not done
+
+    def start(self) -> "RayJob":
+        connect(self.address)
+        import ray
+        from ray.util.queue import Queue
+        spec = self.payload.get("spec")
+        inputs, request = None, {"num_cpus": 1}
+        if spec is not None:
+            inputs = ray.put(pack({k: getattr(spec, k) for k in INPUT_KEYS if getattr(spec, k)}))
+            request = resources(spec, self.limits.memory_mb, _gpus(), self.cuda)
+        with self._lock:
+            if self._cancel_reason:
+                raise _isolate().JobError(self._cancel_reason, reason="cancelled")
+            self._queue = Queue(actor_options={"num_cpus": 0})
+            self._ref = ray.remote(max_retries=0)(job_task).options(**request, name=f"studio-{self.task}").remote(
+                self.task, self.payload, inputs, self.limits, self._queue, self.label)
+            self.started_at = time.monotonic()
+        return self
+
+    def cancel(self, reason: str = "The job was cancelled.") -> None:
+        with self._lock:
+            self._cancel_reason = self._cancel_reason or reason
+            ref = self._ref
+        if ref is not None:
+            stop(ref)
+
+    def _drain(self, on_progress) -> None:
+        try:
+            items = self._queue.get_nowait_batch(self._queue.qsize())
+        except Exception:  # noqa: BLE001
+            return
+        for _, stage, fraction in items:
+            if stage == "pid":
+                self._pid = int(fraction)
+            elif on_progress is not None:
+                on_progress(stage, fraction)
+
+    def wait(self, on_progress: Callable[[str, float], None] | None = None) -> Any:
+        import ray
+        worker = _isolate()
+        if self._ref is None:
+            self.start()
+        try:
+            while True:
+                if self._cancel_reason:
+                    raise worker.JobError(self._cancel_reason, reason="cancelled")
+                done, _ = ray.wait([self._ref], timeout=POLL_S)
+                self._drain(on_progress)
+                if done:
+                    return self._result(ray.get(self._ref), worker)
+        except ray.exceptions.RayError as e:
+            if self._cancel_reason:
+                raise worker.JobError(self._cancel_reason, reason="cancelled") from e
+            raise worker.JobError(f"The {self.label} worker on the Ray cluster stopped unexpectedly "
+                                  f"({first_line(e, 300)}). The studio is still running: you can try again.",
+                                  reason="crashed") from e
+        finally:
+            self.cancel_quietly()
+
+    def cancel_quietly(self) -> None:
+        """Make sure the task is gone (after a result this does nothing)."""
+        if self._ref is not None:
+            stop(self._ref)
+
+    def kill(self) -> None:
+        self.cancel_quietly()
+
+    def _result(self, res: dict, worker) -> Any:
+        if "error" in res:
+            e = res["error"]
+            raise worker.JobError(e["message"], reason=e.get("reason") or "error", error_type=e.get("type"),
+                                  details=e.get("details"), hint=e.get("hint"))
+        spec = self.payload.get("spec")
+        if spec is None:
+            return res["result"]
+        out_parent = Path(spec.out).parent
+        unpack(res["zip"], out_parent)
+        return _map_strings(res["result"], _swap({_OUT: str(out_parent)}))
