@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from . import isolate
 from .errors import StudioError, first_line
 from .manifest import ManifestEntry, read_manifest
 
@@ -26,13 +27,6 @@ SUMMARY_SCHEMA, SUMMARY_VERSION = "onnx-studio/batch-summary", 1
 STATE_FILE = "batch.json"  # in each entry's folder: the input hash and the entry's summary row
 VERDICTS = ("PASS", "FAIL", "ERROR")
 _CHUNK = 1 << 20
-
-
-def _isolate():
-    """The job runner: one process per job with the app's time / memory limits (Job, Limits, JobError,
-    run_job). The one place this module and studio.fleet_ray import it from."""
-    from .app import worker
-    return worker
 
 
 @dataclass
@@ -57,7 +51,7 @@ class BatchResult:
 
 def limits(opts: BatchOptions):
     """The per-job limits: the app's defaults unless the batch sets its own."""
-    Limits = _isolate().Limits
+    Limits = isolate.Limits
     base = Limits()
     if opts.memory_mb is not None and opts.memory_mb < 1:
         raise StudioError(f"--memory-limit must be at least 1 MB, got {opts.memory_mb}.")
@@ -272,8 +266,7 @@ _running_lock = threading.Lock()
 def _run_isolated(spec, lim, on_progress: Callable[[str, float], None]):
     """pipeline.convert(spec) in a child process under `lim` (the app's job runner); the Report, or JobError /
     StudioError. What a killed child leaves in the output's parent folder is removed."""
-    worker = _isolate()
-    job = worker.Job("convert-report", {"spec": spec, "label": "conversion"}, lim, label="conversion")
+    job = isolate.Job("convert-report", {"spec": spec, "label": "conversion"}, lim, label="conversion")
     with _running_lock:
         _running.add(job)
     try:

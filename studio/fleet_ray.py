@@ -1,5 +1,5 @@
 """Conversions as Ray tasks: `studio batch --ray ADDRESS|auto|local` (run_ray) and RayJob, a drop-in for the
-app's Job (studio.app.worker) that runs one job on a Ray cluster.
+job runner's Job (studio.isolate) that runs one job on a Ray cluster.
 
 Each task asks Ray for what it needs: CPUs (the entry's `threads`, else 1), memory (estimated from the size of
 the checkpoint, at most the job memory limit) and a GPU when CUDA latency or the fp16 variant is asked for and
@@ -12,6 +12,7 @@ Only this module imports ray, and only when a batch or job is sent to Ray.
 """
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import shutil
@@ -25,8 +26,9 @@ from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from . import isolate
 from .errors import StudioError, first_line
-from .fleet import (BatchOptions, BatchProgress, Pending, _isolate, _run_isolated, error_row, finish_error,
+from .fleet import (BatchOptions, BatchProgress, Pending, _run_isolated, error_row, finish_error,
                     row_from_report, write_state)
 
 HOOK_ENV = "ONNX_STUDIO_FLEET_TEST_HOOKS"  # "1": honour the manifest's test-only keys (tests/test_fleet_ray.py)
@@ -345,13 +347,14 @@ def _swap(mapping: dict[str, str]) -> Callable[[str], str]:
     return fn
 
 
-def job_task(task: str, payload: dict, inputs: bytes | None, lim, queue, key: str) -> dict[str, Any]:
-    """Runs on a Ray worker: one app job (studio.app.worker TASKS) in its own process under `lim`, on the
+def job_task(task: str, module: str, payload: dict, inputs: bytes | None, lim, queue, key: str) -> dict[str, Any]:
+    """Runs on a Ray worker: one job (a task registered with studio.isolate by `module`, imported here to
+    register it) in its own process under `lim`, on the
     inputs sent with it; the result (paths of the output parent folder written as a placeholder) and the files
     the job wrote there as zip bytes, or the JobError's fields."""
     send = _progress_sink(queue, key)
     send("pid", float(os.getpid()))
-    worker = _isolate()
+    importlib.import_module(module)
     with tempfile.TemporaryDirectory(prefix="studio-rayjob-") as tmp:
         spec, back = payload.get("spec"), {}
         out_parent = Path(tmp) / "out"
@@ -362,8 +365,8 @@ def job_task(task: str, payload: dict, inputs: bytes | None, lim, queue, key: st
                 spec, back = _local_inputs(spec, Path(tmp))
             payload = {**payload, "spec": replace(spec, out=str(out_parent / Path(spec.out).name))}
         try:
-            result = worker.Job(task, payload, lim, label=payload.get("label") or task).wait(send)
-        except worker.JobError as e:
+            result = isolate.Job(task, payload, lim, label=payload.get("label") or task).wait(send)
+        except isolate.JobError as e:
             return {"error": {"message": e.message, "reason": e.reason, "type": e.error_type,
                               "details": e.details, "hint": e.hint}}
         back[str(out_parent)] = _OUT
@@ -372,18 +375,16 @@ def job_task(task: str, payload: dict, inputs: bytes | None, lim, queue, key: st
 
 
 class RayJob:
-    """studio.app.worker.Job's interface, the job run as a Ray task: `start()`, then `wait(on_progress)` returns
+    """studio.isolate.Job's interface, the job run as a Ray task: `start()`, then `wait(on_progress)` returns
     the result or raises JobError; `cancel(reason)` from any thread stops it (the task is force-cancelled,
     which kills its worker process and the job's process with it). The spec's checkpoint, sample and config
     travel to the worker; what the job writes beside `spec.out` comes back into the same place here."""
 
     def __init__(self, task: str, payload: dict[str, Any], limits=None, start_method: str | None = None,
                  label: str = "", address: str | None = "auto", cuda: bool = False):
-        worker = _isolate()
-        if task not in worker.TASKS:
-            raise ValueError(f"unknown task {task!r}")
+        self.module = isolate.task_module(task)  # ValueError for an unknown task
         self.task, self.payload = task, payload
-        self.limits = limits if limits is not None else worker.Limits()
+        self.limits = limits if limits is not None else isolate.Limits()
         self.label = label or task
         self.address, self.cuda = address, cuda
         self.started_at: float | None = None
@@ -415,10 +416,10 @@ class RayJob:
             request = resources(spec, self.limits.memory_mb, _gpus(), self.cuda)
         with self._lock:
             if self._cancel_reason:
-                raise _isolate().JobError(self._cancel_reason, reason="cancelled")
+                raise isolate.JobError(self._cancel_reason, reason="cancelled")
             self._queue = Queue(actor_options={"num_cpus": 0})
             self._ref = ray.remote(max_retries=0)(job_task).options(**request, name=f"studio-{self.task}").remote(
-                self.task, self.payload, inputs, self.limits, self._queue, self.label)
+                self.task, self.module, self.payload, inputs, self.limits, self._queue, self.label)
             self.started_at = time.monotonic()
         return self
 
@@ -442,21 +443,20 @@ class RayJob:
 
     def wait(self, on_progress: Callable[[str, float], None] | None = None) -> Any:
         import ray
-        worker = _isolate()
         if self._ref is None:
             self.start()
         try:
             while True:
                 if self._cancel_reason:
-                    raise worker.JobError(self._cancel_reason, reason="cancelled")
+                    raise isolate.JobError(self._cancel_reason, reason="cancelled")
                 done, _ = ray.wait([self._ref], timeout=POLL_S)
                 self._drain(on_progress)
                 if done:
-                    return self._result(ray.get(self._ref), worker)
+                    return self._result(ray.get(self._ref))
         except ray.exceptions.RayError as e:
             if self._cancel_reason:
-                raise worker.JobError(self._cancel_reason, reason="cancelled") from e
-            raise worker.JobError(f"The {self.label} worker on the Ray cluster stopped unexpectedly "
+                raise isolate.JobError(self._cancel_reason, reason="cancelled") from e
+            raise isolate.JobError(f"The {self.label} worker on the Ray cluster stopped unexpectedly "
                                   f"({first_line(e, 300)}). The studio is still running: you can try again.",
                                   reason="crashed") from e
         finally:
@@ -470,10 +470,10 @@ class RayJob:
     def kill(self) -> None:
         self.cancel_quietly()
 
-    def _result(self, res: dict, worker) -> Any:
+    def _result(self, res: dict) -> Any:
         if "error" in res:
             e = res["error"]
-            raise worker.JobError(e["message"], reason=e.get("reason") or "error", error_type=e.get("type"),
+            raise isolate.JobError(e["message"], reason=e.get("reason") or "error", error_type=e.get("type"),
                                   details=e.get("details"), hint=e.get("hint"))
         spec = self.payload.get("spec")
         if spec is None:

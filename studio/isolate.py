@@ -54,6 +54,14 @@ def register(name: str, fn: Task) -> Task:
     return fn
 
 
+def task_module(name: str) -> str:
+    """The module that registers task `name` (a process that has not imported it imports it to run the task,
+    e.g. a Ray worker); ValueError for an unknown task."""
+    if name not in _TASKS:
+        raise ValueError(f"unknown task {name!r}; known: {', '.join(sorted(_TASKS))}")
+    return _TASKS[name].__module__
+
+
 def preload(*modules: str) -> None:
     """Add modules for the fork server to import once (before its first job; later calls change nothing)."""
     PRELOAD.extend(m for m in modules if m not in PRELOAD)
