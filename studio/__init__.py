@@ -34,7 +34,7 @@ def load_checkpoint(path, spec: ConvertSpec | None = None):
 def read_sample(path, limits=None):
     """Read a sample file (CSV / TSV / JSON / JSONL) into a pandas DataFrame. limits: a SampleLimits
     (or "rows=N,..."); default: the studio's sample limits."""
-    from .batch import read_sample as _read
+    from .sample import read_sample as _read
     return _read(path, limits)
 
 
@@ -45,7 +45,7 @@ def build_batch(df, model, roles: dict[str, str] | None = None, spec: ConvertSpe
 
 
 def suggest_roles(df) -> dict[str, str]:
-    from .batch import suggest_roles as _suggest
+    from .roles import suggest_roles as _suggest
     return _suggest(df)
 
 

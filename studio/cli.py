@@ -296,7 +296,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_roles(args: argparse.Namespace) -> int:
-    from .batch import describe_columns, read_sample
+    from .roles import describe_columns
+    from .sample import read_sample
     cols = describe_columns(read_sample(args.data, parse_sample_limits(args.sample_limits)))
     if args.json:
         print(json.dumps([vars(c) for c in cols], indent=2))

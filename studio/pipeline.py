@@ -23,7 +23,9 @@ from . import export as export_mod
 from . import inspect as inspect_mod
 from . import latency as latency_mod
 from . import parity as parity_mod
+from . import roles as roles_mod
 from . import runtime, sources
+from . import sample as sample_mod
 from .errors import StudioError
 from .report import ExportInfo, Report
 from .sources import scratch
@@ -56,8 +58,8 @@ def preview(checkpoint: str | None, data: str | None, spec: ConvertSpec | None =
     if checkpoint:
         out["model"] = sources.load(checkpoint, spec).describe()
     if data:
-        df = batch_mod.read_sample(data, spec.sample_limits if spec is not None else None)
-        out["columns"] = [asdict(c) for c in batch_mod.describe_columns(df)]
+        df = sample_mod.read_sample(data, spec.sample_limits if spec is not None else None)
+        out["columns"] = [asdict(c) for c in roles_mod.describe_columns(df)]
         out["rows"] = json.loads(df.head(5).to_json(orient="records", default_handler=str))
     return out
 
@@ -108,7 +110,7 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
     loaded = sources.load(spec.checkpoint, spec, workdir=work)  # an uploaded zip is unpacked inside the job
 
     say("batch", _FRACTION["batch"])
-    df = batch_mod.read_sample(spec.data, spec.sample_limits)
+    df = sample_mod.read_sample(spec.data, spec.sample_limits)
     batch = batch_mod.build_batch(df, loaded, spec.roles, spec, file=str(spec.data))
     tensors = batch.tensors
 
@@ -388,13 +390,13 @@ def _example_script(loaded, batch, sample_name: str, fill_value: float | None,
     text_map = {i.name: i.kind for i in loaded.inputs if i.name in batch.tensors and i.kind != TABULAR}
     settings = {**batch.tokenizer_settings, "fill_value": fill_value}
     sep = ","
-    if sample_path is not None and sample_path.suffix.lower() in batch_mod.CSV_SUFFIXES:
+    if sample_path is not None and sample_path.suffix.lower() in sample_mod.CSV_SUFFIXES:
         raw = sample_path.read_bytes()
         try:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError:
             text = raw.decode("latin-1")
-        sep = batch_mod._pick_delimiter(text, batch_mod.CSV_SUFFIXES[sample_path.suffix.lower()])
+        sep = sample_mod.pick_delimiter(text, sample_mod.CSV_SUFFIXES[sample_path.suffix.lower()])
     return EXAMPLE.format(version=__version__, sample=sample_name, text_columns=list(batch.text_columns),
                           tabular={n: list(c) for n, c in batch.tabular.items()}, text_inputs=text_map,
                           categories={i.name: list(i.vocab) for i in loaded.tabular_inputs

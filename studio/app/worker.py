@@ -348,12 +348,13 @@ def _mapping(loaded, df, roles: dict[str, str], spec, data: str) -> dict[str, An
     """Build the batch with this mapping: the final role of every column, the tensors it makes, or why
     the mapping cannot work (the same BatchError text a conversion would stop with)."""
     from .. import batch as batch_mod
+    from .. import roles as roles_mod
     try:
         b = batch_mod.build_batch(df, loaded, roles, spec, file=os.path.basename(data))
     except StudioError as e:
         roles_out = dict(roles)
         try:  # still show the model-aware suggestions for the columns the user did not set
-            roles_out = {**batch_mod.suggest_roles(df, loaded), **roles}
+            roles_out = {**roles_mod.suggest_roles(df, loaded), **roles}
         except Exception:
             pass
         return {"ok": False, "error": str(e), "roles": roles_out, "tensors": {}}
@@ -367,7 +368,7 @@ def task_preview(payload: dict[str, Any], progress) -> dict[str, Any]:
     """What was uploaded: the model (kind, inputs, tokenizer), the sample's columns and first rows and,
     when both are there, the model-aware role suggestions checked against the model."""
     from .. import pipeline, sources
-    from .. import batch as batch_mod
+    from .. import sample as sample_mod
     ckpt, data, spec = payload.get("checkpoint"), payload.get("data"), payload.get("spec")
     out: dict[str, Any] = {"model": None, "model_error": None, "columns": [], "rows": [], "data_error": None,
                            "mapping": None}
@@ -376,7 +377,7 @@ def task_preview(payload: dict[str, Any], progress) -> dict[str, Any]:
         progress("reading sample", 0.1)
         try:
             out.update({k: v for k, v in pipeline.preview(None, data, spec).items() if k != "model"})
-            df = batch_mod.read_sample(data, getattr(spec, "sample_limits", None))
+            df = sample_mod.read_sample(data, getattr(spec, "sample_limits", None))
         except Exception as e:  # noqa: BLE001 - shown next to the upload
             out["data_error"] = _error_text(e)
     if ckpt:
@@ -397,10 +398,10 @@ def task_preview(payload: dict[str, Any], progress) -> dict[str, Any]:
 def task_check(payload: dict[str, Any], progress) -> dict[str, Any]:
     """Check a role mapping against the model before export."""
     from .. import sources
-    from .. import batch as batch_mod
+    from .. import sample as sample_mod
     spec, data = payload["spec"], payload["data"]
     loaded = sources.load(payload["checkpoint"], spec, workdir=payload.get("workdir"))
-    df = batch_mod.read_sample(data, getattr(spec, "sample_limits", None))
+    df = sample_mod.read_sample(data, getattr(spec, "sample_limits", None))
     return _mapping(loaded, df, dict(payload.get("roles") or {}), spec, data)
 
 
