@@ -41,7 +41,7 @@ def read_sample(path, limits=None):
 def build_batch(df, model, roles: dict[str, str] | None = None, spec: ConvertSpec | None = None):
     """Sample rows + role mapping -> named tensors for `model`."""
     from .batch import build_batch as _build
-    return _build(df, model, roles or {}, spec or ConvertSpec(checkpoint="-", data="-"))
+    return _build(df, model, roles or {}, spec.validated() if spec is not None else None)
 
 
 def suggest_roles(df) -> dict[str, str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -164,9 +164,9 @@ def expand_columns(items: Iterable[str], columns: list[str], file: str = "", wha
     return out
 
 
-def explicit_feeds(df: pd.DataFrame, model: LoadedModel, spec: Any, file: str) -> dict[str, list[str]]:
-    """spec.tabular ({input: [columns or 'first..last' ranges]}) -> {input: [columns]}, checked."""
-    raw = getattr(spec, "tabular", None) or {}
+def explicit_feeds(df: pd.DataFrame, model: LoadedModel, raw: Mapping[str, Iterable[str] | str] | None,
+                   file: str) -> dict[str, list[str]]:
+    """The user's choice (spec.tabular: {input: [columns or 'first..last' ranges]}) -> {input: [columns]}, checked."""
     if not raw:
         return {}
     names = [i.name for i in model.tabular_inputs]
@@ -194,22 +194,12 @@ def explicit_feeds(df: pd.DataFrame, model: LoadedModel, spec: Any, file: str) -
     return feeds
 
 
-def match_tabular(df: pd.DataFrame, model: LoadedModel, roles: dict[str, str], file: str,
-                   explicit: dict[str, list[str]] | None = None,
-                   width_of=lambda col: 1) -> dict[str, list[str]]:
-    """Graph input name -> the columns feeding it (in order), in model.inputs order; only inputs fed.
-
-    explicit: the user's choice (--tabular), taken as given. Then inputs that name their column take it;
-    the columns mapped tabular that are left feed the remaining inputs in file order: all of them to a
-    single remaining input (a feature vector from many columns), else by the inputs' declared widths,
-    else one column per input. width_of(column) gives a column's features per row."""
-    tab_inputs = model.tabular_inputs
-    tab_cols = [c for c in df.columns if roles[c] == "tabular"]
-    cols_text = columns_text(list(df.columns), 40)
-    feeds: dict[str, list[str]] = {n: list(c) for n, c in (explicit or {}).items()}
+def _named_feeds(df: pd.DataFrame, model: LoadedModel, roles: dict[str, str], file: str,
+                 feeds: dict[str, list[str]]) -> list[ModelInput]:
+    """Inputs that name their column take it (added to feeds); returns the inputs whose column the file lacks."""
     claimed: set[str] = {c for cols in feeds.values() for c in cols}
     absent: list[ModelInput] = []
-    for inp in tab_inputs:
+    for inp in model.tabular_inputs:
         if not inp.column or inp.name in feeds:
             continue
         if inp.column not in df.columns:
@@ -222,12 +212,65 @@ def match_tabular(df: pd.DataFrame, model: LoadedModel, roles: dict[str, str], f
                 hint = (f"Leave it out of that --tabular list, or choose the columns of {inp.name!r} too "
                         f"(--tabular {inp.name}=COL)." if inp.column in claimed
                         else f"Map it tabular (--role {inp.column}=tabular).")
-                raise file_error(file, f"column {inp.column!r} feeds the model's tabular input {inp.name!r} but {why}.",
-                                 column=inp.column, hint=hint)
+                raise file_error(file, f"column {inp.column!r} feeds the model's tabular input {inp.name!r} but "
+                                       f"{why}.", column=inp.column, hint=hint)
             continue
         feeds[inp.name] = [inp.column]
         claimed.add(inp.column)
-    rest_cols = [c for c in tab_cols if c not in claimed]
+    return absent
+
+
+def _check_absent(absent: list[ModelInput], rest_cols: list[str], columns: list[str], file: str, width_of) -> None:
+    """A required input naming a column the file does not have is an error naming what the file has."""
+    for inp in absent:
+        if inp.required:
+            width = f", width {inp.width}" if inp.width else ""
+            found = (f"; the columns mapped tabular give {sum(width_of(c) for c in rest_cols)} feature(s): "
+                     f"{columns_text(rest_cols)}" if inp.width and rest_cols else "")
+            raise file_error(file, f"the model needs the tabular field {inp.column!r} (input {inp.name!r}{width}), "
+                                   f"but the file has no such column{found}. Columns in the file: "
+                                   f"{columns_text(columns, 40)}.",
+                             column=inp.column, hint="Rename the column in the file to the field name the model "
+                                                     "was trained with, or choose its columns with --tabular "
+                                                     f"{inp.name}=COL1,COL2,... (ranges: FIRST..LAST).")
+
+
+def _feeds_by_width(rest_inputs: list[ModelInput], rest_cols: list[str], file: str, width_of,
+                    feeds: dict[str, list[str]]) -> list[str]:
+    """Inputs of declared widths take the columns left, in file order, until each is full; returns the rest."""
+    left = list(rest_cols)
+    for inp in rest_inputs:
+        take, total = [], 0
+        while left and total < int(inp.width):
+            take.append(left.pop(0))
+            total += width_of(take[-1])
+        if total != int(inp.width) and (take or inp.required):
+            raise file_error(file, f"the model's tabular input {inp.name!r} expects width {inp.width}, but the "
+                                   f"columns mapped tabular, in file order, give it {total} feature(s)"
+                                   f"{': ' + columns_text(take) if take else ''} (inputs: "
+                                   f"{describe_inputs(rest_inputs)}).",
+                             column=take[-1] if take else None,
+                             hint="Choose each input's columns with --tabular NAME=COL1,COL2,... "
+                                  "(ranges: FIRST..LAST).")
+        if take:
+            feeds[inp.name] = take
+    return left
+
+
+def match_tabular(df: pd.DataFrame, model: LoadedModel, roles: dict[str, str], file: str,
+                  explicit: dict[str, list[str]] | None = None,
+                  width_of=lambda col: 1) -> dict[str, list[str]]:
+    """Graph input name -> the columns feeding it (in order), in model.inputs order; only inputs fed.
+
+    explicit: the user's choice (--tabular), taken as given. Then inputs that name their column take it;
+    the columns mapped tabular that are left feed the remaining inputs in file order: all of them to a
+    single remaining input (a feature vector from many columns), else by the inputs' declared widths,
+    else one column per input. width_of(column) gives a column's features per row."""
+    tab_inputs = model.tabular_inputs
+    feeds: dict[str, list[str]] = {n: list(c) for n, c in (explicit or {}).items()}
+    absent = _named_feeds(df, model, roles, file, feeds)
+    claimed = {c for cols in feeds.values() for c in cols}
+    rest_cols = [c for c in df.columns if roles[c] == "tabular" and c not in claimed]
     rest_inputs = [i for i in tab_inputs if not i.column and i.name not in feeds]
 
     # a field the file has no column of, declared wider than one feature, and the only input left:
@@ -235,49 +278,25 @@ def match_tabular(df: pd.DataFrame, model: LoadedModel, roles: dict[str, str], f
     if (len(absent) == 1 and not rest_inputs and rest_cols and (absent[0].width or 0) > 1
             and sum(width_of(c) for c in rest_cols) == int(absent[0].width)):
         feeds[absent[0].name], rest_cols, absent = rest_cols, [], []
-    for inp in absent:
-        if inp.required:
-            width = f", width {inp.width}" if inp.width else ""
-            found = (f"; the columns mapped tabular give {sum(width_of(c) for c in rest_cols)} feature(s): "
-                     f"{columns_text(rest_cols)}" if inp.width and rest_cols else "")
-            raise file_error(file, f"the model needs the tabular field {inp.column!r} (input {inp.name!r}{width}), "
-                             f"but the file has no such column{found}. Columns in the file: {cols_text}.",
-                             column=inp.column, hint="Rename the column in the file to the field name the model was "
-                                                     f"trained with, or choose its columns with --tabular "
-                                                     f"{inp.name}=COL1,COL2,... (ranges: FIRST..LAST).")
+    _check_absent(absent, rest_cols, list(df.columns), file, width_of)
 
     if len(rest_inputs) == 1 and rest_cols:  # one input left: every column left feeds it, in file order
         feeds[rest_inputs[0].name], rest_cols, rest_inputs = rest_cols, [], []
     elif len(rest_inputs) > 1 and rest_cols and all(i.width for i in rest_inputs):
-        left = list(rest_cols)
-        for inp in rest_inputs:
-            take, total = [], 0
-            while left and total < int(inp.width):
-                take.append(left.pop(0))
-                total += width_of(take[-1])
-            if total != int(inp.width) and (take or inp.required):
-                raise file_error(file, f"the model's tabular input {inp.name!r} expects width {inp.width}, but the "
-                                 f"columns mapped tabular, in file order, give it {total} feature(s)"
-                                 f"{': ' + columns_text(take) if take else ''} (inputs: "
-                                 f"{describe_inputs(rest_inputs)}).",
-                                 column=take[-1] if take else None,
-                                 hint="Choose each input's columns with --tabular NAME=COL1,COL2,... "
-                                      "(ranges: FIRST..LAST).")
-            if take:
-                feeds[inp.name] = take
-        rest_cols, rest_inputs = left, [i for i in rest_inputs if i.name not in feeds]
+        rest_cols = _feeds_by_width(rest_inputs, rest_cols, file, width_of, feeds)
+        rest_inputs = [i for i in rest_inputs if i.name not in feeds]
     if len(rest_cols) > len(rest_inputs):
         extra = rest_cols[len(rest_inputs):] if rest_inputs else rest_cols
         raise file_error(file, f"column(s) {columns_text(extra)} are mapped tabular, but the model takes "
-                         f"tabular fields: {describe_inputs(tab_inputs)}.", column=extra[0],
+                               f"tabular fields: {describe_inputs(tab_inputs)}.", column=extra[0],
                          hint="Map the extra column(s) to ignore (e.g. --role "
                               f"{extra[0]}=ignore), or choose each input's columns with --tabular NAME=COL1,COL2,...")
     missing = [i for i in rest_inputs[len(rest_cols):] if i.required]
     if missing:
         raise file_error(file, f"the model needs {len(rest_inputs)} tabular column(s) for input(s) "
-                         f"{describe_inputs(rest_inputs)}, but {len(rest_cols)} "
-                         f"{'is' if len(rest_cols) == 1 else 'are'} mapped tabular"
-                         f"{': ' + columns_text(rest_cols) if rest_cols else ''}.",
+                               f"{describe_inputs(rest_inputs)}, but {len(rest_cols)} "
+                               f"{'is' if len(rest_cols) == 1 else 'are'} mapped tabular"
+                               f"{': ' + columns_text(rest_cols) if rest_cols else ''}.",
                          hint="Map more numeric columns to tabular (they feed the inputs in file order).")
     for inp, col in zip(rest_inputs, rest_cols):
         feeds[inp.name] = [col]

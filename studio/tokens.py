@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 from .sample import ROW_CONVENTION, file_error, jsonable, row_label
 from .sources.base import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, LoadedModel
 
@@ -111,10 +111,12 @@ def _is_panic(e: BaseException) -> bool:
     return type(e).__name__ == "PanicException"
 
 
-def tokenize_columns(df: pd.DataFrame, model: LoadedModel, text_cols: list[str], spec: Any, file: str,
-              id_dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], dict, list[str]]:
+def tokenize_columns(df: pd.DataFrame, model: LoadedModel, text_cols: list[str], file: str, max_length: int,
+                     id_dtype: str) -> tuple[dict[str, torch.Tensor], dict, list[str]]:
+    """One text column, or a pair of two -> the model's text input tensors (ids as `id_dtype`: int64 | int32),
+    the tokenizer settings used, and warnings (odd cells, the max length lowered)."""
     tok = model.tokenizer
-    requested = max_length = int(getattr(spec, "max_length", 128))
+    requested = max_length = int(max_length)
     model_max = getattr(tok, "model_max_length", None)
     if isinstance(model_max, int) and 0 < model_max < 1_000_000 and model_max < max_length:
         max_length = model_max  # never ask for more positions than the tokenizer says the model has
@@ -123,7 +125,7 @@ def tokenize_columns(df: pd.DataFrame, model: LoadedModel, text_cols: list[str],
     if clamped:
         max_length = positions  # nor more than the model's position table holds, whatever the tokenizer says
     settings = {"max_length": max_length, "padding": "longest", "truncation": True,
-                "id_dtype": getattr(spec, "id_dtype", "int64"), "pair": len(text_cols) == 2}
+                "id_dtype": id_dtype, "pair": len(text_cols) == 2}
     kinds = {i.kind for i in model.text_inputs}
     first, warnings = _texts(df, text_cols[0], file)
     second = None
@@ -142,10 +144,9 @@ def tokenize_columns(df: pd.DataFrame, model: LoadedModel, text_cols: list[str],
     except BaseException as e:  # a tokenizer failure is an input problem the user must see
         if not (isinstance(e, Exception) or _is_panic(e)):
             raise
-        first_line = (str(e).strip().splitlines() or [""])[0][:300]
-        raise file_error(file, f"the tokenizer failed on column(s) {', '.join(map(repr, text_cols))}: "
-                         f"{'the tokenizer crashed (Rust panic)' if _is_panic(e) else type(e).__name__}: "
-                         f"{first_line}",
+        what = f"the tokenizer crashed (Rust panic): {first_line(e)}" if _is_panic(e) else \
+            first_line(e, with_type=True)
+        raise file_error(file, f"the tokenizer failed on column(s) {', '.join(map(repr, text_cols))}: {what}",
                          hint="The checkpoint's tokenizer files (tokenizer.json: its pre-tokenizer / normalizer "
                               "patterns) are broken or hostile." if _is_panic(e) else None) from e
     ids = enc["input_ids"]
@@ -162,6 +163,7 @@ def tokenize_columns(df: pd.DataFrame, model: LoadedModel, text_cols: list[str],
         TOKEN_TYPE_IDS: enc.get("token_type_ids") if enc.get("token_type_ids") is not None
         else torch.zeros_like(ids),
     }
-    tensors = {i.name: torch.as_tensor(by_kind[i.kind]).to(id_dtype).contiguous()
+    dtype = torch.int32 if id_dtype == "int32" else torch.int64
+    tensors = {i.name: torch.as_tensor(by_kind[i.kind]).to(dtype).contiguous()
                for i in model.text_inputs if i.kind in by_kind}
     return tensors, settings, warnings
