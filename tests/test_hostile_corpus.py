@@ -527,7 +527,6 @@ def test_app_messages_drop_the_unpack_folder(hf, tmp_path, monkeypatch):
     from studio import sources
     from studio.app.handlers import scrub_paths
     from studio.errors import CheckpointError
-    from studio.spec import ConvertSpec
     scratch = tmp_path / "server temp"  # a space in the path too
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
@@ -537,7 +536,7 @@ def test_app_messages_drop_the_unpack_folder(hf, tmp_path, monkeypatch):
     upload.parent.mkdir()
     _zip_folder(m, upload)
     with pytest.raises(CheckpointError) as e:
-        sources.load(upload, ConvertSpec(str(upload), "-"))
+        sources.load(upload)
     raw = str(e.value)
     assert "studio-ckpt-" in raw  # the unscrubbed message does name the unpack folder
     shown = scrub_paths(raw, [upload])
