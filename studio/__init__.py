@@ -34,18 +34,18 @@ def load_checkpoint(path, spec: ConvertSpec | None = None):
 def read_sample(path, limits=None):
     """Read a sample file (CSV / TSV / JSON / JSONL) into a pandas DataFrame. limits: a SampleLimits
     (or "rows=N,..."); default: the studio's sample limits."""
-    from .batch import read_sample as _read
+    from .sample import read_sample as _read
     return _read(path, limits)
 
 
 def build_batch(df, model, roles: dict[str, str] | None = None, spec: ConvertSpec | None = None):
     """Sample rows + role mapping -> named tensors for `model`."""
     from .batch import build_batch as _build
-    return _build(df, model, roles or {}, spec or ConvertSpec(checkpoint="-", data="-"))
+    return _build(df, model, roles or {}, spec.validated() if spec is not None else None)
 
 
 def suggest_roles(df) -> dict[str, str]:
-    from .batch import suggest_roles as _suggest
+    from .roles import suggest_roles as _suggest
     return _suggest(df)
 
 

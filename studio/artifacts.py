@@ -8,14 +8,12 @@ and `out`, not the job folders they came from.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
 
 from .report import Report, map_leaves
 
@@ -67,30 +65,16 @@ def write_example(folder: Path, loaded, batch, df, data: str | Path, fill_value:
 def write_rows(df, path: Path) -> None:
     """`{"columns": [...], "rows": [[cell, ...], ...]}`: every cell as the studio read it, in standard JSON
     (a missing cell is null; an infinite number is its text, as the studio tokenizes it)."""
-    rows = [[_json_cell(v) for v in row] for row in df.itertuples(index=False, name=None)]
+    from .sample import jsonable
+    rows = [[jsonable(v) for v in row] for row in df.itertuples(index=False, name=None)]
     path.write_text(json.dumps({"columns": [str(c) for c in df.columns], "rows": rows}, ensure_ascii=False,
                                allow_nan=False), encoding="utf-8")
-
-
-def _json_cell(v: Any) -> Any:
-    if isinstance(v, float):  # numpy's float64 too
-        return None if math.isnan(v) else v if math.isfinite(v) else str(v)
-    if v is None or isinstance(v, (str, int, bool)):
-        return v
-    if isinstance(v, (list, tuple)):
-        return [_json_cell(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _json_cell(x) for k, x in v.items()}
-    if hasattr(v, "tolist"):  # numpy scalars and arrays
-        return _json_cell(v.tolist())
-    import pandas as pd
-    return None if v is pd.NA or v is pd.NaT else str(v)
 
 
 def example_script(loaded, batch, fill_value: float | None) -> str:
     """The text of inference_example.py for this model and batch (see EXAMPLE)."""
     from . import __version__
-    from .batch import NA_TOKENS
+    from .sample import NA_TOKENS
     from .sources.base import TABULAR
     # text input kinds are the tokenizer's output names
     text_map = {i.name: i.kind for i in loaded.inputs if i.name in batch.tensors and i.kind != TABULAR}

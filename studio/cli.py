@@ -11,9 +11,8 @@ import sys
 import traceback
 
 from .errors import StudioError
-from .spec import (ATOL_DEFAULT, DYNAMIC_AXES, EXPORTERS, HEADS, ID_DTYPES, MAX_PARAMS_DEFAULT, OPSET_DEFAULT,
-                   RTOL_DEFAULT, SAMPLE_LIMITS_OPTION, TASKS, VARIANTS, ConvertSpec, SampleLimits, parse_roles,
-                   parse_sample_limits, parse_tabular)
+from .spec import (EXPORTERS, HEADS, ID_DTYPES, SAMPLE_LIMITS_OPTION, TASKS, VARIANTS, ConvertSpec, SampleLimits,
+                   default, parse_roles, parse_sample_limits, parse_tabular)
 
 SAMPLE_LIMITS_HELP = ("what the sample file may hold, e.g. rows=50000,size=200mb (defaults: "
                       + ", ".join(f"{k}={v}" for k, v in vars(SampleLimits()).items()) + ")")
@@ -47,7 +46,16 @@ def _count(value: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="studio", description="ONNX Studio: PyTorch checkpoint -> verified ONNX.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _convert_parser(sub)
+    _inspect_parser(sub)
+    _roles_parser(sub)
+    _app_parser(sub)
+    _add_batch_parser(sub)
+    return p
 
+
+def _convert_parser(sub) -> None:
+    """`studio convert`: every ConvertSpec option is a flag, its default read from studio.spec.default."""
     c = sub.add_parser("convert", help="export a checkpoint to ONNX and verify it on sample rows",
                        description="Export CHECKPOINT to ONNX using the rows in --data, then check it: onnx "
                                    "checker, PyTorch-vs-ONNX Runtime parity, dynamic-dimension probes, latency.")
@@ -62,49 +70,66 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tabular", action="append", default=[], metavar="INPUT=COL1,COL2,...",
                    help="the columns feeding a tabular input, in order (ranges by name: FIRST..LAST; "
                         "repeatable); default: the columns mapped tabular, in file order")
-    c.add_argument("--opset", type=int, default=OPSET_DEFAULT, help=f"ONNX opset (default {OPSET_DEFAULT})")
+    c.add_argument("--opset", type=int, default=default("opset"), help=f"ONNX opset (default {default('opset')})")
     dyn = c.add_mutually_exclusive_group()
-    dyn.add_argument("--dynamic", type=_csv_list, default=DYNAMIC_AXES, metavar="AXES",
+    dyn.add_argument("--dynamic", type=_csv_list, default=default("dynamic"), metavar="AXES",
                      help="dynamic axes on every input: batch,sequence (default both)")
     dyn.add_argument("--static", action="store_true", help="no dynamic axes: every shape fixed to the sample's")
-    c.add_argument("--exporter", choices=EXPORTERS, default="auto",
+    c.add_argument("--exporter", choices=EXPORTERS, default=default("exporter"),
                    help="auto = new torch.export-based exporter, falling back to the legacy one (default)")
-    c.add_argument("--max-length", type=int, default=128, help="tokenizer max length (default 128)")
-    c.add_argument("--id-dtype", choices=ID_DTYPES, default="int64", help="dtype of token ids (default int64)")
-    c.add_argument("--fill-value", type=float, default=None,
+    c.add_argument("--max-length", type=int, default=default("max_length"),
+                   help=f"tokenizer max length (default {default('max_length')})")
+    c.add_argument("--id-dtype", choices=ID_DTYPES, default=default("id_dtype"),
+                   help=f"dtype of token ids (default {default('id_dtype')})")
+    c.add_argument("--fill-value", type=float, default=default("fill_value"),
                    help="fill empty tabular cells with this number instead of failing")
-    c.add_argument("--atol", type=float, default=ATOL_DEFAULT, help=f"parity absolute tolerance (default {ATOL_DEFAULT:g})")
-    c.add_argument("--rtol", type=float, default=RTOL_DEFAULT, help=f"parity relative tolerance (default {RTOL_DEFAULT:g})")
-    c.add_argument("--threads", type=int, default=None, help="intra-op threads for PyTorch and ORT (default: cores)")
-    c.add_argument("--latency-budget", type=float, default=1.0, metavar="SECONDS",
-                   help="time budget per latency measurement (default 1.0)")
+    c.add_argument("--atol", type=float, default=default("atol"),
+                   help=f"parity absolute tolerance (default {default('atol'):g})")
+    c.add_argument("--rtol", type=float, default=default("rtol"),
+                   help=f"parity relative tolerance (default {default('rtol'):g})")
+    c.add_argument("--threads", type=int, default=default("threads"),
+                   help="intra-op threads for PyTorch and ORT (default: cores)")
+    c.add_argument("--latency-budget", type=float, default=default("latency_budget_s"), metavar="SECONDS",
+                   help=f"time budget per latency measurement (default {default('latency_budget_s')})")
     c.add_argument("--no-cuda", action="store_true", help="skip CUDA measurements even when a GPU is present")
-    c.add_argument("--variants", type=_csv_list, default=(), metavar="LIST",
+    c.add_argument("--variants", type=_csv_list, default=default("variants"), metavar="LIST",
                    help=f"extra artifacts to build and check: {','.join(VARIANTS)}")
-    c.add_argument("--config", default=None, metavar="PATH",
+    c.add_argument("--config", default=default("config"), metavar="PATH",
                    help="config.json (or model folder) for a bare state dict / .safetensors checkpoint")
-    c.add_argument("--head", choices=HEADS, default=None, help="built-in head for a state-dict backbone")
-    c.add_argument("--task", choices=TASKS, default="auto",
+    c.add_argument("--head", choices=HEADS, default=default("head"), help="built-in head for a state-dict backbone")
+    c.add_argument("--task", choices=TASKS, default=default("task"),
                    help="what a model folder is exported as (default auto: modules.json -> sentence-embedding, "
                         "else config.json's architectures)")
-    c.add_argument("--trust-code", action="store_true",
-                   help="operator only: allow TorchScript, .pt2 and pickled modules (they can run code)")
-    c.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
-                   help="operator only: load checkpoint kinds from this plugin module or .py file (repeatable; "
-                        "also ONNX_STUDIO_PLUGINS and the 'onnx_studio.sources' entry points)")
-    c.add_argument("--max-params", type=_count, default=MAX_PARAMS_DEFAULT, metavar="N",
-                   help=f"refuse a checkpoint whose config declares more parameters (default {MAX_PARAMS_DEFAULT:,})")
+    _operator_flags(c, "(repeatable; also ONNX_STUDIO_PLUGINS and the 'onnx_studio.sources' entry points)",
+                    "allow TorchScript, .pt2 and pickled modules (they can run code)")
+    _max_params_flag(c)
     c.add_argument("--memory-limit", type=int, default=None, metavar="MB",
                    help="run the conversion in a child process stopped above this much memory (default: no limit)")
     c.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="stop the conversion after this long (default: no limit)")
     c.add_argument(SAMPLE_LIMITS_OPTION, default=None, metavar="KEY=N,...", help=SAMPLE_LIMITS_HELP)
-    c.add_argument("--out", default="studio-out", metavar="DIR", help="output folder (default ./studio-out)")
+    c.add_argument("--out", default=default("out"), metavar="DIR",
+                   help=f"output folder (default ./{default('out')})")
     c.add_argument("--json", action="store_true", help="print report.json to stdout instead of the summary")
     c.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     c.add_argument("--debug", action="store_true", help="show tracebacks")
     c.set_defaults(func=cmd_convert)
 
+
+def _operator_flags(parser, plugin_note: str, trust_note: str) -> None:
+    """--trust-code and --plugin: code only the operator may let in (convert and app)."""
+    parser.add_argument("--trust-code", action="store_true", help=f"operator only: {trust_note}")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
+                        help=f"operator only: load checkpoint kinds from this plugin module or .py file {plugin_note}")
+
+
+def _max_params_flag(parser) -> None:
+    parser.add_argument("--max-params", type=_count, default=default("max_params"), metavar="N",
+                        help="refuse a checkpoint whose config declares more parameters "
+                             f"(default {default('max_params'):,})")
+
+
+def _inspect_parser(sub) -> None:
     i = sub.add_parser("inspect", help="print an .onnx file's inputs, outputs, opset and checker status",
                        description="Print graph inputs/outputs (symbolic dims), opset, op counts and the checker.")
     i.add_argument("model", metavar="MODEL.onnx")
@@ -112,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--debug", action="store_true", help="show tracebacks")
     i.set_defaults(func=cmd_inspect)
 
+
+def _roles_parser(sub) -> None:
     r = sub.add_parser("roles", help="show a sample file's columns and their suggested roles",
                        description="Read SAMPLE and print each column's detected type, example and suggested role.")
     r.add_argument("data", metavar="SAMPLE")
@@ -120,28 +147,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--debug", action="store_true", help="show tracebacks")
     r.set_defaults(func=cmd_roles)
 
+
+def _app_parser(sub) -> None:
     a = sub.add_parser("app", help="start the web studio", description="Start the Gradio web studio.")
     a.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     a.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    a.add_argument("--trust-code", action="store_true",
-                   help="operator only: allow uploads that can run code when loaded (shown in the page)")
-    a.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
-                   help="operator only: load checkpoint kinds from this plugin module or .py file (repeatable)")
+    _operator_flags(a, "(repeatable)", "allow uploads that can run code when loaded (shown in the page)")
     a.add_argument("--max-jobs", type=int, default=2, help="conversions running at once; the rest queue (default 2)")
     a.add_argument("--job-timeout", type=float, default=600.0, metavar="SECONDS",
                    help="a job running longer is stopped (default 600)")
     a.add_argument("--memory-limit", type=int, default=8192, metavar="MB",
                    help="a job using more memory is stopped (default 8192)")
     a.add_argument("--max-file-size", default="2gb", help="largest upload accepted (default 2gb)")
-    a.add_argument("--max-params", type=_count, default=MAX_PARAMS_DEFAULT, metavar="N",
-                   help=f"refuse a checkpoint whose config declares more parameters (default {MAX_PARAMS_DEFAULT:,})")
+    _max_params_flag(a)
     a.add_argument("--session-ttl", type=float, default=3600.0, metavar="SECONDS",
                    help="an idle session's files are removed after this long (default 3600)")
     a.add_argument(SAMPLE_LIMITS_OPTION, default=None, metavar="KEY=N,...", help=SAMPLE_LIMITS_HELP)
     a.add_argument("--debug", action="store_true", help="show tracebacks")
     a.set_defaults(func=cmd_app)
-    _add_batch_parser(sub)
-    return p
 
 
 def _demo_paths(args: argparse.Namespace) -> tuple[str, str]:
@@ -243,7 +266,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _convert_limited(spec: ConvertSpec, progress, memory_mb: int | None, timeout_s: float | None):
-    """The conversion in a child process under the app's per-job limits (studio.app.worker: address-space
+    """The conversion in a child process under the app's per-job limits (studio.isolate: address-space
     limit in the child, resident-memory watchdog and wall-clock limit in the parent, the child's whole
     process group killed when one is passed). What a killed child leaves is removed here."""
     from .isolate import Job, JobError, Limits
@@ -297,7 +320,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_roles(args: argparse.Namespace) -> int:
-    from .batch import describe_columns, read_sample
+    from .roles import describe_columns
+    from .sample import read_sample
     cols = describe_columns(read_sample(args.data, parse_sample_limits(args.sample_limits)))
     if args.json:
         print(json.dumps([vars(c) for c in cols], indent=2))

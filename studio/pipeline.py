@@ -24,7 +24,9 @@ from . import export as export_mod
 from . import graph_info as inspect_mod
 from . import latency as latency_mod
 from . import parity as parity_mod
+from . import roles as roles_mod
 from . import runtime, sources
+from . import sample as sample_mod
 from .errors import StudioError
 from .report import ExportInfo, Report
 from .sources import scratch
@@ -56,8 +58,8 @@ def preview(checkpoint: str | None, data: str | None, spec: ConvertSpec | None =
     if checkpoint:
         out["model"] = sources.load(checkpoint, spec).describe()
     if data:
-        df = batch_mod.read_sample(data, spec.sample_limits if spec is not None else None)
-        out["columns"] = [asdict(c) for c in batch_mod.describe_columns(df)]
+        df = sample_mod.read_sample(data, spec.sample_limits if spec is not None else None)
+        out["columns"] = [asdict(c) for c in roles_mod.describe_columns(df)]
         out["rows"] = json.loads(df.head(5).to_json(orient="records", default_handler=str))
     return out
 
@@ -108,7 +110,7 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
     loaded = sources.load(spec.checkpoint, spec, workdir=work)  # an uploaded zip is unpacked inside the job
 
     say("batch", _FRACTION["batch"])
-    df = batch_mod.read_sample(spec.data, spec.sample_limits)
+    df = sample_mod.read_sample(spec.data, spec.sample_limits)
     batch = batch_mod.build_batch(df, loaded, spec.roles, spec, file=str(spec.data))
 
     say("export", _FRACTION["export"])

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
-from pathlib import Path
 
 from .errors import StudioError
 
@@ -154,6 +153,12 @@ class ConvertSpec:
             raise StudioError(f"--max-length must be at least 2, got {self.max_length}.")
         if self.atol < 0 or self.rtol < 0:
             raise StudioError("--atol and --rtol must be >= 0.")
+        if isinstance(self.latency_budget_s, bool) or not isinstance(self.latency_budget_s, (int, float)) \
+                or not 0 < self.latency_budget_s < float("inf"):
+            raise StudioError(f"--latency-budget must be more than 0 s, got {self.latency_budget_s!r}.")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise StudioError(f"--threads must be a whole number >= 1, got {self.threads!r}.")
         for v in self.variants:
             if v not in VARIANTS:
                 raise StudioError(f"Variant {v!r} is not one of {', '.join(VARIANTS)}.")
@@ -209,6 +214,3 @@ def parse_tabular(items: list[str] | None) -> dict[str, tuple[str, ...]]:
         out[name.strip()] = columns
     return out
 
-
-def as_path(p: str | Path) -> Path:
-    return Path(p).expanduser()

@@ -1,4 +1,4 @@
-"""studio.batch: reading sample files, suggesting roles, building named tensors."""
+"""studio.sample, studio.roles, studio.batch: reading sample files, suggesting roles, building named tensors."""
 from __future__ import annotations
 
 import json
@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from studio.batch import (Batch, ColumnInfo, build_batch, describe_columns, read_sample, suggest_roles,
-                          tile_rows)
+from studio.batch import Batch, build_batch
 from studio.errors import BatchError
+from studio.roles import ColumnInfo, describe_columns, suggest_roles
+from studio.sample import read_sample
 from studio.sources.base import ATTENTION_MASK, INPUT_IDS, TABULAR, TOKEN_TYPE_IDS, LoadedModel, ModelInput
 from studio.spec import ConvertSpec
 
@@ -441,20 +442,6 @@ def test_multimodal_tensors_in_model_order(tokenizer):
     assert list(b.tensors) == ["price", INPUT_IDS, ATTENTION_MASK, "features"]
     assert {t.shape[0] for t in b.tensors.values()} == {3}
     assert b.roles["quantity"] == "ignore" and b.roles["review"] == "text"
-
-
-# ---------------------------------------------------------------------------------------------- tile_rows
-
-def test_tile_rows():
-    t = {"a": torch.arange(3).reshape(3, 1), "b": torch.tensor([[1, 1], [2, 2], [3, 3]])}
-    up = tile_rows(t, 7)
-    assert up["a"].flatten().tolist() == [0, 1, 2, 0, 1, 2, 0]
-    assert up["b"].shape == (7, 2) and up["b"][3].tolist() == [1, 1]
-    down = tile_rows(t, 2)
-    assert down["a"].flatten().tolist() == [0, 1] and list(down) == ["a", "b"]
-    assert tile_rows(t, 3)["a"] is t["a"]
-    raises(lambda: tile_rows(t, 0), "at least 1")
-    raises(lambda: tile_rows({"a": torch.zeros(2, 1), "b": torch.zeros(3, 1)}, 4), "batch")
 
 
 # ---------------------------------------------------------------------------------- many columns, one input

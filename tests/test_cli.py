@@ -27,6 +27,25 @@ def test_every_command_has_help_and_is_in_the_readme(command, capsys):
     assert f"studio {command}" in (REPO / "README.md").read_text()
 
 
+def _usage(command: str) -> str:
+    """The README's usage lines of one command (the CLI section's code block, from `studio COMMAND`)."""
+    text = (REPO / "README.md").read_text()
+    block = text[text.index("## CLI"):].split("```")[1]
+    lines = block.strip().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"studio {command} "))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("studio ")), len(lines))
+    return "\n".join(lines[start:end])
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_flag_is_in_the_readme_usage(command):
+    """Each command's flags, as argparse knows them, are listed in the README's usage of that command."""
+    parser = cli.build_parser()._subparsers._group_actions[0].choices[command]
+    flags = [o for a in parser._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
+    usage = _usage(command)
+    assert flags and [f for f in flags if f"[{f}" not in usage and f" {f}" not in usage] == []
+
+
 def test_commands_cover_the_contract():
     assert {"convert", "inspect", "app"} <= set(COMMANDS)
 
@@ -78,6 +97,8 @@ def test_bad_input_exit_2_names_the_column_without_traceback(hf_folders, sample_
     (["{ckpt}", "--data", "{sample}", "--opset", "9"], "outside the supported range"),
     (["{ckpt}", "--data", "{sample}", "--role", "review=words"], "not one of"),
     (["{ckpt}", "--data", "missing.csv"], "missing.csv"),
+    (["{ckpt}", "--data", "{sample}", "--latency-budget", "0"], "--latency-budget must be more than 0 s"),
+    (["{ckpt}", "--data", "{sample}", "--threads", "0"], "--threads must be a whole number >= 1"),
 ])
 def test_more_bad_inputs_exit_2(args, needle, hf_folders, sample_csv, tmp_path):
     args = [a.format(ckpt=hf_folders["bert"], sample=sample_csv) for a in args]

@@ -30,7 +30,7 @@ import tiny
 from studio import sources
 from studio.cli import main as cli_main
 from studio.errors import StudioError, UnsafePathError
-from studio.spec import ConvertSpec
+from studio.sources.base import LoadDefaults
 
 SECRET_WORD = "zzsecretzz"  # only in the outside tokenizer's vocabulary
 REPO = Path(__file__).resolve().parents[1]
@@ -251,8 +251,8 @@ ALL_CASES = ([pytest.param("index", st, how, id=f"index-{'safetensors' if st els
              + [pytest.param("link", what, None, id=f"link-{what}") for what in LINK_CASES])
 
 
-def spec(path, **kw) -> ConvertSpec:
-    return ConvertSpec(checkpoint=str(path), data="-", **kw)
+def spec(path, **kw) -> LoadDefaults:
+    return LoadDefaults(**kw)  # the loader options alone (a ConvertSpec is one too)
 
 
 def zip_dir(folder: Path, dest: Path) -> Path:

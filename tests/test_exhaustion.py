@@ -23,13 +23,14 @@ from studio import sources
 from studio.cli import main as cli_main
 from studio.errors import CheckpointError, StudioError
 from studio.sources import archive, budget, scratch, sizing
+from studio.sources.base import LoadDefaults
 from studio.spec import MAX_PARAMS_DEFAULT, ConvertSpec
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def spec(path, **kw):
-    return ConvertSpec(checkpoint=str(path), data="-", **kw)
+    return LoadDefaults(**kw)  # the loader options alone (a ConvertSpec is one too)
 
 
 @pytest.fixture(autouse=True)

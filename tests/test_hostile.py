@@ -19,11 +19,11 @@ from studio import sources
 from studio.cli import main as cli_main
 from studio.errors import CheckpointError, StudioError, UnsafeCheckpointError, UnsafePathError
 from studio.sources import archive
-from studio.spec import ConvertSpec
+from studio.sources.base import LoadDefaults
 
 
 def spec(path, **kw):
-    return ConvertSpec(checkpoint=str(path), data="-", **kw)
+    return LoadDefaults(**kw)  # the loader options alone (a ConvertSpec is one too)
 
 
 @pytest.fixture(autouse=True)

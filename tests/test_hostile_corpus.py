@@ -527,7 +527,6 @@ def test_app_messages_drop_the_unpack_folder(hf, tmp_path, monkeypatch):
     from studio import sources
     from studio.app.handlers import scrub_paths
     from studio.errors import CheckpointError
-    from studio.spec import ConvertSpec
     scratch = tmp_path / "server temp"  # a space in the path too
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
@@ -537,7 +536,7 @@ def test_app_messages_drop_the_unpack_folder(hf, tmp_path, monkeypatch):
     upload.parent.mkdir()
     _zip_folder(m, upload)
     with pytest.raises(CheckpointError) as e:
-        sources.load(upload, ConvertSpec(str(upload), "-"))
+        sources.load(upload)
     raw = str(e.value)
     assert "studio-ckpt-" in raw  # the unscrubbed message does name the unpack folder
     shown = scrub_paths(raw, [upload])
@@ -550,14 +549,14 @@ def test_app_messages_drop_the_unpack_folder(hf, tmp_path, monkeypatch):
 
 def test_a_rust_panic_outside_tokenizing_still_ends_in_exit_2(tmp_path, capsys, monkeypatch):
     """pyo3's PanicException derives from BaseException: main() must not let it out as a traceback."""
-    from studio import batch
+    from studio import sample
 
     class PanicException(BaseException):  # what pyo3_runtime.PanicException looks like from Python
         pass
 
     def panics(*a, **k):
         raise PanicException("called `Option::unwrap()` on a `None` value")
-    monkeypatch.setattr(batch, "read_sample", panics)
+    monkeypatch.setattr(sample, "read_sample", panics)
     assert cli_main(["roles", str(tiny.write_sample(tmp_path / "s.csv"))]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: unexpected PanicException: called `Option::unwrap()`") and "Traceback" not in err

@@ -95,7 +95,8 @@ def test_side_by_side_alternates_blocks_and_survives_a_failing_runner():
 
 def test_measure_all_times_every_file_side_by_side(report):
     from studio import sources
-    from studio.batch import build_batch, read_sample
+    from studio.batch import build_batch
+    from studio.sample import read_sample
     spec = ConvertSpec(checkpoint=report.source["path"], data=report.options["data"]).validated()
     loaded = sources.load(spec.checkpoint, spec)
     tensors = build_batch(read_sample(spec.data), loaded, spec.roles, spec).tensors

@@ -321,13 +321,14 @@ def test_longformer_by_torchscript_at_opset_17_leaves_pytorch_in_layer_0_self_at
     from studio import batch as batch_mod
     from studio import parity as parity_mod
     from studio import sources
+    from studio.sample import read_sample
 
     folder = tiny_longformer(tmp_path / "longformer", 0.5)
     sample = tiny.write_sample(tmp_path / "sample.csv")
     spec = ConvertSpec(checkpoint=str(folder), data=str(sample), roles=ROLES, opset=17,
                        exporter="torchscript").validated()
     loaded = sources.load(spec.checkpoint, spec)
-    tensors = batch_mod.build_batch(batch_mod.read_sample(spec.data), loaded, spec.roles, spec,
+    tensors = batch_mod.build_batch(read_sample(spec.data), loaded, spec.roles, spec,
                                     file=str(sample)).tensors
     path = tmp_path / "model.onnx"
     assert export_mod.export(loaded, tensors, spec, path).exporter == "torchscript"

@@ -19,6 +19,7 @@ from conftest import REPO
 import tiny
 from studio import ConvertSpec, convert, sources
 from studio.errors import BatchError
+from studio.sources.base import LoadDefaults
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
 
@@ -113,7 +114,7 @@ def test_torchscript_mlp_from_30_columns_via_cli(cancer, tmp_path):
 
 def test_pt2_mlp_declares_its_width_and_converts(cancer, tmp_path):
     path = cancer["root"] / "mlp.pt2"
-    loaded = sources.load(path, ConvertSpec(str(path), "-", trust_code=True))
+    loaded = sources.load(path, LoadDefaults(trust_code=True))
     assert [(i.name, i.kind, i.width) for i in loaded.inputs] == [("features", "tabular", 30)]
     report = convert(ConvertSpec(str(path), str(cancer["root"] / "cancer.csv"), out=str(tmp_path / "out"),
                                  exporter="dynamo", trust_code=True, latency_budget_s=0.02, cuda=False))
@@ -232,7 +233,8 @@ def test_categorical_field_with_a_vocabulary_is_one_hot_encoded_and_recorded(tmp
 
 
 def test_categories_the_model_does_not_take_are_ignored_and_said(tmp_path):
-    from studio.batch import build_batch, read_sample
+    from studio.batch import build_batch
+    from studio.sample import read_sample
     folder = tiny.make_hf_folder(tmp_path / "bert", "bert")
     sample = tmp_path / "tickets.csv"
     sample.write_text(TICKETS)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from studio import cli
-from studio.batch import read_sample
+from studio.sample import read_sample
 from studio.errors import BatchError, StudioError
 from studio.spec import ConvertSpec, SampleLimits, parse_sample_limits
 
@@ -215,21 +215,21 @@ def test_roles_command_takes_the_option(tmp_path, capsys):
 
 def test_a_pathological_txt_sample_is_sniffed_on_its_start_only(tmp_path, monkeypatch):
     # csv.Sniffer is quadratic: 64 KiB of `,"` took 48 s when the whole start of the file was sniffed
-    from studio import batch
+    from studio import sample as sample_mod
     p = tmp_path / "s.txt"
     p.write_text(',"' * 40_000)
     calls = []
-    real = batch.csv.Sniffer.sniff
+    real = sample_mod.csv.Sniffer.sniff
 
     def spy(self, sample, delimiters=None):
         calls.append(len(sample))
         return real(self, sample, delimiters)
-    monkeypatch.setattr(batch.csv.Sniffer, "sniff", spy)
+    monkeypatch.setattr(sample_mod.csv.Sniffer, "sniff", spy)
     try:
         read_sample(p)
     except BatchError:
         pass  # refused or read: either way, only the start was sniffed
-    assert calls and max(calls) <= batch.SNIFF_CHARS
+    assert calls and max(calls) <= sample_mod.SNIFF_CHARS
 
 
 def test_jsonl_lines_split_on_newlines_only(tmp_path):

@@ -19,6 +19,8 @@ from studio import ConvertSpec, convert, sources
 from studio.errors import CheckpointError, StudioError
 from studio.models.sentence import POOLING_MODES
 from studio.parity import output_checks
+from studio.sources.base import LoadDefaults
+from studio.spec import default
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # sentence-transformers must never reach for the hub
 
@@ -102,14 +104,15 @@ def test_real_minilm_through_the_cli(minilm, minilm_reference, tmp_path):
 
 
 def test_real_minilm_feature_extraction_drops_the_modules_with_a_warning(minilm):
-    loaded = sources.load(str(minilm), ConvertSpec(str(minilm), "x.csv", task="feature-extraction"))
+    # the loader options of a default conversion (max length 128) with --task feature-extraction
+    loaded = sources.load(str(minilm), LoadDefaults(task="feature-extraction", max_length=default("max_length")))
     assert loaded.output_names == ["last_hidden_state"] and loaded.info["task"] == "feature-extraction"
     assert loaded.info["task_reason"] == "--task feature-extraction"
     dropped, length = loaded.info["warnings"]
     assert "Pooling" in dropped and "Normalize" in dropped and "dropped" in dropped
     # the folder truncates at 256 tokens, the default conversion at 128: said, with the flag that matches it
     assert "max_seq_length 256" in length and "--max-length 256" in length
-    again = sources.load(str(minilm), ConvertSpec(str(minilm), "x.csv", max_length=256))
+    again = sources.load(str(minilm), LoadDefaults(max_length=256))
     assert "warnings" not in again.info and again.info["max_seq_length"] == 256
 
 
@@ -241,7 +244,7 @@ def test_a_module_the_studio_cannot_build_is_an_error_naming_it(tmp_path):
         sources.load(str(folder))
     assert "--task feature-extraction" in str(e.value)
     # with an explicit --task feature-extraction: the bare encoder, and a warning naming what was dropped
-    loaded = sources.load(str(folder), ConvertSpec(str(folder), "x.csv", task="feature-extraction"))
+    loaded = sources.load(str(folder), LoadDefaults(task="feature-extraction"))
     assert loaded.output_names == ["last_hidden_state"]
     assert "LSTM" in loaded.info["warnings"][0] and "Pooling" in loaded.info["warnings"][0]
 
@@ -291,11 +294,11 @@ def test_legacy_pooling_keys_and_task_choices(tmp_path, hf_folders):
     assert sources.load(str(folder)).info["pooling"] == "cls"
     # --task sentence-embedding on a folder without modules.json is an error; others pick the head
     with pytest.raises(CheckpointError, match="modules.json"):
-        sources.load(str(hf_folders["bert"]), ConvertSpec("x", "y", task="sentence-embedding"))
+        sources.load(str(hf_folders["bert"]), LoadDefaults(task="sentence-embedding"))
     loaded = sources.load(str(hf_folders["bert"]))
     assert loaded.info["task"] == "sequence-classification"
     assert "BertForSequenceClassification" in loaded.info["task_reason"]
-    bare = sources.load(str(hf_folders["bert"]), ConvertSpec("x", "y", task="feature-extraction"))
+    bare = sources.load(str(hf_folders["bert"]), LoadDefaults(task="feature-extraction"))
     assert bare.output_names == ["last_hidden_state"] and bare.info["task_reason"] == "--task feature-extraction"
     with pytest.raises(StudioError, match="Task 'translation' is not one of auto, sentence-embedding"):
         ConvertSpec("x", "y", task="translation").validated()

@@ -20,6 +20,7 @@ import tiny
 from studio import sources
 from studio.errors import CheckpointError
 from studio.pipeline import convert
+from studio.sources.base import LoadDefaults
 from studio.spec import ConvertSpec
 
 TESTS = Path(__file__).resolve().parent
@@ -157,17 +158,9 @@ def test_pooled_head_uses_the_backbone_pooler(tmp_path):
     ref = custom(head="pooled")
     folder = config_folder(tmp_path / "ckpt")
     torch.save(ref.state_dict(), folder / "w.pt")
-    loaded = sources.load(folder, _Spec(head="pooled"))  # ConvertSpec accepts sequence | token (see README)
+    loaded = sources.load(folder, LoadDefaults(head="pooled"))  # the loader options alone
     assert loaded.info["head"] == "pooled"
     same_outputs(loaded, ref)
-
-
-class _Spec:
-    """A spec-like object for loader-level tests of options the CLI does not expose yet."""
-
-    def __init__(self, **kw):
-        self.config, self.head, self.trust_code = None, None, False
-        self.__dict__.update(kw)
 
 
 @pytest.mark.parametrize("arch,attr", [("distilbert", "backbone"), ("roberta", "encoder"), ("deberta-v2", "model")])

@@ -18,6 +18,7 @@ from studio.cli import main as cli_main
 from studio.errors import CheckpointError, UnsafeCheckpointError
 from studio.pipeline import convert
 from studio.sources import plugins
+from studio.sources.base import LoadDefaults
 from studio.spec import ConvertSpec
 
 
@@ -63,7 +64,7 @@ def run(tmp: Path, ckpt, exporter="torchscript", **kw):
 
 
 def spec(path, **kw):
-    return ConvertSpec(checkpoint=str(path), data="-", **kw)
+    return LoadDefaults(**kw)  # the loader options alone (a ConvertSpec is one too)
 
 
 # ----------------------------------------------------------------------------------------- TorchScript

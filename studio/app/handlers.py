@@ -149,7 +149,7 @@ def set_feed(text: str, columns: list[str], column: str, choice: str) -> str:
     """The tabular-inputs text after choosing which input `column` feeds ("auto": the studio decides).
     Ranges are spelled out (in file order) so that one column can move; a chosen column is appended to its
     input's list, so the order shown is the order of the choices (edit the text to reorder)."""
-    from ..batch import expand_columns
+    from ..tabular import expand_columns
     try:
         feeds = {n: expand_columns(c, columns) for n, c in parse_tabular_value(text).items()}
     except StudioError:
@@ -164,7 +164,7 @@ def set_feed(text: str, columns: list[str], column: str, choice: str) -> str:
 
 def feed_choice(text: str, columns: list[str], column: str) -> str:
     """Which input the tabular-inputs text makes `column` feed ("auto" when it names none)."""
-    from ..batch import expand_columns
+    from ..tabular import expand_columns
     try:
         for name, cols in parse_tabular_value(text).items():
             if column in expand_columns(cols, columns):

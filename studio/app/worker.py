@@ -26,12 +26,13 @@ def _mapping(loaded, df, roles: dict[str, str], spec, data: str) -> dict[str, An
     """Build the batch with this mapping: the final role of every column, the tensors it makes, or why
     the mapping cannot work (the same BatchError text a conversion would stop with)."""
     from .. import batch as batch_mod
+    from .. import roles as roles_mod
     try:
         b = batch_mod.build_batch(df, loaded, roles, spec, file=os.path.basename(data))
     except StudioError as e:
         roles_out = dict(roles)
         try:  # still show the model-aware suggestions for the columns the user did not set
-            roles_out = {**batch_mod.suggest_roles(df, loaded), **roles}
+            roles_out = {**roles_mod.suggest_roles(df, loaded), **roles}
         except Exception:  # noqa: BLE001, S110 - only suggestions: the mapping's own error is what is shown
             pass
         return {"ok": False, "error": str(e), "roles": roles_out, "tensors": {}}
@@ -44,8 +45,8 @@ def _mapping(loaded, df, roles: dict[str, str], spec, data: str) -> dict[str, An
 def task_preview(payload: dict[str, Any], progress) -> dict[str, Any]:
     """What was uploaded: the model (kind, inputs, tokenizer), the sample's columns and first rows and,
     when both are there, the model-aware role suggestions checked against the model."""
-    from .. import batch as batch_mod
     from .. import pipeline, sources
+    from .. import sample as sample_mod
     ckpt, data, spec = payload.get("checkpoint"), payload.get("data"), payload.get("spec")
     out: dict[str, Any] = {"model": None, "model_error": None, "columns": [], "rows": [], "data_error": None,
                            "mapping": None}
@@ -54,7 +55,7 @@ def task_preview(payload: dict[str, Any], progress) -> dict[str, Any]:
         progress("reading sample", 0.1)
         try:
             out.update({k: v for k, v in pipeline.preview(None, data, spec).items() if k != "model"})
-            df = batch_mod.read_sample(data, getattr(spec, "sample_limits", None))
+            df = sample_mod.read_sample(data, getattr(spec, "sample_limits", None))
         except Exception as e:  # noqa: BLE001 - shown next to the upload
             out["data_error"] = isolate.error_text(e)
     if ckpt:
@@ -74,11 +75,11 @@ def task_preview(payload: dict[str, Any], progress) -> dict[str, Any]:
 
 def task_check(payload: dict[str, Any], progress) -> dict[str, Any]:
     """Check a role mapping against the model before export."""
-    from .. import batch as batch_mod
     from .. import sources
+    from .. import sample as sample_mod
     spec, data = payload["spec"], payload["data"]
     loaded = sources.load(payload["checkpoint"], spec, workdir=payload.get("workdir"))
-    df = batch_mod.read_sample(data, getattr(spec, "sample_limits", None))
+    df = sample_mod.read_sample(data, getattr(spec, "sample_limits", None))
     return _mapping(loaded, df, dict(payload.get("roles") or {}), spec, data)
 
 

@@ -25,9 +25,9 @@ from typing import Any
 import torch
 
 from .. import contain
-from ..errors import CheckpointError, UnsafeCheckpointError
+from ..errors import CheckpointError, UnsafeCheckpointError, first_line
 from . import plugins, scratch, sniff as sniffing
-from .base import LoadedModel
+from .base import LoadDefaults, LoadedModel, LoadOptions
 
 SUPPORTED = (
     "a Hugging Face model folder (config.json + model.safetensors or pytorch_model.bin + tokenizer files), "
@@ -48,20 +48,18 @@ def _supported() -> str:
     return "Supported: " + "; ".join(SUPPORTED) + "."
 
 
-def _trusted(spec: Any) -> bool:
-    return bool(getattr(spec, "trust_code", False)) if spec is not None else False
-
-
-def load(path: str | Path, spec: Any = None, *, workdir: str | Path | None = None) -> LoadedModel:
+def load(path: str | Path, spec: LoadOptions | None = None, *, workdir: str | Path | None = None) -> LoadedModel:
     """Load any supported checkpoint from a file or folder. Raises CheckpointError otherwise.
 
+    spec: a validated ConvertSpec, or any LoadOptions; None: LoadDefaults (the checkpoint alone).
     workdir: where an uploaded .zip is unpacked (in a private sub-folder removed before returning);
     default: the system's temporary folder. Pass the job's folder to keep every write inside it."""
     p = Path(path).expanduser()
     shown = str(path)
+    spec = spec if spec is not None else LoadDefaults()
     if not p.exists():
         raise CheckpointError(f"Checkpoint {p} does not exist.")
-    _contain(p, shown, spec)
+    _contain(p, shown, spec.config)
     plugin = plugins.claim(p)
     if plugin is not None:
         return plugins.load_with(plugin, p, shown, spec)
@@ -81,13 +79,9 @@ def load(path: str | Path, spec: Any = None, *, workdir: str | Path | None = Non
     return _checked_task(_load_file(p, shown, spec, sn, [p.parent]), spec)
 
 
-def _task(spec: Any) -> str:
-    return (getattr(spec, "task", None) or "auto") if spec is not None else "auto"
-
-
-def _checked_task(loaded: LoadedModel, spec: Any) -> LoadedModel:
+def _checked_task(loaded: LoadedModel, spec: LoadOptions) -> LoadedModel:
     """An explicit --task must be the task the graph computes; only model folders can be told one."""
-    task = _task(spec)
+    task = spec.task
     if task != "auto" and loaded.info.get("task") != task:
         raise CheckpointError(f"--task {task} does not apply to {loaded.path} ({loaded.kind}): --task chooses what a "
                               "Hugging Face or sentence-transformers model folder is exported as.",
@@ -95,18 +89,17 @@ def _checked_task(loaded: LoadedModel, spec: Any) -> LoadedModel:
     return loaded
 
 
-def _contain(p: Path, shown: str, spec: Any) -> None:
+def _contain(p: Path, shown: str, config: str | None) -> None:
     """Every folder the loaders read for this upload keeps its links and named paths inside itself
     (studio.contain): the given folder's tree, the top of a single file's folder and of --config's."""
     if p.is_dir():
         contain.check_folder(p, shown)
     elif p.stat().st_size and sniffing.sniff(p).kind != sniffing.ARCHIVE:  # a zip is checked once unpacked
         contain.check_folder(p.parent, shown, tree=False)
-    given = getattr(spec, "config", None) if spec is not None else None
-    if given:
-        c = Path(str(given)).expanduser()
+    if config:
+        c = Path(str(config)).expanduser()
         if c.exists():
-            contain.check_folder(c if c.is_dir() else c.parent, f"--config {given}", tree=False)
+            contain.check_folder(c if c.is_dir() else c.parent, f"--config {config}", tree=False)
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -114,17 +107,16 @@ def _weight_files(folder: Path) -> list[Path]:
                   if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in WEIGHT_SUFFIXES)
 
 
-def _load_dir(folder: Path, shown: str, spec: Any) -> LoadedModel:
+def _load_dir(folder: Path, shown: str, spec: LoadOptions) -> LoadedModel:
     from . import dcp, hf, sbert
     if sbert.is_sbert_folder(folder):  # a sentence-transformers folder: the pipeline modules.json declares
-        return sbert.load_for_task(folder, shown, _task(spec), getattr(spec, "max_length", None),
-                                   max_params=getattr(spec, "max_params", None))
-    if _task(spec) == "sentence-embedding":
+        return sbert.load_for_task(folder, shown, spec.task, spec.max_length, max_params=spec.max_params)
+    if spec.task == "sentence-embedding":
         raise CheckpointError(f"--task sentence-embedding needs a sentence-transformers folder, and {shown} has no "
                               f"{sbert.MODULES_FILE}.", hint="Use --task feature-extraction for the token embeddings.")
     if hf.is_hf_folder(folder) and any((folder / f).exists() for f in hf.WEIGHT_FILES):
         try:
-            return hf.load_folder(folder, shown, task=_task(spec), max_params=getattr(spec, "max_params", None))
+            return hf.load_folder(folder, shown, task=spec.task, max_params=spec.max_params)
         except hf.WeightsMismatchError as e:
             # a state dict of the user's own class saved under a Hugging Face file name
             single = [folder / f for f in hf.WEIGHT_FILES[:2] if (folder / f).is_file()]
@@ -178,8 +170,8 @@ def read_weights_only(p: Path, shown: str, kind: str | None = None) -> Any:
                  "an operator who trusts the file can start the studio with --trust-code.") from e
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError,
             OverflowError, LookupError) as e:  # e.g. a tensor "subclass" rebuilt from a class that is no tensor: TypeError
-        first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-        raise CheckpointError(f"{shown} is not a readable PyTorch checkpoint (truncated or corrupted?): {first}") from e
+        raise CheckpointError(f"{shown} is not a readable PyTorch checkpoint (truncated or corrupted?): "
+                              f"{first_line(e)}") from e
 
 
 def _suffix_note(p: Path, kind: str) -> dict[str, str]:
@@ -190,12 +182,12 @@ def _suffix_note(p: Path, kind: str) -> dict[str, str]:
     return {}
 
 
-def _load_file(p: Path, shown: str, spec: Any, sn: sniffing.Sniffed, folders: list[Path]) -> LoadedModel:
+def _load_file(p: Path, shown: str, spec: LoadOptions, sn: sniffing.Sniffed, folders: list[Path]) -> LoadedModel:
     from . import statedict, trusted
     info = _suffix_note(p, sn.kind)
     if sn.kind in (sniffing.TORCHSCRIPT, sniffing.PROGRAM):
         what = "torchscript" if sn.kind == sniffing.TORCHSCRIPT else "program"
-        if not _trusted(spec):
+        if not spec.trust_code:
             raise trusted.refusal(shown, what)
         load_fn = trusted.load_torchscript if what == "torchscript" else trusted.load_program
         return _with_info(load_fn(p, shown, spec, folders), info)
@@ -206,7 +198,7 @@ def _load_file(p: Path, shown: str, spec: Any, sn: sniffing.Sniffed, folders: li
         try:
             obj = read_weights_only(p, shown, sn.kind)
         except UnsafeCheckpointError as e:
-            if not _trusted(spec):
+            if not spec.trust_code:
                 raise trusted.refusal(shown, "pickle", _detail(e)) from e
             return _with_info(trusted.load_pickled(p, shown, spec, folders), info)
         return _load_object(obj, shown, spec, folders, info)
@@ -228,14 +220,14 @@ def _with_info(loaded: LoadedModel, info: dict[str, Any]) -> LoadedModel:
     return loaded
 
 
-def _load_object(obj: Any, shown: str, spec: Any, folders: list[Path], info: dict[str, Any]) -> LoadedModel:
+def _load_object(obj: Any, shown: str, spec: LoadOptions, folders: list[Path], info: dict[str, Any]) -> LoadedModel:
     """A weights-only object (dict of tensors / training checkpoint dict) -> the loader that claims it."""
     from . import multimodal, statedict
     plugin = plugins.claim(obj)
     if plugin is not None:
         return _with_info(plugins.load_with(plugin, obj, shown, spec), info)
     if multimodal.looks_like(obj):
-        return _with_info(multimodal.load(obj, shown, max_params=getattr(spec, "max_params", None)), info)
+        return _with_info(multimodal.load(obj, shown, max_params=spec.max_params), info)
     if statedict.find_state_dict(obj) is None:
         raise CheckpointError(f"{shown} holds {statedict.describe_object(obj)}, which is not a checkpoint kind the "
                               "studio knows. " + _supported())

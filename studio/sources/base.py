@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
+
+from ..spec import default
 
 # Roles a model input can have. Text columns feed the first three; tabular columns feed "tabular".
 INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS, TABULAR = "input_ids", "attention_mask", "token_type_ids", "tabular"
@@ -12,6 +14,29 @@ INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS, TABULAR = "input_ids", "attention_mas
 # An adapter calls the model with named tensors and returns its outputs in `output_names` order.
 # It runs inside the export wrapper's forward, so it must be traceable (plain tensor code).
 Adapter = Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, ...]]
+
+
+class LoadOptions(Protocol):
+    """The options the loaders read; a ConvertSpec is one."""
+
+    config: str | None  # --config: config.json / model folder for a state dict or a trusted module
+    head: str | None  # --head: built-in head for a state-dict backbone
+    task: str  # --task: what a model folder is exported as
+    trust_code: bool  # --trust-code: TorchScript / .pt2 / pickled modules may be loaded
+    max_params: int  # --max-params: parameters a checkpoint's config may declare
+    max_length: int | None  # --max-length, compared with a sentence-transformers folder's (None: not compared)
+
+
+@dataclass(frozen=True)
+class LoadDefaults:
+    """LoadOptions for loading a checkpoint alone (no conversion): the ConvertSpec defaults, no max length."""
+
+    config: str | None = default("config")
+    head: str | None = default("head")
+    task: str = default("task")
+    trust_code: bool = default("trust_code")
+    max_params: int = default("max_params")
+    max_length: int | None = None
 
 
 @dataclass

@@ -172,6 +172,27 @@ class _Scan:
             self.storages[key] = max(self.storages.get(key, 0), nbytes)
 
 
+def _fill(name: str, stack: list, marks: list[list], scan: _Scan) -> list | None:
+    """APPEND(S) / SETITEM(S): the items go into the container below them. Returns the stack, or None when
+    that is no list / dict / set."""
+    if name in ("APPEND", "SETITEM"):
+        n = 1 if name == "APPEND" else 2
+        items = stack[-n:]
+        del stack[-n:]
+    else:
+        items, stack = stack, marks.pop()
+    target = stack[-1]
+    if not isinstance(target, _Box):
+        return None
+    if name.startswith("SET"):
+        for k in items[0::2]:
+            scan.hashed(target, k)
+    else:
+        target.items.extend(items)
+    target.w = min(_CAP, target.w + sum(_weight(v) for v in items))
+    return stack
+
+
 def scan_pickle(data, shown: str) -> tuple[dict[str, int], bool]:
     """Walk one pickle (bytes, or a binary stream left just after its STOP) without running anything, and
     raise CheckpointError for the budget breaches listed in the module docstring. Returns the storages it
@@ -231,21 +252,9 @@ def scan_pickle(data, shown: str) -> tuple[dict[str, int], bool]:
             elif name == "BUILD":
                 stack.pop()
             elif name in ("APPEND", "APPENDS", "SETITEM", "SETITEMS"):
-                if name in ("APPEND", "SETITEM"):
-                    n = 1 if name == "APPEND" else 2
-                    items = stack[-n:]
-                    del stack[-n:]
-                else:
-                    items, stack = stack, marks.pop()
-                target = stack[-1]
-                if not isinstance(target, _Box):
+                stack = _fill(name, stack, marks, scan)
+                if stack is None:
                     break  # the unpickler refuses this itself
-                if name.startswith("SET"):
-                    for k in items[0::2]:
-                        scan.hashed(target, k)
-                else:
-                    target.items.extend(items)
-                target.w = min(_CAP, target.w + sum(_weight(v) for v in items))
             else:
                 break  # an opcode the weights-only unpickler refuses: nothing more to budget
     except CheckpointError:

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError, UnsafeCheckpointError, UnsafePathError
+from ..errors import CheckpointError, UnsafeCheckpointError, UnsafePathError, first_line
 
 METADATA = ".metadata"
 SHARD_SUFFIX = ".distcp"
@@ -163,10 +163,10 @@ def load_dcp(folder: Path, shown: str) -> dict[str, Any]:
             state = _load_state_dict_from_keys(keys, storage_reader=SafeReader(str(folder)))
     except pickle.UnpicklingError as e:
         raise UnsafeCheckpointError(f"{shown}: a shard holds Python objects other than tensors; loading it could "
-                                    f"run code, so it is refused. ({str(e).splitlines()[0][:300]})") from e
+                                    f"run code, so it is refused. ({first_line(e)})") from e
     except (UnsafeCheckpointError, UnsafePathError):
         raise
     except Exception as e:
         raise CheckpointError(f"{shown}: the DCP shards cannot be read (truncated or corrupted?): "
-                              f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}") from e
+                              f"{first_line(e, with_type=True)}") from e
     return state

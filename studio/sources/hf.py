@@ -36,10 +36,6 @@ def is_hf_folder(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
 
-def _task(config) -> tuple[str, list[str], str]:
-    return choose_task(config)[0]
-
-
 def choose_task(config, task: str = "auto") -> tuple[tuple[str, list[str], str], str]:
     """(Auto class, outputs, output kind) and why: from --task when given, else the config's architectures."""
     if task in TASK_HEADS:

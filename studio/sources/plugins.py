@@ -33,7 +33,7 @@ from types import ModuleType
 from typing import Any
 
 from ..errors import CheckpointError, StudioError
-from .base import LoadedModel
+from .base import LoadDefaults, LoadedModel, LoadOptions
 
 GROUP = "onnx_studio.sources"
 ENV = "ONNX_STUDIO_PLUGINS"
@@ -172,10 +172,11 @@ def claim(source: Any) -> ModuleType | None:
     return None
 
 
-def load_with(plugin: ModuleType, source: Any, shown: str, spec: Any) -> LoadedModel:
-    """Run a plugin's load and check it returned a LoadedModel."""
+def load_with(plugin: ModuleType, source: Any, shown: str, spec: LoadOptions) -> LoadedModel:
+    """Run a plugin's load and check it returned a LoadedModel. The plugin gets the conversion's ConvertSpec,
+    or None when the checkpoint is loaded alone (LoadDefaults), as its contract says."""
     try:
-        loaded = plugin.load(source, shown, spec)
+        loaded = plugin.load(source, shown, None if isinstance(spec, LoadDefaults) else spec)
     except StudioError:
         raise
     except Exception as e:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
-from ..spec import MAX_PARAMS_DEFAULT  # the default lives with the option
+from ..spec import MAX_PARAMS_DEFAULT  # noqa: F401 - the default lives with the option; loaders read it here
 
 MIN_BYTES_PER_PARAM = 1  # int8 / float8 weights; float16 takes 2, float32 4
 MAX_MODULES = 100_000
@@ -40,11 +40,6 @@ def _human(n: int) -> str:
         if n >= size:
             return f"{n / size:.1f} {unit}"
     return f"{n} bytes"
-
-
-def max_params_of(spec: Any) -> int:
-    value = getattr(spec, "max_params", None) if spec is not None else None
-    return int(value) if value else MAX_PARAMS_DEFAULT
 
 
 def count_on_meta(build: Callable[[], torch.nn.Module], stop_above: int) -> tuple[int, str | None]:

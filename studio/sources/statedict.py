@@ -21,10 +21,10 @@ from typing import Any, Mapping
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, first_line
 from ..models.heads import HEADS, BackboneWithHead, has_pooler
 from . import hf
-from .base import LoadedModel
+from .base import LoadedModel, LoadOptions
 from .keys import SHOW, WRAPPER_SEGMENTS, KeyMatch, describe_mismatch, match_keys
 
 KIND = "state-dict"
@@ -69,8 +69,8 @@ def describe_object(obj: Any) -> str:
 
 # ------------------------------------------------------------------------------------------ config
 
-def _config_file(spec: Any, folders: list[Path], shown: str) -> Path | None:
-    given = getattr(spec, "config", None) if spec is not None else None
+def _config_file(given: str | None, folders: list[Path], shown: str) -> Path | None:
+    """--config (a config.json or a folder holding one), else a config.json in one of the folders."""
     if given:
         p = Path(str(given)).expanduser()
         if p.is_dir():
@@ -204,7 +204,7 @@ def _try_task_model(sd: dict[str, torch.Tensor], config, tokenizer, shown: str, 
     if not archs:
         return None
     try:
-        auto_name, outputs, out_kind = hf._task(config)
+        auto_name, outputs, out_kind = hf.choose_task(config)[0]
     except CheckpointError:
         return None
     if auto_name == "AutoModel":
@@ -305,7 +305,16 @@ def load_state(sd: dict[str, torch.Tensor], config, tokenizer, head: str | None,
         loaded = _try_task_model(sd, config, tokenizer, shown, info)
         if loaded is not None:
             return loaded
+    backbone, prefix, state, rest = _match_backbone(sd, config, head, shown)
+    base_info = {**info, "model_type": config.model_type, "backbone_prefix": prefix or "(top level)"}
+    if not rest:
+        return _encoder_only(backbone, state, config, tokenizer, head, shown, base_info)
+    return _with_head(backbone, state, rest, config, tokenizer, head, shown, prefix, base_info)
 
+
+def _match_backbone(sd: dict[str, torch.Tensor], config, head: str | None, shown: str):
+    """The config's backbone and the checkpoint's weights for it: (backbone, prefix, state, rest), where rest
+    holds the keys the backbone does not take (a head's). A backbone the weights do not fit is an error."""
     backbone = _build("AutoModel", config)
     own = backbone.state_dict()
     keys = list(sd)
@@ -342,22 +351,29 @@ def load_state(sd: dict[str, torch.Tensor], config, tokenizer, head: str | None,
     _check_shapes(own, state, config, names=mapping)
     for k in stray:
         rest.pop(k, None)
+    return backbone, prefix, state, rest
 
+
+def _encoder_only(backbone, state: dict[str, torch.Tensor], config, tokenizer, head: str | None, shown: str,
+                  base_info: dict[str, Any]) -> LoadedModel:
+    """A checkpoint holding the backbone alone: the encoder's hidden states."""
+    if head is not None:
+        raise CheckpointError(f"{shown}: --head {head} was chosen, but the checkpoint holds only the backbone "
+                              "(no head weights).", hint="Leave --head out to export the encoder's hidden states.")
+    backbone.load_state_dict(state, strict=True)
+    backbone = backbone.float().eval().to("cpu")
+    outputs = list(hf.ENCODER_OUTPUTS)
+    return LoadedModel(
+        kind=KIND, path=shown, module=backbone, adapter=hf.make_adapter(outputs),
+        inputs=hf.text_inputs_for(backbone, config, tokenizer), output_names=outputs,
+        output_kinds={o: "hidden" for o in outputs}, tokenizer=tokenizer,
+        info={**base_info, "architecture": type(backbone).__name__, "task": "encoder", "labels": None})
+
+
+def _with_head(backbone, state: dict[str, torch.Tensor], rest: dict[str, torch.Tensor], config, tokenizer,
+               head: str | None, shown: str, prefix: str, base_info: dict[str, Any]) -> LoadedModel:
+    """Backbone + the checkpoint's Linear head, reading what --head says."""
     hidden = int(getattr(config, "hidden_size", 0) or 0)
-    base_info = {**info, "model_type": config.model_type, "backbone_prefix": prefix or "(top level)"}
-    if not rest:
-        if head is not None:
-            raise CheckpointError(f"{shown}: --head {head} was chosen, but the checkpoint holds only the backbone "
-                                  "(no head weights).", hint="Leave --head out to export the encoder's hidden states.")
-        backbone.load_state_dict(state, strict=True)
-        backbone = backbone.float().eval().to("cpu")
-        outputs = list(hf.ENCODER_OUTPUTS)
-        return LoadedModel(
-            kind=KIND, path=shown, module=backbone, adapter=hf.make_adapter(outputs),
-            inputs=hf.text_inputs_for(backbone, config, tokenizer), output_names=outputs,
-            output_kinds={o: "hidden" for o in outputs}, tokenizer=tokenizer,
-            info={**base_info, "architecture": type(backbone).__name__, "task": "encoder", "labels": None})
-
     mod, weight, bias = _head_from(rest, shown)
     num_labels, in_features = int(weight.shape[0]), int(weight.shape[1])
     if head is None:
@@ -393,7 +409,8 @@ def load_state(sd: dict[str, torch.Tensor], config, tokenizer, head: str | None,
     )
 
 
-def load(obj: Any, shown: str, spec: Any, folders: list[Path], info: dict[str, Any] | None = None) -> LoadedModel:
+def load(obj: Any, shown: str, spec: LoadOptions, folders: list[Path],
+         info: dict[str, Any] | None = None) -> LoadedModel:
     """A weights-only object (a state dict or a training checkpoint dict holding one) + its config."""
     found = find_state_dict(obj)
     if found is None:
@@ -404,7 +421,7 @@ def load(obj: Any, shown: str, spec: Any, folders: list[Path], info: dict[str, A
     info["state_dict_at"] = where
     if isinstance(obj, Mapping) and ("pytorch-lightning_version" in obj or "hyper_parameters" in obj):
         info.setdefault("layout", "lightning")
-    cfg_path = _config_file(spec, folders, shown)
+    cfg_path = _config_file(spec.config, folders, shown)
     if cfg_path is None:
         sample = ", ".join(repr(k) for k in list(sd)[:3])
         raise CheckpointError(
@@ -413,14 +430,13 @@ def load(obj: Any, shown: str, spec: Any, folders: list[Path], info: dict[str, A
             hint="Put config.json (and the tokenizer files) beside the weights or in the same .zip, or pass "
                  "--config path/to/config.json (or the model folder).")
     config = load_config(cfg_path)
-    info["config"] = str(cfg_path) if getattr(spec, "config", None) else cfg_path.name
-    _check_size(sd, config, info["config"], shown, spec)
+    info["config"] = str(cfg_path) if spec.config else cfg_path.name
+    _check_size(sd, config, info["config"], shown, spec.max_params)
     tokenizer = find_tokenizer([cfg_path.parent] + [f for f in folders if f != cfg_path.parent])
-    return load_state(sd, config, tokenizer, getattr(spec, "head", None) if spec is not None else None,
-                      shown, info)
+    return load_state(sd, config, tokenizer, spec.head, shown, info)
 
 
-def _check_size(sd: dict[str, torch.Tensor], config, config_name: str, shown: str, spec: Any) -> None:
+def _check_size(sd: dict[str, torch.Tensor], config, config_name: str, shown: str, max_params: int | None) -> None:
     """The backbone the config declares, counted on the meta device, must fit the bytes the state dict holds
     (and the operator's --max-params) before the real model is built (see sources.sizing)."""
     import transformers
@@ -430,7 +446,7 @@ def _check_size(sd: dict[str, torch.Tensor], config, config_name: str, shown: st
         sizing.check_declared(
             lambda: transformers.AutoModel.from_config(config, attn_implementation="eager"),
             config_name=config_name, held_bytes=sizing.state_dict_bytes(sd, shown), held_name=shown,
-            max_params=sizing.max_params_of(spec), sizes=sizing.config_sizes(config))
+            max_params=max_params or sizing.MAX_PARAMS_DEFAULT, sizes=sizing.config_sizes(config))
     except CheckpointError:
         raise
     except Exception as e:
@@ -444,4 +460,4 @@ def read_safetensors(p: Path, shown: str) -> dict[str, torch.Tensor]:
         return dict(load_file(str(p), device="cpu"))
     except Exception as e:
         raise CheckpointError(f"{shown} is not a readable .safetensors file (truncated or corrupted?): "
-                              f"{str(e).splitlines()[0][:300] if str(e) else type(e).__name__}") from e
+                              f"{first_line(e)}") from e

@@ -25,8 +25,8 @@ from typing import Any, Mapping
 
 import torch
 
-from ..errors import CheckpointError, UnsafeCheckpointError
-from .base import ATTENTION_MASK, INPUT_IDS, TABULAR, TOKEN_TYPE_IDS, LoadedModel, ModelInput
+from ..errors import CheckpointError, UnsafeCheckpointError, first_line
+from .base import ATTENTION_MASK, INPUT_IDS, TABULAR, TOKEN_TYPE_IDS, LoadedModel, LoadOptions, ModelInput
 from .statedict import find_tokenizer
 
 SIDECAR = "studio.json"
@@ -63,8 +63,8 @@ class Declared:
     source: str = ""
 
 
-def _sidecar_path(spec: Any, folders: list[Path]) -> Path | None:
-    given = getattr(spec, "config", None) if spec is not None else None
+def _sidecar_path(given: str | None, folders: list[Path]) -> Path | None:
+    """--config naming a sidecar .json (or a folder holding one), else the sidecar beside the checkpoint."""
     if given:
         p = Path(str(given)).expanduser()
         if p.is_file() and p.suffix.lower() == ".json" and p.name != "config.json":
@@ -77,8 +77,8 @@ def _sidecar_path(spec: Any, folders: list[Path]) -> Path | None:
     return None
 
 
-def read_declared(spec: Any, folders: list[Path], params: list[str]) -> Declared:
-    path = _sidecar_path(spec, folders)
+def read_declared(config: str | None, folders: list[Path], params: list[str]) -> Declared:
+    path = _sidecar_path(config, folders)
     if path is None:
         return Declared()
     try:
@@ -226,8 +226,9 @@ def _names_from(out: Any) -> list[str] | None:
 
 
 def _build(kind: str, module: torch.nn.Module, params: list[str], keyword: bool, n_outputs: int | None,
-           shown: str, spec: Any, folders: list[Path], info: dict[str, Any]) -> LoadedModel:
-    declared = read_declared(spec, folders, params)
+           shown: str, config: str | None, folders: list[Path], info: dict[str, Any]) -> LoadedModel:
+    """The LoadedModel of a trusted module; config: --config (a sidecar .json, or the folder of one)."""
+    declared = read_declared(config, folders, params)
     inputs = declared.inputs or inputs_from_params(params)
     params = params or [i.name for i in inputs]
     if declared.inputs and not keyword:
@@ -244,9 +245,8 @@ def _build(kind: str, module: torch.nn.Module, params: list[str], keyword: bool,
                               f"returns {n_outputs}.")
     kinds = {o: (declared.output_kinds or {}).get(o, o if o in ("logits", "probs") else "other") for o in outputs}
     cfg_dir = None
-    given = getattr(spec, "config", None) if spec is not None else None
-    if given:
-        p = Path(str(given)).expanduser()
+    if config:
+        p = Path(str(config)).expanduser()
         cfg_dir = p if p.is_dir() else p.parent
     tokenizer = find_tokenizer([d for d in [cfg_dir, *folders] if d is not None])
     try:
@@ -294,11 +294,11 @@ def _frozen(module: Any) -> torch.nn.Module:
     return FrozenScript(fn, str(getattr(module, "original_name", "module")))
 
 
-def load_torchscript(p: Path, shown: str, spec: Any, folders: list[Path]) -> LoadedModel:
+def load_torchscript(p: Path, shown: str, spec: LoadOptions, folders: list[Path]) -> LoadedModel:
     try:
         module = torch.jit.load(str(p), map_location="cpu")
     except Exception as e:
-        raise CheckpointError(f"{shown} could not be loaded as TorchScript: {str(e).splitlines()[0][:300]}") from e
+        raise CheckpointError(f"{shown} could not be loaded as TorchScript: {first_line(e)}") from e
     try:
         params = [a.name for a in module.forward.schema.arguments][1:]
     except Exception as e:
@@ -306,7 +306,7 @@ def load_torchscript(p: Path, shown: str, spec: Any, folders: list[Path]) -> Loa
     n_outputs = _output_count_ts(module)
     parameters = sum(t.numel() for t in module.parameters())
     frozen = _frozen(module)
-    loaded = _build("torchscript", frozen, params, False, n_outputs, shown, spec, folders,
+    loaded = _build("torchscript", frozen, params, False, n_outputs, shown, spec.config, folders,
                     {"architecture": "TorchScript " + str(getattr(module, "original_name", "module")),
                      "frozen": frozen is not module, "weights": parameters})
     return loaded
@@ -328,12 +328,12 @@ class ProgramModule(torch.nn.Module):
         return self.program(*args)
 
 
-def load_program(p: Path, shown: str, spec: Any, folders: list[Path]) -> LoadedModel:
+def load_program(p: Path, shown: str, spec: LoadOptions, folders: list[Path]) -> LoadedModel:
     try:
         ep = torch.export.load(str(p))
     except Exception as e:
         raise CheckpointError(f"{shown} could not be loaded as a torch.export program: "
-                              f"{str(e).splitlines()[0][:300] if str(e) else type(e).__name__}") from e
+                              f"{first_line(e)}") from e
     sig = ep.graph_signature
     params = list(sig.user_inputs)
     module = ep.module()
@@ -342,7 +342,7 @@ def load_program(p: Path, shown: str, spec: Any, folders: list[Path]) -> LoadedM
         module = move_exported_model_to_eval(module)
     except Exception:  # older torch, or nothing to switch
         pass
-    loaded = _build("torch-export", ProgramModule(module), params, False, len(sig.user_outputs), shown, spec,
+    loaded = _build("torch-export", ProgramModule(module), params, False, len(sig.user_outputs), shown, spec.config,
                     folders, {"architecture": "torch.export program"})
     widths = program_widths(ep)
     for inp, param in zip(loaded.inputs, params):
@@ -364,7 +364,7 @@ def program_widths(ep: Any) -> dict[str, int]:
     return out
 
 
-def load_pickled(p: Path, shown: str, spec: Any, folders: list[Path]) -> LoadedModel:
+def load_pickled(p: Path, shown: str, spec: LoadOptions, folders: list[Path]) -> LoadedModel:
     """torch.load(weights_only=False): runs whatever the pickle says. Trusted operators only."""
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=False)
@@ -388,7 +388,7 @@ def load_pickled(p: Path, shown: str, spec: Any, folders: list[Path]) -> LoadedM
               if prm.kind in (prm.POSITIONAL_ONLY, prm.POSITIONAL_OR_KEYWORD, prm.KEYWORD_ONLY)
               and (prm.default is prm.empty or n in TEXT_NAMES)]
     var_positional = any(prm.kind == prm.VAR_POSITIONAL for prm in sig.parameters.values())
-    if var_positional and _sidecar_path(spec, folders) is None:
+    if var_positional and _sidecar_path(spec.config, folders) is None:
         raise CheckpointError(f"{shown}: {type(module).__name__}.forward takes *args, so its inputs cannot be read "
                               "from its signature.",
                               hint=f"Declare them in {SIDECAR} beside the file: "
@@ -397,5 +397,5 @@ def load_pickled(p: Path, shown: str, spec: Any, folders: list[Path]) -> LoadedM
     if var_positional:
         params = []  # taken from studio.json; called positionally
     module = module.to("cpu").float()
-    return _build("pickled-module", module, params, keyword, None, shown, spec, folders,
+    return _build("pickled-module", module, params, keyword, None, shown, spec.config, folders,
                   {"architecture": type(module).__name__})
