@@ -65,7 +65,7 @@ def write_example(folder: Path, loaded, batch, df, data: str | Path, fill_value:
 def write_rows(df, path: Path) -> None:
     """`{"columns": [...], "rows": [[cell, ...], ...]}`: every cell as the studio read it, in standard JSON
     (a missing cell is null; an infinite number is its text, as the studio tokenizes it)."""
-    from .sample import jsonable
+    from .cells import jsonable
     rows = [[jsonable(v) for v in row] for row in df.itertuples(index=False, name=None)]
     path.write_text(json.dumps({"columns": [str(c) for c in df.columns], "rows": rows}, ensure_ascii=False,
                                allow_nan=False), encoding="utf-8")
@@ -74,7 +74,7 @@ def write_rows(df, path: Path) -> None:
 def example_script(loaded, batch, fill_value: float | None) -> str:
     """The text of inference_example.py for this model and batch (see EXAMPLE)."""
     from . import __version__
-    from .sample import NA_TOKENS
+    from .cells import NA_TOKENS
     from .sources.base import TABULAR
     # text input kinds are the tokenizer's output names
     text_map = {i.name: i.kind for i in loaded.inputs if i.name in batch.tensors and i.kind != TABULAR}

@@ -15,7 +15,8 @@ import pandas as pd
 import torch
 
 from .roles import describe_column, prepared_frame, resolve_roles
-from .sample import column_kind, file_error, is_missing, jsonable
+from .cells import column_kind, is_missing, jsonable
+from .sample import file_error
 from .sources.base import LoadedModel, ModelInput
 from .spec import ROLES, default
 from .tabular import columns_text, describe_inputs, explicit_feeds, match_tabular, one_hot, tabular_values

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from .errors import BatchError
-from .sample import column_kind, duplicates, file_error, is_missing, shorten
+from .cells import column_kind, is_missing, shorten
+from .sample import duplicates, file_error
 from .sources.base import LoadedModel
 
 ID_TOKENS = {"id", "ids", "uuid", "guid", "key", "pk"}

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .sample import NA_TOKENS, cell_kind, convert_cell, file_error, is_missing, jsonable, row_label, shorten
+from .cells import NA_TOKENS, cell_kind, convert_cell, is_missing, jsonable, shorten
+from .sample import file_error, row_label
 from .sources.base import LoadedModel, ModelInput
 
 

@@ -13,7 +13,8 @@ import pandas as pd
 import torch
 
 from .errors import CheckpointError, first_line
-from .sample import ROW_CONVENTION, file_error, jsonable, row_label
+from .cells import jsonable
+from .sample import ROW_CONVENTION, file_error, row_label
 from .sources.base import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, LoadedModel
 
 
