@@ -1,0 +1,84 @@
+"""The Graph panel in a real browser (Playwright + Debian's chromium): after Export, Netron's viewer, served by
+the studio, draws the demo's graph with its inputs and symbolic dims, a click on a node shows its properties,
+a variant can be chosen, the node named in the URL is selected, and nothing is fetched from anywhere else.
+(Netron replaces window.eval, so the test reads the viewer's frame with locators only, never evaluate.)"""
+from __future__ import annotations
+
+import os
+import shutil
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+import studio.app
+from test_app_browser import ARGS, CHROMIUM, _browser_or_skip
+
+
+@pytest.fixture(scope="module")
+def served():
+    running = studio.app.start(port=0, max_jobs=1, job_timeout_s=300)
+    running.app.warm_up(wait=True)
+    yield running
+    running.close()
+
+
+def test_the_graph_of_the_demo_renders_and_a_node_can_be_selected(served, tmp_path):
+    sync_playwright = _browser_or_skip()
+    from playwright.sync_api import expect
+    elsewhere: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(60_000)
+        page.on("request", lambda r: None if r.url.startswith((served.url, "data:", "blob:")) else elsewhere.append(r.url))
+        page.goto(served.url)
+        page.click("#load-demo")
+        page.wait_for_selector("#mapping-status .mapping-ok")
+        page.locator("#variants label", has_text="int8").click()
+        page.click("#export-btn")
+        page.wait_for_selector("#verdict-strip[data-ok='true']", timeout=240_000)
+        expect(page.locator("#graph-panel")).to_be_visible()
+
+        frame = page.frame_locator("#graph-frame")
+        # the real graph: the demo's inputs with their symbolic dims, and its nodes
+        inputs = frame.locator("#canvas .graph-input")
+        expect(inputs.first).to_be_attached(timeout=90_000)
+        names = [inputs.nth(i).text_content() for i in range(inputs.count())]
+        assert any(n.startswith("input_ids") for n in names), names
+        assert any("batch" in n and "sequence" in n for n in names), names  # int64[batch,sequence]
+        nodes = frame.locator("#canvas .graph-node")
+        assert nodes.count() > 50
+
+        # a click on a node shows its properties in Netron's sidebar
+        node = nodes.nth(3)
+        node_id = node.get_attribute("id")  # "node-name-<its ONNX name>"
+        assert node_id.startswith("node-name-")
+        node.locator(".node-item").first.click()
+        sidebar = frame.locator("#sidebar")
+        expect(sidebar).to_contain_text("Node Properties", ignore_case=True)
+        expect(sidebar).to_contain_text(node_id[len("node-name-"):])
+        page.wait_for_timeout(300)
+        shot = tmp_path / "graph.png"
+        page.locator("#graph-panel").screenshot(path=str(shot))
+        assert shot.stat().st_size > 10_000
+
+        # the node named in the viewer's URL (a divergence) is selected once drawn
+        src = page.get_attribute("#graph-frame", "src")
+        target = node_id[len("node-name-"):]
+        viewer = browser.new_page(viewport={"width": 1100, "height": 800})
+        viewer.on("request", lambda r: None if r.url.startswith(served.url) else elsewhere.append(r.url))
+        viewer.goto(served.url + src + "&" + urllib.parse.urlencode({"select": target}))
+        viewer.wait_for_selector(f"body[data-studio-selected='{target}']", timeout=90_000)
+        expect(viewer.locator("#sidebar")).to_contain_text(target)
+        viewer.close()
+
+        # another file: the int8 variant
+        page.locator("#graph-choice label", has_text="int8").click()
+        expect(page.locator("#graph-frame")).to_have_attribute("data-file", "variants/model.int8.onnx")
+        expect(frame.locator("#canvas .graph-input").first).to_be_attached(timeout=90_000)
+        assert frame.locator("#canvas .graph-node").count() > 50
+        browser.close()
+    assert elsewhere == []  # offline: every request went to the studio itself
+    if os.environ.get("STUDIO_UPDATE_SCREENSHOT"):
+        shutil.copyfile(shot, Path(__file__).resolve().parents[1] / "assets" / "graph.png")
