@@ -11,9 +11,9 @@ import pytest
 from onnx import TensorProto, helper
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
+from test_app_handlers import make_report, make_variants
 
 from studio.app import graph
-from test_app_handlers import make_report, make_variants
 
 
 def _chain(path: Path, n: int) -> Path:
@@ -50,7 +50,7 @@ def _get(client, token: str, name: str):
 
 
 def test_a_granted_file_is_served_to_its_token(two_sessions):
-    files, tokens, outs, client = two_sessions
+    _, tokens, outs, client = two_sessions
     r = _get(client, tokens["a"], "model.onnx")
     assert r.status_code == 200 and r.content == (outs["a"] / "model.onnx").read_bytes()
     assert r.headers["cache-control"] == "private, no-store"
@@ -70,7 +70,7 @@ def test_a_granted_file_is_served_to_its_token(two_sessions):
     "MODEL.ONNX",
 ])
 def test_anything_else_is_404(two_sessions, name):
-    files, tokens, outs, client = two_sessions
+    _, tokens, _, client = two_sessions
     assert _get(client, tokens["a"], name).status_code == 404
 
 
@@ -105,7 +105,7 @@ def test_a_symlink_or_a_folder_outside_the_root_is_404(two_sessions, tmp_path):
 
 
 def test_the_viewer_is_netrons_own_files_rewritten_to_run_offline(two_sessions):
-    files, tokens, outs, client = two_sessions
+    client = two_sessions[3]
     r = client.get(f"/{graph.VIEWER}/index.html")
     assert r.status_code == 200
     page = r.text
@@ -200,6 +200,15 @@ def test_the_divergence_node_is_named_and_selected(tmp_path):
         report.divergence = {"found": False, "first": None}
         view = app._report_outputs({"report": report}, out, "k")[app.ui.graph_view]
         assert "graph-divergence" not in view and "select=" not in view
+    finally:
+        app.close()
+    app = _app(graph_max_nodes=2)  # too big to draw: the node is still named
+    try:
+        out = app.sessions.session("k").folder / "job-x" / "out"
+        report = _report_in(out, 3)
+        report.divergence = {"found": True, "first": {"node": "relu_2", "op_type": "Relu"}}
+        view = app._report_outputs({"report": report}, out, "k")[app.ui.graph_view]
+        assert "<code>relu_2</code> (in model.onnx)" in view and "graph-too-big" in view
     finally:
         app.close()
     assert graph.divergence_node(make_report()) is None  # a report without the section

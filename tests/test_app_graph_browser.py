@@ -10,9 +10,9 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+from test_app_browser import ARGS, CHROMIUM, _browser_or_skip
 
 import studio.app
-from test_app_browser import ARGS, CHROMIUM, _browser_or_skip
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,8 @@ def test_the_graph_of_the_demo_renders_and_a_node_can_be_selected(served, tmp_pa
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.set_default_timeout(60_000)
-        page.on("request", lambda r: None if r.url.startswith((served.url, "data:", "blob:")) else elsewhere.append(r.url))
+        local = (served.url, "data:", "blob:")
+        page.on("request", lambda r: None if r.url.startswith(local) else elsewhere.append(r.url))
         page.goto(served.url)
         page.click("#load-demo")
         page.wait_for_selector("#mapping-status .mapping-ok")

@@ -127,6 +127,9 @@ class GraphFiles:
             for t in [t for t, g in self._grants.items() if not g.out.is_dir()]:  # sessions gone
                 del self._grants[t]
             self._grants[token] = Grant(key, Path(os.path.realpath(out)), frozenset(names))
+            live = {g.key for g in self._grants.values()}
+            for k in [k for k in self._views if k not in live]:  # expired sessions' panels
+                del self._views[k]
         return token
 
     def revoke(self, key: str) -> None:
@@ -243,7 +246,8 @@ def entries(report: Any, out: Path, max_nodes: int, max_bytes: int) -> list[Grap
         data = f"{name}.data" if (out / f"{name}.data").is_file() else None
         e = GraphEntry(label, name, size, nodes, data)
         if size > max_bytes:
-            e.too_big = f"its graph file is {size / 2**20:.0f} MiB (the viewer loads at most {max_bytes / 2**20:.0f} MiB)"
+            e.too_big = (f"its graph file is {size / 2**20:.0f} MiB (the viewer loads at most "
+                         f"{max_bytes / 2**20:.0f} MiB)")
         elif nodes is not None and nodes > max_nodes:
             e.too_big = f"it has {nodes:,} nodes (the viewer draws at most {max_nodes:,})"
         found.append(e)

@@ -424,10 +424,9 @@ def graph_html(found: list, choice: str | None = None, node: str | None = None) 
     if entry is None:
         return '<div class="muted" id="graph-none">No ONNX file to show.</div>'
     parts = []
-    is_model = entry.name == (found[0].name if found else None)
+    is_model = entry.label == "model.onnx"
     if node:
-        where = ("selected in the view below" if is_model and not entry.too_big else
-                 "in model.onnx" if not is_model else "shown in model.onnx's view")
+        where = "selected in the view below" if is_model and not entry.too_big and entry.url else "in model.onnx"
         parts.append(f'<div class="graph-divergence" id="graph-divergence">ONNX Runtime first leaves PyTorch at '
                      f'node <code>{esc(node)}</code> ({where}).</div>')
     size = f"{entry.size_bytes / 2**20:.1f} MiB" if entry.size_bytes >= 2**20 else f"{entry.size_bytes / 1024:.0f} KiB"
