@@ -83,3 +83,39 @@ def test_the_graph_of_the_demo_renders_and_a_node_can_be_selected(served, tmp_pa
     assert elsewhere == []  # offline: every request went to the studio itself
     if os.environ.get("STUDIO_UPDATE_SCREENSHOT"):
         shutil.copyfile(shot, Path(__file__).resolve().parents[1] / "assets" / "graph.png")
+
+
+def test_external_data_weights_load_through_the_granted_route(served):
+    """model.onnx + model.onnx.data: the graph is drawn from model.onnx; a weight's values, opened in the
+    sidebar, come from model.onnx.data through the same per-session route."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from studio.app import graph
+    sync_playwright = _browser_or_skip()
+    from playwright.sync_api import expect
+    app = served.app
+    out = app.sessions.session("external-data").folder / "job-x" / "out"
+    out.mkdir(parents=True)
+    weight = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, 3) + 0.5, "weight")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "weight"], ["y"], name="mm")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])], [weight])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(out / "model.onnx"),
+              save_as_external_data=True, location="model.onnx.data", size_threshold=0)
+    assert b"11.5" not in (out / "model.onnx").read_bytes() and (out / "model.onnx.data").stat().st_size == 48
+    token = app.graphs.grant("external-data", out, ["model.onnx", "model.onnx.data"])
+    fetched: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1200, "height": 800})
+        page.on("request", lambda r: fetched.append(urllib.parse.urlparse(r.url).path))
+        page.goto(served.url + graph.viewer_url(f"{graph.FILES}/{token}/model.onnx", "mm"))
+        page.wait_for_selector("body[data-studio-selected='mm']", timeout=60_000)
+        item = page.locator("#sidebar .sidebar-item", has_text="weight").last
+        item.locator(".sidebar-item-value-expander").first.click()
+        expect(page.locator("#sidebar")).to_contain_text("model.onnx.data")
+        expect(page.locator("#sidebar")).to_contain_text("11.5")  # the last weight, read from the .data file
+        browser.close()
+    assert f"/{graph.FILES}/{token}/model.onnx.data" in fetched
