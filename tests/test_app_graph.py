@@ -189,6 +189,17 @@ def test_a_graph_above_the_threshold_offers_the_download_instead(tmp_path):
         app.close()
 
 
+def test_without_netron_the_panel_says_so(monkeypatch):
+    app = _app()
+    try:
+        monkeypatch.setattr(graph, "netron_dir", lambda: None)
+        out = app.sessions.session("k").folder / "job-x" / "out"
+        view = app._report_outputs({"report": _report_in(out, 2)}, out, "k")[app.ui.graph_view]
+        assert "<iframe" not in view and "pip install netron" in view and "download=1" in view
+    finally:
+        app.close()
+
+
 def test_the_divergence_node_is_named_and_selected(tmp_path):
     app = _app()
     try:

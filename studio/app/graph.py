@@ -12,6 +12,7 @@ the way, inside the session folders' root; any other path, `..`, a symlink, anot
 gone with its pruned job folder or closed session: 404. No gradio in here (starlette only)."""
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import re
@@ -70,6 +71,7 @@ VIEWER_JS = r"""// ONNX Studio: Netron offline, and the node named by ?select= s
 """
 
 
+@functools.lru_cache(maxsize=1)
 def netron_dir() -> Path | None:
     """The `netron` package's folder (its index.html and scripts), or None when it is not installed."""
     spec = importlib.util.find_spec("netron")
@@ -247,9 +249,12 @@ def entries(report: Any, out: Path, max_nodes: int, max_bytes: int) -> list[Grap
         e = GraphEntry(label, name, size, nodes, data)
         if size > max_bytes:
             e.too_big = (f"its graph file is {size / 2**20:.0f} MiB (the viewer loads at most "
-                         f"{max_bytes / 2**20:.0f} MiB)")
+                         f"{max_bytes / 2**20:.0f} MiB): too big to draw here without freezing the tab")
         elif nodes is not None and nodes > max_nodes:
-            e.too_big = f"it has {nodes:,} nodes (the viewer draws at most {max_nodes:,})"
+            e.too_big = (f"it has {nodes:,} nodes (the viewer draws at most {max_nodes:,}): too big to draw here "
+                         "without freezing the tab")
+        elif netron_dir() is None:
+            e.too_big = "the graph viewer is not installed on this server (pip install netron)"
         found.append(e)
     return found
 

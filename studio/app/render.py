@@ -437,8 +437,7 @@ def graph_html(found: list, choice: str | None = None, node: str | None = None) 
                 f'{esc(Path(entry.name).name)}</a> and open it in Netron on your machine (<code>pip install netron'
                 f'</code>, <code>netron {esc(Path(entry.name).name)}</code>).' if entry.url else "")
         parts.append(f'<div class="card card-empty" id="graph-too-big"><div class="card-title">Graph not drawn here'
-                     f'</div><div>{esc(facts)}: {esc(why)}, too big to draw in the page without freezing the tab.'
-                     f'{link}</div></div>')
+                     f'</div><div>{esc(facts)}: {esc(why)}.{link}</div></div>')
         return "".join(parts)
     src = viewer_url(entry.url, node if is_model else None)
     note = ("Inputs and outputs are drawn with their symbolic dimensions; click a node for its properties, "
