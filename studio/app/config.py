@@ -24,4 +24,6 @@ class AppConfig:
     work_dir: str | None = None  # parent of the private working root (default: system temp)
     start_method: str | None = None  # "forkserver" (default where available) or "spawn"
     warm_up: bool = True  # start the worker fork server at launch so the first job starts fast
+    graph_max_nodes: int = 5000  # the Graph panel draws graphs of at most this many nodes (else: the download)
+    graph_max_mb: float = 200.0  # ... and .onnx files of at most this size (external .data not counted)
     sample_limits: Any = None  # what a sample file may hold: "rows=N,..." / SampleLimits (default: the studio's)

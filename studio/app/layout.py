@@ -82,6 +82,11 @@ CSS = """
 .tile-fail { border-top: 4px solid #d93f3f; } .tile-fail .tile-title { color: #8a1f1f; }
 .tile-na { border-top: 4px solid #9aa4b2; } .tile-info { border-top: 4px solid var(--color-accent); }
 #export-btn { min-height: 48px; font-size: 1.05rem; }
+.graph-frame { width: 100%; height: 640px; border: 1px solid var(--border-color-primary); border-radius: 8px;
+  background: white; }
+.graph-facts, .graph-note { font-size: 0.85rem; margin: 4px 0; }
+.graph-divergence { background: #fdf1f1; border: 1px solid #eba5a5; color: #8a1f1f; border-radius: 8px;
+  padding: 8px 12px; font-weight: 600; margin-bottom: 6px; }
 """
 
 
@@ -89,13 +94,15 @@ CSS = """
 # /convert in this order: downloads and report.json first, as the README and the tests read them).
 CONVERT_OUTPUTS = ("downloads", "report_json", "verdict", "summary", "io_table", "parity_table", "probe_table",
                    "latency_table", "latency_plot", "diff_plot", "predictions", "attempts", "diagnosis", "diag_acc",
-                   "results_col", "downloads_col", "variants_note", "variants_table")
+                   "results_col", "downloads_col", "variants_note", "variants_table", "graph_col", "graph_choice",
+                   "graph_view")
 PREVIEW_OUTPUTS = ("model_card", "sample_card", "preview_table", "columns_state", "roles_box", "mapping_box",
                    "preview_info", "per_input", "per_input_json")
 PREVIEW_INPUTS = ("checkpoint", "sample", "dynamic")  # the /preview endpoint's parameters, in its order
 CHECK_INPUTS = ("checkpoint", "sample", "roles_box", "preview_info", "fill_value", "tabular_box")
 PER_INPUT_OUTPUTS = ("per_input", "per_input_json")
 DEMO_OUTPUTS = ("checkpoint", "sample")
+GRAPH_OUTPUTS = ("graph_view",)
 
 
 @dataclass(slots=True)  # slots: a misspelt name is an AttributeError, never a new attribute
@@ -149,6 +156,10 @@ class Page:
     diff_plot: Any = None
     predictions: Any = None
     attempts: Any = None
+    # the graph (after Export: model.onnx or a variant in Netron's viewer)
+    graph_col: Any = None
+    graph_choice: Any = None
+    graph_view: Any = None
     # 6. downloads
     downloads_col: Any = None
     downloads: Any = None
@@ -200,6 +211,7 @@ def build(app: StudioApp) -> Page:
         _options(page)
         _export(page)
         _results(page)
+        _graph(page)
         _downloads(page)
         _preview_events(page, app)
         _convert_events(page, app)
@@ -393,6 +405,13 @@ def _charts(page: Page) -> None:
                                 y_axis_format=".1e", colors_in_legend=[])
 
 
+def _graph(page: Page) -> None:
+    """The exported graph in Netron's viewer, served by the studio (studio.app.graph): works offline."""
+    with gr.Column(visible=False, elem_id="graph-panel") as page.graph_col, gr.Accordion("Graph", open=True):
+        page.graph_choice = gr.Radio([], label="File", elem_id="graph-choice", container=False)
+        page.graph_view = gr.HTML(r.graph_html([]), elem_id="graph-view")
+
+
 def _downloads(page: Page) -> None:
     with gr.Column(visible=False) as page.downloads_col:
         _step(6, "Downloads", "model.onnx (+ .data), report.json, report.md, inference_example.py, "
@@ -434,5 +453,7 @@ def _convert_events(page: Page, app: StudioApp) -> None:
         app.convert, inputs=[getattr(page, p.component) for p in h.CONVERT_PARAMS],
         outputs=page.of(CONVERT_OUTPUTS), api_name="convert", concurrency_id="convert",
         concurrency_limit=cfg.max_jobs, show_progress_on=[page.verdict], scroll_to_output=True)
+    page.graph_choice.input(app.show_graph, inputs=[page.graph_choice], outputs=page.of(GRAPH_OUTPUTS),
+                            api_name="show_graph", api_visibility="private", queue=False)
     page.cancel_btn.click(app.cancel, outputs=[page.verdict], api_name="cancel", cancels=[export_event], queue=False)
     page.blocks.unload(app.close_session)

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import threading
+import urllib.parse
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -21,11 +22,12 @@ import gradio as gr
 
 from ..errors import StudioError
 from ..spec import DYNAMIC_AXES, ConvertSpec, parse_sample_limits
+from . import graph
 from . import handlers as h
 from . import render as r
 from .config import AppConfig
 from .jobs import Sessions
-from .layout import CONVERT_OUTPUTS, DEMO_OUTPUTS, PER_INPUT_OUTPUTS, PREVIEW_OUTPUTS
+from .layout import CONVERT_OUTPUTS, DEMO_OUTPUTS, GRAPH_OUTPUTS, PER_INPUT_OUTPUTS, PREVIEW_OUTPUTS
 from .worker import Job, JobError, Limits, default_start_method
 
 log = logging.getLogger("studio.app")
@@ -115,6 +117,7 @@ class StudioApp:
         self.config = config or AppConfig()
         self.start_method = self.config.start_method or default_start_method()
         self.sessions = Sessions(self.config.work_dir, self.config.session_ttl_s)
+        self.graphs = graph.GraphFiles(self.sessions.root)  # what the graph viewer may load, by token
         _private_gradio_cache()
         self.ui = build(self)  # the page's components by name (layout.Page)
         self.blocks = self.ui.blocks
@@ -311,14 +314,15 @@ class StudioApp:
                                                      job_dir and job_dir / "x"])
                 yield self._error_outputs(error, message)
                 raise gr.Error(message, title=_error_title(error), print_exception=False)
-            yield self._report_outputs(result, Path(spec.out))
+            yield self._report_outputs(result, Path(spec.out), key)
         finally:  # after Gradio copied the downloads out of the job folder: it may be pruned later
             if job_dir is not None:
                 self.sessions.release(key, job_dir)
 
-    def _report_outputs(self, result: dict[str, Any], out: Path) -> dict:
+    def _report_outputs(self, result: dict[str, Any], out: Path, key: str = "local") -> dict:
         report = result["report"]
         diagnosis = r.diagnosis_md(report, result.get("diagnosis") or "")
+        found, node = self._graph_files(key, report, out)
         return self.ui.updates(
             CONVERT_OUTPUTS,
             downloads=r.artifact_paths(report, out, result.get("zip")),
@@ -339,7 +343,29 @@ class StudioApp:
             downloads_col=gr.update(visible=True),
             variants_note=r.variants_note(report),
             variants_table=gr.update(value=r.variants_frame(report), visible=bool(report.variants)),
+            graph_col=gr.update(visible=bool(found)),
+            graph_choice=gr.update(choices=r.graph_choices(found), value=found[0].label if found else None,
+                                   visible=len(found) > 1),
+            graph_view=r.graph_html(found, None, node),
         )
+
+    def _graph_files(self, key: str, report, out: Path) -> tuple[list[graph.GraphEntry], str | None]:
+        """model.onnx and the variants, granted to this session's viewer (studio.app.graph), and the node
+        where ONNX Runtime first leaves PyTorch when the report says."""
+        cfg = self.config
+        found = graph.entries(report, out, cfg.graph_max_nodes, int(cfg.graph_max_mb * 2**20))
+        names = [n for e in found for n in (e.name, e.data) if n]
+        token = self.graphs.grant(key, out, names)
+        for e in found:
+            e.url = f"{graph.FILES}/{token}/{urllib.parse.quote(e.name)}"
+        node = graph.divergence_node(report)
+        self.graphs.remember(key, found, node)
+        return found, node
+
+    def show_graph(self, choice: str | None, request: gr.Request = None):
+        """Another file chosen in the Graph panel."""
+        found, node = self.graphs.view(_key(request))
+        return self.ui.updates(GRAPH_OUTPUTS, graph_view=r.graph_html(found, choice, node))
 
     def _error_outputs(self, error: StudioError, message: str) -> dict:
         diagnosis = r.diagnosis_md(None, error=error) if error.details else ""
@@ -357,6 +383,9 @@ class StudioApp:
             downloads_col=gr.update(visible=False),
             variants_note="",
             variants_table=gr.update(value=None, visible=False),
+            graph_col=gr.update(visible=False),
+            graph_choice=gr.update(choices=[], value=None),
+            graph_view=r.graph_html([]),
         )
 
     def cancel(self, request: gr.Request = None) -> str:
@@ -367,6 +396,7 @@ class StudioApp:
         return gr.skip()
 
     def close_session(self, request: gr.Request = None) -> None:
+        self.graphs.revoke(_key(request))
         self.sessions.close(_key(request))
 
     # --- serving ---------------------------------------------------------------------------------
@@ -381,11 +411,13 @@ class StudioApp:
         if block and threading.current_thread() is threading.main_thread():
             # `kill` / a service manager stops the studio like Ctrl-C: jobs killed, folders removed
             signal.signal(signal.SIGTERM, _raise_interrupt)
+        app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
+        app_kwargs["routes"] = [*app_kwargs.get("routes", []), *graph.routes(self.graphs)]  # the graph viewer
         try:
             return self.blocks.launch(
                 server_name=host, server_port=port, prevent_thread_lock=not block, quiet=quiet,
                 inbrowser=open_browser, max_file_size=self.config.max_file_size, show_error=False,
-                ssr_mode=False, theme=THEME, css=CSS, footer_links=["api"], **kwargs)
+                ssr_mode=False, theme=THEME, css=CSS, footer_links=["api"], app_kwargs=app_kwargs, **kwargs)
         finally:
             if block:
                 self.close()
