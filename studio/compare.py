@@ -20,10 +20,9 @@ from pathlib import Path
 import torch
 
 from . import export as export_mod
-from . import graph_info
+from . import graph_info, runtime
 from . import latency as latency_mod
 from . import parity as parity_mod
-from . import runtime
 from .artifacts import remove_model
 from .errors import ExportError, first_line
 from .report import CandidateRow, Comparison, ExportAttempt, ExportInfo
@@ -117,7 +116,7 @@ def time_side_by_side(rows: list[CandidateRow], files: dict[str, Path], tensors:
         try:
             session = runtime.cpu_session(path, threads)
             feeds = runtime.feeds(session, arrays)
-        except Exception as e:
+        except Exception as e:  # a file ORT cannot time here: its row says why instead of a number
             by_name[name].latency_error = first_line(e, with_type=True)
             continue
         runners[name] = lambda session=session, feeds=feeds: session.run(None, feeds)

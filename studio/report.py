@@ -489,8 +489,8 @@ def render_markdown(r: Report) -> str:
         out += [f"Why {e.exporter}: {e.reason}.", ""]
     if r.comparison is not None:
         c = r.comparison
-        out += ["## Exporters compared", f"Chosen: **{c.winner}** — {c.reason}. ORT CPU p50 timed side by side "
-                f"({c.threads} threads, {c.budget_s:g} s budget each, sample batch).", "",
+        out += ["## Exporters compared", (f"Chosen: **{c.winner}** — {c.reason}. ORT CPU p50 timed side by side "
+                                          f"({c.threads} threads, {c.budget_s:g} s budget each, sample batch)."), "",
                 _table(COMPARISON_COLUMNS[:-1] + ["chosen / error"], comparison_rows(c))]
     out += ["## Column roles", _table(["column", "role"], [[c, ro] for c, ro in r.roles.items()])]
     if r.feeds:

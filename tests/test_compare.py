@@ -92,7 +92,7 @@ def test_model_onnx_is_the_winners_file_and_the_other_is_gone(compared):
 
 
 def test_cli_table_and_report_md(compared):
-    rc, stdout, out = compared
+    _, stdout, out = compared
     report = json.loads((out / "report.json").read_text())
     winner, lines = report["comparison"]["winner"], stdout.splitlines()
     head = next(i for i, line in enumerate(lines) if line.startswith("compare  "))
