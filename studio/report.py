@@ -56,6 +56,7 @@ class CandidateRow:
     size_bytes: int | None = None
     export_seconds: float | None = None
     ort_cpu: Timing | None = None  # timed side by side with the other file (latency.side_by_side)
+    round_p50_ms: list[float] = field(default_factory=list)  # ORT CPU p50 of each alternating round
     latency_error: str | None = None
 
     @property

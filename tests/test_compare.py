@@ -14,7 +14,7 @@ import tiny
 import torch
 from test_export import DataDependent, Honest, Normed, spec, tabular_model
 
-from studio import cli, compare, parity
+from studio import cli, compare, latency, parity
 from studio import export as export_mod
 from studio.errors import ExportError
 from studio.report import CandidateRow, Timing
@@ -65,10 +65,12 @@ def test_both_rows_have_real_numbers_and_the_winner_passes_every_check(compared)
     assert [a["exporter"] for a in report["export"]["attempts"]] == ["dynamo", "torchscript"]
     # the decision follows the rule, from the row's own numbers (the tie rule: test_choose_*)
     p50 = {n: r["ort_cpu"]["p50_ms"] for n, r in rows.items()}
-    if p50["torchscript"] < (1 - compare.MARGIN) * p50["dynamo"]:
-        assert c["winner"] == "torchscript" and "faster" in c["reason"]
-    else:
-        assert c["winner"] == "dynamo"
+    rounds = {n: r["round_p50_ms"] for n, r in rows.items()}
+    assert len(rounds["dynamo"]) == len(rounds["torchscript"]) == compare.ROUNDS
+    clearly = {a: p50[a] < (1 - compare.MARGIN) * p50[b] and all(x < y for x, y in zip(rounds[a], rounds[b]))
+               for a, b in (("dynamo", "torchscript"), ("torchscript", "dynamo"))}
+    assert c["winner"] == ("torchscript" if clearly["torchscript"] else "dynamo")
+    assert ("is faster" in c["reason"]) == clearly[c["winner"]]
 
 
 def test_model_onnx_is_the_winners_file_and_the_other_is_gone(compared):
@@ -167,25 +169,43 @@ def test_pytorch_runs_once_per_input_set_for_both_candidates(tmp_path):
 
 # --- the choosing rule, on constructed rows -----------------------------------------------------------------
 
-def _row(name, p50, failed=(), exported=True):
+def _row(name, p50, failed=(), exported=True, rounds=None):
     t = Timing(p50, p50, p50, 100, 4, None, 2, "CPUExecutionProvider") if p50 is not None else None
     return CandidateRow(name, exported, None if exported else "boom", opset=18, failed_checks=list(failed),
-                        ort_cpu=t, checker=True, parity="parity" not in failed, dynamic=True)
+                        ort_cpu=t, checker=True, parity="parity" not in failed, dynamic=True,
+                        round_p50_ms=list(rounds) if rounds is not None else ([p50] * 5 if p50 else []))
 
 
 @pytest.mark.parametrize("order", [1, -1])
 def test_choose_tie_within_the_margin_goes_to_dynamo(order):
     rows = [_row("dynamo", 1.05), _row("torchscript", 1.00)][::order]  # torchscript 5% faster: noise
     winner, reason = compare.choose(rows, margin=0.10)
-    assert winner == "dynamo" and "within the 10% noise margin" in reason and "tie" in reason
+    assert winner == "dynamo" and "within the 10% margin" in reason and "tie goes to the new exporter" in reason
     assert compare.choose([_row("dynamo", 2.0), _row("torchscript", 2.0)][::order])[0] == "dynamo"
 
 
 @pytest.mark.parametrize("order", [1, -1])
 def test_choose_a_clearly_faster_file_wins(order):
     winner, reason = compare.choose([_row("dynamo", 1.00), _row("torchscript", 0.80)][::order], margin=0.10)
-    assert winner == "torchscript" and "20% less" in reason
+    assert winner == "torchscript" and "20% less, faster in 5 of 5 rounds" in reason
     assert compare.choose([_row("dynamo", 0.80), _row("torchscript", 1.00)][::order], margin=0.10)[0] == "dynamo"
+
+
+def test_choose_faster_overall_but_not_in_every_round_is_a_tie():
+    """A drift inside one round can move the overall p50: the file must be faster in every round."""
+    rows = [_row("dynamo", 1.00, rounds=[1.0, 1.0, 0.7, 1.0, 1.0]),
+            _row("torchscript", 0.80, rounds=[0.8, 0.8, 0.9, 0.8, 0.8])]
+    winner, reason = compare.choose(rows, margin=0.10)
+    assert winner == "dynamo" and "faster in 4 of 5 rounds" in reason and "not faster in every round" in reason
+
+
+def test_side_by_side_reports_each_rounds_timings():
+    per_round: dict = {}
+    out = latency.side_by_side({"a": lambda: None, "b": lambda: sum(range(100))}, 0.05, rounds=5,
+                               per_round=per_round)
+    assert set(per_round) == {"a", "b"}
+    for key, rounds in per_round.items():
+        assert len(rounds) == 5 and all(rounds) and sum(map(len, rounds)) == out[key][3]
 
 
 def test_choose_passing_every_check_beats_speed():
