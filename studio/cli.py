@@ -76,7 +76,8 @@ def _convert_parser(sub) -> None:
                      help="dynamic axes on every input: batch,sequence (default both)")
     dyn.add_argument("--static", action="store_true", help="no dynamic axes: every shape fixed to the sample's")
     c.add_argument("--exporter", choices=EXPORTERS, default=default("exporter"),
-                   help="auto = new torch.export-based exporter, falling back to the legacy one (default)")
+                   help="auto = new torch.export-based exporter, falling back to the legacy one (default); "
+                        "compare = run both, check and time both files, keep the better one")
     c.add_argument("--max-length", type=int, default=default("max_length"),
                    help=f"tokenizer max length (default {default('max_length')})")
     c.add_argument("--id-dtype", choices=ID_DTYPES, default=default("id_dtype"),
@@ -227,7 +228,9 @@ def summary(report) -> str:
         *[f"feeds    {shown(name)} = " + ", ".join(f"{shown(col)}[{idx}]" for _, idx, col in rows)
           for name, rows in _group(feed_rows(report.feeds)).items() if len(rows) > 1],
         f"export   {e.exporter}, opset {e.opset} (requested {e.opset_requested}), {e.seconds:.1f} s"
-        + "".join(f"; {a.exporter} failed: {shown(a.error)}" for a in e.attempts if not a.ok),
+        + (f" ({shown(e.reason)})" if e.reason and report.comparison is None else
+           "".join(f"; {a.exporter} failed: {shown(a.error)}" for a in e.attempts if not a.ok and not e.reason)),
+        *_comparison_lines(report.comparison),
         f"checker  {ok(report.checker.ok)}" + ("" if report.checker.ok else f": {shown(report.checker.message)}"),
         f"parity   {ok(report.parity.ok)} (atol {report.parity.atol:g}, rtol {report.parity.rtol:g})",
         _table(PARITY_COLUMNS, parity_rows(report.parity)),
@@ -246,6 +249,14 @@ def summary(report) -> str:
     lines += [f"warning  {shown(w)}" for w in report.warnings]
     lines.append(f"files    {', '.join(report.files.values())} ({report.seconds:.1f} s)")
     return "\n".join(lines)
+
+
+def _comparison_lines(c) -> list[str]:
+    """--exporter compare: the winner, why, and both exporters' rows."""
+    if c is None:
+        return []
+    from .report import COMPARISON_COLUMNS, comparison_rows
+    return [f"compare  {c.winner} chosen: {shown(c.reason)}", _table(COMPARISON_COLUMNS, comparison_rows(c))]
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ import contextlib
 import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -34,7 +35,8 @@ from .wrap import wrap
 EXTERNAL_DATA_BYTES = 256 * 1024**2
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # --exporter -> the exporters tried, in this order
-ATTEMPT_ORDER = {"auto": ("dynamo", "torchscript"), "dynamo": ("dynamo",), "torchscript": ("torchscript",)}
+ATTEMPT_ORDER = {"auto": ("dynamo", "torchscript"), "dynamo": ("dynamo",), "torchscript": ("torchscript",),
+                 "compare": ("dynamo", "torchscript")}  # compare runs every one (studio/compare.py)
 
 
 def dynamic_axes_for(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec) -> dict[str, dict[int, str]]:
@@ -118,12 +120,13 @@ def _has_layer_norm(module: torch.nn.Module) -> bool:
 
 
 def skip_reason(exporter: str, loaded: LoadedModel, spec) -> str | None:
-    """Why `auto` does not even try `exporter` (measured with torch 2.13), or None.
+    """Why `auto` (or `compare`) does not even try `exporter` (measured with torch 2.13), or None.
 
     Below opset 17 the new exporter's down-conversion cannot express LayerNormalization (an opset-17
     op): it writes an opset-18 file instead, after a full export (seconds). A model without LayerNorm
     is still tried (a plain Linear stack is written at 14). A forced exporter is always tried."""
-    if spec.exporter == "auto" and exporter == "dynamo" and spec.opset < 17 and _has_layer_norm(loaded.module):
+    if spec.exporter in ("auto", "compare") and exporter == "dynamo" and spec.opset < 17 \
+            and _has_layer_norm(loaded.module):
         return (f"skipped: the model has LayerNorm layers, and the new exporter cannot write them at opset "
                 f"{spec.opset} (LayerNormalization needs opset 17; torch's down-conversion fails and writes 18)")
     return None
@@ -237,7 +240,7 @@ def externalize(path: Path) -> None:
                     location=Path(path).name + ".data", size_threshold=1024)
 
 
-# exporter name (spec.EXPORTERS, less "auto") -> the function that runs it
+# exporter name (spec.EXPORTERS, less "auto" and "compare") -> the function that runs it
 EXPORT_FUNCTIONS = {"dynamo": _export_dynamo, "torchscript": _export_legacy}
 
 
@@ -247,77 +250,116 @@ def _diagnosis(diag_dir: Path, since: float) -> Path | None:
     return reports[-1] if reports else None
 
 
-def export(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec, dest: Path) -> ExportInfo:
-    """Export `loaded` to `dest` (model.onnx path). Raises ExportError when every attempt failed."""
+@dataclass
+class Prepared:
+    """What every attempt on one model exports from: the wrapped module, its example arguments, the axes."""
+
+    names: list[str]
+    axes: dict[str, dict[int, str]]
+    args: tuple[torch.Tensor, ...]
+    model: torch.nn.Module
+    external: bool
+    diag_dir: Path
+
+
+def prepare(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec, diag_dir: Path) -> Prepared:
     names = list(tensors)
     axes = dynamic_axes_for(loaded, tensors, spec)
     example = _example_inputs(tensors, axes)
-    args = tuple(example[n] for n in names)
-    model = wrap(loaded, names)
-    external = _weights_bytes(loaded.module) > EXTERNAL_DATA_BYTES
+    diag_dir.mkdir(parents=True, exist_ok=True)
+    return Prepared(names, axes, tuple(example[n] for n in names), wrap(loaded, names),
+                    _weights_bytes(loaded.module) > EXTERNAL_DATA_BYTES, diag_dir)
+
+
+def attempt(prep: Prepared, exporter: str, loaded: LoadedModel, spec, dest: Path
+            ) -> tuple[ExportAttempt, ExportError | None]:
+    """One exporter, written to `dest` and checked there (opset read back, checker, ONNX Runtime loads it).
+    Returns the attempt and, when it failed, the error that names why (None for a skipped one). A failed
+    attempt may leave a file at `dest`: the caller removes it."""
+    skipped = skip_reason(exporter, loaded, spec)
+    if skipped:
+        return ExportAttempt(exporter, False, skipped, 0.0, skipped=True), None
+    diag_dir = prep.diag_dir
+    remove_model(dest)
+    t0, wall0 = time.perf_counter(), time.time()
+    try:
+        with quiet(), torch.no_grad():  # exporter progress and deprecation chatter
+            EXPORT_FUNCTIONS[exporter](prep.model, prep.args, prep.names, list(loaded.output_names), prep.axes,
+                                       spec.opset, dest, prep.external, diag_dir)
+    except Exception as e:  # the exporter's own failure: keep its words and its report
+        diag = _diagnosis(diag_dir, wall0) if exporter == "dynamo" else None
+        # torch's messages carry terminal colours: removed before the cut (the whole first line first)
+        msg = ANSI.sub("", first_line(e, len(str(e)), with_type=True))[:500]
+        return (ExportAttempt(exporter, False, msg, round(time.perf_counter() - t0, 2),
+                              diagnosis_path=f"{diag_dir.name}/{diag.name}" if diag else None),
+                ExportError(f"The {exporter} exporter failed: {msg}",
+                            details=diag.read_text(errors="replace") if diag else str(e)[:20000]))
+    written = read_opset(dest)
+    if written != spec.opset:
+        err = OpsetMismatchError(spec.opset, written, exporter)
+        return ExportAttempt(exporter, False, err.message, round(time.perf_counter() - t0, 2), written), err
+    note = None
+    if exporter == "dynamo" and written is not None and written < 18:
+        rewritten, _ = split_to_opset17(dest)
+        if rewritten:
+            note = (f"rewrote {rewritten} opset-18 Split node(s) (num_outputs) that the new exporter left "
+                    f"in the opset-{written} file into Split with explicit sizes")
+    problem = file_problem(dest)
+    seconds = round(time.perf_counter() - t0, 2)
+    if problem:  # what the exporter wrote cannot be used: a failed attempt, never a crash later on
+        msg = f"the {exporter} exporter wrote an unusable file: {problem}"[:1000]
+        return (ExportAttempt(exporter, False, msg, seconds, written, note=note),
+                ExportError(msg[0].upper() + msg[1:],
+                            hint="Try another --exporter or --opset (the report of --exporter auto "
+                                 "lists every attempt)."))
+    return ExportAttempt(exporter, True, None, seconds, written, note=note), None
+
+
+def choice_reason(spec, attempts: list[ExportAttempt]) -> str:
+    """Why the last attempt's exporter is the one kept, in words (ExportInfo.reason)."""
+    kept = attempts[-1].exporter
+    if len(ATTEMPT_ORDER.get(spec.exporter, ())) == 1:
+        return f"{kept} was asked for (--exporter {spec.exporter})"
+    if len(attempts) == 1:
+        return f"{kept} succeeded first"
+    before = "; ".join(f"{a.exporter} {a.error}" if a.skipped else f"{a.exporter} failed: {a.error}"
+                       for a in attempts[:-1])
+    return f"{before}; fell back to {kept}"
+
+
+def export(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec, dest: Path) -> ExportInfo:
+    """Export `loaded` to `dest` (model.onnx path). Raises ExportError when every attempt failed."""
+    prep = prepare(loaded, tensors, spec, dest.parent / "diagnostics")
     attempts: list[ExportAttempt] = []
     start = time.perf_counter()
     last_error: ExportError | None = None
-    diag_dir = dest.parent / "diagnostics"
-    diag_dir.mkdir(parents=True, exist_ok=True)
     for exporter in ATTEMPT_ORDER[spec.exporter]:
-        skipped = skip_reason(exporter, loaded, spec)
-        if skipped:
-            attempts.append(ExportAttempt(exporter, False, skipped, 0.0, skipped=True))
+        done, error = attempt(prep, exporter, loaded, spec, dest)
+        attempts.append(done)
+        if not done.ok:
+            last_error = error or last_error
             continue
-        remove_model(dest)
-        t0, wall0 = time.perf_counter(), time.time()
-        try:
-            with quiet(), torch.no_grad():  # exporter progress and deprecation chatter
-                EXPORT_FUNCTIONS[exporter](model, args, names, list(loaded.output_names), axes, spec.opset, dest,
-                                    external, diag_dir)
-        except Exception as e:  # the exporter's own failure: keep its words and its report
-            diag = _diagnosis(diag_dir, wall0) if exporter == "dynamo" else None
-            # torch's messages carry terminal colours: removed before the cut (the whole first line first)
-            msg = ANSI.sub("", first_line(e, len(str(e)), with_type=True))[:500]
-            attempts.append(ExportAttempt(exporter, False, msg, round(time.perf_counter() - t0, 2),
-                                          diagnosis_path=f"{diag_dir.name}/{diag.name}" if diag else None))
-            last_error = ExportError(f"The {exporter} exporter failed: {msg}",
-                                     details=diag.read_text(errors="replace") if diag else str(e)[:20000])
-            continue
-        written = read_opset(dest)
-        if written != spec.opset:
-            err = OpsetMismatchError(spec.opset, written, exporter)
-            attempts.append(ExportAttempt(exporter, False, err.message, round(time.perf_counter() - t0, 2), written))
-            last_error = err
-            continue
-        note = None
-        if exporter == "dynamo" and written is not None and written < 18:
-            rewritten, _ = split_to_opset17(dest)
-            if rewritten:
-                note = (f"rewrote {rewritten} opset-18 Split node(s) (num_outputs) that the new exporter left "
-                        f"in the opset-{written} file into Split with explicit sizes")
-        problem = file_problem(dest)
-        seconds = round(time.perf_counter() - t0, 2)
-        if problem:  # what the exporter wrote cannot be used: a failed attempt, never a crash later on
-            msg = f"the {exporter} exporter wrote an unusable file: {problem}"[:1000]
-            attempts.append(ExportAttempt(exporter, False, msg, seconds, written, note=note))
-            last_error = ExportError(msg[0].upper() + msg[1:],
-                                     hint="Try another --exporter or --opset (the report of --exporter auto "
-                                          "lists every attempt).")
-            continue
-        attempts.append(ExportAttempt(exporter, True, None, seconds, written, note=note))
-        _prune(diag_dir, attempts)
-        return ExportInfo(exporter=exporter, opset_requested=spec.opset, opset=written,
+        _prune(prep.diag_dir, attempts)
+        return ExportInfo(exporter=exporter, opset_requested=spec.opset, opset=done.opset_written,
                           seconds=round(time.perf_counter() - start, 2), attempts=attempts,
-                          external_data=bool(external_files(dest)))
+                          external_data=bool(external_files(dest)), reason=choice_reason(spec, attempts))
     remove_model(dest)
-    _prune(diag_dir, attempts)
+    _prune(prep.diag_dir, attempts)
+    raise failure(attempts, last_error, spec.opset)
+
+
+def failure(attempts: list[ExportAttempt], last_error: ExportError | None, opset: int) -> ExportError:
+    """The error to raise when no attempt gave a usable file."""
     tried = [a for a in attempts if not a.skipped]
     if last_error is None or len(attempts) > 1:
         summary = "; ".join(f"{a.exporter}: {a.error}" for a in attempts)
-        if tried and all(a.opset_written is not None and a.opset_written != spec.opset for a in tried) \
+        if tried and all(a.opset_written is not None and a.opset_written != opset for a in tried) \
                 and isinstance(last_error, OpsetMismatchError):  # every exporter ran, none wrote the opset
-            raise last_error
-        raise ExportError(f"Every exporter failed ({summary})",
-                          details=last_error.details if last_error else None,
-                          hint=last_error.hint if last_error else None)
-    raise last_error
+            return last_error
+        return ExportError(f"Every exporter failed ({summary})",
+                           details=last_error.details if last_error else None,
+                           hint=last_error.hint if last_error else None)
+    return last_error
 
 
 def _prune(diag_dir: Path, attempts: list[ExportAttempt]) -> None:

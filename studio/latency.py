@@ -49,7 +49,8 @@ def _warm_up(fn: Callable[[], object], calls: int, budget_s: float) -> int:
 
 def side_by_side(fns: dict[Any, Callable[[], object]], budget_s: float, rounds: int = ROUNDS,
                  warmup: int = WARMUP, min_iters: int = MIN_ITERS, max_iters: int = MAX_ITERS,
-                 on_round: Callable[[int, int], None] | None = None) -> dict[Any, Any]:
+                 on_round: Callable[[int, int], None] | None = None,
+                 per_round: dict[Any, list[list[float]]] | None = None) -> dict[Any, Any]:
     """Time several callables against each other, in `rounds` alternating rounds.
 
     In each round every callable in turn gets a block of budget_s / rounds seconds of timed calls (at
@@ -57,7 +58,8 @@ def side_by_side(fns: dict[Any, Callable[[], object]], budget_s: float, rounds: 
     warm-up in the first round, one call in later rounds (the callable before it may have left threads
     spinning and caches cold). A slow drift of the machine's speed then hits every callable alike, so
     their ratios hold. Returns key -> (p50_ms, p90_ms, p99_ms, iterations, untimed calls), or the
-    exception that stopped that callable (the others go on). `on_round(done, rounds)` after each round."""
+    exception that stopped that callable (the others go on). `on_round(done, rounds)` after each round.
+    per_round: a dict to fill with key -> one list of timed calls (ms) per round it completed."""
     block = budget_s / rounds
     per_block, cap = -(-min_iters // rounds), max(1, max_iters // rounds)
     samples: dict[Any, list[float]] = {k: [] for k in fns}
@@ -76,6 +78,8 @@ def side_by_side(fns: dict[Any, Callable[[], object]], budget_s: float, rounds: 
                     fn()
                     times.append((time.perf_counter() - t0) * 1000.0)
                     n += 1
+                if per_round is not None:
+                    per_round.setdefault(key, []).append(times[len(times) - n:])
             except Exception as e:
                 failed[key] = e
         if on_round is not None:

@@ -115,13 +115,19 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
 
     say("export", _FRACTION["export"])
     model_path = work / "model.onnx"
-    export_info: ExportInfo = export_mod.export(loaded, batch.tensors, spec, model_path)
+    checked, comparison = loaded, None
+    if spec.exporter == "compare":  # both exporters' files checked against one PyTorch run, the winner kept
+        from . import compare
+        checked = parity_mod.cached_reference(loaded)
+        export_info, comparison = compare.export_compared(loaded, checked, batch.tensors, spec, model_path)
+    else:
+        export_info: ExportInfo = export_mod.export(loaded, batch.tensors, spec, model_path)
     axes = export_mod.dynamic_axes_for(loaded, batch.tensors, spec)
     export_mod.annotate(model_path, _metadata(spec, loaded, batch, export_info))
     runtime.release_memory()  # the exporter's intermediate graphs are garbage now
 
     say("checker", _FRACTION["checker"])
-    checks = _check(spec, loaded, batch.tensors, model_path, axes, say)
+    checks = _check(spec, checked, batch.tensors, model_path, axes, say)
     variant_infos, latency = _variants_and_latency(spec, loaded, batch.tensors, model_path, axes, work, say)
 
     report = Report(
@@ -139,6 +145,7 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
         variants=variant_infos,
         warnings=list(batch.warnings) + list(loaded.info.get("warnings") or []),
         feeds={n: [dict(f) for f in parts] for n, parts in batch.features.items()},
+        comparison=comparison,
     )
     report.files = _write_files(spec, loaded, batch, df, work)
     return report

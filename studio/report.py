@@ -31,6 +31,48 @@ class ExportInfo:
     seconds: float
     attempts: list[ExportAttempt] = field(default_factory=list)
     external_data: bool = False
+    # why this exporter's file was kept, e.g. "dynamo succeeded first", "dynamo failed: ...; fell back to
+    # torchscript", or the comparison's verdict (--exporter compare)
+    reason: str = ""
+
+
+@dataclass
+class CandidateRow:
+    """One exporter's file, checked and timed beside the other's (--exporter compare, studio/compare.py)."""
+
+    exporter: str
+    exported: bool  # a usable file was written (else `error` says why, or that it was skipped)
+    error: str | None = None
+    skipped: bool = False
+    opset: int | None = None  # read back from the file
+    producer: str = ""
+    checker: bool | None = None
+    parity: bool | None = None
+    parity_max_abs_diff: float | None = None
+    dynamic: bool | None = None  # the shape probes; None when no dynamic axes were asked for
+    failed_checks: list[str] = field(default_factory=list)
+    nodes: int | None = None
+    op_counts: dict[str, int] = field(default_factory=dict)
+    size_bytes: int | None = None
+    export_seconds: float | None = None
+    ort_cpu: Timing | None = None  # timed side by side with the other file (latency.side_by_side)
+    round_p50_ms: list[float] = field(default_factory=list)  # ORT CPU p50 of each alternating round
+    latency_error: str | None = None
+
+    @property
+    def passes(self) -> bool:
+        """Exported, and every check passed."""
+        return self.exported and not self.failed_checks
+
+
+@dataclass
+class Comparison:
+    rows: list[CandidateRow]
+    winner: str
+    reason: str  # how the winner was decided, with the numbers
+    margin: float  # ORT CPU p50: the faster file wins only when it is this fraction below the other's
+    threads: int | None = None
+    budget_s: float | None = None
 
 
 @dataclass
@@ -181,6 +223,7 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     # tabular graph input -> [{"column", "start", "width"}]: the columns filling its feature indices, in order
     feeds: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    comparison: Comparison | None = None  # --exporter compare: both exporters' files side by side
     seconds: float = 0.0
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
@@ -286,6 +329,35 @@ def attempt_rows(e: ExportInfo) -> list[list[str]]:
     """One row per export attempt: a skipped one says so and why, never a time."""
     return [[a.exporter, "skipped" if a.skipped else _mark(a.ok), "-" if a.skipped else _num(a.seconds, ".2f"),
              "; ".join(x for x in (a.error, a.note) if x)] for a in e.attempts]
+
+
+COMPARISON_COLUMNS = ["exporter", "export", "opset", "checker", "parity (max abs)", "probes", "nodes", "size",
+                      "export s", "ORT CPU p50 ms", ""]
+
+
+def comparison_rows(c: Comparison | None) -> list[list[str]]:
+    """One row per exporter compared, in COMPARISON_COLUMNS order; the last cell marks the chosen one."""
+    if c is None:
+        return []
+    rows = []
+    for r in c.rows:
+        if not r.exported:
+            rows.append([r.exporter, "skipped" if r.skipped else "FAIL", *["-"] * 6,
+                         "-" if r.skipped else _num(r.export_seconds, ".2f"), "-", r.error or ""])
+            continue
+        t = r.ort_cpu
+        rows.append([r.exporter, "ok", str(r.opset), _mark(r.checker),
+                     f"{_mark(r.parity)} ({_num(r.parity_max_abs_diff)})", _mark(r.dynamic), str(r.nodes),
+                     _size(r.size_bytes), _num(r.export_seconds, ".2f"),
+                     f"{t.p50_ms:.3f}" if t else f"- ({r.latency_error})",
+                     "chosen" if r.exporter == c.winner else ""])
+    return rows
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
 def parity_rows(p: ParityInfo | None) -> list[list[str]]:
@@ -414,6 +486,13 @@ def render_markdown(r: Report) -> str:
                                              attempt_rows(e))]
     elif any(a.note for a in e.attempts):
         out += [f"Export note: {'; '.join(a.note for a in e.attempts if a.note)}.", ""]
+    if e.reason and r.comparison is None:
+        out += [f"Why {e.exporter}: {e.reason}.", ""]
+    if r.comparison is not None:
+        c = r.comparison
+        out += ["## Exporters compared", (f"Chosen: **{c.winner}** — {c.reason}. ORT CPU p50 timed side by side "
+                                          f"({c.threads} threads, {c.budget_s:g} s budget each, sample batch)."), "",
+                _table(COMPARISON_COLUMNS[:-1] + ["chosen / error"], comparison_rows(c))]
     out += ["## Column roles", _table(["column", "role"], [[c, ro] for c, ro in r.roles.items()])]
     if r.feeds:
         out += ["## Tabular inputs: which column is which feature",

@@ -7,7 +7,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from .errors import StudioError
 
 ROLES = ("text", "tabular", "ignore")
-EXPORTERS = ("auto", "dynamo", "torchscript")
+EXPORTERS = ("auto", "dynamo", "torchscript", "compare")  # compare: run both, keep the better file
 DYNAMIC_AXES = ("batch", "sequence")
 ID_DTYPES = ("int64", "int32")
 OPSET_MIN, OPSET_MAX, OPSET_DEFAULT = 14, 23, 18

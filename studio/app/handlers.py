@@ -33,7 +33,8 @@ OPSETS = list(range(OPSET_MIN, OPSET_MAX + 1))
 # and report.json records the value used.
 LATENCY_BUDGET_DEFAULT = 0.5
 # The page says auto / new / legacy; the spec says auto / dynamo / torchscript.
-EXPORTER_CHOICES = [("auto", "auto"), ("new (dynamo)", "dynamo"), ("legacy (TorchScript)", "torchscript")]
+EXPORTER_CHOICES = [("auto", "auto"), ("new (dynamo)", "dynamo"), ("legacy (TorchScript)", "torchscript"),
+                    ("compare both, keep the better file", "compare")]
 EXPORTER_ALIASES = {"new": "dynamo", "legacy": "torchscript", "torch.export": "dynamo"}
 # The "Faster variants" checkboxes: (label, value); each is built beside model.onnx, checked against
 # PyTorch like model.onnx and timed side by side with it (studio/variants.py).
@@ -200,7 +201,7 @@ def _read_exporter(value: Any) -> str:
     name = str(value or default("exporter")).strip().lower()
     exporter = EXPORTER_ALIASES.get(name, name)
     if exporter not in EXPORTERS:
-        raise StudioError(f"Exporter {exporter!r} is not one of auto, new, legacy.")
+        raise StudioError(f"Exporter {exporter!r} is not one of auto, new, legacy, compare.")
     return exporter
 
 
