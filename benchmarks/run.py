@@ -130,7 +130,8 @@ def _cpu() -> str:
 
 def _mem_gb() -> float | None:
     try:
-        kb = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
+        kb = int(next(line for line in Path("/proc/meminfo").read_text().splitlines()
+                      if line.startswith("MemTotal")).split()[1])
         return round(kb / 1024**2, 1)
     except (OSError, StopIteration):
         return None

@@ -263,15 +263,15 @@ def measure_all(loaded: LoadedModel, targets: dict[str, Target], tensors: dict[s
         finally:
             torch.set_num_threads(previous)
         for (name, key), result in results.items():
-            _record(infos[name], key, tag, lambda: _unwrap(result, batch, seq, threads, providers[(name, key)]))
+            _record(infos[name], key, tag, lambda: _unwrap(result, batch, seq, threads, providers[(name, key)]))  # noqa: B023 - called at once
         for name, sess in cuda_sessions.items():
-            _record(infos[name], "ort_cuda", tag, lambda: ort_cuda(sess, arrays, budget_s, batch, seq))
+            _record(infos[name], "ort_cuda", tag, lambda: ort_cuda(sess, arrays, budget_s, batch, seq))  # noqa: B023 - called at once
     cpu_sessions.clear()
     runtime.release_memory()
     info = infos[first]
     if cuda and torch.cuda.is_available():
         for tag, ts in sizes:
-            _record(info, "torch_cuda", tag, lambda: torch_cuda(loaded, ts, budget_s))
+            _record(info, "torch_cuda", tag, lambda: torch_cuda(loaded, ts, budget_s))  # noqa: B023 - called at once
     elif cuda:
         why = "torch has no CUDA device (torch.cuda.is_available() is False)"
         info.errors["torch_cuda"] = why

@@ -45,12 +45,14 @@ def tabular_values(df: pd.DataFrame, col: str, fill: float | None, file: str) ->
             rows.append(None)
             continue
         if kind == "bool":
-            rows.append([1.0 if convert_cell(v, "bool") else 0.0]); scalar_rows.append(i)
+            rows.append([1.0 if convert_cell(v, "bool") else 0.0])
+            scalar_rows.append(i)
         elif kind == "number":
             x = float(convert_cell(v, "number"))
             if not math.isfinite(x):
                 _bad_cell(file, col, i, v, fill)
-            rows.append([x]); scalar_rows.append(i)
+            rows.append([x])
+            scalar_rows.append(i)
         elif kind == "vector":
             vec = convert_cell(v, "vector")
             if not vec:
@@ -67,7 +69,8 @@ def tabular_values(df: pd.DataFrame, col: str, fill: float | None, file: str) ->
                     raise file_error(file, f"column {col!r}, {row_label(i)}: element {j + 1} of the list is {x}, "
                                      "not a finite number.", column=col, row=i + 1)
                 vals.append(x)
-            rows.append(vals); vector_rows.append(i)
+            rows.append(vals)
+            vector_rows.append(i)
         else:
             _bad_cell(file, col, i, v, fill)
     if scalar_rows and vector_rows:

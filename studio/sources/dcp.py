@@ -93,7 +93,7 @@ def _check_metadata(md: Any, folder: Path, shown: str) -> None:
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
     root = folder.resolve()
     sizes: dict[str, int] = {}
-    for index, info in (md.storage_data or {}).items():
+    for info in (md.storage_data or {}).values():
         rel = getattr(info, "relative_path", None)
         offset, length = getattr(info, "offset", None), getattr(info, "length", None)
         if not isinstance(rel, str) or not rel or "/" in rel or "\\" in rel or rel in (".", "..") \

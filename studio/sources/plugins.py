@@ -117,7 +117,7 @@ def use(refs: list[str] | tuple[str, ...]) -> list[ModuleType]:
 
 
 def _split(value: str) -> list[str]:
-    return [p.strip() for p in re.split(r"[,%s]" % re.escape(os.pathsep), value) if p.strip()]
+    return [p.strip() for p in re.split(f"[,{re.escape(os.pathsep)}]", value) if p.strip()]
 
 
 def _from_entry_points() -> list[ModuleType]:
