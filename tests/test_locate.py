@@ -15,7 +15,7 @@ import torch
 from onnx import numpy_helper
 
 from studio import export as export_mod
-from studio import locate, runtime
+from studio import divergence, locate, runtime
 from studio.report import DynamicInfo, ParityInfo, Probe
 from studio.sources.base import TABULAR, LoadedModel, ModelInput
 from studio.spec import ConvertSpec
@@ -142,10 +142,10 @@ def test_nan_stays_nan(chain, tmp_path):
     assert math.isnan(div.outputs_max_abs_diff)
     d = json.loads(json.dumps(div.to_dict()))  # strict JSON: no bare NaN
     assert d["first"]["max_abs_diff"] == "nan"
-    assert "max abs diff nan" in div.message and "| nan |" in locate.to_markdown(div)
-    back = locate.Divergence.from_dict(d)  # what the CLI and the page get back from report.json
+    assert "max abs diff nan" in div.message and "| nan |" in divergence.to_markdown(div)
+    back = divergence.Divergence.from_dict(d)  # what the CLI and the page get back from report.json
     assert math.isnan(back.first.max_abs_diff) and back.to_dict() == d
-    assert locate.format_lines(back) == locate.format_lines(div) and locate.to_markdown(back) == locate.to_markdown(div)
+    assert divergence.format_lines(back) == divergence.format_lines(div) and divergence.to_markdown(back) == divergence.to_markdown(div)
 
 
 def test_a_lowering_that_drops_softplus_threshold_is_found_at_that_module(tmp_path):
@@ -242,10 +242,10 @@ def test_lines_and_table_name_the_node(chain, tmp_path):
     _, loaded, path = chain
     changed, reader = perturbed(path, tmp_path, "model.lin2.bias", bump)
     div = locate.locate(loaded, changed, X)
-    lines = locate.format_lines(div)
+    lines = divergence.format_lines(div)
     assert lines[0].startswith("divergence  FOUND") and reader.name in lines[0]
     assert any(line.strip().startswith("FIRST") and reader.name in line for line in lines)
-    table = locate.to_markdown(div)
+    table = divergence.to_markdown(div)
     assert f"| FIRST | `{reader.name}` | {reader.op_type} | lin2 (Linear) | [6, 8] |" in table
     assert f"| differs | `{div.following[0].node}` | Tanh | act (Tanh, call 2) | [6, 8] |" in table
 
