@@ -100,6 +100,9 @@ def _convert_parser(sub) -> None:
     c.add_argument("--task", choices=TASKS, default=default("task"),
                    help="what a model folder is exported as (default auto: modules.json -> sentence-embedding, "
                         "else config.json's architectures)")
+    c.add_argument("--locate", action="store_true",
+                   help="find where ONNX Runtime first leaves PyTorch even when every check passes (runs by "
+                        "itself when parity or a shape probe fails)")
     _operator_flags(c, "(repeatable; also ONNX_STUDIO_PLUGINS and the 'onnx_studio.sources' entry points)",
                     "allow TorchScript, .pt2 and pickled modules (they can run code)")
     _max_params_flag(c)
@@ -192,7 +195,7 @@ def spec_from_args(args: argparse.Namespace) -> ConvertSpec:
         max_length=args.max_length, id_dtype=args.id_dtype, atol=args.atol, rtol=args.rtol,
         fill_value=args.fill_value, latency_budget_s=args.latency_budget, threads=args.threads,
         cuda=not args.no_cuda, variants=tuple(args.variants), config=args.config, head=args.head, task=args.task,
-        trust_code=args.trust_code, max_params=args.max_params, debug=args.debug,
+        trust_code=args.trust_code, max_params=args.max_params, locate=args.locate, debug=args.debug,
         sample_limits=parse_sample_limits(args.sample_limits),
     ).validated()
 
@@ -241,6 +244,9 @@ def summary(report) -> str:
     ]
     if machine_line(report.latency):
         lines.append("  " + machine_line(report.latency))
+    if report.divergence:
+        from .locate import Divergence, format_lines
+        lines += [shown(line) for line in format_lines(Divergence.from_dict(report.divergence))]
     for v in report.variants:
         lines.append(f"variant  {v.name}: {ok(v.ok)} {v.file or ''} {shown(v.error or v.notes)}".rstrip())
     lines += [f"warning  {shown(w)}" for w in report.warnings]
