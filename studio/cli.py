@@ -166,6 +166,9 @@ def _app_parser(sub) -> None:
     a.add_argument("--session-ttl", type=float, default=3600.0, metavar="SECONDS",
                    help="an idle session's files are removed after this long (default 3600)")
     a.add_argument(SAMPLE_LIMITS_OPTION, default=None, metavar="KEY=N,...", help=SAMPLE_LIMITS_HELP)
+    a.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run each conversion as a Ray task: a cluster ADDRESS (HEAD:6379), auto, or local; "
+                        "previews stay on this machine")
     a.add_argument("--debug", action="store_true", help="show tracebacks")
     a.set_defaults(func=cmd_app)
 
@@ -342,7 +345,8 @@ def cmd_app(args: argparse.Namespace) -> int:
     parse_sample_limits(args.sample_limits)  # a bad value stops here, before the server starts
     launch(host=args.host, port=args.port, trust_code=args.trust_code, max_jobs=args.max_jobs,
            job_timeout_s=args.job_timeout, memory_limit_mb=args.memory_limit, max_file_size=args.max_file_size,
-           session_ttl_s=args.session_ttl, max_params=args.max_params, sample_limits=args.sample_limits)
+           session_ttl_s=args.session_ttl, max_params=args.max_params, sample_limits=args.sample_limits,
+           ray_address=args.ray)
     return 0
 
 

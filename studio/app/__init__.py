@@ -40,7 +40,8 @@ def launch(host: str = "127.0.0.1", port: int = 7860, trust_code: bool = _Config
            max_file_size: str | int | None = _Config.max_file_size, session_ttl_s: float = _Config.session_ttl_s,
            queue_size: int | None = _Config.queue_size,
            work_dir: str | None = _Config.work_dir, open_browser: bool = False, quiet: bool = False,
-           max_params: int | None = None, sample_limits: Any = _Config.sample_limits) -> None:
+           max_params: int | None = None, sample_limits: Any = _Config.sample_limits,
+           ray_address: str | None = _Config.ray_address) -> None:
     """Serve the studio until interrupted (what `studio app` runs).
 
     host/port: where to listen (127.0.0.1:7860). trust_code: allow checkpoints that can run code when
@@ -50,11 +51,13 @@ def launch(host: str = "127.0.0.1", port: int = 7860, trust_code: bool = _Config
     session's files are removed after this. work_dir: where session folders are made (default: temp).
     max_params: most parameters an uploaded checkpoint's config may declare (default 5e9).
     sample_limits: what a sample file may hold ("rows=50000,size=200mb"; default: the studio's limits).
+    ray_address: run each conversion as a Ray task on this cluster (HEAD:6379, auto, local; default: here).
     """
     extra = {"max_params": int(max_params)} if max_params else {}
     app = create_app(trust_code=trust_code, max_jobs=max_jobs, job_timeout_s=job_timeout_s,
                      memory_limit_mb=memory_limit_mb, max_file_size=max_file_size, session_ttl_s=session_ttl_s,
-                     queue_size=queue_size, work_dir=work_dir, sample_limits=sample_limits, **extra)
+                     queue_size=queue_size, work_dir=work_dir, sample_limits=sample_limits,
+                     ray_address=ray_address, **extra)
     if not quiet:
         print(f"ONNX Studio on http://{host}:{port}  (press Load demo to try it; Ctrl-C to stop)", flush=True)
     app.launch(host, port, block=True, quiet=quiet, open_browser=open_browser)

@@ -25,3 +25,6 @@ class AppConfig:
     start_method: str | None = None  # "forkserver" (default where available) or "spawn"
     warm_up: bool = True  # start the worker fork server at launch so the first job starts fast
     sample_limits: Any = None  # what a sample file may hold: "rows=N,..." / SampleLimits (default: the studio's)
+    # run each conversion as a Ray task on this cluster (HEAD:6379, auto, local; studio.fleet_ray.RayJob);
+    # previews and mapping checks stay local. None: every job runs on this machine
+    ray_address: str | None = None

@@ -114,6 +114,7 @@ class StudioApp:
         from .layout import build
         self.config = config or AppConfig()
         self.start_method = self.config.start_method or default_start_method()
+        self._ray_started = self._connect_ray()  # an unreachable cluster stops the studio here, saying so
         self.sessions = Sessions(self.config.work_dir, self.config.session_ttl_s)
         _private_gradio_cache()
         self.ui = build(self)  # the page's components by name (layout.Page)
@@ -125,10 +126,21 @@ class StudioApp:
         timeout = self.config.job_timeout_s if task == "convert" else self.config.preview_timeout_s
         return Limits(timeout_s=timeout, memory_mb=self.config.memory_limit_mb)
 
+    def _connect_ray(self) -> bool:
+        """With --ray: join the cluster now (StudioError when it cannot be reached); True if Ray was started here."""
+        if not self.config.ray_address:
+            return False
+        from ..fleet_ray import connect
+        return connect(self.config.ray_address)
+
     def run_job(self, task: str, payload: dict[str, Any], request: gr.Request | None,
                 on_progress=None, label: str | None = None) -> Any:
         key = _key(request)
-        job = Job(task, payload, self.limits(task), self.start_method, label=label or task)
+        if self.config.ray_address and task == "convert":  # conversions on the cluster; previews stay local
+            from ..fleet_ray import RayJob
+            job = RayJob(task, payload, self.limits(task), label=label or task, address=self.config.ray_address)
+        else:
+            job = Job(task, payload, self.limits(task), self.start_method, label=label or task)
         self.sessions.add_job(key, job)
         try:
             job.start()
@@ -396,6 +408,10 @@ class StudioApp:
         except Exception:  # noqa: BLE001
             pass
         self.sessions.shutdown()
+        if self._ray_started:  # a cluster this app started (--ray local) ends with it; a joined one goes on
+            import ray
+            ray.shutdown()
+            self._ray_started = False
 
 
 def _raise_interrupt(signum, frame):
