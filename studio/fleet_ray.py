@@ -276,6 +276,8 @@ def stop(ref) -> None:
         return
 
     def force() -> None:
+        if not ray.is_initialized():  # shut down meanwhile: ray.wait would start a new local Ray here
+            return
         try:
             if not ray.wait([ref], timeout=0)[0]:
                 ray.cancel(ref, force=True)

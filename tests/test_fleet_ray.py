@@ -202,6 +202,7 @@ def test_the_web_studio_sends_conversions_to_ray(cluster, monkeypatch, tmp_path)
         job = next(j for j in running.app.sessions.all_jobs() if j.pid)
         assert isinstance(job, RayJob)
         c.predict(api_name="/cancel")
+        cancelled_at = time.monotonic()
         with pytest.raises(Exception) as e:
             pending.result(timeout=120)
         assert "cancelled" in str(e.value).lower()
@@ -209,5 +210,7 @@ def test_the_web_studio_sends_conversions_to_ray(cluster, monkeypatch, tmp_path)
         while job.is_alive() and time.monotonic() < end:
             time.sleep(0.2)
         assert not job.is_alive()
+        # stop()'s force-cancel timer fires STOP_GRACE_S after the cancel: let it run before the cluster stops
+        time.sleep(max(0.0, cancelled_at + fleet_ray.STOP_GRACE_S + 1 - time.monotonic()))
     assert ray.is_initialized()  # the cluster the test started is not the app's to stop
 
