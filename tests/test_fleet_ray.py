@@ -172,7 +172,7 @@ def test_the_web_studio_sends_conversions_to_ray(cluster, monkeypatch, tmp_path)
     from gradio_client import Client, handle_file
 
     import studio.app
-    import studio.fleet_ray as fleet_ray
+    from studio import fleet_ray
     from studio import convert
     from studio.app.layout import CONVERT_OUTPUTS
     started = []
