@@ -172,8 +172,7 @@ def test_the_web_studio_sends_conversions_to_ray(cluster, monkeypatch, tmp_path)
     from gradio_client import Client, handle_file
 
     import studio.app
-    from studio import fleet_ray
-    from studio import convert
+    from studio import convert, fleet_ray
     from studio.app.layout import CONVERT_OUTPUTS
     started = []
     real_start = fleet_ray.RayJob.start
