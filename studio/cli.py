@@ -101,6 +101,9 @@ def _convert_parser(sub) -> None:
     c.add_argument("--task", choices=TASKS, default=default("task"),
                    help="what a model folder is exported as (default auto: modules.json -> sentence-embedding, "
                         "else config.json's architectures)")
+    c.add_argument("--locate", action="store_true",
+                   help="find where ONNX Runtime first leaves PyTorch even when every check passes (runs by "
+                        "itself when parity or a shape probe fails)")
     _operator_flags(c, "(repeatable; also ONNX_STUDIO_PLUGINS and the 'onnx_studio.sources' entry points)",
                     "allow TorchScript, .pt2 and pickled modules (they can run code)")
     _max_params_flag(c)
@@ -164,6 +167,13 @@ def _app_parser(sub) -> None:
     a.add_argument("--session-ttl", type=float, default=3600.0, metavar="SECONDS",
                    help="an idle session's files are removed after this long (default 3600)")
     a.add_argument(SAMPLE_LIMITS_OPTION, default=None, metavar="KEY=N,...", help=SAMPLE_LIMITS_HELP)
+    a.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run each conversion as a Ray task: a cluster ADDRESS (HEAD:6379), auto, or local; "
+                        "previews stay on this machine")
+    a.add_argument("--graph-max-nodes", type=int, default=None, metavar="N",
+                   help="the Graph panel draws graphs of at most N nodes, else offers the download (default 5000)")
+    a.add_argument("--graph-max-mb", type=float, default=None, metavar="MB",
+                   help="... and .onnx files of at most MB megabytes, external weights not counted (default 200)")
     a.add_argument("--debug", action="store_true", help="show tracebacks")
     a.set_defaults(func=cmd_app)
 
@@ -193,7 +203,7 @@ def spec_from_args(args: argparse.Namespace) -> ConvertSpec:
         max_length=args.max_length, id_dtype=args.id_dtype, atol=args.atol, rtol=args.rtol,
         fill_value=args.fill_value, latency_budget_s=args.latency_budget, threads=args.threads,
         cuda=not args.no_cuda, variants=tuple(args.variants), config=args.config, head=args.head, task=args.task,
-        trust_code=args.trust_code, max_params=args.max_params, debug=args.debug,
+        trust_code=args.trust_code, max_params=args.max_params, locate=args.locate, debug=args.debug,
         sample_limits=parse_sample_limits(args.sample_limits),
     ).validated()
 
@@ -244,6 +254,9 @@ def summary(report) -> str:
     ]
     if machine_line(report.latency):
         lines.append("  " + machine_line(report.latency))
+    if report.divergence:
+        from .divergence import Divergence, format_lines
+        lines += [shown(line) for line in format_lines(Divergence.from_dict(report.divergence))]
     for v in report.variants:
         lines.append(f"variant  {v.name}: {ok(v.ok)} {v.file or ''} {shown(v.error or v.notes)}".rstrip())
     lines += [f"warning  {shown(w)}" for w in report.warnings]
@@ -345,9 +358,12 @@ def cmd_roles(args: argparse.Namespace) -> int:
 def cmd_app(args: argparse.Namespace) -> int:
     from .app import launch
     parse_sample_limits(args.sample_limits)  # a bad value stops here, before the server starts
+    graph = {k: v for k, v in (("graph_max_nodes", args.graph_max_nodes), ("graph_max_mb", args.graph_max_mb))
+             if v is not None}  # unset: the app's defaults (studio.app.config.AppConfig)
     launch(host=args.host, port=args.port, trust_code=args.trust_code, max_jobs=args.max_jobs,
            job_timeout_s=args.job_timeout, memory_limit_mb=args.memory_limit, max_file_size=args.max_file_size,
-           session_ttl_s=args.session_ttl, max_params=args.max_params, sample_limits=args.sample_limits)
+           session_ttl_s=args.session_ttl, max_params=args.max_params, sample_limits=args.sample_limits,
+           ray_address=args.ray, **graph)
     return 0
 
 

@@ -42,6 +42,22 @@ _OUT = "\0studio-out\0"  # stands for the job's output parent folder in a result
 
 # --- the cluster ------------------------------------------------------------------------------------------------
 
+CONNECT_TIMEOUT_S = 10.0
+
+
+def _reachable(address: str | None) -> None:
+    """A HOST:PORT address must accept a connection before ray.init, which otherwise retries for minutes."""
+    host, sep, port = str(address or "").removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return  # local, auto, or a form Ray resolves itself
+    import socket
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise StudioError(f"Cannot connect to the Ray cluster at {address}: nothing answers there ({e}).",
+                          hint="Start it with `ray start --head` (workers: `ray start --address=HEAD:6379`), "
+                               "or use --ray local for a cluster on this machine.") from e
+
 def connect(address: str | None) -> bool:
     """Join the cluster at ADDRESS (`auto`: the one this machine belongs to), or start a local one (`local`).
     An already initialised Ray is used as it is. True when this call initialised Ray."""
@@ -52,6 +68,7 @@ def connect(address: str | None) -> bool:
                           "this machine and on every node of the cluster.") from e
     if ray.is_initialized():
         return False
+    _reachable(address)
     try:
         if address in (None, "", "local"):
             ray.init(include_dashboard=False, log_to_driver=False)
@@ -259,6 +276,8 @@ def stop(ref) -> None:
         return
 
     def force() -> None:
+        if not ray.is_initialized():  # shut down meanwhile: ray.wait would start a new local Ray here
+            return
         try:
             if not ray.wait([ref], timeout=0)[0]:
                 ray.cancel(ref, force=True)

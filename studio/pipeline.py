@@ -1,6 +1,6 @@
 """convert(spec) -> Report: the only orchestration, used by the CLI, the app and the Python API.
 
-Stages: loading, batch, export, checker, parity, shape probe, variants, latency, writing. Latency comes
+Stages: loading, batch, export, checker, parity, shape probe, locate, variants, latency, writing. Latency comes
 last so that PyTorch, model.onnx and every variant are timed side by side (`latency.measure_all`).
 Everything is built in a private folder beside `spec.out` and moved in only when complete, so a
 failed conversion leaves no half-written artifact behind.
@@ -33,9 +33,10 @@ from .sources import scratch
 from .sources.base import TABULAR
 from .spec import ConvertSpec
 
-STAGES = ("loading", "batch", "export", "checker", "parity", "shape probe", "variants", "latency", "writing")
+STAGES = ("loading", "batch", "export", "checker", "parity", "shape probe", "locate", "variants", "latency",
+          "writing")
 _FRACTION = {"loading": 0.02, "batch": 0.1, "export": 0.15, "checker": 0.6, "parity": 0.65,
-             "shape probe": 0.72, "variants": 0.78, "latency": 0.85, "writing": 0.97}
+             "shape probe": 0.72, "locate": 0.75, "variants": 0.78, "latency": 0.85, "writing": 0.97}
 Progress = Callable[[str, float], None]
 
 # Options the report does not list: server paths, named in it without their folders (see artifacts).
@@ -128,6 +129,7 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
 
     say("checker", _FRACTION["checker"])
     checks = _check(spec, checked, batch.tensors, model_path, axes, say)
+    divergence = _locate(spec, loaded, batch.tensors, model_path, checks, say)
     variant_infos, latency = _variants_and_latency(spec, loaded, batch.tensors, model_path, axes, work, say)
 
     report = Report(
@@ -146,6 +148,7 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
         warnings=list(batch.warnings) + list(loaded.info.get("warnings") or []),
         feeds={n: [dict(f) for f in parts] for n, parts in batch.features.items()},
         comparison=comparison,
+        divergence=divergence,
     )
     report.files = _write_files(spec, loaded, batch, df, work)
     return report
@@ -166,6 +169,21 @@ def _check(spec: ConvertSpec, loaded, tensors, model_path: Path, axes, say: Prog
     del session
     runtime.release_memory()
     return {"checker": checker, "graph": graph, "parity": parity, "dynamic": dynamic, "onnx_outputs": onnx_outputs}
+
+
+def _locate(spec: ConvertSpec, loaded, tensors, model_path: Path, checks: dict[str, Any],
+            say: Progress) -> dict[str, Any] | None:
+    """Where ONNX Runtime first leaves PyTorch (studio.locate): when parity or a shape probe failed, or on
+    request (--locate); None otherwise. report.json's `divergence`; it does not change the verdict."""
+    parity, dynamic = checks["parity"], checks["dynamic"]
+    if not (spec.locate or not parity.ok or dynamic.ok is False):
+        return None
+    say("locate", _FRACTION["locate"])
+    from . import locate  # its hooks keep every module's outputs: only imported when it runs
+    found = locate.for_report(loaded, model_path, tensors, spec, parity=parity, dynamic=dynamic,
+                              onnx_outputs=checks["onnx_outputs"], requested=spec.locate)
+    runtime.release_memory()
+    return found.to_dict() if found else None
 
 
 def _variants_and_latency(spec: ConvertSpec, loaded, tensors, model_path: Path, axes, work: Path, say: Progress):

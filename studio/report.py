@@ -224,6 +224,9 @@ class Report:
     # tabular graph input -> [{"column", "start", "width"}]: the columns filling its feature indices, in order
     feeds: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     comparison: Comparison | None = None  # --exporter compare: both exporters' files side by side
+    # where ONNX Runtime first leaves PyTorch (studio.locate's Divergence.to_dict()): when parity or a probe
+    # failed, or on request (--locate); None when the locator did not run. It does not change `ok`.
+    divergence: dict[str, Any] | None = None
     seconds: float = 0.0
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
@@ -535,6 +538,9 @@ def render_markdown(r: Report) -> str:
         if v.latency:
             out += [_table(["run", "p50 ms", "p90 ms", "p99 ms", "iterations", "batch", "threads", "provider"],
                            latency_rows(v.latency, skip_missing=True))]
+    if r.divergence:
+        from .divergence import Divergence, to_markdown
+        out += [to_markdown(Divergence.from_dict(r.divergence))]
     if r.warnings:
         out += ["## Warnings"] + [f"- {w}" for w in r.warnings] + [""]
     return "\n".join(out)

@@ -122,6 +122,7 @@ class ConvertSpec:
     # the app: server paths (uploads, the job's out folder) that report.json / report.md name without their
     # folders, as the person who uploaded them knows them (studio.artifacts.write_report); () = as given
     display_paths: tuple[str, ...] = ()
+    locate: bool = False  # run the divergence locator even when every check passes (studio.locate)
     debug: bool = False
 
     def validated(self) -> "ConvertSpec":
@@ -169,6 +170,8 @@ class ConvertSpec:
             raise StudioError(f"Head {self.head!r} is not one of {', '.join(HEADS)}.")
         if self.task not in TASKS:
             raise StudioError(f"Task {self.task!r} is not one of {', '.join(TASKS)}.")
+        if not isinstance(self.locate, bool):
+            raise StudioError(f"--locate must be true or false, got {self.locate!r}.")
         return replace(self, tabular=tabular, opset=int(self.opset), max_length=int(self.max_length),
                        max_params=int(self.max_params),
                        dynamic=tuple(self.dynamic), variants=tuple(self.variants),

@@ -59,11 +59,11 @@ def test_api_lists_named_endpoints(served):
     assert {"/convert", "/preview", "/load_demo", "/cancel"} <= names
     params = [p["parameter_name"] for p in api["named_endpoints"]["/convert"]["parameters"]]
     assert params[:3] == ["checkpoint", "sample", "roles"] and "opset" in params and "exporter" in params
-    assert params[-3:] == ["variants", "tabular", "task"]  # last, with defaults: older callers keep working
+    assert params[-4:] == ["variants", "tabular", "task", "locate"]  # last, with defaults: older callers keep working
     by_name = {p["parameter_name"]: p for p in api["named_endpoints"]["/convert"]["parameters"]}
     assert by_name["variants"]["parameter_default"] == []
     assert by_name["tabular"]["parameter_has_default"] and by_name["tabular"]["parameter_default"] in (None, "")
-    assert by_name["task"]["parameter_default"] == "auto"
+    assert by_name["task"]["parameter_default"] == "auto" and by_name["locate"]["parameter_default"] is False
 
 
 def test_demo_conversion_downloads_a_model_that_runs(served, tmp_path):
@@ -151,6 +151,13 @@ def test_three_conversions_at_once(served):
         assert report["ok"] is True and report["export"]["opset"] == 17
     models = [next(f for f in r["downloads"] if Path(f).name == "model.onnx") for r in results]
     assert len(set(models)) >= 1 and all(Path(m).stat().st_size > 0 for m in models)
+
+
+def test_the_locate_parameter_runs_the_locator_on_a_passing_model(served):
+    report = json.loads(named(served, convert(client(served), exporter="torchscript", latency_budget=0.1,
+                                              locate=True))["report_json"])
+    assert report["ok"] is True and report["options"]["locate"] is True
+    assert report["divergence"]["trigger"] == "requested" and report["divergence"]["found"] is False
 
 
 def _running_job(served, timeout=120.0):

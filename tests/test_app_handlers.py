@@ -333,10 +333,18 @@ def test_the_convert_table_names_real_controls_and_spec_fields():
     from studio.app.server import StudioApp
     params = list(inspect.signature(StudioApp.convert).parameters)
     assert params == ["self", *h.CONVERT_NAMES, "request", "progress"]
-    assert h.CONVERT_NAMES[:3] == ("checkpoint", "sample", "roles") and h.CONVERT_NAMES[-3:] == (
-        "variants", "tabular", "task")
+    assert h.CONVERT_NAMES[:3] == ("checkpoint", "sample", "roles") and h.CONVERT_NAMES[-4:] == (
+        "variants", "tabular", "task", "locate")
     with pytest.raises(TypeError, match="unknown /convert parameter"):
         h.spec_from_ui("m.pt", "s.csv", max_len=64, out="o")
+
+
+def test_the_locate_parameter_is_a_yes_or_no():
+    assert h.spec_from_ui("m.pt", "s.csv", out="o").locate is False  # left out: the ConvertSpec default
+    assert h.spec_from_ui("m.pt", "s.csv", out="o", locate=True).locate is True
+    assert h.spec_from_ui("m.pt", "s.csv", out="o", locate="false").locate is False
+    with pytest.raises(StudioError, match="locate must be true or false"):
+        h.spec_from_ui("m.pt", "s.csv", out="o", locate="maybe")
 
 
 def test_report_view_updates_every_output_by_name(tmp_path):

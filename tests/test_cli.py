@@ -149,3 +149,35 @@ def test_demo_and_tabular_flags_map_to_the_spec(capsys):
     assert "No CHECKPOINT given" in capsys.readouterr().err
     assert cli.main(["convert", "model.pt", "--demo"]) == 2
     assert "--demo converts the built-in demo" in capsys.readouterr().err
+
+
+def test_locate_prints_where_onnx_runtime_leaves_pytorch(capsys, sample_csv, tmp_path):
+    """A parity failure runs the locator by itself (tests/diverging.py: the TorchScript exporter drops
+    Softplus's threshold): exit 1, and the summary, report.json and report.md name the module."""
+    import diverging
+    ckpt = diverging.save(tmp_path / "soft" / "model.pt")
+    code = cli.main(["convert", str(ckpt), "--data", str(sample_csv), "--out", str(tmp_path / "o"), "--trust-code",
+                     "--exporter", "torchscript", "--latency-budget", "0.05", "--no-cuda", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 1 and out.startswith("FAIL (parity")
+    lines = out.splitlines()
+    head = next(line for line in lines if line.startswith("divergence  "))
+    assert head.startswith("divergence  FOUND: ONNX Runtime leaves PyTorch first at node /model/soft/")
+    assert any(line.strip().startswith("FIRST") and "module soft (Softplus)" in line for line in lines)
+    data = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert data["divergence"]["first"]["module"] == "soft" and data["divergence"]["trigger"] == "parity"
+    assert "| FIRST | `/model/soft/" in (tmp_path / "o" / "report.md").read_text()
+
+
+def test_locate_flag_runs_it_on_a_passing_model(capsys, tmp_path):
+    code = cli.main(["convert", "--demo", "--out", str(tmp_path / "o"), "--locate", "--latency-budget", "0.05",
+                     "--no-cuda", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0 and out.startswith("PASS")
+    assert "divergence  none found: every module output compared agrees" in out
+    assert sum(line.strip().startswith("agrees") for line in out.splitlines()) >= 1
+    data = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert data["ok"] is True and data["options"]["locate"] is True
+    assert data["divergence"]["trigger"] == "requested" and data["divergence"]["found"] is False
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "## Divergence" in md and "| agrees | `" in md

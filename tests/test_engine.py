@@ -221,3 +221,41 @@ def test_sample_rows_keep_each_cell_as_read(tmp_path):
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"columns": ["a", "b", "v", "t", "ok"],
                                 "rows": [[1.5, 3, [1, 2], "x", True], [None, 4, None, "inf", False]]}
+
+
+def test_a_parity_failure_names_the_module_where_onnx_runtime_leaves_pytorch(tmp_path, sample_csv):
+    """The TorchScript exporter drops Softplus's threshold (tests/diverging.py): parity fails, the locator runs
+    by itself and names that module; the verdict is parity's, and report.json / report.md hold the result."""
+    import diverging
+    ckpt = diverging.save(tmp_path / "soft" / "model.pt")
+    out = tmp_path / "out"
+    stages = []
+    report = convert(ConvertSpec(checkpoint=str(ckpt), data=str(sample_csv), out=str(out), exporter="torchscript",
+                                 trust_code=True, latency_budget_s=0.05, cuda=False),
+                     progress=lambda stage, frac: stages.append(stage))
+    assert not report.parity.ok and "parity" in report.failed_checks
+    div = report.divergence
+    assert div["found"] and div["trigger"] == "parity" and div["exporter"] == "torchscript"
+    assert (div["first"]["module"], div["first"]["module_type"]) == ("soft", "Softplus")
+    assert div["first"]["inputs_max_abs_diff"] < 1e-5 < div["first"]["max_abs_diff"]
+    assert [s["module"] for s in div["agreeing"]] == ["lin1", "act"]
+    assert "locate" in stages and stages.index("locate") > stages.index("shape probe")
+    data = json.loads((out / "report.json").read_text())
+    assert data["divergence"]["first"]["node"] == div["first"]["node"]
+    assert data["ok"] is False and data["failed_checks"] == report.failed_checks
+    md = (out / "report.md").read_text()
+    assert "## Divergence" in md and f"| FIRST | `{div['first']['node']}` | " in md and "soft (Softplus)" in md
+
+
+def test_a_passing_model_runs_no_locator_unless_asked(sample_csv, tmp_path):
+    spec = {"checkpoint": str(DEMO / "demo_model.pt"), "data": str(DEMO / "sample.csv"), "latency_budget_s": 0.05,
+            "cuda": False}
+    stages = []
+    report = convert(ConvertSpec(**spec, out=str(tmp_path / "a")), progress=lambda s, f: stages.append(s))
+    assert report.ok and report.divergence is None and "locate" not in stages
+    assert json.loads((tmp_path / "a" / "report.json").read_text())["divergence"] is None
+    assert "## Divergence" not in (tmp_path / "a" / "report.md").read_text()
+    asked = convert(ConvertSpec(**spec, out=str(tmp_path / "b"), locate=True))
+    assert asked.ok and asked.divergence["trigger"] == "requested" and not asked.divergence["found"]
+    assert asked.divergence["compared"] == asked.divergence["candidates"] > 0
+    assert "## Divergence" in (tmp_path / "b" / "report.md").read_text()

@@ -45,6 +45,17 @@ def ray_batch(cluster, tmp_path_factory):
     return root, manifest, code
 
 
+def test_an_unreachable_cluster_stops_the_web_studio_at_launch(capsys):
+    import socket
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert not ray.is_initialized()  # first in this file: before the cluster fixture starts one
+    assert main(["app", "--ray", f"127.0.0.1:{port}", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"Cannot connect to the Ray cluster at 127.0.0.1:{port}" in err and "ray start --head" in err
+
+
 def test_ray_gives_the_local_verdicts_and_a_killed_worker_fails_only_its_entry(ray_batch):
     root, _, code = ray_batch
     out = root / "out"
@@ -151,3 +162,54 @@ def test_resource_requests_follow_the_entry():
     assert resources(fp16, None, 0)["num_gpus"] == 0  # no GPU in the cluster: runs on CPU rather than wait
     assert resources(fp16, None, 2) == {"num_cpus": 3, "memory": int(mb * 2**20), "num_gpus": 1}
     assert resources(spec, None, 1, cuda_asked=True)["num_gpus"] == 1
+
+
+def test_the_web_studio_sends_conversions_to_ray(cluster, monkeypatch, tmp_path):
+    """`studio app --ray ADDRESS`: /convert runs as a RayJob on the cluster (previews stay local Jobs), gives the
+    verdict a local conversion gives, and Cancel stops it there."""
+    import time
+
+    from gradio_client import Client, handle_file
+
+    import studio.app
+    from studio import convert, fleet_ray
+    from studio.app.layout import CONVERT_OUTPUTS
+    started = []
+    real_start = fleet_ray.RayJob.start
+    monkeypatch.setattr(fleet_ray.RayJob, "start", lambda self: started.append(self) or real_start(self))
+    roles = {"order_id": "ignore", "review": "text", "price": "tabular", "quantity": "tabular", "label": "ignore"}
+    with studio.app.start(port=0, max_jobs=2, job_timeout_s=300, ray_address="local", warm_up=False) as running:
+        c = Client(running.url, verbose=False, download_files=True)
+        ckpt, sample = c.predict(api_name="/load_demo")
+        result = c.predict(handle_file(ckpt), handle_file(sample), json.dumps(roles), api_name="/convert",
+                           exporter="torchscript", latency_budget=0.05)
+        names = running.app.ui.api_names(CONVERT_OUTPUTS)
+        got = json.loads(dict(zip(names, result))["report_json"])
+        assert [j.task for j in started] == ["convert"]  # the conversion, not the preview, went to Ray
+        local = convert(ConvertSpec(checkpoint=str(demo.checkpoint()), data=str(demo.sample()), roles=roles,
+                                    out=str(tmp_path / "local"), exporter="torchscript", latency_budget_s=0.05))
+        assert (got["ok"], got["failed_checks"], got["roles"]) == (local.ok, local.failed_checks, local.roles)
+        assert got["ok"] is True and got["parity"]["ok"] and got["export"]["exporter"] == "torchscript"
+        assert [i["name"] for i in got["graph"]["inputs"]] == [i.name for i in local.graph.inputs]
+        assert {p["prediction"] for p in got["predictions"]} == {p["prediction"] for p in local.predictions}
+        # Cancel: the running RayJob is stopped and the page says so
+        pending = c.submit(handle_file(ckpt), handle_file(sample), json.dumps(roles), api_name="/convert",
+                           latency_budget=0.5)
+        end = time.monotonic() + 120
+        while not [j for j in running.app.sessions.all_jobs() if j.pid] and time.monotonic() < end:
+            time.sleep(0.1)
+        job = next(j for j in running.app.sessions.all_jobs() if j.pid)
+        assert isinstance(job, RayJob)
+        c.predict(api_name="/cancel")
+        cancelled_at = time.monotonic()
+        with pytest.raises(Exception) as e:
+            pending.result(timeout=120)
+        assert "cancelled" in str(e.value).lower()
+        end = time.monotonic() + 30  # the task is interrupted, then force-cancelled (fleet_ray.stop)
+        while job.is_alive() and time.monotonic() < end:
+            time.sleep(0.2)
+        assert not job.is_alive()
+        # stop()'s force-cancel timer fires STOP_GRACE_S after the cancel: let it run before the cluster stops
+        time.sleep(max(0.0, cancelled_at + fleet_ray.STOP_GRACE_S + 1 - time.monotonic()))
+    assert ray.is_initialized()  # the cluster the test started is not the app's to stop
+

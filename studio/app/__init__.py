@@ -41,7 +41,8 @@ def launch(host: str = "127.0.0.1", port: int = 7860, trust_code: bool = _Config
            queue_size: int | None = _Config.queue_size,
            work_dir: str | None = _Config.work_dir, open_browser: bool = False, quiet: bool = False,
            max_params: int | None = None, sample_limits: Any = _Config.sample_limits,
-           graph_max_nodes: int = _Config.graph_max_nodes, graph_max_mb: float = _Config.graph_max_mb) -> None:
+           graph_max_nodes: int = _Config.graph_max_nodes, graph_max_mb: float = _Config.graph_max_mb,
+           ray_address: str | None = _Config.ray_address) -> None:
     """Serve the studio until interrupted (what `studio app` runs).
 
     host/port: where to listen (127.0.0.1:7860). trust_code: allow checkpoints that can run code when
@@ -53,12 +54,13 @@ def launch(host: str = "127.0.0.1", port: int = 7860, trust_code: bool = _Config
     sample_limits: what a sample file may hold ("rows=50000,size=200mb"; default: the studio's limits).
     graph_max_nodes / graph_max_mb: the Graph panel draws graphs up to this many nodes and .onnx files up to
     this size; above, it offers the download instead.
+    ray_address: run each conversion as a Ray task on this cluster (HEAD:6379, auto, local; default: here).
     """
     extra = {"max_params": int(max_params)} if max_params else {}
     app = create_app(trust_code=trust_code, max_jobs=max_jobs, job_timeout_s=job_timeout_s,
                      memory_limit_mb=memory_limit_mb, max_file_size=max_file_size, session_ttl_s=session_ttl_s,
                      queue_size=queue_size, work_dir=work_dir, sample_limits=sample_limits,
-                     graph_max_nodes=graph_max_nodes, graph_max_mb=graph_max_mb, **extra)
+                     graph_max_nodes=graph_max_nodes, graph_max_mb=graph_max_mb, ray_address=ray_address, **extra)
     if not quiet:
         print(f"ONNX Studio on http://{host}:{port}  (press Load demo to try it; Ctrl-C to stop)", flush=True)
     app.launch(host, port, block=True, quiet=quiet, open_browser=open_browser)

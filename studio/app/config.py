@@ -27,3 +27,6 @@ class AppConfig:
     graph_max_nodes: int = 5000  # the Graph panel draws graphs of at most this many nodes (else: the download)
     graph_max_mb: float = 200.0  # ... and .onnx files of at most this size (external .data not counted)
     sample_limits: Any = None  # what a sample file may hold: "rows=N,..." / SampleLimits (default: the studio's)
+    # run each conversion as a Ray task on this cluster (HEAD:6379, auto, local; studio.fleet_ray.RayJob);
+    # previews and mapping checks stay local. None: every job runs on this machine
+    ray_address: str | None = None

@@ -224,6 +224,20 @@ def _read_id_dtype(value: Any) -> str:
     return id_dtype
 
 
+def _read_flag(name: str) -> Callable[[Any], bool]:
+    """A yes / no the page (a checkbox) or the API sent: a bool, or true / false written out; blank: the default."""
+    def read(value: Any) -> bool:
+        if value is None or value == "":
+            return bool(default(name))
+        if isinstance(value, bool):
+            return value
+        word = str(value).strip().lower()
+        if word in ("true", "1", "yes", "false", "0", "no"):
+            return word in ("true", "1", "yes")
+        raise StudioError(f"{name} must be true or false, got {value!r}.")
+    return read
+
+
 REQUIRED = inspect.Parameter.empty  # a parameter without a default (the API requires it)
 
 
@@ -262,6 +276,7 @@ CONVERT_PARAMS = (
     Param("variants", "variants", "variants", lambda v: parse_variants(v)),
     Param("tabular", "tabular_box", "tabular", lambda v: parse_tabular_value(v)),
     Param("task", "task", "task", lambda v: str(v or default("task")).strip().lower(), default("task")),
+    Param("locate", "locate", "locate", _read_flag("locate"), default("locate")),
 )
 CONVERT_NAMES = tuple(p.name for p in CONVERT_PARAMS)
 

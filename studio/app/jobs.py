@@ -15,8 +15,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
 from ..isolate import Job
+
+if TYPE_CHECKING:
+    from ..fleet_ray import RayJob
+
+AnyJob = Union[Job, "RayJob"]  # a job of this machine (studio.isolate) or one on Ray (`studio app --ray`)
 
 
 @dataclass
@@ -83,19 +89,19 @@ class Sessions:
                 s.busy.discard(folder)
 
     # --- jobs ------------------------------------------------------------------------------------
-    def add_job(self, key: str | None, job: Job) -> None:
+    def add_job(self, key: str | None, job: AnyJob) -> None:
         s = self.session(key)
         with self._lock:
             s.jobs.add(job)
 
-    def remove_job(self, key: str | None, job: Job) -> None:
+    def remove_job(self, key: str | None, job: AnyJob) -> None:
         with self._lock:
             s = self._sessions.get(key or "local")
             if s is not None:
                 s.jobs.discard(job)
                 s.last_used = time.monotonic()
 
-    def running(self, key: str | None) -> list[Job]:
+    def running(self, key: str | None) -> list[AnyJob]:
         with self._lock:
             s = self._sessions.get(key or "local")
             return list(s.jobs) if s else []
@@ -108,7 +114,7 @@ class Sessions:
             j.cancel(reason)
         return len(jobs)
 
-    def all_jobs(self) -> list[Job]:
+    def all_jobs(self) -> list[AnyJob]:
         with self._lock:
             return [j for s in self._sessions.values() for j in s.jobs]
 

@@ -137,6 +137,7 @@ class Page:
     latency_budget: Any = None
     per_input: Any = None
     per_input_json: Any = None
+    locate: Any = None
     # 4. export
     export_btn: Any = None
     cancel_btn: Any = None
@@ -352,6 +353,8 @@ def _advanced(page: Page) -> None:
                                   interactive=True, static_columns=[0], visible=False,
                                   elem_id="per-input", column_count=3)
     page.per_input_json = gr.Textbox(visible=False, elem_id="per-input-json")
+    page.locate = gr.Checkbox(default("locate"), label="Find where ONNX Runtime first leaves PyTorch even when every "
+                              "check passes (runs by itself when a check fails)", elem_id="locate")
 
 
 def _export(page: Page) -> None:

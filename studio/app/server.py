@@ -116,6 +116,7 @@ class StudioApp:
         from .layout import build
         self.config = config or AppConfig()
         self.start_method = self.config.start_method or default_start_method()
+        self._ray_started = self._connect_ray()  # an unreachable cluster stops the studio here, saying so
         self.sessions = Sessions(self.config.work_dir, self.config.session_ttl_s)
         self.graphs = graph.GraphFiles(self.sessions.root)  # what the graph viewer may load, by token
         _private_gradio_cache()
@@ -128,10 +129,21 @@ class StudioApp:
         timeout = self.config.job_timeout_s if task == "convert" else self.config.preview_timeout_s
         return Limits(timeout_s=timeout, memory_mb=self.config.memory_limit_mb)
 
+    def _connect_ray(self) -> bool:
+        """With --ray: join the cluster now (StudioError when it cannot be reached); True if Ray was started here."""
+        if not self.config.ray_address:
+            return False
+        from ..fleet_ray import connect
+        return connect(self.config.ray_address)
+
     def run_job(self, task: str, payload: dict[str, Any], request: gr.Request | None,
                 on_progress=None, label: str | None = None) -> Any:
         key = _key(request)
-        job = Job(task, payload, self.limits(task), self.start_method, label=label or task)
+        if self.config.ray_address and task == "convert":  # conversions on the cluster; previews stay local
+            from ..fleet_ray import RayJob
+            job = RayJob(task, payload, self.limits(task), label=label or task, address=self.config.ray_address)
+        else:
+            job = Job(task, payload, self.limits(task), self.start_method, label=label or task)
         self.sessions.add_job(key, job)
         try:
             job.start()
@@ -428,6 +440,10 @@ class StudioApp:
         except Exception:  # noqa: BLE001
             pass
         self.sessions.shutdown()
+        if self._ray_started:  # a cluster this app started (--ray local) ends with it; a joined one goes on
+            import ray
+            ray.shutdown()
+            self._ray_started = False
 
 
 def _raise_interrupt(signum, frame):
