@@ -463,7 +463,7 @@ def _ratio(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}x"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     if not rows:
         return "_none_\n"
     esc = [[str(c).replace("|", "\\|").replace("\n", " ") for c in r] for r in rows]
@@ -485,7 +485,7 @@ def render_markdown(r: Report) -> str:
            f"- Dynamic dimensions: {_mark(r.dynamic.ok if r.dynamic else None)}",
            f"- Total time: {r.seconds:.1f} s", ""]
     if len(e.attempts) > 1 or any(not a.ok for a in e.attempts):
-        out += ["## Export attempts", _table(["exporter", "ok", "seconds", "error / note"],
+        out += ["## Export attempts", markdown_table(["exporter", "ok", "seconds", "error / note"],
                                              attempt_rows(e))]
     elif any(a.note for a in e.attempts):
         out += [f"Export note: {'; '.join(a.note for a in e.attempts if a.note)}.", ""]
@@ -495,30 +495,30 @@ def render_markdown(r: Report) -> str:
         c = r.comparison
         out += ["## Exporters compared", (f"Chosen: **{c.winner}** — {c.reason}. ORT CPU p50 timed side by side "
                                           f"({c.threads} threads, {c.budget_s:g} s budget each, sample batch)."), "",
-                _table(COMPARISON_COLUMNS[:-1] + ["chosen / error"], comparison_rows(c))]
-    out += ["## Column roles", _table(["column", "role"], [[c, ro] for c, ro in r.roles.items()])]
+                markdown_table(COMPARISON_COLUMNS[:-1] + ["chosen / error"], comparison_rows(c))]
+    out += ["## Column roles", markdown_table(["column", "role"], [[c, ro] for c, ro in r.roles.items()])]
     if r.feeds:
         out += ["## Tabular inputs: which column is which feature",
-                _table(["input", "feature index", "column"], feed_rows(r.feeds))]
-    out += ["## Graph inputs and outputs", _table(["", "name", "dtype", "shape"], io_rows(r))]
+                markdown_table(["input", "feature index", "column"], feed_rows(r.feeds))]
+    out += ["## Graph inputs and outputs", markdown_table(["", "name", "dtype", "shape"], io_rows(r))]
     if r.graph:
         ops = sorted(r.graph.op_counts.items(), key=lambda kv: -kv[1])
         out += [f"File size: {r.graph.size_bytes:,} bytes. Ops: "
                 + ", ".join(f"{k} ×{v}" for k, v in ops[:15]) + ("…" if len(ops) > 15 else ""), ""]
     out += ["## Parity (PyTorch vs ONNX Runtime, sample rows)",
-            _table(PARITY_COLUMNS, parity_rows(r.parity))]
+            markdown_table(PARITY_COLUMNS, parity_rows(r.parity))]
     if nonfinite_lines(r.parity):
         out += ["Non-finite values (counted in each runtime, never replaced by numbers):"] \
             + nonfinite_lines(r.parity) + [""]
     out += ["## Dynamic-dimension probes",
-            _table(["varies", "batch", "sequence", "verdict", "max abs diff", "message"], probe_rows(r.dynamic))]
-    out += ["## Latency", _table(["run", "p50 ms", "p90 ms", "p99 ms", "iterations", "batch", "threads", "provider"],
+            markdown_table(["varies", "batch", "sequence", "verdict", "max abs diff", "message"], probe_rows(r.dynamic))]
+    out += ["## Latency", markdown_table(["run", "p50 ms", "p90 ms", "p99 ms", "iterations", "batch", "threads", "provider"],
                                  latency_rows(r.latency))]
     line = machine_line(r.latency)
     if line:
         out += [line, ""]
     if r.variants:
-        out += ["## Variants", _table(["variant", "verdict", "size", "max abs diff", "min cosine", "argmax agreement",
+        out += ["## Variants", markdown_table(["variant", "verdict", "size", "max abs diff", "min cosine", "argmax agreement",
                                        "ORT CPU p50 ms", "vs PyTorch", "vs fp32", "how"],
                                       variant_rows(r.variants, r.latency))]
     for v in r.variants:
@@ -532,11 +532,11 @@ def render_markdown(r: Report) -> str:
                 f"Verdict rule: {rule}." if rule else "",
                 (f"Checked on {v.provider}. " if v.provider else "") + v.notes
                 + (f" Error: {v.error}" if v.error else ""), ""]
-        out += [_table(PARITY_COLUMNS, parity_rows(v.parity))]
+        out += [markdown_table(PARITY_COLUMNS, parity_rows(v.parity))]
         if v.dynamic is not None and v.dynamic.probes:
-            out += [_table(["varies", "batch", "sequence", "verdict", "max abs diff", "message"], probe_rows(v.dynamic))]
+            out += [markdown_table(["varies", "batch", "sequence", "verdict", "max abs diff", "message"], probe_rows(v.dynamic))]
         if v.latency:
-            out += [_table(["run", "p50 ms", "p90 ms", "p99 ms", "iterations", "batch", "threads", "provider"],
+            out += [markdown_table(["run", "p50 ms", "p90 ms", "p99 ms", "iterations", "batch", "threads", "provider"],
                            latency_rows(v.latency, skip_missing=True))]
     if r.divergence:
         from .divergence import Divergence, to_markdown

@@ -189,6 +189,13 @@ def test_verdict_strip_names_what_failed():
     assert "parity, dynamic" in html
 
 
+def test_the_summary_says_why_this_exporter():
+    report = make_report()
+    assert "**Exporter**" not in render.summary_md(report)  # no reason recorded: nothing made up
+    report.export.reason = "dynamo failed: TypeError: x; fell back to torchscript"
+    assert "**Exporter** dynamo: dynamo failed: TypeError: x; fell back to torchscript" in render.summary_md(report)
+
+
 def test_tables_reuse_the_report_rows():
     r = make_report()
     io = render.io_frame(r)

@@ -245,6 +245,9 @@ def test_a_parity_failure_names_the_module_where_onnx_runtime_leaves_pytorch(tmp
     assert data["ok"] is False and data["failed_checks"] == report.failed_checks
     md = (out / "report.md").read_text()
     assert "## Divergence" in md and f"| FIRST | `{div['first']['node']}` | " in md and "soft (Softplus)" in md
+    from studio.app import render  # the page shows the same table under the verdict (no gradio here)
+    shown = render.summary_md(report)
+    assert "**Divergence**" in shown and f"| FIRST | {div['first']['node']} | " in shown and "soft (Softplus)" in shown
 
 
 def test_a_passing_model_runs_no_locator_unless_asked(sample_csv, tmp_path):

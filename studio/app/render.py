@@ -11,8 +11,9 @@ from typing import Any
 
 import pandas as pd
 
+from ..divergence import HEADERS, Divergence, table_rows
 from ..errors import StudioError, first_line
-from ..report import (LATENCY_LABELS, PARITY_COLUMNS, Report, io_rows, latency_rows, parity_rows, probe_rows,
+from ..report import (COMPARISON_COLUMNS, LATENCY_LABELS, comparison_rows, markdown_table, PARITY_COLUMNS, Report, io_rows, latency_rows, parity_rows, probe_rows,
                       variant_rows, worst_diff)
 
 IO_HEADERS = ["", "name", "dtype", "shape"]
@@ -360,9 +361,26 @@ def summary_md(report: Report) -> str:
     if isinstance(load, (int, float)) and isinstance(cpus, (int, float)) and cpus and load > cpus:
         lines.append(f"⚠ Latency was measured while the machine was busy (load average {load:.1f} on {cpus:g} "
                      "CPUs): other processes competed for the CPU.")
+    lines += _export_lines(report)
     for w in report.warnings:
         lines.append(f"⚠ {w}")
     return "\n\n".join(lines)
+
+
+def _export_lines(report: Report) -> list[str]:
+    """Why this exporter (auto's reason, or the comparison of both files) and, when the locator ran, where
+    ONNX Runtime first leaves PyTorch: the same words and tables as report.md."""
+    e, c, lines = report.export, report.comparison, []
+    if c is not None:
+        lines.append(f"**Exporters compared** chosen: **{esc(c.winner)}** — {esc(c.reason)}\n\n"
+                     + markdown_table(COMPARISON_COLUMNS[:-1] + ["chosen / error"], comparison_rows(c)))
+    elif e.reason:
+        lines.append(f"**Exporter** {esc(e.exporter)}: {esc(e.reason)}")
+    if report.divergence:
+        div = Divergence.from_dict(report.divergence)
+        table = markdown_table(HEADERS, table_rows(div)) if div.first or div.agreeing else ""
+        lines.append(f"**Divergence** {esc(div.message)}" + (f"\n\n{table}" if table else ""))
+    return lines
 
 
 def diagnosis_md(report: Report | None, diagnosis: str = "", error: StudioError | None = None) -> str:
