@@ -12,6 +12,7 @@ at launch, reported separately), then for each run opens a fresh page and times:
 Needs Debian's chromium (apt-get install chromium) and `pip install playwright`; without them it falls
 back to timing the same calls through gradio_client (no page rendering) and says so.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,12 +28,20 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 CHROMIUM = os.environ.get("STUDIO_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def browser_runs(url: str, runs: int, screenshot: str | None) -> list[dict]:
     from playwright.sync_api import expect, sync_playwright
+
     out = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
@@ -51,8 +60,12 @@ def browser_runs(url: str, runs: int, screenshot: str | None) -> list[dict]:
             t2 = time.perf_counter()
             ok = page.get_attribute("#verdict-strip", "data-ok") == "true"
             out.append({"preview_s": t1 - t0, "export_s": t2 - t1, "total_s": t2 - t0, "ok": ok})
-            print(f"run {i + 1}: preview {t1 - t0:5.2f} s  export {t2 - t1:5.2f} s  total {t2 - t0:5.2f} s  "
-                  f"{'PASS' if ok else 'FAIL'}", file=sys.stderr, flush=True)
+            print(
+                f"run {i + 1}: preview {t1 - t0:5.2f} s  export {t2 - t1:5.2f} s  total {t2 - t0:5.2f} s  "
+                f"{'PASS' if ok else 'FAIL'}",
+                file=sys.stderr,
+                flush=True,
+            )
             if screenshot and i == runs - 1:
                 page.wait_for_timeout(800)
                 page.screenshot(path=screenshot, full_page=True)
@@ -63,6 +76,7 @@ def browser_runs(url: str, runs: int, screenshot: str | None) -> list[dict]:
 
 def client_runs(url: str, runs: int) -> list[dict]:
     from gradio_client import Client, handle_file
+
     out = []
     for i in range(runs):
         c = Client(url, verbose=False)
@@ -73,8 +87,11 @@ def client_runs(url: str, runs: int) -> list[dict]:
         report = json.loads(c.predict(handle_file(ckpt), handle_file(sample), api_name="/convert")[1])
         t2 = time.perf_counter()
         out.append({"preview_s": t1 - t0, "export_s": t2 - t1, "total_s": t2 - t0, "ok": bool(report["ok"])})
-        print(f"run {i + 1}: preview {t1 - t0:5.2f} s  export {t2 - t1:5.2f} s  total {t2 - t0:5.2f} s",
-              file=sys.stderr, flush=True)
+        print(
+            f"run {i + 1}: preview {t1 - t0:5.2f} s  export {t2 - t1:5.2f} s  total {t2 - t0:5.2f} s",
+            file=sys.stderr,
+            flush=True,
+        )
     return out
 
 
@@ -87,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import studio.app
+
     t = time.perf_counter()
     running = studio.app.start(port=0)
     running.app.warm_up(wait=True)
@@ -97,23 +115,37 @@ def main(argv: list[str] | None = None) -> int:
         if not args.client:
             try:
                 import playwright  # noqa: F401  (is it installed?)
+
                 if os.path.exists(CHROMIUM):
                     mode = "browser"
             except ImportError:
                 pass
-        runs = browser_runs(running.url, args.runs, args.screenshot) if mode == "browser" \
+        runs = (
+            browser_runs(running.url, args.runs, args.screenshot)
+            if mode == "browser"
             else client_runs(running.url, args.runs)
+        )
     finally:
         running.close()
     med = {k: statistics.median(r[k] for r in runs) for k in ("preview_s", "export_s", "total_s")}
-    result = {"mode": mode, "runs": runs, "median": med, "startup_s": startup, "cpus": os.cpu_count(),
-              "load_avg": os.getloadavg(), "python": platform.python_version(), "all_passed": all(r["ok"] for r in runs)}
+    result = {
+        "mode": mode,
+        "runs": runs,
+        "median": med,
+        "startup_s": startup,
+        "cpus": os.cpu_count(),
+        "load_avg": os.getloadavg(),
+        "python": platform.python_version(),
+        "all_passed": all(r["ok"] for r in runs),
+    }
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"Load demo -> Export -> results ({mode}, {os.cpu_count()} CPUs, median of {len(runs)}): "
-              f"{med['total_s']:.1f} s  (preview {med['preview_s']:.1f} s + export {med['export_s']:.1f} s); "
-              f"server start-up {startup:.1f} s")
+        print(
+            f"Load demo -> Export -> results ({mode}, {os.cpu_count()} CPUs, median of {len(runs)}): "
+            f"{med['total_s']:.1f} s  (preview {med['preview_s']:.1f} s + export {med['export_s']:.1f} s); "
+            f"server start-up {startup:.1f} s"
+        )
     return 0 if result["all_passed"] else 1
 
 

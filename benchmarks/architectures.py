@@ -17,6 +17,7 @@ down is a row, not the end of the run. Outcomes:
   not built  the tiny config itself could not be built or run by transformers (not a studio verdict)
 The README's "Tested end to end" list is taken from this table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,13 +39,17 @@ ROLES = {"review": "text", "order_id": "ignore", "price": "ignore", "quantity": 
 def convert_one(model_type: str, opsets: list[int], root: Path) -> dict:
     """Build the tiny folder, convert it at each opset; a dict per opset (run inside the child)."""
     import warnings
+
     warnings.simplefilter("ignore")
     import transformers
+
     transformers.utils.logging.set_verbosity_error()
     import tiny
     import tiny_archs
+
     from studio import ConvertSpec, convert
     from studio.errors import StudioError
+
     row: dict = {"type": model_type, "opsets": {}}
     t0 = time.perf_counter()
     try:
@@ -59,13 +64,30 @@ def convert_one(model_type: str, opsets: list[int], root: Path) -> dict:
         t = time.perf_counter()
         res: dict = {}
         try:
-            r = convert(ConvertSpec(checkpoint=str(folder), data=str(sample), out=str(root / f"out{opset}"),
-                                    roles=ROLES, opset=opset, latency_budget_s=0.01, cuda=False))
-            res = {"outcome": "PASS" if r.ok else "FAIL", "exporter": r.export.exporter,
-                   "failed": r.failed_checks, "checker": r.checker.ok, "parity": r.parity.ok,
-                   "dynamic": r.dynamic.ok,
-                   "attempts": [f"{a.exporter}: {'skipped' if a.skipped else ('ok' if a.ok else 'failed')}"
-                                + (f" ({a.error[:160]})" if a.error else "") for a in r.export.attempts]}
+            r = convert(
+                ConvertSpec(
+                    checkpoint=str(folder),
+                    data=str(sample),
+                    out=str(root / f"out{opset}"),
+                    roles=ROLES,
+                    opset=opset,
+                    latency_budget_s=0.01,
+                    cuda=False,
+                )
+            )
+            res = {
+                "outcome": "PASS" if r.ok else "FAIL",
+                "exporter": r.export.exporter,
+                "failed": r.failed_checks,
+                "checker": r.checker.ok,
+                "parity": r.parity.ok,
+                "dynamic": r.dynamic.ok,
+                "attempts": [
+                    f"{a.exporter}: {'skipped' if a.skipped else ('ok' if a.ok else 'failed')}"
+                    + (f" ({a.error[:160]})" if a.error else "")
+                    for a in r.export.attempts
+                ],
+            }
         except StudioError as e:
             res = {"outcome": "refused", "message": str(e).splitlines()[0][:300]}
         except Exception as e:  # a studio bug: say so, loudly
@@ -77,8 +99,7 @@ def convert_one(model_type: str, opsets: list[int], root: Path) -> dict:
 
 def run_child(model_type: str, opsets: list[int], timeout: float) -> dict:
     with tempfile.TemporaryDirectory(prefix="studio-arch-") as tmp:
-        cmd = [sys.executable, __file__, "--child", model_type, "--opsets", ",".join(map(str, opsets)),
-               "--root", tmp]
+        cmd = [sys.executable, __file__, "--child", model_type, "--opsets", ",".join(map(str, opsets)), "--root", tmp]
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -126,6 +147,7 @@ def summary(rows: list[dict], opsets: list[int]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from studio.spec import OPSET_DEFAULT
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--types", help="comma-separated model types (default: every sequence-classification one)")
     ap.add_argument("--opsets", default=f"{OPSET_DEFAULT},17")
@@ -139,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(convert_one(a.child, opsets, Path(a.root))))
         return 0
     import tiny_archs
+
     types = a.types.split(",") if a.types else tiny_archs.sequence_classification_types()
     rows = []
     for t in types:
@@ -150,8 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows, opsets))
     print()
     print(summary(rows, opsets))
-    crashed = [r["type"] for r in rows if r.get("child_died")
-               or any(v["outcome"] == "CRASH" for v in r.get("opsets", {}).values())]
+    crashed = [
+        r["type"]
+        for r in rows
+        if r.get("child_died") or any(v["outcome"] == "CRASH" for v in r.get("opsets", {}).values())
+    ]
     return 1 if crashed else 0
 
 

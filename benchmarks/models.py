@@ -1,6 +1,7 @@
 """Benchmark inputs built locally (nothing is downloaded): bert-base-shaped classifiers with random
 weights from a transformers config, a tokenizer from a written vocabulary, and sample files whose
 rows tokenize to a chosen length. Folders are cached by name under the work folder."""
+
 from __future__ import annotations
 
 import json
@@ -8,29 +9,43 @@ import random
 from pathlib import Path
 
 SEED = 0
-WORDS = ("the a an is was it this that product great terrible broken arrived late fast love hate return "
-         "refund keep works fine bad good quality price cheap expensive box damaged again never always "
-         "would buy recommend not very and or but to of for with my i you order delivery shop size colour "
-         "photo week gift sister courier service charged twice missing items rude package perfect value "
-         "money happy described small large fits sending back stopped working days").split()
+WORDS = (
+    "the a an is was it this that product great terrible broken arrived late fast love hate return "
+    "refund keep works fine bad good quality price cheap expensive box damaged again never always "
+    "would buy recommend not very and or but to of for with my i you order delivery shop size colour "
+    "photo week gift sister courier service charged twice missing items rude package perfect value "
+    "money happy described small large fits sending back stopped working days"
+).split()
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 # name -> (transformers BertConfig overrides, description). "bert-base" is the issue's reference shape.
 SIZES = {
-    "bert-base": (dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
-                  "bert-base-shaped classifier: 12 layers x 768, 110M parameters (~0.44 GB fp32)"),
-    "big": (dict(hidden_size=1536, num_hidden_layers=20, num_attention_heads=16, intermediate_size=6144),
-            "bert-shaped classifier over 2 GB: 20 layers x 1536, ~615M parameters (~2.5 GB fp32)"),
+    "bert-base": (
+        dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+        "bert-base-shaped classifier: 12 layers x 768, 110M parameters (~0.44 GB fp32)",
+    ),
+    "big": (
+        dict(hidden_size=1536, num_hidden_layers=20, num_attention_heads=16, intermediate_size=6144),
+        "bert-shaped classifier over 2 GB: 20 layers x 1536, ~615M parameters (~2.5 GB fp32)",
+    ),
 }
 LABELS = ["return", "keep", "complaint"]
 
 
 def write_tokenizer(folder: Path):
     from transformers import BertTokenizerFast
+
     folder.mkdir(parents=True, exist_ok=True)
     vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(SPECIALS + WORDS + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
-                               + list("abcdefghijklmnopqrstuvwxyz0123456789.,!?-")) + "\n")
+    vocab.write_text(
+        "\n".join(
+            SPECIALS
+            + WORDS
+            + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
+            + list("abcdefghijklmnopqrstuvwxyz0123456789.,!?-")
+        )
+        + "\n"
+    )
     # transformers 5 ignores `vocab_file=` here (the tokenizer would know only the specials): pass `vocab=`
     return BertTokenizerFast(vocab=str(vocab), do_lower_case=True)
 
@@ -41,11 +56,17 @@ def make_bert(folder: Path, size: str = "bert-base") -> Path:
         return folder
     import torch
     import transformers as tf
+
     torch.manual_seed(SEED)
     overrides, _ = SIZES[size]
-    config = tf.BertConfig(vocab_size=30522, max_position_embeddings=512, num_labels=len(LABELS),
-                           id2label=dict(enumerate(LABELS)), label2id={k: i for i, k in enumerate(LABELS)},
-                           **overrides)
+    config = tf.BertConfig(
+        vocab_size=30522,
+        max_position_embeddings=512,
+        num_labels=len(LABELS),
+        id2label=dict(enumerate(LABELS)),
+        label2id={k: i for i, k in enumerate(LABELS)},
+        **overrides,
+    )
     model = tf.BertForSequenceClassification(config).eval()
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(folder), safe_serialization=True, max_shard_size="20GB")
@@ -77,5 +98,6 @@ def describe(size: str) -> str:
 
 if __name__ == "__main__":  # python benchmarks/models.py FOLDER [SIZE]
     import sys
+
     out = make_bert(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "bert-base")
     print(json.dumps({"folder": str(out), "weights_bytes": weights_bytes(out)}))

@@ -9,6 +9,7 @@ after an onnxruntime upgrade to see whether that still holds.
 
     python benchmarks/ort_skiplayernorm.py [--threads 2] [--rows 1024] [--hidden 768]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,17 +22,28 @@ from onnx import TensorProto, helper
 
 def model(fused: bool, rows: int, hidden: int) -> bytes:
     shape = [rows, 1, hidden]
-    inits = [helper.make_tensor("gamma", TensorProto.FLOAT, [hidden], np.ones(hidden, np.float32)),
-             helper.make_tensor("beta", TensorProto.FLOAT, [hidden], np.zeros(hidden, np.float32))]
+    inits = [
+        helper.make_tensor("gamma", TensorProto.FLOAT, [hidden], np.ones(hidden, np.float32)),
+        helper.make_tensor("beta", TensorProto.FLOAT, [hidden], np.zeros(hidden, np.float32)),
+    ]
     if fused:
-        nodes = [helper.make_node("SkipLayerNormalization", ["x", "skip", "gamma", "beta"], ["y"],
-                                  domain="com.microsoft", epsilon=1e-12)]
+        nodes = [
+            helper.make_node(
+                "SkipLayerNormalization", ["x", "skip", "gamma", "beta"], ["y"], domain="com.microsoft", epsilon=1e-12
+            )
+        ]
     else:
-        nodes = [helper.make_node("Add", ["x", "skip"], ["sum"]),
-                 helper.make_node("LayerNormalization", ["sum", "gamma", "beta"], ["y"], axis=-1, epsilon=1e-12)]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape)
-                                           for n in ("x", "skip")],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], inits)
+        nodes = [
+            helper.make_node("Add", ["x", "skip"], ["sum"]),
+            helper.make_node("LayerNormalization", ["sum", "gamma", "beta"], ["y"], axis=-1, epsilon=1e-12),
+        ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in ("x", "skip")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        inits,
+    )
     opsets = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
     return helper.make_model(graph, ir_version=9, opset_imports=opsets).SerializeToString()
 
@@ -61,13 +73,14 @@ def main() -> None:
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # time each graph as written
     results, outputs = {}, {}
     for fused in (True, False):
-        session = ort.InferenceSession(model(fused, args.rows, args.hidden), so,
-                                       providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(model(fused, args.rows, args.hidden), so, providers=["CPUExecutionProvider"])
         outputs[fused] = session.run(None, feeds)[0]
         results[fused] = time_ms(session, feeds, args.calls)
     diff = float(np.abs(outputs[True] - outputs[False]).max())  # same arithmetic, or the race is unfair
-    print(f"onnxruntime {ort.__version__}, {args.rows} x {args.hidden} fp32, {args.threads} threads, "
-          f"median of {args.calls} calls")
+    print(
+        f"onnxruntime {ort.__version__}, {args.rows} x {args.hidden} fp32, {args.threads} threads, "
+        f"median of {args.calls} calls"
+    )
     print("| graph | p50 ms |\n|---|---|")
     print(f"| SkipLayerNormalization (com.microsoft) | {results[True]:.3f} |")
     print(f"| Add + LayerNormalization | {results[False]:.3f} |")

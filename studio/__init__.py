@@ -1,15 +1,23 @@
 """ONNX Studio: turn a PyTorch checkpoint into a verified ONNX artifact.
 
-    import studio
-    report = studio.convert(studio.ConvertSpec("studio/demo/demo_model.pt", "studio/demo/sample.csv", out="out"))
-    report.ok, report.parity.outputs[0].max_abs_diff
+import studio
+report = studio.convert(studio.ConvertSpec("studio/demo/demo_model.pt", "studio/demo/sample.csv", out="out"))
+report.ok, report.parity.outputs[0].max_abs_diff
 """
+
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import (BatchError, CheckpointError, ExportError, OpsetMismatchError, StudioError,
-                     UnsafeCheckpointError, UnsafePathError)
+from .errors import (
+    BatchError,
+    CheckpointError,
+    ExportError,
+    OpsetMismatchError,
+    StudioError,
+    UnsafeCheckpointError,
+    UnsafePathError,
+)
 from .report import Report
 from .spec import ConvertSpec, SampleLimits
 
@@ -18,6 +26,7 @@ def convert(spec: ConvertSpec | None = None, /, progress=None, **options) -> Rep
     """Run a conversion. Pass a ConvertSpec, or its fields as keywords:
     `studio.convert(checkpoint="m.pt", data="rows.csv", out="out")`."""
     from .pipeline import convert as _convert
+
     if spec is None:
         spec = ConvertSpec(**options)
     elif options:
@@ -28,6 +37,7 @@ def convert(spec: ConvertSpec | None = None, /, progress=None, **options) -> Rep
 def load_checkpoint(path, spec: ConvertSpec | None = None):
     """Load a checkpoint into a LoadedModel (module, tokenizer, inputs, outputs)."""
     from .sources import load
+
     return load(path, spec)
 
 
@@ -35,27 +45,48 @@ def read_sample(path, limits=None):
     """Read a sample file (CSV / TSV / JSON / JSONL) into a pandas DataFrame. limits: a SampleLimits
     (or "rows=N,..."); default: the studio's sample limits."""
     from .sample import read_sample as _read
+
     return _read(path, limits)
 
 
 def build_batch(df, model, roles: dict[str, str] | None = None, spec: ConvertSpec | None = None):
     """Sample rows + role mapping -> named tensors for `model`."""
     from .batch import build_batch as _build
+
     return _build(df, model, roles or {}, spec.validated() if spec is not None else None)
 
 
 def suggest_roles(df) -> dict[str, str]:
     from .roles import suggest_roles as _suggest
+
     return _suggest(df)
 
 
 def inspect_onnx(path):
     """Graph inputs/outputs, opset, op counts and checker verdict of an .onnx file."""
     from pathlib import Path
+
     from .graph_info import check, graph_info
+
     return graph_info(Path(path)), check(Path(path))
 
 
-__all__ = ["convert", "ConvertSpec", "SampleLimits", "Report", "load_checkpoint", "read_sample", "build_batch",
-           "suggest_roles", "inspect_onnx", "StudioError", "CheckpointError", "UnsafeCheckpointError",
-           "BatchError", "ExportError", "OpsetMismatchError", "UnsafePathError", "__version__"]
+__all__ = [
+    "convert",
+    "ConvertSpec",
+    "SampleLimits",
+    "Report",
+    "load_checkpoint",
+    "read_sample",
+    "build_batch",
+    "suggest_roles",
+    "inspect_onnx",
+    "StudioError",
+    "CheckpointError",
+    "UnsafeCheckpointError",
+    "BatchError",
+    "ExportError",
+    "OpsetMismatchError",
+    "UnsafePathError",
+    "__version__",
+]

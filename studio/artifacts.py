@@ -5,6 +5,7 @@ place when complete); the app zips the folder with `zip_folder`. Server paths ar
 report is written (`write_report(..., display=spec.display_paths)`): the app's downloads name `sample.csv`
 and `out`, not the job folders they came from.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,18 @@ from .report import Report, map_leaves
 
 # Files a conversion owns inside the output folder (replaced on every run, nothing else touched), besides
 # the copy of the sample (`sample.<suffix>`).
-OWNED = ("model.onnx", "model.onnx.data", "report.json", "report.md", "inference_example.py",
-         "sample_inputs.npz", "sample_rows.json", "tokenizer", "diagnostics", "variants")
+OWNED = (
+    "model.onnx",
+    "model.onnx.data",
+    "report.json",
+    "report.md",
+    "inference_example.py",
+    "sample_inputs.npz",
+    "sample_rows.json",
+    "tokenizer",
+    "diagnostics",
+    "variants",
+)
 SAMPLE_ROWS = "sample_rows.json"  # the sample as read (typed cells), what inference_example.py reads
 
 # The folder a zipped upload is unpacked into (studio.sources.load: "studio-ckpt-" + random), wherever it
@@ -29,6 +40,7 @@ _UNPACK_DIR = re.compile(r"""(?:[A-Za-z]:)?[^\s'"`()\[\]{}<>,;=]*?[\\/]studio-ck
 
 
 # --- the report ---------------------------------------------------------------------------------------
+
 
 def scrub_paths(text: str, paths: list[str | Path | None]) -> str:
     """Say `sample.csv`, not the server's upload folder: drop the folders of the given paths, and the
@@ -51,6 +63,7 @@ def write_report(report: Report, folder: Path, display: tuple[str, ...] | list[s
 
 # --- the example script and the sample it reads -------------------------------------------------------
 
+
 def write_example(folder: Path, loaded, batch, df, data: str | Path, fill_value: float | None) -> dict[str, str]:
     """inference_example.py, the rows it reads (sample_rows.json: `df` as read_sample typed it, so the
     example cannot read the file differently from the studio) and a copy of the sample file as uploaded.
@@ -66,9 +79,12 @@ def write_rows(df, path: Path) -> None:
     """`{"columns": [...], "rows": [[cell, ...], ...]}`: every cell as the studio read it, in standard JSON
     (a missing cell is null; an infinite number is its text, as the studio tokenizes it)."""
     from .cells import jsonable
+
     rows = [[jsonable(v) for v in row] for row in df.itertuples(index=False, name=None)]
-    path.write_text(json.dumps({"columns": [str(c) for c in df.columns], "rows": rows}, ensure_ascii=False,
-                               allow_nan=False), encoding="utf-8")
+    path.write_text(
+        json.dumps({"columns": [str(c) for c in df.columns], "rows": rows}, ensure_ascii=False, allow_nan=False),
+        encoding="utf-8",
+    )
 
 
 def example_script(loaded, batch, fill_value: float | None) -> str:
@@ -76,20 +92,27 @@ def example_script(loaded, batch, fill_value: float | None) -> str:
     from . import __version__
     from .cells import NA_TOKENS
     from .sources.base import TABULAR
+
     # text input kinds are the tokenizer's output names
     text_map = {i.name: i.kind for i in loaded.inputs if i.name in batch.tensors and i.kind != TABULAR}
     return EXAMPLE.format(
-        version=__version__, sample=SAMPLE_ROWS, text_columns=list(batch.text_columns),
-        tabular={n: list(c) for n, c in batch.tabular.items()}, text_inputs=text_map,
+        version=__version__,
+        sample=SAMPLE_ROWS,
+        text_columns=list(batch.text_columns),
+        tabular={n: list(c) for n, c in batch.tabular.items()},
+        text_inputs=text_map,
         categories={i.name: list(i.vocab) for i in loaded.tabular_inputs if i.vocab and i.name in batch.tabular},
         tokenizer={**batch.tokenizer_settings, "fill_value": fill_value},
-        id_dtype=batch.tokenizer_settings.get("id_dtype", "int64"), labels=loaded.info.get("labels"),
+        id_dtype=batch.tokenizer_settings.get("id_dtype", "int64"),
+        labels=loaded.info.get("labels"),
         missing=sorted({"", *NA_TOKENS}),
         embedding=next((n for n in loaded.output_names if loaded.output_kinds.get(n) == "embedding"), None),
-        tok_need=", transformers" if batch.text_columns else "")
+        tok_need=", transformers" if batch.text_columns else "",
+    )
 
 
 # --- moving into place, zips, removing ----------------------------------------------------------------
+
 
 def move_into(work: Path, out: Path) -> None:
     """Replace the conversion's own files in `out` with those built in `work`; leave anything else the user
@@ -112,14 +135,18 @@ def zip_folder(folder: Path, dest: Path) -> Path:
         for path in sorted(folder.rglob("*")):
             if path.is_file():
                 stored = path.suffix in (".onnx", ".data", ".npz")  # weights barely compress
-                zf.write(path, f"{dest.stem}/{path.relative_to(folder)}",
-                         compress_type=zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED)
+                zf.write(
+                    path,
+                    f"{dest.stem}/{path.relative_to(folder)}",
+                    compress_type=zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED,
+                )
     return dest
 
 
 def artifact_files(path: Path) -> list[Path]:
     """The .onnx file and every external-data file it refers to (all inside its folder)."""
     from .graph_info import external_files
+
     return [Path(path)] + [f for f in external_files(Path(path)) if f.exists()]
 
 
@@ -260,4 +287,3 @@ def main():
 if __name__ == "__main__":
     raise SystemExit(main())
 '''
-

@@ -1,6 +1,7 @@
 """Typing a sample's cells: is a cell a number, a bool, a vector or text as written, what a whole column is,
 and how cells are shown (cut for messages) or written as JSON. studio.sample reads files with it.
 """
+
 from __future__ import annotations
 
 import json

@@ -11,6 +11,7 @@ alternating rounds), so a drift of the machine's speed does not bias their ratio
 3. otherwise (within the margin, or a timing missing) the new exporter (dynamo).
 The winner's file becomes model.onnx; the other file is deleted, its row stays in `report.comparison`.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -41,8 +42,9 @@ ROUNDS = 5
 FOLDER = "compare"  # inside the build folder; removed once the winner is model.onnx
 
 
-def export_compared(loaded: LoadedModel, reference: LoadedModel, tensors: dict[str, torch.Tensor], spec,
-                    dest: Path) -> tuple[ExportInfo, Comparison]:
+def export_compared(
+    loaded: LoadedModel, reference: LoadedModel, tensors: dict[str, torch.Tensor], spec, dest: Path
+) -> tuple[ExportInfo, Comparison]:
     """Run every exporter, check and time each usable file, move the winner's file to `dest` (model.onnx).
 
     `loaded` is exported; `reference` (parity.cached_reference(loaded)) is what the files are checked against.
@@ -66,8 +68,9 @@ def export_compared(loaded: LoadedModel, reference: LoadedModel, tensors: dict[s
             else:
                 remove_model(path)
                 last_error = error or last_error
-                rows.append(CandidateRow(name, False, done.error, done.skipped, done.opset_written,
-                                         export_seconds=done.seconds))
+                rows.append(
+                    CandidateRow(name, False, done.error, done.skipped, done.opset_written, export_seconds=done.seconds)
+                )
         export_mod._prune(prep.diag_dir, attempts)
         if not files:
             raise export_mod.failure(attempts, last_error, spec.opset)
@@ -82,17 +85,30 @@ def export_compared(loaded: LoadedModel, reference: LoadedModel, tensors: dict[s
                 shutil.move(str(src), str(dest.parent / src.name))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    comparison = Comparison(rows, winner, reason, MARGIN, threads=spec.threads or runtime.default_threads(),
-                            budget_s=spec.latency_budget_s)
+    comparison = Comparison(
+        rows, winner, reason, MARGIN, threads=spec.threads or runtime.default_threads(), budget_s=spec.latency_budget_s
+    )
     kept = next(a for a in attempts if a.exporter == winner)
-    info = ExportInfo(exporter=winner, opset_requested=spec.opset, opset=kept.opset_written,
-                      seconds=round(time.perf_counter() - start, 2), attempts=attempts,
-                      external_data=bool(graph_info.external_files(dest)), reason=f"compared: {reason}")
+    info = ExportInfo(
+        exporter=winner,
+        opset_requested=spec.opset,
+        opset=kept.opset_written,
+        seconds=round(time.perf_counter() - start, 2),
+        attempts=attempts,
+        external_data=bool(graph_info.external_files(dest)),
+        reason=f"compared: {reason}",
+    )
     return info, comparison
 
 
-def check_candidate(row: CandidateRow, reference: LoadedModel, tensors: dict[str, torch.Tensor], path: Path,
-                    axes: dict[str, dict[int, str]], spec) -> None:
+def check_candidate(
+    row: CandidateRow,
+    reference: LoadedModel,
+    tensors: dict[str, torch.Tensor],
+    path: Path,
+    axes: dict[str, dict[int, str]],
+    spec,
+) -> None:
     """The pipeline's checks on one candidate file (pipeline._check's functions), filled into `row`."""
     checker = graph_info.check(path)
     graph = graph_info.graph_info(path)
@@ -104,12 +120,12 @@ def check_candidate(row: CandidateRow, reference: LoadedModel, tensors: dict[str
     del session
     runtime.release_memory()
     row.parity, row.parity_max_abs_diff, row.dynamic = p.ok, parity_mod.worst_diff(p.outputs), dynamic.ok
-    row.failed_checks = [name for name, ok in (("checker", row.checker), ("parity", row.parity),
-                                               ("dynamic", row.dynamic)) if ok is False]
+    row.failed_checks = [
+        name for name, ok in (("checker", row.checker), ("parity", row.parity), ("dynamic", row.dynamic)) if ok is False
+    ]
 
 
-def time_side_by_side(rows: list[CandidateRow], files: dict[str, Path], tensors: dict[str, torch.Tensor],
-                      spec) -> None:
+def time_side_by_side(rows: list[CandidateRow], files: dict[str, Path], tensors: dict[str, torch.Tensor], spec) -> None:
     """ORT CPU latency of every candidate file at the sample's batch, timed in alternating rounds."""
     threads = spec.threads or runtime.default_threads()
     arrays = parity_mod.to_numpy(tensors)
@@ -142,16 +158,20 @@ def choose(rows: list[CandidateRow], margin: float = MARGIN) -> tuple[str, str]:
     exported = [r for r in rows if r.exported]
     if not exported:
         raise ValueError("no exporter wrote a usable file")
-    out = "; ".join(f"{r.exporter} {r.error}" if r.skipped else f"{r.exporter} failed: {r.error}"
-                    for r in rows if not r.exported)
+    out = "; ".join(
+        f"{r.exporter} {r.error}" if r.skipped else f"{r.exporter} failed: {r.error}" for r in rows if not r.exported
+    )
     if len(exported) == 1:
         return exported[0].exporter, f"{out}; {exported[0].exporter} is the only usable file"
     fewest = min(len(r.failed_checks) for r in exported)
     best = [r for r in exported if len(r.failed_checks) == fewest]
     if len(best) == 1:
         others = "; ".join(f"{r.exporter} fails {', '.join(r.failed_checks)}" for r in exported if r is not best[0])
-        lead = "only it passes every check" if fewest == 0 else \
-            f"it fails fewer checks ({', '.join(best[0].failed_checks)})"
+        lead = (
+            "only it passes every check"
+            if fewest == 0
+            else f"it fails fewer checks ({', '.join(best[0].failed_checks)})"
+        )
         return best[0].exporter, f"{best[0].exporter}: {lead} ({others})"
     verdict = "both pass every check" if fewest == 0 else f"both fail {fewest} check(s)"
     timed = [r for r in best if r.ort_cpu is not None]
@@ -165,11 +185,13 @@ def choose(rows: list[CandidateRow], margin: float = MARGIN) -> tuple[str, str]:
     numbers = f"ORT CPU p50 {fast.exporter} {a:.3f} ms vs {slow.exporter} {b:.3f} ms ({1 - a / b:.0%} less"
     numbers += f", faster in {won} of {len(rounds)} rounds)" if rounds else ")"
     if a >= (1 - margin) * b:
-        return _preferred(best), (f"{verdict}; {numbers}: within the {margin:.0%} margin, the tie goes to the new "
-                                  "exporter")
+        return _preferred(best), (
+            f"{verdict}; {numbers}: within the {margin:.0%} margin, the tie goes to the new exporter"
+        )
     if won < len(rounds):
-        return _preferred(best), (f"{verdict}; {numbers}: not faster in every round (noise), the tie goes to the "
-                                  "new exporter")
+        return _preferred(best), (
+            f"{verdict}; {numbers}: not faster in every round (noise), the tie goes to the new exporter"
+        )
     return fast.exporter, f"{verdict}; {fast.exporter} is faster: {numbers}, beyond the {margin:.0%} margin"
 
 

@@ -17,6 +17,7 @@ the file and the key.
     A value is checked joined to its JSON file's folder and, because a loader may hand a value verbatim to
     code that opens it relative to the working directory, also as given when that names an existing file.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,9 @@ INDEX_KEY = "weight_map"
 SUBFOLDERS_READ = ("additional_chat_templates",)  # read by transformers' tokenizer loading
 MAX_JSON_BYTES = 512 * 1024**2  # a JSON file in a model folder larger than this is refused, not parsed
 HINT_LINK = "Upload the files themselves, not links (zip the folder, or copy it with `cp -rL`)."
-HINT_KEY = ("Remove the key or name a file inside the folder: transformers finds a folder's own files by "
-            "their standard names.")
+HINT_KEY = (
+    "Remove the key or name a file inside the folder: transformers finds a folder's own files by their standard names."
+)
 HINT_INDEX = "An index file's weight_map names the shard files beside it (e.g. model-00001-of-00002.safetensors)."
 
 
@@ -67,8 +69,9 @@ def check_folder(folder: Path, shown: str, *, tree: bool = True) -> None:
     for entry in entries:
         rel = entry.relative_to(root).as_posix()
         if entry.is_symlink() and resolve_inside(root, entry.parent, os.readlink(entry)) is None:
-            raise UnsafePathError(f"{shown}: {rel} is a link to a path outside the upload's folder; refused.",
-                                  hint=HINT_LINK)
+            raise UnsafePathError(
+                f"{shown}: {rel} is a link to a path outside the upload's folder; refused.", hint=HINT_LINK
+            )
         if entry.name.lower().endswith(".json") and entry.is_file():
             json_files.append(entry)
     _check_json_files(root, json_files, shown)
@@ -121,8 +124,10 @@ def _read_json(path: Path, root: Path, shown: str) -> Any:
         return None
     if size > MAX_JSON_BYTES:
         rel = path.relative_to(root).as_posix() if is_inside(root, path) else path.name
-        raise CheckpointError(f"{shown}: {rel} is a {size:,}-byte JSON file; JSON files in a model folder above "
-                              f"{MAX_JSON_BYTES:,} bytes are refused.")
+        raise CheckpointError(
+            f"{shown}: {rel} is a {size:,}-byte JSON file; JSON files in a model folder above "
+            f"{MAX_JSON_BYTES:,} bytes are refused."
+        )
     try:
         return json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_Pairs)
     except (OSError, ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
@@ -180,17 +185,20 @@ def _checked(root: Path, base: Path, value: str, rel: str, key: str, shown: str,
     if target is None and _names_nothing(base, value):
         return None  # e.g. the saver's own absolute path, written by old transformers: there is nothing to read
     if target is None:
-        raise UnsafePathError(f"{shown}: {rel} names {shown_value} under {key!r}, a path outside the upload's "
-                              "folder; refused.", hint=hint)
+        raise UnsafePathError(
+            f"{shown}: {rel} names {shown_value} under {key!r}, a path outside the upload's folder; refused.", hint=hint
+        )
     if not Path(value).is_absolute() and "\0" not in value:
         try:
             as_given = Path.cwd() / value
         except OSError:  # the working directory was removed
             return target
         if os.path.lexists(as_given) and resolve_inside(root, Path.cwd(), value) is None:
-            raise UnsafePathError(f"{shown}: {rel} names {shown_value} under {key!r}, which read as given (relative "
-                                  "to the working directory) is a file outside the upload's folder; refused.",
-                                  hint=hint)
+            raise UnsafePathError(
+                f"{shown}: {rel} names {shown_value} under {key!r}, which read as given (relative "
+                "to the working directory) is a file outside the upload's folder; refused.",
+                hint=hint,
+            )
     return target
 
 

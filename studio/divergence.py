@@ -2,6 +2,7 @@
 the few after it and before it, how far the search got; to and from report.json, and in words (the CLI's
 lines, the report's and the page's table). Imports neither torch nor onnx: the web server formats it too.
 """
+
 from __future__ import annotations
 
 import math
@@ -65,8 +66,12 @@ class Divergence:
         """Back from `to_dict()` (report.json's `divergence`), so the CLI and the page format what the report holds."""
         sites = lambda items: [Site(**{k: _from_json(v) for k, v in x.items()}) for x in items]
         rest = {k: _from_json(v) for k, v in d.items() if k not in ("first", "following", "agreeing")}
-        return cls(**rest, first=sites([d["first"]])[0] if d.get("first") else None,
-                   following=sites(d.get("following") or []), agreeing=sites(d.get("agreeing") or []))
+        return cls(
+            **rest,
+            first=sites([d["first"]])[0] if d.get("first") else None,
+            following=sites(d.get("following") or []),
+            agreeing=sites(d.get("agreeing") or []),
+        )
 
 
 def _from_json(v: Any) -> Any:
@@ -81,6 +86,7 @@ def _json_float(v: Any) -> Any:
 
 
 # --- words: the summary, the CLI's lines, the report's table ---------------------------------------------
+
 
 def _num(x: float | None) -> str:
     if x is None:
@@ -102,26 +108,34 @@ def summary(div: Divergence) -> str:
     """One sentence: where it diverges, or that nothing compared diverges, and how far it got."""
     if div.first is not None:
         f = div.first
-        return (f"ONNX Runtime leaves PyTorch first at node {f.node} ({f.op_type}) from module {_module(f)}: "
-                f"max abs diff {_num(f.max_abs_diff)}, its inputs {_num(f.inputs_max_abs_diff)} "
-                f"({_reach(div)}, {div.seconds:g} s)")
+        return (
+            f"ONNX Runtime leaves PyTorch first at node {f.node} ({f.op_type}) from module {_module(f)}: "
+            f"max abs diff {_num(f.max_abs_diff)}, its inputs {_num(f.inputs_max_abs_diff)} "
+            f"({_reach(div)}, {div.seconds:g} s)"
+        )
     if not div.candidates:
-        return (f"no PyTorch module output could be tied to a node of this file (exporter: {div.exporter}); "
-                f"{_reach(div)}")
+        return (
+            f"no PyTorch module output could be tied to a node of this file (exporter: {div.exporter}); {_reach(div)}"
+        )
     return f"every module output compared agrees within atol {div.atol:g}, rtol {div.rtol:g} ({_reach(div)})"
 
 
 def _rows(div: Divergence) -> list[tuple[str, Site]]:
-    return [("agrees", s) for s in div.agreeing] + ([("FIRST", div.first)] if div.first else []) + \
-        [("differs", s) for s in div.following]
+    return (
+        [("agrees", s) for s in div.agreeing]
+        + ([("FIRST", div.first)] if div.first else [])
+        + [("differs", s) for s in div.following]
+    )
 
 
 def format_lines(div: Divergence) -> list[str]:
     """The CLI's lines: the summary, then one line per value around the divergence."""
     lines = [f"divergence  {'FOUND' if div.found else 'none found'}: {div.message}"]
     for tag, s in _rows(div):
-        lines.append(f"  {tag:<8} {s.node} ({s.op_type})  module {_module(s)}  "
-                     f"max abs {_num(s.max_abs_diff)}  inputs {_num(s.inputs_max_abs_diff)}")
+        lines.append(
+            f"  {tag:<8} {s.node} ({s.op_type})  module {_module(s)}  "
+            f"max abs {_num(s.max_abs_diff)}  inputs {_num(s.inputs_max_abs_diff)}"
+        )
     return lines
 
 
@@ -130,8 +144,19 @@ HEADERS = ["", "node", "op", "module", "shape", "inputs max abs diff", "max abs 
 
 def table_rows(div: Divergence) -> list[list[str]]:
     """The values around the divergence as table rows (HEADERS): the page's table and the report's."""
-    return [[tag, s.node, s.op_type, _module(s), str(s.shape), _num(s.inputs_max_abs_diff), _num(s.max_abs_diff),
-             _num(s.max_rel_diff)] for tag, s in _rows(div)]
+    return [
+        [
+            tag,
+            s.node,
+            s.op_type,
+            _module(s),
+            str(s.shape),
+            _num(s.inputs_max_abs_diff),
+            _num(s.max_abs_diff),
+            _num(s.max_rel_diff),
+        ]
+        for tag, s in _rows(div)
+    ]
 
 
 def to_markdown(div: Divergence) -> str:

@@ -1,4 +1,5 @@
 """Typed errors. Each carries a message a person can act on; the CLI and the app print it as is."""
+
 from __future__ import annotations
 
 
@@ -31,8 +32,15 @@ class UnsafeCheckpointError(CheckpointError):
 class BatchError(StudioError):
     """The sample file or the role mapping is unusable. Names the file, column and row at fault."""
 
-    def __init__(self, message: str, *, file: str | None = None, column: str | None = None,
-                 row: int | None = None, hint: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        column: str | None = None,
+        row: int | None = None,
+        hint: str | None = None,
+    ):
         super().__init__(message, hint=hint)
         self.file, self.column, self.row = file, column, row
 
@@ -48,7 +56,8 @@ class OpsetMismatchError(ExportError):
         super().__init__(
             f"Requested opset {requested} but the {exporter} exporter wrote opset {written}.",
             hint="Pick the opset the exporter supports (the new exporter writes >= 18), "
-                 "or choose --exporter torchscript for older opsets.")
+            "or choose --exporter torchscript for older opsets.",
+        )
         self.requested, self.written, self.exporter = requested, written, exporter
 
 

@@ -6,6 +6,7 @@ falls back to the legacy one when it fails, writes another opset than requested,
 that the onnx checker rejects or ONNX Runtime cannot load: an attempt only succeeds with a file the
 later stages can open. An attempt known to fail is skipped up front, with the reason recorded.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,8 +36,12 @@ from .wrap import wrap
 EXTERNAL_DATA_BYTES = 256 * 1024**2
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # --exporter -> the exporters tried, in this order
-ATTEMPT_ORDER = {"auto": ("dynamo", "torchscript"), "dynamo": ("dynamo",), "torchscript": ("torchscript",),
-                 "compare": ("dynamo", "torchscript")}  # compare runs every one (studio/compare.py)
+ATTEMPT_ORDER = {
+    "auto": ("dynamo", "torchscript"),
+    "dynamo": ("dynamo",),
+    "torchscript": ("torchscript",),
+    "compare": ("dynamo", "torchscript"),
+}  # compare runs every one (studio/compare.py)
 
 
 def dynamic_axes_for(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec) -> dict[str, dict[int, str]]:
@@ -75,18 +80,31 @@ def read_opset(path: Path) -> int | None:
 
 
 def _weights_bytes(module: torch.nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in module.parameters()) + \
-        sum(b.numel() * b.element_size() for b in module.buffers())
+    return sum(p.numel() * p.element_size() for p in module.parameters()) + sum(
+        b.numel() * b.element_size() for b in module.buffers()
+    )
 
 
 def _export_dynamo(model, args, names, output_names, axes, opset, path: Path, external: bool, diag_dir: Path):
     dims: dict[str, torch.export.Dim] = {}
-    dynamic_shapes = {n: {ax: dims.setdefault(sym, torch.export.Dim(sym)) for ax, sym in axes.get(n, {}).items()}
-                      or None for n in names}
-    torch.onnx.export(model, args, str(path), input_names=names, output_names=output_names,
-                      opset_version=opset, dynamo=True, external_data=external,
-                      dynamic_shapes=dynamic_shapes if axes else None, report=True,
-                      artifacts_dir=str(diag_dir), verbose=False)
+    dynamic_shapes = {
+        n: {ax: dims.setdefault(sym, torch.export.Dim(sym)) for ax, sym in axes.get(n, {}).items()} or None
+        for n in names
+    }
+    torch.onnx.export(
+        model,
+        args,
+        str(path),
+        input_names=names,
+        output_names=output_names,
+        opset_version=opset,
+        dynamo=True,
+        external_data=external,
+        dynamic_shapes=dynamic_shapes if axes else None,
+        report=True,
+        artifacts_dir=str(diag_dir),
+        verbose=False,
+    )
 
 
 def _output_axes(model, args, names, axes) -> list[dict[int, str]]:
@@ -125,10 +143,16 @@ def skip_reason(exporter: str, loaded: LoadedModel, spec) -> str | None:
     Below opset 17 the new exporter's down-conversion cannot express LayerNormalization (an opset-17
     op): it writes an opset-18 file instead, after a full export (seconds). A model without LayerNorm
     is still tried (a plain Linear stack is written at 14). A forced exporter is always tried."""
-    if spec.exporter in ("auto", "compare") and exporter == "dynamo" and spec.opset < 17 \
-            and _has_layer_norm(loaded.module):
-        return (f"skipped: the model has LayerNorm layers, and the new exporter cannot write them at opset "
-                f"{spec.opset} (LayerNormalization needs opset 17; torch's down-conversion fails and writes 18)")
+    if (
+        spec.exporter in ("auto", "compare")
+        and exporter == "dynamo"
+        and spec.opset < 17
+        and _has_layer_norm(loaded.module)
+    ):
+        return (
+            f"skipped: the model has LayerNorm layers, and the new exporter cannot write them at opset "
+            f"{spec.opset} (LayerNormalization needs opset 17; torch's down-conversion fails and writes 18)"
+        )
     return None
 
 
@@ -176,18 +200,27 @@ def split_to_opset17(path: Path) -> tuple[int, list[str]]:
             for a in node.attribute:  # subgraphs (If / Loop / Scan bodies)
                 if a.type == onnx.AttributeProto.GRAPH:
                     _replace(a.g.node, rewrite(a.g.node))
-                for g in (a.graphs if a.type == onnx.AttributeProto.GRAPHS else []):
+                for g in a.graphs if a.type == onnx.AttributeProto.GRAPHS else []:
                     _replace(g.node, rewrite(g.node))
-            if node.op_type == "Split" and node.domain in ("", "ai.onnx") and \
-                    any(a.name == "num_outputs" for a in node.attribute):
+            if (
+                node.op_type == "Split"
+                and node.domain in ("", "ai.onnx")
+                and any(a.name == "num_outputs" for a in node.attribute)
+            ):
                 sizes = _split_sizes(node, shapes)
                 if sizes is None:
                     unknown.append(node.name or node.output[0])
                 else:
                     name = f"{node.name or node.output[0]}__split_sizes"
-                    new.append(onnx.helper.make_node(
-                        "Constant", [], [name], name=name,
-                        value=onnx.helper.make_tensor(name, onnx.TensorProto.INT64, [len(sizes)], sizes)))
+                    new.append(
+                        onnx.helper.make_node(
+                            "Constant",
+                            [],
+                            [name],
+                            name=name,
+                            value=onnx.helper.make_tensor(name, onnx.TensorProto.INT64, [len(sizes)], sizes),
+                        )
+                    )
                     _replace(node.attribute, [a for a in node.attribute if a.name != "num_outputs"])
                     del node.input[1:]
                     node.input.append(name)
@@ -212,6 +245,7 @@ def _replace(field, items) -> None:
 def file_problem(path: Path) -> str | None:
     """Why the written file cannot be used (the onnx checker's or ONNX Runtime's words), or None."""
     from .runtime import load_error
+
     checker = check(path)
     if not checker.ok:
         return f"the file fails the onnx checker: {checker.message.splitlines()[0][:400]}"
@@ -225,9 +259,18 @@ def _export_legacy(model, args, names, output_names, axes, opset, path: Path, ex
         for o, found in zip(output_names, _output_axes(model, args, names, axes)):
             if found:
                 dyn[o] = found
-    torch.onnx.export(model, args, str(path), input_names=names, output_names=output_names,
-                      opset_version=opset, dynamo=False, dynamic_axes=dyn or None, do_constant_folding=True,
-                      verbose=False)
+    torch.onnx.export(
+        model,
+        args,
+        str(path),
+        input_names=names,
+        output_names=output_names,
+        opset_version=opset,
+        dynamo=False,
+        dynamic_axes=dyn or None,
+        do_constant_folding=True,
+        verbose=False,
+    )
     if external and not external_files(path):
         externalize(path)
 
@@ -236,8 +279,14 @@ def externalize(path: Path) -> None:
     """Move the initializers of an .onnx file into `<name>.data` beside it (the legacy exporter embeds
     them below 2 GiB), so every exporter gives the same layout above EXTERNAL_DATA_BYTES."""
     model = onnx.load(str(path))
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=Path(path).name + ".data", size_threshold=1024)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=Path(path).name + ".data",
+        size_threshold=1024,
+    )
 
 
 # exporter name (spec.EXPORTERS, less "auto" and "compare") -> the function that runs it
@@ -245,8 +294,10 @@ EXPORT_FUNCTIONS = {"dynamo": _export_dynamo, "torchscript": _export_legacy}
 
 
 def _diagnosis(diag_dir: Path, since: float) -> Path | None:
-    reports = sorted((p for p in diag_dir.glob("onnx_export_*.md") if p.stat().st_mtime >= since - 1),
-                     key=lambda p: p.stat().st_mtime)
+    reports = sorted(
+        (p for p in diag_dir.glob("onnx_export_*.md") if p.stat().st_mtime >= since - 1),
+        key=lambda p: p.stat().st_mtime,
+    )
     return reports[-1] if reports else None
 
 
@@ -267,12 +318,19 @@ def prepare(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec, diag_di
     axes = dynamic_axes_for(loaded, tensors, spec)
     example = _example_inputs(tensors, axes)
     diag_dir.mkdir(parents=True, exist_ok=True)
-    return Prepared(names, axes, tuple(example[n] for n in names), wrap(loaded, names),
-                    _weights_bytes(loaded.module) > EXTERNAL_DATA_BYTES, diag_dir)
+    return Prepared(
+        names,
+        axes,
+        tuple(example[n] for n in names),
+        wrap(loaded, names),
+        _weights_bytes(loaded.module) > EXTERNAL_DATA_BYTES,
+        diag_dir,
+    )
 
 
-def attempt(prep: Prepared, exporter: str, loaded: LoadedModel, spec, dest: Path
-            ) -> tuple[ExportAttempt, ExportError | None]:
+def attempt(
+    prep: Prepared, exporter: str, loaded: LoadedModel, spec, dest: Path
+) -> tuple[ExportAttempt, ExportError | None]:
     """One exporter, written to `dest` and checked there (opset read back, checker, ONNX Runtime loads it).
     Returns the attempt and, when it failed, the error that names why (None for a skipped one). A failed
     attempt may leave a file at `dest`: the caller removes it."""
@@ -284,16 +342,34 @@ def attempt(prep: Prepared, exporter: str, loaded: LoadedModel, spec, dest: Path
     t0, wall0 = time.perf_counter(), time.time()
     try:
         with quiet(), torch.no_grad():  # exporter progress and deprecation chatter
-            EXPORT_FUNCTIONS[exporter](prep.model, prep.args, prep.names, list(loaded.output_names), prep.axes,
-                                       spec.opset, dest, prep.external, diag_dir)
+            EXPORT_FUNCTIONS[exporter](
+                prep.model,
+                prep.args,
+                prep.names,
+                list(loaded.output_names),
+                prep.axes,
+                spec.opset,
+                dest,
+                prep.external,
+                diag_dir,
+            )
     except Exception as e:  # the exporter's own failure: keep its words and its report
         diag = _diagnosis(diag_dir, wall0) if exporter == "dynamo" else None
         # torch's messages carry terminal colours: removed before the cut (the whole first line first)
         msg = ANSI.sub("", first_line(e, len(str(e)), with_type=True))[:500]
-        return (ExportAttempt(exporter, False, msg, round(time.perf_counter() - t0, 2),
-                              diagnosis_path=f"{diag_dir.name}/{diag.name}" if diag else None),
-                ExportError(f"The {exporter} exporter failed: {msg}",
-                            details=diag.read_text(errors="replace") if diag else str(e)[:20000]))
+        return (
+            ExportAttempt(
+                exporter,
+                False,
+                msg,
+                round(time.perf_counter() - t0, 2),
+                diagnosis_path=f"{diag_dir.name}/{diag.name}" if diag else None,
+            ),
+            ExportError(
+                f"The {exporter} exporter failed: {msg}",
+                details=diag.read_text(errors="replace") if diag else str(e)[:20000],
+            ),
+        )
     written = read_opset(dest)
     if written != spec.opset:
         err = OpsetMismatchError(spec.opset, written, exporter)
@@ -302,16 +378,21 @@ def attempt(prep: Prepared, exporter: str, loaded: LoadedModel, spec, dest: Path
     if exporter == "dynamo" and written is not None and written < 18:
         rewritten, _ = split_to_opset17(dest)
         if rewritten:
-            note = (f"rewrote {rewritten} opset-18 Split node(s) (num_outputs) that the new exporter left "
-                    f"in the opset-{written} file into Split with explicit sizes")
+            note = (
+                f"rewrote {rewritten} opset-18 Split node(s) (num_outputs) that the new exporter left "
+                f"in the opset-{written} file into Split with explicit sizes"
+            )
     problem = file_problem(dest)
     seconds = round(time.perf_counter() - t0, 2)
     if problem:  # what the exporter wrote cannot be used: a failed attempt, never a crash later on
         msg = f"the {exporter} exporter wrote an unusable file: {problem}"[:1000]
-        return (ExportAttempt(exporter, False, msg, seconds, written, note=note),
-                ExportError(msg[0].upper() + msg[1:],
-                            hint="Try another --exporter or --opset (the report of --exporter auto "
-                                 "lists every attempt)."))
+        return (
+            ExportAttempt(exporter, False, msg, seconds, written, note=note),
+            ExportError(
+                msg[0].upper() + msg[1:],
+                hint="Try another --exporter or --opset (the report of --exporter auto lists every attempt).",
+            ),
+        )
     return ExportAttempt(exporter, True, None, seconds, written, note=note), None
 
 
@@ -322,8 +403,9 @@ def choice_reason(spec, attempts: list[ExportAttempt]) -> str:
         return f"{kept} was asked for (--exporter {spec.exporter})"
     if len(attempts) == 1:
         return f"{kept} succeeded first"
-    before = "; ".join(f"{a.exporter} {a.error}" if a.skipped else f"{a.exporter} failed: {a.error}"
-                       for a in attempts[:-1])
+    before = "; ".join(
+        f"{a.exporter} {a.error}" if a.skipped else f"{a.exporter} failed: {a.error}" for a in attempts[:-1]
+    )
     return f"{before}; fell back to {kept}"
 
 
@@ -340,9 +422,15 @@ def export(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec, dest: Pa
             last_error = error or last_error
             continue
         _prune(prep.diag_dir, attempts)
-        return ExportInfo(exporter=exporter, opset_requested=spec.opset, opset=done.opset_written,
-                          seconds=round(time.perf_counter() - start, 2), attempts=attempts,
-                          external_data=bool(external_files(dest)), reason=choice_reason(spec, attempts))
+        return ExportInfo(
+            exporter=exporter,
+            opset_requested=spec.opset,
+            opset=done.opset_written,
+            seconds=round(time.perf_counter() - start, 2),
+            attempts=attempts,
+            external_data=bool(external_files(dest)),
+            reason=choice_reason(spec, attempts),
+        )
     remove_model(dest)
     _prune(prep.diag_dir, attempts)
     raise failure(attempts, last_error, spec.opset)
@@ -353,12 +441,17 @@ def failure(attempts: list[ExportAttempt], last_error: ExportError | None, opset
     tried = [a for a in attempts if not a.skipped]
     if last_error is None or len(attempts) > 1:
         summary = "; ".join(f"{a.exporter}: {a.error}" for a in attempts)
-        if tried and all(a.opset_written is not None and a.opset_written != opset for a in tried) \
-                and isinstance(last_error, OpsetMismatchError):  # every exporter ran, none wrote the opset
+        if (
+            tried
+            and all(a.opset_written is not None and a.opset_written != opset for a in tried)
+            and isinstance(last_error, OpsetMismatchError)
+        ):  # every exporter ran, none wrote the opset
             return last_error
-        return ExportError(f"Every exporter failed ({summary})",
-                           details=last_error.details if last_error else None,
-                           hint=last_error.hint if last_error else None)
+        return ExportError(
+            f"Every exporter failed ({summary})",
+            details=last_error.details if last_error else None,
+            hint=last_error.hint if last_error else None,
+        )
     return last_error
 
 

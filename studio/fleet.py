@@ -5,6 +5,7 @@ Exit code: 0 every entry passed; 1 a check failed; 2 an entry could not be conve
 (the content of its checkpoint files, sample and config) and options are unchanged since a run that completed
 its output folder is skipped (the hash is kept in the folder's `batch.json`); `--force` runs everything.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -14,10 +15,11 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import isolate
 from .errors import StudioError, first_line
@@ -71,11 +73,13 @@ def default_jobs(memory_mb: int | None) -> int:
     """As many jobs as the machine holds: one per CPU, and no more than the available memory fits at the
     per-job memory limit."""
     import psutil
+
     by_memory = int(psutil.virtual_memory().available / 2**20 // memory_mb) if memory_mb else cpu_count()
     return max(1, min(cpu_count(), by_memory))
 
 
 # --- what an entry is made of: its hash, and whether its folder is complete ------------------------------------
+
 
 def _hash_file(h, path: Path) -> None:
     with open(path, "rb") as f:
@@ -98,6 +102,7 @@ def _hash_tree(h, path: Path) -> None:
 def entry_hash(entry: ManifestEntry) -> str:
     """sha256 of the studio version, the entry's options and the content of every file it names."""
     from . import __version__
+
     h = hashlib.sha256()
     options = {k: (v if k not in ("checkpoint", "data", "config") else Path(v).name) for k, v in entry.options.items()}
     h.update(json.dumps({"studio": __version__, "options": options}, sort_keys=True, default=str).encode())
@@ -133,6 +138,7 @@ def write_state(folder: Path, digest: str, row: dict[str, Any]) -> None:
 
 # --- summary rows ----------------------------------------------------------------------------------------------
 
+
 def _num(x: Any) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
 
@@ -151,30 +157,49 @@ def row_from_report(entry: ManifestEntry, report: dict[str, Any], seconds: float
     lat = report.get("latency") or {}
     export = report.get("export") or {}
     return {
-        **_row_base(entry), "verdict": "PASS" if report.get("ok") else "FAIL",
-        "failed_checks": list(report.get("failed_checks") or []), "error": None, "reason": None,
-        "exporter": export.get("exporter"), "opset": export.get("opset"),
-        "export_seconds": _num(export.get("seconds")), "seconds": round(seconds, 2),
+        **_row_base(entry),
+        "verdict": "PASS" if report.get("ok") else "FAIL",
+        "failed_checks": list(report.get("failed_checks") or []),
+        "error": None,
+        "reason": None,
+        "exporter": export.get("exporter"),
+        "opset": export.get("opset"),
+        "export_seconds": _num(export.get("seconds")),
+        "seconds": round(seconds, 2),
         "model_bytes": (report.get("graph") or {}).get("size_bytes"),
-        "ort_cpu_p50_ms": _p50(lat, "ort_cpu"), "torch_cpu_p50_ms": _p50(lat, "torch_cpu"),
+        "ort_cpu_p50_ms": _p50(lat, "ort_cpu"),
+        "torch_cpu_p50_ms": _p50(lat, "torch_cpu"),
         "speedup_ort_cpu": _ratio(_p50(lat, "torch_cpu"), _p50(lat, "ort_cpu")),
         "speedup_ort_cuda": _ratio(_p50(lat, "torch_cuda"), _p50(lat, "ort_cuda")),
-        "variants": [{"name": v.get("name"), "ok": v.get("ok"), "size_bytes": v.get("size_bytes"),
-                      "speedup_vs_torch": _num(v.get("speedup_vs_torch")),
-                      "speedup_vs_fp32": _num(v.get("speedup_vs_fp32"))} for v in report.get("variants") or []],
+        "variants": [
+            {
+                "name": v.get("name"),
+                "ok": v.get("ok"),
+                "size_bytes": v.get("size_bytes"),
+                "speedup_vs_torch": _num(v.get("speedup_vs_torch")),
+                "speedup_vs_fp32": _num(v.get("speedup_vs_fp32")),
+            }
+            for v in report.get("variants") or []
+        ],
         "skipped": False,
     }
 
 
 def error_row(entry: ManifestEntry, message: str, reason: str = "error", seconds: float = 0.0) -> dict[str, Any]:
     """The row of an entry that could not be converted (bad input, export impossible, crash, limit)."""
-    return {**_row_base(entry), "verdict": "ERROR", "failed_checks": [], "error": message, "reason": reason,
-            "seconds": round(seconds, 2), "skipped": False}
+    return {
+        **_row_base(entry),
+        "verdict": "ERROR",
+        "failed_checks": [],
+        "error": message,
+        "reason": reason,
+        "seconds": round(seconds, 2),
+        "skipped": False,
+    }
 
 
 def _row_base(entry: ManifestEntry) -> dict[str, Any]:
-    return {"entry": entry.name, "line": entry.line, "checkpoint": entry.options.get("checkpoint"),
-            "out": entry.name}
+    return {"entry": entry.name, "line": entry.line, "checkpoint": entry.options.get("checkpoint"), "out": entry.name}
 
 
 def exit_code(rows: list[dict[str, Any]]) -> int:
@@ -183,6 +208,7 @@ def exit_code(rows: list[dict[str, Any]]) -> int:
 
 
 # --- progress on stderr ----------------------------------------------------------------------------------------
+
 
 class BatchProgress:
     """A bar over the batch and one per running job, redrawn in place on a terminal; on anything else (a CI
@@ -231,10 +257,14 @@ class BatchProgress:
             return
         self._clear()
         counts = ", ".join(f"{n} {v}" for v, n in self.counts.items() if n)
-        lines = [f"batch [{self._bar(self.done / max(1, self.total))}] {self.done}/{self.total} done"
-                 + (f", {counts}" if counts else "")]
-        lines += [f"  {name[:30]:<30} [{self._bar(f, 16)}] {f:4.0%} {stage}" for name, (stage, f) in
-                  sorted(self.running.items())]
+        lines = [
+            f"batch [{self._bar(self.done / max(1, self.total))}] {self.done}/{self.total} done"
+            + (f", {counts}" if counts else "")
+        ]
+        lines += [
+            f"  {name[:30]:<30} [{self._bar(f, 16)}] {f:4.0%} {stage}"
+            for name, (stage, f) in sorted(self.running.items())
+        ]
         self.stream.write("\n".join(lines) + "\n")
         self.stream.flush()
         self._drawn = len(lines)
@@ -251,6 +281,7 @@ class BatchProgress:
 
 
 # --- running ---------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Pending:
@@ -273,6 +304,7 @@ def _run_isolated(spec, lim, on_progress: Callable[[str, float], None]):
         return job.wait(on_progress)
     except BaseException:
         from .pipeline import remove_stale  # imports torch: only when a job did not end on its own
+
         job.kill()
         remove_stale(spec.out)
         raise
@@ -350,6 +382,7 @@ def run_batch(manifest: str | Path, opts: BatchOptions, stream=None) -> BatchRes
         if not opts.ray:
             raise StudioError("--shared-dir is for --ray: a folder every node of the cluster sees at the same path.")
         from .fleet_ray import check_shared
+
         check_shared(entries, out, opts.shared_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict[str, Any]] = {}
@@ -363,10 +396,12 @@ def run_batch(manifest: str | Path, opts: BatchOptions, stream=None) -> BatchRes
             pending.append(Pending(e, out / e.name, digest))
     progress = BatchProgress(len(entries), len(rows), stream, opts.quiet)
     if rows:
-        progress._line(f"{len(rows)} of {len(entries)} entries unchanged since their last run: skipped "
-                       "(--force runs them again)")
+        progress._line(
+            f"{len(rows)} of {len(entries)} entries unchanged since their last run: skipped (--force runs them again)"
+        )
     if pending and opts.ray:
         from . import fleet_ray
+
         rows.update(fleet_ray.run_ray(pending, opts, lim, progress))
     elif pending:
         rows.update(run_local(pending, opts.jobs or default_jobs(lim.memory_mb), lim, progress))
@@ -377,9 +412,14 @@ def run_batch(manifest: str | Path, opts: BatchOptions, stream=None) -> BatchRes
 def write_summary(out: Path, manifest: Path, rows: list[dict[str, Any]]) -> BatchResult:
     code = exit_code(rows)
     counts = {v: sum(r["verdict"] == v for r in rows) for v in VERDICTS}
-    data = {"schema": SUMMARY_SCHEMA, "schema_version": SUMMARY_VERSION, "manifest": str(manifest),
-            "exit_code": code, "counts": {**counts, "skipped": sum(bool(r.get("skipped")) for r in rows)},
-            "entries": rows}
+    data = {
+        "schema": SUMMARY_SCHEMA,
+        "schema_version": SUMMARY_VERSION,
+        "manifest": str(manifest),
+        "exit_code": code,
+        "counts": {**counts, "skipped": sum(bool(r.get("skipped")) for r in rows)},
+        "entries": rows,
+    }
     js, md = out / "summary.json", out / "summary.md"
     js.write_text(json.dumps(data, indent=2, allow_nan=False))
     md.write_text(summary_markdown(data))
@@ -400,21 +440,43 @@ def _x(v: Any) -> str:
 
 def summary_markdown(data: dict[str, Any]) -> str:
     c = data["counts"]
-    lines = [f"# Batch summary: {_cell(Path(data['manifest']).name)}", "",
-             f"**{len(data['entries'])} {'entry' if len(data['entries']) == 1 else 'entries'}: "
-             f"{c['PASS']} passed, {c['FAIL']} failed a check, {c['ERROR']} could "
-             f"not be converted** ({c['skipped']} unchanged, skipped). Exit code {data['exit_code']}.", "",
-             "| entry | verdict | failed checks / error | export s | model | ORT CPU vs PyTorch | variants |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Batch summary: {_cell(Path(data['manifest']).name)}",
+        "",
+        f"**{len(data['entries'])} {'entry' if len(data['entries']) == 1 else 'entries'}: "
+        f"{c['PASS']} passed, {c['FAIL']} failed a check, {c['ERROR']} could "
+        f"not be converted** ({c['skipped']} unchanged, skipped). Exit code {data['exit_code']}.",
+        "",
+        "| entry | verdict | failed checks / error | export s | model | ORT CPU vs PyTorch | variants |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in data["entries"]:
         why = ", ".join(r.get("failed_checks") or []) or (first_line(r["error"], 160) if r.get("error") else "")
-        variants = ", ".join(f"{v['name']} {'PASS' if v.get('ok') else 'FAIL'} {_size(v.get('size_bytes'))} "
-                             f"{_x(v.get('speedup_vs_torch'))}" for v in r.get("variants") or [])
+        variants = ", ".join(
+            f"{v['name']} {'PASS' if v.get('ok') else 'FAIL'} {_size(v.get('size_bytes'))} "
+            f"{_x(v.get('speedup_vs_torch'))}"
+            for v in r.get("variants") or []
+        )
         export_s = r.get("export_seconds")
-        lines.append("| " + " | ".join(_cell(x) for x in [
-            r["entry"], r["verdict"] + (" (skipped)" if r.get("skipped") else ""), why or "-",
-            "-" if export_s is None else f"{export_s:.1f}", _size(r.get("model_bytes")),
-            _x(r.get("speedup_ort_cpu")), variants or "-"]) + " |")
-    lines += ["", "Speedups: PyTorch CPU p50 / ORT CPU p50 on the sample batch (variants: vs PyTorch CPU). Each "
-              "entry's folder holds its report.md."]
+        lines.append(
+            "| "
+            + " | ".join(
+                _cell(x)
+                for x in [
+                    r["entry"],
+                    r["verdict"] + (" (skipped)" if r.get("skipped") else ""),
+                    why or "-",
+                    "-" if export_s is None else f"{export_s:.1f}",
+                    _size(r.get("model_bytes")),
+                    _x(r.get("speedup_ort_cpu")),
+                    variants or "-",
+                ]
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        "Speedups: PyTorch CPU p50 / ORT CPU p50 on the sample batch (variants: vs PyTorch CPU). Each "
+        "entry's folder holds its report.md.",
+    ]
     return "\n".join(lines) + "\n"

@@ -10,6 +10,7 @@ the output at the same paths. A worker that dies fails only its own entry.
 
 Only this module imports ray, and only when a batch or job is sent to Ray.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -22,14 +23,23 @@ import threading
 import time
 import uuid
 import zipfile
+from collections.abc import Callable
 from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import isolate
 from .errors import StudioError, first_line
-from .fleet import (BatchOptions, BatchProgress, Pending, _run_isolated, error_row, finish_error,
-                    row_from_report, write_state)
+from .fleet import (
+    BatchOptions,
+    BatchProgress,
+    Pending,
+    _run_isolated,
+    error_row,
+    finish_error,
+    row_from_report,
+    write_state,
+)
 
 HOOK_ENV = "ONNX_STUDIO_FLEET_TEST_HOOKS"  # "1": honour the manifest's test-only keys (tests/test_fleet_ray.py)
 INPUT_KEYS = ("checkpoint", "data", "config")
@@ -51,12 +61,16 @@ def _reachable(address: str | None) -> None:
     if not sep or not host or not port.isdigit():
         return  # local, auto, or a form Ray resolves itself
     import socket
+
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as e:
-        raise StudioError(f"Cannot connect to the Ray cluster at {address}: nothing answers there ({e}).",
-                          hint="Start it with `ray start --head` (workers: `ray start --address=HEAD:6379`), "
-                               "or use --ray local for a cluster on this machine.") from e
+        raise StudioError(
+            f"Cannot connect to the Ray cluster at {address}: nothing answers there ({e}).",
+            hint="Start it with `ray start --head` (workers: `ray start --address=HEAD:6379`), "
+            "or use --ray local for a cluster on this machine.",
+        ) from e
+
 
 def connect(address: str | None) -> bool:
     """Join the cluster at ADDRESS (`auto`: the one this machine belongs to), or start a local one (`local`).
@@ -64,8 +78,10 @@ def connect(address: str | None) -> bool:
     try:
         import ray
     except ImportError as e:
-        raise StudioError("--ray needs the ray package.", hint='pip install "onnx-studio[ray]" (ray>=2.40) on '
-                          "this machine and on every node of the cluster.") from e
+        raise StudioError(
+            "--ray needs the ray package.",
+            hint='pip install "onnx-studio[ray]" (ray>=2.40) on this machine and on every node of the cluster.',
+        ) from e
     if ray.is_initialized():
         return False
     _reachable(address)
@@ -75,9 +91,11 @@ def connect(address: str | None) -> bool:
         else:
             ray.init(address=address, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise StudioError(f"Cannot connect to the Ray cluster at {address}: {first_line(e)}",
-                          hint="Start it with `ray start --head` (workers: `ray start --address=HEAD:6379`), "
-                               "or use --ray local for a cluster on this machine.") from e
+        raise StudioError(
+            f"Cannot connect to the Ray cluster at {address}: {first_line(e)}",
+            hint="Start it with `ray start --head` (workers: `ray start --address=HEAD:6379`), "
+            "or use --ray local for a cluster on this machine.",
+        ) from e
     return True
 
 
@@ -96,16 +114,21 @@ def resources(spec, memory_limit_mb: int | None, gpus_in_cluster: float, cuda_as
     if memory_limit_mb:
         mb = min(mb, memory_limit_mb)
     wants_gpu = cuda_asked or "fp16" in tuple(spec.variants)
-    return {"num_cpus": int(spec.threads or 1), "memory": int(mb * 2**20),
-            "num_gpus": 1 if wants_gpu and gpus_in_cluster >= 1 else 0}
+    return {
+        "num_cpus": int(spec.threads or 1),
+        "memory": int(mb * 2**20),
+        "num_gpus": 1 if wants_gpu and gpus_in_cluster >= 1 else 0,
+    }
 
 
 def _gpus() -> float:
     import ray
+
     return float(ray.cluster_resources().get("GPU", 0))
 
 
 # --- moving files through Ray -----------------------------------------------------------------------------------
+
 
 def pack(paths: dict[str, str]) -> bytes:
     """Zip bytes of the named files or folders, each under its key (`checkpoint/model.pt`, `data/x.csv`)."""
@@ -124,8 +147,9 @@ def unpack(data: bytes, dest: Path) -> None:
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         for name in zf.namelist():
             if name.startswith("/") or ".." in Path(name).parts:
-                raise StudioError(f"Refusing the file {name!r} sent back by a Ray worker: it points outside "
-                                  "its folder.")
+                raise StudioError(
+                    f"Refusing the file {name!r} sent back by a Ray worker: it points outside its folder."
+                )
         zf.extractall(dest)
 
 
@@ -174,12 +198,14 @@ def _move_into(src: Path, folder: Path) -> None:
 
 # --- a batch entry as a Ray task ---------------------------------------------------------------------------------
 
+
 def _progress_sink(queue, key: str) -> Callable[[str, float], None]:
     def send(stage: str, fraction: float) -> None:
         try:
             queue.put_nowait((key, str(stage), float(fraction)))
         except Exception:  # noqa: BLE001 - progress is best effort; the result is what counts
             pass
+
     return send
 
 
@@ -187,6 +213,7 @@ def convert_task(name: str, spec, inputs: bytes | None, lim, queue, hooks: dict)
     """Runs on a Ray worker: the entry's conversion in its own process; its report and (without a shared
     folder) the output folder as zip bytes, or the error."""
     import json
+
     progress = _progress_sink(queue, name)
     progress("started on " + os.uname().nodename, 0.0)
     if hooks.get("_kill_worker") and os.environ.get(HOOK_ENV) == "1":
@@ -218,8 +245,10 @@ def check_shared(entries, out: Path, shared: str) -> None:
         for key in INPUT_KEYS:
             value = getattr(e.spec, key)
             if value and not Path(value).resolve().is_relative_to(root):
-                raise StudioError(f"--shared-dir {root}: entry {e.name!r} (line {e.line}) reads {key} {value}, "
-                                  "outside the shared folder the workers see.")
+                raise StudioError(
+                    f"--shared-dir {root}: entry {e.name!r} (line {e.line}) reads {key} {value}, "
+                    "outside the shared folder the workers see."
+                )
     if not Path(out).resolve().is_relative_to(root):
         raise StudioError(f"--shared-dir {root}: --out {out} is outside it; the workers could not write there.")
 
@@ -232,6 +261,7 @@ def run_ray(pending: list[Pending], opts: BatchOptions, lim, progress: BatchProg
     started_ray = connect(opts.ray)
     import ray
     from ray.util.queue import Queue
+
     try:
         queue = Queue(actor_options={"num_cpus": 0})
         remote = ray.remote(max_retries=0)(convert_task)
@@ -245,7 +275,8 @@ def run_ray(pending: list[Pending], opts: BatchOptions, lim, progress: BatchProg
             spec = replace(spec, threads=spec.threads or request["num_cpus"])
             inputs = None if shared else _put_inputs(spec, packed)
             ref = remote.options(**request, name=f"studio-convert:{p.entry.name}").remote(
-                p.entry.name, spec, inputs, lim, queue, dict(p.entry.hooks))
+                p.entry.name, spec, inputs, lim, queue, dict(p.entry.hooks)
+            )
             refs[ref] = p
         return _collect(refs, queue, progress)
     finally:
@@ -256,6 +287,7 @@ def run_ray(pending: list[Pending], opts: BatchOptions, lim, progress: BatchProg
 def _put_inputs(spec, packed: dict):
     """The entry's files in Ray's object store, sent once for entries that name the same files."""
     import ray
+
     paths = {k: getattr(spec, k) for k in INPUT_KEYS if getattr(spec, k)}
     key = tuple(sorted(paths.items()))
     if key not in packed:
@@ -268,6 +300,7 @@ def stop(ref) -> None:
     force-cancel kills only the Ray worker and would leave that process running), then after STOP_GRACE_S a
     force-cancel if it is still there. Nothing happens to a task that has finished."""
     import ray
+
     if ray.wait([ref], timeout=0)[0]:
         return
     try:
@@ -283,6 +316,7 @@ def stop(ref) -> None:
                 ray.cancel(ref, force=True)
         except Exception:  # noqa: BLE001 - Ray already shut down, or the task is gone
             pass
+
     timer = threading.Timer(STOP_GRACE_S, force)
     timer.daemon = True
     timer.start()
@@ -301,6 +335,7 @@ def _drain(queue, progress: BatchProgress, started: dict) -> None:
 
 def _collect(refs: dict, queue, progress: BatchProgress) -> dict[str, dict]:
     import ray
+
     rows, started, left = {}, {}, list(refs)
     submitted = time.monotonic()
     try:
@@ -322,11 +357,16 @@ def _collect(refs: dict, queue, progress: BatchProgress) -> dict[str, dict]:
 def _finish(p: Pending, ref, seconds: float) -> dict:
     """The row of one finished task: its folder filled from the zip it sent back, or why it failed."""
     import ray
+
     try:
         res = ray.get(ref)
     except ray.exceptions.RayError as e:
-        return error_row(p.entry, f"The Ray worker running this conversion died or was lost: {first_line(e, 400)}",
-                         "crashed", seconds)
+        return error_row(
+            p.entry,
+            f"The Ray worker running this conversion died or was lost: {first_line(e, 400)}",
+            "crashed",
+            seconds,
+        )
     if "error" in res:
         return finish_error(p, error_row(p.entry, res["error"], res.get("reason") or "error", seconds))
     if res.get("zip") is not None:
@@ -342,6 +382,7 @@ def _finish(p: Pending, ref, seconds: float) -> dict:
 
 
 # --- RayJob: the app's Job, on Ray ------------------------------------------------------------------------------
+
 
 def _map_strings(obj: Any, fn: Callable[[str], str]) -> Any:
     """fn applied to every string inside dataclasses (in place), dicts, lists and tuples."""
@@ -363,6 +404,7 @@ def _swap(mapping: dict[str, str]) -> Callable[[str], str]:
         for old, new in pairs:
             text = text.replace(old, new)
         return text
+
     return fn
 
 
@@ -386,8 +428,15 @@ def job_task(task: str, module: str, payload: dict, inputs: bytes | None, lim, q
         try:
             result = isolate.Job(task, payload, lim, label=payload.get("label") or task).wait(send)
         except isolate.JobError as e:
-            return {"error": {"message": e.message, "reason": e.reason, "type": e.error_type,
-                              "details": e.details, "hint": e.hint}}
+            return {
+                "error": {
+                    "message": e.message,
+                    "reason": e.reason,
+                    "type": e.error_type,
+                    "details": e.details,
+                    "hint": e.hint,
+                }
+            }
         back[str(out_parent)] = _OUT
         result = _map_strings(result, _swap(back))
         return {"result": result, "zip": _zip_folder(out_parent)}
@@ -399,8 +448,16 @@ class RayJob:
     which kills its worker process and the job's process with it). The spec's checkpoint, sample and config
     travel to the worker; what the job writes beside `spec.out` comes back into the same place here."""
 
-    def __init__(self, task: str, payload: dict[str, Any], limits=None, start_method: str | None = None,
-                 label: str = "", address: str | None = "auto", cuda: bool = False):
+    def __init__(
+        self,
+        task: str,
+        payload: dict[str, Any],
+        limits=None,
+        start_method: str | None = None,
+        label: str = "",
+        address: str | None = "auto",
+        cuda: bool = False,
+    ):
         self.module = isolate.task_module(task)  # ValueError for an unknown task
         self.task, self.payload = task, payload
         self.limits = limits if limits is not None else isolate.Limits()
@@ -421,13 +478,15 @@ class RayJob:
         if self._ref is None:
             return False
         import ray
+
         done, _ = ray.wait([self._ref], timeout=0)
         return not done
 
-    def start(self) -> "RayJob":
+    def start(self) -> RayJob:
         connect(self.address)
         import ray
         from ray.util.queue import Queue
+
         spec = self.payload.get("spec")
         inputs, request = None, {"num_cpus": 1}
         if spec is not None:
@@ -437,8 +496,11 @@ class RayJob:
             if self._cancel_reason:
                 raise isolate.JobError(self._cancel_reason, reason="cancelled")
             self._queue = Queue(actor_options={"num_cpus": 0})
-            self._ref = ray.remote(max_retries=0)(job_task).options(**request, name=f"studio-{self.task}").remote(
-                self.task, self.module, self.payload, inputs, self.limits, self._queue, self.label)
+            self._ref = (
+                ray.remote(max_retries=0)(job_task)
+                .options(**request, name=f"studio-{self.task}")
+                .remote(self.task, self.module, self.payload, inputs, self.limits, self._queue, self.label)
+            )
             self.started_at = time.monotonic()
         return self
 
@@ -462,6 +524,7 @@ class RayJob:
 
     def wait(self, on_progress: Callable[[str, float], None] | None = None) -> Any:
         import ray
+
         if self._ref is None:
             self.start()
         try:
@@ -475,9 +538,11 @@ class RayJob:
         except ray.exceptions.RayError as e:
             if self._cancel_reason:
                 raise isolate.JobError(self._cancel_reason, reason="cancelled") from e
-            raise isolate.JobError(f"The {self.label} worker on the Ray cluster stopped unexpectedly "
-                                  f"({first_line(e, 300)}). The studio is still running: you can try again.",
-                                  reason="crashed") from e
+            raise isolate.JobError(
+                f"The {self.label} worker on the Ray cluster stopped unexpectedly "
+                f"({first_line(e, 300)}). The studio is still running: you can try again.",
+                reason="crashed",
+            ) from e
         finally:
             self.cancel_quietly()
 
@@ -492,8 +557,13 @@ class RayJob:
     def _result(self, res: dict) -> Any:
         if "error" in res:
             e = res["error"]
-            raise isolate.JobError(e["message"], reason=e.get("reason") or "error", error_type=e.get("type"),
-                                  details=e.get("details"), hint=e.get("hint"))
+            raise isolate.JobError(
+                e["message"],
+                reason=e.get("reason") or "error",
+                error_type=e.get("type"),
+                details=e.get("details"),
+                hint=e.get("hint"),
+            )
         spec = self.payload.get("spec")
         if spec is None:
             return res["result"]

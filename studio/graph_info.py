@@ -1,5 +1,6 @@
 """Read an .onnx file: graph inputs/outputs with symbolic dims, opset written, op counts, checker, and the
 external-data files it refers to. (Named graph_info, not inspect: that would shadow the standard library's.)"""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -25,7 +26,9 @@ def _tensor(vi: onnx.ValueInfoProto) -> TensorInfo:
     shape: list[int | str] = []
     if tt.HasField("shape"):
         for d in tt.shape.dim:
-            shape.append(d.dim_param if d.HasField("dim_param") else (int(d.dim_value) if d.HasField("dim_value") else "?"))
+            shape.append(
+                d.dim_param if d.HasField("dim_param") else (int(d.dim_value) if d.HasField("dim_value") else "?")
+            )
     return TensorInfo(vi.name, _dtype(tt.elem_type), shape)
 
 
@@ -59,8 +62,10 @@ def external_files(path: Path, model: onnx.ModelProto | None = None) -> list[Pat
         loc = {e.key: e.value for e in t.external_data}.get("location", "")
         target = resolve_inside(folder, folder, loc) if loc and not Path(loc).is_absolute() else None
         if target is None or target == folder:
-            raise UnsafePathError(f"{path.name}: tensor {t.name!r} points its external data at {loc!r}, "
-                                  "outside the model's folder; refused.")
+            raise UnsafePathError(
+                f"{path.name}: tensor {t.name!r} points its external data at {loc!r}, "
+                "outside the model's folder; refused."
+            )
         files.add(target)
     return sorted(files)
 
@@ -73,8 +78,9 @@ def graph_info(path: Path) -> GraphInfo:
     except Exception as e:
         raise StudioError(f"{path.name} is not a readable ONNX file: {e}") from e
     initializers = {i.name for i in model.graph.initializer}
-    ops = Counter(f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
-                  for n in _all_nodes(model.graph))
+    ops = Counter(
+        f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type for n in _all_nodes(model.graph)
+    )
     size = path.stat().st_size + sum(f.stat().st_size for f in external_files(path, model) if f.exists())
     opset = next((int(i.version) for i in model.opset_import if i.domain in ("", "ai.onnx")), None)
     return GraphInfo(

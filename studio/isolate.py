@@ -10,6 +10,7 @@ Tasks are registered by name (`register`): the core's own here ("convert-report"
 in studio/app/worker.py. The child gets the task's function itself (pickled by reference, so it imports
 only that function's module). This module imports neither gradio nor torch (torch only inside the child).
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -34,10 +35,25 @@ Task = Callable[[dict[str, Any], Progress], Any]
 # import, which a fork would not carry over): that is imported in the child. The app adds its own
 # warm-up module (`preload`); a module that sets `THREADS` there gets torch's thread count restored in
 # each job.
-PRELOAD = ["torch", "numpy", "pandas", "onnx", "transformers", "transformers.modeling_utils",
-           "transformers.activations", "transformers.models.auto.modeling_auto",
-           "transformers.models.auto.tokenization_auto", "onnxscript", "torch.onnx._internal.exporter._core",
-           "studio.spec", "studio.report", "studio.batch", "studio.sources", "studio.models", "studio.export"]
+PRELOAD = [
+    "torch",
+    "numpy",
+    "pandas",
+    "onnx",
+    "transformers",
+    "transformers.modeling_utils",
+    "transformers.activations",
+    "transformers.models.auto.modeling_auto",
+    "transformers.models.auto.tokenization_auto",
+    "onnxscript",
+    "torch.onnx._internal.exporter._core",
+    "studio.spec",
+    "studio.report",
+    "studio.batch",
+    "studio.sources",
+    "studio.models",
+    "studio.export",
+]
 
 # Settings of the server process a job must see even though the fork server started earlier.
 FORWARD_ENV = ("ONNX_STUDIO_PLUGINS",)
@@ -79,8 +95,15 @@ class Limits:
 class JobError(StudioError):
     """A job ended without a result. `reason`: error | crashed | timeout | memory | cancelled."""
 
-    def __init__(self, message: str, *, reason: str = "error", error_type: str | None = None,
-                 details: str | None = None, hint: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str = "error",
+        error_type: str | None = None,
+        details: str | None = None,
+        hint: str | None = None,
+    ):
         super().__init__(message, hint=hint, details=details)
         self.reason = reason
         self.error_type = error_type
@@ -119,8 +142,14 @@ class Job:
     """One task in its own process. `start()`, then `wait(on_progress)` returns the result or raises
     JobError; `cancel()` (from any thread) stops it. The process never outlives `wait`."""
 
-    def __init__(self, task: str, payload: dict[str, Any], limits: Limits = Limits(),
-                 start_method: str | None = None, label: str = ""):
+    def __init__(
+        self,
+        task: str,
+        payload: dict[str, Any],
+        limits: Limits = Limits(),
+        start_method: str | None = None,
+        label: str = "",
+    ):
         if task not in _TASKS:
             raise ValueError(f"unknown task {task!r}; known: {', '.join(sorted(_TASKS))}")
         # builtin types only: gradio hands file paths over as its own str subclass, and unpickling one in
@@ -146,8 +175,12 @@ class Job:
         ctx = _context(self.start_method)
         recv, send = ctx.Pipe(duplex=False)
         mem = self.limits.memory_mb * 2**20 if self.limits.memory_mb else None
-        proc = ctx.Process(target=_child_main, name=f"studio-{self.task}", daemon=True,
-                           args=(self.task, _TASKS[self.task], self.payload, send, mem, tuple(PRELOAD)))
+        proc = ctx.Process(
+            target=_child_main,
+            name=f"studio-{self.task}",
+            daemon=True,
+            args=(self.task, _TASKS[self.task], self.payload, send, mem, tuple(PRELOAD)),
+        )
         with self._lock:
             if self._cancel_reason:
                 raise JobError(self._cancel_reason, reason="cancelled")
@@ -176,6 +209,7 @@ class Job:
 
     def _rss_mb(self) -> float:
         import psutil
+
         try:
             p = psutil.Process(self.proc.pid)
             procs = [p] + p.children(recursive=True)
@@ -223,17 +257,20 @@ class Job:
                 now = time.monotonic()
                 if deadline is not None and now > deadline:
                     self.kill()
-                    raise JobError(f"The {self.label} took longer than the {limits.timeout_s:g} s limit and "
-                                   "was stopped.", reason="timeout",
-                                   hint="Try a smaller sample, the legacy exporter, or ask the operator to "
-                                        "raise the job time limit.")
+                    raise JobError(
+                        f"The {self.label} took longer than the {limits.timeout_s:g} s limit and was stopped.",
+                        reason="timeout",
+                        hint="Try a smaller sample, the legacy exporter, or ask the operator to "
+                        "raise the job time limit.",
+                    )
                 if limits.memory_mb and now >= next_mem:
                     next_mem = now + MEMORY_POLL_S
                     rss = self._rss_mb()
                     if rss > limits.memory_mb:
                         self.kill()
-                        raise JobError(_memory_message(self.label, limits.memory_mb), reason="memory",
-                                       hint=_MEMORY_HINT)
+                        raise JobError(
+                            _memory_message(self.label, limits.memory_mb), reason="memory", hint=_MEMORY_HINT
+                        )
         finally:
             self.kill()
             try:
@@ -254,8 +291,11 @@ class Job:
             likely = " It was killed from outside, most often by the system running out of memory."
         elif code is not None and -code in (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGILL):
             likely = " torch or onnxruntime crashed on this model."
-        return JobError(f"The {self.label} worker stopped unexpectedly {how}.{likely} The studio is still "
-                        "running: you can try again or change the options.", reason="crashed")
+        return JobError(
+            f"The {self.label} worker stopped unexpectedly {how}.{likely} The studio is still "
+            "running: you can try again or change the options.",
+            reason="crashed",
+        )
 
 
 _MEMORY_HINT = "Try a smaller sample or model, or ask the operator to raise the job memory limit."
@@ -267,13 +307,18 @@ def _memory_message(label: str, limit_mb: int) -> str:
 
 def _error_from(info: dict[str, Any], limits: Limits) -> JobError:
     if info.get("reason") == "memory":
-        return JobError(_memory_message(info.get("label", "job"), limits.memory_mb or 0), reason="memory",
-                        hint=_MEMORY_HINT, error_type=info.get("type"))
+        return JobError(
+            _memory_message(info.get("label", "job"), limits.memory_mb or 0),
+            reason="memory",
+            hint=_MEMORY_HINT,
+            error_type=info.get("type"),
+        )
     return JobError(info["message"], reason="error", error_type=info.get("type"), details=info.get("details"))
 
 
-def run_job(task: str, payload: dict[str, Any], limits: Limits = Limits(), on_progress=None,
-            start_method: str | None = None) -> Any:
+def run_job(
+    task: str, payload: dict[str, Any], limits: Limits = Limits(), on_progress=None, start_method: str | None = None
+) -> Any:
     """Start a job and wait for it (convenience for scripts and tests)."""
     return Job(task, payload, limits, start_method).start().wait(on_progress)
 
@@ -290,11 +335,13 @@ def _limit_memory(limit_bytes: int | None) -> None:
         return
     try:
         import torch
+
         if torch.cuda.is_available():
             return
     except (ImportError, RuntimeError, OSError):  # no usable torch / CUDA driver: the limit applies
         pass
     import resource
+
     _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     if hard != resource.RLIM_INFINITY:
         limit_bytes = min(limit_bytes, hard)
@@ -310,6 +357,7 @@ def _restore_threads(preloaded: tuple[str, ...]) -> None:
         threads = getattr(sys.modules.get(name), "THREADS", None)
         if threads:
             import torch
+
             torch.set_num_threads(threads)
 
 
@@ -320,12 +368,15 @@ def is_oom(e: BaseException) -> bool:
     text = str(e).lower()
     if isinstance(e, (ImportError, OSError)):  # a library that cannot be mapped under the address-space limit
         return any(s in text for s in ("failed to map segment", "cannot allocate memory"))
-    return isinstance(e, RuntimeError) and any(s in text for s in (
-        "can't allocate memory", "cannot allocate memory", "bad_alloc", "out of memory", "failed to allocate"))
+    return isinstance(e, RuntimeError) and any(
+        s in text
+        for s in ("can't allocate memory", "cannot allocate memory", "bad_alloc", "out of memory", "failed to allocate")
+    )
 
 
-def _child_main(name: str, task: Task, payload: dict[str, Any], conn, memory_bytes: int | None,
-                preloaded: tuple[str, ...] = ()) -> None:
+def _child_main(
+    name: str, task: Task, payload: dict[str, Any], conn, memory_bytes: int | None, preloaded: tuple[str, ...] = ()
+) -> None:
     try:
         os.setsid()  # own process group: a kill takes anything the job started with it
     except OSError:
@@ -399,9 +450,11 @@ def _plain_leaf(obj: Any) -> Any:
 
 # --- the core's tasks (run in the child) ------------------------------------------------------------
 
+
 def task_convert_report(payload: dict[str, Any], progress: Progress):
     """pipeline.convert(spec) and its report, nothing else: `studio convert --memory-limit / --timeout`."""
     from .pipeline import convert
+
     return convert(payload["spec"], progress)
 
 

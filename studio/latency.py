@@ -11,14 +11,16 @@ inputs copied to the device once, outputs left there; PyTorch with `torch.cuda.s
 the timed call); otherwise the reason is recorded instead. The machine's load average is recorded
 beside the numbers: on a busy machine every timing is pessimistic.
 """
+
 from __future__ import annotations
 
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,8 +28,8 @@ import torch
 from . import runtime
 from .errors import first_line
 from .report import LatencyInfo, Timing
-from .spec import default
 from .sources.base import LoadedModel
+from .spec import default
 
 WARMUP = 3  # untimed calls first (fewer when one call already takes the whole budget)
 MIN_WARMUP = 1
@@ -47,10 +49,16 @@ def _warm_up(fn: Callable[[], object], calls: int, budget_s: float) -> int:
     return warm
 
 
-def side_by_side(fns: dict[Any, Callable[[], object]], budget_s: float, rounds: int = ROUNDS,
-                 warmup: int = WARMUP, min_iters: int = MIN_ITERS, max_iters: int = MAX_ITERS,
-                 on_round: Callable[[int, int], None] | None = None,
-                 per_round: dict[Any, list[list[float]]] | None = None) -> dict[Any, Any]:
+def side_by_side(
+    fns: dict[Any, Callable[[], object]],
+    budget_s: float,
+    rounds: int = ROUNDS,
+    warmup: int = WARMUP,
+    min_iters: int = MIN_ITERS,
+    max_iters: int = MAX_ITERS,
+    on_round: Callable[[int, int], None] | None = None,
+    per_round: dict[Any, list[list[float]]] | None = None,
+) -> dict[Any, Any]:
     """Time several callables against each other, in `rounds` alternating rounds.
 
     In each round every callable in turn gets a block of budget_s / rounds seconds of timed calls (at
@@ -79,7 +87,7 @@ def side_by_side(fns: dict[Any, Callable[[], object]], budget_s: float, rounds: 
                     times.append((time.perf_counter() - t0) * 1000.0)
                     n += 1
                 if per_round is not None:
-                    per_round.setdefault(key, []).append(times[len(times) - n:])
+                    per_round.setdefault(key, []).append(times[len(times) - n :])
             except Exception as e:
                 failed[key] = e
         if on_round is not None:
@@ -92,8 +100,13 @@ def side_by_side(fns: dict[Any, Callable[[], object]], budget_s: float, rounds: 
     return out
 
 
-def _timed(fn: Callable[[], object], budget_s: float, warmup: int = WARMUP, min_iters: int = MIN_ITERS,
-           max_iters: int = MAX_ITERS) -> tuple[float, float, float, int, int]:
+def _timed(
+    fn: Callable[[], object],
+    budget_s: float,
+    warmup: int = WARMUP,
+    min_iters: int = MIN_ITERS,
+    max_iters: int = MAX_ITERS,
+) -> tuple[float, float, float, int, int]:
     """One callable alone: (p50_ms, p90_ms, p99_ms, iterations, warm-up calls)."""
     result = side_by_side({0: fn}, budget_s, 1, warmup, min_iters, max_iters)[0]
     if isinstance(result, BaseException):
@@ -101,25 +114,45 @@ def _timed(fn: Callable[[], object], budget_s: float, warmup: int = WARMUP, min_
     return result
 
 
-def time_fn(fn: Callable[[], object], budget_s: float, warmup: int = WARMUP,
-            min_iters: int = MIN_ITERS, max_iters: int = MAX_ITERS) -> tuple[float, float, float, int]:
+def time_fn(
+    fn: Callable[[], object],
+    budget_s: float,
+    warmup: int = WARMUP,
+    min_iters: int = MIN_ITERS,
+    max_iters: int = MAX_ITERS,
+) -> tuple[float, float, float, int]:
     """Call fn up to `warmup` times, then until `budget_s` is spent (at least min_iters, at most max_iters).
 
     Returns (p50_ms, p90_ms, p99_ms, iterations)."""
     return _timed(fn, budget_s, warmup, min_iters, max_iters)[:4]
 
 
-def _timing(stats, batch: int, seq: int | None, threads: int | None, provider: str,
-            io_binding: bool = False) -> Timing:
+def _timing(stats, batch: int, seq: int | None, threads: int | None, provider: str, io_binding: bool = False) -> Timing:
     p50, p90, p99, n, warm = stats
-    return Timing(round(p50, 3), round(p90, 3), round(p99, 3), n, batch, seq, threads, provider,
-                  warmup=warm, io_binding=io_binding)
+    return Timing(
+        round(p50, 3),
+        round(p90, 3),
+        round(p99, 3),
+        n,
+        batch,
+        seq,
+        threads,
+        provider,
+        warmup=warm,
+        io_binding=io_binding,
+    )
 
 
 def _shape(tensors: dict[str, Any]) -> tuple[int, int | None]:
     first = next(iter(tensors.values()))
-    seq = next((t.shape[1] for t in tensors.values()
-                if t.ndim >= 2 and str(t.dtype).replace("torch.", "") in ("int64", "int32")), None)
+    seq = next(
+        (
+            t.shape[1]
+            for t in tensors.values()
+            if t.ndim >= 2 and str(t.dtype).replace("torch.", "") in ("int64", "int32")
+        ),
+        None,
+    )
     return int(first.shape[0]), (int(seq) if seq is not None else None)
 
 
@@ -140,6 +173,7 @@ def machine() -> dict[str, Any]:
 
 # --- single measurements -------------------------------------------------------------------------
 
+
 def ort_cuda(sess, tensors: dict[str, np.ndarray], budget_s: float, batch: int, seq: int | None) -> Timing:
     """ORT on CUDA with IO binding, as in ONNX Runtime's docs: inputs copied to the device once
     (OrtValue on "cuda"), outputs bound to the device and left there, so the timed call is the
@@ -147,6 +181,7 @@ def ort_cuda(sess, tensors: dict[str, np.ndarray], budget_s: float, batch: int, 
     if sess.get_providers()[0] != runtime.CUDA:
         raise RuntimeError(f"the session runs on {sess.get_providers()[0]}, not CUDA")
     import onnxruntime as ort
+
     binding = sess.io_binding()
     keep = []  # the OrtValues must outlive the binding
     for name, arr in runtime.feeds(sess, tensors).items():
@@ -159,6 +194,7 @@ def ort_cuda(sess, tensors: dict[str, np.ndarray], budget_s: float, batch: int, 
     def step():
         sess.run_with_iobinding(binding)
         binding.synchronize_outputs()
+
     stats = _timed(step, budget_s)
     return _timing(stats, batch, seq, None, sess.get_providers()[0], io_binding=True)
 
@@ -173,6 +209,7 @@ def torch_cuda(loaded: LoadedModel, tensors: dict[str, torch.Tensor], budget_s: 
         def step():
             loaded.adapter(module, on_dev)
             torch.cuda.synchronize()
+
         with torch.inference_mode():
             stats = _timed(step, budget_s)
     finally:
@@ -197,19 +234,28 @@ def _sizes(tensors: dict[str, torch.Tensor]) -> list[tuple[str, dict[str, torch.
 
 # --- full measurements ---------------------------------------------------------------------------
 
+
 @dataclass
 class Target:
     """An ONNX file to time. cpu_skip / cuda_skip: why it is not timed there (recorded instead of a
     number). cuda_session: a session already made for it (reused instead of opening another)."""
+
     path: Path
     cpu_skip: str | None = None
     cuda_skip: str | None = None
     cuda_session: Any = None
 
 
-def measure_all(loaded: LoadedModel, targets: dict[str, Target], tensors: dict[str, torch.Tensor], *,
-                threads: int | None = None, budget_s: float = default("latency_budget_s"), cuda: bool = default("cuda"),
-                progress: Callable[[float], None] | None = None) -> dict[str, LatencyInfo]:
+def measure_all(
+    loaded: LoadedModel,
+    targets: dict[str, Target],
+    tensors: dict[str, torch.Tensor],
+    *,
+    threads: int | None = None,
+    budget_s: float = default("latency_budget_s"),
+    cuda: bool = default("cuda"),
+    progress: Callable[[float], None] | None = None,
+) -> dict[str, LatencyInfo]:
     """PyTorch eager and every target, at the sample's batch and at batch 1; one LatencyInfo per target,
     PyTorch's numbers in the first one's. On CPU all of them are timed side by side (`side_by_side`), so
     the speedups hold on a machine whose speed drifts; each still gets `budget_s` of timed calls. CUDA
@@ -258,8 +304,9 @@ def measure_all(loaded: LoadedModel, targets: dict[str, Target], tensors: dict[s
         torch.set_num_threads(threads)
         try:
             with torch.inference_mode():
-                results = side_by_side(runners, budget_s,
-                                       on_round=lambda done, rounds, i=i: say((i + done / rounds) / len(sizes)))
+                results = side_by_side(
+                    runners, budget_s, on_round=lambda done, rounds, i=i: say((i + done / rounds) / len(sizes))
+                )
         finally:
             torch.set_num_threads(previous)
         for (name, key), result in results.items():
@@ -306,5 +353,9 @@ def _record(info: LatencyInfo, key: str, tag: str, fn: Callable[[], Timing]) -> 
 
 def _machine_span(before: dict[str, Any]) -> dict[str, Any]:
     after = machine()
-    return {"cpu": before["cpu"], "logical_cpus": before["logical_cpus"],
-            "load_avg_before": before["load_avg"], "load_avg_after": after["load_avg"]}
+    return {
+        "cpu": before["cpu"],
+        "logical_cpus": before["logical_cpus"],
+        "load_avg_before": before["load_avg"],
+        "load_avg_after": after["load_avg"],
+    }

@@ -20,6 +20,7 @@ whole model in ONNX Runtime once per value (`ONNXProgram.compute_values`): unbou
 reference is torch.export's program, not the eager module, so what tracing changed agrees there.
 Here one ONNX Runtime run serves a chunk of values, and the file checked is the file shipped.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,8 @@ import onnx
 import torch
 
 from . import runtime
-from .errors import first_line
 from .divergence import Divergence, Site, summary
+from .errors import first_line
 from .parity import nonfinite
 from .scopes import (
     MAX_BYTES,
@@ -64,8 +65,15 @@ REL_FLOOR = 1e-6
 
 # --- ONNX Runtime: the chosen values as extra graph outputs ----------------------------------------------
 
-def onnx_values(model_path: Path, model: onnx.ModelProto, values: list[str], feeds: dict[str, np.ndarray],
-                threads: int | None = None, optimization: str = "all") -> dict[str, np.ndarray]:
+
+def onnx_values(
+    model_path: Path,
+    model: onnx.ModelProto,
+    values: list[str],
+    feeds: dict[str, np.ndarray],
+    threads: int | None = None,
+    optimization: str = "all",
+) -> dict[str, np.ndarray]:
     """Run a copy of `model` (read without its weights) whose outputs are its own plus `values`. The copy
     lies beside `model_path` when the weights are external (ORT finds them relative to the file), else in a
     temporary folder; it is removed afterwards."""
@@ -104,6 +112,7 @@ def compare_values(e: np.ndarray, a: np.ndarray, atol: float, rtol: float) -> tu
 
 
 # --- the locator --------------------------------------------------------------------------------------
+
 
 @dataclass
 class _Plan:
@@ -179,8 +188,14 @@ def _pair(plan: _Plan, key: str, got: dict[str, np.ndarray]) -> list[tuple[str, 
     used: set[str] = set()
     pairs = []
     for t in plan.expected[key]:
-        fits = [v for v in plan.exits[key] if isinstance(got.get(v), np.ndarray) and v not in used
-                and got[v].shape == t.shape and _kind(got[v].dtype) == _kind(t.dtype)]
+        fits = [
+            v
+            for v in plan.exits[key]
+            if isinstance(got.get(v), np.ndarray)
+            and v not in used
+            and got[v].shape == t.shape
+            and _kind(got[v].dtype) == _kind(t.dtype)
+        ]
         if sc.shared > 1:
             fits = [fits[sc.call]] if len(fits) == sc.shared else []
         if fits:
@@ -197,10 +212,27 @@ def _site(plan: _Plan, key: str, value: str, e: np.ndarray, a: np.ndarray, atol:
     sc = plan.scopes[key]
     node = plan.model.graph.node[plan.producer[value]]
     max_abs, max_rel, ok = compare_values(e, a, atol, rtol)
-    module = sc.module[len(WRAPPER) + 1:] if sc.module.startswith(WRAPPER + ".") else \
-        "" if sc.module == WRAPPER else sc.module
-    return Site(value, node.name or value, node.op_type, module, plan.types.get(sc.module, ""), sc.call,
-                list(e.shape), max_abs, max_rel, None, ok, plan.producer[value])
+    module = (
+        sc.module[len(WRAPPER) + 1 :]
+        if sc.module.startswith(WRAPPER + ".")
+        else ""
+        if sc.module == WRAPPER
+        else sc.module
+    )
+    return Site(
+        value,
+        node.name or value,
+        node.op_type,
+        module,
+        plan.types.get(sc.module, ""),
+        sc.call,
+        list(e.shape),
+        max_abs,
+        max_rel,
+        None,
+        ok,
+        plan.producer[value],
+    )
 
 
 def _inputs_diff(plan: _Plan, key: str, diffs: dict[str, float], graph_inputs: set[str]) -> float | None:
@@ -224,17 +256,30 @@ def _select(sites: list[tuple[Site, int]], div: Divergence, follow: int, agreein
     div.found = bool(bad)
     if bad:
         div.first = bad[0]
-        div.following = bad[1:1 + follow]
+        div.following = bad[1 : 1 + follow]
         div.agreeing = [s for s in ordered if s.ok and s.position < bad[0].position][-agreeing:] if agreeing else []
     else:
         div.agreeing = [s for s in ordered if s.ok][-agreeing:] if agreeing else []
 
 
-def locate(loaded: LoadedModel, model_path: str | Path, tensors: dict[str, torch.Tensor], *,
-           atol: float | None = None, rtol: float | None = None, rows: list[int] | None = None,
-           threads: int | None = None, time_budget_s: float = TIME_BUDGET_S, max_values: int = MAX_VALUES,
-           chunk_values: int = CHUNK_VALUES, chunk_bytes: int = CHUNK_BYTES, max_bytes: int = MAX_BYTES,
-           follow: int = FOLLOW, agreeing: int = AGREEING, optimization: str = "all") -> Divergence:
+def locate(
+    loaded: LoadedModel,
+    model_path: str | Path,
+    tensors: dict[str, torch.Tensor],
+    *,
+    atol: float | None = None,
+    rtol: float | None = None,
+    rows: list[int] | None = None,
+    threads: int | None = None,
+    time_budget_s: float = TIME_BUDGET_S,
+    max_values: int = MAX_VALUES,
+    chunk_values: int = CHUNK_VALUES,
+    chunk_bytes: int = CHUNK_BYTES,
+    max_bytes: int = MAX_BYTES,
+    follow: int = FOLLOW,
+    agreeing: int = AGREEING,
+    optimization: str = "all",
+) -> Divergence:
     """Find the first value of `model_path` where ONNX Runtime leaves PyTorch on `tensors` (the rows `rows`,
     0-based; all by default). `loaded` is the model the file was exported from. See the module's text."""
     started = time.perf_counter()
@@ -247,12 +292,21 @@ def locate(loaded: LoadedModel, model_path: str | Path, tensors: dict[str, torch
     wrapper = wrap(loaded, names)
     model = onnx.load(str(model_path), load_external_data=False)
     plan, cut, final = _plan(model, wrapper, tuple(tensors[n] for n in names), max_bytes)
-    div = Divergence(False, plan.kind, None, nodes=len(model.graph.node), candidates=len(plan.order),
-                     rows=list(rows) if rows is not None else list(range(batch)), atol=atol, rtol=rtol)
+    div = Divergence(
+        False,
+        plan.kind,
+        None,
+        nodes=len(model.graph.node),
+        candidates=len(plan.order),
+        rows=list(rows) if rows is not None else list(range(batch)),
+        atol=atol,
+        rtol=rtol,
+    )
     feeds = {n: t.detach().cpu().numpy() for n, t in tensors.items()}
     chunks = list(_chunks(plan, max_values, chunk_values, chunk_bytes))
-    sites = _run_chunks(plan, Path(model_path), chunks, feeds, final, div, started, time_budget_s, threads,
-                        optimization, follow)
+    sites = _run_chunks(
+        plan, Path(model_path), chunks, feeds, final, div, started, time_budget_s, threads, optimization, follow
+    )
     _select([(s, plan.scopes[k].depth) for s, k in sites], div, follow, agreeing)
     planned = sum(len(c) for c, _ in chunks)
     if div.stopped is None and planned < len(plan.order) and not div.found:
@@ -266,8 +320,19 @@ def locate(loaded: LoadedModel, model_path: str | Path, tensors: dict[str, torch
     return div
 
 
-def _run_chunks(plan: _Plan, model_path: Path, chunks, feeds, final, div: Divergence, started: float,
-                time_budget_s: float, threads, optimization: str, follow: int) -> list[tuple[Site, str]]:
+def _run_chunks(
+    plan: _Plan,
+    model_path: Path,
+    chunks,
+    feeds,
+    final,
+    div: Divergence,
+    started: float,
+    time_budget_s: float,
+    threads,
+    optimization: str,
+    follow: int,
+) -> list[tuple[Site, str]]:
     """Run the chunks in order and compare each module call's tensors; stop once the first diverging value
     and `follow` more are found, or the time is spent, or ONNX Runtime fails. Returns (site, scope key)s."""
     sites: list[tuple[Site, str]] = []
@@ -315,11 +380,20 @@ def _outputs_diff(expected: list[np.ndarray], actual: list, atol: float, rtol: f
 
 # --- the pipeline's hook -------------------------------------------------------------------------------
 
-def failing_rows(loaded: LoadedModel, model_path: str | Path, tensors: dict[str, torch.Tensor], atol: float,
-                 rtol: float, onnx_outputs: dict[str, np.ndarray] | None = None, limit: int = MAX_ROWS) -> list[int]:
+
+def failing_rows(
+    loaded: LoadedModel,
+    model_path: str | Path,
+    tensors: dict[str, torch.Tensor],
+    atol: float,
+    rtol: float,
+    onnx_outputs: dict[str, np.ndarray] | None = None,
+    limit: int = MAX_ROWS,
+) -> list[int]:
     """0-based rows where some output fails the parity rule (at most `limit`); the first `limit` rows when
     none does. `onnx_outputs`: ONNX Runtime's outputs on `tensors` when the caller has them (parity's)."""
     from .parity import to_numpy, torch_outputs
+
     expected = torch_outputs(loaded, tensors)
     if onnx_outputs is None:
         onnx_outputs = runtime.run(runtime.cpu_session(model_path, arena=False), to_numpy(tensors))
@@ -345,9 +419,18 @@ def _failing_probe(dynamic) -> Any:
     return None
 
 
-def for_report(loaded: LoadedModel, model_path: str | Path, tensors: dict[str, torch.Tensor], spec=None, *,
-               parity=None, dynamic=None, onnx_outputs: dict[str, np.ndarray] | None = None,
-               requested: bool = False, **budget: Any) -> Divergence | None:
+def for_report(
+    loaded: LoadedModel,
+    model_path: str | Path,
+    tensors: dict[str, torch.Tensor],
+    spec=None,
+    *,
+    parity=None,
+    dynamic=None,
+    onnx_outputs: dict[str, np.ndarray] | None = None,
+    requested: bool = False,
+    **budget: Any,
+) -> Divergence | None:
     """What the pipeline calls after parity and the shape probes: locate when parity failed (on its failing
     rows), else when a probe differs (on that probe's inputs), else when `requested` (on the sample); None
     when none of these holds. Never raises for the locator's own failure: the Divergence says what failed.
@@ -359,10 +442,14 @@ def for_report(loaded: LoadedModel, model_path: str | Path, tensors: dict[str, t
         trigger, feeds, outputs = "parity", tensors, onnx_outputs
     elif probe is not None:
         from .parity import resize
+
         seq = probe.sequence if probe.changed == "sequence" else None
         size = f"{probe.batch}x{probe.sequence}" if probe.sequence else f"{probe.batch}"
-        trigger, feeds, outputs = f"probe {probe.changed} {size}", \
-            resize(loaded, tensors, batch=probe.batch, sequence=seq), None
+        trigger, feeds, outputs = (
+            f"probe {probe.changed} {size}",
+            resize(loaded, tensors, batch=probe.batch, sequence=seq),
+            None,
+        )
     elif requested:
         trigger, feeds, outputs = "requested", tensors, onnx_outputs
     else:
@@ -370,11 +457,19 @@ def for_report(loaded: LoadedModel, model_path: str | Path, tensors: dict[str, t
     started = time.perf_counter()
     try:
         rows = failing_rows(loaded, model_path, feeds, atol, rtol, outputs)
-        div = locate(loaded, model_path, feeds, atol=atol, rtol=rtol, rows=rows,
-                     threads=getattr(spec, "threads", None), **budget)
+        div = locate(
+            loaded, model_path, feeds, atol=atol, rtol=rtol, rows=rows, threads=getattr(spec, "threads", None), **budget
+        )
     except Exception as e:  # noqa: BLE001 - the conversion's verdict stands; the report says the locator failed
-        div = Divergence(False, "unknown", None, atol=atol, rtol=rtol, stopped=first_line(e, with_type=True),
-                         seconds=round(time.perf_counter() - started, 2))
+        div = Divergence(
+            False,
+            "unknown",
+            None,
+            atol=atol,
+            rtol=rtol,
+            stopped=first_line(e, with_type=True),
+            seconds=round(time.perf_counter() - started, 2),
+        )
         div.message = f"the divergence locator failed: {div.stopped}"
     div.trigger = trigger
     return div

@@ -8,6 +8,7 @@ ManifestError naming the manifest file, the line and the key; nothing runs then.
 In a CSV cell, a list is `a,b` (`variants`, `dynamic`; `-` or empty for none) and a mapping is
 `key=value;key=value` or a JSON object (`roles`, `tabular` with `INPUT=C1,C2;INPUT2=C3`, `sample_limits`).
 """
+
 from __future__ import annotations
 
 import csv
@@ -35,8 +36,9 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 class ManifestError(StudioError):
     """A manifest line cannot be read: names the file, the line and the key at fault."""
 
-    def __init__(self, message: str, *, file: str, line: int | None = None, key: str | None = None,
-                 hint: str | None = None):
+    def __init__(
+        self, message: str, *, file: str, line: int | None = None, key: str | None = None, hint: str | None = None
+    ):
         where = str(file) + (f", line {line}" if line else "") + (f", key {key!r}" if key else "")
         super().__init__(f"{where}: {message}", hint=hint)
         self.file, self.line, self.key = str(file), line, key
@@ -63,8 +65,9 @@ def read_manifest(path: str | Path) -> list[ManifestEntry]:
         raise ManifestError("no such manifest file.", file=str(path))
     kind = FORMATS.get(path.suffix.lower())
     if kind is None:
-        raise ManifestError(f"unknown manifest format {path.suffix!r}; use one of {', '.join(sorted(FORMATS))}.",
-                            file=str(path))
+        raise ManifestError(
+            f"unknown manifest format {path.suffix!r}; use one of {', '.join(sorted(FORMATS))}.", file=str(path)
+        )
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
@@ -74,8 +77,13 @@ def read_manifest(path: str | Path) -> list[ManifestEntry]:
     for line, record in records:
         entry = _entry(record, line, path, csv_cells=(kind == "csv"))
         if entry.name in names:
-            raise ManifestError(f"the name {entry.name!r} is already used on line {names[entry.name]}; give each "
-                                "entry its own `name` (its output folder).", file=str(path), line=line, key="name")
+            raise ManifestError(
+                f"the name {entry.name!r} is already used on line {names[entry.name]}; give each "
+                "entry its own `name` (its output folder).",
+                file=str(path),
+                line=line,
+                key="name",
+            )
         names[entry.name] = line
         entries.append(entry)
     if not entries:
@@ -112,13 +120,15 @@ def _csv_records(text: str, file: str) -> list[tuple[int, dict]]:
 
 def _yaml_records(text: str, file: str) -> list[tuple[int, dict]]:
     import yaml
+
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        raise ManifestError(f"not valid YAML ({getattr(e, 'problem', None) or e}).", file=file,
-                            line=mark.line + 1 if mark else None) from e
+        raise ManifestError(
+            f"not valid YAML ({getattr(e, 'problem', None) or e}).", file=file, line=mark.line + 1 if mark else None
+        ) from e
     if isinstance(data, dict) and set(data) == {"conversions"}:  # `conversions: [...]`
         data, node = data["conversions"], node.value[0][1]
     if not isinstance(data, list):
@@ -129,8 +139,7 @@ def _yaml_records(text: str, file: str) -> list[tuple[int, dict]]:
 def _entry(record: Any, line: int, manifest: Path, csv_cells: bool) -> ManifestEntry:
     file = str(manifest)
     if not isinstance(record, dict):
-        raise ManifestError(f"a conversion is a mapping of options, got {type(record).__name__}.", file=file,
-                            line=line)
+        raise ManifestError(f"a conversion is a mapping of options, got {type(record).__name__}.", file=file, line=line)
     types = _spec_types()
     known = set(types) - set(RESERVED)
     options: dict[str, Any] = {}
@@ -141,11 +150,16 @@ def _entry(record: Any, line: int, manifest: Path, csv_cells: bool) -> ManifestE
             hooks[key] = value
             continue
         if key in RESERVED:
-            raise ManifestError("is set by `studio batch` for every entry (the output folder is --out/NAME; use "
-                                "`name`).", file=file, line=line, key=key)
+            raise ManifestError(
+                "is set by `studio batch` for every entry (the output folder is --out/NAME; use `name`).",
+                file=file,
+                line=line,
+                key=key,
+            )
         if key not in known and key not in EXTRA_KEYS:
-            raise ManifestError(f"unknown key; known: {', '.join(sorted(known | set(EXTRA_KEYS)))}.", file=file,
-                                line=line, key=key)
+            raise ManifestError(
+                f"unknown key; known: {', '.join(sorted(known | set(EXTRA_KEYS)))}.", file=file, line=line, key=key
+            )
         try:
             tp = types.get(key, "str")
             options[key] = _cell(value, tp, key) if csv_cells else _typed(value, tp, key)
@@ -153,8 +167,12 @@ def _entry(record: Any, line: int, manifest: Path, csv_cells: bool) -> ManifestE
             raise ManifestError(str(e), file=file, line=line, key=key) from e
     for key in ("checkpoint", "data"):
         if not options.get(key):
-            raise ManifestError("is missing (every conversion needs a checkpoint and a sample `data` file).",
-                                file=file, line=line, key=key)
+            raise ManifestError(
+                "is missing (every conversion needs a checkpoint and a sample `data` file).",
+                file=file,
+                line=line,
+                key=key,
+            )
     for key in PATH_KEYS:
         if options.get(key):
             p = Path(str(options[key])).expanduser()
@@ -164,11 +182,17 @@ def _entry(record: Any, line: int, manifest: Path, csv_cells: bool) -> ManifestE
             options[key] = str(p)
     name = options.pop("name", None) or _default_name(options["checkpoint"], line)
     if not _NAME.fullmatch(str(name)) or str(name).lower() in ("summary.json", "summary.md"):
-        raise ManifestError(f"{name!r} is not a folder name (letters, digits, . _ -; not starting with . or -).",
-                            file=file, line=line, key="name")
+        raise ManifestError(
+            f"{name!r} is not a folder name (letters, digits, . _ -; not starting with . or -).",
+            file=file,
+            line=line,
+            key="name",
+        )
     try:
-        spec = replace(ConvertSpec(checkpoint=options["checkpoint"], data=options["data"]),
-                       **{k: v for k, v in options.items() if k not in ("checkpoint", "data")}).validated()
+        spec = replace(
+            ConvertSpec(checkpoint=options["checkpoint"], data=options["data"]),
+            **{k: v for k, v in options.items() if k not in ("checkpoint", "data")},
+        ).validated()
     except StudioError as e:
         raise ManifestError(e.message, file=file, line=line, hint=e.hint) from e
     return ManifestEntry(name=str(name), line=line, spec=spec, options=options, hooks=hooks)

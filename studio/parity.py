@@ -5,6 +5,7 @@ Relative difference is |ort - torch| / max(|torch|, 1e-6); the verdict is numpy'
 per output in each runtime: alike in both (NaN and NaN, the same infinity) they are reported and not
 differences; in one runtime only they fail the output, naming the rows, and its difference is NaN.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -54,9 +55,14 @@ def nonfinite(e64: np.ndarray, a64: np.ndarray) -> dict:
     with np.errstate(invalid="ignore"):
         alike = ~fin_e & ~fin_a & ((np.isnan(e64) & np.isnan(a64)) | (e64 == a64))
     disagree = ~(fin_e & fin_a) & ~alike
-    counts = {"torch_nan": int(np.isnan(e64).sum()), "torch_inf": int(np.isinf(e64).sum()),
-              "ort_nan": int(np.isnan(a64).sum()), "ort_inf": int(np.isinf(a64).sum()),
-              "same_nonfinite": int(alike.sum()), "nonfinite_rows": _rows(disagree)}
+    counts = {
+        "torch_nan": int(np.isnan(e64).sum()),
+        "torch_inf": int(np.isinf(e64).sum()),
+        "ort_nan": int(np.isnan(a64).sum()),
+        "ort_inf": int(np.isinf(a64).sum()),
+        "same_nonfinite": int(alike.sum()),
+        "nonfinite_rows": _rows(disagree),
+    }
     notes = []
     ort_only, torch_only = int((~fin_a & fin_e).sum()), int((~fin_e & fin_a).sum())
     if ort_only:
@@ -69,8 +75,10 @@ def nonfinite(e64: np.ndarray, a64: np.ndarray) -> dict:
     if notes:
         notes[-1] += f" (rows {_shown(counts['nonfinite_rows'])}, 1-based)"
     if counts["same_nonfinite"]:
-        notes.append(f"{counts['same_nonfinite']} value(s) non-finite alike in both runtimes "
-                     "(the same NaN / inf: not a difference)")
+        notes.append(
+            f"{counts['same_nonfinite']} value(s) non-finite alike in both runtimes "
+            "(the same NaN / inf: not a difference)"
+        )
     counts["note"] = "; ".join(notes)
     return {"disagree": disagree, "comparable": fin_e & fin_a, **counts}
 
@@ -134,8 +142,14 @@ def output_checks(kind: str | None, e: np.ndarray, a: np.ndarray, mask: np.ndarr
     return out
 
 
-def compare(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], atol: float, rtol: float,
-            kinds: dict[str, str], mask: np.ndarray | None = None) -> list[OutputDiff]:
+def compare(
+    expected: dict[str, np.ndarray],
+    actual: dict[str, np.ndarray],
+    atol: float,
+    rtol: float,
+    kinds: dict[str, str],
+    mask: np.ndarray | None = None,
+) -> list[OutputDiff]:
     """Per output: max abs / rel difference over the elements finite in both runtimes, the allclose
     verdict, non-finite values counted, and the checks its kind calls for (`output_checks`). A value
     non-finite in one runtime only (or NaN in one and inf in the other) fails, and its difference is NaN:
@@ -167,6 +181,7 @@ def compare(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], atol
 
 # --- verdict rules beyond allclose (the variants': studio/variants.py VARIANT_TABLE) ---------------
 
+
 @dataclass(frozen=True)
 class Tolerance:
     """A verdict rule: allclose with atol / rtol, plus optional argmax agreement and embedding cosine rules."""
@@ -178,12 +193,22 @@ class Tolerance:
     min_cosine: float | None = None  # embeddings: lowest cosine similarity required; None = element-wise rule
 
     def as_dict(self) -> dict[str, Any]:
-        return {"atol": self.atol, "rtol": self.rtol, "min_argmax_agreement": self.min_agreement,
-                "min_cosine": self.min_cosine, "rule": self.rule}
+        return {
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "min_argmax_agreement": self.min_agreement,
+            "min_cosine": self.min_cosine,
+            "rule": self.rule,
+        }
 
 
-def judge(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], tol: Tolerance,
-          kinds: dict[str, str], mask: np.ndarray | None = None) -> list[OutputDiff]:
+def judge(
+    expected: dict[str, np.ndarray],
+    actual: dict[str, np.ndarray],
+    tol: Tolerance,
+    kinds: dict[str, str],
+    mask: np.ndarray | None = None,
+) -> list[OutputDiff]:
     """`compare` with the rule's atol / rtol, then the argmax-agreement rule on class outputs and,
     when the tolerance has one, the cosine rule on embeddings (instead of the element-wise one)."""
     diffs = compare(expected, actual, tol.atol, tol.rtol, kinds, mask)
@@ -202,6 +227,7 @@ def judge(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], tol: T
 
 # --- the PyTorch reference, computed once per input set ----------------------------------------------
 
+
 def cached_reference(loaded: LoadedModel) -> LoadedModel:
     """The same model whose adapter remembers its outputs per input set: every variant is compared with
     PyTorch on the same sample and probe sizes, and PyTorch runs once for each of them."""
@@ -209,19 +235,23 @@ def cached_reference(loaded: LoadedModel) -> LoadedModel:
     inner = loaded.adapter
 
     def adapter(module, named: dict[str, torch.Tensor]):
-        key = tuple((n, tuple(t.shape), str(t.dtype), hashlib.sha1(t.detach().cpu().numpy().tobytes()).hexdigest())
-                    for n, t in sorted(named.items()))
+        key = tuple(
+            (n, tuple(t.shape), str(t.dtype), hashlib.sha1(t.detach().cpu().numpy().tobytes()).hexdigest())
+            for n, t in sorted(named.items())
+        )
         if key not in cache:
-            cache[key] = tuple(o.detach().clone() if isinstance(o, torch.Tensor) else o
-                               for o in inner(module, named))
+            cache[key] = tuple(o.detach().clone() if isinstance(o, torch.Tensor) else o for o in inner(module, named))
         return cache[key]
+
     return replace(loaded, adapter=adapter)
 
 
-def parity(loaded: LoadedModel, session: ort.InferenceSession, tensors: dict[str, torch.Tensor],
-           atol: float, rtol: float) -> tuple[ParityInfo, dict[str, np.ndarray]]:
+def parity(
+    loaded: LoadedModel, session: ort.InferenceSession, tensors: dict[str, torch.Tensor], atol: float, rtol: float
+) -> tuple[ParityInfo, dict[str, np.ndarray]]:
     """Compare on the real sample rows. Returns the verdict and the ONNX outputs (for predictions)."""
     from .runtime import run
+
     expected = torch_outputs(loaded, tensors)
     actual = run(session, to_numpy(tensors))
     diffs = compare(expected, actual, atol, rtol, loaded.output_kinds, real_tokens(loaded, tensors))
@@ -231,8 +261,10 @@ def parity(loaded: LoadedModel, session: ort.InferenceSession, tensors: dict[str
 
 # --- shape probes ---------------------------------------------------------------------------------
 
-def resize(loaded: LoadedModel, tensors: dict[str, torch.Tensor], batch: int | None = None,
-           sequence: int | None = None) -> dict[str, torch.Tensor]:
+
+def resize(
+    loaded: LoadedModel, tensors: dict[str, torch.Tensor], batch: int | None = None, sequence: int | None = None
+) -> dict[str, torch.Tensor]:
     """The sample at another batch size (rows cycled) and/or sequence length (padded or truncated)."""
     kinds = {i.name: i.kind for i in loaded.inputs}
     pad_id = getattr(loaded.tokenizer, "pad_token_id", None) or 0
@@ -262,7 +294,9 @@ def _max_positions(loaded: LoadedModel) -> int:
     return int(n or 512)
 
 
-def probe_plan(loaded: LoadedModel, tensors: dict[str, torch.Tensor], axes: dict[str, dict[int, str]]) -> list[tuple[str, int, int | None]]:
+def probe_plan(
+    loaded: LoadedModel, tensors: dict[str, torch.Tensor], axes: dict[str, dict[int, str]]
+) -> list[tuple[str, int, int | None]]:
     """(axis varied, batch, sequence) for each probe: batch 1, another small batch, a longer and a shorter
     sequence. Probes prove that a size was not baked in; they need not be big, so they use few rows
     (PyTorch runs each one too, and on a large model the full sample is seconds per run)."""
@@ -293,13 +327,21 @@ def _fixed_dims(session: ort.InferenceSession, axes: dict[str, dict[int, str]]) 
     return problems
 
 
-def probes(loaded: LoadedModel, session: ort.InferenceSession, tensors: dict[str, torch.Tensor],
-           axes: dict[str, dict[int, str]], atol: float, rtol: float, judge=None) -> DynamicInfo:
+def probes(
+    loaded: LoadedModel,
+    session: ort.InferenceSession,
+    tensors: dict[str, torch.Tensor],
+    axes: dict[str, dict[int, str]],
+    atol: float,
+    rtol: float,
+    judge=None,
+) -> DynamicInfo:
     """Run PyTorch and ORT at other sizes; a baked dimension fails naming the input and axis.
 
     judge(expected, actual, mask) -> list[OutputDiff]: the verdict rule (default: `compare` with atol / rtol;
     a variant passes its own, e.g. the cosine rule for int8 embeddings)."""
     from .runtime import run
+
     requested = {n: [a[k] for k in sorted(a)] for n, a in axes.items()}
     if not axes:
         return DynamicInfo(ok=None, probes=[], requested=requested)
@@ -311,7 +353,9 @@ def probes(loaded: LoadedModel, session: ort.InferenceSession, tensors: dict[str
         try:
             expected = torch_outputs(loaded, inputs)
         except Exception as e:  # the PyTorch model itself cannot run at this size: not an export fault
-            results.append(Probe(b, seq_used, True, None, f"skipped: PyTorch itself fails at this size ({e})"[:300], axis))
+            results.append(
+                Probe(b, seq_used, True, None, f"skipped: PyTorch itself fails at this size ({e})"[:300], axis)
+            )
             continue
         try:
             actual = run(session, to_numpy(inputs))
@@ -320,8 +364,11 @@ def probes(loaded: LoadedModel, session: ort.InferenceSession, tensors: dict[str
             results.append(Probe(b, seq_used, False, None, f"{where}: ONNX Runtime failed: {first_line(e)}", axis))
             continue
         mask = real_tokens(loaded, inputs)
-        diffs = (judge(expected, actual, mask) if judge is not None
-                 else compare(expected, actual, atol, rtol, loaded.output_kinds, mask))
+        diffs = (
+            judge(expected, actual, mask)
+            if judge is not None
+            else compare(expected, actual, atol, rtol, loaded.output_kinds, mask)
+        )
         worst = worst_diff(diffs) or 0.0
         bad = [d for d in diffs if not d.ok]
         at = f"{axis} {b if axis == 'batch' else seq_used}"
@@ -330,13 +377,23 @@ def probes(loaded: LoadedModel, session: ort.InferenceSession, tensors: dict[str
             msg = "non-finite output at " + at + ": " + "; ".join(f"{d.name}: {d.note}" for d in nonfinite_bad)
             results.append(Probe(b, seq_used, False, worst, msg[:600], axis))
         elif bad:
-            msg = (f"{', '.join(d.name for d in bad)} differ{'s' if len(bad) == 1 else ''} from PyTorch at "
-                   f"{at} (max abs diff {worst:.3g}): the {axis} size was baked into the graph")
+            msg = (
+                f"{', '.join(d.name for d in bad)} differ{'s' if len(bad) == 1 else ''} from PyTorch at "
+                f"{at} (max abs diff {worst:.3g}): the {axis} size was baked into the graph"
+            )
             results.append(Probe(b, seq_used, False, worst, msg, axis))
         else:
             alike = sum(d.same_nonfinite for d in diffs)
-            results.append(Probe(b, seq_used, True, worst, "ok" + (f" ({alike} value(s) non-finite alike in "
-                                                                  "both runtimes)" if alike else ""), axis))
+            results.append(
+                Probe(
+                    b,
+                    seq_used,
+                    True,
+                    worst,
+                    "ok" + (f" ({alike} value(s) non-finite alike in both runtimes)" if alike else ""),
+                    axis,
+                )
+            )
     for sym, problem in fixed:  # a fixed dimension is a failure even when no probe reached it
         if not any(problem in p.message for p in results):
             results.append(Probe(0, None, False, None, problem, sym))

@@ -5,27 +5,28 @@ last so that PyTorch, model.onnx and every variant are timed side by side (`late
 Everything is built in a private folder beside `spec.out` and moved in only when complete, so a
 failed conversion leaves no half-written artifact behind.
 """
+
 from __future__ import annotations
 
 import json
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict
 from glob import escape as glob_escape
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from . import artifacts
+from . import artifacts, runtime, sources
 from . import batch as batch_mod
 from . import export as export_mod
 from . import graph_info as inspect_mod
 from . import latency as latency_mod
 from . import parity as parity_mod
 from . import roles as roles_mod
-from . import runtime, sources
 from . import sample as sample_mod
 from .errors import StudioError
 from .report import ExportInfo, Report
@@ -33,10 +34,19 @@ from .sources import scratch
 from .sources.base import TABULAR
 from .spec import ConvertSpec
 
-STAGES = ("loading", "batch", "export", "checker", "parity", "shape probe", "locate", "variants", "latency",
-          "writing")
-_FRACTION = {"loading": 0.02, "batch": 0.1, "export": 0.15, "checker": 0.6, "parity": 0.65,
-             "shape probe": 0.72, "locate": 0.75, "variants": 0.78, "latency": 0.85, "writing": 0.97}
+STAGES = ("loading", "batch", "export", "checker", "parity", "shape probe", "locate", "variants", "latency", "writing")
+_FRACTION = {
+    "loading": 0.02,
+    "batch": 0.1,
+    "export": 0.15,
+    "checker": 0.6,
+    "parity": 0.65,
+    "shape probe": 0.72,
+    "locate": 0.75,
+    "variants": 0.78,
+    "latency": 0.85,
+    "writing": 0.97,
+}
 Progress = Callable[[str, float], None]
 
 # Options the report does not list: server paths, named in it without their folders (see artifacts).
@@ -48,9 +58,16 @@ def _versions() -> dict[str, str]:
     import onnxruntime
     import torch
     import transformers
+
     from . import __version__
-    return {"studio": __version__, "torch": str(torch.__version__), "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__, "transformers": transformers.__version__}
+
+    return {
+        "studio": __version__,
+        "torch": str(torch.__version__),
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "transformers": transformers.__version__,
+    }
 
 
 def preview(checkpoint: str | None, data: str | None, spec: ConvertSpec | None = None) -> dict[str, Any]:
@@ -119,6 +136,7 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
     checked, comparison = loaded, None
     if spec.exporter == "compare":  # both exporters' files checked against one PyTorch run, the winner kept
         from . import compare
+
         checked = parity_mod.cached_reference(loaded)
         export_info, comparison = compare.export_compared(loaded, checked, batch.tensors, spec, model_path)
     else:
@@ -171,8 +189,9 @@ def _check(spec: ConvertSpec, loaded, tensors, model_path: Path, axes, say: Prog
     return {"checker": checker, "graph": graph, "parity": parity, "dynamic": dynamic, "onnx_outputs": onnx_outputs}
 
 
-def _locate(spec: ConvertSpec, loaded, tensors, model_path: Path, checks: dict[str, Any],
-            say: Progress) -> dict[str, Any] | None:
+def _locate(
+    spec: ConvertSpec, loaded, tensors, model_path: Path, checks: dict[str, Any], say: Progress
+) -> dict[str, Any] | None:
     """Where ONNX Runtime first leaves PyTorch (studio.locate): when parity or a shape probe failed, or on
     request (--locate); None otherwise. report.json's `divergence`; it does not change the verdict."""
     parity, dynamic = checks["parity"], checks["dynamic"]
@@ -180,8 +199,17 @@ def _locate(spec: ConvertSpec, loaded, tensors, model_path: Path, checks: dict[s
         return None
     say("locate", _FRACTION["locate"])
     from . import locate  # its hooks keep every module's outputs: only imported when it runs
-    found = locate.for_report(loaded, model_path, tensors, spec, parity=parity, dynamic=dynamic,
-                              onnx_outputs=checks["onnx_outputs"], requested=spec.locate)
+
+    found = locate.for_report(
+        loaded,
+        model_path,
+        tensors,
+        spec,
+        parity=parity,
+        dynamic=dynamic,
+        onnx_outputs=checks["onnx_outputs"],
+        requested=spec.locate,
+    )
     runtime.release_memory()
     return found.to_dict() if found else None
 
@@ -193,14 +221,21 @@ def _variants_and_latency(spec: ConvertSpec, loaded, tensors, model_path: Path, 
     if spec.variants:
         say("variants", _FRACTION["variants"])
         from . import variants  # optimized / int8 / fp16 artifacts, each checked like model.onnx
+
         variant_infos, variant_targets = variants.build(spec, loaded, tensors, model_path, axes, work)
         timed.update(variant_targets)
 
     say("latency", _FRACTION["latency"])
     span = _FRACTION["writing"] - _FRACTION["latency"]  # slow models take a while here: move the bar per round
-    measured = latency_mod.measure_all(loaded, timed, tensors, threads=spec.threads or runtime.default_threads(),
-                                       budget_s=spec.latency_budget_s, cuda=spec.cuda,
-                                       progress=lambda f: say("latency", _FRACTION["latency"] + span * f))
+    measured = latency_mod.measure_all(
+        loaded,
+        timed,
+        tensors,
+        threads=spec.threads or runtime.default_threads(),
+        budget_s=spec.latency_budget_s,
+        cuda=spec.cuda,
+        progress=lambda f: say("latency", _FRACTION["latency"] + span * f),
+    )
     if variant_infos:
         variants.attach_latency(variant_infos, measured, measured["model"])
     return variant_infos, measured["model"]
@@ -212,9 +247,15 @@ def _write_files(spec: ConvertSpec, loaded, batch, df, work: Path) -> dict[str, 
     if loaded.tokenizer is not None:
         loaded.tokenizer.save_pretrained(str(work / "tokenizer"))
     example = artifacts.write_example(work, loaded, batch, df, spec.data, spec.fill_value)
-    files = {"model": "model.onnx", "report_json": "report.json", "report_md": "report.md",
-             "example": example["example"], "sample_inputs": "sample_inputs.npz", "sample": example["sample"],
-             "sample_rows": example["sample_rows"]}
+    files = {
+        "model": "model.onnx",
+        "report_json": "report.json",
+        "report_md": "report.md",
+        "example": example["example"],
+        "sample_inputs": "sample_inputs.npz",
+        "sample": example["sample"],
+        "sample_rows": example["sample_rows"],
+    }
     if (work / "model.onnx.data").exists():
         files["data"] = "model.onnx.data"
     if loaded.tokenizer is not None:
@@ -224,6 +265,7 @@ def _write_files(spec: ConvertSpec, loaded, batch, df, work: Path) -> dict[str, 
 
 def _metadata(spec: ConvertSpec, loaded, batch, info: ExportInfo) -> dict[str, str]:
     from . import __version__
+
     return {
         "studio.version": __version__,
         "studio.source_kind": loaded.kind,
@@ -242,8 +284,13 @@ def _input_meta(inp, batch) -> dict[str, Any]:
     if inp.kind != TABULAR:
         return {"kind": inp.kind, "column": None}
     cols = batch.tabular.get(inp.name) or []
-    return {"kind": inp.kind, "column": cols[0] if len(cols) == 1 else None, "columns": list(cols),
-            "width": batch.widths.get(inp.name), "features": batch.features.get(inp.name, [])}
+    return {
+        "kind": inp.kind,
+        "column": cols[0] if len(cols) == 1 else None,
+        "columns": list(cols),
+        "width": batch.widths.get(inp.name),
+        "features": batch.features.get(inp.name, []),
+    }
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

@@ -1,5 +1,6 @@
 """Silence the chatter of the libraries the studio drives (exporters, optimizers, quantizer), so stdout
 stays clean for --json and the studio reports what matters itself."""
+
 from __future__ import annotations
 
 import contextlib

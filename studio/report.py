@@ -1,4 +1,5 @@
 """Report dataclasses -> JSON, Markdown and table rows. Results live here, never only in log lines."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -253,8 +254,12 @@ class Report:
         return failed
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"schema": self.schema, "schema_version": self.schema_version, "ok": self.ok,
-             "failed_checks": self.failed_checks}
+        d = {
+            "schema": self.schema,
+            "schema_version": self.schema_version,
+            "ok": self.ok,
+            "failed_checks": self.failed_checks,
+        }
         body = asdict(self)
         body.pop("schema"), body.pop("schema_version")
         d.update(body)
@@ -292,6 +297,7 @@ def _num(x: float | None, fmt: str = ".3g") -> str:
 
 # --- table rows (used by the CLI, the Markdown and the app) -------------------------------------
 
+
 def io_rows(report: Report) -> list[list[str]]:
     return graph_rows(report.graph)
 
@@ -299,8 +305,9 @@ def io_rows(report: Report) -> list[list[str]]:
 def graph_rows(graph: GraphInfo | None) -> list[list[str]]:
     if graph is None:
         return []
-    return ([["input", t.name, t.dtype, _shape(t.shape)] for t in graph.inputs]
-            + [["output", t.name, t.dtype, _shape(t.shape)] for t in graph.outputs])
+    return [["input", t.name, t.dtype, _shape(t.shape)] for t in graph.inputs] + [
+        ["output", t.name, t.dtype, _shape(t.shape)] for t in graph.outputs
+    ]
 
 
 def feed_rows(feeds: dict[str, list[dict[str, Any]]]) -> list[list[str]]:
@@ -313,8 +320,15 @@ def feed_rows(feeds: dict[str, list[dict[str, Any]]]) -> list[list[str]]:
     return rows
 
 
-PARITY_COLUMNS = ["output", "max abs diff", "max rel diff", "min cosine", "argmax agreement", "top-k agreement",
-                  "verdict"]
+PARITY_COLUMNS = [
+    "output",
+    "max abs diff",
+    "max rel diff",
+    "min cosine",
+    "argmax agreement",
+    "top-k agreement",
+    "verdict",
+]
 
 
 def _agreement(o: OutputDiff) -> str:
@@ -330,12 +344,30 @@ def _cosine(x: float | None) -> str:
 
 def attempt_rows(e: ExportInfo) -> list[list[str]]:
     """One row per export attempt: a skipped one says so and why, never a time."""
-    return [[a.exporter, "skipped" if a.skipped else _mark(a.ok), "-" if a.skipped else _num(a.seconds, ".2f"),
-             "; ".join(x for x in (a.error, a.note) if x)] for a in e.attempts]
+    return [
+        [
+            a.exporter,
+            "skipped" if a.skipped else _mark(a.ok),
+            "-" if a.skipped else _num(a.seconds, ".2f"),
+            "; ".join(x for x in (a.error, a.note) if x),
+        ]
+        for a in e.attempts
+    ]
 
 
-COMPARISON_COLUMNS = ["exporter", "export", "opset", "checker", "parity (max abs)", "probes", "nodes", "size",
-                      "export s", "ORT CPU p50 ms", ""]
+COMPARISON_COLUMNS = [
+    "exporter",
+    "export",
+    "opset",
+    "checker",
+    "parity (max abs)",
+    "probes",
+    "nodes",
+    "size",
+    "export s",
+    "ORT CPU p50 ms",
+    "",
+]
 
 
 def comparison_rows(c: Comparison | None) -> list[list[str]]:
@@ -345,15 +377,33 @@ def comparison_rows(c: Comparison | None) -> list[list[str]]:
     rows = []
     for r in c.rows:
         if not r.exported:
-            rows.append([r.exporter, "skipped" if r.skipped else "FAIL", *["-"] * 6,
-                         "-" if r.skipped else _num(r.export_seconds, ".2f"), "-", r.error or ""])
+            rows.append(
+                [
+                    r.exporter,
+                    "skipped" if r.skipped else "FAIL",
+                    *["-"] * 6,
+                    "-" if r.skipped else _num(r.export_seconds, ".2f"),
+                    "-",
+                    r.error or "",
+                ]
+            )
             continue
         t = r.ort_cpu
-        rows.append([r.exporter, "ok", str(r.opset), _mark(r.checker),
-                     f"{_mark(r.parity)} ({_num(r.parity_max_abs_diff)})", _mark(r.dynamic), str(r.nodes),
-                     _size(r.size_bytes), _num(r.export_seconds, ".2f"),
-                     f"{t.p50_ms:.3f}" if t else f"- ({r.latency_error})",
-                     "chosen" if r.exporter == c.winner else ""])
+        rows.append(
+            [
+                r.exporter,
+                "ok",
+                str(r.opset),
+                _mark(r.checker),
+                f"{_mark(r.parity)} ({_num(r.parity_max_abs_diff)})",
+                _mark(r.dynamic),
+                str(r.nodes),
+                _size(r.size_bytes),
+                _num(r.export_seconds, ".2f"),
+                f"{t.p50_ms:.3f}" if t else f"- ({r.latency_error})",
+                "chosen" if r.exporter == c.winner else "",
+            ]
+        )
     return rows
 
 
@@ -367,17 +417,28 @@ def parity_rows(p: ParityInfo | None) -> list[list[str]]:
     """One row per output, in PARITY_COLUMNS order."""
     if p is None:
         return []
-    return [[o.name, _num(o.max_abs_diff), _num(o.max_rel_diff), _cosine(o.min_cosine), _agreement(o),
-             "-" if o.topk_agreement is None else f"top-{o.topk} {o.topk_agreement:.1%}",
-             _mark(o.ok) + (f" — {o.note}" if o.note else "")]
-            for o in p.outputs]
+    return [
+        [
+            o.name,
+            _num(o.max_abs_diff),
+            _num(o.max_rel_diff),
+            _cosine(o.min_cosine),
+            _agreement(o),
+            "-" if o.topk_agreement is None else f"top-{o.topk} {o.topk_agreement:.1%}",
+            _mark(o.ok) + (f" — {o.note}" if o.note else ""),
+        ]
+        for o in p.outputs
+    ]
 
 
 def nonfinite_lines(p: ParityInfo | None) -> list[str]:
     """One line per output holding a NaN / inf in either runtime: the counts, side by side."""
-    return [f"- {o.name}: PyTorch {o.torch_nan} NaN, {o.torch_inf} inf; ONNX Runtime {o.ort_nan} NaN, "
-            f"{o.ort_inf} inf" + (f" — {o.note}" if o.note else "")
-            for o in (p.outputs if p else []) if o.torch_nan or o.torch_inf or o.ort_nan or o.ort_inf]
+    return [
+        f"- {o.name}: PyTorch {o.torch_nan} NaN, {o.torch_inf} inf; ONNX Runtime {o.ort_nan} NaN, "
+        f"{o.ort_inf} inf" + (f" — {o.note}" if o.note else "")
+        for o in (p.outputs if p else [])
+        if o.torch_nan or o.torch_inf or o.ort_nan or o.ort_inf
+    ]
 
 
 def worst_diff(diffs: list[OutputDiff]) -> float | None:
@@ -389,12 +450,25 @@ def worst_diff(diffs: list[OutputDiff]) -> float | None:
 def probe_rows(d: DynamicInfo | None) -> list[list[str]]:
     if d is None:
         return []
-    return [[p.changed or "-", str(p.batch), "-" if p.sequence is None else str(p.sequence),
-             _mark(p.ok), _num(p.max_abs_diff), p.message] for p in d.probes]
+    return [
+        [
+            p.changed or "-",
+            str(p.batch),
+            "-" if p.sequence is None else str(p.sequence),
+            _mark(p.ok),
+            _num(p.max_abs_diff),
+            p.message,
+        ]
+        for p in d.probes
+    ]
 
 
-LATENCY_LABELS = (("torch_cpu", "PyTorch CPU"), ("ort_cpu", "ORT CPU"),
-                  ("ort_cuda", "ORT CUDA"), ("torch_cuda", "PyTorch CUDA"))
+LATENCY_LABELS = (
+    ("torch_cpu", "PyTorch CPU"),
+    ("ort_cpu", "ORT CPU"),
+    ("ort_cuda", "ORT CUDA"),
+    ("torch_cuda", "PyTorch CUDA"),
+)
 
 
 def latency_rows(lat: LatencyInfo | None, skip_missing: bool = False) -> list[list[str]]:
@@ -422,8 +496,16 @@ def latency_rows(lat: LatencyInfo | None, skip_missing: bool = False) -> list[li
 
 def _timing_row(label: str, t: Timing) -> list[str]:
     provider = t.provider + (" + IO binding" if t.io_binding else "")
-    return [label, f"{t.p50_ms:.2f}", f"{t.p90_ms:.2f}", f"{t.p99_ms:.2f}", str(t.iterations),
-            f"{t.batch}x{t.sequence}" if t.sequence else str(t.batch), str(t.threads or "-"), provider]
+    return [
+        label,
+        f"{t.p50_ms:.2f}",
+        f"{t.p90_ms:.2f}",
+        f"{t.p99_ms:.2f}",
+        str(t.iterations),
+        f"{t.batch}x{t.sequence}" if t.sequence else str(t.batch),
+        str(t.threads or "-"),
+        provider,
+    ]
 
 
 def machine_line(lat: LatencyInfo | None) -> str:
@@ -443,19 +525,44 @@ def machine_line(lat: LatencyInfo | None) -> str:
 def variant_rows(variants: list[VariantInfo], lat: LatencyInfo | None = None) -> list[list[str]]:
     """One row per variant: verdict, size, worst diff, lowest cosine (embeddings), argmax agreement, ORT CPU
     p50 and speedups."""
-    rows = [] if lat is None or lat.ort_cpu is None else [
-        ["fp32 (model.onnx)", "PASS", "-", "-", "-", "-", f"{lat.ort_cpu.p50_ms:.2f}",
-         _ratio(lat.torch_cpu.p50_ms / lat.ort_cpu.p50_ms if lat.torch_cpu else None), "1.00x", ""]]
+    rows = (
+        []
+        if lat is None or lat.ort_cpu is None
+        else [
+            [
+                "fp32 (model.onnx)",
+                "PASS",
+                "-",
+                "-",
+                "-",
+                "-",
+                f"{lat.ort_cpu.p50_ms:.2f}",
+                _ratio(lat.torch_cpu.p50_ms / lat.ort_cpu.p50_ms if lat.torch_cpu else None),
+                "1.00x",
+                "",
+            ]
+        ]
+    )
     for v in variants:
         diffs = v.parity.outputs if v.parity else []
         worst = worst_diff(diffs)
         agree = [d.argmax_agreement for d in diffs if d.argmax_agreement is not None]
         cosines = [d.min_cosine for d in diffs if d.min_cosine is not None]
         t = v.latency.ort_cpu if v.latency else None
-        rows.append([v.name, _mark(v.ok), f"{v.size_bytes / 1e6:.1f} MB" if v.size_bytes else "-", _num(worst),
-                     _cosine(min(cosines)) if cosines else "-", f"{min(agree):.1%}" if agree else "-",
-                     f"{t.p50_ms:.2f}" if t else "-",
-                     _ratio(v.speedup_vs_torch), _ratio(v.speedup_vs_fp32), v.error or v.method])
+        rows.append(
+            [
+                v.name,
+                _mark(v.ok),
+                f"{v.size_bytes / 1e6:.1f} MB" if v.size_bytes else "-",
+                _num(worst),
+                _cosine(min(cosines)) if cosines else "-",
+                f"{min(agree):.1%}" if agree else "-",
+                f"{t.p50_ms:.2f}" if t else "-",
+                _ratio(v.speedup_vs_torch),
+                _ratio(v.speedup_vs_fp32),
+                v.error or v.method,
+            ]
+        )
     return rows
 
 
@@ -467,79 +574,134 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     if not rows:
         return "_none_\n"
     esc = [[str(c).replace("|", "\\|").replace("\n", " ") for c in r] for r in rows]
-    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                     + ["| " + " | ".join(r) + " |" for r in esc]) + "\n"
+    return (
+        "\n".join(
+            ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in esc]
+        )
+        + "\n"
+    )
 
 
 def render_markdown(r: Report) -> str:
     e = r.export
-    out = [f"# ONNX Studio report — {'PASS' if r.ok else 'FAIL: ' + ', '.join(r.failed_checks)}", "",
-           f"- Source: `{r.source.get('path')}` ({r.source.get('kind')})",
-           *([f"- Task: {r.source.get('task')} ({r.source.get('task_reason')})"] if r.source.get("task") else []),
-           f"- Exporter: {e.exporter}, opset requested {e.opset_requested}, written {e.opset}, "
-           f"{e.seconds:.1f} s" + (" (external data)" if e.external_data else ""),
-           f"- Checker: {_mark(r.checker.ok if r.checker else None)}"
-           + (f" — {r.checker.message}" if r.checker and not r.checker.ok else ""),
-           f"- Parity: {_mark(r.parity.ok if r.parity else None)}"
-           + (f" (atol {r.parity.atol:g}, rtol {r.parity.rtol:g}, {r.parity.rows} rows)" if r.parity else ""),
-           f"- Dynamic dimensions: {_mark(r.dynamic.ok if r.dynamic else None)}",
-           f"- Total time: {r.seconds:.1f} s", ""]
+    out = [
+        f"# ONNX Studio report — {'PASS' if r.ok else 'FAIL: ' + ', '.join(r.failed_checks)}",
+        "",
+        f"- Source: `{r.source.get('path')}` ({r.source.get('kind')})",
+        *([f"- Task: {r.source.get('task')} ({r.source.get('task_reason')})"] if r.source.get("task") else []),
+        f"- Exporter: {e.exporter}, opset requested {e.opset_requested}, written {e.opset}, "
+        f"{e.seconds:.1f} s" + (" (external data)" if e.external_data else ""),
+        f"- Checker: {_mark(r.checker.ok if r.checker else None)}"
+        + (f" — {r.checker.message}" if r.checker and not r.checker.ok else ""),
+        f"- Parity: {_mark(r.parity.ok if r.parity else None)}"
+        + (f" (atol {r.parity.atol:g}, rtol {r.parity.rtol:g}, {r.parity.rows} rows)" if r.parity else ""),
+        f"- Dynamic dimensions: {_mark(r.dynamic.ok if r.dynamic else None)}",
+        f"- Total time: {r.seconds:.1f} s",
+        "",
+    ]
     if len(e.attempts) > 1 or any(not a.ok for a in e.attempts):
-        out += ["## Export attempts", markdown_table(["exporter", "ok", "seconds", "error / note"],
-                                             attempt_rows(e))]
+        out += ["## Export attempts", markdown_table(["exporter", "ok", "seconds", "error / note"], attempt_rows(e))]
     elif any(a.note for a in e.attempts):
         out += [f"Export note: {'; '.join(a.note for a in e.attempts if a.note)}.", ""]
     if e.reason and r.comparison is None:
         out += [f"Why {e.exporter}: {e.reason}.", ""]
     if r.comparison is not None:
         c = r.comparison
-        out += ["## Exporters compared", (f"Chosen: **{c.winner}** — {c.reason}. ORT CPU p50 timed side by side "
-                                          f"({c.threads} threads, {c.budget_s:g} s budget each, sample batch)."), "",
-                markdown_table(COMPARISON_COLUMNS[:-1] + ["chosen / error"], comparison_rows(c))]
+        out += [
+            "## Exporters compared",
+            (
+                f"Chosen: **{c.winner}** — {c.reason}. ORT CPU p50 timed side by side "
+                f"({c.threads} threads, {c.budget_s:g} s budget each, sample batch)."
+            ),
+            "",
+            markdown_table(COMPARISON_COLUMNS[:-1] + ["chosen / error"], comparison_rows(c)),
+        ]
     out += ["## Column roles", markdown_table(["column", "role"], [[c, ro] for c, ro in r.roles.items()])]
     if r.feeds:
-        out += ["## Tabular inputs: which column is which feature",
-                markdown_table(["input", "feature index", "column"], feed_rows(r.feeds))]
+        out += [
+            "## Tabular inputs: which column is which feature",
+            markdown_table(["input", "feature index", "column"], feed_rows(r.feeds)),
+        ]
     out += ["## Graph inputs and outputs", markdown_table(["", "name", "dtype", "shape"], io_rows(r))]
     if r.graph:
         ops = sorted(r.graph.op_counts.items(), key=lambda kv: -kv[1])
-        out += [f"File size: {r.graph.size_bytes:,} bytes. Ops: "
-                + ", ".join(f"{k} ×{v}" for k, v in ops[:15]) + ("…" if len(ops) > 15 else ""), ""]
-    out += ["## Parity (PyTorch vs ONNX Runtime, sample rows)",
-            markdown_table(PARITY_COLUMNS, parity_rows(r.parity))]
+        out += [
+            f"File size: {r.graph.size_bytes:,} bytes. Ops: "
+            + ", ".join(f"{k} ×{v}" for k, v in ops[:15])
+            + ("…" if len(ops) > 15 else ""),
+            "",
+        ]
+    out += ["## Parity (PyTorch vs ONNX Runtime, sample rows)", markdown_table(PARITY_COLUMNS, parity_rows(r.parity))]
     if nonfinite_lines(r.parity):
-        out += ["Non-finite values (counted in each runtime, never replaced by numbers):"] \
-            + nonfinite_lines(r.parity) + [""]
-    out += ["## Dynamic-dimension probes",
-            markdown_table(["varies", "batch", "sequence", "verdict", "max abs diff", "message"], probe_rows(r.dynamic))]
-    out += ["## Latency", markdown_table(["run", "p50 ms", "p90 ms", "p99 ms", "iterations", "batch", "threads", "provider"],
-                                 latency_rows(r.latency))]
+        out += (
+            ["Non-finite values (counted in each runtime, never replaced by numbers):"]
+            + nonfinite_lines(r.parity)
+            + [""]
+        )
+    out += [
+        "## Dynamic-dimension probes",
+        markdown_table(["varies", "batch", "sequence", "verdict", "max abs diff", "message"], probe_rows(r.dynamic)),
+    ]
+    out += [
+        "## Latency",
+        markdown_table(
+            ["run", "p50 ms", "p90 ms", "p99 ms", "iterations", "batch", "threads", "provider"], latency_rows(r.latency)
+        ),
+    ]
     line = machine_line(r.latency)
     if line:
         out += [line, ""]
     if r.variants:
-        out += ["## Variants", markdown_table(["variant", "verdict", "size", "max abs diff", "min cosine", "argmax agreement",
-                                       "ORT CPU p50 ms", "vs PyTorch", "vs fp32", "how"],
-                                      variant_rows(r.variants, r.latency))]
+        out += [
+            "## Variants",
+            markdown_table(
+                [
+                    "variant",
+                    "verdict",
+                    "size",
+                    "max abs diff",
+                    "min cosine",
+                    "argmax agreement",
+                    "ORT CPU p50 ms",
+                    "vs PyTorch",
+                    "vs fp32",
+                    "how",
+                ],
+                variant_rows(r.variants, r.latency),
+            ),
+        ]
     for v in r.variants:
         tol = v.tolerance or {}
         rule = tol.get("rule") or (f"atol {v.parity.atol:g}, rtol {v.parity.rtol:g}" if v.parity else "")
-        out += [f"## Variant: {v.name} — {_mark(v.ok)}",
-                f"File: {v.file or '-'}, {v.size_bytes or 0:,} bytes"
-                + (f" (files: {', '.join(v.files)})" if len(v.files) > 1 else "")
-                + (f"; built by {v.method}" if v.method else "") + (f" from {v.source}" if v.source else "")
-                + (f" in {v.seconds:.1f} s" if v.seconds is not None else "") + ".",
-                f"Verdict rule: {rule}." if rule else "",
-                (f"Checked on {v.provider}. " if v.provider else "") + v.notes
-                + (f" Error: {v.error}" if v.error else ""), ""]
+        out += [
+            f"## Variant: {v.name} — {_mark(v.ok)}",
+            f"File: {v.file or '-'}, {v.size_bytes or 0:,} bytes"
+            + (f" (files: {', '.join(v.files)})" if len(v.files) > 1 else "")
+            + (f"; built by {v.method}" if v.method else "")
+            + (f" from {v.source}" if v.source else "")
+            + (f" in {v.seconds:.1f} s" if v.seconds is not None else "")
+            + ".",
+            f"Verdict rule: {rule}." if rule else "",
+            (f"Checked on {v.provider}. " if v.provider else "") + v.notes + (f" Error: {v.error}" if v.error else ""),
+            "",
+        ]
         out += [markdown_table(PARITY_COLUMNS, parity_rows(v.parity))]
         if v.dynamic is not None and v.dynamic.probes:
-            out += [markdown_table(["varies", "batch", "sequence", "verdict", "max abs diff", "message"], probe_rows(v.dynamic))]
+            out += [
+                markdown_table(
+                    ["varies", "batch", "sequence", "verdict", "max abs diff", "message"], probe_rows(v.dynamic)
+                )
+            ]
         if v.latency:
-            out += [markdown_table(["run", "p50 ms", "p90 ms", "p99 ms", "iterations", "batch", "threads", "provider"],
-                           latency_rows(v.latency, skip_missing=True))]
+            out += [
+                markdown_table(
+                    ["run", "p50 ms", "p90 ms", "p99 ms", "iterations", "batch", "threads", "provider"],
+                    latency_rows(v.latency, skip_missing=True),
+                )
+            ]
     if r.divergence:
         from .divergence import Divergence, to_markdown
+
         out += [to_markdown(Divergence.from_dict(r.divergence))]
     if r.warnings:
         out += ["## Warnings"] + [f"- {w}" for w in r.warnings] + [""]

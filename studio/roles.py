@@ -3,6 +3,7 @@
 describe_columns looks at the cells (typed by studio.sample) and the column's name; suggest_roles and
 resolve_roles also fit the suggestions to what a loaded model takes.
 """
+
 from __future__ import annotations
 
 import re
@@ -10,8 +11,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .errors import BatchError
 from .cells import column_kind, is_missing, shorten
+from .errors import BatchError
 from .sample import duplicates, file_error
 from .sources.base import LoadedModel
 
@@ -60,17 +61,22 @@ def _label_like_name(name: str) -> bool:
 def _code_like(values: list[str]) -> bool:
     """Unique short alphanumeric codes with digits (order numbers, uuids, SKUs)."""
     vals = [v.strip() for v in values]
-    return (bool(vals) and len(set(vals)) == len(vals)
-            and all(len(v) <= 64 and _CODE_RE.match(v) and any(c.isdigit() for c in v) for v in vals))
+    return (
+        bool(vals)
+        and len(set(vals)) == len(vals)
+        and all(len(v) <= 64 and _CODE_RE.match(v) and any(c.isdigit() for c in v) for v in vals)
+    )
 
 
 def _free_text(values: list[str]) -> bool:
     if not values:
         return False
     words = [len(v.split()) for v in values]
-    return (sum(words) / len(words) >= TEXT_MEAN_WORDS
-            or sum(len(v) for v in values) / len(values) >= TEXT_MEAN_CHARS
-            or max(words) >= TEXT_MAX_WORDS)
+    return (
+        sum(words) / len(words) >= TEXT_MEAN_WORDS
+        or sum(len(v) for v in values) / len(values) >= TEXT_MEAN_CHARS
+        or max(words) >= TEXT_MAX_WORDS
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -133,8 +139,9 @@ def suggest_roles(df: pd.DataFrame, model: LoadedModel | None = None) -> dict[st
     return resolve_roles(prepared_frame(df, df.attrs.get("file", "")), model, {})
 
 
-def resolve_roles(df: pd.DataFrame, model: LoadedModel, explicit: dict[str, str],
-                   fed: set[str] = frozenset()) -> dict[str, str]:
+def resolve_roles(
+    df: pd.DataFrame, model: LoadedModel, explicit: dict[str, str], fed: set[str] = frozenset()
+) -> dict[str, str]:
     """Final role per column: explicit roles win; the others get the suggestion adjusted to the model.
     fed: tabular inputs whose columns the user chose (--tabular)."""
     infos = {c.name: c for c in describe_columns(df)}
@@ -157,9 +164,11 @@ def resolve_roles(df: pd.DataFrame, model: LoadedModel, explicit: dict[str, str]
         # the model needs text and nothing looks like free text: take the wordiest string column
         cands = [c for c in free if infos[c].detected == "text" and not _label_like_name(c)]
         if cands:
+
             def words(c):
                 vals = [str(v) for v in df[c].tolist() if not is_missing(v)]
                 return sum(len(v.split()) for v in vals) / max(len(vals), 1)
+
             roles[max(cands, key=words)] = "text"
 
     tab_inputs = [i for i in model.tabular_inputs if i.name not in fed]

@@ -3,6 +3,7 @@
 onnxruntime-gpu lists CUDAExecutionProvider as *available* even where CUDA cannot load, and then
 silently runs on CPU; only `session.get_providers()` tells what a session really uses.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,6 +22,7 @@ def default_threads() -> int:
     """Physical cores when psutil knows them, else logical CPUs (at least 1)."""
     try:
         import psutil
+
         n = psutil.cpu_count(logical=False)
     except Exception:
         n = None
@@ -43,19 +45,21 @@ def session_options(threads: int | None = None, optimization: str = "all", arena
     return so
 
 
-def cpu_session(path: str | Path, threads: int | None = None, optimization: str = "all",
-                arena: bool = True) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), sess_options=session_options(threads, optimization, arena),
-                                providers=[CPU])
+def cpu_session(
+    path: str | Path, threads: int | None = None, optimization: str = "all", arena: bool = True
+) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), sess_options=session_options(threads, optimization, arena), providers=[CPU])
 
 
 def release_memory() -> None:
     """Collect garbage and hand freed heap pages back to the OS (glibc), so the next stage's peak
     does not stack on the previous stage's leftovers."""
     import gc
+
     gc.collect()
     try:
         import ctypes
+
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
@@ -91,24 +95,28 @@ def _preload_cuda_libs() -> None:
 def cuda_session(path: str | Path, threads: int | None = None) -> CudaSession:
     """A session on CUDA, or the reason there is none. Never returns a CPU session under a CUDA label."""
     if CUDA not in ort.get_available_providers():
-        return CudaSession(None, f"this onnxruntime build ({ort.__version__}) has no CUDAExecutionProvider "
-                                 "(install onnxruntime-gpu)")
+        return CudaSession(
+            None, f"this onnxruntime build ({ort.__version__}) has no CUDAExecutionProvider (install onnxruntime-gpu)"
+        )
     try:
         import torch
+
         if not torch.cuda.is_available():
             return CudaSession(None, "no CUDA device is visible (torch.cuda.is_available() is False)")
     except Exception:
         pass
     _preload_cuda_libs()
     try:
-        sess = ort.InferenceSession(str(path), sess_options=session_options(threads),
-                                    providers=[CUDA, CPU])
+        sess = ort.InferenceSession(str(path), sess_options=session_options(threads), providers=[CUDA, CPU])
     except Exception as e:
         return CudaSession(None, f"the CUDA session could not be created: {first_line(e)}")
     used = sess.get_providers()
     if not used or used[0] != CUDA:
-        return CudaSession(None, "onnxruntime fell back to CPU: CUDA or cuDNN libraries could not be loaded "
-                                 f"(session providers: {', '.join(used)})")
+        return CudaSession(
+            None,
+            "onnxruntime fell back to CPU: CUDA or cuDNN libraries could not be loaded "
+            f"(session providers: {', '.join(used)})",
+        )
     return CudaSession(sess, None)
 
 
@@ -127,8 +135,9 @@ def run(session: ort.InferenceSession, tensors: dict[str, np.ndarray]) -> dict[s
     return dict(zip(names, session.run(names, feeds(session, tensors))))
 
 
-def save_optimized(src: str | Path, dest: str | Path, threads: int | None = None, level: str = "extended",
-                   external_data: bool = False) -> Path:
+def save_optimized(
+    src: str | Path, dest: str | Path, threads: int | None = None, level: str = "extended", external_data: bool = False
+) -> Path:
     """Apply ONNX Runtime's graph optimisations to `src` on the CPU provider and save the result offline.
 
     Level "extended" and below stay hardware-independent ("all" adds layout transforms tied to this
@@ -137,8 +146,9 @@ def save_optimized(src: str | Path, dest: str | Path, threads: int | None = None
     so = session_options(threads, level)
     so.optimized_model_filepath = str(dest)
     if external_data:
-        so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                    Path(dest).name + ".data")
+        so.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", Path(dest).name + ".data"
+        )
         so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     ort.InferenceSession(str(src), sess_options=so, providers=[CPU])
     return Path(dest)

@@ -7,6 +7,7 @@ Describing columns and suggesting roles is studio.roles; turning the mapping int
 Row numbers in messages are 1-based and count data rows only (the header is not counted), so
 "row 3" is the third record of a JSON file or the third line under the header of a CSV file.
 """
+
 from __future__ import annotations
 
 import csv
@@ -69,9 +70,12 @@ def read_sample(path, limits: SampleLimits | None = None) -> pd.DataFrame:
         raise file_error(name, f"{p} is a folder, not a sample file.")
     suffix = p.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
-        raise file_error(name, f"unsupported sample file type {suffix or '(no extension)'!r}.",
-                         hint=f"Supported: {', '.join(SUPPORTED_SUFFIXES)} (CSV/TSV with a header row, "
-                              "JSON records or columns, JSON Lines).")
+        raise file_error(
+            name,
+            f"unsupported sample file type {suffix or '(no extension)'!r}.",
+            hint=f"Supported: {', '.join(SUPPORTED_SUFFIXES)} (CSV/TSV with a header row, "
+            "JSON records or columns, JSON Lines).",
+        )
     with open(p, "rb") as f:  # never more than the limit in memory, whatever the file's size says
         raw = f.read(limits.size + 1)
     if len(raw) > limits.size:
@@ -79,8 +83,9 @@ def read_sample(path, limits: SampleLimits | None = None) -> pd.DataFrame:
     if not raw.strip():
         raise file_error(name, "the file is empty.")
     if b"\x00" in raw[:8192]:
-        raise file_error(name, "the file is binary, not text (a spreadsheet?).",
-                         hint="Export it as CSV (UTF-8) or JSON.")
+        raise file_error(
+            name, "the file is binary, not text (a spreadsheet?).", hint="Export it as CSV (UTF-8) or JSON."
+        )
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -109,9 +114,13 @@ def _over(file: str, limits: SampleLimits, key: str, what: str, **kw) -> BatchEr
     """The error for a sample past one of its limits: what was found, the limit, the option raising it."""
     value = getattr(limits, key)
     shown = _bytes(value) if key == "size" else f"{value:,}"
-    return file_error(file, f"{what}: past the sample limit {key}={shown}.",
-                      hint=f"The sample is a few real rows: cut it down, or raise the limit: {limits.hint(key)} "
-                           "(studio convert, studio roles, studio app).", **kw)
+    return file_error(
+        file,
+        f"{what}: past the sample limit {key}={shown}.",
+        hint=f"The sample is a few real rows: cut it down, or raise the limit: {limits.hint(key)} "
+        "(studio convert, studio roles, studio app).",
+        **kw,
+    )
 
 
 def _frame(columns: dict[str, list], name: str, limits: SampleLimits) -> pd.DataFrame:
@@ -121,8 +130,9 @@ def _frame(columns: dict[str, list], name: str, limits: SampleLimits) -> pd.Data
     if rows == 0:
         raise file_error(name, "the file has no data rows (only a header, or an empty list).")
     if rows * len(columns) > limits.cells:
-        raise _over(name, limits, "cells", f"{rows:,} rows x {len(columns):,} columns are "
-                                           f"{rows * len(columns):,} cells")
+        raise _over(
+            name, limits, "cells", f"{rows:,} rows x {len(columns):,} columns are {rows * len(columns):,} cells"
+        )
     return pd.DataFrame({c: normalize_column(v) for c, v in columns.items()}, index=pd.RangeIndex(rows))
 
 
@@ -133,8 +143,12 @@ def _check_names(names: list[str], name: str) -> list[str]:
         out.append(n or f"Unnamed: {i}")
     dupes = duplicates(out)
     if dupes:
-        raise file_error(name, f"duplicate column name(s): {', '.join(map(repr, dupes))}.",
-                         column=dupes[0], hint="Rename the columns so that each name is unique.")
+        raise file_error(
+            name,
+            f"duplicate column name(s): {', '.join(map(repr, dupes))}.",
+            column=dupes[0],
+            hint="Rename the columns so that each name is unique.",
+        )
     return out
 
 
@@ -173,17 +187,26 @@ def _read_delimited(text: str, default: str | None, name: str, limits: SampleLim
         raise _over(name, limits, "columns", f"the header line has {fields:,} fields")
     most = min(limits.rows, max(1, limits.cells // fields))  # data rows worth parsing at all
     try:
-        raw = pd.read_csv(io.StringIO(text), sep=sep, header=None, dtype=str, keep_default_na=False,
-                          skip_blank_lines=True, nrows=most + 2)  # header + rows + one too many
+        raw = pd.read_csv(
+            io.StringIO(text),
+            sep=sep,
+            header=None,
+            dtype=str,
+            keep_default_na=False,
+            skip_blank_lines=True,
+            nrows=most + 2,
+        )  # header + rows + one too many
     except pd.errors.EmptyDataError as e:
         raise file_error(name, f"the file is empty ({e}).") from e
     except (pd.errors.ParserError, ValueError, csv.Error) as e:
         msg = " ".join(str(e).split())
         m = re.search(r"line (\d+)", msg)
         where = f" (file line {m.group(1)})" if m else ""
-        raise file_error(name, f"could not be parsed as {'tab' if sep == chr(9) else repr(sep)}-separated "
-                         f"text{where}: {msg[:500]}",
-                         hint="Check quoting and that every row has as many fields as the header.") from e
+        raise file_error(
+            name,
+            f"could not be parsed as {'tab' if sep == chr(9) else repr(sep)}-separated text{where}: {msg[:500]}",
+            hint="Check quoting and that every row has as many fields as the header.",
+        ) from e
     if raw.shape[0] == 0:
         raise file_error(name, "the file is empty.")
     if raw.shape[1] > limits.columns:
@@ -191,8 +214,12 @@ def _read_delimited(text: str, default: str | None, name: str, limits: SampleLim
     if raw.shape[0] - 1 > limits.rows:
         raise _over(name, limits, "rows", f"the file has more than {limits.rows:,} data rows")
     if (raw.shape[0] - 1) * raw.shape[1] > limits.cells:
-        raise _over(name, limits, "cells", f"{raw.shape[1]:,} columns x at least {raw.shape[0] - 1:,} rows are "
-                                           f"more than {limits.cells:,} cells")
+        raise _over(
+            name,
+            limits,
+            "cells",
+            f"{raw.shape[1]:,} columns x at least {raw.shape[0] - 1:,} rows are more than {limits.cells:,} cells",
+        )
     if len(text) > limits.cell:  # else no cell can be longer
         for i in range(raw.shape[1]):
             lengths = raw.iloc[:, i].str.len()
@@ -200,8 +227,7 @@ def _read_delimited(text: str, default: str | None, name: str, limits: SampleLim
                 row = int(lengths.to_numpy().argmax())
                 col = shorten(raw.iat[0, i]) if row else f"{i + 1}"
                 where = f"the name of column {i + 1}" if row == 0 else f"column {col!r}, {row_label(row - 1)}"
-                raise _over(name, limits, "cell", f"{where} holds {int(lengths.max()):,} characters",
-                            row=row or None)
+                raise _over(name, limits, "cell", f"{where} holds {int(lengths.max()):,} characters", row=row or None)
     names = _check_names(raw.iloc[0].tolist(), name)
     body = raw.iloc[1:]
     return {n: body.iloc[:, i].tolist() for i, n in enumerate(names)}
@@ -213,6 +239,7 @@ class _DuplicateKey(ValueError):
 
 def _loads(text: str, name: str, limits: SampleLimits, where: str = ""):
     """json.loads with the sample's limits: keys per object while parsing, then depth and string length."""
+
     def pairs_hook(pairs):
         if len(pairs) > limits.keys:
             raise _over(name, limits, "keys", f"{where}a JSON object has {len(pairs):,} keys")
@@ -222,11 +249,16 @@ def _loads(text: str, name: str, limits: SampleLimits, where: str = ""):
                 raise _DuplicateKey(k)
             seen[k] = v
         return seen
+
     try:
         obj = json.loads(text, object_pairs_hook=pairs_hook)
     except RecursionError as e:  # the C parser's own guard, far past any sample limit
-        raise _over(name, limits, "depth", f"{where}the JSON is nested more than {limits.depth} levels deep "
-                                           "(deeper than the JSON reader goes)") from e
+        raise _over(
+            name,
+            limits,
+            "depth",
+            f"{where}the JSON is nested more than {limits.depth} levels deep (deeper than the JSON reader goes)",
+        ) from e
     _check_tree(obj, name, limits, where)
     return obj
 
@@ -257,17 +289,20 @@ def _read_json(text: str, name: str, limits: SampleLimits) -> dict[str, list]:
     try:
         obj = _loads(text, name, limits)
     except _DuplicateKey as e:
-        raise file_error(name, f"duplicate column name {e.args[0]!r} (a key repeated in one object).",
-                         column=str(e.args[0])) from e
+        raise file_error(
+            name, f"duplicate column name {e.args[0]!r} (a key repeated in one object).", column=str(e.args[0])
+        ) from e
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # several JSON values one after another: JSON Lines with a .json name
             try:
                 return _read_jsonl(text, name, limits)
             except BatchError:
                 pass
-        raise file_error(name, f"is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}.",
-                         hint="Expected an array of records [{...}, ...], columns {\"col\": [...]}, "
-                              "or {\"data\": [records]}.") from e
+        raise file_error(
+            name,
+            f"is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}.",
+            hint='Expected an array of records [{...}, ...], columns {"col": [...]}, or {"data": [records]}.',
+        ) from e
     return _json_columns(obj, name, limits)
 
 
@@ -285,8 +320,9 @@ def _read_jsonl(text: str, name: str, limits: SampleLimits) -> dict[str, list]:
         except json.JSONDecodeError as e:
             raise file_error(name, f"line {lineno} is not valid JSON: {e.msg} (column {e.colno}).") from e
         if not isinstance(rec, dict):
-            raise file_error(name, f"line {lineno} holds a JSON {type(rec).__name__}, expected an object "
-                             "(one record per line).")
+            raise file_error(
+                name, f"line {lineno} holds a JSON {type(rec).__name__}, expected an object (one record per line)."
+            )
         records.append(rec)
     if not records:
         raise file_error(name, "the file has no records.")
@@ -301,13 +337,19 @@ def _records(records: list, name: str, limits: SampleLimits, what: str = "item")
     cols: dict[str, None] = {}
     for i, rec in enumerate(records, 1):
         if not isinstance(rec, dict):
-            raise file_error(name, f"{what} {i} is a JSON {type(rec).__name__}, expected an object with one "
-                             "key per column.", row=i)
+            raise file_error(
+                name, f"{what} {i} is a JSON {type(rec).__name__}, expected an object with one key per column.", row=i
+            )
         for k in rec:
             cols.setdefault(str(k), None)
         if len(cols) > limits.columns:
-            raise _over(name, limits, "columns", f"the records have more than {limits.columns:,} different "
-                                                 f"keys (columns) by {what} {i}", row=i)
+            raise _over(
+                name,
+                limits,
+                "columns",
+                f"the records have more than {limits.columns:,} different keys (columns) by {what} {i}",
+                row=i,
+            )
     return {c: [rec.get(c) for rec in records] for c in cols}
 
 
@@ -320,13 +362,17 @@ def _json_columns(obj: Any, name: str, limits: SampleLimits) -> dict[str, list]:
         if obj and all(isinstance(r, list) for r in obj):  # pandas orient="values": rows without names
             for i, r in enumerate(obj, 1):
                 if len(r) != len(obj[0]):
-                    raise file_error(name, f"row {i} ({ROW_CONVENTION}) has {len(r)} values, expected "
-                                     f"{len(obj[0])} (as in row 1).", row=i)
+                    raise file_error(
+                        name,
+                        f"row {i} ({ROW_CONVENTION}) has {len(r)} values, expected {len(obj[0])} (as in row 1).",
+                        row=i,
+                    )
             return {str(j): [r[j] for r in obj] for j in range(len(obj[0]))}
         return _records(obj, name, limits)
     if not isinstance(obj, dict):
-        raise file_error(name, f"holds a JSON {type(obj).__name__}; expected an array of records or an object "
-                         "of columns.")
+        raise file_error(
+            name, f"holds a JSON {type(obj).__name__}; expected an array of records or an object of columns."
+        )
     for key in ("data", "rows", "records"):
         data = obj.get(key)
         if not isinstance(data, list):
@@ -336,14 +382,17 @@ def _json_columns(obj: Any, name: str, limits: SampleLimits) -> dict[str, list]:
             if split:
                 # pandas orient="split": {"columns": [...], "data": [[...], ...]}
                 if len(obj["columns"]) > limits.columns:
-                    raise _over(name, limits, "columns", f"\"columns\" lists {len(obj['columns']):,} names")
+                    raise _over(name, limits, "columns", f'"columns" lists {len(obj["columns"]):,} names')
                 if len(data) > limits.rows:
-                    raise _over(name, limits, "rows", f"\"{key}\" holds {len(data):,} rows")
+                    raise _over(name, limits, "rows", f'"{key}" holds {len(data):,} rows')
                 names = _check_names(obj["columns"], name)
                 for i, r in enumerate(data, 1):
                     if len(r) != len(names):
-                        raise file_error(name, f"row {i} ({ROW_CONVENTION}) has {len(r)} values, "
-                                         f"expected {len(names)} (one per column).", row=i)
+                        raise file_error(
+                            name,
+                            f"row {i} ({ROW_CONVENTION}) has {len(r)} values, expected {len(names)} (one per column).",
+                            row=i,
+                        )
                 return {n: [r[j] for r in data] for j, n in enumerate(names)}
             return _records(data, name, limits, what=f'"{key}" item')
     if not obj:
@@ -354,13 +403,18 @@ def _json_columns(obj: Any, name: str, limits: SampleLimits) -> dict[str, list]:
     if all(isinstance(v, list) for v in values):  # {"col": [..], ...}
         lengths = {k: len(v) for k, v in obj.items()}
         if len(set(lengths.values())) > 1:
-            raise file_error(name, "columns have different lengths: "
-                             + ", ".join(f"{k!r}: {n}" for k, n in list(lengths.items())[:20]) + ".")
+            raise file_error(
+                name,
+                "columns have different lengths: "
+                + ", ".join(f"{k!r}: {n}" for k, n in list(lengths.items())[:20])
+                + ".",
+            )
         if values and len(values[0]) > limits.rows:
             raise _over(name, limits, "rows", f"the columns hold {len(values[0]):,} rows")
         return {str(k): list(v) for k, v in obj.items()}
-    if all(isinstance(v, dict) for v in values) and _int_keys(obj) and not _int_keys(
-            {k for v in values for k in v}):  # pandas orient="index": {"0": {"col": v, ...}, ...}
+    if (
+        all(isinstance(v, dict) for v in values) and _int_keys(obj) and not _int_keys({k for v in values for k in v})
+    ):  # pandas orient="index": {"0": {"col": v, ...}, ...}
         return _records(values, name, limits, what="row")
     if all(isinstance(v, dict) for v in values):  # pandas orient="columns": {"col": {"0": v, ...}}
         index: dict[str, None] = {}
@@ -372,5 +426,8 @@ def _json_columns(obj: Any, name: str, limits: SampleLimits) -> dict[str, list]:
         return {str(c): [v.get(k) for k in index] for c, v in obj.items()}
     if not any(isinstance(v, (list, dict)) for v in values):  # one record
         return {str(k): [v] for k, v in obj.items()}
-    raise file_error(name, "mixes lists and single values at the top level; expected an array of records, "
-                     "an object of equal-length column lists, or {\"data\": [records]}.")
+    raise file_error(
+        name,
+        "mixes lists and single values at the top level; expected an array of records, "
+        'an object of equal-length column lists, or {"data": [records]}.',
+    )

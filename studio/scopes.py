@@ -7,6 +7,7 @@ fx node]`); a module call's exits are the values its nodes hand to the rest of t
 forward hooks keep each module call's output tensors. Module paths are those of the export wrapper
 (studio.wrap), which holds the user's module as `model`.
 """
+
 from __future__ import annotations
 
 import ast
@@ -26,6 +27,7 @@ MAX_BYTES = 1024**3  # PyTorch module outputs kept at most
 
 # --- the graph: nodes tied to module calls ------------------------------------------------------------
 
+
 @dataclass
 class Scope:
     """One module call as the graph shows it."""
@@ -38,7 +40,7 @@ class Scope:
 
 
 def exporter_of(model: onnx.ModelProto) -> str:
-    """"dynamo" when nodes carry the new exporter's module metadata, "torchscript" when they carry scope
+    """ "dynamo" when nodes carry the new exporter's module metadata, "torchscript" when they carry scope
     names, else "unknown"."""
     nodes = list(model.graph.node)
     if any(p.key == "pkg.torch.onnx.name_scopes" for n in nodes for p in n.metadata_props):
@@ -51,7 +53,7 @@ def exporter_of(model: onnx.ModelProto) -> str:
 def _torchscript_chain(name: str) -> list[str]:
     """Scope strings of a TorchScript node name, outermost first: `/model/act_1/Tanh` -> ["/model", "/model/act_1"]."""
     parts = name.split("/")[1:-1]
-    return ["/" + "/".join(parts[:i + 1]) for i in range(len(parts))]
+    return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
 def _torchscript_module(scope: str, modules: set[str]) -> str | None:
@@ -91,8 +93,13 @@ def scopes_of(model: onnx.ModelProto, kind: str, modules: set[str]) -> tuple[dic
     chains: list[list[str]] = []
     calls: dict[str, int] = {}
     for i, node in enumerate(model.graph.node):
-        keys = _torchscript_chain(node.name) if kind == "torchscript" and node.name.startswith("/") \
-            else _dynamo_chain(node) if kind == "dynamo" else []
+        keys = (
+            _torchscript_chain(node.name)
+            if kind == "torchscript" and node.name.startswith("/")
+            else _dynamo_chain(node)
+            if kind == "dynamo"
+            else []
+        )
         chain = []
         for depth, key in enumerate(keys):
             if key not in scopes:
@@ -144,6 +151,7 @@ def exits_and_entries(model: onnx.ModelProto, scopes: dict[str, Scope], chains: 
 
 # --- PyTorch: every module call's output tensors ------------------------------------------------------
 
+
 def _flat_tensors(out: Any) -> list[torch.Tensor]:
     """A module's output as a flat list of tensors: tuples, lists, dicts and ModelOutputs in order."""
     if isinstance(out, torch.Tensor):
@@ -155,8 +163,9 @@ def _flat_tensors(out: Any) -> list[torch.Tensor]:
     return []
 
 
-def torch_calls(model: torch.nn.Module, args: tuple[torch.Tensor, ...], wanted: set[str],
-                max_bytes: int = MAX_BYTES) -> tuple[dict[str, list[list[np.ndarray]]], dict[str, int], bool, list]:
+def torch_calls(
+    model: torch.nn.Module, args: tuple[torch.Tensor, ...], wanted: set[str], max_bytes: int = MAX_BYTES
+) -> tuple[dict[str, list[list[np.ndarray]]], dict[str, int], bool, list]:
     """Run `model(*args)` with forward hooks: per wanted module, each call's output tensors (numpy copies:
     a later in-place op must not change them), every module's call count, whether `max_bytes` cut the
     recording short (calls past it are counted, not kept), and the model's own outputs."""
@@ -176,6 +185,7 @@ def torch_calls(model: torch.nn.Module, args: tuple[torch.Tensor, ...], wanted: 
                 tensors = []
             kept[0] += size if tensors else 0
             outputs.setdefault(name, []).append(tensors)
+
         return record
 
     handles = [m.register_forward_hook(hook(name)) for name, m in model.named_modules() if name]

@@ -1,4 +1,5 @@
 """ConvertSpec: the one options object that flows from CLI flags / UI controls to the pipeline."""
+
 from __future__ import annotations
 
 import re
@@ -15,8 +16,14 @@ VARIANTS = ("optimized", "int8", "fp16")
 HEADS = ("sequence", "pooled", "token")
 # what the graph computes (--task), as optimum-cli's; auto: modules.json -> sentence-embedding, else the
 # config's architectures (see README "Tasks")
-TASKS = ("auto", "sentence-embedding", "feature-extraction", "sequence-classification", "token-classification",
-         "question-answering")
+TASKS = (
+    "auto",
+    "sentence-embedding",
+    "feature-extraction",
+    "sequence-classification",
+    "token-classification",
+    "question-answering",
+)
 
 # Default --max-params (the most parameters a config may declare; counted on the meta device before
 # anything is allocated, see sources.sizing). The studio loads and exports every model in float32 (4 bytes
@@ -69,8 +76,11 @@ def parse_sample_limits(value: str | dict | SampleLimits | None) -> SampleLimits
     if isinstance(value, SampleLimits):
         return value.validated()
     names = [f.name for f in fields(SampleLimits)]
-    items = value.items() if isinstance(value, dict) else \
-        [item.partition("=")[::2] for item in str(value).split(",") if item.strip()]
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else [item.partition("=")[::2] for item in str(value).split(",") if item.strip()]
+    )
     out: dict[str, int] = {}
     for key, raw in items:
         key = str(key).strip().lower()
@@ -82,8 +92,10 @@ def parse_sample_limits(value: str | dict | SampleLimits | None) -> SampleLimits
         elif m and m.group(2) in _SIZE_UNITS and (key == "size" or not m.group(2)):
             out[key] = int(m.group(1).replace("_", "").replace(",", "")) * _SIZE_UNITS[m.group(2)]
         else:
-            raise StudioError(f"{SAMPLE_LIMITS_OPTION} {key}={raw!r} is not a whole number"
-                              + (" (a size may end in kb, mb, gb)." if key == "size" else "."))
+            raise StudioError(
+                f"{SAMPLE_LIMITS_OPTION} {key}={raw!r} is not a whole number"
+                + (" (a size may end in kb, mb, gb)." if key == "size" else ".")
+            )
     return SampleLimits(**out).validated()
 
 
@@ -125,7 +137,7 @@ class ConvertSpec:
     locate: bool = False  # run the divergence locator even when every check passes (studio.locate)
     debug: bool = False
 
-    def validated(self) -> "ConvertSpec":
+    def validated(self) -> ConvertSpec:
         """Return self after checking every option; raise StudioError naming the bad one."""
         if not str(self.checkpoint):
             raise StudioError("No checkpoint given.")
@@ -138,8 +150,10 @@ class ConvertSpec:
         for name, cols in (self.tabular or {}).items():
             cols = (cols,) if isinstance(cols, str) else tuple(cols or ())
             if not str(name).strip() or not cols or not all(isinstance(c, str) and c.strip() for c in cols):
-                raise StudioError(f"--tabular {name}={','.join(map(str, cols))!s} is not INPUT=COL1,COL2,... "
-                                  "(an input name and at least one column or FIRST..LAST range).")
+                raise StudioError(
+                    f"--tabular {name}={','.join(map(str, cols))!s} is not INPUT=COL1,COL2,... "
+                    "(an input name and at least one column or FIRST..LAST range)."
+                )
             tabular[str(name).strip()] = tuple(c.strip() for c in cols)
         if not (OPSET_MIN <= int(self.opset) <= OPSET_MAX):
             raise StudioError(f"Opset {self.opset} is outside the supported range {OPSET_MIN}-{OPSET_MAX}.")
@@ -154,17 +168,24 @@ class ConvertSpec:
             raise StudioError(f"--max-length must be at least 2, got {self.max_length}.")
         if self.atol < 0 or self.rtol < 0:
             raise StudioError("--atol and --rtol must be >= 0.")
-        if isinstance(self.latency_budget_s, bool) or not isinstance(self.latency_budget_s, (int, float)) \
-                or not 0 < self.latency_budget_s < float("inf"):
+        if (
+            isinstance(self.latency_budget_s, bool)
+            or not isinstance(self.latency_budget_s, (int, float))
+            or not 0 < self.latency_budget_s < float("inf")
+        ):
             raise StudioError(f"--latency-budget must be more than 0 s, got {self.latency_budget_s!r}.")
-        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
-                                         or self.threads < 1):
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
             raise StudioError(f"--threads must be a whole number >= 1, got {self.threads!r}.")
         for v in self.variants:
             if v not in VARIANTS:
                 raise StudioError(f"Variant {v!r} is not one of {', '.join(VARIANTS)}.")
-        if isinstance(self.max_params, bool) or not isinstance(self.max_params, (int, float)) \
-                or not 1 <= self.max_params < float("inf"):
+        if (
+            isinstance(self.max_params, bool)
+            or not isinstance(self.max_params, (int, float))
+            or not 1 <= self.max_params < float("inf")
+        ):
             raise StudioError(f"--max-params must be a number >= 1, got {self.max_params!r}.")
         if self.head is not None and self.head not in HEADS:
             raise StudioError(f"Head {self.head!r} is not one of {', '.join(HEADS)}.")
@@ -172,10 +193,16 @@ class ConvertSpec:
             raise StudioError(f"Task {self.task!r} is not one of {', '.join(TASKS)}.")
         if not isinstance(self.locate, bool):
             raise StudioError(f"--locate must be true or false, got {self.locate!r}.")
-        return replace(self, tabular=tabular, opset=int(self.opset), max_length=int(self.max_length),
-                       max_params=int(self.max_params),
-                       dynamic=tuple(self.dynamic), variants=tuple(self.variants),
-                       sample_limits=parse_sample_limits(self.sample_limits))
+        return replace(
+            self,
+            tabular=tabular,
+            opset=int(self.opset),
+            max_length=int(self.max_length),
+            max_params=int(self.max_params),
+            dynamic=tuple(self.dynamic),
+            variants=tuple(self.variants),
+            sample_limits=parse_sample_limits(self.sample_limits),
+        )
 
     def axes_for(self, input_name: str) -> tuple[str, ...]:
         """Dynamic axes for one graph input (per-input override, else the global choice)."""
@@ -216,4 +243,3 @@ def parse_tabular(items: list[str] | None) -> dict[str, tuple[str, ...]]:
             raise StudioError(f"--tabular {name.strip()} is given twice; list all its columns in one.")
         out[name.strip()] = columns
     return out
-

@@ -3,6 +3,7 @@
 The max length is lowered to what the tokenizer and the model's position table hold, and a tokenizer whose
 ids fall outside the model's embedding table is refused before the model runs.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .errors import CheckpointError, first_line
 from .cells import jsonable
+from .errors import CheckpointError, first_line
 from .sample import ROW_CONVENTION, file_error, row_label
 from .sources.base import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, LoadedModel
 
@@ -37,13 +38,21 @@ def _texts(df: pd.DataFrame, col: str, file: str) -> tuple[list[str], list[str]]
                 v = v.tolist()
             if isinstance(v, np.generic):
                 v = v.item()
-            what = ("a list" if isinstance(v, (list, tuple)) else "an object" if isinstance(v, dict)
-                    else f"a {type(v).__name__}")
+            what = (
+                "a list"
+                if isinstance(v, (list, tuple))
+                else "an object"
+                if isinstance(v, dict)
+                else f"a {type(v).__name__}"
+            )
             odd.setdefault(f"{what}, not a string (tokenized as its text)", []).append(i)
             v = json.dumps(jsonable(v)) if isinstance(v, (list, tuple, dict)) else str(v)
         out.append(v)
-    warnings = [f"{file + ': ' if file else ''}text column {col!r}: {_rows_text(rows)} "
-                f"{'is' if len(rows) == 1 else 'are'} {what}." for what, rows in odd.items()]
+    warnings = [
+        f"{file + ': ' if file else ''}text column {col!r}: {_rows_text(rows)} "
+        f"{'is' if len(rows) == 1 else 'are'} {what}."
+        for what, rows in odd.items()
+    ]
     return out, warnings
 
 
@@ -88,7 +97,8 @@ def _check_token_ids(ids: torch.Tensor, model: LoadedModel, text_cols: list[str]
             f"{model.path}: the tokenizer's padding token {getattr(model.tokenizer, 'pad_token', None)!r} has id "
             f"{pad:,}, past the model's embedding table ({rows:,} rows, ids 0-{rows - 1:,}): the tokenizer "
             "(vocabulary) does not belong to this model.",
-            hint="Upload the tokenizer files the model was trained with.")
+            hint="Upload the tokenizer files the model was trained with.",
+        )
     if ids.numel() == 0 or int(ids.max()) < rows:
         return
     r, pos = (int(x) for x in (ids >= rows).nonzero()[0])
@@ -103,7 +113,8 @@ def _check_token_ids(ids: torch.Tensor, model: LoadedModel, text_cols: list[str]
         f"{file or 'the sample'} "
         f"into an id past the model's embedding table ({rows:,} rows, ids 0-{rows - 1:,}): the tokenizer "
         "(vocabulary) does not belong to this model.",
-        hint="Upload the tokenizer files the model was trained with.")
+        hint="Upload the tokenizer files the model was trained with.",
+    )
 
 
 def _is_panic(e: BaseException) -> bool:
@@ -112,8 +123,9 @@ def _is_panic(e: BaseException) -> bool:
     return type(e).__name__ == "PanicException"
 
 
-def tokenize_columns(df: pd.DataFrame, model: LoadedModel, text_cols: list[str], file: str, max_length: int,
-                     id_dtype: str) -> tuple[dict[str, torch.Tensor], dict, list[str]]:
+def tokenize_columns(
+    df: pd.DataFrame, model: LoadedModel, text_cols: list[str], file: str, max_length: int, id_dtype: str
+) -> tuple[dict[str, torch.Tensor], dict, list[str]]:
     """One text column, or a pair of two -> the model's text input tensors (ids as `id_dtype`: int64 | int32),
     the tokenizer settings used, and warnings (odd cells, the max length lowered)."""
     tok = model.tokenizer
@@ -125,8 +137,13 @@ def tokenize_columns(df: pd.DataFrame, model: LoadedModel, text_cols: list[str],
     clamped = positions is not None and 2 <= positions < max_length
     if clamped:
         max_length = positions  # nor more than the model's position table holds, whatever the tokenizer says
-    settings = {"max_length": max_length, "padding": "longest", "truncation": True,
-                "id_dtype": id_dtype, "pair": len(text_cols) == 2}
+    settings = {
+        "max_length": max_length,
+        "padding": "longest",
+        "truncation": True,
+        "id_dtype": id_dtype,
+        "pair": len(text_cols) == 2,
+    }
     kinds = {i.kind for i in model.text_inputs}
     first, warnings = _texts(df, text_cols[0], file)
     second = None
@@ -134,37 +151,53 @@ def tokenize_columns(df: pd.DataFrame, model: LoadedModel, text_cols: list[str],
         second, more = _texts(df, text_cols[1], file)
         warnings += more
     if getattr(tok, "pad_token", "") is None and len(first) > 1:
-        raise file_error(file, "the tokenizer has no padding token, so rows of different lengths cannot be "
-                         "batched.", hint="Use a one-row sample, or a checkpoint whose tokenizer defines "
-                                                "pad_token.")
+        raise file_error(
+            file,
+            "the tokenizer has no padding token, so rows of different lengths cannot be batched.",
+            hint="Use a one-row sample, or a checkpoint whose tokenizer defines pad_token.",
+        )
     try:
-        enc = tok(first, second, padding=settings["padding"] if len(first) > 1 else False,
-                  truncation=True, max_length=max_length, return_tensors="pt",
-                  return_attention_mask=ATTENTION_MASK in kinds,
-                  return_token_type_ids=True if TOKEN_TYPE_IDS in kinds else None)
+        enc = tok(
+            first,
+            second,
+            padding=settings["padding"] if len(first) > 1 else False,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+            return_attention_mask=ATTENTION_MASK in kinds,
+            return_token_type_ids=True if TOKEN_TYPE_IDS in kinds else None,
+        )
     except BaseException as e:  # a tokenizer failure is an input problem the user must see
         if not (isinstance(e, Exception) or _is_panic(e)):
             raise
-        what = f"the tokenizer crashed (Rust panic): {first_line(e)}" if _is_panic(e) else \
-            first_line(e, with_type=True)
-        raise file_error(file, f"the tokenizer failed on column(s) {', '.join(map(repr, text_cols))}: {what}",
-                         hint="The checkpoint's tokenizer files (tokenizer.json: its pre-tokenizer / normalizer "
-                              "patterns) are broken or hostile." if _is_panic(e) else None) from e
+        what = f"the tokenizer crashed (Rust panic): {first_line(e)}" if _is_panic(e) else first_line(e, with_type=True)
+        raise file_error(
+            file,
+            f"the tokenizer failed on column(s) {', '.join(map(repr, text_cols))}: {what}",
+            hint="The checkpoint's tokenizer files (tokenizer.json: its pre-tokenizer / normalizer "
+            "patterns) are broken or hostile."
+            if _is_panic(e)
+            else None,
+        ) from e
     ids = enc["input_ids"]
     _check_token_ids(ids, model, text_cols, file)
     if clamped and ids.shape[-1] >= max_length:
-        said = f" (its tokenizer says {model_max:,})" if isinstance(model_max, int) and model_max > positions \
-            and model_max < 1_000_000 else ""
-        warnings.append(f"max length {requested} is more than the model's {positions} token positions{said}: "
-                        f"text was cut at {positions} tokens.")
+        said = (
+            f" (its tokenizer says {model_max:,})"
+            if isinstance(model_max, int) and model_max > positions and model_max < 1_000_000
+            else ""
+        )
+        warnings.append(
+            f"max length {requested} is more than the model's {positions} token positions{said}: "
+            f"text was cut at {positions} tokens."
+        )
     by_kind = {
         INPUT_IDS: ids,
-        ATTENTION_MASK: enc.get("attention_mask") if enc.get("attention_mask") is not None
-        else torch.ones_like(ids),
-        TOKEN_TYPE_IDS: enc.get("token_type_ids") if enc.get("token_type_ids") is not None
-        else torch.zeros_like(ids),
+        ATTENTION_MASK: enc.get("attention_mask") if enc.get("attention_mask") is not None else torch.ones_like(ids),
+        TOKEN_TYPE_IDS: enc.get("token_type_ids") if enc.get("token_type_ids") is not None else torch.zeros_like(ids),
     }
     dtype = torch.int32 if id_dtype == "int32" else torch.int64
-    tensors = {i.name: torch.as_tensor(by_kind[i.kind]).to(dtype).contiguous()
-               for i in model.text_inputs if i.kind in by_kind}
+    tensors = {
+        i.name: torch.as_tensor(by_kind[i.kind]).to(dtype).contiguous() for i in model.text_inputs if i.kind in by_kind
+    }
     return tensors, settings, warnings

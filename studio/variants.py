@@ -50,24 +50,24 @@ A user tolerance looser than these (--atol / --rtol) is honoured: the looser of 
   both. So int8 needs 0.97 (a margin under what int8 rounding does to a healthy model; a broken scale or
   zero point drops far lower) and fp16 0.999 (fp16 rounding alone stays far above it).
 """
+
 from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnx
 import torch
 
-from . import graph_info
+from . import graph_info, runtime
 from . import latency as latency_mod
 from . import parity as parity_mod
-from . import runtime
-from .artifacts import artifact_files
-from .artifacts import remove_model
+from .artifacts import artifact_files, remove_model
 from .errors import first_line
 from .parity import Tolerance, cached_reference, judge
 from .quiet import quiet
@@ -85,18 +85,49 @@ INT8_PER_CHANNEL = True
 # (bert-base, 0.44 GB of weights: 2.5 GB peak RSS): only tried below this many bytes of weights.
 TRANSFORMERS_OPTIMIZER_MAX_BYTES = 256 * 1024**2
 # model_type (transformers config) -> onnxruntime.transformers.optimizer model_type
-TRANSFORMERS_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "distilbert": "bert",
-                      "camembert": "bert", "electra": "bert", "albert": "bert", "mpnet": "bert"}
-FUSED_OPS = ("Attention", "MultiHeadAttention", "GroupQueryAttention", "PackedAttention",
-             "PackedMultiHeadAttention", "EmbedLayerNormalization", "SkipLayerNormalization",
-             "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization", "BiasGelu", "FastGelu", "Gelu",
-             "GemmFastGelu", "QuickGelu", "BiasSplitGelu", "BiasAdd", "RotaryEmbedding", "FusedMatMul",
-             "FusedGemm", "FusedConv")
-ATTENTION_OPS = ("Attention", "MultiHeadAttention", "GroupQueryAttention", "PackedAttention",
-                 "PackedMultiHeadAttention")
+TRANSFORMERS_TYPES = {
+    "bert": "bert",
+    "roberta": "bert",
+    "xlm-roberta": "bert",
+    "distilbert": "bert",
+    "camembert": "bert",
+    "electra": "bert",
+    "albert": "bert",
+    "mpnet": "bert",
+}
+FUSED_OPS = (
+    "Attention",
+    "MultiHeadAttention",
+    "GroupQueryAttention",
+    "PackedAttention",
+    "PackedMultiHeadAttention",
+    "EmbedLayerNormalization",
+    "SkipLayerNormalization",
+    "SkipSimplifiedLayerNormalization",
+    "SimplifiedLayerNormalization",
+    "BiasGelu",
+    "FastGelu",
+    "Gelu",
+    "GemmFastGelu",
+    "QuickGelu",
+    "BiasSplitGelu",
+    "BiasAdd",
+    "RotaryEmbedding",
+    "FusedMatMul",
+    "FusedGemm",
+    "FusedConv",
+)
+ATTENTION_OPS = (
+    "Attention",
+    "MultiHeadAttention",
+    "GroupQueryAttention",
+    "PackedAttention",
+    "PackedMultiHeadAttention",
+)
 
 
 # --- tolerances -----------------------------------------------------------------------------------
+
 
 def tolerance(name: str, atol: float, rtol: float) -> Tolerance:
     """The verdict rule for a variant (its VARIANT_TABLE row), given the conversion's own --atol / --rtol:
@@ -111,6 +142,7 @@ def tolerance(name: str, atol: float, rtol: float) -> Tolerance:
 
 
 # --- building ------------------------------------------------------------------------------------
+
 
 @dataclass
 class Built:
@@ -159,6 +191,7 @@ def _describe(fused: dict[str, int]) -> str:
 def _onnxscript_fusions(src: Path, dest: Path, external: bool) -> None:
     import onnx_ir as ir
     from onnxscript.rewriter.ort_fusions import optimize_for_ort
+
     model = ir.load(str(src))
     model, _counts = optimize_for_ort(model)
     if external:
@@ -169,6 +202,7 @@ def _onnxscript_fusions(src: Path, dest: Path, external: bool) -> None:
 
 def _transformers_optimizer(src: Path, dest: Path, external: bool, loaded: LoadedModel) -> str:
     from onnxruntime.transformers.optimizer import optimize_model
+
     cfg = getattr(loaded.module, "config", None)
     model_type = TRANSFORMERS_TYPES[getattr(cfg, "model_type", "")]
     heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_heads", None) or 0
@@ -186,8 +220,7 @@ def _transformers_eligible(ctx: Context) -> str | None:
         return f"no fusion patterns for {model_type or 'this architecture'}"
     weights = sum(f.stat().st_size for f in _files(ctx.model_path))
     if weights > TRANSFORMERS_OPTIMIZER_MAX_BYTES:
-        return (f"skipped: the model is {weights / 1e9:.2f} GB and this optimizer holds several copies of it in "
-                "memory")
+        return f"skipped: the model is {weights / 1e9:.2f} GB and this optimizer holds several copies of it in memory"
     return None
 
 
@@ -195,11 +228,13 @@ def build_optimized(ctx: Context, src: Path, dest: Path) -> Built:
     candidates: list[tuple[tuple[int, int], Path, str, dict[str, int]]] = []
     notes: list[str] = []
     tries: list[tuple[str, Callable[[Path], Any]]] = [
-        ("onnxscript ORT fusions", lambda p: _onnxscript_fusions(src, p, ctx.external))]
+        ("onnxscript ORT fusions", lambda p: _onnxscript_fusions(src, p, ctx.external))
+    ]
     why_not = _transformers_eligible(ctx)
     if why_not is None:
-        tries.append(("onnxruntime.transformers.optimizer",
-                      lambda p: _transformers_optimizer(src, p, ctx.external, ctx.loaded)))
+        tries.append(
+            ("onnxruntime.transformers.optimizer", lambda p: _transformers_optimizer(src, p, ctx.external, ctx.loaded))
+        )
     else:
         notes.append(f"onnxruntime.transformers.optimizer: {why_not}.")
     for k, (label, run) in enumerate(tries):
@@ -223,16 +258,22 @@ def build_optimized(ctx: Context, src: Path, dest: Path) -> Built:
         _move(tmp, dest)
         if not score[0]:
             notes.append("Attention was not fused (no known pattern matched this graph).")
-        notes.insert(0, f"{label} fused {_describe(fused)}. Fused operators are ONNX Runtime contrib ops "
-                        "(com.microsoft): this file runs on ONNX Runtime only.")
+        notes.insert(
+            0,
+            f"{label} fused {_describe(fused)}. Fused operators are ONNX Runtime contrib ops "
+            "(com.microsoft): this file runs on ONNX Runtime only.",
+        )
         return Built(dest, label, src, notes)
     if best is not None:
         remove_model(best[1])
     runtime.save_optimized(src, dest, ctx.threads, level="extended", external_data=ctx.external)
-    notes.insert(0, "No transformer fusion matched this graph: ONNX Runtime graph optimisations (level extended, "
-                    "no hardware-specific layouts) were applied and saved offline; model.onnx gets the same ones "
-                    "when a session loads it, so expect the same speed and a faster session start. "
-                    f"Fused: {_describe(_fused(dest))}.")
+    notes.insert(
+        0,
+        "No transformer fusion matched this graph: ONNX Runtime graph optimisations (level extended, "
+        "no hardware-specific layouts) were applied and saved offline; model.onnx gets the same ones "
+        "when a session loads it, so expect the same speed and a faster session start. "
+        f"Fused: {_describe(_fused(dest))}.",
+    )
     return Built(dest, "onnxruntime offline graph optimisation (extended)", src, notes)
 
 
@@ -275,6 +316,7 @@ def _with_fused_gelu(src: Path) -> tuple[Path | None, int]:
     with them fused). Nothing else is fused: ONNX Runtime folds the bias into the quantized product itself."""
     import onnx_ir as ir
     from onnxscript.rewriter.ort_fusions.erfgelu import fuse_erfgelu
+
     model = ir.load(str(src))
     count = fuse_erfgelu(model)
     if not count:
@@ -286,26 +328,36 @@ def _with_fused_gelu(src: Path) -> tuple[Path | None, int]:
 
 def build_int8(ctx: Context, src: Path, dest: Path) -> Built:
     from onnxruntime.quantization import QuantType, quantize_dynamic
+
     try:
         fused, gelus, why = *_with_fused_gelu(src), None
     except Exception as e:  # a speed-up only: quantize the graph as exported
         fused, gelus, why = None, 0, first_line(e, with_type=True)
     tmp = _without_value_info(fused or src)
     try:
-        quantize_dynamic(str(tmp), str(dest), weight_type=QuantType.QInt8, per_channel=INT8_PER_CHANNEL,
-                         use_external_data_format=ctx.external,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        quantize_dynamic(
+            str(tmp),
+            str(dest),
+            weight_type=QuantType.QInt8,
+            per_channel=INT8_PER_CHANNEL,
+            use_external_data_format=ctx.external,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
     finally:
         tmp.unlink(missing_ok=True)
         if fused is not None:
             fused.unlink(missing_ok=True)
     quantized = _op_counts(dest)
     n = quantized.get("MatMulInteger", 0) + quantized.get("QAttention", 0) + quantized.get("DynamicQuantizeMatMul", 0)
-    notes = [f"Weights int8 ({'per channel' if INT8_PER_CHANNEL else 'per tensor'}), activations quantized at run "
-             f"time (dynamic); {n} matrix products quantized. Meant for CPU."]
+    notes = [
+        f"Weights int8 ({'per channel' if INT8_PER_CHANNEL else 'per tensor'}), activations quantized at run "
+        f"time (dynamic); {n} matrix products quantized. Meant for CPU."
+    ]
     if gelus:
-        notes.append(f"GELU x{gelus} fused into ONNX Runtime's Gelu contrib op (com.microsoft) before quantizing "
-                     "(the exporter's form is not fused by ONNX Runtime itself): this file runs on ONNX Runtime only.")
+        notes.append(
+            f"GELU x{gelus} fused into ONNX Runtime's Gelu contrib op (com.microsoft) before quantizing "
+            "(the exporter's form is not fused by ONNX Runtime itself): this file runs on ONNX Runtime only."
+        )
     if why:
         notes.append(f"GELU fusion before quantizing failed ({why}); quantized as exported.")
     return Built(dest, "onnxruntime dynamic quantization (int8)", src, notes)
@@ -313,6 +365,7 @@ def build_int8(ctx: Context, src: Path, dest: Path) -> Built:
 
 def build_fp16(ctx: Context, src: Path, dest: Path) -> Built:
     from onnxruntime.transformers.onnx_model import OnnxModel
+
     model = onnx.load(str(src))  # with its weights: every float tensor is rewritten
     om = OnnxModel(model)
     om.convert_float_to_float16(use_symbolic_shape_infer=True, keep_io_types=True)
@@ -323,6 +376,7 @@ def build_fp16(ctx: Context, src: Path, dest: Path) -> Built:
 
 
 # --- the variants, declared once ------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -337,6 +391,7 @@ class Variant:
     Where it runs: `on_cuda` False: never given a CUDA session (`not_on_cuda` says why); `meant_for_cuda`:
     checked and timed on the CUDA session when one is truly in use (and then not timed on CPU), else
     checked on CPU with a note that its CPU timing says nothing about its GPU speed."""
+
     build: Callable[[Context, Path, Path], Built]
     rule: str
     atol: float | None = None
@@ -352,27 +407,40 @@ class Variant:
 # Built in this order (a variant's built_from come before it). Its keys are spec.VARIANTS (a test holds them equal).
 VARIANT_TABLE: dict[str, Variant] = {
     "optimized": Variant(
-        build_optimized,
-        rule="same as model.onnx: every element within atol {atol:g} + rtol {rtol:g} x |PyTorch|"),
+        build_optimized, rule="same as model.onnx: every element within atol {atol:g} + rtol {rtol:g} x |PyTorch|"
+    ),
     "int8": Variant(
-        build_int8, atol=INT8_ATOL, rtol=INT8_RTOL, min_agreement=INT8_MIN_AGREEMENT, min_cosine=INT8_MIN_COSINE,
-        on_cuda=False, not_on_cuda="int8 dynamic quantization targets CPU; not timed on CUDA",
+        build_int8,
+        atol=INT8_ATOL,
+        rtol=INT8_RTOL,
+        min_agreement=INT8_MIN_AGREEMENT,
+        min_cosine=INT8_MIN_COSINE,
+        on_cuda=False,
+        not_on_cuda="int8 dynamic quantization targets CPU; not timed on CUDA",
         rule="int8 cannot meet fp32's tolerance: class outputs must pick PyTorch's class on at least "
-             "{agreement:.0%} of rows, and every element must be within atol {atol:g} + rtol {rtol:g} x "
-             "|PyTorch|; embeddings instead need a cosine similarity of at least {cosine:g} with PyTorch on "
-             "every row / real token"),
+        "{agreement:.0%} of rows, and every element must be within atol {atol:g} + rtol {rtol:g} x "
+        "|PyTorch|; embeddings instead need a cosine similarity of at least {cosine:g} with PyTorch on "
+        "every row / real token",
+    ),
     "fp16": Variant(
-        build_fp16, atol=FP16_ATOL, rtol=FP16_RTOL, min_agreement=FP16_MIN_AGREEMENT, min_cosine=FP16_MIN_COSINE,
-        built_from=("optimized",), meant_for_cuda=True,  # fusions first, as ONNX Runtime recommends
+        build_fp16,
+        atol=FP16_ATOL,
+        rtol=FP16_RTOL,
+        min_agreement=FP16_MIN_AGREEMENT,
+        min_cosine=FP16_MIN_COSINE,
+        built_from=("optimized",),
+        meant_for_cuda=True,  # fusions first, as ONNX Runtime recommends
         rule="fp16 (about 3 significant digits): every element within atol {atol:g} + rtol {rtol:g} x "
-             "|PyTorch|, and class outputs must pick PyTorch's class on at least {agreement:.0%} of rows; "
-             "embeddings instead need a cosine similarity of at least {cosine:g} with PyTorch on every row / "
-             "real token"),
+        "|PyTorch|, and class outputs must pick PyTorch's class on at least {agreement:.0%} of rows; "
+        "embeddings instead need a cosine similarity of at least {cosine:g} with PyTorch on every row / "
+        "real token",
+    ),
 }
 BUILD_ORDER = tuple(VARIANT_TABLE)
 
 
 # --- checking ------------------------------------------------------------------------------------
+
 
 def _sessions(name: str, path: Path, ctx: Context):
     """(session to check parity on, CUDA session or None, why not CUDA, notes), as the variant's row says."""
@@ -392,17 +460,29 @@ def _sessions(name: str, path: Path, ctx: Context):
         cpu_error = first_line(e, with_type=True)
         if cuda_sess is not None:
             return cuda_sess, cuda_sess, None, [f"The CPU provider cannot run it ({cpu_error})."]
-        raise RuntimeError(f"not validated: ONNX Runtime's CPU provider cannot run it ({cpu_error}) and there is "
-                           f"no CUDA session ({why})") from e
+        raise RuntimeError(
+            f"not validated: ONNX Runtime's CPU provider cannot run it ({cpu_error}) and there is "
+            f"no CUDA session ({why})"
+        ) from e
     if v.meant_for_cuda:
-        notes.append(f"Checked on CPU because no CUDA session is in use ({why}); {name} is built for CUDA, and its "
-                     "CPU timing says nothing about its GPU speed.")
+        notes.append(
+            f"Checked on CPU because no CUDA session is in use ({why}); {name} is built for CUDA, and its "
+            "CPU timing says nothing about its GPU speed."
+        )
     return cpu, cuda_sess, why, notes
 
 
-def check(name: str, made: Built, ctx: Context, ref: LoadedModel, tensors: dict[str, torch.Tensor],
-          expected: dict[str, np.ndarray], axes: dict[str, dict[int, str]], tol: Tolerance,
-          info: VariantInfo) -> latency_mod.Target:
+def check(
+    name: str,
+    made: Built,
+    ctx: Context,
+    ref: LoadedModel,
+    tensors: dict[str, torch.Tensor],
+    expected: dict[str, np.ndarray],
+    axes: dict[str, dict[int, str]],
+    tol: Tolerance,
+    info: VariantInfo,
+) -> latency_mod.Target:
     """Parity and probes for one built variant; fills `info` in place. Returns how to time it: latency
     is measured afterwards, side by side with PyTorch and model.onnx (`attach_latency`)."""
     session, cuda_sess, why_not_cuda, notes = _sessions(name, made.path, ctx)
@@ -412,21 +492,34 @@ def check(name: str, made: Built, ctx: Context, ref: LoadedModel, tensors: dict[
     diffs = judge(expected, actual, tol, ref.output_kinds, parity_mod.real_tokens(ref, tensors))
     rows = next(iter(tensors.values())).shape[0]
     info.parity = ParityInfo(all(d.ok for d in diffs), tol.atol, tol.rtol, diffs, rows, provider)
-    info.dynamic = parity_mod.probes(ref, session, tensors, axes, tol.atol, tol.rtol,
-                                     judge=lambda e, a, mask: judge(e, a, tol, ref.output_kinds, mask))
-    target = latency_mod.Target(made.path, cuda_session=cuda_sess,
-                                cuda_skip=why_not_cuda if cuda_sess is None and ctx.spec.cuda else None)
+    info.dynamic = parity_mod.probes(
+        ref,
+        session,
+        tensors,
+        axes,
+        tol.atol,
+        tol.rtol,
+        judge=lambda e, a, mask: judge(e, a, tol, ref.output_kinds, mask),
+    )
+    target = latency_mod.Target(
+        made.path, cuda_session=cuda_sess, cuda_skip=why_not_cuda if cuda_sess is None and ctx.spec.cuda else None
+    )
     if VARIANT_TABLE[name].meant_for_cuda and provider != runtime.CPU:
         target.cpu_skip = f"{name} was checked and timed on CUDA"
     info.notes = " ".join(made.notes + notes)
     problems = []
     if not info.parity.ok:
         bad = [d for d in diffs if not d.ok]
-        problems.append("parity: " + "; ".join(
-            f"{d.name} max abs diff {d.max_abs_diff:.3g}"
-            + (f", argmax agreement {d.argmax_agreement:.1%}" if d.argmax_agreement is not None else "")
-            + (f", min cosine {d.min_cosine:.6f}" if d.min_cosine is not None else "")
-            for d in bad) + f" ({tol.rule})")
+        problems.append(
+            "parity: "
+            + "; ".join(
+                f"{d.name} max abs diff {d.max_abs_diff:.3g}"
+                + (f", argmax agreement {d.argmax_agreement:.1%}" if d.argmax_agreement is not None else "")
+                + (f", min cosine {d.min_cosine:.6f}" if d.min_cosine is not None else "")
+                for d in bad
+            )
+            + f" ({tol.rule})"
+        )
     if info.dynamic is not None and info.dynamic.ok is False:
         problems.append("dynamic dimensions: " + "; ".join(p.message for p in info.dynamic.probes if not p.ok))
     info.ok = not problems
@@ -435,16 +528,21 @@ def check(name: str, made: Built, ctx: Context, ref: LoadedModel, tensors: dict[
     return target
 
 
-def build(spec, loaded: LoadedModel, tensors: dict[str, torch.Tensor], model_path: Path,
-          axes: dict[str, dict[int, str]], work: Path) -> tuple[list[VariantInfo], dict[str, latency_mod.Target]]:
+def build(
+    spec,
+    loaded: LoadedModel,
+    tensors: dict[str, torch.Tensor],
+    model_path: Path,
+    axes: dict[str, dict[int, str]],
+    work: Path,
+) -> tuple[list[VariantInfo], dict[str, latency_mod.Target]]:
     """Build and check every requested variant: one VariantInfo each, in BUILD_ORDER, and how to time each one
     that could be validated (`latency.measure_all`, then `attach_latency`)."""
     work, model_path = Path(work), Path(model_path)
     folder = work / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     threads = spec.threads or runtime.default_threads()
-    ctx = Context(spec, loaded, model_path, folder, threads,
-                  external=any(f != model_path for f in _files(model_path)))
+    ctx = Context(spec, loaded, model_path, folder, threads, external=any(f != model_path for f in _files(model_path)))
     ref = cached_reference(loaded)
     expected = parity_mod.torch_outputs(ref, tensors)
     results: list[VariantInfo] = []

@@ -4,6 +4,7 @@ torch.export (the new ONNX exporter) binds dynamic shapes to forward's parameter
 `forward(self, *tensors)` wrapper fails on real transformers models with dynamic shapes; so the
 wrapper's forward is generated with one explicit parameter per input.
 """
+
 from __future__ import annotations
 
 import keyword

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny Hugging Face folders and a sample CSV, built once per test session."""
+
 from __future__ import annotations
 
 import sys

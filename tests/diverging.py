@@ -1,6 +1,7 @@
 """A model whose TorchScript export diverges from PyTorch at a known module, saved as a whole pickled
 nn.Module (a trusted checkpoint) so the pipeline loads it like any upload: PyTorch's Softplus returns x where
 beta * x > threshold; the TorchScript exporter drops the threshold (see tests/test_locate.py)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,6 @@
 """The batch both tests/test_fleet.py (local processes) and tests/test_fleet_ray.py (Ray tasks) run: five small
 conversions (the packaged demo and a tiny BERT), one failing a check on purpose, one that cannot be converted."""
+
 from __future__ import annotations
 
 import json
@@ -29,12 +30,28 @@ def entries(root: Path) -> list[dict]:
         tiny.write_sample(root / "reviews.csv")
     return [
         {"name": "demo", "checkpoint": str(demo.checkpoint()), "data": str(demo.sample()), **FAST},
-        {"name": "demo-json", "checkpoint": str(demo.checkpoint()), "data": str(demo.sample("json")),
-         "variants": ["int8"], **FAST},
-        {"name": "bert", "checkpoint": "bert", "data": "reviews.csv",
-         "roles": {"order_id": "ignore", "label": "ignore"}, **FAST},
-        {"name": "demo-strict", "checkpoint": str(demo.checkpoint()), "data": str(demo.sample()), "atol": 0, "rtol": 0,
-         **FAST},
+        {
+            "name": "demo-json",
+            "checkpoint": str(demo.checkpoint()),
+            "data": str(demo.sample("json")),
+            "variants": ["int8"],
+            **FAST,
+        },
+        {
+            "name": "bert",
+            "checkpoint": "bert",
+            "data": "reviews.csv",
+            "roles": {"order_id": "ignore", "label": "ignore"},
+            **FAST,
+        },
+        {
+            "name": "demo-strict",
+            "checkpoint": str(demo.checkpoint()),
+            "data": str(demo.sample()),
+            "atol": 0,
+            "rtol": 0,
+            **FAST,
+        },
         {"name": "bert-bad", "checkpoint": "bert", "data": "reviews.csv", "roles": {"review": "tabular"}, **FAST},
     ]
 

@@ -3,6 +3,7 @@
 Needs `apt-get install chromium` and `pip install playwright` (it cannot download its own browsers here).
 Outside CI the test is skipped when either is missing; in CI (CI=true) a missing browser is a failure.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,15 @@ import pytest
 import studio.app
 
 CHROMIUM = os.environ.get("STUDIO_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def _browser_or_skip():
@@ -64,6 +72,7 @@ def test_load_demo_export_shows_the_checks_passed(page, served, tmp_path):
     page.wait_for_selector("#mapping-status .mapping-ok")
     assert "multimodal" in page.inner_text("#model-card")
     from playwright.sync_api import expect
+
     expect(page.locator(".role-dd")).to_have_count(5)
     assert "review" in page.inner_text("#preview-table")
 
@@ -83,8 +92,11 @@ def test_load_demo_export_shows_the_checks_passed(page, served, tmp_path):
 
     page.click("#export-btn")
     # the progress bar names the stage while it runs
-    page.wait_for_function("() => /(starting|loading|batch|export|checker|parity|shape probe|variants|latency) — /"
-                           ".test(document.querySelector('#verdict').innerText)", timeout=60_000)
+    page.wait_for_function(
+        "() => /(starting|loading|batch|export|checker|parity|shape probe|variants|latency) — /"
+        ".test(document.querySelector('#verdict').innerText)",
+        timeout=60_000,
+    )
     page.wait_for_selector("#verdict-strip[data-ok='true'], #verdict-strip[data-ok='false']", timeout=240_000)
     page.wait_for_timeout(500)
     shot = tmp_path / "studio.png"
@@ -102,8 +114,14 @@ def test_load_demo_export_shows_the_checks_passed(page, served, tmp_path):
     fills = bars.evaluate_all("els => els.map(e => (e.getAttribute('fill') || '').toLowerCase())")
     assert sorted(fills) == sorted([c.lower() for c in ("#ee8a3c", "#5b6ee1", "#8e5bd6")] * 2), fills
     downloads = page.inner_text("#downloads").replace("\n", "")
-    for name in ("model.onnx", "report.json", "report.md", "inference_example.py", "model.int8.onnx",
-                 "demo_model-onnx.zip"):
+    for name in (
+        "model.onnx",
+        "report.json",
+        "report.md",
+        "inference_example.py",
+        "model.int8.onnx",
+        "demo_model-onnx.zip",
+    ):
         assert name in downloads
     if os.environ.get("STUDIO_UPDATE_SCREENSHOT"):
         shutil.copyfile(shot, Path(__file__).resolve().parents[1] / "assets" / "screenshot.png")
@@ -128,6 +146,7 @@ def test_closing_the_page_removes_the_session_folder(served):
         if not folder.exists():
             break
         import time
+
         time.sleep(0.1)
     assert not folder.exists()
 
@@ -136,6 +155,7 @@ def test_feeds_choice_per_column_shows_the_order_and_is_checked(page):
     page.click("#load-demo")
     page.wait_for_selector("#mapping-status .mapping-ok")
     from playwright.sync_api import expect
+
     expect(page.locator(".feed-dd")).to_have_count(5)  # the demo model has tabular inputs: price, quantity
     # quantity -> price as well: the model's own quantity input would have no column left
     page.locator(".feed-dd input").nth(3).click()

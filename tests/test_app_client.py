@@ -1,4 +1,5 @@
 """The web studio driven with gradio_client against a real server on a free port, running the real engine."""
+
 from __future__ import annotations
 
 import json
@@ -68,6 +69,7 @@ def test_api_lists_named_endpoints(served):
 
 def test_demo_conversion_downloads_a_model_that_runs(served, tmp_path):
     import onnxruntime as ort
+
     c = client(served)
     ckpt, sample = c.predict(api_name="/load_demo")  # the demo files, as the button gives them
     result = named(served, convert(c, ckpt, sample))
@@ -92,6 +94,7 @@ def test_demo_conversion_downloads_a_model_that_runs(served, tmp_path):
 
 def test_demo_conversion_with_an_int8_variant(served):
     import zipfile
+
     result = named(served, convert(client(served), exporter="torchscript", latency_budget=0.2, variants=["int8"]))
     files, report = result["downloads"], json.loads(result["report_json"])
     assert [v["name"] for v in report["variants"]] == ["int8"]
@@ -126,9 +129,25 @@ def test_invalid_upload_gives_the_clis_message(served, tmp_path):
     message = str(e.value)
     assert "weights.pt" in message and "Traceback" not in message and "/tmp/" not in message
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    cli = subprocess.run([sys.executable, "-m", "studio", "convert", "weights.pt", "--data", str(DEMO / "sample.csv"),
-                          "--out", str(tmp_path / "o"), "--quiet"], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=300, env=env)
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "studio",
+            "convert",
+            "weights.pt",
+            "--data",
+            str(DEMO / "sample.csv"),
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert cli.returncode == 2
     first = next(line for line in cli.stderr.splitlines() if line.startswith("error: "))
     assert first == "error: " + message.splitlines()[0]
@@ -136,8 +155,9 @@ def test_invalid_upload_gives_the_clis_message(served, tmp_path):
 
 def test_invalid_mapping_is_explained(served):
     with pytest.raises(AppError) as e:
-        convert(client(served), roles=json.dumps({**ROLES, "price": "ignore"}), exporter="torchscript",
-                latency_budget=0.3)
+        convert(
+            client(served), roles=json.dumps({**ROLES, "price": "ignore"}), exporter="torchscript", latency_budget=0.3
+        )
     assert "price" in str(e.value) and "tabular" in str(e.value)
 
 
@@ -154,8 +174,9 @@ def test_three_conversions_at_once(served):
 
 
 def test_the_locate_parameter_runs_the_locator_on_a_passing_model(served):
-    report = json.loads(named(served, convert(client(served), exporter="torchscript", latency_budget=0.1,
-                                              locate=True))["report_json"])
+    report = json.loads(
+        named(served, convert(client(served), exporter="torchscript", latency_budget=0.1, locate=True))["report_json"]
+    )
     assert report["ok"] is True and report["options"]["locate"] is True
     assert report["divergence"]["trigger"] == "requested" and report["divergence"]["found"] is False
 
@@ -172,8 +193,12 @@ def _running_job(served, timeout=120.0):
 
 def test_cancel_stops_the_worker(served):
     c = client(served)
-    pending = c.submit(handle_file(str(DEMO / "demo_model.pt")), handle_file(str(DEMO / "sample.csv")),
-                       json.dumps(ROLES), api_name="/convert")
+    pending = c.submit(
+        handle_file(str(DEMO / "demo_model.pt")),
+        handle_file(str(DEMO / "sample.csv")),
+        json.dumps(ROLES),
+        api_name="/convert",
+    )
     worker = _running_job(served)
     pid = worker.pid
     c.predict(api_name="/cancel")  # the same session's Cancel button
@@ -185,6 +210,7 @@ def test_cancel_stops_the_worker(served):
 
 def _alive(pid: int) -> bool:
     import psutil
+
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
@@ -193,8 +219,12 @@ def _alive(pid: int) -> bool:
 
 def test_a_crashed_worker_leaves_the_app_answering(served):
     c = client(served)
-    pending = c.submit(handle_file(str(DEMO / "demo_model.pt")), handle_file(str(DEMO / "sample.csv")),
-                       json.dumps(ROLES), api_name="/convert")
+    pending = c.submit(
+        handle_file(str(DEMO / "demo_model.pt")),
+        handle_file(str(DEMO / "sample.csv")),
+        json.dumps(ROLES),
+        api_name="/convert",
+    )
     worker = _running_job(served)
     os.kill(worker.pid, signal.SIGKILL)  # what the kernel's OOM killer or a segfault does to it
     with pytest.raises(AppError) as e:
@@ -225,6 +255,7 @@ def test_upload_size_limit(served, tmp_path):
     assert "exceeds the maximum file size" in str(e.value) or "413" in str(e.value)
     # the server enforces it too, whatever the client does
     import httpx
+
     with open(big, "rb") as f:
         r = httpx.post(served.url + "gradio_api/upload", files={"files": ("huge.pt", f)}, timeout=120)
     assert r.status_code == 413 and "maximum allowed size" in r.text

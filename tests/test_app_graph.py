@@ -1,5 +1,6 @@
 """The Graph panel: what the viewer's routes serve (only a session's granted files, only Netron's own static
 files, rewritten to run offline), and the panel's fallback for graphs too big to draw."""
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,12 @@ def _chain(path: Path, n: int) -> Path:
     """An ONNX file of n Relu nodes in a row, x[batch, 4] -> y[batch, 4] (a graph made independently of the
     studio: onnx.helper)."""
     nodes = [helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"], name=f"relu_{i}") for i in range(n)]
-    g = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("t0", TensorProto.FLOAT, ["batch", 4])],
-                          [helper.make_tensor_value_info(f"t{n}", TensorProto.FLOAT, ["batch", 4])])
+    g = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("t0", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info(f"t{n}", TensorProto.FLOAT, ["batch", 4])],
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(path))
     return path
@@ -59,16 +64,19 @@ def test_a_granted_file_is_served_to_its_token(two_sessions):
     assert 'filename="model.onnx"' in r.headers["content-disposition"]
 
 
-@pytest.mark.parametrize("name", [
-    "report.json",  # in the folder, but not granted
-    "..%2F..%2Fsession-b%2Fjob-1%2Fout%2Fmodel.onnx",  # traversal to another session (encoded slashes)
-    "%2E%2E/%2E%2E/session-b/job-1/out/model.onnx",  # ... with encoded dots
-    "../../../../secret.txt",
-    "%2Fetc%2Fpasswd",
-    "%2E/model.onnx",
-    "model.onnx/",
-    "MODEL.ONNX",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "report.json",  # in the folder, but not granted
+        "..%2F..%2Fsession-b%2Fjob-1%2Fout%2Fmodel.onnx",  # traversal to another session (encoded slashes)
+        "%2E%2E/%2E%2E/session-b/job-1/out/model.onnx",  # ... with encoded dots
+        "../../../../secret.txt",
+        "%2Fetc%2Fpasswd",
+        "%2E/model.onnx",
+        "model.onnx/",
+        "MODEL.ONNX",
+    ],
+)
 def test_anything_else_is_404(two_sessions, name):
     _, tokens, _, client = two_sessions
     assert _get(client, tokens["a"], name).status_code == 404
@@ -130,6 +138,7 @@ def test_the_viewer_is_netrons_own_files_rewritten_to_run_offline(two_sessions):
 
 def _app(**config):
     import studio.app
+
     return studio.app.create_app(warm_up=False, **config)
 
 

@@ -2,6 +2,7 @@
 the studio, draws the demo's graph with its inputs and symbolic dims, a click on a node shows its properties,
 a variant can be chosen, the node named in the URL is selected, and nothing is fetched from anywhere else.
 (Netron replaces window.eval, so the test reads the viewer's frame with locators only, never evaluate.)"""
+
 from __future__ import annotations
 
 import os
@@ -26,6 +27,7 @@ def served():
 def test_the_graph_of_the_demo_renders_and_a_node_can_be_selected(served, tmp_path):
     sync_playwright = _browser_or_skip()
     from playwright.sync_api import expect
+
     elsewhere: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
@@ -58,7 +60,7 @@ def test_the_graph_of_the_demo_renders_and_a_node_can_be_selected(served, tmp_pa
         node.locator(".node-item").first.click()
         sidebar = frame.locator("#sidebar")
         expect(sidebar).to_contain_text("Node Properties", ignore_case=True)
-        expect(sidebar).to_contain_text(node_id[len("node-name-"):])
+        expect(sidebar).to_contain_text(node_id[len("node-name-") :])
         page.wait_for_timeout(300)
         shot = tmp_path / "graph.png"
         page.locator("#graph-panel").screenshot(path=str(shot))
@@ -66,7 +68,7 @@ def test_the_graph_of_the_demo_renders_and_a_node_can_be_selected(served, tmp_pa
 
         # the node named in the viewer's URL (a divergence) is selected once drawn
         src = page.get_attribute("#graph-frame", "src")
-        target = node_id[len("node-name-"):]
+        target = node_id[len("node-name-") :]
         viewer = browser.new_page(viewport={"width": 1100, "height": 800})
         viewer.on("request", lambda r: None if r.url.startswith(served.url) else elsewhere.append(r.url))
         viewer.goto(served.url + src + "&" + urllib.parse.urlencode({"select": target}))
@@ -93,17 +95,28 @@ def test_external_data_weights_load_through_the_granted_route(served):
     from onnx import TensorProto, helper, numpy_helper
 
     from studio.app import graph
+
     sync_playwright = _browser_or_skip()
     from playwright.sync_api import expect
+
     app = served.app
     out = app.sessions.session("external-data").folder / "job-x" / "out"
     out.mkdir(parents=True)
     weight = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, 3) + 0.5, "weight")
-    g = helper.make_graph([helper.make_node("MatMul", ["x", "weight"], ["y"], name="mm")], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])], [weight])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(out / "model.onnx"),
-              save_as_external_data=True, location="model.onnx.data", size_threshold=0)
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "weight"], ["y"], name="mm")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        [weight],
+    )
+    onnx.save(
+        helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]),
+        str(out / "model.onnx"),
+        save_as_external_data=True,
+        location="model.onnx.data",
+        size_threshold=0,
+    )
     assert b"11.5" not in (out / "model.onnx").read_bytes() and (out / "model.onnx.data").stat().st_size == 48
     token = app.graphs.grant("external-data", out, ["model.onnx", "model.onnx.data"])
     fetched: list[str] = []

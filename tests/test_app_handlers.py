@@ -1,5 +1,6 @@
 """The app's plain functions: page controls -> ConvertSpec (one mapping, handlers.py), Report -> what the page
 shows (render.py); the page object's outputs by name."""
+
 from __future__ import annotations
 
 import json
@@ -11,47 +12,110 @@ import pytest
 from studio.app import handlers as h
 from studio.app import render
 from studio.errors import ExportError, StudioError
-from studio.report import (CheckerInfo, DynamicInfo, ExportAttempt, ExportInfo, GraphInfo, LatencyInfo, OutputDiff,
-                           ParityInfo, Probe, Report, TensorInfo, Timing, VariantInfo)
+from studio.report import (
+    CheckerInfo,
+    DynamicInfo,
+    ExportAttempt,
+    ExportInfo,
+    GraphInfo,
+    LatencyInfo,
+    OutputDiff,
+    ParityInfo,
+    Probe,
+    Report,
+    TensorInfo,
+    Timing,
+    VariantInfo,
+)
 
 
 def make_variants() -> list[VariantInfo]:
     """int8 passed (with a .data file beside it); fp16 failed its tolerance."""
-    t = Timing(p50_ms=0.5, p90_ms=0.6, p99_ms=0.7, iterations=100, batch=8, sequence=16, threads=2,
-               provider="CPUExecutionProvider")
-    int8 = VariantInfo("int8", "variants/model.int8.onnx", True, size_bytes=2_500_000,
-                       parity=ParityInfo(True, 0.1, 0.1, [OutputDiff("probs", 0.012, 0.05, True, 1.0)], rows=8),
-                       latency=LatencyInfo(ort_cpu=t), method="onnxruntime dynamic quantization",
-                       files=["variants/model.int8.onnx", "variants/model.int8.onnx.data"],
-                       speedup_vs_torch=3.0, speedup_vs_fp32=3.0)
-    fp16 = VariantInfo("fp16", "variants/model.fp16.onnx", False, size_bytes=600_000,
-                       parity=ParityInfo(False, 1e-2, 1e-2, [OutputDiff("probs", 0.4, 0.9, False, 0.5)], rows=8),
-                       error="max abs diff 0.4 exceeds the fp16 tolerance", method="float16 conversion",
-                       files=["variants/model.fp16.onnx"], provider="CPUExecutionProvider")
+    t = Timing(
+        p50_ms=0.5,
+        p90_ms=0.6,
+        p99_ms=0.7,
+        iterations=100,
+        batch=8,
+        sequence=16,
+        threads=2,
+        provider="CPUExecutionProvider",
+    )
+    int8 = VariantInfo(
+        "int8",
+        "variants/model.int8.onnx",
+        True,
+        size_bytes=2_500_000,
+        parity=ParityInfo(True, 0.1, 0.1, [OutputDiff("probs", 0.012, 0.05, True, 1.0)], rows=8),
+        latency=LatencyInfo(ort_cpu=t),
+        method="onnxruntime dynamic quantization",
+        files=["variants/model.int8.onnx", "variants/model.int8.onnx.data"],
+        speedup_vs_torch=3.0,
+        speedup_vs_fp32=3.0,
+    )
+    fp16 = VariantInfo(
+        "fp16",
+        "variants/model.fp16.onnx",
+        False,
+        size_bytes=600_000,
+        parity=ParityInfo(False, 1e-2, 1e-2, [OutputDiff("probs", 0.4, 0.9, False, 0.5)], rows=8),
+        error="max abs diff 0.4 exceeds the fp16 tolerance",
+        method="float16 conversion",
+        files=["variants/model.fp16.onnx"],
+        provider="CPUExecutionProvider",
+    )
     return [int8, fp16]
 
 
 def make_report(parity_ok=True, dynamic_ok=True, opset=18, attempts=None) -> Report:
-    t = Timing(p50_ms=1.5, p90_ms=2.0, p99_ms=2.5, iterations=100, batch=8, sequence=16, threads=2,
-               provider="CPUExecutionProvider")
+    t = Timing(
+        p50_ms=1.5,
+        p90_ms=2.0,
+        p99_ms=2.5,
+        iterations=100,
+        batch=8,
+        sequence=16,
+        threads=2,
+        provider="CPUExecutionProvider",
+    )
     return Report(
         source={"kind": "multimodal", "path": "/srv/uploads/x/demo_model.pt"},
         roles={"order_id": "ignore", "review": "text", "price": "tabular"},
-        export=ExportInfo(exporter="dynamo", opset_requested=18, opset=opset, seconds=3.2,
-                          attempts=attempts or [ExportAttempt("dynamo", True, seconds=3.2, opset_written=opset)]),
-        graph=GraphInfo(inputs=[TensorInfo("input_ids", "int64", ["batch", "sequence"]),
-                                TensorInfo("price", "float32", ["batch", 1])],
-                        outputs=[TensorInfo("probs", "float32", ["batch", 3])], op_counts={"Gemm": 2},
-                        size_bytes=1234, opset=opset),
+        export=ExportInfo(
+            exporter="dynamo",
+            opset_requested=18,
+            opset=opset,
+            seconds=3.2,
+            attempts=attempts or [ExportAttempt("dynamo", True, seconds=3.2, opset_written=opset)],
+        ),
+        graph=GraphInfo(
+            inputs=[
+                TensorInfo("input_ids", "int64", ["batch", "sequence"]),
+                TensorInfo("price", "float32", ["batch", 1]),
+            ],
+            outputs=[TensorInfo("probs", "float32", ["batch", 3])],
+            op_counts={"Gemm": 2},
+            size_bytes=1234,
+            opset=opset,
+        ),
         checker=CheckerInfo(True, "ok"),
-        parity=ParityInfo(parity_ok, 1e-4, 1e-3, [OutputDiff("probs", 1.2e-7 if parity_ok else 0.5, 1e-6, parity_ok,
-                                                              1.0)], rows=8),
-        dynamic=DynamicInfo(dynamic_ok, [Probe(1, 16, True, 1e-9, "ok", "batch"),
-                                         Probe(8, 21, dynamic_ok, 2e-8 if dynamic_ok else None,
-                                               "ok" if dynamic_ok else "baked", "sequence")],
-                            {"input_ids": ["batch", "sequence"]}),
-        latency=LatencyInfo(torch_cpu=t, ort_cpu=t, cuda_unavailable_reason="no CUDA device is visible",
-                            errors={"ort_cuda": "no CUDA device is visible"}),
+        parity=ParityInfo(
+            parity_ok, 1e-4, 1e-3, [OutputDiff("probs", 1.2e-7 if parity_ok else 0.5, 1e-6, parity_ok, 1.0)], rows=8
+        ),
+        dynamic=DynamicInfo(
+            dynamic_ok,
+            [
+                Probe(1, 16, True, 1e-9, "ok", "batch"),
+                Probe(8, 21, dynamic_ok, 2e-8 if dynamic_ok else None, "ok" if dynamic_ok else "baked", "sequence"),
+            ],
+            {"input_ids": ["batch", "sequence"]},
+        ),
+        latency=LatencyInfo(
+            torch_cpu=t,
+            ort_cpu=t,
+            cuda_unavailable_reason="no CUDA device is visible",
+            errors={"ort_cuda": "no CUDA device is visible"},
+        ),
         predictions=[{"order_id": "A-1", "prediction": "keep", "confidence": 0.9}],
         seconds=5.0,
     )
@@ -59,12 +123,25 @@ def make_report(parity_ok=True, dynamic_ok=True, opset=18, attempts=None) -> Rep
 
 # --- the one mapping: controls -> ConvertSpec --------------------------------------------------------
 
+
 def test_spec_from_ui_maps_every_control(tmp_path):
-    spec = h.spec_from_ui(checkpoint="/up/m.pt", sample="/up/s.csv", roles='{"review": "text", "price": "Tabular"}',
-                          opset="17", exporter="legacy", dynamic=["batch"],
-                          dynamic_per_input='{"input_ids": ["batch"], "price": []}', max_length=64.0, atol="1e-5",
-                          rtol=0.01, id_dtype="int32", fill_value="0", latency_budget="0.25", out=tmp_path / "out",
-                          trust_code=True)
+    spec = h.spec_from_ui(
+        checkpoint="/up/m.pt",
+        sample="/up/s.csv",
+        roles='{"review": "text", "price": "Tabular"}',
+        opset="17",
+        exporter="legacy",
+        dynamic=["batch"],
+        dynamic_per_input='{"input_ids": ["batch"], "price": []}',
+        max_length=64.0,
+        atol="1e-5",
+        rtol=0.01,
+        id_dtype="int32",
+        fill_value="0",
+        latency_budget="0.25",
+        out=tmp_path / "out",
+        trust_code=True,
+    )
     assert (spec.checkpoint, spec.data, spec.out) == ("/up/m.pt", "/up/s.csv", str(tmp_path / "out"))
     assert spec.roles == {"review": "text", "price": "tabular"}
     assert (spec.opset, spec.exporter, spec.dynamic) == (17, "torchscript", ("batch",))
@@ -77,14 +154,16 @@ def test_spec_from_ui_defaults_and_aliases(tmp_path):
     spec = h.spec_from_ui("m.pt", "s.csv", roles=None, out=tmp_path)
     assert spec.roles == {} and spec.exporter == "auto" and spec.dynamic == ("batch", "sequence")
     assert spec.fill_value is None and spec.trust_code is False and spec.latency_budget_s == h.LATENCY_BUDGET_DEFAULT
-    assert h.spec_from_ui("m.pt", "s.csv", roles="review=text\nprice=ignore", exporter="new", dynamic=[],
-                          out=tmp_path).roles == {"review": "text", "price": "ignore"}
+    assert h.spec_from_ui(
+        "m.pt", "s.csv", roles="review=text\nprice=ignore", exporter="new", dynamic=[], out=tmp_path
+    ).roles == {"review": "text", "price": "ignore"}
     assert h.spec_from_ui("m.pt", "s.csv", exporter="new", dynamic=[], out=tmp_path).dynamic == ()
 
 
 def test_spec_from_ui_takes_variants_as_a_list_or_a_comma_string(tmp_path):
     def variants(value):
         return h.spec_from_ui("m.pt", "s.csv", variants=value, out=tmp_path).variants
+
     assert variants(["int8"]) == ("int8",)
     assert variants("fp16, INT8,optimized") == ("optimized", "int8", "fp16")  # build order, as the CLI
     assert variants(["int8", "int8"]) == ("int8",)
@@ -92,21 +171,24 @@ def test_spec_from_ui_takes_variants_as_a_list_or_a_comma_string(tmp_path):
     assert h.spec_from_ui("m.pt", "s.csv", out=tmp_path).variants == ()  # none unless asked
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"variants": ["int4"]}, "Variant 'int4' is not one of optimized, int8, fp16"),
-    ({"variants": "int8,turbo"}, "Variant 'turbo' is not one of optimized, int8, fp16"),
-    ({"checkpoint": None}, "No checkpoint uploaded"),
-    ({"sample": ""}, "No sample file uploaded"),
-    ({"roles": '{"review": "words"}'}, "is not one of text, tabular, ignore"),
-    ({"roles": "{not json"}, "not valid JSON"),
-    ({"opset": 9}, "outside the supported range"),
-    ({"exporter": "onnxscript"}, "is not one of auto, new, legacy"),
-    ({"dynamic": ["time"]}, "Dynamic axis 'time'"),
-    ({"max_length": 1}, "at least 2"),
-    ({"atol": "small"}, "atol must be a number"),
-    ({"id_dtype": "int8"}, "int64, int32"),
-    ({"latency_budget": 0}, "more than 0 s"),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"variants": ["int4"]}, "Variant 'int4' is not one of optimized, int8, fp16"),
+        ({"variants": "int8,turbo"}, "Variant 'turbo' is not one of optimized, int8, fp16"),
+        ({"checkpoint": None}, "No checkpoint uploaded"),
+        ({"sample": ""}, "No sample file uploaded"),
+        ({"roles": '{"review": "words"}'}, "is not one of text, tabular, ignore"),
+        ({"roles": "{not json"}, "not valid JSON"),
+        ({"opset": 9}, "outside the supported range"),
+        ({"exporter": "onnxscript"}, "is not one of auto, new, legacy"),
+        ({"dynamic": ["time"]}, "Dynamic axis 'time'"),
+        ({"max_length": 1}, "at least 2"),
+        ({"atol": "small"}, "atol must be a number"),
+        ({"id_dtype": "int8"}, "int64, int32"),
+        ({"latency_budget": 0}, "more than 0 s"),
+    ],
+)
 def test_spec_from_ui_explains_bad_values(tmp_path, kwargs, words):
     args = {"checkpoint": "m.pt", "sample": "s.csv", **kwargs}
     with pytest.raises(StudioError) as e:
@@ -126,10 +208,19 @@ def test_per_input_table_round_trip():
 
 # --- preview -> page ------------------------------------------------------------------------------------
 
+
 def test_model_and_sample_cards():
-    model = {"kind": "hf", "inputs": [{"name": "input_ids", "kind": "input_ids"},
-                                      {"name": "price", "kind": "tabular", "column": "price", "width": 1}],
-             "outputs": ["logits"], "tokenizer": None, "parameters": 1_500_000, "labels": ["a", "b"]}
+    model = {
+        "kind": "hf",
+        "inputs": [
+            {"name": "input_ids", "kind": "input_ids"},
+            {"name": "price", "kind": "tabular", "column": "price", "width": 1},
+        ],
+        "outputs": ["logits"],
+        "tokenizer": None,
+        "parameters": 1_500_000,
+        "labels": ["a", "b"],
+    }
     card = render.model_html(model, filename="m.zip")
     assert "m.zip" in card and "1.5 M" in card and "none found" in card and "<code>price</code>" in card
     assert "card-bad" in render.model_html(None, "Checkpoint <x> is broken.")
@@ -165,13 +256,20 @@ def test_tabular_feeds_from_the_page():
     assert h.feed_choice("features=a..c", cols, "b") == "features" and h.feed_choice("", cols, "b") == "auto"
     spec = h.spec_from_ui("m.pt", "s.csv", tabular="features=c,a..b", out="o")
     assert spec.tabular == {"features": ("c", "a..b")}
-    ok = render.mapping_html({"ok": True, "tensors": {"features": {"shape": [2, 3], "dtype": "float32"}},
-                         "feeds": {"features": [{"column": "c", "start": 0, "width": 1},
-                                                {"column": "emb", "start": 1, "width": 2}]}}, True, True)
+    ok = render.mapping_html(
+        {
+            "ok": True,
+            "tensors": {"features": {"shape": [2, 3], "dtype": "float32"}},
+            "feeds": {"features": [{"column": "c", "start": 0, "width": 1}, {"column": "emb", "start": 1, "width": 2}]},
+        },
+        True,
+        True,
+    )
     assert "mapping-ok" in ok and "c [0], emb [1-2]" in ok
 
 
 # --- report -> page --------------------------------------------------------------------------------------
+
 
 def test_verdict_strip_when_everything_passed():
     html = render.verdict_html(make_report())
@@ -219,8 +317,18 @@ def test_variants_table_shows_each_variant_and_a_failed_one_as_failed():
     assert list(table.columns) == render.VARIANT_HEADERS
     rows = {row[0]: row for row in table.values.tolist()}
     assert list(rows) == ["fp32 (model.onnx)", "int8", "fp16"]  # model.onnx first, as the baseline
-    assert rows["int8"] == ["int8", "PASS", "2.5 MB", "0.012", "-", "100.0%", "0.50", "3.00x", "3.00x",
-                            "onnxruntime dynamic quantization"]
+    assert rows["int8"] == [
+        "int8",
+        "PASS",
+        "2.5 MB",
+        "0.012",
+        "-",
+        "100.0%",
+        "0.50",
+        "3.00x",
+        "3.00x",
+        "onnxruntime dynamic quantization",
+    ]
     assert rows["fp16"][1] == "FAIL" and rows["fp16"][-1] == "max abs diff 0.4 exceeds the fp16 tolerance"
     assert rows["fp16"][5] == "50.0%" and rows["fp16"][6] == "-"  # not timed: never a made-up number
     chart = render.latency_chart(r)  # the timed variant joins the chart; the untimed one never shows a number
@@ -244,6 +352,7 @@ def test_without_variants_the_table_is_empty_with_a_note():
 
 def test_progress_names_the_variants_stage_and_what_latency_times():
     from studio.app.server import STAGE_TEXT, stage_text
+
     order = ["loading", "batch", "export", "checker", "parity", "shape probe", "variants", "latency", "writing"]
     assert [s for s in STAGE_TEXT if s in order] == order  # the pipeline's order
     assert "checking each against PyTorch" in stage_text("variants", ("int8",))
@@ -252,9 +361,10 @@ def test_progress_names_the_variants_stage_and_what_latency_times():
 
 
 def test_diagnosis_shows_failed_attempts_and_export_details():
-    failed = [ExportAttempt("dynamo", False, "Unsupported: data-dependent branch", 2.0,
-                            diagnosis_path="diagnostics/x.md"),
-              ExportAttempt("torchscript", True, None, 0.5, 18)]
+    failed = [
+        ExportAttempt("dynamo", False, "Unsupported: data-dependent branch", 2.0, diagnosis_path="diagnostics/x.md"),
+        ExportAttempt("torchscript", True, None, 0.5, 18),
+    ]
     text = render.diagnosis_md(make_report(attempts=failed), "### dynamo exporter\n\nGraph break at line 3")
     assert "dynamo exporter failed" in text and "data-dependent branch" in text and "Graph break" in text
     assert render.diagnosis_md(make_report()) == ""
@@ -279,15 +389,24 @@ def test_artifacts_include_every_variant_file(tmp_path):
     r.files = {"model": "model.onnx", "report_json": "report.json"}
     r.variants = make_variants()
     (tmp_path / "variants").mkdir()
-    for name in ("model.onnx", "report.json", "variants/model.int8.onnx", "variants/model.int8.onnx.data",
-                 "variants/model.fp16.onnx"):
+    for name in (
+        "model.onnx",
+        "report.json",
+        "variants/model.int8.onnx",
+        "variants/model.int8.onnx.data",
+        "variants/model.fp16.onnx",
+    ):
         (tmp_path / name).write_text("x")
     z = tmp_path.parent / "m-onnx.zip"
     z.write_text("z")
     paths = render.artifact_paths(r, tmp_path, z)
     assert [str(Path(p).relative_to(tmp_path)) for p in paths[:-1]] == [
-        "model.onnx", "report.json", "variants/model.int8.onnx", "variants/model.int8.onnx.data",
-        "variants/model.fp16.onnx"]  # a failed variant's file is offered too: the report says why it failed
+        "model.onnx",
+        "report.json",
+        "variants/model.int8.onnx",
+        "variants/model.int8.onnx.data",
+        "variants/model.fp16.onnx",
+    ]  # a failed variant's file is offered too: the report says why it failed
     assert Path(paths[-1]).name == "m-onnx.zip"
 
 
@@ -298,16 +417,19 @@ def test_scrub_paths_names_the_upload_not_the_server_folder():
 
 # --- the page object (built, not served) ------------------------------------------------------------------
 
+
 def test_error_view_and_trust_banner():
     import studio.app
     from studio.app.worker import JobError
+
     app = studio.app.create_app(trust_code=True, warm_up=False)
     try:
         config = json.dumps(app.blocks.get_config_file(), default=str)
         assert "Trusted-code mode is ON" in config
         ui = app.ui
-        out = app._error_outputs(ExportError("The dynamo exporter failed: boom", details="step 3 failed"),
-                                 "The dynamo exporter failed: boom")
+        out = app._error_outputs(
+            ExportError("The dynamo exporter failed: boom", details="step 3 failed"), "The dynamo exporter failed: boom"
+        )
         assert "boom" in out[ui.verdict] and "step 3 failed" in out[ui.diagnosis]
         assert out[ui.diag_acc]["visible"] is True
         cancelled = app._error_outputs(JobError("The conversion was cancelled.", reason="cancelled"), "cancelled")
@@ -329,6 +451,7 @@ def test_the_convert_table_names_real_controls_and_spec_fields():
 
     from studio.app import layout
     from studio.spec import ConvertSpec
+
     page_fields = {f.name for f in dataclasses.fields(layout.Page)}
     spec_fields = {f.name for f in dataclasses.fields(ConvertSpec)}
     for p in h.CONVERT_PARAMS:
@@ -338,10 +461,15 @@ def test_the_convert_table_names_real_controls_and_spec_fields():
         assert set(names) <= page_fields and len(set(names)) == len(names)
     # the endpoint's public parameters, in the order positional gradio_client callers rely on
     from studio.app.server import StudioApp
+
     params = list(inspect.signature(StudioApp.convert).parameters)
     assert params == ["self", *h.CONVERT_NAMES, "request", "progress"]
     assert h.CONVERT_NAMES[:3] == ("checkpoint", "sample", "roles") and h.CONVERT_NAMES[-4:] == (
-        "variants", "tabular", "task", "locate")
+        "variants",
+        "tabular",
+        "task",
+        "locate",
+    )
     with pytest.raises(TypeError, match="unknown /convert parameter"):
         h.spec_from_ui("m.pt", "s.csv", max_len=64, out="o")
 
@@ -357,6 +485,7 @@ def test_the_locate_parameter_is_a_yes_or_no():
 def test_report_view_updates_every_output_by_name(tmp_path):
     import studio.app
     from studio.app import layout
+
     app = studio.app.create_app(warm_up=False)
     try:
         ui = app.ui

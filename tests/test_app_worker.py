@@ -1,4 +1,5 @@
 """The app's job processes and session folders, without a web server: crashes, limits, cancel, cleanup."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from studio.app.jobs import Sessions
 import studio.app.worker  # noqa: F401 - registers the app's tasks (preview, check, convert)
+from studio.app.jobs import Sessions
 from studio.isolate import Job, JobError, Limits, run_job
 from studio.spec import ConvertSpec
 
@@ -36,10 +37,13 @@ def test_result_and_process_ends():
     assert _gone(job.pid)
 
 
-@pytest.mark.parametrize("action, reason, words", [
-    ("exit", "crashed", "exit code 3"),
-    ("segfault", "crashed", "SIGSEGV"),
-])
+@pytest.mark.parametrize(
+    "action, reason, words",
+    [
+        ("exit", "crashed", "exit code 3"),
+        ("segfault", "crashed", "SIGSEGV"),
+    ],
+)
 def test_crash_is_a_message_not_an_exception_in_the_server(action, reason, words):
     with pytest.raises(JobError) as e:
         run_job("selftest", {"action": action}, Limits(timeout_s=120))
@@ -81,27 +85,39 @@ def test_cancel_from_another_thread_kills_the_process():
 
 
 def test_preview_and_convert_the_demo(tmp_path):
-    prev = run_job("preview", {"checkpoint": str(DEMO / "demo_model.pt"), "data": str(DEMO / "sample.csv"),
-                               "spec": None})
+    prev = run_job(
+        "preview", {"checkpoint": str(DEMO / "demo_model.pt"), "data": str(DEMO / "sample.csv"), "spec": None}
+    )
     assert prev["model"]["kind"] and prev["model_error"] is None and prev["data_error"] is None
     assert [c["name"] for c in prev["columns"]][:2] == ["order_id", "review"]
     assert prev["mapping"]["ok"], prev["mapping"]
     assert prev["mapping"]["roles"]["review"] == "text"
 
-    bad = run_job("check", {"checkpoint": str(DEMO / "demo_model.pt"), "data": str(DEMO / "sample.csv"),
-                            "roles": {"review": "ignore"}, "spec": None})
+    bad = run_job(
+        "check",
+        {
+            "checkpoint": str(DEMO / "demo_model.pt"),
+            "data": str(DEMO / "sample.csv"),
+            "roles": {"review": "ignore"},
+            "spec": None,
+        },
+    )
     assert not bad["ok"] and bad["error"]
 
-    spec = ConvertSpec(str(DEMO / "demo_model.pt"), str(DEMO / "sample.csv"), out=str(tmp_path / "out"),
-                       exporter="torchscript").validated()
+    spec = ConvertSpec(
+        str(DEMO / "demo_model.pt"), str(DEMO / "sample.csv"), out=str(tmp_path / "out"), exporter="torchscript"
+    ).validated()
     stages = []
     res = run_job("convert", {"spec": spec, "zip_stem": "demo-onnx"}, on_progress=lambda s, f: stages.append(s))
     assert res["report"].ok, res["report"].failed_checks
     assert {"loading", "batch", "export", "checker", "parity", "shape probe", "latency"} <= set(stages)
     assert Path(res["zip"]).name == "demo-onnx.zip" and Path(res["zip"]).stat().st_size > 0
     # the downloads name the files, not the server's folders
-    for text in ((tmp_path / "out" / "report.json").read_text(), (tmp_path / "out" / "report.md").read_text(),
-                 res["report"].to_json()):
+    for text in (
+        (tmp_path / "out" / "report.json").read_text(),
+        (tmp_path / "out" / "report.md").read_text(),
+        res["report"].to_json(),
+    ):
         assert str(tmp_path) not in text and str(DEMO) not in text
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["source"]["path"] == "demo_model.pt" and saved["options"]["data"] == "sample.csv"
@@ -160,10 +176,17 @@ def test_jobs_see_the_servers_plugin_list_even_when_set_after_the_worker_server_
 def test_the_job_runner_is_part_of_the_core():
     """studio.isolate, and the CLI that runs `--memory-limit` conversions with it, import neither the app
     (studio.app, gradio) nor torch."""
-    code = ("import sys, studio.isolate, studio.cli; print(sorted(m for m in sys.modules "
-            "if m.split('.')[0] in ('gradio', 'torch') or m.startswith('studio.app')))")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    code = (
+        "import sys, studio.isolate, studio.cli; print(sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('gradio', 'torch') or m.startswith('studio.app')))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
     with pytest.raises(ValueError, match="unknown task 'nope'"):

@@ -6,19 +6,30 @@ No variants, a tiny latency budget. Measured on the 2-core development machine: 
 conversion (24 architectures x 2 opsets took 31 min of wall time there, with the machine's load average
 at 8-10 from other work); 21 x 2 stays in the default suite. `-m "not architectures"` leaves it out.
 The whole list transformers offers is benchmarks/architectures.py (README, "Tested end to end")."""
+
 from __future__ import annotations
 
 import pytest
-
 import tiny
 import tiny_archs
+
 from studio import ConvertSpec, convert
 from studio.spec import OPSET_DEFAULT
 
 pytestmark = pytest.mark.architectures
 
-ENCODERS = ["bert", "roberta", "xlm-roberta", "deberta-v2", "electra", "albert", "mpnet", "modernbert",
-            "distilbert", "roformer"]
+ENCODERS = [
+    "bert",
+    "roberta",
+    "xlm-roberta",
+    "deberta-v2",
+    "electra",
+    "albert",
+    "mpnet",
+    "modernbert",
+    "distilbert",
+    "roformer",
+]
 DECODERS = ["gpt2", "llama", "qwen2", "mistral", "phi", "gpt_neox", "gptj", "mpt", "gemma"]
 ENCODER_DECODERS = ["t5", "bart"]
 # The new exporter leaves an opset-18 Split (num_outputs) in these at opset 17: the studio rewrites it,
@@ -38,6 +49,7 @@ def folders(tmp_path_factory):
         if model_type not in built:
             built[model_type] = tiny_archs.make_folder(root / model_type, model_type)
         return built[model_type]
+
     return get
 
 
@@ -50,16 +62,28 @@ def sample(tmp_path_factory):
 @pytest.mark.parametrize("model_type", ENCODERS + DECODERS + ENCODER_DECODERS)
 def test_architecture_converts_or_is_refused_with_a_reason(model_type, opset, folders, sample, tmp_path):
     from studio.errors import StudioError
-    spec = ConvertSpec(checkpoint=str(folders(model_type)), data=str(sample), out=str(tmp_path / "out"),
-                       roles=ROLES, opset=opset, latency_budget_s=0.01, cuda=False)
+
+    spec = ConvertSpec(
+        checkpoint=str(folders(model_type)),
+        data=str(sample),
+        out=str(tmp_path / "out"),
+        roles=ROLES,
+        opset=opset,
+        latency_budget_s=0.01,
+        cuda=False,
+    )
     expected_refusal = REFUSED.get((model_type, opset))
     if expected_refusal:
         with pytest.raises(StudioError, match=expected_refusal):
             convert(spec)
         return
     report = convert(spec)  # any exception here is a failure: a crash, or a refusal nobody expected
-    assert report.ok, (report.failed_checks, report.checker.message,
-                       [vars(o) for o in report.parity.outputs], [vars(p) for p in report.dynamic.probes])
+    assert report.ok, (
+        report.failed_checks,
+        report.checker.message,
+        [vars(o) for o in report.parity.outputs],
+        [vars(p) for p in report.dynamic.probes],
+    )
     assert report.export.opset == report.graph.opset == opset
     for attempt in report.export.attempts[:-1]:  # every attempt before the kept one says why it failed
         assert not attempt.ok and attempt.error

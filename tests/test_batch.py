@@ -1,4 +1,5 @@
 """studio.sample, studio.roles, studio.batch: reading sample files, suggesting roles, building named tensors."""
+
 from __future__ import annotations
 
 import json
@@ -14,16 +15,59 @@ from studio.sample import read_sample
 from studio.sources.base import ATTENTION_MASK, INPUT_IDS, TABULAR, TOKEN_TYPE_IDS, LoadedModel, ModelInput
 from studio.spec import ConvertSpec
 
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "great", "product", "works", "well", "terrible",
-         "quality", "broke", "after", "a", "day", "ok", "the", "is", "good", "bad", ",", "."]
+VOCAB = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "great",
+    "product",
+    "works",
+    "well",
+    "terrible",
+    "quality",
+    "broke",
+    "after",
+    "a",
+    "day",
+    "ok",
+    "the",
+    "is",
+    "good",
+    "bad",
+    ",",
+    ".",
+]
 
 RECORDS = [
-    {"review": "Great product, works well", "price": 1.5, "quantity": 3, "order_id": "00123",
-     "label": 1, "in_stock": True, "features": [1, 2]},
-    {"review": "Terrible quality, broke after a day", "price": 2, "quantity": None, "order_id": "00456",
-     "label": 0, "in_stock": False, "features": [3, 4.5]},
-    {"review": "ok", "price": 0.25, "quantity": 7, "order_id": "01789",
-     "label": 1, "in_stock": True, "features": [0, -1]},
+    {
+        "review": "Great product, works well",
+        "price": 1.5,
+        "quantity": 3,
+        "order_id": "00123",
+        "label": 1,
+        "in_stock": True,
+        "features": [1, 2],
+    },
+    {
+        "review": "Terrible quality, broke after a day",
+        "price": 2,
+        "quantity": None,
+        "order_id": "00456",
+        "label": 0,
+        "in_stock": False,
+        "features": [3, 4.5],
+    },
+    {
+        "review": "ok",
+        "price": 0.25,
+        "quantity": 7,
+        "order_id": "01789",
+        "label": 1,
+        "in_stock": True,
+        "features": [0, -1],
+    },
 ]
 CSV = """review,price,quantity,order_id,label,in_stock,features
 "Great product, works well",1.5,3,00123,1,true,"[1, 2]"
@@ -34,9 +78,11 @@ ok,0.25,7,01789,1,True,"[0, -1]"
 
 # ---------------------------------------------------------------------------------------------- helpers
 
+
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     from transformers import BertTokenizerFast
+
     d = tmp_path_factory.mktemp("tok")
     (d / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
     # transformers 5: the argument is `vocab` (a path or a dict); `vocab_file=` is silently ignored.
@@ -46,9 +92,15 @@ def tokenizer(tmp_path_factory):
 
 
 def make_model(inputs, tokenizer=None) -> LoadedModel:
-    return LoadedModel(kind="dummy", path="dummy", module=torch.nn.Identity(),
-                       adapter=lambda m, named: tuple(named.values()), inputs=inputs,
-                       output_names=["out"], tokenizer=tokenizer)
+    return LoadedModel(
+        kind="dummy",
+        path="dummy",
+        module=torch.nn.Identity(),
+        adapter=lambda m, named: tuple(named.values()),
+        inputs=inputs,
+        output_names=["out"],
+        tokenizer=tokenizer,
+    )
 
 
 def text_model(tokenizer, token_types=False, tabular=()):
@@ -80,14 +132,24 @@ def raises(fn, *parts, **attrs) -> BatchError:
 
 # ---------------------------------------------------------------------------------------------- reading
 
+
 def write_formats(tmp_path):
     files = {}
     files["csv"] = tmp_path / "s.csv"
     files["csv"].write_text(CSV)
     files["tsv"] = tmp_path / "s.tsv"
-    lines = [list(RECORDS[0])] + [[
-        r["review"], str(r["price"]), "" if r["quantity"] is None else str(r["quantity"]), r["order_id"],
-        str(r["label"]), str(r["in_stock"]).lower(), json.dumps(r["features"])] for r in RECORDS]
+    lines = [list(RECORDS[0])] + [
+        [
+            r["review"],
+            str(r["price"]),
+            "" if r["quantity"] is None else str(r["quantity"]),
+            r["order_id"],
+            str(r["label"]),
+            str(r["in_stock"]).lower(),
+            json.dumps(r["features"]),
+        ]
+        for r in RECORDS
+    ]
     files["tsv"].write_text("\n".join("\t".join(x) for x in lines) + "\n")
     files["json_records"] = tmp_path / "records.json"
     files["json_records"].write_text(json.dumps(RECORDS))
@@ -98,10 +160,14 @@ def write_formats(tmp_path):
     files["jsonl"] = tmp_path / "s.jsonl"
     files["jsonl"].write_text("\n".join(json.dumps(r) for r in RECORDS) + "\n")
     files["txt_semicolon"] = tmp_path / "s.txt"
-    files["txt_semicolon"].write_text(CSV.replace(",", ";").replace(
-        '"Great product; works well"', '"Great product, works well"').replace(
-        '"Terrible quality; broke after a day"', '"Terrible quality, broke after a day"').replace(
-        '"[1; 2]"', '"[1, 2]"').replace('"[3; 4.5]"', '"[3, 4.5]"').replace('"[0; -1]"', '"[0, -1]"'))
+    files["txt_semicolon"].write_text(
+        CSV.replace(",", ";")
+        .replace('"Great product; works well"', '"Great product, works well"')
+        .replace('"Terrible quality; broke after a day"', '"Terrible quality, broke after a day"')
+        .replace('"[1; 2]"', '"[1, 2]"')
+        .replace('"[3; 4.5]"', '"[3, 4.5]"')
+        .replace('"[0; -1]"', '"[0, -1]"')
+    )
     return files
 
 
@@ -153,20 +219,23 @@ def test_json_lines_inside_a_json_file_and_pandas_orients(tmp_path):
     assert read_sample(p3)["a"].tolist() == [1, 2]
 
 
-@pytest.mark.parametrize("name,content,parts", [
-    ("empty.csv", "", ["empty.csv", "empty"]),
-    ("blank.json", "  \n", ["blank.json", "empty"]),
-    ("header.csv", "a,b\n", ["header.csv", "no data rows"]),
-    ("none.json", "[]", ["none.json", "no data rows"]),
-    ("ragged.csv", "a,b\n1,2\n3,4,5\n", ["ragged.csv", "line 3", "Expected 2 fields"]),
-    ("broken.json", '[{"a": 1}, {"a": ]', ["broken.json", "not valid JSON", "line 1"]),
-    ("broken.jsonl", '{"a": 1}\n{"a": \n', ["broken.jsonl", "line 2"]),
-    ("scalar.jsonl", '{"a": 1}\n[1, 2]\n', ["scalar.jsonl", "line 2", "expected an object"]),
-    ("dupe.csv", "a,b,a\n1,2,3\n", ["dupe.csv", "duplicate", "'a'"]),
-    ("dupe.json", '[{"a": 1, "a": 2}]', ["dupe.json", "duplicate", "'a'"]),
-    ("lens.json", '{"a": [1, 2], "b": [1]}', ["lens.json", "different lengths"]),
-    ("sheet.xlsx", "x", ["sheet.xlsx", "unsupported", ".xlsx"]),
-])
+@pytest.mark.parametrize(
+    "name,content,parts",
+    [
+        ("empty.csv", "", ["empty.csv", "empty"]),
+        ("blank.json", "  \n", ["blank.json", "empty"]),
+        ("header.csv", "a,b\n", ["header.csv", "no data rows"]),
+        ("none.json", "[]", ["none.json", "no data rows"]),
+        ("ragged.csv", "a,b\n1,2\n3,4,5\n", ["ragged.csv", "line 3", "Expected 2 fields"]),
+        ("broken.json", '[{"a": 1}, {"a": ]', ["broken.json", "not valid JSON", "line 1"]),
+        ("broken.jsonl", '{"a": 1}\n{"a": \n', ["broken.jsonl", "line 2"]),
+        ("scalar.jsonl", '{"a": 1}\n[1, 2]\n', ["scalar.jsonl", "line 2", "expected an object"]),
+        ("dupe.csv", "a,b,a\n1,2,3\n", ["dupe.csv", "duplicate", "'a'"]),
+        ("dupe.json", '[{"a": 1, "a": 2}]', ["dupe.json", "duplicate", "'a'"]),
+        ("lens.json", '{"a": [1, 2], "b": [1]}', ["lens.json", "different lengths"]),
+        ("sheet.xlsx", "x", ["sheet.xlsx", "unsupported", ".xlsx"]),
+    ],
+)
 def test_read_errors_name_the_file(tmp_path, name, content, parts):
     p = tmp_path / name
     p.write_text(content)
@@ -182,6 +251,7 @@ def test_missing_file(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- suggestions
 
+
 def test_describe_and_suggest():
     df = frame()
     info = {c.name: c for c in describe_columns(df)}
@@ -193,18 +263,41 @@ def test_describe_and_suggest():
     assert info["features"].detected == "vector" and info["features"].example == "[1, 2]"
     assert info["order_id"].detected == "id"
     assert info["quantity"].missing == 1
-    assert suggest_roles(df) == {"review": "text", "price": "tabular", "quantity": "tabular",
-                                 "order_id": "ignore", "label": "ignore", "in_stock": "tabular",
-                                 "features": "tabular"}
+    assert suggest_roles(df) == {
+        "review": "text",
+        "price": "tabular",
+        "quantity": "tabular",
+        "order_id": "ignore",
+        "label": "ignore",
+        "in_stock": "tabular",
+        "features": "tabular",
+    }
 
 
 def test_suggestion_name_rules():
-    df = pd.DataFrame({"customerId": [10, 11], "paid": [1.0, 2.0], "target": [0, 1], "y": [1, 0],
-                       "category": ["toys", "books"], "sku": ["A-100", "B-200"], "Unnamed: 0": [0, 1],
-                       "blank": [None, None]})
+    df = pd.DataFrame(
+        {
+            "customerId": [10, 11],
+            "paid": [1.0, 2.0],
+            "target": [0, 1],
+            "y": [1, 0],
+            "category": ["toys", "books"],
+            "sku": ["A-100", "B-200"],
+            "Unnamed: 0": [0, 1],
+            "blank": [None, None],
+        }
+    )
     s = suggest_roles(df)
-    assert s == {"customerId": "ignore", "paid": "tabular", "target": "ignore", "y": "ignore",
-                 "category": "ignore", "sku": "ignore", "Unnamed: 0": "ignore", "blank": "ignore"}
+    assert s == {
+        "customerId": "ignore",
+        "paid": "tabular",
+        "target": "ignore",
+        "y": "ignore",
+        "category": "ignore",
+        "sku": "ignore",
+        "Unnamed: 0": "ignore",
+        "blank": "ignore",
+    }
     assert {c.name: c.detected for c in describe_columns(df)}["blank"] == "empty"
 
 
@@ -230,6 +323,7 @@ def test_suggestions_follow_the_model(tokenizer):
 
 # ---------------------------------------------------------------------------------------------- text
 
+
 def test_text_tokenized_int64_by_default(tokenizer):
     b = build_batch(frame(), text_model(tokenizer), {}, spec(), file="s.csv")
     assert isinstance(b, Batch)
@@ -240,14 +334,26 @@ def test_text_tokenized_int64_by_default(tokenizer):
     assert ids[0, 0].item() == tokenizer.cls_token_id and VOCAB.index("great") in ids[0].tolist()
     assert mask[2].tolist().count(1) == 3  # [CLS] ok [SEP], rest padding
     assert b.rows == 3 and b.text_columns == ["review"] and b.file == "s.csv"
-    assert b.roles == {"review": "text", "price": "ignore", "quantity": "ignore", "order_id": "ignore",
-                       "label": "ignore", "in_stock": "ignore", "features": "ignore"}
+    assert b.roles == {
+        "review": "text",
+        "price": "ignore",
+        "quantity": "ignore",
+        "order_id": "ignore",
+        "label": "ignore",
+        "in_stock": "ignore",
+        "features": "ignore",
+    }
     assert b.ignored["order_id"] == ["00123", "00456", "01789"]
     assert b.ignored["quantity"] == [3, None, 7]
     assert b.ignored["features"][1] == [3, 4.5]
     json.dumps(b.ignored)  # JSON-able
-    assert b.tokenizer_settings == {"max_length": 128, "padding": "longest", "truncation": True,
-                                    "id_dtype": "int64", "pair": False}
+    assert b.tokenizer_settings == {
+        "max_length": 128,
+        "padding": "longest",
+        "truncation": True,
+        "id_dtype": "int64",
+        "pair": False,
+    }
 
 
 def test_int32_and_max_length(tokenizer):
@@ -260,6 +366,7 @@ def test_int32_and_max_length(tokenizer):
 
 def test_max_length_capped_by_tokenizer(tokenizer):
     import copy
+
     tok = copy.deepcopy(tokenizer)
     tok.model_max_length = 5
     b = build_batch(frame(), text_model(tok), {}, spec(max_length=128))
@@ -303,14 +410,32 @@ def test_one_row_sample(tokenizer):
 
 def test_text_errors(tokenizer):
     df = frame()
-    raises(lambda: build_batch(df, text_model(None), {}, spec(), file="s.csv"),
-           "s.csv", "'review'", "carries no tokenizer", column="review", file="s.csv")
+    raises(
+        lambda: build_batch(df, text_model(None), {}, spec(), file="s.csv"),
+        "s.csv",
+        "'review'",
+        "carries no tokenizer",
+        column="review",
+        file="s.csv",
+    )
     tab_only = make_model([ModelInput("x", TABULAR)])
-    raises(lambda: build_batch(df, tab_only, {"review": "text", "price": "tabular", "quantity": "ignore",
-                                              "in_stock": "ignore", "features": "ignore"}, spec()),
-           "'review'", "takes no text inputs", column="review")
-    raises(lambda: build_batch(df, text_model(tokenizer), {"review": "ignore"}, spec()),
-           "no column is mapped text", "'review'", "'order_id'")
+    raises(
+        lambda: build_batch(
+            df,
+            tab_only,
+            {"review": "text", "price": "tabular", "quantity": "ignore", "in_stock": "ignore", "features": "ignore"},
+            spec(),
+        ),
+        "'review'",
+        "takes no text inputs",
+        column="review",
+    )
+    raises(
+        lambda: build_batch(df, text_model(tokenizer), {"review": "ignore"}, spec()),
+        "no column is mapped text",
+        "'review'",
+        "'order_id'",
+    )
     df3 = pd.DataFrame({"a": ["x y z w"] * 2, "b": ["x y z w"] * 2, "c": ["x y z w"] * 2})
     raises(lambda: build_batch(df3, text_model(tokenizer), {}, spec()), "3 columns are mapped text", "pair")
     mm = text_model(tokenizer, tabular=[ModelInput("n", TABULAR)])
@@ -327,8 +452,10 @@ def test_empty_and_odd_text_cells_are_text_and_warned(tokenizer):
     assert ids[2] == ids[3] == [2, 3] + [0] * (width - 2)
     assert mask[3] == [1, 1] + [0] * (width - 2)
     assert ids[0][:4] == [2, VOCAB.index("great"), VOCAB.index("product"), 3]
-    assert any("r.csv" in w and "'review'" in w and "row 4 (1-based, header not counted)" in w
-               and "empty text" in w for w in b.warnings), b.warnings
+    assert any(
+        "r.csv" in w and "'review'" in w and "row 4 (1-based, header not counted)" in w and "empty text" in w
+        for w in b.warnings
+    ), b.warnings
     assert any("row 3 " in w and "blank" in w for w in b.warnings), b.warnings
     # JSON values that are not strings are tokenized as their text, and listed
     odd = pd.DataFrame({"review": ["great product", 42, [1, 2]]})
@@ -342,15 +469,20 @@ def test_empty_and_odd_text_cells_are_text_and_warned(tokenizer):
 
 # ---------------------------------------------------------------------------------------------- tabular
 
+
 def test_tabular_numbers_bools_and_vectors(tmp_path):
     p = tmp_path / "t.csv"
     p.write_text('price,flag,flag01,emb,raw\n1.5,true,1,"[1, 2.5, 3]",2\n2,False,0,"[0, 0, -1]",3\n')
     df = read_sample(p)
-    model = make_model([ModelInput("price", TABULAR, column="price", width=1),
-                        ModelInput("flag", TABULAR, column="flag"),
-                        ModelInput("flag01", TABULAR, column="flag01"),
-                        ModelInput("emb", TABULAR, column="emb", width=3),
-                        ModelInput("rest", TABULAR)])
+    model = make_model(
+        [
+            ModelInput("price", TABULAR, column="price", width=1),
+            ModelInput("flag", TABULAR, column="flag"),
+            ModelInput("flag01", TABULAR, column="flag01"),
+            ModelInput("emb", TABULAR, column="emb", width=3),
+            ModelInput("rest", TABULAR),
+        ]
+    )
     b = build_batch(df, model, {}, spec())
     assert list(b.tensors) == ["price", "flag", "flag01", "emb", "rest"]
     assert all(t.dtype == torch.float32 for t in b.tensors.values())
@@ -359,8 +491,7 @@ def test_tabular_numbers_bools_and_vectors(tmp_path):
     assert b.tensors["flag01"].tolist() == [[1.0], [0.0]]
     assert b.tensors["emb"].tolist() == [[1.0, 2.5, 3.0], [0.0, 0.0, -1.0]]
     assert b.tensors["rest"].tolist() == [[2.0], [3.0]]
-    assert b.tabular == {"price": ["price"], "flag": ["flag"], "flag01": ["flag01"], "emb": ["emb"],
-                         "rest": ["raw"]}
+    assert b.tabular == {"price": ["price"], "flag": ["flag"], "flag01": ["flag01"], "emb": ["emb"], "rest": ["raw"]}
     assert b.widths["emb"] == 3
     # real lists (JSON) and strings holding lists (a hand-built frame) both work
     df2 = pd.DataFrame({"emb": [[1, 2], "[3, 4]"]})
@@ -371,9 +502,16 @@ def test_tabular_numbers_bools_and_vectors(tmp_path):
 def test_tabular_value_errors():
     model = make_model([ModelInput("x", TABULAR)])
     bad = pd.DataFrame({"price": ["1.5", "cheap", "2"]})
-    raises(lambda: build_batch(bad, model, {"price": "tabular"}, spec(), file="p.csv"),
-           "p.csv", "'price'", "row 2 (1-based, header not counted)", "'cheap'", "not a number",
-           column="price", row=2)
+    raises(
+        lambda: build_batch(bad, model, {"price": "tabular"}, spec(), file="p.csv"),
+        "p.csv",
+        "'price'",
+        "row 2 (1-based, header not counted)",
+        "'cheap'",
+        "not a number",
+        column="price",
+        row=2,
+    )
     empty = pd.DataFrame({"price": [1.5, None, 2.0]})
     raises(lambda: build_batch(empty, model, {"price": "tabular"}, spec()), "'price'", "row 2", "empty", row=2)
     b = build_batch(empty, model, {"price": "tabular"}, spec(fill_value=0.0))
@@ -381,11 +519,12 @@ def test_tabular_value_errors():
     # fill_value fills empty cells, never non-numeric text
     raises(lambda: build_batch(bad, model, {"price": "tabular"}, spec(fill_value=0.0)), "'cheap'", row=2)
     ragged = pd.DataFrame({"emb": [[1, 2], [3, 4, 5]]})
-    raises(lambda: build_batch(ragged, model, {"emb": "tabular"}, spec()), "'emb'", "row 2", "ragged",
-           column="emb", row=2)
+    raises(
+        lambda: build_batch(ragged, model, {"emb": "tabular"}, spec()), "'emb'", "row 2", "ragged", column="emb", row=2
+    )
     mixed = pd.DataFrame({"emb": ["[1, 2]", "3"]})
     raises(lambda: build_batch(mixed, model, {"emb": "tabular"}, spec()), "'emb'", "mixes", column="emb")
-    nested = pd.DataFrame({"emb": ["[1, 2]", "[1, \"a\"]"]})
+    nested = pd.DataFrame({"emb": ["[1, 2]", '[1, "a"]']})
     raises(lambda: build_batch(nested, model, {"emb": "tabular"}, spec()), "'emb'", "row 2", row=2)
     yes = pd.DataFrame({"flag": ["yes", "no"]})
     raises(lambda: build_batch(yes, model, {"flag": "tabular"}, spec()), "'flag'", "row 1", "'yes'")
@@ -397,29 +536,53 @@ def test_tabular_value_errors():
 def test_tabular_matching_errors(tokenizer):
     df = pd.DataFrame({"price": [1.0, 2.0], "qty": [3, 4], "note": ["a", "b"]})
     needs_age = make_model([ModelInput("age", TABULAR, column="age")])
-    raises(lambda: build_batch(df, needs_age, {}, spec(), file="s.csv"),
-           "s.csv", "tabular field 'age'", "'price'", "'qty'", column="age")
+    raises(
+        lambda: build_batch(df, needs_age, {}, spec(), file="s.csv"),
+        "s.csv",
+        "tabular field 'age'",
+        "'price'",
+        "'qty'",
+        column="age",
+    )
     needs_price = make_model([ModelInput("p", TABULAR, column="price")])
-    raises(lambda: build_batch(df, needs_price, {"price": "ignore"}, spec()),
-           "'price'", "mapped 'ignore'", column="price")
-    raises(lambda: build_batch(df, needs_price, {"qty": "tabular"}, spec()),
-           "'qty'", "the model takes tabular fields", "'p'", column="qty")
+    raises(
+        lambda: build_batch(df, needs_price, {"price": "ignore"}, spec()), "'price'", "mapped 'ignore'", column="price"
+    )
+    raises(
+        lambda: build_batch(df, needs_price, {"qty": "tabular"}, spec()),
+        "'qty'",
+        "the model takes tabular fields",
+        "'p'",
+        column="qty",
+    )
     text_only = text_model(tokenizer)
-    raises(lambda: build_batch(df, text_only, {"note": "text", "price": "tabular"}, spec()),
-           "'price'", "the model takes tabular fields: none", column="price")
+    raises(
+        lambda: build_batch(df, text_only, {"note": "text", "price": "tabular"}, spec()),
+        "'price'",
+        "the model takes tabular fields: none",
+        column="price",
+    )
     two = make_model([ModelInput("a", TABULAR), ModelInput("b", TABULAR)])
-    raises(lambda: build_batch(df, two, {"price": "tabular", "qty": "ignore"}, spec()),
-           "needs 2 tabular column(s)", "'price'")
+    raises(
+        lambda: build_batch(df, two, {"price": "tabular", "qty": "ignore"}, spec()),
+        "needs 2 tabular column(s)",
+        "'price'",
+    )
     wide = make_model([ModelInput("v", TABULAR, column="price", width=4)])
-    raises(lambda: build_batch(df, wide, {}, spec()), "'price'", "expects width 4", "1 feature",
-           column="price")
+    raises(lambda: build_batch(df, wide, {}, spec()), "'price'", "expects width 4", "1 feature", column="price")
 
 
 def test_role_errors():
     df = pd.DataFrame({"price": [1.0, 2.0]})
     model = make_model([ModelInput("x", TABULAR)])
-    err = raises(lambda: build_batch(df, model, {"prices": "tabular"}, spec(), file="s.csv"),
-                 "s.csv", "'prices'", "not in the file", "Columns in the file: 'price'", column="prices")
+    err = raises(
+        lambda: build_batch(df, model, {"prices": "tabular"}, spec(), file="s.csv"),
+        "s.csv",
+        "'prices'",
+        "not in the file",
+        "Columns in the file: 'price'",
+        column="prices",
+    )
     assert "price" in err.hint
     raises(lambda: build_batch(df, model, {"price": "numeric"}, spec()), "'numeric'", "'price'")
     raises(lambda: build_batch(df.iloc[:0], model, {}, spec()), "no rows")
@@ -427,17 +590,24 @@ def test_role_errors():
 
 def test_optional_named_input_may_be_absent():
     df = pd.DataFrame({"price": [1.0, 2.0]})
-    model = make_model([ModelInput("p", TABULAR, column="price"),
-                        ModelInput("d", TABULAR, column="discount", required=False)])
+    model = make_model(
+        [ModelInput("p", TABULAR, column="price"), ModelInput("d", TABULAR, column="discount", required=False)]
+    )
     b = build_batch(df, model, {}, spec())
     assert list(b.tensors) == ["p"] and b.tabular == {"p": ["price"]}
 
 
 def test_multimodal_tensors_in_model_order(tokenizer):
     df = frame()
-    mm = make_model([ModelInput("price", TABULAR, column="price"), ModelInput(INPUT_IDS, INPUT_IDS),
-                     ModelInput(ATTENTION_MASK, ATTENTION_MASK),
-                     ModelInput("features", TABULAR, column="features", width=2)], tokenizer)
+    mm = make_model(
+        [
+            ModelInput("price", TABULAR, column="price"),
+            ModelInput(INPUT_IDS, INPUT_IDS),
+            ModelInput(ATTENTION_MASK, ATTENTION_MASK),
+            ModelInput("features", TABULAR, column="features", width=2),
+        ],
+        tokenizer,
+    )
     b = build_batch(df, mm, {}, spec())
     assert list(b.tensors) == ["price", INPUT_IDS, ATTENTION_MASK, "features"]
     assert {t.shape[0] for t in b.tensors.values()} == {3}
@@ -446,29 +616,46 @@ def test_multimodal_tensors_in_model_order(tokenizer):
 
 # ---------------------------------------------------------------------------------- many columns, one input
 
+
 def wide_frame() -> pd.DataFrame:
-    return pd.DataFrame({"id": ["a1", "a2"], "a": [1.0, 2.0], "b": [3, 4], "emb": [[5, 6], [7, 8]],
-                         "c": [9.5, 10.5], "label": [0, 1]})
+    return pd.DataFrame(
+        {"id": ["a1", "a2"], "a": [1.0, 2.0], "b": [3, 4], "emb": [[5, 6], [7, 8]], "c": [9.5, 10.5], "label": [0, 1]}
+    )
 
 
 def test_one_tabular_input_takes_every_tabular_column_in_file_order():
     model = make_model([ModelInput("features", TABULAR)])
     b = build_batch(wide_frame(), model, {}, spec())
-    assert b.roles == {"id": "ignore", "a": "tabular", "b": "tabular", "emb": "tabular", "c": "tabular",
-                       "label": "ignore"}
+    assert b.roles == {
+        "id": "ignore",
+        "a": "tabular",
+        "b": "tabular",
+        "emb": "tabular",
+        "c": "tabular",
+        "label": "ignore",
+    }
     assert b.tabular == {"features": ["a", "b", "emb", "c"]}
     assert b.tensors["features"].tolist() == [[1, 3, 5, 6, 9.5], [2, 4, 7, 8, 10.5]]
     assert b.widths == {"features": 5}
-    assert b.features["features"] == [{"column": "a", "start": 0, "width": 1},
-                                      {"column": "b", "start": 1, "width": 1},
-                                      {"column": "emb", "start": 2, "width": 2},
-                                      {"column": "c", "start": 4, "width": 1}]
+    assert b.features["features"] == [
+        {"column": "a", "start": 0, "width": 1},
+        {"column": "b", "start": 1, "width": 1},
+        {"column": "emb", "start": 2, "width": 2},
+        {"column": "c", "start": 4, "width": 1},
+    ]
 
 
 def test_declared_width_is_checked_naming_width_and_columns():
     model = make_model([ModelInput("features", TABULAR, width=3)])
-    raises(lambda: build_batch(wide_frame(), model, {}, spec(), file="w.csv"),
-           "w.csv", "'features'", "expects width 3", "5 features", "'a', 'b', 'emb', 'c'", column="a")
+    raises(
+        lambda: build_batch(wide_frame(), model, {}, spec(), file="w.csv"),
+        "w.csv",
+        "'features'",
+        "expects width 3",
+        "5 features",
+        "'a', 'b', 'emb', 'c'",
+        column="a",
+    )
     ok = build_batch(wide_frame(), model, {"emb": "ignore"}, spec())
     assert ok.tensors["features"].tolist() == [[1, 3, 9.5], [2, 4, 10.5]]
 
@@ -482,16 +669,28 @@ def test_explicit_tabular_order_and_ranges():
     # a column the user mapped ignore is made tabular by --tabular when the role is left to the studio
     b2 = build_batch(wide_frame(), make_model([ModelInput("x", TABULAR)]), {}, spec(tabular={"x": ["label"]}))
     assert b2.roles["label"] == "tabular" and b2.tensors["x"].tolist() == [[0], [1]]
-    raises(lambda: build_batch(wide_frame(), model, {}, spec(tabular={"feats": ["a"]})),
-           "no input 'feats'", "'features'")
-    raises(lambda: build_batch(wide_frame(), model, {}, spec(tabular={"features": ["a", "z"]})),
-           "'z' is not a column", column="z")
-    raises(lambda: build_batch(wide_frame(), model, {}, spec(tabular={"features": ["c..a"]})),
-           "runs backwards", column="c")
-    raises(lambda: build_batch(wide_frame(), model, {"b": "ignore"}, spec(tabular={"features": ["a..c"]})),
-           "'b'", "mapped 'ignore'", column="b")
-    raises(lambda: build_batch(wide_frame(), model, {}, spec(tabular={"features": ["a", "a..b"]})),
-           "more than once", column="a")
+    raises(
+        lambda: build_batch(wide_frame(), model, {}, spec(tabular={"feats": ["a"]})), "no input 'feats'", "'features'"
+    )
+    raises(
+        lambda: build_batch(wide_frame(), model, {}, spec(tabular={"features": ["a", "z"]})),
+        "'z' is not a column",
+        column="z",
+    )
+    raises(
+        lambda: build_batch(wide_frame(), model, {}, spec(tabular={"features": ["c..a"]})), "runs backwards", column="c"
+    )
+    raises(
+        lambda: build_batch(wide_frame(), model, {"b": "ignore"}, spec(tabular={"features": ["a..c"]})),
+        "'b'",
+        "mapped 'ignore'",
+        column="b",
+    )
+    raises(
+        lambda: build_batch(wide_frame(), model, {}, spec(tabular={"features": ["a", "a..b"]})),
+        "more than once",
+        column="a",
+    )
 
 
 def test_widths_split_columns_between_inputs_in_file_order():
@@ -508,7 +707,13 @@ def test_multimodal_field_without_column_fed_by_many_columns():
     df = wide_frame().drop(columns=["emb"]).assign(d=[0.0, 1.0])
     b = build_batch(df, mm, {}, spec())
     assert b.tabular == {"features": ["a", "b", "c", "d"]}
-    raises(lambda: build_batch(wide_frame(), mm, {}, spec()),
-           "tabular field 'features'", "width 4", "5 feature(s)", "--tabular features=", column="features")
+    raises(
+        lambda: build_batch(wide_frame(), mm, {}, spec()),
+        "tabular field 'features'",
+        "width 4",
+        "5 feature(s)",
+        "--tabular features=",
+        column="features",
+    )
     b2 = build_batch(wide_frame(), mm, {}, spec(tabular={"features": ["a", "emb", "c"]}))
     assert b2.tensors["features"].tolist() == [[1, 5, 6, 9.5], [2, 7, 8, 10.5]]

@@ -1,5 +1,6 @@
 """The big-model path (weights in external data), tested cheaply: a tiny model with the external-data
 threshold lowered to zero. A real > 2 GB run is an optional benchmark size (benchmarks/run.py --sizes big)."""
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,17 @@ def big(hf_folders, sample_csv, tmp_path_factory):
     mp.setattr(export_mod, "EXTERNAL_DATA_BYTES", 0)
     try:
         out = tmp_path_factory.mktemp("big") / "out"
-        report = convert(ConvertSpec(checkpoint=str(hf_folders["bert"]), data=str(sample_csv), out=str(out),
-                                     exporter="dynamo", latency_budget_s=0.02, cuda=False,
-                                     variants=("optimized", "int8", "fp16")))
+        report = convert(
+            ConvertSpec(
+                checkpoint=str(hf_folders["bert"]),
+                data=str(sample_csv),
+                out=str(out),
+                exporter="dynamo",
+                latency_budget_s=0.02,
+                cuda=False,
+                variants=("optimized", "int8", "fp16"),
+            )
+        )
     finally:
         mp.undo()
     return report, out
@@ -84,15 +93,31 @@ def test_report_json_names_the_data_files(big):
 
 def test_legacy_exporter_also_writes_external_data_above_the_threshold(hf_folders, sample_csv, tmp_path, monkeypatch):
     monkeypatch.setattr(export_mod, "EXTERNAL_DATA_BYTES", 0)
-    report = convert(ConvertSpec(checkpoint=str(hf_folders["bert"]), data=str(sample_csv), out=str(tmp_path / "o"),
-                                 exporter="torchscript", latency_budget_s=0.01, cuda=False))
+    report = convert(
+        ConvertSpec(
+            checkpoint=str(hf_folders["bert"]),
+            data=str(sample_csv),
+            out=str(tmp_path / "o"),
+            exporter="torchscript",
+            latency_budget_s=0.01,
+            cuda=False,
+        )
+    )
     assert report.export.exporter == "torchscript" and report.export.external_data
     assert (tmp_path / "o" / "model.onnx.data").is_file() and report.ok
 
 
 def test_small_models_stay_one_file(hf_folders, sample_csv, tmp_path):
-    report = convert(ConvertSpec(checkpoint=str(hf_folders["bert"]), data=str(sample_csv), out=str(tmp_path / "o"),
-                                 exporter="torchscript", latency_budget_s=0.01, cuda=False))
+    report = convert(
+        ConvertSpec(
+            checkpoint=str(hf_folders["bert"]),
+            data=str(sample_csv),
+            out=str(tmp_path / "o"),
+            exporter="torchscript",
+            latency_budget_s=0.01,
+            cuda=False,
+        )
+    )
     assert not report.export.external_data and "data" not in report.files
     assert not (tmp_path / "o" / "model.onnx.data").exists()
     assert export_mod.EXTERNAL_DATA_BYTES == 256 * 1024**2

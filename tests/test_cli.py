@@ -1,4 +1,5 @@
 """The CLI contract: commands have help and are documented, exit codes 0 / 1 / 2, --json output."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,9 @@ COMMANDS = sorted(cli.build_parser()._subparsers._group_actions[0].choices)
 
 
 def studio(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "studio", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd or REPO, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "studio", *map(str, args)], capture_output=True, text=True, cwd=cwd or REPO, timeout=600
+    )
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -30,7 +32,7 @@ def test_every_command_has_help_and_is_in_the_readme(command, capsys):
 def _usage(command: str) -> str:
     """The README's usage lines of one command (the CLI section's code block, from `studio COMMAND`)."""
     text = (REPO / "README.md").read_text()
-    block = text[text.index("## CLI"):].split("```")[1]
+    block = text[text.index("## CLI") :].split("```")[1]
     lines = block.strip().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(f"studio {command} "))
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("studio ")), len(lines))
@@ -53,8 +55,21 @@ def test_commands_cover_the_contract():
 @pytest.fixture(scope="module")
 def converted(hf_folders, sample_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "out"
-    run = studio("convert", hf_folders["bert"], "--data", sample_csv, "--out", out, "--exporter", "torchscript",
-                 "--latency-budget", "0.1", "--json", "--role", "review=text")
+    run = studio(
+        "convert",
+        hf_folders["bert"],
+        "--data",
+        sample_csv,
+        "--out",
+        out,
+        "--exporter",
+        "torchscript",
+        "--latency-budget",
+        "0.1",
+        "--json",
+        "--role",
+        "review=text",
+    )
     return run, out
 
 
@@ -84,22 +99,26 @@ def test_roles_command(sample_csv):
 
 
 def test_bad_input_exit_2_names_the_column_without_traceback(hf_folders, sample_csv, tmp_path):
-    run = studio("convert", hf_folders["bert"], "--data", sample_csv, "--out", tmp_path / "o",
-                 "--role", "no_such_column=text")
+    run = studio(
+        "convert", hf_folders["bert"], "--data", sample_csv, "--out", tmp_path / "o", "--role", "no_such_column=text"
+    )
     assert run.returncode == 2
     assert "no_such_column" in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "o").exists()  # nothing half written
     assert not list(tmp_path.glob(".o.partial-*"))
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["missing.pt", "--data", "x.csv"], "does not exist"),
-    (["{ckpt}", "--data", "{sample}", "--opset", "9"], "outside the supported range"),
-    (["{ckpt}", "--data", "{sample}", "--role", "review=words"], "not one of"),
-    (["{ckpt}", "--data", "missing.csv"], "missing.csv"),
-    (["{ckpt}", "--data", "{sample}", "--latency-budget", "0"], "--latency-budget must be more than 0 s"),
-    (["{ckpt}", "--data", "{sample}", "--threads", "0"], "--threads must be a whole number >= 1"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["missing.pt", "--data", "x.csv"], "does not exist"),
+        (["{ckpt}", "--data", "{sample}", "--opset", "9"], "outside the supported range"),
+        (["{ckpt}", "--data", "{sample}", "--role", "review=words"], "not one of"),
+        (["{ckpt}", "--data", "missing.csv"], "missing.csv"),
+        (["{ckpt}", "--data", "{sample}", "--latency-budget", "0"], "--latency-budget must be more than 0 s"),
+        (["{ckpt}", "--data", "{sample}", "--threads", "0"], "--threads must be a whole number >= 1"),
+    ],
+)
 def test_more_bad_inputs_exit_2(args, needle, hf_folders, sample_csv, tmp_path):
     args = [a.format(ckpt=hf_folders["bert"], sample=sample_csv) for a in args]
     run = studio("convert", *args, "--out", tmp_path / "o", cwd=tmp_path)
@@ -110,23 +129,46 @@ def test_more_bad_inputs_exit_2(args, needle, hf_folders, sample_csv, tmp_path):
 def test_failed_check_exit_1(converted, monkeypatch, capsys, hf_folders, sample_csv, tmp_path):
     """Exported but a check failed: exit 1, and the summary says which check."""
     import studio.pipeline as pipeline
+
     real = pipeline.convert
 
     def failing(spec, progress=None):
         report = real(spec, progress)
         report.parity.ok = False
         return report
+
     monkeypatch.setattr(pipeline, "convert", failing)
-    code = cli.main(["convert", str(hf_folders["bert"]), "--data", str(sample_csv), "--out", str(tmp_path / "o"),
-                     "--exporter", "torchscript", "--latency-budget", "0.05", "--quiet"])
+    code = cli.main(
+        [
+            "convert",
+            str(hf_folders["bert"]),
+            "--data",
+            str(sample_csv),
+            "--out",
+            str(tmp_path / "o"),
+            "--exporter",
+            "torchscript",
+            "--latency-budget",
+            "0.05",
+            "--quiet",
+        ]
+    )
     assert code == 1
     assert "FAIL (parity)" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(not (DEMO / "demo_model.pt").exists(), reason="demo checkpoint not built")
 def test_demo_from_the_readme_exits_0(tmp_path):
-    run = studio("convert", DEMO / "demo_model.pt", "--data", DEMO / "sample.csv", "--out", tmp_path / "demo",
-                 "--latency-budget", "0.2")
+    run = studio(
+        "convert",
+        DEMO / "demo_model.pt",
+        "--data",
+        DEMO / "sample.csv",
+        "--out",
+        tmp_path / "demo",
+        "--latency-budget",
+        "0.2",
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.startswith("PASS")
 
@@ -135,8 +177,10 @@ def test_demo_and_tabular_flags_map_to_the_spec(capsys):
     from studio import demo
     from studio.errors import StudioError
     from studio.spec import parse_tabular
-    args = cli.build_parser().parse_args(["convert", "--demo", "--tabular", "features=a..c, d", "--tabular",
-                                          "price=price"])
+
+    args = cli.build_parser().parse_args(
+        ["convert", "--demo", "--tabular", "features=a..c, d", "--tabular", "price=price"]
+    )
     spec = cli.spec_from_args(args)
     assert spec.checkpoint == str(demo.checkpoint()) and spec.data == str(demo.sample())
     assert demo.checkpoint().is_file() and demo.checkpoint().parent.name == "demo"
@@ -155,9 +199,25 @@ def test_locate_prints_where_onnx_runtime_leaves_pytorch(capsys, sample_csv, tmp
     """A parity failure runs the locator by itself (tests/diverging.py: the TorchScript exporter drops
     Softplus's threshold): exit 1, and the summary, report.json and report.md name the module."""
     import diverging
+
     ckpt = diverging.save(tmp_path / "soft" / "model.pt")
-    code = cli.main(["convert", str(ckpt), "--data", str(sample_csv), "--out", str(tmp_path / "o"), "--trust-code",
-                     "--exporter", "torchscript", "--latency-budget", "0.05", "--no-cuda", "--quiet"])
+    code = cli.main(
+        [
+            "convert",
+            str(ckpt),
+            "--data",
+            str(sample_csv),
+            "--out",
+            str(tmp_path / "o"),
+            "--trust-code",
+            "--exporter",
+            "torchscript",
+            "--latency-budget",
+            "0.05",
+            "--no-cuda",
+            "--quiet",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 1 and out.startswith("FAIL (parity")
     lines = out.splitlines()
@@ -170,8 +230,19 @@ def test_locate_prints_where_onnx_runtime_leaves_pytorch(capsys, sample_csv, tmp
 
 
 def test_locate_flag_runs_it_on_a_passing_model(capsys, tmp_path):
-    code = cli.main(["convert", "--demo", "--out", str(tmp_path / "o"), "--locate", "--latency-budget", "0.05",
-                     "--no-cuda", "--quiet"])
+    code = cli.main(
+        [
+            "convert",
+            "--demo",
+            "--out",
+            str(tmp_path / "o"),
+            "--locate",
+            "--latency-budget",
+            "0.05",
+            "--no-cuda",
+            "--quiet",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and out.startswith("PASS")
     assert "divergence  none found: every module output compared agrees" in out

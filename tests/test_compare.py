@@ -1,5 +1,6 @@
 """--exporter compare: both exporters' files checked and timed side by side, the winner kept as model.onnx;
 and the reason `auto` gives for the exporter it kept."""
+
 from __future__ import annotations
 
 import contextlib
@@ -25,6 +26,7 @@ X = {"x": torch.randn(4, 3).abs()}
 
 # --- the whole conversion, through the CLI -----------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):
     """`studio convert` of a tiny BERT with --exporter compare: (exit code, stdout, output folder)."""
@@ -34,8 +36,22 @@ def compared(tmp_path_factory):
     out = root / "out"
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        rc = cli.main(["convert", str(folder), "--data", str(sample), "--exporter", "compare", "--out", str(out),
-                       "--latency-budget", "0.1", "--no-cuda", "--quiet"])
+        rc = cli.main(
+            [
+                "convert",
+                str(folder),
+                "--data",
+                str(sample),
+                "--exporter",
+                "compare",
+                "--out",
+                str(out),
+                "--latency-budget",
+                "0.1",
+                "--no-cuda",
+                "--quiet",
+            ]
+        )
     return rc, stdout.getvalue(), out
 
 
@@ -67,8 +83,10 @@ def test_both_rows_have_real_numbers_and_the_winner_passes_every_check(compared)
     p50 = {n: r["ort_cpu"]["p50_ms"] for n, r in rows.items()}
     rounds = {n: r["round_p50_ms"] for n, r in rows.items()}
     assert len(rounds["dynamo"]) == len(rounds["torchscript"]) == compare.ROUNDS
-    clearly = {a: p50[a] < (1 - compare.MARGIN) * p50[b] and all(x < y for x, y in zip(rounds[a], rounds[b]))
-               for a, b in (("dynamo", "torchscript"), ("torchscript", "dynamo"))}
+    clearly = {
+        a: p50[a] < (1 - compare.MARGIN) * p50[b] and all(x < y for x, y in zip(rounds[a], rounds[b]))
+        for a, b in (("dynamo", "torchscript"), ("torchscript", "dynamo"))
+    }
     assert c["winner"] == ("torchscript" if clearly["torchscript"] else "dynamo")
     assert ("is faster" in c["reason"]) == clearly[c["winner"]]
 
@@ -100,7 +118,7 @@ def test_cli_table_and_report_md(compared):
     head = next(i for i, line in enumerate(lines) if line.startswith("compare  "))
     assert lines[head] == f"compare  {winner} chosen: {report['comparison']['reason']}"
     assert lines[head + 1].split()[:3] == ["exporter", "export", "opset"]
-    rows = {line.split()[0]: line.split() for line in lines[head + 2:head + 4]}
+    rows = {line.split()[0]: line.split() for line in lines[head + 2 : head + 4]}
     assert set(rows) == {"dynamo", "torchscript"} and rows[winner][-1] == "chosen"
     for name, cells in rows.items():
         assert cells[1:5] == ["ok", "18", "PASS", "PASS"] and cells[5].startswith("(") and cells[6] == "PASS"
@@ -113,6 +131,7 @@ def test_cli_table_and_report_md(compared):
 
 # --- one exporter fails, both fail -----------------------------------------------------------------------
 
+
 def _compared(module, tmp_path, **kw):
     loaded = tabular_model(module)
     s = spec(exporter="compare", latency_budget_s=0.05, **kw)
@@ -124,6 +143,7 @@ def _compared(module, tmp_path, **kw):
 def test_dynamo_skipped_below_17_torchscript_wins_with_the_reason(tmp_path, monkeypatch):
     def must_not_run(*a, **k):
         raise AssertionError("the new exporter ran")
+
     monkeypatch.setitem(export_mod.EXPORT_FUNCTIONS, "dynamo", must_not_run)
     info, c, dest = _compared(Normed(), tmp_path, opset=16)
     dyn, ts = c.rows
@@ -145,6 +165,7 @@ def test_dynamo_fails_on_data_dependent_control_flow_torchscript_wins(tmp_path):
 def test_both_fail_is_the_usual_export_error(tmp_path, monkeypatch):
     def broken(*a, **k):
         raise RuntimeError("cannot export this")
+
     for name in ("dynamo", "torchscript"):
         monkeypatch.setitem(export_mod.EXPORT_FUNCTIONS, name, broken)
     with pytest.raises(ExportError) as e:
@@ -160,6 +181,7 @@ def test_pytorch_runs_once_per_input_set_for_both_candidates(tmp_path):
     def counting(module, named):
         calls.append(tuple(named["x"].shape))
         return loaded.adapter(module, named)
+
     reference = parity.cached_reference(replace(loaded, adapter=counting))
     s = spec(exporter="compare", latency_budget_s=0.05)
     _, c = compare.export_compared(loaded, reference, X, s, tmp_path / "model.onnx")
@@ -169,11 +191,21 @@ def test_pytorch_runs_once_per_input_set_for_both_candidates(tmp_path):
 
 # --- the choosing rule, on constructed rows -----------------------------------------------------------------
 
+
 def _row(name, p50, failed=(), exported=True, rounds=None):
     t = Timing(p50, p50, p50, 100, 4, None, 2, "CPUExecutionProvider") if p50 is not None else None
-    return CandidateRow(name, exported, None if exported else "boom", opset=18, failed_checks=list(failed),
-                        ort_cpu=t, checker=True, parity="parity" not in failed, dynamic=True,
-                        round_p50_ms=list(rounds) if rounds is not None else ([p50] * 5 if p50 else []))
+    return CandidateRow(
+        name,
+        exported,
+        None if exported else "boom",
+        opset=18,
+        failed_checks=list(failed),
+        ort_cpu=t,
+        checker=True,
+        parity="parity" not in failed,
+        dynamic=True,
+        round_p50_ms=list(rounds) if rounds is not None else ([p50] * 5 if p50 else []),
+    )
 
 
 @pytest.mark.parametrize("order", [1, -1])
@@ -193,16 +225,17 @@ def test_choose_a_clearly_faster_file_wins(order):
 
 def test_choose_faster_overall_but_not_in_every_round_is_a_tie():
     """A drift inside one round can move the overall p50: the file must be faster in every round."""
-    rows = [_row("dynamo", 1.00, rounds=[1.0, 1.0, 0.7, 1.0, 1.0]),
-            _row("torchscript", 0.80, rounds=[0.8, 0.8, 0.9, 0.8, 0.8])]
+    rows = [
+        _row("dynamo", 1.00, rounds=[1.0, 1.0, 0.7, 1.0, 1.0]),
+        _row("torchscript", 0.80, rounds=[0.8, 0.8, 0.9, 0.8, 0.8]),
+    ]
     winner, reason = compare.choose(rows, margin=0.10)
     assert winner == "dynamo" and "faster in 4 of 5 rounds" in reason and "not faster in every round" in reason
 
 
 def test_side_by_side_reports_each_rounds_timings():
     per_round: dict = {}
-    out = latency.side_by_side({"a": lambda: None, "b": lambda: sum(range(100))}, 0.05, rounds=5,
-                               per_round=per_round)
+    out = latency.side_by_side({"a": lambda: None, "b": lambda: sum(range(100))}, 0.05, rounds=5, per_round=per_round)
     assert set(per_round) == {"a", "b"}
     for key, rounds in per_round.items():
         assert len(rounds) == 5 and all(rounds) and sum(map(len, rounds)) == out[key][3]
@@ -212,8 +245,10 @@ def test_choose_passing_every_check_beats_speed():
     winner, reason = compare.choose([_row("dynamo", 0.10, failed=["parity"]), _row("torchscript", 5.0)])
     assert winner == "torchscript" and "only it passes every check" in reason and "dynamo fails parity" in reason
     # neither passes: fewer failed checks first, then the same speed rule
-    assert compare.choose([_row("dynamo", 1.0, ["parity", "dynamic"]), _row("torchscript", 1.0, ["parity"])])[0] \
+    assert (
+        compare.choose([_row("dynamo", 1.0, ["parity", "dynamic"]), _row("torchscript", 1.0, ["parity"])])[0]
         == "torchscript"
+    )
 
 
 def test_choose_missing_timing_or_one_usable_file():
@@ -227,6 +262,7 @@ def test_choose_missing_timing_or_one_usable_file():
 
 # --- auto says why ------------------------------------------------------------------------------------------
 
+
 def _auto(module, tmp_path, **kw):
     return export_mod.export(tabular_model(module), X, spec(**kw), tmp_path / "model.onnx")
 
@@ -238,6 +274,7 @@ def test_auto_reason_when_the_new_exporter_succeeds(tmp_path):
 def test_auto_reason_when_it_falls_back(tmp_path, monkeypatch):
     def broken(*a, **k):
         raise RuntimeError("no graph today")
+
     monkeypatch.setitem(export_mod.EXPORT_FUNCTIONS, "dynamo", broken)
     info = _auto(Honest(), tmp_path)
     assert info.exporter == "torchscript"
@@ -251,5 +288,6 @@ def test_auto_reason_when_the_new_exporter_is_skipped(tmp_path):
 
 
 def test_forced_exporter_reason(tmp_path):
-    assert _auto(Honest(), tmp_path, exporter="torchscript").reason == \
-        "torchscript was asked for (--exporter torchscript)"
+    assert (
+        _auto(Honest(), tmp_path, exporter="torchscript").reason == "torchscript was asked for (--exporter torchscript)"
+    )

@@ -6,6 +6,7 @@ of the code under test — by a Python audit hook (event "open": every open() ma
 inotify on the secret's folder (every open by any code, also Rust's safetensors / tokenizers, which raise no
 audit event). The secret must never be opened, no path outside the allow-list may be opened, and the secret's
 content must be in no output."""
+
 from __future__ import annotations
 
 import contextlib
@@ -23,10 +24,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import tiny
 import torch
 
 import studio
-import tiny
 from studio import sources
 from studio.cli import main as cli_main
 from studio.errors import StudioError, UnsafePathError
@@ -90,7 +91,7 @@ class Inotify:
         i = 0
         while i < len(data):
             _, mask, _, length = struct.unpack_from("iIII", data, i)
-            name = data[i + 16:i + 16 + length].rstrip(b"\0").decode()
+            name = data[i + 16 : i + 16 + length].rstrip(b"\0").decode()
             if name and not mask & self.IN_ISDIR:
                 names.append(name)
             i += 16 + length
@@ -118,6 +119,7 @@ def watched(folder: Path):
 
 # ----------------------------------------------------------------------------------------- building uploads
 
+
 @pytest.fixture(autouse=True)
 def private_tmp(tmp_path, monkeypatch):
     """Archives unpack under tempfile's folder: point it at scratch space the allow-list names."""
@@ -129,11 +131,13 @@ def private_tmp(tmp_path, monkeypatch):
 
 def _save_sharded(folder: Path, seed: int, safetensors: bool = True) -> Path:
     import transformers as tf
+
     torch.manual_seed(seed)
     model = tf.AutoModelForSequenceClassification.from_config(tiny.make_config("bert")).eval()
     model.save_pretrained(str(folder), max_shard_size="50KB")
     if not safetensors:  # transformers 5 writes only safetensors: rewrite the shards as torch.save files
         from safetensors.torch import load_file
+
         index = json.loads((folder / "model.safetensors.index.json").read_text())
         renamed = {}
         for shard in sorted(set(index["weight_map"].values())):
@@ -173,6 +177,7 @@ def secret(tmp_path) -> Path:
     vocab = tiny.write_vocab(words)
     vocab.write_text(vocab.read_text() + SECRET_WORD + "\n")
     from transformers import BertTokenizerFast
+
     BertTokenizerFast(vocab=str(vocab)).save_pretrained(str(words))
     shutil.copy(words / "tokenizer.json", where / "tokenizer.json")
     shutil.copy(vocab, where / "vocab.txt")
@@ -227,9 +232,16 @@ def link_pointing_out(folder: Path, secret: Path, what: str) -> tuple[Path, str]
 
 
 INDEX_CASES = [(st, how) for st in (True, False) for how in ("absolute", "dotdot")]
-TOKENIZER_CASES = [("tokenizer_file", "absolute"), ("tokenizer_file", "dotdot"), ("vocab_file", "absolute"),
-                   ("vocab_file", "dotdot"), ("merges_file", "absolute"), ("vocab", "absolute"),
-                   ("vocab", "dotdot"), ("fast_tokenizer_files", "dotdot")]
+TOKENIZER_CASES = [
+    ("tokenizer_file", "absolute"),
+    ("tokenizer_file", "dotdot"),
+    ("vocab_file", "absolute"),
+    ("vocab_file", "dotdot"),
+    ("merges_file", "absolute"),
+    ("vocab", "absolute"),
+    ("vocab", "dotdot"),
+    ("fast_tokenizer_files", "dotdot"),
+]
 LINK_CASES = ["tokenizer", "weights", "folder"]
 
 
@@ -245,10 +257,11 @@ def hostile(kind: str, arg, how: str | None, folder: Path, secret: Path) -> tupl
     return up, name, "link"
 
 
-ALL_CASES = ([pytest.param("index", st, how, id=f"index-{'safetensors' if st else 'bin'}-{how}")
-              for st, how in INDEX_CASES]
-             + [pytest.param("tokenizer", key, how, id=f"{key}-{how}") for key, how in TOKENIZER_CASES]
-             + [pytest.param("link", what, None, id=f"link-{what}") for what in LINK_CASES])
+ALL_CASES = (
+    [pytest.param("index", st, how, id=f"index-{'safetensors' if st else 'bin'}-{how}") for st, how in INDEX_CASES]
+    + [pytest.param("tokenizer", key, how, id=f"{key}-{how}") for key, how in TOKENIZER_CASES]
+    + [pytest.param("link", what, None, id=f"link-{what}") for what in LINK_CASES]
+)
 
 
 def spec(path, **kw) -> LoadDefaults:
@@ -270,6 +283,7 @@ def assert_names(err: str, name: str, key: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------- refusals
+
 
 @pytest.mark.parametrize("kind,arg,how", ALL_CASES)
 def test_hostile_folder_is_refused_naming_file_and_key(tmp_path, secret, kind, arg, how):
@@ -318,10 +332,12 @@ def test_hostile_zip_through_the_cli_exits_2(tmp_path, secret, capsys):
 def test_hostile_zip_through_the_app_job_names_file_and_key(tmp_path, secret):
     """The web studio's job process (what the page shows) gets the same refusal as the CLI."""
     from studio.app.worker import run_job
+
     up, name, key = hostile("tokenizer", "vocab", "absolute", tmp_path / "up", secret)
     upload = zip_dir(up, tmp_path / "up.zip")
-    prev = run_job("preview", {"checkpoint": str(upload), "data": str(tiny.write_sample(tmp_path / "s.csv")),
-                               "spec": None})
+    prev = run_job(
+        "preview", {"checkpoint": str(upload), "data": str(tiny.write_sample(tmp_path / "s.csv")), "spec": None}
+    )
     assert prev["model"] is None and prev["columns"]
     assert_names(prev["model_error"], name, key)
 
@@ -329,6 +345,7 @@ def test_hostile_zip_through_the_app_job_names_file_and_key(tmp_path, secret):
 def test_state_dict_file_with_a_hostile_tokenizer_beside_it_or_in_config(tmp_path, secret):
     """The folder of a single weights file, and a --config folder, are checked the same way."""
     import transformers as tf
+
     folder = tmp_path / "ckpt"
     folder.mkdir()
     config = tiny.make_config("bert")
@@ -405,12 +422,14 @@ def test_link_loop_and_nul_byte_are_refused(tmp_path):
 
 # ----------------------------------------------------------------------------------------- not over-strict
 
+
 @pytest.mark.parametrize("safetensors", [True, False], ids=["safetensors", "bin"])
 def test_benign_sharded_folder_with_links_and_keys_inside_still_loads(tmp_path, safetensors):
     up = sharded_upload(tmp_path / "up", safetensors)
     config = json.loads((up / "tokenizer_config.json").read_text())
-    (up / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_file": "tokenizer.json",
-                                                          "special_tokens_map_file": None}))
+    (up / "tokenizer_config.json").write_text(
+        json.dumps({**config, "tokenizer_file": "tokenizer.json", "special_tokens_map_file": None})
+    )
     (up / "sub").mkdir()
     (up / "sub" / "vocab-link.txt").symlink_to(up / "tokenizer.json")  # a link inside the folder is fine
     loaded = sources.load(up, spec(up))
@@ -426,26 +445,46 @@ def test_stale_saver_paths_that_name_nothing_are_no_way_out(tmp_path, secret):
     file that does exist outside is still refused."""
     up = sharded_upload(tmp_path / "up", True)
     config = json.loads((up / "tokenizer_config.json").read_text())
-    stale = {**config, "special_tokens_map_file": "/home/someone/.cache/huggingface/special_tokens_map.json",
-             "tokenizer_file": "/root/.cache/huggingface/transformers/0d5c2a.tokenizer.json"}
+    stale = {
+        **config,
+        "special_tokens_map_file": "/home/someone/.cache/huggingface/special_tokens_map.json",
+        "tokenizer_file": "/root/.cache/huggingface/transformers/0d5c2a.tokenizer.json",
+    }
     (up / "tokenizer_config.json").write_text(json.dumps(stale))
     assert sources.load(up, spec(up)).tokenizer is not None
-    (up / "tokenizer_config.json").write_text(json.dumps({**stale, "special_tokens_map_file": str(secret / "vocab.txt")}))
+    (up / "tokenizer_config.json").write_text(
+        json.dumps({**stale, "special_tokens_map_file": str(secret / "vocab.txt")})
+    )
     with pytest.raises(UnsafePathError, match="special_tokens_map_file"):
         sources.load(up, spec(up))
 
 
 # ----------------------------------------------------------------------------------------- audit: the strong test
 
+
 def _allowed_roots(up: Path, job: Path, sample: Path, scratch: Path) -> list[Path]:
     """Where a conversion may open files: the upload, its job folder, the sample, the scratch space, the code
     (the Python installation and its site-packages, this checkout), the kernel's virtual files and the
     system's time-zone / OS-release data. Nothing else: not the folder beside the upload, not the home folder."""
     import site
-    code = {sys.prefix, sys.base_prefix, sys.exec_prefix, site.getusersitepackages(),
-            *(sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")), str(REPO)}
-    system = {"/proc", "/sys", "/dev", "/etc/localtime", "/usr/share/zoneinfo", "/etc/os-release",
-              "/usr/lib/os-release"}
+
+    code = {
+        sys.prefix,
+        sys.base_prefix,
+        sys.exec_prefix,
+        site.getusersitepackages(),
+        *(sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")),
+        str(REPO),
+    }
+    system = {
+        "/proc",
+        "/sys",
+        "/dev",
+        "/etc/localtime",
+        "/usr/share/zoneinfo",
+        "/etc/os-release",
+        "/usr/lib/os-release",
+    }
     return [Path(p).resolve() for p in (up, job, sample, scratch, *code, *system)]
 
 
@@ -467,6 +506,7 @@ def _contains(folder: Path, needles: list[bytes]) -> list[str]:
 def _needles(secret: Path) -> list[bytes]:
     """Bytes only the secret files hold: the secret word, and a slice of each secret model's largest tensor."""
     from safetensors.torch import load_file
+
     out = [SECRET_WORD.encode()]
     for f in secret.glob("secret-*"):
         state = load_file(str(f)) if f.suffix == ".safetensors" else torch.load(f, weights_only=True)
@@ -489,8 +529,9 @@ def test_audit_no_open_outside_the_upload_during_convert(tmp_path, secret, priva
     assert not any(a == secret or a in secret.parents for a in allowed)
     with watched(secret) as os_opens, recorded() as opened:
         try:
-            report = studio.convert(checkpoint=str(up), data=str(sample), out=str(out), exporter="torchscript",
-                                    latency_budget_s=0.05)
+            report = studio.convert(
+                checkpoint=str(up), data=str(sample), out=str(out), exporter="torchscript", latency_budget_s=0.05
+            )
             error = None
         except StudioError as e:
             error = e

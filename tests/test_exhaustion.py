@@ -4,6 +4,7 @@ naming the limit, and the files that prove it are small on disk (the check refus
 Absurd configs are counted on the meta device (sources.sizing); torch.save files get a reading budget
 (sources.budget); zips an expansion limit (sources.archive); `studio convert` a memory and time limit; and
 what a killed conversion leaves behind is swept by the next run (sources.scratch)."""
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import tiny
 import torch
 
-import tiny
 from studio import sources
 from studio.cli import main as cli_main
 from studio.errors import CheckpointError, StudioError
@@ -44,10 +45,12 @@ def private_tmp(tmp_path, monkeypatch):
 def declared_params(config) -> int:
     """The reference count, independent of sources.sizing: the real model's parameters."""
     import transformers
+
     return sum(p.numel() for p in transformers.AutoModel.from_config(config).parameters())
 
 
 # ------------------------------------------------------------------------------------------ configs
+
 
 def _absurd_hf_folder(tmp_path: Path, **sizes) -> Path:
     folder = tiny.make_hf_folder(tmp_path / "hf")
@@ -57,9 +60,11 @@ def _absurd_hf_folder(tmp_path: Path, **sizes) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("sizes", [{"num_hidden_layers": 1_000_000},
-                                   {"hidden_size": 1_000_000, "num_attention_heads": 1}],
-                         ids=["million-layers", "hidden-size-million"])
+@pytest.mark.parametrize(
+    "sizes",
+    [{"num_hidden_layers": 1_000_000}, {"hidden_size": 1_000_000, "num_attention_heads": 1}],
+    ids=["million-layers", "hidden-size-million"],
+)
 def test_absurd_hf_config_beside_small_weights_is_refused_before_allocating(tmp_path, sizes):
     folder = _absurd_hf_folder(tmp_path, **sizes)
     weights = sizing.folder_weight_bytes(folder)
@@ -74,21 +79,32 @@ def test_absurd_hf_config_beside_small_weights_is_refused_before_allocating(tmp_
 
 def test_absurd_config_is_refused_with_low_peak_memory(tmp_path):
     """The whole refusal, in a fresh process, peaks near what importing torch + transformers costs."""
-    folder = _absurd_hf_folder(tmp_path, num_hidden_layers=1_000_000, hidden_size=4096, num_attention_heads=64,
-                               intermediate_size=16384)
-    code = ("import resource, sys\n"
-            "from studio import sources\nfrom studio.errors import CheckpointError\n"
-            "import transformers, torch\n"
-            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-            "try:\n    sources.load(sys.argv[1])\nexcept CheckpointError as e:\n    print('REFUSED', e)\n"
-            "print('GROWTH_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)\n")
+    folder = _absurd_hf_folder(
+        tmp_path, num_hidden_layers=1_000_000, hidden_size=4096, num_attention_heads=64, intermediate_size=16384
+    )
+    code = (
+        "import resource, sys\n"
+        "from studio import sources\nfrom studio.errors import CheckpointError\n"
+        "import transformers, torch\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n    sources.load(sys.argv[1])\nexcept CheckpointError as e:\n    print('REFUSED', e)\n"
+        "print('GROWTH_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
 
     def cap_memory():  # should the check regress, the real build fails here instead of eating the machine
         import resource
+
         resource.setrlimit(resource.RLIMIT_AS, (4 * 1024**3, resource.RLIM_INFINITY))
-    out = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, env=env,
-                         timeout=600, preexec_fn=cap_memory).stdout
+
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(folder)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        preexec_fn=cap_memory,
+    ).stdout
     assert "REFUSED" in out and "cannot belong to this config" in out
     growth_mb = int(out.split("GROWTH_KB")[1].split()[0]) / 1024
     # the real model would be 1e6 layers x ~200M parameters; counting it on meta stays under 200 MB
@@ -100,23 +116,37 @@ def test_a_real_folder_still_loads_and_its_count_matches_the_real_model(tmp_path
     loaded = sources.load(folder, spec(folder))
     real = sum(p.numel() for p in loaded.module.parameters())
     import transformers
+
     config = transformers.AutoConfig.from_pretrained(str(folder))
     counted, why = sizing.count_on_meta(
-        lambda: transformers.AutoModelForSequenceClassification.from_config(config), 10**12)
+        lambda: transformers.AutoModelForSequenceClassification.from_config(config), 10**12
+    )
     assert (counted, why) == (real, None)
 
 
 def test_max_params_refuses_a_real_model_above_the_operator_limit(tmp_path, capsys):
     folder = tiny.make_hf_folder(tmp_path / "hf")
     import transformers
+
     n = declared_params(transformers.AutoConfig.from_pretrained(str(folder)))
     with pytest.raises(CheckpointError, match=r"more than the limit of 1,000 \(--max-params\)"):
         sources.load(folder, spec(folder, max_params=1000))
     sources.load(folder, spec(folder, max_params=n + 10_000))  # at the real size (+ head) it loads
 
     sample = tiny.write_sample(tmp_path / "s.csv")
-    code = cli_main(["convert", str(folder), "--data", str(sample), "--out", str(tmp_path / "out"),
-                     "--max-params", "1e3", "--quiet"])
+    code = cli_main(
+        [
+            "convert",
+            str(folder),
+            "--data",
+            str(sample),
+            "--out",
+            str(tmp_path / "out"),
+            "--max-params",
+            "1e3",
+            "--quiet",
+        ]
+    )
     assert code == 2
     assert "--max-params" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
@@ -154,10 +184,16 @@ def test_stride_zero_tensor_is_refused_before_and_after_reading(tmp_path):
 
 def _multimodal_checkpoint(tmp_path: Path, **encoder) -> Path:
     from studio.models.multimodal import MultimodalConfig, build_model, save_checkpoint
-    enc = dict(vocab_size=tiny.vocab_size(), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-               intermediate_size=20, max_position_embeddings=32)
-    model = build_model(MultimodalConfig(encoder=enc, labels=["a", "b"], text_field="review",
-                                         tab_fields={"price": 1}))
+
+    enc = dict(
+        vocab_size=tiny.vocab_size(),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=20,
+        max_position_embeddings=32,
+    )
+    model = build_model(MultimodalConfig(encoder=enc, labels=["a", "b"], text_field="review", tab_fields={"price": 1}))
     path = save_checkpoint(model, tiny.bert_tokenizer(tmp_path / "tok"), tmp_path / "mm.pt")
     obj = torch.load(path, weights_only=True)
     obj["config"]["encoder"].update(encoder)
@@ -165,9 +201,11 @@ def _multimodal_checkpoint(tmp_path: Path, **encoder) -> Path:
     return path
 
 
-@pytest.mark.parametrize("encoder", [{"num_hidden_layers": 1_000_000},
-                                     {"hidden_size": 1_000_000, "num_attention_heads": 1}],
-                         ids=["million-layers", "hidden-size-million"])
+@pytest.mark.parametrize(
+    "encoder",
+    [{"num_hidden_layers": 1_000_000}, {"hidden_size": 1_000_000, "num_attention_heads": 1}],
+    ids=["million-layers", "hidden-size-million"],
+)
 def test_multimodal_encoder_config_is_refused_before_allocating(tmp_path, encoder):
     path = _multimodal_checkpoint(tmp_path, **encoder)
     with pytest.raises(CheckpointError) as e:
@@ -190,12 +228,14 @@ def test_multimodal_tabular_width_is_refused_before_python_lists(tmp_path):
 
 def test_meta_count_stops_on_module_count(monkeypatch):
     monkeypatch.setattr(sizing, "MAX_MODULES", 50)
-    counted, why = sizing.count_on_meta(lambda: torch.nn.Sequential(*[torch.nn.Linear(2, 2) for _ in range(100)]),
-                                        10**12)
+    counted, why = sizing.count_on_meta(
+        lambda: torch.nn.Sequential(*[torch.nn.Linear(2, 2) for _ in range(100)]), 10**12
+    )
     assert why == "modules"
 
 
 # ------------------------------------------------------------------------------------------ pickles
+
 
 def _pickle(*ops: bytes) -> bytes:
     return b"\x80\x02" + b"".join(ops) + b"."
@@ -305,6 +345,7 @@ def test_real_checkpoints_pass_the_budget():
 
 # ------------------------------------------------------------------------------------------ zips
 
+
 def test_zip_member_of_exactly_50_mib_is_checked(tmp_path):
     path = tmp_path / "fifty.zip"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -324,9 +365,11 @@ def test_many_small_dense_members_are_refused_together(tmp_path):
 
 # ------------------------------------------------------------------------------------------ leftovers
 
+
 def test_stale_scratch_is_swept_and_live_scratch_kept(tmp_path, private_tmp):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     host = scratch.HOST_TAG
     stale = private_tmp / f"studio-ckpt-{dead}-{host}-abc"
     live = private_tmp / f"studio-ckpt-{os.getppid()}-{host}-abc"
@@ -340,6 +383,7 @@ def test_stale_scratch_is_swept_and_live_scratch_kept(tmp_path, private_tmp):
     assert live.exists() and elsewhere.exists() and unnamed.exists()
 
     from studio.pipeline import remove_stale
+
     out = tmp_path / "out"
     leftover = tmp_path / f".out.partial-{dead}-{host}-1234abcd"
     other = tmp_path / f".out.partial-{os.getpid()}-{host}-1234abcd"
@@ -362,6 +406,7 @@ def test_uploaded_zip_is_unpacked_inside_the_build_folder(tmp_path, private_tmp,
     def spy(archive_path, dest, **kw):
         seen.append(Path(dest))
         raise CheckpointError("stop here")
+
     monkeypatch.setattr(archive, "extract_zip", spy)
     sample = tiny.write_sample(tmp_path / "s.csv")
     assert cli_main(["convert", str(zpath), "--data", str(sample), "--out", str(tmp_path / "out"), "--quiet"]) == 2
@@ -381,9 +426,26 @@ def test_memory_limit_stops_a_conversion_cleanly(tmp_path, private_tmp):
                 zf.write(f, f"hf/{f.relative_to(folder)}")
     sample = tiny.write_sample(tmp_path / "s.csv")
     env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(private_tmp)}
-    proc = subprocess.run([sys.executable, "-m", "studio", "convert", str(zpath), "--data", str(sample),
-                           "--out", str(tmp_path / "out"), "--memory-limit", "100", "--quiet"],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "studio",
+            "convert",
+            str(zpath),
+            "--data",
+            str(sample),
+            "--out",
+            str(tmp_path / "out"),
+            "--memory-limit",
+            "100",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "ran out of memory (limit 100 MB)" in proc.stderr and "--memory-limit" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -398,9 +460,28 @@ def test_timeout_stops_a_conversion_cleanly(tmp_path):
     sample = tiny.write_sample(tmp_path / "s.csv")
     demo = REPO / "studio" / "demo" / "demo_model.pt"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "studio", "convert", str(demo), "--data", str(sample),
-                           "--out", str(tmp_path / "out"), "--timeout", "20", "--latency-budget", "60", "--quiet"],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "studio",
+            "convert",
+            str(demo),
+            "--data",
+            str(sample),
+            "--out",
+            str(tmp_path / "out"),
+            "--timeout",
+            "20",
+            "--latency-budget",
+            "60",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "20 s limit" in proc.stderr and "--timeout" in proc.stderr
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
@@ -432,6 +513,7 @@ def test_meta_and_sparse_tensors_declare_sizes_without_data():
 
 def test_the_app_unpacks_previews_inside_the_session(tmp_path, monkeypatch):
     from studio.app import worker
+
     zpath = tmp_path / "up.zip"
     with zipfile.ZipFile(zpath, "w") as zf:
         zf.writestr("m/config.json", "{}")
@@ -440,28 +522,46 @@ def test_the_app_unpacks_previews_inside_the_session(tmp_path, monkeypatch):
     def spy(archive_path, dest, **kw):
         seen.append(Path(dest))
         raise CheckpointError("stop here")
+
     monkeypatch.setattr(archive, "extract_zip", spy)
     work = tmp_path / "session" / "scratch"
     work.mkdir(parents=True)
-    out = worker.task_preview({"checkpoint": str(zpath), "data": None, "workdir": str(work),
-                               "spec": spec(zpath)}, lambda *a: None)
+    out = worker.task_preview(
+        {"checkpoint": str(zpath), "data": None, "workdir": str(work), "spec": spec(zpath)}, lambda *a: None
+    )
     assert out["model_error"] == "stop here"
     assert seen and seen[0].parent == work
     with pytest.raises(CheckpointError):
-        worker.task_check({"checkpoint": str(zpath), "data": "-", "workdir": str(work), "spec": spec(zpath)},
-                          lambda *a: None)
+        worker.task_check(
+            {"checkpoint": str(zpath), "data": "-", "workdir": str(work), "spec": spec(zpath)}, lambda *a: None
+        )
     assert len(seen) == 2 and seen[1].parent == work and not list(work.iterdir())
 
 
 def test_sigterm_unwinds_a_conversion_without_leftovers(tmp_path):
     import signal
     import time
+
     sample = tiny.write_sample(tmp_path / "s.csv")
     demo = REPO / "studio" / "demo" / "demo_model.pt"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "studio", "convert", str(demo), "--data", str(sample),
-                             "--out", str(tmp_path / "out"), "--quiet"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "studio",
+            "convert",
+            str(demo),
+            "--data",
+            str(sample),
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 300
         while not list(tmp_path.glob(".out.partial-*")) and proc.poll() is None and time.monotonic() < deadline:
@@ -476,6 +576,7 @@ def test_sigterm_unwinds_a_conversion_without_leftovers(tmp_path):
 
 def test_app_flag_max_params():
     from studio.cli import build_parser
+
     assert build_parser().parse_args(["app", "--max-params", "2e9"]).max_params == 2_000_000_000
     assert build_parser().parse_args(["app"]).max_params == MAX_PARAMS_DEFAULT
     with pytest.raises(SystemExit):

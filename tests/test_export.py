@@ -1,5 +1,6 @@
 """Export, inspect, runtime and parity modules on hand-made models: baked dims, opset mismatch,
 the exporter's own diagnosis, symbolic dims read back."""
+
 from __future__ import annotations
 
 import onnx
@@ -7,8 +8,7 @@ import pytest
 import torch
 
 from studio import export as export_mod
-from studio import graph_info
-from studio import parity, runtime
+from studio import graph_info, parity, runtime
 from studio.errors import ExportError, OpsetMismatchError
 from studio.sources.base import TABULAR, LoadedModel, ModelInput
 from studio.spec import ConvertSpec
@@ -49,9 +49,15 @@ class DataDependent(torch.nn.Module):
 
 def tabular_model(module) -> LoadedModel:
     torch.manual_seed(0)
-    return LoadedModel(kind="test", path="-", module=module.eval(), adapter=lambda m, t: (m(t["x"]),),
-                       inputs=[ModelInput("x", TABULAR, column="x", width=3)], output_names=["y"],
-                       output_kinds={"y": "logits"})
+    return LoadedModel(
+        kind="test",
+        path="-",
+        module=module.eval(),
+        adapter=lambda m, t: (m(t["x"]),),
+        inputs=[ModelInput("x", TABULAR, column="x", width=3)],
+        output_names=["y"],
+        output_kinds={"y": "logits"},
+    )
 
 
 def spec(**kw) -> ConvertSpec:
@@ -101,6 +107,7 @@ def test_honest_model_passes_probes_with_symbolic_dims(tmp_path):
 
 def _text_model():
     from studio.sources.base import ATTENTION_MASK, INPUT_IDS
+
     inputs = [ModelInput("input_ids", INPUT_IDS), ModelInput("attention_mask", ATTENTION_MASK)]
     return LoadedModel("test", "test", torch.nn.Identity(), lambda m, named: (), inputs, ["logits"])
 
@@ -109,7 +116,10 @@ def _text_model():
 def test_probe_plan_uses_small_sizes_that_differ_from_the_traced_ones(rows, other_batch):
     """Probes only have to show that no size was baked in: a batch other than the sample's and the traced
     example's (a 1-row sample is traced with 2 rows), and a longer and a shorter sequence on few rows."""
-    t = {"input_ids": torch.ones(rows, 16, dtype=torch.int64), "attention_mask": torch.ones(rows, 16, dtype=torch.int64)}
+    t = {
+        "input_ids": torch.ones(rows, 16, dtype=torch.int64),
+        "attention_mask": torch.ones(rows, 16, dtype=torch.int64),
+    }
     axes = {n: {0: "batch", 1: "sequence"} for n in t}
     plan = parity.probe_plan(_text_model(), t, axes)
     batches = [(b, s) for axis, b, s in plan if axis == "batch"]
@@ -166,6 +176,7 @@ def test_cuda_is_never_claimed_without_a_cuda_session(tmp_path):
 
 def test_compare_rules():
     import numpy as np
+
     e = {"y": np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32)}
     a = {"y": e["y"] + 1e-6}
     d = parity.compare(e, a, 1e-4, 1e-3, {"y": "logits"})[0]
@@ -178,17 +189,24 @@ def test_compare_rules():
 
 # --- files an exporter writes that later stages could not open -------------------------------------
 
-def _split18_in_opset17(total: int, parts: int, output_shapes: bool) -> "onnx.ModelProto":
+
+def _split18_in_opset17(total: int, parts: int, output_shapes: bool) -> onnx.ModelProto:
     """What torch 2.13's new exporter leaves at opset 17: an opset-18 Split (num_outputs) in an opset-17 file."""
     from onnx import TensorProto, helper
+
     outs = [f"y{i}" for i in range(parts)]
     node = helper.make_node("Split", ["x"], outs, axis=1, num_outputs=parts, name="split_qkv")
     chunk = -(-total // parts)
     sizes = [chunk] * (parts - 1) + [total - chunk * (parts - 1)]
     graph = helper.make_graph(
-        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", total])],
-        [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["batch", s if output_shapes else f"w{i}"])
-         for i, (o, s) in enumerate(zip(outs, sizes))])
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", total])],
+        [
+            helper.make_tensor_value_info(o, TensorProto.FLOAT, ["batch", s if output_shapes else f"w{i}"])
+            for i, (o, s) in enumerate(zip(outs, sizes))
+        ],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
@@ -198,6 +216,7 @@ def test_opset18_split_is_rewritten_for_opset17(tmp_path, total, parts, output_s
     (chunks of ceil(total / parts), the last one smaller), checked against slices written out here."""
     import numpy as np
     import onnx
+
     path = tmp_path / "m.onnx"
     onnx.save(_split18_in_opset17(total, parts, output_shapes), str(path))
     assert not graph_info.check(path).ok  # the file as the exporter leaves it
@@ -207,11 +226,12 @@ def test_opset18_split_is_rewritten_for_opset17(tmp_path, total, parts, output_s
     got = runtime.run(runtime.cpu_session(path), {"x": x})
     chunk = -(-total // parts)
     for i in range(parts):
-        np.testing.assert_array_equal(got[f"y{i}"], x[:, i * chunk:min(total, (i + 1) * chunk)])
+        np.testing.assert_array_equal(got[f"y{i}"], x[:, i * chunk : min(total, (i + 1) * chunk)])
 
 
 def test_split_with_unknown_sizes_is_left_and_named(tmp_path):
     import onnx
+
     model = _split18_in_opset17(6, 2, output_shapes=False)
     model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "width"  # the split axis is not static
     path = tmp_path / "m.onnx"
@@ -222,20 +242,29 @@ def test_split_with_unknown_sizes_is_left_and_named(tmp_path):
 
 def _writes(model_fn):
     """A fake exporter that writes `model_fn(opset)` where the real one would write its file."""
+
     def fake(model, args, names, output_names, axes, opset, path, external, diag_dir):
         import onnx
+
         onnx.save(model_fn(opset), str(path))
+
     return fake
 
 
 def _unknown_op(domain: str):
     def build(opset):
         from onnx import TensorProto, helper
+
         node = helper.make_node("NoSuchOp", ["x"], ["y"], domain=domain)
-        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
-                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])])
+        graph = helper.make_graph(
+            [node],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+        )
         imports = [helper.make_opsetid("", opset)] + ([helper.make_opsetid(domain, 1)] if domain else [])
         return helper.make_model(graph, opset_imports=imports, ir_version=8)
+
     return build
 
 
@@ -270,8 +299,10 @@ class Normed(torch.nn.Module):
 
 def test_auto_skips_the_new_exporter_below_17_for_layer_norm(tmp_path, monkeypatch):
     """Known to fail (it writes 18 after a full export): skipped up front, the reason recorded, no time spent."""
+
     def must_not_run(*a, **k):
         raise AssertionError("the new exporter ran")
+
     monkeypatch.setitem(export_mod.EXPORT_FUNCTIONS, "dynamo", must_not_run)
     _, _, path, info = _export(Normed(), tmp_path, exporter="auto", opset=16)
     first, second = info.attempts
@@ -298,15 +329,26 @@ def test_graph_info_tensors_walks_subgraphs_and_functions():
 
     def const(name):
         return h.make_node("Constant", [], [name], value=h.make_tensor(f"{name}_value", T.FLOAT, [1], [1.0]))
-    branch = h.make_graph([const("b_c"), h.make_node("Add", ["b_c", "b_init"], ["b_out"])], "branch", [],
-                          [h.make_tensor_value_info("b_out", T.FLOAT, [1])],
-                          initializer=[h.make_tensor("b_init", T.FLOAT, [1], [2.0])])
+
+    branch = h.make_graph(
+        [const("b_c"), h.make_node("Add", ["b_c", "b_init"], ["b_out"])],
+        "branch",
+        [],
+        [h.make_tensor_value_info("b_out", T.FLOAT, [1])],
+        initializer=[h.make_tensor("b_init", T.FLOAT, [1], [2.0])],
+    )
     fn = h.make_function("local", "f", [], ["f_out"], [const("f_out")], [h.make_opsetid("", 17)])
-    graph = h.make_graph([const("c"), h.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch),
-                          h.make_node("f", [], ["z"], domain="local")], "g",
-                         [h.make_tensor_value_info("cond", T.BOOL, [])],
-                         [h.make_tensor_value_info("y", T.FLOAT, [1])],
-                         initializer=[h.make_tensor("w", T.FLOAT, [1], [3.0])])
+    graph = h.make_graph(
+        [
+            const("c"),
+            h.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch),
+            h.make_node("f", [], ["z"], domain="local"),
+        ],
+        "g",
+        [h.make_tensor_value_info("cond", T.BOOL, [])],
+        [h.make_tensor_value_info("y", T.FLOAT, [1])],
+        initializer=[h.make_tensor("w", T.FLOAT, [1], [3.0])],
+    )
     model = h.make_model(graph, functions=[fn], opset_imports=[h.make_opsetid("", 17), h.make_opsetid("local", 1)])
     names = sorted(t.name for t in graph_info.tensors(model))
     assert names == sorted(["w", "c_value", "b_c_value", "b_init", "b_c_value", "b_init", "f_out_value"])

@@ -1,4 +1,5 @@
 """`studio batch`: manifests (studio/manifest.py) and the batch run in local processes (studio/fleet.py)."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,8 @@ from studio.cli import main
 from studio.fleet import STATE_FILE, entry_hash, stored_row
 from studio.manifest import ManifestError, read_manifest
 
-
 # --- manifests --------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def inputs(tmp_path) -> Path:
@@ -23,23 +24,47 @@ def inputs(tmp_path) -> Path:
 
 
 def test_jsonl_csv_yaml_read_the_same(inputs):
-    (inputs / "m.jsonl").write_text('# nightly\n{"checkpoint": "model.pt", "data": "rows.csv", "opset": 17, '
-                                    '"roles": {"order_id": "ignore"}, "variants": ["int8"], "atol": 0.001}\n\n'
-                                    '{"name": "second", "checkpoint": "model.pt", "data": "rows.csv", "dynamic": []}\n')
-    (inputs / "m.csv").write_text("checkpoint,data,opset,roles,variants,atol,name,dynamic\n"
-                                  "model.pt,rows.csv,17,order_id=ignore,int8,0.001,,\n"
-                                  "model.pt,rows.csv,,,,,second,-\n")
-    (inputs / "m.yaml").write_text("conversions:\n"
-                                   "  - checkpoint: model.pt\n    data: rows.csv\n    opset: 17\n"
-                                   "    roles: {order_id: ignore}\n    variants: [int8]\n    atol: 0.001\n"
-                                   "  - {name: second, checkpoint: model.pt, data: rows.csv, dynamic: []}\n")
+    (inputs / "m.jsonl").write_text(
+        '# nightly\n{"checkpoint": "model.pt", "data": "rows.csv", "opset": 17, '
+        '"roles": {"order_id": "ignore"}, "variants": ["int8"], "atol": 0.001}\n\n'
+        '{"name": "second", "checkpoint": "model.pt", "data": "rows.csv", "dynamic": []}\n'
+    )
+    (inputs / "m.csv").write_text(
+        "checkpoint,data,opset,roles,variants,atol,name,dynamic\n"
+        "model.pt,rows.csv,17,order_id=ignore,int8,0.001,,\n"
+        "model.pt,rows.csv,,,,,second,-\n"
+    )
+    (inputs / "m.yaml").write_text(
+        "conversions:\n"
+        "  - checkpoint: model.pt\n    data: rows.csv\n    opset: 17\n"
+        "    roles: {order_id: ignore}\n    variants: [int8]\n    atol: 0.001\n"
+        "  - {name: second, checkpoint: model.pt, data: rows.csv, dynamic: []}\n"
+    )
     got = {}
     for kind in ("jsonl", "csv", "yaml"):
         entries = read_manifest(inputs / f"m.{kind}")
-        got[kind] = [(e.spec.checkpoint, e.spec.data, e.spec.opset, e.spec.roles, e.spec.variants, e.spec.atol,
-                      e.spec.dynamic, e.name) for e in entries]
-    first = (str(inputs / "model.pt"), str(inputs / "rows.csv"), 17, {"order_id": "ignore"}, ("int8",), 0.001,
-             ("batch", "sequence"))
+        got[kind] = [
+            (
+                e.spec.checkpoint,
+                e.spec.data,
+                e.spec.opset,
+                e.spec.roles,
+                e.spec.variants,
+                e.spec.atol,
+                e.spec.dynamic,
+                e.name,
+            )
+            for e in entries
+        ]
+    first = (
+        str(inputs / "model.pt"),
+        str(inputs / "rows.csv"),
+        17,
+        {"order_id": "ignore"},
+        ("int8",),
+        0.001,
+        ("batch", "sequence"),
+    )
     assert got["jsonl"][0][:7] == first and got["jsonl"][1][6:] == ((), "second")
     assert got["csv"][0][:7] == first and got["csv"][1][6:] == ((), "second")
     assert got["yaml"][0][:7] == first and got["yaml"][1][6:] == ((), "second")
@@ -47,20 +72,23 @@ def test_jsonl_csv_yaml_read_the_same(inputs):
     assert got["jsonl"][0][7] == got["csv"][0][7] == got["yaml"][0][7] == "model-line2"
 
 
-@pytest.mark.parametrize("line, key, words", [
-    ('{"checkpoint": "model.pt", "data": "rows.csv", "opsett": 17}', "opsett", "unknown key"),
-    ('{"checkpoint": "model.pt", "data": "rows.csv", "opset": "seventeen"}', "opset", "must be a number"),
-    ('{"checkpoint": "model.pt", "data": "rows.csv", "opset": 17.5}', "opset", "whole number"),
-    ('{"checkpoint": "model.pt", "data": "rows.csv", "roles": ["text"]}', "roles", "mapping"),
-    ('{"checkpoint": "model.pt", "data": "missing.csv"}', "data", "does not exist"),
-    ('{"data": "rows.csv"}', "checkpoint", "is missing"),
-    ('{"checkpoint": "model.pt", "data": "rows.csv", "out": "/tmp/x"}', "out", "use `name`"),
-    ('{"checkpoint": "model.pt", "data": "rows.csv", "name": "../up"}', "name", "not a folder name"),
-    ('{"checkpoint": "model.pt", "data": "rows.csv", "name": "summary.json"}', "name", "not a folder name"),
-    ('{"checkpoint": "model.pt", "data": "rows.csv", "name": "demo"}', "name", "already used on line 1"),
-    ('{"checkpoint": "model.pt", "data": "rows.csv", "exporter": "onnxmltools"}', None, "not one of"),
-    ('{"checkpoint": "model.pt", "data": "rows.csv",', None, "not a JSON object"),
-])
+@pytest.mark.parametrize(
+    "line, key, words",
+    [
+        ('{"checkpoint": "model.pt", "data": "rows.csv", "opsett": 17}', "opsett", "unknown key"),
+        ('{"checkpoint": "model.pt", "data": "rows.csv", "opset": "seventeen"}', "opset", "must be a number"),
+        ('{"checkpoint": "model.pt", "data": "rows.csv", "opset": 17.5}', "opset", "whole number"),
+        ('{"checkpoint": "model.pt", "data": "rows.csv", "roles": ["text"]}', "roles", "mapping"),
+        ('{"checkpoint": "model.pt", "data": "missing.csv"}', "data", "does not exist"),
+        ('{"data": "rows.csv"}', "checkpoint", "is missing"),
+        ('{"checkpoint": "model.pt", "data": "rows.csv", "out": "/tmp/x"}', "out", "use `name`"),
+        ('{"checkpoint": "model.pt", "data": "rows.csv", "name": "../up"}', "name", "not a folder name"),
+        ('{"checkpoint": "model.pt", "data": "rows.csv", "name": "summary.json"}', "name", "not a folder name"),
+        ('{"checkpoint": "model.pt", "data": "rows.csv", "name": "demo"}', "name", "already used on line 1"),
+        ('{"checkpoint": "model.pt", "data": "rows.csv", "exporter": "onnxmltools"}', None, "not one of"),
+        ('{"checkpoint": "model.pt", "data": "rows.csv",', None, "not a JSON object"),
+    ],
+)
 def test_a_bad_line_names_file_line_and_key(inputs, line, key, words):
     manifest = inputs / "m.jsonl"
     manifest.write_text('{"name": "demo", "checkpoint": "model.pt", "data": "rows.csv"}\n' + line + "\n")
@@ -74,8 +102,9 @@ def test_csv_and_yaml_lines_are_the_files_lines(inputs):
     (inputs / "m.csv").write_text("checkpoint,data,opset\nmodel.pt,rows.csv,17\nmodel.pt,rows.csv,x\n")
     with pytest.raises(ManifestError, match=r"m.csv, line 3, key 'opset'"):
         read_manifest(inputs / "m.csv")
-    (inputs / "m.yaml").write_text("- checkpoint: model.pt\n  data: rows.csv\n\n- checkpoint: model.pt\n"
-                                   "  data: rows.csv\n  max_length: many\n")
+    (inputs / "m.yaml").write_text(
+        "- checkpoint: model.pt\n  data: rows.csv\n\n- checkpoint: model.pt\n  data: rows.csv\n  max_length: many\n"
+    )
     with pytest.raises(ManifestError, match=r"m.yaml, line 4, key 'max_length'"):
         read_manifest(inputs / "m.yaml")
 
@@ -86,6 +115,7 @@ def test_the_hash_follows_content_and_options(inputs):
     def digest(**extra) -> str:
         fleet_cases.write_jsonl(manifest, [{"checkpoint": "model.pt", "data": "rows.csv", **extra}])
         return entry_hash(read_manifest(manifest)[0])
+
     first = digest()
     assert digest() == first
     assert digest(opset=17) != first
@@ -102,6 +132,7 @@ def test_the_hash_follows_content_and_options(inputs):
 
 
 # --- the batch, in local processes -------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory):
@@ -182,11 +213,15 @@ def test_the_core_does_not_import_ray(tmp_path):
     """Only `--ray` imports ray: the CLI, the manifest and a local batch that skips everything do not."""
     import subprocess
     import sys
-    manifest = fleet_cases.write_jsonl(tmp_path / "m.jsonl", [{"checkpoint": str(demo.checkpoint()),
-                                                                "data": str(demo.sample())}])
-    code = ("import sys, studio.cli, studio.fleet, studio.manifest; "
-            f"studio.manifest.read_manifest({str(manifest)!r}); studio.cli.build_parser().parse_args(['batch', 'm']); "
-            "print('ray' in sys.modules)")
+
+    manifest = fleet_cases.write_jsonl(
+        tmp_path / "m.jsonl", [{"checkpoint": str(demo.checkpoint()), "data": str(demo.sample())}]
+    )
+    code = (
+        "import sys, studio.cli, studio.fleet, studio.manifest; "
+        f"studio.manifest.read_manifest({str(manifest)!r}); studio.cli.build_parser().parse_args(['batch', 'm']); "
+        "print('ray' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
@@ -200,6 +235,7 @@ def test_progress_draws_bars_on_a_terminal_and_lines_elsewhere():
     class Terminal(io.StringIO):
         def isatty(self):
             return True
+
     row = {"verdict": "FAIL", "failed_checks": ["parity"], "error": None, "seconds": 2.0}
     tty, log = Terminal(), io.StringIO()
     for stream in (tty, log):
@@ -214,8 +250,12 @@ def test_progress_draws_bars_on_a_terminal_and_lines_elsewhere():
     assert "  a                              [##--------------]  15% export" in text
     assert "\x1b[" in text and "[2/3] a FAIL (parity) (2.0 s)" in text
     assert "batch [################--------] 2/3 done, 1 FAIL" in text.rsplit("\x1b[J", 1)[1]
-    assert log.getvalue().splitlines() == ["  a: [  0%] queued", "  a: [ 15%] export", "  b: [  0%] queued",
-                                           "[2/3] a FAIL (parity) (2.0 s)"]
+    assert log.getvalue().splitlines() == [
+        "  a: [  0%] queued",
+        "  a: [ 15%] export",
+        "  b: [  0%] queued",
+        "[2/3] a FAIL (parity) (2.0 s)",
+    ]
 
 
 def test_ctrl_c_stops_the_running_jobs(tmp_path):
@@ -225,10 +265,17 @@ def test_ctrl_c_stops_the_running_jobs(tmp_path):
     import sys
 
     import psutil
-    manifest = fleet_cases.write_jsonl(tmp_path / "m.jsonl", [{"name": "demo", "checkpoint": str(demo.checkpoint()),
-                                                                "data": str(demo.sample()), **fleet_cases.FAST}])
-    proc = subprocess.Popen([sys.executable, "-m", "studio", "batch", str(manifest), "--out", str(tmp_path / "out")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    manifest = fleet_cases.write_jsonl(
+        tmp_path / "m.jsonl",
+        [{"name": "demo", "checkpoint": str(demo.checkpoint()), "data": str(demo.sample()), **fleet_cases.FAST}],
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "studio", "batch", str(manifest), "--out", str(tmp_path / "out")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         for line in proc.stderr:
             if "export" in line:

@@ -1,4 +1,5 @@
 """The batch and one app job on a local Ray cluster started here (2 CPUs): studio/fleet_ray.py."""
+
 from __future__ import annotations
 
 import json
@@ -47,6 +48,7 @@ def ray_batch(cluster, tmp_path_factory):
 
 def test_an_unreachable_cluster_stops_the_web_studio_at_launch(capsys):
     import socket
+
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -88,10 +90,20 @@ def test_a_second_ray_run_skips_every_entry(ray_batch, capsys):
 
 def test_ray_job_converts_the_demo_like_the_app_job(cluster, tmp_path):
     """RayJob has Job's interface: the app's `convert` task runs on the cluster, its files come back here."""
-    spec = ConvertSpec(checkpoint=str(demo.checkpoint()), data=str(demo.sample()), out=str(tmp_path / "job" / "out"),
-                       exporter="torchscript", latency_budget_s=0.05).validated()
-    job = RayJob("convert", {"spec": spec, "zip_stem": "demo", "label": "conversion"}, Limits(timeout_s=300),
-                 label="conversion", address="local")
+    spec = ConvertSpec(
+        checkpoint=str(demo.checkpoint()),
+        data=str(demo.sample()),
+        out=str(tmp_path / "job" / "out"),
+        exporter="torchscript",
+        latency_budget_s=0.05,
+    ).validated()
+    job = RayJob(
+        "convert",
+        {"spec": spec, "zip_stem": "demo", "label": "conversion"},
+        Limits(timeout_s=300),
+        label="conversion",
+        address="local",
+    )
     assert job.task == "convert" and job.label == "conversion" and not job.is_alive() and job.pid is None
     stages = []
     result = job.start().wait(lambda stage, fraction: stages.append((stage, fraction)))
@@ -107,12 +119,14 @@ def test_ray_job_converts_the_demo_like_the_app_job(cluster, tmp_path):
 def _job_processes(worker_pid: int) -> list:
     """The job's own processes: forked by the job server the Ray worker started (grandchildren of the worker)."""
     import psutil
+
     worker = psutil.Process(worker_pid)
     return [p for p in worker.children(recursive=True) if p.ppid() != worker_pid]
 
 
 def test_ray_job_cancel_and_errors(cluster):
     import psutil
+
     job = RayJob("selftest", {"action": "sleep", "seconds": 120}, Limits(timeout_s=300), address="local").start()
     jobs = []
 
@@ -122,6 +136,7 @@ def test_ray_job_cancel_and_errors(cluster):
                 jobs.extend(_job_processes(job.pid))
             threading.Event().wait(0.2)
         job.cancel("stopped by the test")
+
     threading.Thread(target=cancel_once_running, daemon=True).start()
     with pytest.raises(JobError) as e:
         job.wait()
@@ -139,21 +154,41 @@ def test_ray_job_cancel_and_errors(cluster):
 def test_shared_dir_workers_read_and_write_in_place(cluster, tmp_path):
     (tmp_path / "model.pt").write_bytes(demo.checkpoint().read_bytes())
     (tmp_path / "rows.csv").write_text(demo.sample().read_text())
-    manifest = fleet_cases.write_jsonl(tmp_path / "m.jsonl", [{"name": "demo", "checkpoint": "model.pt",
-                                                               "data": "rows.csv", **fleet_cases.FAST}])
+    manifest = fleet_cases.write_jsonl(
+        tmp_path / "m.jsonl", [{"name": "demo", "checkpoint": "model.pt", "data": "rows.csv", **fleet_cases.FAST}]
+    )
     outside = tmp_path.parent / f"{tmp_path.name}-elsewhere"
     # --out outside the shared folder: refused before anything is sent
-    assert main(["batch", str(manifest), "--ray", "local", "--shared-dir", str(tmp_path), "--out", str(outside),
-                 "--quiet"]) == 2
+    assert (
+        main(
+            ["batch", str(manifest), "--ray", "local", "--shared-dir", str(tmp_path), "--out", str(outside), "--quiet"]
+        )
+        == 2
+    )
     assert not outside.exists()
-    assert main(["batch", str(manifest), "--ray", "local", "--shared-dir", str(tmp_path), "--out",
-                 str(tmp_path / "out"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "batch",
+                str(manifest),
+                "--ray",
+                "local",
+                "--shared-dir",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "out"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "out" / "demo" / "report.json").read_text())
     assert report["ok"] and report["source"]["path"] == str(tmp_path / "model.pt")  # read where it lies
 
 
 def test_resource_requests_follow_the_entry():
     from studio.fleet_ray import BASE_MB, WEIGHT_FACTOR, resources
+
     spec = ConvertSpec(checkpoint=str(demo.checkpoint()), data=str(demo.sample())).validated()
     mb = BASE_MB + WEIGHT_FACTOR * demo.checkpoint().stat().st_size / 2**20
     assert resources(spec, None, 0) == {"num_cpus": 1, "memory": int(mb * 2**20), "num_gpus": 0}
@@ -174,6 +209,7 @@ def test_the_web_studio_sends_conversions_to_ray(cluster, monkeypatch, tmp_path)
     import studio.app
     from studio import convert, fleet_ray
     from studio.app.layout import CONVERT_OUTPUTS
+
     started = []
     real_start = fleet_ray.RayJob.start
     monkeypatch.setattr(fleet_ray.RayJob, "start", lambda self: started.append(self) or real_start(self))
@@ -181,20 +217,35 @@ def test_the_web_studio_sends_conversions_to_ray(cluster, monkeypatch, tmp_path)
     with studio.app.start(port=0, max_jobs=2, job_timeout_s=300, ray_address="local", warm_up=False) as running:
         c = Client(running.url, verbose=False, download_files=True)
         ckpt, sample = c.predict(api_name="/load_demo")
-        result = c.predict(handle_file(ckpt), handle_file(sample), json.dumps(roles), api_name="/convert",
-                           exporter="torchscript", latency_budget=0.05)
+        result = c.predict(
+            handle_file(ckpt),
+            handle_file(sample),
+            json.dumps(roles),
+            api_name="/convert",
+            exporter="torchscript",
+            latency_budget=0.05,
+        )
         names = running.app.ui.api_names(CONVERT_OUTPUTS)
         got = json.loads(dict(zip(names, result))["report_json"])
         assert [j.task for j in started] == ["convert"]  # the conversion, not the preview, went to Ray
-        local = convert(ConvertSpec(checkpoint=str(demo.checkpoint()), data=str(demo.sample()), roles=roles,
-                                    out=str(tmp_path / "local"), exporter="torchscript", latency_budget_s=0.05))
+        local = convert(
+            ConvertSpec(
+                checkpoint=str(demo.checkpoint()),
+                data=str(demo.sample()),
+                roles=roles,
+                out=str(tmp_path / "local"),
+                exporter="torchscript",
+                latency_budget_s=0.05,
+            )
+        )
         assert (got["ok"], got["failed_checks"], got["roles"]) == (local.ok, local.failed_checks, local.roles)
         assert got["ok"] is True and got["parity"]["ok"] and got["export"]["exporter"] == "torchscript"
         assert [i["name"] for i in got["graph"]["inputs"]] == [i.name for i in local.graph.inputs]
         assert {p["prediction"] for p in got["predictions"]} == {p["prediction"] for p in local.predictions}
         # Cancel: the running RayJob is stopped and the page says so
-        pending = c.submit(handle_file(ckpt), handle_file(sample), json.dumps(roles), api_name="/convert",
-                           latency_budget=0.5)
+        pending = c.submit(
+            handle_file(ckpt), handle_file(sample), json.dumps(roles), api_name="/convert", latency_budget=0.5
+        )
         end = time.monotonic() + 120
         while not [j for j in running.app.sessions.all_jobs() if j.pid] and time.monotonic() < end:
             time.sleep(0.1)
@@ -212,4 +263,3 @@ def test_the_web_studio_sends_conversions_to_ray(cluster, monkeypatch, tmp_path)
         # stop()'s force-cancel timer fires STOP_GRACE_S after the cancel: let it run before the cluster stops
         time.sleep(max(0.0, cancelled_at + fleet_ray.STOP_GRACE_S + 1 - time.monotonic()))
     assert ray.is_initialized()  # the cluster the test started is not the app's to stop
-

@@ -1,5 +1,6 @@
 """Hostile and broken uploads: each is refused with a clear, typed error; no code runs; nothing is
 written outside the job's folders."""
+
 from __future__ import annotations
 
 import io
@@ -12,9 +13,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import tiny
 import torch
 
-import tiny
 from studio import sources
 from studio.cli import main as cli_main
 from studio.errors import CheckpointError, StudioError, UnsafeCheckpointError, UnsafePathError
@@ -58,6 +59,7 @@ def bert_config_folder(folder: Path) -> Path:
 
 # ----------------------------------------------------------------------------------------- code in pickles
 
+
 @pytest.mark.parametrize("layout", ["torch-zip", "torch-legacy", "raw-pickle", "nested-in-state-dict"])
 def test_pickle_that_would_run_a_command_is_refused_and_nothing_runs(tmp_path, layout):
     marker = marker_in(tmp_path)
@@ -100,6 +102,7 @@ def test_hostile_pytorch_model_bin_in_a_hf_zip(tmp_path):
 
 def test_unknown_classes_are_named_in_the_refusal(tmp_path):
     import argparse
+
     path = tmp_path / "epoch=1.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "hyper_parameters": argparse.Namespace(lr=1)}, path)
     with pytest.raises(UnsafeCheckpointError, match=r"argparse\.Namespace"):
@@ -121,6 +124,7 @@ def test_dcp_metadata_that_would_run_a_command_is_refused(tmp_path):
 
 def _real_dcp(folder: Path) -> Path:
     import torch.distributed.checkpoint as dcp
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dcp.save({"model": {"w": torch.arange(6.0)}}, checkpoint_id=str(folder), no_dist=True)
@@ -130,12 +134,16 @@ def _real_dcp(folder: Path) -> Path:
 def test_dcp_non_tensor_entry_that_would_run_a_command_is_never_read(tmp_path):
     """torch's own DCP loader reads non-tensor entries with torch.load(weights_only=False)."""
     import torch.distributed.checkpoint as dcp
+
     marker = marker_in(tmp_path)
     folder = bert_config_folder(tmp_path / "up")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dcp.save({"model": {"w": torch.zeros(3)}, "extra": RunsCommand(marker)},
-                 checkpoint_id=str(folder / "ckpt"), no_dist=True)
+        dcp.save(
+            {"model": {"w": torch.zeros(3)}, "extra": RunsCommand(marker)},
+            checkpoint_id=str(folder / "ckpt"),
+            no_dist=True,
+        )
     assert not marker.exists()  # saving pickled it; only loading it would run it
     # the weights are read ('extra' is not): 24 bytes cannot fill the config's model
     with pytest.raises(CheckpointError, match="do not fit|cannot belong to this config"):
@@ -171,6 +179,7 @@ def test_dcp_with_a_truncated_shard_or_forged_sizes(tmp_path):
 
 # ----------------------------------------------------------------------------------------- zip archives
 
+
 def _zip_dir(folder: Path, dest: Path) -> Path:
     with zipfile.ZipFile(dest, "w") as zf:
         for f in sorted(folder.rglob("*")):
@@ -191,8 +200,9 @@ def _zip_with(dest: Path, members: list[tuple[str, bytes]], symlink: str | None 
     return dest
 
 
-@pytest.mark.parametrize("name", ["../escaped.txt", "model/../../escaped.txt", "/tmp/escaped_abs.txt",
-                                  "C:/escaped.txt", "..\\escaped.txt"])
+@pytest.mark.parametrize(
+    "name", ["../escaped.txt", "model/../../escaped.txt", "/tmp/escaped_abs.txt", "C:/escaped.txt", "..\\escaped.txt"]
+)
 def test_zip_members_that_escape_are_refused_and_not_written(tmp_path, name, private_tmp):
     upload = _zip_with(tmp_path / "evil.zip", [(name, b"owned")])
     with pytest.raises(UnsafePathError, match="points outside the archive"):
@@ -232,8 +242,9 @@ def test_zip_bombs_are_refused(tmp_path):
         sources.load(dense, spec(dense))
 
     with pytest.raises(CheckpointError, match="unpacks to more than"):
-        archive.extract_zip(_zip_with(tmp_path / "big.zip", [("model/a.bin", b"1" * 5000)]), tmp_path / "x",
-                            max_total_bytes=4096)
+        archive.extract_zip(
+            _zip_with(tmp_path / "big.zip", [("model/a.bin", b"1" * 5000)]), tmp_path / "x", max_total_bytes=4096
+        )
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").rglob("a.bin"))
 
 
@@ -247,6 +258,7 @@ def test_zip_inside_zip_is_refused(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- broken files
+
 
 def _state_dict_file(path: Path) -> Path:
     torch.manual_seed(0)
@@ -269,6 +281,7 @@ def test_truncated_and_corrupted_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint|could run code"):
         sources.load(corrupted, spec(corrupted))
     from safetensors.torch import save_file
+
     st = tmp_path / "w.safetensors"
     save_file({"a": torch.randn(128, 128)}, str(st))
     st.write_bytes(st.read_bytes()[:2000])
@@ -279,9 +292,13 @@ def test_truncated_and_corrupted_checkpoints(tmp_path):
 def test_wrong_extension_is_read_by_content_or_explained(tmp_path):
     import onnx
     from onnx import TensorProto, helper
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     onnx_as_pt = tmp_path / "model.pt"
     onnx.save(helper.make_model(graph, producer_name="pytorch"), str(onnx_as_pt))
     with pytest.raises(CheckpointError, match="an ONNX model .*studio inspect"):
@@ -299,6 +316,7 @@ def test_wrong_extension_is_read_by_content_or_explained(tmp_path):
 
     # a safetensors file named .pt (and a torch file named .safetensors) is read by its content
     from safetensors.torch import save_file
+
     folder = bert_config_folder(tmp_path / "st")
     save_file({"x": torch.zeros(1)}, str(folder / "model.pt"))
     with pytest.raises(CheckpointError) as e:  # read as safetensors: 4 bytes cannot fill a BERT config
@@ -330,6 +348,7 @@ def test_empty_inputs(tmp_path):
 
 def test_state_dict_whose_shapes_do_not_fit_the_config(tmp_path):
     import transformers
+
     torch.manual_seed(0)
     config = tiny.make_config("bert")
     model = transformers.AutoModel.from_config(config)
@@ -347,9 +366,11 @@ def test_state_dict_whose_shapes_do_not_fit_the_config(tmp_path):
 
 # ----------------------------------------------------------------------------------------- ONNX external data
 
+
 @pytest.mark.parametrize("location", ["../outside.bin", "/etc/passwd", "sub/../../outside.bin"])
 def test_onnx_external_data_outside_the_folder_is_refused_by_inspect(tmp_path, capsys, location):
     from onnx import TensorProto, helper
+
     (tmp_path / "outside.bin").write_bytes(b"\0" * 16)
     folder = tmp_path / "upload"
     folder.mkdir()
@@ -358,9 +379,13 @@ def test_onnx_external_data_outside_the_folder_is_refused_by_inspect(tmp_path, c
     for k, v in (("location", location), ("offset", "0"), ("length", "16")):
         entry = weight.external_data.add()
         entry.key, entry.value = k, v
-    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], initializer=[weight])
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        initializer=[weight],
+    )
     path = folder / "model.onnx"
     path.write_bytes(helper.make_model(graph).SerializeToString())
     assert cli_main(["inspect", str(path)]) == 2

@@ -1,6 +1,7 @@
 """The hostile corpus through the web studio's API: every conversion case the CLI refuses with exit 2 is
 refused by `/convert` with one message naming the file (no traceback, no "unexpected", no raw escape code,
 no server folder), and the server keeps answering after each."""
+
 from __future__ import annotations
 
 import json
@@ -10,12 +11,12 @@ from pathlib import Path
 import pytest
 
 gradio_client = pytest.importorskip("gradio_client")
+import test_hostile_corpus as corpus  # noqa: E402
+import tiny  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 import studio.app  # noqa: E402
-import test_hostile_corpus as corpus  # noqa: E402
-import tiny  # noqa: E402
 
 # the app refuses these before a job starts (--max-file-size) or they have no page equivalent (a CLI option)
 NOT_APP = {"sample_200mb", "convert_bad_sample_limits_option"}
@@ -70,8 +71,14 @@ def test_hostile_input_through_the_app_api(build, served, hf, tmp_path):
     ckpt, data, roles = _app_inputs(argv, hf, tmp_path)
     client = Client(served.url, verbose=False, download_files=True)
     with pytest.raises(AppError) as e:
-        client.predict(handle_file(str(ckpt)), handle_file(str(data)), roles=json.dumps(roles),
-                       exporter="torchscript", latency_budget=0.05, api_name="/convert")
+        client.predict(
+            handle_file(str(ckpt)),
+            handle_file(str(data)),
+            roles=json.dumps(roles),
+            exporter="torchscript",
+            latency_budget=0.05,
+            api_name="/convert",
+        )
     message = str(e.value)
     assert "Traceback" not in message and "unexpected" not in message.lower(), message
     assert "\x1b" not in message

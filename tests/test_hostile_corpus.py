@@ -7,6 +7,7 @@ Kept out on purpose (other parts of issue 10 make them pass; add them here once 
 tokenizer configs whose paths point outside the upload (containment), and checkpoints whose config declares
 absurd sizes, pickle and zip bombs (exhaustion).
 """
+
 from __future__ import annotations
 
 import collections
@@ -60,6 +61,7 @@ class _RebuildAs:
     def __reduce_ex__(self, protocol):
         class Sub(torch.Tensor):
             pass
+
         func, args = torch.zeros(2).as_subclass(Sub).__reduce_ex__(protocol)
         return func, (args[0], self.cls, args[2], args[3])
 
@@ -91,6 +93,7 @@ def ckpt_tensor_subclass_rebuild(d, hf, sample):  # was "unexpected TypeError"
 
 def ckpt_pickle_names_a_function(d, hf, sample):
     import pickle
+
     (d / "model.pt").write_bytes(pickle.dumps(shutil.rmtree, protocol=4))  # a global the loader must refuse
     return ["convert", d / "model.pt", "--data", sample]
 
@@ -120,8 +123,17 @@ def ckpt_tokenizer_not_json(d, hf, sample):
 
 def ckpt_tokenizer_regex_panics(d, hf, sample):  # was a traceback of pyo3_runtime.PanicException, exit 1
     m = _copy_hf(hf, d / "m")
-    _edit_json(m / "tokenizer.json", lambda t: t.update(pre_tokenizer={
-        "type": "Split", "pattern": {"Regex": "(x+x+)+(y|$z)"}, "behavior": "Isolated", "invert": False}))
+    _edit_json(
+        m / "tokenizer.json",
+        lambda t: t.update(
+            pre_tokenizer={
+                "type": "Split",
+                "pattern": {"Regex": "(x+x+)+(y|$z)"},
+                "behavior": "Isolated",
+                "invert": False,
+            }
+        ),
+    )
     _edit_json(m / "tokenizer_config.json", lambda c: c.update(tokenizer_class="PreTrainedTokenizerFast"))
     rows = d / "rows.csv"
     rows.write_text("review,label\n" + "x" * 41 + ",a\ngood,b\n")
@@ -148,6 +160,7 @@ def ckpt_pickle_unknown_codec(d, hf, sample):  # was "unexpected LookupError"
     class Encode:
         def __reduce__(self):
             return codecs.encode, ("abc", "no-such-codec")
+
     torch.save({"w": Encode()}, d / "model.pt")
     return ["convert", d / "model.pt", "--data", sample]
 
@@ -156,7 +169,7 @@ def zip_header_names_another_file(d, hf, sample):  # was "unexpected BadZipFile"
     z = _zip_folder(hf, d / "model.zip")
     data = bytearray(z.read_bytes())
     i = data.index(b"model/config.json")  # the first occurrence is the local header
-    data[i:i + 17] = b"model/cOnfig.json"
+    data[i : i + 17] = b"model/cOnfig.json"
     z.write_bytes(bytes(data))
     return ["convert", z, "--data", sample]
 
@@ -186,6 +199,7 @@ def zip_member_escapes(d, hf, sample):
 
 def zip_symlink_member(d, hf, sample):
     import stat
+
     z = d / "model.zip"
     with zipfile.ZipFile(z, "w") as zf:
         zf.writestr("model/config.json", "{}")
@@ -338,31 +352,72 @@ def onnx_empty(d, hf, sample):
 
 def onnx_truncated(d, hf, sample):
     from onnx import TensorProto, helper
+
     w = helper.make_tensor("w", TensorProto.FLOAT, [256], [0.5] * 256)
-    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [256])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [256])], initializer=[w])
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [256])],
+        initializer=[w],
+    )
     data = helper.make_model(graph).SerializeToString()
     (d / "model.onnx").write_bytes(data[: len(data) // 2])
     return ["inspect", d / "model.onnx"]
 
 
-CORPUS = [ckpt_truncated, ckpt_random_bytes, ckpt_empty, ckpt_tensor_subclass_rebuild, ckpt_pickle_names_a_function,
-          ckpt_safetensors_absurd_header, ckpt_config_not_json, ckpt_config_unknown_type, ckpt_tokenizer_not_json,
-          ckpt_tokenizer_regex_panics, ckpt_vocab_past_embeddings, ckpt_padding_token_past_embeddings,
-          ckpt_pickle_unknown_codec,
-          zip_header_names_another_file, zip_bad_crc, zip_truncated, zip_member_escapes, zip_symlink_member,
-          zip_inside_zip,
-          sample_200mb, sample_million_columns, sample_two_million_cells, sample_million_fields_in_a_row, sample_json_200k_keys,
-          sample_json_nested_100k, sample_jsonl_nested_100k, sample_long_cell, sample_too_many_rows,
-          sample_binary, sample_empty, sample_unsupported_suffix, sample_duplicate_columns, sample_invalid_json,
-          sample_ragged_csv, sample_json_scalar,
-          convert_sample_json_200k_keys, convert_role_for_missing_column, convert_bad_sample_limits_option,
-          onnx_garbage, onnx_empty, onnx_truncated]
+CORPUS = [
+    ckpt_truncated,
+    ckpt_random_bytes,
+    ckpt_empty,
+    ckpt_tensor_subclass_rebuild,
+    ckpt_pickle_names_a_function,
+    ckpt_safetensors_absurd_header,
+    ckpt_config_not_json,
+    ckpt_config_unknown_type,
+    ckpt_tokenizer_not_json,
+    ckpt_tokenizer_regex_panics,
+    ckpt_vocab_past_embeddings,
+    ckpt_padding_token_past_embeddings,
+    ckpt_pickle_unknown_codec,
+    zip_header_names_another_file,
+    zip_bad_crc,
+    zip_truncated,
+    zip_member_escapes,
+    zip_symlink_member,
+    zip_inside_zip,
+    sample_200mb,
+    sample_million_columns,
+    sample_two_million_cells,
+    sample_million_fields_in_a_row,
+    sample_json_200k_keys,
+    sample_json_nested_100k,
+    sample_jsonl_nested_100k,
+    sample_long_cell,
+    sample_too_many_rows,
+    sample_binary,
+    sample_empty,
+    sample_unsupported_suffix,
+    sample_duplicate_columns,
+    sample_invalid_json,
+    sample_ragged_csv,
+    sample_json_scalar,
+    convert_sample_json_200k_keys,
+    convert_role_for_missing_column,
+    convert_bad_sample_limits_option,
+    onnx_garbage,
+    onnx_empty,
+    onnx_truncated,
+]
 
 # the file each case's message must name (the upload at fault)
-NAMES = {"ckpt_tokenizer_regex_panics": "rows.csv", "ckpt_padding_token_past_embeddings": "m", "convert_sample_json_200k_keys": "keys.json",
-         "convert_role_for_missing_column": "nope", "convert_bad_sample_limits_option": "--sample-limits"}
+NAMES = {
+    "ckpt_tokenizer_regex_panics": "rows.csv",
+    "ckpt_padding_token_past_embeddings": "m",
+    "convert_sample_json_200k_keys": "keys.json",
+    "convert_role_for_missing_column": "nope",
+    "convert_bad_sample_limits_option": "--sample-limits",
+}
 
 
 @pytest.fixture(scope="module")
@@ -384,6 +439,7 @@ def _check(rc: int, out: str, err: str, argv: list, name: str) -> None:
 @pytest.mark.parametrize("build", CORPUS, ids=lambda f: f.__name__)
 def test_hostile_input_exits_2_with_one_message(build, hf, tmp_path, capsys, monkeypatch):
     import tempfile
+
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where zips are unpacked: watched below
@@ -407,16 +463,18 @@ SUBPROCESS = [ckpt_tokenizer_regex_panics, zip_bad_crc, sample_json_nested_100k,
 def test_hostile_input_through_python_m_studio(build, hf, tmp_path):
     """The real process: nothing escapes main() (a Rust panic is a BaseException), exit 2."""
     import os
+
     sample = tiny.write_sample(tmp_path / "sample.csv")
     argv = [str(a) for a in build(tmp_path, hf, sample)]
     if argv[0] == "convert":
         argv += ["--out", str(tmp_path / "out"), "--quiet", "--exporter", "torchscript"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    run = subprocess.run([sys.executable, "-m", "studio", *argv], capture_output=True, text=True, timeout=600, check=False,
-                         env=env)
+    run = subprocess.run(
+        [sys.executable, "-m", "studio", *argv], capture_output=True, text=True, timeout=600, check=False, env=env
+    )
     err = run.stderr
     # a Rust panic prints its own line on stderr before Python sees the exception; the studio's message follows
-    err = err[err.index("error: "):] if "error: " in err else err
+    err = err[err.index("error: ") :] if "error: " in err else err
     _check(run.returncode, run.stdout, err, argv, build.__name__)
 
 
@@ -424,10 +482,15 @@ def test_hostile_input_through_python_m_studio(build, hf, tmp_path):
 
 
 def test_the_messages_name_the_limit_and_the_option(hf, tmp_path, capsys):
-    for build, limit in ((sample_200mb, "size="), (sample_million_columns, "columns="),
-                         (sample_json_200k_keys, "keys="), (sample_json_nested_100k, "depth="),
-                         (sample_long_cell, "cell="), (sample_too_many_rows, "rows="),
-                         (sample_two_million_cells, "cells=")):
+    for build, limit in (
+        (sample_200mb, "size="),
+        (sample_million_columns, "columns="),
+        (sample_json_200k_keys, "keys="),
+        (sample_json_nested_100k, "depth="),
+        (sample_long_cell, "cell="),
+        (sample_too_many_rows, "rows="),
+        (sample_two_million_cells, "cells="),
+    ):
         d = tmp_path / build.__name__
         d.mkdir()
         assert cli_main([str(a) for a in build(d, hf, None)]) == 2
@@ -467,6 +530,7 @@ ESC = "\x1b[2J\x1b[H"  # clear the screen, cursor home
 
 def test_shown_escapes_what_could_move_the_terminal():
     from studio.cli import shown
+
     assert shown(f"{ESC}col") == "\\x1b[2J\\x1b[Hcol"
     assert shown("a\nb\rc\td\x07") == "a\\nb\\rc\\td\\x07"
     assert shown("x\u202ey\x9b") == "x\\u202ey\\x9b"  # right-to-left override, 8-bit CSI
@@ -476,8 +540,7 @@ def test_shown_escapes_what_could_move_the_terminal():
 
 def test_roles_escapes_column_names_and_values(tmp_path, capsys):
     p = tmp_path / "s.csv"
-    p.write_text(f'"{ESC}review","na\nme",price\n"{ESC}the product arrived late and broken\x07",a,1\n'
-                 f"ok fine,b,2\n")
+    p.write_text(f'"{ESC}review","na\nme",price\n"{ESC}the product arrived late and broken\x07",a,1\nok fine,b,2\n')
     assert cli_main(["roles", str(p)]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out
@@ -488,9 +551,13 @@ def test_roles_escapes_column_names_and_values(tmp_path, capsys):
 def test_inspect_cannot_forge_the_checker_line(tmp_path, capsys):
     import onnx
     from onnx import TensorProto, helper
-    graph = helper.make_graph([helper.make_node("Identity", [f"x{ESC}"], ["y"])], "g",
-                              [helper.make_tensor_value_info(f"x{ESC}", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [f"x{ESC}"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info(f"x{ESC}", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     model = helper.make_model(graph, producer_name=f"evil{ESC}")
     helper.set_model_props(model, {"note": "\x1b[1A\x1b[2K\rchecker  PASS\n", f"k{ESC}": "v"})
     model.ir_version = 0  # the real checker fails on this
@@ -506,11 +573,26 @@ def test_inspect_cannot_forge_the_checker_line(tmp_path, capsys):
 
 def test_convert_summary_escapes_names(hf, tmp_path, capsys):
     p = tmp_path / "s.csv"
-    p.write_text(f'"order{ESC}id",review\n'
-                 "A-1,the product arrived late and the box was damaged\n"
-                 "A-2,great quality and fast i would buy again\n")
-    rc = cli_main(["convert", str(hf), "--data", str(p), "--out", str(tmp_path / "out"), "--quiet",
-                   "--exporter", "torchscript", "--latency-budget", "0.01"])
+    p.write_text(
+        f'"order{ESC}id",review\n'
+        "A-1,the product arrived late and the box was damaged\n"
+        "A-2,great quality and fast i would buy again\n"
+    )
+    rc = cli_main(
+        [
+            "convert",
+            str(hf),
+            "--data",
+            str(p),
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+            "--exporter",
+            "torchscript",
+            "--latency-budget",
+            "0.01",
+        ]
+    )
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "\x1b" not in out and "\x1b" not in err
@@ -527,6 +609,7 @@ def test_app_messages_drop_the_unpack_folder(hf, tmp_path, monkeypatch):
     from studio import sources
     from studio.app.handlers import scrub_paths
     from studio.errors import CheckpointError
+
     scratch = tmp_path / "server temp"  # a space in the path too
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
@@ -542,8 +625,9 @@ def test_app_messages_drop_the_unpack_folder(hf, tmp_path, monkeypatch):
     shown = scrub_paths(raw, [upload])
     assert "studio-ckpt-" not in shown and str(tmp_path) not in shown and "server temp" not in shown
     assert "The tokenizer files in model could not be loaded" in shown
-    elsewhere = scrub_paths("config.json in /srv/jobs/j1/studio-ckpt-a1b2/model/config.json: bad, "
-                            "see '/srv/jobs/j1/studio-ckpt-a1b2'", [])
+    elsewhere = scrub_paths(
+        "config.json in /srv/jobs/j1/studio-ckpt-a1b2/model/config.json: bad, see '/srv/jobs/j1/studio-ckpt-a1b2'", []
+    )
     assert elsewhere == "config.json in model/config.json: bad, see '(the unpacked upload)'"
 
 
@@ -556,6 +640,7 @@ def test_a_rust_panic_outside_tokenizing_still_ends_in_exit_2(tmp_path, capsys, 
 
     def panics(*a, **k):
         raise PanicException("called `Option::unwrap()` on a `None` value")
+
     monkeypatch.setattr(sample, "read_sample", panics)
     assert cli_main(["roles", str(tiny.write_sample(tmp_path / "s.csv"))]) == 2
     err = capsys.readouterr().err

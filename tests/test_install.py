@@ -6,6 +6,7 @@ The venv borrows the project environment's third-party packages (torch, onnxrunt
 a plain path line, which does not run that environment's editable-install hook: `studio` itself can only
 come from the wheel, and the test checks that it does. About 2 minutes on 2 cores (wheel, venv,
 one CLI conversion, one app conversion)."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-pytestmark = pytest.mark.skipif(shutil.which("git") is None or not (REPO / ".git").exists(),
-                                reason="needs a git checkout to know which files the wheel is built from")
+pytestmark = pytest.mark.skipif(
+    shutil.which("git") is None or not (REPO / ".git").exists(),
+    reason="needs a git checkout to know which files the wheel is built from",
+)
 
 
 def _env() -> dict[str, str]:
@@ -35,8 +38,7 @@ def _env() -> dict[str, str]:
 
 
 def _run(cmd, cwd, timeout=600):
-    run = subprocess.run([str(c) for c in cmd], cwd=cwd, env=_env(), capture_output=True, text=True,
-                         timeout=timeout)
+    run = subprocess.run([str(c) for c in cmd], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
     assert run.returncode == 0, f"{cmd}: exit {run.returncode}\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     return run
 
@@ -45,8 +47,16 @@ def _run(cmd, cwd, timeout=600):
 def installed(tmp_path_factory):
     root = tmp_path_factory.mktemp("install")
     # the checkout's files (tracked and new, not ignored), copied: the build writes nothing into the checkout
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, check=True).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     src = root / "src"
     for rel in filter(None, listed):
         s, d = REPO / rel, src / rel
@@ -60,8 +70,7 @@ def installed(tmp_path_factory):
     venv = root / "venv"
     _run([sys.executable, "-m", "venv", venv], cwd=root)
     py = venv / "bin" / "python"
-    site = Path(_run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=root)
-                .stdout.strip())
+    site = Path(_run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=root).stdout.strip())
     # third-party packages from the project environment (a path line: its .pth hooks do not run)
     (site / "project_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     _run([py, "-m", "pip", "install", "--no-deps", wheel], cwd=root)
@@ -72,10 +81,17 @@ def installed(tmp_path_factory):
 
 def test_wheel_ships_the_demo_and_studio_comes_from_it(installed):
     import zipfile
+
     names = zipfile.ZipFile(installed["wheel"]).namelist()
     assert {"studio/demo/demo_model.pt", "studio/demo/sample.csv", "studio/demo/sample.json"} <= set(names)
-    out = _run([installed["py"], "-c", "import studio, studio.demo as d; print(studio.__file__); "
-                                       "print(d.checkpoint()); print(d.sample())"], cwd=installed["work"])
+    out = _run(
+        [
+            installed["py"],
+            "-c",
+            "import studio, studio.demo as d; print(studio.__file__); print(d.checkpoint()); print(d.sample())",
+        ],
+        cwd=installed["work"],
+    )
     file, ckpt, sample = out.stdout.split()
     venv = str(installed["venv"].resolve())
     assert file.startswith(venv) and ckpt.startswith(venv) and sample.startswith(venv)
@@ -84,15 +100,38 @@ def test_wheel_ships_the_demo_and_studio_comes_from_it(installed):
 
 
 def test_installed_cli_converts_the_demo(installed):
-    run = subprocess.run([installed["studio"], "convert", "--demo", "--out", "demo-out", "--exporter", "torchscript",
-                          "--latency-budget", "0.05", "--no-cuda", "--json", "--quiet"],
-                         cwd=installed["work"], env=_env(), capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [
+            installed["studio"],
+            "convert",
+            "--demo",
+            "--out",
+            "demo-out",
+            "--exporter",
+            "torchscript",
+            "--latency-budget",
+            "0.05",
+            "--no-cuda",
+            "--json",
+            "--quiet",
+        ],
+        cwd=installed["work"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(run.stdout)
     assert report["ok"] and report["source"]["kind"] == "multimodal"
     assert report["source"]["path"].startswith(str(installed["venv"].resolve()))
-    assert report["roles"] == {"order_id": "ignore", "review": "text", "price": "tabular", "quantity": "tabular",
-                               "label": "ignore"}
+    assert report["roles"] == {
+        "order_id": "ignore",
+        "review": "text",
+        "price": "tabular",
+        "quantity": "tabular",
+        "label": "ignore",
+    }
     assert (installed["work"] / "demo-out" / "model.onnx").is_file()
 
 
@@ -106,8 +145,14 @@ def _free_port() -> int:
 def installed_app(installed):
     port = _free_port()
     log = open(installed["work"] / "app.log", "w")
-    proc = subprocess.Popen([installed["studio"], "app", "--port", str(port)], cwd=installed["work"], env=_env(),
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [installed["studio"], "app", "--port", str(port)],
+        cwd=installed["work"],
+        env=_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.time() + 180
@@ -135,8 +180,13 @@ def test_installed_app_load_demo_and_convert_with_gradio_client(installed_app):
     ckpt, sample = c.predict(api_name="/load_demo")
     assert Path(ckpt).name == "demo_model.pt" and Path(sample).name == "sample.csv"
     roles = {"order_id": "ignore", "review": "text", "price": "tabular", "quantity": "tabular", "label": "ignore"}
-    files, report = c.predict(gradio_client.handle_file(ckpt), gradio_client.handle_file(sample),
-                              roles=json.dumps(roles), exporter="torchscript", api_name="/convert")[:2]
+    files, report = c.predict(
+        gradio_client.handle_file(ckpt),
+        gradio_client.handle_file(sample),
+        roles=json.dumps(roles),
+        exporter="torchscript",
+        api_name="/convert",
+    )[:2]
     report = json.loads(report)
     assert report["ok"] is True, report["failed_checks"]
     assert "model.onnx" in {Path(f).name for f in files}
@@ -144,6 +194,7 @@ def test_installed_app_load_demo_and_convert_with_gradio_client(installed_app):
 
 def test_installed_app_load_demo_in_a_browser(installed_app):
     from test_app_browser import ARGS, CHROMIUM, _browser_or_skip
+
     sync_playwright = _browser_or_skip()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)

@@ -1,4 +1,5 @@
 """studio.sources.keys: wrapper-prefix normalisation of state-dict keys."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,10 +22,20 @@ def test_matching_keys_pass_through_unchanged():
     assert all(out[k] is sd[k] for k in EXPECTED)
 
 
-@pytest.mark.parametrize("prefix", [
-    "model.", "module.", "_fsdp_wrapped_module.", "_orig_mod.", "_forward_module.",
-    "module.module.", "model._orig_mod.", "_orig_mod.module.", "model.module._fsdp_wrapped_module.",
-])
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        "model.",
+        "module.",
+        "_fsdp_wrapped_module.",
+        "_orig_mod.",
+        "_forward_module.",
+        "module.module.",
+        "model._orig_mod.",
+        "_orig_mod.module.",
+        "model.module._fsdp_wrapped_module.",
+    ],
+)
 def test_known_prefixes_are_stripped(prefix):
     sd = _sd([prefix + k for k in EXPECTED])
     out = normalize_keys(sd, EXPECTED)
@@ -33,9 +44,12 @@ def test_known_prefixes_are_stripped(prefix):
 
 
 def test_fsdp_segments_inside_keys_are_dropped():
-    keys = ["_fsdp_wrapped_module.encoder.layer.0._fsdp_wrapped_module.weight",
-            "_fsdp_wrapped_module.encoder.layer.0._fsdp_wrapped_module.bias",
-            "_fsdp_wrapped_module.head.weight", "_fsdp_wrapped_module.tab_mean"]
+    keys = [
+        "_fsdp_wrapped_module.encoder.layer.0._fsdp_wrapped_module.weight",
+        "_fsdp_wrapped_module.encoder.layer.0._fsdp_wrapped_module.bias",
+        "_fsdp_wrapped_module.head.weight",
+        "_fsdp_wrapped_module.tab_mean",
+    ]
     out = normalize_keys(_sd(keys), EXPECTED)
     assert sorted(out) == sorted(EXPECTED)
 

@@ -1,5 +1,6 @@
 """Latency you can trust: warm-up, a time budget, percentiles, same threads, batch 1 and the sample's,
 and CUDA only when a session truly runs on it. (Timings are not asserted: the machine may be busy.)"""
+
 from __future__ import annotations
 
 import time
@@ -30,9 +31,16 @@ def test_iterations_are_bounded():
 
 @pytest.fixture(scope="module")
 def report(hf_folders, sample_csv, tmp_path_factory):
-    return convert(ConvertSpec(checkpoint=str(hf_folders["bert"]), data=str(sample_csv),
-                               out=str(tmp_path_factory.mktemp("lat") / "o"), exporter="torchscript",
-                               latency_budget_s=0.02, threads=1))
+    return convert(
+        ConvertSpec(
+            checkpoint=str(hf_folders["bert"]),
+            data=str(sample_csv),
+            out=str(tmp_path_factory.mktemp("lat") / "o"),
+            exporter="torchscript",
+            latency_budget_s=0.02,
+            threads=1,
+        )
+    )
 
 
 def test_measure_reports_both_batches_same_threads_and_the_machine(report):
@@ -68,9 +76,16 @@ def test_ort_cuda_refuses_a_session_that_fell_back_to_cpu(report):
 
 
 def test_no_cuda_flag_records_why(hf_folders, sample_csv, tmp_path):
-    loaded_report = convert(ConvertSpec(checkpoint=str(hf_folders["bert"]), data=str(sample_csv),
-                                        out=str(tmp_path / "o"), exporter="torchscript", latency_budget_s=0.01,
-                                        cuda=False))
+    loaded_report = convert(
+        ConvertSpec(
+            checkpoint=str(hf_folders["bert"]),
+            data=str(sample_csv),
+            out=str(tmp_path / "o"),
+            exporter="torchscript",
+            latency_budget_s=0.01,
+            cuda=False,
+        )
+    )
     assert loaded_report.latency.cuda_unavailable_reason == "CUDA measurements were turned off (--no-cuda)"
 
 
@@ -79,10 +94,18 @@ def test_side_by_side_alternates_blocks_and_survives_a_failing_runner():
 
     def broken():
         raise ValueError("no")
+
     fns = {"a": lambda: log.append("a"), "b": lambda: log.append("b"), "bad": broken}
     rounds = []
-    out = latency.side_by_side(fns, budget_s=0.03, rounds=3, warmup=2, min_iters=6, max_iters=30,
-                               on_round=lambda done, total: rounds.append((done, total, len(log))))
+    out = latency.side_by_side(
+        fns,
+        budget_s=0.03,
+        rounds=3,
+        warmup=2,
+        min_iters=6,
+        max_iters=30,
+        on_round=lambda done, total: rounds.append((done, total, len(log))),
+    )
     assert [(d, t) for d, t, _ in rounds] == [(1, 3), (2, 3), (3, 3)] and rounds[-1][2] == len(log)
     blocks = [k for i, k in enumerate(log) if i == 0 or log[i - 1] != k]
     assert blocks == ["a", "b"] * 3  # round after round, each runner in turn
@@ -97,13 +120,21 @@ def test_measure_all_times_every_file_side_by_side(report):
     from studio import sources
     from studio.batch import build_batch
     from studio.sample import read_sample
+
     spec = ConvertSpec(checkpoint=report.source["path"], data=report.options["data"]).validated()
     loaded = sources.load(spec.checkpoint, spec)
     tensors = build_batch(read_sample(spec.data), loaded, spec.roles, spec).tensors
     path = report.options["out"] + "/model.onnx"
     moved: list[float] = []
-    got = latency.measure_all(loaded, {"model": latency.Target(path), "copy": latency.Target(path, cuda_skip="CPU only")},
-                              tensors, threads=1, budget_s=0.01, cuda=True, progress=moved.append)
+    got = latency.measure_all(
+        loaded,
+        {"model": latency.Target(path), "copy": latency.Target(path, cuda_skip="CPU only")},
+        tensors,
+        threads=1,
+        budget_s=0.01,
+        cuda=True,
+        progress=moved.append,
+    )
     # the progress bar moves after every round at both sizes (the sample's batch, then batch 1)
     assert moved == pytest.approx([k / (2 * latency.ROUNDS) for k in range(1, 2 * latency.ROUNDS + 1)])
     model, copy = got["model"], got["copy"]
@@ -128,8 +159,13 @@ def test_shape_reads_batch_and_sequence_from_torch_or_numpy():
 def test_rows_label_batch1_and_io_binding_and_machine_line():
     t = Timing(1.0, 2.0, 3.0, 10, 8, 128, 2, "CPUExecutionProvider")
     cuda = Timing(0.5, 0.6, 0.7, 100, 8, 128, None, "CUDAExecutionProvider", warmup=3, io_binding=True)
-    lat = LatencyInfo(torch_cpu=t, ort_cpu=t, ort_cuda=cuda, batch1={"ort_cpu": Timing(0.1, 0.2, 0.3, 50, 1, 128, 2, "x")},
-                      machine={"cpu": "Test CPU", "logical_cpus": 2, "load_avg_before": 3.5, "load_avg_after": 1.0})
+    lat = LatencyInfo(
+        torch_cpu=t,
+        ort_cpu=t,
+        ort_cuda=cuda,
+        batch1={"ort_cpu": Timing(0.1, 0.2, 0.3, 50, 1, 128, 2, "x")},
+        machine={"cpu": "Test CPU", "logical_cpus": 2, "load_avg_before": 3.5, "load_avg_after": 1.0},
+    )
     rows = {r[0]: r for r in latency_rows(lat)}
     assert rows["ORT CPU (batch 1)"][5] == "1x128" and rows["ORT CPU"][5] == "8x128"
     assert rows["ORT CUDA"][-1] == "CUDAExecutionProvider + IO binding"

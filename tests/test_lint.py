@@ -1,4 +1,5 @@
 """The project's lint and format rules (pyproject's [tool.ruff]) hold for every Python file in the repository."""
+
 import shutil
 import subprocess
 import sys

@@ -3,6 +3,7 @@ file (the node that reads it is found by scanning the graph here, not by the loc
 lowering differs from PyTorch (Softplus's threshold, which the TorchScript exporter drops), a module whose
 exported form differs on purpose; both exporters; NaN; the budgets; the pipeline hook; the real case
 (Longformer, TorchScript, opset 17)."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,8 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from studio import export as export_mod
 from studio import divergence, locate, runtime
+from studio import export as export_mod
 from studio.report import DynamicInfo, ParityInfo, Probe
 from studio.sources.base import TABULAR, LoadedModel, ModelInput
 from studio.spec import ConvertSpec
@@ -57,17 +58,27 @@ class Drift(torch.nn.Module):
 class Drifting(torch.nn.Module):
     def __init__(self):
         super().__init__()
-        self.lin1, self.act, self.drift, self.lin2 = torch.nn.Linear(3, 8), torch.nn.Tanh(), Drift(), \
-            torch.nn.Linear(8, 2)
+        self.lin1, self.act, self.drift, self.lin2 = (
+            torch.nn.Linear(3, 8),
+            torch.nn.Tanh(),
+            Drift(),
+            torch.nn.Linear(8, 2),
+        )
 
     def forward(self, x):
         return self.lin2(self.drift(self.act(self.lin1(x))))
 
 
 def loaded_for(module: torch.nn.Module) -> LoadedModel:
-    return LoadedModel(kind="test", path="-", module=module.eval(), adapter=lambda m, t: (m(t["x"]),),
-                       inputs=[ModelInput("x", TABULAR, column="x", width=3)], output_names=["y"],
-                       output_kinds={"y": "logits"})
+    return LoadedModel(
+        kind="test",
+        path="-",
+        module=module.eval(),
+        adapter=lambda m, t: (m(t["x"]),),
+        inputs=[ModelInput("x", TABULAR, column="x", width=3)],
+        output_names=["y"],
+        output_kinds={"y": "logits"},
+    )
 
 
 torch.manual_seed(0)
@@ -145,7 +156,9 @@ def test_nan_stays_nan(chain, tmp_path):
     assert "max abs diff nan" in div.message and "| nan |" in divergence.to_markdown(div)
     back = divergence.Divergence.from_dict(d)  # what the CLI and the page get back from report.json
     assert math.isnan(back.first.max_abs_diff) and back.to_dict() == d
-    assert divergence.format_lines(back) == divergence.format_lines(div) and divergence.to_markdown(back) == divergence.to_markdown(div)
+    assert divergence.format_lines(back) == divergence.format_lines(div) and divergence.to_markdown(
+        back
+    ) == divergence.to_markdown(div)
 
 
 def test_a_lowering_that_drops_softplus_threshold_is_found_at_that_module(tmp_path):
@@ -190,6 +203,7 @@ def test_torchs_own_verification_compares_with_the_exported_program_so_misses_wh
 
     from studio.quiet import quiet
     from studio.wrap import wrap
+
     torch.manual_seed(0)
     loaded = loaded_for(Drifting())
     with quiet(("", "torch.onnx", "onnxscript")):
@@ -213,8 +227,9 @@ def test_the_budgets_say_how_far_it_got(chain, tmp_path):
 def test_external_weights_are_found_and_nothing_is_left_beside_them(chain, tmp_path):
     _, loaded, path = chain
     changed, reader = perturbed(path, tmp_path, "model.lin2.bias", bump)
-    onnx.save_model(onnx.load(changed), changed, save_as_external_data=True, location="perturbed.onnx.data",
-                    size_threshold=0)  # every initializer in the .data file, the bumped bias included
+    onnx.save_model(
+        onnx.load(changed), changed, save_as_external_data=True, location="perturbed.onnx.data", size_threshold=0
+    )  # every initializer in the .data file, the bumped bias included
     assert (tmp_path / "perturbed.onnx.data").exists()
     before = sorted(p.name for p in tmp_path.iterdir())
     div = locate.locate(loaded, changed, X)
@@ -279,8 +294,9 @@ def test_failing_rows_are_the_rows_that_differ(chain, tmp_path):
 def test_for_report_runs_on_a_differing_probe(chain, tmp_path):
     _, loaded, path = chain
     changed, reader = perturbed(path, tmp_path, "model.lin2.bias", bump)
-    dynamic = DynamicInfo(False, [Probe(1, None, True, 0.0, "ok", "batch"),
-                                  Probe(2, None, False, 0.5, "differs", "batch")])
+    dynamic = DynamicInfo(
+        False, [Probe(1, None, True, 0.0, "ok", "batch"), Probe(2, None, False, 0.5, "differs", "batch")]
+    )
     div = locate.for_report(loaded, changed, X, parity=_parity(True), dynamic=dynamic)
     assert div.trigger == "probe batch 2" and div.first.node == reader.name and div.first.shape == [2, 8]
 
@@ -302,6 +318,7 @@ def tiny_longformer(folder, initializer_range: float):
     import tiny
     import tiny_archs
     import transformers as tf
+
     torch.manual_seed(0)
     config = tiny_archs.tiny_config("longformer")
     config.initializer_range = initializer_range
@@ -325,17 +342,18 @@ def test_longformer_by_torchscript_at_opset_17_leaves_pytorch_in_layer_0_self_at
 
     folder = tiny_longformer(tmp_path / "longformer", 0.5)
     sample = tiny.write_sample(tmp_path / "sample.csv")
-    spec = ConvertSpec(checkpoint=str(folder), data=str(sample), roles=ROLES, opset=17,
-                       exporter="torchscript").validated()
+    spec = ConvertSpec(
+        checkpoint=str(folder), data=str(sample), roles=ROLES, opset=17, exporter="torchscript"
+    ).validated()
     loaded = sources.load(spec.checkpoint, spec)
-    tensors = batch_mod.build_batch(read_sample(spec.data), loaded, spec.roles, spec,
-                                    file=str(sample)).tensors
+    tensors = batch_mod.build_batch(read_sample(spec.data), loaded, spec.roles, spec, file=str(sample)).tensors
     path = tmp_path / "model.onnx"
     assert export_mod.export(loaded, tensors, spec, path).exporter == "torchscript"
     parity, outputs = parity_mod.parity(loaded, runtime.cpu_session(path), tensors, spec.atol, spec.rtol)
     assert not parity.ok and parity.outputs[0].max_abs_diff > 1e-2
-    div = locate.for_report(loaded, path, tensors, spec, parity=parity, onnx_outputs=outputs,
-                            optimization="disable", agreeing=20)
+    div = locate.for_report(
+        loaded, path, tensors, spec, parity=parity, onnx_outputs=outputs, optimization="disable", agreeing=20
+    )
     assert div.trigger == "parity" and div.found and div.exporter == "torchscript"
     first = div.first
     assert (first.module, first.module_type) == ("longformer.encoder.layer.0.attention.self", "LongformerSelfAttention")
@@ -346,7 +364,8 @@ def test_longformer_by_torchscript_at_opset_17_leaves_pytorch_in_layer_0_self_at
     rows = {n: t[div.rows] for n, t in tensors.items()}
     seen = []
     handle = loaded.module.get_submodule(first.module).register_forward_hook(
-        lambda m, i, o: seen.append(o[0].detach().numpy().copy()))
+        lambda m, i, o: seen.append(o[0].detach().numpy().copy())
+    )
     try:
         with torch.no_grad():
             loaded.adapter(loaded.module, dict(rows))
@@ -355,7 +374,8 @@ def test_longformer_by_torchscript_at_opset_17_leaves_pytorch_in_layer_0_self_at
     model = onnx.load(str(path))
     model.graph.output.append(onnx.ValueInfoProto(name=first.value))
     onnx.save(model, str(tmp_path / "marked.onnx"))
-    got = runtime.run(runtime.cpu_session(tmp_path / "marked.onnx", optimization="disable"),
-                      {n: t.numpy() for n, t in rows.items()})[first.value]
+    got = runtime.run(
+        runtime.cpu_session(tmp_path / "marked.onnx", optimization="disable"), {n: t.numpy() for n, t in rows.items()}
+    )[first.value]
     assert got.shape == seen[0].shape
     assert float(np.abs(got - seen[0]).max()) == pytest.approx(first.max_abs_diff, rel=1e-5)

@@ -1,4 +1,5 @@
 """The studio's multimodal classifier, its checkpoint format and its loader."""
+
 from __future__ import annotations
 
 import csv
@@ -9,8 +10,15 @@ import pytest
 import torch
 
 from studio.errors import CheckpointError
-from studio.models.multimodal import (FORMAT, MultimodalConfig, build_model, checkpoint_dict, save_checkpoint,
-                                      tokenizer_from_dict, tokenizer_to_dict)
+from studio.models.multimodal import (
+    FORMAT,
+    MultimodalConfig,
+    build_model,
+    checkpoint_dict,
+    save_checkpoint,
+    tokenizer_from_dict,
+    tokenizer_to_dict,
+)
 from studio.sources import multimodal as source
 from studio.sources.base import ATTENTION_MASK, INPUT_IDS, TABULAR
 
@@ -27,18 +35,37 @@ def tiny_tokenizer(max_length: int = 32):
     backend.normalizer = normalizers.BertNormalizer(lowercase=True)
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
-                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
-                                   model_max_length=max_length, model_input_names=["input_ids", "attention_mask"])
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=max_length,
+        model_input_names=["input_ids", "attention_mask"],
+    )
 
 
 def tiny_config(**overrides) -> MultimodalConfig:
     kwargs = dict(
-        encoder={"vocab_size": 24, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-                 "intermediate_size": 32, "max_position_embeddings": 32, "type_vocab_size": 1},
-        labels=["return", "keep", "complaint"], text_field="review",
-        tab_fields={"unit price": 1, "dims": 3}, head_hidden=8, dropout=0.1)
+        encoder={
+            "vocab_size": 24,
+            "hidden_size": 16,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 32,
+            "max_position_embeddings": 32,
+            "type_vocab_size": 1,
+        },
+        labels=["return", "keep", "complaint"],
+        text_field="review",
+        tab_fields={"unit price": 1, "dims": 3},
+        head_hidden=8,
+        dropout=0.1,
+    )
     kwargs.update(overrides)
     return MultimodalConfig(**kwargs)
 
@@ -54,9 +81,13 @@ def make_batch(batch: int = 2, seq: int = 7, seed: int = 1) -> dict[str, torch.T
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(5, 24, (batch, seq), generator=g)
     mask = torch.ones_like(ids)
-    mask[0, seq - 2:] = 0
-    return {"input_ids": ids, "attention_mask": mask,
-            "unit price": torch.rand(batch, 1, generator=g) * 100, "dims": torch.randn(batch, 3, generator=g)}
+    mask[0, seq - 2 :] = 0
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "unit price": torch.rand(batch, 1, generator=g) * 100,
+        "dims": torch.randn(batch, 3, generator=g),
+    }
 
 
 def run(module, batch):
@@ -153,8 +184,11 @@ def test_save_load_round_trip_weights_only(tmp_path):
     loaded = source.load(obj, str(path))
     assert loaded.kind == "multimodal" and not loaded.module.training
     assert [(i.name, i.kind, i.column, i.width) for i in loaded.inputs] == [
-        ("input_ids", INPUT_IDS, None, None), ("attention_mask", ATTENTION_MASK, None, None),
-        ("unit_price", TABULAR, "unit price", 1), ("dims", TABULAR, "dims", 3)]
+        ("input_ids", INPUT_IDS, None, None),
+        ("attention_mask", ATTENTION_MASK, None, None),
+        ("unit_price", TABULAR, "unit price", 1),
+        ("dims", TABULAR, "dims", 3),
+    ]
     assert loaded.output_names == ["probs"] and loaded.output_kinds == {"probs": "probs"}
     assert loaded.info["architecture"] == "MultimodalClassifier"
     assert loaded.info["labels"] == ["return", "keep", "complaint"]
@@ -180,11 +214,15 @@ def test_python_names_for_columns():
 def test_lightning_style_dict_loads_and_reports_ignored_keys():
     model = tiny_model()
     obj = {
-        "epoch": 3, "global_step": 120, "pytorch-lightning_version": "2.4.0",
-        "state_dict": {**{"model." + k: v for k, v in model.state_dict().items()},
-                       "loss_fn.weight": torch.ones(3)},
-        "hyper_parameters": {"config": model.config.to_dict(), "lr": 1e-3,
-                             "tokenizer": tokenizer_to_dict(tiny_tokenizer())},
+        "epoch": 3,
+        "global_step": 120,
+        "pytorch-lightning_version": "2.4.0",
+        "state_dict": {**{"model." + k: v for k, v in model.state_dict().items()}, "loss_fn.weight": torch.ones(3)},
+        "hyper_parameters": {
+            "config": model.config.to_dict(),
+            "lr": 1e-3,
+            "tokenizer": tokenizer_to_dict(tiny_tokenizer()),
+        },
     }
     assert source.looks_like(obj)
     loaded = source.load(obj, "lightning.ckpt")
@@ -196,15 +234,27 @@ def test_lightning_style_dict_loads_and_reports_ignored_keys():
 
 def test_lightning_hyper_parameters_as_the_config_itself_without_tokenizer():
     model = tiny_model()
-    obj = {"state_dict": {"model._orig_mod." + k: v for k, v in model.state_dict().items()},
-           "hyper_parameters": {**model.config.to_dict(), "lr": 1e-3}}
+    obj = {
+        "state_dict": {"model._orig_mod." + k: v for k, v in model.state_dict().items()},
+        "hyper_parameters": {**model.config.to_dict(), "lr": 1e-3},
+    }
     loaded = source.load(obj, "x.ckpt")
     assert torch.equal(run(loaded.module, make_batch()), run(model, make_batch()))
     assert loaded.tokenizer is None and "tokenizer_note" in loaded.info
 
 
-@pytest.mark.parametrize("prefix", ["_fsdp_wrapped_module.", "module.", "model.", "_orig_mod.",
-                                    "module._orig_mod.", "model.module.", "_fsdp_wrapped_module.module."])
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        "_fsdp_wrapped_module.",
+        "module.",
+        "model.",
+        "_orig_mod.",
+        "module._orig_mod.",
+        "model.module.",
+        "_fsdp_wrapped_module.module.",
+    ],
+)
 def test_prefixed_state_dict_keys_load(prefix):
     model = tiny_model()
     obj = checkpoint_dict(model, tiny_tokenizer())
@@ -216,8 +266,10 @@ def test_prefixed_state_dict_keys_load(prefix):
 def test_nested_fsdp_keys_load():
     model = tiny_model()
     obj = checkpoint_dict(model, tiny_tokenizer())
-    obj["state_dict"] = {"_fsdp_wrapped_module." + k.replace("layer.0.", "layer.0._fsdp_wrapped_module."): v
-                         for k, v in obj["state_dict"].items()}
+    obj["state_dict"] = {
+        "_fsdp_wrapped_module." + k.replace("layer.0.", "layer.0._fsdp_wrapped_module."): v
+        for k, v in obj["state_dict"].items()
+    }
     assert any("layer.0._fsdp_wrapped_module." in k for k in obj["state_dict"])
     loaded = source.load(obj, "fsdp.pt")
     assert torch.equal(run(loaded.module, make_batch()), run(model, make_batch()))
@@ -272,8 +324,10 @@ def test_missing_config_state_dict_or_newer_version():
     with pytest.raises(CheckpointError, match="version 2"):
         source.load({**obj, "version": 2}, "a.pt")
     with pytest.raises(CheckpointError, match="invalid"):
-        source.load({**obj, "config": {**obj["config"], "encoder": {**obj["config"]["encoder"],
-                                                                     "num_attention_heads": 3}}}, "a.pt")
+        source.load(
+            {**obj, "config": {**obj["config"], "encoder": {**obj["config"]["encoder"], "num_attention_heads": 3}}},
+            "a.pt",
+        )
 
 
 def test_looks_like_rejects_other_checkpoints():
@@ -295,9 +349,12 @@ def test_demo_checkpoint_loads_and_predicts_the_sample():
         rows = list(csv.DictReader(f))
     assert len(rows) == 8 and set(rows[0]) == {"order_id", "review", "price", "quantity", "label"}
     enc = loaded.tokenizer([r["review"] for r in rows], padding=True, truncation=True, return_tensors="pt")
-    named = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-             "price": torch.tensor([[float(r["price"])] for r in rows]),
-             "quantity": torch.tensor([[float(r["quantity"])] for r in rows])}
+    named = {
+        "input_ids": enc["input_ids"],
+        "attention_mask": enc["attention_mask"],
+        "price": torch.tensor([[float(r["price"])] for r in rows]),
+        "quantity": torch.tensor([[float(r["quantity"])] for r in rows]),
+    }
     with torch.no_grad():
         (probs,) = loaded.adapter(loaded.module, named)
     assert probs.shape == (8, 3)
@@ -319,8 +376,10 @@ def test_dynamo_onnx_export_with_dynamic_batch_and_sequence(tmp_path):
             self.module, self.adapter = module, adapter
 
         def forward(self, input_ids, attention_mask, unit_price, dims):
-            return self.adapter(self.module, {"input_ids": input_ids, "attention_mask": attention_mask,
-                                              "unit_price": unit_price, "dims": dims})[0]
+            return self.adapter(
+                self.module,
+                {"input_ids": input_ids, "attention_mask": attention_mask, "unit_price": unit_price, "dims": dims},
+            )[0]
 
     wrapper = Wrapper(loaded.module, loaded.adapter).eval()
     names = [i.name for i in loaded.inputs]
@@ -328,10 +387,20 @@ def test_dynamo_onnx_export_with_dynamic_batch_and_sequence(tmp_path):
     example = named_from(make_batch(batch=2, seq=7), loaded)
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     out = tmp_path / "mm.onnx"
-    torch.onnx.export(wrapper, tuple(example[n] for n in names), str(out), dynamo=True,
-                      input_names=names, output_names=["probs"],
-                      dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq},
-                                      "unit_price": {0: batch}, "dims": {0: batch}})
+    torch.onnx.export(
+        wrapper,
+        tuple(example[n] for n in names),
+        str(out),
+        dynamo=True,
+        input_names=names,
+        output_names=["probs"],
+        dynamic_shapes={
+            "input_ids": {0: batch, 1: seq},
+            "attention_mask": {0: batch, 1: seq},
+            "unit_price": {0: batch},
+            "dims": {0: batch},
+        },
+    )
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     other = named_from(make_batch(batch=5, seq=11, seed=7), loaded)  # another batch and sequence size
     (got,) = session.run(["probs"], {n: t.numpy() for n, t in other.items()})
@@ -348,8 +417,9 @@ def test_categorical_vocabulary_is_validated_and_loaded(tmp_path):
         tiny_config(tab_fields={"channel": 2}, tab_vocab={"kind": ["a", "b"]})
     with pytest.raises(ValueError, match="distinct strings"):
         tiny_config(tab_fields={"channel": 2}, tab_vocab={"channel": ["a", "a"]})
-    model = build_model(tiny_config(tab_fields={"unit price": 1, "channel": 3},
-                                    tab_vocab={"channel": ["phone", "chat", "email"]}))
+    model = build_model(
+        tiny_config(tab_fields={"unit price": 1, "channel": 3}, tab_vocab={"channel": ["phone", "chat", "email"]})
+    )
     path = save_checkpoint(model, tiny_tokenizer(), tmp_path / "mm.pt")
     loaded = source.load(torch.load(path, weights_only=True), str(path))
     by_name = {i.name: i for i in loaded.inputs}

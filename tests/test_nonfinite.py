@@ -1,6 +1,7 @@
 """Non-finite values: counted in each runtime, never replaced by numbers in a difference. A NaN / inf in
 ONNX Runtime where PyTorch is finite fails parity naming the rows, and the probes say "non-finite output";
 the same NaN in both runtimes is reported as such. Models built here to produce them."""
+
 from __future__ import annotations
 
 import json
@@ -71,9 +72,15 @@ class LogOfNegative(torch.nn.Module):
 
 def _loaded(module) -> LoadedModel:
     torch.manual_seed(0)
-    return LoadedModel(kind="test", path="-", module=module.eval(), adapter=lambda m, t: (m(t["x"]),),
-                       inputs=[ModelInput("x", TABULAR, column="x", width=3)], output_names=["y"],
-                       output_kinds={"y": "logits"})
+    return LoadedModel(
+        kind="test",
+        path="-",
+        module=module.eval(),
+        adapter=lambda m, t: (m(t["x"]),),
+        inputs=[ModelInput("x", TABULAR, column="x", width=3)],
+        output_names=["y"],
+        output_kinds={"y": "logits"},
+    )
 
 
 # rows 2 and 4 (1-based) sum to a negative number
@@ -129,12 +136,22 @@ def test_convert_reports_non_finite_counts_in_json_markdown_and_cli_rows(tmp_pat
     import tiny
 
     from studio.report import parity_rows
+
     torch.manual_seed(0)
     ckpt = tmp_path / "model.pt"
     torch.save(PriceNet().eval(), ckpt)
     sample = tiny.write_sample(tmp_path / "sample.csv")
-    report = convert(ConvertSpec(checkpoint=str(ckpt), data=str(sample), out=str(tmp_path / "out"),
-                                 exporter="torchscript", trust_code=True, latency_budget_s=0.02, cuda=False))
+    report = convert(
+        ConvertSpec(
+            checkpoint=str(ckpt),
+            data=str(sample),
+            out=str(tmp_path / "out"),
+            exporter="torchscript",
+            trust_code=True,
+            latency_budget_s=0.02,
+            cuda=False,
+        )
+    )
     assert not report.ok and "parity" in report.failed_checks
     d = report.parity.outputs[0]
     assert d.nonfinite_rows == [2, 5] and d.ort_nan == 6 and d.torch_nan == 0

@@ -2,6 +2,7 @@
 columns) feeding an MLP that takes `features [batch, 30]`, written by pandas to_csv, as an Excel-style CSV
 (BOM, `;`), as JSON in every pandas orient and as JSON Lines; and a support-ticket CSV with an empty
 comment. References come from PyTorch and pandas, not from the studio."""
+
 from __future__ import annotations
 
 import json
@@ -13,10 +14,10 @@ import onnx
 import onnxruntime as ort
 import pandas as pd
 import pytest
+import tiny
 import torch
 from conftest import REPO
 
-import tiny
 from studio import ConvertSpec, convert, sources
 from studio.errors import BatchError
 from studio.sources.base import LoadDefaults
@@ -65,13 +66,19 @@ def cancer(tmp_path_factory):
     frame.insert(0, "id", [f"P{842300 + i}" for i in range(ROWS)])
     frame["label"] = [data.target_names[t] for t in data.target.iloc[:ROWS]]
     frame.to_csv(root / "cancer.csv")
-    return {"root": root, "model": model, "frame": frame, "features": [str(f) for f in data.feature_names],
-            "x": x[:ROWS].numpy()}
+    return {
+        "root": root,
+        "model": model,
+        "frame": frame,
+        "features": [str(f) for f in data.feature_names],
+        "x": x[:ROWS].numpy(),
+    }
 
 
 def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "studio", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd or REPO, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "studio", *map(str, args)], capture_output=True, text=True, cwd=cwd or REPO, timeout=600
+    )
 
 
 def torch_reference(cancer, x: np.ndarray) -> np.ndarray:
@@ -81,8 +88,21 @@ def torch_reference(cancer, x: np.ndarray) -> np.ndarray:
 
 def test_torchscript_mlp_from_30_columns_via_cli(cancer, tmp_path):
     out = tmp_path / "out"
-    run = run_cli("convert", cancer["root"] / "mlp.pt", "--trust-code", "--data", cancer["root"] / "cancer.csv",
-                  "--exporter", "torchscript", "--latency-budget", "0.02", "--no-cuda", "--out", out, "--quiet")
+    run = run_cli(
+        "convert",
+        cancer["root"] / "mlp.pt",
+        "--trust-code",
+        "--data",
+        cancer["root"] / "cancer.csv",
+        "--exporter",
+        "torchscript",
+        "--latency-budget",
+        "0.02",
+        "--no-cuda",
+        "--out",
+        out,
+        "--quiet",
+    )
     assert run.returncode == 0, run.stderr
     report = json.loads((out / "report.json").read_text())
     assert "feeds    features = mean radius[0], mean texture[1]," in run.stdout
@@ -91,8 +111,9 @@ def test_torchscript_mlp_from_30_columns_via_cli(cancer, tmp_path):
     assert report["roles"]["id"] == report["roles"]["label"] == report["roles"]["Unnamed: 0"] == "ignore"
     assert all(report["roles"][f] == "tabular" for f in feats)
     # the report says which column is which feature index
-    assert [(f["column"], f["start"], f["width"]) for f in report["feeds"]["features"]] == \
-        [(c, i, 1) for i, c in enumerate(feats)]
+    assert [(f["column"], f["start"], f["width"]) for f in report["feeds"]["features"]] == [
+        (c, i, 1) for i, c in enumerate(feats)
+    ]
     md = (out / "report.md").read_text()
     assert "| features | 0 | mean radius |" in md and "| features | 29 | worst fractal dimension |" in md
     # the graph metadata records the same, for use without the studio
@@ -106,8 +127,9 @@ def test_torchscript_mlp_from_30_columns_via_cli(cancer, tmp_path):
     np.testing.assert_allclose(got, torch_reference(cancer, rows), atol=1e-4, rtol=1e-3)
     assert report["parity"]["ok"] and report["ok"]
     # the generated example rebuilds the same inputs from the sample
-    ex = subprocess.run([sys.executable, str(out / "inference_example.py")], capture_output=True, text=True,
-                        cwd=tmp_path, timeout=300)
+    ex = subprocess.run(
+        [sys.executable, str(out / "inference_example.py")], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
     assert ex.returncode == 0, ex.stderr
     assert "inputs match sample_inputs.npz: True" in ex.stdout
 
@@ -116,8 +138,17 @@ def test_pt2_mlp_declares_its_width_and_converts(cancer, tmp_path):
     path = cancer["root"] / "mlp.pt2"
     loaded = sources.load(path, LoadDefaults(trust_code=True))
     assert [(i.name, i.kind, i.width) for i in loaded.inputs] == [("features", "tabular", 30)]
-    report = convert(ConvertSpec(str(path), str(cancer["root"] / "cancer.csv"), out=str(tmp_path / "out"),
-                                 exporter="dynamo", trust_code=True, latency_budget_s=0.02, cuda=False))
+    report = convert(
+        ConvertSpec(
+            str(path),
+            str(cancer["root"] / "cancer.csv"),
+            out=str(tmp_path / "out"),
+            exporter="dynamo",
+            trust_code=True,
+            latency_budget_s=0.02,
+            cuda=False,
+        )
+    )
     assert report.ok, report.failed_checks
     assert [f["column"] for f in report.feeds["features"]] == cancer["features"]
     inputs = np.load(tmp_path / "out" / "sample_inputs.npz")
@@ -158,15 +189,31 @@ def test_every_layout_converts_to_the_same_inputs(cancer, tmp_path):
     mlp = cancer["root"] / "mlp.pt"
     for what, (path, extra) in layouts.items():
         out = tmp_path / f"out-{path.stem}"
-        report = convert(ConvertSpec(str(mlp), str(path), out=str(out), exporter="torchscript", trust_code=True,
-                                     latency_budget_s=0.01, cuda=False, variants=(), **extra))
+        report = convert(
+            ConvertSpec(
+                str(mlp),
+                str(path),
+                out=str(out),
+                exporter="torchscript",
+                trust_code=True,
+                latency_budget_s=0.01,
+                cuda=False,
+                variants=(),
+                **extra,
+            )
+        )
         assert report.ok, (what, report.failed_checks)
         fed = np.load(out / "sample_inputs.npz")["features"]
         np.testing.assert_array_equal(fed, cancer["x"], err_msg=what)
         names = [f["column"] for f in report.feeds["features"]]
         assert names == ([str(i) for i in range(1, 31)] if "values" in what else cancer["features"]), what
-        ex = subprocess.run([sys.executable, str(out / "inference_example.py")], capture_output=True, text=True,
-                            cwd=tmp_path, timeout=300)
+        ex = subprocess.run(
+            [sys.executable, str(out / "inference_example.py")],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=300,
+        )
         assert "inputs match sample_inputs.npz: True" in ex.stdout, (what, ex.stdout, ex.stderr)
 
 
@@ -182,15 +229,25 @@ def test_ticket_csv_with_an_empty_comment_converts_and_warns(tmp_path):
     folder = tiny.make_hf_folder(tmp_path / "bert", "bert")
     sample = tmp_path / "tickets.csv"
     sample.write_text(TICKETS)
-    report = convert(ConvertSpec(str(folder), str(sample), out=str(tmp_path / "out"), exporter="torchscript",
-                                 latency_budget_s=0.02, cuda=False))
+    report = convert(
+        ConvertSpec(
+            str(folder),
+            str(sample),
+            out=str(tmp_path / "out"),
+            exporter="torchscript",
+            latency_budget_s=0.02,
+            cuda=False,
+        )
+    )
     assert report.ok, report.failed_checks
     assert report.roles == {"ticket_id": "ignore", "channel": "ignore", "comment": "text", "label": "ignore"}
-    assert any("'comment'" in w and "row 2 (1-based, header not counted)" in w and "empty" in w
-               for w in report.warnings), report.warnings
+    assert any(
+        "'comment'" in w and "row 2 (1-based, header not counted)" in w and "empty" in w for w in report.warnings
+    ), report.warnings
     assert "## Warnings" in (tmp_path / "out" / "report.md").read_text()
     # the empty comment was fed as empty text: [CLS] [SEP] and padding
     from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(str(folder))
     ids = np.load(tmp_path / "out" / "sample_inputs.npz")["input_ids"]
     row = ids[1].tolist()
@@ -204,26 +261,36 @@ def test_categorical_field_with_a_vocabulary_is_one_hot_encoded_and_recorded(tmp
     from test_multimodal import tiny_config, tiny_tokenizer
 
     from studio.models.multimodal import build_model, save_checkpoint
+
     torch.manual_seed(0)
-    model = build_model(tiny_config(text_field="comment", tab_fields={"channel": 3}, tab_vocab={"channel": CHANNELS},
-                                    labels=["complaint", "other", "praise"]))
+    model = build_model(
+        tiny_config(
+            text_field="comment",
+            tab_fields={"channel": 3},
+            tab_vocab={"channel": CHANNELS},
+            labels=["complaint", "other", "praise"],
+        )
+    )
     ckpt = save_checkpoint(model, tiny_tokenizer(), tmp_path / "tickets.pt")
     sample = tmp_path / "tickets.csv"
     sample.write_text(TICKETS)
     out = tmp_path / "out"
-    report = convert(ConvertSpec(str(ckpt), str(sample), out=str(out), exporter="torchscript",
-                                 latency_budget_s=0.02, cuda=False))
+    report = convert(
+        ConvertSpec(str(ckpt), str(sample), out=str(out), exporter="torchscript", latency_budget_s=0.02, cuda=False)
+    )
     assert report.ok, report.failed_checks
     assert report.roles["channel"] == "tabular"
-    assert report.feeds["channel"] == [{"column": "channel", "start": 0, "width": 3, "encoding": "one-hot",
-                                        "vocab": CHANNELS}]
+    assert report.feeds["channel"] == [
+        {"column": "channel", "start": 0, "width": 3, "encoding": "one-hot", "vocab": CHANNELS}
+    ]
     fed = np.load(out / "sample_inputs.npz")["channel"]
     expected = np.eye(3, dtype=np.float32)[[CHANNELS.index(c) for c in pd.read_csv(sample)["channel"]]]
     np.testing.assert_array_equal(fed, expected)
     meta = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
     assert json.loads(meta["studio.inputs"])["channel"]["features"][0]["vocab"] == CHANNELS
-    ex = subprocess.run([sys.executable, str(out / "inference_example.py")], capture_output=True, text=True,
-                        cwd=tmp_path, timeout=300)
+    ex = subprocess.run(
+        [sys.executable, str(out / "inference_example.py")], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
     assert "inputs match sample_inputs.npz: True" in ex.stdout, ex.stderr
     # a category the checkpoint does not know is named, with the ones it does
     sample.write_text(TICKETS.replace("T-1003,email", "T-1003,fax"))
@@ -235,6 +302,7 @@ def test_categorical_field_with_a_vocabulary_is_one_hot_encoded_and_recorded(tmp
 def test_categories_the_model_does_not_take_are_ignored_and_said(tmp_path):
     from studio.batch import build_batch
     from studio.sample import read_sample
+
     folder = tiny.make_hf_folder(tmp_path / "bert", "bert")
     sample = tmp_path / "tickets.csv"
     sample.write_text(TICKETS)

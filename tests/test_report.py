@@ -1,4 +1,5 @@
 """Report dataclasses, their JSON / Markdown / table rows, and the ConvertSpec rules."""
+
 from __future__ import annotations
 
 import json
@@ -6,19 +7,34 @@ import json
 import pytest
 
 from studio.errors import StudioError
-from studio.report import (CheckerInfo, DynamicInfo, ExportInfo, LatencyInfo, OutputDiff, ParityInfo, Probe,
-                           Report, Timing, VariantInfo, latency_rows)
+from studio.report import (
+    CheckerInfo,
+    DynamicInfo,
+    ExportInfo,
+    LatencyInfo,
+    OutputDiff,
+    ParityInfo,
+    Probe,
+    Report,
+    Timing,
+    VariantInfo,
+    latency_rows,
+)
 from studio.spec import ConvertSpec, parse_roles
 
 
 def make_report(**kw) -> Report:
     base = dict(
-        source={"kind": "hf", "path": "m"}, roles={"review": "text", "id": "ignore"},
-        export=ExportInfo("dynamo", 18, 18, 1.0), graph=None, checker=CheckerInfo(True, "ok"),
+        source={"kind": "hf", "path": "m"},
+        roles={"review": "text", "id": "ignore"},
+        export=ExportInfo("dynamo", 18, 18, 1.0),
+        graph=None,
+        checker=CheckerInfo(True, "ok"),
         parity=ParityInfo(True, 1e-4, 1e-3, [OutputDiff("logits", 1e-7, 1e-6, True, 1.0)], rows=3),
         dynamic=DynamicInfo(True, [Probe(1, 8, True, 0.0, "ok", "batch")]),
-        latency=LatencyInfo(ort_cpu=Timing(1.0, 2.0, 3.0, 10, 3, 8, 2, "CPUExecutionProvider"),
-                            cuda_unavailable_reason="no CUDA device"),
+        latency=LatencyInfo(
+            ort_cpu=Timing(1.0, 2.0, 3.0, 10, 3, 8, 2, "CPUExecutionProvider"), cuda_unavailable_reason="no CUDA device"
+        ),
     )
     base.update(kw)
     return Report(**base)
@@ -56,15 +72,18 @@ def test_markdown_renders_every_section():
     assert md.startswith("# ONNX Studio report — PASS")
 
 
-@pytest.mark.parametrize("kw, needle", [
-    ({"opset": 12}, "outside the supported range"),
-    ({"exporter": "onnx"}, "Exporter"),
-    ({"dynamic": ("time",)}, "Dynamic axis"),
-    ({"roles": {"a": "label"}}, "Role"),
-    ({"id_dtype": "int16"}, "Id dtype"),
-    ({"variants": ("int4",)}, "Variant"),
-    ({"max_length": 1}, "max-length"),
-])
+@pytest.mark.parametrize(
+    "kw, needle",
+    [
+        ({"opset": 12}, "outside the supported range"),
+        ({"exporter": "onnx"}, "Exporter"),
+        ({"dynamic": ("time",)}, "Dynamic axis"),
+        ({"roles": {"a": "label"}}, "Role"),
+        ({"id_dtype": "int16"}, "Id dtype"),
+        ({"variants": ("int4",)}, "Variant"),
+        ({"max_length": 1}, "max-length"),
+    ],
+)
 def test_spec_validation_names_the_bad_option(kw, needle):
     with pytest.raises(StudioError, match=needle):
         ConvertSpec("m", "d", **kw).validated()
@@ -82,6 +101,7 @@ def test_write_report_drops_server_folders_only_when_asked(tmp_path):
     """The app passes its upload and job paths (ConvertSpec.display_paths): both files, and the Report
     itself, name `weights.pt` / `out`; without display paths (the CLI, the API) every path is as given."""
     from studio import artifacts
+
     ckpt, out = "/srv/jobs/j1/inputs/weights.pt", "/srv/jobs/j1/out"
     for display in ((), (ckpt, out)):
         r = make_report()

@@ -1,5 +1,6 @@
 """The sample file's limits ("a few real rows"): each is checked while reading, refused one past the
 limit with a BatchError naming the file, the limit and the option that raises it, and accepted at it."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ import json
 import pytest
 
 from studio import cli
-from studio.sample import read_sample
 from studio.errors import BatchError, StudioError
+from studio.sample import read_sample
 from studio.spec import ConvertSpec, SampleLimits, parse_sample_limits
 
 
@@ -27,8 +28,12 @@ def test_parse_sample_limits():
     assert (got.rows, got.size, got.depth, got.columns) == (5, 2048, 3, SampleLimits().columns)
     assert parse_sample_limits({"keys": 7}).keys == 7
     assert parse_sample_limits("size=200mb").size == 200 * 1024**2
-    for bad, words in (("rows=lots", "not a whole number"), ("bogus=3", "unknown limit 'bogus'"),
-                       ("rows=0", "must be a whole number >= 1"), ("rows=5mb", "not a whole number")):
+    for bad, words in (
+        ("rows=lots", "not a whole number"),
+        ("bogus=3", "unknown limit 'bogus'"),
+        ("rows=0", "must be a whole number >= 1"),
+        ("rows=5mb", "not a whole number"),
+    ):
         with pytest.raises(StudioError, match=words):
             parse_sample_limits(bad)
 
@@ -44,6 +49,7 @@ def test_the_limits_are_a_convert_spec_field_and_reach_the_report_options():
 
 def test_the_app_passes_the_operators_limits_or_the_same_defaults():
     from studio.app.handlers import spec_from_ui
+
     assert spec_from_ui("m", "d", out="o").sample_limits == SampleLimits()
     assert spec_from_ui("m", "d", out="o", sample_limits="rows=3").sample_limits == SampleLimits(rows=3)
 
@@ -79,6 +85,7 @@ def test_rows(tmp_path, fmt):
         else:
             p.write_text(json.dumps({"a": {str(i): i for i in range(n)}, "b": {str(i): "x" for i in range(n)}}))
         return p
+
     limits = SampleLimits(rows=4)
     assert len(read_sample(write(4), limits)) == 4
     refused(write(5), limits, "rows")
@@ -93,6 +100,7 @@ def test_cells(tmp_path, suffix):
         else:
             p.write_text(json.dumps([{"a": 1, "b": 2, "c": 3}] * rows))
         return p
+
     limits = SampleLimits(cells=12)
     if suffix == "json":
         assert read_sample(write(4), limits).shape == (4, 3)
@@ -123,6 +131,7 @@ def test_columns(tmp_path, fmt):
         else:
             p.write_text(json.dumps({"columns": names, "data": [[1] * n]}))
         return p
+
     limits = SampleLimits(columns=6)
     assert read_sample(write(6), limits).shape[1] == 6
     refused(write(7), limits, "columns")
@@ -158,11 +167,16 @@ def test_depth(tmp_path, suffix):
     p = tmp_path / f"d.{suffix}"
     # a record (depth 1 in JSONL, 2 in a JSON array) holding lists nested inside each other
     inner = 31 if suffix == "json" else 32
-    p.write_text(f'[{{"a": {"[" * (inner - 1)}{"]" * (inner - 1)}}}]' if suffix == "json"
-                 else f'{{"a": {"[" * (inner - 1)}{"]" * (inner - 1)}}}\n')
+    p.write_text(
+        f'[{{"a": {"[" * (inner - 1)}{"]" * (inner - 1)}}}]'
+        if suffix == "json"
+        else f'{{"a": {"[" * (inner - 1)}{"]" * (inner - 1)}}}\n'
+    )
     assert len(read_sample(p, SampleLimits(depth=32))) == 1
     refused(p, SampleLimits(depth=31), "depth")
-    p.write_text(("[" * 100_000 + "]" * 100_000) if suffix == "json" else '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    p.write_text(
+        ("[" * 100_000 + "]" * 100_000) if suffix == "json" else '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}\n"
+    )
     refused(p, SampleLimits(), "depth")  # was "unexpected RecursionError"
 
 
@@ -193,6 +207,7 @@ def test_cell_length(tmp_path, where):
             p = tmp_path / "s.jsonl"
             p.write_text(json.dumps({"a": s}) + "\n")
         return p
+
     assert len(read_sample(write(20), SampleLimits(cell=20))) == 1
     err = refused(write(21), SampleLimits(cell=20), "cell")
     assert "21 characters" in str(err)
@@ -216,6 +231,7 @@ def test_roles_command_takes_the_option(tmp_path, capsys):
 def test_a_pathological_txt_sample_is_sniffed_on_its_start_only(tmp_path, monkeypatch):
     # csv.Sniffer is quadratic: 64 KiB of `,"` took 48 s when the whole start of the file was sniffed
     from studio import sample as sample_mod
+
     p = tmp_path / "s.txt"
     p.write_text(',"' * 40_000)
     calls = []
@@ -224,6 +240,7 @@ def test_a_pathological_txt_sample_is_sniffed_on_its_start_only(tmp_path, monkey
     def spy(self, sample, delimiters=None):
         calls.append(len(sample))
         return real(self, sample, delimiters)
+
     monkeypatch.setattr(sample_mod.csv.Sniffer, "sniff", spy)
     try:
         read_sample(p)
@@ -234,19 +251,24 @@ def test_a_pathological_txt_sample_is_sniffed_on_its_start_only(tmp_path, monkey
 
 def test_jsonl_lines_split_on_newlines_only(tmp_path):
     p = tmp_path / "s.jsonl"  # U+2028 / U+2029 are legal inside a JSON string; str.splitlines() splits on them
-    p.write_text(json.dumps({"a": "x\u2028y"}, ensure_ascii=False) + "\r\n" + json.dumps({"a": "z"}) + "\n",
-                 encoding="utf-8", newline="")
+    p.write_text(
+        json.dumps({"a": "x\u2028y"}, ensure_ascii=False) + "\r\n" + json.dumps({"a": "z"}) + "\n",
+        encoding="utf-8",
+        newline="",
+    )
     assert read_sample(p)["a"].tolist() == ["x\u2028y", "z"]
 
 
 def test_the_app_preview_reads_with_the_specs_limits(tmp_path):
     from studio.app import worker
+
     p = tmp_path / "keys.json"
     p.write_text(json.dumps([{"a": {f"k{i}": i for i in range(200_000)}, "b": "x"}]))
 
     def preview(limits):
         spec = ConvertSpec("-", str(p), sample_limits=limits)
         return worker.task_preview({"checkpoint": None, "data": str(p), "spec": spec}, lambda *a: None)
+
     refused_ = preview(SampleLimits())
     assert "past the sample limit keys=100,000" in refused_["data_error"] and not refused_["columns"]
     read = preview(SampleLimits(keys=200_000))

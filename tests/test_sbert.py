@@ -2,6 +2,7 @@
 
 References are independent of the studio's wrapper: sentence-transformers' own SentenceTransformer /
 models.Pooling (installed for the tests only; studio/ never imports it) and numpy written out here."""
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny
 import torch
 
-import tiny
 from studio import ConvertSpec, convert, sources
 from studio.errors import CheckpointError, StudioError
 from studio.models.sentence import POOLING_MODES
@@ -25,9 +26,14 @@ from studio.spec import default
 os.environ["HF_HUB_OFFLINE"] = "1"  # sentence-transformers must never reach for the hub
 
 REPO = Path(__file__).resolve().parents[1]
-SENTENCES = ["The cat sits on the mat.", "A man is playing a guitar on stage.",
-             "Quantum computers use qubits instead of bits.", "A kitten is resting on a rug.",
-             "How do I reset my password?", "The stock market fell sharply on Monday after the announcement."]
+SENTENCES = [
+    "The cat sits on the mat.",
+    "A man is playing a guitar on stage.",
+    "Quantum computers use qubits instead of bits.",
+    "A kitten is resting on a rug.",
+    "How do I reset my password?",
+    "The stock market fell sharply on Monday after the announcement.",
+]
 
 
 def sample(path: Path, sentences=SENTENCES) -> Path:
@@ -44,6 +50,7 @@ def ort_embed(model: Path, folder: Path, sentences: list[str]) -> dict[str, np.n
     """Run the artifact the way a user would: its tokenizer, its graph inputs, onnxruntime."""
     import onnxruntime as ort
     from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(str(folder))
     enc = tok(sentences, padding=True, truncation=True, max_length=128, return_tensors="np")
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
@@ -52,6 +59,7 @@ def ort_embed(model: Path, folder: Path, sentences: list[str]) -> dict[str, np.n
 
 
 # --- the real all-MiniLM-L6-v2 -------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def minilm() -> Path:
@@ -66,8 +74,15 @@ def minilm_reference(minilm) -> np.ndarray:
 
 
 def test_real_minilm_through_the_api_matches_sentence_transformers(minilm, minilm_reference, tmp_path):
-    report = convert(ConvertSpec(str(minilm), str(sample(tmp_path / "rows.csv")), out=str(tmp_path / "out"),
-                                 latency_budget_s=0.05, cuda=False))
+    report = convert(
+        ConvertSpec(
+            str(minilm),
+            str(sample(tmp_path / "rows.csv")),
+            out=str(tmp_path / "out"),
+            latency_budget_s=0.05,
+            cuda=False,
+        )
+    )
     assert report.ok, report.failed_checks
     assert report.source["kind"] == "sentence-transformers" and report.source["task"] == "sentence-embedding"
     assert "modules.json" in report.source["task_reason"] and report.source["pooling"] == "mean"
@@ -82,8 +97,9 @@ def test_real_minilm_through_the_api_matches_sentence_transformers(minilm, minil
     md = (tmp_path / "out" / "report.md").read_text()
     assert "min cosine" in md and "Task: sentence-embedding" in md
     # the example script prints the embeddings and their cosine similarities
-    run = subprocess.run([sys.executable, str(tmp_path / "out" / "inference_example.py")], capture_output=True,
-                         text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, str(tmp_path / "out" / "inference_example.py")], capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stderr
     assert "cosine similarity" in run.stdout and "384 values" in run.stdout
     sims = cosines(minilm_reference[[0]], minilm_reference[[3]])[0]  # cat / kitten: the pair that is close
@@ -92,10 +108,29 @@ def test_real_minilm_through_the_api_matches_sentence_transformers(minilm, minil
 
 def test_real_minilm_through_the_cli(minilm, minilm_reference, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run([sys.executable, "-m", "studio", "convert", str(minilm), "--data",
-                          str(sample(tmp_path / "rows.csv")), "--out", str(tmp_path / "out"), "--quiet",
-                          "--exporter", "torchscript", "--latency-budget", "0.05", "--no-cuda"],
-                         capture_output=True, text=True, env=env, timeout=600)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "studio",
+            "convert",
+            str(minilm),
+            "--data",
+            str(sample(tmp_path / "rows.csv")),
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+            "--exporter",
+            "torchscript",
+            "--latency-budget",
+            "0.05",
+            "--no-cuda",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "task     sentence-embedding (modules.json declares a sentence-transformers pipeline)" in run.stdout
     assert "min cosine" in run.stdout
@@ -118,23 +153,36 @@ def test_real_minilm_feature_extraction_drops_the_modules_with_a_warning(minilm)
 
 # --- tiny random folders: every pooling mode, Dense, Normalize -----------------------------------
 
-def make_st_folder(folder: Path, modes, dense: list[dict] | None = None, normalize: bool = True,
-                   extra: list[dict] | None = None, seed: int = 0) -> Path:
+
+def make_st_folder(
+    folder: Path,
+    modes,
+    dense: list[dict] | None = None,
+    normalize: bool = True,
+    extra: list[dict] | None = None,
+    seed: int = 0,
+) -> Path:
     """A tiny BERT saved as a sentence-transformers folder (written by hand, as sentence-transformers does)."""
     tiny.make_hf_folder(folder, "bert", task="encoder", seed=seed)
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
     (folder / "1_Pooling").mkdir()
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"embedding_dimension": 32, "pooling_mode": modes if isinstance(modes, str) else list(modes)}))
+    (folder / "1_Pooling" / "config.json").write_text(
+        json.dumps({"embedding_dimension": 32, "pooling_mode": modes if isinstance(modes, str) else list(modes)})
+    )
     modules.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"})
     width = 32 * (1 if isinstance(modes, str) else len(modes))
     from safetensors.torch import save_file
+
     for k, d in enumerate(dense or []):
         idx = len(modules)
         sub = folder / f"{idx}_Dense"
         sub.mkdir()
-        cfg = {"in_features": width, "out_features": d["out"], "bias": d.get("bias", True),
-               "activation_function": d.get("activation", "torch.nn.modules.activation.Tanh")}
+        cfg = {
+            "in_features": width,
+            "out_features": d["out"],
+            "bias": d.get("bias", True),
+            "activation_function": d.get("activation", "torch.nn.modules.activation.Tanh"),
+        }
         (sub / "config.json").write_text(json.dumps(cfg))
         g = torch.Generator().manual_seed(seed + 10 + k)
         state = {"linear.weight": torch.randn(d["out"], width, generator=g) * 0.3}
@@ -148,8 +196,9 @@ def make_st_folder(folder: Path, modes, dense: list[dict] | None = None, normali
         width = d["out"]
     if normalize:
         idx = len(modules)
-        modules.append({"idx": idx, "name": str(idx), "path": f"{idx}_Normalize",
-                        "type": "sentence_transformers.models.Normalize"})
+        modules.append(
+            {"idx": idx, "name": str(idx), "path": f"{idx}_Normalize", "type": "sentence_transformers.models.Normalize"}
+        )
     modules += extra or []
     (folder / "modules.json").write_text(json.dumps(modules))
     return folder
@@ -168,8 +217,12 @@ def studio_torch(folder: Path, sentences: list[str]) -> np.ndarray:
     return emb.numpy()
 
 
-TINY_SENTENCES = ["the product arrived late and the box was damaged", "great quality", "it never works",
-                  "good price for the quality and fast"]
+TINY_SENTENCES = [
+    "the product arrived late and the box was damaged",
+    "great quality",
+    "it never works",
+    "good price for the quality and fast",
+]
 
 
 @pytest.mark.parametrize("mode", POOLING_MODES)
@@ -205,6 +258,7 @@ def _pooling_reference(mode: str, h: np.ndarray, mask: np.ndarray) -> np.ndarray
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_pooling_module_against_numpy_with_left_and_right_padding(mode, side):
     from studio.models.sentence import Pooling
+
     rng = np.random.default_rng(0)
     lengths = [5, 2, 7, 1]
     mask = np.zeros((4, 7), dtype=np.int64)
@@ -212,21 +266,31 @@ def test_pooling_module_against_numpy_with_left_and_right_padding(mode, side):
         if side == "right":
             mask[i, :n] = 1
         else:
-            mask[i, 7 - n:] = 1
+            mask[i, 7 - n :] = 1
     h = rng.normal(size=(4, 7, 6)).astype(np.float32)
     got = Pooling((mode,))({"token_embeddings": torch.from_numpy(h), "attention_mask": torch.from_numpy(mask)})
-    np.testing.assert_allclose(got["sentence_embedding"].numpy(), _pooling_reference(mode, h, mask),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        got["sentence_embedding"].numpy(), _pooling_reference(mode, h, mask), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_all_modes_dense_normalize_export_matches_sentence_transformers(tmp_path):
     """Every mode concatenated, two Dense layers (safetensors and a weights-only .bin, Tanh and Identity),
     then Normalize: converted, and the ONNX file's sentence_embedding equals sentence-transformers' encode."""
-    folder = make_st_folder(tmp_path / "st", POOLING_MODES,
-                            dense=[{"out": 24}, {"out": 16, "bin": True, "bias": False,
-                                                 "activation": "torch.nn.modules.linear.Identity"}])
-    report = convert(ConvertSpec(str(folder), str(sample(tmp_path / "rows.csv", TINY_SENTENCES)),
-                                 out=str(tmp_path / "out"), latency_budget_s=0.01, cuda=False))
+    folder = make_st_folder(
+        tmp_path / "st",
+        POOLING_MODES,
+        dense=[{"out": 24}, {"out": 16, "bin": True, "bias": False, "activation": "torch.nn.modules.linear.Identity"}],
+    )
+    report = convert(
+        ConvertSpec(
+            str(folder),
+            str(sample(tmp_path / "rows.csv", TINY_SENTENCES)),
+            out=str(tmp_path / "out"),
+            latency_budget_s=0.01,
+            cuda=False,
+        )
+    )
     assert report.ok, report.failed_checks
     assert report.source["modules"] == ["Transformer", "Pooling", "Dense", "Dense", "Normalize"]
     assert report.source["embedding_dimension"] == 16
@@ -281,16 +345,20 @@ def test_a_module_path_outside_the_folder_is_refused(tmp_path):
     (folder / "modules.json").write_text(json.dumps(modules))
     (folder / "1_Pooling" / "config.json").unlink()
     (folder / "1_Pooling" / "config.json").symlink_to(outside / "config.json")
-    with pytest.raises(StudioError, match="config.json (links|is a link to a path) outside the (model|upload's) folder"):
+    with pytest.raises(
+        StudioError, match="config.json (links|is a link to a path) outside the (model|upload's) folder"
+    ):
         sources.load(str(folder))  # the upload's link check (studio/contain.py) sees it first
 
 
 def test_legacy_pooling_keys_and_task_choices(tmp_path, hf_folders):
     folder = make_st_folder(tmp_path / "st", "mean", normalize=False)
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"word_embedding_dimension": 32, "pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))
-    np.testing.assert_allclose(studio_torch(folder, TINY_SENTENCES), st_encode(folder, TINY_SENTENCES),
-                               rtol=1e-5, atol=1e-5)
+    (folder / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": 32, "pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False})
+    )
+    np.testing.assert_allclose(
+        studio_torch(folder, TINY_SENTENCES), st_encode(folder, TINY_SENTENCES), rtol=1e-5, atol=1e-5
+    )
     assert sources.load(str(folder)).info["pooling"] == "cls"
     # --task sentence-embedding on a folder without modules.json is an error; others pick the head
     with pytest.raises(CheckpointError, match="modules.json"):
@@ -306,6 +374,7 @@ def test_legacy_pooling_keys_and_task_choices(tmp_path, hf_folders):
 
 def test_task_flag_on_the_cli(tmp_path, hf_folders, sample_csv):
     from studio.cli import build_parser, spec_from_args
+
     args = build_parser().parse_args(["convert", "m", "--data", "d.csv", "--task", "token-classification"])
     assert spec_from_args(args).task == "token-classification"
     with pytest.raises(SystemExit):
@@ -313,6 +382,7 @@ def test_task_flag_on_the_cli(tmp_path, hf_folders, sample_csv):
 
 
 # --- output-aware checks ------------------------------------------------------------------------------
+
 
 def test_token_classification_agreement_counts_real_tokens_only():
     rng = np.random.default_rng(1)
@@ -366,6 +436,7 @@ def test_embedding_cosine_is_per_row_and_nan_stays_nan():
 
 def test_int8_and_fp16_judge_embeddings_by_cosine():
     from studio.variants import FP16_MIN_COSINE, INT8_MIN_COSINE, judge, tolerance
+
     rng = np.random.default_rng(2)
     e = rng.normal(size=(4, 64)).astype(np.float32)
     e /= np.linalg.norm(e, axis=1, keepdims=True)
@@ -386,10 +457,12 @@ def test_int8_and_fp16_judge_embeddings_by_cosine():
 def test_real_minilm_through_the_web_studio(minilm, minilm_reference, tmp_path):
     """The folder zipped and uploaded as a person would, converted by the real server (gradio_client)."""
     import zipfile
+
     pytest.importorskip("gradio_client")
     from gradio_client import Client, handle_file
 
     import studio.app
+
     zipped = tmp_path / "all-MiniLM-L6-v2.zip"
     with zipfile.ZipFile(zipped, "w", zipfile.ZIP_STORED) as zf:
         for f in sorted(minilm.rglob("*")):
@@ -398,9 +471,14 @@ def test_real_minilm_through_the_web_studio(minilm, minilm_reference, tmp_path):
     running = studio.app.start(port=0, max_jobs=1, job_timeout_s=600, max_file_size="200mb")
     try:
         c = Client(running.url, verbose=False, download_files=True)
-        result = c.predict(handle_file(str(zipped)), handle_file(str(sample(tmp_path / "rows.csv"))),
-                           json.dumps({"id": "ignore", "text": "text"}), exporter="torchscript", latency_budget=0.05,
-                           api_name="/convert")
+        result = c.predict(
+            handle_file(str(zipped)),
+            handle_file(str(sample(tmp_path / "rows.csv"))),
+            json.dumps({"id": "ignore", "text": "text"}),
+            exporter="torchscript",
+            latency_budget=0.05,
+            api_name="/convert",
+        )
     finally:
         running.close()
     files, report = result[0], json.loads(result[1])
@@ -416,9 +494,16 @@ def test_real_minilm_through_the_web_studio(minilm, minilm_reference, tmp_path):
 def test_the_page_says_which_task_and_why():
     from studio.app import handlers as h
     from studio.app import render
-    card = render.model_html({"kind": "sentence-transformers", "task": "sentence-embedding",
-                         "task_reason": "modules.json declares a sentence-transformers pipeline",
-                         "outputs": ["sentence_embedding", "token_embeddings"], "inputs": []})
+
+    card = render.model_html(
+        {
+            "kind": "sentence-transformers",
+            "task": "sentence-embedding",
+            "task_reason": "modules.json declares a sentence-transformers pipeline",
+            "outputs": ["sentence_embedding", "token_embeddings"],
+            "inputs": [],
+        }
+    )
     assert "<th>task</th>" in card and "sentence-embedding" in card and "modules.json declares" in card
     assert render.PARITY_HEADERS[3] == "min cosine" and "top-k agreement" in render.PARITY_HEADERS
     # the page's Task control maps onto ConvertSpec.task, checked as the CLI's --task
@@ -428,19 +513,34 @@ def test_the_page_says_which_task_and_why():
         h.spec_from_ui("m", "s.csv", task="translation", out="o")
 
 
-@pytest.mark.parametrize("head,auto_cls", [("token-classification", "AutoModelForTokenClassification"),
-                                           ("question-answering", "AutoModelForQuestionAnswering"),
-                                           ("sequence-classification", "AutoModelForSequenceClassification")])
+@pytest.mark.parametrize(
+    "head,auto_cls",
+    [
+        ("token-classification", "AutoModelForTokenClassification"),
+        ("question-answering", "AutoModelForQuestionAnswering"),
+        ("sequence-classification", "AutoModelForSequenceClassification"),
+    ],
+)
 def test_task_heads_end_to_end_report_their_own_checks(head, auto_cls, tmp_path):
     import transformers as tf
+
     torch.manual_seed(0)
     folder = tmp_path / head
     config = tiny.make_config("bert", num_labels=2 if head == "question-answering" else 6)  # QA: start, end
     getattr(tf, auto_cls).from_config(config).eval().save_pretrained(str(folder))
     tiny.bert_tokenizer(folder / "_vocab").save_pretrained(str(folder))
     rows = sample(tmp_path / "rows.csv", TINY_SENTENCES)  # different lengths: padding in the batch
-    report = convert(ConvertSpec(str(folder), str(rows), out=str(tmp_path / "out"), exporter="torchscript",
-                                 latency_budget_s=0.01, cuda=False, task=head))
+    report = convert(
+        ConvertSpec(
+            str(folder),
+            str(rows),
+            out=str(tmp_path / "out"),
+            exporter="torchscript",
+            latency_budget_s=0.01,
+            cuda=False,
+            task=head,
+        )
+    )
     assert report.ok, report.failed_checks
     assert report.source["task"] == head and report.source["task_reason"] == f"--task {head}"
     diffs = {o.name: o for o in report.parity.outputs}

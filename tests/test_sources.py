@@ -1,6 +1,7 @@
 """Checkpoint kinds beyond Hugging Face folders: DDP/FSDP/Lightning state dicts, torch.distributed.checkpoint
 folders, backbone + custom head state dicts, single .safetensors files. Each kind is saved from a tiny model
 and converted end to end (checker, parity, shape probe), or loaded and compared with the original model."""
+
 from __future__ import annotations
 
 import shutil
@@ -13,10 +14,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import tiny
 import torch
 from torch import nn
 
-import tiny
 from studio import sources
 from studio.errors import CheckpointError
 from studio.pipeline import convert
@@ -28,12 +29,14 @@ TESTS = Path(__file__).resolve().parent
 
 # ----------------------------------------------------------------------------------------- helpers
 
+
 class Custom(nn.Module):
     """The class the issue is about: AutoModel backbone + dropout + Linear, saved as a state dict."""
 
     def __init__(self, config, num_labels: int = 4, head: str = "sequence", attr: str = "model"):
         super().__init__()
         import transformers
+
         setattr(self, attr, transformers.AutoModel.from_config(config, attn_implementation="eager"))
         self.attr, self.head = attr, head
         self.fc_dropout = nn.Dropout(0.2)
@@ -89,8 +92,7 @@ def same_outputs(loaded, reference: nn.Module) -> None:
     """The loaded model computes what the trained model computed."""
     named = batch()
     with torch.no_grad():
-        got = loaded.adapter(loaded.module, {k: v for k, v in named.items()
-                                             if k in {i.name for i in loaded.inputs}})[0]
+        got = loaded.adapter(loaded.module, {k: v for k, v in named.items() if k in {i.name for i in loaded.inputs}})[0]
         want = reference(**named)
     want = want if isinstance(want, torch.Tensor) else want[0]
     assert got.shape == want.shape
@@ -100,8 +102,9 @@ def same_outputs(loaded, reference: nn.Module) -> None:
 def run(tmp: Path, ckpt, exporter: str = "torchscript", **kw):
     """Convert end to end and require every check to pass."""
     sample = tiny.write_sample(tmp / "sample.csv")
-    report = convert(spec(ckpt, sample, out=str(tmp / "out"), exporter=exporter, latency_budget_s=0.02,
-                          cuda=False, **kw))
+    report = convert(
+        spec(ckpt, sample, out=str(tmp / "out"), exporter=exporter, latency_budget_s=0.02, cuda=False, **kw)
+    )
     assert report.checker.ok, report.checker.message
     assert report.parity.ok, [vars(o) for o in report.parity.outputs]
     assert report.dynamic.ok, [vars(p) for p in report.dynamic.probes]
@@ -110,8 +113,13 @@ def run(tmp: Path, ckpt, exporter: str = "torchscript", **kw):
 
 # ----------------------------------------------------------------------------------------- FSDP / DDP / compile prefixes
 
-PREFIXES = ["module.", "_fsdp_wrapped_module.", "_orig_mod.", "module._fsdp_wrapped_module.",
-            "_forward_module._orig_mod."]
+PREFIXES = [
+    "module.",
+    "_fsdp_wrapped_module.",
+    "_orig_mod.",
+    "module._fsdp_wrapped_module.",
+    "_forward_module._orig_mod.",
+]
 
 
 @pytest.mark.parametrize("prefix", PREFIXES)
@@ -119,8 +127,12 @@ def test_wrapper_prefixes_load_and_compute_the_trained_model(tmp_path, prefix):
     ref = custom()
     folder = config_folder(tmp_path / "ckpt")
     # FSDP also inserts its segment inside nested keys (every wrapped layer)
-    sd = {prefix + k.replace("encoder.layer.", "encoder.layer._fsdp_wrapped_module.")
-          if "_fsdp" in prefix else prefix + k: v for k, v in ref.state_dict().items()}
+    sd = {
+        prefix + k.replace("encoder.layer.", "encoder.layer._fsdp_wrapped_module.")
+        if "_fsdp" in prefix
+        else prefix + k: v
+        for k, v in ref.state_dict().items()
+    }
     torch.save(sd, folder / "weights.pt")
     loaded = sources.load(folder, spec(folder, head="sequence"))
     assert loaded.kind == "state-dict" and loaded.output_names == ["logits"]
@@ -142,10 +154,14 @@ def test_lightning_ckpt_with_token_head_converts(tmp_path):
     """The seed's CustomModel: per-token logits; Lightning stores it under state_dict with `model.`."""
     ref = custom(head="token")
     folder = config_folder(tmp_path / "run")
-    ckpt = {"epoch": 3, "global_step": 120, "pytorch-lightning_version": "2.4.0",
-            "state_dict": {"model." + k: v for k, v in ref.state_dict().items()},
-            "optimizer_states": [{"state": {}, "param_groups": [{"lr": 1e-4}]}],
-            "hyper_parameters": {"num_labels": 4, "classifier_dropout": 0.2, "model_name": "tiny-bert"}}
+    ckpt = {
+        "epoch": 3,
+        "global_step": 120,
+        "pytorch-lightning_version": "2.4.0",
+        "state_dict": {"model." + k: v for k, v in ref.state_dict().items()},
+        "optimizer_states": [{"state": {}, "param_groups": [{"lr": 1e-4}]}],
+        "hyper_parameters": {"num_labels": 4, "classifier_dropout": 0.2, "model_name": "tiny-bert"},
+    }
     torch.save(ckpt, folder / "epoch=3-step=120.ckpt")
     loaded = sources.load(folder, spec(folder, head="token"))
     assert loaded.info["layout"] == "lightning" and loaded.info["head"] == "token"
@@ -175,9 +191,11 @@ def test_other_backbones_and_attribute_names(tmp_path, arch, attr):
 
 def test_backbone_without_pooler_and_without_head_exports_hidden_states(tmp_path):
     import transformers
+
     torch.manual_seed(0)
-    ref = transformers.AutoModel.from_config(tiny.make_config("bert"), add_pooling_layer=False,
-                                             attn_implementation="eager").eval()
+    ref = transformers.AutoModel.from_config(
+        tiny.make_config("bert"), add_pooling_layer=False, attn_implementation="eager"
+    ).eval()
     folder = config_folder(tmp_path / "ckpt")
     torch.save({"_orig_mod." + k: v for k, v in ref.state_dict().items()}, folder / "encoder.pt")
     loaded = sources.load(folder, spec(folder))
@@ -191,10 +209,14 @@ def test_backbone_without_pooler_and_without_head_exports_hidden_states(tmp_path
 def test_hf_task_state_dict_loads_as_its_own_class(tmp_path):
     """torch.save(BertForSequenceClassification.state_dict()) + its config: its own head, no --head."""
     import transformers
+
     torch.manual_seed(0)
     config = tiny.make_config("bert", num_labels=3)
     config.architectures = ["BertForSequenceClassification"]
-    config.id2label, config.label2id = {0: "keep", 1: "return", 2: "complaint"}, {"keep": 0, "return": 1, "complaint": 2}
+    config.id2label, config.label2id = (
+        {0: "keep", 1: "return", 2: "complaint"},
+        {"keep": 0, "return": 1, "complaint": 2},
+    )
     ref = transformers.AutoModelForSequenceClassification.from_config(config, attn_implementation="eager").eval()
     folder = tmp_path / "ckpt"
     config.save_pretrained(str(folder))
@@ -220,8 +242,10 @@ def test_custom_state_dict_under_a_hugging_face_file_name(tmp_path):
 
 # ----------------------------------------------------------------------------------------- safetensors
 
+
 def test_single_safetensors_with_config_flag_converts_with_dynamo(tmp_path):
     from safetensors.torch import save_file
+
     ref = custom(head="sequence")
     weights = tmp_path / "upload" / "classifier.safetensors"
     weights.parent.mkdir()
@@ -236,6 +260,7 @@ def test_single_safetensors_with_config_flag_converts_with_dynamo(tmp_path):
 
 def test_safetensors_without_config_says_what_is_missing(tmp_path):
     from safetensors.torch import save_file
+
     ref = custom()
     weights = tmp_path / "alone" / "model.safetensors"
     weights.parent.mkdir()
@@ -245,6 +270,7 @@ def test_safetensors_without_config_says_what_is_missing(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- mismatches
+
 
 def test_head_must_be_chosen_and_is_described(tmp_path):
     folder = config_folder(tmp_path / "ckpt")
@@ -269,7 +295,9 @@ def test_missing_and_unexpected_keys_are_listed_with_the_closest_prefix(tmp_path
     sd = custom().state_dict()
     sd.update({k.replace("layer.1.", "layer.2."): v for k, v in sd.items() if "layer.1." in k})
     torch.save(sd, folder / "w.pt")
-    with pytest.raises(CheckpointError, match=r"(?s)Unexpected \d+ keys: 'model\.encoder\.layer\.2\..*num_hidden_layers=2"):
+    with pytest.raises(
+        CheckpointError, match=r"(?s)Unexpected \d+ keys: 'model\.encoder\.layer\.2\..*num_hidden_layers=2"
+    ):
         sources.load(folder, spec(folder, head="sequence"))
 
 
@@ -306,8 +334,10 @@ def test_head_chosen_but_checkpoint_has_none(tmp_path):
 
 # ----------------------------------------------------------------------------------------- torch.distributed.checkpoint
 
+
 def _dcp_save_single(state, folder: Path) -> Path:
     import torch.distributed.checkpoint as dcp
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dcp.save(state, checkpoint_id=str(folder), no_dist=True)
@@ -321,20 +351,22 @@ def test_dcp_folder_with_optimizer_and_scalars_loads_only_weights(tmp_path, monk
     ref(**batch()).sum().backward()
     opt.step()
     ref.eval()
-    _dcp_save_single({"model": ref.state_dict(), "optimizer_0": opt.state_dict(), "step": 7, "meta": {"lr": 0.1}},
-                     up / "checkpoint")
+    _dcp_save_single(
+        {"model": ref.state_dict(), "optimizer_0": opt.state_dict(), "step": 7, "meta": {"lr": 0.1}}, up / "checkpoint"
+    )
     assert (up / "checkpoint" / ".metadata").is_file()
     import torch.distributed.checkpoint.filesystem as fs
 
     def no_pickle(*a, **k):
         raise AssertionError("DCP metadata must not be read with pickle.load")
+
     monkeypatch.setattr(fs.pickle, "load", no_pickle)
     loaded = sources.load(zip_folder(up, tmp_path / "dcp.zip"), spec(tmp_path / "dcp.zip", head="sequence"))
     assert loaded.info["layout"] == "dcp" and loaded.info["backbone_prefix"] == "model"
     same_outputs(loaded, ref)
 
 
-FSDP_SCRIPT = textwrap.dedent('''
+FSDP_SCRIPT = textwrap.dedent("""
     import os, sys, warnings
     warnings.simplefilter("ignore")
     sys.path[:0] = [{tests!r}]
@@ -358,7 +390,7 @@ FSDP_SCRIPT = textwrap.dedent('''
 
     if __name__ == "__main__":
         mp.start_processes(worker, args=(sys.argv[1], int(sys.argv[2])), nprocs=2, start_method="fork")
-''')
+""")
 
 
 def _free_port() -> int:
@@ -370,13 +402,18 @@ def _free_port() -> int:
 def test_fsdp2_sharded_dcp_zip_converts_end_to_end(tmp_path):
     """Two FSDP2 ranks (gloo, CPU) write a sharded DCP checkpoint; the studio consolidates it in-process."""
     import torch.distributed as dist
+
     if not dist.is_available() or not sys.platform.startswith("linux"):
         pytest.skip("needs torch.distributed with gloo and the fork start method (Linux)")
     up = config_folder(tmp_path / "upload")
     script = tmp_path / "fsdp_save.py"
     script.write_text(FSDP_SCRIPT.format(tests=str(TESTS)))
-    proc = subprocess.run([sys.executable, str(script), str(up / "sharded"), str(_free_port())],
-                          capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(up / "sharded"), str(_free_port())],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(list((up / "sharded").glob("*.distcp"))) == 2
     upload = zip_folder(up, tmp_path / "fsdp.zip")

@@ -1,5 +1,6 @@
 """Code-carrying checkpoints (TorchScript, torch.export .pt2, pickled nn.Modules) behind the operator's
 trust option, and operator plugins (--plugin / ONNX_STUDIO_PLUGINS / entry points)."""
+
 from __future__ import annotations
 
 import json
@@ -9,10 +10,10 @@ import warnings
 from pathlib import Path
 
 import pytest
+import tiny
 import torch
 from torch import nn
 
-import tiny
 from studio import sources
 from studio.cli import main as cli_main
 from studio.errors import CheckpointError, UnsafeCheckpointError
@@ -28,6 +29,7 @@ class TextTab(nn.Module):
     def __init__(self):
         super().__init__()
         import transformers
+
         self.encoder = transformers.AutoModel.from_config(tiny.make_config("bert"), attn_implementation="eager")
         self.fc = nn.Linear(32 + 2, 3)
 
@@ -55,8 +57,17 @@ def with_tokenizer(folder: Path) -> Path:
 
 def run(tmp: Path, ckpt, exporter="torchscript", **kw):
     sample = tiny.write_sample(tmp / "sample.csv")
-    report = convert(ConvertSpec(checkpoint=str(ckpt), data=str(sample), out=str(tmp / "out"), exporter=exporter,
-                                 latency_budget_s=0.02, cuda=False, **kw))
+    report = convert(
+        ConvertSpec(
+            checkpoint=str(ckpt),
+            data=str(sample),
+            out=str(tmp / "out"),
+            exporter=exporter,
+            latency_budget_s=0.02,
+            cuda=False,
+            **kw,
+        )
+    )
     assert report.checker.ok, report.checker.message
     assert report.parity.ok, [vars(o) for o in report.parity.outputs]
     assert report.dynamic.ok, [vars(p) for p in report.dynamic.probes]
@@ -68,6 +79,7 @@ def spec(path, **kw):
 
 
 # ----------------------------------------------------------------------------------------- TorchScript
+
 
 @pytest.fixture(scope="module")
 def torchscript_folder(tmp_path_factory) -> Path:
@@ -87,8 +99,11 @@ def test_torchscript_is_refused_by_default_and_says_why(torchscript_folder):
 def test_torchscript_with_trust_maps_inputs_by_parameter_name_and_converts(tmp_path, torchscript_folder):
     loaded = sources.load(torchscript_folder, spec(torchscript_folder, trust_code=True))
     assert [(i.name, i.kind, i.column) for i in loaded.inputs] == [
-        ("input_ids", "input_ids", None), ("attention_mask", "attention_mask", None),
-        ("price", "tabular", None), ("quantity", "tabular", None)]
+        ("input_ids", "input_ids", None),
+        ("attention_mask", "attention_mask", None),
+        ("price", "tabular", None),
+        ("quantity", "tabular", None),
+    ]
     assert loaded.info["trusted_code"] and loaded.output_names == ["output"]
     args = example()
     with torch.no_grad():
@@ -101,6 +116,7 @@ def test_torchscript_with_trust_maps_inputs_by_parameter_name_and_converts(tmp_p
 
 def test_studio_json_declares_inputs_outputs_and_kinds(tmp_path):
     """Uninformative parameter names (x0, x1, ...): the person says what each one is in studio.json."""
+
     class Anon(nn.Module):
         def __init__(self):
             super().__init__()
@@ -114,12 +130,21 @@ def test_studio_json_declares_inputs_outputs_and_kinds(tmp_path):
     folder = with_tokenizer(tmp_path / "anon")
     ids = torch.randint(5, 50, (2, 6))
     torch.jit.trace(Anon().eval(), (ids, torch.ones_like(ids), torch.randn(2, 1))).save(str(folder / "m.pt"))
-    (folder / "studio.json").write_text(json.dumps({"inputs": ["input_ids", "attention_mask",
-                                                               {"name": "price", "kind": "tabular", "column": "price"}],
-                                                    "outputs": ["logits"], "output_kinds": {"logits": "logits"}}))
+    (folder / "studio.json").write_text(
+        json.dumps(
+            {
+                "inputs": ["input_ids", "attention_mask", {"name": "price", "kind": "tabular", "column": "price"}],
+                "outputs": ["logits"],
+                "output_kinds": {"logits": "logits"},
+            }
+        )
+    )
     loaded = sources.load(folder, spec(folder, trust_code=True))
     assert [(i.name, i.kind, i.column) for i in loaded.inputs] == [
-        ("input_ids", "input_ids", None), ("attention_mask", "attention_mask", None), ("price", "tabular", "price")]
+        ("input_ids", "input_ids", None),
+        ("attention_mask", "attention_mask", None),
+        ("price", "tabular", "price"),
+    ]
     assert loaded.output_names == ["logits"] and loaded.output_kinds == {"logits": "logits"}
     (folder / "studio.json").write_text(json.dumps({"inputs": ["input_ids", "tabular"]}))
     with pytest.raises(CheckpointError, match="declares 2 inputs but the program takes 3"):
@@ -127,6 +152,7 @@ def test_studio_json_declares_inputs_outputs_and_kinds(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- torch.export
+
 
 class SmallTextTab(nn.Module):
     """Mean-pooled embeddings + two tabular features: exports in a second or two with the dynamo exporter."""
@@ -146,9 +172,16 @@ def test_pt2_program_refused_then_converted_with_trust(tmp_path):
     torch.manual_seed(0)
     model = SmallTextTab().eval()
     batch, seq = torch.export.Dim("batch", min=1, max=64), torch.export.Dim("seq", min=2, max=64)
-    ep = torch.export.export(model, example(), dynamic_shapes={
-        "input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}, "price": {0: batch},
-        "quantity": {0: batch}})
+    ep = torch.export.export(
+        model,
+        example(),
+        dynamic_shapes={
+            "input_ids": {0: batch, 1: seq},
+            "attention_mask": {0: batch, 1: seq},
+            "price": {0: batch},
+            "quantity": {0: batch},
+        },
+    )
     folder = with_tokenizer(tmp_path / "program")
     torch.export.save(ep, str(folder / "model.pt2"))
     with pytest.raises(UnsafeCheckpointError, match=r"torch\.export program \(\.pt2\)"):
@@ -160,7 +193,7 @@ def test_pt2_program_refused_then_converted_with_trust(tmp_path):
 
 # ----------------------------------------------------------------------------------------- pickled nn.Module
 
-OPERATOR_MODELS = '''
+OPERATOR_MODELS = """
 import torch
 from torch import nn
 
@@ -172,7 +205,7 @@ class TabularNet(nn.Module):
 
     def forward(self, price, quantity):
         return {"logits": self.net(torch.cat([price, quantity], dim=-1))}
-'''
+"""
 
 
 def test_pickled_module_refused_then_converted_with_trust(tmp_path, monkeypatch):
@@ -181,6 +214,7 @@ def test_pickled_module_refused_then_converted_with_trust(tmp_path, monkeypatch)
     (code / "opsmodels.py").write_text(OPERATOR_MODELS)
     monkeypatch.syspath_prepend(str(code))
     import opsmodels
+
     torch.manual_seed(0)
     path = tmp_path / "whole" / "model.pt"
     path.parent.mkdir()
@@ -275,9 +309,24 @@ def test_plugin_from_environment_and_cli(tmp_path, plugin_file, monkeypatch, cap
     assert sources.load(ckpt, spec(ckpt)).kind == "acme"
     plugins.clear()
     monkeypatch.delenv(plugins.ENV)
-    code = cli_main(["convert", str(ckpt), "--data", str(sample), "--plugin", str(plugin_file), "--exporter",
-                     "torchscript", "--no-cuda", "--latency-budget", "0.02", "--out", str(tmp_path / "out"),
-                     "--quiet"])
+    code = cli_main(
+        [
+            "convert",
+            str(ckpt),
+            "--data",
+            str(sample),
+            "--plugin",
+            str(plugin_file),
+            "--exporter",
+            "torchscript",
+            "--no-cuda",
+            "--latency-budget",
+            "0.02",
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["source"]["kind"] == "acme"
@@ -311,9 +360,11 @@ def test_whole_pickled_hugging_face_model_with_trust(tmp_path):
     """torch.save(model) of a transformers classifier: optional forward arguments keep their defaults, the
     ModelOutput's keys name the graph outputs."""
     import transformers
+
     torch.manual_seed(0)
     model = transformers.AutoModelForSequenceClassification.from_config(
-        tiny.make_config("bert"), attn_implementation="eager").eval()
+        tiny.make_config("bert"), attn_implementation="eager"
+    ).eval()
     folder = with_tokenizer(tmp_path / "pickled")
     torch.save(model, folder / "model.pt")
     with pytest.raises(UnsafeCheckpointError, match="BertForSequenceClassification"):

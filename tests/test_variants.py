@@ -2,6 +2,7 @@
 
 Tiny models only and the legacy exporter where the exporter is not the point (the new exporter's graph
 is covered by one test, and by tests/test_big_model.py)."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,15 @@ FAST = dict(exporter="torchscript", latency_budget_s=0.02, cuda=False)
 @pytest.fixture(scope="module")
 def all_three(hf_folders, sample_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("variants") / "out"
-    report = convert(ConvertSpec(checkpoint=str(hf_folders["bert"]), data=str(sample_csv), out=str(out),
-                                 variants=("fp16", "int8", "optimized"), **FAST))
+    report = convert(
+        ConvertSpec(
+            checkpoint=str(hf_folders["bert"]),
+            data=str(sample_csv),
+            out=str(out),
+            variants=("fp16", "int8", "optimized"),
+            **FAST,
+        )
+    )
     return report, out
 
 
@@ -43,7 +51,9 @@ def test_every_variant_is_built_checked_and_recorded(all_three):
         assert v.dynamic.ok and len(v.dynamic.probes) >= 3
         t = v.latency.ort_cpu
         base = report.latency.ort_cpu
-        assert t.p50_ms > 0 and t.iterations >= 5 and (t.batch, t.sequence, t.threads) == (5, base.sequence, base.threads)
+        assert (
+            t.p50_ms > 0 and t.iterations >= 5 and (t.batch, t.sequence, t.threads) == (5, base.sequence, base.threads)
+        )
         assert v.latency.batch1["ort_cpu"].batch == 1
         assert v.latency.ort_cuda is None and v.latency.errors["ort_cuda"]  # a reason, never a number
         assert v.speedup_vs_fp32 and v.speedup_vs_torch and v.method and v.provider == "CPUExecutionProvider"
@@ -80,8 +90,17 @@ def test_int8_fuses_the_exporters_gelu_first(hf_folders, sample_csv, tmp_path):
     """The new exporter writes GELU in an order ONNX Runtime does not fuse; the int8 variant fuses it
     (bert-base: 25% faster) and says so."""
     out = tmp_path / "out"
-    report = convert(ConvertSpec(checkpoint=str(hf_folders["bert"]), data=str(sample_csv), out=str(out),
-                                 variants=("int8",), exporter="dynamo", latency_budget_s=0.02, cuda=False))
+    report = convert(
+        ConvertSpec(
+            checkpoint=str(hf_folders["bert"]),
+            data=str(sample_csv),
+            out=str(out),
+            variants=("int8",),
+            exporter="dynamo",
+            latency_budget_s=0.02,
+            cuda=False,
+        )
+    )
     assert "Erf" in {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}  # model.onnx: as exported
     int8 = report.variants[0]
     graph = onnx.load(str(out / int8.file)).graph
@@ -95,9 +114,17 @@ def test_int8_fuses_the_exporters_gelu_first(hf_folders, sample_csv, tmp_path):
 def test_int8_is_still_built_when_the_gelu_fusion_fails(hf_folders, sample_csv, tmp_path, monkeypatch):
     def broken(src):
         raise RuntimeError("pattern engine broke")
+
     monkeypatch.setattr(V, "_with_fused_gelu", broken)
-    report = convert(ConvertSpec(checkpoint=str(hf_folders["bert"]), data=str(sample_csv), out=str(tmp_path / "out"),
-                                 variants=("int8",), **FAST))
+    report = convert(
+        ConvertSpec(
+            checkpoint=str(hf_folders["bert"]),
+            data=str(sample_csv),
+            out=str(tmp_path / "out"),
+            variants=("int8",),
+            **FAST,
+        )
+    )
     int8 = report.variants[0]
     assert int8.ok and "GELU fusion before quantizing failed (RuntimeError: pattern engine broke)" in int8.notes
 
@@ -115,12 +142,30 @@ def test_report_json_markdown_and_summary_show_variants(all_three):
 
 def test_a_variant_that_misses_its_tolerance_fails_the_conversion(hf_folders, sample_csv, tmp_path, monkeypatch):
     strict = V.Tolerance(0.0, 0.0, 1.0, "strict (test)")
-    monkeypatch.setattr(V, "tolerance", lambda name, atol, rtol: strict if name == "int8" else
-                        V.Tolerance(atol, rtol, None, "as model.onnx"))
+    monkeypatch.setattr(
+        V,
+        "tolerance",
+        lambda name, atol, rtol: strict if name == "int8" else V.Tolerance(atol, rtol, None, "as model.onnx"),
+    )
     out = tmp_path / "out"
-    code = cli_main(["convert", str(hf_folders["bert"]), "--data", str(sample_csv), "--out", str(out),
-                     "--exporter", "torchscript", "--latency-budget", "0.02", "--no-cuda", "--quiet",
-                     "--variants", "int8,optimized"])
+    code = cli_main(
+        [
+            "convert",
+            str(hf_folders["bert"]),
+            "--data",
+            str(sample_csv),
+            "--out",
+            str(out),
+            "--exporter",
+            "torchscript",
+            "--latency-budget",
+            "0.02",
+            "--no-cuda",
+            "--quiet",
+            "--variants",
+            "int8,optimized",
+        ]
+    )
     assert code == 1  # exported, but a check failed
     data = json.loads((out / "report.json").read_text())
     assert data["ok"] is False and data["failed_checks"] == ["variant:int8"]
@@ -134,9 +179,17 @@ def test_a_variant_that_misses_its_tolerance_fails_the_conversion(hf_folders, sa
 def test_a_variant_that_cannot_be_built_says_why(hf_folders, sample_csv, tmp_path, monkeypatch):
     def broken(ctx, src, dest):
         raise RuntimeError("quantizer exploded")
+
     monkeypatch.setitem(V.VARIANT_TABLE, "int8", replace(V.VARIANT_TABLE["int8"], build=broken))
-    report = convert(ConvertSpec(checkpoint=str(hf_folders["bert"]), data=str(sample_csv), out=str(tmp_path / "o"),
-                                 variants=("int8",), **FAST))
+    report = convert(
+        ConvertSpec(
+            checkpoint=str(hf_folders["bert"]),
+            data=str(sample_csv),
+            out=str(tmp_path / "o"),
+            variants=("int8",),
+            **FAST,
+        )
+    )
     (v,) = report.variants
     assert not v.ok and v.file is None and "could not be built: RuntimeError: quantizer exploded" in v.error
     assert report.failed_checks == ["variant:int8"] and report.parity.ok
@@ -145,15 +198,24 @@ def test_a_variant_that_cannot_be_built_says_why(hf_folders, sample_csv, tmp_pat
 
 def test_fp16_that_no_provider_can_run_is_not_validated(hf_folders, sample_csv, tmp_path, monkeypatch):
     from studio import runtime
+
     real = runtime.cpu_session
 
     def picky(path, threads=None, optimization="all", arena=True):
         if Path(path).name == "model.fp16.onnx":
             raise RuntimeError("NOT_IMPLEMENTED: no fp16 kernel")
         return real(path, threads, optimization, arena)
+
     monkeypatch.setattr(runtime, "cpu_session", picky)
-    report = convert(ConvertSpec(checkpoint=str(hf_folders["bert"]), data=str(sample_csv), out=str(tmp_path / "o"),
-                                 variants=("fp16",), **FAST))
+    report = convert(
+        ConvertSpec(
+            checkpoint=str(hf_folders["bert"]),
+            data=str(sample_csv),
+            out=str(tmp_path / "o"),
+            variants=("fp16",),
+            **FAST,
+        )
+    )
     (v,) = report.variants
     assert not v.ok and v.error.startswith("not validated") and "no fp16 kernel" in v.error
     assert v.file == "variants/model.fp16.onnx" and v.parity is None
@@ -162,8 +224,15 @@ def test_fp16_that_no_provider_can_run_is_not_validated(hf_folders, sample_csv, 
 def test_optimized_falls_back_to_ort_offline_optimisation(hf_folders, sample_csv, tmp_path, monkeypatch):
     monkeypatch.setattr(V, "_onnxscript_fusions", lambda src, dest, external: shutil.copyfile(src, dest))
     monkeypatch.setattr(V, "_transformers_eligible", lambda ctx: "disabled for the test")
-    report = convert(ConvertSpec(checkpoint=str(hf_folders["bert"]), data=str(sample_csv), out=str(tmp_path / "o"),
-                                 variants=("optimized",), **FAST))
+    report = convert(
+        ConvertSpec(
+            checkpoint=str(hf_folders["bert"]),
+            data=str(sample_csv),
+            out=str(tmp_path / "o"),
+            variants=("optimized",),
+            **FAST,
+        )
+    )
     (v,) = report.variants
     assert v.ok, v.error
     assert v.method == "onnxruntime offline graph optimisation (extended)"
@@ -172,9 +241,17 @@ def test_optimized_falls_back_to_ort_offline_optimisation(hf_folders, sample_csv
 
 
 def test_new_exporter_graph_gets_onnxscript_fusions(hf_folders, sample_csv, tmp_path):
-    report = convert(ConvertSpec(checkpoint=str(hf_folders["distilbert"]), data=str(sample_csv),
-                                 out=str(tmp_path / "o"), exporter="dynamo", latency_budget_s=0.02, cuda=False,
-                                 variants=("optimized",)))
+    report = convert(
+        ConvertSpec(
+            checkpoint=str(hf_folders["distilbert"]),
+            data=str(sample_csv),
+            out=str(tmp_path / "o"),
+            exporter="dynamo",
+            latency_budget_s=0.02,
+            cuda=False,
+            variants=("optimized",),
+        )
+    )
     (v,) = report.variants
     assert report.export.exporter == "dynamo" and v.ok, v.error
     assert v.method == "onnxscript ORT fusions" and "Attention" in v.notes
@@ -219,8 +296,10 @@ def test_cached_reference_runs_pytorch_once_per_input_set():
     calls = []
 
     from studio.sources.base import LoadedModel
-    loaded = LoadedModel("x", "x", torch.nn.Identity(), lambda m, named: (calls.append(1) or named["a"] * 2,),
-                         [], ["y"])
+
+    loaded = LoadedModel(
+        "x", "x", torch.nn.Identity(), lambda m, named: (calls.append(1) or named["a"] * 2,), [], ["y"]
+    )
     ref = V.cached_reference(loaded)
     a = {"a": torch.ones(2, 3)}
     assert torch.equal(ref.adapter(ref.module, a)[0], torch.full((2, 3), 2.0))
@@ -244,7 +323,8 @@ def test_variants_folder_is_replaced_on_the_next_run(all_three, hf_folders, samp
     report, out = all_three
     stale = out / "variants" / "model.stale.onnx"
     stale.write_bytes(b"old")
-    convert(ConvertSpec(checkpoint=str(hf_folders["bert"]), data=str(sample_csv), out=str(out),
-                        variants=("int8",), **FAST))
+    convert(
+        ConvertSpec(checkpoint=str(hf_folders["bert"]), data=str(sample_csv), out=str(out), variants=("int8",), **FAST)
+    )
     assert sorted(p.name for p in (out / "variants").iterdir()) == ["model.int8.onnx"]
     assert Path(out / "variants" / "model.int8.onnx").is_file()

@@ -2,30 +2,54 @@
 config class with small sizes (real model code, random weights), saved as Hugging Face folders with the
 written vocabulary of tiny.py. Nothing is downloaded. Used by tests/test_architectures.py and
 benchmarks/architectures.py."""
+
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 
-import torch
-
 import tiny
+import torch
 
 # Canonical size names -> small values; each goes to the config field of that name, or the field its
 # attribute_map points to (GPT-2's n_embd for hidden_size, ...), when the config class has one.
 SMALL = dict(
-    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, head_dim=16,
-    intermediate_size=64, max_position_embeddings=64, embedding_size=32,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    head_dim=16,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    embedding_size=32,
     # encoder-decoders (BART / mBART / T5 families)
-    encoder_layers=2, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
-    encoder_ffn_dim=64, decoder_ffn_dim=64, num_layers=2, num_decoder_layers=2, d_ff=64, d_kv=16,
+    encoder_layers=2,
+    decoder_layers=2,
+    encoder_attention_heads=2,
+    decoder_attention_heads=2,
+    encoder_ffn_dim=64,
+    decoder_ffn_dim=64,
+    num_layers=2,
+    num_decoder_layers=2,
+    d_ff=64,
+    d_kv=16,
     # MoE: few, small experts
-    num_experts=2, num_local_experts=2, n_routed_experts=2, num_experts_per_tok=1, moe_intermediate_size=16,
-    shared_expert_intermediate_size=16, n_shared_experts=1,
+    num_experts=2,
+    num_local_experts=2,
+    n_routed_experts=2,
+    num_experts_per_tok=1,
+    moe_intermediate_size=16,
+    shared_expert_intermediate_size=16,
+    n_shared_experts=1,
     # rotary / partial rotary sizes tied to the head size
-    rotary_dim=8, rotary_emb_base=10000,
+    rotary_dim=8,
+    rotary_emb_base=10000,
     # token ids inside the written vocabulary ([PAD]=0, [CLS]=2, [SEP]=3: the tokenizer's)
-    pad_token_id=0, bos_token_id=2, eos_token_id=3, sep_token_id=3, cls_token_id=2,
+    pad_token_id=0,
+    bos_token_id=2,
+    eos_token_id=3,
+    sep_token_id=3,
+    cls_token_id=2,
     decoder_start_token_id=0,
 )
 MAX_PARAMS = 5_000_000
@@ -42,6 +66,7 @@ EXTRA: dict[str, dict] = {t: {"decoder_start_token_id": 0} for t in ("t5", "mt5"
 
 def config_class(model_type: str):
     from transformers import CONFIG_MAPPING
+
     return CONFIG_MAPPING[model_type]
 
 
@@ -63,6 +88,7 @@ def tiny_config(model_type: str, num_labels: int = 3):
 def make_folder(folder: Path, model_type: str, seed: int = 0) -> Path:
     """A tiny <Arch>ForSequenceClassification saved with the written vocabulary's tokenizer."""
     import transformers as tf
+
     torch.manual_seed(seed)
     config = tiny_config(model_type)
     with torch.device("meta"):  # count first: a size the small values missed could take gigabytes
@@ -78,4 +104,5 @@ def make_folder(folder: Path, model_type: str, seed: int = 0) -> Path:
 def sequence_classification_types() -> list[str]:
     """Every model type transformers maps to a sequence-classification class, in its order."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
     return list(MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES)

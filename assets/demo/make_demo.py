@@ -13,6 +13,7 @@ complaint, "does not fit" -> return, "works great" -> keep); lukewarm reviews ("
 depend on the numbers: 6 or more items -> complaint, price above 80 -> return, otherwise keep.
 3% of labels are flipped at random, so a perfect score is not expected.
 """
+
 from __future__ import annotations
 
 import csv
@@ -36,21 +37,66 @@ N_TRAIN, N_TEST = 2000, 400
 MAX_LENGTH = 48
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
-PRODUCTS = ["headphones", "jacket", "blender", "desk lamp", "backpack", "running shoes", "kettle",
-            "phone case", "office chair", "watch", "coffee grinder", "rain boots"]
+PRODUCTS = [
+    "headphones",
+    "jacket",
+    "blender",
+    "desk lamp",
+    "backpack",
+    "running shoes",
+    "kettle",
+    "phone case",
+    "office chair",
+    "watch",
+    "coffee grinder",
+    "rain boots",
+]
 OPENERS = ["", "", "honestly,", "well,", "update:", "so", "overall"]
-FILLERS = ["", "", "", "Bought it as a gift.", "Second order from this shop.", "Ordered on a Sunday.",
-           "Used it for a week.", "My sister recommended it."]
+FILLERS = [
+    "",
+    "",
+    "",
+    "Bought it as a gift.",
+    "Second order from this shop.",
+    "Ordered on a Sunday.",
+    "Used it for a week.",
+    "My sister recommended it.",
+]
 CLEAR = {
-    "keep": ["love this {p}", "the {p} works great", "exactly as described", "great value for the money",
-             "very happy with the {p}", "the {p} is perfect", "excellent quality, would buy again"],
-    "return": ["the {p} does not fit", "wrong size, sending it back", "the {p} stopped working after two days",
-               "not what I expected at all", "the {p} is too small", "colour looks nothing like the photo"],
-    "complaint": ["delivery was two weeks late", "the package arrived damaged", "customer service never replied",
-                  "I was charged twice", "items were missing from my order", "the courier was rude"],
+    "keep": [
+        "love this {p}",
+        "the {p} works great",
+        "exactly as described",
+        "great value for the money",
+        "very happy with the {p}",
+        "the {p} is perfect",
+        "excellent quality, would buy again",
+    ],
+    "return": [
+        "the {p} does not fit",
+        "wrong size, sending it back",
+        "the {p} stopped working after two days",
+        "not what I expected at all",
+        "the {p} is too small",
+        "colour looks nothing like the photo",
+    ],
+    "complaint": [
+        "delivery was two weeks late",
+        "the package arrived damaged",
+        "customer service never replied",
+        "I was charged twice",
+        "items were missing from my order",
+        "the courier was rude",
+    ],
 }
-LUKEWARM = ["it is okay I guess", "average {p}, nothing special", "not sure about this {p}",
-            "the {p} is fine", "mixed feelings about the {p}", "it does the job"]
+LUKEWARM = [
+    "it is okay I guess",
+    "average {p}, nothing special",
+    "not sure about this {p}",
+    "the {p} is fine",
+    "mixed feelings about the {p}",
+    "it does the job",
+]
 
 
 def make_rows(n: int, rng: random.Random, start_id: int) -> list[dict]:
@@ -68,10 +114,18 @@ def make_rows(n: int, rng: random.Random, start_id: int) -> list[dict]:
             label = "complaint" if quantity >= 6 else ("return" if price > 80 else "keep")
         if rng.random() < 0.03:
             label = rng.choice(LABELS)
-        text = " ".join(part for part in (rng.choice(OPENERS), core.format(p=product) + ".",
-                                          rng.choice(FILLERS)) if part)
-        rows.append({"order_id": f"ORD-{start_id + i:06d}", "review": text[0].upper() + text[1:],
-                     "price": price, "quantity": quantity, "label": label})
+        text = " ".join(
+            part for part in (rng.choice(OPENERS), core.format(p=product) + ".", rng.choice(FILLERS)) if part
+        )
+        rows.append(
+            {
+                "order_id": f"ORD-{start_id + i:06d}",
+                "review": text[0].upper() + text[1:],
+                "price": price,
+                "quantity": quantity,
+                "label": label,
+            }
+        )
     return rows
 
 
@@ -93,20 +147,32 @@ def make_tokenizer(corpus: list[str]):
     backend.normalizer, backend.pre_tokenizer = normalizer, pre_tokenizer
     cls_id, sep_id = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
     backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-        sep_token="[SEP]", mask_token="[MASK]", model_max_length=MAX_LENGTH,
-        model_input_names=["input_ids", "attention_mask"])
+        tokenizer_object=backend,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=MAX_LENGTH,
+        model_input_names=["input_ids", "attention_mask"],
+    )
 
 
 def tensors(rows: list[dict], tokenizer) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    enc = tokenizer([r["review"] for r in rows], padding=True, truncation=True, max_length=MAX_LENGTH,
-                    return_tensors="pt")
-    batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-             "price": torch.tensor([[r["price"]] for r in rows], dtype=torch.float32),
-             "quantity": torch.tensor([[float(r["quantity"])] for r in rows], dtype=torch.float32)}
+    enc = tokenizer(
+        [r["review"] for r in rows], padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt"
+    )
+    batch = {
+        "input_ids": enc["input_ids"],
+        "attention_mask": enc["attention_mask"],
+        "price": torch.tensor([[r["price"]] for r in rows], dtype=torch.float32),
+        "quantity": torch.tensor([[float(r["quantity"])] for r in rows], dtype=torch.float32),
+    }
     return batch, torch.tensor([LABELS.index(r["label"]) for r in rows])
 
 
@@ -129,13 +195,24 @@ def main() -> None:
 
     tokenizer = make_tokenizer([r["review"] for r in train_rows])
     config = MultimodalConfig(
-        encoder={"vocab_size": tokenizer.backend_tokenizer.get_vocab_size(), "hidden_size": 64,
-                 "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128,
-                 "max_position_embeddings": 64, "type_vocab_size": 1,
-                 "pad_token_id": tokenizer.pad_token_id,
-                 "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1},
-        labels=LABELS, text_field="review", tab_fields={"price": 1, "quantity": 1},
-        head_hidden=64, dropout=0.1)
+        encoder={
+            "vocab_size": tokenizer.backend_tokenizer.get_vocab_size(),
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 128,
+            "max_position_embeddings": 64,
+            "type_vocab_size": 1,
+            "pad_token_id": tokenizer.pad_token_id,
+            "hidden_dropout_prob": 0.1,
+            "attention_probs_dropout_prob": 0.1,
+        },
+        labels=LABELS,
+        text_field="review",
+        tab_fields={"price": 1, "quantity": 1},
+        head_hidden=64,
+        dropout=0.1,
+    )
     model = build_model(config)
     x_train, y_train = tensors(train_rows, tokenizer)
     x_test, y_test = tensors(test_rows, tokenizer)
@@ -167,14 +244,19 @@ def main() -> None:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(picked)
-    (HERE / "sample.json").write_text(json.dumps([{c: r[c] for c in columns} for r in picked], indent=2) + "\n",
-                                      encoding="utf-8")
+    (HERE / "sample.json").write_text(
+        json.dumps([{c: r[c] for c in columns} for r in picked], indent=2) + "\n", encoding="utf-8"
+    )
 
     params = sum(p.numel() for p in model.parameters())
-    print(f"demo model: {params:,} parameters, vocab {config.encoder['vocab_size']}, "
-          f"{out.stat().st_size / 1e6:.2f} MB -> {out}")
-    print(f"accuracy: train {train_acc:.3f}, held-out {test_acc:.3f} "
-          f"(majority class {majority:.3f}, chance {1 / len(LABELS):.3f})")
+    print(
+        f"demo model: {params:,} parameters, vocab {config.encoder['vocab_size']}, "
+        f"{out.stat().st_size / 1e6:.2f} MB -> {out}"
+    )
+    print(
+        f"accuracy: train {train_acc:.3f}, held-out {test_acc:.3f} "
+        f"(majority class {majority:.3f}, chance {1 / len(LABELS):.3f})"
+    )
     print(f"wrote sample.csv / sample.json ({len(picked)} rows) in {time.time() - t0:.1f} s")
 
 

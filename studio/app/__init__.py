@@ -4,6 +4,7 @@ when the app is built, so the job processes (studio.app.worker) start without it
     studio.app.launch(host="127.0.0.1", port=7860)            # what `studio app` runs (blocks)
     running = studio.app.start(port=0)                        # in the background: running.url, running.close()
 """
+
 from __future__ import annotations
 
 import os
@@ -27,6 +28,7 @@ def create_app(**config: Any):
     """Build the app without serving it. Keywords are AppConfig fields (see launch)."""
     _quiet_env()
     from .server import StudioApp
+
     names = {f.name for f in fields(_Config)}
     unknown = sorted(set(config) - names)
     if unknown:
@@ -34,15 +36,26 @@ def create_app(**config: Any):
     return StudioApp(_Config(**config))
 
 
-def launch(host: str = "127.0.0.1", port: int = 7860, trust_code: bool = _Config.trust_code, *,
-           max_jobs: int = _Config.max_jobs, job_timeout_s: float | None = _Config.job_timeout_s,
-           memory_limit_mb: int | None = _Config.memory_limit_mb,
-           max_file_size: str | int | None = _Config.max_file_size, session_ttl_s: float = _Config.session_ttl_s,
-           queue_size: int | None = _Config.queue_size,
-           work_dir: str | None = _Config.work_dir, open_browser: bool = False, quiet: bool = False,
-           max_params: int | None = None, sample_limits: Any = _Config.sample_limits,
-           graph_max_nodes: int = _Config.graph_max_nodes, graph_max_mb: float = _Config.graph_max_mb,
-           ray_address: str | None = _Config.ray_address) -> None:
+def launch(
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    trust_code: bool = _Config.trust_code,
+    *,
+    max_jobs: int = _Config.max_jobs,
+    job_timeout_s: float | None = _Config.job_timeout_s,
+    memory_limit_mb: int | None = _Config.memory_limit_mb,
+    max_file_size: str | int | None = _Config.max_file_size,
+    session_ttl_s: float = _Config.session_ttl_s,
+    queue_size: int | None = _Config.queue_size,
+    work_dir: str | None = _Config.work_dir,
+    open_browser: bool = False,
+    quiet: bool = False,
+    max_params: int | None = None,
+    sample_limits: Any = _Config.sample_limits,
+    graph_max_nodes: int = _Config.graph_max_nodes,
+    graph_max_mb: float = _Config.graph_max_mb,
+    ray_address: str | None = _Config.ray_address,
+) -> None:
     """Serve the studio until interrupted (what `studio app` runs).
 
     host/port: where to listen (127.0.0.1:7860). trust_code: allow checkpoints that can run code when
@@ -57,10 +70,21 @@ def launch(host: str = "127.0.0.1", port: int = 7860, trust_code: bool = _Config
     ray_address: run each conversion as a Ray task on this cluster (HEAD:6379, auto, local; default: here).
     """
     extra = {"max_params": int(max_params)} if max_params else {}
-    app = create_app(trust_code=trust_code, max_jobs=max_jobs, job_timeout_s=job_timeout_s,
-                     memory_limit_mb=memory_limit_mb, max_file_size=max_file_size, session_ttl_s=session_ttl_s,
-                     queue_size=queue_size, work_dir=work_dir, sample_limits=sample_limits,
-                     graph_max_nodes=graph_max_nodes, graph_max_mb=graph_max_mb, ray_address=ray_address, **extra)
+    app = create_app(
+        trust_code=trust_code,
+        max_jobs=max_jobs,
+        job_timeout_s=job_timeout_s,
+        memory_limit_mb=memory_limit_mb,
+        max_file_size=max_file_size,
+        session_ttl_s=session_ttl_s,
+        queue_size=queue_size,
+        work_dir=work_dir,
+        sample_limits=sample_limits,
+        graph_max_nodes=graph_max_nodes,
+        graph_max_mb=graph_max_mb,
+        ray_address=ray_address,
+        **extra,
+    )
     if not quiet:
         print(f"ONNX Studio on http://{host}:{port}  (press Load demo to try it; Ctrl-C to stop)", flush=True)
     app.launch(host, port, block=True, quiet=quiet, open_browser=open_browser)
@@ -74,7 +98,7 @@ class RunningApp:
     def close(self) -> None:
         self.app.close()
 
-    def __enter__(self) -> "RunningApp":
+    def __enter__(self) -> RunningApp:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -5,6 +5,7 @@ export's time) is paid once at launch instead of in every job. Each job is forke
 It runs single-threaded (torch.set_num_threads(1)) so that no OpenMP worker threads exist when the fork
 server forks; jobs set their own thread count. Any failure here is ignored: jobs then warm up themselves.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,10 +43,19 @@ def _warm() -> None:
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     with quiet(), torch.no_grad():
         program = torch.onnx.export(
-            Tiny().eval(), (ids, mask, tab), dynamo=True, input_names=["input_ids", "attention_mask", "tabular"],
-            output_names=["probs"], opset_version=default("opset"), verbose=False,
-            dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq},
-                            "tabular": {0: batch}})
+            Tiny().eval(),
+            (ids, mask, tab),
+            dynamo=True,
+            input_names=["input_ids", "attention_mask", "tabular"],
+            output_names=["probs"],
+            opset_version=default("opset"),
+            verbose=False,
+            dynamic_shapes={
+                "input_ids": {0: batch, 1: seq},
+                "attention_mask": {0: batch, 1: seq},
+                "tabular": {0: batch},
+            },
+        )
         if program is not None:
             with tempfile.TemporaryDirectory(prefix="studio-warm-") as tmp:
                 program.save(os.path.join(tmp, "warm.onnx"))

@@ -1,5 +1,6 @@
 """AppConfig: the operator's settings of the web studio (the `studio app` flags), with their defaults in one
 place: studio.app.launch reads them from here. No gradio in here, so it is importable before the app is built."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -10,6 +10,7 @@ What is served, and to whom. A conversion's files are granted under a random tok
 name granted under that token (model.onnx, its .data, the variant files), a regular file, no symlink on
 the way, inside the session folders' root; any other path, `..`, a symlink, another token's file, a file
 gone with its pruned job folder or closed session: 404. No gradio in here (starlette only)."""
+
 from __future__ import annotations
 
 import functools
@@ -27,12 +28,19 @@ from typing import Any
 VIEWER = "studio/netron"  # the viewer's static files (relative to the app's root)
 FILES = "studio/graph"  # the granted model files
 VIEWER_SCRIPT = "studio-viewer.js"
-VIEWER_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-                ".json": "application/json", ".css": "text/css; charset=utf-8", ".png": "image/png",
-                ".ico": "image/x-icon"}
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
-       "font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; frame-src 'none'; object-src 'none'; "
-       "base-uri 'self'; form-action 'none'")
+VIEWER_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".json": "application/json",
+    ".css": "text/css; charset=utf-8",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+}
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+    "font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; frame-src 'none'; object-src 'none'; "
+    "base-uri 'self'; form-action 'none'"
+)
 KEEP_GRANTS = 3  # per session: the newest conversions' files (a session keeps 3 job folders)
 
 # Loaded before Netron's own scripts: no consent prompt (nothing is reported anywhere), then, when the URL
@@ -84,13 +92,18 @@ def netron_dir() -> Path | None:
 def viewer_index(folder: Path) -> str:
     """Netron's index.html as the studio serves it (see the module text)."""
     page = (folder / "index.html").read_text(encoding="utf-8")
-    page = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>',
-                  lambda _: f'<meta http-equiv="Content-Security-Policy" content="{CSP}">', page, count=1)
+    page = re.sub(
+        r'<meta http-equiv="Content-Security-Policy"[^>]*>',
+        lambda _: f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
+        page,
+        count=1,
+    )
     page = re.sub(r'<meta name="version" content="[^"]*">', '<meta name="version" content="0.0.0">', page, count=1)
     page = re.sub(r'<meta name="date" content="[^"]*">\s*', "", page, count=1)
     script = f'<script type="text/javascript" src="{VIEWER_SCRIPT}"></script>\n'
-    return page.replace('<script type="text/javascript" src="index.js">', script +
-                        '<script type="text/javascript" src="index.js">', 1)
+    return page.replace(
+        '<script type="text/javascript" src="index.js">', script + '<script type="text/javascript" src="index.js">', 1
+    )
 
 
 def viewer_url(file_url: str, select: str | None = None) -> str:
@@ -184,25 +197,37 @@ def routes(files: GraphFiles) -> list[Any]:
     def viewer(request):
         name = request.path_params["name"]
         if name == "index.html" and index is not None:
-            return Response(index, media_type=VIEWER_TYPES[".html"],
-                            headers={**safe, "Content-Security-Policy": CSP, "Cache-Control": "no-store"})
+            return Response(
+                index,
+                media_type=VIEWER_TYPES[".html"],
+                headers={**safe, "Content-Security-Policy": CSP, "Cache-Control": "no-store"},
+            )
         if name == VIEWER_SCRIPT:
             return Response(VIEWER_JS, media_type=VIEWER_TYPES[".js"], headers=safe)
         if name not in served:
             return not_found()
-        return FileResponse(folder / name, media_type=VIEWER_TYPES[Path(name).suffix],
-                            headers={**safe, "Cache-Control": "public, max-age=3600"})
+        return FileResponse(
+            folder / name,
+            media_type=VIEWER_TYPES[Path(name).suffix],
+            headers={**safe, "Cache-Control": "public, max-age=3600"},
+        )
 
     def model_file(request):
         path = files.resolve(request.path_params["token"], request.path_params["name"])
         if path is None:
             return not_found()
         download = request.query_params.get("download") is not None
-        return FileResponse(path, media_type="application/octet-stream", filename=path.name if download else None,
-                            headers={**safe, "Cache-Control": "private, no-store"})
+        return FileResponse(
+            path,
+            media_type="application/octet-stream",
+            filename=path.name if download else None,
+            headers={**safe, "Cache-Control": "private, no-store"},
+        )
 
-    return [Route(f"/{VIEWER}/{{name}}", viewer, methods=["GET", "HEAD"]),
-            Route(f"/{FILES}/{{token}}/{{name:path}}", model_file, methods=["GET", "HEAD"])]
+    return [
+        Route(f"/{VIEWER}/{{name}}", viewer, methods=["GET", "HEAD"]),
+        Route(f"/{FILES}/{{token}}/{{name:path}}", model_file, methods=["GET", "HEAD"]),
+    ]
 
 
 # --- what the page's Graph panel shows ---------------------------------------------------------------
@@ -223,6 +248,7 @@ class GraphEntry:
 
 def _nodes(path: Path) -> int | None:
     from ..graph_info import graph_info
+
     try:
         return sum(graph_info(path).op_counts.values())
     except Exception:  # noqa: BLE001 - an unreadable file is shown by Netron's own message
@@ -248,11 +274,15 @@ def entries(report: Any, out: Path, max_nodes: int, max_bytes: int) -> list[Grap
         data = f"{name}.data" if (out / f"{name}.data").is_file() else None
         e = GraphEntry(label, name, size, nodes, data)
         if size > max_bytes:
-            e.too_big = (f"its graph file is {size / 2**20:.0f} MiB (the viewer loads at most "
-                         f"{max_bytes / 2**20:.0f} MiB): too big to draw here without freezing the tab")
+            e.too_big = (
+                f"its graph file is {size / 2**20:.0f} MiB (the viewer loads at most "
+                f"{max_bytes / 2**20:.0f} MiB): too big to draw here without freezing the tab"
+            )
         elif nodes is not None and nodes > max_nodes:
-            e.too_big = (f"it has {nodes:,} nodes (the viewer draws at most {max_nodes:,}): too big to draw here "
-                         "without freezing the tab")
+            e.too_big = (
+                f"it has {nodes:,} nodes (the viewer draws at most {max_nodes:,}): too big to draw here "
+                "without freezing the tab"
+            )
         elif netron_dir() is None:
             e.too_big = "the graph viewer is not installed on this server (pip install netron)"
         found.append(e)

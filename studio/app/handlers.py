@@ -2,6 +2,7 @@
 page's controls and the API's arguments onto ConvertSpec fields), the parsers of what the page / API send,
 the per-input and tabular-feed helpers, and the scrubbing of server paths from messages. No gradio in here
 (the rendering of results is studio/app/render.py), so every function is testable on its own."""
+
 from __future__ import annotations
 
 import inspect
@@ -18,8 +19,20 @@ import pandas as pd
 from .. import demo
 from ..artifacts import scrub_paths  # noqa: F401 - the app names uploads as the core does
 from ..errors import StudioError
-from ..spec import (DYNAMIC_AXES, EXPORTERS, ID_DTYPES, OPSET_MAX, OPSET_MIN, ROLES, VARIANTS, ConvertSpec, default,
-                    parse_roles, parse_sample_limits, parse_tabular)
+from ..spec import (
+    DYNAMIC_AXES,
+    EXPORTERS,
+    ID_DTYPES,
+    OPSET_MAX,
+    OPSET_MIN,
+    ROLES,
+    VARIANTS,
+    ConvertSpec,
+    default,
+    parse_roles,
+    parse_sample_limits,
+    parse_tabular,
+)
 
 # the demo ships inside the package (studio/demo, found with importlib.resources): an installed studio has it
 DEMO_CHECKPOINT = demo.checkpoint()
@@ -33,14 +46,20 @@ OPSETS = list(range(OPSET_MIN, OPSET_MAX + 1))
 # and report.json records the value used.
 LATENCY_BUDGET_DEFAULT = 0.5
 # The page says auto / new / legacy; the spec says auto / dynamo / torchscript.
-EXPORTER_CHOICES = [("auto", "auto"), ("new (dynamo)", "dynamo"), ("legacy (TorchScript)", "torchscript"),
-                    ("compare both, keep the better file", "compare")]
+EXPORTER_CHOICES = [
+    ("auto", "auto"),
+    ("new (dynamo)", "dynamo"),
+    ("legacy (TorchScript)", "torchscript"),
+    ("compare both, keep the better file", "compare"),
+]
 EXPORTER_ALIASES = {"new": "dynamo", "legacy": "torchscript", "torch.export": "dynamo"}
 # The "Faster variants" checkboxes: (label, value); each is built beside model.onnx, checked against
 # PyTorch like model.onnx and timed side by side with it (studio/variants.py).
-VARIANT_CHOICES = [("optimized: ONNX Runtime fusions (ONNX Runtime only)", "optimized"),
-                   ("int8: dynamic quantization, for CPU", "int8"),
-                   ("fp16: for CUDA (checked on CPU when there is no GPU)", "fp16")]
+VARIANT_CHOICES = [
+    ("optimized: ONNX Runtime fusions (ONNX Runtime only)", "optimized"),
+    ("int8: dynamic quantization, for CPU", "int8"),
+    ("fp16: for CUDA (checked on CPU when there is no GPU)", "fp16"),
+]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -52,8 +71,9 @@ def _json_object(text: str, what: str, shape: str, example: str) -> dict:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise StudioError(f"{what} are not valid JSON: {e.msg} (line {e.lineno}, column {e.colno}).",
-                          hint=f"Send {example}.") from e
+        raise StudioError(
+            f"{what} are not valid JSON: {e.msg} (line {e.lineno}, column {e.colno}).", hint=f"Send {example}."
+        ) from e
     if not isinstance(data, dict):
         raise StudioError(f"{what} must be a JSON object of {shape}.")
     return data
@@ -68,8 +88,9 @@ def parse_roles_value(value: Any) -> dict[str, str]:
     else:
         text = str(value).strip()
         if text.startswith("{"):
-            data = _json_object(text, "Roles", "column -> role",
-                                'an object like {"review": "text", "price": "tabular"}')
+            data = _json_object(
+                text, "Roles", "column -> role", 'an object like {"review": "text", "price": "tabular"}'
+            )
             roles = {str(k): str(v).strip().lower() for k, v in data.items()}
         else:
             roles = parse_roles([s for s in re.split(r"[\n;]", text) if s.strip()])
@@ -136,8 +157,9 @@ def parse_tabular_value(value: Any) -> dict[str, tuple[str, ...]]:
         text = str(value).strip()
         if not text.startswith("{"):
             return parse_tabular([ln for ln in text.splitlines() if ln.strip()])
-        data = _json_object(text, "Tabular inputs", "input -> list of columns",
-                            '{"features": ["a", "b"]} or lines like features=a,b')
+        data = _json_object(
+            text, "Tabular inputs", "input -> list of columns", '{"features": ["a", "b"]} or lines like features=a,b'
+        )
     return {str(k): (v,) if isinstance(v, str) else tuple(str(c) for c in v) for k, v in data.items()}
 
 
@@ -151,6 +173,7 @@ def set_feed(text: str, columns: list[str], column: str, choice: str) -> str:
     Ranges are spelled out (in file order) so that one column can move; a chosen column is appended to its
     input's list, so the order shown is the order of the choices (edit the text to reorder)."""
     from ..tabular import expand_columns
+
     try:
         feeds = {n: expand_columns(c, columns) for n, c in parse_tabular_value(text).items()}
     except StudioError:
@@ -166,6 +189,7 @@ def set_feed(text: str, columns: list[str], column: str, choice: str) -> str:
 def feed_choice(text: str, columns: list[str], column: str) -> str:
     """Which input the tabular-inputs text makes `column` feed ("auto" when it names none)."""
     from ..tabular import expand_columns
+
     try:
         for name, cols in parse_tabular_value(text).items():
             if column in expand_columns(cols, columns):
@@ -180,16 +204,19 @@ def _required(what: str, hint: str) -> Callable[[Any], str]:
         if not value:
             raise StudioError(f"No {what} uploaded.", hint=hint)
         return str(value)
+
     return read
 
 
 def _whole(name: str) -> Callable[[Any], int]:
     """A whole number the page / API sent (blank: the ConvertSpec default)."""
+
     def read(value: Any) -> int:
         try:
             return int(float(value if value not in (None, "") else default(name)))
         except (TypeError, ValueError) as e:
             raise StudioError(f"Opset and max sequence length must be whole numbers ({e}).") from e
+
     return read
 
 
@@ -226,6 +253,7 @@ def _read_id_dtype(value: Any) -> str:
 
 def _read_flag(name: str) -> Callable[[Any], bool]:
     """A yes / no the page (a checkbox) or the API sent: a bool, or true / false written out; blank: the default."""
+
     def read(value: Any) -> bool:
         if value is None or value == "":
             return bool(default(name))
@@ -235,6 +263,7 @@ def _read_flag(name: str) -> Callable[[Any], bool]:
         if word in ("true", "1", "yes", "false", "0", "no"):
             return word in ("true", "1", "yes")
         raise StudioError(f"{name} must be true or false, got {value!r}.")
+
     return read
 
 
@@ -258,10 +287,20 @@ class Param:
 # that positional callers keep working). It gives server.convert its signature, layout the inputs list and
 # spec_from_ui the mapping onto ConvertSpec.
 CONVERT_PARAMS = (
-    Param("checkpoint", "checkpoint", "checkpoint", _required(
-        "checkpoint", "Upload a checkpoint file or a .zip of a model folder, or press Load demo."), REQUIRED),
-    Param("sample", "sample", "data", _required(
-        "sample file", "Upload a few rows as CSV, TSV, JSON or JSONL, or press Load demo."), REQUIRED),
+    Param(
+        "checkpoint",
+        "checkpoint",
+        "checkpoint",
+        _required("checkpoint", "Upload a checkpoint file or a .zip of a model folder, or press Load demo."),
+        REQUIRED,
+    ),
+    Param(
+        "sample",
+        "sample",
+        "data",
+        _required("sample file", "Upload a few rows as CSV, TSV, JSON or JSONL, or press Load demo."),
+        REQUIRED,
+    ),
     Param("roles", "roles_box", "roles", lambda v: parse_roles_value(v)),
     Param("opset", "opset", "opset", _whole("opset"), default("opset")),
     Param("exporter", "exporter", "exporter", _read_exporter, default("exporter")),
@@ -281,18 +320,29 @@ CONVERT_PARAMS = (
 CONVERT_NAMES = tuple(p.name for p in CONVERT_PARAMS)
 
 
-def spec_from_ui(checkpoint: Any = None, sample: Any = None, *, out: str | Path, trust_code: bool = False,
-                 sample_limits: Any = None, **values: Any) -> ConvertSpec:
+def spec_from_ui(
+    checkpoint: Any = None,
+    sample: Any = None,
+    *,
+    out: str | Path,
+    trust_code: bool = False,
+    sample_limits: Any = None,
+    **values: Any,
+) -> ConvertSpec:
     """The one mapping from the page's controls (or the API's arguments), named as in CONVERT_PARAMS, to
     a validated ConvertSpec; a parameter left out takes its API default."""
     unknown = sorted(set(values) - set(CONVERT_NAMES))
     if unknown:
         raise TypeError(f"unknown /convert parameter(s): {', '.join(unknown)}; known: {', '.join(CONVERT_NAMES)}")
     values = {"checkpoint": checkpoint, "sample": sample, **values}
-    fields = {p.field: p.read(values.get(p.name, None if p.api_default is REQUIRED else p.api_default))
-              for p in CONVERT_PARAMS}
+    fields = {
+        p.field: p.read(values.get(p.name, None if p.api_default is REQUIRED else p.api_default))
+        for p in CONVERT_PARAMS
+    }
     return ConvertSpec(
-        **fields, out=str(out), trust_code=bool(trust_code),
+        **fields,
+        out=str(out),
+        trust_code=bool(trust_code),
         sample_limits=parse_sample_limits(sample_limits),  # the operator's --sample-limits, never the page's
     ).validated()
 
@@ -329,9 +379,6 @@ def _truthy(x: Any) -> bool:
     if isinstance(x, str):
         return x.strip().lower() in ("true", "1", "yes", "y", "x", "✓")
     return bool(x) and not (isinstance(x, float) and math.isnan(x))
-
-
-
 
 
 def zip_stem(checkpoint: str) -> str:

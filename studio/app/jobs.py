@@ -6,6 +6,7 @@ HTTP: Gradio serves only files it copied into its cache from a handler's return 
 salted with a per-install secret. A session's folder is removed when the page is closed, when it has
 been idle longer than the TTL, and when the app stops. Its running jobs are killed with it.
 """
+
 from __future__ import annotations
 
 import secrets
@@ -72,7 +73,7 @@ class Sessions:
         s = self.session(key)
         with self._lock:
             old = sorted(s.folder.glob(f"{prefix}-*"), key=_mtime, reverse=True)
-            stale = [p for p in old[max(keep - 1, 0):] if p not in s.busy]
+            stale = [p for p in old[max(keep - 1, 0) :] if p not in s.busy]
             folder = s.folder / f"{prefix}-{secrets.token_hex(6)}"
             folder.mkdir(mode=0o700)
             if busy:
@@ -106,8 +107,9 @@ class Sessions:
             s = self._sessions.get(key or "local")
             return list(s.jobs) if s else []
 
-    def cancel(self, key: str | None, tasks: tuple[str, ...] = ("convert",),
-               reason: str = "The conversion was cancelled.") -> int:
+    def cancel(
+        self, key: str | None, tasks: tuple[str, ...] = ("convert",), reason: str = "The conversion was cancelled."
+    ) -> int:
         """Kill this session's running jobs of the given tasks; returns how many were stopped."""
         jobs = [j for j in self.running(key) if j.task in tasks]
         for j in jobs:

@@ -5,6 +5,7 @@ name (handlers.CONVERT_PARAMS for the /convert inputs, the *_OUTPUTS tuples belo
 updates), and the handlers return {component: value} dicts made with Page.updates, so that moving a
 component can break nothing silently. A new panel: its components become Page fields, made in the
 section function of its step (or a new one called from build), and a handler's output names it."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -19,9 +20,13 @@ from . import render as r
 if TYPE_CHECKING:
     from .server import StudioApp
 
-THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="slate", neutral_hue="slate",
-                       font=["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "sans-serif"],
-                       font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "monospace"])
+THEME = gr.themes.Soft(
+    primary_hue="indigo",
+    secondary_hue="slate",
+    neutral_hue="slate",
+    font=["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "sans-serif"],
+    font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "monospace"],
+)
 
 CSS = """
 .gradio-container { max-width: 1180px !important; margin: 0 auto !important; }
@@ -92,12 +97,40 @@ CSS = """
 
 # What each event updates, by Page field; the order is the API's (gradio_client returns the values of
 # /convert in this order: downloads and report.json first, as the README and the tests read them).
-CONVERT_OUTPUTS = ("downloads", "report_json", "verdict", "summary", "io_table", "parity_table", "probe_table",
-                   "latency_table", "latency_plot", "diff_plot", "predictions", "attempts", "diagnosis", "diag_acc",
-                   "results_col", "downloads_col", "variants_note", "variants_table", "graph_col", "graph_choice",
-                   "graph_view")
-PREVIEW_OUTPUTS = ("model_card", "sample_card", "preview_table", "columns_state", "roles_box", "mapping_box",
-                   "preview_info", "per_input", "per_input_json")
+CONVERT_OUTPUTS = (
+    "downloads",
+    "report_json",
+    "verdict",
+    "summary",
+    "io_table",
+    "parity_table",
+    "probe_table",
+    "latency_table",
+    "latency_plot",
+    "diff_plot",
+    "predictions",
+    "attempts",
+    "diagnosis",
+    "diag_acc",
+    "results_col",
+    "downloads_col",
+    "variants_note",
+    "variants_table",
+    "graph_col",
+    "graph_choice",
+    "graph_view",
+)
+PREVIEW_OUTPUTS = (
+    "model_card",
+    "sample_card",
+    "preview_table",
+    "columns_state",
+    "roles_box",
+    "mapping_box",
+    "preview_info",
+    "per_input",
+    "per_input_json",
+)
 PREVIEW_INPUTS = ("checkpoint", "sample", "dynamic")  # the /preview endpoint's parameters, in its order
 CHECK_INPUTS = ("checkpoint", "sample", "roles_box", "preview_info", "fill_value", "tabular_box")
 PER_INPUT_OUTPUTS = ("per_input", "per_input_json")
@@ -195,15 +228,17 @@ def _variant_choice(**kwargs) -> gr.CheckboxGroup:
 
 
 def _step(num: int, title: str, hint: str = "") -> gr.HTML:
-    return gr.HTML(f'<div class="step-title"><span class="num">{num}</span><h2>{title}</h2>'
-                   f'<span class="hint">{hint}</span></div>')
+    return gr.HTML(
+        f'<div class="step-title"><span class="num">{num}</span><h2>{title}</h2><span class="hint">{hint}</span></div>'
+    )
 
 
 def build(app: StudioApp) -> Page:
     cfg = app.config
     page = Page()
-    with gr.Blocks(title="ONNX Studio", analytics_enabled=False,
-                   delete_cache=(600, int(max(cfg.session_ttl_s, 600)))) as page.blocks:
+    with gr.Blocks(
+        title="ONNX Studio", analytics_enabled=False, delete_cache=(600, int(max(cfg.session_ttl_s, 600)))
+    ) as page.blocks:
         _header(cfg.trust_code)
         page.preview_info = gr.State({"model": None, "has_sample": False})
         page.columns_state = gr.State({"nonce": "", "columns": []})
@@ -224,37 +259,56 @@ def build(app: StudioApp) -> Page:
 
 def _header(trust_code: bool) -> None:
     if trust_code:
-        gr.HTML('<div class="trust-banner" id="trust-banner">⚠ Trusted-code mode is ON: this studio '
-                'loads TorchScript, .pt2 and pickled-module checkpoints, which can run code on the server '
-                'when loaded. Upload only checkpoints you trust.</div>')
-    gr.HTML('<div id="studio-header"><h1>ONNX Studio</h1><span class="tag">PyTorch checkpoint + a few real '
-            'rows → a verified ONNX model, with its report</span></div>')
+        gr.HTML(
+            '<div class="trust-banner" id="trust-banner">⚠ Trusted-code mode is ON: this studio '
+            "loads TorchScript, .pt2 and pickled-module checkpoints, which can run code on the server "
+            "when loaded. Upload only checkpoints you trust.</div>"
+        )
+    gr.HTML(
+        '<div id="studio-header"><h1>ONNX Studio</h1><span class="tag">PyTorch checkpoint + a few real '
+        "rows → a verified ONNX model, with its report</span></div>"
+    )
 
 
 def _inputs(page: Page) -> None:
     _step(1, "Inputs", ".pt .pth .ckpt .bin .safetensors or a zipped Hugging Face folder, and a few real rows")
     with gr.Row(equal_height=True):
-        page.checkpoint = gr.File(label="Checkpoint file, or .zip of a model folder",
-                                  elem_id="checkpoint-file", height=120, scale=5)
-        page.sample = gr.File(label="Sample rows: CSV / TSV / JSON / JSONL", elem_id="sample-file", height=120,
-                              scale=5)
+        page.checkpoint = gr.File(
+            label="Checkpoint file, or .zip of a model folder", elem_id="checkpoint-file", height=120, scale=5
+        )
+        page.sample = gr.File(label="Sample rows: CSV / TSV / JSON / JSONL", elem_id="sample-file", height=120, scale=5)
         with gr.Column(scale=2, min_width=170):
             page.demo_btn = gr.Button("▶ Load demo", elem_id="load-demo", variant="secondary", size="lg")
-            gr.HTML('<div class="muted" style="font-size:0.82rem">A small text + tabular review '
-                    'classifier and 8 order rows.</div>')
+            gr.HTML(
+                '<div class="muted" style="font-size:0.82rem">A small text + tabular review '
+                "classifier and 8 order rows.</div>"
+            )
     with gr.Row(equal_height=True):
         page.model_card = gr.HTML(r.model_html(None), elem_id="model-card")
         page.sample_card = gr.HTML(r.sample_html([], []), elem_id="sample-card")
-    page.preview_table = gr.Dataframe(label="First rows of the sample", interactive=False, visible=False,
-                                      elem_id="preview-table", max_height=260, wrap=True)
+    page.preview_table = gr.Dataframe(
+        label="First rows of the sample",
+        interactive=False,
+        visible=False,
+        elem_id="preview-table",
+        max_height=260,
+        wrap=True,
+    )
 
 
 def _check_mapping_kw(page: Page, app: StudioApp) -> dict:
     """The mapping check, after a role / feed / tabular-inputs edit: the latest edit wins."""
     cfg = app.config
-    return dict(fn=app.check_mapping, inputs=page.of(CHECK_INPUTS), outputs=[page.mapping_box],
-                api_visibility="private", concurrency_id="preview", concurrency_limit=cfg.max_jobs,
-                trigger_mode="always_last", show_progress="minimal")
+    return dict(
+        fn=app.check_mapping,
+        inputs=page.of(CHECK_INPUTS),
+        outputs=[page.mapping_box],
+        api_visibility="private",
+        concurrency_id="preview",
+        concurrency_limit=cfg.max_jobs,
+        trigger_mode="always_last",
+        show_progress="minimal",
+    )
 
 
 def _mapping(page: Page, app: StudioApp) -> None:
@@ -273,9 +327,12 @@ def _mapping(page: Page, app: StudioApp) -> None:
             _mapping_row(page, app, n, c, tab_inputs)
 
     page.mapping_box = gr.HTML(r.mapping_html(None, False, False), elem_id="mapping-status")
-    page.tabular_box = gr.Textbox(label="Tabular inputs: INPUT=COL1,COL2,... one per line, in feature order "
-                                        "(FIRST..LAST is a range of columns)", lines=1, elem_id="tabular-feeds",
-                                  placeholder="blank: the columns mapped tabular feed the inputs in file order")
+    page.tabular_box = gr.Textbox(
+        label="Tabular inputs: INPUT=COL1,COL2,... one per line, in feature order (FIRST..LAST is a range of columns)",
+        lines=1,
+        elem_id="tabular-feeds",
+        placeholder="blank: the columns mapped tabular feed the inputs in file order",
+    )
 
 
 def _mapping_head(with_feeds: bool) -> None:
@@ -297,64 +354,125 @@ def _mapping_row(page: Page, app: StudioApp, n: int, c: dict, tab_inputs: list[s
         with gr.Column(scale=2, min_width=80):
             gr.HTML(f'<div class="map-cell"><span class="map-type">{esc(c.get("detected"))}</span></div>')
         with gr.Column(scale=6, min_width=80):
-            gr.HTML(f'<div class="map-cell" title="{esc(c.get("example"))}">{esc(c.get("example"))}'
-                    f'</div><div class="map-why">suggested {esc(c.get("suggested"))}'
-                    f'{": " + esc(c.get("reason")) if c.get("reason") else ""}</div>')
+            gr.HTML(
+                f'<div class="map-cell" title="{esc(c.get("example"))}">{esc(c.get("example"))}'
+                f'</div><div class="map-why">suggested {esc(c.get("suggested"))}'
+                f"{': ' + esc(c.get('reason')) if c.get('reason') else ''}</div>"
+            )
         with gr.Column(scale=3, min_width=120):
-            dd = gr.Dropdown(list(ROLES), value=c.get("role") or c.get("suggested"), show_label=False,
-                             container=False, interactive=True, elem_classes="role-dd", elem_id=f"role-{n}")
+            dd = gr.Dropdown(
+                list(ROLES),
+                value=c.get("role") or c.get("suggested"),
+                show_label=False,
+                container=False,
+                interactive=True,
+                elem_classes="role-dd",
+                elem_id=f"role-{n}",
+            )
         if tab_inputs:
             with gr.Column(scale=3, min_width=120):
-                feed = gr.Dropdown(["auto"] + tab_inputs, value="auto", show_label=False, container=False,
-                                   interactive=True, elem_classes="feed-dd", elem_id=f"feed-{n}")
+                feed = gr.Dropdown(
+                    ["auto"] + tab_inputs,
+                    value="auto",
+                    show_label=False,
+                    container=False,
+                    interactive=True,
+                    elem_classes="feed-dd",
+                    elem_id=f"feed-{n}",
+                )
         name = gr.State(c["name"])
-        dd.input(app.set_role, inputs=[page.roles_box, name, dd], outputs=[page.roles_box],
-                 api_visibility="private", queue=False).then(**_check_mapping_kw(page, app))
+        dd.input(
+            app.set_role,
+            inputs=[page.roles_box, name, dd],
+            outputs=[page.roles_box],
+            api_visibility="private",
+            queue=False,
+        ).then(**_check_mapping_kw(page, app))
         if tab_inputs:
-            feed.input(app.set_feed, inputs=[page.tabular_box, page.columns_state, name, feed],
-                       outputs=[page.tabular_box], api_visibility="private", queue=False) \
-                .then(**_check_mapping_kw(page, app))
+            feed.input(
+                app.set_feed,
+                inputs=[page.tabular_box, page.columns_state, name, feed],
+                outputs=[page.tabular_box],
+                api_visibility="private",
+                queue=False,
+            ).then(**_check_mapping_kw(page, app))
 
 
 def _options(page: Page) -> None:
     _step(3, "Options")
     with gr.Row():
         page.opset = gr.Dropdown(h.OPSETS, value=default("opset"), label="Opset", elem_id="opset", min_width=110)
-        page.exporter = gr.Dropdown(h.EXPORTER_CHOICES, value=default("exporter"), label="Exporter",
-                                    elem_id="exporter", min_width=180, info="auto: new, legacy as fallback")
-        page.dynamic = gr.CheckboxGroup(list(DYNAMIC_AXES), value=list(default("dynamic")),
-                                        label="Dynamic dimensions", elem_id="dynamic", min_width=200)
-        page.max_length = gr.Number(default("max_length"), label="Max sequence length", precision=0, minimum=2,
-                                    elem_id="max-length", min_width=130)
-        page.id_dtype = gr.Radio(list(ID_DTYPES), value=default("id_dtype"), label="Token id dtype",
-                                 elem_id="id-dtype", min_width=150)
-    page.variants = _variant_choice(value=list(default("variants")), elem_id="variants",
-                                    label="Faster variants (each checked against PyTorch, timed side by side)",
-                                    info="Extra files beside model.onnx, under variants/. None is built unless "
-                                         "ticked; each adds build, check and timing time.")
-    with gr.Accordion("Advanced: tolerances, empty cells, latency budget, per-input dynamic dimensions",
-                      open=False):
+        page.exporter = gr.Dropdown(
+            h.EXPORTER_CHOICES,
+            value=default("exporter"),
+            label="Exporter",
+            elem_id="exporter",
+            min_width=180,
+            info="auto: new, legacy as fallback",
+        )
+        page.dynamic = gr.CheckboxGroup(
+            list(DYNAMIC_AXES),
+            value=list(default("dynamic")),
+            label="Dynamic dimensions",
+            elem_id="dynamic",
+            min_width=200,
+        )
+        page.max_length = gr.Number(
+            default("max_length"),
+            label="Max sequence length",
+            precision=0,
+            minimum=2,
+            elem_id="max-length",
+            min_width=130,
+        )
+        page.id_dtype = gr.Radio(
+            list(ID_DTYPES), value=default("id_dtype"), label="Token id dtype", elem_id="id-dtype", min_width=150
+        )
+    page.variants = _variant_choice(
+        value=list(default("variants")),
+        elem_id="variants",
+        label="Faster variants (each checked against PyTorch, timed side by side)",
+        info="Extra files beside model.onnx, under variants/. None is built unless "
+        "ticked; each adds build, check and timing time.",
+    )
+    with gr.Accordion("Advanced: tolerances, empty cells, latency budget, per-input dynamic dimensions", open=False):
         _advanced(page)
 
 
 def _advanced(page: Page) -> None:
-    page.task = gr.Dropdown(list(TASKS), value=default("task"), label="Task (what a model folder is exported as)",
-                            elem_id="task", info="auto: modules.json -> sentence-embedding, else the config's "
-                                                 "architectures (as the CLI's --task)")
+    page.task = gr.Dropdown(
+        list(TASKS),
+        value=default("task"),
+        label="Task (what a model folder is exported as)",
+        elem_id="task",
+        info="auto: modules.json -> sentence-embedding, else the config's architectures (as the CLI's --task)",
+    )
     with gr.Row():
         page.atol = gr.Number(default("atol"), label="atol (parity absolute tolerance)", elem_id="atol")
         page.rtol = gr.Number(default("rtol"), label="rtol (parity relative tolerance)", elem_id="rtol")
-        page.fill_value = gr.Number(default("fill_value"), label="Fill empty tabular cells with (blank = error)",
-                                    elem_id="fill-value")
-        page.latency_budget = gr.Number(h.LATENCY_BUDGET_DEFAULT, label="Latency: seconds per measurement",
-                                        minimum=0.05, elem_id="latency-budget")
-    page.per_input = gr.Dataframe(headers=["input", "batch", "sequence"], datatype=["str", "bool", "bool"],
-                                  label="Dynamic dimensions per input (edit to override the choice above)",
-                                  interactive=True, static_columns=[0], visible=False,
-                                  elem_id="per-input", column_count=3)
+        page.fill_value = gr.Number(
+            default("fill_value"), label="Fill empty tabular cells with (blank = error)", elem_id="fill-value"
+        )
+        page.latency_budget = gr.Number(
+            h.LATENCY_BUDGET_DEFAULT, label="Latency: seconds per measurement", minimum=0.05, elem_id="latency-budget"
+        )
+    page.per_input = gr.Dataframe(
+        headers=["input", "batch", "sequence"],
+        datatype=["str", "bool", "bool"],
+        label="Dynamic dimensions per input (edit to override the choice above)",
+        interactive=True,
+        static_columns=[0],
+        visible=False,
+        elem_id="per-input",
+        column_count=3,
+    )
     page.per_input_json = gr.Textbox(visible=False, elem_id="per-input-json")
-    page.locate = gr.Checkbox(default("locate"), label="Find where ONNX Runtime first leaves PyTorch even when every "
-                              "check passes (runs by itself when a check fails)", elem_id="locate")
+    page.locate = gr.Checkbox(
+        default("locate"),
+        label="Find where ONNX Runtime first leaves PyTorch even when every "
+        "check passes (runs by itself when a check fails)",
+        elem_id="locate",
+    )
 
 
 def _export(page: Page) -> None:
@@ -372,40 +490,89 @@ def _results(page: Page) -> None:
         page.diagnosis = gr.Markdown(label="diagnosis", elem_id="diagnosis")
     with gr.Column(visible=False) as page.results_col:
         with gr.Row(equal_height=True):
-            page.io_table = gr.Dataframe(headers=r.IO_HEADERS, label="Graph inputs and outputs (symbolic dims by "
-                                         "name)", interactive=False, elem_id="io-table", scale=1)
-            page.parity_table = gr.Dataframe(headers=r.PARITY_HEADERS, label="Parity per output (PyTorch vs ORT)",
-                                             interactive=False, elem_id="parity-table", scale=1)
-        page.probe_table = gr.Dataframe(headers=r.PROBE_HEADERS, label="Shape probes (other batch / sequence "
-                                        "sizes)", interactive=False, elem_id="probe-table", wrap=True)
-        page.latency_table = gr.Dataframe(headers=r.LATENCY_HEADERS, label="Latency", interactive=False,
-                                          elem_id="latency-table", wrap=True,
-                                          column_widths=["13%", "8%", "8%", "8%", "9%", "7%", "8%", "39%"])
+            page.io_table = gr.Dataframe(
+                headers=r.IO_HEADERS,
+                label="Graph inputs and outputs (symbolic dims by name)",
+                interactive=False,
+                elem_id="io-table",
+                scale=1,
+            )
+            page.parity_table = gr.Dataframe(
+                headers=r.PARITY_HEADERS,
+                label="Parity per output (PyTorch vs ORT)",
+                interactive=False,
+                elem_id="parity-table",
+                scale=1,
+            )
+        page.probe_table = gr.Dataframe(
+            headers=r.PROBE_HEADERS,
+            label="Shape probes (other batch / sequence sizes)",
+            interactive=False,
+            elem_id="probe-table",
+            wrap=True,
+        )
+        page.latency_table = gr.Dataframe(
+            headers=r.LATENCY_HEADERS,
+            label="Latency",
+            interactive=False,
+            elem_id="latency-table",
+            wrap=True,
+            column_widths=["13%", "8%", "8%", "8%", "9%", "7%", "8%", "39%"],
+        )
         page.variants_note = gr.Markdown(elem_id="variants-note")
-        page.variants_table = gr.Dataframe(headers=r.VARIANT_HEADERS, label="Variants (PyTorch vs each variant; "
-                                           "timed beside model.onnx)", interactive=False, visible=False,
-                                           elem_id="variants-table", wrap=True,
-                                           column_widths=["14%", "7%", "8%", "9%", "9%", "8%", "9%", "10%", "26%"])
+        page.variants_table = gr.Dataframe(
+            headers=r.VARIANT_HEADERS,
+            label="Variants (PyTorch vs each variant; timed beside model.onnx)",
+            interactive=False,
+            visible=False,
+            elem_id="variants-table",
+            wrap=True,
+            column_widths=["14%", "7%", "8%", "9%", "9%", "8%", "9%", "10%", "26%"],
+        )
         with gr.Row(equal_height=True):
             _charts(page)
-        page.predictions = gr.Dataframe(label="Predictions per row (ONNX Runtime) beside the ignored columns",
-                                        interactive=False, elem_id="predictions", max_height=320, wrap=True)
+        page.predictions = gr.Dataframe(
+            label="Predictions per row (ONNX Runtime) beside the ignored columns",
+            interactive=False,
+            elem_id="predictions",
+            max_height=320,
+            wrap=True,
+        )
         with gr.Accordion("Export attempts", open=False):
-            page.attempts = gr.Dataframe(headers=r.ATTEMPT_HEADERS, label="export attempts", interactive=False,
-                                         wrap=True, elem_id="attempts")
+            page.attempts = gr.Dataframe(
+                headers=r.ATTEMPT_HEADERS, label="export attempts", interactive=False, wrap=True, elem_id="attempts"
+            )
 
 
 def _charts(page: Page) -> None:
-    page.latency_plot = gr.BarPlot(x="run", y="p50 ms", color="runtime", title="Latency p50 (ms)",
-                                   label="latency chart", elem_id="latency-plot", height=300, sort=None,
-                                   color_map=r.LATENCY_COLORS, x_label_angle=-30,
-                                   colors_in_legend=[], caption="PT = PyTorch eager, ORT = ONNX Runtime "
-                                   "(model.onnx), a variant by its name; batch × sequence")
-    page.diff_plot = gr.BarPlot(x="check", y="max abs diff", color="verdict",
-                                title="Max |PyTorch − ONNX| per check", label="difference chart",
-                                elem_id="diff-plot", height=300, x_label_angle=-30,
-                                sort=None, color_map={"pass": "#22a06b", "fail": "#d93f3f"},
-                                y_axis_format=".1e", colors_in_legend=[])
+    page.latency_plot = gr.BarPlot(
+        x="run",
+        y="p50 ms",
+        color="runtime",
+        title="Latency p50 (ms)",
+        label="latency chart",
+        elem_id="latency-plot",
+        height=300,
+        sort=None,
+        color_map=r.LATENCY_COLORS,
+        x_label_angle=-30,
+        colors_in_legend=[],
+        caption="PT = PyTorch eager, ORT = ONNX Runtime (model.onnx), a variant by its name; batch × sequence",
+    )
+    page.diff_plot = gr.BarPlot(
+        x="check",
+        y="max abs diff",
+        color="verdict",
+        title="Max |PyTorch − ONNX| per check",
+        label="difference chart",
+        elem_id="diff-plot",
+        height=300,
+        x_label_angle=-30,
+        sort=None,
+        color_map={"pass": "#22a06b", "fail": "#d93f3f"},
+        y_axis_format=".1e",
+        colors_in_legend=[],
+    )
 
 
 def _graph(page: Page) -> None:
@@ -417,14 +584,18 @@ def _graph(page: Page) -> None:
 
 def _downloads(page: Page) -> None:
     with gr.Column(visible=False) as page.downloads_col:
-        _step(6, "Downloads", "model.onnx (+ .data), report.json, report.md, inference_example.py, "
-                              "the variants, one zip of all")
+        _step(
+            6,
+            "Downloads",
+            "model.onnx (+ .data), report.json, report.md, inference_example.py, the variants, one zip of all",
+        )
         page.downloads = gr.File(label="Artifacts", file_count="multiple", interactive=False, elem_id="downloads")
         with gr.Accordion("Full report (report.json)", open=False):
             # JSON text, not gr.JSON: gradio_client treats any {"path": str} inside a JSON output as a
             # file to download (the report's source.path, a user column named "path", ...).
-            page.report_json = gr.Code(language="json", label="report.json", elem_id="report-json",
-                                       interactive=False, max_lines=40)
+            page.report_json = gr.Code(
+                language="json", label="report.json", elem_id="report-json", interactive=False, max_lines=40
+            )
 
 
 def _preview_events(page: Page, app: StudioApp) -> None:
@@ -433,30 +604,60 @@ def _preview_events(page: Page, app: StudioApp) -> None:
     page.columns_state.change(lambda: "", outputs=[page.tabular_box], api_visibility="private", queue=False)
     for ev in (page.tabular_box.submit, page.tabular_box.blur):
         ev(**_check_mapping_kw(page, app))
-    preview_kw = dict(fn=app.preview, inputs=page.of(PREVIEW_INPUTS), outputs=page.of(PREVIEW_OUTPUTS),
-                      concurrency_id="preview", concurrency_limit=cfg.max_jobs, show_progress="minimal",
-                      show_progress_on=[page.model_card, page.sample_card])
-    page.demo_btn.click(app.load_demo, outputs=page.of(DEMO_OUTPUTS), api_name="load_demo",
-                        show_progress="hidden").then(**preview_kw, api_name="preview_demo", api_visibility="private")
+    preview_kw = dict(
+        fn=app.preview,
+        inputs=page.of(PREVIEW_INPUTS),
+        outputs=page.of(PREVIEW_OUTPUTS),
+        concurrency_id="preview",
+        concurrency_limit=cfg.max_jobs,
+        show_progress="minimal",
+        show_progress_on=[page.model_card, page.sample_card],
+    )
+    page.demo_btn.click(
+        app.load_demo, outputs=page.of(DEMO_OUTPUTS), api_name="load_demo", show_progress="hidden"
+    ).then(**preview_kw, api_name="preview_demo", api_visibility="private")
     page.checkpoint.upload(**preview_kw, api_name="preview")
     page.sample.upload(**preview_kw, api_name="preview_sample", api_visibility="private")
     page.checkpoint.clear(**preview_kw, api_name="preview_clear_checkpoint", api_visibility="private")
     page.sample.clear(**preview_kw, api_name="preview_clear_sample", api_visibility="private")
-    page.dynamic.change(app.reset_per_input, inputs=[page.dynamic, page.preview_info],
-                        outputs=page.of(PER_INPUT_OUTPUTS), api_name="reset_per_input", api_visibility="private",
-                        queue=False)
-    page.per_input.input(app.per_input_edited, inputs=[page.per_input], outputs=[page.per_input_json],
-                         api_name="per_input_edited", api_visibility="private", queue=False)
+    page.dynamic.change(
+        app.reset_per_input,
+        inputs=[page.dynamic, page.preview_info],
+        outputs=page.of(PER_INPUT_OUTPUTS),
+        api_name="reset_per_input",
+        api_visibility="private",
+        queue=False,
+    )
+    page.per_input.input(
+        app.per_input_edited,
+        inputs=[page.per_input],
+        outputs=[page.per_input_json],
+        api_name="per_input_edited",
+        api_visibility="private",
+        queue=False,
+    )
 
 
 def _convert_events(page: Page, app: StudioApp) -> None:
     """Export (the /convert endpoint: its inputs from handlers.CONVERT_PARAMS), Cancel, leaving the page."""
     cfg = app.config
     export_event = page.export_btn.click(
-        app.convert, inputs=[getattr(page, p.component) for p in h.CONVERT_PARAMS],
-        outputs=page.of(CONVERT_OUTPUTS), api_name="convert", concurrency_id="convert",
-        concurrency_limit=cfg.max_jobs, show_progress_on=[page.verdict], scroll_to_output=True)
-    page.graph_choice.input(app.show_graph, inputs=[page.graph_choice], outputs=page.of(GRAPH_OUTPUTS),
-                            api_name="show_graph", api_visibility="private", queue=False)
+        app.convert,
+        inputs=[getattr(page, p.component) for p in h.CONVERT_PARAMS],
+        outputs=page.of(CONVERT_OUTPUTS),
+        api_name="convert",
+        concurrency_id="convert",
+        concurrency_limit=cfg.max_jobs,
+        show_progress_on=[page.verdict],
+        scroll_to_output=True,
+    )
+    page.graph_choice.input(
+        app.show_graph,
+        inputs=[page.graph_choice],
+        outputs=page.of(GRAPH_OUTPUTS),
+        api_name="show_graph",
+        api_visibility="private",
+        queue=False,
+    )
     page.cancel_btn.click(app.cancel, outputs=[page.verdict], api_name="cancel", cancels=[export_event], queue=False)
     page.blocks.unload(app.close_session)

@@ -1,6 +1,7 @@
 """Preview and Report -> what the page shows: the cards, the mapping line, the verdict strip, the tables,
 the chart data, the summary / diagnosis Markdown and the download list. No gradio in here, so every
 function is testable on its own; numbers are formatted by studio.report's row helpers."""
+
 from __future__ import annotations
 
 import html
@@ -13,16 +14,38 @@ import pandas as pd
 
 from ..divergence import HEADERS, Divergence, table_rows
 from ..errors import StudioError, first_line
-from ..report import (COMPARISON_COLUMNS, LATENCY_LABELS, comparison_rows, markdown_table, PARITY_COLUMNS, Report, io_rows, latency_rows, parity_rows, probe_rows,
-                      variant_rows, worst_diff)
+from ..report import (
+    COMPARISON_COLUMNS,
+    LATENCY_LABELS,
+    PARITY_COLUMNS,
+    Report,
+    comparison_rows,
+    io_rows,
+    latency_rows,
+    markdown_table,
+    parity_rows,
+    probe_rows,
+    variant_rows,
+    worst_diff,
+)
 
 IO_HEADERS = ["", "name", "dtype", "shape"]
 PARITY_HEADERS = list(PARITY_COLUMNS)
 PROBE_HEADERS = ["varies", "batch", "sequence", "verdict", "max abs diff", "message"]
 LATENCY_HEADERS = ["run", "p50 ms", "p90 ms", "p99 ms", "iterations", "batch", "threads", "provider"]
 # the columns of studio.report.variant_rows (its Markdown table, with the app's own words)
-VARIANT_HEADERS = ["variant", "verdict", "size", "max abs diff", "min cosine", "argmax agreement", "ORT CPU p50 ms",
-                   "speedup vs PyTorch", "speedup vs model.onnx", "how built / error"]
+VARIANT_HEADERS = [
+    "variant",
+    "verdict",
+    "size",
+    "max abs diff",
+    "min cosine",
+    "argmax agreement",
+    "ORT CPU p50 ms",
+    "speedup vs PyTorch",
+    "speedup vs model.onnx",
+    "how built / error",
+]
 ATTEMPT_HEADERS = ["exporter", "ok", "seconds", "opset written", "error"]
 
 
@@ -43,58 +66,80 @@ def _count(n: int | None) -> str:
     return str(n)
 
 
-INPUT_KIND_WORDS = {"input_ids": "token ids", "attention_mask": "attention mask",
-                    "token_type_ids": "token type ids", "tabular": "numbers"}
+INPUT_KIND_WORDS = {
+    "input_ids": "token ids",
+    "attention_mask": "attention mask",
+    "token_type_ids": "token type ids",
+    "tabular": "numbers",
+}
 
 
 def model_html(model: dict | None, error: str | None = None, filename: str | None = None) -> str:
     """The "detected" card for the checkpoint."""
     if error:
-        return (f'<div class="card card-bad"><div class="card-title">Checkpoint'
-                f'{" · " + esc(filename) if filename else ""}</div><div class="msg">{_multiline(error)}</div></div>')
+        return (
+            f'<div class="card card-bad"><div class="card-title">Checkpoint'
+            f'{" · " + esc(filename) if filename else ""}</div><div class="msg">{_multiline(error)}</div></div>'
+        )
     if not model:
-        return ('<div class="card card-empty"><div class="card-title">Checkpoint</div>'
-                '<div class="muted">Upload a checkpoint (a file, or a .zip of a model folder) to see what it '
-                'expects.</div></div>')
+        return (
+            '<div class="card card-empty"><div class="card-title">Checkpoint</div>'
+            '<div class="muted">Upload a checkpoint (a file, or a .zip of a model folder) to see what it '
+            "expects.</div></div>"
+        )
     inputs = "".join(
         f'<li><code>{esc(i["name"])}</code> <span class="muted">{esc(INPUT_KIND_WORDS.get(i.get("kind"), i.get("kind")))}'
-        + (f' from column <code>{esc(i["column"])}</code>' if i.get("column") else "")
-        + (f', width {esc(i["width"])}' if i.get("width") else "")
-        + ("" if i.get("required", True) else ", optional") + "</span></li>"
-        for i in model.get("inputs", []))
+        + (f" from column <code>{esc(i['column'])}</code>" if i.get("column") else "")
+        + (f", width {esc(i['width'])}" if i.get("width") else "")
+        + ("" if i.get("required", True) else ", optional")
+        + "</span></li>"
+        for i in model.get("inputs", [])
+    )
     tok = model.get("tokenizer")
-    facts = [("kind", esc(model.get("kind"))),
-             *([("task", f'{esc(model["task"])} <span class="muted">({esc(model.get("task_reason") or "")})</span>')]
-               if model.get("task") else []),
-             ("architecture", esc(model.get("architecture") or model.get("model_type") or "-")),
-             ("parameters", _count(model.get("parameters"))),
-             ("tokenizer", f'<span class="ok">✓ {esc(tok)}</span>' if tok else '<span class="bad">✗ none found</span>'),
-             ("outputs", ", ".join(f"<code>{esc(o)}</code>" for o in model.get("outputs", [])) or "-")]
+    facts = [
+        ("kind", esc(model.get("kind"))),
+        *(
+            [("task", f'{esc(model["task"])} <span class="muted">({esc(model.get("task_reason") or "")})</span>')]
+            if model.get("task")
+            else []
+        ),
+        ("architecture", esc(model.get("architecture") or model.get("model_type") or "-")),
+        ("parameters", _count(model.get("parameters"))),
+        ("tokenizer", f'<span class="ok">✓ {esc(tok)}</span>' if tok else '<span class="bad">✗ none found</span>'),
+        ("outputs", ", ".join(f"<code>{esc(o)}</code>" for o in model.get("outputs", [])) or "-"),
+    ]
     if model.get("labels"):
         labels = [str(x) for x in model["labels"]]
         facts.append(("labels", esc(", ".join(labels[:12]) + (" …" if len(labels) > 12 else ""))))
     rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts)
-    return (f'<div class="card card-good"><div class="card-title">Checkpoint'
-            f'{" · " + esc(filename) if filename else ""}</div>'
-            f'<table class="facts">{rows}</table>'
-            f'<div class="subhead">Model inputs it expects</div><ul class="inputs">{inputs}</ul></div>')
+    return (
+        f'<div class="card card-good"><div class="card-title">Checkpoint'
+        f"{' · ' + esc(filename) if filename else ''}</div>"
+        f'<table class="facts">{rows}</table>'
+        f'<div class="subhead">Model inputs it expects</div><ul class="inputs">{inputs}</ul></div>'
+    )
 
 
-def sample_html(columns: list[dict], rows: list[dict], error: str | None = None,
-                filename: str | None = None) -> str:
+def sample_html(columns: list[dict], rows: list[dict], error: str | None = None, filename: str | None = None) -> str:
     if error:
-        return (f'<div class="card card-bad"><div class="card-title">Sample'
-                f'{" · " + esc(filename) if filename else ""}</div><div class="msg">{_multiline(error)}</div></div>')
+        return (
+            f'<div class="card card-bad"><div class="card-title">Sample'
+            f'{" · " + esc(filename) if filename else ""}</div><div class="msg">{_multiline(error)}</div></div>'
+        )
     if not columns:
-        return ('<div class="card card-empty"><div class="card-title">Sample</div>'
-                '<div class="muted">Upload a few real rows (CSV, TSV, JSON or JSONL).</div></div>')
+        return (
+            '<div class="card card-empty"><div class="card-title">Sample</div>'
+            '<div class="muted">Upload a few real rows (CSV, TSV, JSON or JSONL).</div></div>'
+        )
     kinds: dict[str, int] = {}
     for c in columns:
         kinds[c.get("detected", "?")] = kinds.get(c.get("detected", "?"), 0) + 1
     summary = ", ".join(f"{n} {k}" for k, n in kinds.items())
-    return (f'<div class="card card-good"><div class="card-title">Sample'
-            f'{" · " + esc(filename) if filename else ""}</div>'
-            f'<div>{len(columns)} columns ({esc(summary)}); first {len(rows)} rows below.</div></div>')
+    return (
+        f'<div class="card card-good"><div class="card-title">Sample'
+        f"{' · ' + esc(filename) if filename else ''}</div>"
+        f"<div>{len(columns)} columns ({esc(summary)}); first {len(rows)} rows below.</div></div>"
+    )
 
 
 def preview_frame(rows: list[dict], columns: list[dict] | None = None) -> pd.DataFrame:
@@ -123,22 +168,30 @@ def mapping_html(mapping: dict | None, have_model: bool, have_sample: bool) -> s
     """Whether the current mapping can feed the model, said before export."""
     if not (have_model and have_sample):
         missing = [w for w, have in (("a checkpoint", have_model), ("a sample file", have_sample)) if not have]
-        return (f'<div class="mapping mapping-wait">The mapping is checked against the model once '
-                f'{" and ".join(missing)} {"is" if len(missing) == 1 else "are"} uploaded.</div>')
+        return (
+            f'<div class="mapping mapping-wait">The mapping is checked against the model once '
+            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} uploaded.</div>"
+        )
     if mapping is None:
         return '<div class="mapping mapping-wait">Checking the mapping…</div>'
     if not mapping.get("ok"):
-        return (f'<div class="mapping mapping-bad" data-ok="false"><b>✗ This mapping cannot feed the model.</b>'
-                f'<div class="msg">{_multiline(mapping.get("error") or "")}</div></div>')
+        return (
+            f'<div class="mapping mapping-bad" data-ok="false"><b>✗ This mapping cannot feed the model.</b>'
+            f'<div class="msg">{_multiline(mapping.get("error") or "")}</div></div>'
+        )
     tensors = mapping.get("tensors") or {}
-    parts = ", ".join(f'<code>{esc(n)}</code> {esc(t["dtype"])}[{", ".join(map(str, t["shape"]))}]'
-                      for n, t in tensors.items())
+    parts = ", ".join(
+        f"<code>{esc(n)}</code> {esc(t['dtype'])}[{', '.join(map(str, t['shape']))}]" for n, t in tensors.items()
+    )
     feeds = mapping.get("feeds") or {}
-    order = "".join(f'<div class="feeds" data-input="{esc(n)}"><code>{esc(n)}</code> ← '
-                    + ", ".join(f'{esc(f["column"])} [{_index(f)}]' for f in cols) + "</div>"
-                    for n, cols in feeds.items() if len(cols) > 1)
-    return (f'<div class="mapping mapping-ok" data-ok="true"><b>✓ Mapping OK.</b> '
-            f'The sample makes: {parts}{order}</div>')
+    order = "".join(
+        f'<div class="feeds" data-input="{esc(n)}"><code>{esc(n)}</code> ← '
+        + ", ".join(f"{esc(f['column'])} [{_index(f)}]" for f in cols)
+        + "</div>"
+        for n, cols in feeds.items()
+        if len(cols) > 1
+    )
+    return f'<div class="mapping mapping-ok" data-ok="true"><b>✓ Mapping OK.</b> The sample makes: {parts}{order}</div>'
 
 
 def _index(f: dict) -> str:
@@ -172,12 +225,18 @@ def verdict_html(report: Report) -> str:
 
     def tile(key: str, title: str, ok: bool | None, detail: str) -> None:
         mark, cls = _tick(ok)
-        tiles.append(f'<div class="tile tile-{cls}" data-check="{key}" data-ok="{str(ok).lower()}">'
-                     f'<div class="tile-title">{mark} {esc(title)}</div><div class="tile-detail">{detail}</div></div>')
+        tiles.append(
+            f'<div class="tile tile-{cls}" data-check="{key}" data-ok="{str(ok).lower()}">'
+            f'<div class="tile-title">{mark} {esc(title)}</div><div class="tile-detail">{detail}</div></div>'
+        )
 
     chk = report.checker
-    tile("checker", "ONNX checker", chk.ok if chk else False,
-         "model is valid" if chk and chk.ok else esc((chk.message if chk else "did not run")[:160]))
+    tile(
+        "checker",
+        "ONNX checker",
+        chk.ok if chk else False,
+        "model is valid" if chk and chk.ok else esc((chk.message if chk else "did not run")[:160]),
+    )
     p = report.parity
     if p is not None:
         worst = worst_diff(p.outputs)  # NaN when a non-finite value makes the difference unknown
@@ -193,32 +252,50 @@ def verdict_html(report: Report) -> str:
         tile("dynamic", "Dynamic dims", d.ok, f"{n_ok}/{len(d.probes)} probes · {esc(', '.join(axes) or '-')}")
     if report.variants:
         failed = [v.name for v in report.variants if not v.ok]
-        tile("variants", "Variants", not failed, f"{len(report.variants) - len(failed)}/{len(report.variants)} passed"
-             + (f" · {esc(', '.join(failed))} failed" if failed else ""))
+        tile(
+            "variants",
+            "Variants",
+            not failed,
+            f"{len(report.variants) - len(failed)}/{len(report.variants)} passed"
+            + (f" · {esc(', '.join(failed))} failed" if failed else ""),
+        )
     same = e.opset == e.opset_requested
-    tile("opset", f"Opset {e.opset if e.opset is not None else '?'} written", same if e.opset is not None else False,
-         f"requested {e.opset_requested}" + ("" if same else " — differs"))
+    tile(
+        "opset",
+        f"Opset {e.opset if e.opset is not None else '?'} written",
+        same if e.opset is not None else False,
+        f"requested {e.opset_requested}" + ("" if same else " — differs"),
+    )
     failed_attempts = [a for a in e.attempts if not a.ok]
-    tiles.append(f'<div class="tile tile-info" data-check="exporter"><div class="tile-title">{esc(e.exporter or "-")} exporter</div>'
-                 f'<div class="tile-detail">{e.seconds:.1f} s export · {report.seconds:.1f} s total'
-                 + (f' · {len(failed_attempts)} fallback' if failed_attempts else "") + "</div></div>")
+    tiles.append(
+        f'<div class="tile tile-info" data-check="exporter"><div class="tile-title">{esc(e.exporter or "-")} exporter</div>'
+        f'<div class="tile-detail">{e.seconds:.1f} s export · {report.seconds:.1f} s total'
+        + (f" · {len(failed_attempts)} fallback" if failed_attempts else "")
+        + "</div></div>"
+    )
     ok = report.ok
-    head = ("All checks passed" if ok else "Checks failed: " + ", ".join(report.failed_checks))
-    return (f'<div id="verdict-strip" class="verdict verdict-{"pass" if ok else "fail"}" data-ok="{str(ok).lower()}">'
-            f'<div class="verdict-head">{"✓" if ok else "✗"} {esc(head)}</div>'
-            f'<div class="tiles">{"".join(tiles)}</div></div>')
+    head = "All checks passed" if ok else "Checks failed: " + ", ".join(report.failed_checks)
+    return (
+        f'<div id="verdict-strip" class="verdict verdict-{"pass" if ok else "fail"}" data-ok="{str(ok).lower()}">'
+        f'<div class="verdict-head">{"✓" if ok else "✗"} {esc(head)}</div>'
+        f'<div class="tiles">{"".join(tiles)}</div></div>'
+    )
 
 
 def error_html(message: str, title: str = "Conversion failed") -> str:
-    return (f'<div id="verdict-strip" class="verdict verdict-error" data-ok="false">'
-            f'<div class="verdict-head">✗ {esc(title)}</div><div class="msg">{_multiline(message)}</div></div>')
+    return (
+        f'<div id="verdict-strip" class="verdict verdict-error" data-ok="false">'
+        f'<div class="verdict-head">✗ {esc(title)}</div><div class="msg">{_multiline(message)}</div></div>'
+    )
 
 
 def idle_html() -> str:
-    return ('<div id="verdict-strip" class="verdict verdict-idle" data-ok="idle">'
-            '<div class="verdict-head">No conversion yet</div>'
-            '<div class="muted">Upload a checkpoint and sample (or press Load demo), check the mapping, then '
-            'press Export.</div></div>')
+    return (
+        '<div id="verdict-strip" class="verdict verdict-idle" data-ok="idle">'
+        '<div class="verdict-head">No conversion yet</div>'
+        '<div class="muted">Upload a checkpoint and sample (or press Load demo), check the mapping, then '
+        "press Export.</div></div>"
+    )
 
 
 def frame(headers: list[str], rows: list[list[str]]) -> pd.DataFrame:
@@ -251,27 +328,44 @@ def variants_frame(report: Report) -> pd.DataFrame:
 def variants_note(report: Report) -> str:
     """The line above the variants table (or instead of it, when none was asked for)."""
     if not report.variants:
-        return ("No faster variants were requested: tick optimized, int8 or fp16 under Options to build them, "
-                "check each against PyTorch and time them beside model.onnx.")
+        return (
+            "No faster variants were requested: tick optimized, int8 or fp16 under Options to build them, "
+            "check each against PyTorch and time them beside model.onnx."
+        )
     failed = [v.name for v in report.variants if not v.ok]
     line = f"**Faster variants** {len(report.variants) - len(failed)}/{len(report.variants)} passed"
     if failed:
         line += f" · ✗ failed: {', '.join(failed)} (the reason is in the last column)"
-    line += (" · speedups are ORT CPU p50 at the sample's batch; files under `variants/` in the downloads"
-             " and the zip.")
+    line += " · speedups are ORT CPU p50 at the sample's batch; files under `variants/` in the downloads and the zip."
     if any(v.name == "fp16" and "CUDA" not in (v.provider or "") for v in report.variants):
         line += " fp16 is meant for CUDA: its CPU timing is no measure of its GPU speed."
     return line
 
 
 def attempts_frame(report: Report) -> pd.DataFrame:
-    return frame(ATTEMPT_HEADERS, [[a.exporter, "✓" if a.ok else "✗", "-" if a.seconds is None else f"{a.seconds:.1f}",
-                                    str(a.opset_written or "-"), a.error or ""] for a in report.export.attempts])
+    return frame(
+        ATTEMPT_HEADERS,
+        [
+            [
+                a.exporter,
+                "✓" if a.ok else "✗",
+                "-" if a.seconds is None else f"{a.seconds:.1f}",
+                str(a.opset_written or "-"),
+                a.error or "",
+            ]
+            for a in report.export.attempts
+        ],
+    )
 
 
 # Bar colours of the latency chart, by runtime (a runtime missing here would not be drawn at all).
-LATENCY_COLORS = {"PyTorch": "#ee8a3c", "ONNX Runtime": "#5b6ee1", "ONNX Runtime optimized": "#2a9d8f",
-                  "ONNX Runtime int8": "#8e5bd6", "ONNX Runtime fp16": "#c9a227"}
+LATENCY_COLORS = {
+    "PyTorch": "#ee8a3c",
+    "ONNX Runtime": "#5b6ee1",
+    "ONNX Runtime optimized": "#2a9d8f",
+    "ONNX Runtime int8": "#8e5bd6",
+    "ONNX Runtime fp16": "#c9a227",
+}
 
 
 def latency_chart(report: Report) -> pd.DataFrame:
@@ -290,14 +384,26 @@ def latency_chart(report: Report) -> pd.DataFrame:
                 if t is None or runtime is None:
                     continue
                 shape = f"{t.batch}×{t.sequence}" if t.sequence else f"b{t.batch}"
-                rows.append({"run": f"{label_of(key, label)} {shape}", "p50 ms": round(float(t.p50_ms), 4),
-                             "p90 ms": round(float(t.p90_ms), 4), "runtime": runtime})
+                rows.append(
+                    {
+                        "run": f"{label_of(key, label)} {shape}",
+                        "p50 ms": round(float(t.p50_ms), 4),
+                        "p90 ms": round(float(t.p90_ms), 4),
+                        "runtime": runtime,
+                    }
+                )
 
-    add(report.latency, lambda k: "ONNX Runtime" if k.startswith("ort") else "PyTorch",
-        lambda k, label: label.replace("PyTorch", "PT"))
+    add(
+        report.latency,
+        lambda k: "ONNX Runtime" if k.startswith("ort") else "PyTorch",
+        lambda k, label: label.replace("PyTorch", "PT"),
+    )
     for v in report.variants or []:  # PyTorch is timed once, in the main runs
-        add(v.latency, lambda k, name=v.name: f"ONNX Runtime {name}" if k.startswith("ort") else None,
-            lambda k, label, name=v.name: name + (" CUDA" if "cuda" in k else ""))
+        add(
+            v.latency,
+            lambda k, name=v.name: f"ONNX Runtime {name}" if k.startswith("ort") else None,
+            lambda k, label, name=v.name: name + (" CUDA" if "cuda" in k else ""),
+        )
     return pd.DataFrame(rows, columns=["run", "p50 ms", "p90 ms", "runtime"])
 
 
@@ -313,8 +419,13 @@ def diff_chart(report: Report) -> pd.DataFrame:
     rows = []
     if report.parity is not None:
         for o in report.parity.outputs:
-            rows.append({"check": f"sample: {o.name}", "max abs diff": _finite(o.max_abs_diff),
-                         "verdict": "pass" if o.ok else "fail"})
+            rows.append(
+                {
+                    "check": f"sample: {o.name}",
+                    "max abs diff": _finite(o.max_abs_diff),
+                    "verdict": "pass" if o.ok else "fail",
+                }
+            )
     if report.dynamic is not None:
         for pr in report.dynamic.probes:
             if pr.max_abs_diff is None:
@@ -325,8 +436,9 @@ def diff_chart(report: Report) -> pd.DataFrame:
                 label = f"batch {pr.batch}"
             else:
                 label = f"b{pr.batch}" + (f"·s{pr.sequence}" if pr.sequence is not None else "")
-            rows.append({"check": label, "max abs diff": _finite(pr.max_abs_diff),
-                         "verdict": "pass" if pr.ok else "fail"})
+            rows.append(
+                {"check": label, "max abs diff": _finite(pr.max_abs_diff), "verdict": "pass" if pr.ok else "fail"}
+            )
     return pd.DataFrame(rows, columns=["check", "max abs diff", "verdict"])
 
 
@@ -348,19 +460,25 @@ def predictions_frame(report: Report) -> pd.DataFrame:
 def summary_md(report: Report) -> str:
     """A few plain lines under the verdict: source, roles, file, how busy the machine was, warnings."""
     roles = ", ".join(f"`{c}` → {r}" for c, r in report.roles.items())
-    lines = [f"**Source** `{Path(str(report.source.get('path', ''))).name}` ({report.source.get('kind')}) · "
-             f"**Roles** {roles}"]
+    lines = [
+        f"**Source** `{Path(str(report.source.get('path', ''))).name}` ({report.source.get('kind')}) · "
+        f"**Roles** {roles}"
+    ]
     if report.source.get("task"):
         lines.append(f"**Task** {report.source['task']} ({report.source.get('task_reason') or '-'})")
     if report.graph is not None:
-        lines.append(f"**File** {report.graph.size_bytes:,} bytes · {sum(report.graph.op_counts.values())} nodes · "
-                     f"producer {report.graph.producer or '-'}")
+        lines.append(
+            f"**File** {report.graph.size_bytes:,} bytes · {sum(report.graph.op_counts.values())} nodes · "
+            f"producer {report.graph.producer or '-'}"
+        )
     machine = getattr(report.latency, "machine", None) or {}
     load = machine.get("load_avg_after") or machine.get("load_avg_before")
     cpus = machine.get("logical_cpus") or machine.get("cpu")
     if isinstance(load, (int, float)) and isinstance(cpus, (int, float)) and cpus and load > cpus:
-        lines.append(f"⚠ Latency was measured while the machine was busy (load average {load:.1f} on {cpus:g} "
-                     "CPUs): other processes competed for the CPU.")
+        lines.append(
+            f"⚠ Latency was measured while the machine was busy (load average {load:.1f} on {cpus:g} "
+            "CPUs): other processes competed for the CPU."
+        )
     lines += _export_lines(report)
     for w in report.warnings:
         lines.append(f"⚠ {w}")
@@ -372,8 +490,10 @@ def _export_lines(report: Report) -> list[str]:
     ONNX Runtime first leaves PyTorch: the same words and tables as report.md."""
     e, c, lines = report.export, report.comparison, []
     if c is not None:
-        lines.append(f"**Exporters compared** chosen: **{esc(c.winner)}** — {esc(c.reason)}\n\n"
-                     + markdown_table(COMPARISON_COLUMNS[:-1] + ["chosen / error"], comparison_rows(c)))
+        lines.append(
+            f"**Exporters compared** chosen: **{esc(c.winner)}** — {esc(c.reason)}\n\n"
+            + markdown_table(COMPARISON_COLUMNS[:-1] + ["chosen / error"], comparison_rows(c))
+        )
     elif e.reason:
         lines.append(f"**Exporter** {esc(e.exporter)}: {esc(e.reason)}")
     if report.divergence:
@@ -393,8 +513,10 @@ def diagnosis_md(report: Report | None, diagnosis: str = "", error: StudioError 
     if report is not None:
         failed = [a for a in report.export.attempts if not a.ok]
         for a in failed:
-            parts.append(f"**{a.exporter} exporter failed** (the {report.export.exporter} exporter's file was "
-                         f"kept):\n\n```\n{(a.error or '').strip()[:4000]}\n```")
+            parts.append(
+                f"**{a.exporter} exporter failed** (the {report.export.exporter} exporter's file was "
+                f"kept):\n\n```\n{(a.error or '').strip()[:4000]}\n```"
+            )
         if diagnosis:
             parts.append(diagnosis)
     return "\n\n".join(parts)
@@ -438,6 +560,7 @@ def graph_html(found: list, choice: str | None = None, node: str | None = None) 
     """The chosen file in Netron's viewer (an iframe of the studio's own copy), or, for a graph too big to
     draw, why not and its download; with the divergence node named (and selected in model.onnx's view)."""
     from .graph import viewer_url
+
     entry = next((e for e in found if e.label == choice), found[0] if found else None)
     if entry is None:
         return '<div class="muted" id="graph-none">No ONNX file to show.</div>'
@@ -445,26 +568,40 @@ def graph_html(found: list, choice: str | None = None, node: str | None = None) 
     is_model = entry.label == "model.onnx"
     if node:
         where = "selected in the view below" if is_model and not entry.too_big and entry.url else "in model.onnx"
-        parts.append(f'<div class="graph-divergence" id="graph-divergence">ONNX Runtime first leaves PyTorch at '
-                     f'node <code>{esc(node)}</code> ({where}).</div>')
+        parts.append(
+            f'<div class="graph-divergence" id="graph-divergence">ONNX Runtime first leaves PyTorch at '
+            f"node <code>{esc(node)}</code> ({where}).</div>"
+        )
     size = f"{entry.size_bytes / 2**20:.1f} MiB" if entry.size_bytes >= 2**20 else f"{entry.size_bytes / 1024:.0f} KiB"
-    facts = f'{esc(entry.name)} · {size}' + (f" · {entry.nodes:,} nodes" if entry.nodes is not None else "")
+    facts = f"{esc(entry.name)} · {size}" + (f" · {entry.nodes:,} nodes" if entry.nodes is not None else "")
     if entry.too_big or not entry.url:
         why = entry.too_big or "its file is no longer available"
-        link = (f' <a href="{esc(entry.url)}?download=1" download="{esc(Path(entry.name).name)}">Download '
-                f'{esc(Path(entry.name).name)}</a> and open it in Netron on your machine (<code>pip install netron'
-                f'</code>, <code>netron {esc(Path(entry.name).name)}</code>).' if entry.url else "")
-        parts.append(f'<div class="card card-empty" id="graph-too-big"><div class="card-title">Graph not drawn here'
-                     f'</div><div>{esc(facts)}: {esc(why)}.{link}</div></div>')
+        link = (
+            f' <a href="{esc(entry.url)}?download=1" download="{esc(Path(entry.name).name)}">Download '
+            f"{esc(Path(entry.name).name)}</a> and open it in Netron on your machine (<code>pip install netron"
+            f"</code>, <code>netron {esc(Path(entry.name).name)}</code>)."
+            if entry.url
+            else ""
+        )
+        parts.append(
+            f'<div class="card card-empty" id="graph-too-big"><div class="card-title">Graph not drawn here'
+            f"</div><div>{esc(facts)}: {esc(why)}.{link}</div></div>"
+        )
         return "".join(parts)
     src = viewer_url(entry.url, node if is_model else None)
-    note = ("Inputs and outputs are drawn with their symbolic dimensions; click a node for its properties, "
-            "the background for the graph's inputs and outputs.")
+    note = (
+        "Inputs and outputs are drawn with their symbolic dimensions; click a node for its properties, "
+        "the background for the graph's inputs and outputs."
+    )
     if entry.data:
-        note += (f" Its weights are in {esc(Path(entry.data).name)}, served beside it: a weight's values load "
-                 "when you open it.")
-    parts.append(f'<div class="graph-facts muted">{esc(facts)} · <a href="{esc(src)}" target="_blank" '
-                 f'rel="noopener">open in a new tab</a></div>'
-                 f'<iframe id="graph-frame" class="graph-frame" title="Graph of {esc(entry.name)}" src="{esc(src)}" '
-                 f'data-file="{esc(entry.name)}"></iframe><div class="graph-note muted">{note}</div>')
+        note += (
+            f" Its weights are in {esc(Path(entry.data).name)}, served beside it: a weight's values load "
+            "when you open it."
+        )
+    parts.append(
+        f'<div class="graph-facts muted">{esc(facts)} · <a href="{esc(src)}" target="_blank" '
+        f'rel="noopener">open in a new tab</a></div>'
+        f'<iframe id="graph-frame" class="graph-frame" title="Graph of {esc(entry.name)}" src="{esc(src)}" '
+        f'data-file="{esc(entry.name)}"></iframe><div class="graph-note muted">{note}</div>'
+    )
     return "".join(parts)

@@ -1,6 +1,7 @@
 """The app's event handlers: each one runs its work in a job process (worker.py), keeps its files in
 the session's folder (jobs.py) and turns results / StudioErrors into page updates (render.py), returned as
 {component: value} dicts keyed by the names of layout.Page."""
+
 from __future__ import annotations
 
 import atexit
@@ -67,6 +68,7 @@ def _private_gradio_cache() -> None:
         return
     import atexit
     import tempfile
+
     _GRADIO_CACHE = tempfile.mkdtemp(prefix="onnx-studio-uploads-")
     os.environ["GRADIO_TEMP_DIR"] = _GRADIO_CACHE
     atexit.register(shutil.rmtree, _GRADIO_CACHE, True)
@@ -96,8 +98,11 @@ def _convert_endpoint(fn):
     sig = inspect.Signature(
         [P("self", P.POSITIONAL_OR_KEYWORD)]
         + [P(p.name, P.POSITIONAL_OR_KEYWORD, default=p.api_default) for p in h.CONVERT_PARAMS]
-        + [P("request", P.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request),
-           P("progress", P.POSITIONAL_OR_KEYWORD, default=gr.Progress())])
+        + [
+            P("request", P.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request),
+            P("progress", P.POSITIONAL_OR_KEYWORD, default=gr.Progress()),
+        ]
+    )
 
     @functools.wraps(fn)
     def convert(*args, **kwargs):
@@ -114,6 +119,7 @@ def _convert_endpoint(fn):
 class StudioApp:
     def __init__(self, config: AppConfig | None = None):
         from .layout import build
+
         self.config = config or AppConfig()
         self.start_method = self.config.start_method or default_start_method()
         self._ray_started = self._connect_ray()  # an unreachable cluster stops the studio here, saying so
@@ -134,13 +140,16 @@ class StudioApp:
         if not self.config.ray_address:
             return False
         from ..fleet_ray import connect
+
         return connect(self.config.ray_address)
 
-    def run_job(self, task: str, payload: dict[str, Any], request: gr.Request | None,
-                on_progress=None, label: str | None = None) -> Any:
+    def run_job(
+        self, task: str, payload: dict[str, Any], request: gr.Request | None, on_progress=None, label: str | None = None
+    ) -> Any:
         key = _key(request)
         if self.config.ray_address and task == "convert":  # conversions on the cluster; previews stay local
             from ..fleet_ray import RayJob
+
             job = RayJob(task, payload, self.limits(task), label=label or task, address=self.config.ray_address)
         else:
             job = Job(task, payload, self.limits(task), self.start_method, label=label or task)
@@ -154,11 +163,13 @@ class StudioApp:
     def warm_up(self, wait: bool = False) -> None:
         """Start the fork server (it imports torch & co. once) so the first person's job starts fast."""
         if self._warm_thread is None:
+
             def go():
                 try:
                     Job("selftest", {}, Limits(timeout_s=300, memory_mb=None), self.start_method).start().wait()
                 except Exception as e:  # noqa: BLE001 - a failed warm-up only costs the first job time
                     log.warning("worker warm-up failed: %s", e)
+
             self._warm_thread = threading.Thread(target=go, name="studio-warm-up", daemon=True)
             self._warm_thread.start()
         if wait:
@@ -171,8 +182,9 @@ class StudioApp:
         folder.mkdir(mode=0o700, exist_ok=True)
         return str(folder)
 
-    def preview_spec(self, checkpoint: str | None, sample: str | None, fill_value: Any = None,
-                     tabular: Any = None) -> ConvertSpec:
+    def preview_spec(
+        self, checkpoint: str | None, sample: str | None, fill_value: Any = None, tabular: Any = None
+    ) -> ConvertSpec:
         """Options a preview / mapping check needs (the loader's trust setting, the fill value)."""
         fill = None
         try:
@@ -183,10 +195,15 @@ class StudioApp:
             feeds = h.parse_tabular_value(tabular)
         except StudioError:
             feeds = {}
-        return ConvertSpec(checkpoint=str(checkpoint or "-"), data=str(sample or "-"),
-                           trust_code=self.config.trust_code, fill_value=fill, tabular=feeds,
-                           max_params=self.config.max_params,
-                           sample_limits=parse_sample_limits(self.config.sample_limits))
+        return ConvertSpec(
+            checkpoint=str(checkpoint or "-"),
+            data=str(sample or "-"),
+            trust_code=self.config.trust_code,
+            fill_value=fill,
+            tabular=feeds,
+            max_params=self.config.max_params,
+            sample_limits=parse_sample_limits(self.config.sample_limits),
+        )
 
     # --- 1. inputs -------------------------------------------------------------------------------
     def load_demo(self, request: gr.Request = None):
@@ -198,8 +215,9 @@ class StudioApp:
         sample = shutil.copy2(h.DEMO_SAMPLE, folder / h.DEMO_SAMPLE.name)
         return self.ui.updates(DEMO_OUTPUTS, checkpoint=str(ckpt), sample=str(sample))
 
-    def preview(self, checkpoint: str | None, sample: str | None, dynamic: list[str] | None = None,
-                request: gr.Request = None):
+    def preview(
+        self, checkpoint: str | None, sample: str | None, dynamic: list[str] | None = None, request: gr.Request = None
+    ):
         """After an upload: what was detected, the first rows, the columns with their suggested roles."""
         res = self._preview_job(checkpoint, sample, request)
         scrub = lambda text: text and h.scrub_paths(text, [checkpoint, sample])  # noqa: E731
@@ -207,9 +225,11 @@ class StudioApp:
         if mapping and mapping.get("error"):
             mapping["error"] = scrub(mapping["error"])
         roles = r.initial_roles(columns, mapping)
-        state = {"nonce": uuid.uuid4().hex, "columns": [{**c, "role": roles.get(c["name"], "ignore")}
-                                                        for c in columns],
-                 "tabular_inputs": [i["name"] for i in (model or {}).get("inputs") or [] if i.get("kind") == "tabular"]}
+        state = {
+            "nonce": uuid.uuid4().hex,
+            "columns": [{**c, "role": roles.get(c["name"], "ignore")} for c in columns],
+            "tabular_inputs": [i["name"] for i in (model or {}).get("inputs") or [] if i.get("kind") == "tabular"],
+        }
         per_rows = h.per_input_rows(model, dynamic if dynamic is not None else DYNAMIC_AXES)
         rows = res["rows"] or []
         return self.ui.updates(
@@ -227,15 +247,24 @@ class StudioApp:
 
     def _preview_job(self, checkpoint: str | None, sample: str | None, request: gr.Request | None) -> dict:
         """The preview job's result (model, columns, rows, mapping, and what was wrong with each upload)."""
-        res = {"model": None, "model_error": None, "columns": None, "rows": None, "data_error": None,
-               "mapping": None}
+        res = {"model": None, "model_error": None, "columns": None, "rows": None, "data_error": None, "mapping": None}
         if not (checkpoint or sample):
             return res
         try:
-            res.update(self.run_job("preview", {"checkpoint": checkpoint, "data": sample,
-                                                "workdir": self._scratch(request),
-                                                "spec": self.preview_spec(checkpoint, sample),
-                                                "label": "upload preview"}, request, label="upload preview"))
+            res.update(
+                self.run_job(
+                    "preview",
+                    {
+                        "checkpoint": checkpoint,
+                        "data": sample,
+                        "workdir": self._scratch(request),
+                        "spec": self.preview_spec(checkpoint, sample),
+                        "label": "upload preview",
+                    },
+                    request,
+                    label="upload preview",
+                )
+            )
         except Exception as e:  # noqa: BLE001 - shown in the cards, never as a traceback
             if not isinstance(e, StudioError):
                 log.exception("preview failed unexpectedly")
@@ -256,9 +285,16 @@ class StudioApp:
         columns = [c["name"] for c in (state or {}).get("columns") or []]
         return h.set_feed(tabular or "", columns, column, choice)
 
-    def check_mapping(self, checkpoint: str | None, sample: str | None, roles_json: str, info: dict | None,
-                      fill_value: float | None = None, tabular: str | None = None,
-                      request: gr.Request = None) -> str:
+    def check_mapping(
+        self,
+        checkpoint: str | None,
+        sample: str | None,
+        roles_json: str,
+        info: dict | None,
+        fill_value: float | None = None,
+        tabular: str | None = None,
+        request: gr.Request = None,
+    ) -> str:
         have_model = bool(info and info.get("model"))
         have_sample = bool(info and info.get("has_sample"))
         if not (checkpoint and sample and have_model and have_sample):
@@ -266,11 +302,19 @@ class StudioApp:
         try:
             roles = h.parse_roles_value(roles_json)
             h.parse_tabular_value(tabular)  # a typing error is said here, not ignored
-            mapping = self.run_job("check", {"checkpoint": checkpoint, "data": sample, "roles": roles,
-                                             "workdir": self._scratch(request),
-                                             "spec": self.preview_spec(checkpoint, sample, fill_value, tabular),
-                                             "label": "mapping check"}, request,
-                                   label="mapping check")
+            mapping = self.run_job(
+                "check",
+                {
+                    "checkpoint": checkpoint,
+                    "data": sample,
+                    "roles": roles,
+                    "workdir": self._scratch(request),
+                    "spec": self.preview_spec(checkpoint, sample, fill_value, tabular),
+                    "label": "mapping check",
+                },
+                request,
+                label="mapping check",
+            )
         except StudioError as e:
             mapping = {"ok": False, "error": str(e)}
         except Exception as e:  # noqa: BLE001
@@ -283,8 +327,9 @@ class StudioApp:
     # --- 3. options ------------------------------------------------------------------------------
     def reset_per_input(self, dynamic: list[str], info: dict | None):
         rows = h.per_input_rows((info or {}).get("model"), dynamic)
-        return self.ui.updates(PER_INPUT_OUTPUTS, per_input=gr.update(value=rows or None, visible=bool(rows)),
-                               per_input_json="")
+        return self.ui.updates(
+            PER_INPUT_OUTPUTS, per_input=gr.update(value=rows or None, visible=bool(rows)), per_input_json=""
+        )
 
     @staticmethod
     def per_input_edited(rows) -> str:
@@ -292,7 +337,7 @@ class StudioApp:
 
     # --- 4-6. export, results, downloads ------------------------------------------------------------
     @_convert_endpoint
-    def convert(self, values: dict[str, Any], request: gr.Request = None, progress=gr.Progress()):
+    def convert(self, values: dict[str, Any], request: gr.Request = None, progress=gr.Progress()):  # noqa: B008 - gradio injects its tracker through this default
         """Convert the uploaded checkpoint with the sample rows; returns the artifacts and the report.
         variants: faster artifacts to build beside model.onnx, checked and timed like it: any of
         optimized, int8, fp16, as a list or a comma string (default none).
@@ -306,15 +351,24 @@ class StudioApp:
             progress(0.0, desc="starting — " + STAGE_TEXT["starting"])
             job_dir = self.sessions.new_dir(key, "job", busy=True)
             values["checkpoint"], values["sample"] = _job_inputs(job_dir, values["checkpoint"], values["sample"])
-            spec = h.spec_from_ui(**values, out=job_dir / "out", trust_code=self.config.trust_code,
-                                  sample_limits=self.config.sample_limits)
+            spec = h.spec_from_ui(
+                **values,
+                out=job_dir / "out",
+                trust_code=self.config.trust_code,
+                sample_limits=self.config.sample_limits,
+            )
             spec = replace(spec, max_params=self.config.max_params).validated()
 
             def on_progress(stage: str, fraction: float) -> None:
                 progress(min(max(fraction, 0.0), 1.0), desc=f"{stage} — {stage_text(stage, spec.variants)}")
 
-            result = self.run_job("convert", {"spec": spec, "zip_stem": h.zip_stem(values["checkpoint"]),
-                                              "label": "conversion"}, request, on_progress, label="conversion")
+            result = self.run_job(
+                "convert",
+                {"spec": spec, "zip_stem": h.zip_stem(values["checkpoint"]), "label": "conversion"},
+                request,
+                on_progress,
+                label="conversion",
+            )
         except StudioError as e:
             error = e
         except Exception as e:  # a bug of ours: the same words as the CLI, the traceback in the server log
@@ -322,8 +376,7 @@ class StudioApp:
             error = StudioError(f"unexpected {type(e).__name__}: {e}")
         try:
             if error is not None:
-                message = h.scrub_paths(str(error), [values["checkpoint"], values["sample"],
-                                                     job_dir and job_dir / "x"])
+                message = h.scrub_paths(str(error), [values["checkpoint"], values["sample"], job_dir and job_dir / "x"])
                 yield self._error_outputs(error, message)
                 raise gr.Error(message, title=_error_title(error), print_exception=False)
             yield self._report_outputs(result, Path(spec.out), key)
@@ -356,8 +409,9 @@ class StudioApp:
             variants_note=r.variants_note(report),
             variants_table=gr.update(value=r.variants_frame(report), visible=bool(report.variants)),
             graph_col=gr.update(visible=bool(found)),
-            graph_choice=gr.update(choices=r.graph_choices(found), value=found[0].label if found else None,
-                                   visible=len(found) > 1),
+            graph_choice=gr.update(
+                choices=r.graph_choices(found), value=found[0].label if found else None, visible=len(found) > 1
+            ),
             graph_view=r.graph_html(found, None, node),
         )
 
@@ -382,8 +436,18 @@ class StudioApp:
     def _error_outputs(self, error: StudioError, message: str) -> dict:
         diagnosis = r.diagnosis_md(None, error=error) if error.details else ""
         cancelled = isinstance(error, JobError) and error.reason == "cancelled"
-        cleared = ("downloads", "report_json", "io_table", "parity_table", "probe_table", "latency_table",
-                   "latency_plot", "diff_plot", "predictions", "attempts")
+        cleared = (
+            "downloads",
+            "report_json",
+            "io_table",
+            "parity_table",
+            "probe_table",
+            "latency_table",
+            "latency_plot",
+            "diff_plot",
+            "predictions",
+            "attempts",
+        )
         return self.ui.updates(
             CONVERT_OUTPUTS,
             **dict.fromkeys(cleared),  # no stale results of an earlier run
@@ -412,9 +476,18 @@ class StudioApp:
         self.sessions.close(_key(request))
 
     # --- serving ---------------------------------------------------------------------------------
-    def launch(self, host: str = "127.0.0.1", port: int | None = 7860, *, block: bool = True,
-               quiet: bool = False, open_browser: bool = False, **kwargs):
+    def launch(
+        self,
+        host: str = "127.0.0.1",
+        port: int | None = 7860,
+        *,
+        block: bool = True,
+        quiet: bool = False,
+        open_browser: bool = False,
+        **kwargs,
+    ):
         from .layout import CSS, THEME
+
         self.blocks.queue(max_size=self.config.queue_size, default_concurrency_limit=self.config.max_jobs)
         if self.config.warm_up:
             self.warm_up()
@@ -427,9 +500,20 @@ class StudioApp:
         app_kwargs["routes"] = [*app_kwargs.get("routes", []), *graph.routes(self.graphs)]  # the graph viewer
         try:
             return self.blocks.launch(
-                server_name=host, server_port=port, prevent_thread_lock=not block, quiet=quiet,
-                inbrowser=open_browser, max_file_size=self.config.max_file_size, show_error=False,
-                ssr_mode=False, theme=THEME, css=CSS, footer_links=["api"], app_kwargs=app_kwargs, **kwargs)
+                server_name=host,
+                server_port=port,
+                prevent_thread_lock=not block,
+                quiet=quiet,
+                inbrowser=open_browser,
+                max_file_size=self.config.max_file_size,
+                show_error=False,
+                ssr_mode=False,
+                theme=THEME,
+                css=CSS,
+                footer_links=["api"],
+                app_kwargs=app_kwargs,
+                **kwargs,
+            )
         finally:
             if block:
                 self.close()
@@ -442,6 +526,7 @@ class StudioApp:
         self.sessions.shutdown()
         if self._ray_started:  # a cluster this app started (--ray local) ends with it; a joined one goes on
             import ray
+
             ray.shutdown()
             self._ray_started = False
 
@@ -472,6 +557,10 @@ def _job_inputs(job_dir: Path, *paths: str | None) -> list[str | None]:
 
 def _error_title(error: StudioError) -> str:
     if isinstance(error, JobError):
-        return {"cancelled": "Cancelled", "timeout": "Time limit reached", "memory": "Out of memory",
-                "crashed": "Worker crashed"}.get(error.reason, "Conversion failed")
+        return {
+            "cancelled": "Cancelled",
+            "timeout": "Time limit reached",
+            "memory": "Out of memory",
+            "crashed": "Worker crashed",
+        }.get(error.reason, "Conversion failed")
     return "Conversion failed"

@@ -6,6 +6,7 @@ Importing this module registers the tasks ("preview", "check", "convert") and th
 
 This module must not import gradio (the child imports it) and imports torch only inside the child.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,6 +28,7 @@ def _mapping(loaded, df, roles: dict[str, str], spec, data: str) -> dict[str, An
     the mapping cannot work (the same BatchError text a conversion would stop with)."""
     from .. import batch as batch_mod
     from .. import roles as roles_mod
+
     try:
         b = batch_mod.build_batch(df, loaded, roles, spec, file=os.path.basename(data))
     except StudioError as e:
@@ -36,10 +38,15 @@ def _mapping(loaded, df, roles: dict[str, str], spec, data: str) -> dict[str, An
         except Exception:  # noqa: BLE001, S110 - only suggestions: the mapping's own error is what is shown
             pass
         return {"ok": False, "error": str(e), "roles": roles_out, "tensors": {}}
-    return {"ok": True, "error": None, "roles": dict(b.roles),
-            "tensors": {n: {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
-                        for n, t in b.tensors.items()},
-            "feeds": {n: [dict(f) for f in parts] for n, parts in b.features.items()}}
+    return {
+        "ok": True,
+        "error": None,
+        "roles": dict(b.roles),
+        "tensors": {
+            n: {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")} for n, t in b.tensors.items()
+        },
+        "feeds": {n: [dict(f) for f in parts] for n, parts in b.features.items()},
+    }
 
 
 def task_preview(payload: dict[str, Any], progress) -> dict[str, Any]:
@@ -47,9 +54,16 @@ def task_preview(payload: dict[str, Any], progress) -> dict[str, Any]:
     when both are there, the model-aware role suggestions checked against the model."""
     from .. import pipeline, sources
     from .. import sample as sample_mod
+
     ckpt, data, spec = payload.get("checkpoint"), payload.get("data"), payload.get("spec")
-    out: dict[str, Any] = {"model": None, "model_error": None, "columns": [], "rows": [], "data_error": None,
-                           "mapping": None}
+    out: dict[str, Any] = {
+        "model": None,
+        "model_error": None,
+        "columns": [],
+        "rows": [],
+        "data_error": None,
+        "mapping": None,
+    }
     loaded = df = None
     if data:
         progress("reading sample", 0.1)
@@ -75,8 +89,9 @@ def task_preview(payload: dict[str, Any], progress) -> dict[str, Any]:
 
 def task_check(payload: dict[str, Any], progress) -> dict[str, Any]:
     """Check a role mapping against the model before export."""
-    from .. import sources
     from .. import sample as sample_mod
+    from .. import sources
+
     spec, data = payload["spec"], payload["data"]
     loaded = sources.load(payload["checkpoint"], spec, workdir=payload.get("workdir"))
     df = sample_mod.read_sample(data, getattr(spec, "sample_limits", None))
@@ -95,8 +110,9 @@ def _diagnoses(report, out: Path) -> str:
                 parts.append(f"### {a.exporter} exporter\n\n" + p.read_text(errors="replace"))
                 break
     text = "\n\n".join(parts)
-    return text[:DIAGNOSIS_CHARS] + ("\n\n…(truncated: see the diagnostics folder in the zip)"
-                                     if len(text) > DIAGNOSIS_CHARS else "")
+    return text[:DIAGNOSIS_CHARS] + (
+        "\n\n…(truncated: see the diagnostics folder in the zip)" if len(text) > DIAGNOSIS_CHARS else ""
+    )
 
 
 def task_convert(payload: dict[str, Any], progress) -> dict[str, Any]:
@@ -104,9 +120,9 @@ def task_convert(payload: dict[str, Any], progress) -> dict[str, Any]:
     names the uploads and `out`, not the server's job folders (which mean nothing to the person downloading
     them): ConvertSpec.display_paths."""
     from .. import artifacts, pipeline
+
     spec = payload["spec"]
-    spec = replace(spec, display_paths=tuple(str(p) for p in (spec.checkpoint, spec.data, spec.config, spec.out)
-                                             if p))
+    spec = replace(spec, display_paths=tuple(str(p) for p in (spec.checkpoint, spec.data, spec.config, spec.out) if p))
     progress("starting", 0.0)
     report = pipeline.convert(spec, progress)
     out = Path(spec.out)

@@ -8,6 +8,7 @@
 Rebuilt by `python assets/demo/make_demo.py` in a checkout. Files are found with importlib.resources;
 when the package is not on the file system (a zip import) they are extracted to a temporary folder once.
 """
+
 from __future__ import annotations
 
 import atexit

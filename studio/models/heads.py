@@ -16,6 +16,7 @@ The common training class looks like
 saved with torch.save(model.state_dict()). The head is one Linear layer; num_labels is read from its
 weight's shape. `BackboneWithHead` rebuilds that forward so the model exports to ONNX as trained.
 """
+
 from __future__ import annotations
 
 import torch
@@ -36,8 +37,9 @@ class BackboneWithHead(nn.Module):
           "token" -> [batch, sequence, num_labels].
     """
 
-    def __init__(self, backbone: nn.Module, head: str, num_labels: int, in_features: int,
-                 bias: bool = True, dropout: float = 0.0):
+    def __init__(
+        self, backbone: nn.Module, head: str, num_labels: int, in_features: int, bias: bool = True, dropout: float = 0.0
+    ):
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
@@ -46,8 +48,12 @@ class BackboneWithHead(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(in_features, num_labels, bias=bias)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         kwargs = {"input_ids": input_ids}
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask

@@ -25,12 +25,14 @@ Checkpoint format (one file, `torch.save`, loadable with `torch.load(path, weigh
     }
 `save_checkpoint` writes it; `studio.sources.multimodal` reads it (and Lightning-style variants).
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -110,19 +112,26 @@ class MultimodalConfig:
                 if name not in self.tab_fields:
                     raise ValueError(f"{stat_name} names {name!r}, which is not a tabular field")
                 if len(values) != self.tab_fields[name]:
-                    raise ValueError(f"{stat_name}[{name!r}] has {len(values)} values; the field's width is "
-                                     f"{self.tab_fields[name]}")
+                    raise ValueError(
+                        f"{stat_name}[{name!r}] has {len(values)} values; the field's width is {self.tab_fields[name]}"
+                    )
                 if stat_name == "tab_std" and any(float(v) <= 0 for v in values):
                     raise ValueError(f"tab_std[{name!r}] must be > 0, got {list(values)!r}")
         for name, values in (self.tab_vocab or {}).items():
             if name not in self.tab_fields:
                 raise ValueError(f"tab_vocab names {name!r}, which is not a tabular field")
-            if (not isinstance(values, (list, tuple)) or not values or not all(isinstance(v, str) for v in values)
-                    or len(set(values)) != len(values)):
+            if (
+                not isinstance(values, (list, tuple))
+                or not values
+                or not all(isinstance(v, str) for v in values)
+                or len(set(values)) != len(values)
+            ):
                 raise ValueError(f"tab_vocab[{name!r}] must be a non-empty list of distinct strings")
             if len(values) != self.tab_fields[name]:
-                raise ValueError(f"tab_vocab[{name!r}] has {len(values)} categories; the field's width is "
-                                 f"{self.tab_fields[name]} (one-hot: one feature per category)")
+                raise ValueError(
+                    f"tab_vocab[{name!r}] has {len(values)} categories; the field's width is "
+                    f"{self.tab_fields[name]} (one-hot: one feature per category)"
+                )
         if self.tab_vocab is not None and not isinstance(self.tab_vocab, dict):
             raise ValueError("tab_vocab must be a dict field -> list of category strings")
         if int(self.head_hidden) < 1:
@@ -143,7 +152,7 @@ class MultimodalConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "MultimodalConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> MultimodalConfig:
         """Build from a dict (unknown keys are ignored). Raise CheckpointError naming what is wrong."""
         if not isinstance(d, Mapping):
             raise CheckpointError(f"The multimodal config must be a dict, found {type(d).__name__}.")
@@ -152,14 +161,16 @@ class MultimodalConfig:
             raise CheckpointError(
                 f"The multimodal config lacks {', '.join(repr(k) for k in missing)}; found keys: "
                 f"{sorted(map(str, d))}.",
-                hint="A multimodal config needs at least 'encoder' (BertConfig arguments) and 'labels'.")
+                hint="A multimodal config needs at least 'encoder' (BertConfig arguments) and 'labels'.",
+            )
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in known}
         if "tab_fields" in kwargs and isinstance(kwargs["tab_fields"], Mapping):
             kwargs["tab_fields"] = dict(kwargs["tab_fields"])
         if isinstance(kwargs.get("tab_vocab"), Mapping):
-            kwargs["tab_vocab"] = {str(k): list(v) if isinstance(v, (list, tuple)) else v
-                                   for k, v in kwargs["tab_vocab"].items()}
+            kwargs["tab_vocab"] = {
+                str(k): list(v) if isinstance(v, (list, tuple)) else v for k, v in kwargs["tab_vocab"].items()
+            }
         if "labels" in kwargs and isinstance(kwargs["labels"], tuple):
             kwargs["labels"] = list(kwargs["labels"])
         try:
@@ -200,8 +211,7 @@ class MultimodalClassifier(nn.Module):
         absent = [k for k in expected if k not in batch]
         if absent:
             raise KeyError(f"batch lacks {absent}; the model expects keys {list(expected)}")
-        out = self.encoder(input_ids=batch[self.config.text_key],
-                           attention_mask=batch[self.config.mask_key])
+        out = self.encoder(input_ids=batch[self.config.text_key], attention_mask=batch[self.config.mask_key])
         features = out.pooler_output
         if self.tab_names:
             parts = []
@@ -221,8 +231,8 @@ class MultimodalClassifier(nn.Module):
         std: dict[str, list[float]] = {}
         start = 0
         for name, width in zip(self.tab_names, self.tab_widths):
-            mean[name] = [float(v) for v in self.tab_mean[start:start + width].tolist()]
-            std[name] = [float(v) for v in self.tab_std[start:start + width].tolist()]
+            mean[name] = [float(v) for v in self.tab_mean[start : start + width].tolist()]
+            std[name] = [float(v) for v in self.tab_std[start : start + width].tolist()]
             start += width
         return mean, std
 
@@ -280,8 +290,9 @@ def tokenizer_from_dict(d: Mapping[str, Any]) -> Any:
 
     if not isinstance(d, Mapping) or not isinstance(d.get("tokenizer.json"), str):
         found = sorted(map(str, d)) if isinstance(d, Mapping) else type(d).__name__
-        raise CheckpointError(f"The checkpoint's tokenizer entry must hold 'tokenizer.json' (a JSON string); "
-                              f"found {found}.")
+        raise CheckpointError(
+            f"The checkpoint's tokenizer entry must hold 'tokenizer.json' (a JSON string); found {found}."
+        )
     try:
         backend = Tokenizer.from_str(d["tokenizer.json"])
     except Exception as e:  # tokenizers raises its own Exception type for bad JSON

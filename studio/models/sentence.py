@@ -6,6 +6,7 @@ Every module works on a features dict as sentence-transformers' do ("token_embed
 module_output_name) behaves the same. Pooling follows sentence_transformers.models.Pooling's padded path
 (left or right padding), mode by mode; several modes are concatenated in the order the config gives.
 """
+
 from __future__ import annotations
 
 import torch
@@ -13,9 +14,14 @@ from torch import nn
 
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 # the boolean keys of sentence-transformers' older configs, in its concatenation order
-LEGACY_POOLING_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
-                       "pooling_mode_mean_tokens": "mean", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
-                       "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+LEGACY_POOLING_KEYS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
 EPS = 1e-9
 
 
@@ -65,8 +71,16 @@ def _take(h: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 class Dense(nn.Module):
     """sentence-transformers' Dense: activation(linear(x)) (+ residual), features[input] -> features[output]."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, activation: nn.Module,
-                 input_name: str = "sentence_embedding", output_name: str | None = None, residual: bool = False):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        activation: nn.Module,
+        input_name: str = "sentence_embedding",
+        output_name: str | None = None,
+        residual: bool = False,
+    ):
         super().__init__()
         self.linear = nn.Linear(in_features, out_features, bias=bias)
         self.activation = activation
@@ -109,8 +123,9 @@ class SentenceEncoder(nn.Module):
         self.takes = tuple(takes)
         self.config = getattr(transformer, "config", None)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         kwargs = {k: v for k, v in given.items() if k in self.takes and v is not None}
         hidden = self.transformer(**kwargs, return_dict=True).last_hidden_state

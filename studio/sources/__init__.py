@@ -14,6 +14,7 @@ What a file is, is told from its bytes (sources.sniff), not from its extension. 
      operator set ConvertSpec.trust_code (--trust-code), then loaded by `trusted`.
 Supported kinds are listed in SUPPORTED; each loader lives in its own module.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -26,7 +27,8 @@ import torch
 
 from .. import contain
 from ..errors import CheckpointError, UnsafeCheckpointError, first_line
-from . import plugins, scratch, sniff as sniffing
+from . import plugins, scratch
+from . import sniff as sniffing
 from .base import LoadDefaults, LoadedModel, LoadOptions
 
 SUPPORTED = (
@@ -71,6 +73,7 @@ def load(path: str | Path, spec: LoadOptions | None = None, *, workdir: str | Pa
     if sn.kind == sniffing.ARCHIVE:
         with scratch.temp_dir("studio-ckpt-", workdir) as tmp:  # named by pid: a killed run's is swept later
             from .archive import extract_zip
+
             root = extract_zip(p, tmp)
             contain.check_folder(root, shown)
             loaded = _load_dir(root, shown, spec)
@@ -83,9 +86,11 @@ def _checked_task(loaded: LoadedModel, spec: LoadOptions) -> LoadedModel:
     """An explicit --task must be the task the graph computes; only model folders can be told one."""
     task = spec.task
     if task != "auto" and loaded.info.get("task") != task:
-        raise CheckpointError(f"--task {task} does not apply to {loaded.path} ({loaded.kind}): --task chooses what a "
-                              "Hugging Face or sentence-transformers model folder is exported as.",
-                              hint="Leave --task auto; a state dict's head is chosen with --head.")
+        raise CheckpointError(
+            f"--task {task} does not apply to {loaded.path} ({loaded.kind}): --task chooses what a "
+            "Hugging Face or sentence-transformers model folder is exported as.",
+            hint="Leave --task auto; a state dict's head is chosen with --head.",
+        )
     return loaded
 
 
@@ -103,17 +108,23 @@ def _contain(p: Path, shown: str, config: str | None) -> None:
 
 
 def _weight_files(folder: Path) -> list[Path]:
-    return sorted(f for f in folder.iterdir()
-                  if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in WEIGHT_SUFFIXES)
+    return sorted(
+        f
+        for f in folder.iterdir()
+        if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in WEIGHT_SUFFIXES
+    )
 
 
 def _load_dir(folder: Path, shown: str, spec: LoadOptions) -> LoadedModel:
     from . import dcp, hf, sbert
+
     if sbert.is_sbert_folder(folder):  # a sentence-transformers folder: the pipeline modules.json declares
         return sbert.load_for_task(folder, shown, spec.task, spec.max_length, max_params=spec.max_params)
     if spec.task == "sentence-embedding":
-        raise CheckpointError(f"--task sentence-embedding needs a sentence-transformers folder, and {shown} has no "
-                              f"{sbert.MODULES_FILE}.", hint="Use --task feature-extraction for the token embeddings.")
+        raise CheckpointError(
+            f"--task sentence-embedding needs a sentence-transformers folder, and {shown} has no {sbert.MODULES_FILE}.",
+            hint="Use --task feature-extraction for the token embeddings.",
+        )
     if hf.is_hf_folder(folder) and any((folder / f).exists() for f in hf.WEIGHT_FILES):
         try:
             return hf.load_folder(folder, shown, task=spec.task, max_params=spec.max_params)
@@ -136,9 +147,11 @@ def _load_dir(folder: Path, shown: str, spec: LoadOptions) -> LoadedModel:
         return _load_file(candidates[0], shown, spec, sniffing.sniff(candidates[0]), [folder])
     found = ", ".join(sorted(f.name for f in folder.iterdir())[:20]) or "nothing"
     if len(candidates) > 1:
-        raise CheckpointError(f"{shown} holds several weight files ({', '.join(f.name for f in candidates[:10])}); "
-                              "the studio converts one checkpoint at a time.",
-                              hint="Keep one weights file (plus config.json and tokenizer files) in the folder.")
+        raise CheckpointError(
+            f"{shown} holds several weight files ({', '.join(f.name for f in candidates[:10])}); "
+            "the studio converts one checkpoint at a time.",
+            hint="Keep one weights file (plus config.json and tokenizer files) in the folder.",
+        )
     raise CheckpointError(f"{shown}: no checkpoint recognised in this folder (found: {found}). " + _supported())
 
 
@@ -150,6 +163,7 @@ def read_weights_only(p: Path, shown: str, kind: str | None = None) -> Any:
     """torch.load with weights_only=True; anything else in the file is refused, not executed. The sizes and
     the work the file declares are checked first (sources.budget)."""
     from .budget import check_file
+
     check_file(p, shown, kind or sniffing.sniff(p).kind)
     try:
         with warnings.catch_warnings():
@@ -160,30 +174,46 @@ def read_weights_only(p: Path, shown: str, kind: str | None = None) -> Any:
         scanned, parsed = sniffing.pickle_globals(p, kind or sniffing.sniff(p).kind)
         names = names or scanned
         if not names and not parsed:
-            raise CheckpointError(f"{shown} is not a readable PyTorch checkpoint (truncated or corrupted?): its "
-                                  "pickle cannot be parsed.") from e
+            raise CheckpointError(
+                f"{shown} is not a readable PyTorch checkpoint (truncated or corrupted?): its pickle cannot be parsed."
+            ) from e
         what = f" (it refers to {', '.join(names[:5])})" if names else ""
         raise UnsafeCheckpointError(
             f"{shown} holds Python objects other than tensors and plain containers{what}, so loading it could "
             f"run code; refused.",
             hint="Save the state_dict (torch.save(model.state_dict(), ...)) or a Hugging Face folder instead; "
-                 "an operator who trusts the file can start the studio with --trust-code.") from e
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError,
-            OverflowError, LookupError) as e:  # e.g. a tensor "subclass" rebuilt from a class that is no tensor: TypeError
-        raise CheckpointError(f"{shown} is not a readable PyTorch checkpoint (truncated or corrupted?): "
-                              f"{first_line(e)}") from e
+            "an operator who trusts the file can start the studio with --trust-code.",
+        ) from e
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        KeyError,
+        IndexError,
+        TypeError,
+        AttributeError,
+        OverflowError,
+        LookupError,
+    ) as e:  # e.g. a tensor "subclass" rebuilt from a class that is no tensor: TypeError
+        raise CheckpointError(
+            f"{shown} is not a readable PyTorch checkpoint (truncated or corrupted?): {first_line(e)}"
+        ) from e
 
 
 def _suffix_note(p: Path, kind: str) -> dict[str, str]:
     expected = sniffing.expected_suffixes(kind)
     if expected and p.suffix.lower() not in expected:
-        return {"note": f"named {p.suffix or '(no extension)'} but holds {sniffing.DESCRIPTIONS[kind]}; "
-                        "read as its content says"}
+        return {
+            "note": f"named {p.suffix or '(no extension)'} but holds {sniffing.DESCRIPTIONS[kind]}; "
+            "read as its content says"
+        }
     return {}
 
 
 def _load_file(p: Path, shown: str, spec: LoadOptions, sn: sniffing.Sniffed, folders: list[Path]) -> LoadedModel:
     from . import statedict, trusted
+
     info = _suffix_note(p, sn.kind)
     if sn.kind in (sniffing.TORCHSCRIPT, sniffing.PROGRAM):
         what = "torchscript" if sn.kind == sniffing.TORCHSCRIPT else "program"
@@ -223,12 +253,15 @@ def _with_info(loaded: LoadedModel, info: dict[str, Any]) -> LoadedModel:
 def _load_object(obj: Any, shown: str, spec: LoadOptions, folders: list[Path], info: dict[str, Any]) -> LoadedModel:
     """A weights-only object (dict of tensors / training checkpoint dict) -> the loader that claims it."""
     from . import multimodal, statedict
+
     plugin = plugins.claim(obj)
     if plugin is not None:
         return _with_info(plugins.load_with(plugin, obj, shown, spec), info)
     if multimodal.looks_like(obj):
         return _with_info(multimodal.load(obj, shown, max_params=spec.max_params), info)
     if statedict.find_state_dict(obj) is None:
-        raise CheckpointError(f"{shown} holds {statedict.describe_object(obj)}, which is not a checkpoint kind the "
-                              "studio knows. " + _supported())
+        raise CheckpointError(
+            f"{shown} holds {statedict.describe_object(obj)}, which is not a checkpoint kind the "
+            "studio knows. " + _supported()
+        )
     return statedict.load(obj, shown, spec, folders, info)

@@ -1,4 +1,5 @@
 """Safe unpacking of uploaded .zip archives: no escaping paths, no links, bounded size and count."""
+
 from __future__ import annotations
 
 import stat
@@ -14,8 +15,9 @@ MAX_RATIO = 200  # unpacked / packed per member: beyond this it is a zip bomb, n
 RATIO_CHECK_FROM = 1024**2  # members (and archives) up to this size unpacked may compress any amount
 
 
-def extract_zip(archive: Path, dest: Path, *, max_members: int = MAX_MEMBERS,
-                max_total_bytes: int = MAX_TOTAL_BYTES) -> Path:
+def extract_zip(
+    archive: Path, dest: Path, *, max_members: int = MAX_MEMBERS, max_total_bytes: int = MAX_TOTAL_BYTES
+) -> Path:
     """Unpack `archive` into `dest` and return the folder that holds the content.
 
     Refuses members with absolute paths, `..`, symlinks or special files, nested archives,
@@ -43,18 +45,24 @@ def extract_zip(archive: Path, dest: Path, *, max_members: int = MAX_MEMBERS,
             if ftype and ftype not in (stat.S_IFREG, stat.S_IFDIR):
                 raise UnsafePathError(f"{archive.name}: member {name!r} is a link or special file; refused.")
             if name.lower().endswith((".zip", ".tar", ".tar.gz", ".tgz", ".7z")):
-                raise CheckpointError(f"{archive.name}: member {name!r} is an archive inside the archive; "
-                                      "upload the model folder zipped once.")
+                raise CheckpointError(
+                    f"{archive.name}: member {name!r} is an archive inside the archive; "
+                    "upload the model folder zipped once."
+                )
             total += m.file_size
             if total > max_total_bytes:
                 raise CheckpointError(f"{archive.name} unpacks to more than {max_total_bytes:,} bytes; refused.")
             if m.file_size > RATIO_CHECK_FROM and m.file_size > MAX_RATIO * max(m.compress_size, 1):
-                raise CheckpointError(f"{archive.name}: member {name!r} expands {m.file_size / max(m.compress_size, 1):.0f}x "
-                                      f"(the limit is {MAX_RATIO}x); refused as a zip bomb.")
+                raise CheckpointError(
+                    f"{archive.name}: member {name!r} expands {m.file_size / max(m.compress_size, 1):.0f}x "
+                    f"(the limit is {MAX_RATIO}x); refused as a zip bomb."
+                )
         packed = archive.stat().st_size
         if total > RATIO_CHECK_FROM and total > MAX_RATIO * packed:  # many small members, each under the check
-            raise CheckpointError(f"{archive.name} unpacks to {total:,} bytes from {packed:,} ({total / packed:.0f}x, "
-                                  f"the limit is {MAX_RATIO}x); refused as a zip bomb.")
+            raise CheckpointError(
+                f"{archive.name} unpacks to {total:,} bytes from {packed:,} ({total / packed:.0f}x, "
+                f"the limit is {MAX_RATIO}x); refused as a zip bomb."
+            )
         dest.mkdir(parents=True, exist_ok=True)
         root = dest.resolve()
         for m in members:
@@ -76,7 +84,9 @@ def extract_zip(archive: Path, dest: Path, *, max_members: int = MAX_MEMBERS,
             except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
                 # a local header naming another file than the directory, a wrong CRC, a truncated or
                 # unsupported member: the archive is damaged or forged
-                raise CheckpointError(f"{archive.name}: member {m.filename!r} cannot be read ({e}); the archive "
-                                      "is damaged or forged.", hint="Zip the model folder again and upload it.") from e
+                raise CheckpointError(
+                    f"{archive.name}: member {m.filename!r} cannot be read ({e}); the archive is damaged or forged.",
+                    hint="Zip the model folder again and upload it.",
+                ) from e
     entries = [p for p in dest.iterdir() if not p.name.startswith("__MACOSX")]
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else dest

@@ -1,8 +1,10 @@
 """What every checkpoint loader returns: a LoadedModel, the contract between sources and the rest."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -103,9 +105,17 @@ class LoadedModel:
         return {
             "kind": self.kind,
             "path": self.path,
-            "inputs": [{"name": i.name, "kind": i.kind, "column": i.column, "width": i.width,
-                        "required": i.required, **({"vocab": list(i.vocab)} if i.vocab else {})}
-                       for i in self.inputs],
+            "inputs": [
+                {
+                    "name": i.name,
+                    "kind": i.kind,
+                    "column": i.column,
+                    "width": i.width,
+                    "required": i.required,
+                    **({"vocab": list(i.vocab)} if i.vocab else {}),
+                }
+                for i in self.inputs
+            ],
             "outputs": list(self.output_names),
             "tokenizer": type(self.tokenizer).__name__ if self.tokenizer is not None else None,
             "parameters": self.num_parameters,

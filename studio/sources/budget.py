@@ -17,6 +17,7 @@ unpickler does whatever work the opcodes ask for. So, before it runs:
 The work the unpickler does is then linear in the pickle's opcodes, and those are bounded (MAX_PICKLE_OPS):
 that is the time budget. Each refusal names the file, the limit and what the file declares.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,18 +40,24 @@ MAX_BYTEARRAY = 64 * 1024**2  # bytes `bytearray(n)` calls may allocate in all (
 MAX_KEY_WEIGHT = 10_000  # parts of one dict key / set member, shared parts counted each time they appear
 MAX_SAME_HASH = 64  # distinct keys of one dict with the same hash (real integers below 2**61 never collide)
 _CAP = 10**15
-_TENSOR_REBUILDS = ("torch._utils._rebuild_tensor", "torch._utils._rebuild_tensor_v2",
-                    "torch._utils._rebuild_tensor_v3", "torch._utils._rebuild_qtensor")
+_TENSOR_REBUILDS = (
+    "torch._utils._rebuild_tensor",
+    "torch._utils._rebuild_tensor_v2",
+    "torch._utils._rebuild_tensor_v3",
+    "torch._utils._rebuild_qtensor",
+)
 _HASHING = ("builtins.set", "collections.Counter")
 
 
 def _refuse(shown: str, what: str, hint: str | None = None) -> CheckpointError:
-    return CheckpointError(f"{shown}: {what}; refused before reading it.",
-                           hint=hint or "Save the state_dict with torch.save(model.state_dict(), ...) "
-                                        "or as .safetensors.")
+    return CheckpointError(
+        f"{shown}: {what}; refused before reading it.",
+        hint=hint or "Save the state_dict with torch.save(model.state_dict(), ...) or as .safetensors.",
+    )
 
 
 # ------------------------------------------------------------------------------------------ abstract values
+
 
 class _Tup:
     __slots__ = ("items", "w")
@@ -99,6 +106,7 @@ def _itemsize(storage_type) -> int:
     name = storage_type.name.rpartition(".")[2] if isinstance(storage_type, _Glob) else ""
     try:
         import torch
+
         return torch.storage._get_dtype_from_pickle_storage_type(name).itemsize
     except Exception:
         return 1  # unknown storage type: the weights-only unpickler refuses it anyway
@@ -114,9 +122,12 @@ class _Scan:
     def hashed(self, target: _Box | None, key) -> None:
         w = _weight(key)
         if w > MAX_KEY_WEIGHT:
-            raise _refuse(self.shown, f"its pickle holds a dict key (or set member) made of {w:,}"
-                                      f"{'+' if w >= _CAP else ''} parts (shared parts repeated; the limit is "
-                                      f"{MAX_KEY_WEIGHT:,}): hashing it would take the unpickler minutes or more")
+            raise _refuse(
+                self.shown,
+                f"its pickle holds a dict key (or set member) made of {w:,}"
+                f"{'+' if w >= _CAP else ''} parts (shared parts repeated; the limit is "
+                f"{MAX_KEY_WEIGHT:,}): hashing it would take the unpickler minutes or more",
+            )
         if target is None or isinstance(key, str):
             return
         value = _concrete(key)
@@ -129,8 +140,11 @@ class _Scan:
         target.hashes = target.hashes or Counter()
         target.hashes[h] += 1
         if target.hashes[h] > MAX_SAME_HASH:
-            raise _refuse(self.shown, f"its pickle holds more than {MAX_SAME_HASH} dict keys with the same hash "
-                                      "(built to collide): inserting them would take quadratic time")
+            raise _refuse(
+                self.shown,
+                f"its pickle holds more than {MAX_SAME_HASH} dict keys with the same hash "
+                "(built to collide): inserting them would take quadratic time",
+            )
 
     def reduce(self, func, args):
         name = func.name if isinstance(func, _Glob) else ""
@@ -138,8 +152,11 @@ class _Scan:
         if name == "builtins.bytearray" and items and isinstance(items[0], int) and not isinstance(items[0], bool):
             self.bytearray_bytes += max(items[0], 0)
             if self.bytearray_bytes > MAX_BYTEARRAY:
-                raise _refuse(self.shown, f"its pickle asks for bytearrays of {self.bytearray_bytes:,} bytes "
-                                          f"(the limit is {MAX_BYTEARRAY:,}) that the file does not hold")
+                raise _refuse(
+                    self.shown,
+                    f"its pickle asks for bytearrays of {self.bytearray_bytes:,} bytes "
+                    f"(the limit is {MAX_BYTEARRAY:,}) that the file does not hold",
+                )
         elif name in _HASHING and items and isinstance(items[0], (_Box, _Tup)):
             for member in items[0].items:
                 self.hashed(None, member)
@@ -152,17 +169,24 @@ class _Scan:
     def tensor(self, offset, size, stride) -> None:
         sizes = _concrete(size) if isinstance(size, _Tup) else None
         strides = _concrete(stride) if isinstance(stride, _Tup) else None
-        if not sizes or not strides or len(sizes) != len(strides) \
-                or not all(isinstance(x, int) and not isinstance(x, bool) for x in (*sizes, *strides)):
+        if (
+            not sizes
+            or not strides
+            or len(sizes) != len(strides)
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in (*sizes, *strides))
+        ):
             return
         if any(s <= 0 for s in sizes):
             return
         numel = math.prod(sizes)
         span = 1 + sum((s - 1) * abs(st) for s, st in zip(sizes, strides))
         if numel > span:
-            raise _refuse(self.shown, f"a tensor of its pickle declares {numel:,} elements (shape {list(sizes)}) "
-                                      f"over {span:,} stored ones (strides {list(strides)}): a stride-0 or "
-                                      "overlapping view, never what a model saves, that expands when copied")
+            raise _refuse(
+                self.shown,
+                f"a tensor of its pickle declares {numel:,} elements (shape {list(sizes)}) "
+                f"over {span:,} stored ones (strides {list(strides)}): a stride-0 or "
+                "overlapping view, never what a model saves, that expands when copied",
+            )
 
     def persistent(self, pid) -> None:
         items = pid.items if isinstance(pid, _Tup) else []
@@ -206,8 +230,11 @@ def scan_pickle(data, shown: str) -> tuple[dict[str, int], bool]:
     try:
         for count, (op, arg, _pos) in enumerate(pickletools.genops(data)):
             if count >= MAX_PICKLE_OPS:
-                raise _refuse(shown, f"its pickle has more than {MAX_PICKLE_OPS:,} opcodes, the limit (the unpickler "
-                                     "works through them one by one; a state dict's pickle needs ~25 a tensor)")
+                raise _refuse(
+                    shown,
+                    f"its pickle has more than {MAX_PICKLE_OPS:,} opcodes, the limit (the unpickler "
+                    "works through them one by one; a state dict's pickle needs ~25 a tensor)",
+                )
             name = op.name
             if name in ("PROTO", "FRAME"):
                 continue
@@ -266,6 +293,7 @@ def scan_pickle(data, shown: str) -> tuple[dict[str, int], bool]:
 
 # ------------------------------------------------------------------------------------------ files
 
+
 def check_file(path: Path, shown: str, kind: str) -> None:
     """Raise CheckpointError when reading the torch.save file `path` would break the budget."""
     if kind == sniffing.TORCH_ZIP:
@@ -284,19 +312,28 @@ def _check_zip(path: Path, shown: str) -> None:
         total = 0
         for m in members:
             total += m.file_size
-            if m.compress_type != zipfile.ZIP_STORED and m.file_size > RATIO_CHECK_FROM \
-                    and m.file_size > MAX_RATIO * max(m.compress_size, 1):
-                raise _refuse(shown, f"record {m.filename!r} is compressed {m.file_size / max(m.compress_size, 1):,.0f}x "
-                                     f"({m.compress_size:,} bytes in the file, {m.file_size:,} in memory; the limit is "
-                                     f"{MAX_RATIO}x, and torch.save stores records uncompressed)")
+            if (
+                m.compress_type != zipfile.ZIP_STORED
+                and m.file_size > RATIO_CHECK_FROM
+                and m.file_size > MAX_RATIO * max(m.compress_size, 1)
+            ):
+                raise _refuse(
+                    shown,
+                    f"record {m.filename!r} is compressed {m.file_size / max(m.compress_size, 1):,.0f}x "
+                    f"({m.compress_size:,} bytes in the file, {m.file_size:,} in memory; the limit is "
+                    f"{MAX_RATIO}x, and torch.save stores records uncompressed)",
+                )
         if total > MAX_TOTAL_BYTES:
             raise _refuse(shown, f"its records declare {total:,} bytes in all; the limit is {MAX_TOTAL_BYTES:,}")
         pkl = next((m for m in members if m.filename == "data.pkl" or m.filename.endswith("/data.pkl")), None)
         if pkl is None:
             return
         if pkl.file_size > MAX_PICKLE_BYTES:
-            raise _refuse(shown, f"its pickle ({pkl.filename}) is {pkl.file_size:,} bytes; the limit is "
-                                 f"{MAX_PICKLE_BYTES:,} (a state dict's pickle holds names and shapes, not weights)")
+            raise _refuse(
+                shown,
+                f"its pickle ({pkl.filename}) is {pkl.file_size:,} bytes; the limit is "
+                f"{MAX_PICKLE_BYTES:,} (a state dict's pickle holds names and shapes, not weights)",
+            )
         try:
             data = zf.read(pkl)
         except Exception:  # noqa: BLE001 - a bad CRC or truncated member: torch.load says so
@@ -312,6 +349,7 @@ def _check_zip(path: Path, shown: str) -> None:
 
 def _check_stream(path: Path, shown: str, kind: str) -> None:
     import io
+
     size = path.stat().st_size
     with open(path, "rb") as f:
         data = f.read(MAX_PICKLE_BYTES + 1)
@@ -325,11 +363,15 @@ def _check_stream(path: Path, shown: str, kind: str) -> None:
         declared.update(found)
         if not complete:
             if len(data) > MAX_PICKLE_BYTES:
-                raise _refuse(shown, f"its pickle is more than {MAX_PICKLE_BYTES:,} bytes, the limit (a state "
-                                     "dict's pickle holds names and shapes, not weights)")
+                raise _refuse(
+                    shown,
+                    f"its pickle is more than {MAX_PICKLE_BYTES:,} bytes, the limit (a state "
+                    "dict's pickle holds names and shapes, not weights)",
+                )
             return  # not parseable: torch.load says what is wrong with it
     end = stream.tell()
     total = sum(declared.values())
     if kind == sniffing.TORCH_LEGACY and total > size - end:
-        raise _refuse(shown, f"its storages declare {total:,} bytes but the file holds only {size - end:,} after "
-                             "its pickles")
+        raise _refuse(
+            shown, f"its storages declare {total:,} bytes but the file holds only {size - end:,} after its pickles"
+        )

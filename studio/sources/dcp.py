@@ -12,6 +12,7 @@ Tensor shards are read by DCP with `torch.load(weights_only=True)`. The metadata
 read: every shard file must be a plain file in the folder, every slice must lie inside its file, and
 the declared tensor sizes must fit the bytes actually uploaded.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -44,16 +45,27 @@ def find_dcp_dir(folder: Path) -> Path | None:
 
 
 _ALLOWED = {
-    ("torch.distributed.checkpoint.metadata", n) for n in (
-        "Metadata", "MetadataIndex", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
-        "TensorProperties", "StorageMeta", "_MEM_FORMAT_ENCODING")
+    ("torch.distributed.checkpoint.metadata", n)
+    for n in (
+        "Metadata",
+        "MetadataIndex",
+        "TensorStorageMetadata",
+        "BytesStorageMetadata",
+        "ChunkStorageMetadata",
+        "TensorProperties",
+        "StorageMeta",
+        "_MEM_FORMAT_ENCODING",
+    )
 } | {
     ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
     ("torch", "Size"),
     ("torch.serialization", "_get_layout"),
     ("collections", "OrderedDict"),
-    ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"),
-    ("pathlib", "PureWindowsPath"), ("pathlib", "Path"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("pathlib", "PurePosixPath"),
+    ("pathlib", "PureWindowsPath"),
+    ("pathlib", "Path"),
 }
 
 
@@ -65,10 +77,12 @@ class _MetadataUnpickler(pickle.Unpickler):
             return getattr(torch, name)
         if (module, name) in _ALLOWED:
             import importlib
+
             return getattr(importlib.import_module(module), name)
         raise UnsafeCheckpointError(
             f"The DCP metadata file refers to {module}.{name}, which is not part of a DCP checkpoint's "
-            "metadata; loading it could run code, so it is refused.")
+            "metadata; loading it could run code, so it is refused."
+        )
 
     def persistent_load(self, pid: Any) -> Any:
         raise UnsafeCheckpointError("The DCP metadata file holds persistent references; refused.")
@@ -76,14 +90,17 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 def read_metadata(folder: Path, shown: str) -> Any:
     from torch.distributed.checkpoint.metadata import Metadata
+
     try:
         with open(folder / METADATA, "rb") as f:
             md = _MetadataUnpickler(f).load()
     except UnsafeCheckpointError:
         raise
     except Exception as e:
-        raise CheckpointError(f"{shown}: the DCP metadata file ({METADATA}) cannot be read (truncated or "
-                              f"corrupted?): {type(e).__name__}: {e}") from e
+        raise CheckpointError(
+            f"{shown}: the DCP metadata file ({METADATA}) cannot be read (truncated or "
+            f"corrupted?): {type(e).__name__}: {e}"
+        ) from e
     if not isinstance(md, Metadata):
         raise CheckpointError(f"{shown}: {METADATA} holds {type(md).__name__}, not DCP metadata.")
     return md
@@ -91,25 +108,43 @@ def read_metadata(folder: Path, shown: str) -> Any:
 
 def _check_metadata(md: Any, folder: Path, shown: str) -> None:
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
     root = folder.resolve()
     sizes: dict[str, int] = {}
     for info in (md.storage_data or {}).values():
         rel = getattr(info, "relative_path", None)
         offset, length = getattr(info, "offset", None), getattr(info, "length", None)
-        if not isinstance(rel, str) or not rel or "/" in rel or "\\" in rel or rel in (".", "..") \
-                or Path(rel).is_absolute():
-            raise UnsafePathError(f"{shown}: the DCP metadata points a shard at {rel!r}, which is not a file "
-                                  "in the checkpoint folder; refused.")
+        if (
+            not isinstance(rel, str)
+            or not rel
+            or "/" in rel
+            or "\\" in rel
+            or rel in (".", "..")
+            or Path(rel).is_absolute()
+        ):
+            raise UnsafePathError(
+                f"{shown}: the DCP metadata points a shard at {rel!r}, which is not a file "
+                "in the checkpoint folder; refused."
+            )
         target = (folder / rel).resolve()
         if target.parent != root or not target.is_file() or target.is_symlink():
-            raise CheckpointError(f"{shown}: shard file {rel!r} named in the DCP metadata is missing.",
-                                  hint="Upload the whole checkpoint folder (every .distcp file and .metadata).")
+            raise CheckpointError(
+                f"{shown}: shard file {rel!r} named in the DCP metadata is missing.",
+                hint="Upload the whole checkpoint folder (every .distcp file and .metadata).",
+            )
         if rel not in sizes:
             sizes[rel] = target.stat().st_size
-        if not (isinstance(offset, int) and isinstance(length, int) and offset >= 0 and length >= 0
-                and offset + length <= sizes[rel]):
-            raise CheckpointError(f"{shown}: shard {rel!r} is shorter than its metadata says (truncated "
-                                  f"upload?): slice {offset}+{length} of a {sizes[rel]}-byte file.")
+        if not (
+            isinstance(offset, int)
+            and isinstance(length, int)
+            and offset >= 0
+            and length >= 0
+            and offset + length <= sizes[rel]
+        ):
+            raise CheckpointError(
+                f"{shown}: shard {rel!r} is shorter than its metadata says (truncated "
+                f"upload?): slice {offset}+{length} of a {sizes[rel]}-byte file."
+            )
     declared = 0
     for fqn, meta in md.state_dict_metadata.items():
         if isinstance(meta, TensorStorageMetadata):
@@ -119,8 +154,10 @@ def _check_metadata(md: Any, folder: Path, shown: str) -> None:
             declared += int(torch.Size(meta.size).numel()) * dtype.itemsize
     shard_bytes = sum(p.stat().st_size for p in folder.glob("*" + SHARD_SUFFIX))
     if declared > MAX_EXPANSION * shard_bytes + SLACK_BYTES:
-        raise CheckpointError(f"{shown}: the DCP metadata declares {declared:,} bytes of tensors but the shard "
-                              f"files hold {shard_bytes:,} bytes; refused (truncated upload or forged metadata).")
+        raise CheckpointError(
+            f"{shown}: the DCP metadata declares {declared:,} bytes of tensors but the shard "
+            f"files hold {shard_bytes:,} bytes; refused (truncated upload or forged metadata)."
+        )
 
 
 def _skipped(fqn: str) -> bool:
@@ -132,14 +169,16 @@ def load_dcp(folder: Path, shown: str) -> dict[str, Any]:
     """Consolidate the DCP checkpoint in `folder` into a nested dict of CPU tensors (weights only)."""
     try:
         import torch.distributed as dist
+
         if not dist.is_available():
             raise ImportError("torch.distributed is not available in this PyTorch build")
         from torch.distributed.checkpoint import FileSystemReader
         from torch.distributed.checkpoint.metadata import TensorStorageMetadata
         from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
     except ImportError as e:
-        raise CheckpointError(f"{shown} is a torch.distributed.checkpoint folder, but this PyTorch cannot read "
-                              f"it: {e}") from e
+        raise CheckpointError(
+            f"{shown} is a torch.distributed.checkpoint folder, but this PyTorch cannot read it: {e}"
+        ) from e
 
     md = read_metadata(folder, shown)
     _check_metadata(md, folder, shown)
@@ -147,6 +186,7 @@ def load_dcp(folder: Path, shown: str) -> dict[str, Any]:
     class SafeReader(FileSystemReader):
         def read_metadata(self, *args: Any, **kwargs: Any) -> Any:  # never pickle.load
             from torch.distributed.checkpoint.metadata import StorageMeta
+
             meta = read_metadata(folder, shown)
             if getattr(meta, "storage_meta", None) is None:
                 meta.storage_meta = StorageMeta()
@@ -162,11 +202,14 @@ def load_dcp(folder: Path, shown: str) -> dict[str, Any]:
             warnings.simplefilter("ignore")
             state = _load_state_dict_from_keys(keys, storage_reader=SafeReader(str(folder)))
     except pickle.UnpicklingError as e:
-        raise UnsafeCheckpointError(f"{shown}: a shard holds Python objects other than tensors; loading it could "
-                                    f"run code, so it is refused. ({first_line(e)})") from e
+        raise UnsafeCheckpointError(
+            f"{shown}: a shard holds Python objects other than tensors; loading it could "
+            f"run code, so it is refused. ({first_line(e)})"
+        ) from e
     except (UnsafeCheckpointError, UnsafePathError):
         raise
     except Exception as e:
-        raise CheckpointError(f"{shown}: the DCP shards cannot be read (truncated or corrupted?): "
-                              f"{first_line(e, with_type=True)}") from e
+        raise CheckpointError(
+            f"{shown}: the DCP shards cannot be read (truncated or corrupted?): {first_line(e, with_type=True)}"
+        ) from e
     return state

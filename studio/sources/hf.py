@@ -1,4 +1,5 @@
 """Hugging Face model folders: config.json + weights (safetensors / weights-only .bin) + tokenizer."""
+
 from __future__ import annotations
 
 import inspect
@@ -9,10 +10,20 @@ import torch
 from ..errors import CheckpointError
 from .base import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, LoadedModel, ModelInput
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
-                "pytorch_model.bin.index.json")
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spm.model", "sentencepiece.bpe.model",
-                   "tokenizer.model")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "spm.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
 
 # Task heads we load with an Auto class, keyed by the suffix of the config's `architectures` entry.
 # The value is (Auto class name, graph outputs, output kind).
@@ -24,8 +35,12 @@ HEADS = {
 }
 ENCODER_OUTPUTS = ["last_hidden_state"]
 # ConvertSpec.task (--task) -> the head it asks for (None = the bare encoder)
-TASK_HEADS = {"feature-extraction": None, "sequence-classification": "ForSequenceClassification",
-              "token-classification": "ForTokenClassification", "question-answering": "ForQuestionAnswering"}
+TASK_HEADS = {
+    "feature-extraction": None,
+    "sequence-classification": "ForSequenceClassification",
+    "token-classification": "ForTokenClassification",
+    "question-answering": "ForQuestionAnswering",
+}
 
 
 class WeightsMismatchError(CheckpointError):
@@ -46,12 +61,17 @@ def choose_task(config, task: str = "auto") -> tuple[tuple[str, list[str], str],
         for suffix, head in HEADS.items():
             if arch.endswith(suffix):
                 if head is None:
-                    raise CheckpointError(f"Architecture {arch} is not supported yet.",
-                                          hint="Supported heads: sequence classification, token "
-                                               "classification, question answering, or a bare encoder.")
+                    raise CheckpointError(
+                        f"Architecture {arch} is not supported yet.",
+                        hint="Supported heads: sequence classification, token "
+                        "classification, question answering, or a bare encoder.",
+                    )
                 return head, f"config.json's architectures names {arch}"
-    why = (f"config.json's architectures names {', '.join(archs)}, no task head" if archs
-           else "config.json names no architectures")
+    why = (
+        f"config.json's architectures names {', '.join(archs)}, no task head"
+        if archs
+        else "config.json names no architectures"
+    )
     return ("AutoModel", ENCODER_OUTPUTS, "hidden"), why
 
 
@@ -72,6 +92,7 @@ def load_tokenizer(folder: Path):
     if not any((folder / f).exists() for f in TOKENIZER_FILES + ("tokenizer_config.json",)):
         return None
     from transformers import AutoTokenizer
+
     try:
         return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True)
     except Exception as e:  # a broken tokenizer is an input problem the user must see
@@ -85,34 +106,39 @@ def text_inputs_for(module: torch.nn.Module, config, tokenizer) -> list[ModelInp
     if "attention_mask" in params:
         inputs.append(ModelInput(ATTENTION_MASK, ATTENTION_MASK))
     tok_names = getattr(tokenizer, "model_input_names", ["token_type_ids"]) if tokenizer else []
-    if ("token_type_ids" in params and getattr(config, "type_vocab_size", 0) > 1
-            and "token_type_ids" in tok_names):
+    if "token_type_ids" in params and getattr(config, "type_vocab_size", 0) > 1 and "token_type_ids" in tok_names:
         inputs.append(ModelInput(TOKEN_TYPE_IDS, TOKEN_TYPE_IDS, required=False))
     return inputs
 
 
 def make_adapter(output_names: list[str]):
     """Call a transformers model with keyword tensors and return the named outputs as a tuple."""
+
     def adapter(module, named):
         out = module(**named, return_dict=True)
         return tuple(out[name] for name in output_names)
+
     return adapter
 
 
-def load_folder(folder: Path, shown_path: str | None = None, task: str = "auto", *,
-                max_params: int | None = None) -> LoadedModel:
+def load_folder(
+    folder: Path, shown_path: str | None = None, task: str = "auto", *, max_params: int | None = None
+) -> LoadedModel:
     """Load a Hugging Face model folder. Never runs remote code; weights load without pickle code.
     The parameters config.json declares are counted on the meta device first (see sources.sizing).
 
     task: a ConvertSpec.task head (--task); "auto" = the one config.json's architectures names."""
     import transformers
     from transformers import AutoConfig
+
     transformers.utils.logging.disable_progress_bar()
 
     if not any((folder / f).exists() for f in WEIGHT_FILES):
         found = sorted(p.name for p in folder.iterdir())[:20]
-        raise CheckpointError(f"{shown_path or folder} has a config.json but no weights "
-                              f"(looked for {', '.join(WEIGHT_FILES)}; found: {', '.join(found) or 'nothing'}).")
+        raise CheckpointError(
+            f"{shown_path or folder} has a config.json but no weights "
+            f"(looked for {', '.join(WEIGHT_FILES)}; found: {', '.join(found) or 'nothing'})."
+        )
     try:
         config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True)
     except Exception as e:
@@ -120,34 +146,48 @@ def load_folder(folder: Path, shown_path: str | None = None, task: str = "auto",
     (auto_name, outputs, out_kind), task_why = choose_task(config, task)
     auto_cls = getattr(transformers, auto_name)
     from . import budget, sizing, sniff
+
     for f in sorted(folder.iterdir()):  # transformers torch.loads these itself: the reading budget first
         if f.is_file() and f.suffix.lower() in (".bin", ".pt", ".pth", ".ckpt"):
             budget.check_file(f, f"{shown_path or folder}: {f.name}", sniff.sniff(f).kind)
     try:
-        sizing.check_declared(lambda: auto_cls.from_config(config, attn_implementation="eager"),
-                              config_name=f"config.json in {shown_path or folder}",
-                              held_bytes=sizing.folder_weight_bytes(folder), held_name="the folder's weight files",
-                              max_params=max_params or sizing.MAX_PARAMS_DEFAULT, sizes=sizing.config_sizes(config))
+        sizing.check_declared(
+            lambda: auto_cls.from_config(config, attn_implementation="eager"),
+            config_name=f"config.json in {shown_path or folder}",
+            held_bytes=sizing.folder_weight_bytes(folder),
+            held_name="the folder's weight files",
+            max_params=max_params or sizing.MAX_PARAMS_DEFAULT,
+            sizes=sizing.config_sizes(config),
+        )
     except CheckpointError:
         raise
     except Exception as e:
-        raise CheckpointError(f"Cannot build a {config.model_type} model from config.json in "
-                              f"{shown_path or folder}: {e}") from e
+        raise CheckpointError(
+            f"Cannot build a {config.model_type} model from config.json in {shown_path or folder}: {e}"
+        ) from e
     try:
-        module, loading = auto_cls.from_pretrained(str(folder), config=config, trust_remote_code=False,
-                                                   local_files_only=True, attn_implementation="eager",
-                                                   output_loading_info=True)
+        module, loading = auto_cls.from_pretrained(
+            str(folder),
+            config=config,
+            trust_remote_code=False,
+            local_files_only=True,
+            attn_implementation="eager",
+            output_loading_info=True,
+        )
     except Exception as e:
-        raise CheckpointError(f"Could not load the weights in {shown_path or folder} as "
-                              f"{auto_name} ({config.model_type}): {e}") from e
+        raise CheckpointError(
+            f"Could not load the weights in {shown_path or folder} as {auto_name} ({config.model_type}): {e}"
+        ) from e
     missing = sorted((loading or {}).get("missing_keys") or [])
     if missing:  # transformers would initialise these at random: never export such a model
         from .keys import KeyMatch, describe_mismatch
+
         unexpected = sorted((loading or {}).get("unexpected_keys") or [])
         raise WeightsMismatchError(
             describe_mismatch(KeyMatch(missing=missing, unexpected=unexpected), f"{auto_name} ({config.model_type})"),
             hint="If the weights are a state dict of your own class (backbone + head), they are read as such "
-                 "when named e.g. weights.pt, with --head.")
+            "when named e.g. weights.pt, with --head.",
+        )
     module = module.to("cpu").eval()
     tokenizer = load_tokenizer(folder)
     return LoadedModel(
@@ -159,9 +199,15 @@ def load_folder(folder: Path, shown_path: str | None = None, task: str = "auto",
         output_names=list(outputs),
         output_kinds={o: out_kind for o in outputs},
         tokenizer=tokenizer,
-        info={"architecture": type(module).__name__, "model_type": config.model_type,
-              "task": task_name(auto_name), "task_reason": task_why,
-              "labels": [config.id2label[i] for i in sorted(config.id2label)]
-              if out_kind == "logits" and getattr(config, "id2label", None) and auto_name.endswith("SequenceClassification")
-              else None},
+        info={
+            "architecture": type(module).__name__,
+            "model_type": config.model_type,
+            "task": task_name(auto_name),
+            "task_reason": task_why,
+            "labels": [config.id2label[i] for i in sorted(config.id2label)]
+            if out_kind == "logits"
+            and getattr(config, "id2label", None)
+            and auto_name.endswith("SequenceClassification")
+            else None,
+        },
     )

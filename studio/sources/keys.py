@@ -10,17 +10,22 @@ prefixes only where that makes a key match; `normalize_keys` applies the result 
 `CheckpointError` naming the missing / unexpected keys (and the prefix that seems to be in the way)
 when the checkpoint does not fit.
 """
+
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from ..errors import CheckpointError
 
 # Segments that only wrappers insert; they are dropped wherever they occur in a key.
 WRAPPER_SEGMENTS: tuple[str, ...] = (
-    "_fsdp_wrapped_module", "_orig_mod", "_checkpoint_wrapped_module", "_forward_module",
+    "_fsdp_wrapped_module",
+    "_orig_mod",
+    "_checkpoint_wrapped_module",
+    "_forward_module",
 )
 # Leading prefixes stripped (repeatedly, in any order) until the key matches an expected one.
 # "model." and "module." can be real attribute names, so they are only ever stripped at the front
@@ -64,7 +69,7 @@ def _candidates(key: str) -> list[str]:
         changed = False
         for prefix in LEADING_PREFIXES:
             if cur.startswith(prefix) and len(cur) > len(prefix):
-                cur = cur[len(prefix):]
+                cur = cur[len(prefix) :]
                 out.append(cur)
                 changed = True
                 break
@@ -88,7 +93,8 @@ def match_keys(keys: Iterable[str], expected_keys: Iterable[str]) -> KeyMatch:
         if target in result.mapping:
             raise CheckpointError(
                 f"The checkpoint holds two tensors for {target!r}: {result.mapping[target]!r} and {key!r}.",
-                hint="Save the state dict of the inner model only, not of several wrappers around it.")
+                hint="Save the state dict of the inner model only, not of several wrappers around it.",
+            )
         result.mapping[target] = key
     result.missing = [k for k in expected if k not in result.mapping]
     return result
@@ -136,8 +142,13 @@ def describe_mismatch(match: KeyMatch, what: str = "the model") -> str:
     return " ".join(parts)
 
 
-def normalize_keys(state_dict: Mapping[str, Any], expected_keys: Iterable[str], *,
-                   allow_unexpected: bool = False, what: str = "the model") -> dict[str, Any]:
+def normalize_keys(
+    state_dict: Mapping[str, Any],
+    expected_keys: Iterable[str],
+    *,
+    allow_unexpected: bool = False,
+    what: str = "the model",
+) -> dict[str, Any]:
     """Return `state_dict` re-keyed to `expected_keys` (wrapper prefixes stripped where that fits).
 
     Raises `CheckpointError` when an expected key has no tensor, or (unless `allow_unexpected`) when
@@ -145,8 +156,9 @@ def normalize_keys(state_dict: Mapping[str, Any], expected_keys: Iterable[str], 
     closest prefix match.
     """
     if not isinstance(state_dict, Mapping):
-        raise CheckpointError("Expected a state dict (a mapping of names to tensors), "
-                              f"found {type(state_dict).__name__}.")
+        raise CheckpointError(
+            f"Expected a state dict (a mapping of names to tensors), found {type(state_dict).__name__}."
+        )
     bad = [k for k in state_dict if not isinstance(k, str)]
     if bad:
         raise CheckpointError(f"State dict keys must be strings; found {_listing([str(k) for k in bad])}.")
@@ -154,5 +166,6 @@ def normalize_keys(state_dict: Mapping[str, Any], expected_keys: Iterable[str], 
     if match.missing or (match.unexpected and not allow_unexpected):
         raise CheckpointError(
             describe_mismatch(match, what),
-            hint="Check that the checkpoint and its config belong together (same model size and fields).")
+            hint="Check that the checkpoint and its config belong together (same model size and fields).",
+        )
     return {target: state_dict[source] for target, source in match.mapping.items()}

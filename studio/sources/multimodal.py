@@ -9,18 +9,26 @@ Accepted layouts (each a dict already read with `torch.load(..., weights_only=Tr
 State-dict keys may carry wrapper prefixes (model., module., _fsdp_wrapped_module., _orig_mod., ...):
 they are normalised by `studio.sources.keys`.
 """
+
 from __future__ import annotations
 
 import keyword
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
 from ..errors import CheckpointError
-from ..models.multimodal import (ARCHITECTURE, FORMAT, VERSION, MultimodalClassifier, MultimodalConfig,
-                                 tokenizer_from_dict)
+from ..models.multimodal import (
+    ARCHITECTURE,
+    FORMAT,
+    VERSION,
+    MultimodalClassifier,
+    MultimodalConfig,
+    tokenizer_from_dict,
+)
 from .base import ATTENTION_MASK, INPUT_IDS, TABULAR, LoadedModel, ModelInput
 from .keys import SHOW, match_keys, normalize_keys
 
@@ -103,15 +111,15 @@ def _check_version(obj: Mapping[str, Any]) -> None:
     if version > VERSION:
         raise CheckpointError(
             f"The checkpoint is {FORMAT} version {version}; this studio reads up to version {VERSION}.",
-            hint="Upgrade ONNX Studio.")
+            hint="Upgrade ONNX Studio.",
+        )
 
 
 def _check_shapes(model: torch.nn.Module, state: Mapping[str, Any], config: MultimodalConfig) -> None:
     own = model.state_dict()
     not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
-        raise CheckpointError(f"State dict entries are not tensors: "
-                              f"{', '.join(repr(k) for k in not_tensors[:SHOW])}.")
+        raise CheckpointError(f"State dict entries are not tensors: {', '.join(repr(k) for k in not_tensors[:SHOW])}.")
     bad = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
     if bad:
         listed = "; ".join(f"{k!r}: checkpoint {list(a)} vs config {list(b)}" for k, a, b in bad[:SHOW])
@@ -120,24 +128,32 @@ def _check_shapes(model: torch.nn.Module, state: Mapping[str, Any], config: Mult
         raise CheckpointError(
             f"{len(bad)} tensors do not fit the checkpoint's config: {listed}{more}.",
             hint=f"The config says vocab_size={enc.get('vocab_size')}, hidden_size={enc.get('hidden_size')}, "
-                 f"num_hidden_layers={enc.get('num_hidden_layers')}, tab_fields={config.tab_fields}, "
-                 f"labels={len(config.labels)}; the weights were trained with other values.")
+            f"num_hidden_layers={enc.get('num_hidden_layers')}, tab_fields={config.tab_fields}, "
+            f"labels={len(config.labels)}; the weights were trained with other values.",
+        )
 
 
 def _check_size(config: MultimodalConfig, state: Mapping[str, Any], path: str, max_params: int | None) -> None:
     """The model the config (its encoder settings, tabular widths, head) declares, counted on the meta
     device, must fit the bytes the state dict holds before it is built for real (see sources.sizing)."""
     from . import sizing
+
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     held = sizing.state_dict_bytes(tensors, path)
     if config.tab_width > held:  # the model lays out tab_width floats in Python lists before any tensor
-        raise CheckpointError(f"The multimodal config of {path} declares {config.tab_width:,} tabular features, "
-                              f"but the state dict holds only {held:,} bytes; refused before building the model.")
+        raise CheckpointError(
+            f"The multimodal config of {path} declares {config.tab_width:,} tabular features, "
+            f"but the state dict holds only {held:,} bytes; refused before building the model."
+        )
     try:
-        sizing.check_declared(lambda: MultimodalClassifier(config), config_name=f"The multimodal config of {path}",
-                              held_bytes=held, held_name="its state dict",
-                              max_params=max_params or sizing.MAX_PARAMS_DEFAULT,
-                              sizes=sizing.config_sizes(config.encoder))
+        sizing.check_declared(
+            lambda: MultimodalClassifier(config),
+            config_name=f"The multimodal config of {path}",
+            held_bytes=held,
+            held_name="its state dict",
+            max_params=max_params or sizing.MAX_PARAMS_DEFAULT,
+            sizes=sizing.config_sizes(config.encoder),
+        )
     except CheckpointError:
         raise
     except (TypeError, ValueError) as e:  # BertConfig / BertModel reject the encoder settings
@@ -158,12 +174,12 @@ def load(obj: Any, path: str, *, max_params: int | None = None) -> LoadedModel:
         raise CheckpointError(
             f"No multimodal config found in {path}; top-level keys: {sorted(map(str, obj))}.",
             hint="Expected 'config' (or 'hyper_parameters', possibly under a key such as 'config') "
-                 "holding a dict with at least 'encoder' and 'labels'.")
+            "holding a dict with at least 'encoder' and 'labels'.",
+        )
     config = MultimodalConfig.from_dict(raw_config)
     raw_state = obj.get("state_dict")
     if not isinstance(raw_state, Mapping):
-        raise CheckpointError(
-            f"No 'state_dict' mapping in {path}; top-level keys: {sorted(map(str, obj))}.")
+        raise CheckpointError(f"No 'state_dict' mapping in {path}; top-level keys: {sorted(map(str, obj))}.")
 
     _check_size(config, raw_state, path, max_params)
     try:
@@ -193,8 +209,9 @@ def load(obj: Any, path: str, *, max_params: int | None = None) -> LoadedModel:
     for column, width in config.tab_fields.items():
         name = python_name(column, taken)
         vocab = (config.tab_vocab or {}).get(column)
-        inputs.append(ModelInput(name=name, kind=TABULAR, column=column, width=width,
-                                 vocab=list(vocab) if vocab else None))
+        inputs.append(
+            ModelInput(name=name, kind=TABULAR, column=column, width=width, vocab=list(vocab) if vocab else None)
+        )
         pairs.append((column, name))
 
     info: dict[str, Any] = {

@@ -19,6 +19,7 @@ Plugins are found, in this order:
   3. installed packages' entry points in the group "onnx_studio.sources" (each pointing at a module).
 MODULE_OR_FILE is an importable module name (`acme.studio_plugin`) or a path to a .py file.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -53,8 +54,10 @@ def _name(plugin: ModuleType) -> str:
 def _check(plugin: ModuleType, ref: str) -> ModuleType:
     lacking = [f for f in ("looks_like", "load") if not callable(getattr(plugin, f, None))]
     if lacking:
-        raise PluginError(f"Plugin {ref!r} does not define {' and '.join(lacking)}(); a source plugin "
-                          "provides looks_like(source) -> bool and load(source, path, spec) -> LoadedModel.")
+        raise PluginError(
+            f"Plugin {ref!r} does not define {' and '.join(lacking)}(); a source plugin "
+            "provides looks_like(source) -> bool and load(source, path, spec) -> LoadedModel."
+        )
     return plugin
 
 
@@ -79,8 +82,10 @@ def _import(ref: str) -> ModuleType:
     try:
         return importlib.import_module(ref)
     except Exception as e:
-        raise PluginError(f"Plugin module {ref!r} cannot be imported: {type(e).__name__}: {e}",
-                          hint="Give an importable module name or a path to a .py file.") from e
+        raise PluginError(
+            f"Plugin module {ref!r} cannot be imported: {type(e).__name__}: {e}",
+            hint="Give an importable module name or a path to a .py file.",
+        ) from e
 
 
 def _key(ref: str) -> str:
@@ -128,8 +133,9 @@ def _from_entry_points() -> list[ModuleType]:
             try:
                 obj = ep.load()
             except Exception as e:
-                raise PluginError(f"Entry point {ep.name!r} ({ep.value}) in group {GROUP!r} failed to load: "
-                                  f"{type(e).__name__}: {e}") from e
+                raise PluginError(
+                    f"Entry point {ep.name!r} ({ep.value}) in group {GROUP!r} failed to load: {type(e).__name__}: {e}"
+                ) from e
             if not isinstance(obj, ModuleType):  # an entry point may name an object with the two functions
                 obj_mod = ModuleType(f"{GROUP}.{ep.name}")
                 obj_mod.looks_like = getattr(obj, "looks_like", None)  # type: ignore[attr-defined]

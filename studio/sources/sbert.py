@@ -10,6 +10,7 @@ A module the studio cannot build is a CheckpointError naming it. With an explici
 feature-extraction` (or another --task head) the folder's transformer is loaded as a plain Hugging Face
 folder instead, and `info["warnings"]` says which modules were dropped.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,8 +49,9 @@ def _inside(folder: Path, rel: Any, what: str) -> Path:
     root = folder.resolve()
     target = (folder / rel).resolve()
     if Path(rel).is_absolute() or not target.is_relative_to(root):
-        raise CheckpointError(f"{MODULES_FILE}: {what} has path {rel!r}, which points outside the model folder; "
-                              "refused.")
+        raise CheckpointError(
+            f"{MODULES_FILE}: {what} has path {rel!r}, which points outside the model folder; refused."
+        )
     return target
 
 
@@ -67,9 +69,16 @@ def read_modules(folder: Path) -> list[dict[str, Any]]:
         rel = m.get("path", "")
         where = f", folder {rel}" if isinstance(rel, str) and rel else ""
         label = f"module {m.get('name', i)!s} ({full}{where})"
-        out.append({"name": str(m.get("name", i)), "type": full, "cls": cls if full.startswith("sentence_transformers.")
-                    else None, "path": _inside(folder, m.get("path", ""), label), "label": label,
-                    "root": folder.resolve()})
+        out.append(
+            {
+                "name": str(m.get("name", i)),
+                "type": full,
+                "cls": cls if full.startswith("sentence_transformers.") else None,
+                "path": _inside(folder, m.get("path", ""), label),
+                "label": label,
+                "root": folder.resolve(),
+            }
+        )
     return out
 
 
@@ -109,8 +118,10 @@ def _pooling(module: dict[str, Any], hidden: int, info: dict[str, Any]) -> Pooli
     cfg = _config(module, required=True)
     dim = cfg.get("embedding_dimension", cfg.get("word_embedding_dimension"))
     if dim is not None and dim != hidden:
-        raise CheckpointError(f"{module['label']}: its config says embedding dimension {dim}, but the transformer's "
-                              f"hidden size is {hidden}.")
+        raise CheckpointError(
+            f"{module['label']}: its config says embedding dimension {dim}, but the transformer's "
+            f"hidden size is {hidden}."
+        )
     modes = pooling_modes(cfg, module["label"])
     info["pooling"] = "+".join(modes)
     info["include_prompt"] = bool(cfg.get("include_prompt", True))
@@ -122,14 +133,16 @@ def _activation(name: Any, label: str) -> torch.nn.Module:
         return torch.nn.Tanh()  # sentence-transformers' default
     cls = str(name).rsplit(".", 1)[-1]
     if not str(name).startswith("torch.nn.") or cls not in ACTIVATIONS:
-        raise CheckpointError(f"{label}: activation function {name!r} is not one the studio builds "
-                              f"(torch.nn {', '.join(ACTIVATIONS)}).")
+        raise CheckpointError(
+            f"{label}: activation function {name!r} is not one the studio builds (torch.nn {', '.join(ACTIVATIONS)})."
+        )
     return getattr(torch.nn, cls)()
 
 
 def _dense_weights(module: dict[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
     from . import read_weights_only
     from .statedict import read_safetensors
+
     for name in DENSE_WEIGHTS:
         p = _file(module, name)
         if p.is_file():
@@ -155,20 +168,32 @@ def _dense(module: dict[str, Any], widths: dict[str, int]) -> Dense:
     if n_in != widths[source]:
         raise CheckpointError(f"{label}: in_features is {n_in}, but {source} has {widths[source]} values there.")
     bias, residual = bool(cfg.get("bias", True)), bool(cfg.get("use_residual", False))
-    dense = Dense(n_in, n_out, bias, _activation(cfg.get("activation_function"), label), source,
-                  cfg.get("module_output_name"), residual)
+    dense = Dense(
+        n_in,
+        n_out,
+        bias,
+        _activation(cfg.get("activation_function"), label),
+        source,
+        cfg.get("module_output_name"),
+        residual,
+    )
     if dense.output_name not in widths:
         raise CheckpointError(f"{label}: module_output_name {dense.output_name!r} is not one of {', '.join(widths)}.")
     state, file = _dense_weights(module)
     expected = {k: v.shape for k, v in dense.state_dict().items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k} {tuple(state[k].shape)} (config: {tuple(s)})" for k, s in expected.items()
-             if k in state and tuple(state[k].shape) != tuple(s)]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} (config: {tuple(s)})"
+        for k, s in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(s)
+    ]
     if missing or unexpected or wrong:
-        parts = ([f"missing {', '.join(missing)}"] if missing else []) + \
-                ([f"unexpected {', '.join(unexpected)}"] if unexpected else []) + \
-                ([f"wrong shape {', '.join(wrong)}"] if wrong else [])
+        parts = (
+            ([f"missing {', '.join(missing)}"] if missing else [])
+            + ([f"unexpected {', '.join(unexpected)}"] if unexpected else [])
+            + ([f"wrong shape {', '.join(wrong)}"] if wrong else [])
+        )
         raise CheckpointError(f"{label}: its weights ({file}) do not fit its config.json ({'; '.join(parts)}).")
     dense.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
     widths[dense.output_name] = n_out
@@ -188,10 +213,17 @@ def _prompt_warning(folder: Path, info: dict[str, Any]) -> str | None:
         return None
     prompt = (cfg.get("prompts") or {}).get(default, "") if isinstance(cfg.get("prompts"), dict) else ""
     info["default_prompt"] = {"name": default, "text": prompt}
-    return (f"config_sentence_transformers.json sets the default prompt {default!r} ({prompt!r}); the graph embeds "
-            "the text as given, like encode(..., prompt_name=None): prepend the prompt to the text yourself"
-            + ("" if info.get("include_prompt", True) else " (this model's pooling would exclude the prompt tokens, "
-               "include_prompt=false; the graph pools every real token)") + ".")
+    return (
+        f"config_sentence_transformers.json sets the default prompt {default!r} ({prompt!r}); the graph embeds "
+        "the text as given, like encode(..., prompt_name=None): prepend the prompt to the text yourself"
+        + (
+            ""
+            if info.get("include_prompt", True)
+            else " (this model's pooling would exclude the prompt tokens, "
+            "include_prompt=false; the graph pools every real token)"
+        )
+        + "."
+    )
 
 
 def unbuildable(modules: list[dict[str, Any]]) -> list[str]:
@@ -204,20 +236,29 @@ def dropped_warning(modules: list[dict[str, Any]], task: str) -> str | None:
     dropped = [m["label"] for m in modules if m["cls"] != "Transformer"]
     if not dropped:
         return None
-    return (f"--task {task}: the sentence-transformers modules after the transformer were dropped "
-            f"({', '.join(dropped)}); the graph is the transformer alone"
-            + (" (its token embeddings), not the sentence embedding." if task == "feature-extraction"
-               else f" with a {task} head, not the sentence embedding."))
+    return (
+        f"--task {task}: the sentence-transformers modules after the transformer were dropped "
+        f"({', '.join(dropped)}); the graph is the transformer alone"
+        + (
+            " (its token embeddings), not the sentence embedding."
+            if task == "feature-extraction"
+            else f" with a {task} head, not the sentence embedding."
+        )
+    )
 
 
-def load_for_task(folder: Path, shown: str, task: str, max_length: int | None = None, *,
-                  max_params: int | None = None) -> LoadedModel:
+def load_for_task(
+    folder: Path, shown: str, task: str, max_length: int | None = None, *, max_params: int | None = None
+) -> LoadedModel:
     """sources.load's entry: auto and sentence-embedding build the pipeline, another --task the bare model.
 
     max_length: the conversion's --max-length, compared with the folder's max_seq_length (a warning)."""
     if task in ("auto", "sentence-embedding"):
-        why = (f"{MODULES_FILE} declares a sentence-transformers pipeline" if task == "auto"
-               else "--task sentence-embedding")
+        why = (
+            f"{MODULES_FILE} declares a sentence-transformers pipeline"
+            if task == "auto"
+            else "--task sentence-embedding"
+        )
         loaded = load(folder, shown, "sentence-embedding", why, max_params=max_params)
     else:
         loaded = load_bare(folder, shown, task, max_params=max_params)
@@ -225,11 +266,15 @@ def load_for_task(folder: Path, shown: str, task: str, max_length: int | None = 
     if st_max is not None:
         loaded.info["max_seq_length"] = st_max
         if max_length is not None and int(max_length) != st_max:
-            loaded.info["warnings"] = [*loaded.info.get("warnings", []), (
-                f"sentence_bert_config.json truncates at max_seq_length {st_max} tokens, this conversion at "
-                f"--max-length {max_length}: texts longer than {min(st_max, int(max_length))} tokens are embedded "
-                f"differently than sentence-transformers would; pass --max-length {st_max} to match it (the graph "
-                "itself takes any length up to the model's positions).")]
+            loaded.info["warnings"] = [
+                *loaded.info.get("warnings", []),
+                (
+                    f"sentence_bert_config.json truncates at max_seq_length {st_max} tokens, this conversion at "
+                    f"--max-length {max_length}: texts longer than {min(st_max, int(max_length))} tokens are embedded "
+                    f"differently than sentence-transformers would; pass --max-length {st_max} to match it (the graph "
+                    "itself takes any length up to the model's positions)."
+                ),
+            ]
     return loaded
 
 
@@ -244,6 +289,7 @@ def load_bare(folder: Path, shown: str, task: str, *, max_params: int | None = N
     """An explicit --task other than sentence-embedding: the folder's transformer through the Hugging Face
     loader with that head, and a warning naming the modules that were dropped."""
     from . import hf
+
     modules = read_modules(folder)
     tf_dir = next((m["path"] for m in modules if m["cls"] == "Transformer"), folder)
     if not hf.is_hf_folder(tf_dir):
@@ -259,20 +305,25 @@ def load_bare(folder: Path, shown: str, task: str, *, max_params: int | None = N
 def load(folder: Path, shown: str, task: str, reason: str, *, max_params: int | None = None) -> LoadedModel:
     """Build the whole pipeline modules.json declares. `reason`: why this task was chosen (for the report)."""
     from . import hf
+
     modules = read_modules(folder)
     bad = unbuildable(modules)
     if bad:
         raise CheckpointError(
             f"{shown}: the studio cannot build the sentence-transformers module(s) {', '.join(bad)} declared in "
             f"{MODULES_FILE} (it builds {', '.join(BUILT)}).",
-            hint="Use --task feature-extraction to export the bare transformer (its token embeddings) instead.")
+            hint="Use --task feature-extraction to export the bare transformer (its token embeddings) instead.",
+        )
     if modules[0]["cls"] != "Transformer" or sum(m["cls"] == "Transformer" for m in modules) != 1:
-        raise CheckpointError(f"{shown}: {MODULES_FILE} must start with one sentence_transformers Transformer module "
-                              f"(found {', '.join(m['cls'] for m in modules)}).")
+        raise CheckpointError(
+            f"{shown}: {MODULES_FILE} must start with one sentence_transformers Transformer module "
+            f"(found {', '.join(m['cls'] for m in modules)})."
+        )
     tf_dir = modules[0]["path"]
     if not hf.is_hf_folder(tf_dir):
-        raise CheckpointError(f"{shown}: the Transformer module's folder {modules[0]['path'].name or '.'} has no "
-                              "config.json.")
+        raise CheckpointError(
+            f"{shown}: the Transformer module's folder {modules[0]['path'].name or '.'} has no config.json."
+        )
     base = hf.load_folder(tf_dir, shown, task="feature-extraction", max_params=max_params)
     config = base.module.config
     hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "dim", 0) or getattr(config, "d_model", 0))
@@ -288,12 +339,16 @@ def load(folder: Path, shown: str, task: str, reason: str, *, max_params: int | 
         elif m["cls"] == "Normalize":
             steps.append(_normalize(m))
             if steps[-1].input_name not in widths or steps[-1].output_name not in widths:
-                raise CheckpointError(f"{m['label']}: it normalises {steps[-1].input_name!r}, which is not one of "
-                                      f"{', '.join(widths)} at that point.")
+                raise CheckpointError(
+                    f"{m['label']}: it normalises {steps[-1].input_name!r}, which is not one of "
+                    f"{', '.join(widths)} at that point."
+                )
         # Dropout: identity at inference
     if "sentence_embedding" not in widths or not any(isinstance(s, Pooling) for s in steps):
-        raise CheckpointError(f"{shown}: {MODULES_FILE} declares no Pooling module, so there is no sentence embedding.",
-                              hint="Use --task feature-extraction to export the token embeddings.")
+        raise CheckpointError(
+            f"{shown}: {MODULES_FILE} declares no Pooling module, so there is no sentence embedding.",
+            hint="Use --task feature-extraction to export the token embeddings.",
+        )
     takes = tuple(i.name for i in base.inputs)
     module = SentenceEncoder(base.module, steps, takes).eval()
     inputs = list(base.inputs)
@@ -309,8 +364,14 @@ def load(folder: Path, shown: str, task: str, reason: str, *, max_params: int | 
         output_names=list(OUTPUTS),
         output_kinds={"sentence_embedding": "embedding", "token_embeddings": "hidden"},
         tokenizer=base.tokenizer,
-        info={"architecture": base.info.get("architecture"), "model_type": base.info.get("model_type"),
-              "task": task, "task_reason": reason, "modules": [m["type"].rsplit(".", 1)[-1] for m in modules],
-              "embedding_dimension": widths["sentence_embedding"], **info,
-              **({"warnings": warnings} if warnings else {})},
+        info={
+            "architecture": base.info.get("architecture"),
+            "model_type": base.info.get("model_type"),
+            "task": task,
+            "task_reason": reason,
+            "modules": [m["type"].rsplit(".", 1)[-1] for m in modules],
+            "embedding_dimension": widths["sentence_embedding"],
+            **info,
+            **({"warnings": warnings} if warnings else {}),
+        },
     )

@@ -7,6 +7,7 @@ whose process is gone. `<host>` is a tag of the machine's name: a folder shared 
 container (another pid namespace, where our liveness check means nothing) is never touched. A folder
 whose name carries no pid, another host's tag, or a live pid (possibly reused) is kept.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,7 +19,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from glob import escape as glob_escape
 from pathlib import Path
-
 
 HOST_TAG = hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
 
@@ -57,7 +57,7 @@ def sweep(folder: str | Path, prefix: str) -> list[Path]:
     except OSError:
         return removed
     for p in candidates:
-        if p.is_dir() and not p.is_symlink() and is_stale(p.name[len(prefix):]):
+        if p.is_dir() and not p.is_symlink() and is_stale(p.name[len(prefix) :]):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed

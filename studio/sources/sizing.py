@@ -12,11 +12,12 @@ Counting stops as soon as either bound is passed, so an absurd config costs a fe
 Python, not the whole structure; a structure with more than MAX_MODULES modules or that takes longer
 than META_BUILD_S seconds to lay out is refused as well (a meta build costs ~10 ms per BERT layer).
 """
+
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,6 +48,7 @@ def count_on_meta(build: Callable[[], torch.nn.Module], stop_above: int) -> tupl
     passes `stop_above` (or the structure passes MAX_MODULES / META_BUILD_S), (count so far, why it
     stopped). Parameters registered twice (tied weights) count once."""
     from torch.nn.modules import module as nn_module
+
     seen: set[int] = set()
     total = [0]
     modules = [0]
@@ -66,8 +68,10 @@ def count_on_meta(build: Callable[[], torch.nn.Module], stop_above: int) -> tupl
         if modules[0] % 256 == 0 and time.monotonic() > deadline:
             raise _Stop("time")
 
-    hooks = [nn_module.register_module_parameter_registration_hook(on_param),
-             nn_module.register_module_module_registration_hook(on_module)]
+    hooks = [
+        nn_module.register_module_parameter_registration_hook(on_param),
+        nn_module.register_module_module_registration_hook(on_module),
+    ]
     try:
         with torch.device("meta"):
             model = build()
@@ -81,8 +85,14 @@ def count_on_meta(build: Callable[[], torch.nn.Module], stop_above: int) -> tupl
     return count, ("params" if count > stop_above else None)
 
 
-SIZE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads",
-             "max_position_embeddings")
+SIZE_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "intermediate_size",
+    "num_attention_heads",
+    "max_position_embeddings",
+)
 
 
 def config_sizes(config: Any) -> str:
@@ -91,8 +101,15 @@ def config_sizes(config: Any) -> str:
     return ", ".join(f"{k}={get(k)}" for k in SIZE_KEYS if get(k) is not None)
 
 
-def check_declared(build: Callable[[], torch.nn.Module], *, config_name: str, held_bytes: int, held_name: str,
-                   max_params: int, sizes: str = "") -> int:
+def check_declared(
+    build: Callable[[], torch.nn.Module],
+    *,
+    config_name: str,
+    held_bytes: int,
+    held_name: str,
+    max_params: int,
+    sizes: str = "",
+) -> int:
     """Count the parameters `build()` declares (on meta) and refuse, with CheckpointError, a model the
     weights cannot fill or one above `max_params`. Returns the count. Errors of `build` itself (an
     invalid config) propagate to the caller, which words them."""
@@ -101,23 +118,30 @@ def check_declared(build: Callable[[], torch.nn.Module], *, config_name: str, he
     at_least = "at least " if why else ""
     says = f" ({sizes})" if sizes else ""
     if why in ("modules", "time"):
-        what = f"more than {MAX_MODULES:,} modules" if why == "modules" else \
-            f"a structure that takes longer than {META_BUILD_S:g} s to lay out"
+        what = (
+            f"more than {MAX_MODULES:,} modules"
+            if why == "modules"
+            else f"a structure that takes longer than {META_BUILD_S:g} s to lay out"
+        )
         raise CheckpointError(
             f"{config_name}{says} declares {what} ({at_least}{count:,} parameters counted); refused before "
-            "building the model.", hint="Use the config.json the weights were saved with.")
+            "building the model.",
+            hint="Use the config.json the weights were saved with.",
+        )
     if count > room:
         raise CheckpointError(
             f"{config_name}{says} declares {at_least}{count:,} parameters, but only {held_bytes:,} bytes of weights "
             f"({_human(held_bytes)}) are in {held_name}, and each parameter takes at least {MIN_BYTES_PER_PARAM} "
             "byte: the weights cannot belong to this config; refused before building the model.",
-            hint="Use the config.json the weights were saved with.")
+            hint="Use the config.json the weights were saved with.",
+        )
     if count > max_params:
         raise CheckpointError(
             f"{config_name}{says} declares {at_least}{count:,} parameters, more than the limit of {max_params:,} "
             "(--max-params); refused before building the model.",
             hint="An operator who has the memory for it can raise the limit: studio convert / studio app "
-                 "--max-params N, or ConvertSpec(max_params=N).")
+            "--max-params N, or ConvertSpec(max_params=N).",
+        )
     return count
 
 
@@ -140,15 +164,18 @@ def state_dict_bytes(sd: Mapping[str, Any], shown: str) -> int:
             continue
         if t.is_meta or t.layout != torch.strided:
             what = "a meta tensor (a shape without data)" if t.is_meta else f"a {t.layout} tensor"
-            raise CheckpointError(f"{shown}: tensor {key!r} is {what}, which declares {t.numel():,} elements the "
-                                  "file does not hold as such; refused.",
-                                  hint="Save the model's own state_dict (torch.save(model.state_dict(), ...)).")
+            raise CheckpointError(
+                f"{shown}: tensor {key!r} is {what}, which declares {t.numel():,} elements the "
+                "file does not hold as such; refused.",
+                hint="Save the model's own state_dict (torch.save(model.state_dict(), ...)).",
+            )
         storage = t.untyped_storage()
         nbytes = storage.nbytes()
         if t.numel() and t.numel() * t.element_size() > nbytes - t.storage_offset() * t.element_size():
             raise CheckpointError(
                 f"{shown}: tensor {key!r} declares {t.numel():,} elements of {t.element_size()} bytes over a "
                 f"storage of {nbytes:,} bytes (a stride-0 or overlapping view); refused.",
-                hint="Save the model's own state_dict (torch.save(model.state_dict(), ...)).")
+                hint="Save the model's own state_dict (torch.save(model.state_dict(), ...)).",
+            )
         storages[(storage.data_ptr(), nbytes)] = nbytes
     return sum(storages.values())

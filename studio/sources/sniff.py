@@ -3,6 +3,7 @@
 `sniff(path)` reads the first bytes (and, for zip files, the member names) and returns a Sniffed
 result: the content kind and a short description for messages. Nothing is unpickled or executed.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,14 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Content kinds
-TORCH_ZIP = "torch"             # torch.save (zip format): data.pkl + data/N
-TORCH_LEGACY = "torch-legacy"   # torch.save legacy (pickle stream with a magic number)
-TORCHSCRIPT = "torchscript"     # torch.jit.save archive: code/ + constants.pkl (runs code when loaded)
-PROGRAM = "program"             # torch.export.save (.pt2) archive (runs code when loaded)
-ARCHIVE = "archive"             # a plain .zip of files (e.g. a zipped model folder)
+TORCH_ZIP = "torch"  # torch.save (zip format): data.pkl + data/N
+TORCH_LEGACY = "torch-legacy"  # torch.save legacy (pickle stream with a magic number)
+TORCHSCRIPT = "torchscript"  # torch.jit.save archive: code/ + constants.pkl (runs code when loaded)
+PROGRAM = "program"  # torch.export.save (.pt2) archive (runs code when loaded)
+ARCHIVE = "archive"  # a plain .zip of files (e.g. a zipped model folder)
 SAFETENSORS = "safetensors"
-PICKLE = "pickle"               # a pickle stream that is not a torch.save file
-BROKEN_ZIP = "broken-zip"       # starts like a zip but its directory cannot be read (truncated?)
+PICKLE = "pickle"  # a pickle stream that is not a torch.save file
+BROKEN_ZIP = "broken-zip"  # starts like a zip but its directory cannot be read (truncated?)
 UNKNOWN = "unknown"
 
 # Kinds the studio can never read as weights, with what they are (for messages)
@@ -52,8 +53,9 @@ def _zip_kind(names: list[str]) -> str:
 
     if any("/code/" in n or n.startswith("code/") for n in names) or has("constants.pkl"):
         return TORCHSCRIPT
-    if has("archive_format") or (any("/models/" in n and n.endswith(".json") for n in names)
-                                 and any("/data/weights/" in n for n in names)):
+    if has("archive_format") or (
+        any("/models/" in n and n.endswith(".json") for n in names) and any("/data/weights/" in n for n in names)
+    ):
         return PROGRAM
     if has("data.pkl"):
         return TORCH_ZIP
@@ -145,11 +147,32 @@ def expected_suffixes(kind: str) -> tuple[str, ...]:
 
 
 # Globals torch.save itself writes (tensor rebuilding, storages, containers): not worth naming.
-_PLAIN_GLOBALS = ("torch._utils.", "torch.storage.", "torch.serialization.", "collections.OrderedDict",
-                  "torch.FloatStorage", "torch.HalfStorage", "torch.BFloat16Storage", "torch.LongStorage",
-                  "torch.IntStorage", "torch.DoubleStorage", "torch.ByteStorage", "torch.BoolStorage",
-                  "torch.Size", "torch.device", "torch.float", "torch.int", "torch.bfloat16", "torch.half",
-                  "torch.long", "torch.bool", "torch.double", "torch.uint8", "torch.int8", "torch.int16")
+_PLAIN_GLOBALS = (
+    "torch._utils.",
+    "torch.storage.",
+    "torch.serialization.",
+    "collections.OrderedDict",
+    "torch.FloatStorage",
+    "torch.HalfStorage",
+    "torch.BFloat16Storage",
+    "torch.LongStorage",
+    "torch.IntStorage",
+    "torch.DoubleStorage",
+    "torch.ByteStorage",
+    "torch.BoolStorage",
+    "torch.Size",
+    "torch.device",
+    "torch.float",
+    "torch.int",
+    "torch.bfloat16",
+    "torch.half",
+    "torch.long",
+    "torch.bool",
+    "torch.double",
+    "torch.uint8",
+    "torch.int8",
+    "torch.int16",
+)
 MAX_SCAN_BYTES = 256 * 1024**2
 
 

@@ -12,12 +12,14 @@ the backbone's keys are located by their suffixes, the rest must be one Linear l
 When the config's `architectures` names a task model (…ForSequenceClassification, …) and the weights
 fit that class exactly, it is loaded as such (its own head), unless a head is chosen explicitly.
 """
+
 from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -29,18 +31,31 @@ from .keys import SHOW, WRAPPER_SEGMENTS, KeyMatch, describe_mismatch, match_key
 
 KIND = "state-dict"
 # Where a state dict sits inside a training checkpoint dict, searched in this order.
-CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "weights",
-                  "params", "model_state")
+CONTAINER_KEYS = (
+    "state_dict",
+    "model_state_dict",
+    "model",
+    "module",
+    "net",
+    "network",
+    "weights",
+    "params",
+    "model_state",
+)
 MIN_COVERAGE = 0.5  # share of the backbone's tensors the checkpoint must hold to be called that backbone
 
 
 # ------------------------------------------------------------------------------------------ finding
 
+
 def _is_tensor_dict(obj: Any) -> bool:
     """Every key a string, every value a tensor (or None, e.g. an empty `_extra_state`), at least one tensor."""
-    return isinstance(obj, Mapping) and all(isinstance(k, str) for k in obj) and \
-        all(v is None or isinstance(v, torch.Tensor) for v in obj.values()) and \
-        any(isinstance(v, torch.Tensor) for v in obj.values())
+    return (
+        isinstance(obj, Mapping)
+        and all(isinstance(k, str) for k in obj)
+        and all(v is None or isinstance(v, torch.Tensor) for v in obj.values())
+        and any(isinstance(v, torch.Tensor) for v in obj.values())
+    )
 
 
 def find_state_dict(obj: Any, _where: str = "", _depth: int = 0) -> tuple[dict[str, torch.Tensor], str] | None:
@@ -69,6 +84,7 @@ def describe_object(obj: Any) -> str:
 
 # ------------------------------------------------------------------------------------------ config
 
+
 def _config_file(given: str | None, folders: list[Path], shown: str) -> Path | None:
     """--config (a config.json or a folder holding one), else a config.json in one of the folders."""
     if given:
@@ -89,19 +105,23 @@ def _config_file(given: str | None, folders: list[Path], shown: str) -> Path | N
 def load_config(path: Path):
     """A transformers config from a config.json (never runs remote code)."""
     from transformers import AutoConfig
+
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path.name} is not a readable JSON config: {e}") from e
     if not isinstance(data, dict) or "model_type" not in data:
-        raise CheckpointError(f"{path} is not a Hugging Face config.json (it has no 'model_type').",
-                              hint="Use the config.json of the backbone the weights were trained from.")
+        raise CheckpointError(
+            f"{path} is not a Hugging Face config.json (it has no 'model_type').",
+            hint="Use the config.json of the backbone the weights were trained from.",
+        )
     try:
         src = path.parent if path.name == "config.json" else path
         return AutoConfig.from_pretrained(str(src), trust_remote_code=False, local_files_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path} is not a config transformers knows "
-                              f"(model_type {data.get('model_type')!r}): {e}") from e
+        raise CheckpointError(
+            f"{path} is not a config transformers knows (model_type {data.get('model_type')!r}): {e}"
+        ) from e
 
 
 def find_tokenizer(folders: list[Path]):
@@ -114,6 +134,7 @@ def find_tokenizer(folders: list[Path]):
 
 
 # ------------------------------------------------------------------------------------------ keys
+
 
 def _unwrap(key: str) -> str:
     """The key without the segments only training wrappers insert (anywhere in the key)."""
@@ -140,12 +161,13 @@ def locate(keys: list[str], expected: list[str]) -> tuple[str, dict[str, str]]:
     lead = prefix + "." if prefix else ""
     for k in keys:
         u = _unwrap(k)
-        if u.startswith(lead) and u[len(lead):] in exp:
-            target = u[len(lead):]
+        if u.startswith(lead) and u[len(lead) :] in exp:
+            target = u[len(lead) :]
             if target in mapping:
                 raise CheckpointError(
                     f"The checkpoint holds two tensors for {target!r}: {mapping[target]!r} and {k!r}.",
-                    hint="Save the state dict of the inner model only, not of several wrappers around it.")
+                    hint="Save the state dict of the inner model only, not of several wrappers around it.",
+                )
             mapping[target] = k
     return prefix, mapping
 
@@ -157,17 +179,30 @@ def _shape_errors(pairs: list[tuple[str, tuple, tuple]]) -> str:
 
 
 def _config_hint(config) -> str:
-    names = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size",
-             "max_position_embeddings", "type_vocab_size")
+    names = (
+        "model_type",
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "intermediate_size",
+        "max_position_embeddings",
+        "type_vocab_size",
+    )
     vals = ", ".join(f"{n}={getattr(config, n)}" for n in names if getattr(config, n, None) is not None)
-    return f"The config says {vals}; the weights were trained with other values. Use the config.json of " \
-           "the model the weights were saved from."
+    return (
+        f"The config says {vals}; the weights were trained with other values. Use the config.json of "
+        "the model the weights were saved from."
+    )
 
 
-def _check_shapes(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], config,
-                  names: Mapping[str, str] | None = None) -> None:
-    bad = [((names or {}).get(k, k), tuple(v.shape), tuple(own[k].shape))
-           for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+def _check_shapes(
+    own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], config, names: Mapping[str, str] | None = None
+) -> None:
+    bad = [
+        ((names or {}).get(k, k), tuple(v.shape), tuple(own[k].shape))
+        for k, v in state.items()
+        if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
     if bad:
         raise CheckpointError(_shape_errors(bad), hint=_config_hint(config))
 
@@ -175,14 +210,18 @@ def _check_shapes(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Ten
 def _float(state: Mapping[str, torch.Tensor], shown: str) -> None:
     odd = [k for k, v in state.items() if v.is_complex() or v.dtype in (torch.bool,) or v.is_quantized]
     if odd:
-        raise CheckpointError(f"{shown}: tensors {', '.join(map(repr, odd[:SHOW]))} have dtypes the studio cannot "
-                              "load into a float32 model (quantized / complex).")
+        raise CheckpointError(
+            f"{shown}: tensors {', '.join(map(repr, odd[:SHOW]))} have dtypes the studio cannot "
+            "load into a float32 model (quantized / complex)."
+        )
 
 
 # ------------------------------------------------------------------------------------------ building
 
+
 def _build(auto_name: str, config, **kwargs):
     import transformers
+
     transformers.utils.logging.disable_progress_bar()
     try:
         return getattr(transformers, auto_name).from_config(config, attn_implementation="eager", **kwargs)
@@ -219,13 +258,23 @@ def _try_task_model(sd: dict[str, torch.Tensor], config, tokenizer, shown: str, 
     model.load_state_dict(state, strict=True)
     model = model.float().eval().to("cpu")
     return LoadedModel(
-        kind=KIND, path=shown, module=model, adapter=hf.make_adapter(list(outputs)),
-        inputs=hf.text_inputs_for(model, config, tokenizer), output_names=list(outputs),
-        output_kinds={o: out_kind for o in outputs}, tokenizer=tokenizer,
-        info={**info, "architecture": type(model).__name__, "model_type": config.model_type,
-              "task": auto_name.replace("AutoModelFor", ""),
-              "labels": _labels(config, int(getattr(config, "num_labels", 0) or 0))
-              if auto_name.endswith("SequenceClassification") else None},
+        kind=KIND,
+        path=shown,
+        module=model,
+        adapter=hf.make_adapter(list(outputs)),
+        inputs=hf.text_inputs_for(model, config, tokenizer),
+        output_names=list(outputs),
+        output_kinds={o: out_kind for o in outputs},
+        tokenizer=tokenizer,
+        info={
+            **info,
+            "architecture": type(model).__name__,
+            "model_type": config.model_type,
+            "task": auto_name.replace("AutoModelFor", ""),
+            "labels": _labels(config, int(getattr(config, "num_labels", 0) or 0))
+            if auto_name.endswith("SequenceClassification")
+            else None,
+        },
     )
 
 
@@ -238,9 +287,12 @@ def _linear_keys(rest: Mapping[str, torch.Tensor]) -> set[str]:
     groups: dict[str, list[str]] = {}
     for k in rest:
         groups.setdefault(_unwrap(k).rpartition(".")[0], []).append(k)
-    linear = [ks for ks in groups.values()
-              if {_unwrap(k).rpartition(".")[2] for k in ks} <= {"weight", "bias"}
-              and any(_unwrap(k).endswith("weight") and rest[k].dim() == 2 for k in ks)]
+    linear = [
+        ks
+        for ks in groups.values()
+        if {_unwrap(k).rpartition(".")[2] for k in ks} <= {"weight", "bias"}
+        and any(_unwrap(k).endswith("weight") and rest[k].dim() == 2 for k in ks)
+    ]
     return set(linear[0]) if len(linear) == 1 else set()
 
 
@@ -272,16 +324,22 @@ def _head_from(rest: dict[str, torch.Tensor], shown: str) -> tuple[str, torch.Te
     for k, v in rest.items():
         mod, _, leaf = _unwrap(k).rpartition(".")
         groups.setdefault(mod, {})[leaf] = v
-    linear = [(m, g) for m, g in groups.items()
-              if set(g) <= {"weight", "bias"} and "weight" in g and g["weight"].dim() == 2
-              and ("bias" not in g or tuple(g["bias"].shape) == (g["weight"].shape[0],))]
+    linear = [
+        (m, g)
+        for m, g in groups.items()
+        if set(g) <= {"weight", "bias"}
+        and "weight" in g
+        and g["weight"].dim() == 2
+        and ("bias" not in g or tuple(g["bias"].shape) == (g["weight"].shape[0],))
+    ]
     if len(groups) != 1 or len(linear) != 1:
-        listed = ", ".join(f"{k!r} {list(v.shape)}" for k, v in list(rest.items())[:SHOW + 3])
+        listed = ", ".join(f"{k!r} {list(v.shape)}" for k, v in list(rest.items())[: SHOW + 3])
         raise CheckpointError(
             f"{shown}: besides the backbone, the checkpoint holds {len(rest)} tensors in {len(groups)} "
             f"module(s) ({listed}); the built-in heads are one Linear layer on the backbone's hidden states.",
             hint="Register an operator plugin for this architecture (see README, 'Operator plugins'), or "
-                 "export a Hugging Face task model (save_pretrained).")
+            "export a Hugging Face task model (save_pretrained).",
+        )
     mod, g = linear[0]
     return mod, g["weight"], g.get("bias")
 
@@ -295,8 +353,9 @@ def _choosable() -> list[str]:
     return [h for h in HEADS if h in SPEC_HEADS] or list(HEADS)
 
 
-def load_state(sd: dict[str, torch.Tensor], config, tokenizer, head: str | None, shown: str,
-               info: dict[str, Any]) -> LoadedModel:
+def load_state(
+    sd: dict[str, torch.Tensor], config, tokenizer, head: str | None, shown: str, info: dict[str, Any]
+) -> LoadedModel:
     """Build the model the state dict `sd` belongs to: the config's task model, or backbone + head."""
     _float(sd, shown)
     if head is not None and head not in HEADS:
@@ -322,8 +381,10 @@ def _match_backbone(sd: dict[str, torch.Tensor], config, head: str | None, shown
     missing = [k for k in own if k not in mapping]
     if missing and all(k.startswith("pooler.") for k in missing) and has_pooler(backbone):
         if head == "pooled":
-            raise CheckpointError(f"{shown}: --head pooled needs the backbone's pooler weights, which the "
-                                  "checkpoint does not hold.", hint="Use --head sequence (first token).")
+            raise CheckpointError(
+                f"{shown}: --head pooled needs the backbone's pooler weights, which the checkpoint does not hold.",
+                hint="Use --head sequence (first token).",
+            )
         backbone = _build("AutoModel", config, add_pooling_layer=False)
         own = backbone.state_dict()
         missing = [k for k in own if k not in mapping]
@@ -331,12 +392,13 @@ def _match_backbone(sd: dict[str, torch.Tensor], config, head: str | None, shown
     lead = prefix + "." if prefix else ""
     children = {name for name, _ in backbone.named_children()}
     rest = {k: v for k, v in sd.items() if k not in used}
-    stray = [k for k in rest if _unwrap(k).startswith(lead) and _unwrap(k)[len(lead):].split(".")[0] in children]
+    stray = [k for k in rest if _unwrap(k).startswith(lead) and _unwrap(k)[len(lead) :].split(".")[0] in children]
     if missing or stray or len(mapping) < MIN_COVERAGE * len(own):
         head_keys = _linear_keys({k: v for k, v in rest.items() if k not in stray})
         unexpected = [k for k in rest if k not in head_keys] if mapping else keys
-        match = KeyMatch(mapping={}, missing=[lead + k for k in missing] if mapping else list(own),
-                         unexpected=unexpected)
+        match = KeyMatch(
+            mapping={}, missing=[lead + k for k in missing] if mapping else list(own), unexpected=unexpected
+        )
         what = f"a {config.model_type} backbone built from the config"
         message = describe_mismatch(match, what)
         if "Closest match" not in message:
@@ -345,8 +407,10 @@ def _match_backbone(sd: dict[str, torch.Tensor], config, head: str | None, shown
                 message += f" Closest match: {rename}."
         raise CheckpointError(
             message + (f" (backbone found under {prefix!r})" if prefix else ""),
-            hint=_config_hint(config) if mapping else
-            "Check that the config.json belongs to the model the weights were saved from.")
+            hint=_config_hint(config)
+            if mapping
+            else "Check that the config.json belongs to the model the weights were saved from.",
+        )
     state = {k: sd[s] for k, s in mapping.items()}
     _check_shapes(own, state, config, names=mapping)
     for k in stray:
@@ -354,24 +418,42 @@ def _match_backbone(sd: dict[str, torch.Tensor], config, head: str | None, shown
     return backbone, prefix, state, rest
 
 
-def _encoder_only(backbone, state: dict[str, torch.Tensor], config, tokenizer, head: str | None, shown: str,
-                  base_info: dict[str, Any]) -> LoadedModel:
+def _encoder_only(
+    backbone, state: dict[str, torch.Tensor], config, tokenizer, head: str | None, shown: str, base_info: dict[str, Any]
+) -> LoadedModel:
     """A checkpoint holding the backbone alone: the encoder's hidden states."""
     if head is not None:
-        raise CheckpointError(f"{shown}: --head {head} was chosen, but the checkpoint holds only the backbone "
-                              "(no head weights).", hint="Leave --head out to export the encoder's hidden states.")
+        raise CheckpointError(
+            f"{shown}: --head {head} was chosen, but the checkpoint holds only the backbone (no head weights).",
+            hint="Leave --head out to export the encoder's hidden states.",
+        )
     backbone.load_state_dict(state, strict=True)
     backbone = backbone.float().eval().to("cpu")
     outputs = list(hf.ENCODER_OUTPUTS)
     return LoadedModel(
-        kind=KIND, path=shown, module=backbone, adapter=hf.make_adapter(outputs),
-        inputs=hf.text_inputs_for(backbone, config, tokenizer), output_names=outputs,
-        output_kinds={o: "hidden" for o in outputs}, tokenizer=tokenizer,
-        info={**base_info, "architecture": type(backbone).__name__, "task": "encoder", "labels": None})
+        kind=KIND,
+        path=shown,
+        module=backbone,
+        adapter=hf.make_adapter(outputs),
+        inputs=hf.text_inputs_for(backbone, config, tokenizer),
+        output_names=outputs,
+        output_kinds={o: "hidden" for o in outputs},
+        tokenizer=tokenizer,
+        info={**base_info, "architecture": type(backbone).__name__, "task": "encoder", "labels": None},
+    )
 
 
-def _with_head(backbone, state: dict[str, torch.Tensor], rest: dict[str, torch.Tensor], config, tokenizer,
-               head: str | None, shown: str, prefix: str, base_info: dict[str, Any]) -> LoadedModel:
+def _with_head(
+    backbone,
+    state: dict[str, torch.Tensor],
+    rest: dict[str, torch.Tensor],
+    config,
+    tokenizer,
+    head: str | None,
+    shown: str,
+    prefix: str,
+    base_info: dict[str, Any],
+) -> LoadedModel:
     """Backbone + the checkpoint's Linear head, reading what --head says."""
     hidden = int(getattr(config, "hidden_size", 0) or 0)
     mod, weight, bias = _head_from(rest, shown)
@@ -381,13 +463,18 @@ def _with_head(backbone, state: dict[str, torch.Tensor], rest: dict[str, torch.T
             f"{shown}: the checkpoint holds a {config.model_type} backbone (under {prefix!r}) and a Linear head "
             f"{mod!r} ({in_features} -> {num_labels}); say what the head reads with --head "
             f"{' | '.join(_choosable())}.",
-            hint="; ".join(f"{k}: {HEADS[k]}" for k in _choosable()))
+            hint="; ".join(f"{k}: {HEADS[k]}" for k in _choosable()),
+        )
     if in_features != hidden:
-        raise CheckpointError(f"{shown}: the head {mod!r} takes {in_features} features but the config's "
-                              f"hidden_size is {hidden}.", hint=_config_hint(config))
+        raise CheckpointError(
+            f"{shown}: the head {mod!r} takes {in_features} features but the config's hidden_size is {hidden}.",
+            hint=_config_hint(config),
+        )
     if head == "pooled" and not has_pooler(backbone):
-        raise CheckpointError(f"{shown}: --head pooled needs a backbone with a pooler; {config.model_type} has none.",
-                              hint="Use --head sequence (first token).")
+        raise CheckpointError(
+            f"{shown}: --head pooled needs a backbone with a pooler; {config.model_type} has none.",
+            hint="Use --head sequence (first token).",
+        )
     model = BackboneWithHead(backbone, head, num_labels, in_features, bias=bias is not None)
     full = {f"backbone.{k}": v for k, v in state.items()}
     full["head.weight"] = weight
@@ -399,23 +486,36 @@ def _with_head(backbone, state: dict[str, torch.Tensor], rest: dict[str, torch.T
         raise CheckpointError(f"{shown}: the weights cannot be loaded into backbone + head: {e}") from e
     model = model.float().eval().to("cpu")
     return LoadedModel(
-        kind=KIND, path=shown, module=model, adapter=_logits_adapter,
-        inputs=hf.text_inputs_for(backbone, config, tokenizer), output_names=["logits"],
-        output_kinds={"logits": "logits"}, tokenizer=tokenizer,
-        info={**base_info, "architecture": f"{type(backbone).__name__} + Linear head",
-              "task": f"{head}-classification" if head != "token" else "token-classification",
-              "head": head, "head_module": mod, "num_labels": num_labels,
-              "labels": _labels(config, num_labels) if head != "token" else None},
+        kind=KIND,
+        path=shown,
+        module=model,
+        adapter=_logits_adapter,
+        inputs=hf.text_inputs_for(backbone, config, tokenizer),
+        output_names=["logits"],
+        output_kinds={"logits": "logits"},
+        tokenizer=tokenizer,
+        info={
+            **base_info,
+            "architecture": f"{type(backbone).__name__} + Linear head",
+            "task": f"{head}-classification" if head != "token" else "token-classification",
+            "head": head,
+            "head_module": mod,
+            "num_labels": num_labels,
+            "labels": _labels(config, num_labels) if head != "token" else None,
+        },
     )
 
 
-def load(obj: Any, shown: str, spec: LoadOptions, folders: list[Path],
-         info: dict[str, Any] | None = None) -> LoadedModel:
+def load(
+    obj: Any, shown: str, spec: LoadOptions, folders: list[Path], info: dict[str, Any] | None = None
+) -> LoadedModel:
     """A weights-only object (a state dict or a training checkpoint dict holding one) + its config."""
     found = find_state_dict(obj)
     if found is None:
-        raise CheckpointError(f"{shown} holds {describe_object(obj)}, which is not a checkpoint kind the studio "
-                              "knows (no state dict of tensors found).")
+        raise CheckpointError(
+            f"{shown} holds {describe_object(obj)}, which is not a checkpoint kind the studio "
+            "knows (no state dict of tensors found)."
+        )
     sd, where = found
     info = dict(info or {})
     info["state_dict_at"] = where
@@ -428,7 +528,8 @@ def load(obj: Any, shown: str, spec: LoadOptions, folders: list[Path],
             f"{shown} holds a state dict of {len(sd)} tensors (keys like {sample}) but no architecture: "
             "the studio needs the backbone's config.json to rebuild the model.",
             hint="Put config.json (and the tokenizer files) beside the weights or in the same .zip, or pass "
-                 "--config path/to/config.json (or the model folder).")
+            "--config path/to/config.json (or the model folder).",
+        )
     config = load_config(cfg_path)
     info["config"] = str(cfg_path) if spec.config else cfg_path.name
     _check_size(sd, config, info["config"], shown, spec.max_params)
@@ -442,11 +543,16 @@ def _check_size(sd: dict[str, torch.Tensor], config, config_name: str, shown: st
     import transformers
 
     from . import sizing
+
     try:
         sizing.check_declared(
             lambda: transformers.AutoModel.from_config(config, attn_implementation="eager"),
-            config_name=config_name, held_bytes=sizing.state_dict_bytes(sd, shown), held_name=shown,
-            max_params=max_params or sizing.MAX_PARAMS_DEFAULT, sizes=sizing.config_sizes(config))
+            config_name=config_name,
+            held_bytes=sizing.state_dict_bytes(sd, shown),
+            held_name=shown,
+            max_params=max_params or sizing.MAX_PARAMS_DEFAULT,
+            sizes=sizing.config_sizes(config),
+        )
     except CheckpointError:
         raise
     except Exception as e:
@@ -456,8 +562,10 @@ def _check_size(sd: dict[str, torch.Tensor], config, config_name: str, shown: st
 def read_safetensors(p: Path, shown: str) -> dict[str, torch.Tensor]:
     """All tensors of a .safetensors file (no code can run: the format holds only a JSON header + bytes)."""
     from safetensors.torch import load_file
+
     try:
         return dict(load_file(str(p), device="cpu"))
     except Exception as e:
-        raise CheckpointError(f"{shown} is not a readable .safetensors file (truncated or corrupted?): "
-                              f"{first_line(e)}") from e
+        raise CheckpointError(
+            f"{shown} is not a readable .safetensors file (truncated or corrupted?): {first_line(e)}"
+        ) from e

@@ -14,14 +14,16 @@ forward signature. A `studio.json` beside the program (or given with --config) o
      "output_kinds": {"logits": "logits"}}                              # logits | probs | hidden | other
 An entry of "inputs" may also be {"name": "price", "kind": "tabular", "column": "price", "width": 1}.
 """
+
 from __future__ import annotations
 
 import inspect
 import json
 import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -33,10 +35,12 @@ SIDECAR = "studio.json"
 TEXT_NAMES = {INPUT_IDS: INPUT_IDS, ATTENTION_MASK: ATTENTION_MASK, TOKEN_TYPE_IDS: TOKEN_TYPE_IDS}
 KINDS = (INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS, TABULAR)
 OUTPUT_KINDS = ("logits", "probs", "hidden", "other")
-TRUST_HINT = ("If you operate this studio and trust where the file comes from, start it with --trust-code "
-              "(`studio convert --trust-code ...`, `studio app --trust-code`; ConvertSpec(trust_code=True)). "
-              "Otherwise upload a state dict (torch.save(model.state_dict())), a .safetensors file, or a "
-              "Hugging Face folder (save_pretrained), with the config.json.")
+TRUST_HINT = (
+    "If you operate this studio and trust where the file comes from, start it with --trust-code "
+    "(`studio convert --trust-code ...`, `studio app --trust-code`; ConvertSpec(trust_code=True)). "
+    "Otherwise upload a state dict (torch.save(model.state_dict())), a .safetensors file, or a "
+    "Hugging Face folder (save_pretrained), with the config.json."
+)
 
 
 def refusal(shown: str, what: str, detail: str = "") -> UnsafeCheckpointError:
@@ -44,16 +48,19 @@ def refusal(shown: str, what: str, detail: str = "") -> UnsafeCheckpointError:
     why = {
         "torchscript": "a TorchScript archive: loading it runs the TorchScript code stored inside it",
         "program": "a torch.export program (.pt2): loading it rebuilds and runs the Python-level graph stored "
-                   "inside it",
+        "inside it",
         "pickle": "a pickle of Python objects (e.g. a whole nn.Module saved with torch.save(model)): "
-                  "unpickling it can call any Python function",
+        "unpickling it can call any Python function",
     }[what]
-    return UnsafeCheckpointError(f"{shown} is {why}{detail}. Uploads like this can run code on the server, so "
-                                 "the studio refuses them unless its operator allowed trusted code.",
-                                 hint=TRUST_HINT)
+    return UnsafeCheckpointError(
+        f"{shown} is {why}{detail}. Uploads like this can run code on the server, so "
+        "the studio refuses them unless its operator allowed trusted code.",
+        hint=TRUST_HINT,
+    )
 
 
 # ------------------------------------------------------------------------------------------ sidecar
+
 
 @dataclass
 class Declared:
@@ -93,8 +100,9 @@ def read_declared(config: str | None, folders: list[Path], params: list[str]) ->
         if not isinstance(entries, list) or not entries:
             raise CheckpointError(f"{path.name}: 'inputs' must be a non-empty list, one entry per forward parameter.")
         if params and len(entries) != len(params):
-            raise CheckpointError(f"{path.name} declares {len(entries)} inputs but the program takes {len(params)} "
-                                  f"({', '.join(params)}).")
+            raise CheckpointError(
+                f"{path.name} declares {len(entries)} inputs but the program takes {len(params)} ({', '.join(params)})."
+            )
         taken: set[str] = set()
         inputs = []
         for i, e in enumerate(entries):
@@ -105,8 +113,9 @@ def read_declared(config: str | None, folders: list[Path], params: list[str]) ->
             default = kind if kind != TABULAR else (params[i] if i < len(params) else f"tabular_{i}")
             name = _identifier(str(spec_e.get("name") or default), taken)
             width = spec_e.get("width")
-            inputs.append(ModelInput(name, kind, column=spec_e.get("column"),
-                                     width=int(width) if width is not None else None))
+            inputs.append(
+                ModelInput(name, kind, column=spec_e.get("column"), width=int(width) if width is not None else None)
+            )
         out.inputs = inputs
     if "outputs" in data:
         names = data["outputs"]
@@ -124,6 +133,7 @@ def read_declared(config: str | None, folders: list[Path], params: list[str]) ->
 def _identifier(name: str, taken: set[str]) -> str:
     import keyword
     import re
+
     n = re.sub(r"\W", "_", name).strip("_") or "x"
     if n[0].isdigit() or keyword.iskeyword(n) or n in ("self", "torch"):
         n = "f_" + n
@@ -139,12 +149,12 @@ def inputs_from_params(params: list[str]) -> list[ModelInput]:
     out = []
     for p in params:
         kind = TEXT_NAMES.get(p, TABULAR)
-        out.append(ModelInput(_identifier(p, taken), kind, column=None,
-                              required=kind != TOKEN_TYPE_IDS))
+        out.append(ModelInput(_identifier(p, taken), kind, column=None, required=kind != TOKEN_TYPE_IDS))
     return out
 
 
 # ------------------------------------------------------------------------------------------ calling
+
 
 def flatten_outputs(out: Any) -> list[torch.Tensor]:
     """A tensor, a tuple/list of tensors, a dict / ModelOutput -> flat list of tensors (None skipped)."""
@@ -158,8 +168,10 @@ def flatten_outputs(out: Any) -> list[torch.Tensor]:
             if o is not None:
                 flat.extend(flatten_outputs(o))
         return flat
-    raise CheckpointError(f"The model returned {type(out).__name__}; the studio exports models that return "
-                          "tensors (a tensor, a tuple/list or a dict of tensors).")
+    raise CheckpointError(
+        f"The model returned {type(out).__name__}; the studio exports models that return "
+        "tensors (a tensor, a tuple/list or a dict of tensors)."
+    )
 
 
 @dataclass(frozen=True)
@@ -180,7 +192,8 @@ class ProgramAdapter:
         if len(flat) != self.n_outputs:
             raise CheckpointError(
                 f"The model returned {len(flat)} tensors but {self.n_outputs} output(s) were expected.",
-                hint=f"Declare its outputs in {SIDECAR}: {{\"outputs\": [\"name1\", \"name2\", ...]}}.")
+                hint=f'Declare its outputs in {SIDECAR}: {{"outputs": ["name1", "name2", ...]}}.',
+            )
         return tuple(flat)
 
 
@@ -204,8 +217,16 @@ def _dry_run(module, inputs: list[ModelInput], keyword: bool, params: list[str])
     if any(i.kind == TABULAR for i in inputs):
         return None
     ids = torch.full((1, 8), 1, dtype=torch.long)
-    named = {i.name: (torch.ones_like(ids) if i.kind == ATTENTION_MASK else
-                      torch.zeros_like(ids) if i.kind == TOKEN_TYPE_IDS else ids) for i in inputs}
+    named = {
+        i.name: (
+            torch.ones_like(ids)
+            if i.kind == ATTENTION_MASK
+            else torch.zeros_like(ids)
+            if i.kind == TOKEN_TYPE_IDS
+            else ids
+        )
+        for i in inputs
+    }
     try:
         with torch.no_grad():
             if keyword:
@@ -225,8 +246,17 @@ def _names_from(out: Any) -> list[str] | None:
     return None
 
 
-def _build(kind: str, module: torch.nn.Module, params: list[str], keyword: bool, n_outputs: int | None,
-           shown: str, config: str | None, folders: list[Path], info: dict[str, Any]) -> LoadedModel:
+def _build(
+    kind: str,
+    module: torch.nn.Module,
+    params: list[str],
+    keyword: bool,
+    n_outputs: int | None,
+    shown: str,
+    config: str | None,
+    folders: list[Path],
+    info: dict[str, Any],
+) -> LoadedModel:
     """The LoadedModel of a trusted module; config: --config (a sidecar .json, or the folder of one)."""
     declared = read_declared(config, folders, params)
     inputs = declared.inputs or inputs_from_params(params)
@@ -241,8 +271,9 @@ def _build(kind: str, module: torch.nn.Module, params: list[str], keyword: bool,
         n = n_outputs or (len(flatten_outputs(sample)) if sample is not None else 1)
         outputs = _names_from(sample) or (["output"] if n == 1 else [f"output_{i}" for i in range(n)])
     if n_outputs is not None and len(outputs) != n_outputs:
-        raise CheckpointError(f"{declared.source or SIDECAR} declares {len(outputs)} outputs but the program "
-                              f"returns {n_outputs}.")
+        raise CheckpointError(
+            f"{declared.source or SIDECAR} declares {len(outputs)} outputs but the program returns {n_outputs}."
+        )
     kinds = {o: (declared.output_kinds or {}).get(o, o if o in ("logits", "probs") else "other") for o in outputs}
     cfg_dir = None
     if config:
@@ -254,15 +285,25 @@ def _build(kind: str, module: torch.nn.Module, params: list[str], keyword: bool,
     except Exception:
         pass
     return LoadedModel(
-        kind=kind, path=shown, module=module,
+        kind=kind,
+        path=shown,
+        module=module,
         adapter=ProgramAdapter(tuple(i.name for i in inputs), tuple(params), keyword, len(outputs)),
-        inputs=inputs, output_names=list(outputs), output_kinds=kinds, tokenizer=tokenizer,
-        info={**info, "trusted_code": True, "parameters_in_order": list(params),
-              "inputs_from": declared.source if declared.inputs else "parameter names"},
+        inputs=inputs,
+        output_names=list(outputs),
+        output_kinds=kinds,
+        tokenizer=tokenizer,
+        info={
+            **info,
+            "trusted_code": True,
+            "parameters_in_order": list(params),
+            "inputs_from": declared.source if declared.inputs else "parameter names",
+        },
     )
 
 
 # ------------------------------------------------------------------------------------------ kinds
+
 
 class FrozenScript(torch.nn.Module):
     """A TorchScript module frozen into one graph function (weights as constants).
@@ -306,9 +347,21 @@ def load_torchscript(p: Path, shown: str, spec: LoadOptions, folders: list[Path]
     n_outputs = _output_count_ts(module)
     parameters = sum(t.numel() for t in module.parameters())
     frozen = _frozen(module)
-    loaded = _build("torchscript", frozen, params, False, n_outputs, shown, spec.config, folders,
-                    {"architecture": "TorchScript " + str(getattr(module, "original_name", "module")),
-                     "frozen": frozen is not module, "weights": parameters})
+    loaded = _build(
+        "torchscript",
+        frozen,
+        params,
+        False,
+        n_outputs,
+        shown,
+        spec.config,
+        folders,
+        {
+            "architecture": "TorchScript " + str(getattr(module, "original_name", "module")),
+            "frozen": frozen is not module,
+            "weights": parameters,
+        },
+    )
     return loaded
 
 
@@ -320,7 +373,7 @@ class ProgramModule(torch.nn.Module):
         super().__init__()
         self.program = program
 
-    def train(self, mode: bool = True) -> "ProgramModule":
+    def train(self, mode: bool = True) -> ProgramModule:
         self.training = mode
         return self
 
@@ -332,18 +385,27 @@ def load_program(p: Path, shown: str, spec: LoadOptions, folders: list[Path]) ->
     try:
         ep = torch.export.load(str(p))
     except Exception as e:
-        raise CheckpointError(f"{shown} could not be loaded as a torch.export program: "
-                              f"{first_line(e)}") from e
+        raise CheckpointError(f"{shown} could not be loaded as a torch.export program: {first_line(e)}") from e
     sig = ep.graph_signature
     params = list(sig.user_inputs)
     module = ep.module()
     try:
         from torch.ao.quantization import move_exported_model_to_eval
+
         module = move_exported_model_to_eval(module)
     except Exception:  # older torch, or nothing to switch
         pass
-    loaded = _build("torch-export", ProgramModule(module), params, False, len(sig.user_outputs), shown, spec.config,
-                    folders, {"architecture": "torch.export program"})
+    loaded = _build(
+        "torch-export",
+        ProgramModule(module),
+        params,
+        False,
+        len(sig.user_outputs),
+        shown,
+        spec.config,
+        folders,
+        {"architecture": "torch.export program"},
+    )
     widths = program_widths(ep)
     for inp, param in zip(loaded.inputs, params):
         if inp.kind == TABULAR and inp.width is None and param in widths:
@@ -369,9 +431,11 @@ def load_pickled(p: Path, shown: str, spec: LoadOptions, folders: list[Path]) ->
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=False)
     except (pickle.UnpicklingError, AttributeError, ModuleNotFoundError, ImportError) as e:
-        raise CheckpointError(f"{shown} could not be unpickled: {type(e).__name__}: {e}",
-                              hint="The classes it was pickled with must be importable here (install the "
-                                   "training code's package, or register an operator plugin).") from e
+        raise CheckpointError(
+            f"{shown} could not be unpickled: {type(e).__name__}: {e}",
+            hint="The classes it was pickled with must be importable here (install the "
+            "training code's package, or register an operator plugin).",
+        ) from e
     except Exception as e:
         raise CheckpointError(f"{shown} could not be read: {type(e).__name__}: {str(e)[:300]}") from e
     module = obj
@@ -384,18 +448,31 @@ def load_pickled(p: Path, shown: str, spec: LoadOptions, folders: list[Path]) ->
     sig = inspect.signature(module.forward)
     # required parameters, plus the optional ones named like text tensors (attention_mask, ...);
     # other optional ones (labels, head_mask, return_dict, **kwargs) keep their defaults
-    params = [n for n, prm in sig.parameters.items()
-              if prm.kind in (prm.POSITIONAL_ONLY, prm.POSITIONAL_OR_KEYWORD, prm.KEYWORD_ONLY)
-              and (prm.default is prm.empty or n in TEXT_NAMES)]
+    params = [
+        n
+        for n, prm in sig.parameters.items()
+        if prm.kind in (prm.POSITIONAL_ONLY, prm.POSITIONAL_OR_KEYWORD, prm.KEYWORD_ONLY)
+        and (prm.default is prm.empty or n in TEXT_NAMES)
+    ]
     var_positional = any(prm.kind == prm.VAR_POSITIONAL for prm in sig.parameters.values())
     if var_positional and _sidecar_path(spec.config, folders) is None:
-        raise CheckpointError(f"{shown}: {type(module).__name__}.forward takes *args, so its inputs cannot be read "
-                              "from its signature.",
-                              hint=f"Declare them in {SIDECAR} beside the file: "
-                                   '{"inputs": ["input_ids", "attention_mask", "tabular"]}.')
+        raise CheckpointError(
+            f"{shown}: {type(module).__name__}.forward takes *args, so its inputs cannot be read from its signature.",
+            hint=f"Declare them in {SIDECAR} beside the file: "
+            '{"inputs": ["input_ids", "attention_mask", "tabular"]}.',
+        )
     keyword = not var_positional and not any(prm.kind == prm.POSITIONAL_ONLY for prm in sig.parameters.values())
     if var_positional:
         params = []  # taken from studio.json; called positionally
     module = module.to("cpu").float()
-    return _build("pickled-module", module, params, keyword, None, shown, spec.config, folders,
-                  {"architecture": type(module).__name__})
+    return _build(
+        "pickled-module",
+        module,
+        params,
+        keyword,
+        None,
+        shown,
+        spec.config,
+        folders,
+        {"architecture": type(module).__name__},
+    )
