@@ -14,7 +14,7 @@ import traceback
 from .errors import StudioError
 from .spec import (
     EXPORTERS,
-    HEADS,
+    HEAD_NAMES,
     ID_DTYPES,
     SAMPLE_LIMITS_OPTION,
     TASKS,
@@ -171,7 +171,9 @@ def _convert_parser(sub) -> None:
         metavar="PATH",
         help="config.json (or model folder) for a bare state dict / .safetensors checkpoint",
     )
-    c.add_argument("--head", choices=HEADS, default=default("head"), help="built-in head for a state-dict backbone")
+    c.add_argument(
+        "--head", choices=HEAD_NAMES, default=default("head"), help="built-in head for a state-dict backbone"
+    )
     c.add_argument(
         "--task",
         choices=TASKS,

@@ -71,7 +71,7 @@ def export_compared(
                 rows.append(
                     CandidateRow(name, False, done.error, done.skipped, done.opset_written, export_seconds=done.seconds)
                 )
-        export_mod._prune(prep.diag_dir, attempts)
+        export_mod.prune_diagnostics(prep.diag_dir, attempts)
         if not files:
             raise export_mod.failure(attempts, last_error, spec.opset)
         for row in rows:
@@ -129,7 +129,7 @@ def time_side_by_side(rows: list[CandidateRow], files: dict[str, Path], tensors:
     """ORT CPU latency of every candidate file at the sample's batch, timed in alternating rounds."""
     threads = spec.threads or runtime.default_threads()
     arrays = parity_mod.to_numpy(tensors)
-    batch, seq = latency_mod._shape(tensors)
+    batch, seq = latency_mod.shape_of(tensors)
     runners, providers = {}, {}
     by_name = {r.exporter: r for r in rows}
     for name, path in files.items():
@@ -147,7 +147,7 @@ def time_side_by_side(rows: list[CandidateRow], files: dict[str, Path], tensors:
         if isinstance(result, BaseException):
             by_name[name].latency_error = first_line(result, with_type=True)
         else:
-            by_name[name].ort_cpu = latency_mod._timing(result, batch, seq, threads, providers[name])
+            by_name[name].ort_cpu = latency_mod.timing(result, batch, seq, threads, providers[name])
             by_name[name].round_p50_ms = [round(float(np.median(t)), 4) for t in per_round.get(name, [])]
     runners.clear()
     runtime.release_memory()

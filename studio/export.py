@@ -421,7 +421,7 @@ def export(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec, dest: Pa
         if not done.ok:
             last_error = error or last_error
             continue
-        _prune(prep.diag_dir, attempts)
+        prune_diagnostics(prep.diag_dir, attempts)
         return ExportInfo(
             exporter=exporter,
             opset_requested=spec.opset,
@@ -432,7 +432,7 @@ def export(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec, dest: Pa
             reason=choice_reason(spec, attempts),
         )
     remove_model(dest)
-    _prune(prep.diag_dir, attempts)
+    prune_diagnostics(prep.diag_dir, attempts)
     raise failure(attempts, last_error, spec.opset)
 
 
@@ -455,7 +455,7 @@ def failure(attempts: list[ExportAttempt], last_error: ExportError | None, opset
     return last_error
 
 
-def _prune(diag_dir: Path, attempts: list[ExportAttempt]) -> None:
+def prune_diagnostics(diag_dir: Path, attempts: list[ExportAttempt]) -> None:
     """Keep only the diagnoses of failed attempts (the report points at them); drop the folder if empty."""
     keep = {Path(a.diagnosis_path).name for a in attempts if a.diagnosis_path}
     for f in diag_dir.iterdir():

@@ -127,7 +127,7 @@ def time_fn(
     return _timed(fn, budget_s, warmup, min_iters, max_iters)[:4]
 
 
-def _timing(stats, batch: int, seq: int | None, threads: int | None, provider: str, io_binding: bool = False) -> Timing:
+def timing(stats, batch: int, seq: int | None, threads: int | None, provider: str, io_binding: bool = False) -> Timing:
     p50, p90, p99, n, warm = stats
     return Timing(
         round(p50, 3),
@@ -143,7 +143,7 @@ def _timing(stats, batch: int, seq: int | None, threads: int | None, provider: s
     )
 
 
-def _shape(tensors: dict[str, Any]) -> tuple[int, int | None]:
+def shape_of(tensors: dict[str, Any]) -> tuple[int, int | None]:
     first = next(iter(tensors.values()))
     seq = next(
         (
@@ -196,12 +196,12 @@ def ort_cuda(sess, tensors: dict[str, np.ndarray], budget_s: float, batch: int, 
         binding.synchronize_outputs()
 
     stats = _timed(step, budget_s)
-    return _timing(stats, batch, seq, None, sess.get_providers()[0], io_binding=True)
+    return timing(stats, batch, seq, None, sess.get_providers()[0], io_binding=True)
 
 
 def torch_cuda(loaded: LoadedModel, tensors: dict[str, torch.Tensor], budget_s: float) -> Timing:
     """PyTorch eager on the GPU; inputs moved once, `torch.cuda.synchronize()` inside each timed call."""
-    batch, seq = _shape(tensors)
+    batch, seq = shape_of(tensors)
     module = loaded.module.to("cuda")
     try:
         on_dev = {n: t.to("cuda") for n, t in tensors.items()}
@@ -215,12 +215,12 @@ def torch_cuda(loaded: LoadedModel, tensors: dict[str, torch.Tensor], budget_s: 
     finally:
         loaded.module.to("cpu")
         torch.cuda.empty_cache()
-    return _timing(stats, batch, seq, None, f"torch-cuda ({torch.cuda.get_device_name(0)})")
+    return timing(stats, batch, seq, None, f"torch-cuda ({torch.cuda.get_device_name(0)})")
 
 
 def _batch1(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
     """The sample's first row alone (None when the sample already has one row)."""
-    batch, _ = _shape(tensors)
+    batch, _ = shape_of(tensors)
     if batch <= 1:
         return None
     return {n: t[:1].contiguous() for n, t in tensors.items()}
@@ -292,7 +292,7 @@ def measure_all(
     sizes = _sizes(tensors)
     say = progress or (lambda fraction: None)
     for i, (tag, ts) in enumerate(sizes):
-        batch, seq = _shape(ts)
+        batch, seq = shape_of(ts)
         arrays = {n: t.detach().cpu().numpy() for n, t in ts.items()}
         runners: dict[tuple[str, str], Callable[[], object]] = {(first, "torch_cpu"): _torch_step(loaded, ts)}
         providers = {(first, "torch_cpu"): "torch-cpu"}
@@ -336,19 +336,19 @@ def _torch_step(loaded: LoadedModel, tensors: dict[str, torch.Tensor]) -> Callab
 def _unwrap(result, batch: int, seq: int | None, threads: int, provider: str) -> Timing:
     if isinstance(result, BaseException):
         raise result
-    return _timing(result, batch, seq, threads, provider)
+    return timing(result, batch, seq, threads, provider)
 
 
 def _record(info: LatencyInfo, key: str, tag: str, fn: Callable[[], Timing]) -> None:
     try:
-        timing = fn()
+        measured = fn()
     except Exception as e:
         info.errors[key if not tag else f"{key}_batch1"] = first_line(e, with_type=True)
         return
     if tag:
-        info.batch1[key] = timing
+        info.batch1[key] = measured
     else:
-        setattr(info, key, timing)
+        setattr(info, key, measured)
 
 
 def _machine_span(before: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ DYNAMIC_AXES = ("batch", "sequence")
 ID_DTYPES = ("int64", "int32")
 OPSET_MIN, OPSET_MAX, OPSET_DEFAULT = 14, 23, 18
 VARIANTS = ("optimized", "int8", "fp16")
-HEADS = ("sequence", "pooled", "token")
+HEAD_NAMES = ("sequence", "pooled", "token")
 # what the graph computes (--task), as optimum-cli's; auto: modules.json -> sentence-embedding, else the
 # config's architectures (see README "Tasks")
 TASKS = (
@@ -187,8 +187,8 @@ class ConvertSpec:
             or not 1 <= self.max_params < float("inf")
         ):
             raise StudioError(f"--max-params must be a number >= 1, got {self.max_params!r}.")
-        if self.head is not None and self.head not in HEADS:
-            raise StudioError(f"Head {self.head!r} is not one of {', '.join(HEADS)}.")
+        if self.head is not None and self.head not in HEAD_NAMES:
+            raise StudioError(f"Head {self.head!r} is not one of {', '.join(HEAD_NAMES)}.")
         if self.task not in TASKS:
             raise StudioError(f"Task {self.task!r} is not one of {', '.join(TASKS)}.")
         if not isinstance(self.locate, bool):

@@ -151,9 +151,9 @@ def test_single_row_sample_has_no_separate_batch1_runs():
 
 
 def test_shape_reads_batch_and_sequence_from_torch_or_numpy():
-    assert latency._shape({"ids": torch.zeros(3, 7, dtype=torch.int64)}) == (3, 7)
-    assert latency._shape({"ids": np.zeros((3, 7), np.int32)}) == (3, 7)
-    assert latency._shape({"x": torch.zeros(4, 2)}) == (4, None)  # tabular only: no sequence
+    assert latency.shape_of({"ids": torch.zeros(3, 7, dtype=torch.int64)}) == (3, 7)
+    assert latency.shape_of({"ids": np.zeros((3, 7), np.int32)}) == (3, 7)
+    assert latency.shape_of({"x": torch.zeros(4, 2)}) == (4, None)  # tabular only: no sequence
 
 
 def test_rows_label_batch1_and_io_binding_and_machine_line():

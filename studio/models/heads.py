@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 # head name -> what the Linear layer reads (documented in the README)
-HEADS = {
+HEAD_HELP = {
     "sequence": "the first token's last hidden state ([CLS] / <s>), one row of logits per example",
     "pooled": "the backbone's pooled output (BERT-style pooler: tanh(dense(first token)))",
     "token": "every position's last hidden state, one row of logits per token",
@@ -41,8 +41,8 @@ class BackboneWithHead(nn.Module):
         self, backbone: nn.Module, head: str, num_labels: int, in_features: int, bias: bool = True, dropout: float = 0.0
     ):
         super().__init__()
-        if head not in HEADS:
-            raise ValueError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
+        if head not in HEAD_HELP:
+            raise ValueError(f"unknown head {head!r}; choose one of {', '.join(HEAD_HELP)}")
         self.backbone = backbone
         self.head_kind = head
         self.dropout = nn.Dropout(dropout)

@@ -27,7 +27,7 @@ TOKENIZER_FILES = (
 
 # Task heads we load with an Auto class, keyed by the suffix of the config's `architectures` entry.
 # The value is (Auto class name, graph outputs, output kind).
-HEADS = {
+HEAD_CLASSES = {
     "ForSequenceClassification": ("AutoModelForSequenceClassification", ["logits"], "logits"),
     "ForTokenClassification": ("AutoModelForTokenClassification", ["logits"], "logits"),
     "ForMultipleChoice": None,  # needs a 3-D input layout: refused with a message
@@ -55,10 +55,10 @@ def choose_task(config, task: str = "auto") -> tuple[tuple[str, list[str], str],
     """(Auto class, outputs, output kind) and why: from --task when given, else the config's architectures."""
     if task in TASK_HEADS:
         suffix = TASK_HEADS[task]
-        return (HEADS[suffix] if suffix else ("AutoModel", ENCODER_OUTPUTS, "hidden")), f"--task {task}"
+        return (HEAD_CLASSES[suffix] if suffix else ("AutoModel", ENCODER_OUTPUTS, "hidden")), f"--task {task}"
     archs = list(getattr(config, "architectures", None) or [])
     for arch in archs:
-        for suffix, head in HEADS.items():
+        for suffix, head in HEAD_CLASSES.items():
             if arch.endswith(suffix):
                 if head is None:
                     raise CheckpointError(
@@ -78,7 +78,7 @@ def choose_task(config, task: str = "auto") -> tuple[tuple[str, list[str], str],
 def task_name(auto_name: str) -> str:
     """The --task word for an Auto class name."""
     for task, suffix in TASK_HEADS.items():
-        if suffix and HEADS[suffix][0] == auto_name:
+        if suffix and HEAD_CLASSES[suffix][0] == auto_name:
             return task
     return "feature-extraction"
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, first_line
-from ..models.heads import HEADS, BackboneWithHead, has_pooler
+from ..models.heads import HEAD_HELP, BackboneWithHead, has_pooler
 from . import hf
 from .base import LoadedModel, LoadOptions
 from .keys import SHOW, WRAPPER_SEGMENTS, KeyMatch, describe_mismatch, match_keys
@@ -347,10 +347,10 @@ def _head_from(rest: dict[str, torch.Tensor], shown: str) -> tuple[str, torch.Te
 def _choosable() -> list[str]:
     """Built-in heads the options (ConvertSpec / --head) accept."""
     try:
-        from ..spec import HEADS as SPEC_HEADS
+        from ..spec import HEAD_NAMES
     except ImportError:
-        return list(HEADS)
-    return [h for h in HEADS if h in SPEC_HEADS] or list(HEADS)
+        return list(HEAD_HELP)
+    return [h for h in HEAD_HELP if h in HEAD_NAMES] or list(HEAD_HELP)
 
 
 def load_state(
@@ -358,8 +358,8 @@ def load_state(
 ) -> LoadedModel:
     """Build the model the state dict `sd` belongs to: the config's task model, or backbone + head."""
     _float(sd, shown)
-    if head is not None and head not in HEADS:
-        raise CheckpointError(f"Head {head!r} is not one of {', '.join(HEADS)}.")
+    if head is not None and head not in HEAD_HELP:
+        raise CheckpointError(f"Head {head!r} is not one of {', '.join(HEAD_HELP)}.")
     if head is None:
         loaded = _try_task_model(sd, config, tokenizer, shown, info)
         if loaded is not None:
@@ -463,7 +463,7 @@ def _with_head(
             f"{shown}: the checkpoint holds a {config.model_type} backbone (under {prefix!r}) and a Linear head "
             f"{mod!r} ({in_features} -> {num_labels}); say what the head reads with --head "
             f"{' | '.join(_choosable())}.",
-            hint="; ".join(f"{k}: {HEADS[k]}" for k in _choosable()),
+            hint="; ".join(f"{k}: {HEAD_HELP[k]}" for k in _choosable()),
         )
     if in_features != hidden:
         raise CheckpointError(
