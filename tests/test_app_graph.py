@@ -209,15 +209,40 @@ def test_without_netron_the_panel_says_so(monkeypatch):
         app.close()
 
 
+def _divergence(node: str | None) -> dict:
+    """report.json's `divergence` as studio.locate writes it (Divergence.to_dict())."""
+    from studio.divergence import Divergence, Site
+
+    first = (
+        None
+        if node is None
+        else Site(
+            value=f"{node}_out",
+            node=node,
+            op_type="Relu",
+            module="act",
+            module_type="ReLU",
+            call=0,
+            shape=[2, 3],
+            max_abs_diff=0.5,
+            max_rel_diff=1.0,
+            inputs_max_abs_diff=0.0,
+            ok=False,
+            position=3,
+        )
+    )
+    return Divergence(found=node is not None, exporter="dynamo", first=first, message="made for the test").to_dict()
+
+
 def test_the_divergence_node_is_named_and_selected(tmp_path):
     app = _app()
     try:
         out = app.sessions.session("k").folder / "job-x" / "out"
         report = _report_in(out, 3)
-        report.divergence = {"found": True, "first": {"node": "relu_1", "op_type": "Relu"}}
+        report.divergence = _divergence("relu_1")
         view = app._report_outputs({"report": report}, out, "k")[app.ui.graph_view]
         assert "<code>relu_1</code>" in view and "select=relu_1" in view
-        report.divergence = {"found": False, "first": None}
+        report.divergence = _divergence(None)
         view = app._report_outputs({"report": report}, out, "k")[app.ui.graph_view]
         assert "graph-divergence" not in view and "select=" not in view
     finally:
@@ -226,7 +251,7 @@ def test_the_divergence_node_is_named_and_selected(tmp_path):
     try:
         out = app.sessions.session("k").folder / "job-x" / "out"
         report = _report_in(out, 3)
-        report.divergence = {"found": True, "first": {"node": "relu_2", "op_type": "Relu"}}
+        report.divergence = _divergence("relu_2")
         view = app._report_outputs({"report": report}, out, "k")[app.ui.graph_view]
         assert "<code>relu_2</code> (in model.onnx)" in view and "graph-too-big" in view
     finally:
