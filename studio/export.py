@@ -124,7 +124,7 @@ def _output_axes(model, args, names, axes) -> list[dict[int, str]]:
                 continue
             try:
                 moved = [tuple(o.shape) for o in model(*grown)]
-            except Exception:
+            except Exception:  # noqa: BLE001 - the user's model refuses the grown size: this axis stays unknown
                 continue
             for k, (b, m) in enumerate(zip(base, moved)):
                 for d, (x, y) in enumerate(zip(b, m)):

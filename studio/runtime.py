@@ -24,7 +24,7 @@ def default_threads() -> int:
         import psutil
 
         n = psutil.cpu_count(logical=False)
-    except Exception:
+    except (ImportError, OSError, RuntimeError):  # no psutil, or it cannot read the CPU topology here
         n = None
     return max(1, n or os.cpu_count() or 1)
 
@@ -88,7 +88,7 @@ def _preload_cuda_libs() -> None:
     if preload is not None:
         try:
             preload()
-        except Exception:
+        except (OSError, RuntimeError, ImportError):  # no CUDA libraries to preload: cuda_session says why
             pass
 
 

@@ -420,7 +420,7 @@ def test_scrub_paths_names_the_upload_not_the_server_folder():
 
 def test_error_view_and_trust_banner():
     import studio.app
-    from studio.app.worker import JobError
+    from studio.isolate import JobError
 
     app = studio.app.create_app(trust_code=True, warm_up=False)
     try:

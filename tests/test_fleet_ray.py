@@ -9,9 +9,10 @@ import threading
 import fleet_cases
 import pytest
 
+import studio.app.worker  # noqa: F401 - registers the app's tasks (RayJob runs "convert")
 from studio import demo
-from studio.app.worker import JobError, Limits
 from studio.cli import main
+from studio.isolate import JobError, Limits
 from studio.spec import ConvertSpec
 
 ray = pytest.importorskip("ray")

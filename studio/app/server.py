@@ -22,14 +22,17 @@ from typing import Any
 import gradio as gr
 
 from ..errors import StudioError
+from ..isolate import Job, JobError, Limits, default_start_method
 from ..spec import DYNAMIC_AXES, ConvertSpec, parse_sample_limits
-from . import graph
+from . import (
+    graph,
+    worker,  # noqa: F401 - registers the app's job tasks (preview, check, convert) with studio.isolate
+)
 from . import handlers as h
 from . import render as r
 from .config import AppConfig
 from .jobs import Sessions
 from .layout import CONVERT_OUTPUTS, DEMO_OUTPUTS, GRAPH_OUTPUTS, PER_INPUT_OUTPUTS, PREVIEW_OUTPUTS
-from .worker import Job, JobError, Limits, default_start_method
 
 log = logging.getLogger("studio.app")
 

@@ -16,7 +16,6 @@ from typing import Any
 
 from .. import isolate
 from ..errors import StudioError
-from ..isolate import Job, JobError, Limits, default_start_method, run_job  # noqa: F401 - the app's job API
 
 DIAGNOSIS_CHARS = 20_000
 

@@ -427,7 +427,10 @@ def program_widths(ep: Any) -> dict[str, int]:
 
 
 def load_pickled(p: Path, shown: str, spec: LoadOptions, folders: list[Path]) -> LoadedModel:
-    """torch.load(weights_only=False): runs whatever the pickle says. Trusted operators only."""
+    """torch.load(weights_only=False): runs whatever the pickle says. Trusted operators only: refused here
+    too unless the operator set trust_code, whatever the caller checked."""
+    if not spec.trust_code:
+        raise refusal(shown, "pickle")
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=False)
     except (pickle.UnpicklingError, AttributeError, ModuleNotFoundError, ImportError) as e:
