@@ -14,6 +14,7 @@ beside the numbers: on a busy machine every timing is pessimistic.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import time
@@ -33,9 +34,40 @@ from .spec import default
 
 WARMUP = 3  # untimed calls first (fewer when one call already takes the whole budget)
 MIN_WARMUP = 1
-MIN_ITERS = 5
+MIN_ITERS = 6  # the fewest calls whose median has a distribution-free 95% confidence interval
 MAX_ITERS = 2000
-ROUNDS = 3  # CPU timings: alternating rounds of PyTorch and every ONNX file (see side_by_side)
+ROUNDS = 6  # CPU timings: at most this many alternating rounds of PyTorch and every ONNX file (side_by_side)
+MIN_ROUNDS = 2  # ... and at least this many, so a drift of the machine's speed still hits every runtime
+PRECISION = 0.03  # measure_all stops once every median is known within +-3% (95% CI), budget or not
+Z95 = 1.959964
+
+
+def median_ci(times: list[float]) -> tuple[float, float] | None:
+    """A distribution-free 95% confidence interval for the median of `times` (order statistics: the
+    ranks a Binomial(n, 1/2) count stays within 95% of the time), or None below 6 values, where no
+    pair of ranks covers 95%. Exact binomial ranks up to 60 values, the normal approximation above."""
+    n = len(times)
+    if n < 6:
+        return None
+    ordered = sorted(times)
+    if n <= 60:
+        k, below = 0, 0.0  # largest k with P(Bin(n, 1/2) <= k - 1) <= 2.5%: the interval is ordered[k..n-1-k]
+        while below + math.comb(n, k) / 2**n <= 0.025:
+            below += math.comb(n, k) / 2**n
+            k += 1
+        k = max(k - 1, 0) if k else 0
+    else:
+        k = max(int(math.floor((n - Z95 * math.sqrt(n)) / 2)) - 1, 0)
+    return ordered[k], ordered[n - 1 - k]
+
+
+def ci_pct(times: list[float]) -> float | None:
+    """The 95% confidence interval's larger half around the median, as a percentage of the median."""
+    ci = median_ci(times)
+    if ci is None:
+        return None
+    med = float(np.median(times))
+    return 100.0 * max(med - ci[0], ci[1] - med) / med if med > 0 else None
 
 
 def _warm_up(fn: Callable[[], object], calls: int, budget_s: float) -> int:
@@ -49,6 +81,19 @@ def _warm_up(fn: Callable[[], object], calls: int, budget_s: float) -> int:
     return warm
 
 
+@dataclass
+class Stats:
+    """One callable's timed calls: percentiles (ms), counts, the median's 95% CI and why timing stopped."""
+
+    p50: float
+    p90: float
+    p99: float
+    iterations: int
+    untimed: int
+    ci95_pct: float | None  # half-width of the median's 95% confidence interval, % of the median
+    stopped: str  # "precision" (CI within the target), "budget" (time spent) or "max_iters"
+
+
 def side_by_side(
     fns: dict[Any, Callable[[], object]],
     budget_s: float,
@@ -58,21 +103,27 @@ def side_by_side(
     max_iters: int = MAX_ITERS,
     on_round: Callable[[int, int], None] | None = None,
     per_round: dict[Any, list[list[float]]] | None = None,
-) -> dict[Any, Any]:
-    """Time several callables against each other, in `rounds` alternating rounds.
+    precision: float | None = None,
+    min_rounds: int = MIN_ROUNDS,
+) -> dict[Any, Stats | BaseException]:
+    """Time several callables against each other, in up to `rounds` alternating rounds.
 
     In each round every callable in turn gets a block of budget_s / rounds seconds of timed calls (at
     least ceil(min_iters / rounds), at most max_iters / rounds). A block starts with untimed calls: the
     warm-up in the first round, one call in later rounds (the callable before it may have left threads
     spinning and caches cold). A slow drift of the machine's speed then hits every callable alike, so
-    their ratios hold. Returns key -> (p50_ms, p90_ms, p99_ms, iterations, untimed calls), or the
-    exception that stopped that callable (the others go on). `on_round(done, rounds)` after each round.
-    per_round: a dict to fill with key -> one list of timed calls (ms) per round it completed."""
+    their ratios hold. With `precision` (e.g. 0.03), timing stops after a round (at least `min_rounds`)
+    once every callable has `min_iters` calls and its median's 95% CI within +-precision: a stable
+    runtime does not spend the whole budget. Returns key -> Stats, or the exception that stopped that
+    callable (the others go on). `on_round(done, rounds)` after each round (done == rounds at the end,
+    also when it stopped early). per_round: a dict to fill with key -> one list of timed calls (ms) per
+    round it completed."""
     block = budget_s / rounds
     per_block, cap = -(-min_iters // rounds), max(1, max_iters // rounds)
     samples: dict[Any, list[float]] = {k: [] for k in fns}
     untimed = dict.fromkeys(fns, 0)
     failed: dict[Any, BaseException] = {}
+    stopped = "budget"
     for r in range(rounds):
         for key, fn in fns.items():
             if key in failed:
@@ -90,14 +141,36 @@ def side_by_side(
                     per_round.setdefault(key, []).append(times[len(times) - n :])
             except Exception as e:
                 failed[key] = e
+        if (
+            precision is not None
+            and r + 1 >= min_rounds
+            and r + 1 < rounds
+            and _precise(samples, failed, min_iters, precision)
+        ):
+            stopped = "precision"
+            if on_round is not None:
+                on_round(rounds, rounds)
+            break
         if on_round is not None:
             on_round(r + 1, rounds)
     out: dict[Any, Any] = dict(failed)
     for key, times in samples.items():
         if key not in failed:
             p50, p90, p99 = np.percentile(times, [50, 90, 99])
-            out[key] = (float(p50), float(p90), float(p99), len(times), untimed[key])
+            why = stopped if stopped == "precision" or len(times) < cap * rounds else "max_iters"
+            out[key] = Stats(float(p50), float(p90), float(p99), len(times), untimed[key], ci_pct(times), why)
     return out
+
+
+def _precise(samples: dict[Any, list[float]], failed: dict, min_iters: int, precision: float) -> bool:
+    """Every callable still timed has min_iters calls and its median's 95% CI within +-precision."""
+    for key, times in samples.items():
+        if key in failed:
+            continue
+        pct = ci_pct(times) if len(times) >= min_iters else None
+        if pct is None or pct > 100.0 * precision:
+            return False
+    return True
 
 
 def _timed(
@@ -106,9 +179,11 @@ def _timed(
     warmup: int = WARMUP,
     min_iters: int = MIN_ITERS,
     max_iters: int = MAX_ITERS,
-) -> tuple[float, float, float, int, int]:
-    """One callable alone: (p50_ms, p90_ms, p99_ms, iterations, warm-up calls)."""
-    result = side_by_side({0: fn}, budget_s, 1, warmup, min_iters, max_iters)[0]
+    precision: float | None = None,
+) -> Stats:
+    """One callable alone (in ROUNDS blocks when `precision` may stop it early, else in one)."""
+    rounds = ROUNDS if precision is not None else 1
+    result = side_by_side({0: fn}, budget_s, rounds, warmup, min_iters, max_iters, precision=precision)[0]
     if isinstance(result, BaseException):
         raise result
     return result
@@ -124,22 +199,26 @@ def time_fn(
     """Call fn up to `warmup` times, then until `budget_s` is spent (at least min_iters, at most max_iters).
 
     Returns (p50_ms, p90_ms, p99_ms, iterations)."""
-    return _timed(fn, budget_s, warmup, min_iters, max_iters)[:4]
+    st = _timed(fn, budget_s, warmup, min_iters, max_iters)
+    return st.p50, st.p90, st.p99, st.iterations
 
 
-def timing(stats, batch: int, seq: int | None, threads: int | None, provider: str, io_binding: bool = False) -> Timing:
-    p50, p90, p99, n, warm = stats
+def timing(
+    stats: Stats, batch: int, seq: int | None, threads: int | None, provider: str, io_binding: bool = False
+) -> Timing:
     return Timing(
-        round(p50, 3),
-        round(p90, 3),
-        round(p99, 3),
-        n,
+        round(stats.p50, 3),
+        round(stats.p90, 3),
+        round(stats.p99, 3),
+        stats.iterations,
         batch,
         seq,
         threads,
         provider,
-        warmup=warm,
+        warmup=stats.untimed,
         io_binding=io_binding,
+        ci95_pct=round(stats.ci95_pct, 2) if stats.ci95_pct is not None else None,
+        stopped=stats.stopped,
     )
 
 
@@ -195,7 +274,7 @@ def ort_cuda(sess, tensors: dict[str, np.ndarray], budget_s: float, batch: int, 
         sess.run_with_iobinding(binding)
         binding.synchronize_outputs()
 
-    stats = _timed(step, budget_s)
+    stats = _timed(step, budget_s, precision=PRECISION)
     return timing(stats, batch, seq, None, sess.get_providers()[0], io_binding=True)
 
 
@@ -211,7 +290,7 @@ def torch_cuda(loaded: LoadedModel, tensors: dict[str, torch.Tensor], budget_s: 
             torch.cuda.synchronize()
 
         with torch.inference_mode():
-            stats = _timed(step, budget_s)
+            stats = _timed(step, budget_s, precision=PRECISION)
     finally:
         loaded.module.to("cpu")
         torch.cuda.empty_cache()
@@ -305,7 +384,10 @@ def measure_all(
         try:
             with torch.inference_mode():
                 results = side_by_side(
-                    runners, budget_s, on_round=lambda done, rounds, i=i: say((i + done / rounds) / len(sizes))
+                    runners,
+                    budget_s,
+                    precision=PRECISION,
+                    on_round=lambda done, rounds, i=i: say((i + done / rounds) / len(sizes)),
                 )
         finally:
             torch.set_num_threads(previous)

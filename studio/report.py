@@ -163,6 +163,8 @@ class Timing:
     provider: str  # what really ran, e.g. "CPUExecutionProvider", "CUDAExecutionProvider", "torch-cpu"
     warmup: int = 0  # untimed calls made first
     io_binding: bool = False  # ORT CUDA: inputs and outputs bound on the device (no host copies timed)
+    ci95_pct: float | None = None  # the median's 95% confidence interval, +- this % of p50 (None: < 6 calls)
+    stopped: str | None = None  # why timing stopped: "precision" (CI within target), "budget", "max_iters"
 
 
 @dataclass
@@ -228,6 +230,8 @@ class Report:
     # where ONNX Runtime first leaves PyTorch (studio.locate's Divergence.to_dict()): when parity or a probe
     # failed, or on request (--locate); None when the locator did not run. It does not change `ok`.
     divergence: dict[str, Any] | None = None
+    # where the time went: {"stages": {stage: s}, "export_attempts": [{exporter, ok, skipped, seconds}], "total": s}
+    timings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION

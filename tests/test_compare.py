@@ -238,7 +238,7 @@ def test_side_by_side_reports_each_rounds_timings():
     out = latency.side_by_side({"a": lambda: None, "b": lambda: sum(range(100))}, 0.05, rounds=5, per_round=per_round)
     assert set(per_round) == {"a", "b"}
     for key, rounds in per_round.items():
-        assert len(rounds) == 5 and all(rounds) and sum(map(len, rounds)) == out[key][3]
+        assert len(rounds) == 5 and all(rounds) and sum(map(len, rounds)) == out[key].iterations
 
 
 def test_choose_passing_every_check_beats_speed():

@@ -20,13 +20,13 @@ def test_time_fn_warms_up_then_fills_the_budget():
 
 
 def test_slow_calls_shorten_the_warm_up_not_the_minimum_iterations():
-    p50, p90, p99, n, warm = latency._timed(lambda: time.sleep(0.02), budget_s=0.01, warmup=3, min_iters=5)
-    assert warm == latency.MIN_WARMUP and n == 5 and p50 >= 15
+    st = latency._timed(lambda: time.sleep(0.02), budget_s=0.01, warmup=3, min_iters=5)
+    assert st.untimed == latency.MIN_WARMUP and st.iterations == 5 and st.p50 >= 15
 
 
 def test_iterations_are_bounded():
-    *_, n, warm = latency._timed(lambda: None, budget_s=5.0, warmup=1, min_iters=2, max_iters=50)
-    assert n == 50 and warm == 1
+    st = latency._timed(lambda: None, budget_s=5.0, warmup=1, min_iters=2, max_iters=50)
+    assert st.iterations == 50 and st.untimed == 1 and st.stopped == "max_iters"
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def test_side_by_side_alternates_blocks_and_survives_a_failing_runner():
     assert blocks == ["a", "b"] * 3  # round after round, each runner in turn
     assert isinstance(out["bad"], ValueError)
     for key in ("a", "b"):
-        p50, p90, p99, n, untimed = out[key]
+        n, untimed = out[key].iterations, out[key].untimed
         assert 6 <= n <= 30 and untimed == 2 + 2  # the warm-up, then one untimed call per later round
         assert log.count(key) == n + untimed
 
@@ -135,8 +135,11 @@ def test_measure_all_times_every_file_side_by_side(report):
         cuda=True,
         progress=moved.append,
     )
-    # the progress bar moves after every round at both sizes (the sample's batch, then batch 1)
-    assert moved == pytest.approx([k / (2 * latency.ROUNDS) for k in range(1, 2 * latency.ROUNDS + 1)])
+    # the progress bar moves after every round at both sizes (the sample's batch, then batch 1); a size whose
+    # medians are known to +-3% early jumps to its end
+    assert moved == sorted(moved) and moved[-1] == pytest.approx(1.0) and pytest.approx(0.5) in moved
+    steps = [k / (2 * latency.ROUNDS) for k in range(1, 2 * latency.ROUNDS + 1)]
+    assert all(any(abs(m - s) < 1e-9 for s in steps) for m in moved)
     model, copy = got["model"], got["copy"]
     assert model.torch_cpu.batch == model.ort_cpu.batch == copy.ort_cpu.batch == 5
     assert copy.torch_cpu is None and copy.batch1["ort_cpu"].batch == 1 and copy.ort_cpu.threads == 1
@@ -172,3 +175,54 @@ def test_rows_label_batch1_and_io_binding_and_machine_line():
     line = machine_line(lat)
     assert "Test CPU" in line and "3.5 before" in line and "pessimistic" in line
     assert machine_line(LatencyInfo()) == ""
+
+
+def test_median_ci_ranks_cover_95_percent_by_the_binomial_law():
+    binom = pytest.importorskip("scipy.stats").binom
+    for n in [6, 7, 10, 25, 60, 61, 100, 500, 2000]:
+        times = list(range(n))  # the value at rank k is k
+        lo, hi = latency.median_ci(times)
+        k = int(lo)
+        assert hi == n - 1 - k
+        # the median is below lo only when at most k of the n values are: P = cdf(k), the same above hi
+        assert 1 - 2 * binom.cdf(k, n, 0.5) >= 0.95
+        if n <= 60:  # exact ranks: the next narrower pair would cover less than 95%
+            assert 1 - 2 * binom.cdf(k + 1, n, 0.5) < 0.95
+    assert latency.median_ci([1.0] * 5) is None and latency.ci_pct([1.0] * 5) is None
+
+
+class FakeClock:
+    """time.perf_counter for side_by_side, moved only by the callables: no real timing in the test."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def runner(self, ms_values):
+        values = iter(ms_values)
+        return lambda: setattr(self, "now", self.now + next(values) / 1000)
+
+
+def test_stable_runtimes_stop_once_their_medians_are_known(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(latency.time, "perf_counter", clock)
+    rng = np.random.default_rng(0)
+    fns = {"a": clock.runner(iter(lambda: 1.0, None)), "b": clock.runner(1.0 + 0.01 * rng.random(100000))}
+    done = []
+    out = latency.side_by_side(fns, budget_s=6.0, rounds=6, precision=0.03, on_round=lambda d, t: done.append(d))
+    assert done == [1, 6]  # two rounds were enough: the bar jumps to the end
+    for st in out.values():
+        assert st.stopped == "precision" and st.ci95_pct <= 3.0 and st.iterations >= latency.MIN_ITERS
+    assert clock.now < 6.0 * 2 * 2 / 6 + 0.1  # two rounds of 1 s blocks for each, not the whole 12 s
+
+
+def test_a_noisy_runtime_spends_the_whole_budget(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(latency.time, "perf_counter", clock)
+    rng = np.random.default_rng(0)
+    fns = {"steady": clock.runner(iter(lambda: 1.0, None)), "noisy": clock.runner(rng.choice([1.0, 10.0], 100000))}
+    out = latency.side_by_side(fns, budget_s=0.6, rounds=6, precision=0.03)
+    assert out["noisy"].stopped == out["steady"].stopped == "budget"  # runtimes stop together: ratios hold
+    assert out["noisy"].ci95_pct > 3.0 and out["steady"].ci95_pct == 0.0
