@@ -90,7 +90,6 @@ def convert(spec: ConvertSpec, progress: Progress | None = None) -> Report:
     spec = spec.validated()
     clock = StageClock(progress)
     say = clock.say
-    started = clock.started
     out = Path(spec.out).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise StudioError(f"--out {out} exists and is not a folder.")
