@@ -162,20 +162,21 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
 
     say("export", _FRACTION["export"])
     model_path = work / "model.onnx"
-    checked, comparison = loaded, None
+    # PyTorch's outputs for the sample and every probe size are computed once, whichever files are checked
+    checked, comparison = parity_mod.cached_reference(loaded), None
     if spec.exporter == "compare":  # both exporters' files checked against one PyTorch run, the winner kept
         from . import compare
 
-        checked = parity_mod.cached_reference(loaded)
         export_info, comparison = compare.export_compared(loaded, checked, batch.tensors, spec, model_path)
+        export_mod.annotate(model_path, _metadata(spec, loaded, batch, export_info))
     else:
-        export_info: ExportInfo = export_mod.export(loaded, batch.tensors, spec, model_path)
+        export_info = _export_annotated(spec, loaded, batch, model_path)
     axes = export_mod.dynamic_axes_for(loaded, batch.tensors, spec)
-    export_mod.annotate(model_path, _metadata(spec, loaded, batch, export_info))
     runtime.release_memory()  # the exporter's intermediate graphs are garbage now
 
     say("checker", _FRACTION["checker"])
     checks = _check(spec, checked, batch.tensors, model_path, axes, say)
+    export_info, checks = _second_opinion(spec, loaded, checked, batch, model_path, axes, export_info, checks, say)
     divergence = _locate(spec, loaded, batch.tensors, model_path, checks, say)
     variant_infos, latency = _variants_and_latency(spec, loaded, batch.tensors, model_path, axes, work, say)
 
@@ -200,6 +201,72 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
     say("writing", _FRACTION["writing"])
     report.files = _write_files(spec, loaded, batch, df, work)
     return report
+
+
+def _export_annotated(spec: ConvertSpec, loaded, batch, path: Path, order: tuple[str, ...] | None = None) -> ExportInfo:
+    info = export_mod.export(loaded, batch.tensors, spec, path, order=order)
+    export_mod.annotate(path, _metadata(spec, loaded, batch, info))
+    return info
+
+
+def _failed(checks: dict[str, Any]) -> list[str]:
+    """The checks a file failed: "checker", "parity", "dynamic" (shape probes)."""
+    failed = [] if checks["checker"].ok else ["checker"]
+    failed += [] if checks["parity"].ok else ["parity"]
+    return failed + (["dynamic"] if checks["dynamic"].ok is False else [])
+
+
+def _second_opinion(spec, loaded, checked, batch, model_path: Path, axes, info: ExportInfo, checks, say: Progress):
+    """`auto`: when the kept file fails a check (parity, a shape probe) and an exporter of auto's order was
+    never tried (the first one wrote a usable file), that one exports too and is checked the same way;
+    its file replaces model.onnx only when it passes every check. Returns (export info, checks) kept."""
+    failed = _failed(checks)
+    planned, _ = export_mod.attempt_order(loaded, spec)
+    rest = tuple(e for e in planned if e not in {a.exporter for a in info.attempts})
+    if spec.exporter != "auto" or not failed or not rest:
+        return info, checks
+    first, fails = info.attempts[-1], f"its file fails {', '.join(failed)}"
+    say("export", _FRACTION["export"])
+    alt = model_path.parent / "second-opinion" / model_path.name
+    alt.parent.mkdir()
+    try:
+        try:
+            other = _export_annotated(spec, loaded, batch, alt, order=rest)
+        except StudioError as e:
+            first.note = _joined(first.note, fails)
+            info.attempts += getattr(e, "attempts", None) or []
+            info.reason += f"; {fails}, and {'/'.join(rest)} failed: {e.message}"
+            return info, checks
+        say("checker", _FRACTION["checker"])
+        alt_checks = _check(spec, checked, batch.tensors, alt, axes, say)
+        alt_failed = _failed(alt_checks)
+        attempts, seconds = info.attempts + other.attempts, round(info.seconds + other.seconds, 2)
+        if alt_failed:  # neither passes: the first one's file stays, as auto's order prefers it
+            first.note = _joined(first.note, fails)
+            second = other.attempts[-1]
+            second.ok, second.error = False, f"its file fails {', '.join(alt_failed)} too: not kept"
+            info.attempts, info.seconds = attempts, seconds
+            info.reason += f"; {fails}, and {other.exporter}'s fails {', '.join(alt_failed)}: kept {info.exporter}'s"
+            return info, checks
+        first.ok, first.error = False, fails  # usable, but not the one kept
+        artifacts.remove_model(model_path)
+        for f in alt.parent.iterdir():  # model.onnx (+ model.onnx.data, named relative to it)
+            if f.is_file():
+                f.rename(model_path.parent / f.name)
+        other.attempts, other.seconds = attempts, seconds
+        other.reason = f"{info.exporter}'s file fails {', '.join(failed)}; {other.exporter}'s passes every check"
+        return other, alt_checks
+    finally:
+        diagnostics = alt.parent / "diagnostics"  # a failed attempt's report, which its attempt points at
+        if diagnostics.is_dir():
+            (model_path.parent / "diagnostics").mkdir(exist_ok=True)
+            for f in diagnostics.iterdir():
+                f.rename(model_path.parent / "diagnostics" / f.name)
+        shutil.rmtree(alt.parent, ignore_errors=True)
+
+
+def _joined(*parts: str | None) -> str:
+    return "; ".join(p for p in parts if p)
 
 
 def _check(spec: ConvertSpec, loaded, tensors, model_path: Path, axes, say: Progress) -> dict[str, Any]:

@@ -267,11 +267,19 @@ def _auto(module, tmp_path, **kw):
     return export_mod.export(tabular_model(module), X, spec(**kw), tmp_path / "model.onnx")
 
 
-def test_auto_reason_when_the_new_exporter_succeeds(tmp_path):
+def test_auto_reason_when_the_new_exporter_succeeds(tmp_path, monkeypatch):
+    monkeypatch.setattr(export_mod, "TORCHSCRIPT_FIRST_BYTES", -1)  # auto's order for a large model
     assert _auto(Honest(), tmp_path).reason == "dynamo succeeded first"
 
 
+def test_auto_reason_on_a_small_model_says_why_torchscript_went_first(tmp_path):
+    reason = _auto(Honest(), tmp_path).reason
+    assert reason.startswith("torchscript succeeded first (tried first: 0 MB of weights, at most 256 MB")
+
+
 def test_auto_reason_when_it_falls_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(export_mod, "TORCHSCRIPT_FIRST_BYTES", -1)
+
     def broken(*a, **k):
         raise RuntimeError("no graph today")
 
@@ -281,7 +289,8 @@ def test_auto_reason_when_it_falls_back(tmp_path, monkeypatch):
     assert info.reason == "dynamo failed: RuntimeError: no graph today; fell back to torchscript"
 
 
-def test_auto_reason_when_the_new_exporter_is_skipped(tmp_path):
+def test_auto_reason_when_the_new_exporter_is_skipped(tmp_path, monkeypatch):
+    monkeypatch.setattr(export_mod, "TORCHSCRIPT_FIRST_BYTES", -1)
     info = _auto(Normed(), tmp_path, opset=16)
     assert info.reason.startswith("dynamo skipped: the model has LayerNorm layers")
     assert info.reason.endswith("; fell back to torchscript")
