@@ -489,7 +489,7 @@ class StudioApp:
         open_browser: bool = False,
         **kwargs,
     ):
-        from .layout import CSS, THEME
+        from .theme import CSS, THEME
 
         self.blocks.queue(max_size=self.config.queue_size, default_concurrency_limit=self.config.max_jobs)
         if self.config.warm_up:
