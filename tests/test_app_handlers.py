@@ -449,15 +449,15 @@ def test_the_convert_table_names_real_controls_and_spec_fields():
     import dataclasses
     import inspect
 
-    from studio.app import layout
+    from studio.app import page
     from studio.spec import ConvertSpec
 
-    page_fields = {f.name for f in dataclasses.fields(layout.Page)}
+    page_fields = {f.name for f in dataclasses.fields(page.Page)}
     spec_fields = {f.name for f in dataclasses.fields(ConvertSpec)}
     for p in h.CONVERT_PARAMS:
         assert p.component in page_fields and p.field in spec_fields, p
     assert len({p.field for p in h.CONVERT_PARAMS}) == len(h.CONVERT_PARAMS)  # each field set by one parameter
-    for names in (layout.CONVERT_OUTPUTS, layout.PREVIEW_OUTPUTS, layout.CHECK_INPUTS, layout.PER_INPUT_OUTPUTS):
+    for names in (page.CONVERT_OUTPUTS, page.PREVIEW_OUTPUTS, page.CHECK_INPUTS, page.PER_INPUT_OUTPUTS):
         assert set(names) <= page_fields and len(set(names)) == len(names)
     # the endpoint's public parameters, in the order positional gradio_client callers rely on
     from studio.app.server import StudioApp
@@ -484,7 +484,7 @@ def test_the_locate_parameter_is_a_yes_or_no():
 
 def test_report_view_updates_every_output_by_name(tmp_path):
     import studio.app
-    from studio.app import layout
+    from studio.app import page
 
     app = studio.app.create_app(warm_up=False)
     try:
@@ -493,7 +493,7 @@ def test_report_view_updates_every_output_by_name(tmp_path):
         report.files = {"model": "model.onnx"}
         (tmp_path / "model.onnx").write_text("x")
         out = app._report_outputs({"report": report, "zip": None}, tmp_path)
-        assert list(out) == ui.of(layout.CONVERT_OUTPUTS)  # every output, none twice, in the API's order
+        assert list(out) == ui.of(page.CONVERT_OUTPUTS)  # every output, none twice, in the API's order
         assert "All checks passed" in out[ui.verdict] and json.loads(out[ui.report_json])["ok"] is True
         assert [Path(f).name for f in out[ui.downloads]] == ["model.onnx"]
         assert out[ui.results_col]["visible"] is True and out[ui.downloads_col]["visible"] is True
@@ -501,7 +501,7 @@ def test_report_view_updates_every_output_by_name(tmp_path):
         assert out[ui.diag_acc]["visible"] is False and out[ui.diagnosis] == ""
         assert list(out[ui.latency_plot]["sort"]) == ["PT CPU 8×16", "ORT CPU 8×16"]
         with pytest.raises(ValueError, match="missing"):
-            ui.updates(layout.CONVERT_OUTPUTS, verdict="x")  # a forgotten output is an error, not a stale value
+            ui.updates(page.CONVERT_OUTPUTS, verdict="x")  # a forgotten output is an error, not a stale value
         with pytest.raises(ValueError, match="not outputs"):
             ui.updates(("verdict",), verdict="x", summary="y")
     finally:

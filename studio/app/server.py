@@ -1,6 +1,6 @@
 """The app's event handlers: each one runs its work in a job process (worker.py), keeps its files in
 the session's folder (jobs.py) and turns results / StudioErrors into page updates (render.py), returned as
-{component: value} dicts keyed by the names of layout.Page."""
+{component: value} dicts keyed by the names of page.Page."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from . import handlers as h
 from . import render as r
 from .config import AppConfig
 from .jobs import Sessions
-from .layout import CONVERT_OUTPUTS, DEMO_OUTPUTS, GRAPH_OUTPUTS, PER_INPUT_OUTPUTS, PREVIEW_OUTPUTS
+from .page import CONVERT_OUTPUTS, DEMO_OUTPUTS, GRAPH_OUTPUTS, PER_INPUT_OUTPUTS, PREVIEW_OUTPUTS
 
 log = logging.getLogger("studio.app")
 
@@ -129,7 +129,7 @@ class StudioApp:
         self.sessions = Sessions(self.config.work_dir, self.config.session_ttl_s)
         self.graphs = graph.GraphFiles(self.sessions.root)  # what the graph viewer may load, by token
         _private_gradio_cache()
-        self.ui = build(self)  # the page's components by name (layout.Page)
+        self.ui = build(self)  # the page's components by name (page.Page)
         self.blocks = self.ui.blocks
         self._warm_thread: threading.Thread | None = None
 
