@@ -1,10 +1,11 @@
 """The page, in the order a person uses it: inputs, field mapping, options, export, results, downloads.
 
 `build(app)` returns a Page (studio.app.page): every component the handlers read or update, by name.
-Events are wired by name (handlers.CONVERT_PARAMS for the /convert inputs, page's *_OUTPUTS tuples for
-what each event updates), and the handlers return {component: value} dicts made with Page.updates, so
-that moving a component can break nothing silently. A new panel: its components become Page fields, made in the
-section function of its step (or a new one called from build), and a handler's output names it."""
+Events are wired by name in studio.app.events (handlers.CONVERT_PARAMS for the /convert inputs, page's
+*_OUTPUTS tuples for what each event updates), and the handlers return {component: value} dicts made with
+Page.updates, so that moving a component can break nothing silently. A new panel: its components become
+Page fields, made in the section function of its step (or a new one called from build), and a handler's
+output names it."""
 
 from __future__ import annotations
 
@@ -14,18 +15,10 @@ from typing import TYPE_CHECKING
 import gradio as gr
 
 from ..spec import DYNAMIC_AXES, ID_DTYPES, ROLES, TASKS, default
+from . import events
 from . import handlers as h
 from . import render as r
-from .page import (
-    CHECK_INPUTS,
-    CONVERT_OUTPUTS,
-    DEMO_OUTPUTS,
-    GRAPH_OUTPUTS,
-    PER_INPUT_OUTPUTS,
-    PREVIEW_INPUTS,
-    PREVIEW_OUTPUTS,
-    Page,
-)
+from .page import Page
 
 if TYPE_CHECKING:
     from .server import StudioApp
@@ -63,8 +56,8 @@ def build(app: StudioApp) -> Page:
         _results(page)
         _graph(page)
         _downloads(page)
-        _preview_events(page, app)
-        _convert_events(page, app)
+        events.preview_events(page, app)
+        events.convert_events(page, app)
     missing = [f.name for f in fields(Page) if getattr(page, f.name) is None]
     if missing:
         raise RuntimeError(f"layout.build made no component for {', '.join(missing)}")
@@ -107,21 +100,6 @@ def _inputs(page: Page) -> None:
         elem_id="preview-table",
         max_height=260,
         wrap=True,
-    )
-
-
-def _check_mapping_kw(page: Page, app: StudioApp) -> dict:
-    """The mapping check, after a role / feed / tabular-inputs edit: the latest edit wins."""
-    cfg = app.config
-    return dict(
-        fn=app.check_mapping,
-        inputs=page.of(CHECK_INPUTS),
-        outputs=[page.mapping_box],
-        api_visibility="private",
-        concurrency_id="preview",
-        concurrency_limit=cfg.max_jobs,
-        trigger_mode="always_last",
-        show_progress="minimal",
     )
 
 
@@ -201,7 +179,7 @@ def _mapping_row(page: Page, app: StudioApp, n: int, c: dict, tab_inputs: list[s
             outputs=[page.roles_box],
             api_visibility="private",
             queue=False,
-        ).then(**_check_mapping_kw(page, app))
+        ).then(**events.check_mapping_kw(page, app))
         if tab_inputs:
             feed.input(
                 app.set_feed,
@@ -209,7 +187,7 @@ def _mapping_row(page: Page, app: StudioApp, n: int, c: dict, tab_inputs: list[s
                 outputs=[page.tabular_box],
                 api_visibility="private",
                 queue=False,
-            ).then(**_check_mapping_kw(page, app))
+            ).then(**events.check_mapping_kw(page, app))
 
 
 def _options(page: Page) -> None:
@@ -410,68 +388,3 @@ def _downloads(page: Page) -> None:
             page.report_json = gr.Code(
                 language="json", label="report.json", elem_id="report-json", interactive=False, max_lines=40
             )
-
-
-def _preview_events(page: Page, app: StudioApp) -> None:
-    """Uploads, Load demo and the option edits that redraw the preview / mapping / per-input table."""
-    cfg = app.config
-    page.columns_state.change(lambda: "", outputs=[page.tabular_box], api_visibility="private", queue=False)
-    for ev in (page.tabular_box.submit, page.tabular_box.blur):
-        ev(**_check_mapping_kw(page, app))
-    preview_kw = dict(
-        fn=app.preview,
-        inputs=page.of(PREVIEW_INPUTS),
-        outputs=page.of(PREVIEW_OUTPUTS),
-        concurrency_id="preview",
-        concurrency_limit=cfg.max_jobs,
-        show_progress="minimal",
-        show_progress_on=[page.model_card, page.sample_card],
-    )
-    page.demo_btn.click(
-        app.load_demo, outputs=page.of(DEMO_OUTPUTS), api_name="load_demo", show_progress="hidden"
-    ).then(**preview_kw, api_name="preview_demo", api_visibility="private")
-    page.checkpoint.upload(**preview_kw, api_name="preview")
-    page.sample.upload(**preview_kw, api_name="preview_sample", api_visibility="private")
-    page.checkpoint.clear(**preview_kw, api_name="preview_clear_checkpoint", api_visibility="private")
-    page.sample.clear(**preview_kw, api_name="preview_clear_sample", api_visibility="private")
-    page.dynamic.change(
-        app.reset_per_input,
-        inputs=[page.dynamic, page.preview_info],
-        outputs=page.of(PER_INPUT_OUTPUTS),
-        api_name="reset_per_input",
-        api_visibility="private",
-        queue=False,
-    )
-    page.per_input.input(
-        app.per_input_edited,
-        inputs=[page.per_input],
-        outputs=[page.per_input_json],
-        api_name="per_input_edited",
-        api_visibility="private",
-        queue=False,
-    )
-
-
-def _convert_events(page: Page, app: StudioApp) -> None:
-    """Export (the /convert endpoint: its inputs from handlers.CONVERT_PARAMS), Cancel, leaving the page."""
-    cfg = app.config
-    export_event = page.export_btn.click(
-        app.convert,
-        inputs=[getattr(page, p.component) for p in h.CONVERT_PARAMS],
-        outputs=page.of(CONVERT_OUTPUTS),
-        api_name="convert",
-        concurrency_id="convert",
-        concurrency_limit=cfg.max_jobs,
-        show_progress_on=[page.verdict],
-        scroll_to_output=True,
-    )
-    page.graph_choice.input(
-        app.show_graph,
-        inputs=[page.graph_choice],
-        outputs=page.of(GRAPH_OUTPUTS),
-        api_name="show_graph",
-        api_visibility="private",
-        queue=False,
-    )
-    page.cancel_btn.click(app.cancel, outputs=[page.verdict], api_name="cancel", cancels=[export_event], queue=False)
-    page.blocks.unload(app.close_session)
