@@ -1,5 +1,5 @@
 """The app's plain functions: page controls -> ConvertSpec (one mapping, handlers.py), Report -> what the page
-shows (render.py); the page object's outputs by name."""
+shows (cards.py, render.py); the page object's outputs by name."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from studio.app import cards, render
 from studio.app import handlers as h
-from studio.app import render
 from studio.errors import ExportError, StudioError
 from studio.report import (
     CheckerInfo,
@@ -221,22 +221,22 @@ def test_model_and_sample_cards():
         "parameters": 1_500_000,
         "labels": ["a", "b"],
     }
-    card = render.model_html(model, filename="m.zip")
+    card = cards.model_html(model, filename="m.zip")
     assert "m.zip" in card and "1.5 M" in card and "none found" in card and "<code>price</code>" in card
-    assert "card-bad" in render.model_html(None, "Checkpoint <x> is broken.")
-    assert "&lt;x&gt;" in render.model_html(None, "Checkpoint <x> is broken.")  # escaped, never raw HTML
+    assert "card-bad" in cards.model_html(None, "Checkpoint <x> is broken.")
+    assert "&lt;x&gt;" in cards.model_html(None, "Checkpoint <x> is broken.")  # escaped, never raw HTML
     cols = [{"name": "a", "detected": "text"}, {"name": "b", "detected": "number"}]
-    assert "2 columns" in render.sample_html(cols, [{"a": "x", "b": 1}])
+    assert "2 columns" in cards.sample_html(cols, [{"a": "x", "b": 1}])
 
 
 def test_mapping_messages():
     tensors = {"input_ids": {"shape": [8, 16], "dtype": "int64"}}
-    assert "mapping-ok" in render.mapping_html({"ok": True, "tensors": tensors}, True, True)
-    bad = render.mapping_html({"ok": False, "error": "column 'price' is mapped 'ignore'."}, True, True)
+    assert "mapping-ok" in cards.mapping_html({"ok": True, "tensors": tensors}, True, True)
+    bad = cards.mapping_html({"ok": False, "error": "column 'price' is mapped 'ignore'."}, True, True)
     assert "mapping-bad" in bad and "price" in bad
-    assert "once a checkpoint" in render.mapping_html(None, False, True)
+    assert "once a checkpoint" in cards.mapping_html(None, False, True)
     cols = [{"name": "review", "suggested": "ignore"}, {"name": "price", "suggested": "tabular"}]
-    assert render.initial_roles(cols, {"roles": {"review": "text"}}) == {"review": "text", "price": "tabular"}
+    assert cards.initial_roles(cols, {"roles": {"review": "text"}}) == {"review": "text", "price": "tabular"}
 
 
 def test_tabular_feeds_from_the_page():
@@ -256,7 +256,7 @@ def test_tabular_feeds_from_the_page():
     assert h.feed_choice("features=a..c", cols, "b") == "features" and h.feed_choice("", cols, "b") == "auto"
     spec = h.spec_from_ui("m.pt", "s.csv", tabular="features=c,a..b", out="o")
     assert spec.tabular == {"features": ("c", "a..b")}
-    ok = render.mapping_html(
+    ok = cards.mapping_html(
         {
             "ok": True,
             "tensors": {"features": {"shape": [2, 3], "dtype": "float32"}},

@@ -492,10 +492,10 @@ def test_real_minilm_through_the_web_studio(minilm, minilm_reference, tmp_path):
 
 
 def test_the_page_says_which_task_and_why():
+    from studio.app import cards, render
     from studio.app import handlers as h
-    from studio.app import render
 
-    card = render.model_html(
+    card = cards.model_html(
         {
             "kind": "sentence-transformers",
             "task": "sentence-embedding",

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import gradio as gr
 
 from ..spec import DYNAMIC_AXES, ID_DTYPES, ROLES, TASKS, default
-from . import events
+from . import cards, events
 from . import handlers as h
 from . import render as r
 from .page import Page
@@ -91,8 +91,8 @@ def _inputs(page: Page) -> None:
                 "classifier and 8 order rows.</div>"
             )
     with gr.Row(equal_height=True):
-        page.model_card = gr.HTML(r.model_html(None), elem_id="model-card")
-        page.sample_card = gr.HTML(r.sample_html([], []), elem_id="sample-card")
+        page.model_card = gr.HTML(cards.model_html(None), elem_id="model-card")
+        page.sample_card = gr.HTML(cards.sample_html([], []), elem_id="sample-card")
     page.preview_table = gr.Dataframe(
         label="First rows of the sample",
         interactive=False,
@@ -118,7 +118,7 @@ def _mapping(page: Page, app: StudioApp) -> None:
         for n, c in enumerate(cols):
             _mapping_row(page, app, n, c, tab_inputs)
 
-    page.mapping_box = gr.HTML(r.mapping_html(None, False, False), elem_id="mapping-status")
+    page.mapping_box = gr.HTML(cards.mapping_html(None, False, False), elem_id="mapping-status")
     page.tabular_box = gr.Textbox(
         label="Tabular inputs: INPUT=COL1,COL2,... one per line, in feature order (FIRST..LAST is a range of columns)",
         lines=1,
@@ -139,7 +139,7 @@ def _mapping_head(with_feeds: bool) -> None:
 
 def _mapping_row(page: Page, app: StudioApp, n: int, c: dict, tab_inputs: list[str]) -> None:
     """One column of the sample: its name, type and example, its role and (with tabular inputs) its feed."""
-    esc = r.esc
+    esc = cards.esc
     with gr.Row(elem_classes="map-row", equal_height=True):
         with gr.Column(scale=3, min_width=80):
             gr.HTML(f'<div class="map-cell map-name" title="{esc(c["name"])}">{esc(c["name"])}</div>')

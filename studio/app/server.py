@@ -1,6 +1,6 @@
 """The app's event handlers: each one runs its work in a job process (worker.py), keeps its files in
-the session's folder (jobs.py) and turns results / StudioErrors into page updates (render.py), returned as
-{component: value} dicts keyed by the names of page.Page."""
+the session's folder (jobs.py) and turns results / StudioErrors into page updates (cards.py, render.py),
+returned as {component: value} dicts keyed by the names of page.Page."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from ..errors import StudioError
 from ..isolate import Job, JobError, Limits, default_start_method
 from ..spec import DYNAMIC_AXES, ConvertSpec, parse_sample_limits
 from . import (
+    cards,
     graph,
     worker,  # noqa: F401 - registers the app's job tasks (preview, check, convert) with studio.isolate
 )
@@ -227,7 +228,7 @@ class StudioApp:
         model, columns, mapping = res["model"], res["columns"] or [], res["mapping"]
         if mapping and mapping.get("error"):
             mapping["error"] = scrub(mapping["error"])
-        roles = r.initial_roles(columns, mapping)
+        roles = cards.initial_roles(columns, mapping)
         state = {
             "nonce": uuid.uuid4().hex,
             "columns": [{**c, "role": roles.get(c["name"], "ignore")} for c in columns],
@@ -237,12 +238,12 @@ class StudioApp:
         rows = res["rows"] or []
         return self.ui.updates(
             PREVIEW_OUTPUTS,
-            model_card=r.model_html(model, scrub(res["model_error"]), _name(checkpoint)),
-            sample_card=r.sample_html(columns, rows, scrub(res["data_error"]), _name(sample)),
-            preview_table=gr.update(value=r.preview_frame(rows, columns), visible=bool(rows)),
+            model_card=cards.model_html(model, scrub(res["model_error"]), _name(checkpoint)),
+            sample_card=cards.sample_html(columns, rows, scrub(res["data_error"]), _name(sample)),
+            preview_table=gr.update(value=cards.preview_frame(rows, columns), visible=bool(rows)),
             columns_state=state,
             roles_box=json.dumps(roles),
-            mapping_box=r.mapping_html(mapping, model is not None, bool(columns)),
+            mapping_box=cards.mapping_html(mapping, model is not None, bool(columns)),
             preview_info={"model": model, "has_sample": bool(columns)},
             per_input=gr.update(value=per_rows or None, visible=bool(per_rows)),
             per_input_json="",
@@ -301,7 +302,7 @@ class StudioApp:
         have_model = bool(info and info.get("model"))
         have_sample = bool(info and info.get("has_sample"))
         if not (checkpoint and sample and have_model and have_sample):
-            return r.mapping_html(None, have_model, have_sample)
+            return cards.mapping_html(None, have_model, have_sample)
         try:
             roles = h.parse_roles_value(roles_json)
             h.parse_tabular_value(tabular)  # a typing error is said here, not ignored
@@ -325,7 +326,7 @@ class StudioApp:
             mapping = {"ok": False, "error": f"unexpected {type(e).__name__}: {e}"}
         if mapping.get("error"):
             mapping["error"] = h.scrub_paths(mapping["error"], [checkpoint, sample])
-        return r.mapping_html(mapping, True, True)
+        return cards.mapping_html(mapping, True, True)
 
     # --- 3. options ------------------------------------------------------------------------------
     def reset_per_input(self, dynamic: list[str], info: dict | None):
