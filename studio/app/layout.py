@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import gradio as gr
 
 from ..spec import DYNAMIC_AXES, ID_DTYPES, ROLES, TASKS, default
-from . import cards, events
+from . import cards, events, graph_panel
 from . import handlers as h
 from . import render as r
 from .page import Page
@@ -371,7 +371,7 @@ def _graph(page: Page) -> None:
     """The exported graph in Netron's viewer, served by the studio (studio.app.graph): works offline."""
     with gr.Column(visible=False, elem_id="graph-panel") as page.graph_col, gr.Accordion("Graph", open=True):
         page.graph_choice = gr.Radio([], label="File", elem_id="graph-choice", container=False)
-        page.graph_view = gr.HTML(r.graph_html([]), elem_id="graph-view")
+        page.graph_view = gr.HTML(graph_panel.graph_html([]), elem_id="graph-view")
 
 
 def _downloads(page: Page) -> None:

@@ -27,6 +27,7 @@ from ..spec import DYNAMIC_AXES, ConvertSpec, parse_sample_limits
 from . import (
     cards,
     graph,
+    graph_panel,
     worker,  # noqa: F401 - registers the app's job tasks (preview, check, convert) with studio.isolate
 )
 from . import handlers as h
@@ -414,9 +415,11 @@ class StudioApp:
             variants_table=gr.update(value=r.variants_frame(report), visible=bool(report.variants)),
             graph_col=gr.update(visible=bool(found)),
             graph_choice=gr.update(
-                choices=r.graph_choices(found), value=found[0].label if found else None, visible=len(found) > 1
+                choices=graph_panel.graph_choices(found),
+                value=found[0].label if found else None,
+                visible=len(found) > 1,
             ),
-            graph_view=r.graph_html(found, None, node),
+            graph_view=graph_panel.graph_html(found, None, node),
         )
 
     def _graph_files(self, key: str, report, out: Path) -> tuple[list[graph.GraphEntry], str | None]:
@@ -435,7 +438,7 @@ class StudioApp:
     def show_graph(self, choice: str | None, request: gr.Request = None):
         """Another file chosen in the Graph panel."""
         found, node = self.graphs.view(_key(request))
-        return self.ui.updates(GRAPH_OUTPUTS, graph_view=r.graph_html(found, choice, node))
+        return self.ui.updates(GRAPH_OUTPUTS, graph_view=graph_panel.graph_html(found, choice, node))
 
     def _error_outputs(self, error: StudioError, message: str) -> dict:
         diagnosis = r.diagnosis_md(None, error=error) if error.details else ""
@@ -465,7 +468,7 @@ class StudioApp:
             variants_table=gr.update(value=None, visible=False),
             graph_col=gr.update(visible=False),
             graph_choice=gr.update(choices=[], value=None),
-            graph_view=r.graph_html([]),
+            graph_view=graph_panel.graph_html([]),
         )
 
     def cancel(self, request: gr.Request = None) -> str:
