@@ -35,7 +35,7 @@ from . import handlers as h
 from . import render as r
 from .config import AppConfig
 from .convert_outputs import STAGE_TEXT, error_title, stage_text
-from .jobs import Sessions
+from .jobs import Sessions, link_inputs
 from .page import DEMO_OUTPUTS, GRAPH_OUTPUTS, PER_INPUT_OUTPUTS, PREVIEW_OUTPUTS
 
 log = logging.getLogger("studio.app")
@@ -329,7 +329,7 @@ class StudioApp:
         try:
             progress(0.0, desc="starting — " + STAGE_TEXT["starting"])
             job_dir = self.sessions.new_dir(key, "job", busy=True)
-            values["checkpoint"], values["sample"] = _job_inputs(job_dir, values["checkpoint"], values["sample"])
+            values["checkpoint"], values["sample"] = link_inputs(job_dir, values["checkpoint"], values["sample"])
             spec = h.spec_from_ui(
                 **values,
                 out=job_dir / "out",
@@ -457,23 +457,3 @@ class StudioApp:
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
-
-
-def _job_inputs(job_dir: Path, *paths: str | None) -> list[str | None]:
-    """The job's own links to the uploads: the upload cache may be cleaned while the job runs."""
-    out = []
-    folder = job_dir / "inputs"
-    for p in paths:
-        if not p or not Path(p).is_file():
-            out.append(p)
-            continue
-        folder.mkdir(exist_ok=True)
-        dest = folder / Path(p).name
-        if dest.exists():  # two uploads with the same name: keep both
-            dest = folder / f"{len(list(folder.iterdir()))}-{Path(p).name}"
-        try:
-            os.link(p, dest)
-        except OSError:
-            shutil.copy2(p, dest)
-        out.append(str(dest))
-    return out
