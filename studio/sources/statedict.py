@@ -16,7 +16,6 @@ fit that class exactly, it is loaded as such (its own head), unless a head is ch
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from ..errors import CheckpointError, first_line
 from ..models.heads import HEAD_HELP, BackboneWithHead, has_pooler
 from . import hf
 from .base import LoadedModel, LoadOptions
-from .keys import SHOW, WRAPPER_SEGMENTS, KeyMatch, describe_mismatch, match_keys
+from .keys import SHOW, KeyMatch, closest_rename, describe_mismatch, locate, match_keys, unwrap
 
 KIND = "state-dict"
 # Where a state dict sits inside a training checkpoint dict, searched in this order.
@@ -134,42 +133,6 @@ def find_tokenizer(folders: list[Path]):
 
 
 # ------------------------------------------------------------------------------------------ keys
-
-
-def _unwrap(key: str) -> str:
-    """The key without the segments only training wrappers insert (anywhere in the key)."""
-    return ".".join(p for p in key.split(".") if p not in WRAPPER_SEGMENTS)
-
-
-def locate(keys: list[str], expected: list[str]) -> tuple[str, dict[str, str]]:
-    """Find the prefix under which `expected` (a module's own keys) sit in the checkpoint `keys`.
-
-    Returns (prefix, mapping expected key -> checkpoint key). The prefix is the one most expected
-    keys are found under (wrapper segments ignored); "" when they sit at the top level."""
-    exp = set(expected)
-    votes: Counter[str] = Counter()
-    for k in keys:
-        parts = _unwrap(k).split(".")
-        for i in range(len(parts)):
-            if ".".join(parts[i:]) in exp:
-                votes[".".join(parts[:i])] += 1
-                break
-    if not votes:
-        return "", {}
-    prefix = min(votes, key=lambda p: (-votes[p], len(p)))
-    mapping: dict[str, str] = {}
-    lead = prefix + "." if prefix else ""
-    for k in keys:
-        u = _unwrap(k)
-        if u.startswith(lead) and u[len(lead) :] in exp:
-            target = u[len(lead) :]
-            if target in mapping:
-                raise CheckpointError(
-                    f"The checkpoint holds two tensors for {target!r}: {mapping[target]!r} and {k!r}.",
-                    hint="Save the state dict of the inner model only, not of several wrappers around it.",
-                )
-            mapping[target] = k
-    return prefix, mapping
 
 
 def _shape_errors(pairs: list[tuple[str, tuple, tuple]]) -> str:
@@ -286,43 +249,21 @@ def _linear_keys(rest: Mapping[str, torch.Tensor]) -> set[str]:
     """Keys of the single Linear-shaped module among `rest` (the likely head), or an empty set."""
     groups: dict[str, list[str]] = {}
     for k in rest:
-        groups.setdefault(_unwrap(k).rpartition(".")[0], []).append(k)
+        groups.setdefault(unwrap(k).rpartition(".")[0], []).append(k)
     linear = [
         ks
         for ks in groups.values()
-        if {_unwrap(k).rpartition(".")[2] for k in ks} <= {"weight", "bias"}
-        and any(_unwrap(k).endswith("weight") and rest[k].dim() == 2 for k in ks)
+        if {unwrap(k).rpartition(".")[2] for k in ks} <= {"weight", "bias"}
+        and any(unwrap(k).endswith("weight") and rest[k].dim() == 2 for k in ks)
     ]
     return set(linear[0]) if len(linear) == 1 else set()
-
-
-def closest_rename(missing: list[str], unexpected: list[str], limit: int = 200) -> str | None:
-    """When keys differ in the middle (e.g. 'embed.' vs 'embeddings.'), the most common renaming:
-    the prefixes of missing and unexpected keys that share a tail of at least two segments."""
-    votes: Counter[tuple[str, str]] = Counter()
-    for m in missing[:limit]:
-        mp = m.split(".")
-        best: tuple[int, str, str] | None = None
-        for u in unexpected[:limit]:
-            up = u.split(".")
-            n = 0
-            while n < min(len(mp), len(up)) and mp[-1 - n] == up[-1 - n]:
-                n += 1
-            if n >= 2 and n < len(mp) and (best is None or n > best[0]):
-                best = (n, ".".join(up[:-n]) + ".", ".".join(mp[:-n]) + ".")
-        if best:
-            votes[(best[1], best[2])] += 1
-    if not votes:
-        return None
-    (have, want), n = votes.most_common(1)[0]
-    return f"checkpoint keys under {have!r} look like the expected {want!r} ({n} keys)"
 
 
 def _head_from(rest: dict[str, torch.Tensor], shown: str) -> tuple[str, torch.Tensor, torch.Tensor | None]:
     """The one Linear layer among the keys outside the backbone: (module path, weight, bias)."""
     groups: dict[str, dict[str, torch.Tensor]] = {}
     for k, v in rest.items():
-        mod, _, leaf = _unwrap(k).rpartition(".")
+        mod, _, leaf = unwrap(k).rpartition(".")
         groups.setdefault(mod, {})[leaf] = v
     linear = [
         (m, g)
@@ -392,7 +333,7 @@ def _match_backbone(sd: dict[str, torch.Tensor], config, head: str | None, shown
     lead = prefix + "." if prefix else ""
     children = {name for name, _ in backbone.named_children()}
     rest = {k: v for k, v in sd.items() if k not in used}
-    stray = [k for k in rest if _unwrap(k).startswith(lead) and _unwrap(k)[len(lead) :].split(".")[0] in children]
+    stray = [k for k in rest if unwrap(k).startswith(lead) and unwrap(k)[len(lead) :].split(".")[0] in children]
     if missing or stray or len(mapping) < MIN_COVERAGE * len(own):
         head_keys = _linear_keys({k: v for k, v in rest.items() if k not in stray})
         unexpected = [k for k in rest if k not in head_keys] if mapping else keys
