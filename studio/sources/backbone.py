@@ -2,9 +2,9 @@
 
 The config's own task model (…ForSequenceClassification, …) when no head is chosen and the weights fit it
 exactly; else the config's backbone, located among the keys by their suffixes (wrapper prefixes and any
-attribute the backbone sat under ignored: keys.locate), alone (the encoder's hidden states) or with the one
-Linear layer the other keys hold as its head (--head says what the head reads). Weights that do not fit are
-refused with the keys or shapes at fault and the config values to check.
+attribute the backbone sat under ignored: keys.locate_prefix), alone (the encoder's hidden states) or with
+the one Linear layer the other keys hold as its head (--head says what the head reads). Weights that do not
+fit are refused with the keys or shapes at fault and the config values to check.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ..errors import CheckpointError
 from ..models.heads import HEAD_HELP, BackboneWithHead, has_pooler
 from . import hf
 from .base import LoadedModel
-from .keys import SHOW, KeyMatch, closest_rename, describe_mismatch, locate, match_keys, unwrap
+from .keys import SHOW, KeyMatch, closest_rename, describe_mismatch, locate_prefix, match_keys, unwrap
 
 KIND = "state-dict"
 MIN_COVERAGE = 0.5  # share of the backbone's tensors the checkpoint must hold to be called that backbone
@@ -89,7 +89,7 @@ def _match_backbone(sd: dict[str, torch.Tensor], config, head: str | None, shown
     backbone = _build("AutoModel", config)
     own = backbone.state_dict()
     keys = list(sd)
-    prefix, mapping = locate(keys, list(own))
+    prefix, mapping = locate_prefix(keys, list(own))
     missing = [k for k in own if k not in mapping]
     if missing and all(k.startswith("pooler.") for k in missing) and has_pooler(backbone):
         if head == "pooled":

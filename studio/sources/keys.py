@@ -8,8 +8,9 @@ level, i.e. in the middle of a key), `torch.compile` adds `_orig_mod.`, activati
 `match_keys` works out which checkpoint key feeds which expected key, stripping known wrapper
 prefixes only where that makes a key match; `normalize_keys` applies the result and raises a
 `CheckpointError` naming the missing / unexpected keys (and the prefix that seems to be in the way)
-when the checkpoint does not fit. `locate` finds the prefix a module's keys sit under (any attribute, e.g.
-`backbone.`; wrapper segments ignored) and `closest_rename` names a renaming in the middle of the keys.
+when the checkpoint does not fit. `locate_prefix` finds the prefix a module's keys sit under (any
+attribute, e.g. `backbone.`; wrapper segments ignored); `closest_rename` names a renaming in the middle of
+the keys.
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ def normalize_keys(
     return {target: state_dict[source] for target, source in match.mapping.items()}
 
 
-def locate(keys: list[str], expected: list[str]) -> tuple[str, dict[str, str]]:
+def locate_prefix(keys: list[str], expected: list[str]) -> tuple[str, dict[str, str]]:
     """Find the prefix under which `expected` (a module's own keys) sit in the checkpoint `keys`.
 
     Returns (prefix, mapping expected key -> checkpoint key). The prefix is the one most expected
