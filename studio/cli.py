@@ -380,7 +380,7 @@ def _group(rows: list[list[str]]) -> dict[str, list[list[str]]]:
 
 
 def summary(report) -> str:
-    from .report import PARITY_COLUMNS, feed_rows, io_rows, latency_rows, machine_line, parity_rows, probe_rows
+    from .report_render import PARITY_COLUMNS, feed_rows, io_rows, latency_rows, machine_line, parity_rows, probe_rows
 
     e = report.export
     ok = lambda b: "n/a" if b is None else ("PASS" if b else "FAIL")  # noqa: E731
@@ -435,7 +435,7 @@ def _comparison_lines(c) -> list[str]:
     """--exporter compare: the winner, why, and both exporters' rows."""
     if c is None:
         return []
-    from .report import COMPARISON_COLUMNS, comparison_rows
+    from .report_render import COMPARISON_COLUMNS, comparison_rows
 
     return [f"compare  {c.winner} chosen: {shown(c.reason)}", _table(COMPARISON_COLUMNS, comparison_rows(c))]
 
@@ -500,7 +500,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .graph_info import check, graph_info
-    from .report import graph_rows
+    from .report_render import graph_rows
 
     path = Path(args.model)
     if not path.is_file():

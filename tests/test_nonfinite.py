@@ -135,7 +135,7 @@ def test_convert_reports_non_finite_counts_in_json_markdown_and_cli_rows(tmp_pat
     string 'nan', valid JSON), report.md lists them, the verdict fails parity and the probes."""
     import tiny
 
-    from studio.report import parity_rows
+    from studio.report_render import parity_rows
 
     torch.manual_seed(0)
     ckpt = tmp_path / "model.pt"

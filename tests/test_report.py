@@ -18,8 +18,8 @@ from studio.report import (
     Report,
     Timing,
     VariantInfo,
-    latency_rows,
 )
+from studio.report_render import latency_rows
 from studio.spec import ConvertSpec, parse_roles
 
 

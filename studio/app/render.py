@@ -1,6 +1,6 @@
 """Preview and Report -> what the page shows: the cards, the mapping line, the verdict strip, the tables,
 the chart data, the summary / diagnosis Markdown and the download list. No gradio in here, so every
-function is testable on its own; numbers are formatted by studio.report's row helpers."""
+function is testable on its own; numbers are formatted by studio.report_render's row helpers."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import pandas as pd
 
 from ..divergence import HEADERS, Divergence, table_rows
 from ..errors import StudioError, first_line
-from ..report import (
+from ..report import Report, worst_diff
+from ..report_render import (
     COMPARISON_COLUMNS,
     LATENCY_LABELS,
     PARITY_COLUMNS,
-    Report,
     comparison_rows,
     io_rows,
     latency_rows,
@@ -26,14 +26,13 @@ from ..report import (
     parity_rows,
     probe_rows,
     variant_rows,
-    worst_diff,
 )
 
 IO_HEADERS = ["", "name", "dtype", "shape"]
 PARITY_HEADERS = list(PARITY_COLUMNS)
 PROBE_HEADERS = ["varies", "batch", "sequence", "verdict", "max abs diff", "message"]
 LATENCY_HEADERS = ["run", "p50 ms", "p90 ms", "p99 ms", "iterations", "batch", "threads", "provider"]
-# the columns of studio.report.variant_rows (its Markdown table, with the app's own words)
+# the columns of studio.report_render.variant_rows (its Markdown table, with the app's own words)
 VARIANT_HEADERS = [
     "variant",
     "verdict",
