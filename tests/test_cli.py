@@ -9,9 +9,9 @@ import sys
 import pytest
 from conftest import DEMO, REPO
 
-from studio import cli
+from studio import cli, cli_flags
 
-COMMANDS = sorted(cli.build_parser()._subparsers._group_actions[0].choices)
+COMMANDS = sorted(cli_flags.build_parser()._subparsers._group_actions[0].choices)
 
 
 def studio(*args, cwd=None):
@@ -42,7 +42,7 @@ def _usage(command: str) -> str:
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_flag_is_in_the_readme_usage(command):
     """Each command's flags, as argparse knows them, are listed in the README's usage of that command."""
-    parser = cli.build_parser()._subparsers._group_actions[0].choices[command]
+    parser = cli_flags.build_parser()._subparsers._group_actions[0].choices[command]
     flags = [o for a in parser._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
     usage = _usage(command)
     assert flags and [f for f in flags if f"[{f}" not in usage and f" {f}" not in usage] == []
@@ -178,10 +178,10 @@ def test_demo_and_tabular_flags_map_to_the_spec(capsys):
     from studio.errors import StudioError
     from studio.spec import parse_tabular
 
-    args = cli.build_parser().parse_args(
+    args = cli_flags.build_parser().parse_args(
         ["convert", "--demo", "--tabular", "features=a..c, d", "--tabular", "price=price"]
     )
-    spec = cli.spec_from_args(args)
+    spec = cli_flags.spec_from_args(args)
     assert spec.checkpoint == str(demo.checkpoint()) and spec.data == str(demo.sample())
     assert demo.checkpoint().is_file() and demo.checkpoint().parent.name == "demo"
     assert spec.tabular == {"features": ("a..c", "d"), "price": ("price",)}

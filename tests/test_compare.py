@@ -15,7 +15,7 @@ import tiny
 import torch
 from test_export import DataDependent, Honest, Normed, spec, tabular_model
 
-from studio import cli, compare, latency, parity
+from studio import cli, cli_flags, compare, latency, parity
 from studio import export as export_mod
 from studio.errors import ExportError
 from studio.report import CandidateRow, Timing
@@ -58,8 +58,8 @@ def compared(tmp_path_factory):
 def test_compare_is_an_exporter_choice():
     assert "compare" in EXPORTERS
     with pytest.raises(SystemExit):
-        cli.build_parser().parse_args(["convert", "x", "--exporter", "both"])
-    assert cli.build_parser().parse_args(["convert", "x", "--exporter", "compare"]).exporter == "compare"
+        cli_flags.build_parser().parse_args(["convert", "x", "--exporter", "both"])
+    assert cli_flags.build_parser().parse_args(["convert", "x", "--exporter", "compare"]).exporter == "compare"
 
 
 def test_both_rows_have_real_numbers_and_the_winner_passes_every_check(compared):
