@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from typing import Protocol
 
 from .errors import StudioError
 
@@ -155,13 +156,9 @@ class ConvertSpec:
                     "(an input name and at least one column or FIRST..LAST range)."
                 )
             tabular[str(name).strip()] = tuple(c.strip() for c in cols)
-        if not (OPSET_MIN <= int(self.opset) <= OPSET_MAX):
-            raise StudioError(f"Opset {self.opset} is outside the supported range {OPSET_MIN}-{OPSET_MAX}.")
-        if self.exporter not in EXPORTERS:
-            raise StudioError(f"Exporter {self.exporter!r} is not one of {', '.join(EXPORTERS)}.")
-        for axis in list(self.dynamic) + [a for v in self.dynamic_per_input.values() for a in v]:
-            if axis not in DYNAMIC_AXES:
-                raise StudioError(f"Dynamic axis {axis!r} is not one of {', '.join(DYNAMIC_AXES)}.")
+        _check_export(
+            self.opset, self.exporter, list(self.dynamic) + [a for v in self.dynamic_per_input.values() for a in v]
+        )
         if self.id_dtype not in ID_DTYPES:
             raise StudioError(f"Id dtype {self.id_dtype!r} is not one of {', '.join(ID_DTYPES)}.")
         if int(self.max_length) < 2:
@@ -218,6 +215,42 @@ def default(name: str):
     """The default of one ConvertSpec option: the one place the CLI, the app and the API read it from."""
     f = {f.name: f for f in fields(ConvertSpec)}[name]
     return f.default_factory() if f.default is MISSING else f.default
+
+
+def _check_export(opset, exporter, axes) -> None:
+    """The export options' rules (ConvertSpec.validated and ExportDefaults)."""
+    if not (OPSET_MIN <= int(opset) <= OPSET_MAX):
+        raise StudioError(f"Opset {opset} is outside the supported range {OPSET_MIN}-{OPSET_MAX}.")
+    if exporter not in EXPORTERS:
+        raise StudioError(f"Exporter {exporter!r} is not one of {', '.join(EXPORTERS)}.")
+    for axis in axes:
+        if axis not in DYNAMIC_AXES:
+            raise StudioError(f"Dynamic axis {axis!r} is not one of {', '.join(DYNAMIC_AXES)}.")
+
+
+class ExportOptions(Protocol):
+    """The options studio.export reads; a ConvertSpec is one."""
+
+    exporter: str  # one of EXPORTERS
+    opset: int
+
+    def axes_for(self, input_name: str) -> tuple[str, ...]: ...
+
+
+@dataclass(frozen=True)
+class ExportDefaults:
+    """ExportOptions for exporting a model already in memory, with no checkpoint or sample file (as the
+    tests do): the ConvertSpec defaults, checked by ConvertSpec's rules."""
+
+    exporter: str = default("exporter")
+    opset: int = default("opset")
+    dynamic: tuple[str, ...] = default("dynamic")  # axes made dynamic on every input; () = static
+
+    def __post_init__(self) -> None:
+        _check_export(self.opset, self.exporter, self.dynamic)
+
+    def axes_for(self, input_name: str) -> tuple[str, ...]:
+        return tuple(self.dynamic)
 
 
 def parse_roles(items: list[str] | None) -> dict[str, str]:
