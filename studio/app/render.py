@@ -1,6 +1,6 @@
 """Preview and Report -> what the page shows: the cards, the mapping line, the verdict strip, the tables,
 the chart data, the summary / diagnosis Markdown and the download list. No gradio in here, so every
-function is testable on its own; numbers are formatted by studio.report_render's row helpers."""
+function is testable on its own; numbers are formatted by studio.report's row helpers."""
 
 from __future__ import annotations
 
