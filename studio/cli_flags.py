@@ -262,11 +262,11 @@ BATCH_FLAGS = (
 def app_flags() -> tuple[Flag, ...]:
     """`studio app`: the operator's settings, their defaults read from studio.app.config.AppConfig (imported
     here, when the parser is built, not with this module: importing the CLI imports nothing of the app)."""
-    from .app.config import AppConfig
+    from .app.config import HOST, PORT, AppConfig
 
     return (
-        flag("--host", "address to listen on (default {default})", default="127.0.0.1"),
-        flag("--port", "port (default {default})", type=int, default=7860),
+        flag("--host", "address to listen on (default {default})", default=HOST),
+        flag("--port", "port (default {default})", type=int, default=PORT),
         *_operator_flags("(repeatable)", "allow uploads that can run code when loaded (shown in the page)"),
         flag(
             "--max-jobs",

@@ -252,3 +252,23 @@ def test_locate_flag_runs_it_on_a_passing_model(capsys, tmp_path):
     assert data["divergence"]["trigger"] == "requested" and data["divergence"]["found"] is False
     md = (tmp_path / "o" / "report.md").read_text()
     assert "## Divergence" in md and "| agrees | `" in md
+
+
+def test_app_flag_defaults_are_the_app_s():
+    """`studio app` without flags runs the app as studio.app.launch / AppConfig would by themselves."""
+    import inspect
+
+    from studio.app import launch
+    from studio.app.config import AppConfig
+
+    args = cli_flags.build_parser().parse_args(["app"])
+    c, params = AppConfig(), inspect.signature(launch).parameters
+    assert (args.host, args.port) == (params["host"].default, params["port"].default)
+    assert (args.max_jobs, args.job_timeout, args.memory_limit, args.max_file_size, args.session_ttl) == (
+        c.max_jobs,
+        c.job_timeout_s,
+        c.memory_limit_mb,
+        c.max_file_size,
+        c.session_ttl_s,
+    )
+    assert (args.max_params, args.trust_code, args.ray) == (c.max_params, c.trust_code, c.ray_address)
