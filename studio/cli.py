@@ -222,7 +222,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
-# the function running each command of studio.cli_flags.COMMANDS
+# the function running each command of studio.cli_flags.commands()
 COMMANDS = {"convert": cmd_convert, "inspect": cmd_inspect, "roles": cmd_roles, "app": cmd_app, "batch": cmd_batch}
 
 if __name__ == "__main__":
