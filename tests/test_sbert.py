@@ -373,7 +373,7 @@ def test_legacy_pooling_keys_and_task_choices(tmp_path, hf_folders):
 
 
 def test_task_flag_on_the_cli(tmp_path, hf_folders, sample_csv):
-    from studio.cli import build_parser, spec_from_args
+    from studio.cli_flags import build_parser, spec_from_args
 
     args = build_parser().parse_args(["convert", "m", "--data", "d.csv", "--task", "token-classification"])
     assert spec_from_args(args).task == "token-classification"

@@ -12,11 +12,11 @@ import pandas as pd
 
 from ..divergence import HEADERS, Divergence, table_rows
 from ..errors import StudioError, first_line
-from ..report import (
+from ..report import Report, worst_diff
+from ..report_render import (
     COMPARISON_COLUMNS,
     LATENCY_LABELS,
     PARITY_COLUMNS,
-    Report,
     comparison_rows,
     io_rows,
     latency_rows,
@@ -24,7 +24,6 @@ from ..report import (
     parity_rows,
     probe_rows,
     variant_rows,
-    worst_diff,
 )
 from .cards import cell, esc, multiline
 
@@ -32,7 +31,7 @@ IO_HEADERS = ["", "name", "dtype", "shape"]
 PARITY_HEADERS = list(PARITY_COLUMNS)
 PROBE_HEADERS = ["varies", "batch", "sequence", "verdict", "max abs diff", "message"]
 LATENCY_HEADERS = ["run", "p50 ms", "p90 ms", "p99 ms", "iterations", "batch", "threads", "provider"]
-# the columns of studio.report.variant_rows (its Markdown table, with the app's own words)
+# the columns of studio.report_render.variant_rows (its Markdown table, with the app's own words)
 VARIANT_HEADERS = [
     "variant",
     "verdict",
