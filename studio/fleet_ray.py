@@ -5,8 +5,8 @@ Each task asks Ray for what it needs: CPUs (the entry's `threads`, else 1), memo
 the checkpoint, at most the job memory limit) and a GPU when CUDA latency or the fp16 variant is asked for and
 the cluster has one. On the worker the job runs in its own process under the same limits as on one machine
 (studio.fleet._run_isolated). By default the inputs travel to the worker and the output folder comes back
-through Ray (zip bytes), so the nodes share no disk; with `shared_dir` every node reads the inputs and writes
-the output at the same paths. A worker that dies fails only its own entry.
+through Ray (zip bytes, studio.ray_files), so the nodes share no disk; with `shared_dir` every node reads the
+inputs and writes the output at the same paths. A worker that dies fails only its own entry.
 
 Only this module imports ray, and only when a batch or job is sent to Ray.
 """
@@ -14,7 +14,6 @@ Only this module imports ray, and only when a batch or job is sent to Ray.
 from __future__ import annotations
 
 import importlib
-import io
 import os
 import shutil
 import signal
@@ -22,13 +21,12 @@ import tempfile
 import threading
 import time
 import uuid
-import zipfile
 from collections.abc import Callable
-from dataclasses import fields, is_dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from . import isolate
+from . import isolate, ray_files
 from .errors import StudioError, first_line
 from .fleet import (
     BatchOptions,
@@ -42,7 +40,6 @@ from .fleet import (
 )
 
 HOOK_ENV = "ONNX_STUDIO_FLEET_TEST_HOOKS"  # "1": honour the manifest's test-only keys (tests/test_fleet_ray.py)
-INPUT_KEYS = ("checkpoint", "data", "config")
 BASE_MB = 600  # a conversion process before the model: python + torch + onnx + onnxruntime imported
 WEIGHT_FACTOR = 4  # bert-base (0.44 GB of weights) peaked at 2.17 GB for the whole process (DESIGN.md)
 POLL_S = 0.2
@@ -127,75 +124,6 @@ def _gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0))
 
 
-# --- moving files through Ray -----------------------------------------------------------------------------------
-
-
-def pack(paths: dict[str, str]) -> bytes:
-    """Zip bytes of the named files or folders, each under its key (`checkpoint/model.pt`, `data/x.csv`)."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for key, path in paths.items():
-            p = Path(path)
-            items = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
-            for f in items:
-                zf.write(f, f"{key}/{p.name}" + ("" if f == p else f"/{f.relative_to(p)}"))
-    return buf.getvalue()
-
-
-def unpack(data: bytes, dest: Path) -> None:
-    """Extract zip bytes into dest (zipfile drops absolute names and `..`, so nothing lands outside it)."""
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        for name in zf.namelist():
-            if name.startswith("/") or ".." in Path(name).parts:
-                raise StudioError(
-                    f"Refusing the file {name!r} sent back by a Ray worker: it points outside its folder."
-                )
-        zf.extractall(dest)
-
-
-def _zip_folder(folder: Path) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1, allowZip64=True) as zf:
-        for f in sorted(folder.rglob("*")):
-            if f.is_file():
-                stored = f.suffix in (".onnx", ".data", ".npz")  # weights barely compress
-                zf.write(f, str(f.relative_to(folder)), compress_type=zipfile.ZIP_STORED if stored else None)
-    return buf.getvalue()
-
-
-def _local_inputs(spec, tmp: Path) -> tuple[Any, dict[str, str]]:
-    """The spec pointing at the unpacked inputs, and {worker path: driver path} to map the report back."""
-    names, back = {}, {}
-    for key in INPUT_KEYS:
-        original = getattr(spec, key)
-        if original:
-            local = tmp / "in" / key / Path(original).name
-            names[key], back[str(local)] = str(local), str(original)
-    return replace(spec, **names), back
-
-
-def _rewrite_texts(folder: Path, mapping: dict[str, str]) -> None:
-    """report.json / report.md name the paths the user gave, not the worker's temporary ones."""
-    for name in ("report.json", "report.md"):
-        p = folder / name
-        if p.is_file():
-            text = p.read_text()
-            for old, new in sorted(mapping.items(), key=lambda kv: -len(kv[0])):
-                text = text.replace(old, new)
-            p.write_text(text)
-
-
-def _move_into(src: Path, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for item in src.iterdir():
-        target = folder / item.name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        elif target.exists() or target.is_symlink():
-            target.unlink()
-        shutil.move(str(item), str(target))
-
-
 # --- a batch entry as a Ray task ---------------------------------------------------------------------------------
 
 
@@ -221,19 +149,19 @@ def convert_task(name: str, spec, inputs: bytes | None, lim, queue, hooks: dict)
     with tempfile.TemporaryDirectory(prefix="studio-ray-") as tmp:
         back: dict[str, str] = {}
         if inputs is not None:
-            unpack(inputs, Path(tmp) / "in")
-            spec, back = _local_inputs(spec, Path(tmp))
+            ray_files.unpack(inputs, Path(tmp) / "in")
+            spec, back = ray_files.local_inputs(spec, Path(tmp))
             out = Path(tmp) / "out" / name
             back[str(out)], spec = str(spec.out), replace(spec, out=str(out))
         try:
             report = _run_isolated(spec, lim, progress)
         except StudioError as e:
-            return {"error": _swap(back)(str(e)), "reason": getattr(e, "reason", "error")}
+            return {"error": ray_files.swap(back)(str(e)), "reason": getattr(e, "reason", "error")}
         out = Path(spec.out)
         if inputs is None:
             return {"report": report.to_dict()}
-        _rewrite_texts(out, back)
-        return {"report": json.loads((out / "report.json").read_text()), "zip": _zip_folder(out)}
+        ray_files.rewrite_texts(out, back)
+        return {"report": json.loads((out / "report.json").read_text()), "zip": ray_files.zip_folder(out)}
 
 
 def check_shared(entries, out: Path, shared: str) -> None:
@@ -242,7 +170,7 @@ def check_shared(entries, out: Path, shared: str) -> None:
     if not root.is_dir():
         raise StudioError(f"--shared-dir {root} is not a folder.")
     for e in entries:
-        for key in INPUT_KEYS:
+        for key in ray_files.INPUT_KEYS:
             value = getattr(e.spec, key)
             if value and not Path(value).resolve().is_relative_to(root):
                 raise StudioError(
@@ -288,10 +216,10 @@ def _put_inputs(spec, packed: dict):
     """The entry's files in Ray's object store, sent once for entries that name the same files."""
     import ray
 
-    paths = {k: getattr(spec, k) for k in INPUT_KEYS if getattr(spec, k)}
+    paths = {k: getattr(spec, k) for k in ray_files.INPUT_KEYS if getattr(spec, k)}
     key = tuple(sorted(paths.items()))
     if key not in packed:
-        packed[key] = ray.put(pack(paths))
+        packed[key] = ray.put(ray_files.pack(paths))
     return packed[key]
 
 
@@ -372,8 +300,8 @@ def _finish(p: Pending, ref, seconds: float) -> dict:
     if res.get("zip") is not None:
         tmp = p.folder.parent / f".{p.folder.name}.partial-ray-{uuid.uuid4().hex[:8]}"
         try:
-            unpack(res["zip"], tmp)
-            _move_into(tmp, p.folder)
+            ray_files.unpack(res["zip"], tmp)
+            ray_files.move_into(tmp, p.folder)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     row = row_from_report(p.entry, res["report"], seconds)
@@ -382,30 +310,6 @@ def _finish(p: Pending, ref, seconds: float) -> dict:
 
 
 # --- RayJob: the app's Job, on Ray ------------------------------------------------------------------------------
-
-
-def _map_strings(obj: Any, fn: Callable[[str], str]) -> Any:
-    """fn applied to every string inside dataclasses (in place), dicts, lists and tuples."""
-    if is_dataclass(obj) and not isinstance(obj, type):
-        for f in fields(obj):
-            setattr(obj, f.name, _map_strings(getattr(obj, f.name), fn))
-        return obj
-    if isinstance(obj, dict):
-        return {_map_strings(k, fn): _map_strings(v, fn) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_map_strings(v, fn) for v in obj)
-    return fn(obj) if isinstance(obj, str) else obj
-
-
-def _swap(mapping: dict[str, str]) -> Callable[[str], str]:
-    pairs = sorted(mapping.items(), key=lambda kv: -len(kv[0]))
-
-    def fn(text: str) -> str:
-        for old, new in pairs:
-            text = text.replace(old, new)
-        return text
-
-    return fn
 
 
 def job_task(task: str, module: str, payload: dict, inputs: bytes | None, lim, queue, key: str) -> dict[str, Any]:
@@ -422,8 +326,8 @@ def job_task(task: str, module: str, payload: dict, inputs: bytes | None, lim, q
         out_parent.mkdir()
         if spec is not None:
             if inputs is not None:
-                unpack(inputs, Path(tmp) / "in")
-                spec, back = _local_inputs(spec, Path(tmp))
+                ray_files.unpack(inputs, Path(tmp) / "in")
+                spec, back = ray_files.local_inputs(spec, Path(tmp))
             payload = {**payload, "spec": replace(spec, out=str(out_parent / Path(spec.out).name))}
         try:
             result = isolate.Job(task, payload, lim, label=payload.get("label") or task).wait(send)
@@ -438,8 +342,8 @@ def job_task(task: str, module: str, payload: dict, inputs: bytes | None, lim, q
                 }
             }
         back[str(out_parent)] = _OUT
-        result = _map_strings(result, _swap(back))
-        return {"result": result, "zip": _zip_folder(out_parent)}
+        result = ray_files.map_strings(result, ray_files.swap(back))
+        return {"result": result, "zip": ray_files.zip_folder(out_parent)}
 
 
 class RayJob:
@@ -490,7 +394,7 @@ class RayJob:
         spec = self.payload.get("spec")
         inputs, request = None, {"num_cpus": 1}
         if spec is not None:
-            inputs = ray.put(pack({k: getattr(spec, k) for k in INPUT_KEYS if getattr(spec, k)}))
+            inputs = ray.put(ray_files.pack({k: getattr(spec, k) for k in ray_files.INPUT_KEYS if getattr(spec, k)}))
             request = resources(spec, self.limits.memory_mb, _gpus(), self.cuda)
         with self._lock:
             if self._cancel_reason:
@@ -568,5 +472,5 @@ class RayJob:
         if spec is None:
             return res["result"]
         out_parent = Path(spec.out).parent
-        unpack(res["zip"], out_parent)
-        return _map_strings(res["result"], _swap({_OUT: str(out_parent)}))
+        ray_files.unpack(res["zip"], out_parent)
+        return ray_files.map_strings(res["result"], ray_files.swap({_OUT: str(out_parent)}))

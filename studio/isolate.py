@@ -49,6 +49,7 @@ PRELOAD = [
     "torch.onnx._internal.exporter._core",
     "studio.spec",
     "studio.report",
+    "studio.report_render",
     "studio.batch",
     "studio.sources",
     "studio.models",

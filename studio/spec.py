@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from typing import Protocol
 
 from .errors import StudioError
 
@@ -155,29 +156,14 @@ class ConvertSpec:
                     "(an input name and at least one column or FIRST..LAST range)."
                 )
             tabular[str(name).strip()] = tuple(c.strip() for c in cols)
-        if not (OPSET_MIN <= int(self.opset) <= OPSET_MAX):
-            raise StudioError(f"Opset {self.opset} is outside the supported range {OPSET_MIN}-{OPSET_MAX}.")
-        if self.exporter not in EXPORTERS:
-            raise StudioError(f"Exporter {self.exporter!r} is not one of {', '.join(EXPORTERS)}.")
-        for axis in list(self.dynamic) + [a for v in self.dynamic_per_input.values() for a in v]:
-            if axis not in DYNAMIC_AXES:
-                raise StudioError(f"Dynamic axis {axis!r} is not one of {', '.join(DYNAMIC_AXES)}.")
+        _check_export(
+            self.opset, self.exporter, list(self.dynamic) + [a for v in self.dynamic_per_input.values() for a in v]
+        )
         if self.id_dtype not in ID_DTYPES:
             raise StudioError(f"Id dtype {self.id_dtype!r} is not one of {', '.join(ID_DTYPES)}.")
         if int(self.max_length) < 2:
             raise StudioError(f"--max-length must be at least 2, got {self.max_length}.")
-        if self.atol < 0 or self.rtol < 0:
-            raise StudioError("--atol and --rtol must be >= 0.")
-        if (
-            isinstance(self.latency_budget_s, bool)
-            or not isinstance(self.latency_budget_s, (int, float))
-            or not 0 < self.latency_budget_s < float("inf")
-        ):
-            raise StudioError(f"--latency-budget must be more than 0 s, got {self.latency_budget_s!r}.")
-        if self.threads is not None and (
-            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
-        ):
-            raise StudioError(f"--threads must be a whole number >= 1, got {self.threads!r}.")
+        _check_measuring(self.atol, self.rtol, self.latency_budget_s, self.threads)
         for v in self.variants:
             if v not in VARIANTS:
                 raise StudioError(f"Variant {v!r} is not one of {', '.join(VARIANTS)}.")
@@ -218,6 +204,80 @@ def default(name: str):
     """The default of one ConvertSpec option: the one place the CLI, the app and the API read it from."""
     f = {f.name: f for f in fields(ConvertSpec)}[name]
     return f.default_factory() if f.default is MISSING else f.default
+
+
+def _check_export(opset, exporter, axes) -> None:
+    """The export options' rules (ConvertSpec.validated and ExportDefaults)."""
+    if not (OPSET_MIN <= int(opset) <= OPSET_MAX):
+        raise StudioError(f"Opset {opset} is outside the supported range {OPSET_MIN}-{OPSET_MAX}.")
+    if exporter not in EXPORTERS:
+        raise StudioError(f"Exporter {exporter!r} is not one of {', '.join(EXPORTERS)}.")
+    for axis in axes:
+        if axis not in DYNAMIC_AXES:
+            raise StudioError(f"Dynamic axis {axis!r} is not one of {', '.join(DYNAMIC_AXES)}.")
+
+
+def _check_measuring(atol, rtol, latency_budget_s, threads) -> None:
+    """The rules of the parity tolerances and the timing options (ConvertSpec.validated and CompareDefaults)."""
+    if atol < 0 or rtol < 0:
+        raise StudioError("--atol and --rtol must be >= 0.")
+    if (
+        isinstance(latency_budget_s, bool)
+        or not isinstance(latency_budget_s, (int, float))
+        or not 0 < latency_budget_s < float("inf")
+    ):
+        raise StudioError(f"--latency-budget must be more than 0 s, got {latency_budget_s!r}.")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise StudioError(f"--threads must be a whole number >= 1, got {threads!r}.")
+
+
+class ExportOptions(Protocol):
+    """The options studio.export reads; a ConvertSpec is one."""
+
+    exporter: str  # one of EXPORTERS
+    opset: int
+
+    def axes_for(self, input_name: str) -> tuple[str, ...]: ...
+
+
+@dataclass(frozen=True)
+class ExportDefaults:
+    """ExportOptions for exporting a model already in memory, with no checkpoint or sample file (as the
+    tests do): the ConvertSpec defaults, checked by ConvertSpec's rules."""
+
+    exporter: str = default("exporter")
+    opset: int = default("opset")
+    dynamic: tuple[str, ...] = default("dynamic")  # axes made dynamic on every input; () = static
+
+    def __post_init__(self) -> None:
+        _check_export(self.opset, self.exporter, self.dynamic)
+
+    def axes_for(self, input_name: str) -> tuple[str, ...]:
+        return tuple(self.dynamic)
+
+
+class CompareOptions(ExportOptions, Protocol):
+    """The options studio.compare reads (--exporter compare); a ConvertSpec is one."""
+
+    atol: float
+    rtol: float
+    threads: int | None  # None: runtime.default_threads()
+    latency_budget_s: float
+
+
+@dataclass(frozen=True)
+class CompareDefaults(ExportDefaults):
+    """CompareOptions for comparing the exporters on a model already in memory: the ConvertSpec defaults,
+    checked by ConvertSpec's rules."""
+
+    atol: float = default("atol")
+    rtol: float = default("rtol")
+    threads: int | None = default("threads")
+    latency_budget_s: float = default("latency_budget_s")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_measuring(self.atol, self.rtol, self.latency_budget_s, self.threads)
 
 
 def parse_roles(items: list[str] | None) -> dict[str, str]:

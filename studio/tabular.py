@@ -27,15 +27,7 @@ def tabular_values(df: pd.DataFrame, col: str, fill: float | None, file: str) ->
     if pd.api.types.is_bool_dtype(series.dtype) and not has_na:
         return np.array(series.to_numpy(dtype=np.float32), dtype=np.float32).reshape(-1, 1)
     if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype):
-        arr = np.array(series.to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64).reshape(-1, 1)
-        bad = np.where(~np.isfinite(arr[:, 0]))[0]
-        for i in bad:
-            if np.isnan(arr[i, 0]) and fill is not None:
-                arr[i, 0] = fill
-            else:
-                _bad_cell(file, col, int(i), series.iat[int(i)], fill)
-        return arr.astype(np.float32)
-
+        return _numeric_values(series, col, fill, file)
     rows: list[list[float] | None] = []
     scalar_rows, vector_rows = [], []
     for i, v in enumerate(series.tolist()):
@@ -55,34 +47,58 @@ def tabular_values(df: pd.DataFrame, col: str, fill: float | None, file: str) ->
             rows.append([x])
             scalar_rows.append(i)
         elif kind == "vector":
-            vec = convert_cell(v, "vector")
-            if not vec:
-                raise file_error(file, f"column {col!r}, {row_label(i)}: the list is empty.", column=col, row=i + 1)
-            vals = []
-            for j, x in enumerate(vec):
-                if x is None or (isinstance(x, float) and math.isnan(x)):
-                    if fill is None:
-                        raise file_error(
-                            file,
-                            f"column {col!r}, {row_label(i)}: element {j + 1} of the list is empty.",
-                            column=col,
-                            row=i + 1,
-                            hint="Set a fill value for empty cells, or fix it.",
-                        )
-                    x = fill
-                x = float(x)
-                if not math.isfinite(x):
-                    raise file_error(
-                        file,
-                        f"column {col!r}, {row_label(i)}: element {j + 1} of the list is {x}, not a finite number.",
-                        column=col,
-                        row=i + 1,
-                    )
-                vals.append(x)
-            rows.append(vals)
+            rows.append(_vector_cell(convert_cell(v, "vector"), col, i, fill, file))
             vector_rows.append(i)
         else:
             _bad_cell(file, col, i, v, fill)
+    width = _common_width(rows, scalar_rows, vector_rows, col, file)
+    return np.asarray([r if r is not None else [fill] * width for r in rows], dtype=np.float32).reshape(-1, width)
+
+
+def _numeric_values(series: pd.Series, col: str, fill: float | None, file: str) -> np.ndarray:
+    """A numeric column -> float32 [rows, 1]: empty cells filled (or refused), non-finite ones refused."""
+    arr = np.array(series.to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64).reshape(-1, 1)
+    bad = np.where(~np.isfinite(arr[:, 0]))[0]
+    for i in bad:
+        if np.isnan(arr[i, 0]) and fill is not None:
+            arr[i, 0] = fill
+        else:
+            _bad_cell(file, col, int(i), series.iat[int(i)], fill)
+    return arr.astype(np.float32)
+
+
+def _vector_cell(vec: list, col: str, i: int, fill: float | None, file: str) -> list[float]:
+    """One list cell (row i) -> its finite floats, empty elements filled (or refused)."""
+    if not vec:
+        raise file_error(file, f"column {col!r}, {row_label(i)}: the list is empty.", column=col, row=i + 1)
+    vals = []
+    for j, x in enumerate(vec):
+        if x is None or (isinstance(x, float) and math.isnan(x)):
+            if fill is None:
+                raise file_error(
+                    file,
+                    f"column {col!r}, {row_label(i)}: element {j + 1} of the list is empty.",
+                    column=col,
+                    row=i + 1,
+                    hint="Set a fill value for empty cells, or fix it.",
+                )
+            x = fill
+        x = float(x)
+        if not math.isfinite(x):
+            raise file_error(
+                file,
+                f"column {col!r}, {row_label(i)}: element {j + 1} of the list is {x}, not a finite number.",
+                column=col,
+                row=i + 1,
+            )
+        vals.append(x)
+    return vals
+
+
+def _common_width(
+    rows: list[list[float] | None], scalar_rows: list[int], vector_rows: list[int], col: str, file: str
+) -> int:
+    """The one width every filled row has (1 when none is filled); mixed or ragged rows are refused."""
     if scalar_rows and vector_rows:
         i = vector_rows[0] if vector_rows[0] > scalar_rows[0] else scalar_rows[0]
         raise file_error(
@@ -104,8 +120,7 @@ def tabular_values(df: pd.DataFrame, col: str, fill: float | None, file: str) ->
             row=i + 1,
             hint="Every row of a vector column needs the same length.",
         )
-    width = widths.pop() if widths else 1
-    return np.asarray([r if r is not None else [fill] * width for r in rows], dtype=np.float32).reshape(-1, width)
+    return widths.pop() if widths else 1
 
 
 def one_hot(df: pd.DataFrame, col: str, vocab: list[str], name: str, file: str) -> np.ndarray:

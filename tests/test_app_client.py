@@ -22,7 +22,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 import studio.app  # noqa: E402
-from studio.app.layout import CONVERT_OUTPUTS  # noqa: E402
+from studio.app.page import CONVERT_OUTPUTS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "studio" / "demo"

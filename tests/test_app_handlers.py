@@ -1,5 +1,5 @@
 """The app's plain functions: page controls -> ConvertSpec (one mapping, handlers.py), Report -> what the page
-shows (render.py); the page object's outputs by name."""
+shows (cards.py, render.py); the page object's outputs by name."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from studio.app import cards, render
 from studio.app import handlers as h
-from studio.app import render
 from studio.errors import ExportError, StudioError
 from studio.report import (
     CheckerInfo,
@@ -221,22 +221,22 @@ def test_model_and_sample_cards():
         "parameters": 1_500_000,
         "labels": ["a", "b"],
     }
-    card = render.model_html(model, filename="m.zip")
+    card = cards.model_html(model, filename="m.zip")
     assert "m.zip" in card and "1.5 M" in card and "none found" in card and "<code>price</code>" in card
-    assert "card-bad" in render.model_html(None, "Checkpoint <x> is broken.")
-    assert "&lt;x&gt;" in render.model_html(None, "Checkpoint <x> is broken.")  # escaped, never raw HTML
+    assert "card-bad" in cards.model_html(None, "Checkpoint <x> is broken.")
+    assert "&lt;x&gt;" in cards.model_html(None, "Checkpoint <x> is broken.")  # escaped, never raw HTML
     cols = [{"name": "a", "detected": "text"}, {"name": "b", "detected": "number"}]
-    assert "2 columns" in render.sample_html(cols, [{"a": "x", "b": 1}])
+    assert "2 columns" in cards.sample_html(cols, [{"a": "x", "b": 1}])
 
 
 def test_mapping_messages():
     tensors = {"input_ids": {"shape": [8, 16], "dtype": "int64"}}
-    assert "mapping-ok" in render.mapping_html({"ok": True, "tensors": tensors}, True, True)
-    bad = render.mapping_html({"ok": False, "error": "column 'price' is mapped 'ignore'."}, True, True)
+    assert "mapping-ok" in cards.mapping_html({"ok": True, "tensors": tensors}, True, True)
+    bad = cards.mapping_html({"ok": False, "error": "column 'price' is mapped 'ignore'."}, True, True)
     assert "mapping-bad" in bad and "price" in bad
-    assert "once a checkpoint" in render.mapping_html(None, False, True)
+    assert "once a checkpoint" in cards.mapping_html(None, False, True)
     cols = [{"name": "review", "suggested": "ignore"}, {"name": "price", "suggested": "tabular"}]
-    assert render.initial_roles(cols, {"roles": {"review": "text"}}) == {"review": "text", "price": "tabular"}
+    assert cards.initial_roles(cols, {"roles": {"review": "text"}}) == {"review": "text", "price": "tabular"}
 
 
 def test_tabular_feeds_from_the_page():
@@ -256,7 +256,7 @@ def test_tabular_feeds_from_the_page():
     assert h.feed_choice("features=a..c", cols, "b") == "features" and h.feed_choice("", cols, "b") == "auto"
     spec = h.spec_from_ui("m.pt", "s.csv", tabular="features=c,a..b", out="o")
     assert spec.tabular == {"features": ("c", "a..b")}
-    ok = render.mapping_html(
+    ok = cards.mapping_html(
         {
             "ok": True,
             "tensors": {"features": {"shape": [2, 3], "dtype": "float32"}},
@@ -351,7 +351,7 @@ def test_without_variants_the_table_is_empty_with_a_note():
 
 
 def test_progress_names_the_variants_stage_and_what_latency_times():
-    from studio.app.server import STAGE_TEXT, stage_text
+    from studio.app.convert_outputs import STAGE_TEXT, stage_text
 
     order = ["loading", "batch", "export", "checker", "parity", "shape probe", "variants", "latency", "writing"]
     assert [s for s in STAGE_TEXT if s in order] == order  # the pipeline's order
@@ -449,15 +449,15 @@ def test_the_convert_table_names_real_controls_and_spec_fields():
     import dataclasses
     import inspect
 
-    from studio.app import layout
+    from studio.app import page
     from studio.spec import ConvertSpec
 
-    page_fields = {f.name for f in dataclasses.fields(layout.Page)}
+    page_fields = {f.name for f in dataclasses.fields(page.Page)}
     spec_fields = {f.name for f in dataclasses.fields(ConvertSpec)}
     for p in h.CONVERT_PARAMS:
         assert p.component in page_fields and p.field in spec_fields, p
     assert len({p.field for p in h.CONVERT_PARAMS}) == len(h.CONVERT_PARAMS)  # each field set by one parameter
-    for names in (layout.CONVERT_OUTPUTS, layout.PREVIEW_OUTPUTS, layout.CHECK_INPUTS, layout.PER_INPUT_OUTPUTS):
+    for names in (page.CONVERT_OUTPUTS, page.PREVIEW_OUTPUTS, page.CHECK_INPUTS, page.PER_INPUT_OUTPUTS):
         assert set(names) <= page_fields and len(set(names)) == len(names)
     # the endpoint's public parameters, in the order positional gradio_client callers rely on
     from studio.app.server import StudioApp
@@ -484,7 +484,7 @@ def test_the_locate_parameter_is_a_yes_or_no():
 
 def test_report_view_updates_every_output_by_name(tmp_path):
     import studio.app
-    from studio.app import layout
+    from studio.app import page
 
     app = studio.app.create_app(warm_up=False)
     try:
@@ -493,7 +493,7 @@ def test_report_view_updates_every_output_by_name(tmp_path):
         report.files = {"model": "model.onnx"}
         (tmp_path / "model.onnx").write_text("x")
         out = app._report_outputs({"report": report, "zip": None}, tmp_path)
-        assert list(out) == ui.of(layout.CONVERT_OUTPUTS)  # every output, none twice, in the API's order
+        assert list(out) == ui.of(page.CONVERT_OUTPUTS)  # every output, none twice, in the API's order
         assert "All checks passed" in out[ui.verdict] and json.loads(out[ui.report_json])["ok"] is True
         assert [Path(f).name for f in out[ui.downloads]] == ["model.onnx"]
         assert out[ui.results_col]["visible"] is True and out[ui.downloads_col]["visible"] is True
@@ -501,7 +501,7 @@ def test_report_view_updates_every_output_by_name(tmp_path):
         assert out[ui.diag_acc]["visible"] is False and out[ui.diagnosis] == ""
         assert list(out[ui.latency_plot]["sort"]) == ["PT CPU 8×16", "ORT CPU 8×16"]
         with pytest.raises(ValueError, match="missing"):
-            ui.updates(layout.CONVERT_OUTPUTS, verdict="x")  # a forgotten output is an error, not a stale value
+            ui.updates(page.CONVERT_OUTPUTS, verdict="x")  # a forgotten output is an error, not a stale value
         with pytest.raises(ValueError, match="not outputs"):
             ui.updates(("verdict",), verdict="x", summary="y")
     finally:

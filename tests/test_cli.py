@@ -9,9 +9,9 @@ import sys
 import pytest
 from conftest import DEMO, REPO
 
-from studio import cli
+from studio import cli, cli_flags
 
-COMMANDS = sorted(cli.build_parser()._subparsers._group_actions[0].choices)
+COMMANDS = sorted(cli_flags.build_parser()._subparsers._group_actions[0].choices)
 
 
 def studio(*args, cwd=None):
@@ -42,7 +42,7 @@ def _usage(command: str) -> str:
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_flag_is_in_the_readme_usage(command):
     """Each command's flags, as argparse knows them, are listed in the README's usage of that command."""
-    parser = cli.build_parser()._subparsers._group_actions[0].choices[command]
+    parser = cli_flags.build_parser()._subparsers._group_actions[0].choices[command]
     flags = [o for a in parser._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
     usage = _usage(command)
     assert flags and [f for f in flags if f"[{f}" not in usage and f" {f}" not in usage] == []
@@ -178,10 +178,10 @@ def test_demo_and_tabular_flags_map_to_the_spec(capsys):
     from studio.errors import StudioError
     from studio.spec import parse_tabular
 
-    args = cli.build_parser().parse_args(
+    args = cli_flags.build_parser().parse_args(
         ["convert", "--demo", "--tabular", "features=a..c, d", "--tabular", "price=price"]
     )
-    spec = cli.spec_from_args(args)
+    spec = cli_flags.spec_from_args(args)
     assert spec.checkpoint == str(demo.checkpoint()) and spec.data == str(demo.sample())
     assert demo.checkpoint().is_file() and demo.checkpoint().parent.name == "demo"
     assert spec.tabular == {"features": ("a..c", "d"), "price": ("price",)}
@@ -252,3 +252,23 @@ def test_locate_flag_runs_it_on_a_passing_model(capsys, tmp_path):
     assert data["divergence"]["trigger"] == "requested" and data["divergence"]["found"] is False
     md = (tmp_path / "o" / "report.md").read_text()
     assert "## Divergence" in md and "| agrees | `" in md
+
+
+def test_app_flag_defaults_are_the_app_s():
+    """`studio app` without flags runs the app as studio.app.launch / AppConfig would by themselves."""
+    import inspect
+
+    from studio.app import launch
+    from studio.app.config import AppConfig
+
+    args = cli_flags.build_parser().parse_args(["app"])
+    c, params = AppConfig(), inspect.signature(launch).parameters
+    assert (args.host, args.port) == (params["host"].default, params["port"].default)
+    assert (args.max_jobs, args.job_timeout, args.memory_limit, args.max_file_size, args.session_ttl) == (
+        c.max_jobs,
+        c.job_timeout_s,
+        c.memory_limit_mb,
+        c.max_file_size,
+        c.session_ttl_s,
+    )
+    assert (args.max_params, args.trust_code, args.ray) == (c.max_params, c.trust_code, c.ray_address)

@@ -13,13 +13,13 @@ import onnx
 import pytest
 import tiny
 import torch
-from test_export import DataDependent, Honest, Normed, spec, tabular_model
+from test_export import DataDependent, Honest, Normed, tabular_model
 
-from studio import cli, compare, latency, parity
+from studio import cli, cli_flags, compare, latency, parity
 from studio import export as export_mod
 from studio.errors import ExportError
 from studio.report import CandidateRow, Timing
-from studio.spec import EXPORTERS
+from studio.spec import EXPORTERS, CompareDefaults, ExportDefaults
 
 X = {"x": torch.randn(4, 3).abs()}
 
@@ -58,8 +58,8 @@ def compared(tmp_path_factory):
 def test_compare_is_an_exporter_choice():
     assert "compare" in EXPORTERS
     with pytest.raises(SystemExit):
-        cli.build_parser().parse_args(["convert", "x", "--exporter", "both"])
-    assert cli.build_parser().parse_args(["convert", "x", "--exporter", "compare"]).exporter == "compare"
+        cli_flags.build_parser().parse_args(["convert", "x", "--exporter", "both"])
+    assert cli_flags.build_parser().parse_args(["convert", "x", "--exporter", "compare"]).exporter == "compare"
 
 
 def test_both_rows_have_real_numbers_and_the_winner_passes_every_check(compared):
@@ -134,7 +134,7 @@ def test_cli_table_and_report_md(compared):
 
 def _compared(module, tmp_path, **kw):
     loaded = tabular_model(module)
-    s = spec(exporter="compare", latency_budget_s=0.05, **kw)
+    s = CompareDefaults(exporter="compare", latency_budget_s=0.05, **kw)
     dest = tmp_path / "model.onnx"
     info, comparison = compare.export_compared(loaded, parity.cached_reference(loaded), X, s, dest)
     return info, comparison, dest
@@ -183,7 +183,7 @@ def test_pytorch_runs_once_per_input_set_for_both_candidates(tmp_path):
         return loaded.adapter(module, named)
 
     reference = parity.cached_reference(replace(loaded, adapter=counting))
-    s = spec(exporter="compare", latency_budget_s=0.05)
+    s = CompareDefaults(exporter="compare", latency_budget_s=0.05)
     _, c = compare.export_compared(loaded, reference, X, s, tmp_path / "model.onnx")
     assert all(r.exported and r.passes for r in c.rows)
     assert calls and len(calls) == len(set(calls))  # the sample and each probe size: once, not once a file
@@ -264,7 +264,7 @@ def test_choose_missing_timing_or_one_usable_file():
 
 
 def _auto(module, tmp_path, **kw):
-    return export_mod.export(tabular_model(module), X, spec(**kw), tmp_path / "model.onnx")
+    return export_mod.export(tabular_model(module), X, ExportDefaults(**kw), tmp_path / "model.onnx")
 
 
 def test_auto_reason_when_the_new_exporter_succeeds(tmp_path, monkeypatch):

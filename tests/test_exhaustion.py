@@ -575,7 +575,7 @@ def test_sigterm_unwinds_a_conversion_without_leftovers(tmp_path):
 
 
 def test_app_flag_max_params():
-    from studio.cli import build_parser
+    from studio.cli_flags import build_parser
 
     assert build_parser().parse_args(["app", "--max-params", "2e9"]).max_params == 2_000_000_000
     assert build_parser().parse_args(["app"]).max_params == MAX_PARAMS_DEFAULT

@@ -11,7 +11,7 @@ from studio import export as export_mod
 from studio import graph_info, parity, runtime
 from studio.errors import ExportError, OpsetMismatchError
 from studio.sources.base import TABULAR, LoadedModel, ModelInput
-from studio.spec import ConvertSpec
+from studio.spec import ExportDefaults, default
 
 
 class Baked(torch.nn.Module):
@@ -60,8 +60,7 @@ def tabular_model(module) -> LoadedModel:
     )
 
 
-def spec(**kw) -> ConvertSpec:
-    return ConvertSpec(checkpoint="-", data="-", **kw).validated()
+ATOL, RTOL = default("atol"), default("rtol")
 
 
 X = {"x": torch.randn(4, 3).abs()}
@@ -75,7 +74,7 @@ def dynamo_first(monkeypatch):
 
 def _export(module, tmp_path, **kw):
     loaded = tabular_model(module)
-    s = spec(**kw)
+    s = ExportDefaults(**kw)
     path = tmp_path / "model.onnx"
     info = export_mod.export(loaded, X, s, path)
     return loaded, s, path, info
@@ -84,10 +83,10 @@ def _export(module, tmp_path, **kw):
 def test_baked_batch_dimension_is_caught_and_named(tmp_path):
     loaded, s, path, info = _export(Baked(), tmp_path, exporter="torchscript")
     sess = runtime.cpu_session(path)
-    p, _ = parity.parity(loaded, sess, X, s.atol, s.rtol)
+    p, _ = parity.parity(loaded, sess, X, ATOL, RTOL)
     assert p.ok  # at the sample's own size everything matches...
     axes = export_mod.dynamic_axes_for(loaded, X, s)
-    dyn = parity.probes(loaded, sess, X, axes, s.atol, s.rtol)
+    dyn = parity.probes(loaded, sess, X, axes, ATOL, RTOL)
     assert dyn.ok is False  # ...but a different batch size does not
     failed = [pr for pr in dyn.probes if not pr.ok]
     assert failed and all(pr.changed == "batch" for pr in failed)

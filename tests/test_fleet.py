@@ -218,8 +218,8 @@ def test_the_core_does_not_import_ray(tmp_path):
         tmp_path / "m.jsonl", [{"checkpoint": str(demo.checkpoint()), "data": str(demo.sample())}]
     )
     code = (
-        "import sys, studio.cli, studio.fleet, studio.manifest; "
-        f"studio.manifest.read_manifest({str(manifest)!r}); studio.cli.build_parser().parse_args(['batch', 'm']); "
+        "import sys, studio.cli, studio.cli_flags, studio.fleet, studio.manifest; "
+        f"studio.manifest.read_manifest({str(manifest)!r}); studio.cli_flags.build_parser().parse_args(['batch', 'm']); "
         "print('ray' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -209,7 +209,7 @@ def test_the_web_studio_sends_conversions_to_ray(cluster, monkeypatch, tmp_path)
 
     import studio.app
     from studio import convert, fleet_ray
-    from studio.app.layout import CONVERT_OUTPUTS
+    from studio.app.page import CONVERT_OUTPUTS
 
     started = []
     real_start = fleet_ray.RayJob.start

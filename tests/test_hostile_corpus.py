@@ -529,7 +529,7 @@ ESC = "\x1b[2J\x1b[H"  # clear the screen, cursor home
 
 
 def test_shown_escapes_what_could_move_the_terminal():
-    from studio.cli import shown
+    from studio.cli_text import shown
 
     assert shown(f"{ESC}col") == "\\x1b[2J\\x1b[Hcol"
     assert shown("a\nb\rc\td\x07") == "a\\nb\\rc\\td\\x07"

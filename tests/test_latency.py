@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from studio import ConvertSpec, convert, latency, runtime
-from studio.report import LatencyInfo, Timing, latency_rows, machine_line
+from studio.report import LatencyInfo, Timing
+from studio.report_render import latency_rows, machine_line
 
 
 def test_time_fn_warms_up_then_fills_the_budget():

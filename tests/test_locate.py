@@ -19,7 +19,7 @@ from studio import divergence, locate, runtime
 from studio import export as export_mod
 from studio.report import DynamicInfo, ParityInfo, Probe
 from studio.sources.base import TABULAR, LoadedModel, ModelInput
-from studio.spec import ConvertSpec
+from studio.spec import ConvertSpec, ExportDefaults
 
 EXPORTERS = ("torchscript", "dynamo")
 
@@ -89,7 +89,7 @@ def export(module_cls, exporter: str, folder):
     torch.manual_seed(0)
     loaded = loaded_for(module_cls())
     path = folder / "model.onnx"
-    export_mod.export(loaded, X, ConvertSpec(checkpoint="-", data="-", exporter=exporter).validated(), path)
+    export_mod.export(loaded, X, ExportDefaults(exporter=exporter), path)
     return loaded, path
 
 

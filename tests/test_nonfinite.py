@@ -14,7 +14,7 @@ import torch
 from studio import convert, parity, runtime
 from studio import export as export_mod
 from studio.sources.base import TABULAR, LoadedModel, ModelInput
-from studio.spec import ConvertSpec
+from studio.spec import ConvertSpec, ExportDefaults, default
 
 NAN, INF = float("nan"), float("inf")
 
@@ -89,12 +89,13 @@ X = {"x": torch.tensor([[1.0, 2.0, 3.0], [-4.0, 1.0, 0.5], [0.5, 0.5, 0.5], [-1.
 
 def _checked(module, tmp_path):
     loaded = _loaded(module)
-    spec = ConvertSpec(checkpoint="-", data="-", exporter="torchscript").validated()
+    options = ExportDefaults(exporter="torchscript")
     path = tmp_path / "model.onnx"
-    export_mod.export(loaded, X, spec, path)
+    export_mod.export(loaded, X, options, path)
     session = runtime.cpu_session(path)
-    p, _ = parity.parity(loaded, session, X, spec.atol, spec.rtol)
-    dyn = parity.probes(loaded, session, X, export_mod.dynamic_axes_for(loaded, X, spec), spec.atol, spec.rtol)
+    atol, rtol = default("atol"), default("rtol")
+    p, _ = parity.parity(loaded, session, X, atol, rtol)
+    dyn = parity.probes(loaded, session, X, export_mod.dynamic_axes_for(loaded, X, options), atol, rtol)
     return p, dyn
 
 
@@ -135,7 +136,7 @@ def test_convert_reports_non_finite_counts_in_json_markdown_and_cli_rows(tmp_pat
     string 'nan', valid JSON), report.md lists them, the verdict fails parity and the probes."""
     import tiny
 
-    from studio.report import parity_rows
+    from studio.report_render import parity_rows
 
     torch.manual_seed(0)
     ckpt = tmp_path / "model.pt"

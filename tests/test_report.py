@@ -18,9 +18,9 @@ from studio.report import (
     Report,
     Timing,
     VariantInfo,
-    latency_rows,
 )
-from studio.spec import ConvertSpec, parse_roles
+from studio.report_render import latency_rows
+from studio.spec import CompareDefaults, ConvertSpec, ExportDefaults, parse_roles
 
 
 def make_report(**kw) -> Report:
@@ -87,6 +87,36 @@ def test_markdown_renders_every_section():
 def test_spec_validation_names_the_bad_option(kw, needle):
     with pytest.raises(StudioError, match=needle):
         ConvertSpec("m", "d", **kw).validated()
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"opset": 12},
+        {"exporter": "onnx"},
+        {"dynamic": ("time",)},
+        {"atol": -1.0},
+        {"latency_budget_s": 0},
+        {"threads": 0},
+    ],
+)
+def test_in_memory_options_follow_the_spec(kw):
+    """ExportDefaults / CompareDefaults (exporting, comparing a model already in memory) hold the ConvertSpec
+    defaults and refuse what ConvertSpec.validated refuses, with the same message."""
+    spec, options = ConvertSpec("m", "d").validated(), CompareDefaults()
+    names = ("exporter", "opset", "atol", "rtol", "threads", "latency_budget_s")
+    assert [getattr(options, n) for n in names] == [getattr(spec, n) for n in names]
+    assert options.axes_for("x") == spec.axes_for("x") == ExportDefaults().axes_for("x")
+    assert ExportDefaults(dynamic=()).axes_for("x") == ConvertSpec("m", "d", dynamic=()).validated().axes_for("x")
+    with pytest.raises(StudioError) as by_spec:
+        ConvertSpec("m", "d", **kw).validated()
+    with pytest.raises(StudioError) as by_options:
+        CompareDefaults(**kw)
+    assert str(by_options.value) == str(by_spec.value)
+    if set(kw) <= {"opset", "exporter", "dynamic"}:
+        with pytest.raises(StudioError) as by_export:
+            ExportDefaults(**kw)
+        assert str(by_export.value) == str(by_spec.value)
 
 
 def test_parse_roles():

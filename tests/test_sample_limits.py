@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from studio import cli
+from studio import cli, cli_flags
 from studio.errors import BatchError, StudioError
 from studio.sample import read_sample
 from studio.spec import ConvertSpec, SampleLimits, parse_sample_limits
@@ -43,8 +43,8 @@ def test_the_limits_are_a_convert_spec_field_and_reach_the_report_options():
     assert spec.sample_limits == SampleLimits(rows=5)
     assert ConvertSpec("m", "d").validated().sample_limits == SampleLimits()
     assert spec.to_dict()["sample_limits"]["rows"] == 5
-    args = cli.build_parser().parse_args(["convert", "m", "--data", "d", "--sample-limits", "cell=9,keys=3"])
-    assert cli.spec_from_args(args).sample_limits == SampleLimits(cell=9, keys=3)
+    args = cli_flags.build_parser().parse_args(["convert", "m", "--data", "d", "--sample-limits", "cell=9,keys=3"])
+    assert cli_flags.spec_from_args(args).sample_limits == SampleLimits(cell=9, keys=3)
 
 
 def test_the_app_passes_the_operators_limits_or_the_same_defaults():

@@ -373,7 +373,7 @@ def test_legacy_pooling_keys_and_task_choices(tmp_path, hf_folders):
 
 
 def test_task_flag_on_the_cli(tmp_path, hf_folders, sample_csv):
-    from studio.cli import build_parser, spec_from_args
+    from studio.cli_flags import build_parser, spec_from_args
 
     args = build_parser().parse_args(["convert", "m", "--data", "d.csv", "--task", "token-classification"])
     assert spec_from_args(args).task == "token-classification"
@@ -492,10 +492,10 @@ def test_real_minilm_through_the_web_studio(minilm, minilm_reference, tmp_path):
 
 
 def test_the_page_says_which_task_and_why():
+    from studio.app import cards, render
     from studio.app import handlers as h
-    from studio.app import render
 
-    card = render.model_html(
+    card = cards.model_html(
         {
             "kind": "sentence-transformers",
             "task": "sentence-embedding",

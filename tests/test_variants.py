@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from studio import ConvertSpec, convert
+from studio import variant_builders as B
 from studio import variants as V
 from studio.cli import main as cli_main
 from studio.report import VariantInfo
@@ -115,7 +116,7 @@ def test_int8_is_still_built_when_the_gelu_fusion_fails(hf_folders, sample_csv, 
     def broken(src):
         raise RuntimeError("pattern engine broke")
 
-    monkeypatch.setattr(V, "_with_fused_gelu", broken)
+    monkeypatch.setattr(B, "_with_fused_gelu", broken)
     report = convert(
         ConvertSpec(
             checkpoint=str(hf_folders["bert"]),
@@ -222,8 +223,8 @@ def test_fp16_that_no_provider_can_run_is_not_validated(hf_folders, sample_csv, 
 
 
 def test_optimized_falls_back_to_ort_offline_optimisation(hf_folders, sample_csv, tmp_path, monkeypatch):
-    monkeypatch.setattr(V, "_onnxscript_fusions", lambda src, dest, external: shutil.copyfile(src, dest))
-    monkeypatch.setattr(V, "_transformers_eligible", lambda ctx: "disabled for the test")
+    monkeypatch.setattr(B, "_onnxscript_fusions", lambda src, dest, external: shutil.copyfile(src, dest))
+    monkeypatch.setattr(B, "_transformers_eligible", lambda ctx: "disabled for the test")
     report = convert(
         ConvertSpec(
             checkpoint=str(hf_folders["bert"]),

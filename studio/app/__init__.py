@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 # gradio-free: launch's defaults are read from the operator settings
+from .config import HOST, PORT
 from .config import AppConfig as _Config
 
 __all__ = ["launch", "start", "create_app", "RunningApp"]
@@ -37,8 +38,8 @@ def create_app(**config: Any):
 
 
 def launch(
-    host: str = "127.0.0.1",
-    port: int = 7860,
+    host: str = HOST,
+    port: int = PORT,
     trust_code: bool = _Config.trust_code,
     *,
     max_jobs: int = _Config.max_jobs,

@@ -8,6 +8,8 @@ from typing import Any
 
 from ..spec import default
 
+HOST, PORT = "127.0.0.1", 7860  # where `studio app` listens (studio.app.launch's defaults)
+
 
 @dataclass
 class AppConfig:

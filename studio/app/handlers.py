@@ -273,7 +273,7 @@ REQUIRED = inspect.Parameter.empty  # a parameter without a default (the API req
 @dataclass(frozen=True)
 class Param:
     """One parameter of the `/convert` endpoint: its API name (the name gradio_client calls it by), the
-    page control that sends it (an attribute of layout.Page), the ConvertSpec field it sets, how its
+    page control that sends it (an attribute of page.Page), the ConvertSpec field it sets, how its
     value is read into that field (a StudioError naming what is wrong), and its API default."""
 
     name: str

@@ -9,6 +9,7 @@ been idle longer than the TTL, and when the app stops. Its running jobs are kill
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import tempfile
@@ -160,3 +161,23 @@ class Sessions:
         with self._lock:
             self._sessions.clear()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def link_inputs(job_dir: Path, *paths: str | None) -> list[str | None]:
+    """The job's own links to the uploads: the upload cache may be cleaned while the job runs."""
+    out = []
+    folder = job_dir / "inputs"
+    for p in paths:
+        if not p or not Path(p).is_file():
+            out.append(p)
+            continue
+        folder.mkdir(exist_ok=True)
+        dest = folder / Path(p).name
+        if dest.exists():  # two uploads with the same name: keep both
+            dest = folder / f"{len(list(folder.iterdir()))}-{Path(p).name}"
+        try:
+            os.link(p, dest)
+        except OSError:
+            shutil.copy2(p, dest)
+        out.append(str(dest))
+    return out

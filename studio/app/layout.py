@@ -1,220 +1,27 @@
 """The page, in the order a person uses it: inputs, field mapping, options, export, results, downloads.
 
-`build(app)` returns a Page: every component the handlers read or update, by name. Events are wired by
-name (handlers.CONVERT_PARAMS for the /convert inputs, the *_OUTPUTS tuples below for what each event
-updates), and the handlers return {component: value} dicts made with Page.updates, so that moving a
-component can break nothing silently. A new panel: its components become Page fields, made in the
-section function of its step (or a new one called from build), and a handler's output names it."""
+`build(app)` returns a Page (studio.app.page): every component the handlers read or update, by name.
+Events are wired by name in studio.app.events (handlers.CONVERT_PARAMS for the /convert inputs, page's
+*_OUTPUTS tuples for what each event updates), and the handlers return {component: value} dicts made with
+Page.updates, so that moving a component can break nothing silently. A new panel: its components become
+Page fields, made in the section function of its step (or a new one called from build), and a handler's
+output names it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from dataclasses import fields
+from typing import TYPE_CHECKING
 
 import gradio as gr
 
 from ..spec import DYNAMIC_AXES, ID_DTYPES, ROLES, TASKS, default
+from . import cards, events, graph_panel
 from . import handlers as h
 from . import render as r
+from .page import Page
 
 if TYPE_CHECKING:
     from .server import StudioApp
-
-THEME = gr.themes.Soft(
-    primary_hue="indigo",
-    secondary_hue="slate",
-    neutral_hue="slate",
-    font=["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "sans-serif"],
-    font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "monospace"],
-)
-
-CSS = """
-.gradio-container { max-width: 1180px !important; margin: 0 auto !important; }
-#studio-header { display: flex; align-items: baseline; gap: 14px; padding: 6px 2px 2px; }
-#studio-header h1 { font-size: 1.6rem; margin: 0; font-weight: 700; letter-spacing: -0.01em; }
-#studio-header .tag { color: var(--body-text-color-subdued); font-size: 0.95rem; }
-.trust-banner { background: #fff4e5; border: 1px solid #f0a020; color: #7a4500; border-radius: 8px;
-  padding: 10px 14px; font-weight: 600; }
-.step-title { display: flex; align-items: center; gap: 10px; margin: 4px 0 2px; }
-.step-title .num { display: inline-flex; width: 26px; height: 26px; border-radius: 50%; align-items: center;
-  justify-content: center; background: var(--color-accent); color: white; font-weight: 700; font-size: 0.9rem; }
-.step-title h2 { font-size: 1.12rem; margin: 0; font-weight: 650; }
-.step-title .hint { color: var(--body-text-color-subdued); font-size: 0.88rem; }
-.card { border: 1px solid var(--border-color-primary); border-radius: 10px; padding: 12px 14px;
-  background: var(--block-background-fill); height: 100%; font-size: 0.92rem; }
-.card-good { border-left: 4px solid #22a06b; } .card-bad { border-left: 4px solid #d93f3f; }
-.card-empty { border-style: dashed; }
-.card-title { font-weight: 650; margin-bottom: 6px; }
-.card table.facts { border-collapse: collapse; width: 100%; margin: 0; border: none !important; }
-.card table.facts tr, .card table.facts th, .card table.facts td { border: none !important; background: none !important; }
-.card table.facts th { text-align: left; font-weight: 500; color: var(--body-text-color-subdued); width: 110px;
-  padding: 2px 8px 2px 0 !important; }
-.card table.facts td { padding: 2px 0 !important; }
-.card .subhead { margin-top: 8px; font-weight: 600; font-size: 0.88rem; }
-.card ul.inputs { margin: 4px 0 0 18px; padding: 0; }
-.muted { color: var(--body-text-color-subdued); }
-.ok { color: #1c7c54; font-weight: 600; } .bad { color: #c23030; font-weight: 600; }
-.msg { white-space: normal; margin-top: 4px; font-family: var(--font-mono); font-size: 0.85rem; }
-.map-head { font-weight: 600; color: var(--body-text-color-subdued); font-size: 0.85rem;
-  border-bottom: 1px solid var(--border-color-primary); padding-bottom: 4px; }
-.map-row { align-items: center !important; border-bottom: 1px solid var(--border-color-primary);
-  padding: 6px 0 !important; gap: 12px !important; }
-.map-row .column, .map-head .column { gap: 0 !important; justify-content: center; }
-.map-row .prose, .map-head .prose, .map-row .html-container, .map-head .html-container { padding: 0 !important; min-height: 0 !important; }
-.map-head { gap: 12px !important; padding: 0 0 4px 0 !important; }
-.map-head .map-cell { font-weight: 600; color: var(--body-text-color-subdued); font-size: 0.82rem;
-  text-transform: uppercase; letter-spacing: 0.04em; }
-.map-cell { font-size: 0.92rem; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
-.map-name { font-weight: 600; font-family: var(--font-mono); }
-.map-type { display: inline-block; padding: 1px 8px; border-radius: 10px; background: var(--background-fill-secondary);
-  font-size: 0.8rem; }
-.map-why { color: var(--body-text-color-subdued); font-size: 0.8rem; }
-.mapping { border-radius: 8px; padding: 10px 14px; font-size: 0.92rem; }
-.mapping-ok { background: #e8f6ef; border: 1px solid #9bd3b5; color: #145c3d; }
-.mapping-bad { background: #fdecec; border: 1px solid #eba5a5; color: #8a1f1f; }
-.mapping-wait { background: var(--background-fill-secondary); color: var(--body-text-color-subdued); }
-.verdict { border-radius: 12px; padding: 14px 16px; border: 1px solid var(--border-color-primary); }
-.verdict-head { font-size: 1.15rem; font-weight: 700; margin-bottom: 8px; }
-.verdict-pass { background: #f0faf5; border-color: #9bd3b5; } .verdict-pass .verdict-head { color: #145c3d; }
-.verdict-fail, .verdict-error { background: #fdf1f1; border-color: #eba5a5; }
-.verdict-fail .verdict-head, .verdict-error .verdict-head { color: #8a1f1f; }
-.verdict-idle .verdict-head, .verdict-running .verdict-head { color: var(--body-text-color-subdued); margin: 0; }
-.tiles { display: grid; grid-template-columns: repeat(auto-fit, minmax(170px, 1fr)); gap: 10px; }
-.tile { border-radius: 10px; padding: 10px 12px; background: white; border: 1px solid var(--border-color-primary); }
-.tile-title { font-weight: 700; font-size: 0.98rem; }
-.tile-detail { color: var(--body-text-color-subdued); font-size: 0.82rem; margin-top: 2px; }
-.tile-pass { border-top: 4px solid #22a06b; } .tile-pass .tile-title { color: #145c3d; }
-.tile-fail { border-top: 4px solid #d93f3f; } .tile-fail .tile-title { color: #8a1f1f; }
-.tile-na { border-top: 4px solid #9aa4b2; } .tile-info { border-top: 4px solid var(--color-accent); }
-#export-btn { min-height: 48px; font-size: 1.05rem; }
-.graph-frame { width: 100%; height: 640px; border: 1px solid var(--border-color-primary); border-radius: 8px;
-  background: white; }
-.graph-facts, .graph-note { font-size: 0.85rem; margin: 4px 0; }
-.graph-divergence { background: #fdf1f1; border: 1px solid #eba5a5; color: #8a1f1f; border-radius: 8px;
-  padding: 8px 12px; font-weight: 600; margin-bottom: 6px; }
-"""
-
-
-# What each event updates, by Page field; the order is the API's (gradio_client returns the values of
-# /convert in this order: downloads and report.json first, as the README and the tests read them).
-CONVERT_OUTPUTS = (
-    "downloads",
-    "report_json",
-    "verdict",
-    "summary",
-    "io_table",
-    "parity_table",
-    "probe_table",
-    "latency_table",
-    "latency_plot",
-    "diff_plot",
-    "predictions",
-    "attempts",
-    "diagnosis",
-    "diag_acc",
-    "results_col",
-    "downloads_col",
-    "variants_note",
-    "variants_table",
-    "graph_col",
-    "graph_choice",
-    "graph_view",
-)
-PREVIEW_OUTPUTS = (
-    "model_card",
-    "sample_card",
-    "preview_table",
-    "columns_state",
-    "roles_box",
-    "mapping_box",
-    "preview_info",
-    "per_input",
-    "per_input_json",
-)
-PREVIEW_INPUTS = ("checkpoint", "sample", "dynamic")  # the /preview endpoint's parameters, in its order
-CHECK_INPUTS = ("checkpoint", "sample", "roles_box", "preview_info", "fill_value", "tabular_box")
-PER_INPUT_OUTPUTS = ("per_input", "per_input_json")
-DEMO_OUTPUTS = ("checkpoint", "sample")
-GRAPH_OUTPUTS = ("graph_view",)
-
-
-@dataclass(slots=True)  # slots: a misspelt name is an AttributeError, never a new attribute
-class Page:
-    """The page's components by name (what the events wire and the handlers update)."""
-
-    blocks: Any = None
-    preview_info: Any = None  # gr.State {"model": ..., "has_sample": ...}
-    columns_state: Any = None  # gr.State {"nonce", "columns", "tabular_inputs"}: redraws the mapping rows
-    # 1. inputs
-    checkpoint: Any = None
-    sample: Any = None
-    demo_btn: Any = None
-    model_card: Any = None
-    sample_card: Any = None
-    preview_table: Any = None
-    # 2. field mapping
-    roles_box: Any = None
-    mapping_box: Any = None
-    tabular_box: Any = None
-    # 3. options
-    opset: Any = None
-    exporter: Any = None
-    dynamic: Any = None
-    max_length: Any = None
-    id_dtype: Any = None
-    variants: Any = None
-    task: Any = None
-    atol: Any = None
-    rtol: Any = None
-    fill_value: Any = None
-    latency_budget: Any = None
-    per_input: Any = None
-    per_input_json: Any = None
-    locate: Any = None
-    # 4. export
-    export_btn: Any = None
-    cancel_btn: Any = None
-    # 5. results
-    verdict: Any = None
-    summary: Any = None
-    diag_acc: Any = None
-    diagnosis: Any = None
-    results_col: Any = None
-    io_table: Any = None
-    parity_table: Any = None
-    probe_table: Any = None
-    latency_table: Any = None
-    variants_note: Any = None
-    variants_table: Any = None
-    latency_plot: Any = None
-    diff_plot: Any = None
-    predictions: Any = None
-    attempts: Any = None
-    # the graph (after Export: model.onnx or a variant in Netron's viewer)
-    graph_col: Any = None
-    graph_choice: Any = None
-    graph_view: Any = None
-    # 6. downloads
-    downloads_col: Any = None
-    downloads: Any = None
-    report_json: Any = None
-
-    def of(self, names: tuple[str, ...]) -> list:
-        """The components of these names, in this order (an event's inputs or outputs)."""
-        return [getattr(self, n) for n in names]
-
-    def api_names(self, names: tuple[str, ...]) -> tuple[str, ...]:
-        """The names among `names` whose values an API client receives, in order (a layout block such as
-        an accordion or a column is updated on the page only)."""
-        return tuple(n for n in names if isinstance(getattr(self, n), gr.components.Component))
-
-    def updates(self, names: tuple[str, ...], **values: Any) -> dict:
-        """{component: value} for an event whose outputs are `names`: each named exactly once (a missing
-        one would silently keep its old value, a stray one is not an output)."""
-        missing, extra = set(names) - set(values), set(values) - set(names)
-        if missing or extra:
-            raise ValueError(f"outputs {sorted(names)}: missing {sorted(missing)}, not outputs {sorted(extra)}")
-        return {getattr(self, n): v for n, v in values.items()}
 
 
 def _variant_choice(**kwargs) -> gr.CheckboxGroup:
@@ -249,8 +56,8 @@ def build(app: StudioApp) -> Page:
         _results(page)
         _graph(page)
         _downloads(page)
-        _preview_events(page, app)
-        _convert_events(page, app)
+        events.preview_events(page, app)
+        events.convert_events(page, app)
     missing = [f.name for f in fields(Page) if getattr(page, f.name) is None]
     if missing:
         raise RuntimeError(f"layout.build made no component for {', '.join(missing)}")
@@ -284,8 +91,8 @@ def _inputs(page: Page) -> None:
                 "classifier and 8 order rows.</div>"
             )
     with gr.Row(equal_height=True):
-        page.model_card = gr.HTML(r.model_html(None), elem_id="model-card")
-        page.sample_card = gr.HTML(r.sample_html([], []), elem_id="sample-card")
+        page.model_card = gr.HTML(cards.model_html(None), elem_id="model-card")
+        page.sample_card = gr.HTML(cards.sample_html([], []), elem_id="sample-card")
     page.preview_table = gr.Dataframe(
         label="First rows of the sample",
         interactive=False,
@@ -293,21 +100,6 @@ def _inputs(page: Page) -> None:
         elem_id="preview-table",
         max_height=260,
         wrap=True,
-    )
-
-
-def _check_mapping_kw(page: Page, app: StudioApp) -> dict:
-    """The mapping check, after a role / feed / tabular-inputs edit: the latest edit wins."""
-    cfg = app.config
-    return dict(
-        fn=app.check_mapping,
-        inputs=page.of(CHECK_INPUTS),
-        outputs=[page.mapping_box],
-        api_visibility="private",
-        concurrency_id="preview",
-        concurrency_limit=cfg.max_jobs,
-        trigger_mode="always_last",
-        show_progress="minimal",
     )
 
 
@@ -326,7 +118,7 @@ def _mapping(page: Page, app: StudioApp) -> None:
         for n, c in enumerate(cols):
             _mapping_row(page, app, n, c, tab_inputs)
 
-    page.mapping_box = gr.HTML(r.mapping_html(None, False, False), elem_id="mapping-status")
+    page.mapping_box = gr.HTML(cards.mapping_html(None, False, False), elem_id="mapping-status")
     page.tabular_box = gr.Textbox(
         label="Tabular inputs: INPUT=COL1,COL2,... one per line, in feature order (FIRST..LAST is a range of columns)",
         lines=1,
@@ -347,7 +139,7 @@ def _mapping_head(with_feeds: bool) -> None:
 
 def _mapping_row(page: Page, app: StudioApp, n: int, c: dict, tab_inputs: list[str]) -> None:
     """One column of the sample: its name, type and example, its role and (with tabular inputs) its feed."""
-    esc = r.esc
+    esc = cards.esc
     with gr.Row(elem_classes="map-row", equal_height=True):
         with gr.Column(scale=3, min_width=80):
             gr.HTML(f'<div class="map-cell map-name" title="{esc(c["name"])}">{esc(c["name"])}</div>')
@@ -387,7 +179,7 @@ def _mapping_row(page: Page, app: StudioApp, n: int, c: dict, tab_inputs: list[s
             outputs=[page.roles_box],
             api_visibility="private",
             queue=False,
-        ).then(**_check_mapping_kw(page, app))
+        ).then(**events.check_mapping_kw(page, app))
         if tab_inputs:
             feed.input(
                 app.set_feed,
@@ -395,7 +187,7 @@ def _mapping_row(page: Page, app: StudioApp, n: int, c: dict, tab_inputs: list[s
                 outputs=[page.tabular_box],
                 api_visibility="private",
                 queue=False,
-            ).then(**_check_mapping_kw(page, app))
+            ).then(**events.check_mapping_kw(page, app))
 
 
 def _options(page: Page) -> None:
@@ -579,7 +371,7 @@ def _graph(page: Page) -> None:
     """The exported graph in Netron's viewer, served by the studio (studio.app.graph): works offline."""
     with gr.Column(visible=False, elem_id="graph-panel") as page.graph_col, gr.Accordion("Graph", open=True):
         page.graph_choice = gr.Radio([], label="File", elem_id="graph-choice", container=False)
-        page.graph_view = gr.HTML(r.graph_html([]), elem_id="graph-view")
+        page.graph_view = gr.HTML(graph_panel.graph_html([]), elem_id="graph-view")
 
 
 def _downloads(page: Page) -> None:
@@ -596,68 +388,3 @@ def _downloads(page: Page) -> None:
             page.report_json = gr.Code(
                 language="json", label="report.json", elem_id="report-json", interactive=False, max_lines=40
             )
-
-
-def _preview_events(page: Page, app: StudioApp) -> None:
-    """Uploads, Load demo and the option edits that redraw the preview / mapping / per-input table."""
-    cfg = app.config
-    page.columns_state.change(lambda: "", outputs=[page.tabular_box], api_visibility="private", queue=False)
-    for ev in (page.tabular_box.submit, page.tabular_box.blur):
-        ev(**_check_mapping_kw(page, app))
-    preview_kw = dict(
-        fn=app.preview,
-        inputs=page.of(PREVIEW_INPUTS),
-        outputs=page.of(PREVIEW_OUTPUTS),
-        concurrency_id="preview",
-        concurrency_limit=cfg.max_jobs,
-        show_progress="minimal",
-        show_progress_on=[page.model_card, page.sample_card],
-    )
-    page.demo_btn.click(
-        app.load_demo, outputs=page.of(DEMO_OUTPUTS), api_name="load_demo", show_progress="hidden"
-    ).then(**preview_kw, api_name="preview_demo", api_visibility="private")
-    page.checkpoint.upload(**preview_kw, api_name="preview")
-    page.sample.upload(**preview_kw, api_name="preview_sample", api_visibility="private")
-    page.checkpoint.clear(**preview_kw, api_name="preview_clear_checkpoint", api_visibility="private")
-    page.sample.clear(**preview_kw, api_name="preview_clear_sample", api_visibility="private")
-    page.dynamic.change(
-        app.reset_per_input,
-        inputs=[page.dynamic, page.preview_info],
-        outputs=page.of(PER_INPUT_OUTPUTS),
-        api_name="reset_per_input",
-        api_visibility="private",
-        queue=False,
-    )
-    page.per_input.input(
-        app.per_input_edited,
-        inputs=[page.per_input],
-        outputs=[page.per_input_json],
-        api_name="per_input_edited",
-        api_visibility="private",
-        queue=False,
-    )
-
-
-def _convert_events(page: Page, app: StudioApp) -> None:
-    """Export (the /convert endpoint: its inputs from handlers.CONVERT_PARAMS), Cancel, leaving the page."""
-    cfg = app.config
-    export_event = page.export_btn.click(
-        app.convert,
-        inputs=[getattr(page, p.component) for p in h.CONVERT_PARAMS],
-        outputs=page.of(CONVERT_OUTPUTS),
-        api_name="convert",
-        concurrency_id="convert",
-        concurrency_limit=cfg.max_jobs,
-        show_progress_on=[page.verdict],
-        scroll_to_output=True,
-    )
-    page.graph_choice.input(
-        app.show_graph,
-        inputs=[page.graph_choice],
-        outputs=page.of(GRAPH_OUTPUTS),
-        api_name="show_graph",
-        api_visibility="private",
-        queue=False,
-    )
-    page.cancel_btn.click(app.cancel, outputs=[page.verdict], api_name="cancel", cancels=[export_event], queue=False)
-    page.blocks.unload(app.close_session)

@@ -1,24 +1,22 @@
-"""Preview and Report -> what the page shows: the cards, the mapping line, the verdict strip, the tables,
-the chart data, the summary / diagnosis Markdown and the download list. No gradio in here, so every
-function is testable on its own; numbers are formatted by studio.report's row helpers."""
+"""Report -> what the page shows after Export: the verdict strip, the tables, the chart data, the summary /
+diagnosis Markdown and the download list (the preview's cards are studio.app.cards, the Graph panel
+studio.app.graph_panel). No gradio in here, so every function is testable on its own; numbers are
+formatted by studio.report's row helpers."""
 
 from __future__ import annotations
 
-import html
-import json
 import math
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
 from ..divergence import HEADERS, Divergence, table_rows
 from ..errors import StudioError, first_line
-from ..report import (
+from ..report import Report, worst_diff
+from ..report_render import (
     COMPARISON_COLUMNS,
     LATENCY_LABELS,
     PARITY_COLUMNS,
-    Report,
     comparison_rows,
     io_rows,
     latency_rows,
@@ -26,14 +24,14 @@ from ..report import (
     parity_rows,
     probe_rows,
     variant_rows,
-    worst_diff,
 )
+from .cards import cell, esc, multiline
 
 IO_HEADERS = ["", "name", "dtype", "shape"]
 PARITY_HEADERS = list(PARITY_COLUMNS)
 PROBE_HEADERS = ["varies", "batch", "sequence", "verdict", "max abs diff", "message"]
 LATENCY_HEADERS = ["run", "p50 ms", "p90 ms", "p99 ms", "iterations", "batch", "threads", "provider"]
-# the columns of studio.report.variant_rows (its Markdown table, with the app's own words)
+# the columns of studio.report_render.variant_rows (its Markdown table, with the app's own words)
 VARIANT_HEADERS = [
     "variant",
     "verdict",
@@ -47,160 +45,6 @@ VARIANT_HEADERS = [
     "how built / error",
 ]
 ATTEMPT_HEADERS = ["exporter", "ok", "seconds", "opset written", "error"]
-
-
-# --------------------------------------------------------------------------------------------------
-# Preview -> page
-
-
-def esc(x: Any) -> str:
-    return html.escape(str(x), quote=True)
-
-
-def _count(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if n >= div:
-            return f"{n / div:.1f} {unit}"
-    return str(n)
-
-
-INPUT_KIND_WORDS = {
-    "input_ids": "token ids",
-    "attention_mask": "attention mask",
-    "token_type_ids": "token type ids",
-    "tabular": "numbers",
-}
-
-
-def model_html(model: dict | None, error: str | None = None, filename: str | None = None) -> str:
-    """The "detected" card for the checkpoint."""
-    if error:
-        return (
-            f'<div class="card card-bad"><div class="card-title">Checkpoint'
-            f'{" · " + esc(filename) if filename else ""}</div><div class="msg">{_multiline(error)}</div></div>'
-        )
-    if not model:
-        return (
-            '<div class="card card-empty"><div class="card-title">Checkpoint</div>'
-            '<div class="muted">Upload a checkpoint (a file, or a .zip of a model folder) to see what it '
-            "expects.</div></div>"
-        )
-    inputs = "".join(
-        f'<li><code>{esc(i["name"])}</code> <span class="muted">{esc(INPUT_KIND_WORDS.get(i.get("kind"), i.get("kind")))}'
-        + (f" from column <code>{esc(i['column'])}</code>" if i.get("column") else "")
-        + (f", width {esc(i['width'])}" if i.get("width") else "")
-        + ("" if i.get("required", True) else ", optional")
-        + "</span></li>"
-        for i in model.get("inputs", [])
-    )
-    tok = model.get("tokenizer")
-    facts = [
-        ("kind", esc(model.get("kind"))),
-        *(
-            [("task", f'{esc(model["task"])} <span class="muted">({esc(model.get("task_reason") or "")})</span>')]
-            if model.get("task")
-            else []
-        ),
-        ("architecture", esc(model.get("architecture") or model.get("model_type") or "-")),
-        ("parameters", _count(model.get("parameters"))),
-        ("tokenizer", f'<span class="ok">✓ {esc(tok)}</span>' if tok else '<span class="bad">✗ none found</span>'),
-        ("outputs", ", ".join(f"<code>{esc(o)}</code>" for o in model.get("outputs", [])) or "-"),
-    ]
-    if model.get("labels"):
-        labels = [str(x) for x in model["labels"]]
-        facts.append(("labels", esc(", ".join(labels[:12]) + (" …" if len(labels) > 12 else ""))))
-    rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts)
-    return (
-        f'<div class="card card-good"><div class="card-title">Checkpoint'
-        f"{' · ' + esc(filename) if filename else ''}</div>"
-        f'<table class="facts">{rows}</table>'
-        f'<div class="subhead">Model inputs it expects</div><ul class="inputs">{inputs}</ul></div>'
-    )
-
-
-def sample_html(columns: list[dict], rows: list[dict], error: str | None = None, filename: str | None = None) -> str:
-    if error:
-        return (
-            f'<div class="card card-bad"><div class="card-title">Sample'
-            f'{" · " + esc(filename) if filename else ""}</div><div class="msg">{_multiline(error)}</div></div>'
-        )
-    if not columns:
-        return (
-            '<div class="card card-empty"><div class="card-title">Sample</div>'
-            '<div class="muted">Upload a few real rows (CSV, TSV, JSON or JSONL).</div></div>'
-        )
-    kinds: dict[str, int] = {}
-    for c in columns:
-        kinds[c.get("detected", "?")] = kinds.get(c.get("detected", "?"), 0) + 1
-    summary = ", ".join(f"{n} {k}" for k, n in kinds.items())
-    return (
-        f'<div class="card card-good"><div class="card-title">Sample'
-        f"{' · ' + esc(filename) if filename else ''}</div>"
-        f"<div>{len(columns)} columns ({esc(summary)}); first {len(rows)} rows below.</div></div>"
-    )
-
-
-def preview_frame(rows: list[dict], columns: list[dict] | None = None) -> pd.DataFrame:
-    names = [c["name"] for c in columns or []] or (list(rows[0].keys()) if rows else [])
-    return pd.DataFrame([{n: _cell(r.get(n)) for n in names} for r in rows], columns=names)
-
-
-def _cell(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
-        return str(v)
-    if isinstance(v, (list, dict)):
-        return json.dumps(v)
-    return str(v)
-
-
-def initial_roles(columns: list[dict], mapping: dict | None) -> dict[str, str]:
-    """Dropdown values after upload: the model-aware roles when the model was checked, else the
-    sample-only suggestion."""
-    final = (mapping or {}).get("roles") or {}
-    return {c["name"]: final.get(c["name"], c.get("suggested", "ignore")) for c in columns}
-
-
-def mapping_html(mapping: dict | None, have_model: bool, have_sample: bool) -> str:
-    """Whether the current mapping can feed the model, said before export."""
-    if not (have_model and have_sample):
-        missing = [w for w, have in (("a checkpoint", have_model), ("a sample file", have_sample)) if not have]
-        return (
-            f'<div class="mapping mapping-wait">The mapping is checked against the model once '
-            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} uploaded.</div>"
-        )
-    if mapping is None:
-        return '<div class="mapping mapping-wait">Checking the mapping…</div>'
-    if not mapping.get("ok"):
-        return (
-            f'<div class="mapping mapping-bad" data-ok="false"><b>✗ This mapping cannot feed the model.</b>'
-            f'<div class="msg">{_multiline(mapping.get("error") or "")}</div></div>'
-        )
-    tensors = mapping.get("tensors") or {}
-    parts = ", ".join(
-        f"<code>{esc(n)}</code> {esc(t['dtype'])}[{', '.join(map(str, t['shape']))}]" for n, t in tensors.items()
-    )
-    feeds = mapping.get("feeds") or {}
-    order = "".join(
-        f'<div class="feeds" data-input="{esc(n)}"><code>{esc(n)}</code> ← '
-        + ", ".join(f"{esc(f['column'])} [{_index(f)}]" for f in cols)
-        + "</div>"
-        for n, cols in feeds.items()
-        if len(cols) > 1
-    )
-    return f'<div class="mapping mapping-ok" data-ok="true"><b>✓ Mapping OK.</b> The sample makes: {parts}{order}</div>'
-
-
-def _index(f: dict) -> str:
-    start, width = int(f["start"]), int(f["width"])
-    return str(start) if width == 1 else f"{start}-{start + width - 1}"
-
-
-def _multiline(text: str) -> str:
-    return "<br>".join(esc(line) for line in str(text).splitlines())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -285,7 +129,7 @@ def verdict_html(report: Report) -> str:
 def error_html(message: str, title: str = "Conversion failed") -> str:
     return (
         f'<div id="verdict-strip" class="verdict verdict-error" data-ok="false">'
-        f'<div class="verdict-head">✗ {esc(title)}</div><div class="msg">{_multiline(message)}</div></div>'
+        f'<div class="verdict-head">✗ {esc(title)}</div><div class="msg">{multiline(message)}</div></div>'
     )
 
 
@@ -454,7 +298,7 @@ def predictions_frame(report: Report) -> pd.DataFrame:
     cols: list[str] = []
     for r in preds:
         cols += [k for k in r if k not in cols]
-    return pd.DataFrame([{c: _cell(r.get(c)) for c in cols} for r in preds], columns=cols)
+    return pd.DataFrame([{c: cell(r.get(c)) for c in cols} for r in preds], columns=cols)
 
 
 def summary_md(report: Report) -> str:
@@ -545,63 +389,3 @@ def artifact_paths(report: Report, out: Path, zip_path: str | Path | None) -> li
     if zip_path and Path(zip_path).is_file():
         files.append(str(zip_path))
     return files
-
-
-# --------------------------------------------------------------------------------------------------
-# The Graph panel (studio.app.graph serves the viewer and the files)
-
-
-def graph_choices(found: list) -> list[str]:
-    """The files the Graph panel can show (model.onnx first, then each variant), by label."""
-    return [e.label for e in found]
-
-
-def graph_html(found: list, choice: str | None = None, node: str | None = None) -> str:
-    """The chosen file in Netron's viewer (an iframe of the studio's own copy), or, for a graph too big to
-    draw, why not and its download; with the divergence node named (and selected in model.onnx's view)."""
-    from .graph import viewer_url
-
-    entry = next((e for e in found if e.label == choice), found[0] if found else None)
-    if entry is None:
-        return '<div class="muted" id="graph-none">No ONNX file to show.</div>'
-    parts = []
-    is_model = entry.label == "model.onnx"
-    if node:
-        where = "selected in the view below" if is_model and not entry.too_big and entry.url else "in model.onnx"
-        parts.append(
-            f'<div class="graph-divergence" id="graph-divergence">ONNX Runtime first leaves PyTorch at '
-            f"node <code>{esc(node)}</code> ({where}).</div>"
-        )
-    size = f"{entry.size_bytes / 2**20:.1f} MiB" if entry.size_bytes >= 2**20 else f"{entry.size_bytes / 1024:.0f} KiB"
-    facts = f"{esc(entry.name)} · {size}" + (f" · {entry.nodes:,} nodes" if entry.nodes is not None else "")
-    if entry.too_big or not entry.url:
-        why = entry.too_big or "its file is no longer available"
-        link = (
-            f' <a href="{esc(entry.url)}?download=1" download="{esc(Path(entry.name).name)}">Download '
-            f"{esc(Path(entry.name).name)}</a> and open it in Netron on your machine (<code>pip install netron"
-            f"</code>, <code>netron {esc(Path(entry.name).name)}</code>)."
-            if entry.url
-            else ""
-        )
-        parts.append(
-            f'<div class="card card-empty" id="graph-too-big"><div class="card-title">Graph not drawn here'
-            f"</div><div>{esc(facts)}: {esc(why)}.{link}</div></div>"
-        )
-        return "".join(parts)
-    src = viewer_url(entry.url, node if is_model else None)
-    note = (
-        "Inputs and outputs are drawn with their symbolic dimensions; click a node for its properties, "
-        "the background for the graph's inputs and outputs."
-    )
-    if entry.data:
-        note += (
-            f" Its weights are in {esc(Path(entry.data).name)}, served beside it: a weight's values load "
-            "when you open it."
-        )
-    parts.append(
-        f'<div class="graph-facts muted">{esc(facts)} · <a href="{esc(src)}" target="_blank" '
-        f'rel="noopener">open in a new tab</a></div>'
-        f'<iframe id="graph-frame" class="graph-frame" title="Graph of {esc(entry.name)}" src="{esc(src)}" '
-        f'data-file="{esc(entry.name)}"></iframe><div class="graph-note muted">{note}</div>'
-    )
-    return "".join(parts)

@@ -1,6 +1,6 @@
 """The app's event handlers: each one runs its work in a job process (worker.py), keeps its files in
-the session's folder (jobs.py) and turns results / StudioErrors into page updates (render.py), returned as
-{component: value} dicts keyed by the names of layout.Page."""
+the session's folder (jobs.py) and turns results / StudioErrors into page updates (cards.py, render.py),
+returned as {component: value} dicts keyed by the names of page.Page."""
 
 from __future__ import annotations
 
@@ -22,40 +22,23 @@ from typing import Any
 import gradio as gr
 
 from ..errors import StudioError
-from ..isolate import Job, JobError, Limits, default_start_method
+from ..isolate import Job, Limits, default_start_method
 from ..spec import DYNAMIC_AXES, ConvertSpec, parse_sample_limits
 from . import (
+    cards,
+    convert_outputs,
     graph,
+    graph_panel,
     worker,  # noqa: F401 - registers the app's job tasks (preview, check, convert) with studio.isolate
 )
 from . import handlers as h
 from . import render as r
 from .config import AppConfig
-from .jobs import Sessions
-from .layout import CONVERT_OUTPUTS, DEMO_OUTPUTS, GRAPH_OUTPUTS, PER_INPUT_OUTPUTS, PREVIEW_OUTPUTS
+from .convert_outputs import STAGE_TEXT, error_title, stage_text
+from .jobs import Sessions, link_inputs
+from .page import DEMO_OUTPUTS, GRAPH_OUTPUTS, PER_INPUT_OUTPUTS, PREVIEW_OUTPUTS
 
 log = logging.getLogger("studio.app")
-
-STAGE_TEXT = {
-    "queued": "waiting for a free worker",
-    "starting": "starting the worker process",
-    "loading": "loading the checkpoint",
-    "batch": "building the batch from the sample",
-    "export": "exporting to ONNX (the slowest stage)",
-    "checker": "running the ONNX checker",
-    "parity": "comparing PyTorch with ONNX Runtime",
-    "shape probe": "probing the dynamic dimensions",
-    "variants": "building the faster variants and checking each against PyTorch",
-    "latency": "timing PyTorch and model.onnx side by side",
-    "writing": "writing the artifacts",
-    "done": "packing the downloads",
-}
-
-
-def _in_order(chart, x: str, **kw):
-    """Bars in the frame's order (latency: PyTorch, model.onnx, then each variant; differences: the sample,
-    then the probes), not alphabetical."""
-    return gr.update(value=chart, sort=list(chart[x]) or None, **kw)
 
 
 _GRADIO_CACHE: str | None = None
@@ -75,13 +58,6 @@ def _private_gradio_cache() -> None:
     _GRADIO_CACHE = tempfile.mkdtemp(prefix="onnx-studio-uploads-")
     os.environ["GRADIO_TEMP_DIR"] = _GRADIO_CACHE
     atexit.register(shutil.rmtree, _GRADIO_CACHE, True)
-
-
-def stage_text(stage: str, variants: tuple[str, ...] = ()) -> str:
-    """What the progress bar says for a pipeline stage (the latency stage also times the variants)."""
-    if stage == "latency" and variants:
-        return "timing PyTorch, model.onnx and the variants side by side"
-    return STAGE_TEXT.get(stage, stage)
 
 
 def _key(request: gr.Request | None) -> str:
@@ -129,7 +105,7 @@ class StudioApp:
         self.sessions = Sessions(self.config.work_dir, self.config.session_ttl_s)
         self.graphs = graph.GraphFiles(self.sessions.root)  # what the graph viewer may load, by token
         _private_gradio_cache()
-        self.ui = build(self)  # the page's components by name (layout.Page)
+        self.ui = build(self)  # the page's components by name (page.Page)
         self.blocks = self.ui.blocks
         self._warm_thread: threading.Thread | None = None
 
@@ -227,7 +203,7 @@ class StudioApp:
         model, columns, mapping = res["model"], res["columns"] or [], res["mapping"]
         if mapping and mapping.get("error"):
             mapping["error"] = scrub(mapping["error"])
-        roles = r.initial_roles(columns, mapping)
+        roles = cards.initial_roles(columns, mapping)
         state = {
             "nonce": uuid.uuid4().hex,
             "columns": [{**c, "role": roles.get(c["name"], "ignore")} for c in columns],
@@ -237,12 +213,12 @@ class StudioApp:
         rows = res["rows"] or []
         return self.ui.updates(
             PREVIEW_OUTPUTS,
-            model_card=r.model_html(model, scrub(res["model_error"]), _name(checkpoint)),
-            sample_card=r.sample_html(columns, rows, scrub(res["data_error"]), _name(sample)),
-            preview_table=gr.update(value=r.preview_frame(rows, columns), visible=bool(rows)),
+            model_card=cards.model_html(model, scrub(res["model_error"]), _name(checkpoint)),
+            sample_card=cards.sample_html(columns, rows, scrub(res["data_error"]), _name(sample)),
+            preview_table=gr.update(value=cards.preview_frame(rows, columns), visible=bool(rows)),
             columns_state=state,
             roles_box=json.dumps(roles),
-            mapping_box=r.mapping_html(mapping, model is not None, bool(columns)),
+            mapping_box=cards.mapping_html(mapping, model is not None, bool(columns)),
             preview_info={"model": model, "has_sample": bool(columns)},
             per_input=gr.update(value=per_rows or None, visible=bool(per_rows)),
             per_input_json="",
@@ -301,7 +277,7 @@ class StudioApp:
         have_model = bool(info and info.get("model"))
         have_sample = bool(info and info.get("has_sample"))
         if not (checkpoint and sample and have_model and have_sample):
-            return r.mapping_html(None, have_model, have_sample)
+            return cards.mapping_html(None, have_model, have_sample)
         try:
             roles = h.parse_roles_value(roles_json)
             h.parse_tabular_value(tabular)  # a typing error is said here, not ignored
@@ -325,7 +301,7 @@ class StudioApp:
             mapping = {"ok": False, "error": f"unexpected {type(e).__name__}: {e}"}
         if mapping.get("error"):
             mapping["error"] = h.scrub_paths(mapping["error"], [checkpoint, sample])
-        return r.mapping_html(mapping, True, True)
+        return cards.mapping_html(mapping, True, True)
 
     # --- 3. options ------------------------------------------------------------------------------
     def reset_per_input(self, dynamic: list[str], info: dict | None):
@@ -353,7 +329,7 @@ class StudioApp:
         try:
             progress(0.0, desc="starting — " + STAGE_TEXT["starting"])
             job_dir = self.sessions.new_dir(key, "job", busy=True)
-            values["checkpoint"], values["sample"] = _job_inputs(job_dir, values["checkpoint"], values["sample"])
+            values["checkpoint"], values["sample"] = link_inputs(job_dir, values["checkpoint"], values["sample"])
             spec = h.spec_from_ui(
                 **values,
                 out=job_dir / "out",
@@ -381,42 +357,15 @@ class StudioApp:
             if error is not None:
                 message = h.scrub_paths(str(error), [values["checkpoint"], values["sample"], job_dir and job_dir / "x"])
                 yield self._error_outputs(error, message)
-                raise gr.Error(message, title=_error_title(error), print_exception=False)
+                raise gr.Error(message, title=error_title(error), print_exception=False)
             yield self._report_outputs(result, Path(spec.out), key)
         finally:  # after Gradio copied the downloads out of the job folder: it may be pruned later
             if job_dir is not None:
                 self.sessions.release(key, job_dir)
 
     def _report_outputs(self, result: dict[str, Any], out: Path, key: str = "local") -> dict:
-        report = result["report"]
-        diagnosis = r.diagnosis_md(report, result.get("diagnosis") or "")
-        found, node = self._graph_files(key, report, out)
-        return self.ui.updates(
-            CONVERT_OUTPUTS,
-            downloads=r.artifact_paths(report, out, result.get("zip")),
-            report_json=report.to_json(),
-            verdict=r.verdict_html(report),
-            summary=gr.update(value=r.summary_md(report), visible=True),
-            io_table=r.io_frame(report),
-            parity_table=r.parity_frame(report),
-            probe_table=r.probe_frame(report),
-            latency_table=r.latency_frame(report),
-            latency_plot=_in_order(r.latency_chart(report), "run"),
-            diff_plot=_in_order(r.diff_chart(report), "check", caption=r.diff_caption(report)),
-            predictions=r.predictions_frame(report),
-            attempts=r.attempts_frame(report),
-            diagnosis=diagnosis,
-            diag_acc=gr.update(visible=bool(diagnosis), open=not report.ok and bool(diagnosis)),
-            results_col=gr.update(visible=True),
-            downloads_col=gr.update(visible=True),
-            variants_note=r.variants_note(report),
-            variants_table=gr.update(value=r.variants_frame(report), visible=bool(report.variants)),
-            graph_col=gr.update(visible=bool(found)),
-            graph_choice=gr.update(
-                choices=r.graph_choices(found), value=found[0].label if found else None, visible=len(found) > 1
-            ),
-            graph_view=r.graph_html(found, None, node),
-        )
+        found, node = self._graph_files(key, result["report"], out)
+        return convert_outputs.report_updates(self.ui, result, out, found, node)
 
     def _graph_files(self, key: str, report, out: Path) -> tuple[list[graph.GraphEntry], str | None]:
         """model.onnx and the variants, granted to this session's viewer (studio.app.graph), and the node
@@ -434,38 +383,10 @@ class StudioApp:
     def show_graph(self, choice: str | None, request: gr.Request = None):
         """Another file chosen in the Graph panel."""
         found, node = self.graphs.view(_key(request))
-        return self.ui.updates(GRAPH_OUTPUTS, graph_view=r.graph_html(found, choice, node))
+        return self.ui.updates(GRAPH_OUTPUTS, graph_view=graph_panel.graph_html(found, choice, node))
 
     def _error_outputs(self, error: StudioError, message: str) -> dict:
-        diagnosis = r.diagnosis_md(None, error=error) if error.details else ""
-        cancelled = isinstance(error, JobError) and error.reason == "cancelled"
-        cleared = (
-            "downloads",
-            "report_json",
-            "io_table",
-            "parity_table",
-            "probe_table",
-            "latency_table",
-            "latency_plot",
-            "diff_plot",
-            "predictions",
-            "attempts",
-        )
-        return self.ui.updates(
-            CONVERT_OUTPUTS,
-            **dict.fromkeys(cleared),  # no stale results of an earlier run
-            verdict=r.error_html(message, title=_error_title(error)),
-            summary=gr.update(visible=False),
-            diagnosis=diagnosis,
-            diag_acc=gr.update(visible=bool(diagnosis), open=bool(diagnosis) and not cancelled),
-            results_col=gr.update(visible=False),
-            downloads_col=gr.update(visible=False),
-            variants_note="",
-            variants_table=gr.update(value=None, visible=False),
-            graph_col=gr.update(visible=False),
-            graph_choice=gr.update(choices=[], value=None),
-            graph_view=r.graph_html([]),
-        )
+        return convert_outputs.error_updates(self.ui, error, message)
 
     def cancel(self, request: gr.Request = None) -> str:
         """Stop this session's running conversion (its worker process is killed)."""
@@ -489,7 +410,7 @@ class StudioApp:
         open_browser: bool = False,
         **kwargs,
     ):
-        from .layout import CSS, THEME
+        from .theme import CSS, THEME
 
         self.blocks.queue(max_size=self.config.queue_size, default_concurrency_limit=self.config.max_jobs)
         if self.config.warm_up:
@@ -536,34 +457,3 @@ class StudioApp:
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
-
-
-def _job_inputs(job_dir: Path, *paths: str | None) -> list[str | None]:
-    """The job's own links to the uploads: the upload cache may be cleaned while the job runs."""
-    out = []
-    folder = job_dir / "inputs"
-    for p in paths:
-        if not p or not Path(p).is_file():
-            out.append(p)
-            continue
-        folder.mkdir(exist_ok=True)
-        dest = folder / Path(p).name
-        if dest.exists():  # two uploads with the same name: keep both
-            dest = folder / f"{len(list(folder.iterdir()))}-{Path(p).name}"
-        try:
-            os.link(p, dest)
-        except OSError:
-            shutil.copy2(p, dest)
-        out.append(str(dest))
-    return out
-
-
-def _error_title(error: StudioError) -> str:
-    if isinstance(error, JobError):
-        return {
-            "cancelled": "Cancelled",
-            "timeout": "Time limit reached",
-            "memory": "Out of memory",
-            "crashed": "Worker crashed",
-        }.get(error.reason, "Conversion failed")
-    return "Conversion failed"

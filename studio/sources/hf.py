@@ -129,66 +129,14 @@ def load_folder(
 
     task: a ConvertSpec.task head (--task); "auto" = the one config.json's architectures names."""
     import transformers
-    from transformers import AutoConfig
 
     transformers.utils.logging.disable_progress_bar()
-
-    if not any((folder / f).exists() for f in WEIGHT_FILES):
-        found = sorted(p.name for p in folder.iterdir())[:20]
-        raise CheckpointError(
-            f"{shown_path or folder} has a config.json but no weights "
-            f"(looked for {', '.join(WEIGHT_FILES)}; found: {', '.join(found) or 'nothing'})."
-        )
-    try:
-        config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True)
-    except Exception as e:
-        raise CheckpointError(f"config.json in {shown_path or folder} is not a config transformers knows: {e}") from e
+    shown = shown_path or folder
+    config = _folder_config(folder, shown)
     (auto_name, outputs, out_kind), task_why = choose_task(config, task)
     auto_cls = getattr(transformers, auto_name)
-    from . import budget, sizing, sniff
-
-    for f in sorted(folder.iterdir()):  # transformers torch.loads these itself: the reading budget first
-        if f.is_file() and f.suffix.lower() in (".bin", ".pt", ".pth", ".ckpt"):
-            budget.check_file(f, f"{shown_path or folder}: {f.name}", sniff.sniff(f).kind)
-    try:
-        sizing.check_declared(
-            lambda: auto_cls.from_config(config, attn_implementation="eager"),
-            config_name=f"config.json in {shown_path or folder}",
-            held_bytes=sizing.folder_weight_bytes(folder),
-            held_name="the folder's weight files",
-            max_params=max_params or sizing.MAX_PARAMS_DEFAULT,
-            sizes=sizing.config_sizes(config),
-        )
-    except CheckpointError:
-        raise
-    except Exception as e:
-        raise CheckpointError(
-            f"Cannot build a {config.model_type} model from config.json in {shown_path or folder}: {e}"
-        ) from e
-    try:
-        module, loading = auto_cls.from_pretrained(
-            str(folder),
-            config=config,
-            trust_remote_code=False,
-            local_files_only=True,
-            attn_implementation="eager",
-            output_loading_info=True,
-        )
-    except Exception as e:
-        raise CheckpointError(
-            f"Could not load the weights in {shown_path or folder} as {auto_name} ({config.model_type}): {e}"
-        ) from e
-    missing = sorted((loading or {}).get("missing_keys") or [])
-    if missing:  # transformers would initialise these at random: never export such a model
-        from .keys import KeyMatch, describe_mismatch
-
-        unexpected = sorted((loading or {}).get("unexpected_keys") or [])
-        raise WeightsMismatchError(
-            describe_mismatch(KeyMatch(missing=missing, unexpected=unexpected), f"{auto_name} ({config.model_type})"),
-            hint="If the weights are a state dict of your own class (backbone + head), they are read as such "
-            "when named e.g. weights.pt, with --head.",
-        )
-    module = module.to("cpu").eval()
+    _check_folder_size(folder, shown, auto_cls, config, max_params)
+    module = _from_pretrained(folder, shown, auto_cls, auto_name, config)
     tokenizer = load_tokenizer(folder)
     return LoadedModel(
         kind="hf",
@@ -211,3 +159,68 @@ def load_folder(
             else None,
         },
     )
+
+
+def _folder_config(folder: Path, shown: str | Path):
+    """The folder's config.json as a transformers config; a folder without weight files is refused first."""
+    from transformers import AutoConfig
+
+    if not any((folder / f).exists() for f in WEIGHT_FILES):
+        found = sorted(p.name for p in folder.iterdir())[:20]
+        raise CheckpointError(
+            f"{shown} has a config.json but no weights "
+            f"(looked for {', '.join(WEIGHT_FILES)}; found: {', '.join(found) or 'nothing'})."
+        )
+    try:
+        return AutoConfig.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True)
+    except Exception as e:
+        raise CheckpointError(f"config.json in {shown} is not a config transformers knows: {e}") from e
+
+
+def _check_folder_size(folder: Path, shown: str | Path, auto_cls, config, max_params: int | None) -> None:
+    """Before anything is loaded: the pickled files within the reading budget, and the parameters the config
+    declares (counted on the meta device) within the bytes the folder holds and --max-params."""
+    from . import budget, sizing, sniff
+
+    for f in sorted(folder.iterdir()):  # transformers torch.loads these itself: the reading budget first
+        if f.is_file() and f.suffix.lower() in (".bin", ".pt", ".pth", ".ckpt"):
+            budget.check_file(f, f"{shown}: {f.name}", sniff.sniff(f).kind)
+    try:
+        sizing.check_declared(
+            lambda: auto_cls.from_config(config, attn_implementation="eager"),
+            config_name=f"config.json in {shown}",
+            held_bytes=sizing.folder_weight_bytes(folder),
+            held_name="the folder's weight files",
+            max_params=max_params or sizing.MAX_PARAMS_DEFAULT,
+            sizes=sizing.config_sizes(config),
+        )
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise CheckpointError(f"Cannot build a {config.model_type} model from config.json in {shown}: {e}") from e
+
+
+def _from_pretrained(folder: Path, shown: str | Path, auto_cls, auto_name: str, config) -> torch.nn.Module:
+    """The folder's model with its weights, on CPU in eval mode; weights that leave tensors missing are refused."""
+    try:
+        module, loading = auto_cls.from_pretrained(
+            str(folder),
+            config=config,
+            trust_remote_code=False,
+            local_files_only=True,
+            attn_implementation="eager",
+            output_loading_info=True,
+        )
+    except Exception as e:
+        raise CheckpointError(f"Could not load the weights in {shown} as {auto_name} ({config.model_type}): {e}") from e
+    missing = sorted((loading or {}).get("missing_keys") or [])
+    if missing:  # transformers would initialise these at random: never export such a model
+        from .keys import KeyMatch, describe_mismatch
+
+        unexpected = sorted((loading or {}).get("unexpected_keys") or [])
+        raise WeightsMismatchError(
+            describe_mismatch(KeyMatch(missing=missing, unexpected=unexpected), f"{auto_name} ({config.model_type})"),
+            hint="If the weights are a state dict of your own class (backbone + head), they are read as such "
+            "when named e.g. weights.pt, with --head.",
+        )
+    return module.to("cpu").eval()

@@ -8,7 +8,9 @@ level, i.e. in the middle of a key), `torch.compile` adds `_orig_mod.`, activati
 `match_keys` works out which checkpoint key feeds which expected key, stripping known wrapper
 prefixes only where that makes a key match; `normalize_keys` applies the result and raises a
 `CheckpointError` naming the missing / unexpected keys (and the prefix that seems to be in the way)
-when the checkpoint does not fit.
+when the checkpoint does not fit. `locate_prefix` finds the prefix a module's keys sit under (any
+attribute, e.g. `backbone.`; wrapper segments ignored); `closest_rename` names a renaming in the middle of
+the keys.
 """
 
 from __future__ import annotations
@@ -53,15 +55,15 @@ class KeyMatch:
         return not self.missing and not self.unexpected
 
 
-def _drop_wrapper_segments(key: str) -> str:
-    parts = [p for p in key.split(".") if p not in WRAPPER_SEGMENTS]
-    return ".".join(parts)
+def unwrap(key: str) -> str:
+    """The key without the segments only training wrappers insert (anywhere in the key)."""
+    return ".".join(p for p in key.split(".") if p not in WRAPPER_SEGMENTS)
 
 
 def _candidates(key: str) -> list[str]:
     """The key itself, then ever shorter forms with wrapper segments and leading prefixes removed."""
     out = [key]
-    cur = _drop_wrapper_segments(key)
+    cur = unwrap(key)
     if cur != key:
         out.append(cur)
     changed = True
@@ -169,3 +171,56 @@ def normalize_keys(
             hint="Check that the checkpoint and its config belong together (same model size and fields).",
         )
     return {target: state_dict[source] for target, source in match.mapping.items()}
+
+
+def locate_prefix(keys: list[str], expected: list[str]) -> tuple[str, dict[str, str]]:
+    """Find the prefix under which `expected` (a module's own keys) sit in the checkpoint `keys`.
+
+    Returns (prefix, mapping expected key -> checkpoint key). The prefix is the one most expected
+    keys are found under (wrapper segments ignored); "" when they sit at the top level."""
+    exp = set(expected)
+    votes: Counter[str] = Counter()
+    for k in keys:
+        parts = unwrap(k).split(".")
+        for i in range(len(parts)):
+            if ".".join(parts[i:]) in exp:
+                votes[".".join(parts[:i])] += 1
+                break
+    if not votes:
+        return "", {}
+    prefix = min(votes, key=lambda p: (-votes[p], len(p)))
+    mapping: dict[str, str] = {}
+    lead = prefix + "." if prefix else ""
+    for k in keys:
+        u = unwrap(k)
+        if u.startswith(lead) and u[len(lead) :] in exp:
+            target = u[len(lead) :]
+            if target in mapping:
+                raise CheckpointError(
+                    f"The checkpoint holds two tensors for {target!r}: {mapping[target]!r} and {k!r}.",
+                    hint="Save the state dict of the inner model only, not of several wrappers around it.",
+                )
+            mapping[target] = k
+    return prefix, mapping
+
+
+def closest_rename(missing: list[str], unexpected: list[str], limit: int = 200) -> str | None:
+    """When keys differ in the middle (e.g. 'embed.' vs 'embeddings.'), the most common renaming:
+    the prefixes of missing and unexpected keys that share a tail of at least two segments."""
+    votes: Counter[tuple[str, str]] = Counter()
+    for m in missing[:limit]:
+        mp = m.split(".")
+        best: tuple[int, str, str] | None = None
+        for u in unexpected[:limit]:
+            up = u.split(".")
+            n = 0
+            while n < min(len(mp), len(up)) and mp[-1 - n] == up[-1 - n]:
+                n += 1
+            if n >= 2 and n < len(mp) and (best is None or n > best[0]):
+                best = (n, ".".join(up[:-n]) + ".", ".".join(mp[:-n]) + ".")
+        if best:
+            votes[(best[1], best[2])] += 1
+    if not votes:
+        return None
+    (have, want), n = votes.most_common(1)[0]
+    return f"checkpoint keys under {have!r} look like the expected {want!r} ({n} keys)"
