@@ -12,9 +12,8 @@ import torch
 from test_export import Baked, Honest, tabular_model
 from test_locate import Threshold
 
-from studio import ConvertSpec, convert
+from studio import ConvertSpec, convert, pipeline
 from studio import export as export_mod
-from studio import pipeline
 
 
 def _spec(**kw) -> ConvertSpec:
