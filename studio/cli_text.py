@@ -17,10 +17,11 @@ from .report_render import (
     machine_line,
     parity_rows,
     probe_rows,
+    timing_line,
 )
 
 # the terminal's narrower names for some of the report's columns
-NARROW = {"sequence": "seq", "max abs diff": "max abs", "iterations": "iters"}
+NARROW = {"sequence": "seq", "max abs diff": "max abs", "iterations": "iters", "p50 95% CI": "p50 CI"}
 
 
 def narrow(columns: list[str]) -> list[str]:
@@ -103,6 +104,8 @@ def summary(report: Report) -> str:
     for v in report.variants:
         lines.append(f"variant  {v.name}: {ok(v.ok)} {v.file or ''} {shown(v.error or v.notes)}".rstrip())
     lines += [f"warning  {shown(w)}" for w in report.warnings]
+    if report.timings:
+        lines.append(f"time     {timing_line(report.timings)}")
     lines.append(f"files    {', '.join(report.files.values())} ({report.seconds:.1f} s)")
     return "\n".join(lines)
 

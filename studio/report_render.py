@@ -26,7 +26,19 @@ ROLE_COLUMNS = ["column", "role"]
 FEED_COLUMNS = ["input", "feature index", "column"]
 ATTEMPT_COLUMNS = ["exporter", "ok", "seconds", "error / note"]
 PROBE_COLUMNS = ["varies", "batch", "sequence", "verdict", "max abs diff", "message"]
-LATENCY_COLUMNS = ["run", "p50 ms", "p90 ms", "p99 ms", "iterations", "batch", "threads", "provider"]
+LATENCY_COLUMNS = [
+    "run",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "iterations",
+    "p50 95% CI",
+    "stopped by",
+    "batch",
+    "threads",
+    "provider",
+]
+TIMING_COLUMNS = ["stage", "seconds"]
 VARIANT_COLUMNS = [
     "variant",
     "verdict",
@@ -235,7 +247,7 @@ def latency_rows(lat: LatencyInfo | None, skip_missing: bool = False) -> list[li
             continue
         else:
             why = lat.errors.get(key) or (lat.cuda_unavailable_reason if "cuda" in key else None) or "not measured"
-            rows.append([label, "-", "-", "-", "-", "-", "-", f"unavailable: {why}"])
+            rows.append([label, *["-"] * (len(LATENCY_COLUMNS) - 2), f"unavailable: {why}"])
     for key, label in LATENCY_LABELS:  # the same runs at batch 1, when the sample has more rows
         if key in lat.batch1:
             rows.append(_timing_row(f"{label} (batch 1)", lat.batch1[key]))
@@ -250,10 +262,47 @@ def _timing_row(label: str, t: Timing) -> list[str]:
         f"{t.p90_ms:.2f}",
         f"{t.p99_ms:.2f}",
         str(t.iterations),
+        f"±{t.ci95_pct:.1f}%" if t.ci95_pct is not None else "-",
+        STOPPED.get(t.stopped or "", "-"),
         f"{t.batch}x{t.sequence}" if t.sequence else str(t.batch),
         str(t.threads or "-"),
         provider,
     ]
+
+
+# Timing.stopped -> the words in the latency table: why that runtime's timing ended
+STOPPED = {"precision": "CI ≤ ±3%", "budget": "budget", "max_iters": "max calls"}
+
+
+def timing_rows(timings: dict[str, Any]) -> list[list[str]]:
+    """report.json `timings` as rows: each stage's seconds (the export's attempts indented below it), then
+    the total."""
+    rows = []
+    for stage, seconds in (timings.get("stages") or {}).items():
+        rows.append([stage, f"{seconds:.2f}"])
+        if stage == "export":
+            rows += [
+                [
+                    f"  {a['exporter']}" + (" (skipped)" if a.get("skipped") else "" if a["ok"] else " (failed)"),
+                    f"{a['seconds']:.2f}",
+                ]
+                for a in timings.get("export_attempts") or []
+            ]
+    if timings.get("total") is not None:
+        rows.append(["total", f"{timings['total']:.2f}"])
+    return rows
+
+
+def timing_line(timings: dict[str, Any]) -> str:
+    """The same in one line: "loading 2.1 s · export 1.9 s (torchscript 1.8) · ... · total 9.8 s"."""
+    attempts = timings.get("export_attempts") or []
+    parts = []
+    for stage, seconds in (timings.get("stages") or {}).items():
+        inner = ", ".join(f"{a['exporter']} {a['seconds']:.1f}" for a in attempts if not a.get("skipped"))
+        parts.append(f"{stage} {seconds:.1f} s" + (f" ({inner})" if stage == "export" and inner else ""))
+    if timings.get("total") is not None:
+        parts.append(f"total {timings['total']:.1f} s")
+    return " · ".join(parts)
 
 
 def machine_line(lat: LatencyInfo | None) -> str:
@@ -328,6 +377,12 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
         )
         + "\n"
     )
+
+
+LATENCY_NOTE = (
+    "Each runtime is timed in alternating rounds with the others; timing stops once every median's 95% "
+    "confidence interval (distribution-free, from the order statistics) is within ±3%, or when the budget is spent."
+)
 
 
 def render_markdown(r: Report) -> str:
@@ -412,6 +467,7 @@ def _check_sections(r: Report) -> list[str]:
         )
     out += ["## Dynamic-dimension probes", markdown_table(PROBE_COLUMNS, probe_rows(r.dynamic))]
     out += ["## Latency", markdown_table(LATENCY_COLUMNS, latency_rows(r.latency))]
+    out += [LATENCY_NOTE, ""]
     line = machine_line(r.latency)
     if line:
         out += [line, ""]
@@ -458,4 +514,6 @@ def _closing_sections(r: Report) -> list[str]:
         out += [to_markdown(Divergence.from_dict(r.divergence))]
     if r.warnings:
         out += ["## Warnings"] + [f"- {w}" for w in r.warnings] + [""]
+    if r.timings:
+        out += ["## Where the time went", markdown_table(TIMING_COLUMNS, timing_rows(r.timings))]
     return out

@@ -11,7 +11,7 @@ import torch
 
 from studio import ConvertSpec, convert, latency, runtime
 from studio.report import LatencyInfo, Timing
-from studio.report_render import latency_rows, machine_line
+from studio.report_render import LATENCY_COLUMNS, latency_rows, machine_line
 
 
 def test_time_fn_warms_up_then_fills_the_budget():
@@ -171,7 +171,13 @@ def test_rows_label_batch1_and_io_binding_and_machine_line():
         machine={"cpu": "Test CPU", "logical_cpus": 2, "load_avg_before": 3.5, "load_avg_after": 1.0},
     )
     rows = {r[0]: r for r in latency_rows(lat)}
-    assert rows["ORT CPU (batch 1)"][5] == "1x128" and rows["ORT CPU"][5] == "8x128"
+    batch = LATENCY_COLUMNS.index("batch")
+    assert rows["ORT CPU (batch 1)"][batch] == "1x128" and rows["ORT CPU"][batch] == "8x128"
+    ci, stopped = LATENCY_COLUMNS.index("p50 95% CI"), LATENCY_COLUMNS.index("stopped by")
+    assert rows["ORT CPU"][ci] == "-" and rows["ORT CPU"][stopped] == "-"  # made without either: not guessed
+    lat.ort_cpu = Timing(1.0, 2.0, 3.0, 40, 8, 128, 2, "x", ci95_pct=1.234, stopped="precision")
+    rows = {r[0]: r for r in latency_rows(lat)}
+    assert rows["ORT CPU"][ci] == "±1.2%" and rows["ORT CPU"][stopped] == "CI ≤ ±3%"
     assert rows["ORT CUDA"][-1] == "CUDAExecutionProvider + IO binding"
     line = machine_line(lat)
     assert "Test CPU" in line and "3.5 before" in line and "pessimistic" in line

@@ -150,3 +150,39 @@ def test_write_report_drops_server_folders_only_when_asked(tmp_path):
         else:
             assert saved["source"]["path"] == ckpt and saved["options"]["out"] == out
             assert saved["warnings"] == r.warnings
+
+
+def test_timings_are_shown_per_stage_and_attempt():
+    from studio.report_render import timing_line, timing_rows
+
+    timings = {
+        "stages": {"loading": 2.0, "export": 3.5, "latency": 1.25},
+        "export_attempts": [
+            {"exporter": "dynamo", "ok": False, "skipped": True, "seconds": 0.0},
+            {"exporter": "torchscript", "ok": True, "skipped": False, "seconds": 3.4},
+        ],
+        "total": 7.0,
+    }
+    assert timing_rows(timings) == [
+        ["loading", "2.00"],
+        ["export", "3.50"],
+        ["  dynamo (skipped)", "0.00"],
+        ["  torchscript", "3.40"],
+        ["latency", "1.25"],
+        ["total", "7.00"],
+    ]
+    assert timing_line(timings) == "loading 2.0 s · export 3.5 s (torchscript 3.4) · latency 1.2 s · total 7.0 s"
+    report = make_report()
+    report.timings = timings
+    assert "## Where the time went" in report.to_markdown() and "| total | 7.00 |" in report.to_markdown()
+    assert "## Where the time went" not in make_report().to_markdown()  # a report without timings: no section
+
+
+def test_the_cli_summary_and_the_page_say_where_the_time_went():
+    from studio.app.render import summary_md
+    from studio.cli_text import summary
+
+    report = make_report()
+    report.timings = {"stages": {"loading": 1.0, "export": 2.0}, "export_attempts": [], "total": 3.0}
+    assert "\ntime     loading 1.0 s · export 2.0 s · total 3.0 s\n" in summary(report)
+    assert "**Time** loading 1.0 s · export 2.0 s · total 3.0 s" in summary_md(report)

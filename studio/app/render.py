@@ -1,7 +1,7 @@
 """Report -> what the page shows after Export: the verdict strip, the tables, the chart data, the summary /
 diagnosis Markdown and the download list (the preview's cards are studio.app.cards, the Graph panel
 studio.app.graph_panel). No gradio in here, so every function is testable on its own; numbers are
-formatted by studio.report's row helpers."""
+formatted by studio.report_render's row helpers."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from ..errors import StudioError, first_line
 from ..report import Report, worst_diff
 from ..report_render import (
     COMPARISON_COLUMNS,
+    LATENCY_COLUMNS,
     LATENCY_LABELS,
     PARITY_COLUMNS,
     comparison_rows,
@@ -23,6 +24,7 @@ from ..report_render import (
     markdown_table,
     parity_rows,
     probe_rows,
+    timing_line,
     variant_rows,
 )
 from .cards import cell, esc, multiline
@@ -30,7 +32,7 @@ from .cards import cell, esc, multiline
 IO_HEADERS = ["", "name", "dtype", "shape"]
 PARITY_HEADERS = list(PARITY_COLUMNS)
 PROBE_HEADERS = ["varies", "batch", "sequence", "verdict", "max abs diff", "message"]
-LATENCY_HEADERS = ["run", "p50 ms", "p90 ms", "p99 ms", "iterations", "batch", "threads", "provider"]
+LATENCY_HEADERS = list(LATENCY_COLUMNS)
 # the columns of studio.report_render.variant_rows (its Markdown table, with the app's own words)
 VARIANT_HEADERS = [
     "variant",
@@ -326,6 +328,8 @@ def summary_md(report: Report) -> str:
     lines += _export_lines(report)
     for w in report.warnings:
         lines.append(f"⚠ {w}")
+    if report.timings:
+        lines.append(f"**Time** {esc(timing_line(report.timings))}")
     return "\n\n".join(lines)
 
 
