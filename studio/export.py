@@ -23,7 +23,7 @@ from .artifacts import remove_model
 from .errors import ExportError, OpsetMismatchError, first_line
 from .graph_info import check, external_files
 from .quiet import quiet
-from .report import ExportAttempt, ExportInfo
+from .report import CheckerInfo, ExportAttempt, ExportInfo
 from .sources.base import TABULAR, LoadedModel
 from .wrap import wrap
 
@@ -247,15 +247,35 @@ def _replace(field, items) -> None:
     field.extend(items)
 
 
-def file_problem(path: Path) -> str | None:
-    """Why the written file cannot be used (the onnx checker's or ONNX Runtime's words), or None."""
-    from .runtime import load_error
+@dataclass
+class Opened:
+    """What proving a written file usable already made, kept for the checks that follow (built once per
+    file): the checker's verdict and the ORT CPU session (no arena, `threads` intra-op threads)."""
+
+    threads: int
+    checker: CheckerInfo | None = None
+    session: object | None = None
+
+    def take(self) -> tuple[CheckerInfo | None, object | None]:
+        found, self.checker, self.session = (self.checker, self.session), None, None
+        return found
+
+
+def file_problem(path: Path, opened: Opened | None = None) -> str | None:
+    """Why the written file cannot be used (the onnx checker's or ONNX Runtime's words), or None. With
+    `opened`, a usable file's checker result and session are left there for the checks that follow."""
+    from . import runtime
 
     checker = check(path)
     if not checker.ok:
         return f"the file fails the onnx checker: {checker.message.splitlines()[0][:400]}"
-    problem = load_error(path)
-    return f"ONNX Runtime cannot load the file: {problem}" if problem else None
+    try:
+        session = runtime.cpu_session(path, opened.threads if opened else 1, arena=False)
+    except Exception as e:
+        return f"ONNX Runtime cannot load the file: {first_line(e, 400, with_type=True)}"
+    if opened is not None:
+        opened.checker, opened.session = checker, session
+    return None
 
 
 def _export_legacy(model, args, names, output_names, axes, opset, path: Path, external: bool, diag_dir: Path):
@@ -334,7 +354,7 @@ def prepare(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec, diag_di
 
 
 def attempt(
-    prep: Prepared, exporter: str, loaded: LoadedModel, spec, dest: Path
+    prep: Prepared, exporter: str, loaded: LoadedModel, spec, dest: Path, opened: Opened | None = None
 ) -> tuple[ExportAttempt, ExportError | None]:
     """One exporter, written to `dest` and checked there (opset read back, checker, ONNX Runtime loads it).
     Returns the attempt and, when it failed, the error that names why (None for a skipped one). A failed
@@ -387,7 +407,7 @@ def attempt(
                 f"rewrote {rewritten} opset-18 Split node(s) (num_outputs) that the new exporter left "
                 f"in the opset-{written} file into Split with explicit sizes"
             )
-    problem = file_problem(dest)
+    problem = file_problem(dest, opened)
     seconds = round(time.perf_counter() - t0, 2)
     if problem:  # what the exporter wrote cannot be used: a failed attempt, never a crash later on
         msg = f"the {exporter} exporter wrote an unusable file: {problem}"[:1000]
@@ -439,16 +459,18 @@ def export(
     spec,
     dest: Path,
     order: tuple[str, ...] | None = None,
+    opened: Opened | None = None,
 ) -> ExportInfo:
     """Export `loaded` to `dest` (model.onnx path), trying the exporters of `attempt_order` (or `order`)
-    until one writes a usable file. Raises ExportError when every attempt failed."""
+    until one writes a usable file. Raises ExportError when every attempt failed. `opened`: filled with
+    the kept file's checker result and ORT session (see Opened)."""
     prep = prepare(loaded, tensors, spec, dest.parent / "diagnostics")
     attempts: list[ExportAttempt] = []
     start = time.perf_counter()
     last_error: ExportError | None = None
     planned, why_first = attempt_order(loaded, spec)
     for exporter in order or planned:
-        done, error = attempt(prep, exporter, loaded, spec, dest)
+        done, error = attempt(prep, exporter, loaded, spec, dest, opened)
         attempts.append(done)
         if not done.ok:
             last_error = error or last_error

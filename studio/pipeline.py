@@ -164,18 +164,19 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
     model_path = work / "model.onnx"
     # PyTorch's outputs for the sample and every probe size are computed once, whichever files are checked
     checked, comparison = parity_mod.cached_reference(loaded), None
+    opened = export_mod.Opened(spec.threads or runtime.default_threads())  # the kept file's checker + session
     if spec.exporter == "compare":  # both exporters' files checked against one PyTorch run, the winner kept
         from . import compare
 
         export_info, comparison = compare.export_compared(loaded, checked, batch.tensors, spec, model_path)
         export_mod.annotate(model_path, _metadata(spec, loaded, batch, export_info))
     else:
-        export_info = _export_annotated(spec, loaded, batch, model_path)
+        export_info = _export_annotated(spec, loaded, batch, model_path, opened=opened)
     axes = export_mod.dynamic_axes_for(loaded, batch.tensors, spec)
     runtime.release_memory()  # the exporter's intermediate graphs are garbage now
 
     say("checker", _FRACTION["checker"])
-    checks = _check(spec, checked, batch.tensors, model_path, axes, say)
+    checks = _check(spec, checked, batch.tensors, model_path, axes, say, opened)
     export_info, checks = _second_opinion(spec, loaded, checked, batch, model_path, axes, export_info, checks, say)
     divergence = _locate(spec, loaded, batch.tensors, model_path, checks, say)
     variant_infos, latency = _variants_and_latency(spec, loaded, batch.tensors, model_path, axes, work, say)
@@ -203,8 +204,10 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
     return report
 
 
-def _export_annotated(spec: ConvertSpec, loaded, batch, path: Path, order: tuple[str, ...] | None = None) -> ExportInfo:
-    info = export_mod.export(loaded, batch.tensors, spec, path, order=order)
+def _export_annotated(
+    spec: ConvertSpec, loaded, batch, path: Path, order: tuple[str, ...] | None = None, opened=None
+) -> ExportInfo:
+    info = export_mod.export(loaded, batch.tensors, spec, path, order=order, opened=opened)
     export_mod.annotate(path, _metadata(spec, loaded, batch, info))
     return info
 
@@ -231,14 +234,15 @@ def _second_opinion(spec, loaded, checked, batch, model_path: Path, axes, info: 
     alt.parent.mkdir()
     try:
         try:
-            other = _export_annotated(spec, loaded, batch, alt, order=rest)
+            opened = export_mod.Opened(spec.threads or runtime.default_threads())
+            other = _export_annotated(spec, loaded, batch, alt, order=rest, opened=opened)
         except StudioError as e:
             first.note = _joined(first.note, fails)
             info.attempts += getattr(e, "attempts", None) or []
             info.reason += f"; {fails}, and {'/'.join(rest)} failed: {e.message}"
             return info, checks
         say("checker", _FRACTION["checker"])
-        alt_checks = _check(spec, checked, batch.tensors, alt, axes, say)
+        alt_checks = _check(spec, checked, batch.tensors, alt, axes, say, opened)
         alt_failed = _failed(alt_checks)
         attempts, seconds = info.attempts + other.attempts, round(info.seconds + other.seconds, 2)
         if alt_failed:  # neither passes: the first one's file stays, as auto's order prefers it
@@ -269,14 +273,17 @@ def _joined(*parts: str | None) -> str:
     return "; ".join(p for p in parts if p)
 
 
-def _check(spec: ConvertSpec, loaded, tensors, model_path: Path, axes, say: Progress) -> dict[str, Any]:
-    """The onnx checker, the graph's facts, parity on the sample and the shape probes (one ORT session)."""
-    checker = inspect_mod.check(model_path)
+def _check(spec: ConvertSpec, loaded, tensors, model_path: Path, axes, say: Progress, opened=None) -> dict[str, Any]:
+    """The onnx checker, the graph's facts, parity on the sample and the shape probes (one ORT session).
+    `opened` (export.Opened): the checker's verdict and the session made when the export proved the file
+    usable, taken instead of making them again (the file has only gained metadata since)."""
+    checker, session = opened.take() if opened is not None else (None, None)
+    checker = checker or inspect_mod.check(model_path)
     graph = inspect_mod.graph_info(model_path)
 
     say("parity", _FRACTION["parity"])
     # checks run without ORT's memory arena (it never shrinks); latency gets its own default session
-    session = runtime.cpu_session(model_path, spec.threads or runtime.default_threads(), arena=False)
+    session = session or runtime.cpu_session(model_path, spec.threads or runtime.default_threads(), arena=False)
     parity, onnx_outputs = parity_mod.parity(loaded, session, tensors, spec.atol, spec.rtol)
 
     say("shape probe", _FRACTION["shape probe"])
