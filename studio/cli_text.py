@@ -17,8 +17,8 @@ from .report_render import (
     machine_line,
     parity_rows,
     probe_rows,
-    timing_line,
 )
+from .timings import timing_line
 
 # the terminal's narrower names for some of the report's columns
 NARROW = {"sequence": "seq", "max abs diff": "max abs", "iterations": "iters", "p50 95% CI": "p50 CI"}

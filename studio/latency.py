@@ -14,6 +14,7 @@ beside the numbers: on a busy machine every timing is pessimistic.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -28,6 +29,7 @@ import torch
 
 from . import runtime
 from .errors import first_line
+from .quiet import quiet
 from .report import LatencyInfo, Timing
 from .sources.base import LoadedModel
 from .spec import default
@@ -337,14 +339,42 @@ def measure_all(
 ) -> dict[str, LatencyInfo]:
     """PyTorch eager and every target, at the sample's batch and at batch 1; one LatencyInfo per target,
     PyTorch's numbers in the first one's. On CPU all of them are timed side by side (`side_by_side`), so
-    the speedups hold on a machine whose speed drifts; each still gets `budget_s` of timed calls. CUDA
-    runs (ORT with IO binding, then PyTorch) are timed one after another, only with sessions that really
-    run on CUDA. A measurement that cannot run records why, never a number. `progress(fraction)` is
-    called after each CPU round, with the fraction of the CPU rounds done (CUDA runs, if any, come after)."""
+    the speedups hold on a machine whose speed drifts; each gets at most `budget_s` of timed calls, less
+    once every median is known within PRECISION. PyTorch runs with transformers' default attention
+    (`users_attention`; LatencyInfo.torch_attention says which). CUDA runs (ORT with IO binding, then
+    PyTorch) are timed one after another, only with sessions that really run on CUDA. A measurement that
+    cannot run records why, never a number. `progress(fraction)` is called after each CPU round, with the
+    fraction of the CPU rounds done (CUDA runs, if any, come after)."""
     threads = threads or runtime.default_threads()
     started, before = time.perf_counter(), machine()
     infos = {name: LatencyInfo(threads=threads, budget_s=budget_s) for name in targets}
     first = next(iter(targets))
+    cpu_sessions, cuda_sessions = _open_sessions(targets, infos, threads, cuda)
+    sizes = _sizes(tensors)
+    say = progress or (lambda fraction: None)
+    with users_attention(loaded.module) as attention:
+        infos[first].torch_attention = attention
+        for i, (tag, ts) in enumerate(sizes):
+            on_round = lambda done, rounds, i=i: say((i + done / rounds) / len(sizes))  # noqa: E731
+            _cpu_side_by_side(loaded, first, cpu_sessions, infos, tag, ts, threads, budget_s, on_round)
+            arrays, (batch, seq) = parity_arrays(ts), shape_of(ts)
+            for name, sess in cuda_sessions.items():
+                _record(infos[name], "ort_cuda", tag, lambda: ort_cuda(sess, arrays, budget_s, batch, seq))  # noqa: B023 - called at once
+        cpu_sessions.clear()
+        runtime.release_memory()
+        _torch_cuda_all(loaded, infos[first], sizes, budget_s, cuda)
+    span, seconds = _machine_span(before), round(time.perf_counter() - started, 2)
+    for info in infos.values():
+        info.machine, info.seconds = dict(span), seconds
+    return infos
+
+
+def parity_arrays(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {n: t.detach().cpu().numpy() for n, t in tensors.items()}
+
+
+def _open_sessions(targets: dict[str, Target], infos: dict[str, LatencyInfo], threads: int, cuda: bool):
+    """One ORT CPU session per target (and a CUDA one where it really runs there); why not, where not."""
     cpu_sessions, cuda_sessions = {}, {}
     for name, target in targets.items():
         info = infos[name]
@@ -368,36 +398,31 @@ def measure_all(
                 info.errors["ort_cuda"] = made.reason
             else:
                 cuda_sessions[name] = made.session
-    sizes = _sizes(tensors)
-    say = progress or (lambda fraction: None)
-    for i, (tag, ts) in enumerate(sizes):
-        batch, seq = shape_of(ts)
-        arrays = {n: t.detach().cpu().numpy() for n, t in ts.items()}
-        runners: dict[tuple[str, str], Callable[[], object]] = {(first, "torch_cpu"): _torch_step(loaded, ts)}
-        providers = {(first, "torch_cpu"): "torch-cpu"}
-        for name, sess in cpu_sessions.items():
-            feeds = runtime.feeds(sess, arrays)
-            runners[(name, "ort_cpu")] = lambda sess=sess, feeds=feeds: sess.run(None, feeds)
-            providers[(name, "ort_cpu")] = sess.get_providers()[0]
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            with torch.inference_mode():
-                results = side_by_side(
-                    runners,
-                    budget_s,
-                    precision=PRECISION,
-                    on_round=lambda done, rounds, i=i: say((i + done / rounds) / len(sizes)),
-                )
-        finally:
-            torch.set_num_threads(previous)
-        for (name, key), result in results.items():
-            _record(infos[name], key, tag, lambda: _unwrap(result, batch, seq, threads, providers[(name, key)]))  # noqa: B023 - called at once
-        for name, sess in cuda_sessions.items():
-            _record(infos[name], "ort_cuda", tag, lambda: ort_cuda(sess, arrays, budget_s, batch, seq))  # noqa: B023 - called at once
-    cpu_sessions.clear()
-    runtime.release_memory()
-    info = infos[first]
+    return cpu_sessions, cuda_sessions
+
+
+def _cpu_side_by_side(loaded, first, cpu_sessions, infos, tag, ts, threads, budget_s, on_round) -> None:
+    """PyTorch (recorded in `first`'s info) and every CPU session, timed side by side at one size."""
+    batch, seq = shape_of(ts)
+    arrays = parity_arrays(ts)
+    runners: dict[tuple[str, str], Callable[[], object]] = {(first, "torch_cpu"): _torch_step(loaded, ts)}
+    providers = {(first, "torch_cpu"): "torch-cpu"}
+    for name, sess in cpu_sessions.items():
+        feeds = runtime.feeds(sess, arrays)
+        runners[(name, "ort_cpu")] = lambda sess=sess, feeds=feeds: sess.run(None, feeds)
+        providers[(name, "ort_cpu")] = sess.get_providers()[0]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            results = side_by_side(runners, budget_s, precision=PRECISION, on_round=on_round)
+    finally:
+        torch.set_num_threads(previous)
+    for (name, key), result in results.items():
+        _record(infos[name], key, tag, lambda: _unwrap(result, batch, seq, threads, providers[(name, key)]))  # noqa: B023 - called at once
+
+
+def _torch_cuda_all(loaded, info: LatencyInfo, sizes, budget_s: float, cuda: bool) -> None:
     if cuda and torch.cuda.is_available():
         for tag, ts in sizes:
             _record(info, "torch_cuda", tag, lambda: torch_cuda(loaded, ts, budget_s))  # noqa: B023 - called at once
@@ -405,10 +430,39 @@ def measure_all(
         why = "torch has no CUDA device (torch.cuda.is_available() is False)"
         info.errors["torch_cuda"] = why
         info.cuda_unavailable_reason = "; ".join(filter(None, [info.cuda_unavailable_reason, f"PyTorch: {why}"]))
-    span, seconds = _machine_span(before), round(time.perf_counter() - started, 2)
-    for info in infos.values():
-        info.machine, info.seconds = dict(span), seconds
-    return infos
+
+
+USERS_ATTENTION = "sdpa"  # transformers' default attention where torch supports it: how users run the model
+
+
+@contextlib.contextmanager
+def users_attention(module: torch.nn.Module):
+    """PyTorch timed the way users run it: every transformers model inside `module` switched from the
+    eager attention the export needs to transformers' default (sdpa) for the duration, then back.
+    Yields what was timed, in words (None: no transformers model inside)."""
+    switched, kept = [], []
+    roots = [m for m in module.modules() if hasattr(m, "set_attn_implementation") and hasattr(m, "config")]
+    for m in roots:
+        before = getattr(m.config, "_attn_implementation", None)
+        if before == USERS_ATTENTION:
+            continue
+        try:
+            with quiet(("transformers",)):
+                m.set_attn_implementation(USERS_ATTENTION)
+        except Exception as e:  # noqa: BLE001 - an architecture without sdpa: timed as exported, and said so
+            kept.append(f"{type(m).__name__} kept {before} ({first_line(e, 120)})")
+            continue
+        if getattr(m.config, "_attn_implementation", None) == USERS_ATTENTION:
+            switched.append((m, before))
+        else:
+            kept.append(f"{type(m).__name__} kept {m.config._attn_implementation}")
+    notes = [f"{USERS_ATTENTION} attention (transformers' default; the export traced eager)"] * bool(switched) + kept
+    try:
+        yield ("; ".join(notes) or f"{USERS_ATTENTION} attention") if roots else None
+    finally:
+        for m, before in switched:
+            with contextlib.suppress(Exception), quiet(("transformers",)):
+                m.set_attn_implementation(before)
 
 
 def _torch_step(loaded: LoadedModel, tensors: dict[str, torch.Tensor]) -> Callable[[], object]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict
@@ -28,6 +27,7 @@ from . import latency as latency_mod
 from . import parity as parity_mod
 from . import roles as roles_mod
 from . import sample as sample_mod
+from . import timings as timings_mod
 from .errors import StudioError
 from .report import ExportInfo, Report
 from .sources import scratch
@@ -88,7 +88,7 @@ def convert(spec: ConvertSpec, progress: Progress | None = None) -> Report:
     The returned Report says which checks passed (`report.ok`); files are in `spec.out`.
     """
     spec = spec.validated()
-    clock = StageClock(progress)
+    clock = timings_mod.StageClock(progress)
     say = clock.say
     out = Path(spec.out).expanduser().resolve()
     if out.exists() and not out.is_dir():
@@ -107,35 +107,6 @@ def convert(spec: ConvertSpec, progress: Progress | None = None) -> Report:
         shutil.rmtree(work, ignore_errors=True)
     say("done", 1.0)
     return report
-
-
-class StageClock:
-    """Wraps the progress callback: each stage runs from its announcement to the next one's, so
-    `timings()` gives the seconds of every stage that ran (report.json `timings`) without a timer
-    around each call. The last stage ("writing") is closed by `timings()` itself."""
-
-    def __init__(self, progress: Progress | None):
-        self._progress = progress or (lambda stage, fraction: None)
-        self.started = time.perf_counter()
-        self._marks: list[tuple[str, float]] = []
-
-    def say(self, stage: str, fraction: float) -> None:
-        if not self._marks or self._marks[-1][0] != stage:  # latency announces itself once per round
-            self._marks.append((stage, time.perf_counter()))
-        self._progress(stage, fraction)
-
-    def timings(self, export_info: ExportInfo | None, finishing: str) -> dict[str, Any]:
-        """{"stages": {stage: seconds}, "export_attempts": [{exporter, ok, seconds}], "total": seconds},
-        `finishing` (a stage still running, written last) estimated as at the time of the call."""
-        now = time.perf_counter()
-        stages: dict[str, float] = {}
-        for (stage, t0), (_, t1) in zip(self._marks, [*self._marks[1:], (finishing, now)]):
-            stages[stage] = round(stages.get(stage, 0.0) + t1 - t0, 2)
-        attempts = [
-            {"exporter": a.exporter, "ok": a.ok, "skipped": a.skipped, "seconds": a.seconds}
-            for a in (export_info.attempts if export_info else [])
-        ]
-        return {"stages": stages, "export_attempts": attempts, "total": round(now - self.started, 2)}
 
 
 def remove_stale(out: str | Path) -> list[Path]:

@@ -184,6 +184,9 @@ class LatencyInfo:
     # what else the machine was doing: {"cpu", "logical_cpus", "load_avg_before", "load_avg_after"};
     # a load average above the core count means other processes competed for the CPU while timing
     machine: dict[str, Any] = field(default_factory=dict)
+    # how PyTorch was run for its timings, e.g. "sdpa attention (transformers' default; the export traced eager)";
+    # None: no transformers model inside (timed as loaded)
+    torch_attention: str | None = None
 
 
 @dataclass

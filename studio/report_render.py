@@ -18,6 +18,7 @@ from .report import (
     VariantInfo,
     worst_diff,
 )
+from .timings import TIMING_COLUMNS, timing_rows
 
 # --- the columns of each table (rows below come in the same order) ------------------------------
 
@@ -38,7 +39,6 @@ LATENCY_COLUMNS = [
     "threads",
     "provider",
 ]
-TIMING_COLUMNS = ["stage", "seconds"]
 VARIANT_COLUMNS = [
     "variant",
     "verdict",
@@ -274,37 +274,6 @@ def _timing_row(label: str, t: Timing) -> list[str]:
 STOPPED = {"precision": "CI ≤ ±3%", "budget": "budget", "max_iters": "max calls"}
 
 
-def timing_rows(timings: dict[str, Any]) -> list[list[str]]:
-    """report.json `timings` as rows: each stage's seconds (the export's attempts indented below it), then
-    the total."""
-    rows = []
-    for stage, seconds in (timings.get("stages") or {}).items():
-        rows.append([stage, f"{seconds:.2f}"])
-        if stage == "export":
-            rows += [
-                [
-                    f"  {a['exporter']}" + (" (skipped)" if a.get("skipped") else "" if a["ok"] else " (failed)"),
-                    f"{a['seconds']:.2f}",
-                ]
-                for a in timings.get("export_attempts") or []
-            ]
-    if timings.get("total") is not None:
-        rows.append(["total", f"{timings['total']:.2f}"])
-    return rows
-
-
-def timing_line(timings: dict[str, Any]) -> str:
-    """The same in one line: "loading 2.1 s · export 1.9 s (torchscript 1.8) · ... · total 9.8 s"."""
-    attempts = timings.get("export_attempts") or []
-    parts = []
-    for stage, seconds in (timings.get("stages") or {}).items():
-        inner = ", ".join(f"{a['exporter']} {a['seconds']:.1f}" for a in attempts if not a.get("skipped"))
-        parts.append(f"{stage} {seconds:.1f} s" + (f" ({inner})" if stage == "export" and inner else ""))
-    if timings.get("total") is not None:
-        parts.append(f"total {timings['total']:.1f} s")
-    return " · ".join(parts)
-
-
 def machine_line(lat: LatencyInfo | None) -> str:
     """One line on how busy the machine was while timing (empty when unknown)."""
     m = (lat.machine if lat else None) or {}
@@ -316,7 +285,10 @@ def machine_line(lat: LatencyInfo | None) -> str:
         line += f", 1-min load average {before:.1f} before / {after:.1f} after"
         if cpus and max(before, after) > cpus:
             line += " (other processes competed for the CPU: timings are pessimistic)"
-    return line + "."
+    line += "."
+    if lat and lat.torch_attention:
+        line += f" PyTorch ran with {lat.torch_attention}."
+    return line
 
 
 def variant_rows(variants: list[VariantInfo], lat: LatencyInfo | None = None) -> list[list[str]]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from studio import export as export_mod
-from studio import graph_info, parity, runtime
+from studio import graph_info, parity, runtime, split17
 from studio.errors import ExportError, OpsetMismatchError
 from studio.sources.base import TABULAR, LoadedModel, ModelInput
 from studio.spec import ExportDefaults, default
@@ -226,7 +226,7 @@ def test_opset18_split_is_rewritten_for_opset17(tmp_path, total, parts, output_s
     path = tmp_path / "m.onnx"
     onnx.save(_split18_in_opset17(total, parts, output_shapes), str(path))
     assert not graph_info.check(path).ok  # the file as the exporter leaves it
-    assert export_mod.split_to_opset17(path) == (1, [])
+    assert split17.split_to_opset17(path) == (1, [])
     assert graph_info.check(path).ok and runtime.load_error(path) is None
     x = np.arange(2 * total, dtype=np.float32).reshape(2, total)
     got = runtime.run(runtime.cpu_session(path), {"x": x})
@@ -242,7 +242,7 @@ def test_split_with_unknown_sizes_is_left_and_named(tmp_path):
     model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "width"  # the split axis is not static
     path = tmp_path / "m.onnx"
     onnx.save(model, str(path))
-    assert export_mod.split_to_opset17(path) == (0, ["split_qkv"])
+    assert split17.split_to_opset17(path) == (0, ["split_qkv"])
     assert "checker" in export_mod.file_problem(path)
 
 

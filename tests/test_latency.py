@@ -233,3 +233,17 @@ def test_a_noisy_runtime_spends_the_whole_budget(monkeypatch):
     out = latency.side_by_side(fns, budget_s=0.6, rounds=6, precision=0.03)
     assert out["noisy"].stopped == out["steady"].stopped == "budget"  # runtimes stop together: ratios hold
     assert out["noisy"].ci95_pct > 3.0 and out["steady"].ci95_pct == 0.0
+
+
+def test_pytorch_is_timed_with_transformers_default_attention_and_says_so(report, hf_folders):
+    assert report.latency.torch_attention.startswith("sdpa attention (transformers' default; the export traced eager)")
+    assert "PyTorch ran with sdpa attention" in machine_line(report.latency)
+    from studio import sources
+
+    loaded = sources.load(str(hf_folders["bert"]), ConvertSpec(checkpoint=str(hf_folders["bert"]), data="-"))
+    assert loaded.module.config._attn_implementation == "eager"  # what the exporters need
+    with latency.users_attention(loaded.module) as words:
+        assert loaded.module.config._attn_implementation == "sdpa" and words.startswith("sdpa")
+    assert loaded.module.config._attn_implementation == "eager"  # put back
+    with latency.users_attention(torch.nn.Linear(2, 2)) as words:
+        assert words is None  # no transformers model inside: timed as loaded, nothing claimed

@@ -153,7 +153,7 @@ def test_write_report_drops_server_folders_only_when_asked(tmp_path):
 
 
 def test_timings_are_shown_per_stage_and_attempt():
-    from studio.report_render import timing_line, timing_rows
+    from studio.timings import timing_line, timing_rows
 
     timings = {
         "stages": {"loading": 2.0, "export": 3.5, "latency": 1.25},

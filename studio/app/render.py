@@ -24,9 +24,9 @@ from ..report_render import (
     markdown_table,
     parity_rows,
     probe_rows,
-    timing_line,
     variant_rows,
 )
+from ..timings import timing_line
 from .cards import cell, esc, multiline
 
 IO_HEADERS = ["", "name", "dtype", "shape"]
