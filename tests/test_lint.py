@@ -25,3 +25,24 @@ def test_ruff_check_passes():
 def test_ruff_format_leaves_every_file_as_it_is():
     run = _ruff("format", "--check", "--no-cache", ".")
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+
+
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 500, 80
+
+
+def test_every_module_and_function_reads_in_a_sitting():
+    """No module in studio/ over 500 lines, no function over 80 (as formatted): split by job instead."""
+    import ast
+
+    too_long = []
+    for path in sorted((ROOT / "studio").rglob("*.py")):
+        text = path.read_text()
+        name = path.relative_to(ROOT)
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            too_long.append(f"{name}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    too_long.append(f"{name}:{node.lineno} {node.name}: {lines} lines")
+    assert not too_long, too_long
