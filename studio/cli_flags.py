@@ -137,7 +137,8 @@ CONVERT_FLAGS = (
     flag("--static", "no dynamic axes: every shape fixed to the sample's", "dynamic", action="store_true"),
     flag(
         "--exporter",
-        "auto = new torch.export-based exporter, falling back to the legacy one (default); "
+        "auto = legacy TorchScript exporter first for models up to 256 MB of weights, the new torch.export-based "
+        "one first for larger ones, the other when the first fails or its file fails a check (default); "
         "compare = run both, check and time both files, keep the better one",
         choices=EXPORTERS,
         default=default("exporter"),

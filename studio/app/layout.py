@@ -200,7 +200,7 @@ def _options(page: Page) -> None:
             label="Exporter",
             elem_id="exporter",
             min_width=180,
-            info="auto: new, legacy as fallback",
+            info="auto: legacy first up to 256 MB of weights, else new; the other if a check fails",
         )
         page.dynamic = gr.CheckboxGroup(
             list(DYNAMIC_AXES),
