@@ -40,6 +40,7 @@ MIN_ITERS = 6  # the fewest calls whose median has a distribution-free 95% confi
 MAX_ITERS = 2000
 ROUNDS = 6  # CPU timings: at most this many alternating rounds of PyTorch and every ONNX file (side_by_side)
 MIN_ROUNDS = 2  # ... and at least this many, so a drift of the machine's speed still hits every runtime
+SLOW_CALL_MS = 50.0  # later rounds start with an untimed call only for calls faster than this (see side_by_side)
 PRECISION = 0.03  # measure_all stops once every median is known within +-3% (95% CI), budget or not
 Z95 = 1.959964
 
@@ -113,7 +114,8 @@ def side_by_side(
     In each round every callable in turn gets a block of budget_s / rounds seconds of timed calls (at
     least ceil(min_iters / rounds), at most max_iters / rounds). A block starts with untimed calls: the
     warm-up in the first round, one call in later rounds (the callable before it may have left threads
-    spinning and caches cold). A slow drift of the machine's speed then hits every callable alike, so
+    spinning and caches cold) unless its calls take SLOW_CALL_MS or more: there a cold start is a small
+    part of one call, and an untimed call would cost as much as a timed one. A slow drift of the machine's speed then hits every callable alike, so
     their ratios hold. With `precision` (e.g. 0.03), timing stops after a round (at least `min_rounds`)
     once every callable has `min_iters` calls and its median's 95% CI within +-precision: a stable
     runtime does not spend the whole budget. Returns key -> Stats, or the exception that stopped that
@@ -131,7 +133,10 @@ def side_by_side(
             if key in failed:
                 continue
             try:
-                untimed[key] += _warm_up(fn, warmup, block) if r == 0 else _warm_up(fn, 1, 0)
+                if r == 0:
+                    untimed[key] += _warm_up(fn, warmup, block)
+                elif float(np.median(samples[key])) < SLOW_CALL_MS:  # a slow call shrugs off a cold start
+                    untimed[key] += _warm_up(fn, 1, 0)
                 times, deadline = samples[key], time.perf_counter() + block
                 n = 0
                 while n < cap and (n < per_block or time.perf_counter() < deadline):

@@ -247,3 +247,12 @@ def test_pytorch_is_timed_with_transformers_default_attention_and_says_so(report
     assert loaded.module.config._attn_implementation == "eager"  # put back
     with latency.users_attention(torch.nn.Linear(2, 2)) as words:
         assert words is None  # no transformers model inside: timed as loaded, nothing claimed
+
+
+def test_slow_calls_get_no_untimed_call_in_later_rounds(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(latency.time, "perf_counter", clock)
+    fns = {"slow": clock.runner(iter(lambda: 700.0, None)), "fast": clock.runner(iter(lambda: 1.0, None))}
+    out = latency.side_by_side(fns, budget_s=0.6, rounds=6, warmup=3)
+    assert out["slow"].untimed == 1 and out["slow"].iterations == latency.MIN_ITERS  # the warm-up call only
+    assert out["fast"].untimed == 3 + 5  # the warm-up, then one untimed call in each later round
