@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from . import runtime
+from .confidence import ci_pct, median_ci  # noqa: F401 - median_ci: part of latency's interface
 from .errors import first_line
 from .quiet import quiet
 from .report import LatencyInfo, Timing
@@ -37,40 +38,12 @@ from .spec import default
 WARMUP = 3  # untimed calls first (fewer when one call already takes the whole budget)
 MIN_WARMUP = 1
 MIN_ITERS = 6  # the fewest calls whose median has a distribution-free 95% confidence interval
+MIN_CALLS = 3  # ... unless calls are so slow that 6 would overrun the budget: then as many as fit, at least 3
 MAX_ITERS = 2000
 ROUNDS = 6  # CPU timings: at most this many alternating rounds of PyTorch and every ONNX file (side_by_side)
 MIN_ROUNDS = 2  # ... and at least this many, so a drift of the machine's speed still hits every runtime
 SLOW_CALL_MS = 50.0  # later rounds start with an untimed call only for calls faster than this (see side_by_side)
 PRECISION = 0.03  # measure_all stops once every median is known within +-3% (95% CI), budget or not
-Z95 = 1.959964
-
-
-def median_ci(times: list[float]) -> tuple[float, float] | None:
-    """A distribution-free 95% confidence interval for the median of `times` (order statistics: the
-    ranks a Binomial(n, 1/2) count stays within 95% of the time), or None below 6 values, where no
-    pair of ranks covers 95%. Exact binomial ranks up to 60 values, the normal approximation above."""
-    n = len(times)
-    if n < 6:
-        return None
-    ordered = sorted(times)
-    if n <= 60:
-        k, below = 0, 0.0  # largest k with P(Bin(n, 1/2) <= k - 1) <= 2.5%: the interval is ordered[k..n-1-k]
-        while below + math.comb(n, k) / 2**n <= 0.025:
-            below += math.comb(n, k) / 2**n
-            k += 1
-        k = max(k - 1, 0) if k else 0
-    else:
-        k = max(int(math.floor((n - Z95 * math.sqrt(n)) / 2)) - 1, 0)
-    return ordered[k], ordered[n - 1 - k]
-
-
-def ci_pct(times: list[float]) -> float | None:
-    """The 95% confidence interval's larger half around the median, as a percentage of the median."""
-    ci = median_ci(times)
-    if ci is None:
-        return None
-    med = float(np.median(times))
-    return 100.0 * max(med - ci[0], ci[1] - med) / med if med > 0 else None
 
 
 def _warm_up(fn: Callable[[], object], calls: int, budget_s: float) -> int:
@@ -127,34 +100,20 @@ def side_by_side(
     samples: dict[Any, list[float]] = {k: [] for k in fns}
     untimed = dict.fromkeys(fns, 0)
     failed: dict[Any, BaseException] = {}
-    stopped = "budget"
+    stopped, planned = "budget", rounds
     for r in range(rounds):
         for key, fn in fns.items():
-            if key in failed:
-                continue
-            try:
-                if r == 0:
-                    untimed[key] += _warm_up(fn, warmup, block)
-                elif float(np.median(samples[key])) < SLOW_CALL_MS:  # a slow call shrugs off a cold start
-                    untimed[key] += _warm_up(fn, 1, 0)
-                times, deadline = samples[key], time.perf_counter() + block
-                n = 0
-                while n < cap and (n < per_block or time.perf_counter() < deadline):
-                    t0 = time.perf_counter()
-                    fn()
-                    times.append((time.perf_counter() - t0) * 1000.0)
-                    n += 1
-                if per_round is not None:
-                    per_round.setdefault(key, []).append(times[len(times) - n :])
-            except Exception as e:
-                failed[key] = e
-        if (
-            precision is not None
-            and r + 1 >= min_rounds
-            and r + 1 < rounds
-            and _precise(samples, failed, min_iters, precision)
-        ):
+            if key not in failed:
+                try:
+                    untimed[key] += _block(fn, samples[key], r, warmup, block, per_block, cap, per_round, key)
+                except Exception as e:
+                    failed[key] = e
+        if r == 0:
+            planned = _rounds_in_budget(samples, failed, rounds, budget_s)
+        precise = precision is not None and min_rounds <= r + 1 < rounds
+        if precise and _precise(samples, failed, min_iters, precision):
             stopped = "precision"
+        if stopped == "precision" or r + 1 >= planned:
             if on_round is not None:
                 on_round(rounds, rounds)
             break
@@ -167,6 +126,35 @@ def side_by_side(
             why = stopped if stopped == "precision" or len(times) < cap * rounds else "max_iters"
             out[key] = Stats(float(p50), float(p90), float(p99), len(times), untimed[key], ci_pct(times), why)
     return out
+
+
+def _block(fn, times: list[float], r: int, warmup: int, block: float, per_block: int, cap: int, per_round, key) -> int:
+    """One callable's block of round r: its untimed calls (returned), then timed calls appended to `times`."""
+    if r == 0:
+        warm = _warm_up(fn, warmup, block)
+    elif float(np.median(times)) < SLOW_CALL_MS:  # a slow call shrugs off a cold start
+        warm = _warm_up(fn, 1, 0)
+    else:
+        warm = 0
+    deadline, n = time.perf_counter() + block, 0
+    while n < cap and (n < per_block or time.perf_counter() < deadline):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000.0)
+        n += 1
+    if per_round is not None:
+        per_round.setdefault(key, []).append(times[len(times) - n :])
+    return warm
+
+
+def _rounds_in_budget(samples: dict[Any, list[float]], failed: dict, rounds: int, budget_s: float) -> int:
+    """How many rounds the budget allows once the first round showed each call's cost: all of them, unless
+    the slowest callable's one call per round would overrun `budget_s`; then as many as fit, but at least
+    MIN_CALLS (a median of fewer calls says little; below 6 there is no 95% CI, and the table shows none)."""
+    costs = [float(np.median(t)) / 1000.0 for k, t in samples.items() if t and k not in failed]
+    if rounds <= MIN_CALLS or not costs or max(costs) * rounds <= budget_s:
+        return rounds
+    return max(MIN_CALLS, min(rounds, math.ceil(budget_s / max(costs))))
 
 
 def _precise(samples: dict[Any, list[float]], failed: dict, min_iters: int, precision: float) -> bool:

@@ -249,10 +249,18 @@ def test_pytorch_is_timed_with_transformers_default_attention_and_says_so(report
         assert words is None  # no transformers model inside: timed as loaded, nothing claimed
 
 
-def test_slow_calls_get_no_untimed_call_in_later_rounds(monkeypatch):
+def test_slow_calls_stay_near_the_budget(monkeypatch):
+    """700 ms calls and a 0.6 s budget: three rounds (MIN_CALLS), not six, and no untimed call after the
+    warm-up; the fast runtime beside it stops with it (ratios from the same stretch of time)."""
     clock = FakeClock()
     monkeypatch.setattr(latency.time, "perf_counter", clock)
     fns = {"slow": clock.runner(iter(lambda: 700.0, None)), "fast": clock.runner(iter(lambda: 1.0, None))}
-    out = latency.side_by_side(fns, budget_s=0.6, rounds=6, warmup=3)
-    assert out["slow"].untimed == 1 and out["slow"].iterations == latency.MIN_ITERS  # the warm-up call only
-    assert out["fast"].untimed == 3 + 5  # the warm-up, then one untimed call in each later round
+    done = []
+    out = latency.side_by_side(fns, budget_s=0.6, rounds=6, warmup=3, on_round=lambda d, t: done.append((d, t)))
+    assert out["slow"].untimed == 1 and out["slow"].iterations == latency.MIN_CALLS == 3
+    assert out["slow"].ci95_pct is None and out["slow"].stopped == "budget"  # too few calls for a 95% CI
+    assert out["fast"].untimed == 3 + 2  # the warm-up, then one untimed call in each later round
+    assert done == [(1, 6), (2, 6), (6, 6)]
+    clock.now = 0.0
+    out = latency.side_by_side({"slow": clock.runner(iter(lambda: 700.0, None))}, budget_s=4.2, rounds=6)
+    assert out["slow"].iterations >= latency.MIN_ITERS  # a budget that fits six calls gets them
