@@ -732,7 +732,8 @@ def machine_line(header: dict, end: bool = False) -> str:
     )
     return (
         f"machine: {header['cpu']}, {header['logical_cpus']} logical CPUs, {header['memory_gb']} GB; {load}"
-        f" (1-minute load average on {header['logical_cpus']} CPUs)"
+        f" (1-minute load average on {header['logical_cpus']} CPUs); studio at {header['studio_commit']}, "
+        f"torch {header['versions'].get('torch')}, onnxruntime {header['versions'].get('onnxruntime')}"
     )
 
 
@@ -787,6 +788,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "load_avg_start": _load(),
         "versions": _versions(),
+        "studio_commit": _commit(),
         "optimum_cli": exe,
         "repeats": args.repeats,
         "threads": args.threads,
@@ -838,6 +840,16 @@ def _studio_result_from_pair(s: dict) -> dict:
         "export_peak_bytes": next((x["hwm_bytes"] for x in s["stages"] if x["stage"] == "checker"), None),
         "export_s": s["report"]["export"]["seconds"],
     }
+
+
+def _commit() -> str | None:
+    """The git commit of the studio code the runs import (with "+dirty" when the tree has changes)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "studio"], cwd=REPO, capture_output=True, text=True)
+    except OSError:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if head.returncode == 0 else None
 
 
 def _versions() -> dict:
