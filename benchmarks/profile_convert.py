@@ -1,10 +1,10 @@
 """Where a whole `studio convert` spends its time: py-spy on the run, and `python -X importtime` on start-up.
 
-    python benchmarks/profile.py                         # the real all-MiniLM-L6-v2, 10 sentences
-    python benchmarks/profile.py --model bert-base       # the bert-base-shaped classifier (built and cached)
-    python benchmarks/profile.py --model demo --top 40 --rate 50
-    python benchmarks/profile.py --model PATH --data CSV -- --variants int8   # flags after -- go to convert
-    python benchmarks/profile.py --imports-only          # only the import costs
+    python benchmarks/profile_convert.py                         # the real all-MiniLM-L6-v2, 10 sentences
+    python benchmarks/profile_convert.py --model bert-base       # the bert-base-shaped classifier (built and cached)
+    python benchmarks/profile_convert.py --model demo --top 40 --rate 50
+    python benchmarks/profile_convert.py --model PATH --data CSV -- --variants int8   # flags after -- go to convert
+    python benchmarks/profile_convert.py --imports-only          # only the import costs
 
 1. `py-spy record --format raw --nolineno` samples a child `python -m studio convert ...` (and its
    subprocesses) every 1/rate s; the collapsed stacks (`a;b;c COUNT`) are kept in --out and aggregated here:
@@ -12,6 +12,8 @@
    sample however deep the recursion), its self share the fraction in which it is the innermost frame.
 2. `python -X importtime -m studio --help` (what every CLI start pays before any work): the imports with
    the largest cumulative cost, and the total over the top-level ones.
+Not named profile.py: the script's folder is first on sys.path, and a profile.py there would shadow the
+standard library's `profile` (which cProfile imports, as transformers does) in every script of benchmarks/.
 py-spy comes from PyPI (`pip install py-spy`); it needs to be allowed to ptrace its child (it is, for a
 child it starts itself, unless the container forbids ptrace entirely).
 """
