@@ -795,6 +795,7 @@ def main(argv: list[str] | None = None) -> int:
         "budget_s": args.budget,
     }
     print(machine_line(header) + "\n", flush=True)
+    out = Path(args.json) if args.json else work / "results.json"
     results = []
     for size in [s.strip() for s in args.sizes.split(",") if s.strip()]:
         print(f"== {size}: preparing", file=sys.stderr, flush=True)
@@ -822,9 +823,9 @@ def main(argv: list[str] | None = None) -> int:
         res.update({"pairs": pairs, "comparison": cmp, "optimum_args": m["optimum_args"]})
         results.append(res)
         print(text + "\n\n" + table(res) + "\n", flush=True)
+        out.write_text(json.dumps({"machine": header, "results": results}, indent=2, default=str))  # so far
     header["load_avg_end"] = _load()
     header["seconds"] = round(time.time() - started, 1)
-    out = Path(args.json) if args.json else work / "results.json"
     out.write_text(json.dumps({"machine": header, "results": results}, indent=2, default=str))
     print(machine_line(header, end=True) + f". JSON: {out}")
     return 0
