@@ -10,8 +10,10 @@
    subprocesses) every 1/rate s; the collapsed stacks (`a;b;c COUNT`) are kept in --out and aggregated here:
    a function's inclusive share is the fraction of samples whose stack contains it (counted once per
    sample however deep the recursion), its self share the fraction in which it is the innermost frame.
-2. `python -X importtime -m studio --help` (what every CLI start pays before any work): the imports with
-   the largest cumulative cost, and the total over the top-level ones.
+2. `python -X importtime -m studio --help` (what every CLI start pays before any work) and
+   `python -X importtime -c "import studio.pipeline"` (what `convert` imports before its first stage: torch,
+   transformers, onnx, onnxruntime): the imports with the largest cumulative cost, and the total over the
+   top-level ones.
 Not named profile.py: the script's folder is first on sys.path, and a profile.py there would shadow the
 standard library's `profile` (which cProfile imports, as transformers does) in every script of benchmarks/.
 py-spy comes from PyPI (`pip install py-spy`); it needs to be allowed to ptrace its child (it is, for a
@@ -105,32 +107,41 @@ def record(cmd: list[str], out: Path, rate: int, nonblocking: bool, env: dict) -
     return out.read_text(), wall, proc.returncode
 
 
+# what is timed with -X importtime: the CLI's start (what every command pays) and what `convert` imports
+# before its first stage (the pipeline: torch, transformers, onnx, onnxruntime come in here)
+IMPORT_RUNS = {
+    "python -X importtime -m studio --help": ["-m", "studio", "--help"],
+    'python -X importtime -c "import studio.pipeline"': ["-c", "import studio.pipeline"],
+}
+
+
 def import_costs(env: dict, top: int) -> str:
-    """`python -X importtime -m studio --help`: the imports with the largest cumulative time."""
-    proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "studio", "--help"], env=env, capture_output=True, text=True
-    )
-    rows = []  # (cumulative us, self us, depth, name)
-    for line in proc.stderr.splitlines():
-        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S.*)$", line)
-        if m:
-            rows.append((int(m.group(2)), int(m.group(1)), (len(m.group(3)) - 1) // 2, m.group(4).strip()))
-    total = sum(c for c, _, d, _ in rows if d == 0)
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "studio", "--help"], env=env, capture_output=True)
-    wall = time.perf_counter() - t0
-    lines = [
-        f"`python -X importtime -m studio --help`: {total / 1e6:.2f} s of imports (sum over top-level imports); "
-        f"`python -m studio --help` without -X importtime: {wall:.2f} s wall",
-        "",
-        "| cumulative s | self s | depth | module |",
-        "|---|---|---|---|",
-    ]
-    for c, s, d, name in sorted(rows, reverse=True)[:top]:
-        lines.append(f"| {c / 1e6:.3f} | {s / 1e6:.3f} | {d} | {name} |")
-    top_level = sorted((r for r in rows if r[2] == 0), reverse=True)[:10]
-    lines += ["", "top-level imports: " + ", ".join(f"{n} {c / 1e6:.2f} s" for c, _, _, n in top_level)]
-    return "\n".join(lines)
+    """The imports with the largest cumulative time, for each of IMPORT_RUNS."""
+    out = []
+    for label, args in IMPORT_RUNS.items():
+        proc = subprocess.run([sys.executable, "-X", "importtime", *args], env=env, capture_output=True, text=True)
+        rows = []  # (cumulative us, self us, depth, name)
+        for line in proc.stderr.splitlines():
+            m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S.*)$", line)
+            if m:
+                rows.append((int(m.group(2)), int(m.group(1)), (len(m.group(3)) - 1) // 2, m.group(4).strip()))
+        total = sum(c for c, _, d, _ in rows if d == 0)
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, *args], env=env, capture_output=True)
+        wall = time.perf_counter() - t0
+        lines = [
+            f"`{label}`: {total / 1e6:.2f} s of imports (sum over top-level imports); "
+            f"{wall:.2f} s wall without -X importtime (exit {proc.returncode})",
+            "",
+            "| cumulative s | self s | depth | module |",
+            "|---|---|---|---|",
+        ]
+        for c, s, d, name in sorted(rows, reverse=True)[:top]:
+            lines.append(f"| {c / 1e6:.3f} | {s / 1e6:.3f} | {d} | {name} |")
+        top_level = sorted((r for r in rows if r[2] == 0), reverse=True)[:10]
+        lines += ["", "top-level imports: " + ", ".join(f"{n} {c / 1e6:.2f} s" for c, _, _, n in top_level)]
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:

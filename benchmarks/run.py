@@ -603,9 +603,13 @@ def comparison_table(m: dict, pairs: list[dict], cmp: dict, variants_run: dict |
     opt_cell = (lambda x: f"skipped: {skipped}") if skipped else (lambda x: x)
     lines = [
         f"### {m['name']}: {m['description']}",
-        f"studio convert with its defaults (no variants) vs `optimum-cli export onnx "
-        f"{' '.join(m['optimum_args'] or [])}` (its export + validation), median of {n} paired runs, "
-        f"order alternated; peak RSS = the process tree's",
+        "studio convert with its defaults (no variants) vs "
+        + (
+            f"`optimum-cli export onnx {' '.join(m['optimum_args'])}` (its export + validation)"
+            if m["optimum_args"]
+            else "optimum-cli (skipped for this model)"
+        )
+        + f", median of {n} paired runs, order alternated; peak RSS = the process tree's",
         "",
         "| measure | studio | optimum-cli (whole run) | ratio | target | verdict |",
         "|---|---|---|---|---|---|",
