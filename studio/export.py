@@ -113,8 +113,9 @@ def _export_dynamo(model, args, names, output_names, axes, opset, path: Path, ex
     )
 
 
-def _output_axes(model, args, names, axes) -> list[dict[int, str]]:
-    """Which output dims follow the batch / sequence size: run at size+1 and see what moves."""
+def _output_axes(model, args, names, axes) -> tuple[list[tuple[int, ...]], list[dict[int, str]]]:
+    """Each output's shape at the example size, and which of its dims follow the batch / sequence size:
+    run at size+1 and see what moves."""
     with torch.no_grad():
         base = [tuple(o.shape) for o in model(*args)]
         found: list[dict[int, str]] = [{} for _ in base]
@@ -136,7 +137,7 @@ def _output_axes(model, args, names, axes) -> list[dict[int, str]]:
                 for d, (x, y) in enumerate(zip(b, m)):
                     if x != y:
                         found[k][d] = sym
-    return found
+    return base, found
 
 
 def _has_layer_norm(module: torch.nn.Module) -> bool:
@@ -195,10 +196,12 @@ def file_problem(path: Path, opened: Opened | None = None) -> str | None:
 
 def _export_legacy(model, args, names, output_names, axes, opset, path: Path, external: bool, diag_dir: Path):
     dyn = {n: {ax: sym for ax, sym in a.items()} for n, a in axes.items()}
+    static: dict[str, dict[int, int]] = {}  # output -> {dim: size} for the dims that moved with neither axis
     if axes:
-        for o, found in zip(output_names, _output_axes(model, args, names, axes)):
+        for o, shape, found in zip(output_names, *_output_axes(model, args, names, axes)):
             if found:
                 dyn[o] = found
+            static[o] = {d: int(n) for d, n in enumerate(shape) if d not in found}
     torch.onnx.export(
         model,
         args,
@@ -211,8 +214,26 @@ def _export_legacy(model, args, names, output_names, axes, opset, path: Path, ex
         do_constant_folding=True,
         verbose=False,
     )
+    if static:
+        _pin_output_dims(path, static)
     if external and not external_files(path):
         externalize(path)
+
+
+def _pin_output_dims(path: Path, static: dict[str, dict[int, int]]) -> None:
+    """Write the size of each output dim that moved with neither the batch nor the sequence size (see
+    _output_axes) where the legacy exporter left a made-up symbol (e.g. "Divsentence_embedding_dim_1" for
+    a normalised embedding's 384): the graph then says what it returns. Only the graph is rewritten."""
+    model = onnx.load(str(path), load_external_data=False)
+    changed = False
+    for out in model.graph.output:
+        dims = out.type.tensor_type.shape.dim
+        for d, size in static.get(out.name, {}).items():
+            if d < len(dims) and dims[d].HasField("dim_param"):
+                dims[d].dim_value = size  # clears dim_param (a oneof)
+                changed = True
+    if changed:
+        onnx.save(model, str(path))
 
 
 def externalize(path: Path) -> None:
