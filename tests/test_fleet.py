@@ -266,11 +266,11 @@ def test_ctrl_c_stops_the_running_jobs(tmp_path):
 
     import psutil
 
-    slow_latency = {**fleet_cases.FAST, "latency_budget_s": 120}
+    slow_export = {**fleet_cases.FAST, "exporter": "dynamo"}  # the new exporter: seconds, not ~1 s like the legacy one
     manifest = fleet_cases.write_jsonl(
         tmp_path / "m.jsonl",
-        # a long latency budget: the job is surely still running when SIGINT comes (the export takes ~1 s)
-        [{"name": "demo", "checkpoint": str(demo.checkpoint()), "data": str(demo.sample()), **slow_latency}],
+        # the job is surely still exporting when SIGINT comes
+        [{"name": "demo", "checkpoint": str(demo.checkpoint()), "data": str(demo.sample()), **slow_export}],
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "studio", "batch", str(manifest), "--out", str(tmp_path / "out")],
@@ -280,7 +280,7 @@ def test_ctrl_c_stops_the_running_jobs(tmp_path):
     )
     try:
         for line in proc.stderr:
-            if "latency" in line:
+            if "export" in line:
                 break
         kids = psutil.Process(proc.pid).children(recursive=True)
         assert kids  # the job (and the job server it was forked from)
