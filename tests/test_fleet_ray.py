@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 
 import fleet_cases
 import pytest
@@ -128,13 +129,14 @@ def _job_processes(worker_pid: int) -> list:
 def test_ray_job_cancel_and_errors(cluster):
     import psutil
 
+    started = time.time()
     job = RayJob("selftest", {"action": "sleep", "seconds": 120}, Limits(timeout_s=300), address="local").start()
     jobs = []
 
     def cancel_once_running() -> None:
         while not jobs:
-            if job.pid:
-                jobs.extend(_job_processes(job.pid))
+            if job.pid:  # this job's process: Ray reuses workers, whose fork server may hold older tests' jobs
+                jobs.extend(p for p in _job_processes(job.pid) if p.create_time() >= started - 1)
             threading.Event().wait(0.2)
         job.cancel("stopped by the test")
 
