@@ -185,10 +185,9 @@ def file_problem(path: Path, opened: Opened | None = None) -> str | None:
     checker = check(path)
     if not checker.ok:
         return f"the file fails the onnx checker: {checker.message.splitlines()[0][:400]}"
-    try:
-        session = runtime.cpu_session(path, opened.threads if opened else 1, arena=False)
-    except Exception as e:
-        return f"ONNX Runtime cannot load the file: {first_line(e, 400, with_type=True)}"
+    session, problem = runtime.check_session(path, opened.threads if opened else 1)
+    if problem:
+        return f"ONNX Runtime cannot load the file: {problem}"
     if opened is not None:
         opened.checker, opened.session = checker, session
     return None

@@ -17,7 +17,7 @@ from .report import CheckerInfo, GraphInfo, TensorInfo
 def _dtype(elem_type: int) -> str:
     try:
         return onnx.helper.tensor_dtype_to_np_dtype(elem_type).name
-    except Exception:
+    except (KeyError, ValueError, TypeError):  # no numpy twin (bfloat16, float8, string, undefined): onnx's name
         return onnx.TensorProto.DataType.Name(elem_type).lower()
 
 

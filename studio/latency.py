@@ -30,6 +30,7 @@ import torch
 from . import runtime
 from .confidence import ci_pct, median_ci  # noqa: F401 - median_ci: part of latency's interface
 from .errors import first_line
+from .parity import to_numpy
 from .quiet import quiet
 from .report import LatencyInfo, Timing
 from .sources.base import LoadedModel
@@ -350,7 +351,7 @@ def measure_all(
         for i, (tag, ts) in enumerate(sizes):
             on_round = lambda done, rounds, i=i: say((i + done / rounds) / len(sizes))  # noqa: E731
             _cpu_side_by_side(loaded, first, cpu_sessions, infos, tag, ts, threads, budget_s, on_round)
-            arrays, (batch, seq) = parity_arrays(ts), shape_of(ts)
+            arrays, (batch, seq) = to_numpy(ts), shape_of(ts)
             for name, sess in cuda_sessions.items():
                 _record(infos[name], "ort_cuda", tag, lambda: ort_cuda(sess, arrays, budget_s, batch, seq))  # noqa: B023 - called at once
         cpu_sessions.clear()
@@ -360,10 +361,6 @@ def measure_all(
     for info in infos.values():
         info.machine, info.seconds = dict(span), seconds
     return infos
-
-
-def parity_arrays(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    return {n: t.detach().cpu().numpy() for n, t in tensors.items()}
 
 
 def _open_sessions(targets: dict[str, Target], infos: dict[str, LatencyInfo], threads: int, cuda: bool):
@@ -397,7 +394,7 @@ def _open_sessions(targets: dict[str, Target], infos: dict[str, LatencyInfo], th
 def _cpu_side_by_side(loaded, first, cpu_sessions, infos, tag, ts, threads, budget_s, on_round) -> None:
     """PyTorch (recorded in `first`'s info) and every CPU session, timed side by side at one size."""
     batch, seq = shape_of(ts)
-    arrays = parity_arrays(ts)
+    arrays = to_numpy(ts)
     runners: dict[tuple[str, str], Callable[[], object]] = {(first, "torch_cpu"): _torch_step(loaded, ts)}
     providers = {(first, "torch_cpu"): "torch-cpu"}
     for name, sess in cpu_sessions.items():

@@ -65,15 +65,18 @@ def release_memory() -> None:
         pass
 
 
-def load_error(path: str | Path) -> str | None:
-    """Why ONNX Runtime cannot open `path` on the CPU (its first line), or None when it can. The session
-    is built as the checks build theirs (all optimisations, no arena) and dropped at once."""
+def check_session(path: str | Path, threads: int = 1) -> tuple[ort.InferenceSession | None, str | None]:
+    """(the session, None) when ONNX Runtime opens `path` on the CPU, else (None, why: its first line). The
+    session is built as the checks build theirs (all optimisations, no arena), so they can use it."""
     try:
-        session = cpu_session(path, threads=1, arena=False)
+        return cpu_session(path, threads, arena=False), None
     except Exception as e:
-        return first_line(e, 400, with_type=True)
-    del session
-    return None
+        return None, first_line(e, 400, with_type=True)
+
+
+def load_error(path: str | Path) -> str | None:
+    """Why ONNX Runtime cannot open `path` on the CPU, or None when it can (the session is dropped)."""
+    return check_session(path)[1]
 
 
 @dataclass
@@ -103,7 +106,7 @@ def cuda_session(path: str | Path, threads: int | None = None) -> CudaSession:
 
         if not torch.cuda.is_available():
             return CudaSession(None, "no CUDA device is visible (torch.cuda.is_available() is False)")
-    except Exception:
+    except Exception:  # noqa: BLE001 - torch's CUDA probe itself broke (driver): ORT's own attempt below says why
         pass
     _preload_cuda_libs()
     try:

@@ -210,7 +210,7 @@ def pickle_globals(path: Path, kind: str) -> tuple[list[str], bool]:
                     found.append(arg.replace(" ", ".").replace("\n", "."))
                 elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
                     found.append(f"{strings[-2]}.{strings[-1]}")
-        except Exception:
+        except Exception:  # noqa: BLE001 - hostile bytes: any way pickletools fails means "not a readable pickle"
             ok = False
             break
         if kind not in (TORCH_LEGACY,):
