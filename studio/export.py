@@ -1,8 +1,8 @@
 """torch.onnx.export with the new (torch.export-based) and the legacy (TorchScript) exporter.
 
 `export()` writes one .onnx file (+ .data when the weights are large), reads the opset back
-from the file, and records every attempt. Exporter "auto" tries the new exporter first and
-falls back to the legacy one when it fails, writes another opset than requested, or writes a file
+from the file, and records every attempt. Exporter "auto" tries one exporter first (attempt_order) and
+falls back to the other when it fails, writes another opset than requested, or writes a file
 that the onnx checker rejects or ONNX Runtime cannot load: an attempt only succeeds with a file the
 later stages can open. An attempt known to fail is skipped up front, with the reason recorded.
 """
@@ -21,7 +21,9 @@ import torch
 
 from .artifacts import remove_model
 from .errors import ExportError, OpsetMismatchError, first_line
+from .example import small_inputs, trace_inputs
 from .graph_info import check, external_files
+from .legacy_weights import weights_apart, write_external
 from .quiet import quiet
 from .report import CheckerInfo, ExportAttempt, ExportInfo
 from .sources.base import TABULAR, LoadedModel
@@ -43,11 +45,13 @@ ATTEMPT_ORDER = {
     "torchscript": ("torchscript",),
     "compare": ("dynamo", "torchscript"),
 }  # compare runs every one (studio/compare.py)
-# `auto` on a model with at most this many bytes of weights tries the TorchScript exporter first: on the
-# real all-MiniLM-L6-v2 (90 MB) it exports in ~1.9 s of CPU against ~16 s for the new exporter (measured with
-# torch 2.13, benchmarks/README.md), and its peak, ~4-5x the weights (folded constants and two serialized
-# copies beside the PyTorch weights), stays near 1 GB. Larger models go to the new exporter first (~2.2x).
-TORCHSCRIPT_FIRST_BYTES = EXTERNAL_DATA_BYTES
+# `auto` on a model with at most this many bytes of weights tries the TorchScript exporter first. It is
+# several times faster (torch 2.13, benchmarks/README.md): all-MiniLM-L6-v2 (90 MB) ~1.9 s of CPU against
+# ~16 s for the new exporter; bert-base (440 MB) 6.4 s against ~27 s. Above EXTERNAL_DATA_BYTES its weights
+# go straight to the .data file (studio/legacy_weights.py), so its peak is the PyTorch weights plus the
+# constants it folds (transposed MatMul weights: up to 1x more) -- bert-base 1.07 GB. Past 2 GiB that second
+# copy weighs more than the new exporter's time, which goes first there.
+TORCHSCRIPT_FIRST_BYTES = 2 * 1024**3
 
 
 def dynamic_axes_for(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec) -> dict[str, dict[int, str]]:
@@ -64,17 +68,6 @@ def dynamic_axes_for(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec
         if d:
             out[name] = d
     return out
-
-
-def _example_inputs(tensors: dict[str, torch.Tensor], axes: dict[str, dict[int, str]]) -> dict[str, torch.Tensor]:
-    """torch.export specialises a size-1 dimension to a constant: trace with 2 rows instead of 1.
-
-    Only the example used for tracing changes; parity always runs on the user's real rows.
-    """
-    batch_dynamic = any(0 in a for a in axes.values())
-    if batch_dynamic and all(t.shape[0] == 1 for t in tensors.values()):
-        return {n: t.repeat(2, *([1] * (t.dim() - 1))) for n, t in tensors.items()}
-    return tensors
 
 
 def read_opset(path: Path) -> int | None:
@@ -114,8 +107,19 @@ def _export_dynamo(model, args, names, output_names, axes, opset, path: Path, ex
 
 
 def _output_axes(model, args, names, axes) -> tuple[list[tuple[int, ...]], list[dict[int, str]]]:
-    """Each output's shape at the example size, and which of its dims follow the batch / sequence size:
-    run at size+1 and see what moves."""
+    """Each output's shape at a small example (example.small_inputs; the whole example when the model
+    refuses that size), and which of its dims follow the batch / sequence size: run at size+1 and see what
+    moves."""
+    small = small_inputs(names, args, axes)
+    if any(s.shape != t.shape for s, t in zip(small, args)):
+        try:
+            return _moving_dims(model, small, names, axes)
+        except Exception:  # noqa: BLE001 - e.g. an audio model's convolutions need more samples than that
+            pass
+    return _moving_dims(model, args, names, axes)
+
+
+def _moving_dims(model, args, names, axes) -> tuple[list[tuple[int, ...]], list[dict[int, str]]]:
     with torch.no_grad():
         base = [tuple(o.shape) for o in model(*args)]
         found: list[dict[int, str]] = [{} for _ in base]
@@ -201,18 +205,21 @@ def _export_legacy(model, args, names, output_names, axes, opset, path: Path, ex
             if found:
                 dyn[o] = found
             static[o] = {d: int(n) for d, n in enumerate(shape) if d not in found}
-    torch.onnx.export(
-        model,
-        args,
-        str(path),
-        input_names=names,
-        output_names=output_names,
-        opset_version=opset,
-        dynamo=False,
-        dynamic_axes=dyn or None,
-        do_constant_folding=True,
-        verbose=False,
-    )
+    with weights_apart() if external else contextlib.nullcontext({}) as taken:
+        torch.onnx.export(
+            model,
+            args,
+            str(path),
+            input_names=names,
+            output_names=output_names,
+            opset_version=opset,
+            dynamo=False,
+            dynamic_axes=dyn or None,
+            do_constant_folding=True,
+            verbose=False,
+        )
+    if taken:
+        write_external(path, taken)
     if static:
         _pin_output_dims(path, static)
     if external and not external_files(path):
@@ -276,7 +283,7 @@ class Prepared:
 def prepare(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec, diag_dir: Path) -> Prepared:
     names = list(tensors)
     axes = dynamic_axes_for(loaded, tensors, spec)
-    example = _example_inputs(tensors, axes)
+    example = trace_inputs(tensors, axes)
     diag_dir.mkdir(parents=True, exist_ok=True)
     return Prepared(
         names,

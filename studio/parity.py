@@ -307,7 +307,7 @@ def probe_plan(
     if any(0 in a for a in axes.values()):
         if batch != 1:
             plan.append(("batch", 1, seq))
-        traced = 2 if batch == 1 else batch  # a 1-row sample is traced with 2 rows (export._example_inputs)
+        traced = 2 if batch == 1 else batch  # a 1-row sample is traced with 2 rows (example.trace_inputs)
         plan.append(("batch", next(b for b in (2, 3, 4) if b not in (batch, traced)), seq))
     if seq is not None:
         longer = seq + SEQ_PROBE_STEP

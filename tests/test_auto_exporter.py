@@ -23,7 +23,7 @@ def _spec(**kw) -> ConvertSpec:
 def test_small_models_go_to_torchscript_first_large_ones_and_trusted_code_to_the_new_exporter(monkeypatch):
     small = tabular_model(Honest())
     order, why = export_mod.attempt_order(small, _spec())
-    assert order == ("torchscript", "dynamo") and "0 MB of weights, at most 256 MB" in why
+    assert order == ("torchscript", "dynamo") and "0 MB of weights, at most 2048 MB" in why
     assert export_mod.attempt_order(small, _spec(exporter="dynamo")) == (("dynamo",), None)
     assert export_mod.attempt_order(small, _spec(exporter="compare"))[0] == ("dynamo", "torchscript")
     small.info["trusted_code"] = True  # a .pt2 program or a pickled module: tracing would bake its shapes
