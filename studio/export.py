@@ -170,9 +170,11 @@ def skip_reason(exporter: str, loaded: LoadedModel, spec) -> str | None:
 @dataclass
 class Opened:
     """What proving a written file usable already made, kept for the checks that follow (built once per
-    file): the checker's verdict and the ORT CPU session (no arena, `threads` intra-op threads)."""
+    file): the checker's verdict and the ORT CPU session (`threads` intra-op threads; `arena`: ORT's CPU
+    memory arena on, as the latency stage builds its sessions, so that one session serves both)."""
 
     threads: int
+    arena: bool = False
     checker: CheckerInfo | None = None
     session: object | None = None
 
@@ -189,7 +191,7 @@ def file_problem(path: Path, opened: Opened | None = None) -> str | None:
     checker = check(path)
     if not checker.ok:
         return f"the file fails the onnx checker: {checker.message.splitlines()[0][:400]}"
-    session, problem = runtime.check_session(path, opened.threads if opened else 1)
+    session, problem = runtime.check_session(path, opened.threads if opened else 1, opened.arena if opened else False)
     if problem:
         return f"ONNX Runtime cannot load the file: {problem}"
     if opened is not None:

@@ -135,7 +135,8 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
     model_path = work / "model.onnx"
     # PyTorch's outputs for the sample and every probe size are computed once, whichever files are checked
     checked, comparison = parity_mod.cached_reference(loaded), None
-    opened = export_mod.Opened(spec.threads or runtime.default_threads())  # the kept file's checker + session
+    # the kept file's checker + session; without variants, that session is also the one latency times
+    opened = export_mod.Opened(spec.threads or runtime.default_threads(), arena=not spec.variants)
     if spec.exporter == "compare":  # both exporters' files checked against one PyTorch run, the winner kept
         from . import compare
 
@@ -150,7 +151,8 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
     checks = _check(spec, checked, batch.tensors, model_path, axes, say, opened)
     export_info, checks = _second_opinion(spec, loaded, checked, batch, model_path, axes, export_info, checks, say)
     divergence = _locate(spec, loaded, batch.tensors, model_path, checks, say)
-    variant_infos, latency = _variants_and_latency(spec, loaded, batch.tensors, model_path, axes, work, say)
+    session = checks.pop("session")
+    variant_infos, latency = _variants_and_latency(spec, loaded, batch.tensors, model_path, axes, work, say, session)
 
     report = Report(
         source=loaded.describe(),
@@ -200,6 +202,8 @@ def _second_opinion(spec, loaded, checked, batch, model_path: Path, axes, info: 
     if spec.exporter != "auto" or not failed or not rest:
         return info, checks
     first, fails = info.attempts[-1], f"its file fails {', '.join(failed)}"
+    checks["session"] = None  # not held through another export; latency opens the kept file itself
+    runtime.release_memory()
     say("export", _FRACTION["export"])
     alt = model_path.parent / "second-opinion" / model_path.name
     alt.parent.mkdir()
@@ -214,6 +218,7 @@ def _second_opinion(spec, loaded, checked, batch, model_path: Path, axes, info: 
             return info, checks
         say("checker", _FRACTION["checker"])
         alt_checks = _check(spec, checked, batch.tensors, alt, axes, say, opened)
+        alt_checks["session"] = None  # opened at second-opinion/, which is moved or removed below
         alt_failed = _failed(alt_checks)
         attempts, seconds = info.attempts + other.attempts, round(info.seconds + other.seconds, 2)
         if alt_failed:  # neither passes: the first one's file stays, as auto's order prefers it
@@ -247,21 +252,26 @@ def _joined(*parts: str | None) -> str:
 def _check(spec: ConvertSpec, loaded, tensors, model_path: Path, axes, say: Progress, opened=None) -> dict[str, Any]:
     """The onnx checker, the graph's facts, parity on the sample and the shape probes (one ORT session).
     `opened` (export.Opened): the checker's verdict and the session made when the export proved the file
-    usable, taken instead of making them again (the file has only gained metadata since)."""
+    usable, taken instead of making them again (the file has only gained metadata since). The session is
+    returned too ("session"): without variants, latency times it, warm from parity."""
     checker, session = opened.take() if opened is not None else (None, None)
     checker = checker or inspect_mod.check(model_path)
     graph = inspect_mod.graph_info(model_path)
 
     say("parity", _FRACTION["parity"])
-    # checks run without ORT's memory arena (it never shrinks); latency gets its own default session
-    session = session or runtime.cpu_session(model_path, spec.threads or runtime.default_threads(), arena=False)
+    # with variants the checks run without ORT's memory arena (it never shrinks) and latency makes its own
+    # sessions after the variants are built; without, latency times this one (arena on, as users run it)
+    threads = spec.threads or runtime.default_threads()
+    session = session or runtime.cpu_session(model_path, threads, arena=not spec.variants)
     parity, onnx_outputs = parity_mod.parity(loaded, session, tensors, spec.atol, spec.rtol)
 
     say("shape probe", _FRACTION["shape probe"])
     dynamic = parity_mod.probes(loaded, session, tensors, axes, spec.atol, spec.rtol)
-    del session
-    runtime.release_memory()
-    return {"checker": checker, "graph": graph, "parity": parity, "dynamic": dynamic, "onnx_outputs": onnx_outputs}
+    if spec.variants:
+        session = None
+        runtime.release_memory()
+    checks = {"checker": checker, "graph": graph, "parity": parity, "dynamic": dynamic}
+    return checks | {"onnx_outputs": onnx_outputs, "session": session}
 
 
 def _locate(
@@ -289,10 +299,13 @@ def _locate(
     return found.to_dict() if found else None
 
 
-def _variants_and_latency(spec: ConvertSpec, loaded, tensors, model_path: Path, axes, work: Path, say: Progress):
+def _variants_and_latency(
+    spec: ConvertSpec, loaded, tensors, model_path: Path, axes, work: Path, say: Progress, session=None
+):
     """The variants asked for (built and checked), then PyTorch, model.onnx and every variant timed side by
-    side. Returns (variant infos, model.onnx's latency)."""
-    variant_infos, timed = [], {"model": latency_mod.Target(model_path)}
+    side. Returns (variant infos, model.onnx's latency). `session`: model.onnx's CPU session from the checks,
+    which ran the sample on it (and PyTorch too, for the parity reference): timed as warm at that size."""
+    variant_infos, timed = [], {"model": latency_mod.Target(model_path, cpu_session=session)}
     if spec.variants:
         say("variants", _FRACTION["variants"])
         from . import variants  # optimized / int8 / fp16 artifacts, each checked like model.onnx
@@ -310,6 +323,7 @@ def _variants_and_latency(spec: ConvertSpec, loaded, tensors, model_path: Path, 
         budget_s=spec.latency_budget_s,
         cuda=spec.cuda,
         progress=lambda f: say("latency", _FRACTION["latency"] + span * f),
+        torch_warm=True,  # the parity reference ran the sample (parity.cached_reference)
     )
     if variant_infos:
         variants.attach_latency(variant_infos, measured, measured["model"])

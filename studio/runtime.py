@@ -65,11 +65,13 @@ def release_memory() -> None:
         pass
 
 
-def check_session(path: str | Path, threads: int = 1) -> tuple[ort.InferenceSession | None, str | None]:
+def check_session(
+    path: str | Path, threads: int = 1, arena: bool = False
+) -> tuple[ort.InferenceSession | None, str | None]:
     """(the session, None) when ONNX Runtime opens `path` on the CPU, else (None, why: its first line). The
-    session is built as the checks build theirs (all optimisations, no arena), so they can use it."""
+    session is built as the checks build theirs (all optimisations; no arena unless asked), so they can use it."""
     try:
-        return cpu_session(path, threads, arena=False), None
+        return cpu_session(path, threads, arena=arena), None
     except Exception as e:
         return None, first_line(e, 400, with_type=True)
 

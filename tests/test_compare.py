@@ -274,7 +274,7 @@ def test_auto_reason_when_the_new_exporter_succeeds(tmp_path, monkeypatch):
 
 def test_auto_reason_on_a_small_model_says_why_torchscript_went_first(tmp_path):
     reason = _auto(Honest(), tmp_path).reason
-    assert reason.startswith("torchscript succeeded first (tried first: 0 MB of weights, at most 256 MB")
+    assert reason.startswith("torchscript succeeded first (tried first: 0 MB of weights, at most 2048 MB")
 
 
 def test_auto_reason_when_it_falls_back(tmp_path, monkeypatch):

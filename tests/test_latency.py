@@ -51,7 +51,7 @@ def test_measure_reports_both_batches_same_threads_and_the_machine(report):
     assert lat.torch_cpu.sequence == lat.ort_cpu.sequence and lat.ort_cpu.sequence > 1
     for key in ("torch_cpu", "ort_cpu"):
         t = lat.batch1[key]
-        assert t.batch == 1 and t.threads == 1 and t.iterations >= latency.MIN_ITERS and t.warmup >= 1
+        assert t.batch == 1 and t.threads == 1 and t.iterations >= latency.MIN_CALLS and t.warmup >= 1
     assert lat.ort_cpu.provider == "CPUExecutionProvider" and lat.torch_cpu.provider == "torch-cpu"
     assert lat.machine["logical_cpus"] >= 1 and "load_avg_before" in lat.machine
     assert lat.seconds is not None and lat.seconds > 0
@@ -264,3 +264,36 @@ def test_slow_calls_stay_near_the_budget(monkeypatch):
     clock.now = 0.0
     out = latency.side_by_side({"slow": clock.runner(iter(lambda: 700.0, None))}, budget_s=4.2, rounds=6)
     assert out["slow"].iterations >= latency.MIN_ITERS  # a budget that fits six calls gets them
+
+
+def test_a_warm_runtime_counts_its_first_slow_call_and_discards_a_fast_one(monkeypatch):
+    """`warm`: runtimes that already ran these inputs (parity's session and PyTorch module). A slow first
+    call is timed (its one-time costs are paid); a fast one is still a warm-up, as for the others."""
+    clock = FakeClock()
+    monkeypatch.setattr(latency.time, "perf_counter", clock)
+    fns = {"slow": clock.runner(iter(lambda: 700.0, None)), "fast": clock.runner(iter(lambda: 1.0, None))}
+    out = latency.side_by_side(fns, budget_s=0.6, rounds=6, warmup=3, warm=frozenset(fns))
+    assert out["slow"].untimed == 0 and out["slow"].iterations == latency.MIN_CALLS  # 3 calls in all, not 4
+    assert out["fast"].untimed == 1 + 3 + 2  # the discarded first call, the warm-up, one per later round
+    clock.now = 0.0
+    cold = latency.side_by_side(fns, budget_s=0.6, rounds=6, warmup=3)
+    assert cold["slow"].untimed == 1 and cold["slow"].iterations == latency.MIN_CALLS
+
+
+def test_settle_waits_for_a_spinning_thread_and_not_for_an_idle_process():
+    import threading
+
+    assert latency.settle() < 0.05  # nothing runs: one poll
+    stop = threading.Event()
+
+    def spin():  # ONNX Runtime's pool after a run: a thread burning a core for a while
+        end = time.monotonic() + 0.08
+        while time.monotonic() < end and not stop.is_set():
+            pass
+
+    worker = threading.Thread(target=spin)
+    worker.start()
+    waited = latency.settle(max_s=1.0)
+    stop.set()
+    worker.join()
+    assert 0.05 <= waited < 0.5, waited  # until the spinning stopped, not the whole second
