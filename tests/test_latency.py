@@ -297,3 +297,36 @@ def test_settle_waits_for_a_spinning_thread_and_not_for_an_idle_process():
     stop.set()
     worker.join()
     assert 0.05 <= waited < 0.5, waited  # until the spinning stopped, not the whole second
+
+
+@pytest.mark.parametrize("variants", [(), ("optimized",)])
+def test_the_checks_session_is_timed_only_without_variants(hf_folders, sample_csv, tmp_path, monkeypatch, variants):
+    """Without variants, latency times model.onnx in the session the checks ran the sample on (arena on, the
+    latency's threads), and PyTorch as warm; with variants, that session was dropped before they were built
+    (memory) and latency opens its own, as before."""
+    seen = {}
+    real = latency.measure_all
+
+    def spy(loaded, targets, tensors, **kw):
+        seen["session"] = targets["model"].cpu_session
+        seen["torch_warm"] = kw.get("torch_warm")
+        if seen["session"] is not None:
+            monkeypatch.setattr(runtime, "cpu_session", lambda *a, **k: pytest.fail("a second session for model.onnx"))
+        return real(loaded, targets, tensors, **kw)
+
+    monkeypatch.setattr(latency, "measure_all", spy)
+    spec = ConvertSpec(
+        checkpoint=str(hf_folders["bert"]),
+        data=str(sample_csv),
+        out=str(tmp_path / "o"),
+        exporter="torchscript",
+        latency_budget_s=0.02,
+        variants=variants,
+    )
+    report = convert(spec)
+    assert seen["torch_warm"] is True
+    if variants:
+        assert seen["session"] is None
+    else:
+        assert seen["session"] is not None and seen["session"].get_providers()[0] == runtime.CPU
+    assert report.latency.ort_cpu is not None and report.latency.ort_cpu.iterations >= latency.MIN_CALLS
