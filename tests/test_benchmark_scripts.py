@@ -46,3 +46,29 @@ def test_architectures_benchmark_has_help():
         timeout=120,
     )
     assert out.returncode == 0 and "--types" in out.stdout and "--opsets" in out.stdout
+
+
+def test_ort_files_times_two_files_side_by_side(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    def tiny(name):  # input_ids -> float: Cast then ReduceSum (only inputs the script makes)
+        graph = helper.make_graph(
+            [
+                helper.make_node("Cast", ["input_ids"], ["f"], to=TensorProto.FLOAT),
+                helper.make_node("ReduceSum", ["f"], ["y"]),
+            ],
+            "g",
+            [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["b", "s"])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        )
+        path = tmp_path / name
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+        return str(path)
+
+    script = str(ROOT / "benchmarks" / "ort_files.py")
+    args = [tiny("a.onnx"), tiny("b.onnx"), "--batch", "2", "--tokens", "4", "--budget", "0.2", "--threads", "1"]
+    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| /") and ".onnx |" in line]
+    assert len(rows) == 2 and rows[0].endswith("| 1.00x |")
