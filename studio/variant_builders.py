@@ -15,10 +15,11 @@ How each is built
   models above TRANSFORMERS_OPTIMIZER_MAX_BYTES). When neither fuses anything, ONNX Runtime's own graph
   optimisations (level "extended": no hardware-specific layouts) are applied and saved offline.
   `VariantInfo.method` and `.notes` say which path was taken and what was fused.
-- int8: `onnxruntime.quantization.quantize_dynamic`: int8 weights (per output channel), activations
-  quantized on the fly at run time. For CPU. Built from model.onnx (fp32), whose erf-GELUs are first fused
-  into ONNX Runtime's Gelu contrib op (`_with_fused_gelu`: ONNX Runtime does not fuse the exporter's form
-  itself, and unfused they cost bert-base's int8 a quarter of its time).
+- int8: `studio/int8.py`: int8 weights (per output column), activations quantized on the fly at run time
+  by ONNX Runtime's DynamicQuantizeMatMul, one weight in memory at a time; a graph it finds nothing to
+  quantize in goes to `onnxruntime.quantization.quantize_dynamic`. For CPU. Built from model.onnx (fp32),
+  whose erf-GELUs are first fused into ONNX Runtime's Gelu contrib op (`_fuse_gelu`: ONNX Runtime does not
+  fuse the exporter's form itself, and unfused they cost bert-base's int8 a quarter of its time).
 - fp16: `onnxruntime.transformers` float16 conversion with keep_io_types (inputs and outputs keep
   model.onnx's types, so the same feeds and post-processing work). For CUDA. Built from the optimized
   graph when that variant was built in the same run (fusions first, as ONNX Runtime recommends), else
@@ -249,19 +250,26 @@ def _without_value_info(src: Path) -> Path:
     return tmp
 
 
-def _with_fused_gelu(src: Path) -> tuple[Path | None, int]:
-    """A copy of the graph (beside it, sharing its external data) whose erf-GELUs are one com.microsoft Gelu
-    each (onnxscript's `fuse_erfgelu`), and how many were fused; (None, 0) when there is none to fuse.
+def _fuse_gelu(model) -> int:
+    """Fuse `model`'s (an onnx_ir model) erf-GELUs into one com.microsoft Gelu each (onnxscript's
+    `fuse_erfgelu`), in place; how many.
 
     The exporter writes GELU as x * (0.5 * (1 + erf(x / sqrt 2))); ONNX Runtime's own GeluFusion only knows
     the orders (0.5 * x) * (...) and (x * (...)) * 0.5, so in an int8 graph the five element-wise ops stay
     separate and cost about as much as a third of the quantized matrix products (bert-base: int8 25% faster
-    with them fused). Nothing else is fused: ONNX Runtime folds the bias into the quantized product itself."""
-    import onnx_ir as ir
+    with them fused)."""
     from onnxscript.rewriter.ort_fusions.erfgelu import fuse_erfgelu
 
+    return fuse_erfgelu(model)
+
+
+def _with_fused_gelu(src: Path) -> tuple[Path | None, int]:
+    """A copy of the graph (beside it, sharing its external data) with its erf-GELUs fused (_fuse_gelu), and
+    how many were fused; (None, 0) when there is none to fuse. For quantize_dynamic, which reads a file."""
+    import onnx_ir as ir
+
     model = ir.load(str(src))
-    count = fuse_erfgelu(model)
+    count = _fuse_gelu(model)
     if not count:
         return None, 0
     tmp = src.with_name(f".{src.stem}.gelu.onnx")
@@ -269,7 +277,44 @@ def _with_fused_gelu(src: Path) -> tuple[Path | None, int]:
     return tmp, count
 
 
+def _gelu_notes(gelus: int, why: str | None) -> list[str]:
+    notes = []
+    if gelus:
+        notes.append(
+            f"GELU x{gelus} fused into ONNX Runtime's Gelu contrib op (com.microsoft) before quantizing "
+            "(the exporter's form is not fused by ONNX Runtime itself): this file runs on ONNX Runtime only."
+        )
+    if why:
+        notes.append(f"GELU fusion before quantizing failed ({why}); quantized as exported.")
+    return notes
+
+
 def build_int8(ctx: Context, src: Path, dest: Path) -> Built:
+    """studio/int8.py (one weight at a time: bert-base 0.19 GB peak, 0.8 s); a graph with no constant-weight
+    matrix product for it (convolutions only, say) goes to ONNX Runtime's quantize_dynamic instead."""
+    import onnx_ir as ir
+
+    from . import int8
+
+    model = ir.load(str(src))
+    try:
+        gelus, why = _fuse_gelu(model), None
+    except Exception as e:  # a speed-up only: quantize the graph as exported
+        model, gelus, why = ir.load(str(src)), 0, first_line(e, with_type=True)
+    n = int8.quantize_graph(model)
+    if not n:
+        del model
+        return _int8_by_onnxruntime(ctx, src, dest)
+    int8.save(model, dest, ctx.external)
+    notes = [
+        "Weights int8 (symmetric, one scale per output column), activations quantized at run time inside ONNX "
+        f"Runtime's DynamicQuantizeMatMul (com.microsoft): {n} matrix products quantized, their bias adds "
+        "folded in; products of two activations stay fp32. ONNX Runtime only; meant for CPU."
+    ]
+    return Built(dest, "int8 weights, DynamicQuantizeMatMul (studio/int8.py)", src, notes + _gelu_notes(gelus, why))
+
+
+def _int8_by_onnxruntime(ctx: Context, src: Path, dest: Path) -> Built:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     try:
@@ -292,18 +337,13 @@ def build_int8(ctx: Context, src: Path, dest: Path) -> Built:
             fused.unlink(missing_ok=True)
     quantized = _op_counts(dest)
     n = quantized.get("MatMulInteger", 0) + quantized.get("QAttention", 0) + quantized.get("DynamicQuantizeMatMul", 0)
+    n += quantized.get("ConvInteger", 0)
     notes = [
         f"Weights int8 ({'per channel' if INT8_PER_CHANNEL else 'per tensor'}), activations quantized at run "
-        f"time (dynamic); {n} matrix products quantized. Meant for CPU."
+        f"time (dynamic); {n} operators quantized by ONNX Runtime's quantize_dynamic (no constant-weight "
+        "matrix product for studio/int8.py). Meant for CPU."
     ]
-    if gelus:
-        notes.append(
-            f"GELU x{gelus} fused into ONNX Runtime's Gelu contrib op (com.microsoft) before quantizing "
-            "(the exporter's form is not fused by ONNX Runtime itself): this file runs on ONNX Runtime only."
-        )
-    if why:
-        notes.append(f"GELU fusion before quantizing failed ({why}); quantized as exported.")
-    return Built(dest, "onnxruntime dynamic quantization (int8)", src, notes)
+    return Built(dest, "onnxruntime dynamic quantization (int8)", src, notes + _gelu_notes(gelus, why))
 
 
 def build_fp16(ctx: Context, src: Path, dest: Path) -> Built:

@@ -78,7 +78,8 @@ def test_variant_files_are_what_they_say(all_three):
     # the legacy exporter's graph: onnxruntime.transformers.optimizer fuses attention there
     assert by["optimized"].method == "onnxruntime.transformers.optimizer"
     assert {"Attention", "SkipLayerNormalization"} <= ops(by["optimized"].file)
-    assert "MatMulInteger" in ops(by["int8"].file)
+    assert "DynamicQuantizeMatMul" in ops(by["int8"].file)  # studio/int8.py
+    assert by["int8"].method == "int8 weights, DynamicQuantizeMatMul (studio/int8.py)"
     fp16 = onnx.load(str(out / by["fp16"].file))
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in fp16.graph.initializer)
     # keep_io_types: the same feeds and the same output type as model.onnx
@@ -106,17 +107,18 @@ def test_int8_fuses_the_exporters_gelu_first(hf_folders, sample_csv, tmp_path):
     int8 = report.variants[0]
     graph = onnx.load(str(out / int8.file)).graph
     ops = {(n.domain, n.op_type) for n in graph.node}
-    assert ("com.microsoft", "Gelu") in ops and ("", "Erf") not in ops and ("", "MatMulInteger") in ops
+    assert ("com.microsoft", "Gelu") in ops and ("", "Erf") not in ops
+    assert ("com.microsoft", "DynamicQuantizeMatMul") in ops
     assert int8.ok and "GELU x" in int8.notes and "ONNX Runtime only" in int8.notes
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # no temporary copies left
     assert sorted(p.name for p in (out / "variants").iterdir()) == ["model.int8.onnx"]
 
 
 def test_int8_is_still_built_when_the_gelu_fusion_fails(hf_folders, sample_csv, tmp_path, monkeypatch):
-    def broken(src):
+    def broken(model):
         raise RuntimeError("pattern engine broke")
 
-    monkeypatch.setattr(B, "_with_fused_gelu", broken)
+    monkeypatch.setattr(B, "_fuse_gelu", broken)
     report = convert(
         ConvertSpec(
             checkpoint=str(hf_folders["bert"]),
