@@ -86,7 +86,8 @@ def summary(report: Report) -> str:
         ),
         *_comparison_lines(report.comparison),
         f"checker  {ok(report.checker.ok)}" + ("" if report.checker.ok else f": {shown(report.checker.message)}"),
-        f"parity   {ok(report.parity.ok)} (atol {report.parity.atol:g}, rtol {report.parity.rtol:g})",
+        f"parity   {ok(report.parity.ok)} (atol {report.parity.atol:g}, rtol {report.parity.rtol:g})"
+        + (f": {shown(report.parity.error)}" if report.parity.error else ""),
         table(PARITY_COLUMNS, parity_rows(report.parity)),
         f"dynamic  {ok(report.dynamic.ok if report.dynamic else None)}",
         table(narrow(PROBE_COLUMNS), probe_rows(report.dynamic)),

@@ -21,7 +21,7 @@ import torch
 
 from .artifacts import remove_model
 from .errors import ExportError, OpsetMismatchError, first_line
-from .example import small_inputs, trace_inputs
+from .example import shape_of, small_inputs, trace_inputs
 from .graph_info import check, external_files
 from .legacy_weights import weights_apart, write_external
 from .quiet import quiet
@@ -285,13 +285,14 @@ class Prepared:
 def prepare(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec, diag_dir: Path) -> Prepared:
     names = list(tensors)
     axes = dynamic_axes_for(loaded, tensors, spec)
-    example = trace_inputs(tensors, axes)
+    model = wrap(loaded, names)
+    example = trace_inputs(model, tensors, axes)
     diag_dir.mkdir(parents=True, exist_ok=True)
     return Prepared(
         names,
         axes,
         tuple(example[n] for n in names),
-        wrap(loaded, names),
+        model,
         _weights_bytes(loaded.module) > EXTERNAL_DATA_BYTES,
         diag_dir,
     )
@@ -428,6 +429,7 @@ def export(
             attempts=attempts,
             external_data=bool(external_files(dest)),
             reason=choice_reason(spec, attempts, why_first if order is None else None),
+            traced=shape_of(prep.names, prep.args, prep.axes) if prep.axes else None,
         )
     remove_model(dest)
     prune_diagnostics(prep.diag_dir, attempts)

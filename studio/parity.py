@@ -253,9 +253,13 @@ def parity(
     from .runtime import run
 
     expected = torch_outputs(loaded, tensors)
-    actual = run(session, to_numpy(tensors))
-    diffs = compare(expected, actual, atol, rtol, loaded.output_kinds, real_tokens(loaded, tensors))
     rows = next(iter(tensors.values())).shape[0]
+    try:
+        actual = run(session, to_numpy(tensors))
+    except Exception as e:  # the graph loads but cannot run the real rows (a size baked in at the trace)
+        error = f"ONNX Runtime failed on the sample's {rows} rows: {first_line(e, 400)}"
+        return ParityInfo(False, atol, rtol, [], rows, session.get_providers()[0], error=error), {}
+    diffs = compare(expected, actual, atol, rtol, loaded.output_kinds, real_tokens(loaded, tensors))
     return ParityInfo(all(d.ok for d in diffs), atol, rtol, diffs, rows, session.get_providers()[0]), actual
 
 
@@ -295,20 +299,48 @@ def _max_positions(loaded: LoadedModel) -> int:
 
 
 def probe_plan(
-    loaded: LoadedModel, tensors: dict[str, torch.Tensor], axes: dict[str, dict[int, str]]
+    loaded: LoadedModel,
+    tensors: dict[str, torch.Tensor],
+    axes: dict[str, dict[int, str]],
+    traced: list[int | None] | None = None,
 ) -> list[tuple[str, int, int | None]]:
-    """(axis varied, batch, sequence) for each probe: batch 1, another small batch, a longer and a shorter
-    sequence. Probes prove that a size was not baked in; they need not be big, so they use few rows
-    (PyTorch runs each one too, and on a large model the full sample is seconds per run)."""
+    """(axis varied, batch, sequence) for each probe. Probes prove that a size was not baked in; they need
+    not be big (PyTorch runs each one too, and on a large model the full sample is seconds per run).
+
+    With `traced` ([batch, sequence] the exporter traced, ExportInfo.traced): each probe changes one axis
+    from the traced size: batch 1 and 3, a longer and a shorter sequence; the sample's own size (parity)
+    changes both. Without it, around the sample: batch 1, another small batch, a longer and a shorter
+    sequence (the traced batch avoided)."""
     batch = next(iter(tensors.values())).shape[0]
     seq_inputs = [n for n, a in axes.items() if 1 in a]
     seq = tensors[seq_inputs[0]].shape[1] if seq_inputs else None
+    batch_dynamic = any(0 in a for a in axes.values())
+    if traced is not None:
+        tb, ts = traced[0] or batch, (traced[1] if seq is not None else None) or seq
+        return _plan(loaded, tb, ts, batch_dynamic, (tb,))
+    first = [("batch", 1, seq)] if batch_dynamic and batch != 1 else []
+    avoid = (batch, 2 if batch == 1 else batch)  # a 1-row sample is traced with 2 rows (example.trace_inputs)
+    return first + _around_sample(loaded, batch, seq, batch_dynamic, avoid)
+
+
+def _plan(loaded, tb: int, ts: int | None, batch_dynamic: bool, avoid) -> list[tuple[str, int, int | None]]:
     plan: list[tuple[str, int, int | None]] = []
-    if any(0 in a for a in axes.values()):
-        if batch != 1:
-            plan.append(("batch", 1, seq))
-        traced = 2 if batch == 1 else batch  # a 1-row sample is traced with 2 rows (example.trace_inputs)
-        plan.append(("batch", next(b for b in (2, 3, 4) if b not in (batch, traced)), seq))
+    if batch_dynamic:
+        plan += [("batch", b, ts) for b in (1, next(b for b in (3, 4, 5) if b not in avoid)) if b != tb]
+    if ts is not None:
+        longer = ts + SEQ_PROBE_STEP
+        plan.append(("sequence", tb, longer if longer <= _max_positions(loaded) else max(2, ts // 2)))
+        if ts > 2:
+            plan.append(("sequence", tb, max(2, ts - 2)))
+    return plan
+
+
+def _around_sample(
+    loaded, batch: int, seq: int | None, batch_dynamic: bool, avoid
+) -> list[tuple[str, int, int | None]]:
+    plan: list[tuple[str, int, int | None]] = []
+    if batch_dynamic:
+        plan.append(("batch", next(b for b in (2, 3, 4) if b not in avoid), seq))
     if seq is not None:
         longer = seq + SEQ_PROBE_STEP
         plan.append(("sequence", min(batch, 2), longer if longer <= _max_positions(loaded) else max(2, seq // 2)))
@@ -335,8 +367,10 @@ def probes(
     atol: float,
     rtol: float,
     judge=None,
+    traced: list[int | None] | None = None,
 ) -> DynamicInfo:
-    """Run PyTorch and ORT at other sizes; a baked dimension fails naming the input and axis.
+    """Run PyTorch and ORT at other sizes (probe_plan; `traced`: the size the exporter traced); a baked
+    dimension fails naming the input and axis.
 
     judge(expected, actual, mask) -> list[OutputDiff]: the verdict rule (default: `compare` with atol / rtol;
     a variant passes its own, e.g. the cosine rule for int8 embeddings)."""
@@ -347,8 +381,8 @@ def probes(
         return DynamicInfo(ok=None, probes=[], requested=requested)
     fixed = _fixed_dims(session, axes)
     results: list[Probe] = []
-    for axis, b, s in probe_plan(loaded, tensors, axes):
-        inputs = resize(loaded, tensors, batch=b, sequence=s if axis == "sequence" else None)
+    for axis, b, s in probe_plan(loaded, tensors, axes, traced):
+        inputs = resize(loaded, tensors, batch=b, sequence=s if axis == "sequence" or traced is not None else None)
         seq_used = next((t.shape[1] for n, t in inputs.items() if 1 in axes.get(n, {})), None)
         try:
             expected = torch_outputs(loaded, inputs)

@@ -148,7 +148,7 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
     runtime.release_memory()  # the exporter's intermediate graphs are garbage now
 
     say("checker", _FRACTION["checker"])
-    checks = _check(spec, checked, batch.tensors, model_path, axes, say, opened)
+    checks = _check(spec, checked, batch.tensors, model_path, axes, say, opened, export_info.traced)
     export_info, checks = _second_opinion(spec, loaded, checked, batch, model_path, axes, export_info, checks, say)
     divergence = _locate(spec, loaded, batch.tensors, model_path, checks, say)
     session = checks.pop("session")
@@ -217,7 +217,7 @@ def _second_opinion(spec, loaded, checked, batch, model_path: Path, axes, info: 
             info.reason += f"; {fails}, and {'/'.join(rest)} failed: {e.message}"
             return info, checks
         say("checker", _FRACTION["checker"])
-        alt_checks = _check(spec, checked, batch.tensors, alt, axes, say, opened)
+        alt_checks = _check(spec, checked, batch.tensors, alt, axes, say, opened, other.traced)
         alt_checks["session"] = None  # opened at second-opinion/, which is moved or removed below
         alt_failed = _failed(alt_checks)
         attempts, seconds = info.attempts + other.attempts, round(info.seconds + other.seconds, 2)
@@ -249,7 +249,9 @@ def _joined(*parts: str | None) -> str:
     return "; ".join(p for p in parts if p)
 
 
-def _check(spec: ConvertSpec, loaded, tensors, model_path: Path, axes, say: Progress, opened=None) -> dict[str, Any]:
+def _check(
+    spec: ConvertSpec, loaded, tensors, model_path: Path, axes, say: Progress, opened=None, traced=None
+) -> dict[str, Any]:
     """The onnx checker, the graph's facts, parity on the sample and the shape probes (one ORT session).
     `opened` (export.Opened): the checker's verdict and the session made when the export proved the file
     usable, taken instead of making them again (the file has only gained metadata since). The session is
@@ -266,7 +268,7 @@ def _check(spec: ConvertSpec, loaded, tensors, model_path: Path, axes, say: Prog
     parity, onnx_outputs = parity_mod.parity(loaded, session, tensors, spec.atol, spec.rtol)
 
     say("shape probe", _FRACTION["shape probe"])
-    dynamic = parity_mod.probes(loaded, session, tensors, axes, spec.atol, spec.rtol)
+    dynamic = parity_mod.probes(loaded, session, tensors, axes, spec.atol, spec.rtol, traced=traced)
     if spec.variants:
         session = None
         runtime.release_memory()
@@ -280,8 +282,8 @@ def _locate(
     """Where ONNX Runtime first leaves PyTorch (studio.locate): when parity or a shape probe failed, or on
     request (--locate); None otherwise. report.json's `divergence`; it does not change the verdict."""
     parity, dynamic = checks["parity"], checks["dynamic"]
-    if not (spec.locate or not parity.ok or dynamic.ok is False):
-        return None
+    if not (spec.locate or not parity.ok or dynamic.ok is False) or parity.error:
+        return None  # nothing failed; or ONNX Runtime cannot run the rows at all (parity.error says why)
     say("locate", _FRACTION["locate"])
     from . import locate  # its hooks keep every module's outputs: only imported when it runs
 

@@ -36,6 +36,8 @@ class ExportInfo:
     # why this exporter's file was kept, e.g. "dynamo succeeded first", "dynamo failed: ...; fell back to
     # torchscript", or the comparison's verdict (--exporter compare)
     reason: str = ""
+    # [batch, sequence] the exporter traced along the dynamic axes (studio/example.py); None: static
+    traced: list[int | None] | None = None
 
 
 @dataclass
@@ -133,6 +135,7 @@ class ParityInfo:
     outputs: list[OutputDiff]
     rows: int = 0
     provider: str = "CPUExecutionProvider"
+    error: str | None = None  # why there is no difference to show (ONNX Runtime could not run the rows)
 
 
 @dataclass

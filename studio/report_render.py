@@ -381,7 +381,8 @@ def _summary_lines(r: Report) -> list[str]:
         f"- Checker: {_mark(r.checker.ok if r.checker else None)}"
         + (f" — {r.checker.message}" if r.checker and not r.checker.ok else ""),
         f"- Parity: {_mark(r.parity.ok if r.parity else None)}"
-        + (f" (atol {r.parity.atol:g}, rtol {r.parity.rtol:g}, {r.parity.rows} rows)" if r.parity else ""),
+        + (f" (atol {r.parity.atol:g}, rtol {r.parity.rtol:g}, {r.parity.rows} rows)" if r.parity else "")
+        + (f": {r.parity.error}" if r.parity and r.parity.error else ""),
         f"- Dynamic dimensions: {_mark(r.dynamic.ok if r.dynamic else None)}",
         f"- Total time: {r.seconds:.1f} s",
         "",

@@ -71,12 +71,15 @@ def test_a_traced_file_that_fails_parity_is_replaced_by_the_new_exporters(rows, 
 
 
 def test_when_both_files_fail_the_first_one_stays(rows, tmp_path, monkeypatch):
-    report, out = _convert(Baked(), rows, tmp_path, monkeypatch)  # int() of the batch size: baked by both
+    # int() of the batch size: baked by both; traced with 2 of the 4 rows, so the real rows fail too
+    report, out = _convert(Baked(), rows, tmp_path, monkeypatch)
     first, second = report.export.attempts
-    assert first.ok and first.note == "its file fails dynamic" and report.export.exporter == "torchscript"
-    assert (second.exporter, second.ok, second.error) == ("dynamo", False, "its file fails dynamic too: not kept")
-    assert report.export.reason.endswith("; its file fails dynamic, and dynamo's fails dynamic: kept torchscript's")
-    assert not report.ok and report.failed_checks == ["dynamic"]
+    fails = "parity, dynamic"
+    assert first.ok and first.note == f"its file fails {fails}" and report.export.exporter == "torchscript"
+    assert (second.exporter, second.ok, second.error) == ("dynamo", False, f"its file fails {fails} too: not kept")
+    assert report.export.reason.endswith(f"; its file fails {fails}, and dynamo's fails {fails}: kept torchscript's")
+    assert not report.ok and report.failed_checks == ["parity", "dynamic"]
+    assert report.parity.error.startswith("ONNX Runtime failed on the sample's 4 rows")
     props = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
     assert props["studio.exporter"] == "torchscript" and not (out / "second-opinion").exists()
 
@@ -88,11 +91,11 @@ def test_when_the_other_exporter_cannot_export_the_first_file_stays(rows, tmp_pa
     monkeypatch.setitem(export_mod.EXPORT_FUNCTIONS, "dynamo", broken)
     report, out = _convert(Baked(), rows, tmp_path, monkeypatch)
     first, second = report.export.attempts
-    assert first.ok and first.note == "its file fails dynamic" and report.export.exporter == "torchscript"
+    assert first.ok and first.note == "its file fails parity, dynamic" and report.export.exporter == "torchscript"
     assert not second.ok and "no graph today" in second.error
     assert report.export.reason.startswith("torchscript succeeded first (tried first:")
-    assert "its file fails dynamic, and dynamo failed: " in report.export.reason
-    assert not report.ok and report.failed_checks == ["dynamic"] and (out / "model.onnx").exists()
+    assert "its file fails parity, dynamic, and dynamo failed: " in report.export.reason
+    assert not report.ok and report.failed_checks == ["parity", "dynamic"] and (out / "model.onnx").exists()
 
 
 def test_a_file_that_passes_is_never_second_guessed(rows, tmp_path, monkeypatch):

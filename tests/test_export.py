@@ -83,11 +83,13 @@ def _export(module, tmp_path, **kw):
 def test_baked_batch_dimension_is_caught_and_named(tmp_path):
     loaded, s, path, info = _export(Baked(), tmp_path, exporter="torchscript")
     sess = runtime.cpu_session(path)
-    p, _ = parity.parity(loaded, sess, X, ATOL, RTOL)
-    assert p.ok  # at the sample's own size everything matches...
+    assert info.traced == [2, None]  # 2 of the sample's 4 rows (studio/example.py)
+    p, outputs = parity.parity(loaded, sess, X, ATOL, RTOL)
+    assert p.ok is False and outputs == {} and p.outputs == []  # the real rows already fail, and say why...
+    assert p.error.startswith("ONNX Runtime failed on the sample's 4 rows: ")
     axes = export_mod.dynamic_axes_for(loaded, X, s)
-    dyn = parity.probes(loaded, sess, X, axes, ATOL, RTOL)
-    assert dyn.ok is False  # ...but a different batch size does not
+    dyn = parity.probes(loaded, sess, X, axes, ATOL, RTOL, traced=info.traced)
+    assert dyn.ok is False  # ...and so does a batch one away from the traced one
     failed = [pr for pr in dyn.probes if not pr.ok]
     assert failed and all(pr.changed == "batch" for pr in failed)
     assert "batch" in failed[0].message and "ONNX Runtime failed" in failed[0].message

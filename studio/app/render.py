@@ -86,7 +86,8 @@ def verdict_html(report: Report) -> str:
     p = report.parity
     if p is not None:
         worst = worst_diff(p.outputs)  # NaN when a non-finite value makes the difference unknown
-        tile("parity", "Parity", p.ok, f"max |Δ| {_fmt(worst)} · atol {p.atol:g}, rtol {p.rtol:g}")
+        shown = esc(p.error[:160]) if p.error else f"max |Δ| {_fmt(worst)} · atol {p.atol:g}, rtol {p.rtol:g}"
+        tile("parity", "Parity", p.ok, shown)
     else:
         tile("parity", "Parity", False, "did not run")
     d = report.dynamic
