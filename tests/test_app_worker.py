@@ -84,6 +84,20 @@ def test_cancel_from_another_thread_kills_the_process():
     assert e.value.reason == "cancelled" and _gone(job.pid)
 
 
+def test_a_job_nobody_waits_for_any_more_ends_itself():
+    """The owner closes its end of the pipe without killing the job (interrupted before it knew the pid, or
+    killed outright): the job's watchdog takes its process group down, long before its 60 s sleep ends."""
+    job = Job("selftest", {"action": "sleep", "seconds": 60}, Limits(timeout_s=120)).start()
+    child = psutil.Process(job.pid)
+    time.sleep(1.0)  # running, sleeping
+    assert child.is_running()
+    job._conn.close()  # no kill(): only the reader goes away
+    deadline = time.monotonic() + 15
+    while not _gone(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _gone(child.pid)
+
+
 def test_preview_and_convert_the_demo(tmp_path):
     prev = run_job(
         "preview", {"checkpoint": str(DEMO / "demo_model.pt"), "data": str(DEMO / "sample.csv"), "spec": None}
