@@ -26,6 +26,7 @@ from typing import Any
 
 from .errors import StudioError
 from .report import map_leaves
+from .watchdog import die_with_reader
 
 Progress = Callable[[str, float], None]
 Task = Callable[[dict[str, Any], Progress], Any]
@@ -375,30 +376,6 @@ def is_oom(e: BaseException) -> bool:
     )
 
 
-def _die_with_reader(conn) -> None:
-    """Kill this job's process group once the reading end of its pipe is closed: nobody is waiting for the
-    result any more. The owner normally kills the job itself (Job.kill); this covers an owner interrupted
-    before it knew the job's pid (a Ray cancel's KeyboardInterrupt inside `Process.start`) or killed outright.
-    A pipe's writing end reports POLLERR once its reader is gone; a daemon thread waits for that."""
-    import select
-    import threading
-
-    if not hasattr(select, "poll"):
-        return
-    poller = select.poll()
-    poller.register(conn.fileno(), 0)  # POLLERR / POLLHUP are reported whatever the mask
-
-    def watch() -> None:
-        while True:
-            events = [ev for _, ev in poller.poll()]
-            if any(ev & select.POLLNVAL for ev in events):
-                return  # this process closed its own end: it is finishing
-            if any(ev & (select.POLLERR | select.POLLHUP) for ev in events):
-                os.killpg(os.getpgid(0), signal.SIGKILL)
-
-    threading.Thread(target=watch, name="studio-job-watchdog", daemon=True).start()
-
-
 def _child_main(
     name: str, task: Task, payload: dict[str, Any], conn, memory_bytes: int | None, preloaded: tuple[str, ...] = ()
 ) -> None:
@@ -407,7 +384,7 @@ def _child_main(
     except OSError:
         pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C on the server stops the server, which kills us
-    _die_with_reader(conn)
+    die_with_reader(conn)
     label = payload.get("label", name)
     for k in FORWARD_ENV:  # e.g. the operator's --plugin list, as the server has it now
         os.environ.pop(k, None)
