@@ -279,6 +279,9 @@ def test_ctrl_c_stops_the_running_jobs(tmp_path, hf_folders, sample_csv):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as in a terminal: a SIGINT ignored by this test process (something earlier in the suite may
+        # leave it so) would be inherited, and Python then never turns it into KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         for line in proc.stderr:
