@@ -22,7 +22,7 @@ TRACE_ROWS = 2  # rows along a dynamic batch axis
 TRACE_TOKENS = 16  # positions along a dynamic sequence axis
 
 
-def _cut(size: int, symbol: str) -> int:
+def _cut(symbol: str) -> int:
     return max(2, TRACE_ROWS if symbol == "batch" else TRACE_TOKENS)
 
 
@@ -34,8 +34,8 @@ def small_inputs(
     out = []
     for name, t in zip(names, args):
         for ax, sym in axes.get(name, {}).items():
-            if _cut(t.shape[ax], sym) < t.shape[ax]:
-                t = t.narrow(ax, 0, _cut(t.shape[ax], sym))
+            if _cut(sym) < t.shape[ax]:
+                t = t.narrow(ax, 0, _cut(sym))
         out.append(t.contiguous())
     return tuple(out)
 
@@ -63,7 +63,7 @@ def trace_inputs(
     return _two_rows(tensors, axes)
 
 
-def shape_of(names: list[str], args: tuple[torch.Tensor, ...], axes: dict[str, dict[int, str]]) -> list[int | None]:
+def traced_shape(names: list[str], args: tuple[torch.Tensor, ...], axes: dict[str, dict[int, str]]) -> list[int | None]:
     """[batch, sequence] of an example along its dynamic axes (None where no input has that axis)."""
     found: dict[str, int] = {}
     for name, t in zip(names, args):

@@ -21,7 +21,7 @@ import torch
 
 from .artifacts import remove_model
 from .errors import ExportError, OpsetMismatchError, first_line
-from .example import shape_of, small_inputs, trace_inputs
+from .example import small_inputs, trace_inputs, traced_shape
 from .graph_info import check, external_files
 from .legacy_weights import weights_apart, write_external
 from .quiet import quiet
@@ -429,7 +429,7 @@ def export(
             attempts=attempts,
             external_data=bool(external_files(dest)),
             reason=choice_reason(spec, attempts, why_first if order is None else None),
-            traced=shape_of(prep.names, prep.args, prep.axes) if prep.axes else None,
+            traced=traced_shape(prep.names, prep.args, prep.axes) if prep.axes else None,
         )
     remove_model(dest)
     prune_diagnostics(prep.diag_dir, attempts)

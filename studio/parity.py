@@ -327,12 +327,16 @@ def _plan(loaded, tb: int, ts: int | None, batch_dynamic: bool, avoid) -> list[t
     plan: list[tuple[str, int, int | None]] = []
     if batch_dynamic:
         plan += [("batch", b, ts) for b in (1, next(b for b in (3, 4, 5) if b not in avoid)) if b != tb]
-    if ts is not None:
-        longer = ts + SEQ_PROBE_STEP
-        plan.append(("sequence", tb, longer if longer <= _max_positions(loaded) else max(2, ts // 2)))
-        if ts > 2:
-            plan.append(("sequence", tb, max(2, ts - 2)))
-    return plan
+    return plan + _sequence_probes(loaded, ts, tb, tb)
+
+
+def _sequence_probes(loaded, seq: int | None, longer_rows: int, shorter_rows: int) -> list[tuple[str, int, int | None]]:
+    """A sequence SEQ_PROBE_STEP tokens longer (half as long past the model's positions), and one 2 shorter."""
+    if seq is None:
+        return []
+    longer = seq + SEQ_PROBE_STEP
+    plan = [("sequence", longer_rows, longer if longer <= _max_positions(loaded) else max(2, seq // 2))]
+    return plan + ([("sequence", shorter_rows, max(2, seq - 2))] if seq > 2 else [])
 
 
 def _around_sample(
@@ -341,12 +345,7 @@ def _around_sample(
     plan: list[tuple[str, int, int | None]] = []
     if batch_dynamic:
         plan.append(("batch", next(b for b in (2, 3, 4) if b not in avoid), seq))
-    if seq is not None:
-        longer = seq + SEQ_PROBE_STEP
-        plan.append(("sequence", min(batch, 2), longer if longer <= _max_positions(loaded) else max(2, seq // 2)))
-        if seq > 2:
-            plan.append(("sequence", 1, max(2, seq - 2)))
-    return plan
+    return plan + _sequence_probes(loaded, seq, min(batch, 2), 1)
 
 
 def _fixed_dims(session: ort.InferenceSession, axes: dict[str, dict[int, str]]) -> list[tuple[str, str]]:

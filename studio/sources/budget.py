@@ -108,7 +108,7 @@ def _itemsize(storage_type) -> int:
         import torch
 
         return torch.storage._get_dtype_from_pickle_storage_type(name).itemsize
-    except Exception:
+    except Exception:  # noqa: BLE001 - torch's private lookup, any failure: unknown storage type
         return 1  # unknown storage type: the weights-only unpickler refuses it anyway
 
 

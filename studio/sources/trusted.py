@@ -200,7 +200,7 @@ class ProgramAdapter:
 def _output_count_ts(module) -> int | None:
     try:
         ret = module.forward.schema.returns
-    except Exception:
+    except Exception:  # noqa: BLE001 - a scripted module without a readable schema: count unknown
         return None
     if len(ret) != 1:
         return len(ret) or None
@@ -232,7 +232,7 @@ def _dry_run(module, inputs: list[ModelInput], keyword: bool, params: list[str])
             if keyword:
                 return module(**{p: named[i.name] for p, i in zip(params, inputs)})
             return module(*[named[i.name] for i in inputs])
-    except Exception:
+    except Exception:  # noqa: BLE001 - a trial call of the operator's trusted code: any failure means "unknown"
         return None
 
 
