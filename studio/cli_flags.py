@@ -156,7 +156,7 @@ CONVERT_FLAGS = (
     flag("--threads", "intra-op threads for PyTorch and ORT (default: cores)", type=int, default=default("threads")),
     flag(
         "--latency-budget",
-        "time budget per latency measurement (default {default})",
+        "seconds per runtime and batch size for latency, warm-ups included (default {default})",
         type=float,
         default=default("latency_budget_s"),
         metavar="SECONDS",

@@ -221,7 +221,7 @@ def measure_all(
 ) -> dict[str, LatencyInfo]:
     """PyTorch eager and every target, at the sample's batch and at batch 1; one LatencyInfo per target,
     PyTorch's numbers in the first one's. On CPU all of them are timed side by side (`side_by_side`), so
-    the speedups hold on a machine whose speed drifts; each gets at most `budget_s` of timed calls, less
+    the speedups hold on a machine whose speed drifts; each gets at most `budget_s` of wall time (warm-ups and waits included), less
     once every median is known within PRECISION. PyTorch runs with transformers' default attention
     (`users_attention`; LatencyInfo.torch_attention says which). CUDA runs (ORT with IO binding, then
     PyTorch) are timed one after another, only with sessions that really run on CUDA. A measurement that

@@ -70,8 +70,11 @@ def side_by_side(
 ) -> dict[Any, Stats | BaseException]:
     """Time several callables against each other, in up to `rounds` alternating rounds.
 
-    In each round every callable in turn gets a block of budget_s / rounds seconds of timed calls (at
-    least ceil(min_iters / rounds), at most max_iters / rounds). A block starts with untimed calls: the
+    In each round every callable in turn gets a block of budget_s / rounds seconds of wall time: the wait
+    for idle threads (`settle`), its untimed calls and its timed calls all count (at least
+    ceil(min_iters / rounds) timed calls, at most max_iters / rounds), so `budget_s` is what a callable
+    costs, not only what it reports (a fast model's warm-ups and waits once added ~45% to its budget: MiniLM,
+    measured). A block starts with untimed calls: the
     warm-up in the first round, one call in later rounds (the callable before it may have left threads
     spinning and caches cold) unless its calls take SLOW_CALL_MS or more: there a cold start is a small
     part of one call, and an untimed call would cost as much as a timed one. A slow drift of the machine's speed then hits every callable alike, so
@@ -93,12 +96,13 @@ def side_by_side(
     for r in range(rounds):
         for key, fn in fns.items():
             if key not in failed:
+                deadline = time.perf_counter() + block  # the block's wall time: its wait and untimed calls count
                 if len(fns) > 1:
                     settle()
                 try:
                     if r == 0 and key in warm:
                         untimed[key] += _warm_start(fn, samples[key])
-                    untimed[key] += _block(fn, samples[key], r, warmup, block, per_block, cap, per_round, key)
+                    untimed[key] += _block(fn, samples[key], r, warmup, deadline, per_block, cap, per_round, key)
                 except Exception as e:
                     failed[key] = e
         if r == 0:
@@ -147,18 +151,20 @@ def _warm_start(fn, times: list[float]) -> int:
     return 1
 
 
-def _block(fn, times: list[float], r: int, warmup: int, block: float, per_block: int, cap: int, per_round, key) -> int:
-    """One callable's block of round r: its untimed calls (returned), then timed calls appended to `times`."""
+def _block(
+    fn, times: list[float], r: int, warmup: int, deadline: float, per_block: int, cap: int, per_round, key
+) -> int:
+    """One callable's block of round r, until `deadline` (perf_counter): its untimed calls (returned), then
+    timed calls appended to `times` (at least per_block of them, at most cap)."""
     if r == 0 and not times:
-        warm = _warm_up(fn, warmup, block)
+        warm = _warm_up(fn, warmup, max(0.0, deadline - time.perf_counter()))
     elif r == 0:  # a slow first call already timed (_warm_start): it is this block's first call
         warm = 0
     elif float(np.median(times)) < SLOW_CALL_MS:  # a slow call shrugs off a cold start
         warm = _warm_up(fn, 1, 0)
     else:
         warm = 0
-    n = len(times) if r == 0 else 0  # a warm start's timed call counts in round 0's block, and its time
-    deadline = time.perf_counter() + block - sum(times) / 1000.0 * (r == 0)
+    n = len(times) if r == 0 else 0  # a warm start's timed call counts in round 0's block
     while n < cap and (n < per_block or time.perf_counter() < deadline):
         t0 = time.perf_counter()
         fn()

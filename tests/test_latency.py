@@ -330,3 +330,13 @@ def test_the_checks_session_is_timed_only_without_variants(hf_folders, sample_cs
     else:
         assert seen["session"] is not None and seen["session"].get_providers()[0] == runtime.CPU
     assert report.latency.ort_cpu is not None and report.latency.ort_cpu.iterations >= latency.MIN_CALLS
+
+
+def test_the_budget_is_wall_time_with_the_untimed_calls_inside_it(monkeypatch):
+    """`budget_s` is what a runtime costs: the warm-up and each later round's untimed call come out of its
+    blocks, so 10 ms calls in a 0.6 s budget make 60 calls in all (7 + 5 * 9 timed), not 60 timed plus 8."""
+    clock = FakeClock()
+    monkeypatch.setattr(latency.time, "perf_counter", clock)
+    out = latency.side_by_side({"a": clock.runner(iter(lambda: 10.0, None))}, budget_s=0.6, rounds=6, warmup=3)
+    assert out["a"].untimed == 3 + 5 and out["a"].iterations == 7 + 5 * 9
+    assert clock.now == pytest.approx(0.6)
