@@ -220,8 +220,12 @@ def measure_all(
     torch_warm: bool = False,
 ) -> dict[str, LatencyInfo]:
     """PyTorch eager and every target, at the sample's batch and at batch 1; one LatencyInfo per target,
-    PyTorch's numbers in the first one's. On CPU all of them are timed side by side (`side_by_side`), so
-    the speedups hold on a machine whose speed drifts; each gets at most `budget_s` of wall time (warm-ups and waits included), less
+    each with the PyTorch run it was timed beside. On CPU every file is timed side by side with PyTorch
+    (`side_by_side`), one file at a time: its session is opened, timed and released before the next
+    file's, so memory holds PyTorch's weights and one ONNX file's, never every file's (bert-base with int8:
+    1.67 GB with all sessions open at once). A file's speedup over PyTorch is then measured within one
+    stretch of time, so it holds on a machine whose speed drifts; a ratio between two files goes through
+    PyTorch (variants.attach_latency). Each runtime gets at most `budget_s` of wall time per size, less
     once every median is known within PRECISION. PyTorch runs with transformers' default attention
     (`users_attention`; LatencyInfo.torch_attention says which). CUDA runs (ORT with IO binding, then
     PyTorch) are timed one after another, only with sessions that really run on CUDA. A measurement that
@@ -233,27 +237,42 @@ def measure_all(
     started, before = time.perf_counter(), machine()
     infos = {name: LatencyInfo(threads=threads, budget_s=budget_s) for name in targets}
     first = next(iter(targets))
-    cpu_sessions, cuda_sessions = _open_sessions(targets, infos, threads, cuda)
     sizes = _sizes(tensors)
     say = progress or (lambda fraction: None)
     with users_attention(loaded.module) as attention:
-        infos[first].torch_attention = attention
-        for i, (tag, ts) in enumerate(sizes):
-            on_round = lambda done, rounds, i=i: say((i + done / rounds) / len(sizes))  # noqa: E731
-            warm = _warm_keys(first, targets, torch_warm) if not tag else frozenset()
-            _cpu_side_by_side(loaded, first, cpu_sessions, infos, tag, ts, threads, budget_s, on_round, warm)
-            arrays, (batch, seq) = to_numpy(ts), shape_of(ts)
-            for name, sess in cuda_sessions.items():
-                _record(infos[name], "ort_cuda", tag, lambda: ort_cuda(sess, arrays, budget_s, batch, seq))  # noqa: B023 - called at once
-        cpu_sessions.clear()
-        for target in targets.values():
-            target.cpu_session = None  # a session handed over is released with the ones made here
-        runtime.release_memory()
+        for n, (name, target) in enumerate(targets.items()):
+            infos[name].torch_attention = attention
+            step = lambda f, n=n: say((n + f) / len(targets))  # noqa: E731 - f: the fraction of this file's rounds
+            # PyTorch is warm for every file after the first: it has just run these very tensors
+            warm = torch_warm or n > 0
+            _time_one_file(loaded, name, target, infos[name], sizes, threads, budget_s, cuda, step, warm, n == 0)
         _torch_cuda_all(loaded, infos[first], sizes, budget_s, cuda)
     span, seconds = _machine_span(before), round(time.perf_counter() - started, 2)
     for info in infos.values():
         info.machine, info.seconds = dict(span), seconds
     return infos
+
+
+def _time_one_file(loaded, name, target, info, sizes, threads, budget_s, cuda, step, torch_warm, main) -> None:
+    """One ONNX file beside PyTorch at every size (CPU side by side, then ORT CUDA), its sessions released
+    after. A file that cannot run on CPU is not timed there, nor PyTorch beside it, unless it is the `main`
+    file, whose info holds PyTorch's figures for the report (`step(fraction)`: progress)."""
+    runtime.release_memory()  # the variants' build leftovers (0.18 GB on bert-base) before a session opens
+    cpu_sessions, cuda_sessions = _open_sessions({name: target}, {name: info}, threads, cuda)
+    try:
+        for i, (tag, ts) in enumerate(sizes):
+            on_round = lambda done, rounds, i=i: step((i + done / rounds) / len(sizes))  # noqa: E731
+            warm = _warm_keys(name, {name: target}, torch_warm) if not tag else frozenset()
+            if cpu_sessions or main:
+                _cpu_side_by_side(loaded, name, cpu_sessions, {name: info}, tag, ts, threads, budget_s, on_round, warm)
+            arrays, (batch, seq) = to_numpy(ts), shape_of(ts)
+            for sess in cuda_sessions.values():
+                _record(info, "ort_cuda", tag, lambda: ort_cuda(sess, arrays, budget_s, batch, seq))  # noqa: B023 - called at once
+    finally:
+        cpu_sessions.clear()
+        cuda_sessions.clear()
+        target.cpu_session = target.cuda_session = None  # a session handed over is released with the ones made here
+        runtime.release_memory()
 
 
 def _warm_keys(first: str, targets: dict[str, Target], torch_warm: bool) -> frozenset:

@@ -1,7 +1,7 @@
 """convert(spec) -> Report: the only orchestration, used by the CLI, the app and the Python API.
 
 Stages: loading, batch, export, checker, parity, shape probe, locate, variants, latency, writing. Latency comes
-last so that PyTorch, model.onnx and every variant are timed side by side (`latency.measure_all`).
+last so that model.onnx and every variant are each timed side by side with PyTorch (`latency.measure_all`).
 Everything is built in a private folder beside `spec.out` and moved in only when complete, so a
 failed conversion leaves no half-written artifact behind.
 """

@@ -211,8 +211,9 @@ class VariantInfo:
     tolerance: dict[str, Any] = field(default_factory=dict)  # {atol, rtol, min_argmax_agreement, rule}
     provider: str | None = None  # the execution provider its parity was checked on
     seconds: float | None = None  # time to build it
-    speedup_vs_torch: float | None = None  # PyTorch CPU p50 / this variant's ORT CPU p50, sample batch
-    speedup_vs_fp32: float | None = None  # fp32 model.onnx ORT CPU p50 / this variant's, sample batch
+    speedup_vs_torch: float | None = None  # PyTorch CPU p50 / this variant's ORT CPU p50, timed as a pair, sample batch
+    # over fp32 model.onnx through PyTorch: speedup_vs_torch / model.onnx's (each file was timed beside PyTorch)
+    speedup_vs_fp32: float | None = None
 
 
 @dataclass

@@ -287,14 +287,22 @@ def build(
 
 
 def attach_latency(results: list[VariantInfo], timed: dict[str, LatencyInfo], baseline: LatencyInfo) -> None:
-    """Give each variant its latency (from `latency.measure_all`, timed side by side with PyTorch and
-    model.onnx) and its speedups over both at the sample's batch."""
+    """Give each variant its latency (from `latency.measure_all`: timed side by side with its own PyTorch
+    run) and its speedups at the sample's batch: over PyTorch measured in that pair, over model.onnx
+    through PyTorch (this variant's speedup over PyTorch / model.onnx's, each from its own pair), since the
+    two files were timed one after the other, each beside PyTorch."""
+    fp32 = _speedup(baseline.torch_cpu, baseline.ort_cpu)
     for info in results:
         info.latency = timed.get(info.name)
-        mine = info.latency.ort_cpu if info.latency else None
-        if mine is None or mine.p50_ms <= 0:
-            continue
-        if baseline.torch_cpu is not None:
-            info.speedup_vs_torch = round(baseline.torch_cpu.p50_ms / mine.p50_ms, 2)
-        if baseline.ort_cpu is not None:
-            info.speedup_vs_fp32 = round(baseline.ort_cpu.p50_ms / mine.p50_ms, 2)
+        lat = info.latency
+        mine = _speedup(lat.torch_cpu, lat.ort_cpu) if lat else None
+        if mine is not None:
+            info.speedup_vs_torch = round(mine, 2)
+            info.speedup_vs_fp32 = round(mine / fp32, 2) if fp32 else None
+
+
+def _speedup(torch_t, ort_t) -> float | None:
+    """PyTorch's p50 over ORT's (None when either is missing or not positive)."""
+    if torch_t is None or ort_t is None or torch_t.p50_ms <= 0 or ort_t.p50_ms <= 0:
+        return None
+    return torch_t.p50_ms / ort_t.p50_ms

@@ -356,7 +356,7 @@ def test_progress_names_the_variants_stage_and_what_latency_times():
     order = ["loading", "batch", "export", "checker", "parity", "shape probe", "variants", "latency", "writing"]
     assert [s for s in STAGE_TEXT if s in order] == order  # the pipeline's order
     assert "checking each against PyTorch" in stage_text("variants", ("int8",))
-    assert stage_text("latency", ("int8",)) == "timing PyTorch, model.onnx and the variants side by side"
+    assert stage_text("latency", ("int8",)) == "timing model.onnx and each variant side by side with PyTorch"
     assert "variants" not in stage_text("latency", ())
 
 

@@ -117,7 +117,7 @@ def test_side_by_side_alternates_blocks_and_survives_a_failing_runner():
         assert log.count(key) == n + untimed
 
 
-def test_measure_all_times_every_file_side_by_side(report):
+def test_measure_all_times_every_file_side_by_side(report, monkeypatch):
     from studio import sources
     from studio.batch import build_batch
     from studio.sample import read_sample
@@ -127,6 +127,13 @@ def test_measure_all_times_every_file_side_by_side(report):
     tensors = build_batch(read_sample(spec.data), loaded, spec.roles, spec).tensors
     path = report.options["out"] + "/model.onnx"
     moved: list[float] = []
+    open_at_once: list[list[str]] = []
+    real = latency._cpu_side_by_side
+    monkeypatch.setattr(
+        latency,
+        "_cpu_side_by_side",
+        lambda loaded, first, sessions, *a: open_at_once.append(list(sessions)) or real(loaded, first, sessions, *a),
+    )
     got = latency.measure_all(
         loaded,
         {"model": latency.Target(path), "copy": latency.Target(path, cuda_skip="CPU only")},
@@ -136,14 +143,19 @@ def test_measure_all_times_every_file_side_by_side(report):
         cuda=True,
         progress=moved.append,
     )
-    # the progress bar moves after every round at both sizes (the sample's batch, then batch 1); a size whose
-    # medians are known to +-3% early jumps to its end
-    assert moved == sorted(moved) and moved[-1] == pytest.approx(1.0) and pytest.approx(0.5) in moved
-    steps = [k / (2 * latency.ROUNDS) for k in range(1, 2 * latency.ROUNDS + 1)]
+    # the progress bar moves after every round of each file at both sizes (the sample's batch, then batch 1);
+    # a size whose medians are known to +-3% early jumps to its end
+    assert moved == sorted(moved) and moved[-1] == pytest.approx(1.0)
+    assert all(pytest.approx(f) in moved for f in (0.25, 0.5, 0.75))
+    steps = [k / (4 * latency.ROUNDS) for k in range(1, 4 * latency.ROUNDS + 1)]
     assert all(any(abs(m - s) < 1e-9 for s in steps) for m in moved)
     model, copy = got["model"], got["copy"]
     assert model.torch_cpu.batch == model.ort_cpu.batch == copy.ort_cpu.batch == 5
-    assert copy.torch_cpu is None and copy.batch1["ort_cpu"].batch == 1 and copy.ort_cpu.threads == 1
+    assert copy.batch1["ort_cpu"].batch == 1 and copy.ort_cpu.threads == 1
+    # each file is timed beside its own PyTorch run (one session open at a time): two PyTorch measurements
+    assert copy.torch_cpu.batch == 5 and copy.batch1["torch_cpu"].batch == 1
+    assert copy.torch_attention == model.torch_attention
+    assert open_at_once == [["model"], ["model"], ["copy"], ["copy"]]  # one session at a time, both sizes each
     assert copy.errors["ort_cuda"] == copy.cuda_unavailable_reason == "CPU only"
     assert model.seconds == copy.seconds and model.machine == copy.machine  # one measurement
 
@@ -340,3 +352,17 @@ def test_the_budget_is_wall_time_with_the_untimed_calls_inside_it(monkeypatch):
     out = latency.side_by_side({"a": clock.runner(iter(lambda: 10.0, None))}, budget_s=0.6, rounds=6, warmup=3)
     assert out["a"].untimed == 3 + 5 and out["a"].iterations == 7 + 5 * 9
     assert clock.now == pytest.approx(0.6)
+
+
+def test_a_variants_speedups_come_from_its_own_pair_and_through_pytorch():
+    from studio.report import VariantInfo
+    from studio.variants import attach_latency
+
+    def lat(torch_ms, ort_ms):
+        t = lambda ms, p: Timing(ms, ms, ms, 6, 5, 8, 1, p)  # noqa: E731
+        return LatencyInfo(torch_cpu=t(torch_ms, "torch-cpu"), ort_cpu=t(ort_ms, "CPUExecutionProvider"))
+
+    model = lat(100.0, 80.0)  # model.onnx 1.25x PyTorch in its pair
+    int8 = VariantInfo(name="int8", file="variants/model.int8.onnx", ok=True)
+    attach_latency([int8], {"int8": lat(110.0, 22.0)}, model)  # PyTorch ran slower beside int8: 5x in its pair
+    assert int8.speedup_vs_torch == 5.0 and int8.speedup_vs_fp32 == 4.0  # 5 / 1.25, not 80 / 22 = 3.64

@@ -52,8 +52,9 @@ def test_every_variant_is_built_checked_and_recorded(all_three):
         assert v.dynamic.ok and len(v.dynamic.probes) >= 3
         t = v.latency.ort_cpu
         base = report.latency.ort_cpu
+        # 3: the fewest timed calls a runtime gets (rounds.MIN_CALLS), even when a 0.02 s budget is all waits
         assert (
-            t.p50_ms > 0 and t.iterations >= 5 and (t.batch, t.sequence, t.threads) == (5, base.sequence, base.threads)
+            t.p50_ms > 0 and t.iterations >= 3 and (t.batch, t.sequence, t.threads) == (5, base.sequence, base.threads)
         )
         assert v.latency.batch1["ort_cpu"].batch == 1
         assert v.latency.ort_cuda is None and v.latency.errors["ort_cuda"]  # a reason, never a number

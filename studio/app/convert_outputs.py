@@ -35,7 +35,7 @@ STAGE_TEXT = {
 def stage_text(stage: str, variants: tuple[str, ...] = ()) -> str:
     """What the progress bar says for a pipeline stage (the latency stage also times the variants)."""
     if stage == "latency" and variants:
-        return "timing PyTorch, model.onnx and the variants side by side"
+        return "timing model.onnx and each variant side by side with PyTorch"
     return STAGE_TEXT.get(stage, stage)
 
 
