@@ -246,6 +246,7 @@ def measure_all(
             # PyTorch is warm for every file after the first: it has just run these very tensors
             warm = torch_warm or n > 0
             _time_one_file(loaded, name, target, infos[name], sizes, threads, budget_s, cuda, step, warm, n == 0)
+        runtime.release_memory()  # the last file's session
         _torch_cuda_all(loaded, infos[first], sizes, budget_s, cuda)
     span, seconds = _machine_span(before), round(time.perf_counter() - started, 2)
     for info in infos.values():
@@ -257,7 +258,7 @@ def _time_one_file(loaded, name, target, info, sizes, threads, budget_s, cuda, s
     """One ONNX file beside PyTorch at every size (CPU side by side, then ORT CUDA), its sessions released
     after. A file that cannot run on CPU is not timed there, nor PyTorch beside it, unless it is the `main`
     file, whose info holds PyTorch's figures for the report (`step(fraction)`: progress)."""
-    runtime.release_memory()  # the variants' build leftovers (0.18 GB on bert-base) before a session opens
+    runtime.release_memory()  # the previous file's session, or the variants' build leftovers, before this one opens
     cpu_sessions, cuda_sessions = _open_sessions({name: target}, {name: info}, threads, cuda)
     try:
         for i, (tag, ts) in enumerate(sizes):
@@ -272,7 +273,6 @@ def _time_one_file(loaded, name, target, info, sizes, threads, budget_s, cuda, s
         cpu_sessions.clear()
         cuda_sessions.clear()
         target.cpu_session = target.cuda_session = None  # a session handed over is released with the ones made here
-        runtime.release_memory()
 
 
 def _warm_keys(first: str, targets: dict[str, Target], torch_warm: bool) -> frozenset:
