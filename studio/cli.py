@@ -154,6 +154,29 @@ def _exit_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)  # unwinds through every `finally`: no half-written folder stays behind
 
 
+def entry() -> None:
+    """`python -m studio` and the `studio` console script: main(), then the process ends at once (exit_now)."""
+    exit_now(main())
+
+
+def exit_now(code: int) -> None:
+    """End the process with `code`, skipping the interpreter's teardown: with torch, onnxruntime and
+    transformers imported it takes 0.7 s, and 1.3-1.6 s with a bert-base model loaded (measured), spent
+    freeing, one object at a time, the memory of a process that is ending. Nothing is lost: every file a
+    command writes is complete (and moved into place) before main returns; the exit handlers (atexit:
+    temporary folders' finalizers, logging) run first and the standard streams are flushed."""
+    import atexit
+    import os
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said there
+            pass
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import signal
