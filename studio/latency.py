@@ -19,7 +19,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -199,13 +199,16 @@ class Target:
     """An ONNX file to time. cpu_skip / cuda_skip: why it is not timed there (recorded instead of a
     number). cuda_session: a session already made for it (reused instead of opening another).
     cpu_session: a CPU session already made for it with the latency's settings (runtime.cpu_session at
-    the same threads, arena on) that has run the sample (the checks' session): reused, and warm for it."""
+    the same threads, arena on) that has run the sample (the checks' session): reused, and warm for it.
+    cpu_calls: the ms of that session's calls on the sample (parity's), timed as latency times: the first one
+    is the first timed call at the sample's size (side_by_side's `seeded`) when it took SLOW_CALL_MS or more."""
 
     path: Path
     cpu_skip: str | None = None
     cuda_skip: str | None = None
     cuda_session: Any = None
     cpu_session: Any = None
+    cpu_calls: list[float] = field(default_factory=list)
 
 
 def measure_all(
@@ -246,7 +249,8 @@ def measure_all(
             # PyTorch is warm for every file after the first: it has just run these very tensors
             warm = torch_warm or n > 0
             _time_one_file(loaded, name, target, infos[name], sizes, threads, budget_s, cuda, step, warm, n == 0)
-        runtime.release_memory()  # the last file's session
+        if cuda and torch.cuda.is_available():
+            runtime.release_memory()  # the last file's session, before PyTorch's CUDA runs
         _torch_cuda_all(loaded, infos[first], sizes, budget_s, cuda)
     span, seconds = _machine_span(before), round(time.perf_counter() - started, 2)
     for info in infos.values():
@@ -258,14 +262,18 @@ def _time_one_file(loaded, name, target, info, sizes, threads, budget_s, cuda, s
     """One ONNX file beside PyTorch at every size (CPU side by side, then ORT CUDA), its sessions released
     after. A file that cannot run on CPU is not timed there, nor PyTorch beside it, unless it is the `main`
     file, whose info holds PyTorch's figures for the report (`step(fraction)`: progress)."""
-    runtime.release_memory()  # the previous file's session, or the variants' build leftovers, before this one opens
+    if target.cpu_session is None:  # one opens: the previous file's session, or the variants' leftovers, go first
+        runtime.release_memory()
     cpu_sessions, cuda_sessions = _open_sessions({name: target}, {name: info}, threads, cuda)
     try:
         for i, (tag, ts) in enumerate(sizes):
             on_round = lambda done, rounds, i=i: step((i + done / rounds) / len(sizes))  # noqa: E731
             warm = _warm_keys(name, {name: target}, torch_warm) if not tag else frozenset()
+            seeded = _seeds(name, target) if not tag else {}
             if cpu_sessions or main:
-                _cpu_side_by_side(loaded, name, cpu_sessions, {name: info}, tag, ts, threads, budget_s, on_round, warm)
+                _cpu_side_by_side(
+                    loaded, name, cpu_sessions, {name: info}, tag, ts, threads, budget_s, on_round, warm, seeded
+                )
             arrays, (batch, seq) = to_numpy(ts), shape_of(ts)
             for sess in cuda_sessions.values():
                 _record(info, "ort_cuda", tag, lambda: ort_cuda(sess, arrays, budget_s, batch, seq))  # noqa: B023 - called at once
@@ -279,6 +287,13 @@ def _warm_keys(first: str, targets: dict[str, Target], torch_warm: bool) -> froz
     """side_by_side keys of the runtimes that have already run the sample (see measure_all)."""
     keys = {(name, "ort_cpu") for name, t in targets.items() if t.cpu_session is not None and not t.cpu_skip}
     return frozenset(keys | ({(first, "torch_cpu")} if torch_warm else set()))
+
+
+def _seeds(name: str, target: Target) -> dict:
+    """side_by_side's `seeded` at the sample's size: the handed-over session's first call there (parity's)."""
+    if target.cpu_session is None or target.cpu_skip or not target.cpu_calls:
+        return {}
+    return {(name, "ort_cpu"): target.cpu_calls[0]}
 
 
 def _open_sessions(targets: dict[str, Target], infos: dict[str, LatencyInfo], threads: int, cuda: bool):
@@ -311,7 +326,7 @@ def _open_sessions(targets: dict[str, Target], infos: dict[str, LatencyInfo], th
     return cpu_sessions, cuda_sessions
 
 
-def _cpu_side_by_side(loaded, first, cpu_sessions, infos, tag, ts, threads, budget_s, on_round, warm) -> None:
+def _cpu_side_by_side(loaded, first, cpu_sessions, infos, tag, ts, threads, budget_s, on_round, warm, seeded) -> None:
     """PyTorch (recorded in `first`'s info) and every CPU session, timed side by side at one size."""
     batch, seq = shape_of(ts)
     arrays = to_numpy(ts)
@@ -325,7 +340,7 @@ def _cpu_side_by_side(loaded, first, cpu_sessions, infos, tag, ts, threads, budg
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            results = side_by_side(runners, budget_s, precision=PRECISION, on_round=on_round, warm=warm)
+            results = side_by_side(runners, budget_s, precision=PRECISION, on_round=on_round, warm=warm, seeded=seeded)
     finally:
         torch.set_num_threads(previous)
     for (name, key), result in results.items():

@@ -9,6 +9,7 @@ differences; in one runtime only they fail the output, naming the rows, and its 
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -247,15 +248,25 @@ def cached_reference(loaded: LoadedModel) -> LoadedModel:
 
 
 def parity(
-    loaded: LoadedModel, session: ort.InferenceSession, tensors: dict[str, torch.Tensor], atol: float, rtol: float
+    loaded: LoadedModel,
+    session: ort.InferenceSession,
+    tensors: dict[str, torch.Tensor],
+    atol: float,
+    rtol: float,
+    calls: list[float] | None = None,
 ) -> tuple[ParityInfo, dict[str, np.ndarray]]:
-    """Compare on the real sample rows. Returns the verdict and the ONNX outputs (for predictions)."""
-    from .runtime import run
+    """Compare on the real sample rows. Returns the verdict and the ONNX outputs (for predictions).
+    `calls`: a list that gets the ms of ONNX Runtime's call (`session.run` alone, as latency times it)."""
+    from .runtime import feeds
 
     expected = torch_outputs(loaded, tensors)
     rows = next(iter(tensors.values())).shape[0]
     try:
-        actual = run(session, to_numpy(tensors))
+        names, fed = [o.name for o in session.get_outputs()], feeds(session, to_numpy(tensors))
+        t0 = time.perf_counter()
+        actual = dict(zip(names, session.run(names, fed)))
+        if calls is not None:
+            calls.append((time.perf_counter() - t0) * 1000.0)
     except Exception as e:  # the graph loads but cannot run the real rows (a size baked in at the trace)
         error = f"ONNX Runtime failed on the sample's {rows} rows: {first_line(e, 400)}"
         return ParityInfo(False, atol, rtol, [], rows, session.get_providers()[0], error=error), {}
@@ -348,6 +359,30 @@ def _around_sample(
     return plan + _sequence_probes(loaded, seq, min(batch, 2), 1)
 
 
+def probe_inputs(
+    loaded: LoadedModel,
+    tensors: dict[str, torch.Tensor],
+    axes: dict[str, dict[int, str]],
+    traced: list[int | None] | None = None,
+) -> list[tuple[str, int, dict[str, torch.Tensor]]]:
+    """(axis varied, batch, the inputs) of each probe in probe_plan."""
+    return [
+        (axis, b, resize(loaded, tensors, batch=b, sequence=s if axis == "sequence" or traced is not None else None))
+        for axis, b, s in probe_plan(loaded, tensors, axes, traced)
+    ]
+
+
+def references(loaded: LoadedModel, tensors: dict[str, torch.Tensor], axes, traced) -> None:
+    """PyTorch's outputs for the sample and every probe, computed ahead (into `loaded`'s cached_reference;
+    e.g. beside the export): a size PyTorch fails at is left for parity / probes to meet and report."""
+    with torch.no_grad():  # grad mode is per thread
+        for inputs in [tensors] + [i for _, _, i in (probe_inputs(loaded, tensors, axes, traced) if axes else [])]:
+            try:
+                torch_outputs(loaded, inputs)
+            except Exception:  # noqa: BLE001, S112 - met again, and reported, where the check runs it
+                continue
+
+
 def _fixed_dims(session: ort.InferenceSession, axes: dict[str, dict[int, str]]) -> list[tuple[str, str]]:
     """(axis name, message) for each axis the user asked to be dynamic but the graph declares fixed."""
     problems = []
@@ -380,8 +415,7 @@ def probes(
         return DynamicInfo(ok=None, probes=[], requested=requested)
     fixed = _fixed_dims(session, axes)
     results: list[Probe] = []
-    for axis, b, s in probe_plan(loaded, tensors, axes, traced):
-        inputs = resize(loaded, tensors, batch=b, sequence=s if axis == "sequence" or traced is not None else None)
+    for axis, b, inputs in probe_inputs(loaded, tensors, axes, traced):
         seq_used = next((t.shape[1] for n, t in inputs.items() if 1 in axes.get(n, {})), None)
         try:
             expected = torch_outputs(loaded, inputs)

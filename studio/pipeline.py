@@ -143,7 +143,9 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
         export_info, comparison = compare.export_compared(loaded, checked, batch.tensors, spec, model_path)
         export_mod.annotate(model_path, _metadata(spec, loaded, batch, export_info))
     else:
-        export_info = _export_annotated(spec, loaded, batch, model_path, opened=opened)
+        # PyTorch's reference outputs (sample and probes) are computed beside a TorchScript export
+        ahead = lambda prep: parity_mod.references(checked, batch.tensors, prep.axes, _traced(prep))  # noqa: E731
+        export_info = _export_annotated(spec, loaded, batch, model_path, opened=opened, beside=ahead)
     axes = export_mod.dynamic_axes_for(loaded, batch.tensors, spec)
     runtime.release_memory()  # the exporter's intermediate graphs are garbage now
 
@@ -151,8 +153,10 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
     checks = _check(spec, checked, batch.tensors, model_path, axes, say, opened, export_info.traced)
     export_info, checks = _second_opinion(spec, loaded, checked, batch, model_path, axes, export_info, checks, say)
     divergence = _locate(spec, loaded, batch.tensors, model_path, checks, say)
-    session = checks.pop("session")
-    variant_infos, latency = _variants_and_latency(spec, loaded, batch.tensors, model_path, axes, work, say, session)
+    session, calls = checks.pop("session"), checks.pop("session_calls", [])
+    variant_infos, latency = _variants_and_latency(
+        spec, loaded, batch.tensors, model_path, axes, work, say, session, calls
+    )
 
     report = Report(
         source=loaded.describe(),
@@ -178,11 +182,16 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
 
 
 def _export_annotated(
-    spec: ConvertSpec, loaded, batch, path: Path, order: tuple[str, ...] | None = None, opened=None
+    spec: ConvertSpec, loaded, batch, path: Path, order: tuple[str, ...] | None = None, opened=None, beside=None
 ) -> ExportInfo:
-    info = export_mod.export(loaded, batch.tensors, spec, path, order=order, opened=opened)
+    info = export_mod.export(loaded, batch.tensors, spec, path, order=order, opened=opened, beside=beside)
     export_mod.annotate(path, _metadata(spec, loaded, batch, info))
     return info
+
+
+def _traced(prep) -> list[int | None] | None:
+    """The size an export traces (ExportInfo.traced), known before it runs."""
+    return export_mod.traced_shape(prep.names, prep.args, prep.axes) if prep.axes else None
 
 
 def _failed(checks: dict[str, Any]) -> list[str]:
@@ -265,7 +274,8 @@ def _check(
     # sessions after the variants are built; without, latency times this one (arena on, as users run it)
     threads = spec.threads or runtime.default_threads()
     session = session or runtime.cpu_session(model_path, threads, arena=not spec.variants)
-    parity, onnx_outputs = parity_mod.parity(loaded, session, tensors, spec.atol, spec.rtol)
+    calls: list[float] = []  # ORT's call on the sample: latency's first timed call when it times this session
+    parity, onnx_outputs = parity_mod.parity(loaded, session, tensors, spec.atol, spec.rtol, calls=calls)
 
     say("shape probe", _FRACTION["shape probe"])
     dynamic = parity_mod.probes(loaded, session, tensors, axes, spec.atol, spec.rtol, traced=traced)
@@ -273,7 +283,7 @@ def _check(
         session = None
         runtime.release_memory()
     checks = {"checker": checker, "graph": graph, "parity": parity, "dynamic": dynamic}
-    return checks | {"onnx_outputs": onnx_outputs, "session": session}
+    return checks | {"onnx_outputs": onnx_outputs, "session": session, "session_calls": calls}
 
 
 def _locate(
@@ -302,12 +312,14 @@ def _locate(
 
 
 def _variants_and_latency(
-    spec: ConvertSpec, loaded, tensors, model_path: Path, axes, work: Path, say: Progress, session=None
+    spec: ConvertSpec, loaded, tensors, model_path: Path, axes, work: Path, say: Progress, session=None, calls=()
 ):
     """The variants asked for (built and checked), then PyTorch, model.onnx and every variant timed side by
     side. Returns (variant infos, model.onnx's latency). `session`: model.onnx's CPU session from the checks,
-    which ran the sample on it (and PyTorch too, for the parity reference): timed as warm at that size."""
-    variant_infos, timed = [], {"model": latency_mod.Target(model_path, cpu_session=session)}
+    which ran the sample on it (and PyTorch too, for the parity reference): timed as warm at that size, and
+    `calls` (ms: parity's call on it) count as its first timed calls there."""
+    target = latency_mod.Target(model_path, cpu_session=session, cpu_calls=list(calls) if session else [])
+    variant_infos, timed = [], {"model": target}
     if spec.variants:
         say("variants", _FRACTION["variants"])
         from . import variants  # optimized / int8 / fp16 artifacts, each checked like model.onnx

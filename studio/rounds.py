@@ -67,6 +67,7 @@ def side_by_side(
     precision: float | None = None,
     min_rounds: int = MIN_ROUNDS,
     warm: frozenset = frozenset(),
+    seeded: dict[Any, float] | None = None,
 ) -> dict[Any, Stats | BaseException]:
     """Time several callables against each other, in up to `rounds` alternating rounds.
 
@@ -86,21 +87,30 @@ def side_by_side(
     round it completed. `warm`: keys whose callable has already run these very inputs (the same session
     and arrays, e.g. parity's): their first call is timed, and kept when it took SLOW_CALL_MS or more (the
     rule of the later rounds: its one-time costs are paid, and a cold cache is a small part of a slow call);
-    a faster first call is discarded as a warm-up and the usual warm-up follows."""
+    a faster first call is discarded as a warm-up and the usual warm-up follows. `seeded`: key -> the ms of
+    a call already made on these very inputs and timed the same way (parity's ORT call, on the session timed
+    here): when it took SLOW_CALL_MS or more it is the key's first timed call, and its time is spent from
+    round 0's block as if the block had made it (so a slow runtime needs one call less); a faster one only
+    makes the key warm."""
     block = budget_s / rounds
     per_block, cap = -(-min_iters // rounds), max(1, max_iters // rounds)
     samples: dict[Any, list[float]] = {k: [] for k in fns}
     untimed = dict.fromkeys(fns, 0)
     failed: dict[Any, BaseException] = {}
     stopped, planned = "budget", rounds
+    seeds = {k: ms for k, ms in (seeded or {}).items() if k in fns and ms >= SLOW_CALL_MS}
+    warm = warm | frozenset(k for k in (seeded or {}) if k in fns)
     for r in range(rounds):
         for key, fn in fns.items():
             if key not in failed:
                 deadline = time.perf_counter() + block  # the block's wall time: its wait and untimed calls count
+                if r == 0 and key in seeds:
+                    samples[key].append(seeds[key])
+                    deadline -= seeds[key] / 1000.0
                 if len(fns) > 1:
                     settle()
                 try:
-                    if r == 0 and key in warm:
+                    if r == 0 and key in warm and not samples[key]:
                         untimed[key] += _warm_start(fn, samples[key])
                     untimed[key] += _block(fn, samples[key], r, warmup, deadline, per_block, cap, per_round, key)
                 except Exception as e:

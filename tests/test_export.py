@@ -363,3 +363,50 @@ def test_graph_info_tensors_walks_subgraphs_and_functions():
     model = h.make_model(graph, functions=[fn], opset_imports=[h.make_opsetid("", 17), h.make_opsetid("local", 1)])
     names = sorted(t.name for t in graph_info.tensors(model))
     assert names == sorted(["w", "c_value", "b_c_value", "b_init", "b_c_value", "b_init", "f_out_value"])
+
+
+@pytest.mark.usefixtures("dynamo_first")
+@pytest.mark.parametrize("module, exporter, runs", [(Honest(), "dynamo", 0), (DataDependent(), "auto", 1)])
+def test_work_beside_the_export_runs_once_in_a_thread_during_a_torchscript_attempt_only(
+    tmp_path, module, exporter, runs
+):
+    """`beside`: runs in another thread while the TorchScript exporter runs (and is joined before export
+    returns), never beside the new exporter; an exception in it does not touch the export."""
+    import threading
+
+    seen = []
+
+    def work(prep):
+        seen.append((threading.current_thread() is not threading.main_thread(), tuple(prep.names)))
+        raise RuntimeError("dropped: redone where its results are used")
+
+    loaded = tabular_model(module)
+    info = export_mod.export(loaded, X, ExportDefaults(exporter=exporter), tmp_path / "model.onnx", beside=work)
+    assert info.attempts[-1].ok
+    assert seen == [(True, ("x",))] * runs
+    assert not [t for t in threading.enumerate() if t.name == "studio-beside-export"]  # joined
+
+
+def test_references_computed_ahead_are_the_ones_parity_and_the_probes_use():
+    """parity.references fills cached_reference for the sample and every probe size: the checks then run
+    PyTorch zero more times; a size PyTorch fails at is left for the probe to report."""
+    calls = []
+
+    class Counting(Honest):
+        def forward(self, x):
+            calls.append(tuple(x.shape))
+            if x.shape[0] == 3:
+                raise ValueError("no three-row batches")
+            return self.lin(x)
+
+    loaded = parity.cached_reference(tabular_model(Counting()))
+    axes = {"x": {0: "batch"}}
+    parity.references(loaded, X, axes, [2, None])
+    ahead = list(calls)
+    assert (4, 3) in ahead and (1, 3) in ahead and (3, 3) in ahead
+    for _, _, inputs in [(None, None, X)] + parity.probe_inputs(loaded, X, axes, [2, None]):
+        try:
+            parity.torch_outputs(loaded, inputs)
+        except ValueError:
+            pass
+    assert calls[len(ahead) :] == [(3, 3)]  # only the failing size runs again (and fails again, to be reported)

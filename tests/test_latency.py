@@ -292,6 +292,27 @@ def test_a_warm_runtime_counts_its_first_slow_call_and_discards_a_fast_one(monke
     assert cold["slow"].untimed == 1 and cold["slow"].iterations == latency.MIN_CALLS
 
 
+def test_a_seeded_slow_call_is_the_first_timed_call_and_spends_round_0s_block(monkeypatch):
+    """`seeded`: parity's ORT call on the very session and arrays latency times. A slow one is the first of
+    the MIN_CALLS timed calls (one call less to make) and its time counts as spent from round 0's block; a
+    fast one only makes the runtime warm (its first call is then a warm-up, as without the seed)."""
+    clock = FakeClock()
+    monkeypatch.setattr(latency.time, "perf_counter", clock)
+    made = []
+
+    def slow():
+        made.append(1)
+        return clock.runner(iter(lambda: 700.0, None))()
+
+    out = latency.side_by_side({"slow": slow}, budget_s=0.6, rounds=6, warmup=3, seeded={"slow": 690.0})
+    assert out["slow"].iterations == latency.MIN_CALLS and len(made) == latency.MIN_CALLS - 1
+    assert out["slow"].untimed == 0 and out["slow"].p50 == 700.0  # the seed is one of the three calls timed
+    clock.now, made[:] = 0.0, []
+    fast = latency.side_by_side({"fast": clock.runner(iter(lambda: 1.0, None))}, 0.6, 6, 3, seeded={"fast": 1.5})
+    assert fast["fast"].untimed == 1 + 3 + 5  # the discarded first call, the warm-up, one per later round
+    assert fast["fast"].p99 == pytest.approx(1.0)  # the seed's 1.5 ms is not among the timed calls
+
+
 def test_settle_waits_for_a_spinning_thread_and_not_for_an_idle_process():
     import threading
 
@@ -321,6 +342,7 @@ def test_the_checks_session_is_timed_only_without_variants(hf_folders, sample_cs
 
     def spy(loaded, targets, tensors, **kw):
         seen["session"] = targets["model"].cpu_session
+        seen["calls"] = list(targets["model"].cpu_calls)  # parity's timed call on that session
         seen["torch_warm"] = kw.get("torch_warm")
         if seen["session"] is not None:
             monkeypatch.setattr(runtime, "cpu_session", lambda *a, **k: pytest.fail("a second session for model.onnx"))
@@ -338,9 +360,10 @@ def test_the_checks_session_is_timed_only_without_variants(hf_folders, sample_cs
     report = convert(spec)
     assert seen["torch_warm"] is True
     if variants:
-        assert seen["session"] is None
+        assert seen["session"] is None and seen["calls"] == []
     else:
         assert seen["session"] is not None and seen["session"].get_providers()[0] == runtime.CPU
+        assert len(seen["calls"]) == 1 and seen["calls"][0] > 0
     assert report.latency.ort_cpu is not None and report.latency.ort_cpu.iterations >= latency.MIN_CALLS
 
 
