@@ -116,3 +116,35 @@ def test_gemm_with_alpha_is_left_fp32(tmp_path, op):
     src = tmp_path / "a.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(src))
     assert int8.quantize_graph(ir.load(str(src))) == 0
+
+
+def test_gelu_fusion_fuses_and_lets_the_graph_go(tmp_path):
+    """_fuse_gelu fuses the exporter's erf-GELU, and keeps nothing of the graph once the caller drops it
+    (onnxscript's module-level rules kept the last graph matched, and every tensor of the int8 graph with it)."""
+    import gc
+    import math
+    import weakref
+
+    nodes = [
+        helper.make_node("Div", ["x", "r2"], ["d"]),
+        helper.make_node("Erf", ["d"], ["e"]),
+        helper.make_node("Add", ["e", "one"], ["a"]),
+        helper.make_node("Mul", ["half", "a"], ["h"]),
+        helper.make_node("Mul", ["x", "h"], ["y"]),  # x * (0.5 * (erf(x / sqrt 2) + 1)), as the exporter writes it
+    ]
+    consts = [
+        numpy_helper.from_array(np.array(v, np.float32), n)
+        for n, v in (("r2", math.sqrt(2)), ("one", 1.0), ("half", 0.5))
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 4])
+    path = tmp_path / "gelu.onnx"
+    graph = helper.make_graph(nodes, "g", [x], [y], consts)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    model = ir.load(str(path))
+    assert B._fuse_gelu(model) == 1
+    assert [n.op_type for n in model.graph] == ["Gelu"]
+    graph = weakref.ref(model.graph)
+    del model
+    gc.collect()
+    assert graph() is None
