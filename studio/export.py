@@ -72,8 +72,8 @@ def dynamic_axes_for(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec
     return out
 
 
-def read_opset(path: Path) -> int | None:
-    model = onnx.load(str(path), load_external_data=False)
+def read_opset(path: Path, model: onnx.ModelProto | None = None) -> int | None:
+    model = model or onnx.load(str(path), load_external_data=False)
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
             return int(imp.version)
@@ -185,12 +185,13 @@ class Opened:
         return found
 
 
-def file_problem(path: Path, opened: Opened | None = None) -> str | None:
+def file_problem(path: Path, opened: Opened | None = None, model: onnx.ModelProto | None = None) -> str | None:
     """Why the written file cannot be used (the onnx checker's or ONNX Runtime's words), or None. With
-    `opened`, a usable file's checker result and session are left there for the checks that follow."""
+    `opened`, a usable file's checker result and session are left there for the checks that follow.
+    `model`: the file's graph already read (graph_info.check)."""
     from . import runtime
 
-    checker = check(path)
+    checker = check(path, model)
     if not checker.ok:
         return f"the file fails the onnx checker: {checker.message.splitlines()[0][:400]}"
     session, problem = runtime.check_session(path, opened.threads if opened else 1, opened.arena if opened else False)
@@ -342,7 +343,9 @@ def attempt(
                 details=diag.read_text(errors="replace") if diag else str(e)[:20000],
             ),
         )
-    written = read_opset(dest)
+    # the file read once for its opset and its external-data check (an embedded 90 MB graph: ~0.1 s a read)
+    proto = onnx.load(str(dest), load_external_data=False)
+    written = read_opset(dest, proto)
     if written != spec.opset:
         err = OpsetMismatchError(spec.opset, written, exporter)
         return ExportAttempt(exporter, False, err.message, round(time.perf_counter() - t0, 2), written), err
@@ -350,11 +353,12 @@ def attempt(
     if exporter == "dynamo" and written is not None and written < 18:
         rewritten, _ = split_to_opset17(dest)
         if rewritten:
+            proto = None  # read again where it is needed
             note = (
                 f"rewrote {rewritten} opset-18 Split node(s) (num_outputs) that the new exporter left "
                 f"in the opset-{written} file into Split with explicit sizes"
             )
-    problem = file_problem(dest, opened)
+    problem = file_problem(dest, opened, proto)
     seconds = round(time.perf_counter() - t0, 2)
     if problem:  # what the exporter wrote cannot be used: a failed attempt, never a crash later on
         msg = f"the {exporter} exporter wrote an unusable file: {problem}"[:1000]
@@ -436,7 +440,7 @@ def export(
             opset=done.opset_written,
             seconds=round(time.perf_counter() - start, 2),
             attempts=attempts,
-            external_data=bool(external_files(dest)),
+            external_data=prep.external and bool(external_files(dest)),  # both exporters embed otherwise
             reason=choice_reason(spec, attempts, why_first if order is None else None),
             traced=traced_shape(prep.names, prep.args, prep.axes) if prep.axes else None,
         )

@@ -105,10 +105,11 @@ def _all_nodes(graph: onnx.GraphProto):
                     yield from _all_nodes(g)
 
 
-def check(path: Path) -> CheckerInfo:
-    """onnx.checker with full_check (shape inference too) on the saved path: works past 2 GB."""
+def check(path: Path, model: onnx.ModelProto | None = None) -> CheckerInfo:
+    """onnx.checker with full_check (shape inference too) on the saved path: works past 2 GB. `model`: the
+    file's graph already read (without external data), for the external-data check."""
     try:
-        external_files(Path(path))
+        external_files(Path(path), model)
         onnx.checker.check_model(str(path), full_check=True)
     except UnsafePathError:
         raise

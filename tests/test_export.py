@@ -135,7 +135,7 @@ def test_probe_plan_uses_small_sizes_that_differ_from_the_traced_ones(rows, othe
 
 
 def test_opset_mismatch_is_an_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(export_mod, "read_opset", lambda path: 19)
+    monkeypatch.setattr(export_mod, "read_opset", lambda path, model=None: 19)
     with pytest.raises(OpsetMismatchError) as e:
         _export(Honest(), tmp_path, exporter="torchscript", opset=17)
     assert "Requested opset 17" in str(e.value) and "wrote opset 19" in str(e.value)
