@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -186,9 +187,8 @@ class Opened:
 
 
 def file_problem(path: Path, opened: Opened | None = None, model: onnx.ModelProto | None = None) -> str | None:
-    """Why the written file cannot be used (the onnx checker's or ONNX Runtime's words), or None. With
-    `opened`, a usable file's checker result and session are left there for the checks that follow.
-    `model`: the file's graph already read (graph_info.check)."""
+    """Why the written file cannot be used (the onnx checker's or ONNX Runtime's words), or None. With `opened`, a
+    usable file's checker result and session are left there for the checks; `model`: the graph already read."""
     from . import runtime
 
     checker = check(path, model)
@@ -202,7 +202,10 @@ def file_problem(path: Path, opened: Opened | None = None, model: onnx.ModelProt
     return None
 
 
-def _export_legacy(model, args, names, output_names, axes, opset, path: Path, external: bool, diag_dir: Path):
+def _export_legacy(
+    model, args, names, output_names, axes, opset, path: Path, external: bool, diag_dir: Path, on_exported=None
+):
+    """torch.onnx.export's TorchScript exporter; `on_exported()` once it returned (the weights are written after)."""
     dyn = {n: {ax: sym for ax, sym in a.items()} for n, a in axes.items()}
     static: dict[str, dict[int, int]] = {}  # output -> {dim: size} for the dims that moved with neither axis
     if axes:
@@ -223,6 +226,8 @@ def _export_legacy(model, args, names, output_names, axes, opset, path: Path, ex
             do_constant_folding=True,
             verbose=False,
         )
+    if on_exported is not None:
+        on_exported()
     if taken:
         write_external(path, taken)
     if static:
@@ -232,9 +237,8 @@ def _export_legacy(model, args, names, output_names, axes, opset, path: Path, ex
 
 
 def _pin_output_dims(path: Path, static: dict[str, dict[int, int]]) -> None:
-    """Write the size of each output dim that moved with neither the batch nor the sequence size (see
-    _output_axes) where the legacy exporter left a made-up symbol (e.g. "Divsentence_embedding_dim_1" for
-    a normalised embedding's 384): the graph then says what it returns. Only the graph is rewritten."""
+    """Write the size of each output dim that moved with neither the batch nor the sequence size (_output_axes)
+    where the legacy exporter left a made-up symbol ("Divsentence_embedding_dim_1" for an embedding's 384)."""
     model = onnx.load(str(path), load_external_data=False)
     changed = False
     for out in model.graph.output:
@@ -302,7 +306,7 @@ def prepare(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec, diag_di
 
 
 def attempt(
-    prep: Prepared, exporter: str, loaded: LoadedModel, spec, dest: Path, opened: Opened | None = None
+    prep: Prepared, exporter: str, loaded: LoadedModel, spec, dest: Path, opened: Opened | None = None, on_exported=None
 ) -> tuple[ExportAttempt, ExportError | None]:
     """One exporter, written to `dest` and checked there (opset read back, checker, ONNX Runtime loads it).
     Returns the attempt and, when it failed, the error that names why (None for a skipped one). A failed
@@ -325,6 +329,7 @@ def attempt(
                 dest,
                 prep.external,
                 diag_dir,
+                **({"on_exported": on_exported} if on_exported and exporter == "torchscript" else {}),
             )
     except Exception as e:  # the exporter's own failure: keep its words and its report
         diag = _diagnosis(diag_dir, wall0) if exporter == "dynamo" else None
@@ -413,21 +418,21 @@ def export(
     opened: Opened | None = None,
     beside: Callable[[Prepared], object] | None = None,
 ) -> ExportInfo:
-    """Export `loaded` to `dest` (model.onnx path), trying the exporters of `attempt_order` (or `order`)
-    until one writes a usable file. Raises ExportError when every attempt failed. `opened`: filled with
-    the kept file's checker result and ORT session (see Opened). `beside(prep)`: work that does not depend
-    on the export, run in a thread (studio.alongside) during the first TorchScript attempt."""
+    """Export `loaded` to `dest` (model.onnx path), trying the exporters of `attempt_order` (or `order`) until
+    one writes a usable file; ExportError when every attempt failed. `opened`: filled with the kept file's checker
+    result and ORT session (Opened). `beside(prep)`: work run in a thread (studio.alongside) beside the first
+    TorchScript attempt."""
     prep = prepare(loaded, tensors, spec, dest.parent / "diagnostics")
     attempts: list[ExportAttempt] = []
     start = time.perf_counter()
     last_error: ExportError | None = None
     planned, why_first = attempt_order(loaded, spec)
     for exporter in order or planned:
-        # `beside` only with the TorchScript exporter: it keeps one core busy (C++ graph passes, writing) and
-        # its tracer is per thread (bert-base's 8 x 128 reference beside it: 4.3 s for both, 5.5 s in turn);
-        # torch.export's flags (is_exporting) are process-wide, and transformers' code reads them
-        with alongside(beside if exporter == "torchscript" else None, prep, name="studio-beside-export"):
-            done, error = attempt(prep, exporter, loaded, spec, dest, opened)
+        # beside TorchScript only, once torch.onnx.export returned (weights, checker, ORT session follow on one
+        # core); is_in_onnx_export() and torch.export's flags are process-wide, and models may read them
+        work, returned = (beside if exporter == "torchscript" else None), threading.Event()
+        with alongside(work, prep, name="studio-beside-export", after=returned.is_set):
+            done, error = attempt(prep, exporter, loaded, spec, dest, opened, on_exported=returned.set)
         beside = None if exporter == "torchscript" else beside
         attempts.append(done)
         if not done.ok:

@@ -272,3 +272,23 @@ def test_app_flag_defaults_are_the_app_s():
         c.session_ttl_s,
     )
     assert (args.max_params, args.trust_code, args.ray) == (c.max_params, c.trust_code, c.ray_address)
+
+
+def test_the_cli_ends_at_once_with_its_code_after_threads_and_exit_handlers():
+    """cli.exit_now (python -m studio): the exit code kept, a non-daemon thread's last words and the exit
+    handlers' kept, the streams flushed; only the interpreter's teardown is skipped."""
+    import subprocess
+    import sys
+
+    code = (
+        "import atexit, sys, threading, time\n"
+        "from studio import cli\n"
+        "atexit.register(lambda: print('handler ran'))\n"
+        "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start()\n"
+        "print('buffered', end='')\n"
+        "sys.stderr.write('to stderr')\n"
+        "cli.exit_now(3)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3
+    assert done.stdout == "bufferedthread done\nhandler ran\n" and done.stderr == "to stderr"
