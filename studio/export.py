@@ -486,15 +486,3 @@ def prune_diagnostics(diag_dir: Path, attempts: list[ExportAttempt]) -> None:
                 f.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         diag_dir.rmdir()
-
-
-def annotate(path: Path, metadata: dict[str, str]) -> None:
-    """Write `metadata_props` so the artifact describes itself (roles, tokenizer settings, opset)."""
-    model = onnx.load(str(path), load_external_data=False)
-    existing = {p.key: p for p in model.metadata_props}
-    for k, v in metadata.items():
-        if k in existing:
-            existing[k].value = str(v)
-        else:
-            model.metadata_props.add(key=k, value=str(v))
-    onnx.save(model, str(path))

@@ -141,7 +141,7 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
         from . import compare
 
         export_info, comparison = compare.export_compared(loaded, checked, batch.tensors, spec, model_path)
-        export_mod.annotate(model_path, _metadata(spec, loaded, batch, export_info))
+        artifacts.annotate(model_path, _metadata(spec, loaded, batch, export_info))
     else:
         # PyTorch's reference outputs (sample and probes) are computed beside a TorchScript export
         ahead = lambda prep: parity_mod.references(checked, batch.tensors, prep.axes, _traced(prep))  # noqa: E731
@@ -185,7 +185,7 @@ def _export_annotated(
     spec: ConvertSpec, loaded, batch, path: Path, order: tuple[str, ...] | None = None, opened=None, beside=None
 ) -> ExportInfo:
     info = export_mod.export(loaded, batch.tensors, spec, path, order=order, opened=opened, beside=beside)
-    export_mod.annotate(path, _metadata(spec, loaded, batch, info))
+    artifacts.annotate(path, _metadata(spec, loaded, batch, info))
     return info
 
 

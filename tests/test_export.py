@@ -410,3 +410,23 @@ def test_references_computed_ahead_are_the_ones_parity_and_the_probes_use():
         except ValueError:
             pass
     assert calls[len(ahead) :] == [(3, 3)]  # only the failing size runs again (and fails again, to be reported)
+
+
+def test_annotate_appends_new_keys_without_rewriting_the_graph_and_replaces_known_ones(tmp_path):
+    """artifacts.annotate: new keys go in as an appended ModelProto (protobuf merges concatenated messages), so
+    the file's bytes before them are untouched; onnx, its checker and ONNX Runtime all read them; a key already
+    there is replaced, not repeated."""
+    from studio import artifacts
+
+    _, _, path, _ = _export(Honest(), tmp_path, exporter="torchscript")
+    before = path.read_bytes()
+    artifacts.annotate(path, {"studio.a": "1", "studio.b": '{"x": [1, 2]}'})
+    after = path.read_bytes()
+    assert after.startswith(before) and len(after) > len(before)
+    onnx.checker.check_model(str(path))
+    meta = runtime.cpu_session(path).get_modelmeta().custom_metadata_map
+    assert meta["studio.a"] == "1" and meta["studio.b"] == '{"x": [1, 2]}'
+    artifacts.annotate(path, {"studio.a": "2"})
+    props = [(p.key, p.value) for p in onnx.load(str(path)).metadata_props]
+    assert props.count(("studio.a", "2")) == 1 and not [k for k, v in props if k == "studio.a" and v != "2"]
+    assert runtime.run(runtime.cpu_session(path), {"x": X["x"].numpy()})["y"].shape == (4, 2)  # still runs
