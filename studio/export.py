@@ -26,7 +26,7 @@ from .artifacts import remove_model
 from .errors import ExportError, OpsetMismatchError, first_line
 from .example import small_inputs, trace_inputs, traced_shape
 from .graph_info import check, external_files
-from .legacy_weights import weights_apart, write_external
+from .legacy_weights import proto_rewritten, weights_apart, write_external
 from .quiet import quiet
 from .report import CheckerInfo, ExportAttempt, ExportInfo
 from .sources.base import TABULAR, LoadedModel
@@ -213,7 +213,8 @@ def _export_legacy(
             if found:
                 dyn[o] = found
             static[o] = {d: int(n) for d, n in enumerate(shape) if d not in found}
-    with weights_apart() if external else contextlib.nullcontext({}) as taken:
+    pin = (lambda m: _pin_dims(m, static)) if static else None  # noqa: E731
+    with weights_apart() if external else contextlib.nullcontext({}) as taken, proto_rewritten(pin) as pinned:
         torch.onnx.export(
             model,
             args,
@@ -230,7 +231,7 @@ def _export_legacy(
         on_exported()
     if taken:
         write_external(path, taken)
-    if static:
+    if static and not pinned:  # the seam was not there: the file itself
         _pin_output_dims(path, static)
     if external and not external_files(path):
         externalize(path)
@@ -240,6 +241,12 @@ def _pin_output_dims(path: Path, static: dict[str, dict[int, int]]) -> None:
     """Write the size of each output dim that moved with neither the batch nor the sequence size (_output_axes)
     where the legacy exporter left a made-up symbol ("Divsentence_embedding_dim_1" for an embedding's 384)."""
     model = onnx.load(str(path), load_external_data=False)
+    if _pin_dims(model, static):
+        onnx.save(model, str(path))
+
+
+def _pin_dims(model: onnx.ModelProto, static: dict[str, dict[int, int]]) -> bool:
+    """_pin_output_dims on a model in memory; whether anything changed."""
     changed = False
     for out in model.graph.output:
         dims = out.type.tensor_type.shape.dim
@@ -247,8 +254,7 @@ def _pin_output_dims(path: Path, static: dict[str, dict[int, int]]) -> None:
             if d < len(dims) and dims[d].HasField("dim_param"):
                 dims[d].dim_value = size  # clears dim_param (a oneof)
                 changed = True
-    if changed:
-        onnx.save(model, str(path))
+    return changed
 
 
 def externalize(path: Path) -> None:

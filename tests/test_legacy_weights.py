@@ -100,3 +100,30 @@ def test_only_dtypes_onnx_reads_raw_are_taken():
     )
     assert not writable({"w": torch.zeros(2), "c": torch.zeros(2, dtype=torch.complex64)})
     assert not writable({})  # nothing to take: the exporter runs as it is
+
+
+@pytest.mark.parametrize("lean", [False, True])
+def test_the_proto_is_rewritten_in_memory_before_it_is_written_and_the_seam_put_back(tmp_path, lean):
+    """proto_rewritten: the exporter's serialised model goes through the rewrite before torch writes it (inside
+    weights_apart too, where it has no weights), once; the seam is the original again after."""
+    from studio.legacy_weights import proto_rewritten
+
+    seen = []
+
+    def rewrite(model):
+        seen.append(len(model.graph.initializer))
+        model.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 3  # what export._pin_dims does
+        return True
+
+    before = torch._C.Graph._export_onnx
+    path = tmp_path / "m.onnx"
+    with (
+        weights_apart() if lean else __import__("contextlib").nullcontext({}) as taken,
+        proto_rewritten(rewrite) as ran,
+    ):
+        torch.onnx.export(Net().eval(), (torch.randn(2, 64),), str(path), dynamo=False, input_names=["x"])
+    if taken:
+        write_external(path, taken)
+    assert ran == [True] and len(seen) == 1 and (seen[0] <= 1 if lean else seen[0] >= 4)
+    assert onnx.load(str(path)).graph.output[0].type.tensor_type.shape.dim[1].dim_value == 3
+    assert torch._C.Graph._export_onnx is before
