@@ -16,10 +16,11 @@ def alongside(
     name: str = "studio-alongside",
     after: Callable[[], bool] | None = None,
 ) -> Iterator[None]:
-    """`work(*args)` in a daemon thread while the block runs, joined when it ends (however it ends). `after`:
-    the thread first waits (polling every POLL_S) until after() is true; if the block ends with after() still
-    false, `work` is not run at all. An exception in `work` is dropped: the caller redoes, where it uses the results, whatever
-    did not get done, and meets (and reports) the error there. `work` None: the block alone."""
+    """`work(*args)` in a daemon thread while the block runs, joined when it ends (however it ends).
+    `after`: the thread first waits (polling every POLL_S) until after() is true; if the block ends with
+    after() still false, `work` is not run at all. An exception in `work` is dropped: the caller redoes,
+    where it uses the results, whatever did not get done, and meets (and reports) the error there.
+    `work` None: the block alone."""
     if work is None:
         yield
         return

@@ -294,6 +294,11 @@ class Prepared:
     external: bool
     diag_dir: Path
 
+    @property
+    def traced(self) -> list[int | None] | None:
+        """The size the exporters trace (ExportInfo.traced), known before any runs."""
+        return traced_shape(self.names, self.args, self.axes) if self.axes else None
+
 
 def prepare(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec, diag_dir: Path) -> Prepared:
     names = list(tensors)
@@ -453,7 +458,7 @@ def export(
             attempts=attempts,
             external_data=prep.external and bool(external_files(dest)),  # both exporters embed otherwise
             reason=choice_reason(spec, attempts, why_first if order is None else None),
-            traced=traced_shape(prep.names, prep.args, prep.axes) if prep.axes else None,
+            traced=prep.traced,
         )
     remove_model(dest)
     prune_diagnostics(prep.diag_dir, attempts)

@@ -256,15 +256,15 @@ def parity(
     calls: list[float] | None = None,
 ) -> tuple[ParityInfo, dict[str, np.ndarray]]:
     """Compare on the real sample rows. Returns the verdict and the ONNX outputs (for predictions).
-    `calls`: a list that gets the ms of ONNX Runtime's call (`session.run` alone, as latency times it)."""
-    from .runtime import feeds
+    `calls`: a list that gets the ms of ONNX Runtime's call on the sample."""
+    from .runtime import run
 
     expected = torch_outputs(loaded, tensors)
     rows = next(iter(tensors.values())).shape[0]
+    arrays = to_numpy(tensors)
     try:
-        names, fed = [o.name for o in session.get_outputs()], feeds(session, to_numpy(tensors))
         t0 = time.perf_counter()
-        actual = dict(zip(names, session.run(names, fed)))
+        actual = run(session, arrays)
         if calls is not None:
             calls.append((time.perf_counter() - t0) * 1000.0)
     except Exception as e:  # the graph loads but cannot run the real rows (a size baked in at the trace)

@@ -144,7 +144,7 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
         artifacts.annotate(model_path, _metadata(spec, loaded, batch, export_info))
     else:
         # PyTorch's reference outputs (sample and probes) are computed beside a TorchScript export
-        ahead = lambda prep: parity_mod.references(checked, batch.tensors, prep.axes, _traced(prep))  # noqa: E731
+        ahead = lambda prep: parity_mod.references(checked, batch.tensors, prep.axes, prep.traced)  # noqa: E731
         export_info = _export_annotated(spec, loaded, batch, model_path, opened=opened, beside=ahead)
     axes = export_mod.dynamic_axes_for(loaded, batch.tensors, spec)
     runtime.release_memory()  # the exporter's intermediate graphs are garbage now
@@ -187,11 +187,6 @@ def _export_annotated(
     info = export_mod.export(loaded, batch.tensors, spec, path, order=order, opened=opened, beside=beside)
     artifacts.annotate(path, _metadata(spec, loaded, batch, info))
     return info
-
-
-def _traced(prep) -> list[int | None] | None:
-    """The size an export traces (ExportInfo.traced), known before it runs."""
-    return export_mod.traced_shape(prep.names, prep.args, prep.axes) if prep.axes else None
 
 
 def _failed(checks: dict[str, Any]) -> list[str]:
