@@ -36,7 +36,21 @@ SAMPLE_ROWS = "sample_rows.json"  # the sample as read (typed cells), what infer
 
 # The folder a zipped upload is unpacked into (studio.sources.load: "studio-ckpt-" + random), wherever it
 # lies: messages about its files name them from the archive's root ("model/config.json").
-_UNPACK_DIR = re.compile(r"""(?:[A-Za-z]:)?[^\s'"`()\[\]{}<>,;=]*?[\\/]studio-ckpt-[A-Za-z0-9_-]+(?P<sep>[\\/])?""")
+# Found in time linear in the text (a message may quote megabytes of an upload's names): the marker, then
+# a walk back to the start of the path it ends.
+_UNPACK_DIR = re.compile(r"[\\/]studio-ckpt-[A-Za-z0-9_-]+(?P<sep>[\\/])?")
+_PATH_RUN = re.compile(r"[^\s'\"`()\[\]{}<>,;=]*")  # a path's characters, matched on the reversed text
+
+
+def _drop_unpack_dirs(text: str) -> str:
+    """Each path into an unpack folder: the folder dropped when a file of it follows, else "(the unpacked
+    upload)"."""
+    out, done = [], 0
+    for m in _UNPACK_DIR.finditer(text):
+        start = m.start() - len(_PATH_RUN.match(text[done : m.start()][::-1]).group())
+        out += [text[done:start], "" if m.group("sep") else "(the unpacked upload)"]
+        done = m.end()
+    return "".join(out) + text[done:]
 
 
 # --- the report ---------------------------------------------------------------------------------------
@@ -49,7 +63,7 @@ def scrub_paths(text: str, paths: list[str | Path | None]) -> str:
         if p not in ("", ".", "/"):
             text = text.replace(p + os.sep, "")
     text = text.replace(os.path.join(tempfile.gettempdir(), "studio-ckpt-"), "/studio-ckpt-")  # even with spaces
-    return _UNPACK_DIR.sub(lambda m: "" if m.group("sep") else "(the unpacked upload)", text)
+    return _drop_unpack_dirs(text)
 
 
 def write_report(report: Report, folder: Path, display: tuple[str, ...] | list[str] = ()) -> None:

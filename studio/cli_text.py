@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from .escape import terminal
 from .report import Comparison, Report
 from .report_render import (
     COMPARISON_COLUMNS,
@@ -31,15 +32,8 @@ def narrow(columns: list[str]) -> list[str]:
 
 def shown(value, *, newlines: bool = False) -> str:
     """Text from an upload (a column name, a metadata value, a path, a message quoting them), safe to
-    print: control characters (terminal escape codes), other invisible or line-breaking characters become
-    visible escapes like \\x1b, so nothing printed can move the cursor, clear the screen or forge a line.
-    newlines=True keeps line breaks (multi-line messages of our own)."""
-    text = str(value)
-    if text.isprintable():
-        return text
-    if newlines:
-        return "\n".join(shown(line) for line in text.split("\n"))
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    print: control characters become visible escapes like \\x1b (`studio.escape.terminal`)."""
+    return terminal(value, newlines=newlines)
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:

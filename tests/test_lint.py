@@ -27,11 +27,12 @@ def test_ruff_format_leaves_every_file_as_it_is():
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
 
 
-MAX_MODULE_LINES, MAX_FUNCTION_LINES = 500, 80
+# a guard against accidents, not a target: a module ends where its job ends (README, Code organization)
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 800, 120
 
 
 def test_every_module_and_function_reads_in_a_sitting():
-    """No module in studio/ over 500 lines, no function over 80 (as formatted): split by job instead."""
+    """No module in studio/ over 800 lines, no function over 120 (as formatted): far past where a job ends."""
     import ast
 
     too_long = []

@@ -1,0 +1,70 @@
+"""Text from an upload, made safe for the medium it lands in: one helper per medium, used everywhere.
+
+Every string that comes from an upload (column names, cells, categories, labels, architecture names, file
+names, messages quoting them) goes through one of these before it is written into HTML, Markdown or a
+terminal, or quoted in an error message:
+
+- `html_text`: HTML (the page's own markup): `& < > " '` become entities.
+- `md_text`: Markdown prose and table cells: every Markdown punctuation character is backslash-escaped
+  and `& < >` become entities, so no emphasis, link, image, raw HTML or table cell break comes from it.
+- `md_code`: an inline code span whose fence is longer than any backtick run in the value, so the value
+  cannot end the span; `|` is escaped for tables (GFM reads it before code spans).
+- `terminal`: control characters (C0, C1, DEL) and other invisible or line-breaking characters shown as
+  escapes like `\\x1b`, so nothing printed moves the cursor, sets the title or forges a line.
+- `excerpt`: at most ~200 characters of a value, saying how long it was, for error messages.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+__all__ = ["EXCERPT", "excerpt", "html_text", "md_code", "md_text", "terminal"]
+
+EXCERPT = 200  # characters of a value an error message quotes
+
+# CommonMark's escapable ASCII punctuation, less `& < >` (entities below) and with `|` for GFM tables
+_MD_PUNCT = re.compile(r"([\\`*_{}\[\]()#+\-.!|~$])")
+_LINE_BREAKS = re.compile(r"[\r\n\u2028\u2029\x0b\x0c\x85]+")
+
+
+def html_text(value: object) -> str:
+    """`value` as text inside HTML (element content or a quoted attribute)."""
+    return html.escape(str(value), quote=True)
+
+
+def md_text(value: object) -> str:
+    """`value` as literal text in Markdown prose or a table cell (one line: line breaks become spaces)."""
+    text = _LINE_BREAKS.sub(" ", terminal(value))
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MD_PUNCT.sub(r"\\\1", text)
+
+
+def md_code(value: object) -> str:
+    """`value` as an inline code span: a fence one backtick longer than its longest backtick run (padded
+    with a space where the value starts or ends with a backtick), line breaks as spaces, `|` escaped."""
+    text = _LINE_BREAKS.sub(" ", terminal(value)).replace("|", "\\|")
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def terminal(value: object, *, newlines: bool = False) -> str:
+    """`value` safe to print: control and other non-printable characters become visible escapes like
+    \\x1b. newlines=True keeps line breaks (multi-line messages of our own)."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    if newlines:
+        return "\n".join(terminal(line) for line in text.split("\n"))
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def excerpt(value: object, limit: int = EXCERPT) -> str:
+    """repr() of at most `limit` characters of `value`, with its length when it was cut: what an error
+    message quotes of what it was given (never a whole megabyte back)."""
+    text = str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
