@@ -37,11 +37,3 @@ def wrap(loaded: LoadedModel, input_names: list[str]) -> torch.nn.Module:
     exec(compile(src, "<studio.wrap>", "exec"), namespace)  # names validated above: identifiers only
     cls = type("StudioExportWrapper", (_Wrapper,), {"forward": namespace["forward"]})
     return cls(loaded, list(input_names)).eval()
-
-
-def safe_name(column: str) -> str:
-    """A column name turned into a graph input name (identifier characters only)."""
-    out = "".join(c if (c.isalnum() or c == "_") else "_" for c in column.strip())
-    if not out or out[0].isdigit() or keyword.iskeyword(out):
-        out = "f_" + out
-    return out

@@ -143,7 +143,8 @@ def test_opset_mismatch_is_an_error(tmp_path, monkeypatch):
 
 
 def test_new_exporter_writes_18_when_14_is_asked(tmp_path):
-    """The fact DESIGN.md records for torch 2.13; if a newer torch fixes it, the export passes."""
+    """With torch 2.13 the new exporter writes a newer opset than the 14 asked for: refused as a mismatch
+    naming both; if a newer torch fixes it, the export passes."""
     try:
         _, _, _, info = _export(Honest(), tmp_path, exporter="dynamo", opset=14)
     except OpsetMismatchError as e:
