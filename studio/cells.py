@@ -15,7 +15,8 @@ import pandas as pd
 
 # Cells holding one of these count as empty in number / bool / vector columns (never in text columns).
 NA_TOKENS = {"na", "n/a", "nan", "null", "none", "-nan"}
-_NUMBER_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+# linear in the cell (cells may be a megabyte long): digits before a dot are never also digits after it
+_NUMBER_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 _LEADING_ZERO_RE = re.compile(r"^[+-]?0\d")
 INT_RE = re.compile(r"^[+-]?\d+$")
 _MAX_EXACT_DIGITS = 15  # longer digit strings are identifiers: a float would lose digits

@@ -40,7 +40,7 @@ class ColumnInfo:
 
 def _tokens(name: str) -> list[str]:
     spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name)
-    spaced = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", spaced)
+    spaced = re.sub(r"(?<=[A-Z])(?=[A-Z][a-z])", "_", spaced)  # HTTPServer -> HTTP_Server, linear in the name
     return [t for t in re.split(r"[^A-Za-z0-9]+", spaced.lower()) if t]
 
 
