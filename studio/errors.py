@@ -2,6 +2,23 @@
 
 from __future__ import annotations
 
+import re
+
+MESSAGE_CHARS = 4000  # an error's message (and hint) at most: an upload's megabyte name is never quoted whole
+WORD_CHARS = 300  # one run of non-space characters in it (a quoted column name, a value) at most
+_LONG_WORD = re.compile(rf"(?<!\S)\S{{{WORD_CHARS + 1}}}\S*")  # tried at a run's start only: linear
+
+
+def bounded(text: str) -> str:
+    """`text` with every run of more than WORD_CHARS non-space characters cut (saying how long it was), and
+    the whole cut to MESSAGE_CHARS (its start and its end kept). Linear in the text."""
+    if len(text) > WORD_CHARS:
+        text = _LONG_WORD.sub(lambda m: f"{m.group()[:WORD_CHARS]}... ({len(m.group()):,} characters)", text)
+    if len(text) > MESSAGE_CHARS:
+        head, tail = MESSAGE_CHARS * 3 // 4, MESSAGE_CHARS // 5
+        text = f"{text[:head]} [... {len(text) - head - tail:,} characters cut ...] {text[-tail:]}"
+    return text
+
 
 class StudioError(Exception):
     """Base of every error the studio raises on purpose (bad input, impossible export).
@@ -12,6 +29,7 @@ class StudioError(Exception):
     exit_code = 2
 
     def __init__(self, message: str, *, hint: str | None = None, details: str | None = None):
+        message, hint = bounded(str(message)), hint if hint is None else bounded(str(hint))
         super().__init__(message)
         self.message = message
         self.hint = hint

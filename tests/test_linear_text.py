@@ -66,3 +66,22 @@ def test_scrub_paths_is_linear_in_a_megabyte_message():
     shown, seconds = _timed(scrub_paths, text, ["/srv/uploads/a/weights.pt"])
     assert seconds < BOUND_S, f"{seconds:.1f} s"
     assert shown == "model/config.json is broken"  # the unpack folder dropped with the path that led to it
+
+
+@pytest.mark.parametrize(
+    "quoted",
+    ["A" * 5 * LONG, ("B" * 400 + " ") * 20_000, "x " * (LONG // 2)],
+    ids=["one-5MB-name", "many-long-names", "many-short-words"],
+)
+def test_no_error_message_quotes_a_megabyte_back(quoted):
+    """Every StudioError's message and hint are bounded (errors.bounded): long runs cut saying how long
+    they were, the whole at most MESSAGE_CHARS, in linear time."""
+    from studio.errors import MESSAGE_CHARS, WORD_CHARS, BatchError
+
+    e, seconds = _timed(lambda: BatchError(f"column {quoted!r} is not in the file.", hint=quoted))
+    assert seconds < BOUND_S, f"{seconds:.1f} s"
+    assert len(e.message) <= MESSAGE_CHARS + 100 and len(e.hint) <= MESSAGE_CHARS + 100
+    assert max(len(w) for w in e.message.split()) <= WORD_CHARS + 5
+    assert e.message.startswith("column '") and e.message.endswith("is not in the file.")
+    if len(quoted) == 5 * LONG:
+        assert f"({len(quoted) + 2:,} characters)" in e.message  # says how long the quoted name was
