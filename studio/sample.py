@@ -33,6 +33,7 @@ JSON_SUFFIXES = (".json",)
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 SUPPORTED_SUFFIXES = tuple(CSV_SUFFIXES) + JSON_SUFFIXES + JSONL_SUFFIXES
 SNIFF_DELIMITERS = ",\t;|"
+MAX_INT_DIGITS = 4300  # Python's own limit for int(str) (sys.int_info.default_max_str_digits)
 SNIFF_CHARS = 4096  # csv.Sniffer is quadratic in its input (64 KiB of `,"` took 48 s): sniff the start only
 
 
@@ -250,8 +251,13 @@ def _loads(text: str, name: str, limits: SampleLimits, where: str = ""):
             seen[k] = v
         return seen
 
+    def parse_int(digits: str) -> int:
+        if len(digits) > MAX_INT_DIGITS:  # int() refuses these with a ValueError of its own
+            raise file_error(name, f"{where}a number has {len(digits):,} digits (at most {MAX_INT_DIGITS:,} are read).")
+        return int(digits)
+
     try:
-        obj = json.loads(text, object_pairs_hook=pairs_hook)
+        obj = json.loads(text, object_pairs_hook=pairs_hook, parse_int=parse_int)
     except RecursionError as e:  # the C parser's own guard, far past any sample limit
         raise _over(
             name,
