@@ -160,13 +160,17 @@ def table_rows(div: Divergence) -> list[list[str]]:
 
 
 def to_markdown(div: Divergence) -> str:
-    """The report's section: the summary and a table of the values around the divergence."""
-    head = ["## Divergence", "", div.message, ""]
+    """The report's section: the summary and a table of the values around the divergence (node names in
+    code spans; every value escaped for Markdown: names come from the model)."""
+    from .escape import md_code
+    from .report_render import md_inline
+
+    head = ["## Divergence", "", md_inline(div.message), ""]
     rows = table_rows(div)
     if not rows:
         return "\n".join(head)
-    cell = lambda x: str(x).replace("|", "\\|")
     table = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     for r in rows:
-        table.append(f"| {r[0]} | `{cell(r[1])}` | {r[2]} | {cell(r[3])} | " + " | ".join(r[4:]) + " |")
+        cells = [md_code(x) if i == 1 else md_inline(x, cell=True) for i, x in enumerate(r)]
+        table.append("| " + " | ".join(cells) + " |")
     return "\n".join(head + table) + "\n"

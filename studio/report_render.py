@@ -1,10 +1,17 @@
 """Report -> what people read: the columns and rows of each table (the CLI, report.md and the app show the
-same tables from them) and report.md. The report's data is in studio.report."""
+same tables from them) and report.md. The report's data is in studio.report.
+
+Every value written into Markdown here goes through `md_inline` (prose and table cells: names, messages,
+reasons, errors) or `escape.md_code` (a name in a code span): column names, cells, labels, architecture
+and file names come from uploads, and none of them may become markup (a link, an image, raw HTML, a code
+span's end, a table cell's end, a list)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from .escape import md_code, md_text
 from .report import (
     Comparison,
     DynamicInfo,
@@ -198,10 +205,10 @@ def parity_rows(p: ParityInfo | None) -> list[list[str]]:
 
 
 def nonfinite_lines(p: ParityInfo | None) -> list[str]:
-    """One line per output holding a NaN / inf in either runtime: the counts, side by side."""
+    """One line per output holding a NaN / inf in either runtime: the counts, side by side (Markdown)."""
     return [
-        f"- {o.name}: PyTorch {o.torch_nan} NaN, {o.torch_inf} inf; ONNX Runtime {o.ort_nan} NaN, "
-        f"{o.ort_inf} inf" + (f" — {o.note}" if o.note else "")
+        f"- {md_code(o.name)}: PyTorch {o.torch_nan} NaN, {o.torch_inf} inf; ONNX Runtime {o.ort_nan} NaN, "
+        f"{o.ort_inf} inf" + (f" — {md_inline(o.note)}" if o.note else "")
         for o in (p.outputs if p else [])
         if o.torch_nan or o.torch_inf or o.ort_nan or o.ort_inf
     ]
@@ -339,16 +346,45 @@ def _ratio(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}x"
 
 
+# --- Markdown from values ---------------------------------------------------------------------------
+
+# Characters that start no inline Markdown (no emphasis, code, link, image, raw HTML, entity, escape, math,
+# strikethrough or table cell break): letters, digits, this punctuation, any non-ASCII character (the
+# non-printable ones fail str.isprintable), and `_` between letters and digits only (CommonMark never opens
+# or closes emphasis inside a word with it). One character class, so a megabyte is checked in ~0.1 s.
+_INERT = re.compile(r"[A-Za-z0-9 ,.;:%+=()\[\]/'\"?!#\-_\x80-\U0010ffff]*")
+_LOOSE_UNDERSCORE = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+# ...unless they make a link or an autolink together (GFM links bare `www.` and `http://` addresses)
+_LINKS = re.compile(r"://|www\.|\]\(|\]\[|!\[", re.IGNORECASE)
+# where a value at the start of a line (or of a list item) would open a block: a list, a heading, a quote,
+# a thematic break, a task box, a link definition, indented code
+_BLOCK_START = re.compile(r"[ \t>\[]|[#+\-=*](?:[ \t]|$)|-{2,}|={2,}|\d{1,9}[.)](?:[ \t]|$)")
+
+
+def md_inline(value: Any, *, cell: bool = False) -> str:
+    """`value` as literal text in Markdown prose (cell=True: a table cell, where no block can start): as it
+    is when nothing in it can become markup (words, numbers, `1.5e-07`, `top-5 100.0%`, `lin2 (Linear)`),
+    else escape.md_text (every Markdown character escaped; leading blanks dropped: indented code). Safe
+    anywhere in a line, and at its start."""
+    text = str(value)
+    if (
+        text.isprintable()
+        and _INERT.fullmatch(text)
+        and not _LOOSE_UNDERSCORE.search(text)
+        and not _LINKS.search(text)
+        and (cell or not _BLOCK_START.match(text))
+    ):
+        return text
+    return md_text(text).lstrip(" \t")
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GFM table; every cell is md_inline (a cell may name a column, quote an error, ...)."""
     if not rows:
         return "_none_\n"
-    esc = [[str(c).replace("|", "\\|").replace("\n", " ") for c in r] for r in rows]
-    return (
-        "\n".join(
-            ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in esc]
-        )
-        + "\n"
-    )
+    cells = [[md_inline(c, cell=True) for c in r] for r in [header, *rows]]
+    lines = ["| " + " | ".join(r) + " |" for r in cells]
+    return "\n".join([lines[0], "|" + "---|" * len(header), *lines[1:]]) + "\n"
 
 
 LATENCY_NOTE = (
@@ -370,19 +406,19 @@ def render_markdown(r: Report) -> str:
 
 
 def _summary_lines(r: Report) -> list[str]:
-    e = r.export
+    e, src, m = r.export, r.source, md_inline
     return [
-        f"# ONNX Studio report — {'PASS' if r.ok else 'FAIL: ' + ', '.join(r.failed_checks)}",
+        f"# ONNX Studio report — {'PASS' if r.ok else 'FAIL: ' + m(', '.join(r.failed_checks))}",
         "",
-        f"- Source: `{r.source.get('path')}` ({r.source.get('kind')})",
-        *([f"- Task: {r.source.get('task')} ({r.source.get('task_reason')})"] if r.source.get("task") else []),
-        f"- Exporter: {e.exporter}, opset requested {e.opset_requested}, written {e.opset}, "
+        f"- Source: {md_code(src.get('path'))} ({m(src.get('kind'))})",
+        *([f"- Task: {m(src.get('task'))} ({m(src.get('task_reason'))})"] if src.get("task") else []),
+        f"- Exporter: {m(e.exporter)}, opset requested {e.opset_requested}, written {e.opset}, "
         f"{e.seconds:.1f} s" + (" (external data)" if e.external_data else ""),
         f"- Checker: {_mark(r.checker.ok if r.checker else None)}"
-        + (f" — {r.checker.message}" if r.checker and not r.checker.ok else ""),
+        + (f" — {m(r.checker.message)}" if r.checker and not r.checker.ok else ""),
         f"- Parity: {_mark(r.parity.ok if r.parity else None)}"
         + (f" (atol {r.parity.atol:g}, rtol {r.parity.rtol:g}, {r.parity.rows} rows)" if r.parity else "")
-        + (f": {r.parity.error}" if r.parity and r.parity.error else ""),
+        + (f": {m(r.parity.error)}" if r.parity and r.parity.error else ""),
         f"- Dynamic dimensions: {_mark(r.dynamic.ok if r.dynamic else None)}",
         f"- Total time: {r.seconds:.1f} s",
         "",
@@ -395,15 +431,15 @@ def _export_sections(r: Report) -> list[str]:
     if len(e.attempts) > 1 or any(not a.ok for a in e.attempts):
         out += ["## Export attempts", markdown_table(ATTEMPT_COLUMNS, attempt_rows(e))]
     elif any(a.note for a in e.attempts):
-        out += [f"Export note: {'; '.join(a.note for a in e.attempts if a.note)}.", ""]
+        out += [f"Export note: {md_inline('; '.join(a.note for a in e.attempts if a.note))}.", ""]
     if e.reason and r.comparison is None:
-        out += [f"Why {e.exporter}: {e.reason}.", ""]
+        out += [f"Why {md_inline(e.exporter)}: {md_inline(e.reason)}.", ""]
     if r.comparison is not None:
         c = r.comparison
         out += [
             "## Exporters compared",
             (
-                f"Chosen: **{c.winner}** — {c.reason}. ORT CPU p50 timed side by side "
+                f"Chosen: **{md_inline(c.winner)}** — {md_inline(c.reason)}. ORT CPU p50 timed side by side "
                 f"({c.threads} threads, {c.budget_s:g} s budget each, sample batch)."
             ),
             "",
@@ -422,7 +458,7 @@ def _input_sections(r: Report) -> list[str]:
         ops = sorted(r.graph.op_counts.items(), key=lambda kv: -kv[1])
         out += [
             f"File size: {r.graph.size_bytes:,} bytes. Ops: "
-            + ", ".join(f"{k} ×{v}" for k, v in ops[:15])
+            + md_inline(", ".join(f"{k} ×{v}" for k, v in ops[:15]))
             + ("…" if len(ops) > 15 else ""),
             "",
         ]
@@ -458,16 +494,19 @@ def _variant_sections(r: Report) -> list[str]:
 def _variant_section(v: VariantInfo) -> list[str]:
     tol = v.tolerance or {}
     rule = tol.get("rule") or (f"atol {v.parity.atol:g}, rtol {v.parity.rtol:g}" if v.parity else "")
+    m = md_inline
     out = [
-        f"## Variant: {v.name} — {_mark(v.ok)}",
-        f"File: {v.file or '-'}, {v.size_bytes or 0:,} bytes"
-        + (f" (files: {', '.join(v.files)})" if len(v.files) > 1 else "")
-        + (f"; built by {v.method}" if v.method else "")
-        + (f" from {v.source}" if v.source else "")
+        f"## Variant: {m(v.name)} — {_mark(v.ok)}",
+        f"File: {m(v.file or '-')}, {v.size_bytes or 0:,} bytes"
+        + (f" (files: {m(', '.join(v.files))})" if len(v.files) > 1 else "")
+        + (f"; built by {m(v.method)}" if v.method else "")
+        + (f" from {m(v.source)}" if v.source else "")
         + (f" in {v.seconds:.1f} s" if v.seconds is not None else "")
         + ".",
-        f"Verdict rule: {rule}." if rule else "",
-        (f"Checked on {v.provider}. " if v.provider else "") + v.notes + (f" Error: {v.error}" if v.error else ""),
+        f"Verdict rule: {m(rule)}." if rule else "",
+        (f"Checked on {m(v.provider)}. " if v.provider else "")
+        + (m(v.notes) if v.notes else "")
+        + (f" Error: {m(v.error)}" if v.error else ""),
         "",
     ]
     out += [markdown_table(PARITY_COLUMNS, parity_rows(v.parity))]
@@ -486,7 +525,7 @@ def _closing_sections(r: Report) -> list[str]:
 
         out += [to_markdown(Divergence.from_dict(r.divergence))]
     if r.warnings:
-        out += ["## Warnings"] + [f"- {w}" for w in r.warnings] + [""]
+        out += ["## Warnings"] + [f"- {md_inline(w)}" for w in r.warnings] + [""]
     if r.timings:
         out += ["## Where the time went", markdown_table(TIMING_COLUMNS, timing_rows(r.timings))]
     return out
