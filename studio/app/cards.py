@@ -1,18 +1,19 @@
 """Preview -> what the page shows before Export: the checkpoint and sample cards, the first rows, the roles
 the dropdowns start with and the mapping line; and the escaping the page's other HTML shares (esc,
-multiline, cell). No gradio in here, so every function is testable on its own."""
+multiline, cell). No gradio in here, so every function is testable on its own.
+
+Every value in these cards' HTML goes through `esc` (studio.escape.html_text): column names, cells,
+labels, architecture and file names come from uploads and must stay text. Table cells for gr.Dataframe
+(`cell`) are plain strings: the page's Dataframes show them as text (datatype "str")."""
 
 from __future__ import annotations
 
-import html
 import json
 from typing import Any
 
 import pandas as pd
 
-
-def esc(x: Any) -> str:
-    return html.escape(str(x), quote=True)
+from ..escape import html_text as esc
 
 
 def _count(n: int | None) -> str:
@@ -139,7 +140,7 @@ def mapping_html(mapping: dict | None, have_model: bool, have_sample: bool) -> s
         )
     tensors = mapping.get("tensors") or {}
     parts = ", ".join(
-        f"<code>{esc(n)}</code> {esc(t['dtype'])}[{', '.join(map(str, t['shape']))}]" for n, t in tensors.items()
+        f"<code>{esc(n)}</code> {esc(t['dtype'])}[{esc(', '.join(map(str, t['shape'])))}]" for n, t in tensors.items()
     )
     feeds = mapping.get("feeds") or {}
     order = "".join(

@@ -95,6 +95,7 @@ def _inputs(page: Page) -> None:
         page.sample_card = gr.HTML(cards.sample_html([], []), elem_id="sample-card")
     page.preview_table = gr.Dataframe(
         label="First rows of the sample",
+        datatype="str",  # column names and cells from the upload: shown as text, never Markdown or HTML
         interactive=False,
         visible=False,
         elem_id="preview-table",
@@ -325,6 +326,7 @@ def _results(page: Page) -> None:
             _charts(page)
         page.predictions = gr.Dataframe(
             label="Predictions per row (ONNX Runtime) beside the ignored columns",
+            datatype="str",  # the sample's columns, cells and the model's labels: text, never Markdown or HTML
             interactive=False,
             elem_id="predictions",
             max_height=320,

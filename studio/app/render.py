@@ -1,17 +1,24 @@
 """Report -> what the page shows after Export: the verdict strip, the tables, the chart data, the summary /
 diagnosis Markdown and the download list (the preview's cards are studio.app.cards, the Graph panel
 studio.app.graph_panel). No gradio in here, so every function is testable on its own; numbers are
-formatted by studio.report_render's row helpers."""
+formatted by studio.report_render's row helpers.
+
+Names, cells, labels, messages come from uploads: every value is escaped for the medium it lands in, where it
+enters markup: `esc` (studio.escape.html_text) in the *_html functions, `md_inline` / `md_code` in the
+Markdown (summary_md, diagnosis_md, variants_note), a fenced block for long texts (errors, the exporter's
+diagnosis). The *_frame functions give gr.Dataframe plain strings, shown as text (datatype "str")."""
 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
 
 from ..divergence import HEADERS, Divergence, table_rows
 from ..errors import StudioError, first_line
+from ..escape import md_code
 from ..report import Report, worst_diff
 from ..report_render import (
     COMPARISON_COLUMNS,
@@ -22,6 +29,7 @@ from ..report_render import (
     io_rows,
     latency_rows,
     markdown_table,
+    md_inline,
     parity_rows,
     probe_rows,
     variant_rows,
@@ -182,7 +190,7 @@ def variants_note(report: Report) -> str:
     failed = [v.name for v in report.variants if not v.ok]
     line = f"**Faster variants** {len(report.variants) - len(failed)}/{len(report.variants)} passed"
     if failed:
-        line += f" · ✗ failed: {', '.join(failed)} (the reason is in the last column)"
+        line += f" · ✗ failed: {md_inline(', '.join(failed))} (the reason is in the last column)"
     line += " · speedups are ORT CPU p50 at the sample's batch; files under `variants/` in the downloads and the zip."
     if any(v.name == "fp16" and "CUDA" not in (v.provider or "") for v in report.variants):
         line += " fp16 is meant for CUDA: its CPU timing is no measure of its GPU speed."
@@ -306,17 +314,15 @@ def predictions_frame(report: Report) -> pd.DataFrame:
 
 def summary_md(report: Report) -> str:
     """A few plain lines under the verdict: source, roles, file, how busy the machine was, warnings."""
-    roles = ", ".join(f"`{c}` → {r}" for c, r in report.roles.items())
-    lines = [
-        f"**Source** `{Path(str(report.source.get('path', ''))).name}` ({report.source.get('kind')}) · "
-        f"**Roles** {roles}"
-    ]
-    if report.source.get("task"):
-        lines.append(f"**Task** {report.source['task']} ({report.source.get('task_reason') or '-'})")
+    m, src = md_inline, report.source
+    roles = ", ".join(f"{md_code(c)} → {m(r)}" for c, r in report.roles.items())
+    lines = [f"**Source** {md_code(Path(str(src.get('path', ''))).name)} ({m(src.get('kind'))}) · **Roles** {roles}"]
+    if src.get("task"):
+        lines.append(f"**Task** {m(src['task'])} ({m(src.get('task_reason') or '-')})")
     if report.graph is not None:
         lines.append(
             f"**File** {report.graph.size_bytes:,} bytes · {sum(report.graph.op_counts.values())} nodes · "
-            f"producer {report.graph.producer or '-'}"
+            f"producer {m(report.graph.producer or '-')}"
         )
     machine = getattr(report.latency, "machine", None) or {}
     load = machine.get("load_avg_after") or machine.get("load_avg_before")
@@ -328,9 +334,9 @@ def summary_md(report: Report) -> str:
         )
     lines += _export_lines(report)
     for w in report.warnings:
-        lines.append(f"⚠ {w}")
+        lines.append(f"⚠ {m(w)}")
     if report.timings:
-        lines.append(f"**Time** {esc(timing_line(report.timings))}")
+        lines.append(f"**Time** {m(timing_line(report.timings))}")
     return "\n\n".join(lines)
 
 
@@ -340,35 +346,45 @@ def _export_lines(report: Report) -> list[str]:
     e, c, lines = report.export, report.comparison, []
     if c is not None:
         lines.append(
-            f"**Exporters compared** chosen: **{esc(c.winner)}** — {esc(c.reason)}\n\n"
+            f"**Exporters compared** chosen: **{md_inline(c.winner)}** — {md_inline(c.reason)}\n\n"
             + markdown_table(COMPARISON_COLUMNS[:-1] + ["chosen / error"], comparison_rows(c))
         )
     elif e.reason:
-        lines.append(f"**Exporter** {esc(e.exporter)}: {esc(e.reason)}")
+        lines.append(f"**Exporter** {md_inline(e.exporter)}: {md_inline(e.reason)}")
     if report.divergence:
         div = Divergence.from_dict(report.divergence)
         table = markdown_table(HEADERS, table_rows(div)) if div.first or div.agreeing else ""
-        lines.append(f"**Divergence** {esc(div.message)}" + (f"\n\n{table}" if table else ""))
+        lines.append(f"**Divergence** {md_inline(div.message)}" + (f"\n\n{table}" if table else ""))
     return lines
 
 
 def diagnosis_md(report: Report | None, diagnosis: str = "", error: StudioError | None = None) -> str:
-    """The exporter's own diagnosis when an export attempt failed (or the whole export did)."""
+    """The exporter's own diagnosis when an export attempt failed (or the whole export did). Long texts
+    (an error's details, the exporter's own Markdown report) are shown as they are, in a fenced block: they
+    quote what the model and the upload hold (names, values), and none of it may become markup."""
     parts = []
     if error is not None:
-        parts.append(f"**{esc(first_line(error, limit=len(str(error))))}**")  # the whole first line, uncut
+        parts.append(f"**{md_inline(first_line(error, limit=len(str(error))))}**")  # the whole first line, uncut
         if error.details:
-            parts.append(error.details)
+            parts.append(fenced(error.details))
     if report is not None:
         failed = [a for a in report.export.attempts if not a.ok]
         for a in failed:
             parts.append(
-                f"**{a.exporter} exporter failed** (the {report.export.exporter} exporter's file was "
-                f"kept):\n\n```\n{(a.error or '').strip()[:4000]}\n```"
+                f"**{md_inline(a.exporter)} exporter failed** (the {md_inline(report.export.exporter)} exporter's "
+                f"file was kept):\n\n{fenced((a.error or '').strip()[:4000])}"
             )
         if diagnosis:
-            parts.append(diagnosis)
+            parts.append(fenced(diagnosis))
     return "\n\n".join(parts)
+
+
+def fenced(text: str) -> str:
+    """`text` as a fenced Markdown code block, its fence longer than any run of backticks in it (so no line
+    of it can close the block): shown as it is, nothing in it parsed."""
+    longest = max((len(run) for run in re.findall(r"`{3,}", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}text\n{text.rstrip()}\n{fence}"
 
 
 DOWNLOAD_ORDER = ("model", "data", "report_json", "report_md", "example", "sample_inputs")
