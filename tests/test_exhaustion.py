@@ -23,7 +23,7 @@ import torch
 from studio import sources
 from studio.cli import main as cli_main
 from studio.errors import CheckpointError, StudioError
-from studio.sources import archive, budget, scratch, sizing
+from studio.sources import archive, budget, pickle_scan, scratch, sizing
 from studio.sources.base import LoadDefaults
 from studio.spec import MAX_PARAMS_DEFAULT, ConvertSpec
 
@@ -336,7 +336,7 @@ def test_real_checkpoints_pass_the_budget():
     budget.check_file(demo, "demo", "torch")  # no exception
     with zipfile.ZipFile(demo) as zf:
         pkl = next(n for n in zf.namelist() if n.endswith("data.pkl"))
-        declared, complete = budget.scan_pickle(zf.read(pkl), "demo")
+        declared, complete, _ = budget.scan_pickle(zf.read(pkl), "demo")
         held = {m.filename: m.file_size for m in zf.infolist()}
     assert complete and declared
     prefix = pkl[: -len("data.pkl")]
@@ -489,7 +489,7 @@ def test_timeout_stops_a_conversion_cleanly(tmp_path):
 
 def test_cli_limits_are_validated(tmp_path, capsys):
     sample = tiny.write_sample(tmp_path / "s.csv")
-    for flag, value in (("--memory-limit", "0"), ("--timeout", "0")):
+    for flag, value in (("--memory-limit", "-1"), ("--timeout", "-1")):  # 0: no limit
         assert cli_main(["convert", "x.pt", "--data", str(sample), flag, value, "--quiet"]) == 2
         assert flag in capsys.readouterr().err
 
@@ -584,7 +584,7 @@ def test_app_flag_max_params():
 
 
 def test_pickle_with_too_many_opcodes_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(budget, "MAX_PICKLE_OPS", 500)
+    monkeypatch.setattr(pickle_scan, "MAX_PICKLE_OPS", 500)
     path = tmp_path / "many.pt"
     torch.save({f"layer.{i}.weight": torch.zeros(1) for i in range(100)}, path)
     with pytest.raises(CheckpointError, match="more than 500 opcodes"):

@@ -178,7 +178,8 @@ MAX_SCAN_BYTES = 256 * 1024**2
 
 def pickle_globals(path: Path, kind: str) -> tuple[list[str], bool]:
     """The importable names a pickle refers to (GLOBAL / STACK_GLOBAL), read with pickletools — which
-    parses opcodes and never executes anything — and whether the stream parsed cleanly.
+    parses opcodes and never executes anything — and whether the stream parsed cleanly. Each is named as
+    pickle's unpickler resolves it (`__builtin__.eval` is `builtins.eval` below protocol 3).
 
     For torch.save zip files the pickle is the `data.pkl` member; legacy torch.save files are several
     pickles in a row. Names torch.save itself writes for tensors and storages are left out."""
@@ -195,21 +196,41 @@ def pickle_globals(path: Path, kind: str) -> tuple[list[str], bool]:
                 data = f.read(MAX_SCAN_BYTES)
     except (OSError, StopIteration, zipfile.BadZipFile, RuntimeError, ValueError):
         return [], False
+    from .pickle_scan import resolve_global
+
     found: list[str] = []
     stream = io.BytesIO(data)
     ok = True
     for _ in range(8):  # legacy torch.save: magic, protocol, sys info, object, storage keys
         if stream.tell() >= len(data):
             break
-        strings: list[str] = []
+        strings: list = []  # the stack's recent values, enough for STACK_GLOBAL's two names
+        memo: dict = {}
+        proto = 0
         try:
             for op, arg, _pos in pickletools.genops(stream):
-                if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8") and isinstance(arg, str):
+                name = op.name
+                if name == "PROTO":
+                    proto = arg
+                elif name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
                     strings.append(arg)
-                elif op.name == "GLOBAL" and isinstance(arg, str):
-                    found.append(arg.replace(" ", ".").replace("\n", "."))
-                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif name in ("BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE"):
+                    memo[len(memo) if name == "MEMOIZE" else arg] = strings[-1] if strings else None
+                elif name in ("BINGET", "LONG_BINGET", "GET"):
+                    strings.append(memo.get(arg))
+                elif name == "GLOBAL" and isinstance(arg, str) and " " in arg:
+                    # named as the unpickler resolves it (Python 2 names: __builtin__ is builtins)
+                    module, _, attr = arg.partition(" ")
+                    found.append(resolve_global(module, attr, proto))
+                    strings.append(None)
+                elif name == "STACK_GLOBAL" and len(strings) >= 2:
+                    module, attr = strings[-2], strings[-1]
+                    if isinstance(module, str) and isinstance(attr, str):
+                        found.append(resolve_global(module, attr, proto))
+                    strings.append(None)
+                elif name not in ("FRAME",):
+                    strings.append(None)
+                del strings[:-2]
         except Exception:  # noqa: BLE001 - hostile bytes: any way pickletools fails means "not a readable pickle"
             ok = False
             break
