@@ -171,6 +171,6 @@ def to_markdown(div: Divergence) -> str:
         return "\n".join(head)
     table = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     for r in rows:
-        cells = [md_code(x) if i == 1 else md_inline(x, cell=True) for i, x in enumerate(r)]
+        cells = [md_code(x, table=True) if i == 1 else md_inline(x, cell=True) for i, x in enumerate(r)]
         table.append("| " + " | ".join(cells) + " |")
     return "\n".join(head + table) + "\n"

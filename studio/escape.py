@@ -8,7 +8,7 @@ terminal, or quoted in an error message:
 - `md_text`: Markdown prose and table cells: every Markdown punctuation character is backslash-escaped
   and `& < >` become entities, so no emphasis, link, image, raw HTML or table cell break comes from it.
 - `md_code`: an inline code span whose fence is longer than any backtick run in the value, so the value
-  cannot end the span; `|` is escaped for tables (GFM reads it before code spans).
+  cannot end the span; `|` escaped in table cells (GFM reads it before code spans).
 - `terminal`: control characters (C0, C1, DEL) and other invisible or line-breaking characters shown as
   escapes like `\\x1b`, so nothing printed moves the cursor, sets the title or forges a line.
 - `excerpt`: at most ~200 characters of a value, saying how long it was, for error messages.
@@ -39,10 +39,14 @@ def md_text(value: object) -> str:
     return _LINE_BREAKS.sub(" ", terminal(value)).translate(_MD_TEXT)  # one pass: a megabyte in ~0.1 s
 
 
-def md_code(value: object) -> str:
+def md_code(value: object, *, table: bool = False) -> str:
     """`value` as an inline code span: a fence one backtick longer than its longest backtick run (padded
-    with a space where the value starts or ends with a backtick), line breaks as spaces, `|` escaped."""
-    text = _LINE_BREAKS.sub(" ", terminal(value)).replace("|", "\\|")
+    with a space where the value starts or ends with a backtick), line breaks as spaces. table=True: in a
+    table cell, where GFM splits cells at `|` before it reads code spans, so `|` is escaped (and shown
+    as `|`; outside a table the backslash would show)."""
+    text = _LINE_BREAKS.sub(" ", terminal(value))
+    if table:
+        text = text.replace("|", "\\|")
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
     fence = "`" * (longest + 1)
     pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
