@@ -2,7 +2,14 @@
 
 Exit codes: 0 exported and every check passed; 1 exported but a check failed;
 2 bad input or export impossible (message on stderr, traceback only with --debug).
-The flags are declared in studio.cli_flags, what is printed in studio.cli_text.
+The flags are declared in studio.cli_flags, what is printed in studio.cli_text. Everything printed that can
+hold a name from an upload or a manifest is escaped for the terminal (cli_text.shown); the `studio` command
+also wraps stdout / stderr so that nothing else written there (a library's warning, a traceback) can put a
+control character on the terminal (cli_text.SafeStream).
+
+`studio convert` runs the conversion in a child process under --memory-limit / --timeout, whose defaults
+(cli_flags.job_limits) are finite; `main()` called from Python runs it in-process unless a limit is given or
+`default_limits=True` (the `studio` command's entry() passes it).
 """
 
 from __future__ import annotations
@@ -12,8 +19,8 @@ import json
 import sys
 import traceback
 
-from .cli_flags import build_parser, spec_from_args
-from .cli_text import shown, summary, table
+from .cli_flags import build_parser, job_limits, limit_error, spec_from_args
+from .cli_text import SafeStream, shown, summary, table
 from .errors import StudioError
 from .report_render import IO_COLUMNS, graph_rows
 from .spec import ConvertSpec, parse_sample_limits
@@ -28,48 +35,34 @@ def cmd_convert(args: argparse.Namespace) -> int:
         if _TERMINATED:  # a SIGTERM whose SystemExit was swallowed: stop at the next stage, before writing
             raise SystemExit(128 + _TERMINATED[0])
         if not args.quiet:
-            print(f"[{fraction:4.0%}] {stage}", file=sys.stderr, flush=True)
+            print(f"[{fraction:4.0%}] {shown(stage)}", file=sys.stderr, flush=True)
 
-    if args.memory_limit is not None or args.timeout is not None:
-        report = _convert_limited(spec, progress, args.memory_limit, args.timeout)
-    else:
+    given = args.memory_limit is not None or args.timeout is not None
+    lim = job_limits(args.memory_limit, args.timeout) if given or getattr(args, "default_limits", False) else None
+    if lim is not None and (lim.memory_mb or lim.timeout_s):
+        report = _convert_limited(spec, progress, lim)
+    else:  # from Python without limits, or `--memory-limit 0 --timeout 0`
         report = convert(spec, progress)
     print(report.to_json() if args.json else summary(report))
     return 0 if report.ok else 1
 
 
-def _convert_limited(spec: ConvertSpec, progress, memory_mb: int | None, timeout_s: float | None):
-    """The conversion in a child process under the app's per-job limits (studio.isolate: address-space
+def _convert_limited(spec: ConvertSpec, progress, lim):
+    """The conversion in a child process under `lim` (studio.isolate, as the app runs its jobs: address-space
     limit in the child, resident-memory watchdog and wall-clock limit in the parent, the child's whole
     process group killed when one is passed). What a killed child leaves is removed here."""
-    from .isolate import Job, JobError, Limits
-    from .pipeline import remove_stale
-
-    if memory_mb is not None and memory_mb < 1:
-        raise StudioError(f"--memory-limit must be at least 1 MB, got {memory_mb}.")
-    if timeout_s is not None and not timeout_s > 0:
-        raise StudioError(f"--timeout must be more than 0 s, got {timeout_s:g}.")
     import multiprocessing as mp
+
+    from .isolate import Job, JobError
+    from .pipeline import remove_stale
 
     # fork where there is one: this process has imported nothing heavy yet, so the child starts at once
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    job = Job(
-        "convert-report",
-        {"spec": spec, "label": "conversion"},
-        Limits(timeout_s=timeout_s or None, memory_mb=memory_mb or None),
-        method,
-        label="conversion",
-    )
+    job = Job("convert-report", {"spec": spec, "label": "conversion"}, lim, method, label="conversion")
     try:
         return job.wait(progress)
     except JobError as e:
-        option = {
-            "memory": f"--memory-limit (now {memory_mb} MB)",
-            "timeout": f"--timeout (now {timeout_s:g} s)" if timeout_s else "--timeout",
-        }.get(e.reason)
-        if option:
-            raise StudioError(e.message, hint=f"Raise {option}, or try a smaller sample or model.") from e
-        raise
+        raise limit_error(e, lim) from e
     finally:
         job.kill()
         remove_stale(spec.out)
@@ -137,6 +130,11 @@ def cmd_app(args: argparse.Namespace) -> int:
         memory_limit_mb=args.memory_limit,
         max_file_size=args.max_file_size,
         session_ttl_s=args.session_ttl,
+        session_grace_s=args.session_grace,
+        max_sessions=args.max_sessions,
+        max_client_sessions=args.max_client_sessions,
+        max_client_disk_mb=args.max_client_disk,
+        max_disk_mb=args.max_disk,
         max_params=args.max_params,
         sample_limits=args.sample_limits,
         ray_address=args.ray,
@@ -155,8 +153,10 @@ def _exit_on_sigterm(signum, frame):
 
 
 def entry() -> None:
-    """`python -m studio` and the `studio` console script: main(), then the process ends at once (exit_now)."""
-    exit_now(main())
+    """`python -m studio` and the `studio` console script: main() with the default job limits, stdout and
+    stderr escaping control characters, then the process ends at once (exit_now)."""
+    sys.stdout, sys.stderr = SafeStream.wrap(sys.stdout), SafeStream.wrap(sys.stderr)
+    exit_now(main(default_limits=True))
 
 
 def exit_now(code: int) -> None:
@@ -182,8 +182,11 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, default_limits: bool = False) -> int:
+    """Run one command; its exit code. default_limits: `studio convert` runs under the default job limits
+    even when no --memory-limit / --timeout is given (the `studio` command does; Python callers opt in)."""
     args = build_parser().parse_args(argv)
+    args.default_limits = default_limits
     import signal
     import threading
 
@@ -230,8 +233,13 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from .fleet import BatchOptions, run_batch
+    from .fleet import BatchOptions, run_batch, summary_markdown
 
+    if args.plugin and args.ray:
+        raise StudioError(
+            "--plugin is not carried to Ray workers.",
+            hint="Install the plugin on every node as an 'onnx_studio.sources' entry point, or run without --ray.",
+        )
     result = run_batch(
         args.manifest,
         BatchOptions(
@@ -243,10 +251,14 @@ def cmd_batch(args: argparse.Namespace) -> int:
             quiet=args.quiet,
             ray=args.ray,
             shared_dir=args.shared_dir,
+            trust_code=args.trust_code,
+            max_params=args.max_params,
+            sample_limits=args.sample_limits,
         ),
     )
-    print(result.summary_md.read_text(), end="")
-    print(f"summary  {result.summary_json}, {result.summary_md}")
+    data = json.loads(result.summary_json.read_text())
+    print(summary_markdown(data, terminal_text=True), end="")  # the table of summary.md, as terminal text
+    print(f"summary  {shown(result.summary_json)}, {shown(result.summary_md)}")
     return result.exit_code
 
 

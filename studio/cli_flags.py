@@ -1,15 +1,19 @@
 """The command line's flags, declared as data: one table of flags per command (`commands()`), their defaults
 read from where the options live (ConvertSpec for `studio convert`, AppConfig for `studio app`), the parser
-built from the tables, and the one mapping from `studio convert`'s flags to the ConvertSpec."""
+built from the tables, the one mapping from `studio convert`'s flags to the ConvertSpec, and the one place the
+job limits of `studio convert` and `studio batch` get their defaults (`job_limits`)."""
 
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from .errors import StudioError
-from .isolate import Limits
+from .isolate import JobError, Limits
 from .spec import (
     EXPORTERS,
     HEAD_NAMES,
@@ -42,6 +46,94 @@ def _count(value: str) -> int:
         return int(float(value.replace("_", "")))
     except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(f"{value!r} is not a number (e.g. 5e9)") from None
+
+
+# --- job limits: `studio convert` and `studio batch` ------------------------------------------------------------
+
+MEMORY_SHARE = 0.75  # of this machine's memory (or its container's): the default --memory-limit
+TIMEOUT_DEFAULT_S = 3600.0  # the default --timeout: generous, but a hung conversion still ends
+BATCH_MEMORY_CAP_MB = Limits.memory_mb  # a batch job's default is also at most the app's (8 GB): jobs run side by side
+
+
+@cache
+def machine_memory_mb() -> int:
+    """This machine's memory in MB, or its container's limit (cgroup v2 / v1) when that is lower."""
+    import psutil
+
+    total = psutil.virtual_memory().total
+    for name in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(name).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < total:
+            total = int(text)
+    return max(1, total // 2**20)
+
+
+def default_memory_mb(batch: bool = False) -> int:
+    """The default --memory-limit: MEMORY_SHARE of the machine's memory (a batch job: at most the app's 8 GB,
+    and --jobs follows from it, so that the jobs running at once fit)."""
+    mb = max(1, int(machine_memory_mb() * MEMORY_SHARE))
+    return min(mb, BATCH_MEMORY_CAP_MB) if batch else mb
+
+
+def job_limits(memory_mb: float | None, timeout_s: float | None, *, batch: bool = False) -> Limits:
+    """--memory-limit / --timeout as the job runner's Limits: None is the default, 0 is no limit, anything
+    else below 0 (or not finite) is an error naming the flag."""
+    for flag_name, value in (("--memory-limit", memory_mb), ("--timeout", timeout_s)):
+        if value is not None and (isinstance(value, bool) or not math.isfinite(value) or value < 0):
+            raise StudioError(f"{flag_name} must be a number >= 0 (0: no limit), got {value!r}.")
+    memory = default_memory_mb(batch) if memory_mb is None else (int(memory_mb) or None)
+    if memory_mb is not None and 0 < memory_mb < 1:
+        memory = 1
+    timeout = TIMEOUT_DEFAULT_S if timeout_s is None else (float(timeout_s) or None)
+    return Limits(timeout_s=timeout, memory_mb=memory)
+
+
+def limit_error(e: StudioError, lim: Limits) -> StudioError:
+    """A job stopped by a limit, its message naming the flag that sets it (and its value now)."""
+    if not isinstance(e, JobError):
+        return e
+    if e.reason == "memory" and lim.memory_mb:
+        option = f"--memory-limit (now {lim.memory_mb:,} MB)"
+    elif e.reason == "timeout" and lim.timeout_s:
+        option = f"--timeout (now {lim.timeout_s:g} s)"
+    else:
+        return e
+    return JobError(
+        f"{e.message} Raise {option}, or give 0 for no limit.",
+        reason=e.reason,
+        error_type=e.error_type,
+        hint="Or try a smaller sample or model.",
+    )
+
+
+def _limit_flags(batch: bool) -> tuple[Flag, ...]:
+    """--memory-limit and --timeout with their defaults (job_limits) in the help."""
+    per = "a job" if batch else "the conversion (run in a child process)"
+    share = f"{MEMORY_SHARE:.0%}".replace("%", "%%")  # argparse formats help with %
+    memory = (
+        f"the smaller of the app's {BATCH_MEMORY_CAP_MB:,} MB and {share} of this machine's memory"
+        if batch
+        else f"{share} of this machine's memory"
+    )
+    return (
+        flag(
+            "--memory-limit",
+            f"stop {per} above this much memory (default: {memory}, {default_memory_mb(batch):,} MB here; 0: no limit)",
+            type=float,
+            default=None,
+            metavar="MB",
+        ),
+        flag(
+            "--timeout",
+            f"stop {per} after this long (default {TIMEOUT_DEFAULT_S:g} s; 0: no limit)",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -194,20 +286,7 @@ CONVERT_FLAGS = (
         "allow TorchScript, .pt2 and pickled modules (they can run code)",
     ),
     MAX_PARAMS,
-    flag(
-        "--memory-limit",
-        "run the conversion in a child process stopped above this much memory (default: no limit)",
-        type=int,
-        default=None,
-        metavar="MB",
-    ),
-    flag(
-        "--timeout",
-        "stop the conversion after this long (default: no limit)",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-    ),
+    *_limit_flags(batch=False),
     SAMPLE_LIMITS,
     flag("--out", "output folder (default ./{default})", default=default("out"), metavar="DIR"),
     flag("--json", "print report.json to stdout instead of the summary", action="store_true"),
@@ -215,7 +294,8 @@ CONVERT_FLAGS = (
     DEBUG,
 )
 
-# `studio batch MANIFEST` (studio/fleet.py; on Ray: studio/fleet_ray.py); unset limits are isolate.Limits'
+# `studio batch MANIFEST` (studio/fleet.py; on Ray: studio/fleet_ray.py); trust and limits are the operator's,
+# for every entry (a manifest line may not set them: studio.manifest.OPERATOR)
 BATCH_FLAGS = (
     flag("manifest", ".jsonl, .csv or .yaml: one conversion per line", metavar="MANIFEST"),
     flag("--out", "output folder (default ./{default})", default="studio-batch", metavar="DIR"),
@@ -240,20 +320,12 @@ BATCH_FLAGS = (
         default=None,
         metavar="DIR",
     ),
-    flag(
-        "--memory-limit",
-        f"a job using more memory is stopped (default: the app's, {Limits.memory_mb})",
-        type=int,
-        default=None,
-        metavar="MB",
+    *_limit_flags(batch=True),
+    *_operator_flags(
+        "(repeatable; not with --ray)", "allow TorchScript, .pt2 and pickled modules in every entry (they can run code)"
     ),
-    flag(
-        "--timeout",
-        f"a job running longer is stopped (default: the app's, {Limits.timeout_s:g})",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-    ),
+    MAX_PARAMS,
+    SAMPLE_LIMITS,
     flag("--force", "run every entry, also those unchanged since their last run", action="store_true"),
     flag("--quiet", "no progress on stderr", action="store_true"),
     DEBUG,
@@ -297,6 +369,41 @@ def app_flags() -> tuple[Flag, ...]:
             type=float,
             default=AppConfig.session_ttl_s,
             metavar="SECONDS",
+        ),
+        flag(
+            "--session-grace",
+            "... and after this long when it has no heartbeat open: an API caller, a closed page (default {default:g})",
+            type=float,
+            default=AppConfig.session_grace_s,
+            metavar="SECONDS",
+        ),
+        flag(
+            "--max-sessions",
+            "sessions open at once, 0 for no limit (default {default})",
+            type=int,
+            default=AppConfig.max_sessions,
+            metavar="N",
+        ),
+        flag(
+            "--max-client-sessions",
+            "sessions open at once from one client address, 0 for no limit (default {default})",
+            type=int,
+            default=AppConfig.max_client_sessions,
+            metavar="N",
+        ),
+        flag(
+            "--max-client-disk",
+            "MB of files one client address's sessions may hold, 0 for no limit (default {default})",
+            type=int,
+            default=AppConfig.max_client_disk_mb,
+            metavar="MB",
+        ),
+        flag(
+            "--max-disk",
+            "MB of files all sessions may hold, 0 for no limit (default {default})",
+            type=int,
+            default=AppConfig.max_disk_mb,
+            metavar="MB",
         ),
         SAMPLE_LIMITS,
         flag(

@@ -110,3 +110,29 @@ def _comparison_lines(c: Comparison | None) -> list[str]:
     if c is None:
         return []
     return [f"compare  {c.winner} chosen: {shown(c.reason)}", table(COMPARISON_COLUMNS, comparison_rows(c))]
+
+
+class SafeStream:
+    """A text stream (stdout / stderr) that shows control characters as escapes (studio.escape.terminal,
+    line breaks and tabs kept) in everything written to it: what the studio prints is escaped where it is
+    made, and this catches the rest (a library's warning or log line, a traceback with --debug). Our own
+    cursor moves (studio.fleet.BatchProgress's bars) go to `unfiltered`."""
+
+    def __init__(self, stream):
+        self.unfiltered = stream
+
+    @classmethod
+    def wrap(cls, stream):
+        return stream if stream is None or isinstance(stream, cls) else cls(stream)
+
+    def write(self, text: str) -> int:
+        if not text.isprintable():
+            text = "\n".join("\t".join(map(terminal, line.split("\t"))) for line in text.split("\n"))
+        return self.unfiltered.write(text)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str):  # flush, fileno, isatty, encoding, buffer, ...
+        return getattr(self.unfiltered, name)

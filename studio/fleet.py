@@ -2,8 +2,14 @@
 N at a time (or as Ray tasks: studio.fleet_ray), one output folder per entry, summary.json + summary.md.
 
 Exit code: 0 every entry passed; 1 a check failed; 2 an entry could not be converted. An entry whose inputs
-(the content of its checkpoint files, sample and config) and options are unchanged since a run that completed
-its output folder is skipped (the hash is kept in the folder's `batch.json`); `--force` runs everything.
+(the content of its checkpoint files, sample and config), options and the operator's settings are unchanged
+since a run that completed its output folder is skipped (the hash is kept in the folder's `batch.json`);
+`--force` runs everything. The manifest is validated in one pass before anything runs; each entry's inputs are
+hashed when a job slot takes it (a file's digest is kept for the batch, keyed by its size and mtime), so the
+first conversion starts while the rest wait, not after every input was read.
+
+Everything printed (progress, errors) is escaped for the terminal and everything in summary.md for Markdown
+(studio.escape): names, paths and messages come from the manifest and the uploads.
 """
 
 from __future__ import annotations
@@ -12,18 +18,20 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from . import isolate
 from .errors import StudioError, first_line
+from .escape import md_code, md_text, terminal
 from .manifest import ManifestEntry, read_manifest
+from .spec import MAX_PARAMS_DEFAULT, ConvertSpec, SampleLimits, parse_sample_limits
 
 SUMMARY_SCHEMA, SUMMARY_VERSION = "onnx-studio/batch-summary", 1
 STATE_FILE = "batch.json"  # in each entry's folder: the input hash and the entry's summary row
@@ -35,12 +43,27 @@ _CHUNK = 1 << 20
 class BatchOptions:
     out: str = "studio-batch"
     jobs: int | None = None  # None: what the machine can hold (default_jobs)
-    memory_mb: int | None = None  # per job; None: the app's default limit
-    timeout_s: float | None = None  # per job; None: the app's default limit
+    memory_mb: int | None = None  # per job; None: the default (cli_flags.job_limits), 0: no limit
+    timeout_s: float | None = None  # per job; None: the default (cli_flags.job_limits), 0: no limit
     force: bool = False
     quiet: bool = False
     ray: str | None = None  # ADDRESS | auto | local: run the entries as Ray tasks (studio.fleet_ray)
     shared_dir: str | None = None  # Ray: a folder every node sees at the same path (no transfer through Ray)
+    # the operator's settings for every entry (a manifest line may not set them: studio.manifest.OPERATOR)
+    trust_code: bool = False
+    max_params: int = MAX_PARAMS_DEFAULT
+    sample_limits: SampleLimits | str | dict | None = None  # None: SampleLimits()
+
+    def settings(self) -> dict[str, Any]:
+        """The ConvertSpec fields the operator sets for every entry, checked."""
+        checked = ConvertSpec(
+            checkpoint="-", data="-", trust_code=self.trust_code, max_params=self.max_params
+        ).validated()  # the --max-params rule
+        return {
+            "trust_code": bool(self.trust_code),
+            "max_params": checked.max_params,
+            "sample_limits": parse_sample_limits(self.sample_limits),
+        }
 
 
 @dataclass
@@ -52,14 +75,10 @@ class BatchResult:
 
 
 def limits(opts: BatchOptions):
-    """The per-job limits: the app's defaults unless the batch sets its own."""
-    Limits = isolate.Limits
-    base = Limits()
-    if opts.memory_mb is not None and opts.memory_mb < 1:
-        raise StudioError(f"--memory-limit must be at least 1 MB, got {opts.memory_mb}.")
-    if opts.timeout_s is not None and not opts.timeout_s > 0:
-        raise StudioError(f"--timeout must be more than 0 s, got {opts.timeout_s:g}.")
-    return Limits(timeout_s=opts.timeout_s or base.timeout_s, memory_mb=opts.memory_mb or base.memory_mb)
+    """The per-job limits (cli_flags.job_limits: the one place the defaults are computed)."""
+    from .cli_flags import job_limits
+
+    return job_limits(opts.memory_mb, opts.timeout_s, batch=True)
 
 
 def cpu_count() -> int:
@@ -81,35 +100,55 @@ def default_jobs(memory_mb: int | None) -> int:
 # --- what an entry is made of: its hash, and whether its folder is complete ------------------------------------
 
 
-def _hash_file(h, path: Path) -> None:
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
+class Hasher:
+    """sha256 digests of files and folders, each file read once per batch however many entries name it (kept
+    by path, size, mtime and inode: a file changed during the batch is read again). Thread-safe."""
+
+    def __init__(self):
+        self._files: dict[str, tuple[tuple, str]] = {}
+        self._lock = threading.Lock()
+
+    def file(self, path: Path) -> str:
+        st = path.stat()
+        key = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+        with self._lock:
+            known = self._files.get(str(path))
+        if known is not None and known[0] == key:
+            return known[1]
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+        with self._lock:
+            self._files[str(path)] = (key, h.hexdigest())
+        return h.hexdigest()
+
+    def tree(self, path: Path) -> str:
+        """A file's digest, or a folder's: every file's relative name and digest, sorted by name."""
+        if path.is_file():
+            return "F" + self.file(path)
+        h = hashlib.sha256()
+        for p in sorted(path.rglob("*")):
+            if p.is_file():
+                h.update(b"\0" + str(p.relative_to(path)).encode("utf-8", "surrogateescape") + b"\0")
+                h.update(self.file(p).encode())
+        return "D" + h.hexdigest()
 
 
-def _hash_tree(h, path: Path) -> None:
-    """A file's content, or every file of a folder (relative names and contents, sorted by name)."""
-    if path.is_file():
-        h.update(b"F")
-        _hash_file(h, path)
-        return
-    for p in sorted(path.rglob("*")):
-        if p.is_file():
-            h.update(b"\0" + str(p.relative_to(path)).encode() + b"\0")
-            _hash_file(h, p)
-
-
-def entry_hash(entry: ManifestEntry) -> str:
-    """sha256 of the studio version, the entry's options and the content of every file it names."""
+def entry_hash(entry: ManifestEntry, settings: dict[str, Any] | None = None, hasher: Hasher | None = None) -> str:
+    """sha256 of the studio version, the entry's options, the operator's settings (trust, limits: a batch's
+    BatchOptions.settings(), by default its defaults) and the content of every file it names."""
     from . import __version__
 
+    settings = BatchOptions().settings() if settings is None else settings
+    hasher = hasher or Hasher()
     h = hashlib.sha256()
     options = {k: (v if k not in ("checkpoint", "data", "config") else Path(v).name) for k, v in entry.options.items()}
-    h.update(json.dumps({"studio": __version__, "options": options}, sort_keys=True, default=str).encode())
+    about = {"studio": __version__, "options": options, "operator": settings}
+    h.update(json.dumps(about, sort_keys=True, default=str).encode())
     for key in ("checkpoint", "data", "config"):
         if entry.options.get(key):
-            h.update(f"\0{key}\0".encode())
-            _hash_tree(h, Path(entry.options[key]))
+            h.update(f"\0{key}\0{hasher.tree(Path(entry.options[key]))}".encode())
     return h.hexdigest()
 
 
@@ -212,7 +251,8 @@ def exit_code(rows: list[dict[str, Any]]) -> int:
 
 class BatchProgress:
     """A bar over the batch and one per running job, redrawn in place on a terminal; on anything else (a CI
-    log) one line per entry started, stage reached and entry finished."""
+    log) one line per entry started, stage reached and entry finished. Every name, stage and message is
+    escaped for the terminal (studio.escape.terminal); only the bars' own cursor moves are control codes."""
 
     def __init__(self, total: int, done: int = 0, stream=None, quiet: bool = False):
         self.total, self.done, self.quiet = total, done, quiet
@@ -220,6 +260,7 @@ class BatchProgress:
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.running: dict[str, tuple[str, float]] = {}
         self.counts = dict.fromkeys(VERDICTS, 0)
+        self.skipped = 0
         self._lock = threading.Lock()
         self._drawn = 0
 
@@ -227,6 +268,7 @@ class BatchProgress:
         self.update(name, "queued", 0.0)
 
     def update(self, name: str, stage: str, fraction: float) -> None:
+        name, stage = terminal(name), terminal(stage)
         with self._lock:
             changed = self.running.get(name, ("", -1.0))[0] != stage
             self.running[name] = (stage, fraction)
@@ -235,7 +277,16 @@ class BatchProgress:
             elif changed:
                 self._line(f"  {name}: [{fraction:4.0%}] {stage}")
 
+    def skip(self, name: str) -> None:
+        """An entry unchanged since its last run: counted as done, no line of its own."""
+        with self._lock:
+            self.done += 1
+            self.skipped += 1
+            if self.tty:
+                self._draw()
+
     def finish(self, name: str, row: dict[str, Any]) -> None:
+        name = terminal(name)
         with self._lock:
             self.running.pop(name, None)
             self.done += 1
@@ -244,7 +295,16 @@ class BatchProgress:
             what += f": {first_line(row['error'], 200)}" if row.get("error") else ""
             if self.tty:
                 self._clear()
-            self._line(f"[{self.done}/{self.total}] {name} {what} ({row.get('seconds') or 0:.1f} s)")
+            self._line(f"[{self.done}/{self.total}] {name} {terminal(what)} ({row.get('seconds') or 0:.1f} s)")
+            if self.tty:
+                self._draw()
+
+    def note(self, text: str) -> None:
+        """A line of its own (above the bars on a terminal)."""
+        with self._lock:
+            if self.tty:
+                self._clear()
+            self._line(terminal(text))
             if self.tty:
                 self._draw()
 
@@ -257,6 +317,7 @@ class BatchProgress:
             return
         self._clear()
         counts = ", ".join(f"{n} {v}" for v, n in self.counts.items() if n)
+        counts += (", " if counts else "") + f"{self.skipped} skipped" if self.skipped else ""
         lines = [
             f"batch [{self._bar(self.done / max(1, self.total))}] {self.done}/{self.total} done"
             + (f", {counts}" if counts else "")
@@ -265,19 +326,23 @@ class BatchProgress:
             f"  {name[:30]:<30} [{self._bar(f, 16)}] {f:4.0%} {stage}"
             for name, (stage, f) in sorted(self.running.items())
         ]
-        self.stream.write("\n".join(lines) + "\n")
-        self.stream.flush()
+        self._write("\n".join(lines) + "\n")
         self._drawn = len(lines)
 
     def _clear(self) -> None:
         if self._drawn:
-            self.stream.write(f"\x1b[{self._drawn}F\x1b[J")
+            self._write(f"\x1b[{self._drawn}F\x1b[J", control=True)
             self._drawn = 0
+
+    def _write(self, text: str, control: bool = False) -> None:
+        """Our own cursor moves bypass a stream that escapes control characters (cli_text.SafeStream)."""
+        stream = getattr(self.stream, "unfiltered", self.stream) if control else self.stream
+        stream.write(text)
+        stream.flush()
 
     def _line(self, text: str) -> None:
         if not self.quiet:
-            self.stream.write(text + "\n")
-            self.stream.flush()
+            self._write(text + "\n")
 
 
 # --- running ---------------------------------------------------------------------------------------------------
@@ -294,11 +359,14 @@ _running: set = set()  # the jobs of this process's batches now running: cancell
 _running_lock = threading.Lock()
 
 
-def _run_isolated(spec, lim, on_progress: Callable[[str, float], None]):
+def _run_isolated(spec, lim, on_progress: Callable[[str, float], None], stop: threading.Event | None = None):
     """pipeline.convert(spec) in a child process under `lim` (the app's job runner); the Report, or JobError /
-    StudioError. What a killed child leaves in the output's parent folder is removed."""
+    StudioError. What a killed child leaves in the output's parent folder is removed. A set `stop` (the batch
+    was interrupted) starts nothing."""
     job = isolate.Job("convert-report", {"spec": spec, "label": "conversion"}, lim, label="conversion")
     with _running_lock:
+        if stop is not None and stop.is_set():
+            raise isolate.JobError("The batch was interrupted.", reason="cancelled")
         _running.add(job)
     try:
         return job.wait(on_progress)
@@ -321,15 +389,20 @@ def cancel_running(reason: str = "The batch was interrupted.") -> None:
         job.cancel(reason)
 
 
-def convert_entry(p: Pending, lim, threads: int | None, progress: BatchProgress) -> dict[str, Any]:
+def convert_entry(
+    p: Pending, lim, threads: int | None, progress: BatchProgress, stop: threading.Event | None = None
+) -> dict[str, Any]:
     """One entry in its own process into its folder; its summary row (and batch.json when it converted)."""
+    from .cli_flags import limit_error
+
     p.folder.mkdir(parents=True, exist_ok=True)
     (p.folder / STATE_FILE).unlink(missing_ok=True)  # the folder is not complete until this run says so
     spec = replace(p.entry.spec, out=str(p.folder), threads=p.entry.spec.threads or threads)
     started = time.monotonic()
     try:
-        report = _run_isolated(spec, lim, lambda stage, f: progress.update(p.entry.name, stage, f))
+        report = _run_isolated(spec, lim, lambda stage, f: progress.update(p.entry.name, stage, f), stop)
     except StudioError as e:
+        e = limit_error(e, lim)
         return finish_error(p, error_row(p.entry, str(e), getattr(e, "reason", "error"), time.monotonic() - started))
     row = row_from_report(p.entry, report.to_dict(), time.monotonic() - started)
     write_state(p.folder, p.digest, row)
@@ -345,36 +418,85 @@ def finish_error(p: Pending, row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def run_local(pending: list[Pending], jobs: int, lim, progress: BatchProgress) -> dict[str, dict[str, Any]]:
-    """Each entry in its own process, `jobs` at a time; each with CPUs / jobs threads unless it sets its own."""
+class Preparer:
+    """Each entry just before it runs: its inputs hashed (Hasher) and its folder looked at; a Pending (its spec
+    with the operator's settings), or the stored row of an entry unchanged since its last run (`force` runs
+    every entry)."""
+
+    def __init__(self, out: Path, settings: dict[str, Any], force: bool):
+        self.out, self.settings, self.force = out, settings, force
+        self.hasher = Hasher()
+        self.skipped = 0
+
+    def __call__(self, e: ManifestEntry) -> Pending | dict[str, Any]:
+        try:
+            digest = entry_hash(e, self.settings, self.hasher)
+        except (OSError, ValueError) as exc:  # a file gone or unreadable since the manifest was read
+            return error_row(e, f"Cannot read the entry's inputs: {first_line(exc, 300)}")
+        row = None if self.force else stored_row(self.out / e.name, digest)
+        if row is not None:
+            self.skipped += 1
+            return {**row, "skipped": True}
+        return Pending(replace(e, spec=replace(e.spec, **self.settings)), self.out / e.name, digest)
+
+
+def run_local(entries, prepare: Preparer, jobs: int, lim, progress: BatchProgress) -> dict[str, dict[str, Any]]:
+    """Each entry in its own process, `jobs` at a time, each hashed when a slot takes it; each with CPUs / jobs
+    threads unless it sets its own."""
     threads = max(1, cpu_count() // max(1, jobs))
     rows: dict[str, dict[str, Any]] = {}
+    todo, take, stop = iter(entries), threading.Lock(), threading.Event()
 
-    def one(p: Pending) -> None:
-        progress.start(p.entry.name)
+    def one(e: ManifestEntry) -> None:
         try:
-            row = convert_entry(p, lim, threads, progress)
-        except Exception as e:  # noqa: BLE001 - a bug in one entry's handling must not stop the batch
-            row = error_row(p.entry, f"unexpected {type(e).__name__}: {e}")
-        rows[p.entry.name] = row
-        progress.finish(p.entry.name, row)
+            got = prepare(e)
+            if isinstance(got, dict):
+                rows[e.name] = got
+                progress.skip(e.name) if got.get("skipped") else progress.finish(e.name, got)
+                return
+            progress.start(e.name)
+            row = convert_entry(got, lim, threads, progress, stop)
+        except Exception as exc:  # noqa: BLE001 - a bug in one entry's handling must not stop the batch
+            row = error_row(e, f"unexpected {type(exc).__name__}: {exc}")
+        rows[e.name] = row
+        progress.finish(e.name, row)
 
-    pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="studio-batch")
+    left, finished = [max(1, jobs)], threading.Event()
+
+    def worker() -> None:
+        try:
+            while not stop.is_set():
+                with take:
+                    e = next(todo, None)
+                if e is None:
+                    return
+                one(e)
+        finally:
+            with take:
+                left[0] -= 1
+                if not left[0]:
+                    finished.set()
+
+    for i in range(left[0]):
+        threading.Thread(target=worker, name=f"studio-batch-{i}").start()
     try:
-        for future in [pool.submit(one, p) for p in pending]:
-            future.result()
+        # an Event, not Thread.join: a join interrupted by Ctrl-C marks its thread as ended (CPython 3.11),
+        # and exit_now would then not wait for the thread writing the interrupted entry's row
+        while not finished.wait(0.2):
+            pass
     except BaseException:  # Ctrl-C / SIGTERM: stop what runs, start nothing more
-        pool.shutdown(wait=False, cancel_futures=True)
+        stop.set()
         cancel_running()
         raise
-    pool.shutdown()
     return rows
 
 
 def run_batch(manifest: str | Path, opts: BatchOptions, stream=None) -> BatchResult:
-    """Read the manifest, skip what is unchanged, run the rest, write summary.json / summary.md."""
+    """Read the manifest (every line validated before anything runs), run each entry unless it is unchanged,
+    write summary.json / summary.md."""
     entries = read_manifest(manifest)
     lim = limits(opts)
+    settings = opts.settings()
     if opts.jobs is not None and opts.jobs < 1:
         raise StudioError(f"--jobs must be at least 1, got {opts.jobs}.")
     out = Path(opts.out).expanduser().resolve()
@@ -385,26 +507,19 @@ def run_batch(manifest: str | Path, opts: BatchOptions, stream=None) -> BatchRes
 
         check_shared(entries, out, opts.shared_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows: dict[str, dict[str, Any]] = {}
-    pending = []
-    for e in entries:
-        digest = entry_hash(e)
-        row = None if opts.force else stored_row(out / e.name, digest)
-        if row is not None:
-            rows[e.name] = {**row, "skipped": True}
-        else:
-            pending.append(Pending(e, out / e.name, digest))
-    progress = BatchProgress(len(entries), len(rows), stream, opts.quiet)
-    if rows:
-        progress._line(
-            f"{len(rows)} of {len(entries)} entries unchanged since their last run: skipped (--force runs them again)"
-        )
-    if pending and opts.ray:
+    progress = BatchProgress(len(entries), 0, stream, opts.quiet)
+    prepare = Preparer(out, settings, opts.force)
+    if opts.ray:
         from . import fleet_ray
 
-        rows.update(fleet_ray.run_ray(pending, opts, lim, progress))
-    elif pending:
-        rows.update(run_local(pending, opts.jobs or default_jobs(lim.memory_mb), lim, progress))
+        rows = fleet_ray.run_ray(entries, prepare, opts, lim, progress)
+    else:
+        rows = run_local(entries, prepare, opts.jobs or default_jobs(lim.memory_mb), lim, progress)
+    if prepare.skipped:
+        progress.note(
+            f"{prepare.skipped} of {len(entries)} entries unchanged since their last run: skipped "
+            "(--force runs them again)"
+        )
     ordered = [rows[e.name] for e in entries]
     return write_summary(out, Path(manifest), ordered)
 
@@ -421,27 +536,48 @@ def write_summary(out: Path, manifest: Path, rows: list[dict[str, Any]]) -> Batc
         "entries": rows,
     }
     js, md = out / "summary.json", out / "summary.md"
-    js.write_text(json.dumps(data, indent=2, allow_nan=False))
-    md.write_text(summary_markdown(data))
+    _write_atomic(js, json.dumps(data, indent=2, allow_nan=False))
+    _write_atomic(md, summary_markdown(data))
     return BatchResult(rows, code, js, md)
 
 
-def _cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _size(n: Any) -> str:
-    return "-" if not isinstance(n, (int, float)) else f"{n / 2**20:.2f} MB"
+    return "-" if not isinstance(n, (int, float)) or isinstance(n, bool) else f"{n / 2**20:.2f} MB"
 
 
 def _x(v: Any) -> str:
-    return "-" if v is None else f"{v:.2f}x"
+    return "-" if not isinstance(v, (int, float)) or isinstance(v, bool) else f"{v:.2f}x"
 
 
-def summary_markdown(data: dict[str, Any]) -> str:
+_PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ,.()-]*")  # words that are the same text in Markdown
+
+
+def _md(value: Any) -> str:
+    """Markdown for a table cell: plain words as they are, anything else escaped (studio.escape.md_text)."""
+    text = str(value)
+    return text if _PLAIN.fullmatch(text) else md_text(text)
+
+
+def _plain_cell(value: Any) -> str:
+    """A cell of the summary as printed on the terminal: control characters escaped, `|` kept a cell's."""
+    return terminal(value).replace("|", "\\|")
+
+
+def summary_markdown(data: dict[str, Any], terminal_text: bool = False) -> str:
+    """summary.md: every string from the manifest or an upload (names, paths, messages, labels) escaped for
+    Markdown (studio.escape.md_text / md_code), so none becomes a link, an image, raw HTML or a cell break.
+    terminal_text: the same table for the terminal (control characters escaped, the rest as it is)."""
+    cell = _plain_cell if terminal_text else _md
+    title = terminal(Path(data["manifest"]).name) if terminal_text else md_code(Path(data["manifest"]).name)
     c = data["counts"]
     lines = [
-        f"# Batch summary: {_cell(Path(data['manifest']).name)}",
+        f"# Batch summary: {title}",
         "",
         f"**{len(data['entries'])} {'entry' if len(data['entries']) == 1 else 'entries'}: "
         f"{c['PASS']} passed, {c['FAIL']} failed a check, {c['ERROR']} could "
@@ -451,29 +587,25 @@ def summary_markdown(data: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in data["entries"]:
-        why = ", ".join(r.get("failed_checks") or []) or (first_line(r["error"], 160) if r.get("error") else "")
+        why = ", ".join(map(str, r.get("failed_checks") or [])) or (
+            first_line(r["error"], 160) if r.get("error") else ""
+        )
         variants = ", ".join(
-            f"{v['name']} {'PASS' if v.get('ok') else 'FAIL'} {_size(v.get('size_bytes'))} "
+            f"{cell(v.get('name'))} {'PASS' if v.get('ok') else 'FAIL'} {_size(v.get('size_bytes'))} "
             f"{_x(v.get('speedup_vs_torch'))}"
             for v in r.get("variants") or []
         )
         export_s = r.get("export_seconds")
-        lines.append(
-            "| "
-            + " | ".join(
-                _cell(x)
-                for x in [
-                    r["entry"],
-                    r["verdict"] + (" (skipped)" if r.get("skipped") else ""),
-                    why or "-",
-                    "-" if export_s is None else f"{export_s:.1f}",
-                    _size(r.get("model_bytes")),
-                    _x(r.get("speedup_ort_cpu")),
-                    variants or "-",
-                ]
-            )
-            + " |"
-        )
+        cells = [
+            cell(r["entry"]),
+            r["verdict"] + (" (skipped)" if r.get("skipped") else ""),
+            cell(why) if why else "-",
+            "-" if not isinstance(export_s, (int, float)) else f"{export_s:.1f}",
+            _size(r.get("model_bytes")),
+            _x(r.get("speedup_ort_cpu")),
+            variants or "-",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
         "Speedups: PyTorch CPU p50 / ORT CPU p50 on the sample batch (variants: vs PyTorch CPU). Each "

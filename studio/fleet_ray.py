@@ -32,6 +32,7 @@ from .fleet import (
     BatchOptions,
     BatchProgress,
     Pending,
+    Preparer,
     _run_isolated,
     error_row,
     finish_error,
@@ -156,6 +157,9 @@ def convert_task(name: str, spec, inputs: bytes | None, lim, queue, hooks: dict)
         try:
             report = _run_isolated(spec, lim, progress)
         except StudioError as e:
+            from .cli_flags import limit_error
+
+            e = limit_error(e, lim)
             return {"error": ray_files.swap(back)(str(e)), "reason": getattr(e, "reason", "error")}
         out = Path(spec.out)
         if inputs is None:
@@ -181,21 +185,28 @@ def check_shared(entries, out: Path, shared: str) -> None:
         raise StudioError(f"--shared-dir {root}: --out {out} is outside it; the workers could not write there.")
 
 
-def run_ray(pending: list[Pending], opts: BatchOptions, lim, progress: BatchProgress) -> dict[str, dict]:
-    """Every pending entry as a Ray task (Ray queues them by their resource requests); rows by entry name."""
+def run_ray(entries, prepare: Preparer, opts: BatchOptions, lim, progress: BatchProgress) -> dict[str, dict]:
+    """Every entry as a Ray task (Ray queues them by their resource requests), each hashed just before it is
+    sent (studio.fleet.Preparer), so the first ones run while the rest are hashed; rows by entry name."""
     shared = opts.shared_dir
     if shared:
-        check_shared([p.entry for p in pending], pending[0].folder.parent, shared)
+        check_shared(entries, prepare.out, shared)
     started_ray = connect(opts.ray)
     import ray
     from ray.util.queue import Queue
 
+    rows: dict[str, dict] = {}
     try:
         queue = Queue(actor_options={"num_cpus": 0})
         remote = ray.remote(max_retries=0)(convert_task)
         gpus = _gpus()
         refs, packed = {}, {}
-        for p in pending:
+        for e in entries:
+            p = prepare(e)
+            if isinstance(p, dict):  # unchanged since its last run, or its inputs unreadable
+                rows[e.name] = p
+                progress.skip(e.name) if p.get("skipped") else progress.finish(e.name, p)
+                continue
             p.folder.mkdir(parents=True, exist_ok=True)
             (p.folder / "batch.json").unlink(missing_ok=True)
             spec = replace(p.entry.spec, out=str(p.folder))
@@ -206,7 +217,7 @@ def run_ray(pending: list[Pending], opts: BatchOptions, lim, progress: BatchProg
                 p.entry.name, spec, inputs, lim, queue, dict(p.entry.hooks)
             )
             refs[ref] = p
-        return _collect(refs, queue, progress)
+        return {**rows, **_collect(refs, queue, progress)}
     finally:
         if started_ray:
             ray.shutdown()

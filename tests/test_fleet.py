@@ -85,7 +85,7 @@ def test_jsonl_csv_yaml_read_the_same(inputs):
         ('{"checkpoint": "model.pt", "data": "rows.csv", "name": "../up"}', "name", "not a folder name"),
         ('{"checkpoint": "model.pt", "data": "rows.csv", "name": "summary.json"}', "name", "not a folder name"),
         ('{"checkpoint": "model.pt", "data": "rows.csv", "name": "demo"}', "name", "already used on line 1"),
-        ('{"checkpoint": "model.pt", "data": "rows.csv", "exporter": "onnxmltools"}', None, "not one of"),
+        ('{"checkpoint": "model.pt", "data": "rows.csv", "exporter": "onnxmltools"}', "exporter", "not one of"),
         ('{"checkpoint": "model.pt", "data": "rows.csv",', None, "not a JSON object"),
     ],
 )
