@@ -129,6 +129,19 @@ def _context(start_method: str):
         return _contexts[start_method]
 
 
+def stop_fork_server() -> None:
+    """Kill the fork server this process started, if any: a stopping server must not leave it behind, and
+    while it is still importing torch (seconds) it would not notice that its parent is gone."""
+    try:
+        from multiprocessing import forkserver
+
+        pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+    except (ImportError, OSError):
+        pass
+
+
 def default_start_method() -> str:
     return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
 
@@ -192,8 +205,9 @@ class Job:
         return self
 
     def cancel(self, reason: str = "The job was cancelled.") -> None:
-        with self._lock:
-            self._cancel_reason = self._cancel_reason or reason
+        """Never waits for `start` (which holds the lock while the fork server may still be importing
+        torch): the reason is set at once, and a job that starts afterwards is killed by `wait`."""
+        self._cancel_reason = self._cancel_reason or reason
         self.kill()
 
     def kill(self) -> None:

@@ -31,7 +31,8 @@ ROLES = {"order_id": "ignore", "review": "text", "price": "tabular", "quantity":
 
 @pytest.fixture(scope="module")
 def served():
-    running = studio.app.start(port=0, max_jobs=2, job_timeout_s=300, max_file_size="20mb")
+    # a new gradio_client per test, never closed: each keeps its session open (heartbeat) until the end
+    running = studio.app.start(port=0, max_jobs=2, job_timeout_s=300, max_file_size="20mb", max_client_sessions=0)
     running.app.warm_up(wait=True)
     yield running
     running.close()

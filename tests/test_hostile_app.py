@@ -30,7 +30,8 @@ def _cases():
 
 @pytest.fixture(scope="module")
 def served():
-    running = studio.app.start(port=0, max_jobs=2, job_timeout_s=300, max_file_size="100mb")
+    # a new gradio_client per test, never closed: each keeps its session open (heartbeat) until the end
+    running = studio.app.start(port=0, max_jobs=2, job_timeout_s=300, max_file_size="100mb", max_client_sessions=0)
     running.app.warm_up(wait=True)
     yield running
     running.close()

@@ -47,6 +47,11 @@ def launch(
     memory_limit_mb: int | None = _Config.memory_limit_mb,
     max_file_size: str | int | None = _Config.max_file_size,
     session_ttl_s: float = _Config.session_ttl_s,
+    session_grace_s: float = _Config.session_grace_s,
+    max_sessions: int | None = _Config.max_sessions,
+    max_client_sessions: int | None = _Config.max_client_sessions,
+    max_client_disk_mb: int | None = _Config.max_client_disk_mb,
+    max_disk_mb: int | None = _Config.max_disk_mb,
     queue_size: int | None = _Config.queue_size,
     work_dir: str | None = _Config.work_dir,
     open_browser: bool = False,
@@ -63,7 +68,9 @@ def launch(
     loaded (TorchScript, .pt2, pickled modules) — shown as a banner in the page. max_jobs: conversions
     running at once, the rest queue (queue_size waiting at most). job_timeout_s / memory_limit_mb: limits
     of each conversion's worker process. max_file_size: per upload, e.g. "500mb". session_ttl_s: an idle
-    session's files are removed after this. work_dir: where session folders are made (default: temp).
+    session's files are removed after this; session_grace_s: after this when it has no heartbeat open (an
+    API caller, a closed page). max_sessions / max_client_sessions: sessions open at once, in all and from
+    one client address; max_client_disk_mb / max_disk_mb: the files they may hold (0: no limit). work_dir: where session folders are made (default: temp).
     max_params: most parameters an uploaded checkpoint's config may declare (default 5e9).
     sample_limits: what a sample file may hold ("rows=50000,size=200mb"; default: the studio's limits).
     graph_max_nodes / graph_max_mb: the Graph panel draws graphs up to this many nodes and .onnx files up to
@@ -78,6 +85,11 @@ def launch(
         memory_limit_mb=memory_limit_mb,
         max_file_size=max_file_size,
         session_ttl_s=session_ttl_s,
+        session_grace_s=session_grace_s,
+        max_sessions=max_sessions,
+        max_client_sessions=max_client_sessions,
+        max_client_disk_mb=max_client_disk_mb,
+        max_disk_mb=max_disk_mb,
         queue_size=queue_size,
         work_dir=work_dir,
         sample_limits=sample_limits,

@@ -24,6 +24,11 @@ class AppConfig:
     max_params: int = default("max_params")  # parameters a checkpoint's config may declare (sources.sizing)
     max_file_size: str | int | None = "2gb"  # per upload
     session_ttl_s: float = 3600.0  # idle sessions' files are removed after this
+    session_grace_s: float = 15.0  # ... and after this when no heartbeat is open (API callers, closed pages)
+    max_sessions: int | None = 100  # sessions open at once (0 / None: no limit); studio.app.jobs.SessionLimits
+    max_client_sessions: int | None = 10  # ... from one client address
+    max_client_disk_mb: int | None = 20_000  # files one client address's sessions may hold
+    max_disk_mb: int | None = 100_000  # files all sessions may hold
     work_dir: str | None = None  # parent of the private working root (default: system temp)
     start_method: str | None = None  # "forkserver" (default where available) or "spawn"
     warm_up: bool = True  # start the worker fork server at launch so the first job starts fast

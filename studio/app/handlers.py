@@ -19,6 +19,7 @@ import pandas as pd
 from .. import demo
 from ..artifacts import scrub_paths  # noqa: F401 - the app names uploads as the core does
 from ..errors import StudioError
+from ..escape import excerpt
 from ..spec import (
     DYNAMIC_AXES,
     EXPORTERS,
@@ -62,12 +63,105 @@ VARIANT_CHOICES = [
 ]
 
 
+# What one field of a request may hold, checked before any work on it (every handler, every endpoint):
+# characters of its strings and keys plus one per item or number, and JSON nesting (sent as a value or as text).
+FIELD_CHARS = 64 * 1024
+JSON_DEPTH = 32
+
+
+# --------------------------------------------------------------------------------------------------
+# Request fields, bounded
+
+
+def bounded(field: str, value: Any, limit: int = FIELD_CHARS, depth: int = JSON_DEPTH) -> Any:
+    """`value` as the request sent it, or a StudioError naming `field` when it is larger than `limit` (its
+    strings' and keys' characters, plus one per item or number) or nested deeper than `depth`. The walk
+    stops as soon as either is passed, so its cost is bounded by `limit`, whatever was sent."""
+    size, stack = 0, [(value, 0)]
+    while stack:
+        v, level = stack.pop()
+        if isinstance(v, str):
+            size += len(v)
+        elif isinstance(v, (dict, list, tuple)):
+            if level >= depth:
+                raise StudioError(f"Field {field!r} is nested too deep (more than {depth} levels).", hint=_SMALLER)
+            size += len(v)
+            if size <= limit:
+                items = [x for kv in v.items() for x in kv] if isinstance(v, dict) else v
+                stack.extend((x, level + 1) for x in items)
+        elif isinstance(v, pd.DataFrame):
+            size += int(v.size) + len(v.columns)
+            if size <= limit:
+                stack.extend((str(c), level + 1) for c in v.columns)
+                stack.extend((x, level + 1) for x in v.to_numpy().ravel().tolist())
+        else:  # a number, a bool, None, a path object: its text
+            size += len(str(v)) if isinstance(v, (Path, float)) or not isinstance(v, (int, bool)) else 1
+        if size > limit:
+            raise StudioError(f"Field {field!r} is too large: more than {limit:,} characters.", hint=_SMALLER)
+    return value
+
+
+_SMALLER = "Send less: a request field holds at most 64 kB of text (column names, roles, lists)."
+
+
+def bounded_all(values: dict[str, Any]) -> dict[str, Any]:
+    """Every field of a request bounded (`bounded`), before any of them is read."""
+    for name, value in values.items():
+        bounded(name, value)
+    return values
+
+
+def _json_depth(text: str, what: str, depth: int = JSON_DEPTH) -> None:
+    """A StudioError when the JSON text nests arrays / objects deeper than `depth` (json.loads would recurse
+    once per level: 10,000 levels end in RecursionError). One pass over the text, strings skipped."""
+    level, in_string, escaped = 0, False, False
+    for i, c in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c in "[{":
+            level += 1
+            if level > depth:
+                raise StudioError(
+                    f"{what} are nested too deep: more than {depth} levels (at character {i + 1:,}).", hint=_SMALLER
+                )
+        elif c in "]}":
+            level -= 1
+
+
+def _text(value: Any, what: str) -> str:
+    """A value the request must send as text (a string, or a number / bool written out)."""
+    if isinstance(value, str):
+        return value
+    if value is None or isinstance(value, (bool, int, float)):
+        return "" if value is None else str(value)
+    raise StudioError(f"{what} must be text, got {_kind(value)}: {excerpt(value)}.")
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", tuple: "a list"}.get(type(value), type(value).__name__)
+
+
+def _texts(value: Any, what: str) -> list[str]:
+    """A list of strings the request sent (a JSON array of text); a StudioError naming `what` otherwise."""
+    if not isinstance(value, (list, tuple)):
+        raise StudioError(f"{what} must be a list of names, got {_kind(value)}: {excerpt(value)}.")
+    return [_text(v, what) for v in value]
+
+
 # --------------------------------------------------------------------------------------------------
 # UI values -> ConvertSpec
 
 
 def _json_object(text: str, what: str, shape: str, example: str) -> dict:
     """A JSON object the page / API sent; a StudioError saying what is wrong otherwise."""
+    _json_depth(text, what)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -84,19 +178,21 @@ def parse_roles_value(value: Any) -> dict[str, str]:
     if value is None or value == "":
         return {}
     if isinstance(value, dict):
-        roles = {str(k): str(v).strip().lower() for k, v in value.items()}
+        data = value
     else:
-        text = str(value).strip()
-        if text.startswith("{"):
-            data = _json_object(
-                text, "Roles", "column -> role", 'an object like {"review": "text", "price": "tabular"}'
-            )
-            roles = {str(k): str(v).strip().lower() for k, v in data.items()}
-        else:
+        text = _text(value, "Roles").strip()
+        if not text.startswith("{"):
             roles = parse_roles([s for s in re.split(r"[\n;]", text) if s.strip()])
+            return _known_roles(roles)
+        data = _json_object(text, "Roles", "column -> role", 'an object like {"review": "text", "price": "tabular"}')
+    roles = {str(k): _text(v, f"The role of column {excerpt(k)}").strip().lower() for k, v in data.items()}
+    return _known_roles(roles)
+
+
+def _known_roles(roles: dict[str, str]) -> dict[str, str]:
     for col, role in roles.items():
         if role not in ROLES:
-            raise StudioError(f"Role {role!r} for column {col!r} is not one of {', '.join(ROLES)}.")
+            raise StudioError(f"Role {excerpt(role)} for column {excerpt(col)} is not one of {', '.join(ROLES)}.")
     return roles
 
 
@@ -105,7 +201,7 @@ def parse_axes(value: Any) -> tuple[str, ...]:
         return ()
     if isinstance(value, str):
         value = [v for v in re.split(r"[,\s]+", value) if v]
-    return tuple(str(v).strip().lower() for v in value)
+    return tuple(v.strip().lower() for v in _texts(value, "Dynamic axes"))
 
 
 def parse_per_input(value: Any) -> dict[str, tuple[str, ...]]:
@@ -113,6 +209,7 @@ def parse_per_input(value: Any) -> dict[str, tuple[str, ...]]:
     if value is None or value == "" or value == {}:
         return {}
     if isinstance(value, str):
+        _json_depth(value, "Per-input dynamic dimensions")
         try:
             value = json.loads(value)
         except json.JSONDecodeError as e:
@@ -129,7 +226,7 @@ def parse_variants(value: Any) -> tuple[str, ...]:
         return ()
     if isinstance(value, str):
         value = re.split(r"[,\s]+", value)
-    names = dict.fromkeys(str(v).strip().lower() for v in value if str(v).strip())  # each once
+    names = dict.fromkeys(v.strip().lower() for v in _texts(value, "Variants") if v.strip())  # each once
     order = {v: i for i, v in enumerate(VARIANTS)}
     return tuple(sorted(names, key=lambda n: order.get(n, len(order))))  # build order, as the CLI
 
@@ -140,7 +237,7 @@ def _number(value: Any, name: str, default: float | None) -> float | None:
     try:
         x = float(value)
     except (TypeError, ValueError) as e:
-        raise StudioError(f"{name} must be a number, got {value!r}.") from e
+        raise StudioError(f"{name} must be a number, got {excerpt(value)}.") from e
     if math.isnan(x):
         return default
     return x
@@ -154,13 +251,14 @@ def parse_tabular_value(value: Any) -> dict[str, tuple[str, ...]]:
     if isinstance(value, dict):
         data = value
     else:
-        text = str(value).strip()
+        text = _text(value, "Tabular inputs").strip()
         if not text.startswith("{"):
             return parse_tabular([ln for ln in text.splitlines() if ln.strip()])
         data = _json_object(
             text, "Tabular inputs", "input -> list of columns", '{"features": ["a", "b"]} or lines like features=a,b'
         )
-    return {str(k): (v,) if isinstance(v, str) else tuple(str(c) for c in v) for k, v in data.items()}
+    what = "The columns of tabular input {}".format
+    return {str(k): (v,) if isinstance(v, str) else tuple(_texts(v, what(excerpt(k)))) for k, v in data.items()}
 
 
 def tabular_text(feeds: dict[str, Any]) -> str:
@@ -203,7 +301,7 @@ def _required(what: str, hint: str) -> Callable[[Any], str]:
     def read(value: Any) -> str:
         if not value:
             raise StudioError(f"No {what} uploaded.", hint=hint)
-        return str(value)
+        return _text(value, f"The {what}")
 
     return read
 
@@ -214,8 +312,8 @@ def _whole(name: str) -> Callable[[Any], int]:
     def read(value: Any) -> int:
         try:
             return int(float(value if value not in (None, "") else default(name)))
-        except (TypeError, ValueError) as e:
-            raise StudioError(f"Opset and max sequence length must be whole numbers ({e}).") from e
+        except (TypeError, ValueError, OverflowError) as e:
+            raise StudioError(f"{name} must be a whole number, got {excerpt(value)}.") from e
 
     return read
 
@@ -225,10 +323,10 @@ def _read_number(label: str, fallback: float | None) -> Callable[[Any], float | 
 
 
 def _read_exporter(value: Any) -> str:
-    name = str(value or default("exporter")).strip().lower()
+    name = _text(value or default("exporter"), "Exporter").strip().lower()
     exporter = EXPORTER_ALIASES.get(name, name)
     if exporter not in EXPORTERS:
-        raise StudioError(f"Exporter {exporter!r} is not one of auto, new, legacy, compare.")
+        raise StudioError(f"Exporter {excerpt(exporter)} is not one of auto, new, legacy, compare.")
     return exporter
 
 
@@ -245,9 +343,9 @@ def _read_budget(value: Any) -> float:
 
 
 def _read_id_dtype(value: Any) -> str:
-    id_dtype = str(value or default("id_dtype")).strip().lower()
+    id_dtype = _text(value or default("id_dtype"), "Id dtype").strip().lower()
     if id_dtype not in ID_DTYPES:
-        raise StudioError(f"Id dtype {id_dtype!r} is not one of {', '.join(ID_DTYPES)}.")
+        raise StudioError(f"Id dtype {excerpt(id_dtype)} is not one of {', '.join(ID_DTYPES)}.")
     return id_dtype
 
 
@@ -259,10 +357,10 @@ def _read_flag(name: str) -> Callable[[Any], bool]:
             return bool(default(name))
         if isinstance(value, bool):
             return value
-        word = str(value).strip().lower()
+        word = _text(value, name).strip().lower()
         if word in ("true", "1", "yes", "false", "0", "no"):
             return word in ("true", "1", "yes")
-        raise StudioError(f"{name} must be true or false, got {value!r}.")
+        raise StudioError(f"{name} must be true or false, got {excerpt(value)}.")
 
     return read
 
@@ -314,7 +412,7 @@ CONVERT_PARAMS = (
     Param("latency_budget", "latency_budget", "latency_budget_s", _read_budget),
     Param("variants", "variants", "variants", lambda v: parse_variants(v)),
     Param("tabular", "tabular_box", "tabular", lambda v: parse_tabular_value(v)),
-    Param("task", "task", "task", lambda v: str(v or default("task")).strip().lower(), default("task")),
+    Param("task", "task", "task", lambda v: _text(v or default("task"), "Task").strip().lower(), default("task")),
     Param("locate", "locate", "locate", _read_flag("locate"), default("locate")),
 )
 CONVERT_NAMES = tuple(p.name for p in CONVERT_PARAMS)
@@ -334,7 +432,7 @@ def spec_from_ui(
     unknown = sorted(set(values) - set(CONVERT_NAMES))
     if unknown:
         raise TypeError(f"unknown /convert parameter(s): {', '.join(unknown)}; known: {', '.join(CONVERT_NAMES)}")
-    values = {"checkpoint": checkpoint, "sample": sample, **values}
+    values = bounded_all({"checkpoint": checkpoint, "sample": sample, **values})
     fields = {
         p.field: p.read(values.get(p.name, None if p.api_default is REQUIRED else p.api_default))
         for p in CONVERT_PARAMS

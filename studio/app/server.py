@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import html
 import inspect
 import json
 import logging
@@ -22,7 +23,8 @@ from typing import Any
 import gradio as gr
 
 from ..errors import StudioError
-from ..isolate import Job, Limits, default_start_method
+from ..isolate import Job, Limits, default_start_method, stop_fork_server
+from ..sources import scratch
 from ..spec import DYNAMIC_AXES, ConvertSpec, parse_sample_limits
 from . import (
     cards,
@@ -35,33 +37,53 @@ from . import handlers as h
 from . import render as r
 from .config import AppConfig
 from .convert_outputs import STAGE_TEXT, error_title, stage_text
-from .jobs import Sessions, link_inputs
+from .jobs import HeartbeatWatch, SessionLimitError, SessionLimits, Sessions, link_inputs
 from .page import DEMO_OUTPUTS, GRAPH_OUTPUTS, PER_INPUT_OUTPUTS, PREVIEW_OUTPUTS
 
 log = logging.getLogger("studio.app")
 
 
 _GRADIO_CACHE: str | None = None
+UPLOADS_PREFIX = "onnx-studio-uploads-"  # UPLOADS_PREFIX<pid>-<host>-<random>: swept once that pid is gone
 
 
 def _private_gradio_cache() -> None:
     """Gradio's upload/download cache is content-addressed, and an app deletes what it cached when it
     stops: in the shared /tmp/gradio, one server stopping deletes files another server is using. Each
     studio process gets its own cache folder (removed at exit) unless the operator set GRADIO_TEMP_DIR.
-    It is never inside the session folders, so a session's files stay unreachable over HTTP."""
+    It is never inside the session folders, so a session's files stay unreachable over HTTP. Its name
+    carries the pid and host tag: the caches of servers killed outright are removed here first."""
     global _GRADIO_CACHE
-    if os.environ.get("GRADIO_TEMP_DIR"):
+    if os.environ.get("GRADIO_TEMP_DIR") and os.environ["GRADIO_TEMP_DIR"] != _GRADIO_CACHE:
         return
-    import atexit
     import tempfile
 
-    _GRADIO_CACHE = tempfile.mkdtemp(prefix="onnx-studio-uploads-")
-    os.environ["GRADIO_TEMP_DIR"] = _GRADIO_CACHE
-    atexit.register(shutil.rmtree, _GRADIO_CACHE, True)
+    scratch.sweep(tempfile.gettempdir(), UPLOADS_PREFIX)
+    if _GRADIO_CACHE is None:
+        _GRADIO_CACHE = tempfile.mkdtemp(prefix=UPLOADS_PREFIX + scratch.name_tail())
+        os.environ["GRADIO_TEMP_DIR"] = _GRADIO_CACHE
+        atexit.register(shutil.rmtree, _GRADIO_CACHE, True)
 
 
 def _key(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "local"
+
+
+def _client(request: gr.Request | None) -> str:
+    """The address the request came from (the proxy's behind a reverse proxy: headers are not believed)."""
+    return str(getattr(getattr(request, "client", None), "host", None) or "local")
+
+
+def toast(message: str) -> str:
+    """A message as the text of gradio's error popup, which renders its message as HTML (gradio 6: "Can be
+    HTML, which will be rendered in the modal"): `& < >` become entities, so a column name like
+    `<img src=x>` shows as written. Quotes stay as they are (harmless in element content), so an API
+    client reads the words the CLI prints."""
+    return html.escape(message, quote=False)
+
+
+def _refused(e: StudioError, title: str = "Not accepted") -> gr.Error:
+    return gr.Error(toast(str(e)), title=title, print_exception=False)
 
 
 def _name(path: str | None) -> str | None:
@@ -102,8 +124,27 @@ class StudioApp:
         self.config = config or AppConfig()
         self.start_method = self.config.start_method or default_start_method()
         self._ray_started = self._connect_ray()  # an unreachable cluster stops the studio here, saying so
-        self.sessions = Sessions(self.config.work_dir, self.config.session_ttl_s)
+        cfg = self.config
+        for flag, value in (
+            ("--max-sessions", cfg.max_sessions),
+            ("--max-client-sessions", cfg.max_client_sessions),
+            ("--max-client-disk", cfg.max_client_disk_mb),
+            ("--max-disk", cfg.max_disk_mb),
+        ):
+            if value is not None and value < 0:
+                raise StudioError(f"{flag} must be 0 (no limit) or more, got {value}.")
+        if not cfg.session_grace_s > 0:
+            raise StudioError(f"--session-grace must be more than 0 s, got {cfg.session_grace_s:g}.")
+        limits = SessionLimits(
+            max_sessions=cfg.max_sessions or None,
+            max_client_sessions=cfg.max_client_sessions or None,
+            client_disk_mb=cfg.max_client_disk_mb or None,
+            disk_mb=cfg.max_disk_mb or None,
+            grace_s=cfg.session_grace_s,
+        )
+        self.sessions = Sessions(cfg.work_dir, cfg.session_ttl_s, limits)
         self.graphs = graph.GraphFiles(self.sessions.root)  # what the graph viewer may load, by token
+        self.sessions.on_close = self.graphs.revoke
         _private_gradio_cache()
         self.ui = build(self)  # the page's components by name (page.Page)
         self.blocks = self.ui.blocks
@@ -157,7 +198,7 @@ class StudioApp:
     def _scratch(self, request: gr.Request | None) -> str:
         """Where a preview or mapping check unpacks an uploaded zip: inside the session's folder (removed with
         the session), in a folder named by the job's pid, which the next job sweeps once that pid is gone."""
-        folder = self.sessions.session(_key(request)).folder / "scratch"
+        folder = self.sessions.session(_key(request), _client(request)).folder / "scratch"
         folder.mkdir(mode=0o700, exist_ok=True)
         return str(folder)
 
@@ -188,8 +229,11 @@ class StudioApp:
     def load_demo(self, request: gr.Request = None):
         """Copy the demo checkpoint and sample into this session's folder and put them in the uploads."""
         if not (h.DEMO_CHECKPOINT.is_file() and h.DEMO_SAMPLE.is_file()):
-            raise gr.Error(f"The demo files are missing from {h.DEMO_DIR}.", title="No demo")
-        folder = self.sessions.new_dir(_key(request), "demo", keep=2)
+            raise gr.Error(toast(f"The demo files are missing from {h.DEMO_DIR}."), title="No demo")
+        try:
+            folder = self.sessions.new_dir(_key(request), "demo", keep=2, client=_client(request))
+        except SessionLimitError as e:
+            raise _refused(e, "Too many sessions") from None
         ckpt = shutil.copy2(h.DEMO_CHECKPOINT, folder / h.DEMO_CHECKPOINT.name)
         sample = shutil.copy2(h.DEMO_SAMPLE, folder / h.DEMO_SAMPLE.name)
         return self.ui.updates(DEMO_OUTPUTS, checkpoint=str(ckpt), sample=str(sample))
@@ -198,6 +242,11 @@ class StudioApp:
         self, checkpoint: str | None, sample: str | None, dynamic: list[str] | None = None, request: gr.Request = None
     ):
         """After an upload: what was detected, the first rows, the columns with their suggested roles."""
+        try:
+            h.bounded_all({"checkpoint": checkpoint, "sample": sample, "dynamic": dynamic})
+            h.parse_axes(dynamic)  # a bad value is said now, before the job
+        except StudioError as e:
+            raise _refused(e) from None
         res = self._preview_job(checkpoint, sample, request)
         scrub = lambda text: text and h.scrub_paths(text, [checkpoint, sample])  # noqa: E731
         model, columns, mapping = res["model"], res["columns"] or [], res["mapping"]
@@ -255,12 +304,20 @@ class StudioApp:
     # --- 2. field mapping ------------------------------------------------------------------------
     @staticmethod
     def set_role(roles_json: str, column: str, role: str) -> str:
-        roles = h.parse_roles_value(roles_json) if roles_json else {}
-        roles[column] = role
+        try:
+            h.bounded_all({"roles": roles_json, "column": column, "role": role})
+            roles = h.parse_roles_value(roles_json) if roles_json else {}
+        except StudioError as e:
+            raise _refused(e) from None
+        roles[str(column)] = str(role)
         return json.dumps(roles)
 
     @staticmethod
     def set_feed(tabular: str, state: dict | None, column: str, choice: str) -> str:
+        try:
+            h.bounded_all({"tabular": tabular, "column": column, "choice": choice})
+        except StudioError as e:
+            raise _refused(e) from None
         columns = [c["name"] for c in (state or {}).get("columns") or []]
         return h.set_feed(tabular or "", columns, column, choice)
 
@@ -279,6 +336,7 @@ class StudioApp:
         if not (checkpoint and sample and have_model and have_sample):
             return cards.mapping_html(None, have_model, have_sample)
         try:
+            h.bounded_all({"roles": roles_json, "fill_value": fill_value, "tabular": tabular})
             roles = h.parse_roles_value(roles_json)
             h.parse_tabular_value(tabular)  # a typing error is said here, not ignored
             mapping = self.run_job(
@@ -305,14 +363,21 @@ class StudioApp:
 
     # --- 3. options ------------------------------------------------------------------------------
     def reset_per_input(self, dynamic: list[str], info: dict | None):
-        rows = h.per_input_rows((info or {}).get("model"), dynamic)
+        try:
+            h.bounded("dynamic", dynamic)
+            rows = h.per_input_rows((info or {}).get("model"), dynamic)
+        except StudioError as e:
+            raise _refused(e) from None
         return self.ui.updates(
             PER_INPUT_OUTPUTS, per_input=gr.update(value=rows or None, visible=bool(rows)), per_input_json=""
         )
 
     @staticmethod
     def per_input_edited(rows) -> str:
-        return json.dumps(h.per_input_from_rows(rows))
+        try:
+            return json.dumps(h.per_input_from_rows(h.bounded("per-input table", rows)))
+        except StudioError as e:
+            raise _refused(e) from None
 
     # --- 4-6. export, results, downloads ------------------------------------------------------------
     @_convert_endpoint
@@ -327,8 +392,9 @@ class StudioApp:
         error: StudioError | None = None
         job_dir = None
         try:
+            h.bounded_all(values)  # every field, before any work: a clear error naming the one too large
             progress(0.0, desc="starting — " + STAGE_TEXT["starting"])
-            job_dir = self.sessions.new_dir(key, "job", busy=True)
+            job_dir = self.sessions.new_dir(key, "job", busy=True, client=_client(request))
             values["checkpoint"], values["sample"] = link_inputs(job_dir, values["checkpoint"], values["sample"])
             spec = h.spec_from_ui(
                 **values,
@@ -357,7 +423,7 @@ class StudioApp:
             if error is not None:
                 message = h.scrub_paths(str(error), [values["checkpoint"], values["sample"], job_dir and job_dir / "x"])
                 yield self._error_outputs(error, message)
-                raise gr.Error(message, title=error_title(error), print_exception=False)
+                raise gr.Error(toast(message), title=error_title(error), print_exception=False)
             yield self._report_outputs(result, Path(spec.out), key)
         finally:  # after Gradio copied the downloads out of the job folder: it may be pruned later
             if job_dir is not None:
@@ -419,9 +485,16 @@ class StudioApp:
         atexit.register(self.sessions.shutdown)  # session folders never outlive the process
         if block and threading.current_thread() is threading.main_thread():
             # `kill` / a service manager stops the studio like Ctrl-C: jobs killed, folders removed
-            signal.signal(signal.SIGTERM, _raise_interrupt)
+            signal.signal(signal.SIGTERM, self._terminated)
         app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
         app_kwargs["routes"] = [*app_kwargs.get("routes", []), *graph.routes(self.graphs)]  # the graph viewer
+        from starlette.middleware import Middleware
+
+        # which sessions keep a heartbeat open (the others are closed after --session-grace)
+        app_kwargs["middleware"] = [
+            *app_kwargs.get("middleware", []),
+            Middleware(HeartbeatWatch, sessions=self.sessions),
+        ]
         try:
             return self.blocks.launch(
                 server_name=host,
@@ -447,13 +520,22 @@ class StudioApp:
             self.blocks.close()
         except Exception:  # noqa: BLE001
             pass
-        self.sessions.shutdown()
+        self._stop_jobs()
         if self._ray_started:  # a cluster this app started (--ray local) ends with it; a joined one goes on
             import ray
 
             ray.shutdown()
             self._ray_started = False
 
+    def _stop_jobs(self) -> None:
+        self.sessions.shutdown()
+        stop_fork_server()
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
+    def _terminated(self, signum, frame):
+        """SIGTERM: the jobs are killed at once (their requests end, so the server's graceful stop does not
+        wait for them), then the server stops as on Ctrl-C."""
+        threading.Thread(target=self._stop_jobs, name="studio-stop-jobs", daemon=True).start()
+        server = getattr(self.blocks, "server", None)
+        if server is not None:  # uvicorn's second Ctrl-C: stop without waiting for open requests to end
+            server.force_exit = True
+        raise KeyboardInterrupt
