@@ -125,6 +125,14 @@ def _gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0))
 
 
+def _largest_node() -> tuple[float, float]:
+    """CPUs and memory (bytes) of the cluster's largest live node: a task asking for more never starts."""
+    import ray
+
+    nodes = [n.get("Resources") or {} for n in ray.nodes() if n.get("Alive")]
+    return max((n.get("CPU", 0) for n in nodes), default=0), max((n.get("memory", 0) for n in nodes), default=0)
+
+
 # --- a batch entry as a Ray task ---------------------------------------------------------------------------------
 
 
@@ -199,7 +207,7 @@ def run_ray(entries, prepare: Preparer, opts: BatchOptions, lim, progress: Batch
     try:
         queue = Queue(actor_options={"num_cpus": 0})
         remote = ray.remote(max_retries=0)(convert_task)
-        gpus = _gpus()
+        gpus, (node_cpus, node_memory) = _gpus(), _largest_node()
         refs, packed = {}, {}
         for e in entries:
             p = prepare(e)
@@ -210,7 +218,17 @@ def run_ray(entries, prepare: Preparer, opts: BatchOptions, lim, progress: Batch
             p.folder.mkdir(parents=True, exist_ok=True)
             (p.folder / "batch.json").unlink(missing_ok=True)
             spec = replace(p.entry.spec, out=str(p.folder))
-            request = resources(spec, opts.memory_mb, gpus, cuda_asked=p.entry.options.get("cuda") is True)
+            request = resources(spec, lim.memory_mb, gpus, cuda_asked=p.entry.options.get("cuda") is True)
+            if node_memory:
+                request["memory"] = int(min(request["memory"], node_memory))
+            if node_cpus and request["num_cpus"] > node_cpus:  # Ray would queue it for ever
+                rows[e.name] = error_row(
+                    p.entry,
+                    f"It asks for {request['num_cpus']} CPUs (threads); the cluster's largest node has "
+                    f"{node_cpus:g}. Give the entry fewer threads.",
+                )
+                progress.finish(e.name, rows[e.name])
+                continue
             spec = replace(spec, threads=spec.threads or request["num_cpus"])
             inputs = None if shared else _put_inputs(spec, packed)
             ref = remote.options(**request, name=f"studio-convert:{p.entry.name}").remote(

@@ -14,9 +14,10 @@ checked before the work it bounds):
 - Trust and limits are the operator's (`OPERATOR`): a line that sets one is refused, naming the
   `studio batch` flag that sets it for the whole batch.
 - At most MAX_BYTES in the file, MAX_LINE characters a line, MAX_ENTRIES entries, MAX_TEXT characters in any
-  key or text value, MAX_ITEMS items in a list or mapping, MAX_DEPTH levels of nesting, and in YAML at most
-  ALIAS_BUDGET nodes reached through aliases (a "billion laughs" file is refused while it is parsed). An
-  error quotes at most ~200 characters of a value (studio.escape.excerpt), with its length.
+  key or text value, MAX_ITEMS items in a list or mapping, MAX_DEPTH levels of nesting, MAX_THREADS
+  `threads`, and in YAML at most ALIAS_BUDGET nodes reached through aliases (a "billion laughs" file is
+  refused while it is parsed). An error quotes at most ~200 characters of a value (studio.escape.excerpt),
+  with its length.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ MAX_ENTRIES = 500_000
 MAX_TEXT = 64 * 1024  # characters in one key or text value
 MAX_PATH = 4096  # characters in a path (Linux's PATH_MAX)
 MAX_ITEMS = 10_000  # items in one list or mapping
+MAX_THREADS = 256  # a line's `threads` (intra-op threads of its job)
 MAX_DEPTH = 8  # nesting of lists / mappings (a manifest needs 3: the entry, roles / tabular, a column list)
 ALIAS_BUDGET = 10_000  # YAML nodes reached through aliases, counted as if expanded
 
@@ -410,6 +412,8 @@ class _Reader:
                 raise self.error(str(e), line, key) from e
             if key in ("checkpoint", "data", "config") and value == "":
                 continue
+            if key == "threads" and not 1 <= value <= MAX_THREADS:
+                raise self.error(f"must be a whole number from 1 to {MAX_THREADS}, got {quote(value)}.", line, key)
             options[key] = value
         return options, hooks
 

@@ -283,6 +283,14 @@ def test_an_operator_setting_on_a_line_is_refused_with_its_flag(inputs, key, val
     assert err.key == key and err.line == 1
 
 
+def test_a_line_s_threads_are_bounded(inputs):
+    (inputs / "m.jsonl").write_text(LINE + ', "threads": 1000000}\n')
+    err = refused(inputs / "m.jsonl", "from 1 to 256", "1000000")
+    assert err.key == "threads"
+    (inputs / "m.jsonl").write_text(LINE + ', "threads": 4}\n')
+    assert read_manifest(inputs / "m.jsonl")[0].spec.threads == 4
+
+
 def test_the_operator_sets_trust_and_limits_for_the_whole_batch(inputs, monkeypatch):
     parser = cli_flags.build_parser()
     args = parser.parse_args(["batch", "m.jsonl", "--trust-code", "--max-params", "1e6", "--sample-limits", "rows=7"])
