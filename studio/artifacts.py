@@ -8,6 +8,8 @@ and `out`, not the job folders they came from.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
@@ -16,6 +18,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from .errors import DiskFullError, StudioError
 from .report import Report, map_leaves
 
 # Files a conversion owns inside the output folder (replaced on every run, nothing else touched), besides
@@ -130,7 +133,9 @@ def example_script(loaded, batch, fill_value: float | None) -> str:
 
 def move_into(work: Path, out: Path) -> None:
     """Replace the conversion's own files in `out` with those built in `work`; leave anything else the user
-    keeps there."""
+    keeps there. Beside `work` (the same disk) each move is a rename; should one fail all the same (`out` a
+    mount of its own, copied into, and full), what was moved is taken out again: never half a set of files."""
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     for name in OWNED + tuple(p.name for p in out.glob("sample.*")):
         target = out / name
@@ -138,22 +143,110 @@ def move_into(work: Path, out: Path) -> None:
             shutil.rmtree(target)
         elif target.exists():
             target.unlink()
-    for item in work.iterdir():
-        shutil.move(str(item), str(out / item.name))
+    moved: list[Path] = []
+    try:
+        for item in work.iterdir():
+            moved.append(out / item.name)
+            shutil.move(str(item), str(out / item.name))
+    except BaseException:
+        for target in moved:
+            if target.is_dir():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                target.unlink(missing_ok=True)
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+
+
+# --- a full disk -------------------------------------------------------------------------------------
+
+DISK_FULL_ERRNOS = frozenset(n for n in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", None)) if n)
+# what C++ writers (protobuf, ONNX Runtime, torch) put in the RuntimeError they raise instead of an OSError
+_DISK_FULL_WORDS = tuple(dict.fromkeys(os.strerror(n) for n in DISK_FULL_ERRNOS)) + (
+    "No space left on device",
+    "File too large",
+    "Disk quota exceeded",
+)
+
+
+def disk_full(e: BaseException | None) -> BaseException | None:
+    """The error in `e`'s chain (itself, its causes) that says a disk, a quota or a file-size limit ran out
+    (ENOSPC, EFBIG, EDQUOT), or None."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
+            return e
+        if not isinstance(e, StudioError) and any(w in str(e)[:10_000] for w in _DISK_FULL_WORDS):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def reraise_disk_full(e: BaseException) -> None:
+    """For a handler that would note a failure and go on (the next exporter, the next variant): a full disk
+    ends the conversion instead (pipeline.convert says so), the next attempt would only fill it again."""
+    if disk_full(e) is not None:
+        raise e
+
+
+# what a conversion writes at each stage (pipeline's progress names), for a write error that names no file
+_WRITTEN_AT = {
+    "loading": "the unpacked upload",
+    "export": "model.onnx",
+    "variants": "the variants (model.<variant>.onnx)",
+    "writing": "the report and the files beside it",
+    "zip": "the download (zip)",
+}
+
+
+def disk_full_error(
+    e: BaseException,
+    work: Path,
+    out: Path,
+    stage: str,
+    after: str = "nothing was written there and the build folder was removed",
+) -> DiskFullError:
+    """The message for a full disk met while building `out` in `work`, at `stage`."""
+    where = _WRITTEN_AT.get(stage, "its files")
+    for name in (getattr(e, "filename2", None), getattr(e, "filename", None)):  # a copy's: (source, dest)
+        if isinstance(name, (str, os.PathLike)) and Path(name).is_relative_to(work):
+            where = Path(name).relative_to(work).as_posix()
+            break
+    code = getattr(e, "errno", None)
+    why = os.strerror(code) if code in DISK_FULL_ERRNOS else next(w for w in _DISK_FULL_WORDS if w in str(e))
+    return DiskFullError(
+        f"The disk is full (or a disk quota or file-size limit was reached: {why}) while writing {where} for "
+        f"{out} ({stage} stage); {after}.",
+        hint="Free some space on that disk (or raise the quota / `ulimit -f`), or point --out at another disk, "
+        "and run again.",
+    )
 
 
 def zip_folder(folder: Path, dest: Path) -> Path:
     """One download of a whole output folder, under a top folder named like the zip (weights stored, the
-    rest deflated)."""
-    with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                stored = path.suffix in (".onnx", ".data", ".npz")  # weights barely compress
-                zf.write(
-                    path,
-                    f"{dest.stem}/{path.relative_to(folder)}",
-                    compress_type=zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED,
-                )
+    rest deflated). Written beside `dest` and renamed when complete: a full disk leaves no half zip, and
+    says so (DiskFullError)."""
+    partial = dest.with_name(f".{dest.name}.partial")
+    try:
+        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+            for path in sorted(folder.rglob("*")):
+                if path.is_file():
+                    stored = path.suffix in (".onnx", ".data", ".npz")  # weights barely compress
+                    zf.write(
+                        path,
+                        f"{dest.stem}/{path.relative_to(folder)}",
+                        compress_type=zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED,
+                    )
+        os.replace(partial, dest)
+    except BaseException as e:
+        partial.unlink(missing_ok=True)
+        full = disk_full(e) if isinstance(e, Exception) else None
+        if full is None:
+            raise
+        raise disk_full_error(full, dest.parent, dest, "zip", "no zip was left there") from e
     return dest
 
 

@@ -79,6 +79,10 @@ class OpsetMismatchError(ExportError):
         self.requested, self.written, self.exporter = requested, written, exporter
 
 
+class DiskFullError(StudioError):
+    """The disk, a quota or a file-size limit ran out while the studio wrote its files (artifacts.disk_full)."""
+
+
 class UnsafePathError(StudioError):
     """An archive member or external-data reference points outside the allowed directory."""
 

@@ -22,7 +22,7 @@ import onnx
 import torch
 
 from .alongside import alongside
-from .artifacts import remove_model
+from .artifacts import remove_model, reraise_disk_full
 from .errors import ExportError, OpsetMismatchError, first_line
 from .example import small_inputs, trace_inputs, traced_shape
 from .graph_info import check, external_files
@@ -343,6 +343,7 @@ def attempt(
                 **({"on_exported": on_exported} if on_exported and exporter == "torchscript" else {}),
             )
     except Exception as e:  # the exporter's own failure: keep its words and its report
+        reraise_disk_full(e)  # not the exporter's: the next one would fill the disk again
         diag = _diagnosis(diag_dir, wall0) if exporter == "dynamo" else None
         # torch's messages carry terminal colours: removed before the cut (the whole first line first)
         msg = ANSI.sub("", first_line(e, len(str(e)), with_type=True))[:500]

@@ -89,7 +89,12 @@ def convert(spec: ConvertSpec, progress: Progress | None = None) -> Report:
     """
     spec = spec.validated()
     clock = timings_mod.StageClock(progress)
-    say = clock.say
+    stage = ["loading"]
+
+    def say(name: str, fraction: float) -> None:
+        stage[0] = name
+        clock.say(name, fraction)
+
     out = Path(spec.out).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise StudioError(f"--out {out} exists and is not a folder.")
@@ -101,8 +106,14 @@ def convert(spec: ConvertSpec, progress: Progress | None = None) -> Report:
         report.options["out"] = str(out)
         report.timings = clock.timings(report.export, finishing="writing")
         report.seconds = report.timings["total"]
+        stage[0] = "writing"
         artifacts.write_report(report, work, spec.display_paths)
         artifacts.move_into(work, out)
+    except Exception as e:  # a full disk, wherever it was met, is said in one place: here
+        full = artifacts.disk_full(e)
+        if full is None:
+            raise
+        raise artifacts.disk_full_error(full, work, out, stage[0]) from e
     finally:
         shutil.rmtree(work, ignore_errors=True)
     say("done", 1.0)

@@ -38,7 +38,7 @@ from typing import Any
 import onnx
 
 from . import graph_info, runtime
-from .artifacts import artifact_files, remove_model
+from .artifacts import artifact_files, remove_model, reraise_disk_full
 from .errors import first_line
 from .sources.base import LoadedModel
 
@@ -187,6 +187,7 @@ def build_optimized(ctx: Context, src: Path, dest: Path) -> Built:
             run(tmp)
             fused = _fused(tmp)
         except Exception as e:
+            reraise_disk_full(e)
             notes.append(f"{label} failed: {first_line(e, with_type=True)}.")
             remove_model(tmp)
             continue

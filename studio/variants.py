@@ -47,7 +47,7 @@ import torch
 from . import latency as latency_mod
 from . import parity as parity_mod
 from . import runtime
-from .artifacts import artifact_files, remove_model
+from .artifacts import artifact_files, remove_model, reraise_disk_full
 from .errors import first_line
 from .parity import Tolerance, cached_reference, judge
 from .quiet import quiet
@@ -264,6 +264,7 @@ def build(
                 made = variant.build(ctx, src, dest)
         except Exception as e:
             remove_model(dest)
+            reraise_disk_full(e)  # not this variant's fault: the conversion stops and says so
             info.error = f"could not be built: {first_line(e, with_type=True)}"
             results.append(info)
             continue
