@@ -331,3 +331,35 @@ def test_a_bug_in_the_scan_refuses_rather_than_lets_through(monkeypatch):
     pkl = b"\x80\x02" + _glob("collections", "OrderedDict") + b")R."
     with pytest.raises(StudioError, match="could not follow its pickle"):
         budget.scan_pickle(pkl, "x.pt")
+
+
+def test_a_dcp_shard_slice_gets_the_same_budget(tmp_path):
+    """A sharded (DCP) checkpoint whose metadata points one tensor at a slice holding a hostile torch.save
+    zip: DCP hands each slice to torch.load(weights_only=True), so each gets the scan a file gets."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    from studio.sources import dcp as studio_dcp
+
+    folder = tmp_path / "ckpt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save({"model": {"w": torch.ones(4), "b": torch.zeros(2)}}, checkpoint_id=str(folder), no_dist=True)
+    assert studio_dcp.load_dcp(folder, "ckpt")["model"]["w"].sum() == 4  # the real checkpoint loads
+    ba2 = _glob("__builtin__", "bytearray") + _long(GB) + b"\x85R"
+    hostile = _torch_zip(tmp_path / "hostile.pt", _calls(ba2, 10)).read_bytes()
+    (folder / "__9_0.distcp").write_bytes(b"\0" * 16 + hostile)
+    md = studio_dcp.read_metadata(folder, "ckpt")
+    for index, info in md.storage_data.items():
+        if index.fqn == "model.w":
+            info.relative_path, info.offset, info.length = "__9_0.distcp", 16, len(hostile)
+    with open(folder / ".metadata", "wb") as f:
+        pickle.dump(md, f)
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match=r"__9_0\.distcp, 'model\.w'.*bytearrays of 1,000,000,000 bytes"):
+        studio_dcp.load_dcp(folder, "ckpt")
+    assert time.perf_counter() - start < 10
+    (folder / "__9_0.distcp").write_bytes(b"\0" * 16 + b"\x80\x02" + ba2 + b"." + b"\0" * (len(hostile) - 24))
+    with pytest.raises(CheckpointError, match="not a torch.save zip"):  # a bare pickle: torch's legacy reader
+        studio_dcp.load_dcp(folder, "ckpt")

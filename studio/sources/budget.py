@@ -18,8 +18,10 @@ Each refusal names the file, the limit and what the file declares.
 
 from __future__ import annotations
 
+import io
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 from . import sniff as sniffing
 from .archive import MAX_RATIO, MAX_TOTAL_BYTES
@@ -51,11 +53,56 @@ def check_file(path: Path, shown: str, kind: str) -> None:
         _check_stream(path, shown, kind)
 
 
-def _check_zip(path: Path, shown: str) -> None:
+def check_zip_slice(f: BinaryIO, offset: int, length: int, shown: str) -> None:
+    """The same budget for a torch.save zip stored at bytes offset..offset+length of the open file `f` (a
+    DCP shard's slice, which DCP hands to torch.load(weights_only=True)). Anything but a zip there is
+    refused: torch.load would read it with the legacy unpickler."""
+    view = _Slice(f, offset, length)
+    if view.read(4) != b"PK\x03\x04":
+        raise _refuse(shown, "the slice is not a torch.save zip archive")
+    view.seek(0)
+    _check_zip(view, shown, strict=True)
+
+
+class _Slice(io.RawIOBase):
+    """Bytes offset..offset+length of an open binary file, as a seekable file of its own."""
+
+    def __init__(self, f: BinaryIO, offset: int, length: int):
+        self._f, self._start, self._len, self._pos = f, offset, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._len}[whence]
+        self._pos = min(max(base + pos, 0), self._len)
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        n = min(len(buffer), self._len - self._pos)
+        if n <= 0:
+            return 0
+        self._f.seek(self._start + self._pos)
+        data = self._f.read(n)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+def _check_zip(path: Path | BinaryIO, shown: str, strict: bool = False) -> None:
+    """strict: a damaged zip is refused here (else torch.load says what is wrong with it)."""
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError):
-        return  # torch.load says what is wrong with it
+    except (zipfile.BadZipFile, OSError) as e:
+        if strict:
+            raise _refuse(shown, f"it is not a readable zip archive ({e})") from e
+        return
     with zf:
         members = zf.infolist()
         total = 0
@@ -76,6 +123,8 @@ def _check_zip(path: Path, shown: str) -> None:
             raise _refuse(shown, f"its records declare {total:,} bytes in all; the limit is {MAX_TOTAL_BYTES:,}")
         pkl = next((m for m in members if m.filename == "data.pkl" or m.filename.endswith("/data.pkl")), None)
         if pkl is None:
+            if strict:
+                raise _refuse(shown, "the archive holds no data.pkl")
             return
         if pkl.file_size > MAX_PICKLE_BYTES:
             raise _refuse(
@@ -85,7 +134,9 @@ def _check_zip(path: Path, shown: str) -> None:
             )
         try:
             data = zf.read(pkl)
-        except Exception:  # noqa: BLE001 - a bad CRC or truncated member: torch.load says so
+        except Exception as e:  # noqa: BLE001 - a bad CRC or truncated member: torch.load says so
+            if strict:
+                raise _refuse(shown, f"its pickle cannot be read ({type(e).__name__}: {e})") from e
             return
         declared, _, _ = scan_pickle(data, shown)
         prefix = pkl.filename[: -len("data.pkl")]

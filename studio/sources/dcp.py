@@ -10,7 +10,8 @@ because torch's stock path is NOT weights-only (torch 2.13):
     with `torch.load(weights_only=False)`: only tensor entries are requested, so none are read.
 Tensor shards are read by DCP with `torch.load(weights_only=True)`. The metadata is checked before any
 read: every shard file must be a plain file in the folder, every slice must lie inside its file, and
-the declared tensor sizes must fit the bytes actually uploaded.
+the declared tensor sizes must fit the bytes actually uploaded; then every slice to be read gets the
+budget of any torch.save file (sources.budget: a zip, its records' sizes, its pickle walked).
 """
 
 from __future__ import annotations
@@ -160,6 +161,21 @@ def _check_metadata(md: Any, folder: Path, shown: str) -> None:
         )
 
 
+def _check_slices(md: Any, folder: Path, shown: str, keys: set[str]) -> None:
+    """Every slice DCP will hand to torch.load for `keys` gets the budget any torch.save file gets
+    (sources.budget: record sizes, the pickle walked as the weights-only unpickler reads it)."""
+    from .budget import check_zip_slice
+
+    seen: set[tuple[str, int, int]] = set()
+    for index, info in (md.storage_data or {}).items():
+        where = (info.relative_path, info.offset, info.length)
+        if getattr(index, "fqn", None) not in keys or where in seen:
+            continue
+        seen.add(where)
+        with open(folder / info.relative_path, "rb") as f:
+            check_zip_slice(f, info.offset, info.length, f"{shown} ({info.relative_path}, {index.fqn!r})")
+
+
 def _skipped(fqn: str) -> bool:
     top = fqn.split(".", 1)[0].lower()  # "optim", "optimizer", "optimizer_0", "optimizer_states", ...
     return top.startswith(SKIP_PREFIXES)
@@ -197,6 +213,7 @@ def load_dcp(folder: Path, shown: str) -> dict[str, Any]:
     if not keys:
         found = ", ".join(sorted(md.state_dict_metadata)[:10]) or "nothing"
         raise CheckpointError(f"{shown}: the DCP checkpoint holds no model tensors (entries: {found}).")
+    _check_slices(md, folder, shown, keys)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
