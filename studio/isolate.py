@@ -135,9 +135,13 @@ def stop_fork_server() -> None:
     try:
         from multiprocessing import forkserver
 
-        pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+        server = getattr(forkserver, "_forkserver", None)
+        pid = getattr(server, "_forkserver_pid", None)
         if pid:
             os.kill(pid, signal.SIGKILL)
+            stop = getattr(server, "_stop", None)  # reaps it and forgets it: the next job starts a new one
+            if stop is not None:
+                stop()
     except (ImportError, OSError):
         pass
 

@@ -506,3 +506,51 @@ def test_report_view_updates_every_output_by_name(tmp_path):
             ui.updates(("verdict",), verdict="x", summary="y")
     finally:
         app.close()
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"tabular": "features=" + "A" * 5_000_000}, "Field 'tabular' is too large: more than 1,048,576"),
+        ({"roles": "A" * 5_000_000 + "=text"}, "Field 'roles' is too large"),
+        ({"dynamic": ["batch"] * 100_000}, "Field 'dynamic' is too large: more than 65,536"),
+        ({"variants": [f"junk{i}" for i in range(100_000)]}, "Field 'variants' is too large"),
+        ({"roles": {str(i): "text" for i in range(10**6)}}, "Field 'roles' is too large"),
+        ({"roles": '{"a":' * 10_000 + "1" + "}" * 10_000}, "Roles are nested too deep: more than 32 levels"),
+        ({"tabular": "[" * 10_000}, "is not INPUT=COL1,COL2"),
+        ({"tabular": "{" * 10_000}, "Tabular inputs are nested too deep"),
+        ({"dynamic_per_input": '{"a":' * 10_000}, "Per-input dynamic dimensions are nested too deep"),
+        ({"roles": {"a": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}}, "nested too deep"),
+        ({"roles": {"review": {"role": "text"}}}, "The role of column 'review' must be text, got an object"),
+        ({"tabular": '{"f": [{"a": 1}]}'}, "The columns of tabular input 'f' must be text, got an object"),
+        ({"dynamic_per_input": {"input_ids": [["batch"]]}}, "Dynamic axes must be text, got a list"),
+        ({"variants": [{"name": "int8"}]}, "Variants must be text, got an object"),
+        ({"task": ["auto"]}, "Task must be text, got a list"),
+        ({"exporter": {"x": 1}}, "Exporter must be text"),
+        ({"opset": "1e400"}, "opset must be a whole number, got '1e400'"),
+        ({"atol": "x" * 100_000}, "Field 'atol' is too large"),
+        ({"fill_value": "y" * 10_000}, "characters)"),  # quoted as an excerpt, with its length
+    ],
+)
+def test_request_fields_are_bounded_before_any_work(tmp_path, kwargs, words):
+    import time
+
+    t = time.monotonic()
+    with pytest.raises(StudioError) as e:
+        h.spec_from_ui(**{"checkpoint": "m.pt", "sample": "s.csv", **kwargs}, out=tmp_path)
+    assert time.monotonic() - t < 1.0
+    message = str(e.value)
+    assert words in message, message
+    assert len(message) < 600, message[:300]
+
+
+def test_a_wide_samples_roles_fit_the_bound(tmp_path):
+    roles = {f"column_{i:05d}": "tabular" for i in range(10_000)}  # --sample-limits columns' default
+    tabular = "features=" + ",".join(roles)
+    spec = h.spec_from_ui("m.pt", "s.csv", roles=json.dumps(roles), tabular=tabular, out=tmp_path)
+    assert len(spec.roles) == 10_000 and len(spec.tabular["features"]) == 10_000
+    # a JSON string holding brackets and escaped quotes is not nesting
+    assert h.parse_roles_value(json.dumps({'a"[[[[\\': "text", "[" * 50: "ignore"})) == {
+        'a"[[[[\\': "text",
+        "[" * 50: "ignore",
+    }

@@ -355,3 +355,23 @@ def test_an_app_killed_mid_conversion_leaves_nothing_after_its_restart(tmp_path)
         c.close()
     finally:
         second.stop()
+
+
+def test_a_cancel_from_another_session_stops_nothing(app):
+    owner = Client(app.url, verbose=False)
+    job = owner.submit(
+        handle_file(str(DEMO / "demo_model.pt")),
+        handle_file(str(DEMO / "sample.csv")),
+        json.dumps(ROLES),
+        exporter="torchscript",
+        latency_budget=0.05,
+        api_name="/convert",
+    )
+    building = lambda: any(p.glob("job-*/.out.partial-*") for p in app.sessions())  # noqa: E731
+    assert _wait(building, 120)
+    other = Client(app.url, verbose=False)
+    other.predict(api_name="/cancel")  # another session's Cancel button: it has no conversion to stop
+    report = json.loads(job.result(timeout=300)[1])  # the owner's conversion ran to its end
+    assert report["ok"] is True
+    owner.close()
+    other.close()

@@ -66,6 +66,8 @@ VARIANT_CHOICES = [
 # What one field of a request may hold, checked before any work on it (every handler, every endpoint):
 # characters of its strings and keys plus one per item or number, and JSON nesting (sent as a value or as text).
 FIELD_CHARS = 64 * 1024
+# ... except the fields that list the sample's columns (it may have 10,000: --sample-limits columns)
+COLUMN_FIELDS = {"roles": 2**20, "tabular": 2**20}
 JSON_DEPTH = 32
 
 
@@ -101,35 +103,35 @@ def bounded(field: str, value: Any, limit: int = FIELD_CHARS, depth: int = JSON_
     return value
 
 
-_SMALLER = "Send less: a request field holds at most 64 kB of text (column names, roles, lists)."
+_SMALLER = "Send less: a request field holds at most 64 kB of text (roles and tabular inputs: 1 MB)."
 
 
 def bounded_all(values: dict[str, Any]) -> dict[str, Any]:
     """Every field of a request bounded (`bounded`), before any of them is read."""
     for name, value in values.items():
-        bounded(name, value)
+        bounded(name, value, COLUMN_FIELDS.get(name, FIELD_CHARS))
     return values
+
+
+_JSON_MARKS = re.compile(r'\\.|["\[\]{}]', re.DOTALL)
 
 
 def _json_depth(text: str, what: str, depth: int = JSON_DEPTH) -> None:
     """A StudioError when the JSON text nests arrays / objects deeper than `depth` (json.loads would recurse
     once per level: 10,000 levels end in RecursionError). One pass over the text, strings skipped."""
-    level, in_string, escaped = 0, False, False
-    for i, c in enumerate(text):
+    level, in_string = 0, False
+    for m in _JSON_MARKS.finditer(text):  # only the characters that matter: brackets, quotes, escapes
+        c = m.group()
         if in_string:
-            if escaped:
-                escaped = False
-            elif c == "\\":
-                escaped = True
-            elif c == '"':
-                in_string = False
+            in_string = c != '"'  # an escape (backslash + one character) is one match: skipped whole
         elif c == '"':
             in_string = True
         elif c in "[{":
             level += 1
             if level > depth:
                 raise StudioError(
-                    f"{what} are nested too deep: more than {depth} levels (at character {i + 1:,}).", hint=_SMALLER
+                    f"{what} are nested too deep: more than {depth} levels (at character {m.start() + 1:,}).",
+                    hint=_SMALLER,
                 )
         elif c in "]}":
             level -= 1
