@@ -423,7 +423,9 @@ def _child_main(
             _send_error(conn, {"reason": "memory", "type": type(e).__name__, "label": label})
         else:
             # the same words as the CLI (`error: unexpected ...`); the traceback stays in the server log
-            traceback.print_exc()
+            from .escape import terminal  # the message may quote an upload's names: no raw control characters
+
+            sys.stderr.write(terminal(traceback.format_exc(), newlines=True) + "\n")
             _send_error(conn, {"type": type(e).__name__, "message": error_text(e)})
     finally:
         try:

@@ -384,3 +384,23 @@ def test_a_limit_hit_names_its_flag(tmp_path):
     assert run.returncode == 2 and b"Raise --timeout (now 1 s)" in run.stderr
     (row,) = json.loads((tmp_path / "b" / "summary.json").read_text())["entries"]
     assert row["reason"] == "timeout" and "--timeout" in row["error"]
+
+
+def test_a_jobs_unexpected_traceback_reaches_stderr_escaped(tmp_path):
+    """A job's unexpected error is printed (its traceback, for the operator's log) with control characters
+    escaped: the message may quote an upload's names."""
+    import subprocess
+    import sys
+
+    script = (
+        "import multiprocessing as mp\n"
+        "from studio import isolate\n"
+        "def task(payload, progress):\n"
+        "    raise ValueError('bad \\x1b]0;TITLE\\x07\\x1b[2J name')\n"
+        "a, b = mp.Pipe()\n"
+        "p = mp.get_context('fork').Process(target=isolate._child_main, args=('t', task, {}, b, None))\n"
+        "p.start(); print(a.recv()[0]); p.join()\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120, cwd=tmp_path)
+    assert run.stdout.strip() == b"error"
+    assert b"ValueError: bad \\x1b]0;TITLE\\x07\\x1b[2J name" in run.stderr and b"\x1b" not in run.stderr
