@@ -78,8 +78,18 @@ def preview(checkpoint: str | None, data: str | None, spec: ConvertSpec | None =
     if data:
         df = sample_mod.read_sample(data, spec.sample_limits if spec is not None else None)
         out["columns"] = [asdict(c) for c in roles_mod.describe_columns(df)]
-        out["rows"] = json.loads(df.head(5).to_json(orient="records", default_handler=str))
+        rows = json.loads(df.head(5).to_json(orient="records", default_handler=str))
+        out["rows"] = [{k: _preview_cell(v) for k, v in r.items()} for r in rows]
     return out
+
+
+PREVIEW_CELL_CHARS = 1000  # the page shows the first rows; a megabyte cell is cut here, in the job process
+
+
+def _preview_cell(v: Any) -> Any:
+    if isinstance(v, str) and len(v) > PREVIEW_CELL_CHARS:
+        return f"{v[:PREVIEW_CELL_CHARS]}… ({len(v):,} characters)"
+    return v
 
 
 def convert(spec: ConvertSpec, progress: Progress | None = None) -> Report:

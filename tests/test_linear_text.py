@@ -85,3 +85,13 @@ def test_no_error_message_quotes_a_megabyte_back(quoted):
     assert e.message.startswith("column '") and e.message.endswith("is not in the file.")
     if len(quoted) == 5 * LONG:
         assert f"({len(quoted) + 2:,} characters)" in e.message  # says how long the quoted name was
+
+
+def test_the_preview_cuts_megabyte_cells_before_they_reach_the_page(tmp_path):
+    from studio.pipeline import PREVIEW_CELL_CHARS, preview
+
+    sample = tmp_path / "s.csv"
+    sample.write_text(f"review,price\n{'w' * (LONG - 1)},3\nshort,4\n")
+    rows = preview(None, str(sample))["rows"]
+    assert rows[1] == {"review": "short", "price": 4}  # short cells as read
+    assert rows[0]["review"] == "w" * PREVIEW_CELL_CHARS + f"… ({LONG - 1:,} characters)"
