@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from .escape import cut
+
 MESSAGE_CHARS = 4000  # an error's message (and hint) at most: an upload's megabyte name is never quoted whole
 WORD_CHARS = 300  # one run of non-space characters in it (a quoted column name, a value) at most
 _LONG_WORD = re.compile(rf"(?<!\S)\S{{{WORD_CHARS + 1}}}\S*")  # tried at a run's start only: linear
@@ -13,7 +15,7 @@ def bounded(text: str) -> str:
     """`text` with every run of more than WORD_CHARS non-space characters cut (saying how long it was), and
     the whole cut to MESSAGE_CHARS (its start and its end kept). Linear in the text."""
     if len(text) > WORD_CHARS:
-        text = _LONG_WORD.sub(lambda m: f"{m.group()[:WORD_CHARS]}... ({len(m.group()):,} characters)", text)
+        text = _LONG_WORD.sub(lambda m: cut(m.group(), WORD_CHARS), text)
     if len(text) > MESSAGE_CHARS:
         head, tail = MESSAGE_CHARS * 3 // 4, MESSAGE_CHARS // 5
         text = f"{text[:head]} [... {len(text) - head - tail:,} characters cut ...] {text[-tail:]}"

@@ -11,7 +11,8 @@ terminal, or quoted in an error message:
   cannot end the span; `|` escaped in table cells (GFM reads it before code spans).
 - `terminal`: control characters (C0, C1, DEL) and other invisible or line-breaking characters shown as
   escapes like `\\x1b`, so nothing printed moves the cursor, sets the title or forges a line.
-- `excerpt`: at most ~200 characters of a value, saying how long it was, for error messages.
+- `cut`: at most `limit` characters of a text, saying how long it was (`excerpt` is its repr() for
+  error messages: at most ~200 characters quoted).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import html
 import re
 
-__all__ = ["EXCERPT", "excerpt", "html_text", "md_code", "md_text", "terminal"]
+__all__ = ["EXCERPT", "cut", "excerpt", "html_text", "md_code", "md_text", "terminal"]
 
 EXCERPT = 200  # characters of a value an error message quotes
 
@@ -64,10 +65,16 @@ def terminal(value: object, *, newlines: bool = False) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
+def cut(text: str, limit: int, *, quoted: bool = False) -> str:
+    """At most `limit` characters of `text`, followed by its whole length where it was cut; quoted=True
+    gives the kept part as repr() (an error message quoting a value)."""
+    if len(text) <= limit:
+        return repr(text) if quoted else text
+    kept = text[:limit]
+    return f"{kept!r}... ({len(text):,} characters)" if quoted else f"{kept}... ({len(text):,} characters)"
+
+
 def excerpt(value: object, limit: int = EXCERPT) -> str:
     """repr() of at most `limit` characters of `value`, with its length when it was cut: what an error
     message quotes of what it was given (never a whole megabyte back)."""
-    text = str(value)
-    if len(text) <= limit:
-        return repr(text)
-    return f"{text[:limit]!r}... ({len(text):,} characters)"
+    return cut(str(value), limit, quoted=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from . import artifacts, runtime, sources
+from . import artifacts, escape, runtime, sources
 from . import batch as batch_mod
 from . import export as export_mod
 from . import graph_info as inspect_mod
@@ -87,9 +87,7 @@ PREVIEW_CELL_CHARS = 1000  # the page shows the first rows; a megabyte cell is c
 
 
 def _preview_cell(v: Any) -> Any:
-    if isinstance(v, str) and len(v) > PREVIEW_CELL_CHARS:
-        return f"{v[:PREVIEW_CELL_CHARS]}… ({len(v):,} characters)"
-    return v
+    return escape.cut(v, PREVIEW_CELL_CHARS) if isinstance(v, str) else v
 
 
 def convert(spec: ConvertSpec, progress: Progress | None = None) -> Report:

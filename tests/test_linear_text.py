@@ -94,4 +94,4 @@ def test_the_preview_cuts_megabyte_cells_before_they_reach_the_page(tmp_path):
     sample.write_text(f"review,price\n{'w' * (LONG - 1)},3\nshort,4\n")
     rows = preview(None, str(sample))["rows"]
     assert rows[1] == {"review": "short", "price": 4}  # short cells as read
-    assert rows[0]["review"] == "w" * PREVIEW_CELL_CHARS + f"… ({LONG - 1:,} characters)"
+    assert rows[0]["review"] == "w" * PREVIEW_CELL_CHARS + f"... ({LONG - 1:,} characters)"
