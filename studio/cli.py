@@ -251,6 +251,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
             quiet=args.quiet,
             ray=args.ray,
             shared_dir=args.shared_dir,
+            inputs_under=args.inputs_under,
             trust_code=args.trust_code,
             max_params=args.max_params,
             sample_limits=args.sample_limits,

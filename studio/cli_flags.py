@@ -300,6 +300,13 @@ BATCH_FLAGS = (
     flag("manifest", ".jsonl, .csv or .yaml: one conversion per line", metavar="MANIFEST"),
     flag("--out", "output folder (default ./{default})", default="studio-batch", metavar="DIR"),
     flag(
+        "--inputs-under",
+        "every checkpoint, sample and config a manifest line names must lie in this folder, links followed "
+        "(default: the manifest's folder)",
+        default=None,
+        metavar="DIR",
+    ),
+    flag(
         "--jobs",
         "conversions at once (default: what this machine holds: CPUs, memory / --memory-limit); "
         "with --ray the cluster's resources decide",

@@ -30,7 +30,7 @@ from typing import Any
 from . import isolate
 from .errors import StudioError, first_line
 from .escape import md_code, md_text, terminal
-from .manifest import ManifestEntry, read_manifest
+from .manifest import ManifestEntry, read_manifest, still_inside
 from .spec import MAX_PARAMS_DEFAULT, ConvertSpec, SampleLimits, parse_sample_limits
 
 SUMMARY_SCHEMA, SUMMARY_VERSION = "onnx-studio/batch-summary", 1
@@ -49,6 +49,7 @@ class BatchOptions:
     quiet: bool = False
     ray: str | None = None  # ADDRESS | auto | local: run the entries as Ray tasks (studio.fleet_ray)
     shared_dir: str | None = None  # Ray: a folder every node sees at the same path (no transfer through Ray)
+    inputs_under: str | None = None  # every path a line names must lie in it; None: the manifest's folder
     # the operator's settings for every entry (a manifest line may not set them: studio.manifest.OPERATOR)
     trust_code: bool = False
     max_params: int = MAX_PARAMS_DEFAULT
@@ -429,6 +430,9 @@ class Preparer:
         self.skipped = 0
 
     def __call__(self, e: ManifestEntry) -> Pending | dict[str, Any]:
+        moved = still_inside(e)  # a link changed since the manifest was read
+        if moved:
+            return error_row(e, f"The entry's inputs moved: {moved}")
         try:
             digest = entry_hash(e, self.settings, self.hasher)
         except (OSError, ValueError) as exc:  # a file gone or unreadable since the manifest was read
@@ -494,7 +498,7 @@ def run_local(entries, prepare: Preparer, jobs: int, lim, progress: BatchProgres
 def run_batch(manifest: str | Path, opts: BatchOptions, stream=None) -> BatchResult:
     """Read the manifest (every line validated before anything runs), run each entry unless it is unchanged,
     write summary.json / summary.md."""
-    entries = read_manifest(manifest)
+    entries = read_manifest(manifest, inputs_under=opts.inputs_under)
     lim = limits(opts)
     settings = opts.settings()
     if opts.jobs is not None and opts.jobs < 1:

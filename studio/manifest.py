@@ -2,8 +2,11 @@
 
 Keys are ConvertSpec's field names (`checkpoint`, `data`, `roles`, `opset`, `variants`, ...) plus `name`, the
 entry's output folder under `studio batch --out` (default: the checkpoint's file or folder name). Relative
-paths (`checkpoint`, `data`, `config`) are resolved against the manifest's folder. A bad line is a
-ManifestError naming the manifest file, the line and the key; nothing runs then.
+paths (`checkpoint`, `data`, `config`) are resolved against the manifest's folder, and every path a line names
+must resolve (links followed, `~` being the operator's home) inside `inputs_under` (`studio batch
+--inputs-under DIR`; default: the manifest's folder): an absolute path there is fine, one outside, a `../`
+escape or a link pointing out is refused, as an upload's would be. A bad line is a ManifestError naming the
+manifest file, the line and the key; nothing runs then.
 
 In a CSV cell, a list is `a,b` (`variants`, `dynamic`; `-` or empty for none) and a mapping is
 `key=value;key=value` or a JSON object (`roles`, `tabular` with `INPUT=C1,C2;INPUT2=C3`).
@@ -33,6 +36,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from .contain import is_inside
 from .errors import StudioError
 from .escape import EXCERPT, excerpt
 from .spec import DYNAMIC_AXES, EXPORTERS, HEAD_NAMES, ID_DTYPES, ROLES, TASKS, VARIANTS, ConvertSpec
@@ -101,6 +105,7 @@ class ManifestEntry:
     spec: ConvertSpec  # validated; `out` is filled by the batch
     options: dict[str, Any] = field(default_factory=dict)  # the entry's keys as given (paths resolved)
     hooks: dict[str, Any] = field(default_factory=dict)
+    inputs_under: str = ""  # the folder its paths were checked to lie in (resolved); "" when not read from a file
 
 
 @cache
@@ -118,8 +123,9 @@ def quote(value: Any) -> str:
     return text if len(text) <= EXCERPT else f"{text[:EXCERPT]}... ({len(text):,} characters)"
 
 
-def read_manifest(path: str | Path) -> list[ManifestEntry]:
-    """Every entry of the manifest, validated in one streaming pass; ManifestError on the first bad line."""
+def read_manifest(path: str | Path, *, inputs_under: str | Path | None = None) -> list[ManifestEntry]:
+    """Every entry of the manifest, validated in one streaming pass; ManifestError on the first bad line.
+    inputs_under: the folder every path a line names must resolve inside (default: the manifest's folder)."""
     path = Path(path).expanduser()
     file = str(path)
     if not path.exists():
@@ -134,7 +140,7 @@ def read_manifest(path: str | Path) -> list[ManifestEntry]:
     size = path.stat().st_size
     if size > MAX_BYTES:
         raise ManifestError(f"is {size:,} bytes; a manifest may hold at most {MAX_BYTES:,}.", file=file)
-    reader = _Reader(path)
+    reader = _Reader(path, inputs_under)
     entries, names = [], {}
     with reader.open() as f:
         records = {"jsonl": _jsonl_records, "csv": _csv_records, "yaml": _yaml_records}[kind](f, file)
@@ -329,12 +335,14 @@ def _check_yaml_events(events, file: str) -> None:
 
 
 class _Reader:
-    """What every entry of one manifest shares: its file, its folder, and the paths already checked."""
+    """What every entry of one manifest shares: its file, its folder, the folder its paths must lie in, and the
+    paths already checked."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, inputs_under: str | Path | None = None):
         self.path, self.file = path, str(path)
         self.base = path.resolve().parent
-        self.checked: dict[str, str] = {}  # a path as given -> resolved (it exists)
+        self.root = self.base if inputs_under is None else inputs_root(inputs_under)
+        self.checked: dict[str, str] = {}  # a path as given -> joined to the manifest's folder (inside, exists)
 
     def open(self):
         return open(self.path, encoding="utf-8-sig", newline="")
@@ -369,7 +377,9 @@ class _Reader:
         except StudioError as e:
             message = e.message if len(e.message) <= 4 * EXCERPT else quote(e.message)
             raise self.error(message, line, hint=e.hint) from e
-        return ManifestEntry(name=str(name), line=line, spec=spec, options=options, hooks=hooks)
+        return ManifestEntry(
+            name=str(name), line=line, spec=spec, options=options, hooks=hooks, inputs_under=str(self.root)
+        )
 
     def options(self, record: dict, line: int, csv_cells: bool) -> tuple[dict[str, Any], dict[str, Any]]:
         """The line's keys checked and typed; a null (or empty CSV cell) is left out: the default."""
@@ -418,7 +428,8 @@ class _Reader:
         return options, hooks
 
     def existing(self, value: str, line: int, key: str) -> str:
-        """The path resolved against the manifest's folder; it must exist."""
+        """The path joined to the manifest's folder; it must resolve (links followed) inside the inputs folder,
+        and exist. Containment is checked first: nothing says whether a file outside exists."""
         if value in self.checked:
             return self.checked[value]
         if len(value) > MAX_PATH:
@@ -426,13 +437,60 @@ class _Reader:
         try:
             p = Path(value).expanduser()
             p = p if p.is_absolute() else self.base / p
-            there = p.exists()
-        except (OSError, ValueError) as e:  # a NUL byte, a lone surrogate, a name too long for the system
+            real = p.resolve()
+            inside = is_inside(self.root, real)
+            there = inside and p.exists()
+        except (OSError, RuntimeError, ValueError) as e:  # a NUL byte, a link loop, a name too long, ...
             raise self.error(f"{quote(value)} is not a usable path ({excerpt(e)}).", line, key) from e
+        if not inside:
+            shown = "" if str(real) == value else f" (it resolves to {quote(str(real))})"
+            raise self.error(
+                f"{quote(value)}{shown} lies outside {quote(str(self.root))}, the folder this manifest's inputs "
+                "must lie in.",
+                line,
+                key,
+                hint=f"Move the file under {self.root}, or give `studio batch --inputs-under DIR` naming a folder "
+                "that holds every input (default: the manifest's folder).",
+            )
         if not there:
             raise self.error(f"{quote(str(p))} does not exist.", line, key)
         self.checked[value] = str(p)
         return str(p)
+
+
+def inputs_root(folder: str | Path) -> Path:
+    """`--inputs-under DIR` resolved; it must be a folder."""
+    text = str(folder)
+    try:
+        root = Path(text).expanduser().resolve()
+        ok = root.is_dir()
+    except (OSError, RuntimeError, ValueError):
+        ok = False
+    if not ok:
+        raise StudioError(
+            f"--inputs-under {quote(text)} is not a folder.",
+            hint="Name the folder that holds every checkpoint, sample and config the manifest names.",
+        )
+    return root
+
+
+def still_inside(entry: ManifestEntry) -> str | None:
+    """None when every path of the entry still resolves inside its inputs folder (links may have changed since
+    the manifest was read); else what now lies outside, for its error row."""
+    if not entry.inputs_under:
+        return None
+    root = Path(entry.inputs_under)
+    for key in PATH_KEYS:
+        value = entry.options.get(key)
+        if not value:
+            continue
+        try:
+            inside = is_inside(root, Path(value).resolve())
+        except (OSError, RuntimeError, ValueError):
+            inside = False
+        if not inside:
+            return f"{key} {quote(value)} now resolves outside {quote(str(root))} (--inputs-under)."
+    return None
 
 
 def _default_name(checkpoint: str, line: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import fleet_cases
@@ -12,6 +13,13 @@ from studio import demo
 from studio.cli import main
 from studio.fleet import STATE_FILE, entry_hash, stored_row
 from studio.manifest import ManifestError, read_manifest
+
+
+def wide(*paths: Path) -> str:
+    """The folder holding the packaged demo and `paths`: these manifests name the demo where it is installed
+    (outside the manifest's folder, which `studio batch` allows only under --inputs-under)."""
+    return os.path.commonpath([str(Path(p).resolve()) for p in (demo.checkpoint().parent, *paths)])
+
 
 # --- manifests --------------------------------------------------------------------------------------------------
 
@@ -139,7 +147,9 @@ def batch(tmp_path_factory):
     """The five-entry batch run once through `studio batch` (two jobs at a time); its folder and exit code."""
     root = tmp_path_factory.mktemp("fleet")
     manifest = fleet_cases.write_jsonl(root / "nightly.jsonl", fleet_cases.entries(root))
-    code = main(["batch", str(manifest), "--out", str(root / "out"), "--jobs", "2", "--quiet"])
+    code = main(
+        ["batch", str(manifest), "--out", str(root / "out"), "--jobs", "2", "--quiet", "--inputs-under", wide(root)]
+    )
     return root, manifest, code
 
 
@@ -170,7 +180,7 @@ def test_a_second_run_skips_every_entry(batch, capsys):
     out = root / "out"
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/model.onnx")}
     capsys.readouterr()
-    assert main(["batch", str(manifest), "--out", str(out)]) == 2
+    assert main(["batch", str(manifest), "--out", str(out), "--inputs-under", wide(root)]) == 2
     err = capsys.readouterr().err
     assert "5 of 5 entries unchanged" in err
     data = json.loads((out / "summary.json").read_text())
@@ -185,8 +195,8 @@ def test_exit_codes_follow_the_verdicts(batch, tmp_path):
     lines = {e["name"]: e for e in fleet_cases.entries(root)}
     passing = fleet_cases.write_jsonl(root / "passing.jsonl", [lines["demo"], lines["bert"]])
     failing = fleet_cases.write_jsonl(root / "failing.jsonl", [lines["demo"], lines["demo-strict"]])
-    assert main(["batch", str(passing), "--out", str(root / "out"), "--quiet"]) == 0
-    assert main(["batch", str(failing), "--out", str(root / "out"), "--quiet"]) == 1
+    assert main(["batch", str(passing), "--out", str(root / "out"), "--quiet", "--inputs-under", wide(root)]) == 0
+    assert main(["batch", str(failing), "--out", str(root / "out"), "--quiet", "--inputs-under", wide(root)]) == 1
     bad = fleet_cases.write_jsonl(tmp_path / "bad.jsonl", [{"checkpoint": "nowhere.pt", "data": "x.csv"}])
     assert main(["batch", str(bad), "--out", str(tmp_path / "out"), "--quiet"]) == 2  # a bad manifest: nothing runs
     assert not (tmp_path / "out").exists()
@@ -194,7 +204,7 @@ def test_exit_codes_follow_the_verdicts(batch, tmp_path):
 
 def test_an_incomplete_folder_is_not_skipped(batch):
     root, manifest, _ = batch
-    entry = read_manifest(manifest)[0]
+    entry = read_manifest(manifest, inputs_under=wide(root))[0]
     folder = root / "out" / entry.name
     digest = entry_hash(entry)
     assert stored_row(folder, digest)["verdict"] == "PASS"
@@ -219,7 +229,7 @@ def test_the_core_does_not_import_ray(tmp_path):
     )
     code = (
         "import sys, studio.cli, studio.cli_flags, studio.fleet, studio.manifest; "
-        f"studio.manifest.read_manifest({str(manifest)!r}); studio.cli_flags.build_parser().parse_args(['batch', 'm']); "
+        f"studio.manifest.read_manifest({str(manifest)!r}, inputs_under={wide(tmp_path)!r}); studio.cli_flags.build_parser().parse_args(['batch', 'm']); "
         "print('ray' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -275,7 +285,8 @@ def test_ctrl_c_stops_the_running_jobs(tmp_path, hf_folders, sample_csv):
         [{"name": "demo", "checkpoint": str(hf_folders["bert"]), "data": str(sample_csv), **slow_export}],
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "studio", "batch", str(manifest), "--out", str(tmp_path / "out")],
+        [sys.executable, "-m", "studio", "batch", str(manifest), "--out", str(tmp_path / "out")]
+        + ["--inputs-under", wide(tmp_path, hf_folders["bert"], sample_csv)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -6,6 +6,7 @@ import json
 import os
 import threading
 import time
+from pathlib import Path
 
 import fleet_cases
 import pytest
@@ -19,6 +20,11 @@ from studio.spec import ConvertSpec
 ray = pytest.importorskip("ray")
 
 from studio.fleet_ray import HOOK_ENV, RayJob  # noqa: E402
+
+
+def wide(root: Path) -> list[str]:
+    """--inputs-under the folder holding `root` and the packaged demo, which the manifests name where it is."""
+    return ["--inputs-under", os.path.commonpath([str(root.resolve()), str(demo.checkpoint().parent.resolve())])]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +50,7 @@ def ray_batch(cluster, tmp_path_factory):
     lines = fleet_cases.entries(root)
     killed = {**lines[0], "name": "killed", "_kill_worker": True}
     manifest = fleet_cases.write_jsonl(root / "nightly.jsonl", lines[:3] + [killed] + lines[3:])
-    code = main(["batch", str(manifest), "--ray", "local", "--out", str(root / "out"), "--quiet"])
+    code = main(["batch", str(manifest), "--ray", "local", "--out", str(root / "out"), "--quiet", *wide(root)])
     return root, manifest, code
 
 
@@ -85,7 +91,7 @@ def test_a_second_ray_run_skips_every_entry(ray_batch, capsys):
     lines = [json.loads(x) for x in manifest.read_text().splitlines()]
     again = fleet_cases.write_jsonl(root / "again.jsonl", [x for x in lines if x["name"] != "killed"])
     capsys.readouterr()
-    assert main(["batch", str(again), "--ray", "local", "--out", str(root / "out")]) == 2
+    assert main(["batch", str(again), "--ray", "local", "--out", str(root / "out"), *wide(root)]) == 2
     assert "5 of 5 entries unchanged" in capsys.readouterr().err
     assert fleet_cases.verdicts(root / "out" / "summary.json") == fleet_cases.EXPECTED
 

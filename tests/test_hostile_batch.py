@@ -339,6 +339,112 @@ def test_200k_entries_are_validated_in_seconds_and_the_first_starts_at_once(inpu
     assert len(order) == 40_000
 
 
+def escapes(tmp_path: Path) -> tuple[Path, Path]:
+    """A manifest folder holding model.pt and rows.csv, and a file beside it (outside) an entry must not read."""
+    inside = tmp_path / "team"
+    inside.mkdir()
+    (inside / "model.pt").write_bytes(demo.checkpoint().read_bytes())
+    (inside / "rows.csv").write_text(demo.sample().read_text())
+    secret = tmp_path / "secret.csv"
+    secret.write_text("operator,only\n1,2\n")
+    return inside, secret
+
+
+@pytest.mark.parametrize("how", ["absolute", "dotdot", "link", "home", "link-folder"])
+def test_a_path_outside_the_inputs_folder_is_refused_naming_the_line(tmp_path, monkeypatch, how):
+    """`data: /etc/passwd`, `../secret`, a link in the folder pointing out, `~`: refused on their line, quoted,
+    with the flag that widens the folder; an outside file is not even said to exist or not."""
+    inside, secret = escapes(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    value = {
+        "absolute": str(secret),
+        "dotdot": "../secret.csv",
+        "link": "link.csv",
+        "home": "~/secret.csv",
+        "link-folder": "out/secret.csv",
+    }[how]
+    (inside / "link.csv").symlink_to(secret)
+    (inside / "out").symlink_to(tmp_path, target_is_directory=True)
+    manifest = inside / "m.jsonl"
+    manifest.write_text(LINE + "}\n" + json.dumps({"checkpoint": "model.pt", "data": value, "name": "x"}) + "\n")
+    err = refused(manifest, "line 2", "key 'data'", repr(value), "lies outside", str(inside))
+    assert (err.line, err.key) == (2, "data") and "--inputs-under" in err.hint
+    if how != "absolute":
+        assert f"resolves to {str(secret)!r}" in str(err)
+    # an outside path that does not exist is refused the same way (no answer on what exists there)
+    manifest.write_text(json.dumps({"checkpoint": "model.pt", "data": "/nowhere/at/all.csv"}) + "\n")
+    assert "does not exist" not in str(refused(manifest, "line 1", "lies outside"))
+    # /etc/passwd, the case the issue names, as the checkpoint
+    manifest.write_text(json.dumps({"checkpoint": "/etc/passwd", "data": "rows.csv"}) + "\n")
+    assert refused(manifest, "lies outside").key == "checkpoint"
+
+
+def test_a_path_inside_is_accepted_absolute_or_through_a_link_inside(tmp_path):
+    inside, _ = escapes(tmp_path)
+    (inside / "sub").mkdir()
+    (inside / "sub" / "rows.csv").write_text(demo.sample().read_text())
+    (inside / "alias.csv").symlink_to(inside / "sub" / "rows.csv")
+    lines = [
+        {"name": "a", "checkpoint": str(inside / "model.pt"), "data": "sub/../rows.csv"},
+        {"name": "b", "checkpoint": "model.pt", "data": "alias.csv"},
+    ]
+    (inside / "m.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    a, b = read_manifest(inside / "m.jsonl")
+    assert a.spec.checkpoint == str(inside / "model.pt") and Path(a.spec.data).resolve() == inside / "rows.csv"
+    assert Path(b.spec.data).resolve() == inside / "sub" / "rows.csv"
+    # widened: the parent folder holds the outside file too
+    (inside / "w.jsonl").write_text(json.dumps({"checkpoint": "model.pt", "data": "../secret.csv"}) + "\n")
+    refused(inside / "w.jsonl", "lies outside")
+    (entry,) = read_manifest(inside / "w.jsonl", inputs_under=tmp_path)
+    assert Path(entry.spec.data).resolve() == tmp_path / "secret.csv" and entry.inputs_under == str(tmp_path.resolve())
+    # narrowed below the manifest's folder: its own files are then outside
+    with pytest.raises(ManifestError, match="lies outside"):
+        read_manifest(inside / "m.jsonl", inputs_under=inside / "sub")
+    with pytest.raises(cli.StudioError, match="--inputs-under .* is not a folder"):
+        read_manifest(inside / "m.jsonl", inputs_under=tmp_path / "nowhere")
+
+
+def test_a_link_turned_outward_after_the_manifest_was_read_is_an_error_row(tmp_path, monkeypatch):
+    """The inputs are checked again when a job slot takes the entry: a link retargeted since is not followed."""
+    inside, secret = escapes(tmp_path)
+    (inside / "link.csv").symlink_to(inside / "rows.csv")
+    (inside / "m.jsonl").write_text(json.dumps({"checkpoint": "model.pt", "data": "link.csv"}) + "\n")
+    real = fleet.read_manifest
+
+    def read_then_retarget(*args, **kwargs):
+        entries = real(*args, **kwargs)
+        (inside / "link.csv").unlink()
+        (inside / "link.csv").symlink_to(secret)
+        return entries
+
+    ran = []
+    monkeypatch.setattr(fleet, "read_manifest", read_then_retarget)
+    monkeypatch.setattr(fleet, "convert_entry", lambda *a, **k: ran.append(a) or 1 / 0)
+    result = fleet.run_batch(inside / "m.jsonl", fleet.BatchOptions(out=str(tmp_path / "o"), quiet=True))
+    (row,) = result.rows
+    assert row["verdict"] == "ERROR" and "now resolves outside" in row["error"] and "--inputs-under" in row["error"]
+    assert ran == [] and not (tmp_path / "o" / "model-line1" / "rows.csv").exists()
+
+
+def test_inputs_under_through_the_studio_batch_command(tmp_path):
+    """The real `studio batch`: `data: ../secret.csv` is refused (exit 2, nothing written); --inputs-under the
+    parent folder lets the same manifest convert."""
+    inside, secret = escapes(tmp_path)
+    secret.write_text(demo.sample().read_text())
+    line = {"checkpoint": "model.pt", "data": "../secret.csv", "name": "e", "exporter": "torchscript"}
+    manifest = inside / "m.jsonl"
+    manifest.write_text(json.dumps({**line, "latency_budget_s": 0.05}) + "\n")
+    run = studio("batch", manifest, "--out", tmp_path / "o")
+    assert run.returncode == 2 and not (tmp_path / "o").exists()
+    err = run.stderr.decode()
+    assert "line 1, key 'data'" in err and "'../secret.csv'" in err and "--inputs-under" in err, err
+    assert "Traceback" not in err
+    run = studio("batch", manifest, "--out", tmp_path / "o", "--inputs-under", tmp_path, "--quiet")
+    assert run.returncode == 0, run.stderr[-3000:]
+    (row,) = json.loads((tmp_path / "o" / "summary.json").read_text())["entries"]
+    assert row["verdict"] == "PASS" and row["entry"] == "e"
+
+
 # --- 5. safe default limits for the CLI ----------------------------------------------------------------------------------
 
 
@@ -380,7 +486,7 @@ def test_a_limit_hit_names_its_flag(tmp_path):
     assert not (tmp_path / "o").exists()
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(json.dumps({"checkpoint": str(demo.checkpoint()), "data": str(demo.sample())}) + "\n")
-    run = studio("batch", manifest, "--out", tmp_path / "b", "--timeout", "1")
+    run = studio("batch", manifest, "--out", tmp_path / "b", "--timeout", "1", "--inputs-under", "/")  # the demo
     assert run.returncode == 2 and b"Raise --timeout (now 1 s)" in run.stderr
     (row,) = json.loads((tmp_path / "b" / "summary.json").read_text())["entries"]
     assert row["reason"] == "timeout" and "--timeout" in row["error"]
