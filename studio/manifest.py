@@ -38,7 +38,7 @@ from typing import Any
 
 from .contain import is_inside
 from .errors import StudioError
-from .escape import EXCERPT, excerpt
+from .escape import EXCERPT, cut, excerpt
 from .spec import DYNAMIC_AXES, EXPORTERS, HEAD_NAMES, ID_DTYPES, ROLES, TASKS, VARIANTS, ConvertSpec
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".yaml": "yaml", ".yml": "yaml"}
@@ -119,8 +119,7 @@ def quote(value: Any) -> str:
     """At most ~200 characters of a value, for an error message (its length when cut)."""
     if isinstance(value, str):
         return excerpt(value)
-    text = repr(value)
-    return text if len(text) <= EXCERPT else f"{text[:EXCERPT]}... ({len(text):,} characters)"
+    return cut(repr(value), EXCERPT)
 
 
 def read_manifest(path: str | Path, *, inputs_under: str | Path | None = None) -> list[ManifestEntry]:
