@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from studio import runtime  # noqa: E402
-from studio.rounds import side_by_side  # noqa: E402
+from studio.checks import runtime  # noqa: E402
+from studio.timing._rounds import side_by_side  # noqa: E402
 
 
 def feeds(session, batch: int, tokens: int, rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -7,9 +7,8 @@ report.ok, report.parity.outputs[0].max_abs_diff
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .errors import (
+from studio._version import __version__
+from studio.errors import (
     BatchError,
     CheckpointError,
     ExportError,
@@ -18,14 +17,14 @@ from .errors import (
     UnsafeCheckpointError,
     UnsafePathError,
 )
-from .report import Report
-from .spec import ConvertSpec, SampleLimits
+from studio.report.model import Report
+from studio.spec import ConvertSpec, SampleLimits
 
 
 def convert(spec: ConvertSpec | None = None, /, progress=None, **options) -> Report:
     """Run a conversion. Pass a ConvertSpec, or its fields as keywords:
     `studio.convert(checkpoint="m.pt", data="rows.csv", out="out")`."""
-    from .pipeline import convert as _convert
+    from studio.pipeline import convert as _convert
 
     if spec is None:
         spec = ConvertSpec(**options)
@@ -36,7 +35,7 @@ def convert(spec: ConvertSpec | None = None, /, progress=None, **options) -> Rep
 
 def load_checkpoint(path, spec: ConvertSpec | None = None):
     """Load a checkpoint into a LoadedModel (module, tokenizer, inputs, outputs)."""
-    from .sources import load
+    from studio.sources import load
 
     return load(path, spec)
 
@@ -44,20 +43,20 @@ def load_checkpoint(path, spec: ConvertSpec | None = None):
 def read_sample(path, limits=None):
     """Read a sample file (CSV / TSV / JSON / JSONL) into a pandas DataFrame. limits: a SampleLimits
     (or "rows=N,..."); default: the studio's sample limits."""
-    from .sample import read_sample as _read
+    from studio.inputs.sample import read_sample as _read
 
     return _read(path, limits)
 
 
 def build_batch(df, model, roles: dict[str, str] | None = None, spec: ConvertSpec | None = None):
     """Sample rows + role mapping -> named tensors for `model`."""
-    from .batch import build_batch as _build
+    from studio.inputs.batch import build_batch as _build
 
     return _build(df, model, roles or {}, spec.validated() if spec is not None else None)
 
 
 def suggest_roles(df) -> dict[str, str]:
-    from .roles import suggest_roles as _suggest
+    from studio.inputs.roles import suggest_roles as _suggest
 
     return _suggest(df)
 
@@ -66,9 +65,22 @@ def inspect_onnx(path):
     """Graph inputs/outputs, opset, op counts and checker verdict of an .onnx file."""
     from pathlib import Path
 
-    from .graph_info import check, graph_info
+    from studio.checks.graph_info import check, graph_info
 
     return graph_info(Path(path)), check(Path(path))
+
+
+# modules of the public API, imported on first use (`import studio` stays light: no torch)
+_MODULES = {"locate": "studio.checks.locate", "divergence": "studio.report.divergence"}
+
+
+def __getattr__(name: str):
+    """`studio.locate` and `studio.divergence` (also `from studio import locate, divergence`)."""
+    if name in _MODULES:
+        import importlib
+
+        return importlib.import_module(_MODULES[name])
+    raise AttributeError(f"module 'studio' has no attribute {name!r}")
 
 
 __all__ = [
@@ -81,6 +93,8 @@ __all__ = [
     "build_batch",
     "suggest_roles",
     "inspect_onnx",
+    "locate",
+    "divergence",
     "StudioError",
     "CheckpointError",
     "UnsafeCheckpointError",

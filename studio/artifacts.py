@@ -18,8 +18,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .errors import DiskFullError, StudioError
-from .report import Report, map_leaves
+from studio.errors import DiskFullError, StudioError
+from studio.report.model import Report, map_leaves
+from studio.report.render import render_markdown
 
 # Files a conversion owns inside the output folder (replaced on every run, nothing else touched), besides
 # the copy of the sample (`sample.<suffix>`).
@@ -75,7 +76,7 @@ def write_report(report: Report, folder: Path, display: tuple[str, ...] | list[s
     if display:
         map_leaves(report, lambda v: scrub_paths(v, list(display)) if isinstance(v, str) else v)
     (folder / "report.json").write_text(report.to_json())
-    (folder / "report.md").write_text(report.to_markdown())
+    (folder / "report.md").write_text(render_markdown(report))
 
 
 # --- the example script and the sample it reads -------------------------------------------------------
@@ -95,7 +96,7 @@ def write_example(folder: Path, loaded, batch, df, data: str | Path, fill_value:
 def write_rows(df, path: Path) -> None:
     """`{"columns": [...], "rows": [[cell, ...], ...]}`: every cell as the studio read it, in standard JSON
     (a missing cell is null; an infinite number is its text, as the studio tokenizes it)."""
-    from .cells import jsonable
+    from studio.inputs.cells import jsonable
 
     rows = [[jsonable(v) for v in row] for row in df.itertuples(index=False, name=None)]
     path.write_text(
@@ -106,9 +107,9 @@ def write_rows(df, path: Path) -> None:
 
 def example_script(loaded, batch, fill_value: float | None) -> str:
     """The text of inference_example.py for this model and batch (see EXAMPLE)."""
-    from . import __version__
-    from .cells import NA_TOKENS
-    from .sources.base import TABULAR
+    from studio._version import __version__
+    from studio.inputs.cells import NA_TOKENS
+    from studio.sources.base import TABULAR
 
     # text input kinds are the tokenizer's output names
     text_map = {i.name: i.kind for i in loaded.inputs if i.name in batch.tensors and i.kind != TABULAR}
@@ -252,7 +253,7 @@ def zip_folder(folder: Path, dest: Path) -> Path:
 
 def artifact_files(path: Path) -> list[Path]:
     """The .onnx file and every external-data file it refers to (all inside its folder)."""
-    from .graph_info import external_files
+    from studio.checks.graph_info import external_files
 
     return [Path(path)] + [f for f in external_files(Path(path)) if f.exists()]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .escape import cut
+from studio.escape import cut
 
 MESSAGE_CHARS = 4000  # an error's message (and hint) at most: an upload's megabyte name is never quoted whole
 WORD_CHARS = 300  # one run of non-space characters in it (a quoted column name, a value) at most

@@ -7,6 +7,8 @@ terminal, or quoted in an error message:
 - `html_text`: HTML (the page's own markup): `& < > " '` become entities.
 - `md_text`: Markdown prose and table cells: every Markdown punctuation character is backslash-escaped
   and `& < >` become entities, so no emphasis, link, image, raw HTML or table cell break comes from it.
+- `md_inline`: Markdown prose or a table cell, left as it is where nothing in it can become markup (words,
+  numbers), else `md_text`.
 - `md_code`: an inline code span whose fence is longer than any backtick run in the value, so the value
   cannot end the span; `|` escaped in table cells (GFM reads it before code spans).
 - `terminal`: control characters (C0, C1, DEL) and other invisible or line-breaking characters shown as
@@ -19,8 +21,9 @@ from __future__ import annotations
 
 import html
 import re
+from typing import Any
 
-__all__ = ["EXCERPT", "cut", "excerpt", "html_text", "md_code", "md_text", "terminal"]
+__all__ = ["EXCERPT", "cut", "excerpt", "html_text", "md_code", "md_inline", "md_text", "terminal"]
 
 EXCERPT = 200  # characters of a value an error message quotes
 
@@ -78,3 +81,33 @@ def excerpt(value: object, limit: int = EXCERPT) -> str:
     """repr() of at most `limit` characters of `value`, with its length when it was cut: what an error
     message quotes of what it was given (never a whole megabyte back)."""
     return cut(str(value), limit, quoted=True)
+
+
+# Characters that start no inline Markdown (no emphasis, code, link, image, raw HTML, entity, escape, math,
+# strikethrough or table cell break): letters, digits, this punctuation, any non-ASCII character (the
+# non-printable ones fail str.isprintable), and `_` between letters and digits only (CommonMark never opens
+# or closes emphasis inside a word with it). One character class, so a megabyte is checked in ~0.1 s.
+_INERT = re.compile(r"[A-Za-z0-9 ,.;:%+=()\[\]/'\"?!#\-_\x80-\U0010ffff]*")
+_LOOSE_UNDERSCORE = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+# ...unless they make a link or an autolink together (GFM links bare `www.` and `http://` addresses)
+_LINKS = re.compile(r"://|www\.|\]\(|\]\[|!\[", re.IGNORECASE)
+# where a value at the start of a line (or of a list item) would open a block: a list, a heading, a quote,
+# a thematic break, a task box, a link definition, indented code
+_BLOCK_START = re.compile(r"[ \t>\[]|[#+\-=*](?:[ \t]|$)|-{2,}|={2,}|\d{1,9}[.)](?:[ \t]|$)")
+
+
+def md_inline(value: Any, *, cell: bool = False) -> str:
+    """`value` as literal text in Markdown prose (cell=True: a table cell, where no block can start): as it
+    is when nothing in it can become markup (words, numbers, `1.5e-07`, `top-5 100.0%`, `lin2 (Linear)`),
+    else escape.md_text (every Markdown character escaped; leading blanks dropped: indented code). Safe
+    anywhere in a line, and at its start."""
+    text = str(value)
+    if (
+        text.isprintable()
+        and _INERT.fullmatch(text)
+        and not _LOOSE_UNDERSCORE.search(text)
+        and not _LINKS.search(text)
+        and (cell or not _BLOCK_START.match(text))
+    ):
+        return text
+    return md_text(text).lstrip(" \t")

@@ -19,20 +19,21 @@ from typing import Any
 
 import numpy as np
 
-from . import artifacts, escape, runtime, sources
-from . import batch as batch_mod
-from . import export as export_mod
-from . import graph_info as inspect_mod
-from . import latency as latency_mod
-from . import parity as parity_mod
-from . import roles as roles_mod
-from . import sample as sample_mod
-from . import timings as timings_mod
-from .errors import StudioError
-from .report import ExportInfo, Report
-from .sources import scratch
-from .sources.base import TABULAR
-from .spec import ConvertSpec
+from studio import artifacts, escape, sources
+from studio.checks import graph_info as inspect_mod
+from studio.checks import parity as parity_mod
+from studio.checks import runtime
+from studio.errors import StudioError
+from studio.export import exporters as export_mod
+from studio.inputs import batch as batch_mod
+from studio.inputs import roles as roles_mod
+from studio.inputs import sample as sample_mod
+from studio.report import timings as timings_mod
+from studio.report.model import ExportInfo, Report
+from studio.sources import scratch
+from studio.sources.base import TABULAR
+from studio.spec import ConvertSpec
+from studio.timing import latency as latency_mod
 
 STAGES = ("loading", "batch", "export", "checker", "parity", "shape probe", "locate", "variants", "latency", "writing")
 _FRACTION = {
@@ -59,7 +60,7 @@ def _versions() -> dict[str, str]:
     import torch
     import transformers
 
-    from . import __version__
+    from studio._version import __version__
 
     return {
         "studio": __version__,
@@ -157,7 +158,7 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
     # the kept file's checker + session; without variants, that session is also the one latency times
     opened = export_mod.Opened(spec.threads or runtime.default_threads(), arena=not spec.variants)
     if spec.exporter == "compare":  # both exporters' files checked against one PyTorch run, the winner kept
-        from . import compare
+        from studio.export import compare
 
         export_info, comparison = compare.export_compared(loaded, checked, batch.tensors, spec, model_path)
         artifacts.annotate(model_path, _metadata(spec, loaded, batch, export_info))
@@ -303,13 +304,13 @@ def _check(
 def _locate(
     spec: ConvertSpec, loaded, tensors, model_path: Path, checks: dict[str, Any], say: Progress
 ) -> dict[str, Any] | None:
-    """Where ONNX Runtime first leaves PyTorch (studio.locate): when parity or a shape probe failed, or on
+    """Where ONNX Runtime first leaves PyTorch (studio.checks.locate): when parity or a shape probe failed, or on
     request (--locate); None otherwise. report.json's `divergence`; it does not change the verdict."""
     parity, dynamic = checks["parity"], checks["dynamic"]
     if not (spec.locate or not parity.ok or dynamic.ok is False) or parity.error:
         return None  # nothing failed; or ONNX Runtime cannot run the rows at all (parity.error says why)
     say("locate", _FRACTION["locate"])
-    from . import locate  # its hooks keep every module's outputs: only imported when it runs
+    from studio.checks import locate  # its hooks keep every module's outputs: only imported when it runs
 
     found = locate.for_report(
         loaded,
@@ -336,7 +337,7 @@ def _variants_and_latency(
     variant_infos, timed = [], {"model": target}
     if spec.variants:
         say("variants", _FRACTION["variants"])
-        from . import variants  # optimized / int8 / fp16 artifacts, each checked like model.onnx
+        from studio.variants import table as variants  # optimized / int8 / fp16 artifacts, each checked like model.onnx
 
         variant_infos, variant_targets = variants.build(spec, loaded, tensors, model_path, axes, work)
         timed.update(variant_targets)
@@ -381,12 +382,12 @@ def _write_files(spec: ConvertSpec, loaded, batch, df, work: Path) -> dict[str, 
 
 
 def _metadata(spec: ConvertSpec, loaded, batch, info: ExportInfo) -> dict[str, str]:
-    from . import __version__
+    from studio._version import __version__
 
     return {
         "studio.version": __version__,
         "studio.source_kind": loaded.kind,
-        "studio.roles": json.dumps(batch.roles),
+        "studio.inputs.roles": json.dumps(batch.roles),
         "studio.inputs": json.dumps({i.name: _input_meta(i, batch) for i in loaded.inputs if i.name in batch.tensors}),
         "studio.tokenizer": json.dumps(batch.tokenizer_settings),
         "studio.opset": str(info.opset),

@@ -6,7 +6,7 @@ import re
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Protocol
 
-from .errors import StudioError
+from studio.errors import StudioError
 
 ROLES = ("text", "tabular", "ignore")
 EXPORTERS = ("auto", "dynamo", "torchscript", "compare")  # compare: run both, keep the better file
@@ -42,7 +42,7 @@ SAMPLE_LIMITS_OPTION = "--sample-limits"
 
 @dataclass  # not frozen: the app's worker maps over dataclasses in place
 class SampleLimits:
-    """What a sample file ("a few real rows") may hold, checked while it is read (studio/batch.py).
+    """What a sample file ("a few real rows") may hold, checked while it is read (studio/inputs/batch.py).
 
     The defaults are far beyond a real sample; an operator raises one with `--sample-limits KEY=N,...`
     (e.g. `rows=50000,size=200mb`) or `ConvertSpec(sample_limits=SampleLimits(rows=50_000))`.
@@ -109,7 +109,7 @@ class ConvertSpec:
     out: str = "studio-out"
     roles: dict[str, str] = field(default_factory=dict)  # column -> role; others get the suggestion
     # tabular input -> the columns feeding it, in order (names or "first..last" ranges in file order);
-    # inputs left out are fed by the columns mapped tabular (see studio.batch)
+    # inputs left out are fed by the columns mapped tabular (see studio.inputs.batch)
     tabular: dict[str, tuple[str, ...]] = field(default_factory=dict)
     opset: int = OPSET_DEFAULT
     exporter: str = "auto"
@@ -135,7 +135,7 @@ class ConvertSpec:
     # the app: server paths (uploads, the job's out folder) that report.json / report.md name without their
     # folders, as the person who uploaded them knows them (studio.artifacts.write_report); () = as given
     display_paths: tuple[str, ...] = ()
-    locate: bool = False  # run the divergence locator even when every check passes (studio.locate)
+    locate: bool = False  # run the divergence locator even when every check passes (studio.checks.locate)
     debug: bool = False
 
     def validated(self) -> ConvertSpec:
@@ -232,7 +232,7 @@ def _check_measuring(atol, rtol, latency_budget_s, threads) -> None:
 
 
 class ExportOptions(Protocol):
-    """The options studio.export reads; a ConvertSpec is one."""
+    """The options studio.export.exporters reads; a ConvertSpec is one."""
 
     exporter: str  # one of EXPORTERS
     opset: int
@@ -257,7 +257,7 @@ class ExportDefaults:
 
 
 class CompareOptions(ExportOptions, Protocol):
-    """The options studio.compare reads (--exporter compare); a ConvertSpec is one."""
+    """The options studio.export.compare reads (--exporter compare); a ConvertSpec is one."""
 
     atol: float
     rtol: float

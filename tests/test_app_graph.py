@@ -210,8 +210,8 @@ def test_without_netron_the_panel_says_so(monkeypatch):
 
 
 def _divergence(node: str | None) -> dict:
-    """report.json's `divergence` as studio.locate writes it (Divergence.to_dict())."""
-    from studio.divergence import Divergence, Site
+    """report.json's `divergence` as studio.checks.locate writes it (Divergence.to_dict())."""
+    from studio.report.divergence import Divergence, Site
 
     first = (
         None

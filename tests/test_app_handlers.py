@@ -12,7 +12,7 @@ import pytest
 from studio.app import cards, render
 from studio.app import handlers as h
 from studio.errors import ExportError, StudioError
-from studio.report import (
+from studio.report.model import (
     CheckerInfo,
     DynamicInfo,
     ExportAttempt,
@@ -420,7 +420,7 @@ def test_scrub_paths_names_the_upload_not_the_server_folder():
 
 def test_error_view_and_trust_banner():
     import studio.app
-    from studio.isolate import JobError
+    from studio.jobs.isolate import JobError
 
     app = studio.app.create_app(trust_code=True, warm_up=False)
     try:

@@ -15,7 +15,7 @@ import pytest
 
 import studio.app.worker  # noqa: F401 - registers the app's tasks (preview, check, convert)
 from studio.app.jobs import Sessions
-from studio.isolate import Job, JobError, Limits, run_job
+from studio.jobs.isolate import Job, JobError, Limits, run_job
 from studio.spec import ConvertSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,10 +188,10 @@ def test_jobs_see_the_servers_plugin_list_even_when_set_after_the_worker_server_
 
 
 def test_the_job_runner_is_part_of_the_core():
-    """studio.isolate, and the CLI that runs `--memory-limit` conversions with it, import neither the app
+    """studio.jobs.isolate, and the CLI that runs `--memory-limit` conversions with it, import neither the app
     (studio.app, gradio) nor torch."""
     code = (
-        "import sys, studio.isolate, studio.cli; print(sorted(m for m in sys.modules "
+        "import sys, studio.jobs.isolate, studio.cli.commands; print(sorted(m for m in sys.modules "
         "if m.split('.')[0] in ('gradio', 'torch') or m.startswith('studio.app')))"
     )
     run = subprocess.run(

@@ -62,8 +62,8 @@ def sample(tmp_path_factory):
 @pytest.mark.parametrize("opset", [OPSET_DEFAULT, 17])
 @pytest.mark.parametrize("model_type", ENCODERS + DECODERS + ENCODER_DECODERS)
 def test_architecture_converts_or_is_refused_with_a_reason(model_type, opset, folders, sample, tmp_path, monkeypatch):
-    from studio import export as export_mod
     from studio.errors import StudioError
+    from studio.export import exporters as export_mod
 
     # auto tries the TorchScript exporter first on small models (these tiny ones) and the new exporter first
     # on large ones (export.attempt_order). Both orders are covered with the same cells: the default opset

@@ -13,7 +13,7 @@ from test_export import Baked, Honest, tabular_model
 from test_locate import Threshold
 
 from studio import ConvertSpec, convert, pipeline
-from studio import export as export_mod
+from studio.export import exporters as export_mod
 
 
 def _spec(**kw) -> ConvertSpec:

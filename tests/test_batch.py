@@ -1,4 +1,4 @@
-"""studio.sample, studio.roles, studio.batch: reading sample files, suggesting roles, building named tensors."""
+"""studio.inputs.sample, studio.inputs.roles, studio.batch: reading sample files, suggesting roles, building named tensors."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from studio.batch import Batch, build_batch
 from studio.errors import BatchError
-from studio.roles import ColumnInfo, describe_columns, suggest_roles
-from studio.sample import read_sample
+from studio.inputs.batch import Batch, build_batch
+from studio.inputs.roles import ColumnInfo, describe_columns, suggest_roles
+from studio.inputs.sample import read_sample
 from studio.sources.base import ATTENTION_MASK, INPUT_IDS, TABULAR, TOKEN_TYPE_IDS, LoadedModel, ModelInput
 from studio.spec import ConvertSpec
 

@@ -12,8 +12,8 @@ import onnxruntime as ort
 import pytest
 
 from studio import ConvertSpec, artifacts, convert
-from studio import export as export_mod
-from studio.graph_info import check
+from studio.checks.graph_info import check
+from studio.export import exporters as export_mod
 
 
 @pytest.fixture(scope="module")

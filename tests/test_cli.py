@@ -9,7 +9,8 @@ import sys
 import pytest
 from conftest import DEMO, REPO
 
-from studio import cli, cli_flags
+from studio.cli import commands as cli
+from studio.cli import flags as cli_flags
 
 COMMANDS = sorted(cli_flags.build_parser()._subparsers._group_actions[0].choices)
 
@@ -282,7 +283,7 @@ def test_the_cli_ends_at_once_with_its_code_after_threads_and_exit_handlers():
 
     code = (
         "import atexit, sys, threading, time\n"
-        "from studio import cli\n"
+        "from studio.cli import commands as cli\n"
         "atexit.register(lambda: print('handler ran'))\n"
         "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start()\n"
         "print('buffered', end='')\n"

@@ -15,11 +15,15 @@ import tiny
 import torch
 from test_export import DataDependent, Honest, Normed, tabular_model
 
-from studio import cli, cli_flags, compare, latency, parity
-from studio import export as export_mod
+from studio.checks import parity
+from studio.cli import commands as cli
+from studio.cli import flags as cli_flags
 from studio.errors import ExportError
-from studio.report import CandidateRow, Timing
+from studio.export import compare
+from studio.export import exporters as export_mod
+from studio.report.model import CandidateRow, Timing
 from studio.spec import EXPORTERS, CompareDefaults, ExportDefaults
+from studio.timing import latency
 
 X = {"x": torch.randn(4, 3).abs()}
 

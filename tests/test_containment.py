@@ -29,7 +29,7 @@ import torch
 
 import studio
 from studio import sources
-from studio.cli import main as cli_main
+from studio.cli.commands import main as cli_main
 from studio.errors import StudioError, UnsafePathError
 from studio.sources.base import LoadDefaults
 
@@ -332,7 +332,7 @@ def test_hostile_zip_through_the_cli_exits_2(tmp_path, secret, capsys):
 def test_hostile_zip_through_the_app_job_names_file_and_key(tmp_path, secret):
     """The web studio's job process (what the page shows) gets the same refusal as the CLI."""
     import studio.app.worker  # noqa: F401 - registers the app's tasks
-    from studio.isolate import run_job
+    from studio.jobs.isolate import run_job
 
     up, name, key = hostile("tokenizer", "vocab", "absolute", tmp_path / "up", secret)
     upload = zip_dir(up, tmp_path / "up.zip")

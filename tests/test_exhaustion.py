@@ -21,7 +21,7 @@ import tiny
 import torch
 
 from studio import sources
-from studio.cli import main as cli_main
+from studio.cli.commands import main as cli_main
 from studio.errors import CheckpointError, StudioError
 from studio.sources import archive, budget, pickle_scan, scratch, sizing
 from studio.sources.base import LoadDefaults
@@ -575,7 +575,7 @@ def test_sigterm_unwinds_a_conversion_without_leftovers(tmp_path):
 
 
 def test_app_flag_max_params():
-    from studio.cli_flags import build_parser
+    from studio.cli.flags import build_parser
 
     assert build_parser().parse_args(["app", "--max-params", "2e9"]).max_params == 2_000_000_000
     assert build_parser().parse_args(["app"]).max_params == MAX_PARAMS_DEFAULT

@@ -7,9 +7,10 @@ import onnx
 import pytest
 import torch
 
-from studio import export as export_mod
-from studio import graph_info, parity, runtime, split17
+from studio.checks import graph_info, parity, runtime
 from studio.errors import ExportError, OpsetMismatchError
+from studio.export import _split17 as split17
+from studio.export import exporters as export_mod
 from studio.sources.base import TABULAR, LoadedModel, ModelInput
 from studio.spec import ExportDefaults, default
 
@@ -83,7 +84,7 @@ def _export(module, tmp_path, **kw):
 def test_baked_batch_dimension_is_caught_and_named(tmp_path):
     loaded, s, path, info = _export(Baked(), tmp_path, exporter="torchscript")
     sess = runtime.cpu_session(path)
-    assert info.traced == [2, None]  # 2 of the sample's 4 rows (studio/example.py)
+    assert info.traced == [2, None]  # 2 of the sample's 4 rows (studio/export/_example.py)
     p, outputs = parity.parity(loaded, sess, X, ATOL, RTOL)
     assert p.ok is False and outputs == {} and p.outputs == []  # the real rows already fail, and say why...
     assert p.error.startswith("ONNX Runtime failed on the sample's 4 rows: ")

@@ -153,8 +153,9 @@ def test_a_full_disk_in_process_is_one_typed_error(tmp_path, monkeypatch, where)
     """The report's own files, and a variant (which would otherwise be noted as failed and the run go on)."""
     import dataclasses
 
-    from studio import demo, pipeline, variants
+    from studio import demo, pipeline
     from studio.spec import ConvertSpec
+    from studio.variants import table as variants
 
     if where == "report":
         real = Path.write_text

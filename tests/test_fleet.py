@@ -1,4 +1,4 @@
-"""`studio batch`: manifests (studio/manifest.py) and the batch run in local processes (studio/fleet.py)."""
+"""`studio batch`: manifests (studio/jobs/manifest.py) and the batch run in local processes (studio/jobs/fleet.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import fleet_cases
 import pytest
 
 from studio import demo
-from studio.cli import main
-from studio.fleet import STATE_FILE, entry_hash, stored_row
-from studio.manifest import ManifestError, read_manifest
+from studio.cli.commands import main
+from studio.jobs.fleet import STATE_FILE, entry_hash, stored_row
+from studio.jobs.manifest import ManifestError, read_manifest
 
 
 def wide(*paths: Path) -> str:
@@ -228,8 +228,8 @@ def test_the_core_does_not_import_ray(tmp_path):
         tmp_path / "m.jsonl", [{"checkpoint": str(demo.checkpoint()), "data": str(demo.sample())}]
     )
     code = (
-        "import sys, studio.cli, studio.cli_flags, studio.fleet, studio.manifest; "
-        f"studio.manifest.read_manifest({str(manifest)!r}, inputs_under={wide(tmp_path)!r}); studio.cli_flags.build_parser().parse_args(['batch', 'm']); "
+        "import sys, studio.cli.commands, studio.cli.flags, studio.jobs.fleet, studio.jobs.manifest; "
+        f"studio.jobs.manifest.read_manifest({str(manifest)!r}, inputs_under={wide(tmp_path)!r}); studio.cli.flags.build_parser().parse_args(['batch', 'm']); "
         "print('ray' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -240,7 +240,7 @@ def test_the_core_does_not_import_ray(tmp_path):
 def test_progress_draws_bars_on_a_terminal_and_lines_elsewhere():
     import io
 
-    from studio.fleet import BatchProgress
+    from studio.jobs.fleet import BatchProgress
 
     class Terminal(io.StringIO):
         def isatty(self):

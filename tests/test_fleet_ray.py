@@ -1,4 +1,4 @@
-"""The batch and one app job on a local Ray cluster started here (2 CPUs): studio/fleet_ray.py."""
+"""The batch and one app job on a local Ray cluster started here (2 CPUs): studio/jobs/ray_fleet.py."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import pytest
 
 import studio.app.worker  # noqa: F401 - registers the app's tasks (RayJob runs "convert")
 from studio import demo
-from studio.cli import main
-from studio.isolate import JobError, Limits
+from studio.cli.commands import main
+from studio.jobs.isolate import JobError, Limits
 from studio.spec import ConvertSpec
 
 ray = pytest.importorskip("ray")
 
-from studio.fleet_ray import HOOK_ENV, RayJob  # noqa: E402
+from studio.jobs.ray_fleet import HOOK_ENV, RayJob  # noqa: E402
 
 
 def wide(root: Path) -> list[str]:
@@ -196,7 +196,7 @@ def test_shared_dir_workers_read_and_write_in_place(cluster, tmp_path):
 
 
 def test_resource_requests_follow_the_entry():
-    from studio.fleet_ray import BASE_MB, WEIGHT_FACTOR, resources
+    from studio.jobs.ray_fleet import BASE_MB, WEIGHT_FACTOR, resources
 
     spec = ConvertSpec(checkpoint=str(demo.checkpoint()), data=str(demo.sample())).validated()
     mb = BASE_MB + WEIGHT_FACTOR * demo.checkpoint().stat().st_size / 2**20
@@ -216,8 +216,9 @@ def test_the_web_studio_sends_conversions_to_ray(cluster, monkeypatch, tmp_path)
     from gradio_client import Client, handle_file
 
     import studio.app
-    from studio import convert, fleet_ray
+    from studio import convert
     from studio.app.page import CONVERT_OUTPUTS
+    from studio.jobs import ray_fleet as fleet_ray
 
     started = []
     real_start = fleet_ray.RayJob.start

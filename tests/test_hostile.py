@@ -17,7 +17,7 @@ import tiny
 import torch
 
 from studio import sources
-from studio.cli import main as cli_main
+from studio.cli.commands import main as cli_main
 from studio.errors import CheckpointError, StudioError, UnsafeCheckpointError, UnsafePathError
 from studio.sources import archive
 from studio.sources.base import LoadDefaults

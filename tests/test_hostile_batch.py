@@ -15,8 +15,11 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from studio import cli, cli_flags, demo, fleet
-from studio.manifest import ALIAS_BUDGET, MAX_DEPTH, OPERATOR, ManifestError, read_manifest
+from studio import demo
+from studio.cli import commands as cli
+from studio.cli import flags as cli_flags
+from studio.jobs import fleet
+from studio.jobs.manifest import ALIAS_BUDGET, MAX_DEPTH, OPERATOR, ManifestError, read_manifest
 from studio.spec import ConvertSpec
 
 EVIL = "s\x1b]0;TITLE\x07\x1b[2J\x1b[31m\x9b2J\x7fred"  # OSC title, clear screen, colour, C1 CSI, DEL
@@ -80,7 +83,7 @@ def test_convert_roles_and_inspect_print_no_raw_control_character(hostile):
 def test_the_safe_stream_escapes_what_else_is_written():
     import io
 
-    from studio.cli_text import SafeStream
+    from studio.cli.text import SafeStream
 
     raw = io.StringIO()
     s = SafeStream.wrap(raw)
@@ -500,7 +503,7 @@ def test_a_jobs_unexpected_traceback_reaches_stderr_escaped(tmp_path):
 
     script = (
         "import multiprocessing as mp\n"
-        "from studio import isolate\n"
+        "from studio.jobs import isolate\n"
         "def task(payload, progress):\n"
         "    raise ValueError('bad \\x1b]0;TITLE\\x07\\x1b[2J name')\n"
         "a, b = mp.Pipe()\n"

@@ -23,7 +23,7 @@ import pytest
 import tiny
 import torch
 
-from studio.cli import main as cli_main
+from studio.cli.commands import main as cli_main
 
 # ----------------------------------------------------------------------------------------- helpers
 
@@ -529,7 +529,7 @@ ESC = "\x1b[2J\x1b[H"  # clear the screen, cursor home
 
 
 def test_shown_escapes_what_could_move_the_terminal():
-    from studio.cli_text import shown
+    from studio.cli.text import shown
 
     assert shown(f"{ESC}col") == "\\x1b[2J\\x1b[Hcol"
     assert shown("a\nb\rc\td\x07") == "a\\nb\\rc\\td\\x07"
@@ -633,7 +633,7 @@ def test_app_messages_drop_the_unpack_folder(hf, tmp_path, monkeypatch):
 
 def test_a_rust_panic_outside_tokenizing_still_ends_in_exit_2(tmp_path, capsys, monkeypatch):
     """pyo3's PanicException derives from BaseException: main() must not let it out as a traceback."""
-    from studio import sample
+    from studio.inputs import sample
 
     class PanicException(BaseException):  # what pyo3_runtime.PanicException looks like from Python
         pass

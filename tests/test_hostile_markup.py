@@ -23,7 +23,7 @@ from markdown_it import MarkdownIt
 from studio.app import cards, render, worker
 from studio.errors import ExportError
 from studio.pipeline import convert
-from studio.report import (
+from studio.report.model import (
     CandidateRow,
     CheckerInfo,
     Comparison,
@@ -40,7 +40,7 @@ from studio.report import (
     Timing,
     VariantInfo,
 )
-from studio.report_render import markdown_table, md_inline
+from studio.report.render import markdown_table, md_inline, render_markdown
 from studio.spec import ConvertSpec
 
 DEMO = Path(__file__).resolve().parents[1] / "studio" / "demo"
@@ -341,7 +341,7 @@ def test_every_string_of_a_report_stays_text_in_every_markdown_it_lands_in():
     hostile, plain = _report(_hostile), _report(lambda i: f"word{i}")
     error = ExportError(f"The dynamo exporter failed: {PAYLOADS[5]}", details="\n".join(PAYLOADS + MORE))
     pages = [
-        lambda r: r.to_markdown(),
+        render_markdown,
         render.summary_md,
         lambda r: render.diagnosis_md(r, "### dynamo exporter\n\n" + "\n".join(PAYLOADS), error=error),
         render.variants_note,
@@ -351,7 +351,7 @@ def test_every_string_of_a_report_stays_text_in_every_markdown_it_lands_in():
         twin = _Parsed(md_to_html(page(plain)))
         assert [t for t, _ in doc.elements] == [t for t, _ in twin.elements], page
     # every planted string lands somewhere in report.md, and is shown there as text
-    assert_inert(md_to_html(hostile.to_markdown()), PAYLOADS + MORE, MD_TAGS)
+    assert_inert(md_to_html(render_markdown(hostile)), PAYLOADS + MORE, MD_TAGS)
     assert_inert(md_to_html(render.diagnosis_md(None, error=error)), PAYLOADS + MORE, MD_TAGS)  # details: as is
 
 

@@ -21,7 +21,7 @@ import tiny
 import torch
 
 from studio import sources
-from studio.cli import main as cli_main
+from studio.cli.commands import main as cli_main
 from studio.errors import CheckpointError, StudioError, UnsafeCheckpointError
 from studio.sources import budget, pickle_scan
 from studio.sources.base import LoadDefaults

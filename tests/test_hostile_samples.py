@@ -4,7 +4,7 @@
 import pytest
 
 from studio.errors import BatchError
-from studio.sample import MAX_INT_DIGITS, read_sample
+from studio.inputs.sample import MAX_INT_DIGITS, read_sample
 
 
 @pytest.mark.parametrize(

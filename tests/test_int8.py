@@ -1,4 +1,4 @@
-"""studio/int8.py: constant-weight matrix products become DynamicQuantizeMatMul, checked against numpy (an
+"""studio/variants/_int8.py: constant-weight matrix products become DynamicQuantizeMatMul, checked against numpy (an
 implementation of the same arithmetic written out here) and ONNX Runtime; everything else is left alone."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from studio import int8
-from studio import variant_builders as B
+from studio.variants import _builders as B
+from studio.variants import _int8 as int8
 
 RNG = np.random.default_rng(0)
 W1 = RNG.standard_normal((16, 8)).astype(np.float32)

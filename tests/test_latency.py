@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from studio import ConvertSpec, convert, latency, runtime
-from studio.report import LatencyInfo, Timing
-from studio.report_render import LATENCY_COLUMNS, latency_rows, machine_line
+from studio import ConvertSpec, convert
+from studio.checks import runtime
+from studio.report.model import LatencyInfo, Timing
+from studio.report.render import LATENCY_COLUMNS, latency_rows, machine_line
+from studio.timing import latency
 
 
 def test_time_fn_warms_up_then_fills_the_budget():
@@ -119,8 +121,8 @@ def test_side_by_side_alternates_blocks_and_survives_a_failing_runner():
 
 def test_measure_all_times_every_file_side_by_side(report, monkeypatch):
     from studio import sources
-    from studio.batch import build_batch
-    from studio.sample import read_sample
+    from studio.inputs.batch import build_batch
+    from studio.inputs.sample import read_sample
 
     spec = ConvertSpec(checkpoint=report.source["path"], data=report.options["data"]).validated()
     loaded = sources.load(spec.checkpoint, spec)
@@ -378,8 +380,8 @@ def test_the_budget_is_wall_time_with_the_untimed_calls_inside_it(monkeypatch):
 
 
 def test_a_variants_speedups_come_from_its_own_pair_and_through_pytorch():
-    from studio.report import VariantInfo
-    from studio.variants import attach_latency
+    from studio.report.model import VariantInfo
+    from studio.variants.table import attach_latency
 
     def lat(torch_ms, ort_ms):
         t = lambda ms, p: Timing(ms, ms, ms, 6, 5, 8, 1, p)  # noqa: E731

@@ -1,4 +1,4 @@
-"""studio/legacy_weights.py: the legacy exporter's graph with its weights streamed to external data must be
+"""studio/export/_legacy_weights.py: the legacy exporter's graph with its weights streamed to external data must be
 the plain export's graph, node for node and value for value; the seam is put back however the export ends."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from studio.legacy_weights import ALIGN_FROM, INLINE_BYTES, PAGE, weights_apart, writable, write_external
+from studio.export._legacy_weights import ALIGN_FROM, INLINE_BYTES, PAGE, weights_apart, writable, write_external
 
 
 class Net(torch.nn.Module):
@@ -106,7 +106,7 @@ def test_only_dtypes_onnx_reads_raw_are_taken():
 def test_the_proto_is_rewritten_in_memory_before_it_is_written_and_the_seam_put_back(tmp_path, lean):
     """proto_rewritten: the exporter's serialised model goes through the rewrite before torch writes it (inside
     weights_apart too, where it has no weights), once; the seam is the original again after."""
-    from studio.legacy_weights import proto_rewritten
+    from studio.export._legacy_weights import proto_rewritten
 
     seen = []
 

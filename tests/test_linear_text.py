@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from studio import roles
 from studio.artifacts import scrub_paths
-from studio.cells import cell_kind
-from studio.sample import read_sample
+from studio.inputs import roles
+from studio.inputs.cells import cell_kind
+from studio.inputs.sample import read_sample
 
 LONG = 1_000_000
 BOUND_S = 10.0

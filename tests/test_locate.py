@@ -15,9 +15,10 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from studio import divergence, locate, runtime
-from studio import export as export_mod
-from studio.report import DynamicInfo, ParityInfo, Probe
+from studio.checks import locate, runtime
+from studio.export import exporters as export_mod
+from studio.report import divergence
+from studio.report.model import DynamicInfo, ParityInfo, Probe
 from studio.sources.base import TABULAR, LoadedModel, ModelInput
 from studio.spec import ConvertSpec, ExportDefaults
 
@@ -202,7 +203,7 @@ def test_torchs_own_verification_compares_with_the_exported_program_so_misses_wh
     from torch.onnx.verification import verify_onnx_program
 
     from studio.quiet import quiet
-    from studio.wrap import wrap
+    from studio.sources.wrap import wrap
 
     torch.manual_seed(0)
     loaded = loaded_for(Drifting())
@@ -335,10 +336,10 @@ def test_longformer_by_torchscript_at_opset_17_leaves_pytorch_in_layer_0_self_at
     itself, not ORT's fusions); checked here with a hook and an ORT run of our own."""
     import tiny
 
-    from studio import batch as batch_mod
-    from studio import parity as parity_mod
     from studio import sources
-    from studio.sample import read_sample
+    from studio.checks import parity as parity_mod
+    from studio.inputs import batch as batch_mod
+    from studio.inputs.sample import read_sample
 
     folder = tiny_longformer(tmp_path / "longformer", 0.5)
     sample = tiny.write_sample(tmp_path / "sample.csv")

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from studio import convert, parity, runtime
-from studio import export as export_mod
+from studio import convert
+from studio.checks import parity, runtime
+from studio.export import exporters as export_mod
 from studio.sources.base import TABULAR, LoadedModel, ModelInput
 from studio.spec import ConvertSpec, ExportDefaults, default
 
@@ -136,7 +137,7 @@ def test_convert_reports_non_finite_counts_in_json_markdown_and_cli_rows(tmp_pat
     string 'nan', valid JSON), report.md lists them, the verdict fails parity and the probes."""
     import tiny
 
-    from studio.report_render import parity_rows
+    from studio.report.render import parity_rows
 
     torch.manual_seed(0)
     ckpt = tmp_path / "model.pt"

@@ -300,8 +300,8 @@ def test_categorical_field_with_a_vocabulary_is_one_hot_encoded_and_recorded(tmp
 
 
 def test_categories_the_model_does_not_take_are_ignored_and_said(tmp_path):
-    from studio.batch import build_batch
-    from studio.sample import read_sample
+    from studio.inputs.batch import build_batch
+    from studio.inputs.sample import read_sample
 
     folder = tiny.make_hf_folder(tmp_path / "bert", "bert")
     sample = tmp_path / "tickets.csv"

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from studio.errors import StudioError
-from studio.report import (
+from studio.report.model import (
     CheckerInfo,
     DynamicInfo,
     ExportInfo,
@@ -19,7 +19,7 @@ from studio.report import (
     Timing,
     VariantInfo,
 )
-from studio.report_render import latency_rows
+from studio.report.render import latency_rows, render_markdown
 from studio.spec import CompareDefaults, ConvertSpec, ExportDefaults, parse_roles
 
 
@@ -66,7 +66,7 @@ def test_unavailable_device_shows_a_reason_never_a_number():
 
 
 def test_markdown_renders_every_section():
-    md = make_report().to_markdown()
+    md = render_markdown(make_report())
     for heading in ("Column roles", "Graph inputs and outputs", "Parity", "Dynamic-dimension probes", "Latency"):
         assert heading in md
     assert md.startswith("# ONNX Studio report — PASS")
@@ -153,7 +153,7 @@ def test_write_report_drops_server_folders_only_when_asked(tmp_path):
 
 
 def test_timings_are_shown_per_stage_and_attempt():
-    from studio.timings import timing_line, timing_rows
+    from studio.report.timings import timing_line, timing_rows
 
     timings = {
         "stages": {"loading": 2.0, "export": 3.5, "latency": 1.25},
@@ -174,13 +174,13 @@ def test_timings_are_shown_per_stage_and_attempt():
     assert timing_line(timings) == "loading 2.0 s · export 3.5 s (torchscript 3.4) · latency 1.2 s · total 7.0 s"
     report = make_report()
     report.timings = timings
-    assert "## Where the time went" in report.to_markdown() and "| total | 7.00 |" in report.to_markdown()
-    assert "## Where the time went" not in make_report().to_markdown()  # a report without timings: no section
+    assert "## Where the time went" in render_markdown(report) and "| total | 7.00 |" in render_markdown(report)
+    assert "## Where the time went" not in render_markdown(make_report())  # a report without timings: no section
 
 
 def test_the_cli_summary_and_the_page_say_where_the_time_went():
     from studio.app.render import summary_md
-    from studio.cli_text import summary
+    from studio.cli.text import summary
 
     report = make_report()
     report.timings = {"stages": {"loading": 1.0, "export": 2.0}, "export_attempts": [], "total": 3.0}

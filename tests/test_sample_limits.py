@@ -7,9 +7,10 @@ import json
 
 import pytest
 
-from studio import cli, cli_flags
+from studio.cli import commands as cli
+from studio.cli import flags as cli_flags
 from studio.errors import BatchError, StudioError
-from studio.sample import read_sample
+from studio.inputs.sample import read_sample
 from studio.spec import ConvertSpec, SampleLimits, parse_sample_limits
 
 
@@ -230,7 +231,7 @@ def test_roles_command_takes_the_option(tmp_path, capsys):
 
 def test_a_pathological_txt_sample_is_sniffed_on_its_start_only(tmp_path, monkeypatch):
     # csv.Sniffer is quadratic: 64 KiB of `,"` took 48 s when the whole start of the file was sniffed
-    from studio import sample as sample_mod
+    from studio.inputs import sample as sample_mod
 
     p = tmp_path / "s.txt"
     p.write_text(',"' * 40_000)

@@ -17,9 +17,9 @@ import tiny
 import torch
 
 from studio import ConvertSpec, convert, sources
+from studio.checks.parity import output_checks
 from studio.errors import CheckpointError, StudioError
 from studio.models.sentence import POOLING_MODES
-from studio.parity import output_checks
 from studio.sources.base import LoadDefaults
 from studio.spec import default
 
@@ -348,7 +348,7 @@ def test_a_module_path_outside_the_folder_is_refused(tmp_path):
     with pytest.raises(
         StudioError, match="config.json (links|is a link to a path) outside the (model|upload's) folder"
     ):
-        sources.load(str(folder))  # the upload's link check (studio/contain.py) sees it first
+        sources.load(str(folder))  # the upload's link check (studio/sources/contain.py) sees it first
 
 
 def test_legacy_pooling_keys_and_task_choices(tmp_path, hf_folders):
@@ -373,7 +373,7 @@ def test_legacy_pooling_keys_and_task_choices(tmp_path, hf_folders):
 
 
 def test_task_flag_on_the_cli(tmp_path, hf_folders, sample_csv):
-    from studio.cli_flags import build_parser, spec_from_args
+    from studio.cli.flags import build_parser, spec_from_args
 
     args = build_parser().parse_args(["convert", "m", "--data", "d.csv", "--task", "token-classification"])
     assert spec_from_args(args).task == "token-classification"
@@ -435,7 +435,7 @@ def test_embedding_cosine_is_per_row_and_nan_stays_nan():
 
 
 def test_int8_and_fp16_judge_embeddings_by_cosine():
-    from studio.variants import FP16_MIN_COSINE, INT8_MIN_COSINE, judge, tolerance
+    from studio.variants.table import FP16_MIN_COSINE, INT8_MIN_COSINE, judge, tolerance
 
     rng = np.random.default_rng(2)
     e = rng.normal(size=(4, 64)).astype(np.float32)

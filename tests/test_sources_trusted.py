@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from studio import sources
-from studio.cli import main as cli_main
+from studio.cli.commands import main as cli_main
 from studio.errors import CheckpointError, UnsafeCheckpointError
 from studio.pipeline import convert
 from studio.sources import plugins

@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from studio import ConvertSpec, convert
-from studio import variant_builders as B
-from studio import variants as V
-from studio.cli import main as cli_main
-from studio.report import VariantInfo
+from studio.cli.commands import main as cli_main
+from studio.report.model import VariantInfo
 from studio.spec import VARIANTS
+from studio.variants import _builders as B
+from studio.variants import table as V
 
 FAST = dict(exporter="torchscript", latency_budget_s=0.02, cuda=False)
 
@@ -79,8 +79,8 @@ def test_variant_files_are_what_they_say(all_three):
     # the legacy exporter's graph: onnxruntime.transformers.optimizer fuses attention there
     assert by["optimized"].method == "onnxruntime.transformers.optimizer"
     assert {"Attention", "SkipLayerNormalization"} <= ops(by["optimized"].file)
-    assert "DynamicQuantizeMatMul" in ops(by["int8"].file)  # studio/int8.py
-    assert by["int8"].method == "int8 weights, DynamicQuantizeMatMul (studio/int8.py)"
+    assert "DynamicQuantizeMatMul" in ops(by["int8"].file)  # studio/variants/_int8.py
+    assert by["int8"].method == "int8 weights, DynamicQuantizeMatMul (studio/variants/_int8.py)"
     fp16 = onnx.load(str(out / by["fp16"].file))
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in fp16.graph.initializer)
     # keep_io_types: the same feeds and the same output type as model.onnx
@@ -201,7 +201,7 @@ def test_a_variant_that_cannot_be_built_says_why(hf_folders, sample_csv, tmp_pat
 
 
 def test_fp16_that_no_provider_can_run_is_not_validated(hf_folders, sample_csv, tmp_path, monkeypatch):
-    from studio import runtime
+    from studio.checks import runtime
 
     real = runtime.cpu_session
 

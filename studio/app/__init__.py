@@ -13,8 +13,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 # gradio-free: launch's defaults are read from the operator settings
-from .config import HOST, PORT
-from .config import AppConfig as _Config
+from studio.app.config import HOST, PORT
+from studio.app.config import AppConfig as _Config
 
 __all__ = ["launch", "start", "create_app", "RunningApp"]
 
@@ -28,7 +28,7 @@ def _quiet_env() -> None:
 def create_app(**config: Any):
     """Build the app without serving it. Keywords are AppConfig fields (see launch)."""
     _quiet_env()
-    from .server import StudioApp
+    from studio.app.server import StudioApp
 
     names = {f.name for f in fields(_Config)}
     unknown = sorted(set(config) - names)

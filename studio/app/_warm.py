@@ -19,8 +19,8 @@ def _warm() -> None:
 
     import torch
 
-    from ..quiet import quiet
-    from ..spec import default
+    from studio.quiet import quiet
+    from studio.spec import default
 
     THREADS = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..escape import html_text as esc
+from studio.escape import html_text as esc
 
 
 def _count(n: int | None) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..spec import default
+from studio.spec import default
 
 HOST, PORT = "127.0.0.1", 7860  # where `studio app` listens (studio.app.launch's defaults)
 
@@ -35,6 +35,6 @@ class AppConfig:
     graph_max_nodes: int = 5000  # the Graph panel draws graphs of at most this many nodes (else: the download)
     graph_max_mb: float = 200.0  # ... and .onnx files of at most this size (external .data not counted)
     sample_limits: Any = None  # what a sample file may hold: "rows=N,..." / SampleLimits (default: the studio's)
-    # run each conversion as a Ray task on this cluster (HEAD:6379, auto, local; studio.fleet_ray.RayJob);
+    # run each conversion as a Ray task on this cluster (HEAD:6379, auto, local; studio.jobs.ray_fleet.RayJob);
     # previews and mapping checks stay local. None: every job runs on this machine
     ray_address: str | None = None

@@ -9,12 +9,12 @@ from typing import Any
 
 import gradio as gr
 
-from ..errors import StudioError
-from ..isolate import JobError
-from . import graph_panel
-from . import render as r
-from .graph import GraphEntry
-from .page import CONVERT_OUTPUTS, Page
+from studio.app import graph_panel
+from studio.app import render as r
+from studio.app.graph import GraphEntry
+from studio.app.page import CONVERT_OUTPUTS, Page
+from studio.errors import StudioError
+from studio.jobs.isolate import JobError
 
 STAGE_TEXT = {
     "queued": "waiting for a free worker",

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import handlers as h
-from .page import (
+from studio.app import handlers as h
+from studio.app.page import (
     CHECK_INPUTS,
     CONVERT_OUTPUTS,
     DEMO_OUTPUTS,
@@ -20,7 +20,7 @@ from .page import (
 )
 
 if TYPE_CHECKING:
-    from .server import StudioApp
+    from studio.app.server import StudioApp
 
 
 def check_mapping_kw(page: Page, app: StudioApp) -> dict:

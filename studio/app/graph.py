@@ -247,7 +247,7 @@ class GraphEntry:
 
 
 def _nodes(path: Path) -> int | None:
-    from ..graph_info import graph_info
+    from studio.checks.graph_info import graph_info
 
     try:
         return sum(graph_info(path).op_counts.values())

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cards import esc
-from .graph import viewer_url
+from studio.app.cards import esc
+from studio.app.graph import viewer_url
 
 
 def graph_choices(found: list) -> list[str]:

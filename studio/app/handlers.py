@@ -16,11 +16,11 @@ from typing import Any
 
 import pandas as pd
 
-from .. import demo
-from ..artifacts import scrub_paths  # noqa: F401 - the app names uploads as the core does
-from ..errors import StudioError
-from ..escape import excerpt
-from ..spec import (
+from studio import demo
+from studio.artifacts import scrub_paths  # noqa: F401 - the app names uploads as the core does
+from studio.errors import StudioError
+from studio.escape import excerpt
+from studio.spec import (
     DYNAMIC_AXES,
     EXPORTERS,
     ID_DTYPES,
@@ -55,7 +55,7 @@ EXPORTER_CHOICES = [
 ]
 EXPORTER_ALIASES = {"new": "dynamo", "legacy": "torchscript", "torch.export": "dynamo"}
 # The "Faster variants" checkboxes: (label, value); each is built beside model.onnx, checked against
-# PyTorch like model.onnx and timed side by side with it (studio/variants.py).
+# PyTorch like model.onnx and timed side by side with it (studio/variants/table.py).
 VARIANT_CHOICES = [
     ("optimized: ONNX Runtime fusions (ONNX Runtime only)", "optimized"),
     ("int8: dynamic quantization, for CPU", "int8"),
@@ -272,7 +272,7 @@ def set_feed(text: str, columns: list[str], column: str, choice: str) -> str:
     """The tabular-inputs text after choosing which input `column` feeds ("auto": the studio decides).
     Ranges are spelled out (in file order) so that one column can move; a chosen column is appended to its
     input's list, so the order shown is the order of the choices (edit the text to reorder)."""
-    from ..tabular import expand_columns
+    from studio.inputs.tabular import expand_columns
 
     try:
         feeds = {n: expand_columns(c, columns) for n, c in parse_tabular_value(text).items()}
@@ -288,7 +288,7 @@ def set_feed(text: str, columns: list[str], column: str, choice: str) -> str:
 
 def feed_choice(text: str, columns: list[str], column: str) -> str:
     """Which input the tabular-inputs text makes `column` feed ("auto" when it names none)."""
-    from ..tabular import expand_columns
+    from studio.inputs.tabular import expand_columns
 
     try:
         for name, cols in parse_tabular_value(text).items():

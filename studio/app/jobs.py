@@ -27,14 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
-from ..errors import StudioError
-from ..isolate import Job
-from ..sources import scratch
+from studio.errors import StudioError
+from studio.jobs.isolate import Job
+from studio.sources import scratch
 
 if TYPE_CHECKING:
-    from ..fleet_ray import RayJob
+    from studio.jobs.ray_fleet import RayJob
 
-AnyJob = Union[Job, "RayJob"]  # a job of this machine (studio.isolate) or one on Ray (`studio app --ray`)
+AnyJob = Union[Job, "RayJob"]  # a job of this machine (studio.jobs.isolate) or one on Ray (`studio app --ray`)
 
 
 ROOT_PREFIX = "onnx-studio-sessions-"  # the private root: ROOT_PREFIX<pid>-<host>-<random> (scratch.sweep)

@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from ..spec import DYNAMIC_AXES, ID_DTYPES, ROLES, TASKS, default
-from . import cards, events, graph_panel
-from . import handlers as h
-from . import render as r
-from .page import Page
+from studio.app import cards, events, graph_panel
+from studio.app import handlers as h
+from studio.app import render as r
+from studio.app.page import Page
+from studio.spec import DYNAMIC_AXES, ID_DTYPES, ROLES, TASKS, default
 
 if TYPE_CHECKING:
-    from .server import StudioApp
+    from studio.app.server import StudioApp
 
 
 def _variant_choice(**kwargs) -> gr.CheckboxGroup:

@@ -1,7 +1,7 @@
 """Report -> what the page shows after Export: the verdict strip, the tables, the chart data, the summary /
 diagnosis Markdown and the download list (the preview's cards are studio.app.cards, the Graph panel
 studio.app.graph_panel). No gradio in here, so every function is testable on its own; numbers are
-formatted by studio.report_render's row helpers.
+formatted by studio.report.render's row helpers.
 
 Names, cells, labels, messages come from uploads: every value is escaped for the medium it lands in, where it
 enters markup: `esc` (studio.escape.html_text) in the *_html functions, `md_inline` / `md_code` in the
@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..divergence import HEADERS, Divergence, table_rows
-from ..errors import StudioError, first_line
-from ..escape import md_code
-from ..report import Report, worst_diff
-from ..report_render import (
+from studio.app.cards import cell, esc, multiline
+from studio.errors import StudioError, first_line
+from studio.escape import md_code
+from studio.report.divergence import HEADERS, Divergence, table_rows
+from studio.report.model import Report, worst_diff
+from studio.report.render import (
     COMPARISON_COLUMNS,
     LATENCY_COLUMNS,
     LATENCY_LABELS,
@@ -34,14 +35,13 @@ from ..report_render import (
     probe_rows,
     variant_rows,
 )
-from ..timings import timing_line
-from .cards import cell, esc, multiline
+from studio.report.timings import timing_line
 
 IO_HEADERS = ["", "name", "dtype", "shape"]
 PARITY_HEADERS = list(PARITY_COLUMNS)
 PROBE_HEADERS = ["varies", "batch", "sequence", "verdict", "max abs diff", "message"]
 LATENCY_HEADERS = list(LATENCY_COLUMNS)
-# the columns of studio.report_render.variant_rows (its Markdown table, with the app's own words)
+# the columns of studio.report.render.variant_rows (its Markdown table, with the app's own words)
 VARIANT_HEADERS = [
     "variant",
     "verdict",

@@ -22,23 +22,23 @@ from typing import Any
 
 import gradio as gr
 
-from ..errors import StudioError
-from ..isolate import Job, Limits, default_start_method, stop_fork_server
-from ..sources import scratch
-from ..spec import DYNAMIC_AXES, ConvertSpec, parse_sample_limits
-from . import (
+from studio.app import (
     cards,
     convert_outputs,
     graph,
     graph_panel,
-    worker,  # noqa: F401 - registers the app's job tasks (preview, check, convert) with studio.isolate
+    worker,  # noqa: F401 - registers the app's job tasks (preview, check, convert) with studio.jobs.isolate
 )
-from . import handlers as h
-from . import render as r
-from .config import AppConfig
-from .convert_outputs import STAGE_TEXT, error_title, stage_text
-from .jobs import HeartbeatWatch, SessionLimitError, SessionLimits, Sessions, link_inputs
-from .page import DEMO_OUTPUTS, GRAPH_OUTPUTS, PER_INPUT_OUTPUTS, PREVIEW_OUTPUTS
+from studio.app import handlers as h
+from studio.app import render as r
+from studio.app.config import AppConfig
+from studio.app.convert_outputs import STAGE_TEXT, error_title, stage_text
+from studio.app.jobs import HeartbeatWatch, SessionLimitError, SessionLimits, Sessions, link_inputs
+from studio.app.page import DEMO_OUTPUTS, GRAPH_OUTPUTS, PER_INPUT_OUTPUTS, PREVIEW_OUTPUTS
+from studio.errors import StudioError
+from studio.jobs.isolate import Job, Limits, default_start_method, stop_fork_server
+from studio.sources import scratch
+from studio.spec import DYNAMIC_AXES, ConvertSpec, parse_sample_limits
 
 log = logging.getLogger("studio.app")
 
@@ -119,7 +119,7 @@ def _convert_endpoint(fn):
 
 class StudioApp:
     def __init__(self, config: AppConfig | None = None):
-        from .layout import build
+        from studio.app.layout import build
 
         self.config = config or AppConfig()
         self.start_method = self.config.start_method or default_start_method()
@@ -159,7 +159,7 @@ class StudioApp:
         """With --ray: join the cluster now (StudioError when it cannot be reached); True if Ray was started here."""
         if not self.config.ray_address:
             return False
-        from ..fleet_ray import connect
+        from studio.jobs.ray_fleet import connect
 
         return connect(self.config.ray_address)
 
@@ -168,7 +168,7 @@ class StudioApp:
     ) -> Any:
         key = _key(request)
         if self.config.ray_address and task == "convert":  # conversions on the cluster; previews stay local
-            from ..fleet_ray import RayJob
+            from studio.jobs.ray_fleet import RayJob
 
             job = RayJob(task, payload, self.limits(task), label=label or task, address=self.config.ray_address)
         else:
@@ -476,7 +476,7 @@ class StudioApp:
         open_browser: bool = False,
         **kwargs,
     ):
-        from .theme import CSS, THEME
+        from studio.app.theme import CSS, THEME
 
         self.blocks.queue(max_size=self.config.queue_size, default_concurrency_limit=self.config.max_jobs)
         if self.config.warm_up:

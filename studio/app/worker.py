@@ -1,8 +1,8 @@
-"""The app's jobs: preview, mapping check and conversion, each run in its own process by studio.isolate.
+"""The app's jobs: preview, mapping check and conversion, each run in its own process by studio.jobs.isolate.
 
 A crash, segfault or out-of-memory in torch / onnxruntime ends that job's process, never the server.
 Importing this module registers the tasks ("preview", "check", "convert") and the fork server's warm-up
-(studio.app._warm); the runner itself (Job, Limits, JobError, run_job) is studio.isolate's.
+(studio.app._warm); the runner itself (Job, Limits, JobError, run_job) is studio.jobs.isolate's.
 
 This module must not import gradio (the child imports it) and imports torch only inside the child.
 """
@@ -14,8 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .. import isolate
-from ..errors import StudioError
+from studio.errors import StudioError
+from studio.jobs import isolate
 
 DIAGNOSIS_CHARS = 20_000
 
@@ -25,8 +25,8 @@ isolate.preload("studio.app._warm")
 def _mapping(loaded, df, roles: dict[str, str], spec, data: str) -> dict[str, Any]:
     """Build the batch with this mapping: the final role of every column, the tensors it makes, or why
     the mapping cannot work (the same BatchError text a conversion would stop with)."""
-    from .. import batch as batch_mod
-    from .. import roles as roles_mod
+    from studio.inputs import batch as batch_mod
+    from studio.inputs import roles as roles_mod
 
     try:
         b = batch_mod.build_batch(df, loaded, roles, spec, file=os.path.basename(data))
@@ -51,8 +51,8 @@ def _mapping(loaded, df, roles: dict[str, str], spec, data: str) -> dict[str, An
 def task_preview(payload: dict[str, Any], progress) -> dict[str, Any]:
     """What was uploaded: the model (kind, inputs, tokenizer), the sample's columns and first rows and,
     when both are there, the model-aware role suggestions checked against the model."""
-    from .. import pipeline, sources
-    from .. import sample as sample_mod
+    from studio import pipeline, sources
+    from studio.inputs import sample as sample_mod
 
     ckpt, data, spec = payload.get("checkpoint"), payload.get("data"), payload.get("spec")
     out: dict[str, Any] = {
@@ -88,8 +88,8 @@ def task_preview(payload: dict[str, Any], progress) -> dict[str, Any]:
 
 def task_check(payload: dict[str, Any], progress) -> dict[str, Any]:
     """Check a role mapping against the model before export."""
-    from .. import sample as sample_mod
-    from .. import sources
+    from studio import sources
+    from studio.inputs import sample as sample_mod
 
     spec, data = payload["spec"], payload["data"]
     loaded = sources.load(payload["checkpoint"], spec, workdir=payload.get("workdir"))
@@ -118,7 +118,7 @@ def task_convert(payload: dict[str, Any], progress) -> dict[str, Any]:
     """pipeline.convert(spec) with progress, then one zip of every artifact beside the out folder. The report
     names the uploads and `out`, not the server's job folders (which mean nothing to the person downloading
     them): ConvertSpec.display_paths."""
-    from .. import artifacts, pipeline
+    from studio import artifacts, pipeline
 
     spec = payload["spec"]
     spec = replace(spec, display_paths=tuple(str(p) for p in (spec.checkpoint, spec.data, spec.config, spec.out) if p))

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from studio.errors import CheckpointError
 
 FORMAT = "onnx-studio/multimodal"
 VERSION = 1

@@ -25,11 +25,10 @@ from typing import Any
 
 import torch
 
-from .. import contain
-from ..errors import CheckpointError, UnsafeCheckpointError, first_line
-from . import plugins, scratch
-from . import sniff as sniffing
-from .base import LoadDefaults, LoadedModel, LoadOptions
+from studio.errors import CheckpointError, UnsafeCheckpointError, first_line
+from studio.sources import contain, plugins, scratch
+from studio.sources import sniff as sniffing
+from studio.sources.base import LoadDefaults, LoadedModel, LoadOptions
 
 SUPPORTED = (
     "a Hugging Face model folder (config.json + model.safetensors or pytorch_model.bin + tokenizer files), "
@@ -72,7 +71,7 @@ def load(path: str | Path, spec: LoadOptions | None = None, *, workdir: str | Pa
     sn = sniffing.sniff(p)
     if sn.kind == sniffing.ARCHIVE:
         with scratch.temp_dir("studio-ckpt-", workdir) as tmp:  # named by pid: a killed run's is swept later
-            from .archive import extract_zip
+            from studio.sources.archive import extract_zip
 
             root = extract_zip(p, tmp)
             contain.check_folder(root, shown)
@@ -96,7 +95,7 @@ def _checked_task(loaded: LoadedModel, spec: LoadOptions) -> LoadedModel:
 
 def _contain(p: Path, shown: str, config: str | None) -> None:
     """Every folder the loaders read for this upload keeps its links and named paths inside itself
-    (studio.contain): the given folder's tree, the top of a single file's folder and of --config's."""
+    (studio.sources.contain): the given folder's tree, the top of a single file's folder and of --config's."""
     if p.is_dir():
         contain.check_folder(p, shown)
     elif p.stat().st_size and sniffing.sniff(p).kind != sniffing.ARCHIVE:  # a zip is checked once unpacked
@@ -116,7 +115,7 @@ def _weight_files(folder: Path) -> list[Path]:
 
 
 def _load_dir(folder: Path, shown: str, spec: LoadOptions) -> LoadedModel:
-    from . import dcp, hf, sbert
+    from studio.sources import dcp, hf, sbert
 
     if sbert.is_sbert_folder(folder):  # a sentence-transformers folder: the pipeline modules.json declares
         return sbert.load_for_task(folder, shown, spec.task, spec.max_length, max_params=spec.max_params)
@@ -162,7 +161,7 @@ def _unsafe_globals(message: str) -> list[str]:
 def read_weights_only(p: Path, shown: str, kind: str | None = None) -> Any:
     """torch.load with weights_only=True; anything else in the file is refused, not executed. The sizes and
     the work the file declares are checked first (sources.budget)."""
-    from .budget import check_file
+    from studio.sources.budget import check_file
 
     check_file(p, shown, kind or sniffing.sniff(p).kind)
     try:
@@ -212,7 +211,7 @@ def _suffix_note(p: Path, kind: str) -> dict[str, str]:
 
 
 def _load_file(p: Path, shown: str, spec: LoadOptions, sn: sniffing.Sniffed, folders: list[Path]) -> LoadedModel:
-    from . import statedict, trusted
+    from studio.sources import statedict, trusted
 
     info = _suffix_note(p, sn.kind)
     if sn.kind in (sniffing.TORCHSCRIPT, sniffing.PROGRAM):
@@ -252,7 +251,7 @@ def _with_info(loaded: LoadedModel, info: dict[str, Any]) -> LoadedModel:
 
 def _load_object(obj: Any, shown: str, spec: LoadOptions, folders: list[Path], info: dict[str, Any]) -> LoadedModel:
     """A weights-only object (dict of tensors / training checkpoint dict) -> the loader that claims it."""
-    from . import multimodal, statedict
+    from studio.sources import multimodal, statedict
 
     plugin = plugins.claim(obj)
     if plugin is not None:

@@ -7,7 +7,7 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from ..errors import CheckpointError, UnsafePathError
+from studio.errors import CheckpointError, UnsafePathError
 
 MAX_MEMBERS = 10_000
 MAX_TOTAL_BYTES = 20 * 1024**3  # 20 GiB unpacked

@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError
-from ..models.heads import HEAD_HELP, BackboneWithHead, has_pooler
-from . import hf
-from .base import LoadedModel
-from .keys import SHOW, KeyMatch, closest_rename, describe_mismatch, locate_prefix, match_keys, unwrap
+from studio.errors import CheckpointError
+from studio.models.heads import HEAD_HELP, BackboneWithHead, has_pooler
+from studio.sources import hf
+from studio.sources.base import LoadedModel
+from studio.sources.keys import SHOW, KeyMatch, closest_rename, describe_mismatch, locate_prefix, match_keys, unwrap
 
 KIND = "state-dict"
 MIN_COVERAGE = 0.5  # share of the backbone's tensors the checkpoint must hold to be called that backbone
@@ -261,7 +261,7 @@ def _linear_keys(rest: Mapping[str, torch.Tensor]) -> set[str]:
 def _choosable() -> list[str]:
     """Built-in heads the options (ConvertSpec / --head) accept."""
     try:
-        from ..spec import HEAD_NAMES
+        from studio.spec import HEAD_NAMES
     except ImportError:
         return list(HEAD_HELP)
     return [h for h in HEAD_HELP if h in HEAD_NAMES] or list(HEAD_HELP)

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ..spec import default
+from studio.spec import default
 
 # Roles a model input can have. Text columns feed the first three; tabular columns feed "tabular".
 INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS, TABULAR = "input_ids", "attention_mask", "token_type_ids", "tabular"

@@ -23,9 +23,9 @@ import zipfile
 from pathlib import Path
 from typing import BinaryIO
 
-from . import sniff as sniffing
-from .archive import MAX_RATIO, MAX_TOTAL_BYTES
-from .pickle_scan import (  # noqa: F401 - the walk's limits, read here by callers and tests
+from studio.sources import sniff as sniffing
+from studio.sources.archive import MAX_RATIO, MAX_TOTAL_BYTES
+from studio.sources.pickle_scan import (  # noqa: F401 - the walk's limits, read here by callers and tests
     ALLOC_FLOOR,
     ALLOC_PER_BYTE,
     MAX_ALLOC,
@@ -36,7 +36,7 @@ from .pickle_scan import (  # noqa: F401 - the walk's limits, read here by calle
     WORK_PER_BYTE,
     scan_pickle,
 )
-from .pickle_scan import refuse as _refuse
+from studio.sources.pickle_scan import refuse as _refuse
 
 MAX_PICKLE_BYTES = 64 * 1024**2  # real state dicts pickle to kB-MB; a multimodal checkpoint's tokenizer ~20 MB
 RATIO_CHECK_FROM = 1024**2  # records smaller than this may compress any amount (a 1 MiB cap on what they cost)

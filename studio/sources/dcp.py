@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError, UnsafeCheckpointError, UnsafePathError, first_line
+from studio.errors import CheckpointError, UnsafeCheckpointError, UnsafePathError, first_line
 
 METADATA = ".metadata"
 SHARD_SUFFIX = ".distcp"
@@ -164,7 +164,7 @@ def _check_metadata(md: Any, folder: Path, shown: str) -> None:
 def _check_slices(md: Any, folder: Path, shown: str, keys: set[str]) -> None:
     """Every slice DCP will hand to torch.load for `keys` gets the budget any torch.save file gets
     (sources.budget: record sizes, the pickle walked as the weights-only unpickler reads it)."""
-    from .budget import check_zip_slice
+    from studio.sources.budget import check_zip_slice
 
     seen: set[tuple[str, int, int]] = set()
     for index, info in (md.storage_data or {}).items():

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError
-from .base import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, LoadedModel, ModelInput
+from studio.errors import CheckpointError
+from studio.sources.base import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, LoadedModel, ModelInput
 
 WEIGHT_FILES = (
     "model.safetensors",
@@ -180,7 +180,7 @@ def _folder_config(folder: Path, shown: str | Path):
 def _check_folder_size(folder: Path, shown: str | Path, auto_cls, config, max_params: int | None) -> None:
     """Before anything is loaded: the pickled files within the reading budget, and the parameters the config
     declares (counted on the meta device) within the bytes the folder holds and --max-params."""
-    from . import budget, sizing, sniff
+    from studio.sources import budget, sizing, sniff
 
     for f in sorted(folder.iterdir()):  # transformers torch.loads these itself: the reading budget first
         if f.is_file() and f.suffix.lower() in (".bin", ".pt", ".pth", ".ckpt"):
@@ -215,7 +215,7 @@ def _from_pretrained(folder: Path, shown: str | Path, auto_cls, auto_name: str, 
         raise CheckpointError(f"Could not load the weights in {shown} as {auto_name} ({config.model_type}): {e}") from e
     missing = sorted((loading or {}).get("missing_keys") or [])
     if missing:  # transformers would initialise these at random: never export such a model
-        from .keys import KeyMatch, describe_mismatch
+        from studio.sources.keys import KeyMatch, describe_mismatch
 
         unexpected = sorted((loading or {}).get("unexpected_keys") or [])
         raise WeightsMismatchError(

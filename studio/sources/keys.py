@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import CheckpointError
+from studio.errors import CheckpointError
 
 # Segments that only wrappers insert; they are dropped wherever they occur in a key.
 WRAPPER_SEGMENTS: tuple[str, ...] = (

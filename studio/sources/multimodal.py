@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError
-from ..models.multimodal import (
+from studio.errors import CheckpointError
+from studio.models.multimodal import (
     ARCHITECTURE,
     FORMAT,
     VERSION,
@@ -29,8 +29,8 @@ from ..models.multimodal import (
     MultimodalConfig,
     tokenizer_from_dict,
 )
-from .base import ATTENTION_MASK, INPUT_IDS, TABULAR, LoadedModel, ModelInput
-from .keys import SHOW, match_keys, normalize_keys
+from studio.sources.base import ATTENTION_MASK, INPUT_IDS, TABULAR, LoadedModel, ModelInput
+from studio.sources.keys import SHOW, match_keys, normalize_keys
 
 KIND = "multimodal"
 _CONFIG_KEYS = ("config", "model_config", "multimodal_config", "hparams")  # searched first, in order
@@ -136,7 +136,7 @@ def _check_shapes(model: torch.nn.Module, state: Mapping[str, Any], config: Mult
 def _check_size(config: MultimodalConfig, state: Mapping[str, Any], path: str, max_params: int | None) -> None:
     """The model the config (its encoder settings, tabular widths, head) declares, counted on the meta
     device, must fit the bytes the state dict holds before it is built for real (see sources.sizing)."""
-    from . import sizing
+    from studio.sources import sizing
 
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     held = sizing.state_dict_bytes(tensors, path)

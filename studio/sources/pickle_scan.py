@@ -33,7 +33,7 @@ import pickle
 import struct
 from collections import Counter
 
-from ..errors import CheckpointError
+from studio.errors import CheckpointError
 
 # The time budget: torch's weights-only unpickler is a Python loop over opcodes (so is this walk): 1.05 million
 # took 2.7-5 s each on the shared 2-core machine (load average 7). A state-dict entry takes ~25 opcodes, a

@@ -33,8 +33,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..errors import CheckpointError, StudioError
-from .base import LoadDefaults, LoadedModel, LoadOptions
+from studio.errors import CheckpointError, StudioError
+from studio.sources.base import LoadDefaults, LoadedModel, LoadOptions
 
 GROUP = "onnx_studio.sources"
 ENV = "ONNX_STUDIO_PLUGINS"

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError
-from ..models.sentence import LEGACY_POOLING_KEYS, POOLING_MODES, Dense, Normalize, Pooling, SentenceEncoder
-from .base import ATTENTION_MASK, LoadedModel, ModelInput
+from studio.errors import CheckpointError
+from studio.models.sentence import LEGACY_POOLING_KEYS, POOLING_MODES, Dense, Normalize, Pooling, SentenceEncoder
+from studio.sources.base import ATTENTION_MASK, LoadedModel, ModelInput
 
 MODULES_FILE = "modules.json"
 OUTPUTS = ["sentence_embedding", "token_embeddings"]
@@ -140,8 +140,8 @@ def _activation(name: Any, label: str) -> torch.nn.Module:
 
 
 def _dense_weights(module: dict[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
-    from . import read_weights_only
-    from .statedict import read_safetensors
+    from studio.sources import read_weights_only
+    from studio.sources.statedict import read_safetensors
 
     for name in DENSE_WEIGHTS:
         p = _file(module, name)
@@ -288,7 +288,7 @@ def _max_seq_length(folder: Path) -> int | None:
 def load_bare(folder: Path, shown: str, task: str, *, max_params: int | None = None) -> LoadedModel:
     """An explicit --task other than sentence-embedding: the folder's transformer through the Hugging Face
     loader with that head, and a warning naming the modules that were dropped."""
-    from . import hf
+    from studio.sources import hf
 
     modules = read_modules(folder)
     tf_dir = next((m["path"] for m in modules if m["cls"] == "Transformer"), folder)
@@ -304,7 +304,7 @@ def load_bare(folder: Path, shown: str, task: str, *, max_params: int | None = N
 
 def load(folder: Path, shown: str, task: str, reason: str, *, max_params: int | None = None) -> LoadedModel:
     """Build the whole pipeline modules.json declares. `reason`: why this task was chosen (for the report)."""
-    from . import hf
+    from studio.sources import hf
 
     modules = read_modules(folder)
     bad = unbuildable(modules)

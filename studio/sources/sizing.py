@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError
-from ..spec import MAX_PARAMS_DEFAULT  # noqa: F401 - the default lives with the option; loaders read it here
+from studio.errors import CheckpointError
+from studio.spec import MAX_PARAMS_DEFAULT  # noqa: F401 - the default lives with the option; loaders read it here
 
 MIN_BYTES_PER_PARAM = 1  # int8 / float8 weights; float16 takes 2, float32 4
 MAX_MODULES = 100_000

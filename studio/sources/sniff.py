@@ -196,7 +196,7 @@ def pickle_globals(path: Path, kind: str) -> tuple[list[str], bool]:
                 data = f.read(MAX_SCAN_BYTES)
     except (OSError, StopIteration, zipfile.BadZipFile, RuntimeError, ValueError):
         return [], False
-    from .pickle_scan import resolve_global
+    from studio.sources.pickle_scan import resolve_global
 
     found: list[str] = []
     stream = io.BytesIO(data)

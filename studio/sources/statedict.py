@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError, first_line
-from . import hf
-from .backbone import load_state
-from .base import LoadedModel, LoadOptions
+from studio.errors import CheckpointError, first_line
+from studio.sources import hf
+from studio.sources.backbone import load_state
+from studio.sources.base import LoadedModel, LoadOptions
 
 # Where a state dict sits inside a training checkpoint dict, searched in this order.
 CONTAINER_KEYS = (
@@ -166,7 +166,7 @@ def _check_size(sd: dict[str, torch.Tensor], config, config_name: str, shown: st
     (and the operator's --max-params) before the real model is built (see sources.sizing)."""
     import transformers
 
-    from . import sizing
+    from studio.sources import sizing
 
     try:
         sizing.check_declared(

@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError, UnsafeCheckpointError, first_line
-from .base import ATTENTION_MASK, INPUT_IDS, TABULAR, TOKEN_TYPE_IDS, LoadedModel, LoadOptions, ModelInput
-from .statedict import find_tokenizer
+from studio.errors import CheckpointError, UnsafeCheckpointError, first_line
+from studio.sources.base import ATTENTION_MASK, INPUT_IDS, TABULAR, TOKEN_TYPE_IDS, LoadedModel, LoadOptions, ModelInput
+from studio.sources.statedict import find_tokenizer
 
 SIDECAR = "studio.json"
 TEXT_NAMES = {INPUT_IDS: INPUT_IDS, ATTENTION_MASK: ATTENTION_MASK, TOKEN_TYPE_IDS: TOKEN_TYPE_IDS}

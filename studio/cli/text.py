@@ -1,0 +1,138 @@
+"""What the command line prints: text from an upload made safe to print (`shown`), plain-text tables, and
+`studio convert`'s summary. The tables' columns are the report's (studio.report.render)."""
+
+from __future__ import annotations
+
+from studio.escape import terminal
+from studio.report.model import Comparison, Report
+from studio.report.render import (
+    COMPARISON_COLUMNS,
+    IO_COLUMNS,
+    LATENCY_COLUMNS,
+    PARITY_COLUMNS,
+    PROBE_COLUMNS,
+    comparison_rows,
+    feed_rows,
+    io_rows,
+    latency_rows,
+    machine_line,
+    parity_rows,
+    probe_rows,
+)
+from studio.report.timings import timing_line
+
+# the terminal's narrower names for some of the report's columns
+NARROW = {"sequence": "seq", "max abs diff": "max abs", "iterations": "iters", "p50 95% CI": "p50 CI"}
+
+
+def narrow(columns: list[str]) -> list[str]:
+    """A table's columns with the terminal's narrower names."""
+    return [NARROW.get(c, c) for c in columns]
+
+
+def shown(value, *, newlines: bool = False) -> str:
+    """Text from an upload (a column name, a metadata value, a path, a message quoting them), safe to
+    print: control characters become visible escapes like \\x1b (`studio.escape.terminal`)."""
+    return terminal(value, newlines=newlines)
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """Rows under their header, each column as wide as its widest cell; every cell made safe to print."""
+    if not rows:
+        return "  (none)"
+    rows = [[shown(x) for x in r] for r in rows]  # cells hold names and values from the upload
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    fmt = "  " + "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*header)] + [fmt.format(*r) for r in rows])
+
+
+def _group(rows: list[list[str]]) -> dict[str, list[list[str]]]:
+    out: dict[str, list[list[str]]] = {}
+    for r in rows:
+        out.setdefault(r[0], []).append(r)
+    return out
+
+
+def summary(report: Report) -> str:
+    """What `studio convert` prints: the verdict, then one line or table per check."""
+    e = report.export
+    ok = lambda b: "n/a" if b is None else ("PASS" if b else "FAIL")  # noqa: E731
+    lines = [
+        f"{'PASS' if report.ok else 'FAIL (' + ', '.join(report.failed_checks) + ')'}: "
+        f"{shown(report.options.get('out'))}/model.onnx",
+        f"source   {shown(report.source.get('kind'))} {shown(report.source.get('path'))}",
+        *(
+            [f"task     {shown(report.source.get('task'))} ({shown(report.source.get('task_reason'))})"]
+            if report.source.get("task")
+            else []
+        ),
+        "roles    " + ", ".join(f"{shown(c)}={shown(r)}" for c, r in report.roles.items()),
+        *[
+            f"feeds    {shown(name)} = " + ", ".join(f"{shown(col)}[{idx}]" for _, idx, col in rows)
+            for name, rows in _group(feed_rows(report.feeds)).items()
+            if len(rows) > 1
+        ],
+        f"export   {e.exporter}, opset {e.opset} (requested {e.opset_requested}), {e.seconds:.1f} s"
+        + (
+            f" ({shown(e.reason)})"
+            if e.reason and report.comparison is None
+            else "".join(f"; {a.exporter} failed: {shown(a.error)}" for a in e.attempts if not a.ok and not e.reason)
+        ),
+        *_comparison_lines(report.comparison),
+        f"checker  {ok(report.checker.ok)}" + ("" if report.checker.ok else f": {shown(report.checker.message)}"),
+        f"parity   {ok(report.parity.ok)} (atol {report.parity.atol:g}, rtol {report.parity.rtol:g})"
+        + (f": {shown(report.parity.error)}" if report.parity.error else ""),
+        table(PARITY_COLUMNS, parity_rows(report.parity)),
+        f"dynamic  {ok(report.dynamic.ok if report.dynamic else None)}",
+        table(narrow(PROBE_COLUMNS), probe_rows(report.dynamic)),
+        "graph",
+        table(IO_COLUMNS, io_rows(report)),
+        "latency",
+        table(narrow(LATENCY_COLUMNS), latency_rows(report.latency)),
+    ]
+    if machine_line(report.latency):
+        lines.append("  " + machine_line(report.latency))
+    if report.divergence:
+        from studio.report.divergence import Divergence, format_lines
+
+        lines += [shown(line) for line in format_lines(Divergence.from_dict(report.divergence))]
+    for v in report.variants:
+        lines.append(f"variant  {v.name}: {ok(v.ok)} {v.file or ''} {shown(v.error or v.notes)}".rstrip())
+    lines += [f"warning  {shown(w)}" for w in report.warnings]
+    if report.timings:
+        lines.append(f"time     {timing_line(report.timings)}")
+    lines.append(f"files    {', '.join(report.files.values())} ({report.seconds:.1f} s)")
+    return "\n".join(lines)
+
+
+def _comparison_lines(c: Comparison | None) -> list[str]:
+    """--exporter compare: the winner, why, and both exporters' rows."""
+    if c is None:
+        return []
+    return [f"compare  {c.winner} chosen: {shown(c.reason)}", table(COMPARISON_COLUMNS, comparison_rows(c))]
+
+
+class SafeStream:
+    """A text stream (stdout / stderr) that shows control characters as escapes (studio.escape.terminal,
+    line breaks and tabs kept) in everything written to it: what the studio prints is escaped where it is
+    made, and this catches the rest (a library's warning or log line, a traceback with --debug). Our own
+    cursor moves (studio.jobs.fleet.BatchProgress's bars) go to `unfiltered`."""
+
+    def __init__(self, stream):
+        self.unfiltered = stream
+
+    @classmethod
+    def wrap(cls, stream):
+        return stream if stream is None or isinstance(stream, cls) else cls(stream)
+
+    def write(self, text: str) -> int:
+        if not text.isprintable():
+            text = "\n".join("\t".join(map(terminal, line.split("\t"))) for line in text.split("\n"))
+        return self.unfiltered.write(text)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str):  # flush, fileno, isatty, encoding, buffer, ...
+        return getattr(self.unfiltered, name)
