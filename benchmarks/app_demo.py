@@ -2,7 +2,7 @@
 
     python benchmarks/app_demo.py                      # 3 runs, default options (exporter auto)
     python benchmarks/app_demo.py --runs 5 --json      # machine-readable
-    python benchmarks/app_demo.py --screenshot assets/screenshot.png   # also refresh the README picture
+    python benchmarks/app_demo.py --screenshot docs/images/screenshot.png   # also refresh the README picture
 
 Starts the studio on a free 127.0.0.1 port, waits for its job fork server to be ready (a one-time cost
 at launch, reported separately), then for each run opens a fresh page and times:
