@@ -8,7 +8,7 @@ Starts the studio on a free 127.0.0.1 port, waits for its job fork server to be 
 at launch, reported separately), then for each run opens a fresh page and times:
   preview  click "Load demo" -> the field mapping is shown and checked against the model
   export   click "Export"    -> the verdict strip is shown
-  total    preview + export  (what the README reports)
+  total    preview + export  (what docs/web-app.md reports)
 Needs Debian's chromium (apt-get install chromium) and `pip install playwright`; without them it falls
 back to timing the same calls through gradio_client (no page rendering) and says so.
 """

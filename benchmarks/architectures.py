@@ -15,7 +15,7 @@ down is a row, not the end of the run. Outcomes:
   refused  a StudioError before or during export (its message: a clean refusal, CLI exit 2)
   CRASH    any other exception: a studio bug
   not built  the tiny config itself could not be built or run by transformers (not a studio verdict)
-The README's "Tested end to end" list is taken from this table.
+The "Tested end to end" list (docs/checkpoints.md) is taken from this table.
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ def test_demo_conversion_downloads_a_model_that_runs(served, tmp_path):
     c = client(served)
     ckpt, sample = c.predict(api_name="/load_demo")  # the demo files, as the button gives them
     result = named(served, convert(c, ckpt, sample))
-    assert CONVERT_OUTPUTS[:2] == ("downloads", "report_json")  # first, as the README and test_install read them
+    assert CONVERT_OUTPUTS[:2] == ("downloads", "report_json")  # first, as docs/web-app.md and test_install read them
     files, report = result["downloads"], json.loads(result["report_json"])
     assert report["variants"] == [] and result["variants_table"]["visible"] is False  # none unless asked
     names = {Path(f).name for f in files}

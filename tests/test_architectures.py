@@ -6,7 +6,7 @@ At the default opset `auto` tries the TorchScript exporter first (as on every sm
 exporter first (as on a large model of the architecture). No variants, a tiny latency budget. Measured on the 2-core development machine: 12 s of CPU time per
 conversion (24 architectures x 2 opsets took 31 min of wall time there, with the machine's load average
 at 8-10 from other work); 21 x 2 stays in the default suite. `-m "not architectures"` leaves it out.
-The whole list transformers offers is benchmarks/architectures.py (README, "Tested end to end")."""
+The whole list transformers offers is benchmarks/architectures.py (docs/checkpoints.md, "Tested end to end")."""
 
 from __future__ import annotations
 

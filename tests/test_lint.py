@@ -27,7 +27,7 @@ def test_ruff_format_leaves_every_file_as_it_is():
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
 
 
-# a guard against accidents, not a target: a module ends where its job ends (README, Code organization)
+# a guard against accidents, not a target: a module ends where its job ends (docs/architecture.md)
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 800, 120
 
 
