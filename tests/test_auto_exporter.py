@@ -26,7 +26,7 @@ def test_small_models_go_to_torchscript_first_large_ones_and_trusted_code_to_the
     assert order == ("torchscript", "dynamo") and "0 MB of weights, at most 2048 MB" in why
     assert export_mod.attempt_order(small, _spec(exporter="dynamo")) == (("dynamo",), None)
     assert export_mod.attempt_order(small, _spec(exporter="compare"))[0] == ("dynamo", "torchscript")
-    small.info["trusted_code"] = True  # a .pt2 program or a pickled module: tracing would bake its shapes
+    small.trusted_code = True  # a .pt2 program or a pickled module: tracing would bake its shapes
     assert export_mod.attempt_order(small, _spec()) == (("dynamo", "torchscript"), None)
     monkeypatch.setattr(export_mod, "TORCHSCRIPT_FIRST_BYTES", 8 * 4)  # Linear(3, 2): 8 parameters = 32 bytes
     assert export_mod.attempt_order(tabular_model(Honest()), _spec())[0] == ("torchscript", "dynamo")

@@ -181,7 +181,7 @@ def test_save_load_round_trip_weights_only(tmp_path):
     assert obj["config"]["tab_mean"]["dims"] == model.normalization()[0]["dims"]
     assert source.looks_like(obj)
 
-    loaded = source.load(obj, str(path))
+    loaded = source.build(obj, str(path))
     assert loaded.kind == "multimodal" and not loaded.module.training
     assert [(i.name, i.kind, i.column, i.width) for i in loaded.inputs] == [
         ("input_ids", INPUT_IDS, None, None),
@@ -225,7 +225,7 @@ def test_lightning_style_dict_loads_and_reports_ignored_keys():
         },
     }
     assert source.looks_like(obj)
-    loaded = source.load(obj, "lightning.ckpt")
+    loaded = source.build(obj, "lightning.ckpt")
     batch = make_batch()
     assert torch.equal(run(loaded.module, batch), run(model, batch))
     assert loaded.info["layout"] == "lightning" and loaded.info["ignored_keys"] == ["loss_fn.weight"]
@@ -238,7 +238,7 @@ def test_lightning_hyper_parameters_as_the_config_itself_without_tokenizer():
         "state_dict": {"model._orig_mod." + k: v for k, v in model.state_dict().items()},
         "hyper_parameters": {**model.config.to_dict(), "lr": 1e-3},
     }
-    loaded = source.load(obj, "x.ckpt")
+    loaded = source.build(obj, "x.ckpt")
     assert torch.equal(run(loaded.module, make_batch()), run(model, make_batch()))
     assert loaded.tokenizer is None and "tokenizer_note" in loaded.info
 
@@ -259,7 +259,7 @@ def test_prefixed_state_dict_keys_load(prefix):
     model = tiny_model()
     obj = checkpoint_dict(model, tiny_tokenizer())
     obj["state_dict"] = {prefix + k: v for k, v in obj["state_dict"].items()}
-    loaded = source.load(obj, "p.pt")
+    loaded = source.build(obj, "p.pt")
     assert torch.equal(run(loaded.module, make_batch()), run(model, make_batch()))
 
 
@@ -271,7 +271,7 @@ def test_nested_fsdp_keys_load():
         for k, v in obj["state_dict"].items()
     }
     assert any("layer.0._fsdp_wrapped_module." in k for k in obj["state_dict"])
-    loaded = source.load(obj, "fsdp.pt")
+    loaded = source.build(obj, "fsdp.pt")
     assert torch.equal(run(loaded.module, make_batch()), run(model, make_batch()))
 
 
@@ -280,7 +280,7 @@ def test_wrong_shapes_name_the_keys():
     obj = checkpoint_dict(tiny_model(), tiny_tokenizer())
     obj["config"]["encoder"]["vocab_size"] = 30  # weights were trained with 24
     with pytest.raises(CheckpointError) as e:
-        source.load(obj, "bad.pt")
+        source.build(obj, "bad.pt")
     assert "embeddings.word_embeddings.weight" in str(e.value) and "[24, 16]" in str(e.value)
     assert "vocab_size=30" in str(e.value)
 
@@ -290,7 +290,7 @@ def test_wrong_tabular_width_names_the_head():
     obj["config"]["tab_fields"]["dims"] = 2
     obj["config"]["tab_mean"] = obj["config"]["tab_std"] = None
     with pytest.raises(CheckpointError) as e:
-        source.load(obj, "bad.pt")
+        source.build(obj, "bad.pt")
     assert "head.0.weight" in str(e.value) and "tab_mean" in str(e.value)
 
 
@@ -299,7 +299,7 @@ def test_missing_and_unexpected_keys_are_named():
     del obj["state_dict"]["head.3.bias"]
     obj["state_dict"]["extra.weight"] = torch.zeros(1)
     with pytest.raises(CheckpointError) as e:
-        source.load(obj, "bad.pt")
+        source.build(obj, "bad.pt")
     assert "'head.3.bias'" in str(e.value) and "'extra.weight'" in str(e.value)
 
 
@@ -307,7 +307,7 @@ def test_non_tensor_entries_are_named():
     obj = checkpoint_dict(tiny_model(), tiny_tokenizer())
     obj["state_dict"]["head.3.bias"] = [0.0, 0.0, 0.0]
     with pytest.raises(CheckpointError, match="not tensors: 'head.3.bias'"):
-        source.load(obj, "bad.pt")
+        source.build(obj, "bad.pt")
 
 
 def test_missing_config_state_dict_or_newer_version():
@@ -315,16 +315,16 @@ def test_missing_config_state_dict_or_newer_version():
     no_config = {k: v for k, v in obj.items() if k != "config"}
     assert source.looks_like(no_config)  # claimed by its format marker, so the error can be specific
     with pytest.raises(CheckpointError, match="No multimodal config") as e:
-        source.load(no_config, "a.pt")
+        source.build(no_config, "a.pt")
     assert "'state_dict'" in str(e.value)
     with pytest.raises(CheckpointError, match="lacks 'labels'"):
-        source.load({**obj, "config": {k: v for k, v in obj["config"].items() if k != "labels"}}, "a.pt")
+        source.build({**obj, "config": {k: v for k, v in obj["config"].items() if k != "labels"}}, "a.pt")
     with pytest.raises(CheckpointError, match="No 'state_dict'"):
-        source.load({k: v for k, v in obj.items() if k != "state_dict"}, "a.pt")
+        source.build({k: v for k, v in obj.items() if k != "state_dict"}, "a.pt")
     with pytest.raises(CheckpointError, match="version 2"):
-        source.load({**obj, "version": 2}, "a.pt")
+        source.build({**obj, "version": 2}, "a.pt")
     with pytest.raises(CheckpointError, match="invalid"):
-        source.load(
+        source.build(
             {**obj, "config": {**obj["config"], "encoder": {**obj["config"]["encoder"], "num_attention_heads": 3}}},
             "a.pt",
         )
@@ -336,14 +336,14 @@ def test_looks_like_rejects_other_checkpoints():
     assert not source.looks_like({"state_dict": model.state_dict(), "hyper_parameters": {"lr": 1e-3}})
     assert not source.looks_like([1, 2, 3])
     with pytest.raises(CheckpointError, match="is a dict"):
-        source.load([1, 2, 3], "x.pt")
+        source.build([1, 2, 3], "x.pt")
 
 
 # -- the demo ------------------------------------------------------------------------------------
 def test_demo_checkpoint_loads_and_predicts_the_sample():
     path = DEMO / "demo_model.pt"
     assert path.stat().st_size < 5_000_000
-    loaded = source.load(torch.load(path, weights_only=True), str(path))
+    loaded = source.build(torch.load(path, weights_only=True), str(path))
     assert [i.name for i in loaded.tabular_inputs] == ["price", "quantity"]
     with open(DEMO / "sample.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
@@ -368,7 +368,7 @@ def test_dynamo_onnx_export_with_dynamic_batch_and_sequence(tmp_path):
     import onnxruntime as ort
 
     model = tiny_model()
-    loaded = source.load(checkpoint_dict(model, tiny_tokenizer()), "tiny.pt")
+    loaded = source.build(checkpoint_dict(model, tiny_tokenizer()), "tiny.pt")
 
     class Wrapper(torch.nn.Module):  # one named parameter per graph input, as the engine builds it
         def __init__(self, module, adapter):
@@ -421,7 +421,7 @@ def test_categorical_vocabulary_is_validated_and_loaded(tmp_path):
         tiny_config(tab_fields={"unit price": 1, "channel": 3}, tab_vocab={"channel": ["phone", "chat", "email"]})
     )
     path = save_checkpoint(model, tiny_tokenizer(), tmp_path / "mm.pt")
-    loaded = source.load(torch.load(path, weights_only=True), str(path))
+    loaded = source.build(torch.load(path, weights_only=True), str(path))
     by_name = {i.name: i for i in loaded.inputs}
     assert by_name["channel"].vocab == ["phone", "chat", "email"] and by_name["channel"].width == 3
     assert by_name["unit_price"].vocab is None

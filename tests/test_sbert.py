@@ -141,7 +141,7 @@ def test_real_minilm_through_the_cli(minilm, minilm_reference, tmp_path):
 def test_real_minilm_feature_extraction_drops_the_modules_with_a_warning(minilm):
     # the loader options of a default conversion (max length 128) with --task feature-extraction
     loaded = sources.load(str(minilm), LoadDefaults(task="feature-extraction", max_length=default("max_length")))
-    assert loaded.output_names == ["last_hidden_state"] and loaded.info["task"] == "feature-extraction"
+    assert loaded.output_names == ["last_hidden_state"] and loaded.task == "feature-extraction"
     assert loaded.info["task_reason"] == "--task feature-extraction"
     dropped, length = loaded.info["warnings"]
     assert "Pooling" in dropped and "Normalize" in dropped and "dropped" in dropped
@@ -364,7 +364,7 @@ def test_legacy_pooling_keys_and_task_choices(tmp_path, hf_folders):
     with pytest.raises(CheckpointError, match="modules.json"):
         sources.load(str(hf_folders["bert"]), LoadDefaults(task="sentence-embedding"))
     loaded = sources.load(str(hf_folders["bert"]))
-    assert loaded.info["task"] == "sequence-classification"
+    assert loaded.task == "sequence-classification"
     assert "BertForSequenceClassification" in loaded.info["task_reason"]
     bare = sources.load(str(hf_folders["bert"]), LoadDefaults(task="feature-extraction"))
     assert bare.output_names == ["last_hidden_state"] and bare.info["task_reason"] == "--task feature-extraction"

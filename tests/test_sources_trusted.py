@@ -104,7 +104,7 @@ def test_torchscript_with_trust_maps_inputs_by_parameter_name_and_converts(tmp_p
         ("price", "tabular", None),
         ("quantity", "tabular", None),
     ]
-    assert loaded.info["trusted_code"] and loaded.output_names == ["output"]
+    assert loaded.trusted_code and loaded.output_names == ["output"]
     args = example()
     with torch.no_grad():
         got = loaded.adapter(loaded.module, dict(zip(["input_ids", "attention_mask", "price", "quantity"], args)))[0]

@@ -396,7 +396,7 @@ def attempt_order(loaded: LoadedModel, spec) -> tuple[tuple[str, ...], str | Non
     weights that is not trusted code (a .pt2 program or a pickled module: the legacy exporter would bake
     in its shapes); every other model goes to the new exporter first."""
     order = ATTEMPT_ORDER[spec.exporter]
-    if spec.exporter != "auto" or loaded.info.get("trusted_code"):
+    if spec.exporter != "auto" or loaded.trusted_code:
         return order, None
     size = _weights_bytes(loaded.module)
     if size <= TORCHSCRIPT_FIRST_BYTES:

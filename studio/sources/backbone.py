@@ -71,11 +71,11 @@ def _try_task_model(sd: dict[str, torch.Tensor], config, tokenizer, shown: str, 
         output_names=list(outputs),
         output_kinds={o: out_kind for o in outputs},
         tokenizer=tokenizer,
+        task=auto_name.replace("AutoModelFor", ""),
         info={
             **info,
             "architecture": type(model).__name__,
             "model_type": config.model_type,
-            "task": auto_name.replace("AutoModelFor", ""),
             "labels": _labels(config, int(getattr(config, "num_labels", 0) or 0))
             if auto_name.endswith("SequenceClassification")
             else None,
@@ -151,7 +151,8 @@ def _encoder_only(
         output_names=outputs,
         output_kinds={o: "hidden" for o in outputs},
         tokenizer=tokenizer,
-        info={**base_info, "architecture": type(backbone).__name__, "task": "encoder", "labels": None},
+        task="encoder",
+        info={**base_info, "architecture": type(backbone).__name__, "labels": None},
     )
 
 
@@ -206,10 +207,10 @@ def _with_head(
         output_names=["logits"],
         output_kinds={"logits": "logits"},
         tokenizer=tokenizer,
+        task=f"{head}-classification" if head != "token" else "token-classification",
         info={
             **base_info,
             "architecture": f"{type(backbone).__name__} + Linear head",
-            "task": f"{head}-classification" if head != "token" else "token-classification",
             "head": head,
             "head_module": mod,
             "num_labels": num_labels,

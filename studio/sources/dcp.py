@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from studio.errors import CheckpointError, UnsafeCheckpointError, UnsafePathError, first_line
+from studio.sources.base import FOLDER, LoadOptions, Source
 
 METADATA = ".metadata"
 SHARD_SUFFIX = ".distcp"
@@ -35,6 +36,11 @@ SLACK_BYTES = 64 * 1024**2
 
 def is_dcp_dir(folder: Path) -> bool:
     return folder.is_dir() and (folder / METADATA).is_file() and any(folder.glob("*" + SHARD_SUFFIX))
+
+
+def sniff(source: Source, options: LoadOptions) -> bool:
+    """A DCP folder, or a folder whose single sub-folder is one (the table consolidates it: load_dcp)."""
+    return source.form == FOLDER and find_dcp_dir(source.path) is not None
 
 
 def find_dcp_dir(folder: Path) -> Path | None:

@@ -8,7 +8,18 @@ from pathlib import Path
 import torch
 
 from studio.errors import CheckpointError
-from studio.sources.base import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, LoadedModel, ModelInput
+from studio.sources.base import (
+    ATTENTION_MASK,
+    FOLDER,
+    INPUT_IDS,
+    TOKEN_TYPE_IDS,
+    LoadedModel,
+    LoadOptions,
+    ModelInput,
+    Source,
+)
+
+KIND = "hf"
 
 WEIGHT_FILES = (
     "model.safetensors",
@@ -51,11 +62,23 @@ def is_hf_folder(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
 
+def sniff(source: Source, options: LoadOptions) -> bool:
+    """A folder with config.json and one of the weight files transformers reads."""
+    folder = source.path
+    return source.form == FOLDER and is_hf_folder(folder) and any((folder / f).exists() for f in WEIGHT_FILES)
+
+
+def load(source: Source, shown: str, options: LoadOptions) -> LoadedModel:
+    """The loader table's entry: the folder with the head --task names (auto: config.json's)."""
+    return load_folder(source.path, shown, task=options.task, max_params=options.max_params)
+
+
 def choose_task(config, task: str = "auto") -> tuple[tuple[str, list[str], str], str]:
     """(Auto class, outputs, output kind) and why: from --task when given, else the config's architectures."""
     if task in TASK_HEADS:
         suffix = TASK_HEADS[task]
-        return (HEAD_CLASSES[suffix] if suffix else ("AutoModel", ENCODER_OUTPUTS, "hidden")), f"--task {task}"
+        chosen = HEAD_CLASSES[suffix] if suffix else None  # every --task head is one the studio builds
+        return (chosen or ("AutoModel", ENCODER_OUTPUTS, "hidden")), f"--task {task}"
     archs = list(getattr(config, "architectures", None) or [])
     for arch in archs:
         for suffix, head in HEAD_CLASSES.items():
@@ -78,7 +101,8 @@ def choose_task(config, task: str = "auto") -> tuple[tuple[str, list[str], str],
 def task_name(auto_name: str) -> str:
     """The --task word for an Auto class name."""
     for task, suffix in TASK_HEADS.items():
-        if suffix and HEAD_CLASSES[suffix][0] == auto_name:
+        head = HEAD_CLASSES[suffix] if suffix else None
+        if head and head[0] == auto_name:
             return task
     return "feature-extraction"
 
@@ -147,10 +171,10 @@ def load_folder(
         output_names=list(outputs),
         output_kinds={o: out_kind for o in outputs},
         tokenizer=tokenizer,
+        task=task_name(auto_name),
         info={
             "architecture": type(module).__name__,
             "model_type": config.model_type,
-            "task": task_name(auto_name),
             "task_reason": task_why,
             "labels": [config.id2label[i] for i in sorted(config.id2label)]
             if out_kind == "logits"

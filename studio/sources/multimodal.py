@@ -29,7 +29,7 @@ from studio.models.multimodal import (
     MultimodalConfig,
     tokenizer_from_dict,
 )
-from studio.sources.base import ATTENTION_MASK, INPUT_IDS, TABULAR, LoadedModel, ModelInput
+from studio.sources.base import ATTENTION_MASK, INPUT_IDS, OBJECT, TABULAR, LoadedModel, LoadOptions, ModelInput, Source
 from studio.sources.keys import SHOW, match_keys, normalize_keys
 
 KIND = "multimodal"
@@ -73,6 +73,16 @@ def looks_like(obj: Any) -> bool:
     if obj.get("format") == FORMAT:
         return True
     return "state_dict" in obj and _find_config(obj)[0] is not None
+
+
+def sniff(source: Source, options: LoadOptions) -> bool:
+    """What a file held, in one of the accepted layouts (see looks_like)."""
+    return source.form == OBJECT and looks_like(source.obj)
+
+
+def load(source: Source, shown: str, options: LoadOptions) -> LoadedModel:
+    """The loader table's entry: `build` on the object the file held."""
+    return build(source.obj, shown, max_params=options.max_params)
 
 
 def python_name(column: str, taken: set[str]) -> str:
@@ -160,7 +170,7 @@ def _check_size(config: MultimodalConfig, state: Mapping[str, Any], path: str, m
         raise CheckpointError(f"The multimodal config's encoder settings are invalid: {e}") from e
 
 
-def load(obj: Any, path: str, *, max_params: int | None = None) -> LoadedModel:
+def build(obj: Any, path: str, *, max_params: int | None = None) -> LoadedModel:
     """Turn a checkpoint dict into a LoadedModel whose graph outputs class probabilities ("probs")."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"A multimodal checkpoint is a dict; {path} holds {type(obj).__name__}.")

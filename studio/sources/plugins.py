@@ -10,8 +10,11 @@ upload) that provides:
                                                 # path: what the user gave (for messages / LoadedModel.path)
                                                 # spec: the ConvertSpec (config, head, max_length, ...) or None
 
-The dispatcher asks plugins first: with the Path before any built-in kind, and again with the
-weights-only object read from a file. The first plugin whose `looks_like` returns True loads it.
+Each plugin is a row of the loader table (studio.sources.table), ahead of the built-in rows: asked with
+the Path the user gave before any built-in kind, and again with the weights-only object read from a file.
+The first plugin whose `looks_like` returns True loads it. A plugin may say what the graph computes and
+that it is trusted code with LoadedModel's `task` / `trusted_code` fields (the older info["task"] /
+info["trusted_code"] keys are moved into them).
 
 Plugins are found, in this order:
   1. `--plugin MODULE_OR_FILE` given to `studio convert` / `studio app` (repeatable),
@@ -34,7 +37,7 @@ from types import ModuleType
 from typing import Any
 
 from studio.errors import CheckpointError, StudioError
-from studio.sources.base import LoadDefaults, LoadedModel, LoadOptions
+from studio.sources.base import OBJECT, UPLOAD, LoadDefaults, LoadedModel, Loader, LoadOptions, Source
 
 GROUP = "onnx_studio.sources"
 ENV = "ONNX_STUDIO_PLUGINS"
@@ -165,17 +168,32 @@ def clear() -> None:
     _entry_points_loaded = None
 
 
-def claim(source: Any) -> ModuleType | None:
-    """The first plugin whose looks_like(source) is True, or None."""
-    for plugin in active():
+def loaders() -> tuple[Loader, ...]:
+    """The active plugins as rows of the loader table, in the order they are asked."""
+    return tuple(_row(plugin) for plugin in active())
+
+
+def _asked(source: Source) -> Any:
+    """What a plugin's looks_like / load is given: the Path the user gave, or what a file held (else None)."""
+    return source.path if source.form == UPLOAD else source.obj if source.form == OBJECT else None
+
+
+def _row(plugin: ModuleType) -> Loader:
+    def sniff(source: Source, options: LoadOptions) -> bool:
+        asked = _asked(source)
+        if asked is None:
+            return False
         try:
-            if plugin.looks_like(source):
-                return plugin
+            return bool(plugin.looks_like(asked))
         except StudioError:
             raise
         except Exception as e:
             raise PluginError(f"Plugin {_name(plugin)!r} failed in looks_like(): {type(e).__name__}: {e}") from e
-    return None
+
+    def load(source: Source, shown: str, options: LoadOptions) -> LoadedModel:
+        return load_with(plugin, _asked(source), shown, options)
+
+    return Loader(_name(plugin), sniff, load)
 
 
 def load_with(plugin: ModuleType, source: Any, shown: str, spec: LoadOptions) -> LoadedModel:
@@ -189,5 +207,9 @@ def load_with(plugin: ModuleType, source: Any, shown: str, spec: LoadOptions) ->
         raise CheckpointError(f"Plugin {_name(plugin)!r} could not load {shown}: {type(e).__name__}: {e}") from e
     if not isinstance(loaded, LoadedModel):
         raise PluginError(f"Plugin {_name(plugin)!r} returned {type(loaded).__name__}, not a LoadedModel.")
+    if loaded.task is None and isinstance(loaded.info.get("task"), str):
+        loaded.task = loaded.info.pop("task")
+    if loaded.info.get("trusted_code") is True:
+        loaded.trusted_code = bool(loaded.info.pop("trusted_code"))
     loaded.info.setdefault("plugin", _name(plugin))
     return loaded

@@ -21,8 +21,9 @@ import torch
 
 from studio.errors import CheckpointError
 from studio.models.sentence import LEGACY_POOLING_KEYS, POOLING_MODES, Dense, Normalize, Pooling, SentenceEncoder
-from studio.sources.base import ATTENTION_MASK, LoadedModel, ModelInput
+from studio.sources.base import ATTENTION_MASK, FOLDER, LoadedModel, LoadOptions, ModelInput, Source
 
+KIND = "sentence-transformers"
 MODULES_FILE = "modules.json"
 OUTPUTS = ["sentence_embedding", "token_embeddings"]
 BUILT = ("Transformer", "Pooling", "Dense", "Normalize", "Dropout")
@@ -33,6 +34,16 @@ DENSE_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 def is_sbert_folder(folder: Path) -> bool:
     return folder.is_dir() and (folder / MODULES_FILE).is_file()
+
+
+def sniff(source: Source, options: LoadOptions) -> bool:
+    """A folder whose modules.json declares a sentence-transformers pipeline."""
+    return source.form == FOLDER and is_sbert_folder(source.path)
+
+
+def load(source: Source, shown: str, options: LoadOptions) -> LoadedModel:
+    """The loader table's entry: the declared pipeline, or the bare transformer for another --task."""
+    return load_for_task(source.path, shown, options.task, options.max_length, max_params=options.max_params)
 
 
 def _read_json(path: Path, shown: str) -> Any:
@@ -140,8 +151,8 @@ def _activation(name: Any, label: str) -> torch.nn.Module:
 
 
 def _dense_weights(module: dict[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
-    from studio.sources import read_weights_only
     from studio.sources.statedict import read_safetensors
+    from studio.sources.weights import read_weights_only
 
     for name in DENSE_WEIGHTS:
         p = _file(module, name)
@@ -259,7 +270,7 @@ def load_for_task(
             if task == "auto"
             else "--task sentence-embedding"
         )
-        loaded = load(folder, shown, "sentence-embedding", why, max_params=max_params)
+        loaded = load_pipeline(folder, shown, "sentence-embedding", why, max_params=max_params)
     else:
         loaded = load_bare(folder, shown, task, max_params=max_params)
     st_max = _max_seq_length(folder)
@@ -302,7 +313,7 @@ def load_bare(folder: Path, shown: str, task: str, *, max_params: int | None = N
     return loaded
 
 
-def load(folder: Path, shown: str, task: str, reason: str, *, max_params: int | None = None) -> LoadedModel:
+def load_pipeline(folder: Path, shown: str, task: str, reason: str, *, max_params: int | None = None) -> LoadedModel:
     """Build the whole pipeline modules.json declares. `reason`: why this task was chosen (for the report)."""
     from studio.sources import hf
 
@@ -332,15 +343,17 @@ def load(folder: Path, shown: str, task: str, reason: str, *, max_params: int | 
     widths = {"token_embeddings": hidden}  # size of each feature so far
     for m in modules[1:]:
         if m["cls"] == "Pooling":
-            steps.append(_pooling(m, hidden, info))
-            widths["sentence_embedding"] = hidden * len(steps[-1].modes)
+            pooling = _pooling(m, hidden, info)
+            steps.append(pooling)
+            widths["sentence_embedding"] = hidden * len(pooling.modes)
         elif m["cls"] == "Dense":
             steps.append(_dense(m, widths))
         elif m["cls"] == "Normalize":
-            steps.append(_normalize(m))
-            if steps[-1].input_name not in widths or steps[-1].output_name not in widths:
+            normalize = _normalize(m)
+            steps.append(normalize)
+            if normalize.input_name not in widths or normalize.output_name not in widths:
                 raise CheckpointError(
-                    f"{m['label']}: it normalises {steps[-1].input_name!r}, which is not one of "
+                    f"{m['label']}: it normalises {normalize.input_name!r}, which is not one of "
                     f"{', '.join(widths)} at that point."
                 )
         # Dropout: identity at inference
@@ -364,10 +377,10 @@ def load(folder: Path, shown: str, task: str, reason: str, *, max_params: int | 
         output_names=list(OUTPUTS),
         output_kinds={"sentence_embedding": "embedding", "token_embeddings": "hidden"},
         tokenizer=base.tokenizer,
+        task=task,
         info={
             "architecture": base.info.get("architecture"),
             "model_type": base.info.get("model_type"),
-            "task": task,
             "task_reason": reason,
             "modules": [m["type"].rsplit(".", 1)[-1] for m in modules],
             "embedding_dimension": widths["sentence_embedding"],

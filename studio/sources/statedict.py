@@ -26,7 +26,9 @@ import torch
 from studio.errors import CheckpointError, first_line
 from studio.sources import hf
 from studio.sources.backbone import load_state
-from studio.sources.base import LoadedModel, LoadOptions
+from studio.sources.base import OBJECT, LoadedModel, LoadOptions, Source
+
+KIND = "state-dict"
 
 # Where a state dict sits inside a training checkpoint dict, searched in this order.
 CONTAINER_KEYS = (
@@ -130,10 +132,15 @@ def find_tokenizer(folders: list[Path]):
     return None
 
 
-def load(
-    obj: Any, shown: str, spec: LoadOptions, folders: list[Path], info: dict[str, Any] | None = None
-) -> LoadedModel:
-    """A weights-only object (a state dict or a training checkpoint dict holding one) + its config."""
+def sniff(source: Source, options: LoadOptions) -> bool:
+    """What a file held is, or holds, a mapping of parameter names to tensors."""
+    return source.form == OBJECT and find_state_dict(source.obj) is not None
+
+
+def load(source: Source, shown: str, options: LoadOptions) -> LoadedModel:
+    """A weights-only object (a state dict or a training checkpoint dict holding one) + its config, looked
+    for at --config or in the source's folders."""
+    obj, folders = source.obj, source.folders
     found = find_state_dict(obj)
     if found is None:
         raise CheckpointError(
@@ -141,11 +148,11 @@ def load(
             "knows (no state dict of tensors found)."
         )
     sd, where = found
-    info = dict(info or {})
+    info = dict(source.info)
     info["state_dict_at"] = where
     if isinstance(obj, Mapping) and ("pytorch-lightning_version" in obj or "hyper_parameters" in obj):
         info.setdefault("layout", "lightning")
-    cfg_path = _config_file(spec.config, folders, shown)
+    cfg_path = _config_file(options.config, folders, shown)
     if cfg_path is None:
         sample = ", ".join(repr(k) for k in list(sd)[:3])
         raise CheckpointError(
@@ -155,10 +162,10 @@ def load(
             "--config path/to/config.json (or the model folder).",
         )
     config = load_config(cfg_path)
-    info["config"] = str(cfg_path) if spec.config else cfg_path.name
-    _check_size(sd, config, info["config"], shown, spec.max_params)
+    info["config"] = str(cfg_path) if options.config else cfg_path.name
+    _check_size(sd, config, info["config"], shown, options.max_params)
     tokenizer = find_tokenizer([cfg_path.parent] + [f for f in folders if f != cfg_path.parent])
-    return load_state(sd, config, tokenizer, spec.head, shown, info)
+    return load_state(sd, config, tokenizer, options.head, shown, info)
 
 
 def _check_size(sd: dict[str, torch.Tensor], config, config_name: str, shown: str, max_params: int | None) -> None:

@@ -28,7 +28,16 @@ from typing import Any
 import torch
 
 from studio.errors import CheckpointError, UnsafeCheckpointError, first_line
-from studio.sources.base import ATTENTION_MASK, INPUT_IDS, TABULAR, TOKEN_TYPE_IDS, LoadedModel, LoadOptions, ModelInput
+from studio.sources.base import (
+    ATTENTION_MASK,
+    INPUT_IDS,
+    TABULAR,
+    TOKEN_TYPE_IDS,
+    LoadedModel,
+    LoadOptions,
+    ModelInput,
+    Source,
+)
 from studio.sources.statedict import find_tokenizer
 
 SIDECAR = "studio.json"
@@ -105,10 +114,12 @@ def read_declared(config: str | None, folders: list[Path], params: list[str]) ->
             )
         taken: set[str] = set()
         inputs = []
-        for i, e in enumerate(entries):
-            spec_e = {"kind": e} if isinstance(e, str) else e
+        for i, entry in enumerate(entries):
+            spec_e = {"kind": entry} if isinstance(entry, str) else entry
             if not isinstance(spec_e, dict) or spec_e.get("kind") not in KINDS:
-                raise CheckpointError(f"{path.name}: input {i + 1} ({e!r}) needs a kind, one of {', '.join(KINDS)}.")
+                raise CheckpointError(
+                    f"{path.name}: input {i + 1} ({entry!r}) needs a kind, one of {', '.join(KINDS)}."
+                )
             kind = spec_e["kind"]
             default = kind if kind != TABULAR else (params[i] if i < len(params) else f"tabular_{i}")
             name = _identifier(str(spec_e.get("name") or default), taken)
@@ -293,9 +304,9 @@ def _build(
         output_names=list(outputs),
         output_kinds=kinds,
         tokenizer=tokenizer,
+        trusted_code=True,
         info={
             **info,
-            "trusted_code": True,
             "parameters_in_order": list(params),
             "inputs_from": declared.source if declared.inputs else "parameter names",
         },
@@ -335,7 +346,11 @@ def _frozen(module: Any) -> torch.nn.Module:
     return FrozenScript(fn, str(getattr(module, "original_name", "module")))
 
 
-def load_torchscript(p: Path, shown: str, spec: LoadOptions, folders: list[Path]) -> LoadedModel:
+def load_torchscript(source: Source, shown: str, options: LoadOptions) -> LoadedModel:
+    """torch.jit.load: runs the TorchScript code stored in the archive. Refused unless code is trusted."""
+    if not options.trust_code:
+        raise refusal(shown, "torchscript")
+    p = source.path
     try:
         module = torch.jit.load(str(p), map_location="cpu")
     except Exception as e:
@@ -354,8 +369,8 @@ def load_torchscript(p: Path, shown: str, spec: LoadOptions, folders: list[Path]
         False,
         n_outputs,
         shown,
-        spec.config,
-        folders,
+        options.config,
+        source.folders,
         {
             "architecture": "TorchScript " + str(getattr(module, "original_name", "module")),
             "frozen": frozen is not module,
@@ -381,7 +396,11 @@ class ProgramModule(torch.nn.Module):
         return self.program(*args)
 
 
-def load_program(p: Path, shown: str, spec: LoadOptions, folders: list[Path]) -> LoadedModel:
+def load_program(source: Source, shown: str, options: LoadOptions) -> LoadedModel:
+    """torch.export.load: rebuilds the program's Python-level graph. Refused unless code is trusted."""
+    if not options.trust_code:
+        raise refusal(shown, "program")
+    p = source.path
     try:
         ep = torch.export.load(str(p))
     except Exception as e:
@@ -390,7 +409,7 @@ def load_program(p: Path, shown: str, spec: LoadOptions, folders: list[Path]) ->
     params = list(sig.user_inputs)
     module = ep.module()
     try:
-        from torch.ao.quantization import move_exported_model_to_eval
+        from torch.ao.quantization import move_exported_model_to_eval  # type: ignore[attr-defined]
 
         module = move_exported_model_to_eval(module)
     except Exception:  # older torch, or nothing to switch
@@ -402,8 +421,8 @@ def load_program(p: Path, shown: str, spec: LoadOptions, folders: list[Path]) ->
         False,
         len(sig.user_outputs),
         shown,
-        spec.config,
-        folders,
+        options.config,
+        source.folders,
         {"architecture": "torch.export program"},
     )
     widths = program_widths(ep)
@@ -426,11 +445,12 @@ def program_widths(ep: Any) -> dict[str, int]:
     return out
 
 
-def load_pickled(p: Path, shown: str, spec: LoadOptions, folders: list[Path]) -> LoadedModel:
+def load_pickled(source: Source, shown: str, options: LoadOptions) -> LoadedModel:
     """torch.load(weights_only=False): runs whatever the pickle says. Trusted operators only: refused here
     too unless the operator set trust_code, whatever the caller checked."""
-    if not spec.trust_code:
+    if not options.trust_code:
         raise refusal(shown, "pickle")
+    p, folders = source.path, source.folders
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=False)
     except (pickle.UnpicklingError, AttributeError, ModuleNotFoundError, ImportError) as e:
@@ -458,7 +478,7 @@ def load_pickled(p: Path, shown: str, spec: LoadOptions, folders: list[Path]) ->
         and (prm.default is prm.empty or n in TEXT_NAMES)
     ]
     var_positional = any(prm.kind == prm.VAR_POSITIONAL for prm in sig.parameters.values())
-    if var_positional and _sidecar_path(spec.config, folders) is None:
+    if var_positional and _sidecar_path(options.config, folders) is None:
         raise CheckpointError(
             f"{shown}: {type(module).__name__}.forward takes *args, so its inputs cannot be read from its signature.",
             hint=f"Declare them in {SIDECAR} beside the file: "
@@ -475,7 +495,7 @@ def load_pickled(p: Path, shown: str, spec: LoadOptions, folders: list[Path]) ->
         keyword,
         None,
         shown,
-        spec.config,
+        options.config,
         folders,
         {"architecture": type(module).__name__},
     )
