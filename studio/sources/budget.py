@@ -95,7 +95,7 @@ class _Slice(io.RawIOBase):
         return len(data)
 
 
-def _check_zip(path: Path | BinaryIO, shown: str, strict: bool = False) -> None:
+def _check_zip(path: Path | BinaryIO | _Slice, shown: str, strict: bool = False) -> None:
     """strict: a damaged zip is refused here (else torch.load says what is wrong with it)."""
     try:
         zf = zipfile.ZipFile(path)

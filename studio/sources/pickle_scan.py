@@ -32,6 +32,7 @@ import math
 import pickle
 import struct
 from collections import Counter
+from typing import Any
 
 from studio.errors import CheckpointError
 
@@ -187,9 +188,9 @@ class _Box:  # list / dict / set / Counter / bytes / any object a call makes
     __slots__ = ("kind", "items", "n", "w", "hw", "maxw", "hashes")
 
     def __init__(self, kind: str, n: int = 0, w: int = 1, hw: int = 0, maxw: int = 0):
-        self.kind, self.items, self.n, self.w, self.hw, self.maxw, self.hashes = kind, None, n, w, hw, maxw, None
-        if kind == "list":
-            self.items = []
+        self.kind, self.n, self.w, self.hw, self.maxw = kind, n, w, hw, maxw
+        self.items: list[Any] | None = [] if kind == "list" else None
+        self.hashes: Counter[Any] | None = None
 
 
 class _Glob:
@@ -322,9 +323,10 @@ class _Scan:
             return sum(_w(m) for m in arg.items), max((_w(m) for m in arg.items), default=0)
         if isinstance(arg, _Box):
             if arg.kind == "list":
-                for member in arg.items:
+                members = arg.items or []
+                for member in members:
                     self.hashed(None, member)
-                return sum(_w(m) for m in arg.items), max((_w(m) for m in arg.items), default=0)
+                return sum(_w(m) for m in members), max((_w(m) for m in members), default=0)
             if arg.maxw > MAX_KEY_WEIGHT:
                 self.hashed(None, _Box("object", w=arg.maxw))  # refuses, with the same words
             self.spend(arg.hw)
@@ -403,7 +405,7 @@ class _Scan:
         if isinstance(arg, _Tup):
             return _Tup(list(arg.items))
         if isinstance(arg, _Box) and arg.kind == "list":
-            return _Tup(list(arg.items))
+            return _Tup(list(arg.items or []))
         return _Box("object", w=min(_CAP, 1 + _w(args)))
 
     def _construct(self, func, items, args):  # torch.Tensor(...), torch.FloatTensor(...): the legacy constructor
@@ -570,7 +572,7 @@ def _fill(name: str, stack: list, marks: list[list], scan: _Scan) -> list | None
         for k in items[0::2]:
             scan.hashed(target, k)
     else:
-        if target.kind != "list":
+        if target.kind != "list" or target.items is None:
             return None  # the unpickler appends to lists only
         target.items.extend(items)
         target.n += len(items)
@@ -738,7 +740,8 @@ def _step(name: str, arg, stack: list, marks: list[list], memo: dict, scan: _Sca
         inst, state = _pop(stack, 2)
         stack.append(scan.build(inst, state))
     elif name in ("APPEND", "APPENDS", "SETITEM", "SETITEMS"):
-        stack = _fill(name, stack, marks, scan)
-        if stack is None:
+        filled = _fill(name, stack, marks, scan)
+        if filled is None:
             raise _Stop  # the unpickler refuses this itself
+        stack = filled
     return stack  # PROTO: nothing to do

@@ -211,7 +211,7 @@ def pickle_globals(path: Path, kind: str) -> tuple[list[str], bool]:
             for op, arg, _pos in pickletools.genops(stream):
                 name = op.name
                 if name == "PROTO":
-                    proto = arg
+                    proto = arg if isinstance(arg, int) else proto
                 elif name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
                     strings.append(arg)
                 elif name in ("BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE"):
