@@ -101,6 +101,7 @@ class Sessions:
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
         self.on_close: Callable[[str], None] | None = None  # told each session key closed (the graph grants)
+        self.also_sweep: list[Callable[[], object]] = []  # run after each periodic sweep (the upload cache's)
 
     # --- folders ---------------------------------------------------------------------------------
     def session(self, key: str | None, client: str | None = None) -> Session:
@@ -244,6 +245,17 @@ class Sessions:
             j.cancel("The session ended.")
         self._removed([s])
 
+    def clients(self) -> set[str]:
+        """The client addresses with a live session."""
+        with self._lock:
+            return {s.client for s in self._sessions.values()}
+
+    def held_by(self, client: str) -> int:
+        """Bytes in the folders of `client`'s sessions."""
+        with self._lock:
+            folders = [s.folder for s in self._sessions.values() if s.client == client]
+        return sum(disk_bytes(f) for f in folders)
+
     def _removed(self, gone: list[Session]) -> None:
         for s in gone:
             shutil.rmtree(s.folder, ignore_errors=True)
@@ -275,6 +287,8 @@ class Sessions:
         def loop():
             while not self._stop.wait(every):
                 self.sweep()
+                for fn in self.also_sweep:
+                    fn()
 
         self._sweeper = threading.Thread(target=loop, name="studio-session-sweeper", daemon=True)
         self._sweeper.start()
