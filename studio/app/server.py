@@ -25,8 +25,10 @@ import gradio as gr
 from studio.app import (
     cards,
     convert_outputs,
+    events,
     graph,
     graph_panel,
+    layout,
     worker,  # noqa: F401 - registers the app's job tasks (preview, check, convert) with studio.jobs.isolate
 )
 from studio.app import handlers as h
@@ -35,6 +37,7 @@ from studio.app.config import AppConfig
 from studio.app.convert_outputs import STAGE_TEXT, error_title, stage_text
 from studio.app.jobs import HeartbeatWatch, SessionLimitError, SessionLimits, Sessions, link_inputs
 from studio.app.page import DEMO_OUTPUTS, GRAPH_OUTPUTS, PER_INPUT_OUTPUTS, PREVIEW_OUTPUTS
+from studio.app.uploads import UploadGuard, Uploads
 from studio.errors import StudioError
 from studio.jobs.isolate import Job, Limits, default_start_method, stop_fork_server
 from studio.sources import scratch
@@ -119,8 +122,6 @@ def _convert_endpoint(fn):
 
 class StudioApp:
     def __init__(self, config: AppConfig | None = None):
-        from studio.app.layout import build
-
         self.config = config or AppConfig()
         self.start_method = self.config.start_method or default_start_method()
         self._ray_started = self._connect_ray()  # an unreachable cluster stops the studio here, saying so
@@ -146,7 +147,16 @@ class StudioApp:
         self.graphs = graph.GraphFiles(self.sessions.root)  # what the graph viewer may load, by token
         self.sessions.on_close = self.graphs.revoke
         _private_gradio_cache()
-        self.ui = build(self)  # the page's components by name (page.Page)
+        # gradio's upload cache counts against the same disk caps (studio.app.uploads)
+        self.uploads = Uploads(
+            lambda: os.environ.get("GRADIO_TEMP_DIR"),
+            self.sessions,
+            client_disk_mb=limits.client_disk_mb,
+            disk_mb=limits.disk_mb,
+            grace_s=max(10.0, 2 * cfg.session_grace_s),
+        )
+        self.sessions.also_sweep.append(self.uploads.sweep)
+        self.ui = layout.build(cfg, events.Events(self))  # the page's components by name (page.Page), wired
         self.blocks = self.ui.blocks
         self._warm_thread: threading.Thread | None = None
 
@@ -494,6 +504,7 @@ class StudioApp:
         app_kwargs["middleware"] = [
             *app_kwargs.get("middleware", []),
             Middleware(HeartbeatWatch, sessions=self.sessions),
+            Middleware(UploadGuard, uploads=self.uploads),  # gradio's upload cache under the disk caps
         ]
         try:
             return self.blocks.launch(
