@@ -4,6 +4,9 @@ A person uploads a few real rows. This module reads the file without guessing aw
 (zero-padded ids stay strings) and types each column from its cells (number, bool, vector or as written).
 Describing columns and suggesting roles is studio.inputs.roles; turning the mapping into tensors is studio.inputs.batch.
 
+The formats are one table, READERS (at the end): a format's name, the suffixes that name it, and the function
+that turns the file's text into columns. A new format is a row there.
+
 Row numbers in messages are 1-based and count data rows only (the header is not counted), so
 "row 3" is the third record of a JSON file or the third line under the header of a CSV file.
 """
@@ -16,7 +19,8 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +32,6 @@ from studio.spec import SampleLimits, parse_sample_limits
 
 ROW_CONVENTION = "1-based, header not counted"
 
-CSV_SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": None}
-JSON_SUFFIXES = (".json",)
-JSONL_SUFFIXES = (".jsonl", ".ndjson")
-SUPPORTED_SUFFIXES = tuple(CSV_SUFFIXES) + JSON_SUFFIXES + JSONL_SUFFIXES
 SNIFF_DELIMITERS = ",\t;|"
 MAX_INT_DIGITS = 4300  # Python's own limit for int(str) (sys.int_info.default_max_str_digits)
 SNIFF_CHARS = 4096  # csv.Sniffer is quadratic in its input (64 KiB of `,"` took 48 s): sniff the start only
@@ -70,7 +70,8 @@ def read_sample(path, limits: SampleLimits | None = None) -> pd.DataFrame:
     if p.is_dir():
         raise file_error(name, f"{p} is a folder, not a sample file.")
     suffix = p.suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
+    reader = next((r for r in READERS if suffix in r.suffixes), None)
+    if reader is None:
         raise file_error(
             name,
             f"unsupported sample file type {suffix or '(no extension)'!r}.",
@@ -93,13 +94,7 @@ def read_sample(path, limits: SampleLimits | None = None) -> pd.DataFrame:
         text = raw.decode("latin-1")  # never fails; Excel-style exports are usually cp1252/latin-1
     del raw
 
-    if suffix in CSV_SUFFIXES:
-        columns = _read_delimited(text, CSV_SUFFIXES[suffix], name, limits)
-    elif suffix in JSONL_SUFFIXES:
-        columns = _read_jsonl(text, name, limits)
-    else:
-        columns = _read_json(text, name, limits)
-    df = _frame(columns, name, limits)
+    df = _frame(reader.read(text, name, limits), name, limits)
     df.attrs["file"] = name
     return df
 
@@ -169,7 +164,7 @@ def pick_delimiter(text: str, default: str | None) -> str:
         return csv.Sniffer().sniff(text[:SNIFF_CHARS], delimiters=SNIFF_DELIMITERS).delimiter
     except csv.Error:
         counts = {d: header.count(d) for d in SNIFF_DELIMITERS}
-        best = max(counts, key=counts.get)
+        best = max(counts, key=lambda d: counts[d])
         return best if counts[best] else ","
 
 
@@ -313,7 +308,7 @@ def _read_json(text: str, name: str, limits: SampleLimits) -> dict[str, list]:
 
 
 def _read_jsonl(text: str, name: str, limits: SampleLimits) -> dict[str, list]:
-    records = []
+    records: list[Any] = []
     for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 may sit in a string
         if not line.strip():
             continue
@@ -437,3 +432,35 @@ def _json_columns(obj: Any, name: str, limits: SampleLimits) -> dict[str, list]:
         "mixes lists and single values at the top level; expected an array of records, "
         'an object of equal-length column lists, or {"data": [records]}.',
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# The formats
+
+
+Read = Callable[[str, str, SampleLimits], dict[str, list]]  # (text, file name, limits) -> columns
+
+
+@dataclass(frozen=True)
+class Reader:
+    """One sample format: its name, the suffixes that name it (lower case), and read(text, name, limits)."""
+
+    name: str
+    suffixes: tuple[str, ...]
+    read: Read
+
+
+def _delimited(sep: str | None) -> Read:
+    """A reader of delimited text; sep None: told from the header (pick_delimiter)."""
+    return lambda text, name, limits: _read_delimited(text, sep, name, limits)
+
+
+# Tried by the file's suffix; the order is the order of SUPPORTED_SUFFIXES in messages.
+READERS: tuple[Reader, ...] = (
+    Reader("CSV", (".csv",), _delimited(",")),
+    Reader("TSV", (".tsv", ".tab"), _delimited("\t")),
+    Reader("delimited text", (".txt",), _delimited(None)),
+    Reader("JSON", (".json",), _read_json),  # several values one after another: read as JSON Lines
+    Reader("JSON Lines", (".jsonl", ".ndjson"), _read_jsonl),
+)
+SUPPORTED_SUFFIXES = tuple(s for r in READERS for s in r.suffixes)
