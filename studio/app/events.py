@@ -1,13 +1,18 @@
-"""The page's events, wired by name: the mapping check after an edit, the uploads, Load demo and the option
-edits that redraw the preview (the /preview endpoint), Export (the /convert endpoint, its inputs from
-handlers.CONVERT_PARAMS), Cancel and leaving the page. What each event reads and updates is a tuple of
-Page field names in studio.app.page."""
+"""The one place that wires the page to the handlers: the mapping check after an edit, the uploads, Load demo
+and the option edits that redraw the preview (the /preview endpoint), Export (the /convert endpoint, its
+inputs from handlers.CONVERT_PARAMS), Cancel and leaving the page, and each mapping row's role / feed edits.
+What each event reads and updates is a tuple of Page field names in studio.app.page.
+
+studio.app.server builds the page with `layout.build(config, Events(app))`; this module knows the app only
+as `Handlers` (the methods the events call), never studio.app.server itself."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from studio.app import handlers as h
+from studio.app.config import AppConfig
 from studio.app.page import (
     CHECK_INPUTS,
     CONVERT_OUTPUTS,
@@ -16,14 +21,70 @@ from studio.app.page import (
     PER_INPUT_OUTPUTS,
     PREVIEW_INPUTS,
     PREVIEW_OUTPUTS,
+    MappingRow,
     Page,
 )
 
-if TYPE_CHECKING:
-    from studio.app.server import StudioApp
+# gradio calls a handler with what its event's inputs hold and reads its signature (gr.Request, gr.Progress,
+# the API's parameter names): to the wiring a handler is any callable.
+Handler = Callable[..., Any]
 
 
-def check_mapping_kw(page: Page, app: StudioApp) -> dict:
+class Handlers(Protocol):
+    """What the events call: studio.app.server.StudioApp's handlers and its config."""
+
+    @property
+    def config(self) -> AppConfig: ...
+
+    @property
+    def check_mapping(self) -> Handler: ...
+
+    @property
+    def preview(self) -> Handler: ...
+
+    @property
+    def load_demo(self) -> Handler: ...
+
+    @property
+    def reset_per_input(self) -> Handler: ...
+
+    @property
+    def per_input_edited(self) -> Handler: ...
+
+    @property
+    def set_role(self) -> Handler: ...
+
+    @property
+    def set_feed(self) -> Handler: ...
+
+    @property
+    def convert(self) -> Handler: ...
+
+    @property
+    def show_graph(self) -> Handler: ...
+
+    @property
+    def cancel(self) -> Handler: ...
+
+    @property
+    def close_session(self) -> Handler: ...
+
+
+class Events:
+    """studio.app.page.Wiring over an app's handlers."""
+
+    def __init__(self, app: Handlers):
+        self.app = app
+
+    def page(self, page: Page) -> None:
+        preview_events(page, self.app)
+        convert_events(page, self.app)
+
+    def mapping_row(self, page: Page, row: MappingRow) -> None:
+        mapping_row_events(page, self.app, row)
+
+
+def check_mapping_kw(page: Page, app: Handlers) -> dict[str, Any]:
     """The mapping check, after a role / feed / tabular-inputs edit: the latest edit wins."""
     cfg = app.config
     return dict(
@@ -38,7 +99,7 @@ def check_mapping_kw(page: Page, app: StudioApp) -> dict:
     )
 
 
-def preview_events(page: Page, app: StudioApp) -> None:
+def preview_events(page: Page, app: Handlers) -> None:
     """Uploads, Load demo and the option edits that redraw the preview / mapping / per-input table."""
     cfg = app.config
     page.columns_state.change(lambda: "", outputs=[page.tabular_box], api_visibility="private", queue=False)
@@ -78,7 +139,7 @@ def preview_events(page: Page, app: StudioApp) -> None:
     )
 
 
-def convert_events(page: Page, app: StudioApp) -> None:
+def convert_events(page: Page, app: Handlers) -> None:
     """Export (the /convert endpoint: its inputs from handlers.CONVERT_PARAMS), Cancel, leaving the page."""
     cfg = app.config
     export_event = page.export_btn.click(
@@ -101,3 +162,22 @@ def convert_events(page: Page, app: StudioApp) -> None:
     )
     page.cancel_btn.click(app.cancel, outputs=[page.verdict], api_name="cancel", cancels=[export_event], queue=False)
     page.blocks.unload(app.close_session)
+
+
+def mapping_row_events(page: Page, app: Handlers, row: MappingRow) -> None:
+    """A role (or feed) chosen in one mapping row: the roles (or tabular inputs) text, then the mapping check."""
+    row.role.input(
+        app.set_role,
+        inputs=[page.roles_box, row.name, row.role],
+        outputs=[page.roles_box],
+        api_visibility="private",
+        queue=False,
+    ).then(**check_mapping_kw(page, app))
+    if row.feed is not None:
+        row.feed.input(
+            app.set_feed,
+            inputs=[page.tabular_box, page.columns_state, row.name, row.feed],
+            outputs=[page.tabular_box],
+            api_visibility="private",
+            queue=False,
+        ).then(**check_mapping_kw(page, app))

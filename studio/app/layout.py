@@ -1,27 +1,26 @@
 """The page, in the order a person uses it: inputs, field mapping, options, export, results, downloads.
 
-`build(app)` returns a Page (studio.app.page): every component the handlers read or update, by name.
-Events are wired by name in studio.app.events (handlers.CONVERT_PARAMS for the /convert inputs, page's
-*_OUTPUTS tuples for what each event updates), and the handlers return {component: value} dicts made with
-Page.updates, so that moving a component can break nothing silently. A new panel: its components become
+`build(config, wiring)` returns a Page (studio.app.page): every component the handlers read or update, by
+name. The layout makes components only: `wiring` (studio.app.events.Events, a page.Wiring) connects their
+events by name (handlers.CONVERT_PARAMS for the /convert inputs, page's *_OUTPUTS tuples for what each event
+updates), and the handlers return {component: value} dicts made with Page.updates, so that moving a component
+can break nothing silently. A new panel: its components become
 Page fields, made in the section function of its step (or a new one called from build), and a handler's
 output names it."""
 
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import TYPE_CHECKING
+from typing import Any
 
 import gradio as gr
 
-from studio.app import cards, events, graph_panel
+from studio.app import cards, graph_panel
 from studio.app import handlers as h
 from studio.app import render as r
-from studio.app.page import Page
+from studio.app.config import AppConfig
+from studio.app.page import MappingRow, Page, Wiring
 from studio.spec import DYNAMIC_AXES, ID_DTYPES, ROLES, TASKS, default
-
-if TYPE_CHECKING:
-    from studio.app.server import StudioApp
 
 
 def _variant_choice(**kwargs) -> gr.CheckboxGroup:
@@ -40,8 +39,7 @@ def _step(num: int, title: str, hint: str = "") -> gr.HTML:
     )
 
 
-def build(app: StudioApp) -> Page:
-    cfg = app.config
+def build(cfg: AppConfig, wiring: Wiring) -> Page:
     page = Page()
     with gr.Blocks(
         title="ONNX Studio", analytics_enabled=False, delete_cache=(600, int(max(cfg.session_ttl_s, 600)))
@@ -50,14 +48,13 @@ def build(app: StudioApp) -> Page:
         page.preview_info = gr.State({"model": None, "has_sample": False})
         page.columns_state = gr.State({"nonce": "", "columns": []})
         _inputs(page)
-        _mapping(page, app)
+        _mapping(page, wiring)
         _options(page)
         _export(page)
         _results(page)
         _graph(page)
         _downloads(page)
-        events.preview_events(page, app)
-        events.convert_events(page, app)
+        wiring.page(page)
     missing = [f.name for f in fields(Page) if getattr(page, f.name) is None]
     if missing:
         raise RuntimeError(f"layout.build made no component for {', '.join(missing)}")
@@ -104,7 +101,7 @@ def _inputs(page: Page) -> None:
     )
 
 
-def _mapping(page: Page, app: StudioApp) -> None:
+def _mapping(page: Page, wiring: Wiring) -> None:
     _step(2, "Field mapping", "what each column feeds: text, tabular (numbers) or ignore")
     page.roles_box = gr.Textbox(visible=False, elem_id="roles-json")
 
@@ -117,7 +114,7 @@ def _mapping(page: Page, app: StudioApp) -> None:
         tab_inputs = list((state or {}).get("tabular_inputs") or [])
         _mapping_head(bool(tab_inputs))
         for n, c in enumerate(cols):
-            _mapping_row(page, app, n, c, tab_inputs)
+            wiring.mapping_row(page, _mapping_row(n, c, tab_inputs))
 
     page.mapping_box = gr.HTML(cards.mapping_html(None, False, False), elem_id="mapping-status")
     page.tabular_box = gr.Textbox(
@@ -138,7 +135,7 @@ def _mapping_head(with_feeds: bool) -> None:
                 gr.HTML(f'<div class="map-cell">{label}</div>')
 
 
-def _mapping_row(page: Page, app: StudioApp, n: int, c: dict, tab_inputs: list[str]) -> None:
+def _mapping_row(n: int, c: dict[str, Any], tab_inputs: list[str]) -> MappingRow:
     """One column of the sample: its name, type and example, its role and (with tabular inputs) its feed."""
     esc = cards.esc
     with gr.Row(elem_classes="map-row", equal_height=True):
@@ -162,6 +159,7 @@ def _mapping_row(page: Page, app: StudioApp, n: int, c: dict, tab_inputs: list[s
                 elem_classes="role-dd",
                 elem_id=f"role-{n}",
             )
+        feed = None
         if tab_inputs:
             with gr.Column(scale=3, min_width=120):
                 feed = gr.Dropdown(
@@ -174,21 +172,7 @@ def _mapping_row(page: Page, app: StudioApp, n: int, c: dict, tab_inputs: list[s
                     elem_id=f"feed-{n}",
                 )
         name = gr.State(c["name"])
-        dd.input(
-            app.set_role,
-            inputs=[page.roles_box, name, dd],
-            outputs=[page.roles_box],
-            api_visibility="private",
-            queue=False,
-        ).then(**events.check_mapping_kw(page, app))
-        if tab_inputs:
-            feed.input(
-                app.set_feed,
-                inputs=[page.tabular_box, page.columns_state, name, feed],
-                outputs=[page.tabular_box],
-                api_visibility="private",
-                queue=False,
-            ).then(**events.check_mapping_kw(page, app))
+    return MappingRow(name=name, role=dd, feed=feed)
 
 
 def _options(page: Page) -> None:
@@ -334,7 +318,11 @@ def _results(page: Page) -> None:
         )
         with gr.Accordion("Export attempts", open=False):
             page.attempts = gr.Dataframe(
-                headers=r.ATTEMPT_HEADERS, label="export attempts", interactive=False, wrap=True, elem_id="attempts"
+                headers=r.ATTEMPT_HEADERS,
+                label="export attempts",
+                interactive=False,
+                wrap=True,
+                elem_id="attempts",
             )
 
 

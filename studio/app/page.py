@@ -1,12 +1,13 @@
 """The page's components by name (Page) and what each event reads and updates, by Page field.
 
-layout.build fills a Page; the handlers in studio.app.server return {component: value} dicts made with
-Page.updates, keyed by these names, so that moving a component can break nothing silently."""
+layout.build fills a Page and hands it to a `Wiring` (studio.app.events) that connects its events to the
+handlers; the handlers in studio.app.server return {component: value} dicts made with Page.updates, keyed by
+these names, so that moving a component can break nothing silently."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import gradio as gr
 
@@ -130,3 +131,23 @@ class Page:
         if missing or extra:
             raise ValueError(f"outputs {sorted(names)}: missing {sorted(missing)}, not outputs {sorted(extra)}")
         return {getattr(self, n): v for n, v in values.items()}
+
+
+@dataclass(slots=True)
+class MappingRow:
+    """The controls of one sample column in the field mapping (drawn again each time the columns change)."""
+
+    name: Any  # gr.State: the column's name
+    role: Any  # gr.Dropdown: its role
+    feed: Any = None  # gr.Dropdown: which tabular input it feeds (only when the model has tabular inputs)
+
+
+class Wiring(Protocol):
+    """What layout.build calls to connect the page's events (studio.app.events.Events): the layout makes the
+    components, the wiring says what each event runs. Both calls happen inside the page's gr.Blocks."""
+
+    def page(self, page: Page) -> None:
+        """Every event of the page, once, after all its components exist."""
+
+    def mapping_row(self, page: Page, row: MappingRow) -> None:
+        """The edits of one mapping row, each time the rows are drawn."""
