@@ -38,7 +38,6 @@ from studio.app.convert_outputs import STAGE_TEXT, error_title, stage_text
 from studio.app.jobs import HeartbeatWatch, SessionLimitError, SessionLimits, Sessions, link_inputs
 from studio.app.page import DEMO_OUTPUTS, GRAPH_OUTPUTS, PER_INPUT_OUTPUTS, PREVIEW_OUTPUTS
 from studio.app.uploads import UploadGuard, Uploads
-from studio.app.uploads import UploadGuard, Uploads
 from studio.errors import StudioError
 from studio.jobs.isolate import Job, Limits, default_start_method, stop_fork_server
 from studio.sources import scratch
