@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from studio.errors import StudioError
 
@@ -200,10 +200,14 @@ class ConvertSpec:
         return d
 
 
-def default(name: str):
+def default(name: str) -> Any:
     """The default of one ConvertSpec option: the one place the CLI, the app and the API read it from."""
     f = {f.name: f for f in fields(ConvertSpec)}[name]
-    return f.default_factory() if f.default is MISSING else f.default
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    raise TypeError(f"ConvertSpec.{name} has no default: it must be given.")
 
 
 def _check_export(opset, exporter, axes) -> None:
@@ -232,10 +236,13 @@ def _check_measuring(atol, rtol, latency_budget_s, threads) -> None:
 
 
 class ExportOptions(Protocol):
-    """The options studio.export.exporters reads; a ConvertSpec is one."""
+    """The options studio.export.exporters reads; a ConvertSpec is one. Read-only (properties), so a frozen
+    dataclass or an attribute of a narrower type (an `int` where `int | None` is read) is one too."""
 
-    exporter: str  # one of EXPORTERS
-    opset: int
+    @property
+    def exporter(self) -> str: ...  # one of EXPORTERS
+    @property
+    def opset(self) -> int: ...
 
     def axes_for(self, input_name: str) -> tuple[str, ...]: ...
 
@@ -259,10 +266,14 @@ class ExportDefaults:
 class CompareOptions(ExportOptions, Protocol):
     """The options studio.export.compare reads (--exporter compare); a ConvertSpec is one."""
 
-    atol: float
-    rtol: float
-    threads: int | None  # None: runtime.default_threads()
-    latency_budget_s: float
+    @property
+    def atol(self) -> float: ...
+    @property
+    def rtol(self) -> float: ...
+    @property
+    def threads(self) -> int | None: ...  # None: runtime.default_threads()
+    @property
+    def latency_budget_s(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -278,6 +289,27 @@ class CompareDefaults(ExportDefaults):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_measuring(self.atol, self.rtol, self.latency_budget_s, self.threads)
+
+
+class LocateOptions(Protocol):
+    """The options studio.checks.locate reads (the parity tolerances, ORT's threads); a ConvertSpec is one."""
+
+    @property
+    def atol(self) -> float: ...
+    @property
+    def rtol(self) -> float: ...
+    @property
+    def threads(self) -> int | None: ...  # None: runtime.default_threads()
+
+
+class VariantOptions(LocateOptions, Protocol):
+    """The options studio.variants reads (which variants, the tolerances they scale, threads, CUDA); a
+    ConvertSpec is one."""
+
+    @property
+    def variants(self) -> tuple[str, ...]: ...  # of VARIANTS
+    @property
+    def cuda(self) -> bool: ...  # check and time a CUDA variant on CUDA when it is truly usable
 
 
 def parse_roles(items: list[str] | None) -> dict[str, str]:

@@ -51,7 +51,7 @@ from studio.errors import first_line
 from studio.report.divergence import Divergence, Site, summary
 from studio.sources.base import LoadedModel
 from studio.sources.wrap import wrap
-from studio.spec import default
+from studio.spec import LocateOptions, default
 
 FOLLOW = 3  # diverging values listed after the first one
 AGREEING = 3  # agreeing values listed before it
@@ -163,7 +163,9 @@ def _split_shared(scopes: dict[str, Scope], exits, entries, counts: dict[str, in
 
 def _chunks(plan: _Plan, max_values: int, chunk_values: int, chunk_bytes: int):
     """Scope keys in runs of at most chunk_values extra outputs / chunk_bytes of tensors; stops at max_values."""
-    chunk, values, size, total = [], set(), 0, 0
+    chunk: list[str] = []
+    values: set[str] = set()
+    size = total = 0
     for key in plan.order:
         new = [v for v in plan.exits[key] if v not in values]
         nbytes = sum(t.nbytes for t in plan.expected[key])
@@ -352,8 +354,8 @@ def _run_chunks(
         if div.outputs_max_abs_diff is None:
             div.outputs_max_abs_diff = _outputs_diff(final, [got.get(n) for n in out_names], div.atol, div.rtol)
         for key in chunk:
-            for value, e in _pair(plan, key, got):
-                site = _site(plan, key, value, e, got[value], div.atol, div.rtol)
+            for value, expected in _pair(plan, key, got):
+                site = _site(plan, key, value, expected, got[value], div.atol, div.rtol)
                 sites.append((site, key))
                 diffs[value] = site.max_abs_diff
                 done.add(key)
@@ -423,7 +425,7 @@ def for_report(
     loaded: LoadedModel,
     model_path: str | Path,
     tensors: dict[str, torch.Tensor],
-    spec=None,
+    spec: LocateOptions | None = None,
     *,
     parity=None,
     dynamic=None,
@@ -458,7 +460,14 @@ def for_report(
     try:
         rows = failing_rows(loaded, model_path, feeds, atol, rtol, outputs)
         div = locate(
-            loaded, model_path, feeds, atol=atol, rtol=rtol, rows=rows, threads=getattr(spec, "threads", None), **budget
+            loaded,
+            model_path,
+            feeds,
+            atol=atol,
+            rtol=rtol,
+            rows=rows,
+            threads=spec.threads if spec is not None else None,
+            **budget,
         )
     except Exception as e:  # noqa: BLE001 - the conversion's verdict stands; the report says the locator failed
         div = Divergence(

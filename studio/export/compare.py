@@ -14,8 +14,10 @@ The winner's file becomes model.onnx; the other file is deleted, its row stays i
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,7 @@ from studio.errors import ExportError, first_line
 from studio.export import exporters as export_mod
 from studio.report.model import CandidateRow, Comparison, ExportAttempt, ExportInfo
 from studio.sources.base import LoadedModel
+from studio.spec import CompareOptions
 from studio.timing import latency as latency_mod
 
 COMPARED = export_mod.ATTEMPT_ORDER["compare"]  # ("dynamo", "torchscript")
@@ -43,7 +46,7 @@ FOLDER = "compare"  # inside the build folder; removed once the winner is model.
 
 
 def export_compared(
-    loaded: LoadedModel, reference: LoadedModel, tensors: dict[str, torch.Tensor], spec, dest: Path
+    loaded: LoadedModel, reference: LoadedModel, tensors: dict[str, torch.Tensor], spec: CompareOptions, dest: Path
 ) -> tuple[ExportInfo, Comparison]:
     """Run every exporter, check and time each usable file, move the winner's file to `dest` (model.onnx).
 
@@ -107,7 +110,7 @@ def check_candidate(
     tensors: dict[str, torch.Tensor],
     path: Path,
     axes: dict[str, dict[int, str]],
-    spec,
+    spec: CompareOptions,
 ) -> None:
     """The pipeline's checks on one candidate file (pipeline._check's functions), filled into `row`."""
     checker = graph_info.check(path)
@@ -125,12 +128,15 @@ def check_candidate(
     ]
 
 
-def time_side_by_side(rows: list[CandidateRow], files: dict[str, Path], tensors: dict[str, torch.Tensor], spec) -> None:
+def time_side_by_side(
+    rows: list[CandidateRow], files: dict[str, Path], tensors: dict[str, torch.Tensor], spec: CompareOptions
+) -> None:
     """ORT CPU latency of every candidate file at the sample's batch, timed in alternating rounds."""
     threads = spec.threads or runtime.default_threads()
     arrays = parity_mod.to_numpy(tensors)
     batch, seq = latency_mod.shape_of(tensors)
-    runners, providers = {}, {}
+    runners: dict[str, Callable[[], object]] = {}
+    providers: dict[str, str] = {}
     by_name = {r.exporter: r for r in rows}
     for name, path in files.items():
         try:
@@ -139,7 +145,7 @@ def time_side_by_side(rows: list[CandidateRow], files: dict[str, Path], tensors:
         except Exception as e:  # a file ORT cannot time here: its row says why instead of a number
             by_name[name].latency_error = first_line(e, with_type=True)
             continue
-        runners[name] = lambda session=session, feeds=feeds: session.run(None, feeds)
+        runners[name] = functools.partial(session.run, None, feeds)
         providers[name] = session.get_providers()[0]
     per_round: dict[str, list[list[float]]] = {}
     results = latency_mod.side_by_side(runners, spec.latency_budget_s, ROUNDS, per_round=per_round) if runners else {}
@@ -174,12 +180,12 @@ def choose(rows: list[CandidateRow], margin: float = MARGIN) -> tuple[str, str]:
         )
         return best[0].exporter, f"{best[0].exporter}: {lead} ({others})"
     verdict = "both pass every check" if fewest == 0 else f"both fail {fewest} check(s)"
-    timed = [r for r in best if r.ort_cpu is not None]
+    timed = [(r, r.ort_cpu) for r in best if r.ort_cpu is not None]
     if len(timed) < len(best):
         missing = ", ".join(r.exporter for r in best if r.ort_cpu is None)
         return _preferred(best), f"{verdict}; no ORT CPU latency for {missing}: the tie goes to the new exporter"
-    fast, slow = sorted(timed, key=lambda r: r.ort_cpu.p50_ms)[:2]
-    a, b = fast.ort_cpu.p50_ms, slow.ort_cpu.p50_ms
+    (fast, fast_cpu), (slow, slow_cpu) = sorted(timed, key=lambda pair: pair[1].p50_ms)[:2]
+    a, b = fast_cpu.p50_ms, slow_cpu.p50_ms
     rounds = list(zip(fast.round_p50_ms, slow.round_p50_ms))
     won = sum(x < y for x, y in rounds)
     numbers = f"ORT CPU p50 {fast.exporter} {a:.3f} ms vs {slow.exporter} {b:.3f} ms ({1 - a / b:.0%} less"

@@ -32,6 +32,7 @@ from studio.quiet import quiet
 from studio.report.model import CheckerInfo, ExportAttempt, ExportInfo
 from studio.sources.base import TABULAR, LoadedModel
 from studio.sources.wrap import wrap
+from studio.spec import ExportOptions
 
 # Above this many bytes of weights the graph is written with external data (model.onnx.data).
 # Protobuf caps a single file at 2 GiB, but memory sets the lower bar: with the weights inside the
@@ -57,7 +58,9 @@ ATTEMPT_ORDER = {
 TORCHSCRIPT_FIRST_BYTES = 2 * 1024**3
 
 
-def dynamic_axes_for(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec) -> dict[str, dict[int, str]]:
+def dynamic_axes_for(
+    loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec: ExportOptions
+) -> dict[str, dict[int, str]]:
     """input name -> {axis index: symbolic name} from the spec's batch/sequence choice."""
     out: dict[str, dict[int, str]] = {}
     kinds = {i.name: i.kind for i in loaded.inputs}
@@ -151,7 +154,7 @@ def _has_layer_norm(module: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.nn.LayerNorm) for m in module.modules())
 
 
-def skip_reason(exporter: str, loaded: LoadedModel, spec) -> str | None:
+def skip_reason(exporter: str, loaded: LoadedModel, spec: ExportOptions) -> str | None:
     """Why `auto` (or `compare`) does not even try `exporter` (measured with torch 2.13), or None.
 
     Below opset 17 the new exporter's down-conversion cannot express LayerNormalization (an opset-17
@@ -214,7 +217,10 @@ def _export_legacy(
                 dyn[o] = found
             static[o] = {d: int(n) for d, n in enumerate(shape) if d not in found}
     pin = (lambda m: _pin_dims(m, static)) if static else None  # noqa: E731
-    with weights_apart() if external else contextlib.nullcontext({}) as taken, proto_rewritten(pin) as pinned:
+    apart: contextlib.AbstractContextManager[dict[str, torch.Tensor]] = (
+        weights_apart() if external else contextlib.nullcontext({})
+    )
+    with apart as taken, proto_rewritten(pin) as pinned:
         torch.onnx.export(
             model,
             args,
@@ -300,7 +306,7 @@ class Prepared:
         return traced_shape(self.names, self.args, self.axes) if self.axes else None
 
 
-def prepare(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec, diag_dir: Path) -> Prepared:
+def prepare(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec: ExportOptions, diag_dir: Path) -> Prepared:
     names = list(tensors)
     axes = dynamic_axes_for(loaded, tensors, spec)
     model = wrap(loaded, names)
@@ -317,7 +323,13 @@ def prepare(loaded: LoadedModel, tensors: dict[str, torch.Tensor], spec, diag_di
 
 
 def attempt(
-    prep: Prepared, exporter: str, loaded: LoadedModel, spec, dest: Path, opened: Opened | None = None, on_exported=None
+    prep: Prepared,
+    exporter: str,
+    loaded: LoadedModel,
+    spec: ExportOptions,
+    dest: Path,
+    opened: Opened | None = None,
+    on_exported=None,
 ) -> tuple[ExportAttempt, ExportError | None]:
     """One exporter, written to `dest` and checked there (opset read back, checker, ONNX Runtime loads it).
     Returns the attempt and, when it failed, the error that names why (None for a skipped one). A failed
@@ -361,7 +373,7 @@ def attempt(
             ),
         )
     # the file read once for its opset and its external-data check (an embedded 90 MB graph: ~0.1 s a read)
-    proto = onnx.load(str(dest), load_external_data=False)
+    proto: onnx.ModelProto | None = onnx.load(str(dest), load_external_data=False)
     written = read_opset(dest, proto)
     if written != spec.opset:
         err = OpsetMismatchError(spec.opset, written, exporter)
@@ -389,7 +401,7 @@ def attempt(
     return ExportAttempt(exporter, True, None, seconds, written, note=note), None
 
 
-def attempt_order(loaded: LoadedModel, spec) -> tuple[tuple[str, ...], str | None]:
+def attempt_order(loaded: LoadedModel, spec: ExportOptions) -> tuple[tuple[str, ...], str | None]:
     """The exporters `spec.exporter` tries, in order, and why that order (None: the fixed one).
 
     `auto` tries the TorchScript exporter first on a model with at most TORCHSCRIPT_FIRST_BYTES of
@@ -408,7 +420,7 @@ def attempt_order(loaded: LoadedModel, spec) -> tuple[tuple[str, ...], str | Non
     return order, None
 
 
-def choice_reason(spec, attempts: list[ExportAttempt], why_first: str | None = None) -> str:
+def choice_reason(spec: ExportOptions, attempts: list[ExportAttempt], why_first: str | None = None) -> str:
     """Why the last attempt's exporter is the one kept, in words (ExportInfo.reason)."""
     kept = attempts[-1].exporter
     if len(ATTEMPT_ORDER.get(spec.exporter, ())) == 1:
@@ -424,7 +436,7 @@ def choice_reason(spec, attempts: list[ExportAttempt], why_first: str | None = N
 def export(
     loaded: LoadedModel,
     tensors: dict[str, torch.Tensor],
-    spec,
+    spec: ExportOptions,
     dest: Path,
     order: tuple[str, ...] | None = None,
     opened: Opened | None = None,

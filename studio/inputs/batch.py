@@ -44,12 +44,17 @@ class Batch:
 
 
 class BatchOptions(Protocol):
-    """The options build_batch reads; a ConvertSpec is one."""
+    """The options build_batch reads; a ConvertSpec is one (read-only: a frozen dataclass is one too)."""
 
-    max_length: int
-    id_dtype: str
-    fill_value: float | None
-    tabular: Mapping[str, tuple[str, ...]]  # tabular input -> its columns (names or FIRST..LAST ranges)
+    @property
+    def max_length(self) -> int: ...
+    @property
+    def id_dtype(self) -> str: ...
+    @property
+    def fill_value(self) -> float | None: ...
+    # tabular input -> its columns (names or FIRST..LAST ranges)
+    @property
+    def tabular(self) -> Mapping[str, tuple[str, ...]]: ...
 
 
 @dataclass(frozen=True)
@@ -268,20 +273,20 @@ def build_batch(
     fill_value, tabular are read); None: the ConvertSpec defaults. Raises BatchError naming the file, column
     and row at fault.
     """
-    spec = spec if spec is not None else BatchDefaults()
+    options: BatchOptions = spec if spec is not None else BatchDefaults()
     file = file or (df.attrs.get("file", "") if isinstance(df, pd.DataFrame) else "")
     df = prepared_frame(df, file)
     rows = len(df)
     if rows == 0:
         raise file_error(file, "the sample has no rows.")
     explicit = _explicit_roles(df, roles, file)
-    chosen = explicit_feeds(df, model, spec.tabular, file)
+    chosen = explicit_feeds(df, model, options.tabular, file)
     explicit = _with_chosen(explicit, chosen, file)
     final = resolve_roles(df, model, explicit, fed=set(chosen))
-    fill = None if spec.fill_value is None else float(spec.fill_value)
+    fill = None if options.fill_value is None else float(options.fill_value)
 
     text_cols = [c for c in df.columns if final[c] == "text"]
-    tensors, settings, warnings = _text_tensors(df, model, text_cols, spec, file)
+    tensors, settings, warnings = _text_tensors(df, model, text_cols, options, file)
     tab_tensors, feeds, widths, features = _tabular_tensors(df, model, final, chosen, fill, file)
     tensors.update(tab_tensors)
     warnings += _ignored_categories(df, final, explicit, file)

@@ -41,6 +41,7 @@ from studio.artifacts import artifact_files, remove_model, reraise_disk_full
 from studio.checks import graph_info, runtime
 from studio.errors import first_line
 from studio.sources.base import LoadedModel
+from studio.spec import VariantOptions
 
 INT8_PER_CHANNEL = True
 # onnxruntime.transformers.optimizer loads the whole model as a protobuf and copies it while fusing
@@ -102,7 +103,7 @@ class Built:
 class Context:
     """What a builder may read about the run (and the variants built so far in it)."""
 
-    spec: Any
+    spec: VariantOptions
     loaded: LoadedModel
     model_path: Path
     folder: Path

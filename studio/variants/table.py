@@ -52,6 +52,7 @@ from studio.errors import first_line
 from studio.quiet import quiet
 from studio.report.model import LatencyInfo, ParityInfo, VariantInfo
 from studio.sources.base import LoadedModel
+from studio.spec import VariantOptions
 from studio.timing import latency as latency_mod
 from studio.variants._builders import Built, Context, build_fp16, build_int8, build_optimized
 
@@ -149,7 +150,8 @@ def _sessions(name: str, path: Path, ctx: Context):
     """(session to check parity on, CUDA session or None, why not CUDA, notes), as the variant's row says."""
     v = VARIANT_TABLE[name]
     notes: list[str] = []
-    cuda_sess, why = None, "CUDA measurements were turned off (--no-cuda)"
+    why: str | None = "CUDA measurements were turned off (--no-cuda)"
+    cuda_sess = None
     if ctx.spec.cuda and v.on_cuda:
         made = runtime.cuda_session(path, ctx.threads)
         cuda_sess, why = made.session, made.reason
@@ -232,7 +234,7 @@ def check(
 
 
 def build(
-    spec,
+    spec: VariantOptions,
     loaded: LoadedModel,
     tensors: dict[str, torch.Tensor],
     model_path: Path,
