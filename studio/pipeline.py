@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
-from collections.abc import Callable
-from dataclasses import asdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import torch
 
 from studio import artifacts, escape, sources
 from studio.checks import graph_info as inspect_mod
@@ -28,10 +30,20 @@ from studio.export import exporters as export_mod
 from studio.inputs import batch as batch_mod
 from studio.inputs import roles as roles_mod
 from studio.inputs import sample as sample_mod
+from studio.inputs.batch import Batch
 from studio.report import timings as timings_mod
-from studio.report.model import ExportInfo, Report
+from studio.report.model import (
+    CheckerInfo,
+    DynamicInfo,
+    ExportInfo,
+    GraphInfo,
+    LatencyInfo,
+    ParityInfo,
+    Report,
+    VariantInfo,
+)
 from studio.sources import scratch
-from studio.sources.base import TABULAR
+from studio.sources.base import TABULAR, LoadedModel, ModelInput
 from studio.spec import ConvertSpec
 from studio.timing import latency as latency_mod
 
@@ -49,6 +61,35 @@ _FRACTION = {
     "writing": 0.97,
 }
 Progress = Callable[[str, float], None]
+Tensors = dict[str, torch.Tensor]  # graph input name -> the sample's tensor
+Axes = dict[str, dict[int, str]]  # graph input name -> {axis index: symbolic name} (export.dynamic_axes_for)
+
+
+@dataclass
+class Checks:
+    """What the checks found on one ONNX file (`_check`): the report's four verdicts, ONNX Runtime's outputs on
+    the sample (the predictions, the locator's start), and the CPU session they ran on with parity's call on it
+    (ms), kept for latency when there are no variants (None: latency opens the file itself)."""
+
+    checker: CheckerInfo
+    graph: GraphInfo
+    parity: ParityInfo
+    dynamic: DynamicInfo
+    onnx_outputs: dict[str, np.ndarray]
+    session: Any = None  # an onnxruntime.InferenceSession (onnxruntime ships no types)
+    session_calls: list[float] = field(default_factory=list)
+
+    def failed(self) -> list[str]:
+        """The checks the file failed: "checker", "parity", "dynamic" (shape probes)."""
+        failed = [] if self.checker.ok else ["checker"]
+        failed += [] if self.parity.ok else ["parity"]
+        return failed + (["dynamic"] if self.dynamic.ok is False else [])
+
+    def take_session(self) -> tuple[Any, list[float]]:
+        """The session and its calls, handed on (to latency) and no longer held here."""
+        found, self.session, self.session_calls = (self.session, self.session_calls), None, []
+        return found
+
 
 # Options the report does not list: server paths, named in it without their folders (see artifacts).
 UNREPORTED = ("display_paths",)
@@ -173,7 +214,7 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
     checks = _check(spec, checked, batch.tensors, model_path, axes, say, opened, export_info.traced)
     export_info, checks = _second_opinion(spec, loaded, checked, batch, model_path, axes, export_info, checks, say)
     divergence = _locate(spec, loaded, batch.tensors, model_path, checks, say)
-    session, calls = checks.pop("session"), checks.pop("session_calls", [])
+    session, calls = checks.take_session()
     variant_infos, latency = _variants_and_latency(
         spec, loaded, batch.tensors, model_path, axes, work, say, session, calls
     )
@@ -182,13 +223,13 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
         source=loaded.describe(),
         roles=batch.roles,
         export=export_info,
-        graph=checks["graph"],
-        checker=checks["checker"],
-        parity=checks["parity"],
-        dynamic=checks["dynamic"],
+        graph=checks.graph,
+        checker=checks.checker,
+        parity=checks.parity,
+        dynamic=checks.dynamic,
         latency=latency,
         options={k: v for k, v in spec.to_dict().items() if k not in UNREPORTED},
-        predictions=_predictions(batch, loaded, checks["onnx_outputs"]),
+        predictions=_predictions(batch, loaded, checks.onnx_outputs),
         versions=_versions(),
         variants=variant_infos,
         warnings=list(batch.warnings) + list(loaded.info.get("warnings") or []),
@@ -202,31 +243,40 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
 
 
 def _export_annotated(
-    spec: ConvertSpec, loaded, batch, path: Path, order: tuple[str, ...] | None = None, opened=None, beside=None
+    spec: ConvertSpec,
+    loaded: LoadedModel,
+    batch: Batch,
+    path: Path,
+    order: tuple[str, ...] | None = None,
+    opened: export_mod.Opened | None = None,
+    beside: Callable[[export_mod.Prepared], object] | None = None,
 ) -> ExportInfo:
     info = export_mod.export(loaded, batch.tensors, spec, path, order=order, opened=opened, beside=beside)
     artifacts.annotate(path, _metadata(spec, loaded, batch, info))
     return info
 
 
-def _failed(checks: dict[str, Any]) -> list[str]:
-    """The checks a file failed: "checker", "parity", "dynamic" (shape probes)."""
-    failed = [] if checks["checker"].ok else ["checker"]
-    failed += [] if checks["parity"].ok else ["parity"]
-    return failed + (["dynamic"] if checks["dynamic"].ok is False else [])
-
-
-def _second_opinion(spec, loaded, checked, batch, model_path: Path, axes, info: ExportInfo, checks, say: Progress):
+def _second_opinion(
+    spec: ConvertSpec,
+    loaded: LoadedModel,
+    checked: LoadedModel,
+    batch: Batch,
+    model_path: Path,
+    axes: Axes,
+    info: ExportInfo,
+    checks: Checks,
+    say: Progress,
+) -> tuple[ExportInfo, Checks]:
     """`auto`: when the kept file fails a check (parity, a shape probe) and an exporter of auto's order was
     never tried (the first one wrote a usable file), that one exports too and is checked the same way;
     its file replaces model.onnx only when it passes every check. Returns (export info, checks) kept."""
-    failed = _failed(checks)
+    failed = checks.failed()
     planned, _ = export_mod.attempt_order(loaded, spec)
     rest = tuple(e for e in planned if e not in {a.exporter for a in info.attempts})
     if spec.exporter != "auto" or not failed or not rest:
         return info, checks
     first, fails = info.attempts[-1], f"its file fails {', '.join(failed)}"
-    checks["session"] = None  # not held through another export; latency opens the kept file itself
+    checks.take_session()  # not held through another export; latency opens the kept file itself
     runtime.release_memory()
     say("export", _FRACTION["export"])
     alt = model_path.parent / "second-opinion" / model_path.name
@@ -242,8 +292,8 @@ def _second_opinion(spec, loaded, checked, batch, model_path: Path, axes, info: 
             return info, checks
         say("checker", _FRACTION["checker"])
         alt_checks = _check(spec, checked, batch.tensors, alt, axes, say, opened, other.traced)
-        alt_checks["session"] = None  # opened at second-opinion/, which is moved or removed below
-        alt_failed = _failed(alt_checks)
+        alt_checks.take_session()  # opened at second-opinion/, which is moved or removed below
+        alt_failed = alt_checks.failed()
         attempts, seconds = info.attempts + other.attempts, round(info.seconds + other.seconds, 2)
         if alt_failed:  # neither passes: the first one's file stays, as auto's order prefers it
             first.note = _joined(first.note, fails)
@@ -274,12 +324,19 @@ def _joined(*parts: str | None) -> str:
 
 
 def _check(
-    spec: ConvertSpec, loaded, tensors, model_path: Path, axes, say: Progress, opened=None, traced=None
-) -> dict[str, Any]:
+    spec: ConvertSpec,
+    loaded: LoadedModel,
+    tensors: Tensors,
+    model_path: Path,
+    axes: Axes,
+    say: Progress,
+    opened: export_mod.Opened | None = None,
+    traced: list[int | None] | None = None,
+) -> Checks:
     """The onnx checker, the graph's facts, parity on the sample and the shape probes (one ORT session).
     `opened` (export.Opened): the checker's verdict and the session made when the export proved the file
     usable, taken instead of making them again (the file has only gained metadata since). The session is
-    returned too ("session"): without variants, latency times it, warm from parity."""
+    kept in the Checks too: without variants, latency times it, warm from parity."""
     checker, session = opened.take() if opened is not None else (None, None)
     checker = checker or inspect_mod.check(model_path)
     graph = inspect_mod.graph_info(model_path)
@@ -297,16 +354,15 @@ def _check(
     if spec.variants:
         session = None
         runtime.release_memory()
-    checks = {"checker": checker, "graph": graph, "parity": parity, "dynamic": dynamic}
-    return checks | {"onnx_outputs": onnx_outputs, "session": session, "session_calls": calls}
+    return Checks(checker, graph, parity, dynamic, onnx_outputs, session=session, session_calls=calls)
 
 
 def _locate(
-    spec: ConvertSpec, loaded, tensors, model_path: Path, checks: dict[str, Any], say: Progress
+    spec: ConvertSpec, loaded: LoadedModel, tensors: Tensors, model_path: Path, checks: Checks, say: Progress
 ) -> dict[str, Any] | None:
     """Where ONNX Runtime first leaves PyTorch (studio.checks.locate): when parity or a shape probe failed, or on
     request (--locate); None otherwise. report.json's `divergence`; it does not change the verdict."""
-    parity, dynamic = checks["parity"], checks["dynamic"]
+    parity, dynamic = checks.parity, checks.dynamic
     if not (spec.locate or not parity.ok or dynamic.ok is False) or parity.error:
         return None  # nothing failed; or ONNX Runtime cannot run the rows at all (parity.error says why)
     say("locate", _FRACTION["locate"])
@@ -319,7 +375,7 @@ def _locate(
         spec,
         parity=parity,
         dynamic=dynamic,
-        onnx_outputs=checks["onnx_outputs"],
+        onnx_outputs=checks.onnx_outputs,
         requested=spec.locate,
     )
     runtime.release_memory()
@@ -327,14 +383,23 @@ def _locate(
 
 
 def _variants_and_latency(
-    spec: ConvertSpec, loaded, tensors, model_path: Path, axes, work: Path, say: Progress, session=None, calls=()
-):
+    spec: ConvertSpec,
+    loaded: LoadedModel,
+    tensors: Tensors,
+    model_path: Path,
+    axes: Axes,
+    work: Path,
+    say: Progress,
+    session: Any = None,
+    calls: Sequence[float] = (),
+) -> tuple[list[VariantInfo], LatencyInfo]:
     """The variants asked for (built and checked), then PyTorch, model.onnx and every variant timed side by
     side. Returns (variant infos, model.onnx's latency). `session`: model.onnx's CPU session from the checks,
     which ran the sample on it (and PyTorch too, for the parity reference): timed as warm at that size, and
     `calls` (ms: parity's call on it) count as its first timed calls there."""
     target = latency_mod.Target(model_path, cpu_session=session, cpu_calls=list(calls) if session else [])
-    variant_infos, timed = [], {"model": target}
+    variant_infos: list[VariantInfo] = []
+    timed = {"model": target}
     if spec.variants:
         say("variants", _FRACTION["variants"])
         from studio.variants import table as variants  # optimized / int8 / fp16 artifacts, each checked like model.onnx
@@ -359,9 +424,11 @@ def _variants_and_latency(
     return variant_infos, measured["model"]
 
 
-def _write_files(spec: ConvertSpec, loaded, batch, df, work: Path) -> dict[str, str]:
+def _write_files(spec: ConvertSpec, loaded: LoadedModel, batch: Batch, df: pd.DataFrame, work: Path) -> dict[str, str]:
     """The sample's tensors, the tokenizer, the example script and the rows it reads; their report.files."""
-    np.savez(work / "sample_inputs.npz", **{n: t.detach().cpu().numpy() for n, t in batch.tensors.items()})
+    # Any: numpy 2's stub lets ** fill its allow_pickle flag; numpy 1.26 (also supported) has no such keyword
+    arrays: dict[str, Any] = {n: t.detach().cpu().numpy() for n, t in batch.tensors.items()}
+    np.savez(work / "sample_inputs.npz", **arrays)
     if loaded.tokenizer is not None:
         loaded.tokenizer.save_pretrained(str(work / "tokenizer"))
     example = artifacts.write_example(work, loaded, batch, df, spec.data, spec.fill_value)
@@ -381,7 +448,7 @@ def _write_files(spec: ConvertSpec, loaded, batch, df, work: Path) -> dict[str, 
     return files
 
 
-def _metadata(spec: ConvertSpec, loaded, batch, info: ExportInfo) -> dict[str, str]:
+def _metadata(spec: ConvertSpec, loaded: LoadedModel, batch: Batch, info: ExportInfo) -> dict[str, str]:
     from studio._version import __version__
 
     return {
@@ -397,7 +464,7 @@ def _metadata(spec: ConvertSpec, loaded, batch, info: ExportInfo) -> dict[str, s
     }
 
 
-def _input_meta(inp, batch) -> dict[str, Any]:
+def _input_meta(inp: ModelInput, batch: Batch) -> dict[str, Any]:
     """What feeds one graph input: a tabular input's columns in order and the feature indices of each."""
     if inp.kind != TABULAR:
         return {"kind": inp.kind, "column": None}
@@ -416,7 +483,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
-def _predictions(batch, loaded, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+def _predictions(batch: Batch, loaded: LoadedModel, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     """Per row: the ignored columns beside the ONNX model's prediction (class outputs only)."""
     rows = [{col: values[i] for col, values in batch.ignored.items()} for i in range(batch.rows)]
     labels = loaded.info.get("labels") or None
