@@ -51,7 +51,8 @@ def _drop_unpack_dirs(text: str) -> str:
     upload)"."""
     out, done = [], 0
     for m in _UNPACK_DIR.finditer(text):
-        start = m.start() - len(_PATH_RUN.match(text[done : m.start()][::-1]).group())
+        run = _PATH_RUN.match(text[done : m.start()][::-1])  # always matches (maybe empty)
+        start = m.start() - (len(run.group()) if run else 0)
         out += [text[done:start], "" if m.group("sep") else "(the unpacked upload)"]
         done = m.end()
     return "".join(out) + text[done:]

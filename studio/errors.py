@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from studio.escape import cut
 
@@ -66,13 +67,18 @@ class BatchError(StudioError):
 
 
 class ExportError(StudioError):
-    """torch.onnx could not export the model. `details` holds the exporter's own diagnosis."""
+    """torch.onnx could not export the model. `details` holds the exporter's own diagnosis; `attempts` what was
+    tried (studio.report.model.ExportAttempt), when the export chain raised it after trying."""
+
+    def __init__(self, message: str, *, hint: str | None = None, details: str | None = None):
+        super().__init__(message, hint=hint, details=details)
+        self.attempts: list[Any] = []
 
 
 class OpsetMismatchError(ExportError):
     """The file written declares another opset than the one requested."""
 
-    def __init__(self, requested: int, written: int, exporter: str):
+    def __init__(self, requested: int, written: int | None, exporter: str):
         super().__init__(
             f"Requested opset {requested} but the {exporter} exporter wrote opset {written}.",
             hint="Pick the opset the exporter supports (the new exporter writes >= 18), "

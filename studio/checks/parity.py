@@ -56,7 +56,7 @@ def nonfinite(e64: np.ndarray, a64: np.ndarray) -> dict:
     with np.errstate(invalid="ignore"):
         alike = ~fin_e & ~fin_a & ((np.isnan(e64) & np.isnan(a64)) | (e64 == a64))
     disagree = ~(fin_e & fin_a) & ~alike
-    counts = {
+    counts: dict[str, Any] = {
         "torch_nan": int(np.isnan(e64).sum()),
         "torch_inf": int(np.isinf(e64).sum()),
         "ort_nan": int(np.isnan(a64).sum()),
@@ -346,7 +346,9 @@ def _sequence_probes(loaded, seq: int | None, longer_rows: int, shorter_rows: in
     if seq is None:
         return []
     longer = seq + SEQ_PROBE_STEP
-    plan = [("sequence", longer_rows, longer if longer <= _max_positions(loaded) else max(2, seq // 2))]
+    plan: list[tuple[str, int, int | None]] = [
+        ("sequence", longer_rows, longer if longer <= _max_positions(loaded) else max(2, seq // 2))
+    ]
     return plan + ([("sequence", shorter_rows, max(2, seq - 2))] if seq > 2 else [])
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
@@ -39,6 +40,8 @@ ONNX_TYPES = {
 INLINE_BYTES = 1024  # smaller tensors stay inside the .onnx (onnx.save's default size_threshold)
 ALIGN_FROM = 1024**2  # tensors of at least this size start at a page boundary, so ORT can map them
 PAGE = 4096
+# the class whose private `_export_onnx` is the seam: torch's stubs do not declare it (it is not API), hence Any
+_GRAPH: Any = torch._C.Graph
 
 
 @contextlib.contextmanager
@@ -46,7 +49,7 @@ def weights_apart() -> Iterator[dict[str, torch.Tensor]]:
     """While active, the legacy exporter writes its graph without initializers; the yielded dict then
     holds them (name -> tensor), for write_external. Empty when the exporter ran unchanged."""
     taken: dict[str, torch.Tensor] = {}
-    original = getattr(torch._C.Graph, "_export_onnx", None)
+    original = getattr(_GRAPH, "_export_onnx", None)
     if original is None:
         yield taken
         return
@@ -57,11 +60,11 @@ def weights_apart() -> Iterator[dict[str, torch.Tensor]]:
         taken.update(params)
         return original(graph, {}, *rest)
 
-    torch._C.Graph._export_onnx = without_weights
+    _GRAPH._export_onnx = without_weights
     try:
         yield taken
     finally:
-        torch._C.Graph._export_onnx = original
+        _GRAPH._export_onnx = original
 
 
 @contextlib.contextmanager
@@ -72,7 +75,7 @@ def proto_rewritten(rewrite: Callable[[onnx.ModelProto], bool] | None) -> Iterat
     its weights. Yields a list that holds True once the rewrite ran; empty (the seam is not there, or the
     bytes are not a proto this can parse): the caller rewrites the file instead."""
     ran: list[bool] = []
-    original = getattr(torch._C.Graph, "_export_onnx", None)
+    original = getattr(_GRAPH, "_export_onnx", None)
     if rewrite is None or original is None:
         yield ran
         return
@@ -85,11 +88,11 @@ def proto_rewritten(rewrite: Callable[[onnx.ModelProto], bool] | None) -> Iterat
         ran.append(True)
         return (model.SerializeToString(), *out[1:]) if rewrite(model) else out
 
-    torch._C.Graph._export_onnx = rewritten
+    _GRAPH._export_onnx = rewritten
     try:
         yield ran
     finally:
-        torch._C.Graph._export_onnx = original
+        _GRAPH._export_onnx = original
 
 
 def writable(params: dict[str, torch.Tensor]) -> bool:

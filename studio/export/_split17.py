@@ -10,19 +10,24 @@ from pathlib import Path
 import onnx
 
 
+def _along(shape: list[int | None] | None, axis: int) -> int | None:
+    """A recorded shape's size along `axis` (negative counts from the end); None when unknown."""
+    return shape[axis] if shape is not None and -len(shape) <= axis < len(shape) else None
+
+
 def _split_sizes(node: onnx.NodeProto, shapes: dict[str, list[int | None]]) -> list[int] | None:
     """Explicit sizes for an opset-18 Split that names only num_outputs, from the shapes the exporter
     recorded: each output's size along the axis, else the input's (ceil-sized chunks, last one smaller,
     as opset 18 defines). None when the sizes are not static."""
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     n, axis = int(attrs["num_outputs"]), int(attrs.get("axis", 0))
-    outs = [shapes.get(o) for o in node.output]
-    if all(s is not None and -len(s) <= axis < len(s) and s[axis] is not None for s in outs):
-        return [int(s[axis]) for s in outs]
-    src = shapes.get(node.input[0])
-    if src is None or not -len(src) <= axis < len(src) or src[axis] is None:
+    outs = [_along(shapes.get(o), axis) for o in node.output]
+    known = [int(s) for s in outs if s is not None]
+    if len(known) == len(outs):
+        return known
+    total = _along(shapes.get(node.input[0]), axis)
+    if total is None:
         return None
-    total = int(src[axis])
     chunk = -(-total // n)
     sizes = [chunk] * (n - 1) + [total - chunk * (n - 1)]
     return sizes if sizes[-1] >= 0 else None

@@ -134,9 +134,9 @@ def tokenize_columns(
     if isinstance(model_max, int) and 0 < model_max < 1_000_000 and model_max < max_length:
         max_length = model_max  # never ask for more positions than the tokenizer says the model has
     positions = _model_positions(model.module)
-    clamped = positions is not None and 2 <= positions < max_length
-    if clamped:
-        max_length = positions  # nor more than the model's position table holds, whatever the tokenizer says
+    clamped = positions if positions is not None and 2 <= positions < max_length else None
+    if clamped is not None:
+        max_length = clamped  # nor more than the model's position table holds, whatever the tokenizer says
     settings = {
         "max_length": max_length,
         "padding": "longest",
@@ -181,15 +181,15 @@ def tokenize_columns(
         ) from e
     ids = enc["input_ids"]
     _check_token_ids(ids, model, text_cols, file)
-    if clamped and ids.shape[-1] >= max_length:
+    if clamped is not None and ids.shape[-1] >= max_length:
         said = (
             f" (its tokenizer says {model_max:,})"
-            if isinstance(model_max, int) and model_max > positions and model_max < 1_000_000
+            if isinstance(model_max, int) and model_max > clamped and model_max < 1_000_000
             else ""
         )
         warnings.append(
-            f"max length {requested} is more than the model's {positions} token positions{said}: "
-            f"text was cut at {positions} tokens."
+            f"max length {requested} is more than the model's {clamped} token positions{said}: "
+            f"text was cut at {clamped} tokens."
         )
     by_kind = {
         INPUT_IDS: ids,

@@ -7,6 +7,7 @@ resolve_roles also fit the suggestions to what a loaded model takes.
 from __future__ import annotations
 
 import re
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 import pandas as pd
@@ -140,7 +141,7 @@ def suggest_roles(df: pd.DataFrame, model: LoadedModel | None = None) -> dict[st
 
 
 def resolve_roles(
-    df: pd.DataFrame, model: LoadedModel, explicit: dict[str, str], fed: set[str] = frozenset()
+    df: pd.DataFrame, model: LoadedModel, explicit: dict[str, str], fed: AbstractSet[str] = frozenset()
 ) -> dict[str, str]:
     """Final role per column: explicit roles win; the others get the suggestion adjusted to the model.
     fed: tabular inputs whose columns the user chose (--tabular)."""

@@ -111,10 +111,10 @@ def _common_width(
     widths = {len(r) for r in rows if r is not None}
     if len(widths) > 1:
         w0 = len(next(r for r in rows if r is not None))
-        i = next(i for i, r in enumerate(rows) if r is not None and len(r) != w0)
+        i, ragged = next((i, r) for i, r in enumerate(rows) if r is not None and len(r) != w0)
         raise file_error(
             file,
-            f"column {col!r}, {row_label(i)}: the list has {len(rows[i])} numbers but earlier rows "
+            f"column {col!r}, {row_label(i)}: the list has {len(ragged)} numbers but earlier rows "
             f"have {w0} (ragged lists).",
             column=col,
             row=i + 1,
@@ -330,11 +330,12 @@ def _feeds_by_width(
     """Inputs of declared widths take the columns left, in file order, until each is full; returns the rest."""
     left = list(rest_cols)
     for inp in rest_inputs:
+        width = inp.width or 0  # the caller passes only inputs of declared widths
         take, total = [], 0
-        while left and total < int(inp.width):
+        while left and total < width:
             take.append(left.pop(0))
             total += width_of(take[-1])
-        if total != int(inp.width) and (take or inp.required):
+        if total != width and (take or inp.required):
             raise file_error(
                 file,
                 f"the model's tabular input {inp.name!r} expects width {inp.width}, but the "
@@ -377,7 +378,7 @@ def match_tabular(
         and not rest_inputs
         and rest_cols
         and (absent[0].width or 0) > 1
-        and sum(width_of(c) for c in rest_cols) == int(absent[0].width)
+        and sum(width_of(c) for c in rest_cols) == (absent[0].width or 0)
     ):
         feeds[absent[0].name], rest_cols, absent = rest_cols, [], []
     _check_absent(absent, rest_cols, list(df.columns), file, width_of)

@@ -117,19 +117,19 @@ class MultimodalConfig:
                     )
                 if stat_name == "tab_std" and any(float(v) <= 0 for v in values):
                     raise ValueError(f"tab_std[{name!r}] must be > 0, got {list(values)!r}")
-        for name, values in (self.tab_vocab or {}).items():
+        for name, vocab in (self.tab_vocab or {}).items():
             if name not in self.tab_fields:
                 raise ValueError(f"tab_vocab names {name!r}, which is not a tabular field")
             if (
-                not isinstance(values, (list, tuple))
-                or not values
-                or not all(isinstance(v, str) for v in values)
-                or len(set(values)) != len(values)
+                not isinstance(vocab, (list, tuple))
+                or not vocab
+                or not all(isinstance(v, str) for v in vocab)
+                or len(set(vocab)) != len(vocab)
             ):
                 raise ValueError(f"tab_vocab[{name!r}] must be a non-empty list of distinct strings")
-            if len(values) != self.tab_fields[name]:
+            if len(vocab) != self.tab_fields[name]:
                 raise ValueError(
-                    f"tab_vocab[{name!r}] has {len(values)} categories; the field's width is "
+                    f"tab_vocab[{name!r}] has {len(vocab)} categories; the field's width is "
                     f"{self.tab_fields[name]} (one-hot: one feature per category)"
                 )
         if self.tab_vocab is not None and not isinstance(self.tab_vocab, dict):
@@ -182,13 +182,17 @@ class MultimodalConfig:
 class MultimodalClassifier(nn.Module):
     """BERT text encoder + normalised tabular features -> MLP head -> logits. See the module docstring."""
 
+    tab_mean: torch.Tensor  # buffers (register_buffer): the tabular features' mean and std, concatenated
+    tab_std: torch.Tensor
+
     def __init__(self, config: MultimodalConfig):
         super().__init__()
         from transformers import BertConfig, BertModel  # heavy import, kept local
 
         self.config = config
+        # attn_implementation is one of PretrainedConfig's **kwargs, which BertConfig's signature does not list
         enc_kwargs = {k: v for k, v in config.encoder.items() if k != "attn_implementation"}
-        bert_config = BertConfig(**enc_kwargs, attn_implementation=config.attn_implementation)
+        bert_config = BertConfig(**enc_kwargs | {"attn_implementation": config.attn_implementation})
         self.encoder = BertModel(bert_config, add_pooling_layer=True)
         self.tab_names = tuple(config.tab_fields)
         self.tab_widths = tuple(config.tab_fields[n] for n in self.tab_names)

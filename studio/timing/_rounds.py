@@ -118,7 +118,7 @@ def side_by_side(
         if r == 0:
             planned = _rounds_in_budget(samples, failed, rounds, budget_s)
         precise = precision is not None and min_rounds <= r + 1 < rounds
-        if precise and _precise(samples, failed, min_iters, precision):
+        if precise and precision is not None and _precise(samples, failed, min_iters, precision):
             stopped = "precision"
         if stopped == "precision" or r + 1 >= planned:
             if on_round is not None:

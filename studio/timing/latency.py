@@ -15,6 +15,7 @@ beside the numbers: on a busy machine every timing is pessimistic.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 import time
@@ -320,7 +321,7 @@ def _open_sessions(targets: dict[str, Target], infos: dict[str, LatencyInfo], th
             made = runtime.cuda_session(target.path, threads)
             if made.session is None:
                 info.cuda_unavailable_reason = f"ORT: {made.reason}"
-                info.errors["ort_cuda"] = made.reason
+                info.errors["ort_cuda"] = str(made.reason)  # set whenever there is no session
             else:
                 cuda_sessions[name] = made.session
     return cpu_sessions, cuda_sessions
@@ -334,7 +335,7 @@ def _cpu_side_by_side(loaded, first, cpu_sessions, infos, tag, ts, threads, budg
     providers = {(first, "torch_cpu"): "torch-cpu"}
     for name, sess in cpu_sessions.items():
         feeds = runtime.feeds(sess, arrays)
-        runners[(name, "ort_cpu")] = lambda sess=sess, feeds=feeds: sess.run(None, feeds)
+        runners[(name, "ort_cpu")] = functools.partial(sess.run, None, feeds)
         providers[(name, "ort_cpu")] = sess.get_providers()[0]
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -366,7 +367,8 @@ def users_attention(module: torch.nn.Module):
     eager attention the export needs to transformers' default (sdpa) for the duration, then back.
     Yields what was timed, in words (None: no transformers model inside)."""
     switched, kept = [], []
-    roots = [m for m in module.modules() if hasattr(m, "set_attn_implementation") and hasattr(m, "config")]
+    # transformers models, whose attention setter and config torch's Module type cannot know about
+    roots: list[Any] = [m for m in module.modules() if hasattr(m, "set_attn_implementation") and hasattr(m, "config")]
     for m in roots:
         before = getattr(m.config, "_attn_implementation", None)
         if before == USERS_ATTENTION:

@@ -20,6 +20,7 @@ such weight to quantize (convolutions only, say) is left to `quantize_dynamic` b
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnx_ir as ir
@@ -36,19 +37,33 @@ def quantize_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
-def _constant(graph: ir.Graph, v: ir.Value | None) -> bool:
-    return v is not None and v.const_value is not None and v.producer() is None and v not in graph.inputs
+def _constant(graph: ir.Graph, v: ir.Value | None) -> ir.TensorProtocol | None:
+    """The tensor `v` holds when it is a constant (an initializer, not a graph input), else None."""
+    if v is None or v.producer() is not None or v in graph.inputs:
+        return None
+    return v.const_value
 
 
-def _through_identity(graph: ir.Graph, v: ir.Value) -> ir.Value:
+def _through_identity(graph: ir.Graph, v: ir.Value | None) -> ir.Value | None:
     """The constant behind a chain of Identity nodes (the legacy exporter routes shared biases so)."""
-    while (p := v.producer()) is not None and p.op_type == "Identity" and p.domain in ("", "ai.onnx"):
+    while v is not None and (p := v.producer()) is not None and p.op_type == "Identity" and p.domain in ("", "ai.onnx"):
         v = p.inputs[0]
     return v
 
 
-def _weight(graph: ir.Graph, node: ir.Node) -> tuple[ir.Value, ir.Value, bool, ir.Value | None] | None:
-    """(activation, weight value, transposed, Gemm's bias) when `node` is a product this module quantizes."""
+class _Product(NamedTuple):
+    """A matrix product this module quantizes: its activation, its constant weight (value and tensor), whether
+    the weight is transposed (Gemm's transB), and Gemm's bias."""
+
+    activation: ir.Value
+    weight: ir.Value
+    tensor: ir.TensorProtocol
+    transposed: bool
+    bias: ir.Value | None
+
+
+def _weight(graph: ir.Graph, node: ir.Node) -> _Product | None:
+    """The product `node` is, when it is one this module quantizes."""
     if node.domain not in ("", "ai.onnx"):
         return None
     if node.op_type == "MatMul" and len(node.inputs) == 2:
@@ -61,13 +76,14 @@ def _weight(graph: ir.Graph, node: ir.Node) -> tuple[ir.Value, ir.Value, bool, i
         a, b = node.inputs[0], node.inputs[1]
         bias = node.inputs[2] if len(node.inputs) > 2 else None
         transposed = bool(attrs.get("transB", 0))
-        if bias is not None and not (_constant(graph, bias) and len(bias.const_value.shape) == 1):
+        if bias is not None and ((c := _constant(graph, bias)) is None or len(c.shape) != 1):
             return None
     else:
         return None
-    if not _constant(graph, b) or b.const_value.dtype != ir.DataType.FLOAT or len(b.const_value.shape) != 2:
+    w = _constant(graph, b)
+    if a is None or b is None or w is None or w.dtype != ir.DataType.FLOAT or len(w.shape) != 2:
         return None
-    return a, b, transposed, bias
+    return _Product(a, b, w, transposed, bias)
 
 
 def _following_bias(graph: ir.Graph, out: ir.Value, columns: int) -> tuple[ir.Node, ir.Value] | None:
@@ -78,11 +94,10 @@ def _following_bias(graph: ir.Graph, out: ir.Value, columns: int) -> tuple[ir.No
     add = uses[0].node
     if add.op_type != "Add" or add.domain not in ("", "ai.onnx") or len(add.inputs) != 2:
         return None
-    other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
-    other = _through_identity(graph, other) if other is not None else None
-    if other is out or not _constant(graph, other):
+    other = _through_identity(graph, add.inputs[1] if add.inputs[0] is out else add.inputs[0])
+    c = _constant(graph, other)
+    if other is None or other is out or c is None:
         return None
-    c = other.const_value
     if c.dtype != ir.DataType.FLOAT or tuple(c.shape) != (columns,):
         return None
     return add, other
@@ -108,31 +123,33 @@ def _replace(graph: ir.Graph, old: ir.Node, new: ir.Node, out: ir.Value) -> None
 def quantize_graph(model: ir.Model) -> int:
     """Quantize `model`'s constant-weight matrix products in place; returns how many."""
     graph = model.graph
-    made: dict[int, tuple[ir.Value, ir.Value, ir.Value]] = {}  # id(weight value) -> its int8, scale, zero point
+    # id(weight value) -> its int8, scale, zero point, and the columns (N of the [K, N] weight)
+    made: dict[int, tuple[ir.Value, ir.Value, ir.Value, int]] = {}
     count = 0
     for node in list(graph):
         found = _weight(graph, node)
         if found is None:
             continue
-        a, b, transposed, bias = found
+        a, b, tensor, transposed, bias = found
         if id(b) not in made:
-            w = b.const_value.numpy()
+            w = tensor.numpy()
             q, scale = quantize_columns(np.ascontiguousarray(w.T if transposed else w))
             del w
-            if isinstance(b.const_value, ir.ExternalTensor):
-                b.const_value.release()  # unmapped: its pages leave memory
+            if isinstance(tensor, ir.ExternalTensor):
+                tensor.release()  # unmapped: its pages leave memory
             made[id(b)] = (
                 _initializer(graph, f"{b.name}_int8", q),
                 _initializer(graph, f"{b.name}_scale", scale),
                 _initializer(graph, f"{b.name}_zero_point", np.zeros(scale.shape, np.int8)),
+                int(scale.shape[0]),
             )
-        q, scale, zero = made[id(b)]
+        q_value, scale_value, zero_value, columns = made[id(b)]
         out, last = node.outputs[0], node
         if bias is None:
-            following = _following_bias(graph, out, scale.const_value.shape[0])
+            following = _following_bias(graph, out, columns)
             if following is not None:
                 last, bias = following
-        inputs = [a, q, scale, zero] + ([bias] if bias is not None else [])
+        inputs = [a, q_value, scale_value, zero_value] + ([bias] if bias is not None else [])
         new = ir.Node(
             MS_DOMAIN,
             "DynamicQuantizeMatMul",
