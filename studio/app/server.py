@@ -39,7 +39,7 @@ from studio.app.jobs import HeartbeatWatch, SessionLimitError, SessionLimits, Se
 from studio.app.page import DEMO_OUTPUTS, GRAPH_OUTPUTS, PER_INPUT_OUTPUTS, PREVIEW_OUTPUTS
 from studio.app.uploads import UploadGuard, Uploads
 from studio.errors import StudioError
-from studio.jobs.isolate import Job, Limits, default_start_method, stop_fork_server
+from studio.jobs.isolate import Job, Limits, default_start_method, error_text, stop_fork_server
 from studio.sources import scratch
 from studio.spec import DYNAMIC_AXES, ConvertSpec, parse_sample_limits
 
@@ -306,7 +306,7 @@ class StudioApp:
         except Exception as e:  # noqa: BLE001 - shown in the cards, never as a traceback
             if not isinstance(e, StudioError):
                 log.exception("preview failed unexpectedly")
-            message = str(e) if isinstance(e, StudioError) else f"unexpected {type(e).__name__}: {e}"
+            message = error_text(e)
             res["model_error"] = message if checkpoint else None
             res["data_error"] = message if sample else None
         return res
@@ -366,7 +366,7 @@ class StudioApp:
             mapping = {"ok": False, "error": str(e)}
         except Exception as e:  # noqa: BLE001
             log.exception("mapping check failed unexpectedly")
-            mapping = {"ok": False, "error": f"unexpected {type(e).__name__}: {e}"}
+            mapping = {"ok": False, "error": error_text(e)}
         if mapping.get("error"):
             mapping["error"] = h.scrub_paths(mapping["error"], [checkpoint, sample])
         return cards.mapping_html(mapping, True, True)
@@ -428,7 +428,7 @@ class StudioApp:
             error = e
         except Exception as e:  # a bug of ours: the same words as the CLI, the traceback in the server log
             log.exception("conversion failed unexpectedly")
-            error = StudioError(f"unexpected {type(e).__name__}: {e}")
+            error = StudioError(error_text(e))
         try:
             if error is not None:
                 message = h.scrub_paths(str(error), [values["checkpoint"], values["sample"], job_dir and job_dir / "x"])
