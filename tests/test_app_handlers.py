@@ -12,6 +12,7 @@ import pytest
 from studio.app import cards, render
 from studio.app import handlers as h
 from studio.errors import ExportError, StudioError
+from studio.report import render as report_render
 from studio.report.model import (
     CheckerInfo,
     DynamicInfo,
@@ -297,7 +298,7 @@ def test_the_summary_says_why_this_exporter():
 def test_tables_reuse_the_report_rows():
     r = make_report()
     io = render.io_frame(r)
-    assert list(io.columns) == render.IO_HEADERS
+    assert list(io.columns) == report_render.IO_COLUMNS  # the report's tables, not copies
     assert io.iloc[0].tolist() == ["input", "input_ids", "int64", "[batch, sequence]"]
     lat = render.latency_frame(r)
     cuda = lat[lat["run"] == "ORT CUDA"].iloc[0].tolist()
@@ -308,13 +309,29 @@ def test_tables_reuse_the_report_rows():
     assert list(diffs["check"]) == ["sample: probs", "batch 1", "seq 21"]
     assert render.predictions_frame(r).columns.tolist() == ["order_id", "prediction", "confidence"]
     assert render.parity_frame(r).iloc[0, -1] == "PASS" and render.probe_frame(r).shape == (2, 6)
+    assert list(render.parity_frame(r).columns) == report_render.PARITY_COLUMNS
+    assert list(render.probe_frame(r).columns) == report_render.PROBE_COLUMNS
+    assert list(lat.columns) == report_render.LATENCY_COLUMNS
+
+
+def test_attempts_table_is_the_reports_with_the_opset_written():
+    skipped = ExportAttempt("torchscript", False, skipped=True, note="dynamo passed every check")
+    r = make_report(attempts=[ExportAttempt("dynamo", True, seconds=3.25, opset_written=18), skipped])
+    table = render.attempts_frame(r)
+    assert list(table.columns) == ["exporter", "ok", "seconds", "opset written", "error / note"]
+    rows = report_render.attempt_rows(r.export)
+    assert table.values.tolist() == [
+        [*rows[0][:3], "18", rows[0][3]],
+        [*rows[1][:3], "-", rows[1][3]],
+    ]
+    assert table.values.tolist()[1] == ["torchscript", "skipped", "-", "-", "dynamo passed every check"]
 
 
 def test_variants_table_shows_each_variant_and_a_failed_one_as_failed():
     r = make_report()
     r.variants = make_variants()
     table = render.variants_frame(r)
-    assert list(table.columns) == render.VARIANT_HEADERS
+    assert list(table.columns) == report_render.VARIANT_COLUMNS
     rows = {row[0]: row for row in table.values.tolist()}
     assert list(rows) == ["fp32 (model.onnx)", "int8", "fp16"]  # model.onnx first, as the baseline
     assert rows["int8"] == [
@@ -345,7 +362,7 @@ def test_variants_table_shows_each_variant_and_a_failed_one_as_failed():
 
 def test_without_variants_the_table_is_empty_with_a_note():
     r = make_report()
-    assert render.variants_frame(r).empty and list(render.variants_frame(r).columns) == render.VARIANT_HEADERS
+    assert render.variants_frame(r).empty and list(render.variants_frame(r).columns) == report_render.VARIANT_COLUMNS
     assert "No faster variants were requested" in render.variants_note(r)
     assert 'data-check="variants"' not in render.verdict_html(r)
 

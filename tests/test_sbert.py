@@ -505,7 +505,7 @@ def test_the_page_says_which_task_and_why():
         }
     )
     assert "<th>task</th>" in card and "sentence-embedding" in card and "modules.json declares" in card
-    assert render.PARITY_HEADERS[3] == "min cosine" and "top-k agreement" in render.PARITY_HEADERS
+    assert render.PARITY_COLUMNS[3] == "min cosine" and "top-k agreement" in render.PARITY_COLUMNS
     # the page's Task control maps onto ConvertSpec.task, checked as the CLI's --task
     assert h.spec_from_ui("m", "s.csv", task="Feature-Extraction", out="o").task == "feature-extraction"
     assert h.spec_from_ui("m", "s.csv", out="o").task == "auto"

@@ -20,6 +20,7 @@ from studio.app import handlers as h
 from studio.app import render as r
 from studio.app.config import AppConfig
 from studio.app.page import MappingRow, Page, Wiring
+from studio.report.render import IO_COLUMNS, LATENCY_COLUMNS, PARITY_COLUMNS, PROBE_COLUMNS, VARIANT_COLUMNS
 from studio.spec import DYNAMIC_AXES, ID_DTYPES, ROLES, TASKS, default
 
 
@@ -268,28 +269,28 @@ def _results(page: Page) -> None:
     with gr.Column(visible=False) as page.results_col:
         with gr.Row(equal_height=True):
             page.io_table = gr.Dataframe(
-                headers=r.IO_HEADERS,
+                headers=IO_COLUMNS,
                 label="Graph inputs and outputs (symbolic dims by name)",
                 interactive=False,
                 elem_id="io-table",
                 scale=1,
             )
             page.parity_table = gr.Dataframe(
-                headers=r.PARITY_HEADERS,
+                headers=PARITY_COLUMNS,
                 label="Parity per output (PyTorch vs ORT)",
                 interactive=False,
                 elem_id="parity-table",
                 scale=1,
             )
         page.probe_table = gr.Dataframe(
-            headers=r.PROBE_HEADERS,
+            headers=PROBE_COLUMNS,
             label="Shape probes (other batch / sequence sizes)",
             interactive=False,
             elem_id="probe-table",
             wrap=True,
         )
         page.latency_table = gr.Dataframe(
-            headers=r.LATENCY_HEADERS,
+            headers=LATENCY_COLUMNS,
             label="Latency",
             interactive=False,
             elem_id="latency-table",
@@ -298,7 +299,7 @@ def _results(page: Page) -> None:
         )
         page.variants_note = gr.Markdown(elem_id="variants-note")
         page.variants_table = gr.Dataframe(
-            headers=r.VARIANT_HEADERS,
+            headers=VARIANT_COLUMNS,
             label="Variants (PyTorch vs each variant; timed beside model.onnx)",
             interactive=False,
             visible=False,
@@ -318,7 +319,7 @@ def _results(page: Page) -> None:
         )
         with gr.Accordion("Export attempts", open=False):
             page.attempts = gr.Dataframe(
-                headers=r.ATTEMPT_HEADERS,
+                headers=r.ATTEMPT_PAGE_COLUMNS,
                 label="export attempts",
                 interactive=False,
                 wrap=True,

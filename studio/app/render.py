@@ -18,43 +18,32 @@ import pandas as pd
 
 from studio.app.cards import cell, esc, multiline
 from studio.errors import StudioError, first_line
-from studio.escape import md_code
+from studio.escape import md_code, md_inline
 from studio.report.divergence import HEADERS, Divergence, table_rows
 from studio.report.model import Report, worst_diff
 from studio.report.render import (
+    ATTEMPT_COLUMNS,
     COMPARISON_COLUMNS,
+    IO_COLUMNS,
     LATENCY_COLUMNS,
     LATENCY_LABELS,
     PARITY_COLUMNS,
+    PROBE_COLUMNS,
+    VARIANT_COLUMNS,
+    attempt_rows,
     comparison_rows,
     io_rows,
     latency_rows,
     markdown_table,
-    md_inline,
     parity_rows,
     probe_rows,
     variant_rows,
 )
 from studio.report.timings import timing_line
 
-IO_HEADERS = ["", "name", "dtype", "shape"]
-PARITY_HEADERS = list(PARITY_COLUMNS)
-PROBE_HEADERS = ["varies", "batch", "sequence", "verdict", "max abs diff", "message"]
-LATENCY_HEADERS = list(LATENCY_COLUMNS)
-# the columns of studio.report.render.variant_rows (its Markdown table, with the app's own words)
-VARIANT_HEADERS = [
-    "variant",
-    "verdict",
-    "size",
-    "max abs diff",
-    "min cosine",
-    "argmax agreement",
-    "ORT CPU p50 ms",
-    "speedup vs PyTorch",
-    "speedup vs model.onnx",
-    "how built / error",
-]
-ATTEMPT_HEADERS = ["exporter", "ok", "seconds", "opset written", "error"]
+# The page's tables are the report's (studio.report.render: their columns and rows), the attempts with the
+# opset each attempt wrote beside its time.
+ATTEMPT_PAGE_COLUMNS = [*ATTEMPT_COLUMNS[:3], "opset written", *ATTEMPT_COLUMNS[3:]]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -158,26 +147,26 @@ def frame(headers: list[str], rows: list[list[str]]) -> pd.DataFrame:
 
 
 def io_frame(report: Report) -> pd.DataFrame:
-    return frame(IO_HEADERS, io_rows(report))
+    return frame(IO_COLUMNS, io_rows(report))
 
 
 def parity_frame(report: Report) -> pd.DataFrame:
-    return frame(PARITY_HEADERS, parity_rows(report.parity))
+    return frame(PARITY_COLUMNS, parity_rows(report.parity))
 
 
 def probe_frame(report: Report) -> pd.DataFrame:
-    return frame(PROBE_HEADERS, probe_rows(report.dynamic))
+    return frame(PROBE_COLUMNS, probe_rows(report.dynamic))
 
 
 def latency_frame(report: Report) -> pd.DataFrame:
-    return frame(LATENCY_HEADERS, latency_rows(report.latency))
+    return frame(LATENCY_COLUMNS, latency_rows(report.latency))
 
 
 def variants_frame(report: Report) -> pd.DataFrame:
     """One row per variant after model.onnx's own row; a failed one shows FAIL and its error."""
     if not report.variants:
-        return frame(VARIANT_HEADERS, [])
-    return frame(VARIANT_HEADERS, variant_rows(report.variants, report.latency))
+        return frame(VARIANT_COLUMNS, [])
+    return frame(VARIANT_COLUMNS, variant_rows(report.variants, report.latency))
 
 
 def variants_note(report: Report) -> str:
@@ -198,19 +187,10 @@ def variants_note(report: Report) -> str:
 
 
 def attempts_frame(report: Report) -> pd.DataFrame:
-    return frame(
-        ATTEMPT_HEADERS,
-        [
-            [
-                a.exporter,
-                "✓" if a.ok else "✗",
-                "-" if a.seconds is None else f"{a.seconds:.1f}",
-                str(a.opset_written or "-"),
-                a.error or "",
-            ]
-            for a in report.export.attempts
-        ],
-    )
+    """The report's export attempts table, with the opset each attempt wrote."""
+    rows = attempt_rows(report.export)
+    written = [str(a.opset_written or "-") for a in report.export.attempts]
+    return frame(ATTEMPT_PAGE_COLUMNS, [[*row[:3], opset, *row[3:]] for row, opset in zip(rows, written, strict=True)])
 
 
 # Bar colours of the latency chart, by runtime (a runtime missing here would not be drawn at all).
