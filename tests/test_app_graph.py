@@ -193,7 +193,9 @@ def test_a_graph_above_the_threshold_offers_the_download_instead(tmp_path):
     try:
         out = app.sessions.session("k").folder / "job-x" / "out"
         view = app._report_outputs({"report": _report_in(out, 2)}, out, "k")[app.ui.graph_view]
-        assert 'id="graph-too-big"' in view and "MiB" in view
+        assert (
+            'id="graph-too-big"' in view and "(the viewer loads at most 0.1 KB)" in view
+        )  # size_text: KB = 2**10 bytes
     finally:
         app.close()
 

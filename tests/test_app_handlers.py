@@ -337,7 +337,7 @@ def test_variants_table_shows_each_variant_and_a_failed_one_as_failed():
     assert rows["int8"] == [
         "int8",
         "PASS",
-        "2.5 MB",
+        "2.4 MB",  # 2,500,000 bytes in MB of 2**20 (studio.report.render.size_text)
         "0.012",
         "-",
         "100.0%",

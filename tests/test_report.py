@@ -19,7 +19,7 @@ from studio.report.model import (
     Timing,
     VariantInfo,
 )
-from studio.report.render import latency_rows, render_markdown
+from studio.report.render import MB, latency_rows, render_markdown, size_text, variant_rows
 from studio.spec import CompareDefaults, ConvertSpec, ExportDefaults, parse_roles
 
 
@@ -63,6 +63,18 @@ def test_unavailable_device_shows_a_reason_never_a_number():
     for label in ("ORT CUDA", "PyTorch CUDA"):
         assert rows[label][1] == "-" and "unavailable: no CUDA device" in rows[label][-1]
     assert "unavailable" in rows["PyTorch CPU"][-1]
+
+
+def test_one_size_formatter_with_mb_as_the_flags_mean_it():
+    # MB is 2**20 bytes, as in --memory-limit / --max-disk / --max-client-disk; KB 2**10 below 0.1 MB
+    assert MB == 2**20
+    assert size_text(None) == "-"
+    assert size_text(2**20) == "1.0 MB" and size_text(2_500_000) == "2.4 MB" and size_text(3 * 2**30) == "3072.0 MB"
+    assert size_text(MB / 10) == "0.1 MB" and size_text(MB / 10 - 1) == "102.4 KB" and size_text(1536) == "1.5 KB"
+    # the variants' size column is the same text
+    rows = variant_rows([VariantInfo("int8", "variants/model.int8.onnx", True, size_bytes=5 * 2**20)], None)
+    assert rows[-1][2] == "5.0 MB"
+    assert variant_rows([VariantInfo("fp16", None, False)], None)[-1][2] == "-"
 
 
 def test_markdown_renders_every_section():

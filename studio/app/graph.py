@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from studio.report.render import size_text
+
 VIEWER = "studio/netron"  # the viewer's static files (relative to the app's root)
 FILES = "studio/graph"  # the granted model files
 VIEWER_SCRIPT = "studio-viewer.js"
@@ -275,8 +277,8 @@ def entries(report: Any, out: Path, max_nodes: int, max_bytes: int) -> list[Grap
         e = GraphEntry(label, name, size, nodes, data)
         if size > max_bytes:
             e.too_big = (
-                f"its graph file is {size / 2**20:.0f} MiB (the viewer loads at most "
-                f"{max_bytes / 2**20:.0f} MiB): too big to draw here without freezing the tab"
+                f"its graph file is {size_text(size)} (the viewer loads at most {size_text(max_bytes)}): "
+                "too big to draw here without freezing the tab"
             )
         elif nodes is not None and nodes > max_nodes:
             e.too_big = (

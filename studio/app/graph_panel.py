@@ -7,6 +7,7 @@ from pathlib import Path
 
 from studio.app.cards import esc
 from studio.app.graph import viewer_url
+from studio.report.render import size_text
 
 
 def graph_choices(found: list) -> list[str]:
@@ -28,8 +29,9 @@ def graph_html(found: list, choice: str | None = None, node: str | None = None) 
             f'<div class="graph-divergence" id="graph-divergence">ONNX Runtime first leaves PyTorch at '
             f"node <code>{esc(node)}</code> ({where}).</div>"
         )
-    size = f"{entry.size_bytes / 2**20:.1f} MiB" if entry.size_bytes >= 2**20 else f"{entry.size_bytes / 1024:.0f} KiB"
-    facts = f"{esc(entry.name)} · {size}" + (f" · {entry.nodes:,} nodes" if entry.nodes is not None else "")
+    facts = f"{esc(entry.name)} · {size_text(entry.size_bytes)}" + (
+        f" · {entry.nodes:,} nodes" if entry.nodes is not None else ""
+    )
     if entry.too_big or not entry.url:
         why = entry.too_big or "its file is no longer available"
         link = (

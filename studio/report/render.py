@@ -26,6 +26,8 @@ from studio.report.model import (
 )
 from studio.report.timings import TIMING_COLUMNS, timing_rows
 
+MB = 2**20  # bytes: what "MB" means everywhere in the studio, the flags (--memory-limit, --max-disk ...) included
+
 # --- the columns of each table (rows below come in the same order) ------------------------------
 
 IO_COLUMNS = ["", "name", "dtype", "shape"]
@@ -170,7 +172,7 @@ def comparison_rows(c: Comparison | None) -> list[list[str]]:
                 f"{_mark(r.parity)} ({_num(r.parity_max_abs_diff)})",
                 _mark(r.dynamic),
                 str(r.nodes),
-                _size(r.size_bytes),
+                size_text(r.size_bytes),
                 _num(r.export_seconds, ".2f"),
                 f"{t.p50_ms:.3f}" if t else f"- ({r.latency_error})",
                 "chosen" if r.exporter == c.winner else "",
@@ -179,10 +181,12 @@ def comparison_rows(c: Comparison | None) -> list[list[str]]:
     return rows
 
 
-def _size(n: int | None) -> str:
-    if n is None:
+def size_text(n_bytes: float | None) -> str:
+    """A size in bytes as every table and message writes it: MB (2**20 bytes, the unit the flags count in)
+    from 0.1 MB up, else KB (2**10 bytes); "-" when unknown. The report, the CLI and the app all use this."""
+    if n_bytes is None:
         return "-"
-    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+    return f"{n_bytes / MB:.1f} MB" if n_bytes >= MB / 10 else f"{n_bytes / 2**10:.1f} KB"
 
 
 def parity_rows(p: ParityInfo | None) -> list[list[str]]:
@@ -328,7 +332,7 @@ def variant_rows(variants: list[VariantInfo], lat: LatencyInfo | None = None) ->
             [
                 v.name,
                 _mark(v.ok),
-                f"{v.size_bytes / 1e6:.1f} MB" if v.size_bytes else "-",
+                size_text(v.size_bytes or None),
                 _num(worst),
                 _cosine(min(cosines)) if cosines else "-",
                 f"{min(agree):.1%}" if agree else "-",
