@@ -5,14 +5,19 @@ server._private_gradio_cache) before any session or handler sees them, so the se
 not bound them: a client could fill the disk without ever opening a session. `UploadGuard` (ASGI middleware)
 makes every upload count:
 
-- before the body is read: refused (413) when the cache plus the session folders already hold `--max-disk`,
-  or the client's uploads plus its sessions' folders hold `--max-client-disk`;
-- after it was written (gradio writes the file as it streams, each at most `--max-file-size`): the files are
-  attributed to the client address; if the upload took a cap over, its files are deleted at once and it is
-  refused (413) instead of answered, so the worst case over a cap is the uploads in flight at that moment;
+- before the body is read, by the size it declares: an upload must declare its length (Content-Length; a
+  chunked upload is refused, 411), and that length is reserved against `--max-client-disk` and `--max-disk`
+  (with the cache, the session folders and the other uploads in flight) or the upload is refused (413)
+  unread. The server's HTTP parser (uvicorn's h11) reads no more than the declared length, and the guard
+  cuts a body that ran longer, so what uploads write never takes the caps over, however many files one
+  request carries (gradio takes up to 1000 a request, each up to `--max-file-size`) and however many are
+  in flight together;
+- after it was written: the files are attributed to the client address; if the cache plus the sessions
+  are still over a cap (a session grew meanwhile), its files are deleted at once and it is refused (413);
 - the sweeper (`sweep`, run with the sessions' sweep) deletes the uploads of clients that have no live
   session once they are older than the grace time (an upload is made before its page's first event opens
-  the session).
+  the session), and gradio's half-written temporary files (`tmp*` at the cache's top, left by an upload
+  whose client went away mid-body) once unchanged that long.
 
 A refusal names the limit and its flag, like the session caps. Conversions never lose an input to this:
 a job links its uploads into its own folder first (jobs.link_inputs).
@@ -27,6 +32,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import anyio
 
 from studio.app.jobs import Sessions, disk_bytes
 
@@ -56,7 +63,9 @@ class Uploads:
         self.cache_dir, self.sessions = cache_dir, sessions
         self.client_disk_mb, self.disk_mb, self.grace_s = client_disk_mb, disk_mb, grace_s
         self._lock = threading.Lock()
+        self._reserving = threading.Lock()
         self._files: dict[str, _Upload] = {}
+        self._reserved: dict[str, int] = {}  # bytes declared by the uploads in flight, by client
 
     def _cache(self) -> Path | None:
         d = self.cache_dir()
@@ -71,25 +80,52 @@ class Uploads:
         cache = self._cache()
         return (disk_bytes(cache) if cache else 0) + disk_bytes(self.sessions.root)
 
-    def over(self, client: str) -> str | None:
-        """The refusal message when the client or the studio is at a cap, else None."""
+    def over(self, client: str, extra: int = 0) -> str | None:
+        """The refusal message when the client or the studio is at a cap (with `extra` more bytes), else None."""
+        with self._lock:
+            mine, everyone = self._reserved.get(client, 0), sum(self._reserved.values())
         for limit, held, who, flag in (
             (
                 self.client_disk_mb,
-                lambda: self.client_bytes(client),
+                lambda: self.client_bytes(client) + mine,
                 "This address's uploads and sessions hold",
                 "--max-client-disk",
             ),
-            (self.disk_mb, self.total_bytes, "The studio's uploads and sessions hold", "--max-disk"),
+            (
+                self.disk_mb,
+                lambda: self.total_bytes() + everyone,
+                "The studio's uploads and sessions hold",
+                "--max-disk",
+            ),
         ):
             if limit is not None:
                 n = held()
-                if n > limit * 2**20:
+                if n + extra > limit * 2**20:
+                    what = f"{n / 2**20:,.0f} MB of files"
+                    if extra:
+                        what += f"; this upload declares {extra / 2**20:,.1f} MB more"
                     return (
-                        f"{who} {n / 2**20:,.0f} MB of files, over the limit ({flag} {limit} MB): the upload was "
+                        f"{who} {what}, over the limit ({flag} {limit} MB): the upload was "
                         "refused. Close finished sessions (their files go with them) or try again later."
                     )
         return None
+
+    def reserve(self, client: str, size: int) -> str | None:
+        """Reserve `size` bytes for an upload in flight; the refusal message instead when it would not fit."""
+        with self._reserving:  # one check-and-reserve at a time, so two uploads never take the same room
+            message = self.over(client, size)
+            if message is None:
+                with self._lock:
+                    self._reserved[client] = self._reserved.get(client, 0) + size
+            return message
+
+    def release(self, client: str, size: int) -> None:
+        with self._lock:
+            left = self._reserved.get(client, 0) - size
+            if left > 0:
+                self._reserved[client] = left
+            else:
+                self._reserved.pop(client, None)
 
     def record(self, client: str, paths: list[str]) -> list[str]:
         """Attribute the cached files of one upload to `client`; the paths inside the cache, as kept."""
@@ -118,13 +154,33 @@ class Uploads:
                 pass
 
     def sweep(self, now: float | None = None) -> int:
-        """Delete the uploads of clients without a live session, once older than the grace time."""
+        """Delete the uploads of clients without a live session, once older than the grace time, and the
+        temporary files of uploads cut off mid-body, once unchanged that long."""
         now = time.monotonic() if now is None else now
         live = self.sessions.clients()
         with self._lock:
             orphans = [u.path for u in self._files.values() if u.client not in live and now - u.at > self.grace_s]
         self.drop(orphans)
-        return len(orphans)
+        return len(orphans) + self._sweep_partial(time.time() + (now - time.monotonic()))
+
+    def _sweep_partial(self, wall_now: float) -> int:
+        """Gradio streams each uploaded file into `tmp*` at the cache's top and renames it into a folder
+        named by its hash once whole; a client that goes away mid-body leaves that file behind."""
+        cache = self._cache()
+        gone = 0
+        try:
+            entries = list(os.scandir(cache)) if cache else []
+        except OSError:
+            return 0
+        for e in entries:
+            try:
+                if e.name.startswith("tmp") and e.is_file(follow_symlinks=False):
+                    if wall_now - e.stat(follow_symlinks=False).st_mtime > self.grace_s:
+                        os.unlink(e.path)
+                        gone += 1
+            except OSError:
+                pass
+        return gone
 
 
 class UploadGuard:
@@ -141,7 +197,16 @@ class UploadGuard:
         ):
             return await self.app(scope, receive, send)
         client = (scope.get("client") or ("",))[0] or ""
-        message = self.uploads.over(client)
+        size = _declared_length(scope)
+        if size is None:
+            return await _refuse(
+                send,
+                "An upload must declare its size (a Content-Length header; chunked uploads are not taken): "
+                "it is counted against --max-client-disk and --max-disk before it is read.",
+                411,
+            )
+        # the cache and the session folders are walked in a worker thread: the event loop keeps serving
+        message = await anyio.to_thread.run_sync(self.uploads.reserve, client, size)
         if message is not None:
             return await _refuse(send, message)
         start: dict = {}
@@ -153,7 +218,10 @@ class UploadGuard:
             elif event["type"] == "http.response.body":
                 body.append(event.get("body", b""))
 
-        await self.app(scope, receive, keep)
+        try:
+            await self.app(scope, _at_most(receive, size), keep)
+        finally:  # what was written is on disk now, where it is counted: the reservation ends
+            self.uploads.release(client, size)
         payload = b"".join(body)
         if start.get("status") == 200:
             try:
@@ -163,7 +231,7 @@ class UploadGuard:
             kept = self.uploads.record(
                 client, [p for p in paths if isinstance(p, str)] if isinstance(paths, list) else []
             )
-            message = self.uploads.over(client)
+            message = await anyio.to_thread.run_sync(self.uploads.over, client)
             if message is not None:
                 self.uploads.drop(kept)
                 return await _refuse(send, message)
@@ -171,8 +239,32 @@ class UploadGuard:
         await send({"type": "http.response.body", "body": payload})
 
 
-async def _refuse(send, message: str) -> None:
-    await send(
-        {"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"text/plain; charset=utf-8")]}
-    )
-    await send({"type": "http.response.body", "body": message.encode()})
+def _declared_length(scope) -> int | None:
+    """The request's Content-Length, or None when it has none (chunked) or one that is not a number."""
+    values = [v for k, v in scope.get("headers") or [] if k.lower() == b"content-length"]
+    if len(values) != 1 or not values[0].strip().isdigit():
+        return None
+    return int(values[0])
+
+
+def _at_most(receive, size: int):
+    """`receive`, cut off (as a client gone away) once the body runs past the length it declared."""
+    seen = 0
+
+    async def wrapped():
+        nonlocal seen
+        event = await receive()
+        if event.get("type") == "http.request":
+            seen += len(event.get("body", b""))
+            if seen > size:
+                return {"type": "http.disconnect"}
+        return event
+
+    return wrapped
+
+
+async def _refuse(send, message: str, status: int = 413) -> None:
+    body = message.encode()
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
