@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import pandas as pd
 
@@ -146,8 +146,11 @@ def _text(value: Any, what: str) -> str:
     raise StudioError(f"{what} must be text, got {_kind(value)}: {excerpt(value)}.")
 
 
+_KINDS: dict[type, str] = {dict: "an object", list: "a list", tuple: "a list"}
+
+
 def _kind(value: Any) -> str:
-    return {dict: "an object", list: "a list", tuple: "a list"}.get(type(value), type(value).__name__)
+    return _KINDS.get(type(value), type(value).__name__)
 
 
 def _texts(value: Any, what: str) -> list[str]:
@@ -231,6 +234,14 @@ def parse_variants(value: Any) -> tuple[str, ...]:
     names = dict.fromkeys(v.strip().lower() for v in _texts(value, "Variants") if v.strip())  # each once
     order = {v: i for i, v in enumerate(VARIANTS)}
     return tuple(sorted(names, key=lambda n: order.get(n, len(order))))  # build order, as the CLI
+
+
+@overload
+def _number(value: Any, name: str, default: float) -> float: ...
+
+
+@overload
+def _number(value: Any, name: str, default: float | None) -> float | None: ...
 
 
 def _number(value: Any, name: str, default: float | None) -> float | None:
@@ -339,7 +350,7 @@ def _read_dynamic(value: Any) -> tuple[str, ...]:
 
 def _read_budget(value: Any) -> float:
     budget = _number(value, "Latency budget", LATENCY_BUDGET_DEFAULT)
-    if budget is not None and budget <= 0:
+    if budget <= 0:
         raise StudioError(f"Latency budget must be more than 0 s, got {budget:g}.")
     return budget
 

@@ -30,7 +30,7 @@ def _variant_choice(**kwargs) -> gr.CheckboxGroup:
     instead of gradio's own choice check. (Not a subclass: gradio writes a .pyi beside any module that
     defines a component class.)"""
     box = gr.CheckboxGroup(h.VARIANT_CHOICES, **kwargs)
-    box.preprocess = lambda payload: payload
+    box.preprocess = lambda payload: payload  # type: ignore[method-assign]  # this one box skips gradio's check
     return box
 
 
@@ -127,7 +127,7 @@ def _mapping(page: Page, wiring: Wiring) -> None:
 
 
 def _mapping_head(with_feeds: bool) -> None:
-    widths = (("column", 3), ("detected type", 2), ("example value", 6), ("role", 3))
+    widths: tuple[tuple[str, int], ...] = (("column", 3), ("detected type", 2), ("example value", 6), ("role", 3))
     if with_feeds:  # which tabular input a column feeds (auto: the studio decides, in file order)
         widths += (("feeds (tabular)", 3),)
     with gr.Row(elem_classes="map-head"):

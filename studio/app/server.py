@@ -115,7 +115,7 @@ def _convert_endpoint(fn):
         a = call.arguments
         yield from fn(a["self"], {n: a[n] for n in h.CONVERT_NAMES}, a["request"], a["progress"])
 
-    convert.__signature__ = sig
+    convert.__dict__["__signature__"] = sig  # what inspect.signature (and so gradio) reads, PEP 362
     convert.__annotations__ = {"request": gr.Request}
     return convert
 
@@ -236,7 +236,7 @@ class StudioApp:
         )
 
     # --- 1. inputs -------------------------------------------------------------------------------
-    def load_demo(self, request: gr.Request = None):
+    def load_demo(self, request: gr.Request | None = None):
         """Copy the demo checkpoint and sample into this session's folder and put them in the uploads."""
         if not (h.DEMO_CHECKPOINT.is_file() and h.DEMO_SAMPLE.is_file()):
             raise gr.Error(toast(f"The demo files are missing from {h.DEMO_DIR}."), title="No demo")
@@ -249,7 +249,11 @@ class StudioApp:
         return self.ui.updates(DEMO_OUTPUTS, checkpoint=str(ckpt), sample=str(sample))
 
     def preview(
-        self, checkpoint: str | None, sample: str | None, dynamic: list[str] | None = None, request: gr.Request = None
+        self,
+        checkpoint: str | None,
+        sample: str | None,
+        dynamic: list[str] | None = None,
+        request: gr.Request | None = None,
     ):
         """After an upload: what was detected, the first rows, the columns with their suggested roles."""
         try:
@@ -285,7 +289,14 @@ class StudioApp:
 
     def _preview_job(self, checkpoint: str | None, sample: str | None, request: gr.Request | None) -> dict:
         """The preview job's result (model, columns, rows, mapping, and what was wrong with each upload)."""
-        res = {"model": None, "model_error": None, "columns": None, "rows": None, "data_error": None, "mapping": None}
+        res: dict[str, Any] = {
+            "model": None,
+            "model_error": None,
+            "columns": None,
+            "rows": None,
+            "data_error": None,
+            "mapping": None,
+        }
         if not (checkpoint or sample):
             return res
         try:
@@ -339,7 +350,7 @@ class StudioApp:
         info: dict | None,
         fill_value: float | None = None,
         tabular: str | None = None,
-        request: gr.Request = None,
+        request: gr.Request | None = None,
     ) -> str:
         have_model = bool(info and info.get("model"))
         have_sample = bool(info and info.get("has_sample"))
@@ -391,7 +402,7 @@ class StudioApp:
 
     # --- 4-6. export, results, downloads ------------------------------------------------------------
     @_convert_endpoint
-    def convert(self, values: dict[str, Any], request: gr.Request = None, progress=gr.Progress()):  # noqa: B008 - gradio injects its tracker through this default
+    def convert(self, values: dict[str, Any], request: gr.Request | None = None, progress=gr.Progress()):  # noqa: B008 - gradio injects its tracker through this default
         """Convert the uploaded checkpoint with the sample rows; returns the artifacts and the report.
         variants: faster artifacts to build beside model.onnx, checked and timed like it: any of
         optimized, int8, fp16, as a list or a comma string (default none).
@@ -456,7 +467,7 @@ class StudioApp:
         self.graphs.remember(key, found, node)
         return found, node
 
-    def show_graph(self, choice: str | None, request: gr.Request = None):
+    def show_graph(self, choice: str | None, request: gr.Request | None = None):
         """Another file chosen in the Graph panel."""
         found, node = self.graphs.view(_key(request))
         return self.ui.updates(GRAPH_OUTPUTS, graph_view=graph_panel.graph_html(found, choice, node))
@@ -464,14 +475,14 @@ class StudioApp:
     def _error_outputs(self, error: StudioError, message: str) -> dict:
         return convert_outputs.error_updates(self.ui, error, message)
 
-    def cancel(self, request: gr.Request = None) -> str:
+    def cancel(self, request: gr.Request | None = None) -> str:
         """Stop this session's running conversion (its worker process is killed)."""
         n = self.sessions.cancel(_key(request), ("convert",), "The conversion was cancelled.")
         if n:
             return r.error_html("The conversion was cancelled; its worker process was stopped.", title="Cancelled")
         return gr.skip()
 
-    def close_session(self, request: gr.Request = None) -> None:
+    def close_session(self, request: gr.Request | None = None) -> None:
         self.graphs.revoke(_key(request))
         self.sessions.close(_key(request))
 

@@ -80,7 +80,7 @@ def task_preview(payload: dict[str, Any], progress) -> dict[str, Any]:
             if isolate.is_oom(e):
                 raise
             out["model_error"] = isolate.error_text(e)
-    if loaded is not None and df is not None:
+    if loaded is not None and df is not None and data:  # df is read only from a sample
         progress("checking mapping", 0.8)
         out["mapping"] = _mapping(loaded, df, dict(payload.get("roles") or {}), spec, data)
     return out
