@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 from studio.errors import DiskFullError, StudioError
 from studio.report.model import Report, map_leaves
@@ -227,21 +229,35 @@ def disk_full_error(
     )
 
 
+def _zip_into(folder: Path, target: Path | BinaryIO, top: str = "") -> None:
+    """Every file under `folder` into a zip written to `target`, named `top` + its path in the folder
+    (weights stored: they barely compress; the rest deflated, fast)."""
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                stored = path.suffix in (".onnx", ".data", ".npz")
+                zf.write(
+                    path,
+                    f"{top}{path.relative_to(folder)}",
+                    compress_type=zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED,
+                )
+
+
+def zip_bytes(folder: Path) -> bytes:
+    """A whole folder as zip bytes, its files named by their path in it (as zip_folder, without the top
+    folder): an output folder sent back over the wire (a Ray worker's, studio.jobs.ray_fleet)."""
+    buf = io.BytesIO()
+    _zip_into(folder, buf)
+    return buf.getvalue()
+
+
 def zip_folder(folder: Path, dest: Path) -> Path:
     """One download of a whole output folder, under a top folder named like the zip (weights stored, the
     rest deflated). Written beside `dest` and renamed when complete: a full disk leaves no half zip, and
     says so (DiskFullError)."""
     partial = dest.with_name(f".{dest.name}.partial")
     try:
-        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-            for path in sorted(folder.rglob("*")):
-                if path.is_file():
-                    stored = path.suffix in (".onnx", ".data", ".npz")  # weights barely compress
-                    zf.write(
-                        path,
-                        f"{dest.stem}/{path.relative_to(folder)}",
-                        compress_type=zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED,
-                    )
+        _zip_into(folder, partial, f"{dest.stem}/")
         os.replace(partial, dest)
     except BaseException as e:
         partial.unlink(missing_ok=True)

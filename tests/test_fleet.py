@@ -11,7 +11,7 @@ import pytest
 
 from studio import demo
 from studio.cli.commands import main
-from studio.jobs.fleet import STATE_FILE, entry_hash, stored_row
+from studio.jobs.entries import STATE_FILE, entry_hash, stored_row
 from studio.jobs.manifest import ManifestError, read_manifest
 
 
@@ -240,7 +240,7 @@ def test_the_core_does_not_import_ray(tmp_path):
 def test_progress_draws_bars_on_a_terminal_and_lines_elsewhere():
     import io
 
-    from studio.jobs.fleet import BatchProgress
+    from studio.jobs.progress import BatchProgress
 
     class Terminal(io.StringIO):
         def isatty(self):

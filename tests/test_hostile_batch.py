@@ -18,7 +18,7 @@ from conftest import REPO
 from studio import demo
 from studio.cli import commands as cli
 from studio.cli import flags as cli_flags
-from studio.jobs import fleet
+from studio.jobs import entries, fleet
 from studio.jobs.manifest import ALIAS_BUDGET, MAX_DEPTH, OPERATOR, ManifestError, read_manifest
 from studio.spec import ConvertSpec
 
@@ -302,11 +302,11 @@ def test_the_operator_sets_trust_and_limits_for_the_whole_batch(inputs, monkeypa
 
     def fake(p, lim, threads, progress, stop=None):
         seen.append((p.entry.spec, lim))
-        return fleet.error_row(p.entry, "not run", "crashed")
+        return entries.error_row(p.entry, "not run", "crashed")
 
     monkeypatch.setattr(fleet, "convert_entry", fake)
     (inputs / "m.jsonl").write_text(LINE + "}\n")
-    opts = fleet.BatchOptions(
+    opts = entries.BatchOptions(
         out=str(inputs / "o"), quiet=True, trust_code=True, max_params=10**6, sample_limits="rows=7"
     )
     fleet.run_batch(inputs / "m.jsonl", opts)
@@ -325,7 +325,7 @@ def test_200k_entries_are_validated_in_seconds_and_the_first_starts_at_once(inpu
     assert err.line == 200_001
     (inputs / "m.jsonl").write_text("".join(text.splitlines(keepends=True)[:20_000]))
     order = []
-    real = fleet.Preparer.__call__
+    real = entries.Preparer.__call__
 
     def prepare(self, e):
         order.append(("hash", e.name))
@@ -333,11 +333,11 @@ def test_200k_entries_are_validated_in_seconds_and_the_first_starts_at_once(inpu
 
     def fake(p, lim, threads, progress, stop=None):
         order.append(("run", p.entry.name))
-        return fleet.error_row(p.entry, "not run", "crashed")
+        return entries.error_row(p.entry, "not run", "crashed")
 
-    monkeypatch.setattr(fleet.Preparer, "__call__", prepare)
+    monkeypatch.setattr(entries.Preparer, "__call__", prepare)
     monkeypatch.setattr(fleet, "convert_entry", fake)
-    fleet.run_batch(inputs / "m.jsonl", fleet.BatchOptions(out=str(inputs / "o"), jobs=1, quiet=True))
+    fleet.run_batch(inputs / "m.jsonl", entries.BatchOptions(out=str(inputs / "o"), jobs=1, quiet=True))
     assert order[:4] == [("hash", "e0"), ("run", "e0"), ("hash", "e1"), ("run", "e1")]
     assert len(order) == 40_000
 
@@ -415,15 +415,15 @@ def test_a_link_turned_outward_after_the_manifest_was_read_is_an_error_row(tmp_p
     real = fleet.read_manifest
 
     def read_then_retarget(*args, **kwargs):
-        entries = real(*args, **kwargs)
+        read = real(*args, **kwargs)
         (inside / "link.csv").unlink()
         (inside / "link.csv").symlink_to(secret)
-        return entries
+        return read
 
     ran = []
     monkeypatch.setattr(fleet, "read_manifest", read_then_retarget)
     monkeypatch.setattr(fleet, "convert_entry", lambda *a, **k: ran.append(a) or 1 / 0)
-    result = fleet.run_batch(inside / "m.jsonl", fleet.BatchOptions(out=str(tmp_path / "o"), quiet=True))
+    result = fleet.run_batch(inside / "m.jsonl", entries.BatchOptions(out=str(tmp_path / "o"), quiet=True))
     (row,) = result.rows
     assert row["verdict"] == "ERROR" and "now resolves outside" in row["error"] and "--inputs-under" in row["error"]
     assert ran == [] and not (tmp_path / "o" / "model-line1" / "rows.csv").exists()

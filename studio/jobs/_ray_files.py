@@ -1,5 +1,6 @@
-"""Files through Ray: a job's inputs packed for the worker, its output folder zipped back, and the worker's
-temporary paths named back as the driver's (studio.jobs.ray_fleet sends them; nothing here imports ray)."""
+"""Files through Ray: a job's inputs packed for the worker, its output folder unpacked when it comes back
+(zipped by studio.artifacts.zip_bytes), and the worker's temporary paths named back as the driver's
+(studio.jobs.ray_fleet sends them; nothing here imports ray)."""
 
 from __future__ import annotations
 
@@ -37,16 +38,6 @@ def unpack(data: bytes, dest: Path) -> None:
                     f"Refusing the file {name!r} sent back by a Ray worker: it points outside its folder."
                 )
         zf.extractall(dest)
-
-
-def zip_folder(folder: Path) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1, allowZip64=True) as zf:
-        for f in sorted(folder.rglob("*")):
-            if f.is_file():
-                stored = f.suffix in (".onnx", ".data", ".npz")  # weights barely compress
-                zf.write(f, str(f.relative_to(folder)), compress_type=zipfile.ZIP_STORED if stored else None)
-    return buf.getvalue()
 
 
 def local_inputs(spec, tmp: Path) -> tuple[Any, dict[str, str]]:

@@ -4,9 +4,11 @@ job runner's Job (studio.jobs.isolate) that runs one job on a Ray cluster.
 Each task asks Ray for what it needs: CPUs (the entry's `threads`, else 1), memory (estimated from the size of
 the checkpoint, at most the job memory limit) and a GPU when CUDA latency or the fp16 variant is asked for and
 the cluster has one. On the worker the job runs in its own process under the same limits as on one machine
-(studio.jobs.fleet._run_isolated). By default the inputs travel to the worker and the output folder comes back
-through Ray (zip bytes, studio.jobs._ray_files), so the nodes share no disk; with `shared_dir` every node reads the
-inputs and writes the output at the same paths. A worker that dies fails only its own entry.
+(studio.jobs.entries.run_isolated). By default the inputs travel to the worker and the output folder comes back
+through Ray (zip bytes: studio.artifacts.zip_bytes, studio.jobs._ray_files), so the nodes share no disk; with
+`shared_dir` every node reads the inputs and writes the output at the same paths. A worker that dies fails only
+its own entry. This module imports the runners' shared entry logic (studio.jobs.entries), never the batch
+driver (studio.jobs.fleet), which reaches it through run_ray alone.
 
 Only this module imports ray, and only when a batch or job is sent to Ray.
 """
@@ -21,25 +23,35 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from studio.artifacts import zip_bytes
 from studio.errors import StudioError, first_line
 from studio.jobs import _ray_files as ray_files
 from studio.jobs import isolate
-from studio.jobs.fleet import (
+from studio.jobs.entries import (
     BatchOptions,
-    BatchProgress,
     Pending,
     Preparer,
-    _run_isolated,
     error_row,
     finish_error,
     row_from_report,
+    run_isolated,
     write_state,
 )
+from studio.jobs.isolate import Limits, Progress
+from studio.jobs.manifest import ManifestEntry
+from studio.jobs.progress import BatchProgress
+from studio.spec import ConvertSpec
+
+if TYPE_CHECKING:
+    from ray import ObjectRef
+    from ray.util.queue import Queue
+
+    Result = dict[str, Any]  # what a task sends back: its report or result, the zip, or the error
+    Inputs = dict[tuple[tuple[str, str], ...], ObjectRef[bytes | None]]  # packed files by the paths they hold
 
 HOOK_ENV = "ONNX_STUDIO_FLEET_TEST_HOOKS"  # "1": honour the manifest's test-only keys (tests/test_fleet_ray.py)
 BASE_MB = 600  # a conversion process before the model: python + torch + onnx + onnxruntime imported
@@ -107,7 +119,9 @@ def _size_bytes(path: str | None) -> int:
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
 
-def resources(spec, memory_limit_mb: int | None, gpus_in_cluster: float, cuda_asked: bool = False) -> dict:
+def resources(
+    spec: ConvertSpec, memory_limit_mb: int | None, gpus_in_cluster: float, cuda_asked: bool = False
+) -> dict[str, int]:
     """The Ray resource request of one conversion."""
     mb = BASE_MB + WEIGHT_FACTOR * _size_bytes(spec.checkpoint) / 2**20
     if memory_limit_mb:
@@ -137,7 +151,7 @@ def _largest_node() -> tuple[float, float]:
 # --- a batch entry as a Ray task ---------------------------------------------------------------------------------
 
 
-def _progress_sink(queue, key: str) -> Callable[[str, float], None]:
+def _progress_sink(queue: Queue, key: str) -> Progress:
     def send(stage: str, fraction: float) -> None:
         try:
             queue.put_nowait((key, str(stage), float(fraction)))
@@ -147,7 +161,9 @@ def _progress_sink(queue, key: str) -> Callable[[str, float], None]:
     return send
 
 
-def convert_task(name: str, spec, inputs: bytes | None, lim, queue, hooks: dict) -> dict[str, Any]:
+def convert_task(
+    name: str, spec: ConvertSpec, inputs: bytes | None, lim: Limits, queue: Queue, hooks: dict[str, Any]
+) -> Result:
     """Runs on a Ray worker: the entry's conversion in its own process; its report and (without a shared
     folder) the output folder as zip bytes, or the error."""
     import json
@@ -164,7 +180,7 @@ def convert_task(name: str, spec, inputs: bytes | None, lim, queue, hooks: dict)
             out = Path(tmp) / "out" / name
             back[str(out)], spec = str(spec.out), replace(spec, out=str(out))
         try:
-            report = _run_isolated(spec, lim, progress)
+            report = run_isolated(spec, lim, progress)
         except StudioError as e:
             from studio.jobs.limits import limit_error
 
@@ -174,10 +190,10 @@ def convert_task(name: str, spec, inputs: bytes | None, lim, queue, hooks: dict)
         if inputs is None:
             return {"report": report.to_dict()}
         ray_files.rewrite_texts(out, back)
-        return {"report": json.loads((out / "report.json").read_text()), "zip": ray_files.zip_folder(out)}
+        return {"report": json.loads((out / "report.json").read_text()), "zip": zip_bytes(out)}
 
 
-def check_shared(entries, out: Path, shared: str) -> None:
+def check_shared(entries: list[ManifestEntry], out: Path, shared: str) -> None:
     """With --shared-dir every input and the output folder must lie in it: the workers see nothing else."""
     root = Path(shared).expanduser().resolve()
     if not root.is_dir():
@@ -194,9 +210,11 @@ def check_shared(entries, out: Path, shared: str) -> None:
         raise StudioError(f"--shared-dir {root}: --out {out} is outside it; the workers could not write there.")
 
 
-def run_ray(entries, prepare: Preparer, opts: BatchOptions, lim, progress: BatchProgress) -> dict[str, dict]:
+def run_ray(
+    entries: list[ManifestEntry], prepare: Preparer, opts: BatchOptions, lim: Limits, progress: BatchProgress
+) -> dict[str, dict[str, Any]]:
     """Every entry as a Ray task (Ray queues them by their resource requests), each hashed just before it is
-    sent (studio.jobs.fleet.Preparer), so the first ones run while the rest are hashed; rows by entry name."""
+    sent (studio.jobs.entries.Preparer), so the first ones run while the rest are hashed; rows by entry name."""
     shared = opts.shared_dir
     if shared:
         check_shared(entries, prepare.out, shared)
@@ -204,12 +222,13 @@ def run_ray(entries, prepare: Preparer, opts: BatchOptions, lim, progress: Batch
     import ray
     from ray.util.queue import Queue
 
-    rows: dict[str, dict] = {}
+    rows: dict[str, dict[str, Any]] = {}
     try:
         queue = Queue(actor_options={"num_cpus": 0})
         remote = ray.remote(max_retries=0)(convert_task)
         gpus, (node_cpus, node_memory) = _gpus(), _largest_node()
-        refs, packed = {}, {}
+        refs: dict[ObjectRef[Result], Pending] = {}
+        packed: Inputs = {}
         for e in entries:
             p = prepare(e)
             if isinstance(p, dict):  # unchanged since its last run, or its inputs unreadable
@@ -242,18 +261,28 @@ def run_ray(entries, prepare: Preparer, opts: BatchOptions, lim, progress: Batch
             ray.shutdown()
 
 
-def _put_inputs(spec, packed: dict):
-    """The entry's files in Ray's object store, sent once for entries that name the same files."""
+def _input_paths(spec: ConvertSpec) -> dict[str, str]:
+    return {k: getattr(spec, k) for k in ray_files.INPUT_KEYS if getattr(spec, k)}
+
+
+def _put_files(paths: dict[str, str]) -> ObjectRef[bytes | None]:
+    """The files in Ray's object store, as a task's `inputs: bytes | None` argument (the worker gets the bytes)."""
     import ray
 
-    paths = {k: getattr(spec, k) for k in ray_files.INPUT_KEYS if getattr(spec, k)}
+    files: bytes | None = ray_files.pack(paths)
+    return ray.put(files)
+
+
+def _put_inputs(spec: ConvertSpec, packed: Inputs) -> ObjectRef[bytes | None]:
+    """The entry's files in Ray's object store, sent once for entries that name the same files."""
+    paths = _input_paths(spec)
     key = tuple(sorted(paths.items()))
     if key not in packed:
-        packed[key] = ray.put(ray_files.pack(paths))
+        packed[key] = _put_files(paths)
     return packed[key]
 
 
-def stop(ref) -> None:
+def stop(ref: ObjectRef[Result]) -> None:
     """Cancel a task: a KeyboardInterrupt in it first, so that its Job kills the job's own process group (a
     force-cancel kills only the Ray worker and would leave that process running), then after STOP_GRACE_S a
     force-cancel if it is still there. Nothing happens to a task that has finished."""
@@ -280,7 +309,7 @@ def stop(ref) -> None:
     timer.start()
 
 
-def _drain(queue, progress: BatchProgress, started: dict) -> None:
+def _drain(queue: Queue, progress: BatchProgress, started: dict[str, float]) -> None:
     try:
         items = queue.get_nowait_batch(queue.qsize())
     except Exception:  # noqa: BLE001
@@ -291,10 +320,14 @@ def _drain(queue, progress: BatchProgress, started: dict) -> None:
         progress.update(name, stage, fraction)
 
 
-def _collect(refs: dict, queue, progress: BatchProgress) -> dict[str, dict]:
+def _collect(
+    refs: dict[ObjectRef[Result], Pending], queue: Queue, progress: BatchProgress
+) -> dict[str, dict[str, Any]]:
     import ray
 
-    rows, started, left = {}, {}, list(refs)
+    rows: dict[str, dict[str, Any]] = {}
+    started: dict[str, float] = {}  # entry name -> when a worker took it
+    left = list(refs)
     submitted = time.monotonic()
     try:
         while left:
@@ -312,7 +345,7 @@ def _collect(refs: dict, queue, progress: BatchProgress) -> dict[str, dict]:
     return rows
 
 
-def _finish(p: Pending, ref, seconds: float) -> dict:
+def _finish(p: Pending, ref: ObjectRef[Result], seconds: float) -> dict[str, Any]:
     """The row of one finished task: its folder filled from the zip it sent back, or why it failed."""
     import ray
 
@@ -342,7 +375,9 @@ def _finish(p: Pending, ref, seconds: float) -> dict:
 # --- RayJob: the app's Job, on Ray ------------------------------------------------------------------------------
 
 
-def job_task(task: str, module: str, payload: dict, inputs: bytes | None, lim, queue, key: str) -> dict[str, Any]:
+def job_task(
+    task: str, module: str, payload: dict[str, Any], inputs: bytes | None, lim: Limits, queue: Queue, key: str
+) -> Result:
     """Runs on a Ray worker: one job (a task registered with studio.jobs.isolate by `module`, imported here to
     register it) in its own process under `lim`, on the
     inputs sent with it; the result (paths of the output parent folder written as a placeholder) and the files
@@ -351,7 +386,8 @@ def job_task(task: str, module: str, payload: dict, inputs: bytes | None, lim, q
     send("pid", float(os.getpid()))
     importlib.import_module(module)
     with tempfile.TemporaryDirectory(prefix="studio-rayjob-") as tmp:
-        spec, back = payload.get("spec"), {}
+        spec = payload.get("spec")
+        back: dict[str, str] = {}
         out_parent = Path(tmp) / "out"
         out_parent.mkdir()
         if spec is not None:
@@ -373,7 +409,7 @@ def job_task(task: str, module: str, payload: dict, inputs: bytes | None, lim, q
             }
         back[str(out_parent)] = _OUT
         result = ray_files.map_strings(result, ray_files.swap(back))
-        return {"result": result, "zip": ray_files.zip_folder(out_parent)}
+        return {"result": result, "zip": zip_bytes(out_parent)}
 
 
 class RayJob:
@@ -386,7 +422,7 @@ class RayJob:
         self,
         task: str,
         payload: dict[str, Any],
-        limits=None,
+        limits: Limits | None = None,
         start_method: str | None = None,
         label: str = "",
         address: str | None = "auto",
@@ -398,7 +434,8 @@ class RayJob:
         self.label = label or task
         self.address, self.cuda = address, cuda
         self.started_at: float | None = None
-        self._ref = self._queue = None
+        self._ref: ObjectRef[Result] | None = None
+        self._queue: Queue | None = None
         self._pid: int | None = None
         self._cancel_reason: str | None = None
         self._lock = threading.Lock()
@@ -424,7 +461,7 @@ class RayJob:
         spec = self.payload.get("spec")
         inputs, request = None, {"num_cpus": 1}
         if spec is not None:
-            inputs = ray.put(ray_files.pack({k: getattr(spec, k) for k in ray_files.INPUT_KEYS if getattr(spec, k)}))
+            inputs = _put_files(_input_paths(spec))
             request = resources(spec, self.limits.memory_mb, _gpus(), self.cuda)
         with self._lock:
             if self._cancel_reason:
@@ -445,9 +482,9 @@ class RayJob:
         if ref is not None:
             stop(ref)
 
-    def _drain(self, on_progress) -> None:
+    def _drain(self, queue: Queue, on_progress: Progress | None) -> None:
         try:
-            items = self._queue.get_nowait_batch(self._queue.qsize())
+            items = queue.get_nowait_batch(queue.qsize())
         except Exception:  # noqa: BLE001
             return
         for _, stage, fraction in items:
@@ -456,19 +493,21 @@ class RayJob:
             elif on_progress is not None:
                 on_progress(stage, fraction)
 
-    def wait(self, on_progress: Callable[[str, float], None] | None = None) -> Any:
+    def wait(self, on_progress: Progress | None = None) -> Any:
         import ray
 
         if self._ref is None:
             self.start()
+        ref, queue = self._ref, self._queue
+        assert ref is not None and queue is not None  # start() set both, or raised
         try:
             while True:
                 if self._cancel_reason:
                     raise isolate.JobError(self._cancel_reason, reason="cancelled")
-                done, _ = ray.wait([self._ref], timeout=POLL_S)
-                self._drain(on_progress)
+                done, _ = ray.wait([ref], timeout=POLL_S)
+                self._drain(queue, on_progress)
                 if done:
-                    return self._result(ray.get(self._ref))
+                    return self._result(ray.get(ref))
         except ray.exceptions.RayError as e:
             if self._cancel_reason:
                 raise isolate.JobError(self._cancel_reason, reason="cancelled") from e
@@ -488,7 +527,7 @@ class RayJob:
     def kill(self) -> None:
         self.cancel_quietly()
 
-    def _result(self, res: dict) -> Any:
+    def _result(self, res: Result) -> Any:
         if "error" in res:
             e = res["error"]
             raise isolate.JobError(
