@@ -25,17 +25,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
 
 from studio.errors import StudioError
-from studio.jobs.isolate import Job
+from studio.jobs.protocol import Job  # of this machine or on Ray (`studio app --ray`): protocol.new_job
 from studio.sources import scratch
-
-if TYPE_CHECKING:
-    from studio.jobs.ray_fleet import RayJob
-
-AnyJob = Union[Job, "RayJob"]  # a job of this machine (studio.jobs.isolate) or one on Ray (`studio app --ray`)
-
 
 ROOT_PREFIX = "onnx-studio-sessions-"  # the private root: ROOT_PREFIX<pid>-<host>-<random> (scratch.sweep)
 HEARTBEAT_PATH = "/gradio_api/heartbeat/"  # gradio's per-session keep-alive stream
@@ -64,8 +57,8 @@ class Session:
     folder: Path
     client: str = ""
     last_used: float = field(default_factory=time.monotonic)
-    jobs: set = field(default_factory=set)
-    busy: set = field(default_factory=set)  # folders in use by a running conversion
+    jobs: set[Job] = field(default_factory=set)
+    busy: set[Path] = field(default_factory=set)  # folders in use by a running conversion
 
 
 def _mtime(p: Path) -> float:
@@ -190,19 +183,19 @@ class Sessions:
                 s.last_used = time.monotonic()
 
     # --- jobs ------------------------------------------------------------------------------------
-    def add_job(self, key: str | None, job: AnyJob) -> None:
+    def add_job(self, key: str | None, job: Job) -> None:
         s = self.session(key)
         with self._lock:
             s.jobs.add(job)
 
-    def remove_job(self, key: str | None, job: AnyJob) -> None:
+    def remove_job(self, key: str | None, job: Job) -> None:
         with self._lock:
             s = self._sessions.get(key or "local")
             if s is not None:
                 s.jobs.discard(job)
                 s.last_used = time.monotonic()
 
-    def running(self, key: str | None) -> list[AnyJob]:
+    def running(self, key: str | None) -> list[Job]:
         with self._lock:
             s = self._sessions.get(key or "local")
             return list(s.jobs) if s else []
@@ -216,7 +209,7 @@ class Sessions:
             j.cancel(reason)
         return len(jobs)
 
-    def all_jobs(self) -> list[AnyJob]:
+    def all_jobs(self) -> list[Job]:
         with self._lock:
             return [j for s in self._sessions.values() for j in s.jobs]
 
