@@ -224,7 +224,9 @@ def _main(args: argparse.Namespace) -> int:
     except BaseException as e:  # a bug, not the user's fault: say so plainly
         if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
             raise  # SystemExit, GeneratorExit...; a Rust library's panic (pyo3) is a BaseException too
-        print(f"error: unexpected {type(e).__name__}: {shown(e, newlines=True)}", file=sys.stderr)
+        from studio.jobs.isolate import error_text  # the words a job's child process sends for the same error
+
+        print(f"error: {shown(error_text(e), newlines=True)}", file=sys.stderr)
         if getattr(args, "debug", False):
             traceback.print_exc()
         else:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from studio.escape import terminal
-from studio.report.model import Comparison, Report
+from studio.report.model import CheckerInfo, Comparison, ParityInfo, Report
 from studio.report.render import (
     COMPARISON_COLUMNS,
     IO_COLUMNS,
@@ -79,9 +79,8 @@ def summary(report: Report) -> str:
             else "".join(f"; {a.exporter} failed: {shown(a.error)}" for a in e.attempts if not a.ok and not e.reason)
         ),
         *_comparison_lines(report.comparison),
-        f"checker  {ok(report.checker.ok)}" + ("" if report.checker.ok else f": {shown(report.checker.message)}"),
-        f"parity   {ok(report.parity.ok)} (atol {report.parity.atol:g}, rtol {report.parity.rtol:g})"
-        + (f": {shown(report.parity.error)}" if report.parity.error else ""),
+        _checker_line(report.checker),
+        _parity_line(report.parity),
         table(PARITY_COLUMNS, parity_rows(report.parity)),
         f"dynamic  {ok(report.dynamic.ok if report.dynamic else None)}",
         table(narrow(PROBE_COLUMNS), probe_rows(report.dynamic)),
@@ -105,6 +104,20 @@ def summary(report: Report) -> str:
     return "\n".join(lines)
 
 
+def _checker_line(c: CheckerInfo | None) -> str:
+    if c is None:  # a report made without the checker (not one of `studio convert`)
+        return "checker  n/a"
+    return f"checker  {'PASS' if c.ok else 'FAIL'}" + ("" if c.ok else f": {shown(c.message)}")
+
+
+def _parity_line(p: ParityInfo | None) -> str:
+    if p is None:
+        return "parity   n/a"
+    return f"parity   {'PASS' if p.ok else 'FAIL'} (atol {p.atol:g}, rtol {p.rtol:g})" + (
+        f": {shown(p.error)}" if p.error else ""
+    )
+
+
 def _comparison_lines(c: Comparison | None) -> list[str]:
     """--exporter compare: the winner, why, and both exporters' rows."""
     if c is None:
@@ -116,7 +129,7 @@ class SafeStream:
     """A text stream (stdout / stderr) that shows control characters as escapes (studio.escape.terminal,
     line breaks and tabs kept) in everything written to it: what the studio prints is escaped where it is
     made, and this catches the rest (a library's warning or log line, a traceback with --debug). Our own
-    cursor moves (studio.jobs.fleet.BatchProgress's bars) go to `unfiltered`."""
+    cursor moves (studio.jobs.progress.BatchProgress's bars) go to `unfiltered`."""
 
     def __init__(self, stream):
         self.unfiltered = stream

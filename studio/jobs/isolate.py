@@ -22,6 +22,8 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 from studio.errors import StudioError
@@ -85,13 +87,16 @@ def preload(*modules: str) -> None:
     PRELOAD.extend(m for m in modules if m not in PRELOAD)
 
 
+DEFAULT_MEMORY_MB = 8192  # a job's memory limit unless its runner sets one (the app's default)
+
+
 @dataclass(frozen=True)
 class Limits:
     """Per-job limits. timeout_s: wall time; memory_mb: resident memory of the job's process tree
     (also its address space where no CUDA is in use); None = no limit."""
 
     timeout_s: float | None = 600.0
-    memory_mb: int | None = 8192
+    memory_mb: int | None = DEFAULT_MEMORY_MB
 
 
 class JobError(StudioError):
@@ -177,9 +182,9 @@ class Job:
         self.payload["_env"] = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
         self.start_method = start_method or default_start_method()
         self.label = label or task
-        self.proc = None
+        self.proc: BaseProcess | None = None
         self.started_at: float | None = None
-        self._conn = None
+        self._conn: Connection | None = None
         self._cancel_reason: str | None = None
         self._lock = threading.Lock()
 
@@ -216,7 +221,7 @@ class Job:
 
     def kill(self) -> None:
         proc = self.proc
-        if proc is None or proc.exitcode is not None:
+        if proc is None or proc.pid is None or proc.exitcode is not None:  # not started, or already gone
             return
         try:  # the child made itself a process-group leader: take its own children with it
             os.killpg(proc.pid, signal.SIGKILL)
@@ -227,11 +232,13 @@ class Job:
                 pass
         proc.join(5)
 
-    def _rss_mb(self) -> float:
+    def _rss_mb(self, pid: int | None) -> float:
         import psutil
 
+        if pid is None:  # not started (psutil would measure this process)
+            return 0.0
         try:
-            p = psutil.Process(self.proc.pid)
+            p = psutil.Process(pid)
             procs = [p] + p.children(recursive=True)
             total = 0
             for q in procs:
@@ -246,8 +253,10 @@ class Job:
     def wait(self, on_progress: Callable[[str, float], None] | None = None) -> Any:
         if self.proc is None:
             self.start()
+        proc, conn, started = self.proc, self._conn, self.started_at
+        assert proc is not None and conn is not None and started is not None  # start() sets all three
         limits = self.limits
-        deadline = self.started_at + limits.timeout_s if limits.timeout_s else None
+        deadline = started + limits.timeout_s if limits.timeout_s else None
         next_mem = 0.0
         try:
             while True:
@@ -255,8 +264,8 @@ class Job:
                     raise JobError(self._cancel_reason, reason="cancelled")
                 msg = None
                 try:
-                    if self._conn.poll(POLL_S):
-                        msg = self._conn.recv()
+                    if conn.poll(POLL_S):
+                        msg = conn.recv()
                 except Exception:  # noqa: BLE001 - EOF, a closed pipe, a message cut short by a dying child
                     msg = ("eof",)
                 if msg is not None:
@@ -270,10 +279,10 @@ class Job:
                     if kind == "error":
                         raise _error_from(msg[1], limits)
                     # eof: the child is gone without a word
-                    self.proc.join(2)
+                    proc.join(2)
                     if self._cancel_reason:
                         raise JobError(self._cancel_reason, reason="cancelled")
-                    raise self._crashed()
+                    raise self._crashed(proc.exitcode)
                 now = time.monotonic()
                 if deadline is not None and now > deadline:
                     self.kill()
@@ -285,7 +294,7 @@ class Job:
                     )
                 if limits.memory_mb and now >= next_mem:
                     next_mem = now + MEMORY_POLL_S
-                    rss = self._rss_mb()
+                    rss = self._rss_mb(proc.pid)
                     if rss > limits.memory_mb:
                         self.kill()
                         raise JobError(
@@ -294,12 +303,11 @@ class Job:
         finally:
             self.kill()
             try:
-                self._conn.close()
+                conn.close()
             except OSError:
                 pass
 
-    def _crashed(self) -> JobError:
-        code = self.proc.exitcode
+    def _crashed(self, code: int | None) -> JobError:
         if code is None:
             how = "without reporting a result"
         elif code < 0:

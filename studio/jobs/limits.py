@@ -9,7 +9,7 @@ from functools import cache
 from pathlib import Path
 
 from studio.errors import StudioError
-from studio.jobs.isolate import JobError, Limits
+from studio.jobs.isolate import DEFAULT_MEMORY_MB, JobError, Limits
 
 __all__ = [
     "MEMORY_SHARE",
@@ -23,7 +23,7 @@ __all__ = [
 
 MEMORY_SHARE = 0.75  # of this machine's memory (or its container's): the default --memory-limit
 TIMEOUT_DEFAULT_S = 3600.0  # the default --timeout: generous, but a hung conversion still ends
-BATCH_MEMORY_CAP_MB = Limits.memory_mb  # a batch job's default is also at most the app's (8 GB): jobs run side by side
+BATCH_MEMORY_CAP_MB = DEFAULT_MEMORY_MB  # a batch job's default is also at most the app's (8 GB): jobs run side by side
 
 
 @cache

@@ -140,7 +140,8 @@ def read_manifest(path: str | Path, *, inputs_under: str | Path | None = None) -
     if size > MAX_BYTES:
         raise ManifestError(f"is {size:,} bytes; a manifest may hold at most {MAX_BYTES:,}.", file=file)
     reader = _Reader(path, inputs_under)
-    entries, names = [], {}
+    entries: list[ManifestEntry] = []
+    names: dict[str, int] = {}  # entry name -> its line
     with reader.open() as f:
         records = {"jsonl": _jsonl_records, "csv": _csv_records, "yaml": _yaml_records}[kind](f, file)
         for line, record in records:
@@ -275,9 +276,9 @@ def _yaml_records(f, file: str) -> Iterator[tuple[int, Any]]:
         raise ManifestError(f"not valid YAML ({excerpt(problem)}).", file=file, line=line) from e
     except (ValueError, OverflowError) as e:  # a value the constructor cannot build (a 5000-digit int, a date)
         raise ManifestError(f"not valid YAML ({excerpt(e)}).", file=file) from e
-    if isinstance(data, dict) and set(data) == {"conversions"}:  # `conversions: [...]`
+    if node is not None and isinstance(data, dict) and set(data) == {"conversions"}:  # `conversions: [...]`
         data, node = data["conversions"], node.value[0][1]
-    if not isinstance(data, list):
+    if node is None or not isinstance(data, list):
         raise ManifestError("must be a list of conversions (or `conversions:` holding one).", file=file, line=1)
     for item, record in zip(node.value, data):
         yield item.start_mark.line + 1, record
@@ -298,7 +299,8 @@ def _check_yaml_events(events, file: str) -> None:
             if len(stack) >= MAX_DEPTH:
                 raise ManifestError(f"nested too deep (line {line}): at most {MAX_DEPTH} levels.", file=file, line=line)
             stack.append([1, event.anchor])
-            sizes.pop(event.anchor, None)  # an alias to it before its end would be recursive
+            if event.anchor is not None:
+                sizes.pop(event.anchor, None)  # an alias to it before its end would be recursive
             continue
         if isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
             size, anchor = stack.pop()
