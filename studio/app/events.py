@@ -31,7 +31,8 @@ Handler = Callable[..., Any]
 
 
 class Handlers(Protocol):
-    """What the events call: studio.app.server.StudioApp's handlers and its config."""
+    """What the events call: studio.app.server.StudioApp's handlers and its config. Read-only members
+    (properties), so that the app's methods and staticmethods match them as they are."""
 
     @property
     def config(self) -> AppConfig: ...
