@@ -16,7 +16,7 @@ OPSET_MIN, OPSET_MAX, OPSET_DEFAULT = 14, 23, 18
 VARIANTS = ("optimized", "int8", "fp16")
 HEAD_NAMES = ("sequence", "pooled", "token")
 # what the graph computes (--task), as optimum-cli's; auto: modules.json -> sentence-embedding, else the
-# config's architectures (see README "Tasks")
+# config's architectures (docs/cli.md, `--task`)
 TASKS = (
     "auto",
     "sentence-embedding",
@@ -125,7 +125,7 @@ class ConvertSpec:
     threads: int | None = None  # intra-op threads for PyTorch and ORT; None = physical cores
     cuda: bool = True  # measure CUDA when it is truly usable
     variants: tuple[str, ...] = ()  # extra artifacts: optimized, int8, fp16
-    # checkpoints that are a bare state dict of a HF backbone (+ head): see README
+    # checkpoints that are a bare state dict of a HF backbone (+ head): see docs/checkpoints.md
     config: str | None = None  # config.json / model folder to pair with a state dict
     head: str | None = None  # built-in head for a state-dict backbone: sequence | token
     task: str = "auto"  # one of TASKS: what a Hugging Face / sentence-transformers folder is exported as

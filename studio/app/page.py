@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import gradio as gr
 
 # What each event updates, by Page field; the order is the API's (gradio_client returns the values of
-# /convert in this order: downloads and report.json first, as the README and the tests read them).
+# /convert in this order: downloads and report.json first, as docs/web-app.md and the tests read them).
 CONVERT_OUTPUTS = (
     "downloads",
     "report_json",

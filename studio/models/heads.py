@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# head name -> what the Linear layer reads (documented in the README)
+# head name -> what the Linear layer reads (documented in docs/cli.md, `--head`)
 HEAD_HELP = {
     "sequence": "the first token's last hidden state ([CLS] / <s>), one row of logits per example",
     "pooled": "the backbone's pooled output (BERT-style pooler: tanh(dense(first token)))",

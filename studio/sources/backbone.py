@@ -238,7 +238,7 @@ def _head_from(rest: dict[str, torch.Tensor], shown: str) -> tuple[str, torch.Te
         raise CheckpointError(
             f"{shown}: besides the backbone, the checkpoint holds {len(rest)} tensors in {len(groups)} "
             f"module(s) ({listed}); the built-in heads are one Linear layer on the backbone's hidden states.",
-            hint="Register an operator plugin for this architecture (see README, 'Operator plugins'), or "
+            hint="Register an operator plugin for this architecture (docs/checkpoints.md, 'Operator plugins'), or "
             "export a Hugging Face task model (save_pretrained).",
         )
     mod, g = linear[0]

@@ -23,7 +23,7 @@ SUPPORTED = (
     "a Hugging Face model folder (config.json + model.safetensors or pytorch_model.bin + tokenizer files), "
     "or a .zip of one",
     "a sentence-transformers folder (modules.json: Transformer, Pooling, Dense, Normalize), or a .zip of one",
-    "an ONNX Studio multimodal checkpoint (.pt/.pth/.ckpt, see README), Lightning-style dicts accepted",
+    "an ONNX Studio multimodal checkpoint (.pt/.pth/.ckpt, docs/checkpoints.md), Lightning-style dicts accepted",
     "a state dict (.pt/.pth/.bin/.ckpt, Lightning/DDP/FSDP prefixes accepted) or a single .safetensors file of "
     "a Hugging Face backbone, optionally with a Linear head (--head), with its config.json beside it or via "
     "--config",
