@@ -18,12 +18,18 @@ import argparse
 import json
 import sys
 import traceback
+from types import FrameType
+from typing import TYPE_CHECKING, NoReturn
 
 from studio.cli.flags import build_parser, job_limits, limit_error, spec_from_args
 from studio.cli.text import SafeStream, shown, summary, table
 from studio.errors import StudioError
 from studio.report.render import IO_COLUMNS, graph_rows
 from studio.spec import ConvertSpec, parse_sample_limits
+
+if TYPE_CHECKING:
+    from studio.jobs.isolate import Limits, Progress
+    from studio.report.model import Report
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -47,7 +53,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _convert_limited(spec: ConvertSpec, progress, lim):
+def _convert_limited(spec: ConvertSpec, progress: Progress, lim: Limits) -> Report:
     """The conversion in a child process under `lim` (studio.jobs.isolate, as the app runs its jobs: address-space
     limit in the child, resident-memory watchdog and wall-clock limit in the parent, the child's whole
     process group killed when one is passed). What a killed child leaves is removed here."""
@@ -147,7 +153,7 @@ _TERMINATED: list[int] = []  # the signal received, kept: a SystemExit raised wh
 # callback is printed and dropped, so the next progress step raises it again
 
 
-def _exit_on_sigterm(signum, frame):
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> NoReturn:
     _TERMINATED.append(signum)
     raise SystemExit(128 + signum)  # unwinds through every `finally`: no half-written folder stays behind
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from studio.errors import StudioError
+from studio.spec import ConvertSpec
 
 INPUT_KEYS = ("checkpoint", "data", "config")  # the spec's fields naming files that travel to the worker
 
@@ -40,9 +41,10 @@ def unpack(data: bytes, dest: Path) -> None:
         zf.extractall(dest)
 
 
-def local_inputs(spec, tmp: Path) -> tuple[Any, dict[str, str]]:
+def local_inputs(spec: ConvertSpec, tmp: Path) -> tuple[ConvertSpec, dict[str, str]]:
     """The spec pointing at the unpacked inputs, and {worker path: driver path} to map the report back."""
-    names, back = {}, {}
+    names: dict[str, Any] = {}  # the spec's fields naming the unpacked copies (replace's keywords)
+    back: dict[str, str] = {}
     for key in INPUT_KEYS:
         original = getattr(spec, key)
         if original:

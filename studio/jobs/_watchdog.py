@@ -6,9 +6,10 @@ import os
 import select
 import signal
 import threading
+from multiprocessing.connection import Connection
 
 
-def die_with_reader(conn) -> None:
+def die_with_reader(conn: Connection) -> None:
     """Kill this job's process group once the reading end of its pipe is closed: nobody is waiting for the
     result any more. The owner normally kills the job itself (Job.kill); this covers an owner interrupted
     before it knew the job's pid (a Ray cancel's KeyboardInterrupt inside `Process.start`) or killed outright.

@@ -66,7 +66,7 @@ class Hasher:
     """sha256 digests of files and folders, each file read once per batch however many entries name it (kept
     by path, size, mtime and inode: a file changed during the batch is read again). Thread-safe."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._files: dict[str, tuple[tuple, str]] = {}
         self._lock = threading.Lock()
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from studio.errors import StudioError
 from studio.jobs._watchdog import die_with_reader
-from studio.report.model import map_leaves
+from studio.report.model import Report, map_leaves
 
 Progress = Callable[[str, float], None]
 Task = Callable[[dict[str, Any], Progress], Any]
@@ -124,7 +124,7 @@ _ctx_lock = threading.Lock()
 _contexts: dict[str, Any] = {}
 
 
-def _context(start_method: str):
+def _context(start_method: str) -> Any:  # the start method's context: typeshed's BaseContext has no Process
     with _ctx_lock:
         if start_method not in _contexts:
             ctx = mp.get_context(start_method)
@@ -345,7 +345,11 @@ def _error_from(info: dict[str, Any], limits: Limits) -> JobError:
 
 
 def run_job(
-    task: str, payload: dict[str, Any], limits: Limits = Limits(), on_progress=None, start_method: str | None = None
+    task: str,
+    payload: dict[str, Any],
+    limits: Limits = Limits(),
+    on_progress: Progress | None = None,
+    start_method: str | None = None,
 ) -> Any:
     """Start a job and wait for it (convenience for scripts and tests)."""
     return Job(task, payload, limits, start_method).start().wait(on_progress)
@@ -403,7 +407,12 @@ def is_oom(e: BaseException) -> bool:
 
 
 def _child_main(
-    name: str, task: Task, payload: dict[str, Any], conn, memory_bytes: int | None, preloaded: tuple[str, ...] = ()
+    name: str,
+    task: Task,
+    payload: dict[str, Any],
+    conn: Connection,
+    memory_bytes: int | None,
+    preloaded: tuple[str, ...] = (),
 ) -> None:
     try:
         os.setsid()  # own process group: a kill takes anything the job started with it
@@ -447,7 +456,7 @@ def error_text(e: BaseException) -> str:
     return str(e) if isinstance(e, StudioError) else f"unexpected {type(e).__name__}: {e}"
 
 
-def _send_error(conn, info: dict[str, Any]) -> None:
+def _send_error(conn: Connection, info: dict[str, Any]) -> None:
     try:
         conn.send(("error", info))
     except Exception:  # noqa: BLE001 - e.g. details that do not pickle: send the message alone
@@ -482,7 +491,7 @@ def _plain_leaf(obj: Any) -> Any:
 # --- the core's tasks (run in the child) ------------------------------------------------------------
 
 
-def task_convert_report(payload: dict[str, Any], progress: Progress):
+def task_convert_report(payload: dict[str, Any], progress: Progress) -> Report:
     """pipeline.convert(spec) and its report, nothing else: `studio convert --memory-limit / --timeout`."""
     from studio.pipeline import convert
 

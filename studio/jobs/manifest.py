@@ -30,16 +30,19 @@ import json
 import math
 import re
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from studio.errors import StudioError
 from studio.escape import EXCERPT, cut, excerpt
 from studio.sources.contain import is_inside
 from studio.spec import DYNAMIC_AXES, EXPORTERS, HEAD_NAMES, ID_DTYPES, ROLES, TASKS, VARIANTS, ConvertSpec
+
+if TYPE_CHECKING:
+    import yaml
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".yaml": "yaml", ".yml": "yaml"}
 PATH_KEYS = ("checkpoint", "data", "config")
@@ -166,7 +169,7 @@ def read_manifest(path: str | Path, *, inputs_under: str | Path | None = None) -
 # --- records: (line, mapping) from each format, one line at a time ----------------------------------------------
 
 
-def _lines(f, file: str) -> Iterator[tuple[int, str]]:
+def _lines(f: TextIO, file: str) -> Iterator[tuple[int, str]]:
     """(line number, line) with every line at most MAX_LINE characters (a longer one is measured, not kept)."""
     n = 0
     while True:
@@ -226,14 +229,14 @@ def _too_deep(value: Any) -> bool:
     return False
 
 
-def _jsonl_records(f, file: str) -> Iterator[tuple[int, Any]]:
+def _jsonl_records(f: TextIO, file: str) -> Iterator[tuple[int, Any]]:
     for n, raw in _lines(f, file):
         if not raw.strip() or raw.lstrip().startswith("#"):
             continue
         yield n, _json_value(raw, file, n)
 
 
-def _csv_records(f, file: str) -> Iterator[tuple[int, dict]]:
+def _csv_records(f: TextIO, file: str) -> Iterator[tuple[int, dict]]:
     lines = (raw for _, raw in _lines(f, file))
     reader = csv.DictReader(lines)
     try:
@@ -249,7 +252,7 @@ def _csv_records(f, file: str) -> Iterator[tuple[int, dict]]:
         raise ManifestError(f"not a CSV row ({excerpt(e)}).", file=file, line=reader.line_num) from e
 
 
-def _yaml_records(f, file: str) -> Iterator[tuple[int, Any]]:
+def _yaml_records(f: TextIO, file: str) -> Iterator[tuple[int, Any]]:
     import yaml
 
     Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # noqa: N806 - a class
@@ -284,7 +287,7 @@ def _yaml_records(f, file: str) -> Iterator[tuple[int, Any]]:
         yield item.start_mark.line + 1, record
 
 
-def _check_yaml_events(events, file: str) -> None:
+def _check_yaml_events(events: Iterable[yaml.Event], file: str) -> None:
     """One pass over the parser's events, before anything is composed: nesting at most MAX_DEPTH, and at most
     ALIAS_BUDGET nodes reached through aliases, each alias counting every node of what it names (so 9 anchors
     of 9 aliases, 9^9 nodes once expanded, are refused at the budget, not built)."""
@@ -345,7 +348,7 @@ class _Reader:
         self.root = self.base if inputs_under is None else inputs_root(inputs_under)
         self.checked: dict[str, str] = {}  # a path as given -> joined to the manifest's folder (inside, exists)
 
-    def open(self):
+    def open(self) -> TextIO:
         return open(self.path, encoding="utf-8-sig", newline="")
 
     def error(self, message: str, line: int, key: str | None = None, hint: str | None = None) -> ManifestError:
