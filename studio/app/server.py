@@ -39,7 +39,8 @@ from studio.app.jobs import HeartbeatWatch, SessionLimitError, SessionLimits, Se
 from studio.app.page import DEMO_OUTPUTS, GRAPH_OUTPUTS, PER_INPUT_OUTPUTS, PREVIEW_OUTPUTS
 from studio.app.uploads import UploadGuard, Uploads
 from studio.errors import StudioError
-from studio.jobs.isolate import Job, Limits, default_start_method, error_text, stop_fork_server
+from studio.jobs.isolate import Job, Limits, Progress, default_start_method, error_text, stop_fork_server
+from studio.jobs.protocol import new_job
 from studio.sources import scratch
 from studio.spec import DYNAMIC_AXES, ConvertSpec, parse_sample_limits
 
@@ -174,15 +175,22 @@ class StudioApp:
         return connect(self.config.ray_address)
 
     def run_job(
-        self, task: str, payload: dict[str, Any], request: gr.Request | None, on_progress=None, label: str | None = None
+        self,
+        task: str,
+        payload: dict[str, Any],
+        request: gr.Request | None,
+        on_progress: Progress | None = None,
+        label: str | None = None,
     ) -> Any:
         key = _key(request)
-        if self.config.ray_address and task == "convert":  # conversions on the cluster; previews stay local
-            from studio.jobs.ray_fleet import RayJob
-
-            job = RayJob(task, payload, self.limits(task), label=label or task, address=self.config.ray_address)
-        else:
-            job = Job(task, payload, self.limits(task), self.start_method, label=label or task)
+        job = new_job(
+            task,
+            payload,
+            self.limits(task),
+            label=label or task,
+            start_method=self.start_method,
+            ray_address=self.config.ray_address if task == "convert" else None,  # previews stay local
+        )
         self.sessions.add_job(key, job)
         try:
             job.start()
