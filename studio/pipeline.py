@@ -454,7 +454,7 @@ def _metadata(spec: ConvertSpec, loaded: LoadedModel, batch: Batch, info: Export
     return {
         "studio.version": __version__,
         "studio.source_kind": loaded.kind,
-        "studio.inputs.roles": json.dumps(batch.roles),
+        "studio.roles": json.dumps(batch.roles),
         "studio.inputs": json.dumps({i.name: _input_meta(i, batch) for i in loaded.inputs if i.name in batch.tensors}),
         "studio.tokenizer": json.dumps(batch.tokenizer_settings),
         "studio.opset": str(info.opset),

@@ -97,7 +97,7 @@ def test_output_folder_contract(hf_folders, sample_csv, tmp_path):
 
     model = onnx.load(str(out / "model.onnx"))
     meta = {p.key: p.value for p in model.metadata_props}
-    assert json.loads(meta["studio.inputs.roles"])["review"] == "text"
+    assert json.loads(meta["studio.roles"])["review"] == "text"
     # the default --max-length 128, lowered to the tiny model's 64 position embeddings
     assert json.loads(meta["studio.tokenizer"])["max_length"] == 64
     assert meta["studio.opset"] == "18"
