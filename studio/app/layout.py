@@ -24,6 +24,14 @@ from studio.report.render import IO_COLUMNS, LATENCY_COLUMNS, PARITY_COLUMNS, PR
 from studio.spec import DYNAMIC_AXES, ID_DTYPES, ROLES, TASKS, default
 
 
+def _widths(headers: list[str], widths: list[str]) -> list[str]:
+    """A table's column widths, one per header (a table's columns come from the report: a new one must get
+    its width here, or the last columns, the CUDA reason among them, fall off the page)."""
+    if len(widths) != len(headers):
+        raise ValueError(f"{len(widths)} column widths for the {len(headers)} columns {headers}")
+    return widths
+
+
 def _variant_choice(**kwargs) -> gr.CheckboxGroup:
     """The "Faster variants" checkboxes. Its API value may also be a comma string ("int8,fp16", as the
     CLI's --variants), and names are checked by handlers.spec_from_ui (a StudioError naming the choices)
@@ -295,7 +303,7 @@ def _results(page: Page) -> None:
             interactive=False,
             elem_id="latency-table",
             wrap=True,
-            column_widths=["13%", "8%", "8%", "8%", "9%", "7%", "8%", "39%"],
+            column_widths=_widths(LATENCY_COLUMNS, ["12%", "7%", "7%", "7%", "7%", "7%", "8%", "6%", "6%", "33%"]),
         )
         page.variants_note = gr.Markdown(elem_id="variants-note")
         page.variants_table = gr.Dataframe(
@@ -305,7 +313,7 @@ def _results(page: Page) -> None:
             visible=False,
             elem_id="variants-table",
             wrap=True,
-            column_widths=["14%", "7%", "8%", "9%", "9%", "8%", "9%", "10%", "26%"],
+            column_widths=_widths(VARIANT_COLUMNS, ["12%", "7%", "7%", "8%", "8%", "8%", "8%", "8%", "8%", "26%"]),
         )
         with gr.Row(equal_height=True):
             _charts(page)
