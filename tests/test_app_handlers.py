@@ -254,7 +254,6 @@ def test_tabular_feeds_from_the_page():
     assert h.set_feed("features=a..c", cols, "b", "auto") == "features=a,c"
     assert h.set_feed("features=a..c", cols, "b", "extra") == "features=a,c\nextra=b"
     assert h.set_feed("features=a", cols, "a", "auto") == ""
-    assert h.feed_choice("features=a..c", cols, "b") == "features" and h.feed_choice("", cols, "b") == "auto"
     spec = h.spec_from_ui("m.pt", "s.csv", tabular="features=c,a..b", out="o")
     assert spec.tabular == {"features": ("c", "a..b")}
     ok = cards.mapping_html(

@@ -231,7 +231,7 @@ def test_opset18_split_is_rewritten_for_opset17(tmp_path, total, parts, output_s
     onnx.save(_split18_in_opset17(total, parts, output_shapes), str(path))
     assert not graph_info.check(path).ok  # the file as the exporter leaves it
     assert split17.split_to_opset17(path) == (1, [])
-    assert graph_info.check(path).ok and runtime.load_error(path) is None
+    assert graph_info.check(path).ok and runtime.check_session(path)[1] is None
     x = np.arange(2 * total, dtype=np.float32).reshape(2, total)
     got = runtime.run(runtime.cpu_session(path), {"x": x})
     chunk = -(-total // parts)
@@ -287,7 +287,7 @@ def test_auto_treats_an_unusable_file_as_a_failed_attempt(tmp_path, monkeypatch,
     _, _, path, info = _export(Honest(), tmp_path, exporter="auto")
     first, second = info.attempts
     assert not first.ok and why in first.error and first.opset_written == 18
-    assert second.ok and info.exporter == "torchscript" and runtime.load_error(path) is None
+    assert second.ok and info.exporter == "torchscript" and runtime.check_session(path)[1] is None
 
 
 def test_forced_exporter_with_an_unusable_file_is_an_export_error(tmp_path, monkeypatch):

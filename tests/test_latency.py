@@ -16,10 +16,10 @@ from studio.report.render import LATENCY_COLUMNS, latency_rows, machine_line
 from studio.timing import latency
 
 
-def test_time_fn_warms_up_then_fills_the_budget():
+def test_timing_warms_up_then_fills_the_budget():
     calls = []
-    p50, p90, p99, n = latency.time_fn(lambda: calls.append(1), budget_s=0.05, warmup=3, min_iters=5)
-    assert len(calls) == 3 + n and n >= 5 and p50 <= p90 <= p99
+    st = latency._timed(lambda: calls.append(1), budget_s=0.05, warmup=3, min_iters=5)
+    assert len(calls) == 3 + st.iterations and st.untimed == 3 and st.iterations >= 5 and st.p50 <= st.p90 <= st.p99
 
 
 def test_slow_calls_shorten_the_warm_up_not_the_minimum_iterations():

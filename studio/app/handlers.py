@@ -297,19 +297,6 @@ def set_feed(text: str, columns: list[str], column: str, choice: str) -> str:
     return tabular_text(feeds)
 
 
-def feed_choice(text: str, columns: list[str], column: str) -> str:
-    """Which input the tabular-inputs text makes `column` feed ("auto" when it names none)."""
-    from studio.inputs.tabular import expand_columns
-
-    try:
-        for name, cols in parse_tabular_value(text).items():
-            if column in expand_columns(cols, columns):
-                return name
-    except StudioError:
-        pass
-    return "auto"
-
-
 def _required(what: str, hint: str) -> Callable[[Any], str]:
     def read(value: Any) -> str:
         if not value:

@@ -24,7 +24,7 @@ from studio.report.render import IO_COLUMNS, LATENCY_COLUMNS, PARITY_COLUMNS, PR
 from studio.spec import DYNAMIC_AXES, ID_DTYPES, ROLES, TASKS, default
 
 
-def _widths(headers: list[str], widths: list[str]) -> list[str]:
+def _widths(headers: list[str], widths: list[str | int]) -> list[str | int]:
     """A table's column widths, one per header (a table's columns come from the report: a new one must get
     its width here, or the last columns, the CUDA reason among them, fall off the page)."""
     if len(widths) != len(headers):

@@ -76,11 +76,6 @@ def check_session(
         return None, first_line(e, 400, with_type=True)
 
 
-def load_error(path: str | Path) -> str | None:
-    """Why ONNX Runtime cannot open `path` on the CPU, or None when it can (the session is dropped)."""
-    return check_session(path)[1]
-
-
 @dataclass
 class CudaSession:
     session: ort.InferenceSession | None

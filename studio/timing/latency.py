@@ -68,20 +68,6 @@ def _timed(
     return result
 
 
-def time_fn(
-    fn: Callable[[], object],
-    budget_s: float,
-    warmup: int = WARMUP,
-    min_iters: int = MIN_ITERS,
-    max_iters: int = MAX_ITERS,
-) -> tuple[float, float, float, int]:
-    """Call fn up to `warmup` times, then until `budget_s` is spent (at least min_iters, at most max_iters).
-
-    Returns (p50_ms, p90_ms, p99_ms, iterations)."""
-    st = _timed(fn, budget_s, warmup, min_iters, max_iters)
-    return st.p50, st.p90, st.p99, st.iterations
-
-
 def timing(
     stats: Stats, batch: int, seq: int | None, threads: int | None, provider: str, io_binding: bool = False
 ) -> Timing:
