@@ -104,6 +104,49 @@ def test_a_graph_without_weights_to_quantize_goes_to_onnxruntime(tmp_path):
     assert "ConvInteger" in {n.op_type for n in onnx.load(str(built.path)).graph.node}
 
 
+def test_weights_held_in_constant_nodes_are_quantized_too(tmp_path):
+    """TorchScript's exporter can leave a weight as a Constant node, not an initializer: lifted first, it is
+    quantized like any other (before, nothing was, and the "int8" file was the fp32 one)."""
+    nodes = [
+        helper.make_node("Constant", [], ["W1"], value=numpy_helper.from_array(W1, "W1")),
+        helper.make_node("MatMul", ["x", "W1"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    src = tmp_path / "const.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(src))
+    ctx = B.Context(None, None, src, tmp_path, 1, external=False)
+    built = B.build_int8(ctx, src, tmp_path / "const.int8.onnx")
+    ops = [n.op_type for n in onnx.load(str(built.path)).graph.node]
+    assert ops == ["DynamicQuantizeMatMul"] and "1 matrix products quantized" in " ".join(built.notes)
+    x = RNG.standard_normal((5, 16)).astype(np.float32)
+    (y,) = ort.InferenceSession(str(built.path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(y, _reference(x, W1, 0.0), rtol=1e-3, atol=1e-3)
+
+
+def test_an_int8_that_would_quantize_nothing_is_refused(tmp_path):
+    """No matrix product or convolution with a constant weight: ONNX Runtime's quantizer changes nothing, and
+    the variant is refused (no file), never passed as int8."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "c"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(RNG.standard_normal(16).astype(np.float32), "c")],
+    )
+    src = tmp_path / "add.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(src))
+    ctx = B.Context(None, None, src, tmp_path, 1, external=False)
+    dest = tmp_path / "add.int8.onnx"
+    with pytest.raises(B.NothingQuantized, match="no operator was quantized"):
+        B.build_int8(ctx, src, dest)
+    assert not dest.exists() and not list(tmp_path.glob("add.int8*"))
+
+
 @pytest.mark.parametrize("op", ["Gemm"])
 def test_gemm_with_alpha_is_left_fp32(tmp_path, op):
     graph = helper.make_graph(

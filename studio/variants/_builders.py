@@ -89,6 +89,10 @@ ATTENTION_OPS = (
 )
 
 
+class NothingQuantized(Exception):
+    """A variant that would change nothing: refused, never passed as that variant."""
+
+
 @dataclass
 class Built:
     """What a builder made: the file, how, from which file, and notes for the report."""
@@ -349,6 +353,12 @@ def _int8_by_onnxruntime(ctx: Context, src: Path, dest: Path) -> Built:
     quantized = _op_counts(dest)
     n = quantized.get("MatMulInteger", 0) + quantized.get("QAttention", 0) + quantized.get("DynamicQuantizeMatMul", 0)
     n += quantized.get("ConvInteger", 0)
+    if not n:
+        remove_model(dest)
+        raise NothingQuantized(
+            "no operator was quantized (the graph has no matrix product or convolution with a constant weight), "
+            "so the int8 file would be the fp32 one under a new name; none is written"
+        )
     notes = [
         f"Weights int8 ({'per channel' if INT8_PER_CHANNEL else 'per tensor'}), activations quantized at run "
         f"time (dynamic); {n} operators quantized by ONNX Runtime's quantize_dynamic (no constant-weight "

@@ -120,8 +120,21 @@ def _replace(graph: ir.Graph, old: ir.Node, new: ir.Node, out: ir.Value) -> None
     new.outputs[0].shape, new.outputs[0].type = out.shape, out.type
 
 
+def lift_constants(model: ir.Model) -> int:
+    """Constant nodes holding a tensor of 16 elements or more become initializers (TorchScript's exporter leaves
+    weights so: without this, quantization finds no constant weight and the "int8" file is the fp32 one);
+    returns how many were lifted."""
+    from onnx_ir.passes.common import LiftConstantsToInitializersPass
+
+    before = len(model.graph.initializers)
+    LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=16)(model)
+    return len(model.graph.initializers) - before
+
+
 def quantize_graph(model: ir.Model) -> int:
-    """Quantize `model`'s constant-weight matrix products in place; returns how many."""
+    """Quantize `model`'s constant-weight matrix products in place (Constant-node weights lifted to
+    initializers first); returns how many."""
+    lift_constants(model)
     graph = model.graph
     # id(weight value) -> its int8, scale, zero point, and the columns (N of the [K, N] weight)
     made: dict[int, tuple[ir.Value, ir.Value, ir.Value, int]] = {}
