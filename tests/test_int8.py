@@ -142,7 +142,7 @@ def test_an_int8_that_would_quantize_nothing_is_refused(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(src))
     ctx = B.Context(None, None, src, tmp_path, 1, external=False)
     dest = tmp_path / "add.int8.onnx"
-    with pytest.raises(B.NothingQuantized, match="no operator was quantized"):
+    with pytest.raises(B.NothingChanged, match="no operator was quantized"):
         B.build_int8(ctx, src, dest)
     assert not dest.exists() and not list(tmp_path.glob("add.int8*"))
 
@@ -191,3 +191,22 @@ def test_gelu_fusion_fuses_and_lets_the_graph_go(tmp_path):
     del model
     gc.collect()
     assert graph() is None
+
+
+def test_an_fp16_that_would_convert_nothing_is_refused(tmp_path):
+    """A graph with no float tensor: the fp16 conversion changes nothing, and the variant is refused."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "c"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.INT64, ["b", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, None)],
+        [numpy_helper.from_array(np.arange(4, dtype=np.int64), "c")],
+    )
+    src = tmp_path / "ints.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(src))
+    ctx = B.Context(None, None, src, tmp_path, 1, external=False)
+    with pytest.raises(B.NothingChanged, match="no tensor became fp16"):
+        B.build_fp16(ctx, src, tmp_path / "ints.fp16.onnx")
+    assert not list(tmp_path.glob("ints.fp16*"))
+    built = B.build_fp16(ctx, _graph(tmp_path / "m.onnx"), tmp_path / "m.fp16.onnx")  # float weights: converted
+    assert "4 weights fp16" in built.notes[0]

@@ -89,7 +89,7 @@ ATTENTION_OPS = (
 )
 
 
-class NothingQuantized(Exception):
+class NothingChanged(Exception):
     """A variant that would change nothing: refused, never passed as that variant."""
 
 
@@ -355,7 +355,7 @@ def _int8_by_onnxruntime(ctx: Context, src: Path, dest: Path) -> Built:
     n += quantized.get("ConvInteger", 0)
     if not n:
         remove_model(dest)
-        raise NothingQuantized(
+        raise NothingChanged(
             "no operator was quantized (the graph has no matrix product or convolution with a constant weight), "
             "so the int8 file would be the fp32 one under a new name; none is written"
         )
@@ -375,5 +375,25 @@ def build_fp16(ctx: Context, src: Path, dest: Path) -> Built:
     om.convert_float_to_float16(use_symbolic_shape_infer=True, keep_io_types=True)
     om.save_model_to_file(str(dest), use_external_data_format=ctx.external)
     del om, model
-    notes = ["Float tensors fp16; inputs and outputs keep model.onnx's types (keep_io_types). Meant for CUDA."]
+    saved = onnx.load(str(dest), load_external_data=False)
+    halves = sum(t.data_type == onnx.TensorProto.FLOAT16 for t in saved.graph.initializer)
+    halves += sum(
+        n.op_type == "Constant" and any(a.t.data_type == onnx.TensorProto.FLOAT16 for a in n.attribute)
+        for n in saved.graph.node
+    )
+    casts = sum(
+        n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in n.attribute)
+        for n in saved.graph.node
+    )
+    del saved
+    if not halves and not casts:
+        remove_model(dest)
+        raise NothingChanged(
+            "no tensor became fp16 (the graph holds no float weight or value to convert), so the fp16 file would "
+            "be the fp32 one under a new name; none is written"
+        )
+    notes = [
+        f"Float tensors fp16 ({halves} weights fp16, {casts} casts to fp16); inputs and outputs keep model.onnx's "
+        "types (keep_io_types). Meant for CUDA."
+    ]
     return Built(dest, "onnxruntime.transformers float16 conversion", src, notes)
