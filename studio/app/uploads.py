@@ -228,15 +228,21 @@ class UploadGuard:
                 paths = json.loads(payload)
             except ValueError:
                 paths = []
-            kept = self.uploads.record(
-                client, [p for p in paths if isinstance(p, str)] if isinstance(paths, list) else []
-            )
-            message = await anyio.to_thread.run_sync(self.uploads.over, client)
+            named = [p for p in paths if isinstance(p, str)] if isinstance(paths, list) else []
+            message = await anyio.to_thread.run_sync(self._judge, client, named)
             if message is not None:
-                self.uploads.drop(kept)
                 return await _refuse(send, message)
         await send({**start, "type": "http.response.start"})
         await send({"type": "http.response.body", "body": payload})
+
+    def _judge(self, client: str, named: list[str]) -> str | None:
+        """After gradio wrote the files (in a worker thread: it stats, walks and deletes): record them for
+        `client`; the refusal message, with the files deleted, when the caps are still passed."""
+        kept = self.uploads.record(client, named)
+        message = self.uploads.over(client)
+        if message is not None:
+            self.uploads.drop(kept)
+        return message
 
 
 def _declared_length(scope) -> int | None:
