@@ -217,6 +217,80 @@ class VariantInfo:
 
 
 @dataclass
+class TokenDiff:
+    """Where one prompt's ONNX Runtime continuation first leaves transformers' `generate` (studio.generate)."""
+
+    prompt: int  # index of the prompt in the sample's text column
+    step: int  # 0 = the first new token
+    expected: int  # transformers' token id at that step
+    got: int  # ONNX Runtime's token id
+    expected_text: str = ""
+    got_text: str = ""
+    margin: float | None = None  # transformers' top-1 minus top-2 logit at that step
+    near_tie: bool = False  # margin within the logits' tolerance: a tie broken the other way, not a failure
+
+
+@dataclass
+class PromptResult:
+    """One prompt, greedily continued by both engines."""
+
+    prompt: int
+    text: str  # the prompt (cut for the report)
+    reference_ids: list[int] = field(default_factory=list)  # new tokens from transformers' generate
+    onnx_ids: list[int] = field(default_factory=list)  # new tokens from ONNX Runtime through the file(s)
+    reference_text: str = ""
+    onnx_text: str = ""
+    same: bool = False
+    max_logits_diff: float | None = None  # max |difference| of the per-step logits (NaN stays NaN)
+    divergence: TokenDiff | None = None
+
+
+@dataclass
+class GenerationRun:
+    """One way of generating the prompts (one at a time, or batched with padding) and its verdict."""
+
+    mode: str  # "one by one" | "batched"
+    ok: bool
+    prompts: list[PromptResult] = field(default_factory=list)
+    padding_side: str | None = None  # batched: "left" for decoders
+    identical_share: float | None = None  # share of new tokens identical to transformers'
+    error: str | None = None
+
+
+@dataclass
+class GenerationSpeed:
+    """Time to first token and decoding speed of one engine at one batch size."""
+
+    engine: str  # "torch" | "onnxruntime"
+    provider: str  # what really ran: "torch-cpu", "CPUExecutionProvider", "CUDAExecutionProvider"
+    batch: int
+    new_tokens: int
+    ttft_ms: float | None = None
+    tokens_per_s: float | None = None  # new tokens per second, all sequences of the batch counted
+    io_binding: bool = False
+    error: str | None = None
+
+
+@dataclass
+class GenerationInfo:
+    """A generator's export (decoder with its cache, or encoder + decoder), judged by generating the prompts."""
+
+    task: str  # "text-generation" | "text2text-generation"
+    with_past: bool  # the cache is an input and an output of the decoder file
+    ok: bool
+    files: dict[str, str] = field(default_factory=dict)  # role ("model", "encoder", "decoder", ...) -> file name
+    io: dict[str, list[str]] = field(default_factory=dict)  # file role -> its input and output names
+    cache: dict[str, Any] = field(default_factory=dict)  # layers, kv heads, head dim, layout
+    max_new_tokens: int = 20
+    runs: list[GenerationRun] = field(default_factory=list)
+    probes: list[dict[str, Any]] = field(default_factory=list)  # {batch, sequence, past, max_abs_diff, ok}
+    speed: list[GenerationSpeed] = field(default_factory=list)
+    variants: list[dict[str, Any]] = field(default_factory=list)  # {name, identical_share, first divergence}
+    can: str = ""  # what the file can do, in words
+    error: str | None = None
+
+
+@dataclass
 class Report:
     source: dict[str, Any]  # {kind, path, ...describe()}
     roles: dict[str, str]
@@ -238,6 +312,8 @@ class Report:
     # where ONNX Runtime first leaves PyTorch (studio.checks.locate's Divergence.to_dict()): when parity or a probe
     # failed, or on request (--locate); None when the locator did not run. It does not change `ok`.
     divergence: dict[str, Any] | None = None
+    generation: GenerationInfo | None = None  # text-generation / text2text-generation: the generation check
+    profile: dict[str, Any] | None = None  # ONNX Runtime's per-node profile on the sample (top nodes by time)
     # where the time went: {"stages": {stage: s}, "export_attempts": [{exporter, ok, skipped, seconds}], "total": s}
     timings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
@@ -251,6 +327,8 @@ class Report:
         if self.dynamic is not None and self.dynamic.ok is not None:
             checks.append(self.dynamic.ok)
         checks += [v.ok for v in self.variants]
+        if self.generation is not None:
+            checks.append(self.generation.ok)
         return all(checks)
 
     @property
@@ -263,6 +341,8 @@ class Report:
         if self.dynamic is not None and self.dynamic.ok is False:
             failed.append("dynamic")
         failed += [f"variant:{v.name}" for v in self.variants if not v.ok]
+        if self.generation is not None and not self.generation.ok:
+            failed.append("generation")
         return failed
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,7 @@
+"""Generators: causal LMs and encoder-decoders exported with their cache, judged by generating the user's prompts.
+
+The contract the modules share is in `studio.generate.base`: a `Steps` record of a greedy decode (new token ids and
+the logits of every step) that transformers' `generate` (the reference) and ONNX Runtime through the exported
+file(s) both produce, and the `OrtGenerator` protocol each exported kind (decoder with past, encoder + decoder)
+implements. Results go into `studio.report.model.GenerationInfo`.
+"""
