@@ -269,6 +269,10 @@ class GenerationSpeed:
     tokens_per_s: float | None = None  # new tokens per second, all sequences of the batch counted
     io_binding: bool = False
     error: str | None = None
+    threads: int | None = None  # intra-op threads of both engines (ORT CUDA: None)
+    iterations: int | None = None  # timed whole decodes behind tokens_per_s (their median)
+    sequence: int | None = None  # prompt length (the longest, padding included)
+    note: str | None = None  # how it ran, e.g. PyTorch's attention, or what was bound on the device
 
 
 @dataclass
