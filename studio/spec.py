@@ -24,7 +24,10 @@ TASKS = (
     "sequence-classification",
     "token-classification",
     "question-answering",
+    "text-generation",  # decoders (*ForCausalLM, *LMHeadModel): exported with their cache (docs/generation.md)
+    "text2text-generation",  # encoder-decoders (seq2seq *ForConditionalGeneration): encoder + decoder with cache
 )
+MAX_NEW_TOKENS_MAX = 4096  # --max-new-tokens: the most tokens the generation check decodes per prompt
 
 # Default --max-params (the most parameters a config may declare; counted on the meta device before
 # anything is allocated, see sources.sizing). The studio loads and exports every model in float32 (4 bytes
@@ -136,6 +139,10 @@ class ConvertSpec:
     # folders, as the person who uploaded them knows them (studio.artifacts.write_report); () = as given
     display_paths: tuple[str, ...] = ()
     locate: bool = False  # run the divergence locator even when every check passes (studio.checks.locate)
+    # generators (text-generation, text2text-generation): the key/value cache is an input and an output of the
+    # decoder file (False, --no-cache: the plain forward, logits only); new tokens each prompt is continued by
+    cache: bool = True
+    max_new_tokens: int = 20
     debug: bool = False
 
     def validated(self) -> ConvertSpec:
@@ -179,6 +186,16 @@ class ConvertSpec:
             raise StudioError(f"Task {self.task!r} is not one of {', '.join(TASKS)}.")
         if not isinstance(self.locate, bool):
             raise StudioError(f"--locate must be true or false, got {self.locate!r}.")
+        if not isinstance(self.cache, bool):
+            raise StudioError(f"cache (--no-cache) must be true or false, got {self.cache!r}.")
+        if (
+            isinstance(self.max_new_tokens, bool)
+            or not isinstance(self.max_new_tokens, int)
+            or not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_MAX
+        ):
+            raise StudioError(
+                f"--max-new-tokens must be a whole number from 1 to {MAX_NEW_TOKENS_MAX}, got {self.max_new_tokens!r}."
+            )
         return replace(
             self,
             tabular=tabular,

@@ -216,9 +216,22 @@ CONVERT_FLAGS = (
     flag(
         "--task",
         "what a model folder is exported as (default auto: modules.json -> sentence-embedding, "
-        "else config.json's architectures)",
+        "else config.json's architectures: an LM head -> text-generation / text2text-generation)",
         choices=TASKS,
         default=default("task"),
+    ),
+    flag(
+        "--no-cache",
+        "a generator (text-generation) without its key/value cache: the plain forward, logits only "
+        "(default: the cache is an input and an output, as deployed)",
+        action="store_true",
+    ),
+    flag(
+        "--max-new-tokens",
+        "a generator's check: new tokens generated greedily for each prompt (default {default})",
+        type=int,
+        default=default("max_new_tokens"),
+        metavar="N",
     ),
     flag(
         "--locate",
@@ -486,6 +499,8 @@ def spec_from_args(args: argparse.Namespace) -> ConvertSpec:
         config=args.config,
         head=args.head,
         task=args.task,
+        cache=not args.no_cache,
+        max_new_tokens=args.max_new_tokens,
         trust_code=args.trust_code,
         max_params=args.max_params,
         locate=args.locate,

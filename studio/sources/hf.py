@@ -52,6 +52,18 @@ TASK_HEADS = {
     "token-classification": "ForTokenClassification",
     "question-answering": "ForQuestionAnswering",
 }
+# Generators (studio.generate): the task -> (Auto class, graph outputs of the plain forward, output kind). Which
+# architectures are generators is told by transformers' own mappings (`generator_task`).
+TEXT_GENERATION, TEXT2TEXT_GENERATION = "text-generation", "text2text-generation"
+GENERATORS = {
+    TEXT_GENERATION: ("AutoModelForCausalLM", ["logits"], "logits"),
+    TEXT2TEXT_GENERATION: ("AutoModelForSeq2SeqLM", ["logits"], "logits"),
+}
+CAN = {
+    TEXT_GENERATION: "generates text: each call takes the new tokens and the cache of the tokens before them",
+    TEXT2TEXT_GENERATION: "generates text from an input text: the encoder runs once, the decoder once per new "
+    "token with its cache",
+}
 
 
 class WeightsMismatchError(CheckpointError):
@@ -73,14 +85,37 @@ def load(source: Source, shown: str, options: LoadOptions) -> LoadedModel:
     return load_folder(source.path, shown, task=options.task, max_params=options.max_params)
 
 
+def generator_task(config, arch: str) -> str | None:
+    """text-generation for a causal LM head (`*ForCausalLM`, `*LMHeadModel` of a model type transformers maps to
+    a causal LM), text2text-generation for an encoder-decoder's LM (the class transformers' seq2seq-LM mapping
+    names for the model type, e.g. T5ForConditionalGeneration, MarianMTModel); None for any other class (a
+    vision or multimodal *ForConditionalGeneration keeps the studio's other loaders)."""
+    from transformers.models.auto import modeling_auto
+
+    model_type = str(getattr(config, "model_type", ""))
+    seq2seq = modeling_auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES.get(model_type)
+    if getattr(config, "is_encoder_decoder", False) and (
+        arch == seq2seq or (seq2seq and arch.endswith(("ForConditionalGeneration", "LMHeadModel")))
+    ):
+        return TEXT2TEXT_GENERATION
+    if arch.endswith(("ForCausalLM", "LMHeadModel")) and model_type in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return TEXT_GENERATION
+    return None
+
+
 def choose_task(config, task: str = "auto") -> tuple[tuple[str, list[str], str], str]:
     """(Auto class, outputs, output kind) and why: from --task when given, else the config's architectures."""
+    if task in GENERATORS:
+        return GENERATORS[task], f"--task {task}"
     if task in TASK_HEADS:
         suffix = TASK_HEADS[task]
         chosen = HEAD_CLASSES[suffix] if suffix else None  # every --task head is one the studio builds
         return (chosen or ("AutoModel", ENCODER_OUTPUTS, "hidden")), f"--task {task}"
     archs = list(getattr(config, "architectures", None) or [])
     for arch in archs:
+        generator = generator_task(config, arch)
+        if generator is not None:
+            return GENERATORS[generator], f"config.json's architectures names {arch}, a language-model head"
         for suffix, head in HEAD_CLASSES.items():
             if arch.endswith(suffix):
                 if head is None:
@@ -100,6 +135,9 @@ def choose_task(config, task: str = "auto") -> tuple[tuple[str, list[str], str],
 
 def task_name(auto_name: str) -> str:
     """The --task word for an Auto class name."""
+    for task, generator in GENERATORS.items():
+        if generator[0] == auto_name:
+            return task
     for task, suffix in TASK_HEADS.items():
         head = HEAD_CLASSES[suffix] if suffix else None
         if head and head[0] == auto_name:
@@ -135,14 +173,47 @@ def text_inputs_for(module: torch.nn.Module, config, tokenizer) -> list[ModelInp
     return inputs
 
 
-def make_adapter(output_names: list[str]):
-    """Call a transformers model with keyword tensors and return the named outputs as a tuple."""
+def make_adapter(output_names: list[str], **fixed):
+    """Call a transformers model with keyword tensors (and the `fixed` keywords, e.g. use_cache=False) and return
+    the named outputs as a tuple."""
 
     def adapter(module, named):
-        out = module(**named, return_dict=True)
+        out = module(**named, **fixed, return_dict=True)
         return tuple(out[name] for name in output_names)
 
     return adapter
+
+
+def dropped_heads(config, auto_name: str) -> tuple[str, str] | None:
+    """A warning when the Auto class chosen leaves out a head the config's architecture has (e.g. --task
+    feature-extraction on a GPT2LMHeadModel folder: `lm_head`), naming it, and what the file can do instead (for
+    the task's reason: said for an LM head only, empty for another); None when nothing is dropped.
+    The architecture is built on the meta device (no memory): its children besides the base model are heads."""
+    import transformers
+
+    archs = [a for a in getattr(config, "architectures", None) or [] if hasattr(transformers, a)]
+    if not archs or auto_name != "AutoModel":
+        return None  # a task head of another kind than the folder's cannot load its weights: refused at loading
+    arch = archs[0]
+    try:
+        with torch.device("meta"):
+            model = getattr(transformers, arch)(config)
+    except Exception:  # a class that cannot be built from this config: nothing known to name
+        return None
+    base = getattr(model, getattr(model, "base_model_prefix", "") or "", None)
+    heads = [n for n, child in model.named_children() if child is not base and any(True for _ in child.parameters())]
+    if base is None or not heads:
+        return None
+    task = generator_task(config, arch)
+    names = ", ".join(f"`{h}`" for h in heads)
+    bare = f"the graph is the bare {type(base).__name__} (last_hidden_state)"
+    if task is not None:
+        return (
+            f"the file gives hidden states only: {arch}'s LM head {names} is not exported, it cannot generate",
+            f"{arch}'s LM head {names} is not exported: {bare}, so the file cannot generate a single token. "
+            f"Leave --task auto (or give --task {task}) to export the generator with its cache.",
+        )
+    return "", f"{arch}'s head {names} is not exported: {bare}."
 
 
 def load_folder(
@@ -162,20 +233,26 @@ def load_folder(
     _check_folder_size(folder, shown, auto_cls, config, max_params)
     module = _from_pretrained(folder, shown, auto_cls, auto_name, config)
     tokenizer = load_tokenizer(folder)
+    task_done = task_name(auto_name)
+    dropped = dropped_heads(config, auto_name)
+    if task_done in GENERATORS:
+        task_why += f": {task_done}, the file {CAN[task_done]}"
     return LoadedModel(
         kind="hf",
         path=shown_path or str(folder),
         module=module,
-        adapter=make_adapter(outputs),
+        # a generator's plain forward (--no-cache): logits only, no cache built or returned
+        adapter=make_adapter(outputs, use_cache=False) if task_done in GENERATORS else make_adapter(outputs),
         inputs=text_inputs_for(module, config, tokenizer),
         output_names=list(outputs),
         output_kinds={o: out_kind for o in outputs},
         tokenizer=tokenizer,
-        task=task_name(auto_name),
+        task=task_done,
         info={
             "architecture": type(module).__name__,
             "model_type": config.model_type,
-            "task_reason": task_why,
+            "task_reason": task_why + (f"; {dropped[0]}" if dropped and dropped[0] else ""),
+            **({"warnings": [dropped[1]]} if dropped else {}),
             "labels": [config.id2label[i] for i in sorted(config.id2label)]
             if out_kind == "logits"
             and getattr(config, "id2label", None)
