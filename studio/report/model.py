@@ -243,6 +243,9 @@ class PromptResult:
     same: bool = False
     max_logits_diff: float | None = None  # max |difference| of the per-step logits (NaN stays NaN)
     divergence: TokenDiff | None = None
+    # each new token decoded alone (the page marks the differing ones); empty: only the ids are known
+    reference_tokens: list[str] = field(default_factory=list)
+    onnx_tokens: list[str] = field(default_factory=list)
 
 
 @dataclass
