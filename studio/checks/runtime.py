@@ -46,9 +46,19 @@ def session_options(threads: int | None = None, optimization: str = "all", arena
 
 
 def cpu_session(
-    path: str | Path, threads: int | None = None, optimization: str = "all", arena: bool = True
+    path: str | Path,
+    threads: int | None = None,
+    optimization: str = "all",
+    arena: bool = True,
+    profile_prefix: str | None = None,
 ) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), sess_options=session_options(threads, optimization, arena), providers=[CPU])
+    """profile_prefix: ONNX Runtime's profiler on, its JSON file starting with this path (studio.checks.profile
+    reads it after `session.end_profiling()`, which returns the file's name)."""
+    so = session_options(threads, optimization, arena)
+    if profile_prefix is not None:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(str(path), sess_options=so, providers=[CPU])
 
 
 def release_memory() -> None:
