@@ -48,7 +48,7 @@ from studio.checks._scopes import (
 )
 from studio.checks.parity import nonfinite
 from studio.errors import first_line
-from studio.report.divergence import Divergence, Site, summary
+from studio.report.divergence import Divergence, Site, per_node, summary
 from studio.sources.base import LoadedModel
 from studio.sources.wrap import wrap
 from studio.spec import LocateOptions, default
@@ -254,6 +254,7 @@ def _select(sites: list[tuple[Site, int]], div: Divergence, follow: int, agreein
         if s.value not in best or depth > best[s.value][1]:
             best[s.value] = (s, depth)
     ordered = sorted((s for s, _ in best.values()), key=lambda s: s.position)
+    div.per_node = per_node(ordered)
     bad = [s for s in ordered if not s.ok]
     div.found = bool(bad)
     if bad:

@@ -53,25 +53,46 @@ class Divergence:
     outputs_max_abs_diff: float | None = None  # graph outputs in the locator's own run (None: not run)
     trigger: str | None = None  # what asked for it: "parity", "probe ...", "requested"
     message: str = ""
+    # every value compared, by the ONNX node producing it (the graph view paints these): node name ->
+    # {value, op_type, module, call, max_abs_diff, max_rel_diff, ok, position}; a node with several compared
+    # outputs keeps its worst; NaN (non-finite in one runtime only) stays NaN ("nan" in report.json)
+    per_node: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: _json_float(v) for k, v in asdict(self).items() if k not in ("first", "following", "agreeing")}
+        d = {k: _json_float(v) for k, v in asdict(self).items() if k not in _NESTED}
         d["first"] = self.first.to_dict() if self.first else None
         d["following"] = [s.to_dict() for s in self.following]
         d["agreeing"] = [s.to_dict() for s in self.agreeing]
+        d["per_node"] = {n: {k: _json_float(v) for k, v in e.items()} for n, e in self.per_node.items()}
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Divergence:
         """Back from `to_dict()` (report.json's `divergence`), so the CLI and the page format what the report holds."""
         sites = lambda items: [Site(**{k: _from_json(v) for k, v in x.items()}) for x in items]
-        rest = {k: _from_json(v) for k, v in d.items() if k not in ("first", "following", "agreeing")}
+        rest = {k: _from_json(v) for k, v in d.items() if k not in _NESTED}
         return cls(
             **rest,
             first=sites([d["first"]])[0] if d.get("first") else None,
             following=sites(d.get("following") or []),
             agreeing=sites(d.get("agreeing") or []),
+            per_node={n: {k: _from_json(v) for k, v in e.items()} for n, e in (d.get("per_node") or {}).items()},
         )
+
+
+_NESTED = ("first", "following", "agreeing", "per_node")
+
+
+def per_node(sites: list[Site]) -> dict[str, dict[str, Any]]:
+    """Divergence.per_node from the compared values (one Site per value): by producing node, in graph order;
+    a node with several compared values keeps the one that differs most (NaN first)."""
+    worst = lambda s: (not s.ok, math.isnan(s.max_abs_diff), s.max_abs_diff if not math.isnan(s.max_abs_diff) else 0)  # noqa: E731
+    out: dict[str, Site] = {}
+    for s in sorted(sites, key=lambda s: s.position):
+        if s.node not in out or worst(s) > worst(out[s.node]):
+            out[s.node] = s
+    keys = ("value", "op_type", "module", "call", "max_abs_diff", "max_rel_diff", "ok", "position")
+    return {n: {k: getattr(s, k) for k in keys} for n, s in out.items()}
 
 
 def _from_json(v: Any) -> Any:
