@@ -1,7 +1,8 @@
 """convert(spec) -> Report: the only orchestration, used by the CLI, the app and the Python API.
 
-Stages: loading, batch, export, checker, parity, shape probe, locate, variants, latency, writing. Latency comes
-last so that model.onnx and every variant are each timed side by side with PyTorch (`latency.measure_all`).
+Stages: loading, batch, export, checker, parity, shape probe, locate, variants, latency, profile, writing. Latency
+comes after the variants so that model.onnx and every variant are each timed side by side with PyTorch
+(`latency.measure_all`); ONNX Runtime's per-node profile (studio.checks.profile) after it, timing nothing beside it.
 Everything is built in a private folder beside `spec.out` and moved in only when complete, so a
 failed conversion leaves no half-written artifact behind.
 """
@@ -47,7 +48,19 @@ from studio.sources.base import TABULAR, LoadedModel, ModelInput
 from studio.spec import ConvertSpec
 from studio.timing import latency as latency_mod
 
-STAGES = ("loading", "batch", "export", "checker", "parity", "shape probe", "locate", "variants", "latency", "writing")
+STAGES = (
+    "loading",
+    "batch",
+    "export",
+    "checker",
+    "parity",
+    "shape probe",
+    "locate",
+    "variants",
+    "latency",
+    "profile",
+    "writing",
+)
 _FRACTION = {
     "loading": 0.02,
     "batch": 0.1,
@@ -58,6 +71,7 @@ _FRACTION = {
     "locate": 0.75,
     "variants": 0.78,
     "latency": 0.85,
+    "profile": 0.95,
     "writing": 0.97,
 }
 Progress = Callable[[str, float], None]
@@ -218,6 +232,7 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
     variant_infos, latency = _variants_and_latency(
         spec, loaded, batch.tensors, model_path, axes, work, say, session, calls
     )
+    profile = _profile(spec, batch.tensors, model_path, variant_infos, work, say)
 
     report = Report(
         source=loaded.describe(),
@@ -236,6 +251,7 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
         feeds={n: [dict(f) for f in parts] for n, parts in batch.features.items()},
         comparison=comparison,
         divergence=divergence,
+        profile=profile,
     )
     say("writing", _FRACTION["writing"])
     report.files = _write_files(spec, loaded, batch, df, work)
@@ -408,7 +424,7 @@ def _variants_and_latency(
         timed.update(variant_targets)
 
     say("latency", _FRACTION["latency"])
-    span = _FRACTION["writing"] - _FRACTION["latency"]  # slow models take a while here: move the bar per round
+    span = _FRACTION["profile"] - _FRACTION["latency"]  # slow models take a while here: move the bar per round
     measured = latency_mod.measure_all(
         loaded,
         timed,
@@ -422,6 +438,20 @@ def _variants_and_latency(
     if variant_infos:
         variants.attach_latency(variant_infos, measured, measured["model"])
     return variant_infos, measured["model"]
+
+
+def _profile(
+    spec: ConvertSpec, tensors: Tensors, model_path: Path, variants: list[VariantInfo], work: Path, say: Progress
+) -> dict[str, Any]:
+    """ONNX Runtime's per-node profile of model.onnx and of each variant file on the sample (studio.checks.profile),
+    after latency so that it times nothing beside it; each file's runs within min(1 s, the latency budget)."""
+    say("profile", _FRACTION["profile"])
+    from studio.checks import profile as profile_mod
+
+    files = {v.file: work / v.file for v in variants if v.file and (work / v.file).is_file()}
+    arrays = {n: t.detach().cpu().numpy() for n, t in tensors.items()}
+    budget = min(profile_mod.BUDGET_S, spec.latency_budget_s)
+    return profile_mod.for_report(model_path, arrays, work, files, threads=spec.threads, budget_s=budget)
 
 
 def _write_files(spec: ConvertSpec, loaded: LoadedModel, batch: Batch, df: pd.DataFrame, work: Path) -> dict[str, str]:
