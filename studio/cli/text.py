@@ -16,8 +16,10 @@ from studio.report.render import (
     io_rows,
     latency_rows,
     machine_line,
+    op_type_rows,
     parity_rows,
     probe_rows,
+    profile_rows,
 )
 from studio.report.timings import timing_line
 
@@ -97,11 +99,26 @@ def summary(report: Report) -> str:
         lines += [shown(line) for line in format_lines(Divergence.from_dict(report.divergence))]
     for v in report.variants:
         lines.append(f"variant  {v.name}: {ok(v.ok)} {v.file or ''} {shown(v.error or v.notes)}".rstrip())
+    lines += _profile_lines(report.profile)
     lines += [f"warning  {shown(w)}" for w in report.warnings]
     if report.timings:
         lines.append(f"time     {timing_line(report.timings)}")
     lines.append(f"files    {', '.join(report.files.values())} ({report.seconds:.1f} s)")
     return "\n".join(lines)
+
+
+def _profile_lines(profile: dict | None) -> list[str]:
+    """ONNX Runtime's per-node profile of model.onnx: the 3 nodes taking the most time and the top op types."""
+    if not profile:
+        return []
+    if profile.get("error"):
+        return [f"profile  n/a: {shown(profile['error'])}"]
+    nodes = "; ".join(f"{shown(n)} ({shown(op)}) {share}" for n, op, _, share in profile_rows(profile)[:3])
+    ops = ", ".join(f"{shown(op)} {share}" for op, _, _, share in op_type_rows(profile)[:4])
+    return [
+        f"profile  {profile.get('total_us', 0):.0f} µs of node time per run (median of {profile.get('runs')}): {nodes}",
+        f"         by op type: {ops}",
+    ]
 
 
 def _checker_line(c: CheckerInfo | None) -> str:

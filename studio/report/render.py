@@ -375,6 +375,7 @@ def render_markdown(r: Report) -> str:
         + _input_sections(r)
         + _check_sections(r)
         + _variant_sections(r)
+        + profile_sections(r.profile)
         + _closing_sections(r)
     )
 
@@ -502,4 +503,72 @@ def _closing_sections(r: Report) -> list[str]:
         out += ["## Warnings"] + [f"- {md_inline(w)}" for w in r.warnings] + [""]
     if r.timings:
         out += ["## Where the time went", markdown_table(TIMING_COLUMNS, timing_rows(r.timings))]
+    return out
+
+
+# --- where the time goes in the model (ONNX Runtime's per-node profile, studio.checks.profile) ------------
+
+PROFILE_COLUMNS = ["node", "op", "µs per run", "share"]
+OP_TYPE_COLUMNS = ["op", "nodes", "µs per run", "share"]
+
+
+def profile_rows(profile: dict[str, Any] | None) -> list[list[str]]:
+    """The profile's top nodes by time (PROFILE_COLUMNS): name, op type, median µs per run, share of node time."""
+    return [
+        [str(n["name"]), str(n["op_type"]), f"{n['us']:.1f}", f"{n['share']:.1%}"]
+        for n in ((profile or {}).get("nodes") or [])
+    ]
+
+
+def op_type_rows(profile: dict[str, Any] | None) -> list[list[str]]:
+    """The profile's time per op type (OP_TYPE_COLUMNS)."""
+    return [
+        [str(o["op_type"]), str(o["nodes"]), f"{o['us']:.1f}", f"{o['share']:.1%}"]
+        for o in ((profile or {}).get("op_types") or [])
+    ]
+
+
+def profile_line(profile: dict[str, Any] | None, file: str = "model.onnx") -> str:
+    """How the profile was taken, in one sentence (or why there is none)."""
+    p = profile or {}
+    if p.get("error"):
+        return f"The profile of {file} could not be taken: {p['error']}"
+    feeds = ", ".join(f"{n} {'x'.join(map(str, shape))}" for n, shape in (p.get("feeds") or {}).items())
+    return (
+        f"ONNX Runtime's profiler on {p.get('file') or file} ({p.get('provider')}, {p.get('threads')} threads, "
+        f"graph optimisation {p.get('optimization')}), on the sample ({feeds}): the median of {p.get('runs')} runs "
+        f"after {p.get('warmup')} warm-up runs. Node time {p.get('total_us', 0):.0f} µs per run, the whole run "
+        f"{p.get('run_us', 0):.0f} µs."
+    )
+
+
+def _profile_table(header: list[str], rows: list[list[str]]) -> str:
+    """A table whose first column names nodes or ops from the model (code spans), the rest md_inline."""
+    cells = [[md_code(x, table=True) if i == 0 else md_inline(x, cell=True) for i, x in enumerate(r)] for r in rows]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells]) + "\n"
+
+
+def profile_sections(profile: dict[str, Any] | None) -> list[str]:
+    """report.md's "Where the time goes in the model": model.onnx's top nodes by time and the time per op type,
+    then each variant's top nodes; nothing when no profile was taken."""
+    if not profile:
+        return []
+    out = ["## Where the time goes in the model", md_inline(profile_line(profile)), ""]
+    if not profile.get("error"):
+        out += [_profile_table(PROFILE_COLUMNS, profile_rows(profile))]
+        unmapped = profile.get("unmapped_share") or 0.0
+        if unmapped:
+            out += [
+                md_inline(
+                    f"{unmapped:.1%} of the node time is in nodes ONNX Runtime's optimisations made and named "
+                    "themselves (fusions): they stand for several nodes of the file."
+                ),
+                "",
+            ]
+        out += ["Per op type:", "", _profile_table(OP_TYPE_COLUMNS, op_type_rows(profile))]
+    for file, p in (profile.get("variants") or {}).items():
+        out += [f"### {md_inline(file)}", md_inline(profile_line(p, file)), ""]
+        if not p.get("error"):
+            out += [_profile_table(PROFILE_COLUMNS, profile_rows(p)[:5])]
     return out
