@@ -9,7 +9,7 @@ from typing import Any
 
 import gradio as gr
 
-from studio.app import graph_panel
+from studio.app import generation, graph_panel
 from studio.app import render as r
 from studio.app.graph import GraphEntry
 from studio.app.page import CONVERT_OUTPUTS, Page
@@ -76,6 +76,7 @@ def report_updates(ui: Page, result: dict[str, Any], out: Path, found: list[Grap
             visible=len(found) > 1,
         ),
         graph_view=graph_panel.graph_html(found, None, node),
+        generation=generation.update(report),
     )
 
 
@@ -109,6 +110,7 @@ def error_updates(ui: Page, error: StudioError, message: str) -> dict:
         graph_col=gr.update(visible=False),
         graph_choice=gr.update(choices=[], value=None),
         graph_view=graph_panel.graph_html([]),
+        generation=generation.update(None),
     )
 
 

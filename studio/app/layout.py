@@ -15,7 +15,7 @@ from typing import Any
 
 import gradio as gr
 
-from studio.app import cards, graph_panel
+from studio.app import cards, generation, graph_panel
 from studio.app import handlers as h
 from studio.app import render as r
 from studio.app.config import AppConfig
@@ -272,6 +272,7 @@ def _results(page: Page) -> None:
     _step(5, "Results")
     page.verdict = gr.HTML(r.idle_html(), label="verdict", elem_id="verdict", min_height=60)
     page.summary = gr.Markdown(visible=False, label="summary", elem_id="summary")
+    page.generation = generation.panel()  # generators: both continuations of each prompt, the verdict, tokens/s
     with gr.Accordion("Exporter diagnosis", open=False, visible=False) as page.diag_acc:
         page.diagnosis = gr.Markdown(label="diagnosis", elem_id="diagnosis")
     with gr.Column(visible=False) as page.results_col:

@@ -35,6 +35,7 @@ CONVERT_OUTPUTS = (
     "graph_col",
     "graph_choice",
     "graph_view",
+    "generation",
 )
 PREVIEW_OUTPUTS = (
     "model_card",
@@ -106,6 +107,7 @@ class Page:
     diff_plot: Any = None
     predictions: Any = None
     attempts: Any = None
+    generation: Any = None  # the Generation panel (studio.app.generation): generators only
     # the graph (after Export: model.onnx or a variant in Netron's viewer)
     graph_col: Any = None
     graph_choice: Any = None
