@@ -127,7 +127,8 @@ class ConvertSpec:
     latency_budget_s: float = 1.0  # time budget per latency measurement
     threads: int | None = None  # intra-op threads for PyTorch and ORT; None = physical cores
     cuda: bool = True  # measure CUDA when it is truly usable
-    variants: tuple[str, ...] = ()  # extra artifacts: optimized, int8, fp16
+    variants: tuple[str, ...] = ()  # extra artifacts: optimized, int8, int8-static, fp16
+    repair: bool = True  # a variant that fails its verdict is repaired: its worst nodes kept in float (--no-repair)
     # checkpoints that are a bare state dict of a HF backbone (+ head): see docs/checkpoints.md
     config: str | None = None  # config.json / model folder to pair with a state dict
     head: str | None = None  # built-in head for a state-dict backbone: sequence | token
@@ -186,6 +187,8 @@ class ConvertSpec:
             raise StudioError(f"Task {self.task!r} is not one of {', '.join(TASKS)}.")
         if not isinstance(self.locate, bool):
             raise StudioError(f"--locate must be true or false, got {self.locate!r}.")
+        if not isinstance(self.repair, bool):
+            raise StudioError(f"--repair must be true or false, got {self.repair!r}.")
         if not isinstance(self.cache, bool):
             raise StudioError(f"cache (--no-cache) must be true or false, got {self.cache!r}.")
         if (
@@ -327,6 +330,8 @@ class VariantOptions(LocateOptions, Protocol):
     def variants(self) -> tuple[str, ...]: ...  # of VARIANTS
     @property
     def cuda(self) -> bool: ...  # check and time a CUDA variant on CUDA when it is truly usable
+    @property
+    def repair(self) -> bool: ...  # repair a variant that fails its verdict (studio/variants/_repair.py)
 
 
 def parse_roles(items: list[str] | None) -> dict[str, str]:
