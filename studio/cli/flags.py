@@ -207,6 +207,13 @@ CONVERT_FLAGS = (
         metavar="LIST",
     ),
     flag(
+        "--repair",
+        "repair a variant that fails its verdict: keep its worst nodes in float, rebuild and recheck "
+        "(default on; --no-repair reports the failure as is)",
+        action=argparse.BooleanOptionalAction,
+        default=default("repair"),
+    ),
+    flag(
         "--config",
         "config.json (or model folder) for a bare state dict / .safetensors checkpoint",
         default=default("config"),
@@ -496,6 +503,7 @@ def spec_from_args(args: argparse.Namespace) -> ConvertSpec:
         threads=args.threads,
         cuda=not args.no_cuda,
         variants=tuple(args.variants),
+        repair=args.repair,
         config=args.config,
         head=args.head,
         task=args.task,
