@@ -214,6 +214,14 @@ class VariantInfo:
     speedup_vs_torch: float | None = None  # PyTorch CPU p50 / this variant's ORT CPU p50, timed as a pair, sample batch
     # over fp32 model.onnx through PyTorch: speedup_vs_torch / model.onnx's (each file was timed beside PyTorch)
     speedup_vs_fp32: float | None = None
+    quantized: int | None = None  # operators quantized (int8 variants); None: not a quantized variant
+    cast: int | None = None  # tensors made fp16 (weights + casts; fp16); None: not an fp16 variant
+    kept_float: list[str] = field(default_factory=list)  # nodes kept in float by the repair (names in `source`)
+    # the repair of a variant that failed (studio/variants/_repair.py); {} when none was tried: tried, passed,
+    # rounds, kept, before / after (verdicts), stopped (why), seconds, size_bytes_before, history (per round:
+    # kept, verdict, scores), and after timing: p50_ms_before / p50_ms (ORT CPU, sample batch), slowdown
+    repair: dict[str, Any] = field(default_factory=dict)
+    take: bool = False  # the one to take on this CPU: passing, timed on CPU, the fastest (studio/variants/table.py)
 
 
 @dataclass
