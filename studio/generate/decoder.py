@@ -1,0 +1,275 @@
+"""Export a causal LM (*ForCausalLM, *LMHeadModel) as one `model.onnx` with its key/value cache.
+
+    export_decoder(module, config, out_dir, opset=18, with_past=True) -> GeneratorFiles
+
+The file takes and returns what optimum's `text-generation-with-past` writes (the layout transformers.js,
+ONNX Runtime GenAI and optimum's ORTModelForCausalLM load):
+
+- inputs  `input_ids` [batch, sequence], `attention_mask` [batch, past_sequence + sequence], `position_ids`
+  [batch, sequence] (only where the architecture takes them: not the ALiBi ones, see studio.generate.facts),
+  `past_key_values.{i}.key` / `.value` [batch, kv_heads, past_sequence, head_dim] (past length 0 on the first step)
+- outputs `logits` [batch, sequence, vocab], `present.{i}.key` / `.value` [batch, kv_heads, past_sequence +
+  sequence, head_dim]
+
+GQA / MQA models keep their key/value head count. The graph's metadata_props record the cache layout
+(`studio.cache`: JSON with layers, kv_heads, head_dim, layout, position_ids, task). `with_past=False` writes the plain
+forward: input_ids, attention_mask (, position_ids) -> logits.
+
+The export is TorchScript's (torch.onnx.export(..., dynamo=False), as optimum's): a wrapper fills a
+transformers `DynamicCache` from the flat past tensors with `cache.update(k, v, i)`, calls the model with
+`cache=..., use_cache=True` and returns the logits and every layer's keys and values. The cache holds full-attention
+layers only (sliding-window models keep every past key; their attention mask still hides what lies past the window,
+as transformers' own sliding mask does). Weights above studio.export.exporters.EXTERNAL_DATA_BYTES go to one
+`model.onnx.data` beside the graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+
+from studio.errors import ExportError, first_line
+from studio.export.exporters import EXTERNAL_DATA_BYTES
+from studio.generate.base import TEXT_GENERATION, GeneratorFiles
+from studio.generate.facts import Facts, decoder_facts
+
+FILE = "model.onnx"
+METADATA_KEY = "studio.cache"
+
+
+def past_names(layers: int) -> list[str]:
+    return [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+
+
+def present_names(layers: int) -> list[str]:
+    return [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+
+
+def input_names(facts: Facts, with_past: bool = True) -> list[str]:
+    names = ["input_ids", "attention_mask"] + (["position_ids"] if facts.position_ids else [])
+    return names + (past_names(facts.layers) if with_past else [])
+
+
+def output_names(facts: Facts, with_past: bool = True) -> list[str]:
+    return ["logits"] + (present_names(facts.layers) if with_past else [])
+
+
+def takes_position_ids(module: torch.nn.Module, facts: Facts) -> bool:
+    """The facts' answer, and the forward really has the parameter."""
+    return facts.position_ids and "position_ids" in inspect.signature(module.forward).parameters
+
+
+def make_cache(past: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> Any:
+    """A transformers DynamicCache of full-attention layers holding `past` (key, value, key, value, ...)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for i in range(len(past) // 2):
+        cache.update(past[2 * i], past[2 * i + 1], i)
+    return cache
+
+
+def cache_tensors(cache: Any) -> list[torch.Tensor]:
+    out: list[torch.Tensor] = []
+    for layer in cache.layers:
+        out += [layer.keys, layer.values]
+    return out
+
+
+class DecoderWithPast(torch.nn.Module):
+    """(input_ids, attention_mask[, position_ids], *past) -> (logits, *present), through the model's own forward."""
+
+    def __init__(self, model: torch.nn.Module, layers: int, position_ids: bool, with_past: bool = True):
+        super().__init__()
+        self.model, self.layers, self.position_ids, self.with_past = model, layers, position_ids, with_past
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *rest: torch.Tensor) -> Any:
+        kwargs: dict[str, Any] = {}
+        if self.position_ids:
+            kwargs["position_ids"], rest = rest[0], rest[1:]
+        if not self.with_past:
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
+            return out.logits
+        cache = make_cache(rest)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, cache=cache, use_cache=True, **kwargs)
+        return (out.logits, *cache_tensors(out.cache))
+
+
+def dummy_inputs(facts: Facts, position_ids: bool, with_past: bool, vocab: int) -> tuple[torch.Tensor, ...]:
+    """batch 2, sequence 3, past 2: every dynamic axis > 1 and distinct, so the trace keeps them symbolic."""
+    batch, seq, past = 2, 3, 2 if with_past else 0
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, max(2, vocab), (batch, seq), generator=g)
+    mask = torch.ones(batch, past + seq, dtype=torch.long)
+    tensors: list[torch.Tensor] = [ids, mask]
+    if position_ids:
+        tensors.append(torch.arange(past, past + seq).unsqueeze(0).expand(batch, seq).contiguous())
+    if with_past:
+        shape = (batch, facts.kv_heads, past, facts.head_dim)
+        tensors += [torch.randn(shape, generator=g) for _ in range(2 * facts.layers)]
+    return tuple(tensors)
+
+
+def dynamic_axes(facts: Facts, position_ids: bool, with_past: bool) -> dict[str, dict[int, str]]:
+    total = "past_sequence + sequence" if with_past else "sequence"
+    axes = {
+        "input_ids": {0: "batch", 1: "sequence"},
+        "attention_mask": {0: "batch", 1: total},
+        "logits": {0: "batch", 1: "sequence"},
+    }
+    if position_ids:
+        axes["position_ids"] = {0: "batch", 1: "sequence"}
+    if with_past:
+        for name in past_names(facts.layers):
+            axes[name] = {0: "batch", 2: "past_sequence"}
+        for name in present_names(facts.layers):
+            axes[name] = {0: "batch", 2: "past_sequence + sequence"}
+    return axes
+
+
+@contextlib.contextmanager
+def _eval(module: torch.nn.Module) -> Iterator[None]:
+    """The module in eval mode for the export, its mode restored after (a wrapper in train mode would turn the
+    model's dropout on when torch.onnx.export restores the wrapper's mode)."""
+    was = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was)
+
+
+def _check_layout(facts: Facts, present: list[torch.Tensor]) -> None:
+    """The cache the model really returns has the layout the facts say, or the export stops naming both."""
+    if len(present) != 2 * facts.layers:
+        raise ExportError(
+            f"{facts.model_type}: the model returned {len(present) // 2} cache layers, the config says {facts.layers}"
+        )
+    want = (facts.kv_heads, facts.head_dim)
+    for i, t in enumerate(present):
+        if t.dim() != 4 or (t.shape[1], t.shape[3]) != want:
+            raise ExportError(
+                f"{facts.model_type}: cache layer {i // 2} has shape {list(t.shape)}; the facts say "
+                f"[batch, {facts.kv_heads} kv heads, sequence, {facts.head_dim} head dim]",
+                hint="studio/generate/facts.py reads this architecture's layout; add or fix its entry",
+            )
+
+
+def weight_bytes(module: torch.nn.Module) -> int:
+    seen: set[int] = set()
+    total = 0
+    for t in list(module.parameters()) + list(module.buffers()):
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+def metadata(facts: Facts, position_ids: bool, with_past: bool) -> dict[str, str]:
+    cache: dict[str, Any] = {"task": TEXT_GENERATION, "with_past": with_past, "position_ids": position_ids}
+    if with_past:
+        c = facts.cache
+        cache.update(layers=c.layers, kv_heads=c.kv_heads, head_dim=c.head_dim, layout=c.layout)
+        cache.update(inputs="past_key_values.{i}.key/.value", outputs="present.{i}.key/.value")
+    return {METADATA_KEY: json.dumps(cache), "studio.model_type": facts.model_type}
+
+
+def _save(tmp: Path, dest: Path, props: dict[str, str], external: bool) -> bool:
+    """The exported graph from `tmp` to `dest` with `props` in its metadata; its weights in one `<dest>.data` file
+    when `external` (or when the exporter already wrote them apart). Returns whether the weights are external."""
+    apart = any(p.name != tmp.name for p in tmp.parent.iterdir())
+    model = onnx.load(str(tmp), load_external_data=True)
+    for k, v in props.items():
+        entry = next((p for p in model.metadata_props if p.key == k), None) or model.metadata_props.add()
+        entry.key, entry.value = k, v
+    if external or apart:
+        onnx.save(
+            model,
+            str(dest),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=dest.name + ".data",
+            size_threshold=1024,
+        )
+        return True
+    onnx.save(model, str(dest))
+    return False
+
+
+def export_decoder(
+    module: torch.nn.Module,
+    config: Any,
+    out_dir: str | Path,
+    opset: int = 18,
+    with_past: bool = True,
+    external_data: bool | None = None,
+    file_name: str = FILE,
+) -> GeneratorFiles:
+    """Write `out_dir/model.onnx` (and `model.onnx.data` above EXTERNAL_DATA_BYTES of weights, or when
+    `external_data` says so) for the causal LM `module`. Raises GenerationRefused for an architecture without a
+    key/value cache, ExportError when torch.onnx cannot export it or its cache is not the layout the facts say."""
+    facts = decoder_facts(config)
+    position_ids = takes_position_ids(module, facts)
+    if not position_ids and facts.position_ids:
+        facts = Facts(**{**facts.__dict__, "position_ids": False})
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = int(getattr(config.get_text_config(decoder=True), "vocab_size", 0) or 0)
+    wrapper = DecoderWithPast(module, facts.layers, position_ids, with_past)
+    args = dummy_inputs(facts, position_ids, with_past, vocab)
+    ins, outs = input_names(facts, with_past), output_names(facts, with_past)
+    external = weight_bytes(module) > EXTERNAL_DATA_BYTES if external_data is None else external_data
+    with _eval(wrapper), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if with_past:
+            _check_layout(facts, list(wrapper(*args)[1:]))
+        tmp_dir = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+        try:
+            tmp = tmp_dir / file_name
+            try:
+                torch.onnx.export(
+                    wrapper,
+                    args,
+                    str(tmp),
+                    input_names=ins,
+                    output_names=outs,
+                    dynamic_axes=dynamic_axes(facts, position_ids, with_past),
+                    opset_version=opset,
+                    dynamo=False,
+                    do_constant_folding=True,
+                )
+            except Exception as e:
+                raise ExportError(
+                    f"torch.onnx (TorchScript) could not export {facts.model_type} with its cache: "
+                    f"{first_line(e, with_type=True)}"
+                ) from e
+            is_external = _save(tmp, out / file_name, metadata(facts, position_ids, with_past), external)
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+    return GeneratorFiles(
+        task=TEXT_GENERATION,
+        folder=out,
+        files={"model": file_name},
+        io={"model": ins + outs},
+        cache=facts.cache if with_past else None,
+        external_data=is_external,
+    )
+
+
+def read_layout(path: str | Path) -> dict[str, Any]:
+    """The cache layout a decoder file records in its metadata ({} when it records none)."""
+    model = onnx.load(str(path), load_external_data=False)
+    for p in model.metadata_props:
+        if p.key == METADATA_KEY:
+            return dict(json.loads(p.value))
+    return {}
