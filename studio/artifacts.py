@@ -37,6 +37,28 @@ OWNED = (
     "tokenizer",
     "diagnostics",
     "variants",
+    # a generator's (studio.generate.run): the encoder-decoder files, and what is saved beside them at the root
+    "encoder_model.onnx",
+    "encoder_model.onnx.data",
+    "decoder_model.onnx",
+    "decoder_model.onnx.data",
+    "decoder_with_past_model.onnx",
+    "decoder_with_past_model.onnx.data",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "source.spm",
+    "target.spm",
 )
 SAMPLE_ROWS = "sample_rows.json"  # the sample as read (typed cells), what inference_example.py reads
 

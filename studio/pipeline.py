@@ -28,6 +28,7 @@ from studio.checks import parity as parity_mod
 from studio.checks import runtime
 from studio.errors import StudioError
 from studio.export import exporters as export_mod
+from studio.generate.base import GENERATION_TASKS
 from studio.inputs import batch as batch_mod
 from studio.inputs import roles as roles_mod
 from studio.inputs import sample as sample_mod
@@ -204,6 +205,15 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
 
     say("batch", _FRACTION["batch"])
     df = sample_mod.read_sample(spec.data, spec.sample_limits)
+    if loaded.task in GENERATION_TASKS:  # a generator: with its cache, judged by generating (docs/generation.md)
+        from studio.generate import run as generation
+
+        if spec.cache:
+            report = generation.convert_generator(spec, loaded, df, work, say)
+            report.options = {k: v for k, v in spec.to_dict().items() if k not in UNREPORTED}
+            report.versions = _versions()
+            return report
+        generation.plain_forward(loaded)  # --no-cache: the plain forward, logits only, checked as any logits model
     batch = batch_mod.build_batch(df, loaded, spec.roles, spec, file=str(spec.data))
 
     say("export", _FRACTION["export"])

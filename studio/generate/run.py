@@ -1,0 +1,480 @@
+"""The generation branch of the pipeline: a generator (text-generation, text2text-generation) exported with its
+cache and judged by generating the sample's prompts.
+
+    convert_generator(spec, loaded, df, work, say) -> Report
+
+studio.pipeline calls it for a loaded generator when `spec.cache` is true (`--no-cache` goes through the ordinary
+pipeline: the plain forward, logits only). Stages, each announced through `say` as the pipeline's are:
+
+- batch: the prompts are the cells of the sample's text column (roles as for any model: explicit `--role`, else the
+  suggestion); a sample with no text column, or with two, is refused naming the file;
+- export: studio.generate.decoder (decoders: model.onnx) or studio.generate.seq2seq (encoder_model.onnx and the
+  decoder files), with the studio's metadata beside the cache layout the exporter records;
+- checker: the onnx checker and the graph's facts (of the decoder file);
+- parity: the first step's logits (every prompt position, past length 0) against the PyTorch module's own forward,
+  prompt by prompt: the report's parity table stays meaningful;
+- generation: every prompt decoded greedily one by one and all together (left-padded) by transformers' `generate`
+  and by ONNX Runtime through the file(s) (studio.generate.verify), and the shape probes over batch, sequence and
+  past length (Report.dynamic);
+- variants: int8 / fp16 / optimized judged by the same generation (studio.generate.variants);
+- latency: time to first token and tokens/s, PyTorch against ONNX Runtime (studio.generate.speed);
+- writing: the tokenizer, config.json and generation_config.json at the folder's root (what optimum's ORTModel*,
+  transformers.js and ONNX Runtime GenAI read beside the .onnx files), inference_example.py (a greedy loop with ONNX
+  Runtime and the tokenizer), the sample and the rows it reads.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from studio import artifacts
+from studio.checks import graph_info as inspect_mod
+from studio.checks import parity as parity_mod
+from studio.checks import runtime
+from studio.errors import StudioError
+from studio.generate.base import TEXT2TEXT_GENERATION, TEXT_GENERATION, GeneratorFiles, OrtGenerator
+from studio.inputs import roles as roles_mod
+from studio.inputs.cells import is_missing
+from studio.inputs.sample import file_error, row_label
+from studio.report.model import (
+    DynamicInfo,
+    ExportAttempt,
+    ExportInfo,
+    GenerationInfo,
+    GenerationRun,
+    LatencyInfo,
+    ParityInfo,
+    Probe,
+    Report,
+    VariantInfo,
+)
+from studio.sources.base import LoadedModel
+from studio.spec import ConvertSpec
+
+FRACTION = {
+    "batch": 0.1,
+    "export": 0.15,
+    "checker": 0.5,
+    "parity": 0.55,
+    "generation": 0.6,
+    "variants": 0.75,
+    "latency": 0.85,
+    "writing": 0.97,
+}
+# what each task's files can do, for GenerationInfo.can and the report
+CAN = {
+    TEXT_GENERATION: "generates text: model.onnx takes the new tokens with the key/value cache of the tokens before "
+    "them (past_key_values.*) and returns the next token's logits with the cache grown by them (present.*)",
+    TEXT2TEXT_GENERATION: "generates text from an input text: encoder_model.onnx runs once per input, "
+    "decoder_model.onnx takes the first decoder token, decoder_with_past_model.onnx every later one with the cache",
+}
+# the latency table's rows for a generator: its speed is in tokens, in the Generation section
+SPEED_ELSEWHERE = "a generator is timed by generating: time to first token and tokens/s (Generation section)"
+Say = Any  # Callable[[str, float], None] (the pipeline's progress)
+
+
+def convert_generator(spec: ConvertSpec, loaded: LoadedModel, df: pd.DataFrame, work: Path, say: Say) -> Report:
+    """Export `loaded` (a generator) with its cache into `work`, verify it by generating the prompts of `df`
+    (the sample, read), and return the Report (report.json / report.md are written by the pipeline)."""
+    task = str(loaded.task)
+    say("batch", FRACTION["batch"])
+    file = str(spec.data)
+    roles, column, prompts, warnings = prompts_of(df, loaded, spec.roles, file)
+    if loaded.tokenizer is None:
+        raise StudioError(
+            f"{loaded.path} carries no tokenizer: the prompts of column {column!r} cannot be turned into tokens.",
+            hint="Include the tokenizer files (tokenizer.json, tokenizer_config.json, ...) in the model folder.",
+        )
+    module, tokenizer = loaded.module, loaded.tokenizer
+    from studio.generate.reference import encode, special_tokens
+
+    eos, pad = special_tokens(module, tokenizer)
+    check_positions(module, tokenizer, prompts, pad, spec.max_new_tokens, file, column)
+    warnings += _option_warnings(spec)
+
+    say("export", FRACTION["export"])
+    files, export_info = export_files(task, loaded, spec, work)
+    main = work / files.files["model" if "model" in files.files else "decoder"]
+    for f in files.files.values():
+        artifacts.annotate(work / f, _metadata(loaded, roles, column, task, spec))
+    runtime.release_memory()
+
+    say("checker", FRACTION["checker"])
+    checker = inspect_mod.check(main)
+    graph = inspect_mod.graph_info(main)
+    threads = spec.threads or runtime.default_threads()
+    generator = make_generator(files, eos, pad, threads)
+
+    say("parity", FRACTION["parity"])
+    parity = first_step_parity(module, tokenizer, generator, prompts, pad, spec.atol, spec.rtol)
+
+    say("generation", FRACTION["generation"])
+    runs, probes = _check(module, tokenizer, files, generator, prompts, spec)
+    ids, mask = encode(tokenizer, prompts, pad)
+    variant_rows, variant_infos = _variants(spec, loaded, files, ids, mask, eos, pad, threads, say)
+
+    say("latency", FRACTION["latency"])
+    from studio.generate.speed import measure_speed
+
+    speed = measure_speed(
+        module, generator, ids, mask, spec.max_new_tokens, threads=threads, budget_s=spec.latency_budget_s,
+        cuda=spec.cuda, files=files,
+    )  # fmt: skip
+    generation = GenerationInfo(
+        task=task,
+        with_past=files.cache is not None,
+        ok=bool(runs) and all(r.ok for r in runs) and all(bool(p.get("ok")) for p in probes),
+        files=dict(files.files),
+        io=dict(files.io),
+        cache=asdict(files.cache) if files.cache is not None else {},
+        max_new_tokens=spec.max_new_tokens,
+        runs=runs,
+        probes=probes,
+        speed=speed,
+        variants=variant_rows,
+        can=CAN[task],
+    )
+    report = Report(
+        source=loaded.describe(),
+        roles=roles,
+        export=export_info,
+        graph=graph,
+        checker=checker,
+        parity=parity,
+        dynamic=probe_info(probes, files),
+        latency=LatencyInfo(errors={"torch_cpu": SPEED_ELSEWHERE, "ort_cpu": SPEED_ELSEWHERE}, threads=threads),
+        predictions=_predictions(df, roles, column, runs),
+        variants=variant_infos,
+        warnings=warnings + list(loaded.info.get("warnings") or []),
+        generation=generation,
+    )
+    say("writing", FRACTION["writing"])
+    report.files = write_files(spec, loaded, files, df, column, eos, work)
+    return report
+
+
+def plain_forward(loaded: LoadedModel) -> None:
+    """--no-cache: the generator goes through the ordinary pipeline as its plain forward (input_ids, attention_mask
+    -> logits at every position, checked as any logits model); its task reason says what that file can do. An
+    encoder-decoder has no single plain forward on the sample's columns (its decoder needs decoder tokens): refused."""
+    if loaded.task == TEXT2TEXT_GENERATION:
+        raise StudioError(
+            f"--no-cache: {loaded.path} is an encoder-decoder ({loaded.info.get('architecture')}); it is exported "
+            "as encoder_model.onnx with its decoder files and their cache only.",
+            hint="Leave out --no-cache.",
+        )
+    loaded.info["task_reason"] = (
+        f"{loaded.info.get('task_reason', '')}; --no-cache: model.onnx is the plain forward (logits for every "
+        "position, no key/value cache): generating with it re-runs the whole sequence for every new token"
+    )
+
+
+# --- the prompts ---------------------------------------------------------------------------------------------
+
+
+def prompts_of(
+    df: pd.DataFrame, loaded: LoadedModel, roles: dict[str, str], file: str
+) -> tuple[dict[str, str], str, list[str], list[str]]:
+    """(every column's role, the text column, its prompts, warnings): the sample's one text-role column, chosen as
+    for any text model (explicit roles win, else the suggestion). Refused, naming the file: no rows, a role for a
+    column the file lacks, no text column or more than one, a missing cell."""
+    df = roles_mod.prepared_frame(df, file)
+    if len(df) == 0:
+        raise file_error(file, "the sample has no rows: a generator needs at least one prompt.")
+    for col in roles:
+        if col not in df.columns:
+            raise file_error(
+                file,
+                f"a role is given for column {col!r}, which is not in the file. Columns in the file: "
+                + ", ".join(map(repr, df.columns))
+                + ".",
+                column=col,
+            )
+    final = roles_mod.resolve_roles(df, loaded, {str(c): str(r) for c, r in roles.items()})
+    text = [c for c in df.columns if final[c] == "text"]
+    if not text:
+        strings = [c for c in df.columns if roles_mod.describe_column(c, df[c]).detected == "text"]
+        raise file_error(
+            file,
+            f"a {loaded.task} model continues prompts, but no column is mapped text"
+            + (
+                f" (string columns: {', '.join(map(repr, strings))})."
+                if strings
+                else " and the file has no string column."
+            )
+            + f" Columns in the file: {', '.join(map(repr, df.columns))}.",
+            hint=f"Map the prompt column with --role {strings[0]}=text." if strings else "Give one prompt per row.",
+        )
+    if len(text) > 1:
+        raise file_error(
+            file,
+            f"{len(text)} columns are mapped text ({', '.join(map(repr, text))}); a generator continues one prompt "
+            "column.",
+            column=text[1],
+            hint=f"Map the others to ignore (e.g. --role {text[1]}=ignore).",
+        )
+    column = text[0]
+    prompts, warnings = [], []
+    for i, v in enumerate(df[column].tolist()):
+        if is_missing(v) or not str(v).strip():
+            raise file_error(
+                file, f"column {column!r}, {row_label(i)}: the prompt is empty; there is nothing to continue.",
+                column=column, row=i,
+            )  # fmt: skip
+        if not isinstance(v, str):
+            warnings.append(f"{file}: column {column!r}, {row_label(i)}: not text ({type(v).__name__}); used as {v!s}.")
+        prompts.append(str(v))
+    for c in df.columns:
+        if final[c] == "tabular":
+            final[c] = "ignore"
+    return dict(final), column, prompts, warnings
+
+
+def check_positions(
+    module: Any, tokenizer: Any, prompts: list[str], pad: int, max_new_tokens: int, file: str, column: str
+) -> None:
+    """A prompt plus the new tokens must fit the model's position table (when it has one): refused naming the row."""
+    from studio.generate.reference import encode
+
+    config = module.config.get_text_config(decoder=True)
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if not isinstance(limit, int) or getattr(module.config, "is_encoder_decoder", False):
+        return
+    for i, text in enumerate(prompts):
+        tokens = int(encode(tokenizer, [text], pad)[0].shape[1])
+        if tokens + max_new_tokens > limit:
+            raise file_error(
+                file,
+                f"column {column!r}, {row_label(i)}: the prompt is {tokens} tokens; with --max-new-tokens "
+                f"{max_new_tokens} it needs {tokens + max_new_tokens} positions, and the model has {limit}.",
+                column=column,
+                row=i,
+                hint="Shorten the prompt or lower --max-new-tokens.",
+            )
+
+
+def _option_warnings(spec: ConvertSpec) -> list[str]:
+    out = []
+    if spec.exporter not in ("auto", "torchscript"):
+        out.append(
+            f"--exporter {spec.exporter} does not apply to a generator: its files are exported with their cache by "
+            "TorchScript (torch.onnx.export(dynamo=False), as optimum does)."
+        )
+    if tuple(spec.dynamic) != ("batch", "sequence") or spec.dynamic_per_input:
+        out.append("--dynamic / --static do not apply to a generator: batch, sequence and past length stay dynamic.")
+    return out
+
+
+# --- export, generators --------------------------------------------------------------------------------------
+
+
+def export_files(task: str, loaded: LoadedModel, spec: ConvertSpec, work: Path) -> tuple[GeneratorFiles, ExportInfo]:
+    """The generator's files in `work`, and the ExportInfo of the report (TorchScript, the opset read back)."""
+    started = time.perf_counter()
+    module = loaded.module
+    if task == TEXT_GENERATION:
+        from studio.generate.decoder import export_decoder
+
+        files = export_decoder(module, module.config, work, opset=spec.opset, with_past=True)
+    else:
+        from studio.generate.seq2seq import export_seq2seq
+
+        files = export_seq2seq(module, module.config, work, opset=spec.opset, with_past=True)
+    module.eval()  # the export's wrapper may hand the model back in train mode (dropout on): never run it so
+    seconds = round(time.perf_counter() - started, 2)
+    main = work / files.files["model" if "model" in files.files else "decoder"]
+    opset = inspect_mod.graph_info(main).opset
+    names = ", ".join(files.files.values())
+    return files, ExportInfo(
+        exporter="torchscript",
+        opset_requested=spec.opset,
+        opset=opset,
+        seconds=seconds,
+        attempts=[ExportAttempt("torchscript", True, seconds=seconds, opset_written=opset)],
+        external_data=files.external_data,
+        reason=f"a generator is exported with its key/value cache by TorchScript, as optimum does ({names})",
+    )
+
+
+def make_generator(files: GeneratorFiles, eos: Any, pad: int, threads: int) -> OrtGenerator:
+    """The ONNX Runtime generator (CPU) for the files: a decoder's, or an encoder-decoder's."""
+    if files.task == TEXT_GENERATION:
+        from studio.generate.ort_decoder import OrtDecoder
+
+        return OrtDecoder(files, eos_token_id=eos, pad_token_id=pad, threads=threads)
+    from studio.generate.ort_seq2seq import OrtSeq2Seq
+
+    return OrtSeq2Seq(files, eos_token_id=eos, pad_token_id=pad, threads=threads)
+
+
+def _metadata(loaded: LoadedModel, roles: dict[str, str], column: str, task: str, spec: ConvertSpec) -> dict[str, str]:
+    from studio._version import __version__
+
+    return {
+        "studio.version": __version__,
+        "studio.source_kind": loaded.kind,
+        "studio.roles": json.dumps(roles),
+        "studio.task": task,
+        "studio.prompt_column": column,
+        "studio.opset": str(spec.opset),
+        "studio.exporter": "torchscript",
+    }
+
+
+# --- the checks ----------------------------------------------------------------------------------------------
+
+
+def first_step_parity(
+    module: Any, tokenizer: Any, generator: Any, prompts: list[str], pad: int, atol: float, rtol: float
+) -> ParityInfo:
+    """The first step's logits (every prompt position, past length 0) of the file against the module's forward,
+    prompt by prompt (no padding: both sides see the same positions); rows padded with zeros on both sides to the
+    longest prompt, the real tokens judged."""
+    from studio.generate.reference import encode, forward_logits
+
+    provider = next(iter(generator.providers()), "CPUExecutionProvider")
+    if not hasattr(generator, "step"):  # an encoder-decoder: its first step is judged by the generation itself
+        return ParityInfo(ok=True, atol=atol, rtol=rtol, outputs=[], rows=0, provider=provider,
+                          error="an encoder-decoder's files are judged by generating (Generation section)")  # fmt: skip
+    want, got = [], []
+    try:
+        for text in prompts:
+            ids, mask = encode(tokenizer, [text], pad)
+            want.append(forward_logits(module, ids, mask)[0])
+            feeds = {"input_ids": ids, "attention_mask": mask, **generator.empty_past(1)}
+            feeds["position_ids"] = np.arange(ids.shape[1], dtype=np.int64)[None]
+            got.append(np.asarray(generator.step(feeds)["logits"], dtype=np.float32)[0])
+    except Exception as e:  # noqa: BLE001 - the file cannot run a prompt: parity fails with the reason
+        return ParityInfo(ok=False, atol=atol, rtol=rtol, outputs=[], rows=len(prompts), provider=provider,
+                          error=f"ONNX Runtime could not run the first step: {type(e).__name__}: {e}"[:600])  # fmt: skip
+    longest, vocab = max(w.shape[0] for w in want), want[0].shape[-1]
+    expected = np.zeros((len(prompts), longest, vocab), dtype=np.float32)
+    actual, real = np.zeros_like(expected), np.zeros((len(prompts), longest), dtype=bool)
+    for i, (w, g) in enumerate(zip(want, got)):
+        expected[i, : w.shape[0]] = w
+        actual[i, : g.shape[0]] = g if g.shape == w.shape else np.nan
+        real[i, : w.shape[0]] = True
+    diffs = parity_mod.compare({"logits": expected}, {"logits": actual}, atol, rtol, {"logits": "logits"}, real)
+    return ParityInfo(ok=all(d.ok for d in diffs), atol=atol, rtol=rtol, outputs=diffs, rows=len(prompts),
+                      provider=provider)  # fmt: skip
+
+
+def _check(
+    module: Any, tokenizer: Any, files: GeneratorFiles, generator: Any, prompts: list[str], spec: ConvertSpec
+) -> tuple[list[GenerationRun], list[dict[str, Any]]]:
+    from studio.generate.verify import check_generation
+
+    return check_generation(
+        module, tokenizer, files, prompts, spec.max_new_tokens, spec.atol, spec.rtol, ort_generator=generator,
+        probes=files.task == TEXT_GENERATION,
+    )  # fmt: skip
+
+
+def probe_info(probes: list[dict[str, Any]], files: GeneratorFiles) -> DynamicInfo:
+    """The generation probes (batch, sequence, past length) as the report's dynamic-dimension probes."""
+    rows = []
+    for p in probes:
+        worst = p.get("max_abs_diff")
+        message = f"past length {p.get('past')}" + (f": {p['error']}" if p.get("error") else "")
+        changed = "past" if p.get("past") else ("batch" if int(p.get("batch") or 1) > 1 else "sequence")
+        diff = None if worst is None else float(worst)
+        rows.append(Probe(int(p["batch"]), p.get("sequence"), bool(p.get("ok")), diff, message, changed))
+    requested = {
+        name: (["batch", "past_sequence"] if name.startswith("past_key_values.") else ["batch", "sequence"])
+        for role in files.io.values()
+        for name in role
+        if name.startswith(("input_ids", "attention_mask", "position_ids", "past_key_values."))
+    }
+    return DynamicInfo(ok=all(r.ok for r in rows) if rows else None, probes=rows, requested=requested)
+
+
+def _variants(
+    spec: ConvertSpec,
+    loaded: LoadedModel,
+    files: GeneratorFiles,
+    ids: np.ndarray,
+    mask: np.ndarray,
+    eos: Any,
+    pad: int,
+    threads: int,
+    say: Say,
+) -> tuple[list[dict[str, Any]], list[VariantInfo]]:
+    """int8 / fp16 / optimized of the files, judged by the same generation (none unless asked)."""
+    if not spec.variants:
+        return [], []
+    say("variants", FRACTION["variants"])
+    from studio.generate.reference import reference_steps
+    from studio.generate.variants import judge_variants
+
+    reference = reference_steps(loaded.module, ids, mask, spec.max_new_tokens, eos, pad)
+    judged = judge_variants(spec, loaded, files, ids, mask, reference, lambda f: make_generator(f, eos, pad, threads))
+    runtime.release_memory()
+    return judged.rows, judged.infos
+
+
+def _predictions(
+    df: pd.DataFrame, roles: dict[str, str], column: str, runs: list[GenerationRun]
+) -> list[dict[str, Any]]:
+    """Per row: the ignored columns beside the prompt's ONNX Runtime continuation (the one-by-one run)."""
+    from studio.inputs.cells import jsonable
+
+    one = next((r for r in runs if r.mode == "one by one"), None)
+    texts = {p.prompt: p.onnx_text for p in (one.prompts if one else [])}
+    rows = []
+    for i, row in enumerate(df.itertuples(index=False, name=None)):
+        cells = dict(zip(map(str, df.columns), row))
+        out = {c: jsonable(cells[c]) for c in roles if roles[c] == "ignore" and c in cells}
+        out["continuation"] = texts.get(i)
+        rows.append(out)
+    return rows
+
+
+# --- the output folder ---------------------------------------------------------------------------------------
+
+
+def write_files(
+    spec: ConvertSpec, loaded: LoadedModel, files: GeneratorFiles, df: pd.DataFrame, column: str, eos: Any, work: Path
+) -> dict[str, str]:
+    """The tokenizer, config.json and generation_config.json at the root (transformers' own save of the loaded
+    ones), inference_example.py, the sample copy and the rows it reads; their report.files entries."""
+    from studio.generate import example
+    from studio.generate.ort_decoder import eos_ids
+
+    module: Any = loaded.module
+    saved = set(loaded.tokenizer.save_pretrained(str(work)))
+    module.config.save_pretrained(str(work))
+    if getattr(module, "generation_config", None) is not None:
+        module.generation_config.save_pretrained(str(work))
+    sample = "sample" + Path(spec.data).suffix.lower()
+    shutil.copyfile(spec.data, work / sample)
+    artifacts.write_rows(df, work / artifacts.SAMPLE_ROWS)
+    script = example.script(files, column, spec.max_new_tokens, sorted(eos_ids(eos)))
+    (work / example.FILE).write_text(script)
+    out = {role: name for role, name in files.files.items()}
+    for role, name in files.files.items():
+        if (work / f"{name}.data").exists():
+            out[f"{role}_data"] = f"{name}.data"
+    out.update(
+        {
+            "report_json": "report.json",
+            "report_md": "report.md",
+            "example": example.FILE,
+            "sample": sample,
+            "sample_rows": artifacts.SAMPLE_ROWS,
+            "config": "config.json",
+        }
+    )
+    if (work / "generation_config.json").exists():
+        out["generation_config"] = "generation_config.json"
+    tokenizer_files = sorted(Path(p).name for p in saved if Path(p).is_file() and Path(p).parent == work)
+    if tokenizer_files:
+        out["tokenizer"] = ", ".join(tokenizer_files)
+    return out
