@@ -297,14 +297,21 @@ def measure_speed(
     cases = sizes(np.asarray(input_ids), np.asarray(attention_mask))
     rows: list[GenerationSpeed] = []
     counts = []
-    with users_attention(module) as attention:
-        for ids, mask in cases:
-            n = decoded_count(generator, ids, mask, max_new_tokens)
-            counts.append(n)
-            rows += _cpu_pair(module, generator, ids, mask, n, threads, budget_s, attention)
-            if n < max_new_tokens:
-                for row in rows[-2:]:
-                    row.note = "; ".join(filter(None, [row.note, f"every sequence ended (EOS) after {n} new tokens"]))
+    training = bool(getattr(module, "training", False))
+    module.eval()  # dropout off: the reference's greedy decode, as users generate
+    try:
+        with users_attention(module) as attention:
+            for ids, mask in cases:
+                n = decoded_count(generator, ids, mask, max_new_tokens)
+                counts.append(n)
+                rows += _cpu_pair(module, generator, ids, mask, n, threads, budget_s, attention)
+                if n < max_new_tokens:
+                    for row in rows[-2:]:
+                        row.note = "; ".join(
+                            filter(None, [row.note, f"every sequence ended (EOS) after {n} new tokens"])
+                        )
+    finally:
+        module.train(training)
     bound: BoundDecoder | None
     why: str | None
     bound, why = cuda_decoder(files, threads) if cuda else (None, NO_CUDA)
