@@ -13,7 +13,7 @@ EXPORTERS = ("auto", "dynamo", "torchscript", "compare")  # compare: run both, k
 DYNAMIC_AXES = ("batch", "sequence")
 ID_DTYPES = ("int64", "int32")
 OPSET_MIN, OPSET_MAX, OPSET_DEFAULT = 14, 23, 18
-VARIANTS = ("optimized", "int8", "fp16")
+VARIANTS = ("optimized", "int8", "int8-static", "fp16")
 HEAD_NAMES = ("sequence", "pooled", "token")
 # what the graph computes (--task), as optimum-cli's; auto: modules.json -> sentence-embedding, else the
 # config's architectures (docs/cli.md, `--task`)

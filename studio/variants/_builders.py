@@ -33,8 +33,9 @@ import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import onnx
 
 from studio.artifacts import artifact_files, remove_model, reraise_disk_full
@@ -93,14 +94,29 @@ class NothingChanged(Exception):
     """A variant that would change nothing: refused, never passed as that variant."""
 
 
+class Candidate(NamedTuple):
+    """A node a repair may keep in float (studio/variants/_repair.py): its name in the graph the variant is built
+    from, the activations it reads and the values it writes (names found in both that graph and the variant)."""
+
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
 @dataclass
 class Built:
-    """What a builder made: the file, how, from which file, and notes for the report."""
+    """What a builder made: the file, how, from which file, and notes for the report. quantized / cast: how many
+    operators it quantized / tensors it made fp16 (None: not that kind of variant); kept: the nodes of `source`
+    it was asked to keep in float (a repair's); candidates: the nodes a repair may keep in float."""
 
     path: Path
     method: str
     source: Path
     notes: list[str] = field(default_factory=list)
+    quantized: int | None = None
+    cast: int | None = None
+    kept: list[str] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)
 
 
 @dataclass
@@ -114,6 +130,8 @@ class Context:
     threads: int
     external: bool  # model.onnx keeps its weights in external data: so do the variants
     built: dict[str, Built] = field(default_factory=dict)
+    feeds: dict[str, np.ndarray] = field(default_factory=dict)  # the sample's tensors (static int8 calibrates on them)
+    cache: dict[Any, Any] = field(default_factory=dict)  # what a check measured once per source file (fp32 ranges)
 
 
 def _op_counts(path: Path) -> dict[str, int]:
@@ -205,7 +223,7 @@ def build_optimized(ctx: Context, src: Path, dest: Path) -> Built:
             remove_model(tmp)
     if best is not None and best[0][1] > 0:
         score, tmp, label, fused = best
-        _move(tmp, dest)
+        move_model(tmp, dest)
         if not score[0]:
             notes.append("Attention was not fused (no known pattern matched this graph).")
         notes.insert(
@@ -227,7 +245,7 @@ def build_optimized(ctx: Context, src: Path, dest: Path) -> Built:
     return Built(dest, "onnxruntime offline graph optimisation (extended)", src, notes)
 
 
-def _move(tmp: Path, dest: Path) -> None:
+def move_model(tmp: Path, dest: Path) -> None:
     """Rename a candidate (and its external data, whose file name is written inside the graph)."""
     if Path(str(tmp) + ".data").exists():
         model = onnx.load(str(tmp), load_external_data=False)
@@ -276,7 +294,7 @@ def _fuse_gelu(model) -> int:
     return rules.apply_to_model(model)
 
 
-def _with_fused_gelu(src: Path) -> tuple[Path | None, int]:
+def with_fused_gelu(src: Path) -> tuple[Path | None, int]:
     """A copy of the graph (beside it, sharing its external data) with its erf-GELUs fused (_fuse_gelu), and
     how many were fused; (None, 0) when there is none to fuse. For quantize_dynamic, which reads a file."""
     import onnx_ir as ir
@@ -290,7 +308,7 @@ def _with_fused_gelu(src: Path) -> tuple[Path | None, int]:
     return tmp, count
 
 
-def _gelu_notes(gelus: int, why: str | None) -> list[str]:
+def gelu_notes(gelus: int, why: str | None) -> list[str]:
     notes = []
     if gelus:
         notes.append(
@@ -302,9 +320,14 @@ def _gelu_notes(gelus: int, why: str | None) -> list[str]:
     return notes
 
 
-def build_int8(ctx: Context, src: Path, dest: Path) -> Built:
+def _kept_note(keep: tuple[str, ...], what: str) -> list[str]:
+    return [f"{len(keep)} node(s) kept in {what} by the repair: {', '.join(keep)}."] if keep else []
+
+
+def build_int8(ctx: Context, src: Path, dest: Path, keep: tuple[str, ...] = ()) -> Built:
     """studio/variants/_int8.py (one weight at a time: bert-base 0.19 GB peak, 0.8 s); a graph with no constant-weight
-    matrix product for it (convolutions only, say) goes to ONNX Runtime's quantize_dynamic instead."""
+    matrix product for it (convolutions only, say) goes to ONNX Runtime's quantize_dynamic instead. keep: names of
+    src's nodes left fp32 (a repair's, studio/variants/_repair.py)."""
     import onnx_ir as ir
 
     from studio.variants import _int8 as int8
@@ -314,10 +337,13 @@ def build_int8(ctx: Context, src: Path, dest: Path) -> Built:
         gelus, why = _fuse_gelu(model), None
     except Exception as e:  # a speed-up only: quantize the graph as exported
         model, gelus, why = ir.load(str(src)), 0, first_line(e, with_type=True)
-    n = int8.quantize_graph(model)
-    if not n:
+    products: list[tuple[str, str, str]] = []
+    n = int8.quantize_graph(model, exclude=frozenset(keep), record=products)
+    if not n and not products:
         del model
-        return _int8_by_onnxruntime(ctx, src, dest)
+        return _int8_by_onnxruntime(ctx, src, dest, keep)
+    if not n:
+        raise NothingChanged("every quantizable node was kept in float: the int8 file would be the fp32 one")
     int8.save(model, dest, ctx.external)
     notes = [
         "Weights int8 (symmetric, one scale per output column), activations quantized at run time inside ONNX "
@@ -325,15 +351,34 @@ def build_int8(ctx: Context, src: Path, dest: Path) -> Built:
         "folded in; products of two activations stay fp32. ONNX Runtime only; meant for CPU."
     ]
     return Built(
-        dest, "int8 weights, DynamicQuantizeMatMul (studio/variants/_int8.py)", src, notes + _gelu_notes(gelus, why)
+        dest,
+        "int8 weights, DynamicQuantizeMatMul (studio/variants/_int8.py)",
+        src,
+        notes + _kept_note(keep, "fp32") + gelu_notes(gelus, why),
+        quantized=n,
+        kept=list(keep),
+        candidates=[Candidate(name, (a,), (y,)) for name, a, y in products if name],
     )
 
 
-def _int8_by_onnxruntime(ctx: Context, src: Path, dest: Path) -> Built:
+def weight_products(path: Path) -> list[Candidate]:
+    """The named MatMul / Gemm / Conv nodes of a graph whose weight (second input) is a constant: what ONNX
+    Runtime's quantizers quantize, each with its activation input and its output (names they keep)."""
+    model = onnx.load(str(path), load_external_data=False)
+    consts = {t.name for t in model.graph.initializer}
+    consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return [
+        Candidate(n.name, (n.input[0],), (n.output[0],))
+        for n in model.graph.node
+        if n.name and n.op_type in ("MatMul", "Gemm", "Conv") and len(n.input) > 1 and n.input[1] in consts
+    ]
+
+
+def _int8_by_onnxruntime(ctx: Context, src: Path, dest: Path, keep: tuple[str, ...] = ()) -> Built:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     try:
-        fused, gelus, why = *_with_fused_gelu(src), None
+        fused, gelus, why = *with_fused_gelu(src), None
     except Exception as e:  # a speed-up only: quantize the graph as exported
         fused, gelus, why = None, 0, first_line(e, with_type=True)
     tmp = _without_value_info(fused or src)
@@ -344,6 +389,7 @@ def _int8_by_onnxruntime(ctx: Context, src: Path, dest: Path) -> Built:
             weight_type=QuantType.QInt8,
             per_channel=INT8_PER_CHANNEL,
             use_external_data_format=ctx.external,
+            nodes_to_exclude=list(keep),
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
     finally:
@@ -364,15 +410,26 @@ def _int8_by_onnxruntime(ctx: Context, src: Path, dest: Path) -> Built:
         f"time (dynamic); {n} operators quantized by ONNX Runtime's quantize_dynamic (no constant-weight "
         "matrix product for studio/variants/_int8.py). Meant for CPU."
     ]
-    return Built(dest, "onnxruntime dynamic quantization (int8)", src, notes + _gelu_notes(gelus, why))
+    return Built(
+        dest,
+        "onnxruntime dynamic quantization (int8)",
+        src,
+        notes + _kept_note(keep, "fp32") + gelu_notes(gelus, why),
+        quantized=n,
+        kept=list(keep),
+        candidates=weight_products(src),
+    )
 
 
-def build_fp16(ctx: Context, src: Path, dest: Path) -> Built:
+def build_fp16(ctx: Context, src: Path, dest: Path, keep: tuple[str, ...] = ()) -> Built:
+    """keep: names of src's nodes left fp32 (a repair's: node_block_list), with casts around them."""
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     model = onnx.load(str(src))  # with its weights: every float tensor is rewritten
     om = OnnxModel(model)
-    om.convert_float_to_float16(use_symbolic_shape_infer=True, keep_io_types=True)
+    om.convert_float_to_float16(
+        use_symbolic_shape_infer=True, keep_io_types=True, **({"node_block_list": list(keep)} if keep else {})
+    )
     om.save_model_to_file(str(dest), use_external_data_format=ctx.external)
     del om, model
     saved = onnx.load(str(dest), load_external_data=False)
@@ -396,4 +453,25 @@ def build_fp16(ctx: Context, src: Path, dest: Path) -> Built:
         f"Float tensors fp16 ({halves} weights fp16, {casts} casts to fp16); inputs and outputs keep model.onnx's "
         "types (keep_io_types). Meant for CUDA."
     ]
-    return Built(dest, "onnxruntime.transformers float16 conversion", src, notes)
+    return Built(
+        dest,
+        "onnxruntime.transformers float16 conversion",
+        src,
+        notes + _kept_note(keep, "fp32 (node_block_list)"),
+        cast=halves + casts,
+        kept=list(keep),
+        candidates=float_nodes(src),
+    )
+
+
+def float_nodes(path: Path) -> list[Candidate]:
+    """Every named node of a graph but its Constants: what an fp16 repair may keep in fp32, with the values it
+    reads (not the constants) and writes."""
+    model = onnx.load(str(path), load_external_data=False)
+    consts = {t.name for t in model.graph.initializer}
+    consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return [
+        Candidate(n.name, tuple(i for i in n.input if i and i not in consts), tuple(o for o in n.output if o))
+        for n in model.graph.node
+        if n.name and n.op_type != "Constant"
+    ]

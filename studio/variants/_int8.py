@@ -131,9 +131,13 @@ def lift_constants(model: ir.Model) -> int:
     return len(model.graph.initializers) - before
 
 
-def quantize_graph(model: ir.Model) -> int:
+def quantize_graph(
+    model: ir.Model, exclude: frozenset[str] = frozenset(), record: list[tuple[str, str, str]] | None = None
+) -> int:
     """Quantize `model`'s constant-weight matrix products in place (Constant-node weights lifted to
-    initializers first); returns how many."""
+    initializers first); returns how many. Nodes named in `exclude` stay fp32 (a repair keeps them in float);
+    `record` gets (node name, activation, output) of every product found, excluded ones too: the output is the
+    value the quantized node writes (the bias Add's when it is folded in), named alike in both graphs."""
     lift_constants(model)
     graph = model.graph
     # id(weight value) -> its int8, scale, zero point, and the columns (N of the [K, N] weight)
@@ -144,6 +148,12 @@ def quantize_graph(model: ir.Model) -> int:
         if found is None:
             continue
         a, b, tensor, transposed, bias = found
+        if record is not None:
+            following = _following_bias(graph, node.outputs[0], tensor.shape.numpy()[0 if transposed else 1])
+            end = following[0].outputs[0] if bias is None and following is not None else node.outputs[0]
+            record.append((node.name or "", a.name or "", end.name or ""))
+        if node.name and node.name in exclude:
+            continue
         if id(b) not in made:
             w = tensor.numpy()
             q, scale = quantize_columns(np.ascontiguousarray(w.T if transposed else w))

@@ -38,7 +38,7 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +54,9 @@ from studio.report.model import LatencyInfo, ParityInfo, VariantInfo
 from studio.sources.base import LoadedModel
 from studio.spec import VariantOptions
 from studio.timing import latency as latency_mod
-from studio.variants._builders import Built, Context, build_fp16, build_int8, build_optimized
+from studio.variants import _repair as repair_mod
+from studio.variants._builders import Built, Context, build_fp16, build_int8, build_optimized, move_model
+from studio.variants._static import build_int8_static
 
 FOLDER = "variants"
 ROOT_LOGGER = ("",)  # quiet(): the root logger
@@ -96,7 +98,7 @@ class Variant:
     checked and timed on the CUDA session when one is truly in use (and then not timed on CPU), else
     checked on CPU with a note that its CPU timing says nothing about its GPU speed."""
 
-    build: Callable[[Context, Path, Path], Built]
+    build: Callable[..., Built]  # (ctx, src, dest, keep=()) -> Built; keep: src's nodes left in float (a repair's)
     rule: str
     atol: float | None = None
     rtol: float | None = None
@@ -106,6 +108,8 @@ class Variant:
     on_cuda: bool = True
     not_on_cuda: str = ""
     meant_for_cuda: bool = False
+    repair: str | None = None  # how a failing build is repaired (studio/variants/_repair.py): "int8" | "fp16"
+    fp16_range: bool = False  # the verdict also fails a value beyond fp16's range written or read in fp16
 
 
 # Built in this order (a variant's built_from come before it). Its keys are spec.VARIANTS (a test holds them equal).
@@ -115,6 +119,7 @@ VARIANT_TABLE: dict[str, Variant] = {
     ),
     "int8": Variant(
         build_int8,
+        repair="int8",
         atol=INT8_ATOL,
         rtol=INT8_RTOL,
         min_agreement=INT8_MIN_AGREEMENT,
@@ -126,8 +131,23 @@ VARIANT_TABLE: dict[str, Variant] = {
         "|PyTorch|; embeddings instead need a cosine similarity of at least {cosine:g} with PyTorch on "
         "every row / real token",
     ),
+    "int8-static": Variant(
+        build_int8_static,
+        repair="int8",
+        atol=INT8_ATOL,
+        rtol=INT8_RTOL,
+        min_agreement=INT8_MIN_AGREEMENT,
+        min_cosine=INT8_MIN_COSINE,
+        on_cuda=False,
+        not_on_cuda="static int8 (QDQ) is built for ONNX Runtime's CPU integer kernels; not timed on CUDA",
+        rule="static int8, calibrated on the sample: as int8, class outputs must pick PyTorch's class on at least "
+        "{agreement:.0%} of rows, and every element must be within atol {atol:g} + rtol {rtol:g} x |PyTorch|; "
+        "embeddings instead need a cosine similarity of at least {cosine:g} with PyTorch on every row / real token",
+    ),
     "fp16": Variant(
         build_fp16,
+        repair="fp16",
+        fp16_range=True,
         atol=FP16_ATOL,
         rtol=FP16_RTOL,
         min_agreement=FP16_MIN_AGREEMENT,
@@ -227,10 +247,39 @@ def check(
         )
     if info.dynamic is not None and info.dynamic.ok is False:
         problems.append("dynamic dimensions: " + "; ".join(p.message for p in info.dynamic.probes if not p.ok))
+    if VARIANT_TABLE[name].fp16_range:
+        problems += _fp16_range(ctx, made, info)
+    info.quantized, info.cast, info.kept_float = made.quantized, made.cast, list(made.kept)
     info.ok = not problems
     if problems:
         info.error = "failed " + " | ".join(problems)
     return target
+
+
+def _fp16_range(ctx: Context, made: Built, info: VariantInfo) -> list[str]:
+    """The fp16 range check (studio/variants/_repair.py): values beyond +-65504 on the sample, from an fp32 run of
+    the file fp16 was built from (once per file), that the fp16 file holds in fp16."""
+    key = ("fp32 ranges", str(made.source))
+    try:
+        if key not in ctx.cache:
+            values = repair_mod.Values(made.source, ctx.feeds, ctx.threads)
+            ctx.cache[key] = (repair_mod.fp32_ranges(values), values.graph)
+            del values
+        ranges, graph = ctx.cache[key]
+        bad = repair_mod.fp16_overflow(graph, ranges, set(made.kept))
+    except Exception as e:  # a check of its own: the parity verdict stands without it
+        info.notes = (
+            info.notes + " " if info.notes else ""
+        ) + f"fp16 range check not run: {first_line(e, with_type=True)}."
+        return []
+    if not bad:
+        return []
+    value, top, node = bad[0]
+    return [
+        f"fp16 range: {len(bad)} value(s) beyond +-{repair_mod.FP16_MAX:g} on the sample would be fp16 (largest "
+        f"{top:.3g}: {value!r}, written by node {node!r}), and in fp16 they are inf; ONNX Runtime's CPU provider runs "
+        "most fp16 operators in fp32, so a CPU check does not see it, CUDA does"
+    ]
 
 
 def build(
@@ -248,7 +297,13 @@ def build(
     folder.mkdir(parents=True, exist_ok=True)
     threads = spec.threads or runtime.default_threads()
     ctx = Context(
-        spec, loaded, model_path, folder, threads, external=any(f != model_path for f in artifact_files(model_path))
+        spec,
+        loaded,
+        model_path,
+        folder,
+        threads,
+        external=any(f != model_path for f in artifact_files(model_path)),
+        feeds=parity_mod.to_numpy(tensors),
     )
     ref = cached_reference(loaded)
     expected = parity_mod.torch_outputs(ref, tensors)
@@ -271,29 +326,113 @@ def build(
             results.append(info)
             continue
         info.seconds = round(time.perf_counter() - started, 2)
-        ctx.built[name] = made
-        files = artifact_files(made.path)
-        info.file = made.path.relative_to(work).as_posix()
-        info.files = [f.relative_to(work).as_posix() for f in files]
-        info.size_bytes = sum(f.stat().st_size for f in files)
-        info.method = made.method
-        info.source = made.source.relative_to(work).as_posix() if made.source.is_relative_to(work) else made.source.name
+        _record_file(info, made, work)
+        checking = _Checking(name, ctx, ref, tensors, expected, axes, tol, work)
         try:
             targets[name] = check(name, made, ctx, ref, tensors, expected, axes, tol, info)
         except Exception as e:
             info.ok = False
             info.notes = " ".join(made.notes)
             info.error = f"not validated: {first_line(e, with_type=True)}" if "not validated" not in str(e) else str(e)
+        if not info.ok and spec.repair and variant.repair and made.candidates and name in targets:
+            made, info = _repaired(checking, variant, src, dest, made, info, targets)
+        ctx.built[name] = made
         results.append(info)
         gc.collect()
     return results, targets
+
+
+def _record_file(info: VariantInfo, made: Built, work: Path) -> None:
+    files = artifact_files(made.path)
+    info.file = made.path.relative_to(work).as_posix()
+    info.files = [f.relative_to(work).as_posix() for f in files]
+    info.size_bytes = sum(f.stat().st_size for f in files)
+    info.method = made.method
+    info.source = made.source.relative_to(work).as_posix() if made.source.is_relative_to(work) else made.source.name
+
+
+@dataclass
+class _Checking:
+    """What `check` needs for one variant, kept for its repair's rechecks."""
+
+    name: str
+    ctx: Context
+    ref: LoadedModel
+    tensors: dict[str, torch.Tensor]
+    expected: dict[str, np.ndarray]
+    axes: dict[str, dict[int, str]]
+    tol: Tolerance
+    work: Path
+
+    def __call__(self, made: Built) -> tuple[VariantInfo, latency_mod.Target]:
+        info = VariantInfo(name=self.name, file=None, ok=False, tolerance=self.tol.as_dict())
+        _record_file(info, made, self.work)
+        target = check(self.name, made, self.ctx, self.ref, self.tensors, self.expected, self.axes, self.tol, info)
+        return info, target
+
+
+# the unrepaired file of each repaired variant (id of its VariantInfo): timed beside the repaired one for the
+# repair's price, then removed by attach_latency
+_UNREPAIRED: dict[int, Path] = {}
+UNREPAIRED = ":unrepaired"  # suffix of its latency target's name
+
+
+def _repaired(
+    checking: _Checking,
+    variant: Variant,
+    src: Path,
+    dest: Path,
+    made: Built,
+    info: VariantInfo,
+    targets: dict[str, latency_mod.Target],
+) -> tuple[Built, VariantInfo]:
+    """The repair of a variant that failed (studio/variants/_repair.py): the file kept (passing, else the best
+    reached) and its VariantInfo with `repair` filled in; the unrepaired file is kept aside for timing."""
+    name, ctx = checking.name, checking.ctx
+    unrepaired = dest.with_name(f".{dest.stem}.unrepaired.onnx")
+    move_model(dest, unrepaired)
+    failed = replace(made, path=unrepaired)
+    started = time.perf_counter()
+    fp32 = repair_mod.Values(src, ctx.feeds, ctx.threads)
+    first: list[str] = []
+    if variant.repair == "fp16":
+        _fp16_range(ctx, made, info)  # fills the cache
+        ranges, graph = ctx.cache.get(("fp32 ranges", str(made.source)), ({}, None))
+        if graph is not None:
+            first = repair_mod.fp16_keep(graph, repair_mod.fp16_overflow(graph, ranges, set()))
+
+    def rebuild(kept: list[str]) -> Built:
+        with quiet(ROOT_LOGGER):
+            return variant.build(ctx, src, dest, keep=tuple(kept))
+
+    def scores(built: Built, kept: set[str]) -> list[tuple[str, float]]:
+        current = repair_mod.Values(built.path, ctx.feeds, ctx.threads)
+        return repair_mod.rank(fp32, current, built.candidates, kept)
+
+    plan = repair_mod.Repair(rebuild, checking, scores, first=first)
+    chosen, chosen_made, report = repair_mod.run(plan, repair_mod.Attempt([], info, targets[name]), failed)
+    if chosen.info is info:  # no round did better: the unrepaired file stays the variant
+        move_model(unrepaired, dest)
+        chosen_made = made
+    else:
+        targets[name] = chosen.target
+        _UNREPAIRED[id(chosen.info)] = unrepaired
+        targets[name + UNREPAIRED] = latency_mod.Target(
+            unrepaired, cpu_skip=chosen.target.cpu_skip, cuda_skip="the unrepaired file is timed on CPU only"
+        )
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    report["size_bytes"] = chosen.info.size_bytes
+    chosen.info.repair = report
+    chosen.info.seconds = round((info.seconds or 0) + report["seconds"], 2)
+    return chosen_made, chosen.info
 
 
 def attach_latency(results: list[VariantInfo], timed: dict[str, LatencyInfo], baseline: LatencyInfo) -> None:
     """Give each variant its latency (from `latency.measure_all`: timed side by side with its own PyTorch
     run) and its speedups at the sample's batch: over PyTorch measured in that pair, over model.onnx
     through PyTorch (this variant's speedup over PyTorch / model.onnx's, each from its own pair), since the
-    two files were timed one after the other, each beside PyTorch."""
+    two files were timed one after the other, each beside PyTorch. A repaired variant gets the price of its
+    repair (its unrepaired file was timed the same way; then removed), and the one to take is marked."""
     fp32 = _speedup(baseline.torch_cpu, baseline.ort_cpu)
     for info in results:
         info.latency = timed.get(info.name)
@@ -302,6 +441,34 @@ def attach_latency(results: list[VariantInfo], timed: dict[str, LatencyInfo], ba
         if mine is not None:
             info.speedup_vs_torch = round(mine, 2)
             info.speedup_vs_fp32 = round(mine / fp32, 2) if fp32 else None
+        unrepaired = _UNREPAIRED.pop(id(info), None)
+        if unrepaired is not None:
+            _price(info, timed.get(info.name + UNREPAIRED), mine)
+            remove_model(unrepaired)
+    _mark_take(results)
+
+
+def _price(info: VariantInfo, before: LatencyInfo | None, mine: float | None) -> None:
+    """The repair's price in speed: ORT CPU p50 of the unrepaired and the repaired file, and how many times slower
+    the repaired one is, through PyTorch (each file's speedup over PyTorch in its own pair)."""
+    theirs = _speedup(before.torch_cpu, before.ort_cpu) if before else None
+    after = info.latency.ort_cpu if info.latency else None
+    info.repair["p50_ms_before"] = round(before.ort_cpu.p50_ms, 3) if before and before.ort_cpu else None
+    info.repair["p50_ms"] = round(after.p50_ms, 3) if after else None
+    info.repair["slowdown"] = round(theirs / mine, 3) if theirs and mine else None
+
+
+def _mark_take(results: list[VariantInfo]) -> None:
+    """`take` on the variant to take on this CPU: passing, timed on CPU (not a CUDA variant), the fastest, and
+    faster than model.onnx; none when no variant is."""
+    timed = [
+        v
+        for v in results
+        if v.ok and v.speedup_vs_fp32 and not VARIANT_TABLE[v.name].meant_for_cuda and v.latency and v.latency.ort_cpu
+    ]
+    best = max(timed, key=lambda v: v.speedup_vs_fp32 or 0.0, default=None)
+    for v in results:
+        v.take = v is best and (best.speedup_vs_fp32 or 0.0) > 1.0
 
 
 def _speedup(torch_t, ort_t) -> float | None:
