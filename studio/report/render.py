@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from studio.escape import md_code, md_inline
+from studio.report import generation as gen
 from studio.report.model import (
     Comparison,
     DynamicInfo,
@@ -331,7 +332,7 @@ def variant_rows(variants: list[VariantInfo], lat: LatencyInfo | None = None) ->
         rows.append(
             [
                 v.name,
-                _mark(v.ok),
+                _mark(v.ok) + (" · take" if v.take else "") + (" (repaired)" if v.ok and v.repair.get("kept") else ""),
                 size_text(v.size_bytes or None),
                 _num(worst),
                 _cosine(min(cosines)) if cosines else "-",
@@ -339,10 +340,55 @@ def variant_rows(variants: list[VariantInfo], lat: LatencyInfo | None = None) ->
                 f"{t.p50_ms:.2f}" if t else "-",
                 _ratio(v.speedup_vs_torch),
                 _ratio(v.speedup_vs_fp32),
-                v.error or v.method,
+                (v.error or v.method) + (f"; kept in float: {', '.join(v.kept_float)}" if v.kept_float else ""),
             ]
         )
     return rows
+
+
+def take_line(variants: list[VariantInfo]) -> str:
+    """Which file to take on this CPU: the passing variant timed fastest there, else model.onnx."""
+    if not variants:
+        return ""
+    best = next((v for v in variants if v.take), None)
+    if best is None:
+        return (
+            "Take model.onnx on this CPU: no passing variant timed on CPU was faster "
+            "(ORT CPU p50 at the sample's batch, through PyTorch)."
+        )
+    return (
+        f"Take {md_code(best.name)} on this CPU: it passes and is the fastest passing variant, "
+        f"{_ratio(best.speedup_vs_fp32)} model.onnx's speed (ORT CPU p50 at the sample's batch, through PyTorch)."
+    )
+
+
+def repair_line(v: VariantInfo) -> str:
+    """What the repair of a failed variant did and what it cost (VariantInfo.repair)."""
+    r = v.repair
+    if not r:
+        return ""
+    kept = r.get("kept") or []
+    line = f"Repair: it failed first ({md_inline(r.get('before', ''))}); "
+    if kept:
+        line += (
+            f"{r.get('rounds', 0)} round(s) in {r.get('seconds') or 0:.1f} s kept {len(kept)} node(s) in float "
+            f"({md_inline(', '.join(kept))})"
+        )
+    else:
+        line += f"{r.get('rounds', 0)} round(s) found nothing better to keep in float"
+    line += f"; now {md_inline(r.get('after', ''))}" + (
+        "" if r.get("passed") else f" (stopped: {md_inline(r.get('stopped', ''))})"
+    )
+    price = []
+    if kept and r.get("size_bytes_before") and r.get("size_bytes"):
+        price.append(f"size {size_text(r['size_bytes_before'])} -> {size_text(r['size_bytes'])}")
+    if r.get("p50_ms_before") is not None and r.get("p50_ms") is not None:
+        slow = r.get("slowdown")
+        price.append(
+            f"ORT CPU p50 {r['p50_ms_before']:.3g} -> {r['p50_ms']:.3g} ms"
+            + (f" ({slow:.2f}x the unrepaired file's time, through PyTorch)" if slow else "")
+        )
+    return line + (f". Price: {'; '.join(price)}." if price else ".")
 
 
 def _ratio(x: float | None) -> str:
@@ -373,6 +419,7 @@ def render_markdown(r: Report) -> str:
         _summary_lines(r)
         + _export_sections(r)
         + _input_sections(r)
+        + _generation_sections(r)
         + _check_sections(r)
         + _variant_sections(r)
         + profile_sections(r.profile)
@@ -440,6 +487,38 @@ def _input_sections(r: Report) -> list[str]:
     return out
 
 
+def _generation_sections(r: Report) -> list[str]:
+    """A generator's: task, why, what the file can do, the verdict of each run, every prompt's two continuations,
+    the first divergence, the probes over batch / sequence / past length, the speed and the variants."""
+    g, m = r.generation, md_inline
+    if g is None:
+        return []
+    one = next((run for run in g.runs if run.mode == "one by one"), g.runs[0] if g.runs else None)
+    out = [
+        f"## Generation — {_mark(g.ok)}",
+        f"- Task: {m(g.task)}" + (f" ({m(r.source.get('task_reason'))})" if r.source.get("task_reason") else ""),
+        f"- What the file can do: {m(g.can)}" if g.can and g.can not in str(r.source.get("task_reason")) else "",
+        *[f"- {md_code(name)}: {m(gen.io_summary(g.io.get(role, [])))}" for role, name in g.files.items()],
+        f"- Cache: {m(', '.join(f'{k} {v}' for k, v in g.cache.items()))}" if g.cache else "- Cache: none (--no-cache)",
+        f"- Verdict: the same new token ids as transformers' greedy `generate` on every prompt, {g.max_new_tokens} "
+        "new tokens at most (a near tie broken the other way is reported, not failed)",
+        *[f"- {m(gen.run_line(run))}" for run in g.runs],
+        *[f"- First divergence: {m(line)}" for line in gen.first_divergences(g)],
+        *([f"- Error: {m(g.error)}"] if g.error else []),
+        "",
+        "### Prompts (one by one)",
+        markdown_table(gen.PROMPT_COLUMNS, gen.prompt_rows(one)),
+    ]
+    batched = next((run for run in g.runs if run.mode == "batched"), None)
+    if batched is not None and not batched.ok:
+        out += ["### Prompts (batched, left padding)", markdown_table(gen.PROMPT_COLUMNS, gen.prompt_rows(batched))]
+    out += ["### Probes: batch, sequence and past length", markdown_table(gen.PROBE_COLUMNS, gen.probe_rows(g))]
+    out += ["### Speed: time to first token and tokens/s", markdown_table(gen.SPEED_COLUMNS, gen.speed_rows(g.speed))]
+    if g.variants:
+        out += ["### Variants judged by generation", markdown_table(gen.VARIANT_COLUMNS, gen.variant_rows(g))]
+    return out
+
+
 def _check_sections(r: Report) -> list[str]:
     """Parity (with the non-finite counts), the shape probes, latency and how busy the machine was."""
     out = ["## Parity (PyTorch vs ONNX Runtime, sample rows)", markdown_table(PARITY_COLUMNS, parity_rows(r.parity))]
@@ -460,7 +539,11 @@ def _check_sections(r: Report) -> list[str]:
 
 def _variant_sections(r: Report) -> list[str]:
     """The variants side by side, then one section per variant with its own tables."""
-    out = ["## Variants", markdown_table(VARIANT_COLUMNS, variant_rows(r.variants, r.latency))] if r.variants else []
+    out = (
+        ["## Variants", markdown_table(VARIANT_COLUMNS, variant_rows(r.variants, r.latency)), take_line(r.variants), ""]
+        if r.variants
+        else []
+    )
     for v in r.variants:
         out += _variant_section(v)
     return out
@@ -482,6 +565,7 @@ def _variant_section(v: VariantInfo) -> list[str]:
         (f"Checked on {m(v.provider)}. " if v.provider else "")
         + (m(v.notes) if v.notes else "")
         + (f" Error: {m(v.error)}" if v.error else ""),
+        repair_line(v),
         "",
     ]
     out += [markdown_table(PARITY_COLUMNS, parity_rows(v.parity))]
