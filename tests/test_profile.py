@@ -234,3 +234,14 @@ def test_a_file_onnx_runtime_cannot_open_gives_a_reason_and_leaves_nothing(tmp_p
     p = profile.profile(bad, {"x": np.zeros((1, 2), np.float32)}, work)
     assert p["file"] == "bad.onnx" and p["error"] and "nodes" not in p and "total_us" not in p
     assert list(work.iterdir()) == []
+
+
+def test_a_call_longer_than_the_budget_is_the_whole_profile(bert, tmp_path):
+    _, out, _ = bert
+    feeds = dict(np.load(out / "sample_inputs.npz"))
+    slow = profile.profile(out / "model.onnx", feeds, tmp_path, budget_s=0.0)
+    assert (slow["warmup"], slow["runs"]) == (0, 1) and slow["error"] is None
+    assert all(n["calls"] == 1 for n in slow["nodes"])
+    warm = profile.profile(out / "model.onnx", feeds, tmp_path, budget_s=10.0, runs=3)
+    assert (warm["warmup"], warm["runs"]) == (1, 3) and set(warm["all_nodes"]) == set(slow["all_nodes"])
+    assert list(tmp_path.iterdir()) == []

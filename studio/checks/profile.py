@@ -2,18 +2,20 @@
 
 How. A CPU session is built as latency builds its own (runtime.cpu_session: the same threads, all graph
 optimisations, the memory arena on) with ONNX Runtime's profiler on (`SessionOptions.enable_profiling`), its
-file written inside the conversion's work folder and deleted once read. The sample runs `warmup` times
-first (the first calls allocate: their events are dropped), then up to `runs` times within `budget_s` (at
-least once). Each run's node events (`<node>_kernel_time`, the time the kernel ran) are those inside that
-run's `model_run` event. Per node: the mean microseconds per run, the sum over the profiled runs, how many
-times it ran, its share of the model's node time; the same summed per op type.
+file written inside the conversion's work folder and deleted once read. The sample runs `warmup` times first
+(the first call allocates: its events are dropped), then up to `runs` times within `budget_s` (at least once);
+a first call that outlasts the budget is the whole profile (`warmup` 0: for a big model one call costs more
+than a warm-up would change). Each run's node events (`<node>_kernel_time`: the time the kernel ran) are
+those inside that run's `model_run` event. Per node: the median microseconds per run (a run that another
+process interrupted does not move it), the mean, the sum over the profiled runs, how many times it ran, its
+share of the model's node time (the sum of the medians); the same per op type.
 
 Names. The profile names the nodes of the graph ONNX Runtime runs, after its optimisations: most are the
 nodes of the file (constant-folded ones are gone), a fused node often carries the name of the node it grew
-from (`X/MatMulScaleFusion/`, `fused X`), and some have a name ORT made (`BiasGelu`, `SkipLayerNormalization`,
-`Attention`). `onnx_nodes` says which node of the file a profiled node stands for, when its name tells;
-`graph_nodes` holds the time of the file's nodes (the graph view paints those); `unmapped_share` is the
-share of the time spent in nodes whose name names no node of the file.
+from (`X/MatMulScaleFusion/`, `fused X`), and some have a name ORT made (`BiasGelu`, `SkipLayerNormalization`).
+`onnx_node` says which node of the file a profiled node stands for, when its name tells; `graph_nodes` holds
+the time of the file's nodes (the graph view paints those); `unmapped_share` is the share of the time spent
+in nodes whose name names no node of the file.
 
 Measured, never assumed: when the profile cannot be taken (ONNX Runtime cannot open or run the file), the
 result holds `error` (why) and no numbers.
@@ -36,7 +38,7 @@ import onnx
 from studio.checks import runtime
 from studio.errors import first_line
 
-WARMUP = 2  # untimed runs first: their events are dropped
+WARMUP = 1  # untimed runs first: their events are dropped (none when one run outlasts the budget)
 RUNS = 20  # profiled runs at most
 BUDGET_S = 1.0  # wall time for the profiled runs (at least one runs)
 TOP = 15  # nodes listed in `nodes` (every node is in `all_nodes`)
@@ -69,17 +71,12 @@ def profile(
         session = runtime.cpu_session(path, threads, optimization, profile_prefix=str(prefix))
         try:
             arrays = runtime.feeds(session, dict(feeds))
-            for _ in range(max(0, warmup)):
-                session.run(None, arrays)
-            ran, clock = 0, time.perf_counter()
-            while ran < max(1, runs) and (ran == 0 or time.perf_counter() - clock < budget_s):
-                session.run(None, arrays)
-                ran += 1
+            warmup = _runs(session, arrays, warmup, runs, budget_s)
             provider = session.get_providers()[0]
         finally:
             written = session.end_profiling()
         events = json.loads(Path(written).read_text())
-        result = summarise(events, _graph_names(path), warmup=max(0, warmup), top=top)
+        result = summarise(events, _graph_names(path), warmup=warmup, top=top)
         result.update(
             file=path.name,
             provider=provider,
@@ -96,6 +93,23 @@ def profile(
             left.unlink(missing_ok=True)
     result["seconds"] = round(time.perf_counter() - started, 3)
     return result
+
+
+def _runs(session, arrays: dict[str, np.ndarray], warmup: int, runs: int, budget_s: float) -> int:
+    """Run the warm-up calls, then up to `runs` calls within `budget_s` (at least one); returns the warm-up
+    calls to drop. A first call longer than the budget is the profile alone (0 dropped: a big model's call costs
+    more than what a warm-up would change)."""
+    clock = time.perf_counter()
+    session.run(None, arrays)
+    if time.perf_counter() - clock >= budget_s:
+        return 0
+    for _ in range(max(0, warmup) - 1):
+        session.run(None, arrays)
+    ran, clock = int(warmup <= 0), time.perf_counter()
+    while ran < max(1, runs) and (ran == 0 or time.perf_counter() - clock < budget_s):
+        session.run(None, arrays)
+        ran += 1
+    return max(0, warmup)
 
 
 def _graph_names(path: Path) -> set[str]:
