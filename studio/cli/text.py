@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from studio.escape import terminal
+from studio.report import generation
 from studio.report.model import CheckerInfo, Comparison, ParityInfo, Report
 from studio.report.render import (
     COMPARISON_COLUMNS,
@@ -93,6 +94,7 @@ def summary(report: Report) -> str:
     ]
     if machine_line(report.latency):
         lines.append("  " + machine_line(report.latency))
+    lines += _generation_lines(report)
     if report.divergence:
         from studio.report.divergence import Divergence, format_lines
 
@@ -119,6 +121,24 @@ def _profile_lines(profile: dict | None) -> list[str]:
         f"profile  {profile.get('total_us', 0):.0f} µs of node time per run (median of {profile.get('runs')}): {nodes}",
         f"         by op type: {ops}",
     ]
+
+
+def _generation_lines(report: Report) -> list[str]:
+    """A generator's verdict: each run (one by one, batched), the first divergence, the probes, tokens/s."""
+    g = report.generation
+    if g is None:
+        return []
+    lines = [f"generate {'PASS' if g.ok else 'FAIL'} ({g.max_new_tokens} new tokens at most, greedy, vs transformers)"]
+    lines += [f"  {shown(generation.run_line(run))}" for run in g.runs]
+    lines += [f"  first divergence: {shown(line)}" for line in generation.first_divergences(g)]
+    if g.probes:
+        failed = [p for p in g.probes if not p.get("ok")]
+        lines.append(f"  probes (batch, sequence, past length): {len(g.probes) - len(failed)} of {len(g.probes)} pass")
+    speed = generation.speed_line(g.speed)
+    if speed:
+        lines.append(f"  speed: {shown(speed)}")
+    lines += [f"  variant {shown(row[0])}: {shown(' '.join(row[1:]))}" for row in generation.variant_rows(g)]
+    return lines
 
 
 def _checker_line(c: CheckerInfo | None) -> str:

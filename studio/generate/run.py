@@ -78,6 +78,7 @@ CAN = {
 }
 # the latency table's rows for a generator: its speed is in tokens, in the Generation section
 SPEED_ELSEWHERE = "a generator is timed by generating: time to first token and tokens/s (Generation section)"
+LATENCY_KEYS = ("torch_cpu", "ort_cpu", "ort_cuda", "torch_cuda")
 Say = Any  # Callable[[str, float], None] (the pipeline's progress)
 
 
@@ -85,6 +86,7 @@ def convert_generator(spec: ConvertSpec, loaded: LoadedModel, df: pd.DataFrame, 
     """Export `loaded` (a generator) with its cache into `work`, verify it by generating the prompts of `df`
     (the sample, read), and return the Report (report.json / report.md are written by the pipeline)."""
     task = str(loaded.task)
+    loaded.info["task_reason"] = f"{loaded.info.get('task_reason', '')}; the file {CAN[task]}"
     say("batch", FRACTION["batch"])
     file = str(spec.data)
     roles, column, prompts, warnings = prompts_of(df, loaded, spec.roles, file)
@@ -150,7 +152,7 @@ def convert_generator(spec: ConvertSpec, loaded: LoadedModel, df: pd.DataFrame, 
         checker=checker,
         parity=parity,
         dynamic=probe_info(probes, files),
-        latency=LatencyInfo(errors={"torch_cpu": SPEED_ELSEWHERE, "ort_cpu": SPEED_ELSEWHERE}, threads=threads),
+        latency=LatencyInfo(errors=dict.fromkeys(LATENCY_KEYS, SPEED_ELSEWHERE), threads=threads),
         predictions=_predictions(df, roles, column, runs),
         variants=variant_infos,
         warnings=warnings + list(loaded.info.get("warnings") or []),
@@ -172,9 +174,18 @@ def plain_forward(loaded: LoadedModel) -> None:
             hint="Leave out --no-cache.",
         )
     loaded.info["task_reason"] = (
-        f"{loaded.info.get('task_reason', '')}; --no-cache: model.onnx is the plain forward (logits for every "
-        "position, no key/value cache): generating with it re-runs the whole sequence for every new token"
+        f"{loaded.info.get('task_reason', '')}; --no-cache: model.onnx is the plain forward (input_ids, "
+        "attention_mask -> logits at every position, no key/value cache): a generation loop must re-run the whole "
+        "sequence for every new token"
     )
+    tok = loaded.tokenizer
+    if tok is not None and getattr(tok, "pad_token", None) is None and getattr(tok, "eos_token", None) is not None:
+        tok.pad_token = tok.eos_token  # as transformers' generate pads; the logits of real tokens are judged
+        loaded.info["warnings"] = [
+            *(loaded.info.get("warnings") or []),
+            f"the tokenizer has no padding token: rows are padded with its EOS token {tok.eos_token!r} (as "
+            "transformers' generate does); the saved tokenizer pads so too.",
+        ]
 
 
 # --- the prompts ---------------------------------------------------------------------------------------------

@@ -59,11 +59,6 @@ GENERATORS = {
     TEXT_GENERATION: ("AutoModelForCausalLM", ["logits"], "logits"),
     TEXT2TEXT_GENERATION: ("AutoModelForSeq2SeqLM", ["logits"], "logits"),
 }
-CAN = {
-    TEXT_GENERATION: "generates text: each call takes the new tokens and the cache of the tokens before them",
-    TEXT2TEXT_GENERATION: "generates text from an input text: the encoder runs once, the decoder once per new "
-    "token with its cache",
-}
 
 
 class WeightsMismatchError(CheckpointError):
@@ -235,8 +230,6 @@ def load_folder(
     tokenizer = load_tokenizer(folder)
     task_done = task_name(auto_name)
     dropped = dropped_heads(config, auto_name)
-    if task_done in GENERATORS:
-        task_why += f": {task_done}, the file {CAN[task_done]}"
     return LoadedModel(
         kind="hf",
         path=shown_path or str(folder),
