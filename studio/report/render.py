@@ -332,7 +332,7 @@ def variant_rows(variants: list[VariantInfo], lat: LatencyInfo | None = None) ->
         rows.append(
             [
                 v.name,
-                _mark(v.ok) + (" · take" if v.take else "") + (" (repaired)" if v.ok and v.repair.get("kept") else ""),
+                _mark(v.ok) + (" (repaired)" if v.ok and v.repair.get("kept") else "") + (" · take" if v.take else ""),
                 size_text(v.size_bytes or None),
                 _num(worst),
                 _cosine(min(cosines)) if cosines else "-",
@@ -511,7 +511,8 @@ def _generation_sections(r: Report) -> list[str]:
     ]
     batched = next((run for run in g.runs if run.mode == "batched"), None)
     if batched is not None and not batched.ok:
-        out += ["### Prompts (batched, left padding)", markdown_table(gen.PROMPT_COLUMNS, gen.prompt_rows(batched))]
+        side = f", {batched.padding_side} padding" if batched.padding_side else ""
+        out += [f"### Prompts (batched{side})", markdown_table(gen.PROMPT_COLUMNS, gen.prompt_rows(batched))]
     out += ["### Probes: batch, sequence and past length", markdown_table(gen.PROBE_COLUMNS, gen.probe_rows(g))]
     out += ["### Speed: time to first token and tokens/s", markdown_table(gen.SPEED_COLUMNS, gen.speed_rows(g.speed))]
     if g.variants:
