@@ -125,6 +125,33 @@ def test_external_data_is_one_file_beside_the_graph(tmp_path):
     assert runs[0].ok and runs[0].prompts[0].same
 
 
+def test_mixture_of_experts_routes_every_token_in_the_file(tmp_path):
+    """The experts are exported through batched_mm (one graph for any routing), not the eager loop the trace would
+    freeze to the dummy input's experts; the model's own implementation is back after the export."""
+    model = tiny_lm.model("mixtral")
+    before = model.config._experts_implementation
+    files = export_decoder(model, model.config, tmp_path)
+    assert model.config._experts_implementation == before
+    assert any("batched_mm" in w for w in files.warnings) and files.exporter == "torchscript"
+    runs, probes = check_generation(model, tiny_lm.tokenizer(), files, tiny_lm.PROMPTS[:3], max_new_tokens=NEW)
+    assert all(r.ok for r in runs) and all(p.same for r in runs for p in r.prompts)
+    assert all(p["ok"] for p in probes)
+
+
+def test_when_every_exporter_fails_the_error_names_each(tmp_path, monkeypatch):
+    from studio.errors import ExportError
+    from studio.generate import decoder
+
+    def broken(name, *args):
+        raise RuntimeError(f"{name} cannot")
+
+    monkeypatch.setattr(decoder, "_torch_export", broken)
+    model = tiny_lm.model("llama")
+    with pytest.raises(ExportError, match="torchscript: RuntimeError: torchscript cannot; dynamo: RuntimeError"):
+        export_decoder(model, model.config, tmp_path)
+    assert list(tmp_path.iterdir()) == []  # no file, no temporary folder left
+
+
 def test_facts_keep_each_architectures_own_layout():
     import transformers as tf
 

@@ -58,6 +58,18 @@ def config(model_type: str, **over):
             max_position_embeddings=128,
             **common,
         )
+    elif model_type == "mixtral":  # mixture of experts: 4 experts, 2 per token
+        c = tf.MixtralConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=48,
+            max_position_embeddings=128,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            **common,
+        )
     elif model_type == "bloom":  # ALiBi: no position_ids
         c = tf.BloomConfig(hidden_size=32, n_layer=2, n_head=4, **common)
     else:

@@ -38,6 +38,8 @@ class GeneratorFiles:
     io: dict[str, list[str]] = field(default_factory=dict)  # role -> input names then output names
     cache: CacheLayout | None = None  # None: exported without the cache (--no-cache)
     external_data: bool = False
+    exporter: str = "torchscript"  # the torch.onnx exporter that wrote the file(s): "torchscript" | "dynamo"
+    warnings: list[str] = field(default_factory=list)  # what the export changed or fell back on, in words
 
 
 @dataclass

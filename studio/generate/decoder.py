@@ -38,10 +38,12 @@ from typing import Any
 import onnx
 import torch
 
+from studio.artifacts import reraise_disk_full
 from studio.errors import ExportError, first_line
 from studio.export.exporters import EXTERNAL_DATA_BYTES
 from studio.generate.base import TEXT_GENERATION, GeneratorFiles
 from studio.generate.facts import Facts, decoder_facts
+from studio.quiet import quiet
 
 FILE = "model.onnx"
 METADATA_KEY = "studio.cache"
@@ -206,6 +208,74 @@ def _save(tmp: Path, dest: Path, props: dict[str, str], external: bool) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def _traceable_experts(module: torch.nn.Module, notes: list[str]) -> Iterator[None]:
+    """Mixture-of-experts models run their experts through "batched_mm" for the export (each token's experts
+    gathered by index: one graph for any routing), their own implementation restored after. The eager loop over the
+    experts a batch hits would be frozen by the trace to those of the dummy input; grouped_mm uses ops (histc)
+    that torch.onnx cannot export."""
+    prev = getattr(getattr(module, "config", None), "_experts_implementation", None)
+    can = getattr(module, "_can_set_experts_implementation", None)
+    if prev in (None, "batched_mm") or not callable(can) or not can():
+        yield
+        return
+    module.set_experts_implementation("batched_mm")  # type: ignore[operator]
+    notes.append(f"mixture of experts exported through experts_implementation='batched_mm' (the model's: {prev})")
+    try:
+        yield
+    finally:
+        module.set_experts_implementation(prev)  # type: ignore[operator]
+
+
+def _dynamic_shapes(facts: Facts, position_ids: bool, with_past: bool) -> tuple[Any, ...]:
+    """The dynamo exporter's dynamic_shapes for (input_ids, attention_mask, *rest)."""
+    from torch.export import Dim
+
+    batch, seq, total, past = Dim("batch"), Dim("sequence"), Dim("total_sequence"), Dim("past_sequence")
+    rest: list[dict[int, Any]] = [{0: batch, 1: seq}] if position_ids else []
+    if with_past:
+        rest += [{0: batch, 2: past} for _ in range(2 * facts.layers)]
+    return ({0: batch, 1: seq}, {0: batch, 1: total if with_past else seq}, tuple(rest))
+
+
+def _torch_export(
+    exporter: str,
+    wrapper: DecoderWithPast,
+    args: tuple[torch.Tensor, ...],
+    path: Path,
+    facts: Facts,
+    opset: int,
+) -> None:
+    ins, outs = input_names(facts, wrapper.with_past), output_names(facts, wrapper.with_past)
+    if exporter == "dynamo":
+        torch.onnx.export(
+            wrapper,
+            args,
+            str(path),
+            input_names=ins,
+            output_names=outs,
+            dynamic_shapes=_dynamic_shapes(facts, wrapper.position_ids, wrapper.with_past),
+            opset_version=opset,
+            dynamo=True,
+            verbose=False,
+        )
+        return
+    torch.onnx.export(
+        wrapper,
+        args,
+        str(path),
+        input_names=ins,
+        output_names=outs,
+        dynamic_axes=dynamic_axes(facts, wrapper.position_ids, wrapper.with_past),
+        opset_version=opset,
+        dynamo=False,
+        do_constant_folding=True,
+    )
+
+
+EXPORTERS = {"auto": ("torchscript", "dynamo"), "torchscript": ("torchscript",), "dynamo": ("dynamo",)}
+
+
 def export_decoder(
     module: torch.nn.Module,
     config: Any,
@@ -214,10 +284,15 @@ def export_decoder(
     with_past: bool = True,
     external_data: bool | None = None,
     file_name: str = FILE,
+    exporter: str = "auto",
 ) -> GeneratorFiles:
     """Write `out_dir/model.onnx` (and `model.onnx.data` above EXTERNAL_DATA_BYTES of weights, or when
-    `external_data` says so) for the causal LM `module`. Raises GenerationRefused for an architecture without a
-    key/value cache, ExportError when torch.onnx cannot export it or its cache is not the layout the facts say."""
+    `external_data` says so) for the causal LM `module`. `exporter`: "torchscript" (optimum's, ~1 s for a tiny
+    model), "dynamo" (torch.export-based, ~20-30 s), or "auto": TorchScript, then dynamo when TorchScript fails
+    (cohere's tiny model needs it). Raises GenerationRefused for an architecture without a key/value cache,
+    ExportError when no exporter can export it or its cache is not the layout the facts say."""
+    if exporter not in EXPORTERS:
+        raise ExportError(f"unknown exporter {exporter!r} for a decoder (one of: {', '.join(EXPORTERS)})")
     facts = decoder_facts(config)
     position_ids = takes_position_ids(module, facts)
     if not position_ids and facts.position_ids:
@@ -227,42 +302,45 @@ def export_decoder(
     vocab = int(getattr(config.get_text_config(decoder=True), "vocab_size", 0) or 0)
     wrapper = DecoderWithPast(module, facts.layers, position_ids, with_past)
     args = dummy_inputs(facts, position_ids, with_past, vocab)
-    ins, outs = input_names(facts, with_past), output_names(facts, with_past)
     external = weight_bytes(module) > EXTERNAL_DATA_BYTES if external_data is None else external_data
-    with _eval(wrapper), torch.no_grad(), warnings.catch_warnings():
+    notes: list[str] = []
+    failures: list[str] = []
+    used, is_external = "", False
+    with _eval(wrapper), torch.no_grad(), warnings.catch_warnings(), _traceable_experts(module, notes):
         warnings.simplefilter("ignore")
         if with_past:
             _check_layout(facts, list(wrapper(*args)[1:]))
-        tmp_dir = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
-        try:
-            tmp = tmp_dir / file_name
+        for name in EXPORTERS[exporter]:
+            tmp_dir = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
             try:
-                torch.onnx.export(
-                    wrapper,
-                    args,
-                    str(tmp),
-                    input_names=ins,
-                    output_names=outs,
-                    dynamic_axes=dynamic_axes(facts, position_ids, with_past),
-                    opset_version=opset,
-                    dynamo=False,
-                    do_constant_folding=True,
+                with quiet():
+                    _torch_export(name, wrapper, args, tmp_dir / file_name, facts, opset)
+                is_external = _save(
+                    tmp_dir / file_name, out / file_name, metadata(facts, position_ids, with_past), external
                 )
-            except Exception as e:
-                raise ExportError(
-                    f"torch.onnx (TorchScript) could not export {facts.model_type} with its cache: "
-                    f"{first_line(e, with_type=True)}"
-                ) from e
-            is_external = _save(tmp, out / file_name, metadata(facts, position_ids, with_past), external)
-        finally:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
+                used = name
+                break
+            except Exception as e:  # noqa: BLE001 - each exporter's failure is recorded; the next one is tried
+                reraise_disk_full(e)
+                failures.append(f"{name}: {first_line(e, with_type=True)}")
+            finally:
+                shutil.rmtree(tmp_dir, ignore_errors=True)
+    if not used:
+        raise ExportError(
+            f"torch.onnx could not export {facts.model_type} with its cache: " + "; ".join(failures),
+            hint="--exporter dynamo or torchscript picks one exporter; studio/generate/facts.py holds the "
+            "architecture's facts",
+        )
+    notes += [f"{f} (then {used} was used)" for f in failures]
     return GeneratorFiles(
         task=TEXT_GENERATION,
         folder=out,
         files={"model": file_name},
-        io={"model": ins + outs},
+        io={"model": input_names(facts, with_past) + output_names(facts, with_past)},
         cache=facts.cache if with_past else None,
         external_data=is_external,
+        exporter=used,
+        warnings=notes,
     )
 
 
