@@ -96,7 +96,7 @@ def convert_generator(spec: ConvertSpec, loaded: LoadedModel, df: pd.DataFrame, 
             hint="Include the tokenizer files (tokenizer.json, tokenizer_config.json, ...) in the model folder.",
         )
     module, tokenizer = loaded.module, loaded.tokenizer
-    from studio.generate.reference import encode, special_tokens
+    from studio.generate.reference import special_tokens
 
     eos, pad = special_tokens(module, tokenizer)
     check_positions(module, tokenizer, prompts, pad, spec.max_new_tokens, file, column)
@@ -120,7 +120,7 @@ def convert_generator(spec: ConvertSpec, loaded: LoadedModel, df: pd.DataFrame, 
 
     say("generation", FRACTION["generation"])
     runs, probes = _check(module, tokenizer, files, generator, prompts, spec)
-    ids, mask = encode(tokenizer, prompts, pad)
+    ids, mask = _encoder(task)(tokenizer, prompts, pad)  # as the batched check fed them
     variant_rows, variant_infos = _variants(spec, loaded, files, ids, mask, eos, pad, threads, say)
 
     say("latency", FRACTION["latency"])
@@ -349,44 +349,107 @@ def first_step_parity(
     """The first step's logits (every prompt position, past length 0) of the file against the module's forward,
     prompt by prompt (no padding: both sides see the same positions); rows padded with zeros on both sides to the
     longest prompt, the real tokens judged."""
-    from studio.generate.reference import encode, forward_logits
+    encode = _encoder(TEXT_GENERATION)  # one prompt at a time: no padding either way
 
     provider = next(iter(generator.providers()), "CPUExecutionProvider")
-    if not hasattr(generator, "step"):  # an encoder-decoder: its first step is judged by the generation itself
-        return ParityInfo(ok=True, atol=atol, rtol=rtol, outputs=[], rows=0, provider=provider,
-                          error="an encoder-decoder's files are judged by generating (Generation section)")  # fmt: skip
-    want, got = [], []
+    seq2seq = not hasattr(generator, "step")  # an encoder-decoder: its encoder's states and first decoder step
+    pairs: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
     try:
         for text in prompts:
             ids, mask = encode(tokenizer, [text], pad)
-            want.append(forward_logits(module, ids, mask)[0])
-            feeds = {"input_ids": ids, "attention_mask": mask, **generator.empty_past(1)}
-            feeds["position_ids"] = np.arange(ids.shape[1], dtype=np.int64)[None]
-            got.append(np.asarray(generator.step(feeds)["logits"], dtype=np.float32)[0])
+            found = (
+                _seq2seq_first_step(module, generator, ids, mask)
+                if seq2seq
+                else _first_step(module, generator, ids, mask)
+            )
+            for name, (want, got) in found.items():
+                pairs.setdefault(name, ([], []))[0].append(want)
+                pairs[name][1].append(got)
     except Exception as e:  # noqa: BLE001 - the file cannot run a prompt: parity fails with the reason
         return ParityInfo(ok=False, atol=atol, rtol=rtol, outputs=[], rows=len(prompts), provider=provider,
                           error=f"ONNX Runtime could not run the first step: {type(e).__name__}: {e}"[:600])  # fmt: skip
-    longest, vocab = max(w.shape[0] for w in want), want[0].shape[-1]
-    expected = np.zeros((len(prompts), longest, vocab), dtype=np.float32)
-    actual, real = np.zeros_like(expected), np.zeros((len(prompts), longest), dtype=bool)
-    for i, (w, g) in enumerate(zip(want, got)):
-        expected[i, : w.shape[0]] = w
-        actual[i, : g.shape[0]] = g if g.shape == w.shape else np.nan
-        real[i, : w.shape[0]] = True
-    diffs = parity_mod.compare({"logits": expected}, {"logits": actual}, atol, rtol, {"logits": "logits"}, real)
+    expected, actual, real = {}, {}, None
+    for name, (torch_side, onnx_side) in pairs.items():
+        expected[name], actual[name], mask_of = _stacked(torch_side, onnx_side)
+        # the real positions: of the prompt's tokens (a decoder's logits, an encoder's states)
+        real = mask_of if name == ("last_hidden_state" if seq2seq else "logits") else real
+    kinds = {"logits": "logits", "last_hidden_state": "hidden"}
+    diffs = parity_mod.compare(expected, actual, atol, rtol, kinds, real)
     return ParityInfo(ok=all(d.ok for d in diffs), atol=atol, rtol=rtol, outputs=diffs, rows=len(prompts),
                       provider=provider)  # fmt: skip
+
+
+def _first_step(
+    module: Any, generator: Any, ids: np.ndarray, mask: np.ndarray
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A decoder's logits at every prompt position with past length 0: (PyTorch's forward, the file's)."""
+    from studio.generate.reference import forward_logits
+
+    feeds = {"input_ids": ids, "attention_mask": mask, **generator.empty_past(1)}
+    feeds["position_ids"] = np.arange(ids.shape[1], dtype=np.int64)[None]
+    got = np.asarray(generator.step(feeds)["logits"], dtype=np.float32)[0]
+    return {"logits": (forward_logits(module, ids, mask)[0], got)}
+
+
+def _seq2seq_first_step(
+    module: Any, generator: Any, ids: np.ndarray, mask: np.ndarray
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """An encoder-decoder's encoder states and its first decoder step's logits (from the decoder start token):
+    (PyTorch's, the files')."""
+    import torch
+
+    start = np.array([[generator.start]], dtype=np.int64)
+    with torch.no_grad():
+        t_ids, t_mask = torch.from_numpy(ids), torch.from_numpy(mask)
+        hidden = module.get_encoder()(input_ids=t_ids, attention_mask=t_mask).last_hidden_state
+        logits = module(input_ids=t_ids, attention_mask=t_mask, decoder_input_ids=torch.from_numpy(start)).logits
+    got_hidden = generator.encode(ids, mask)
+    feeds = {"encoder_attention_mask": mask, "input_ids": start, "encoder_hidden_states": got_hidden}
+    got_logits = generator.sessions["decoder"].run(["logits"], feeds)[0]
+    return {
+        "last_hidden_state": (hidden.float().numpy()[0], np.asarray(got_hidden, dtype=np.float32)[0]),
+        "logits": (logits.float().numpy()[0], np.asarray(got_logits, dtype=np.float32)[0]),
+    }
+
+
+def _stacked(want: list[np.ndarray], got: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-prompt [positions, ...] arrays stacked into [prompts, longest, ...], zeros on both sides past a prompt's
+    end (a shape the file got wrong is NaN: a failure, never a number); and the mask of the real positions."""
+    longest = max(w.shape[0] for w in want)
+    expected = np.zeros((len(want), longest, *want[0].shape[1:]), dtype=np.float32)
+    actual, real = np.zeros_like(expected), np.zeros((len(want), longest), dtype=bool)
+    for i, (w, g) in enumerate(zip(want, got)):
+        expected[i, : w.shape[0]] = w
+        actual[i, : w.shape[0]] = g if g.shape == w.shape else np.nan
+        real[i, : w.shape[0]] = True
+    return expected, actual, real
 
 
 def _check(
     module: Any, tokenizer: Any, files: GeneratorFiles, generator: Any, prompts: list[str], spec: ConvertSpec
 ) -> tuple[list[GenerationRun], list[dict[str, Any]]]:
+    if files.task == TEXT2TEXT_GENERATION:
+        from studio.generate.seq2seq_check import check_seq2seq
+
+        return check_seq2seq(
+            module, tokenizer, files, prompts, spec.max_new_tokens, spec.atol, spec.rtol, ort_generator=generator
+        )
     from studio.generate.verify import check_generation
 
     return check_generation(
-        module, tokenizer, files, prompts, spec.max_new_tokens, spec.atol, spec.rtol, ort_generator=generator,
-        probes=files.task == TEXT_GENERATION,
-    )  # fmt: skip
+        module, tokenizer, files, prompts, spec.max_new_tokens, spec.atol, spec.rtol, ort_generator=generator
+    )
+
+
+def _encoder(task: str) -> Any:
+    """How the task's prompts are batched: decoders left-padded, encoder-decoders right-padded."""
+    if task == TEXT2TEXT_GENERATION:
+        from studio.generate.seq2seq_check import encode_right
+
+        return encode_right
+    from studio.generate.reference import encode
+
+    return encode
 
 
 def probe_info(probes: list[dict[str, Any]], files: GeneratorFiles) -> DynamicInfo:
@@ -422,10 +485,16 @@ def _variants(
     if not spec.variants:
         return [], []
     say("variants", FRACTION["variants"])
-    from studio.generate.reference import reference_steps
     from studio.generate.variants import judge_variants
 
-    reference = reference_steps(loaded.module, ids, mask, spec.max_new_tokens, eos, pad)
+    if files.task == TEXT2TEXT_GENERATION:
+        from studio.generate.seq2seq_check import reference_seq2seq
+
+        reference = reference_seq2seq(loaded.module, ids, mask, spec.max_new_tokens, eos, pad)
+    else:
+        from studio.generate.reference import reference_steps
+
+        reference = reference_steps(loaded.module, ids, mask, spec.max_new_tokens, eos, pad)
     judged = judge_variants(spec, loaded, files, ids, mask, reference, lambda f: make_generator(f, eos, pad, threads))
     runtime.release_memory()
     return judged.rows, judged.infos
