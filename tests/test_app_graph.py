@@ -3,8 +3,11 @@ files, rewritten to run offline), and the panel's fallback for graphs too big to
 
 from __future__ import annotations
 
+import html
+import json
 import os
 import re
+import urllib.parse
 from pathlib import Path
 
 import onnx
@@ -14,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 from test_app_handlers import make_report, make_variants
 
-from studio.app import graph
+from studio.app import graph, graph_explorer
 
 
 def _chain(path: Path, n: int) -> Path:
@@ -162,10 +165,12 @@ def test_the_panel_shows_the_viewer_for_model_onnx_and_each_variant(tmp_path):
         res = app._report_outputs({"report": report, "zip": None}, out, "k")
         ui = app.ui
         assert res[ui.graph_col]["visible"] is True
-        assert [c for c in res[ui.graph_choice]["choices"]] == ["model.onnx", "int8 · variants/model.int8.onnx"]
+        files = ["model.onnx", "int8 · variants/model.int8.onnx"]
+        split = ["model.onnx ⇆ int8 · variants/model.int8.onnx"] if graph_explorer.explorer_dir() else []
+        assert [c for c in res[ui.graph_choice]["choices"]] == files + split  # + side by side (Model Explorer)
         view = res[ui.graph_view]
         assert 'id="graph-frame"' in view and "4 nodes" in view and "graph-too-big" not in view
-        token = re.search(rf"{graph.FILES}/([^/%]+)", view.replace("%2F", "/")).group(1)
+        token = _token(view)
         assert app.graphs.resolve(token, "model.onnx") == out / "model.onnx"
         assert app.graphs.resolve(token, "variants/model.int8.onnx") == out / "variants" / "model.int8.onnx"
         other = app.show_graph("int8 · variants/model.int8.onnx", _Req("k"))[ui.graph_view]
@@ -243,10 +248,10 @@ def test_the_divergence_node_is_named_and_selected(tmp_path):
         report = _report_in(out, 3)
         report.divergence = _divergence("relu_1")
         view = app._report_outputs({"report": report}, out, "k")[app.ui.graph_view]
-        assert "<code>relu_1</code>" in view and "select=relu_1" in view
+        assert "<code>relu_1</code>" in view and _selected(view) == "relu_1"
         report.divergence = _divergence(None)
         view = app._report_outputs({"report": report}, out, "k")[app.ui.graph_view]
-        assert "graph-divergence" not in view and "select=" not in view
+        assert "graph-divergence" not in view and not _selected(view)
     finally:
         app.close()
     app = _app(graph_max_nodes=2)  # too big to draw: the node is still named
@@ -269,10 +274,26 @@ def test_external_data_is_said_and_granted(tmp_path):
         (out / "model.onnx.data").write_bytes(b"w")
         view = app._report_outputs({"report": report}, out, "k")[app.ui.graph_view]
         assert "model.onnx.data" in view
-        token = re.search(rf"{graph.FILES}/([^/%]+)", view.replace("%2F", "/")).group(1)
+        token = _token(view)
         assert app.graphs.resolve(token, "model.onnx.data") == out / "model.onnx.data"
     finally:
         app.close()
+
+
+def _token(view: str) -> str:
+    """The grant's token in the panel's iframe (Netron's file URL or Model Explorer's folder)."""
+    src = view.replace("%2F", "/")
+    m = re.search(rf"{graph.FILES}/([^/%]+)", src) or re.search(rf"{graph_explorer.EXPLORER}/([^/%]+)/", src)
+    return m.group(1)
+
+
+def _selected(view: str) -> str | None:
+    """The node the view selects: Netron's ?select=, or Model Explorer's first pane's selectedNodeId."""
+    src = html.unescape(re.search(r'<iframe[^>]* src="([^"]+)"', view).group(1))
+    query = urllib.parse.parse_qs(urllib.parse.urlparse(src).query)
+    if "data" in query:
+        return json.loads(query["data"][0])["uiState"]["paneStates"][0]["selectedNodeId"] or None
+    return (query.get("select") or [None])[0]
 
 
 class _Req:

@@ -121,6 +121,7 @@ class Grant:
     key: str
     out: Path  # real path of the conversion's output folder
     names: frozenset[str]  # what may be served, relative to out ("model.onnx", "variants/model.int8.onnx")
+    docs: dict[str, str] = field(default_factory=dict)  # in-memory JSON by name: the graph's overlays
 
 
 @dataclass
@@ -135,7 +136,8 @@ class GraphFiles:
     def __post_init__(self) -> None:
         self.root = Path(os.path.realpath(self.root))
 
-    def grant(self, key: str, out: Path, names: list[str]) -> str:
+    def grant(self, key: str, out: Path, names: list[str], docs: dict[str, str] | None = None) -> str:
+        """A new token for these files of `out` (and these in-memory documents), for session `key` only."""
         token = secrets.token_urlsafe(18)
         with self._lock:
             mine = [t for t, g in self._grants.items() if g.key == key]
@@ -143,7 +145,7 @@ class GraphFiles:
                 del self._grants[t]
             for t in [t for t, g in self._grants.items() if not g.out.is_dir()]:  # sessions gone
                 del self._grants[t]
-            self._grants[token] = Grant(key, Path(os.path.realpath(out)), frozenset(names))
+            self._grants[token] = Grant(key, Path(os.path.realpath(out)), frozenset(names), dict(docs or {}))
             live = {g.key for g in self._grants.values()}
             for k in [k for k in self._views if k not in live]:  # expired sessions' panels
                 del self._views[k]
@@ -163,6 +165,17 @@ class GraphFiles:
     def view(self, key: str) -> tuple[list[GraphEntry], str | None]:
         with self._lock:
             return self._views.get(key, ([], None))
+
+    def live(self, token: str) -> bool:
+        """Whether `token` grants anything now (the viewer's own files are served only under a live token)."""
+        with self._lock:
+            return token in self._grants
+
+    def doc(self, token: str, name: str) -> str | None:
+        """The in-memory document granted as `name` under `token` (an overlay's JSON), or None."""
+        with self._lock:
+            g = self._grants.get(token)
+            return None if g is None else g.docs.get(name)
 
     def resolve(self, token: str, name: str) -> Path | None:
         """The file granted as `name` under `token`, or None (what the route answers 404 to)."""
@@ -246,6 +259,9 @@ class GraphEntry:
     data: str | None = None  # its external-data file, when it has one
     url: str | None = None  # the granted file (relative to the app's root)
     too_big: str | None = None  # why the viewer is not loaded for it
+    token: str | None = None  # the grant it is served under
+    graph_id: str = ""  # its main graph's id as Model Explorer's ONNX adapter names it
+    overlays: list = field(default_factory=list)  # studio.app.graph_overlay.Overlay: the numbers painted on it
 
 
 def _nodes(path: Path) -> int | None:
