@@ -27,6 +27,8 @@ from studio.app import (
     convert_outputs,
     events,
     graph,
+    graph_explorer,
+    graph_overlay,
     graph_panel,
     layout,
     worker,  # noqa: F401 - registers the app's job tasks (preview, check, convert) with studio.jobs.isolate
@@ -146,6 +148,7 @@ class StudioApp:
         )
         self.sessions = Sessions(cfg.work_dir, cfg.session_ttl_s, limits)
         self.graphs = graph.GraphFiles(self.sessions.root)  # what the graph viewer may load, by token
+        self.explorer = graph_explorer.Converter()  # Model Explorer's ONNX adapter, in a child per file
         self.sessions.on_close = self.graphs.revoke
         _private_gradio_cache()
         # gradio's upload cache counts against the same disk caps (studio.app.uploads)
@@ -468,9 +471,11 @@ class StudioApp:
         cfg = self.config
         found = graph.entries(report, out, cfg.graph_max_nodes, int(cfg.graph_max_mb * 2**20))
         names = [n for e in found for n in (e.name, e.data) if n]
-        token = self.graphs.grant(key, out, names)
+        docs = graph_overlay.attach(found, report, out)  # the numbers painted on each graph
+        token = self.graphs.grant(key, out, names, docs)
         for e in found:
-            e.url = f"{graph.FILES}/{token}/{urllib.parse.quote(e.name)}"
+            e.url, e.token = f"{graph.FILES}/{token}/{urllib.parse.quote(e.name)}", token
+        self.explorer.prewarm([out / e.name for e in found if not e.too_big])
         node = graph.divergence_node(report)
         self.graphs.remember(key, found, node)
         return found, node
@@ -517,6 +522,7 @@ class StudioApp:
             signal.signal(signal.SIGTERM, self._terminated)
         app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
         app_kwargs["routes"] = [*app_kwargs.get("routes", []), *graph.routes(self.graphs)]  # the graph viewer
+        app_kwargs["routes"] += graph_explorer.routes(self.graphs, self.explorer)  # and Model Explorer
         from starlette.middleware import Middleware
 
         # which sessions keep a heartbeat open (the others are closed after --session-grace)
