@@ -104,7 +104,7 @@ def test_the_stage_comes_after_latency_and_the_report_shows_it(bert):
     assert names.index("latency") < names.index("profile") < names.index("writing")
     fractions = [f for _, f in stages]
     assert fractions == sorted(fractions)  # the bar never moves back
-    assert report.timings["stages"]["profile"] < 5.0  # the tiny models' cost (two files), measured on 2 busy cores
+    assert report.timings["stages"]["profile"] + 0.01 >= report.profile["seconds"] > 0  # measured in its own stage
     md = (out / "report.md").read_text()
     top = report.profile["nodes"][0]
     assert "## Where the time goes in the model" in md and f"| `{top['name']}` | {top['op_type']} |" in md
