@@ -29,7 +29,7 @@ FAST = dict(max_new_tokens=NEW_TOKENS, latency_budget_s=0.02, cuda=False)
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _tokenizer(folder: Path):
+def _tokenizer(folder: Path, specials: tuple[str, ...] = ("<|endoftext|>",)):
     import collections
     import pathlib
     import string
@@ -44,14 +44,49 @@ def _tokenizer(folder: Path):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=400,
-        special_tokens=["<|endoftext|>"],
+        special_tokens=list(specials),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(docs, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
-    fast.save_pretrained(str(folder))  # no pad token, as GPT-2's own
+    if len(specials) == 3:  # an encoder-decoder's: pad, EOS, BOS
+        fast = PreTrainedTokenizerFast(
+            tokenizer_object=tok, pad_token=specials[0], eos_token=specials[1], bos_token=specials[2]
+        )
+    else:  # no pad token, as GPT-2's own
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=specials[0], bos_token=specials[0])
+    fast.save_pretrained(str(folder))
     return fast
+
+
+def _bart_folder(folder: Path) -> Path:
+    import transformers as tf
+
+    torch.manual_seed(0)
+    tok = _tokenizer(folder, ("<pad>", "</s>", "<s>"))
+    cfg = tf.BartConfig(
+        vocab_size=len(tok),
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=48,
+        decoder_ffn_dim=48,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+        decoder_start_token_id=1,
+        forced_bos_token_id=None,
+        forced_eos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    model = tf.BartForConditionalGeneration(cfg)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(8.0)
+    model.eval().save_pretrained(str(folder))
+    return folder
 
 
 def _lm_folder(kind: str, folder: Path) -> Path:
@@ -185,6 +220,37 @@ def test_studio_convert_on_a_llama_folder_keeps_its_kv_heads(folders):
     assert saved["ok"] and g["ok"] and g["max_new_tokens"] == 6 and g["cache"]["kv_heads"] == 2
     shapes = {t["name"]: t["shape"] for t in saved["graph"]["inputs"]}
     assert "position_ids" in shapes and shapes["past_key_values.1.value"][1:] == [2, "past_sequence", 8]
+
+
+def test_a_bart_folder_is_an_encoder_and_two_decoder_files_verified_by_generating(folders):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    bart = _bart_folder(folders["root"] / "bart")
+    out = folders["root"] / "out-bart"
+    report = studio.convert(ConvertSpec(str(bart), str(folders["csv"]), out=str(out), **{**FAST, "max_new_tokens": 6}))
+    g = report.generation
+    assert report.ok and g is not None and g.ok and report.source["task"] == "text2text-generation"
+    files = {
+        "encoder": "encoder_model.onnx",
+        "decoder": "decoder_model.onnx",
+        "decoder_with_past": "decoder_with_past_model.onnx",
+    }
+    assert g.files == files and all((out / f).is_file() for f in files.values())
+    assert g.io["encoder"] == ["input_ids", "attention_mask", "last_hidden_state"]
+    assert "past_key_values.0.encoder.key" in g.io["decoder_with_past"] and "present.1.decoder.value" in g.io["decoder"]
+    assert [d.name for d in report.parity.outputs] == ["last_hidden_state", "logits"] and report.parity.ok
+    run = subprocess.run(
+        [sys.executable, str(out / "inference_example.py")], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    printed = [json.loads(m) for m in re.findall(r"new token ids: (\[[0-9, ]*\])", run.stdout)]
+    tok, model = AutoTokenizer.from_pretrained(str(bart)), AutoModelForSeq2SeqLM.from_pretrained(str(bart)).eval()
+    with torch.no_grad():
+        want = [
+            model.generate(**tok(p, return_tensors="pt"), do_sample=False, max_new_tokens=6)[0, 1:].tolist()
+            for p in PROMPTS
+        ]
+    assert printed == want
 
 
 def test_no_cache_exports_the_plain_forward_checked_as_logits(folders):
