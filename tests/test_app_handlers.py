@@ -369,8 +369,13 @@ def test_without_variants_the_table_is_empty_with_a_note():
 def test_progress_names_the_variants_stage_and_what_latency_times():
     from studio.app.convert_outputs import STAGE_TEXT, stage_text
 
+    from studio import pipeline
+    from studio.generate import run
+
     order = ["loading", "batch", "export", "checker", "parity", "shape probe", "variants", "latency", "writing"]
     assert [s for s in STAGE_TEXT if s in order] == order  # the pipeline's order
+    said = set(pipeline.STAGES) | set(run.FRACTION)  # every stage either pipeline announces has its words
+    assert said <= set(STAGE_TEXT), said - set(STAGE_TEXT)
     assert "checking each against PyTorch" in stage_text("variants", ("int8",))
     assert stage_text("latency", ("int8",)) == "timing model.onnx and each variant side by side with PyTorch"
     assert "variants" not in stage_text("latency", ())

@@ -25,8 +25,11 @@ STAGE_TEXT = {
     "checker": "running the ONNX checker",
     "parity": "comparing PyTorch with ONNX Runtime",
     "shape probe": "probing the dynamic dimensions",
+    "locate": "finding where ONNX Runtime first leaves PyTorch",
+    "generation": "generating the prompts with PyTorch and ONNX Runtime, token by token",
     "variants": "building the faster variants and checking each against PyTorch",
     "latency": "timing PyTorch and model.onnx side by side",
+    "profile": "profiling ONNX Runtime node by node on the sample",
     "writing": "writing the artifacts",
     "done": "packing the downloads",
 }
