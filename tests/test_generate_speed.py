@@ -79,6 +79,8 @@ def test_speed_rows_are_measured_and_honest(lm):
         assert r.error is None, r
         assert r.ttft_ms is not None and r.ttft_ms > 0 and r.tokens_per_s is not None and r.tokens_per_s > 0, r
         assert r.new_tokens == NEW and r.threads == THREADS and r.iterations and r.iterations >= 3, r
+        whole_ms = 1000.0 * r.batch * r.new_tokens / r.tokens_per_s
+        assert r.ttft_ms < 1.5 * whole_ms, r  # the first token is part of each decode (medians of other calls)
     assert cpu[0].sequence == int(lm.mask[0].sum()) and cpu[2].sequence == lm.ids.shape[1]  # b1: padding dropped
     assert "attention" in (cpu[0].note or "")  # how PyTorch ran is said
     gpu = [r for r in rows if r.provider == runtime.CUDA]
@@ -111,7 +113,8 @@ def test_a_missing_or_pretended_cuda_gives_a_reason_not_a_number(lm, monkeypatch
 
 def test_both_engines_decode_the_same_count_when_onnx_stops_at_eos(lm):
     class StopsEarly:
-        """The real generator, ending after 2 steps as an EOS on every prompt would end it."""
+        """The real generator, ending after 2 steps as an EOS on every prompt would end it, and not timing its
+        first token (so a one-token decode is timed for it instead)."""
 
         def __init__(self, inner):
             self.inner, self.files = inner, inner.files
@@ -120,10 +123,11 @@ def test_both_engines_decode_the_same_count_when_onnx_stops_at_eos(lm):
             return self.inner.providers()
 
         def greedy(self, ids, mask, n):
-            return self.inner.greedy(ids, mask, min(n, 2))
+            return dataclasses.replace(self.inner.greedy(ids, mask, min(n, 2)), seconds_first=None)
 
     rows = speed.measure_speed(lm.module, StopsEarly(_generator(lm)), lm.ids[:1], lm.mask[:1], NEW, budget_s=0.05)
     assert [r.new_tokens for r in rows] == [2, 2, 2]
+    assert all(r.ttft_ms and r.ttft_ms > 0 for r in rows[:2]), rows
     assert all("after 2 new tokens" in (r.note or "") for r in rows[:2])
 
 
@@ -199,3 +203,9 @@ def test_a_variant_that_cannot_be_built_says_why(lm, monkeypatch):
     [row] = made.rows
     assert row["ok"] is False and row["identical_share"] is None and "quantizer exploded" in row["error"]
     assert not (lm.files.folder / "variants" / "model.fp16.onnx").exists()
+
+
+def test_a_busy_machine_is_said_beside_the_figures():
+    calm, busy = {"logical_cpus": 2, "load_avg": 0.4}, {"logical_cpus": 2, "load_avg": 7.5}
+    assert speed.busy_note(calm, calm) is None
+    assert speed.busy_note(calm, busy) == "the machine was busy: load average 7.5 on 2 logical CPUs"

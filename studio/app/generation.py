@@ -26,14 +26,20 @@ STYLE = """<style>
 #generation-panel.gen-pass { border-left: 4px solid #22a06b; } #generation-panel.gen-fail { border-left: 4px solid #d93f3f; }
 #generation-panel .gen-head { font-weight: 700; font-size: 1.02rem; margin-bottom: 4px; }
 #generation-panel .gen-runs, #generation-panel .gen-speed { margin: 2px 0 6px; color: var(--body-text-color-subdued); }
-#generation-panel .gen-speed table { border-collapse: collapse; font-size: 0.85rem; margin-top: 4px; }
-#generation-panel .gen-speed td, #generation-panel .gen-speed th { padding: 2px 10px 2px 0; text-align: left; }
+#generation-panel .gen-speed table { border-collapse: collapse; font-size: 0.85rem; margin-top: 4px; width: auto; }
+#generation-panel .gen-speed td, #generation-panel .gen-speed th { padding: 2px 14px 2px 0; text-align: left;
+  border: none; border-bottom: 1px solid var(--border-color-primary); background: none; }
 #generation-panel .gen-prompt { border-top: 1px solid var(--border-color-primary); padding: 8px 0 4px; }
 #generation-panel .gen-text { font-weight: 600; white-space: pre-wrap; word-break: break-word; }
-#generation-panel .gen-cols { display: grid; grid-template-columns: 1fr 1fr; gap: 10px; margin-top: 4px; }
-#generation-panel .gen-col { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 6px 8px; }
+#generation-panel .gen-cols { display: grid; grid-template-columns: minmax(0, 1fr) minmax(0, 1fr); gap: 10px;
+  margin-top: 4px; }
+#generation-panel .gen-col { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 6px 8px;
+  min-width: 0; overflow-wrap: anywhere; }
+#generation-panel .gen-cont { white-space: pre-wrap; margin-bottom: 3px; }
+#generation-panel .gen-chips { line-height: 1.7; }
 #generation-panel .gen-label { font-size: 0.78rem; color: var(--body-text-color-subdued); margin-bottom: 2px; }
-#generation-panel .tok { white-space: pre-wrap; border-radius: 3px; padding: 0 1px; }
+#generation-panel .tok { display: inline-block; white-space: pre; border-radius: 3px; padding: 0 1px;
+  background: var(--background-fill-secondary); margin: 0 1px 1px 0; }
 #generation-panel .tok-diff { background: #fde2e2; color: #8a1f1f; outline: 1px solid #d93f3f; }
 #generation-panel .tok-id { font-family: var(--font-mono); font-size: 0.8rem; margin-right: 3px; }
 #generation-panel .gen-div { font-size: 0.84rem; margin-top: 3px; }
@@ -58,7 +64,13 @@ def _tokens(ids: list[int], texts: list[str], other: list[int]) -> str:
         chips.append(
             f'<span class="{cls}" data-step="{t}" data-id="{int(tok)}" title="step {t} · id {int(tok)}">{esc(shown)}</span>'
         )
-    return "".join(chips) or '<span class="muted">(no new token)</span>'
+    return f'<div class="gen-chips">{"".join(chips)}</div>' if chips else '<span class="muted">(no new token)</span>'
+
+
+def _side(label: str, cls: str, text: str, ids: list[int], tokens: list[str], other: list[int]) -> str:
+    """One engine's continuation: its decoded text (when the report has it and no per-token texts), then its tokens."""
+    whole = f'<div class="gen-cont">{esc(text)}</div>' if text and len(tokens) != len(ids) else ""
+    return f'<div class="gen-col {cls}"><div class="gen-label">{esc(label)}</div>{whole}{_tokens(ids, tokens, other)}</div>'
 
 
 def _prompt(p: PromptResult) -> str:
@@ -77,10 +89,9 @@ def _prompt(p: PromptResult) -> str:
     return (
         f'<div class="gen-prompt" data-prompt="{p.prompt}" data-same="{str(p.same).lower()}">'
         f'<div class="gen-text">{_mark(p.same)} #{p.prompt}: {esc(p.text)}</div>'
-        f'<div class="gen-cols"><div class="gen-col gen-ref"><div class="gen-label">PyTorch · transformers '
-        f"generate</div>{_tokens(ref, p.reference_tokens, got)}</div>"
-        f'<div class="gen-col gen-onnx"><div class="gen-label">ONNX Runtime · exported file ({esc(same)})</div>'
-        f"{_tokens(got, p.onnx_tokens, ref)}</div></div>{line}</div>"
+        f'<div class="gen-cols">{_side("PyTorch · transformers generate", "gen-ref", p.reference_text, ref, p.reference_tokens, got)}'
+        f"{_side(f'ONNX Runtime · exported file ({same})', 'gen-onnx', p.onnx_text, got, p.onnx_tokens, ref)}"
+        f"</div>{line}</div>"
     )
 
 

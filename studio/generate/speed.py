@@ -12,17 +12,22 @@
   host; only the last position's logits come back for the argmax. Only a session whose `get_providers()` shows
   CUDA is timed (studio.checks.runtime.cuda_session); otherwise the row says why and holds no number.
 
-Two calls are timed per engine: a decode of one new token (time to first token: the prompt's forward pass and one
-step) and a decode of `max_new_tokens` (tokens/s = batch x max_new_tokens / its median wall time, the prompt's
-forward included). On CPU the four callables of one size are timed side by side in alternating rounds
-(`latency.side_by_side`, the engine the studio's latency uses: warm-ups, a budget per callable, early stop once
-every median is known within +-3%), so a drift of the machine's speed hits both engines alike. Each callable gets
-`budget_s` of wall time per size (ConvertSpec.latency_budget_s); ttft_ms and tokens_per_s are medians.
+One call is timed per engine: a greedy decode of `max_new_tokens` (tokens/s = batch x max_new_tokens / its median
+wall time, the prompt's forward included); its time to first token (the prompt's forward and the first step) is
+noted inside the same decode (PyTorch: a stopping criterion that never stops, called by generate after each
+token; ORT: the generator's Steps.seconds_first; CUDA: when the first logits reach the host) and ttft_ms is the
+median over the decodes, the first (cold) one left out. On CPU both engines of one size are timed side by side
+in alternating rounds (`latency.side_by_side`, the engine the studio's latency uses: warm-ups, a budget per
+callable, early stop once every median is known within +-3%), so a drift of the machine's speed hits both
+engines alike. Each callable gets `budget_s` of wall time per size (ConvertSpec.latency_budget_s). The threads
+of both are the studio's (runtime.default_threads unless given); a busy machine (load average above its CPUs)
+is said in each CPU row's note.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,7 +41,7 @@ from studio.generate.base import TEXT_GENERATION, GeneratorFiles, OrtGenerator
 from studio.quiet import quiet
 from studio.report.model import GenerationSpeed
 from studio.spec import default
-from studio.timing.latency import PRECISION, Stats, side_by_side, users_attention
+from studio.timing.latency import PRECISION, Stats, machine, side_by_side, users_attention
 
 TORCH, ORT = "torch", "onnxruntime"
 TORCH_CPU = "torch-cpu"
@@ -59,8 +64,32 @@ def sizes(input_ids: np.ndarray, attention_mask: np.ndarray) -> list[tuple[np.nd
 # --- PyTorch ---------------------------------------------------------------------------------------
 
 
-def torch_decode(module: Any, input_ids: np.ndarray, attention_mask: np.ndarray) -> Callable[[int], Any]:
-    """new_tokens -> one greedy `generate` call of exactly that many new tokens (transformers' cache)."""
+class FirstToken:
+    """A stopping criterion that never stops: it notes when generate produced its first new token (transformers
+    calls the criteria once per step, after the step's token is appended)."""
+
+    def __init__(self, firsts: list[float]):
+        self.firsts, self.start = firsts, 0.0
+        self.seen = False
+
+    def begin(self) -> FirstToken:
+        self.start, self.seen = time.perf_counter(), False
+        return self
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        if not self.seen:
+            self.firsts.append((time.perf_counter() - self.start) * 1000.0)
+            self.seen = True
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+def torch_decode(
+    module: Any, input_ids: np.ndarray, attention_mask: np.ndarray, firsts: list[float] | None = None
+) -> Callable[[int], Any]:
+    """new_tokens -> one greedy `generate` call of exactly that many new tokens (transformers' cache); with
+    `firsts`, each call appends its time to the first new token (ms)."""
+    from transformers import StoppingCriteriaList
+
     ids = torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64))
     mask = torch.from_numpy(np.ascontiguousarray(attention_mask, dtype=np.int64))
     cfg = getattr(module, "generation_config", None)
@@ -71,7 +100,10 @@ def torch_decode(module: Any, input_ids: np.ndarray, attention_mask: np.ndarray)
     if pad is None:
         pad = 0  # no EOS either: min_new_tokens keeps every sequence going, the pad id is never written
 
+    clock = FirstToken(firsts) if firsts is not None else None
+
     def decode(new_tokens: int):
+        criteria = StoppingCriteriaList([clock.begin()]) if clock is not None else None
         with torch.inference_mode(), quiet(("transformers",)):
             return module.generate(
                 input_ids=ids,
@@ -82,6 +114,7 @@ def torch_decode(module: Any, input_ids: np.ndarray, attention_mask: np.ndarray)
                 num_beams=1,
                 use_cache=True,
                 pad_token_id=pad,
+                stopping_criteria=criteria,
             )
 
     return decode
@@ -120,6 +153,7 @@ class BoundDecoder:
         if self.past and cache is None:
             raise ValueError("the file takes past_key_values.* but GeneratorFiles.cache says no cache layout")
         self.kv = (cache.kv_heads, cache.head_dim) if cache is not None else (0, 0)
+        self.firsts: list[float] = []  # each decode's time to its first new token, ms (the logits' copy waits for it)
 
     def providers(self) -> list[str]:
         return list(self.session.get_providers())
@@ -135,7 +169,8 @@ class BoundDecoder:
         mask = np.asarray(attention_mask, dtype=np.int64)
         ids = np.asarray(input_ids, dtype=np.int64)
         past = {n: self._value(np.zeros((batch, *self.kv[:1], 0, self.kv[1]), self.types[n])) for n in self.past}
-        step_ids, new = ids, []
+        step_ids, new = ids, list[np.ndarray]()
+        start = time.perf_counter()
         for _ in range(max_new_tokens):
             binding = self.session.io_binding()
             positions = np.cumsum(mask, axis=-1) - 1
@@ -156,6 +191,8 @@ class BoundDecoder:
             outputs = binding.get_outputs()
             logits = outputs[self.logits].numpy()[:, -1, :]
             token = logits.argmax(-1).astype(np.int64)[:, None]
+            if not new:
+                self.firsts.append((time.perf_counter() - start) * 1000.0)
             new.append(token)
             mask = np.concatenate([mask, np.ones((batch, 1), np.int64)], axis=1)
             if self.past:
@@ -186,10 +223,12 @@ def cuda_decoder(files: GeneratorFiles, threads: int | None = None) -> tuple[Bou
         return None, first_line(e, with_type=True)
 
 
-def decoded_count(generator: OrtGenerator, ids: np.ndarray, mask: np.ndarray, max_new_tokens: int) -> int:
-    """How many steps the generator decodes for these prompts (fewer than asked when every sequence reached
-    EOS): PyTorch is then timed for as many, so both decode the same count. Its first call is untimed."""
-    return max(1, int(generator.greedy(ids, mask, max_new_tokens).ids.shape[1]))
+def decoded_count(generator: OrtGenerator, ids: np.ndarray, mask: np.ndarray, max_new_tokens: int) -> tuple[int, bool]:
+    """(how many steps the generator decodes for these prompts, whether its Steps time the first token). Fewer
+    steps than asked when every sequence reached EOS: PyTorch is then timed for as many, so both decode the same
+    count. This call is a warm-up, untimed."""
+    steps = generator.greedy(ids, mask, max_new_tokens)
+    return max(1, int(steps.ids.shape[1])), steps.seconds_first is not None
 
 
 # --- measuring -----------------------------------------------------------------------------------
@@ -199,14 +238,24 @@ def _row(engine: str, provider: str, ids: np.ndarray, new_tokens: int, **kw: Any
     return GenerationSpeed(engine, provider, int(ids.shape[0]), new_tokens, sequence=int(ids.shape[1]), **kw)
 
 
-def _filled(row: GenerationSpeed, first: Stats | BaseException, whole: Stats | BaseException) -> GenerationSpeed:
-    """The row with its medians, or the error that stopped either call (never a number from a failed run)."""
+def first_ms(firsts: list[float]) -> float | None:
+    """The median time to first token of a callable's decodes, its first (cold) decode left out."""
+    kept = firsts[1:] if len(firsts) > 1 else firsts
+    return float(np.median(kept)) if kept else None
+
+
+def _filled(
+    row: GenerationSpeed, first: Stats | BaseException | float | None, whole: Stats | BaseException
+) -> GenerationSpeed:
+    """The row with its medians (`first`: a Stats of one-token decodes, or the ms measured inside the whole
+    decodes), or the error that stopped either call (never a number from a failed run)."""
     failed = next((r for r in (first, whole) if isinstance(r, BaseException)), None)
     if failed is not None:
         row.error = first_line(failed, with_type=True)
         return row
-    assert isinstance(first, Stats) and isinstance(whole, Stats)
-    row.ttft_ms = round(first.p50, 3)
+    assert isinstance(whole, Stats) and not isinstance(first, BaseException)
+    ttft = first.p50 if isinstance(first, Stats) else first
+    row.ttft_ms = round(ttft, 3) if ttft is not None else None
     row.tokens_per_s = round(row.batch * row.new_tokens / (whole.p50 / 1000.0), 2)
     row.iterations = whole.iterations
     return row
@@ -221,19 +270,30 @@ def _cpu_pair(
     threads: int,
     budget_s: float,
     attention: str | None,
+    ort_clock: bool,
 ) -> list[GenerationSpeed]:
-    """PyTorch and ORT CPU at one size, their four callables side by side."""
-    decode = torch_decode(module, ids, mask)
+    """PyTorch and ORT CPU at one size, timed side by side: each engine's whole decode, its time to first token
+    noted inside each decode (PyTorch: a stopping criterion's first call; ORT: Steps.seconds_first). A generator
+    whose Steps do not time the first token (`ort_clock` False) gets a one-token decode timed beside them."""
+    torch_firsts: list[float] = []
+    ort_firsts: list[float] = []
+    decode = torch_decode(module, ids, mask, torch_firsts)
+
+    def ort_whole() -> None:
+        steps = generator.greedy(ids, mask, new_tokens)
+        if steps.seconds_first is not None:
+            ort_firsts.append(steps.seconds_first * 1000.0)
+
     fns: dict[tuple[str, str], Callable[[], object]] = {
-        (TORCH, "first"): lambda: decode(1),
-        (ORT, "first"): lambda: generator.greedy(ids, mask, 1),
         (TORCH, "whole"): lambda: decode(new_tokens),
-        (ORT, "whole"): lambda: generator.greedy(ids, mask, new_tokens),
+        (ORT, "whole"): ort_whole,
     }
+    if not ort_clock:
+        fns[(ORT, "first")] = lambda: generator.greedy(ids, mask, 1)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        stats = side_by_side(fns, budget_s, precision=PRECISION)
+        stats = side_by_side(fns, budget_s, precision=PRECISION, warm=frozenset({(ORT, "whole")}))
     finally:
         torch.set_num_threads(previous)
     provider = (generator.providers() or ["?"])[0]
@@ -243,12 +303,12 @@ def _cpu_pair(
     return [
         _filled(
             _row(TORCH, TORCH_CPU, ids, new_tokens, threads=threads, note=attention),
-            stats[(TORCH, "first")],
+            first_ms(torch_firsts),
             stats[(TORCH, "whole")],
         ),
         _filled(
             _row(ORT, provider, ids, new_tokens, threads=threads, note=ort_note),
-            stats[(ORT, "first")],
+            stats[(ORT, "first")] if not ort_clock else first_ms(ort_firsts),
             stats[(ORT, "whole")],
         ),
     ]
@@ -264,12 +324,10 @@ def _cuda_rows(
         if bound is None:
             row.error = why
         else:
-            fns: dict[str, Callable[[], object]] = {
-                "first": functools.partial(bound.greedy, ids, mask, 1),
-                "whole": functools.partial(bound.greedy, ids, mask, new_tokens),
-            }
+            bound.firsts.clear()
+            fns: dict[str, Callable[[], object]] = {"whole": functools.partial(bound.greedy, ids, mask, new_tokens)}
             stats = side_by_side(fns, budget_s, precision=PRECISION)
-            row = _filled(row, stats["first"], stats["whole"])
+            row = _filled(row, first_ms(bound.firsts), stats["whole"])
             row.note = "input ids, mask and the cache bound on the device; last-position logits copied back"
         rows.append(row)
     return rows
@@ -296,15 +354,16 @@ def measure_speed(
     files = files or generator.files
     cases = sizes(np.asarray(input_ids), np.asarray(attention_mask))
     rows: list[GenerationSpeed] = []
-    counts = []
+    counts: list[int] = []
+    before = machine()
     training = bool(getattr(module, "training", False))
     module.eval()  # dropout off: the reference's greedy decode, as users generate
     try:
         with users_attention(module) as attention:
             for ids, mask in cases:
-                n = decoded_count(generator, ids, mask, max_new_tokens)
+                n, clocked = decoded_count(generator, ids, mask, max_new_tokens)
                 counts.append(n)
-                rows += _cpu_pair(module, generator, ids, mask, n, threads, budget_s, attention)
+                rows += _cpu_pair(module, generator, ids, mask, n, threads, budget_s, attention, clocked)
                 if n < max_new_tokens:
                     for row in rows[-2:]:
                         row.note = "; ".join(
@@ -321,4 +380,18 @@ def measure_speed(
         if bound is not None:
             bound = None  # the CUDA session goes before the next stage
             runtime.release_memory()
+    busy = busy_note(before, machine())
+    for row in rows:
+        if busy and row.provider != runtime.CUDA and row.error is None:
+            row.note = "; ".join(filter(None, [row.note, busy]))
     return rows
+
+
+def busy_note(before: dict[str, Any], after: dict[str, Any]) -> str | None:
+    """What the rows must say when other processes competed for the CPU while timing (a load average above the
+    logical CPUs): every CPU figure is then pessimistic, PyTorch's multi-threaded kernels most of all."""
+    cpus = before.get("logical_cpus")
+    loads = [x for x in (before.get("load_avg"), after.get("load_avg")) if isinstance(x, (int, float))]
+    if not cpus or not loads or max(loads) <= cpus:
+        return None
+    return f"the machine was busy: load average {max(loads):.1f} on {cpus} logical CPUs"
