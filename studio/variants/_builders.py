@@ -294,14 +294,19 @@ def _fuse_gelu(model) -> int:
     return rules.apply_to_model(model)
 
 
-def with_fused_gelu(src: Path) -> tuple[Path | None, int]:
+def with_fused_gelu(src: Path, lift: bool = False) -> tuple[Path | None, int]:
     """A copy of the graph (beside it, sharing its external data) with its erf-GELUs fused (_fuse_gelu), and
-    how many were fused; (None, 0) when there is none to fuse. For quantize_dynamic, which reads a file."""
+    how many were fused; (None, 0) when there is nothing to change. For quantize_dynamic / quantize_static, which
+    read a file. lift: Constant-node weights become initializers too (_int8.lift_constants: ONNX Runtime's
+    quantizers take a weight in a Constant node for an activation)."""
     import onnx_ir as ir
 
+    from studio.variants import _int8 as int8
+
     model = ir.load(str(src))
+    lifted = int8.lift_constants(model) if lift else 0
     count = _fuse_gelu(model)
-    if not count:
+    if not count and not lifted:
         return None, 0
     tmp = src.with_name(f".{src.stem}.gelu.onnx")
     ir.save(model, str(tmp))  # external tensors keep pointing at src's .data file (same folder)

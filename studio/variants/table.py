@@ -277,8 +277,8 @@ def _fp16_range(ctx: Context, made: Built, info: VariantInfo) -> list[str]:
     value, top, node = bad[0]
     return [
         f"fp16 range: {len(bad)} value(s) beyond +-{repair_mod.FP16_MAX:g} on the sample would be fp16 (largest "
-        f"{top:.3g}: {value!r}, written by node {node!r}), and in fp16 they are inf; ONNX Runtime's CPU provider runs "
-        "most fp16 operators in fp32, so a CPU check does not see it, CUDA does"
+        f"{top:.3g}: {value!r}, written by node {node!r}): in fp16 a computed one is inf, a constant is clamped; "
+        "ONNX Runtime's CPU provider runs most fp16 operators in fp32, so a CPU check does not see it, CUDA does"
     ]
 
 
@@ -409,7 +409,9 @@ def _repaired(
         current = repair_mod.Values(built.path, ctx.feeds, ctx.threads)
         return repair_mod.rank(fp32, current, built.candidates, kept)
 
-    plan = repair_mod.Repair(rebuild, checking, scores, first=first)
+    plan = repair_mod.Repair(
+        rebuild, checking, scores, first, max_rounds=repair_mod.MAX_ROUNDS, max_seconds=repair_mod.MAX_SECONDS
+    )
     chosen, chosen_made, report = repair_mod.run(plan, repair_mod.Attempt([], info, targets[name]), failed)
     if chosen.info is info:  # no round did better: the unrepaired file stays the variant
         move_model(unrepaired, dest)
