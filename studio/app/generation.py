@@ -130,7 +130,9 @@ def _speed(speed: list[GenerationSpeed]) -> str:
         return '<div class="gen-speed">Decoding speed was not measured.</div>'
     rows = "".join(_speed_row(s) for s in speed)
     ratio = _speedup(speed, 1)
-    return f'<div class="gen-speed" id="generation-speed">{esc(ratio)}<table>{rows}</table></div>'
+    notes = list(dict.fromkeys(n.strip() for s in speed for n in (s.note or "").split(";") if n.strip()))
+    said = f'<div class="gen-notes">{esc(" · ".join(notes))}</div>' if notes else ""
+    return f'<div class="gen-speed" id="generation-speed">{esc(ratio)}<table>{rows}</table>{said}</div>'
 
 
 def _variants(info: GenerationInfo) -> str:
