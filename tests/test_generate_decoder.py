@@ -92,6 +92,19 @@ def test_eos_ends_a_sequence_as_transformers_does(exported):
     assert set(got.ids[0, 3:].tolist()) <= {tiny_lm.EOS}  # after its EOS a row holds the pad token
 
 
+def test_io_binding_decodes_the_same_tokens(exported):
+    """The cache bound as OrtValues between steps (on CPU here; the same code keeps it on the GPU under CUDA)."""
+    model, files = exported["llama"]
+    ids, mask = encode(tiny_lm.tokenizer(), tiny_lm.PROMPTS, tiny_lm.EOS)
+    plain = OrtDecoder(files, eos_token_id=tiny_lm.EOS).greedy(ids, mask, NEW)
+    bound_gen = OrtDecoder(files, eos_token_id=tiny_lm.EOS, io_binding=True)
+    bound = bound_gen.greedy(ids, mask, NEW)
+    assert bound_gen.device_type == "cpu" and bound_gen.providers() == ["CPUExecutionProvider"]
+    np.testing.assert_array_equal(bound.ids, plain.ids)
+    assert bound.lengths == plain.lengths
+    assert max(float(np.abs(a - b).max()) for a, b in zip(bound.logits, plain.logits)) < 1e-5
+
+
 def test_positions_from_a_left_padded_mask():
     mask = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
     np.testing.assert_array_equal(position_ids(mask), [[1, 1, 0, 1, 2], [0, 1, 2, 3, 4]])

@@ -40,7 +40,7 @@ import torch
 
 from studio.artifacts import reraise_disk_full
 from studio.errors import ExportError, first_line
-from studio.export.exporters import EXTERNAL_DATA_BYTES
+from studio.export.exporters import EXTERNAL_DATA_BYTES, weights_apart, write_external
 from studio.generate.base import TEXT_GENERATION, GeneratorFiles
 from studio.generate.facts import Facts, decoder_facts
 from studio.quiet import quiet
@@ -186,26 +186,67 @@ def metadata(facts: Facts, position_ids: bool, with_past: bool) -> dict[str, str
     return {METADATA_KEY: json.dumps(cache), "studio.model_type": facts.model_type}
 
 
+INLINE_BYTES = 1024  # smaller tensors stay inside the .onnx (onnx.save's default size_threshold)
+PAGE = 4096  # tensors in the .data file start at a page boundary, so ONNX Runtime can map them
+
+
+def _tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """The graph's initializers and the tensors of its Constant nodes (where TorchScript leaves some weights)."""
+    yield from model.graph.initializer
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+
+
+def _tensor_bytes(t: onnx.TensorProto, folder: Path) -> bytes | None:
+    """The raw bytes of a tensor worth moving out (external already, or inline raw_data >= INLINE_BYTES)."""
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        info = {e.key: e.value for e in t.external_data}
+        with open(folder / info["location"], "rb") as f:
+            f.seek(int(info.get("offset", 0)))
+            return f.read(int(info["length"])) if "length" in info else f.read()
+    if t.HasField("raw_data") and len(t.raw_data) >= INLINE_BYTES:
+        raw = t.raw_data
+        t.ClearField("raw_data")
+        return raw
+    return None
+
+
 def _save(tmp: Path, dest: Path, props: dict[str, str], external: bool) -> bool:
-    """The exported graph from `tmp` to `dest` with `props` in its metadata; its weights in one `<dest>.data` file
-    when `external` (or when the exporter already wrote them apart). Returns whether the weights are external."""
-    apart = any(p.name != tmp.name for p in tmp.parent.iterdir())
-    model = onnx.load(str(tmp), load_external_data=True)
+    """The exported graph from `tmp` to `dest` with `props` in its metadata; its weights streamed into one
+    `<dest>.data` file (a tensor at a time) when `external`, or when the exporter already wrote them apart (one
+    file per tensor, above 2 GiB). Returns whether the weights are external."""
+    model = onnx.load(str(tmp), load_external_data=False)
     for k, v in props.items():
         entry = next((p for p in model.metadata_props if p.key == k), None) or model.metadata_props.add()
         entry.key, entry.value = k, v
-    if external or apart:
-        onnx.save(
-            model,
-            str(dest),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=dest.name + ".data",
-            size_threshold=1024,
-        )
+    apart = [t for t in _tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]
+    if not (external or apart):
+        onnx.save(model, str(dest))
+        return False
+    location = dest.name + ".data"
+    places = {e.value for t in apart for e in t.external_data if e.key == "location"}
+    inline = any(t.HasField("raw_data") and len(t.raw_data) >= INLINE_BYTES for t in _tensors(model))
+    if places == {location} and not inline:  # already one file of that name (weights_apart): moved, not copied
+        shutil.move(str(tmp.parent / location), str(dest.parent / location))
+        onnx.save(model, str(dest))
         return True
+    with open(dest.parent / location, "wb") as data:
+        for t in _tensors(model):
+            raw = _tensor_bytes(t, tmp.parent)
+            if raw is None:
+                continue
+            offset = -(-data.tell() // PAGE) * PAGE
+            data.seek(offset)
+            data.write(raw)
+            t.data_location = onnx.TensorProto.EXTERNAL
+            del t.external_data[:]
+            for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(raw)))):
+                entry = t.external_data.add()
+                entry.key, entry.value = key, value
     onnx.save(model, str(dest))
-    return False
+    return True
 
 
 @contextlib.contextmanager
@@ -245,6 +286,7 @@ def _torch_export(
     path: Path,
     facts: Facts,
     opset: int,
+    external: bool = False,
 ) -> None:
     ins, outs = input_names(facts, wrapper.with_past), output_names(facts, wrapper.with_past)
     if exporter == "dynamo":
@@ -257,20 +299,29 @@ def _torch_export(
             dynamic_shapes=_dynamic_shapes(facts, wrapper.position_ids, wrapper.with_past),
             opset_version=opset,
             dynamo=True,
+            external_data=external,
             verbose=False,
         )
         return
-    torch.onnx.export(
-        wrapper,
-        args,
-        str(path),
-        input_names=ins,
-        output_names=outs,
-        dynamic_axes=dynamic_axes(facts, wrapper.position_ids, wrapper.with_past),
-        opset_version=opset,
-        dynamo=False,
-        do_constant_folding=True,
+    # above the threshold the weights never enter the protobuf: they are streamed into <path>.data (the house's
+    # seam, studio.export.exporters), so the peak is the PyTorch weights and the constants the exporter folds
+    apart: contextlib.AbstractContextManager[dict[str, torch.Tensor]] = (
+        weights_apart() if external else contextlib.nullcontext({})
     )
+    with apart as taken:
+        torch.onnx.export(
+            wrapper,
+            args,
+            str(path),
+            input_names=ins,
+            output_names=outs,
+            dynamic_axes=dynamic_axes(facts, wrapper.position_ids, wrapper.with_past),
+            opset_version=opset,
+            dynamo=False,
+            do_constant_folding=True,
+        )
+    if taken:
+        write_external(path, taken)
 
 
 EXPORTERS = {"auto": ("torchscript", "dynamo"), "torchscript": ("torchscript",), "dynamo": ("dynamo",)}
@@ -314,7 +365,7 @@ def export_decoder(
             tmp_dir = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
             try:
                 with quiet():
-                    _torch_export(name, wrapper, args, tmp_dir / file_name, facts, opset)
+                    _torch_export(name, wrapper, args, tmp_dir / file_name, facts, opset, external)
                 is_external = _save(
                     tmp_dir / file_name, out / file_name, metadata(facts, position_ids, with_past), external
                 )

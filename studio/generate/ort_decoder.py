@@ -10,7 +10,8 @@ including the EOS; decoding stops when every sequence is finished. A file export
 (`--no-cache`) is run on the whole sequence at every step.
 
 Sessions come from studio.checks.runtime (cpu_session, or cuda_session where asked and available);
-`providers()` is what the session really uses.
+`providers()` is what the session really uses. `io_binding=True` keeps the cache on the session's device between
+steps (ONNX Runtime's IO binding: under CUDA the presents never come back to the host; only the logits do).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class OrtDecoder:
         session: ort.InferenceSession | None = None,
         device: str = "cpu",
         threads: int | None = None,
+        io_binding: bool = False,
     ):
         self.files = files
         self.eos = eos_ids(eos_token_id)
@@ -75,6 +77,10 @@ class OrtDecoder:
         self.takes_positions = "position_ids" in self.inputs
         self.dtype = np.float16 if self._past_type() == "tensor(float16)" else np.float32
         self._past_shapes = {i.name: i.shape for i in session.get_inputs() if i.name in self.past_inputs}
+        # IO binding: the presents stay where the session computed them (on the GPU under CUDA) and go back in as
+        # the next step's past without a copy to the host; only the logits are copied out
+        self.io_binding = io_binding
+        self.device_type = "cuda" if self.providers()[:1] == ["CUDAExecutionProvider"] else "cpu"
 
     def _past_type(self) -> str:
         for i in self.session.get_inputs():
@@ -100,6 +106,27 @@ class OrtDecoder:
         values = self.session.run(self.outputs, {n: feeds[n] for n in self.inputs})
         return dict(zip(self.outputs, values))
 
+    def bound_step(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        """One forward through IO binding: numpy inputs are copied in, OrtValues (the previous presents) bound as
+        they are; every output is an OrtValue on the session's device."""
+        binding = self.session.io_binding()
+        for name in self.inputs:
+            value = feeds[name]
+            if isinstance(value, ort.OrtValue):
+                binding.bind_ortvalue_input(name, value)
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in self.outputs:
+            binding.bind_output(name, self.device_type)
+        self.session.run_with_iobinding(binding)
+        return dict(zip(self.outputs, binding.get_outputs()))
+
+    def _first_past(self, batch: int) -> dict[str, Any]:
+        past: dict[str, Any] = self.empty_past(batch) if self.with_past else {}
+        if self.io_binding:
+            past = {n: ort.OrtValue.ortvalue_from_numpy(v, self.device_type, 0) for n, v in past.items()}
+        return past
+
     def greedy(self, input_ids: np.ndarray, attention_mask: np.ndarray, max_new_tokens: int) -> Steps:
         ids = np.asarray(input_ids, dtype=np.int64)
         mask = np.asarray(attention_mask, dtype=np.int64)
@@ -108,7 +135,8 @@ class OrtDecoder:
         finished = np.zeros(batch, dtype=bool)
         new: list[np.ndarray] = []
         logits_seen: list[np.ndarray] = []
-        past: dict[str, np.ndarray] = self.empty_past(batch) if self.with_past else {}
+        past = self._first_past(batch)
+        run = self.bound_step if self.io_binding else self.step
         seq, full = ids, ids
         start = time.perf_counter()
         first: float | None = None
@@ -116,8 +144,9 @@ class OrtDecoder:
             feeds: dict[str, Any] = {"input_ids": seq, "attention_mask": mask, **past}
             if self.takes_positions:
                 feeds["position_ids"] = position_ids(mask)[:, -seq.shape[1] :]
-            out = self.step(feeds)
-            last = np.asarray(out["logits"][:, -1, :], dtype=np.float32)
+            out = run(feeds)
+            logits = out["logits"].numpy() if isinstance(out["logits"], ort.OrtValue) else out["logits"]
+            last = np.asarray(logits[:, -1, :], dtype=np.float32)
             token = last.argmax(axis=-1).astype(np.int64)
             token = np.where(finished, self.pad, token)
             if first is None:
