@@ -206,3 +206,45 @@ def reference_greedy(folder: Path, prompts: list[str], max_new_tokens: int) -> l
             new = new[: new.index(EOS) + 1]
         out.append(new)
     return out
+
+
+def ort_greedy(path: Path, prompt_ids: list[int], max_new_tokens: int, eos: int | None, threads: int = 1):
+    """A plain greedy loop over a decoder file with optimum's text-generation-with-past names (input_ids,
+    attention_mask, position_ids when the graph has it, past_key_values.{i}.key/.value -> logits,
+    present.{i}.key/.value), batch 1, written here without studio.generate: what a third party's loop does with
+    the file. Returns (new ids up to and with EOS, seconds of the whole decode)."""
+    import time
+
+    import numpy as np
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    inputs = {i.name: i for i in sess.get_inputs()}
+    pasts = [n for n in inputs if n.startswith("past_key_values.")]
+    outs = [o.name for o in sess.get_outputs()]
+    float_type = np.float16 if pasts and inputs[pasts[0]].type == "tensor(float16)" else np.float32
+    feeds: dict = {}
+    for n in pasts:
+        shape = inputs[n].shape  # [batch, kv_heads, past, head_dim]
+        feeds[n] = np.zeros((1, int(shape[1]), 0, int(shape[3])), dtype=float_type)
+    ids = np.asarray([prompt_ids], dtype=np.int64)
+    seen = ids.shape[1]
+    new: list[int] = []
+    start = time.perf_counter()
+    for _ in range(max_new_tokens):
+        feeds["input_ids"] = ids
+        feeds["attention_mask"] = np.ones((1, seen), dtype=np.int64)
+        if "position_ids" in inputs:
+            feeds["position_ids"] = np.arange(seen - ids.shape[1], seen, dtype=np.int64)[None, :]
+        result = dict(zip(outs, sess.run(outs, feeds)))
+        token = int(result["logits"][0, -1].argmax())
+        new.append(token)
+        if eos is not None and token == eos:
+            break
+        for n in pasts:
+            feeds[n] = result["present." + n[len("past_key_values.") :]]
+        ids = np.asarray([[token]], dtype=np.int64)
+        seen += 1
+    return new, time.perf_counter() - start
