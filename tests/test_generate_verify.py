@@ -14,7 +14,8 @@ from onnx import helper, numpy_helper
 from studio.generate.base import Steps
 from studio.generate.decoder import export_decoder
 from studio.generate.ort_decoder import OrtDecoder
-from studio.generate.verify import check_generation, compare_steps, margin_at, max_abs_diff
+from studio.generate.reference import encode
+from studio.generate.verify import check_generation, compare_steps, margin_at, max_abs_diff, step_feeds
 from studio.report.model import GenerationInfo
 
 NEW = 6
@@ -83,6 +84,19 @@ def test_a_wrong_cache_fed_back_fails_at_the_step_after_the_prompt(llama):
     # the probes feed random pasts: past 0 still passes, a real past does not
     assert all(p["ok"] for p in probes if p["past"] == 0)
     assert not any(p["ok"] for p in probes if p["past"] > 0)
+
+
+def test_step_feeds_reproduce_the_diverging_step(llama):
+    """The locator's inputs for step t: the file's last logits there are the loop's logits at step t."""
+    model, files = llama
+    gen = OrtDecoder(files, eos_token_id=tiny_lm.EOS)
+    ids, mask = encode(tiny_lm.tokenizer(), tiny_lm.PROMPTS[:1], tiny_lm.EOS)
+    decoded = gen.greedy(ids, mask, 4)
+    assert decoded.lengths == [4]
+    feeds = step_feeds(gen, ids[0], mask[0], decoded.ids[0].tolist(), 3)
+    assert list(feeds) == gen.inputs and feeds["input_ids"].shape == (1, ids.shape[1] + 3)
+    assert feeds["past_key_values.0.key"].shape[2] == 0
+    np.testing.assert_allclose(gen.step(feeds)["logits"][0, -1], decoded.logits[3][0], atol=1e-4)
 
 
 def steps(rows: list[list[int]], logits: list[np.ndarray]) -> Steps:

@@ -14,7 +14,9 @@
   DynamicCache holding the same past, over batch, sequence and past length (0, short, and longer than the sample):
   a list of {batch, sequence, past, max_abs_diff, ok} (ok: every element within atol + rtol * |reference|).
 
-`compare_steps(reference, onnx, ...)` is the comparison alone (any two Steps of the same prompts), for variants.
+`compare_steps(reference, onnx, ...)` is the comparison alone (any two Steps of the same prompts), for variants;
+`step_feeds(generator, prompt_ids, prompt_mask, reference_ids, step)` the file's inputs for the step where a prompt
+first diverged (past 0, the prompt and the reference's tokens before that step), for the divergence locator.
 """
 
 from __future__ import annotations
@@ -209,6 +211,22 @@ def _generate_runs(
         except (StudioError, RuntimeError, ValueError) as e:
             runs.append(GenerationRun(BATCHED, ok=False, padding_side="left", error=first_line(e, with_type=True)))
     return runs
+
+
+def step_feeds(
+    generator: OrtDecoder, prompt_ids: np.ndarray, prompt_mask: np.ndarray, reference_ids: Sequence[int], step: int
+) -> dict[str, np.ndarray]:
+    """The inputs of one forward of the file (past length 0) whose last position's logits are those of `step`:
+    the prompt (one row) followed by the reference's first `step` new tokens. For the divergence locator, to run
+    on the step where the tokens first differ; the file's input order."""
+    ids = np.concatenate(
+        [np.asarray(prompt_ids, np.int64).reshape(1, -1), np.asarray([reference_ids[:step]], np.int64)], 1
+    )
+    mask = np.concatenate([np.asarray(prompt_mask, np.int64).reshape(1, -1), np.ones((1, step), np.int64)], 1)
+    from studio.generate.ort_decoder import position_ids
+
+    feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids(mask), **generator.empty_past(1)}
+    return {n: feeds[n] for n in generator.inputs}
 
 
 def probe_sizes(sample_tokens: int, max_positions: int | None) -> list[tuple[int, int, int]]:
