@@ -263,7 +263,7 @@ def _fp16_range(ctx: Context, made: Built, info: VariantInfo) -> list[str]:
     try:
         if key not in ctx.cache:
             values = repair_mod.Values(made.source, ctx.feeds, ctx.threads)
-            ctx.cache[key] = (repair_mod.fp32_ranges(values), values.graph)
+            ctx.cache[key] = (repair_mod.fp32_ranges(values, made.source), values.graph)
             del values
         ranges, graph = ctx.cache[key]
         bad = repair_mod.fp16_overflow(graph, ranges, set(made.kept))
