@@ -50,6 +50,7 @@ from typing import Any
 import onnx
 import torch
 
+from studio.artifacts import annotate
 from studio.errors import ExportError, first_line
 from studio.export.exporters import EXTERNAL_DATA_BYTES
 from studio.generate.base import TEXT2TEXT_GENERATION, CacheLayout, GeneratorFiles
@@ -346,10 +347,15 @@ def metadata(facts: Seq2SeqFacts, role: str, with_past: bool) -> dict[str, str]:
 def _save(tmp: Path, dest: Path, props: dict[str, str], external: bool | None) -> bool:
     """The exported graph from `tmp` to `dest` with `props` in its metadata; its weights in one `<dest>.data` when
     `external` (None: when the file's weights pass EXTERNAL_DATA_BYTES, or the exporter already wrote them apart).
-    Returns whether the weights are external."""
+    Returns whether the weights are external. A file that keeps its weights inside is moved, not rewritten: the
+    metadata is appended to it (studio.artifacts.annotate), which saves a full read and write of the weights."""
     others = [p for p in tmp.parent.iterdir() if p.name != tmp.name]
     size = sum(p.stat().st_size for p in tmp.parent.iterdir())
     apart = external if external is not None else bool(others) or size > EXTERNAL_DATA_BYTES
+    if not apart and not others:
+        shutil.move(str(tmp), str(dest))
+        annotate(dest, props)
+        return False
     model = onnx.load(str(tmp), load_external_data=True)
     for k, v in props.items():
         entry = next((p for p in model.metadata_props if p.key == k), None) or model.metadata_props.add()
