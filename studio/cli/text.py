@@ -60,9 +60,10 @@ def summary(report: Report) -> str:
     """What `studio convert` prints: the verdict, then one line or table per check."""
     e = report.export
     ok = lambda b: "n/a" if b is None else ("PASS" if b else "FAIL")  # noqa: E731
+    main = report.files.get("model") or report.files.get("decoder") or "model.onnx"  # an encoder-decoder's decoder
     lines = [
         f"{'PASS' if report.ok else 'FAIL (' + ', '.join(report.failed_checks) + ')'}: "
-        f"{shown(report.options.get('out'))}/model.onnx",
+        f"{shown(report.options.get('out'))}/{shown(main)}",
         f"source   {shown(report.source.get('kind'))} {shown(report.source.get('path'))}",
         *(
             [f"task     {shown(report.source.get('task'))} ({shown(report.source.get('task_reason'))})"]
