@@ -209,3 +209,13 @@ def test_a_busy_machine_is_said_beside_the_figures():
     calm, busy = {"logical_cpus": 2, "load_avg": 0.4}, {"logical_cpus": 2, "load_avg": 7.5}
     assert speed.busy_note(calm, calm) is None
     assert speed.busy_note(calm, busy) == "the machine was busy: load average 7.5 on 2 logical CPUs"
+
+
+def test_the_cuda_rows_timing_path_fills_both_figures(lm):
+    """The path a real CUDA session takes (no GPU here: the same loop bound on the CPU, only to see the figures
+    filled; measure_speed itself never hands _cuda_rows a session that does not run on CUDA)."""
+    bound = speed.BoundDecoder(runtime.cpu_session(lm.files.folder / "model.onnx", 1), lm.files, device="cpu")
+    [row] = speed._cuda_rows(bound, None, [(lm.ids, lm.mask)], [NEW], 0.05)
+    assert row.error is None and row.io_binding and row.batch == 3 and row.new_tokens == NEW
+    assert row.ttft_ms and row.ttft_ms > 0 and row.tokens_per_s and row.tokens_per_s > 0 and row.iterations >= 3
+    assert len(bound.firsts) >= row.iterations  # one first-token time per decode
