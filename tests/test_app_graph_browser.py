@@ -1,10 +1,14 @@
-"""The Graph panel in a real browser (Playwright + Debian's chromium): after Export, Netron's viewer, served by
-the studio, draws the demo's graph with its inputs and symbolic dims, a click on a node shows its properties,
-a variant can be chosen, the node named in the URL is selected, and nothing is fetched from anywhere else.
-(Netron replaces window.eval, so the test reads the viewer's frame with locators only, never evaluate.)"""
+"""The Graph panel in a real browser (Playwright + Debian's chromium). After Export of a model built to diverge
+(tests/diverging.py: TorchScript drops Softplus's threshold) with the int8 variant: Model Explorer, served by the
+studio, draws model.onnx with the nodes coloured by their difference from PyTorch and the first diverging node
+selected, its value and colour shown on it; then model.onnx and the int8 variant side by side, synchronised.
+Every request of the page, its frames and its worker goes to the studio itself, and no Content-Security-Policy
+violation is logged. Netron's viewer (the fallback) loads a model's external data through the granted route.
+(Netron replaces window.eval, so its test reads the viewer's frame with locators only, never evaluate.)"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import urllib.parse
@@ -14,77 +18,102 @@ import pytest
 from test_app_browser import ARGS, CHROMIUM, _browser_or_skip
 
 import studio.app
+from studio.app import graph_explorer, graph_overlay
+
+DOCS_IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
 
 
 @pytest.fixture(scope="module")
 def served():
-    running = studio.app.start(port=0, max_jobs=1, job_timeout_s=300)
+    running = studio.app.start(port=0, max_jobs=1, job_timeout_s=300, trust_code=True)
     running.app.warm_up(wait=True)
     yield running
     running.close()
 
 
-def test_the_graph_of_the_demo_renders_and_a_node_can_be_selected(served, tmp_path):
+def _rgb(hex_colour: str) -> str:
+    r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgb({r}, {g}, {b})"
+
+
+def test_after_export_the_graph_is_coloured_by_difference_and_split_with_the_variant(served, tmp_path):
+    import diverging
+    import tiny
+
+    if graph_explorer.explorer_dir() is None:
+        pytest.skip("Model Explorer is not installed (pip install ai-edge-model-explorer model-explorer-onnx)")
     sync_playwright = _browser_or_skip()
     from playwright.sync_api import expect
 
+    ckpt = diverging.save(tmp_path / "soft" / "model.pt")
+    sample = tiny.write_sample(tmp_path / "sample.csv")
     elsewhere: list[str] = []
+    refused: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.set_default_timeout(60_000)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(90_000)
         local = (served.url, "data:", "blob:")
         page.on("request", lambda r: None if r.url.startswith(local) else elsewhere.append(r.url))
+        page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
         page.goto(served.url)
-        page.click("#load-demo")
+        page.wait_for_selector("#load-demo")
+        page.set_input_files("#checkpoint-file input[type=file]", str(ckpt))
+        page.set_input_files("#sample-file input[type=file]", str(sample))
         page.wait_for_selector("#mapping-status .mapping-ok")
+        page.locator("#exporter input").click()
+        page.get_by_role("option", name="legacy (TorchScript)").click()
         page.locator("#variants label", has_text="int8").click()
         page.click("#export-btn")
-        page.wait_for_selector("#verdict-strip[data-ok='true']", timeout=240_000)
+        page.wait_for_selector("#verdict-strip[data-ok='false']", timeout=240_000)  # parity fails: it diverges
         expect(page.locator("#graph-panel")).to_be_visible()
+        expect(page.locator("#graph-frame")).to_have_attribute("data-viewer", "model-explorer")
+        first = page.inner_text("#graph-divergence code")
+        assert first.startswith("/model/soft/"), first
+        legend = page.inner_text("#graph-legend")
+        assert "max |ONNX Runtime − PyTorch|" in legend and "µs per run" in legend, legend
+
+        # the overlay the view loads, as the studio grants it: the first diverging node's value and colour
+        src = page.get_attribute("#graph-frame", "src")
+        token = src.split("/")[2]
+        doc = page.request.get(
+            f"{served.url}{graph_explorer.EXPLORER}/{token}/api/v1/read_text_file?path=divergence.json"
+        ).json()
+        results = next(iter(json.loads(doc["content"]).values()))["results"]
+        assert results[first]["bgColor"] == graph_overlay.FIRST
+        assert any(r["bgColor"] == graph_overlay.AGREES for r in results.values())  # nodes before it agree
 
         frame = page.frame_locator("#graph-frame")
-        # the real graph: the demo's inputs with their symbolic dims, and its nodes
-        inputs = frame.locator("#canvas .graph-input")
-        expect(inputs.first).to_be_attached(timeout=90_000)
-        names = [inputs.nth(i).text_content() for i in range(inputs.count())]
-        assert any(n.startswith("input_ids") for n in names), names
-        assert any("batch" in n and "sequence" in n for n in names), names  # int64[batch,sequence]
-        nodes = frame.locator("#canvas .graph-node")
-        assert nodes.count() > 50
-
-        # a click on a node shows its properties in Netron's sidebar
-        node = nodes.nth(3)
-        node_id = node.get_attribute("id")  # "node-name-<its ONNX name>"
-        assert node_id.startswith("node-name-")
-        node.locator(".node-item").first.click()
-        sidebar = frame.locator("#sidebar")
-        expect(sidebar).to_contain_text("Node Properties", ignore_case=True)
-        expect(sidebar).to_contain_text(node_id[len("node-name-") :])
-        page.wait_for_timeout(300)
-        shot = tmp_path / "graph.png"
+        # selected once drawn: its id in the node's info, and the overlay's value on it in the overlay's colour
+        expect(frame.locator("td.value", has_text=first).first).to_be_visible(timeout=120_000)
+        shown = frame.locator("td.value .has-bg-color", has_text=repr(results[first]["value"])[:6]).first
+        expect(shown).to_be_visible()
+        assert shown.evaluate("e => getComputedStyle(e).backgroundColor") == _rgb(graph_overlay.FIRST)
+        page.wait_for_timeout(1500)
+        shot = tmp_path / "graph-divergence.png"
         page.locator("#graph-panel").screenshot(path=str(shot))
-        assert shot.stat().st_size > 10_000
+        assert shot.stat().st_size > 20_000
 
-        # the node named in the viewer's URL (a divergence) is selected once drawn
-        src = page.get_attribute("#graph-frame", "src")
-        target = node_id[len("node-name-") :]
-        viewer = browser.new_page(viewport={"width": 1100, "height": 800})
-        viewer.on("request", lambda r: None if r.url.startswith(served.url) else elsewhere.append(r.url))
-        viewer.goto(served.url + src + "&" + urllib.parse.urlencode({"select": target}))
-        viewer.wait_for_selector(f"body[data-studio-selected='{target}']", timeout=90_000)
-        expect(viewer.locator("#sidebar")).to_contain_text(target)
-        viewer.close()
-
-        # another file: the int8 variant
-        page.locator("#graph-choice label", has_text="int8").click()
-        expect(page.locator("#graph-frame")).to_have_attribute("data-file", "variants/model.int8.onnx")
-        expect(frame.locator("#canvas .graph-input").first).to_be_attached(timeout=90_000)
-        assert frame.locator("#canvas .graph-node").count() > 50
+        # model.onnx beside the int8 variant, navigation synchronised by node id
+        page.locator("#graph-choice label", has_text="⇆").click()
+        expect(page.locator("#graph-frame")).to_have_attribute("data-file", "model.onnx variants/model.int8.onnx")
+        # the second pane shows the variant (the page names a repeated graph id "main_graph (2)")
+        expect(frame.get_by_text("model.int8.onnx | main_graph (2)").first).to_be_visible(timeout=120_000)
+        expect(frame.get_by_text("model.onnx | main_graph", exact=True).first).to_be_visible()
+        expect(frame.get_by_text("Sync", exact=True).first).to_be_visible()
+        # the same node selected in both panes, the variant's own overlay on it (precision: float as built)
+        expect(frame.get_by_text("precision-int8.json").first).to_be_visible()
+        assert "quantized" in page.inner_text("#graph-legend")
+        page.wait_for_timeout(1500)
+        split = tmp_path / "graph-split.png"
+        page.locator("#graph-panel").screenshot(path=str(split))
         browser.close()
     assert elsewhere == []  # offline: every request went to the studio itself
+    assert refused == []  # and nothing was attempted elsewhere (a blocked request logs a CSP violation)
     if os.environ.get("STUDIO_UPDATE_SCREENSHOT"):
-        shutil.copyfile(shot, Path(__file__).resolve().parents[1] / "assets" / "graph.png")
+        DOCS_IMG.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, DOCS_IMG / "graph-divergence.png")
+        shutil.copyfile(split, DOCS_IMG / "graph-split.png")
 
 
 def test_external_data_weights_load_through_the_granted_route(served):

@@ -122,11 +122,14 @@ def test_attach_gives_each_file_its_overlays_and_the_documents_to_grant(tmp_path
     assert 'data-viewer="model-explorer"' in html and 'id="graph-legend"' in html and "/soft/Div" in html
     data = _data(html)
     assert data["uiState"]["paneStates"][0]["selectedNodeId"] == "/soft/Div"
-    assert data["nodeData"] == ["divergence.json", "time.json"]
+    assert data["nodeData"] == ["time.json", "divergence.json"]  # the last loaded is painted: divergence
     split = _data(graph_panel.graph_html(found, choices[-1], "/soft/Div"))
     assert [m["url"] for m in split["models"]] == ["model.onnx", "variants/model.int8.onnx"]
     assert [p["selectedGraphId"] for p in split["uiState"]["paneStates"]] == ["main_graph", "main_graph (2)"]
     assert split["sync"] == {"mode": "match_node_id"} and "precision-int8.json" in split["nodeData"]
+    targets = dict(zip(split["nodeData"], split["nodeDataTargets"]))  # the page matches a file by its base name
+    assert targets["precision-int8.json"] == "model.int8.onnx" and targets["divergence.json"] == "model.onnx"
+    assert [p["selectedNodeId"] for p in split["uiState"]["paneStates"]] == ["/soft/Div", ""]  # not in the int8
 
 
 def _data(html: str) -> dict:

@@ -262,6 +262,7 @@ class GraphEntry:
     token: str | None = None  # the grant it is served under
     graph_id: str = ""  # its main graph's id as Model Explorer's ONNX adapter names it
     overlays: list = field(default_factory=list)  # studio.app.graph_overlay.Overlay: the numbers painted on it
+    node_names: frozenset[str] = frozenset()  # its nodes' names (which the view can select)
 
 
 def _nodes(path: Path) -> int | None:

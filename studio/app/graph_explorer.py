@@ -121,26 +121,31 @@ def explorer_url(
     token: str,
     models: list[tuple[str, str]],
     overlays: list[tuple[str, str]] | None = None,
-    select: str | None = None,
+    select: str | list[str] | None = None,
     split: bool = False,
+    flatten: bool = False,
 ) -> str:
     """The page's address (relative to the app's root) for granted files, as (name, main graph id): one model,
     or two side by side (split) with navigation synchronised by node id; `overlays` are (document name, model
-    name) pairs loaded as node data, `select` the node selected in the first pane."""
+    name) pairs loaded as node data (the last one painted first), `select` the node selected in the first
+    pane (or one per pane, "" for none); `flatten`: every op drawn
+    (no collapsed layers), so each painted node shows its colour."""
+    select = [select] if isinstance(select, str) else select or []
     panes: list[dict[str, Any]] = [
         {
             "deepestExpandedGroupNodeIds": [],
-            "selectedNodeId": select if i == 0 and select else "",
+            "selectedNodeId": (select[i] if i < len(select) else "") if isinstance(select, list) else "",
             "selectedGraphId": models[i][1],
             "selectedCollectionLabel": models[i][0].rsplit("/", 1)[-1],  # the page labels a file by its base name
             "widthFraction": 0.5 if split else 1,
+            "flattenLayers": flatten,
         }
         for i in range(2 if split and len(models) > 1 else 1)
     ]
     data: dict[str, Any] = {
         "models": [{"url": m, "adapterId": ADAPTER_ID} for m, _ in models],
         "nodeData": [d for d, _ in overlays or []],
-        "nodeDataTargets": [m for _, m in overlays or []],
+        "nodeDataTargets": [m.rsplit("/", 1)[-1] for _, m in overlays or []],  # by the file's label
         "uiState": {"paneStates": panes},
     }
     if len(panes) > 1:

@@ -149,7 +149,7 @@ def time_overlay(report: Any, graph_id: str, file: str | None = None) -> Overlay
     legend = [("#fff3e0", "fastest"), ("#fb8c00", "half the slowest"), ("#b71c1c", f"slowest ({_fmt(top)} µs)")]
     return Overlay(
         f"time-{_slug(file)}.json" if file else "time.json",
-        f"µs per run in the node ({provider}, median, profiler on the sample)",
+        f"{file + ': ' if file else ''}µs per run in the node ({provider}, median, profiler on the sample)",
         legend,
         _doc(graph_id, results, gradient=TIME_GRADIENT),
         len(results),
@@ -198,19 +198,19 @@ def precision_overlay(variant: Any, graph_id: str, ops: dict[str, str]) -> Overl
     )
 
 
-def overlays_for(report: Any, out: Path, name: str, variant: Any | None) -> tuple[str, list[Overlay]]:
-    """The graph id of `out/name` and its overlays: model.onnx gets divergence and time, a variant its time
-    and precision. A file that cannot be read gets none (the view says why itself)."""
+def overlays_for(report: Any, out: Path, name: str, variant: Any | None) -> tuple[str, list[Overlay], frozenset[str]]:
+    """The graph id of `out/name`, its overlays and its node names: model.onnx gets divergence and time, a
+    variant its precision and time. A file that cannot be read gets none (the view says why itself)."""
     try:
         graph_id, ops = node_ops(out / name)
     except Exception:  # noqa: BLE001 - the adapter's own message is what the view shows
-        return "", []
+        return "", [], frozenset()
     found: list[Overlay | None] = []
     if variant is None:
         found = [divergence_overlay(report, graph_id), time_overlay(report, graph_id)]
     else:
         found = [precision_overlay(variant, graph_id, ops), time_overlay(report, graph_id, name)]
-    return graph_id, [o for o in found if o is not None]
+    return graph_id, [o for o in found if o is not None], frozenset(ops)
 
 
 def attach(found: list, report: Any, out: Path) -> dict[str, str]:
@@ -221,6 +221,6 @@ def attach(found: list, report: Any, out: Path) -> dict[str, str]:
     for e in found:
         if e.too_big:
             continue
-        e.graph_id, e.overlays = overlays_for(report, out, e.name, variants.get(e.name))
+        e.graph_id, e.overlays, e.node_names = overlays_for(report, out, e.name, variants.get(e.name))
         docs.update({o.name: o.doc for o in e.overlays})
     return docs

@@ -13,6 +13,7 @@ from studio.app.graph import viewer_url
 from studio.report.render import size_text
 
 SWATCH = "display:inline-block;width:12px;height:12px;border-radius:3px;vertical-align:middle;margin:0 4px 0 8px;"
+FLAT_NODES = 300  # graphs up to this many nodes are drawn flat (every op, its colour seen); larger in layers
 SPLIT = " ⇆ "  # a choice showing two files side by side: "model.onnx ⇆ int8 · variants/model.int8.onnx"
 
 
@@ -51,14 +52,17 @@ def _legend(entries: list) -> str:
 def _explorer_html(entries: list, node: str | None) -> str:
     """Model Explorer in an iframe: one file, or two side by side, with their overlays loaded."""
     first = entries[0]
-    overlays = [(o.name, e.name) for e in entries for o in e.overlays]
-    select = node if first.label == "model.onnx" else None
+    # the page paints the node-data source loaded last: the first overlay of each file (divergence, precision)
+    overlays = [(o.name, e.name) for e in entries for o in reversed(e.overlays)]
+    selected = node if first.label == "model.onnx" else None
+    select = [selected if selected and selected in e.node_names else "" for e in entries]
     seen: dict[str, int] = {}
     models = []
     for e in entries:  # Model Explorer's page renames a graph id seen before: "main_graph (2)"
         n = seen[e.graph_id] = seen.get(e.graph_id, 0) + 1
         models.append((e.name, e.graph_id if n == 1 else f"{e.graph_id} ({n})"))
-    src = graph_explorer.explorer_url(first.token, models, overlays, select, len(entries) > 1)
+    flat = all(e.nodes is not None and e.nodes <= FLAT_NODES for e in entries)
+    src = graph_explorer.explorer_url(first.token, models, overlays, select, len(entries) > 1, flat)
     what = " and ".join(esc(e.name) for e in entries)
     facts = " · ".join(
         f"{esc(e.name)} {size_text(e.size_bytes)}" + (f", {e.nodes:,} nodes" if e.nodes is not None else "")
