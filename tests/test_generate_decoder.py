@@ -138,6 +138,22 @@ def test_external_data_is_one_file_beside_the_graph(tmp_path):
     assert runs[0].ok and runs[0].prompts[0].same
 
 
+def test_the_dynamo_exporter_writes_the_same_interface(tmp_path):
+    """exporter="dynamo" (what "auto" falls back on): the same names and dims, the same tokens."""
+    model = tiny_lm.model("llama")
+    files = export_decoder(model, model.config, tmp_path, exporter="dynamo")
+    assert files.exporter == "dynamo"
+    sess = OrtDecoder(files).session
+    ins = {i.name: i.shape for i in sess.get_inputs()}
+    assert list(ins)[:3] == ["input_ids", "attention_mask", "position_ids"]
+    assert ins["attention_mask"] == ["batch", "past_sequence + sequence"]
+    assert ins["past_key_values.1.value"] == ["batch", 2, "past_sequence", 8]
+    assert [o.name for o in sess.get_outputs()] == files.io["model"][len(ins) :]
+    runs, probes = check_generation(model, tiny_lm.tokenizer(), files, tiny_lm.PROMPTS[:3], max_new_tokens=NEW)
+    assert all(r.ok for r in runs) and all(p.same for r in runs for p in r.prompts)
+    assert all(p["ok"] for p in probes) and 0 in {p["past"] for p in probes}
+
+
 def test_mixture_of_experts_routes_every_token_in_the_file(tmp_path):
     """The experts are exported through batched_mm (one graph for any routing), not the eager loop the trace would
     freeze to the dummy input's experts; the model's own implementation is back after the export."""

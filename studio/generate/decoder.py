@@ -213,6 +213,17 @@ def _tensor_bytes(t: onnx.TensorProto, folder: Path) -> bytes | None:
     return None
 
 
+# the dynamo exporter's names for the dims (dynamic_shapes takes no sum) -> the names TorchScript / optimum write
+DIM_NAMES = {"total_sequence": "past_sequence + sequence"}
+
+
+def _same_dim_names(model: onnx.ModelProto) -> None:
+    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in DIM_NAMES:
+                dim.dim_param = DIM_NAMES[dim.dim_param]
+
+
 def _save(tmp: Path, dest: Path, props: dict[str, str], external: bool) -> bool:
     """The exported graph from `tmp` to `dest` with `props` in its metadata; its weights streamed into one
     `<dest>.data` file (a tensor at a time) when `external`, or when the exporter already wrote them apart (one
@@ -221,6 +232,7 @@ def _save(tmp: Path, dest: Path, props: dict[str, str], external: bool) -> bool:
     for k, v in props.items():
         entry = next((p for p in model.metadata_props if p.key == k), None) or model.metadata_props.add()
         entry.key, entry.value = k, v
+    _same_dim_names(model)
     apart = [t for t in _tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]
     if not (external or apart):
         onnx.save(model, str(dest))
