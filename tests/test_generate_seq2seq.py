@@ -220,3 +220,26 @@ def test_export_leaves_the_model_in_eval_mode_and_refuses_a_decoder(tmp_path):
     gpt2 = tf.GPT2LMHeadModel(tf.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
     with pytest.raises(GenerationRefused, match="not an encoder-decoder"):
         export_seq2seq(gpt2, gpt2.config, tmp_path / "gpt2")
+
+
+def test_decoder_files_in_float16_take_the_fp32_encoder_states(exported, tokenizer, tmp_path):
+    """Decoder files converted to float16 inputs and outputs (no keep_io_types) beside the fp32 encoder: the loop
+    casts the encoder's states and feeds the float16 cache back as it came; the tokens stay transformers'."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model, files = exported["t5"]
+    half = tmp_path / "half"
+    shutil.copytree(files.folder, half)
+    for role in ("decoder", "decoder_with_past"):
+        path = half / files.files[role]
+        onnx.save(convert_float_to_float16(onnx.load(str(path)), keep_io_types=False), str(path))
+    bad = GeneratorFiles(files.task, half, dict(files.files), dict(files.io), files.cache, files.external_data)
+    g = ort(bad)
+    assert {i.type for i in g.sessions["decoder"].get_inputs() if i.name == "encoder_hidden_states"} == {
+        "tensor(float16)"
+    }
+    ids, mask = encode_right(tokenizer, tiny_seq2seq.PROMPTS, tiny_seq2seq.PAD)
+    got = g.greedy(ids, mask, NEW)
+    want, _ = generate(model, ids, mask)
+    assert got.logits[0].dtype == np.float32 and got.ids.shape == want.shape
+    assert float((got.ids == want).mean()) >= 0.9

@@ -32,6 +32,7 @@ from studio.generate.base import GeneratorFiles, Steps
 from studio.generate.seq2seq import read_metadata
 
 ROLES = ("encoder", "decoder", "decoder_with_past")
+_FLOATS = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
 def _eos(value: int | Sequence[int] | None) -> set[int]:
@@ -87,6 +88,11 @@ class OrtSeq2Seq:
         self.eos = _eos(eos_token_id if eos_token_id is not None else meta.get("eos_token_id"))
         pad = pad_token_id if pad_token_id is not None else meta.get("pad_token_id")
         self.pad = int(pad) if pad is not None else (min(self.eos) if self.eos else 0)
+        # float inputs each file takes (an fp16 variant may take float16 where the encoder gave float32)
+        self._floats = {
+            role: {i.name: _FLOATS[i.type] for i in sess.get_inputs() if i.type in _FLOATS}
+            for role, sess in self.sessions.items()
+        }
         self.with_past = "decoder_with_past" in self.sessions
         self.past_inputs: list[str] = []
         decoder = self.sessions["decoder"]
@@ -123,9 +129,8 @@ class OrtSeq2Seq:
         hidden = self.encode(ids, mask)
         batch = ids.shape[0]
         decoded = np.full((batch, 1), self.start, np.int64)
-        first = self.sessions["decoder"].run(
-            None, {"encoder_attention_mask": mask, "input_ids": decoded, "encoder_hidden_states": hidden}
-        )
+        feed = {"encoder_attention_mask": mask, "input_ids": decoded, "encoder_hidden_states": hidden}
+        first = self.sessions["decoder"].run(None, self._typed("decoder", feed))
         logits = np.asarray(first[0][:, -1], np.float32)
         cache = dict(zip(self._present, first[1:]))
         past = {n.replace("present.", "past_key_values.", 1): v for n, v in cache.items()}
@@ -150,9 +155,8 @@ class OrtSeq2Seq:
             if self.with_past:
                 logits, past = self._step_with_past(mask, nxt[:, None], past)
             else:
-                out = self.sessions["decoder"].run(
-                    ["logits"], {"encoder_attention_mask": mask, "input_ids": decoded, "encoder_hidden_states": hidden}
-                )
+                feed = {"encoder_attention_mask": mask, "input_ids": decoded, "encoder_hidden_states": hidden}
+                out = self.sessions["decoder"].run(["logits"], self._typed("decoder", feed))
                 logits = np.asarray(out[0][:, -1], np.float32)
         return Steps(
             ids=np.stack(tokens, axis=1) if tokens else np.zeros((batch, 0), np.int64),
@@ -162,12 +166,22 @@ class OrtSeq2Seq:
             seconds_total=time.perf_counter() - t0,
         )
 
+    def _typed(self, role: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The feed with each float array in the type the file declares for it (a no-op when they agree)."""
+        want = self._floats[role]
+        return {n: v.astype(want[n]) if n in want and v.dtype != want[n] else v for n, v in feed.items()}
+
     def _step_with_past(
         self, mask: np.ndarray, token: np.ndarray, past: dict[str, np.ndarray]
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         feed = {"encoder_attention_mask": mask, "input_ids": token}
         feed.update((n, past[n]) for n in self.past_inputs)
-        out = dict(zip(self._past_out, self.sessions["decoder_with_past"].run(self._past_out, feed)))
+        out = dict(
+            zip(
+                self._past_out,
+                self.sessions["decoder_with_past"].run(self._past_out, self._typed("decoder_with_past", feed)),
+            )
+        )
         nxt = dict(past)  # the cross-attention part stays the first step's
         for name, value in out.items():
             if name.startswith("present."):
