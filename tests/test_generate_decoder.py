@@ -154,6 +154,22 @@ def test_the_dynamo_exporter_writes_the_same_interface(tmp_path):
     assert all(p["ok"] for p in probes) and 0 in {p["past"] for p in probes}
 
 
+def test_a_sliding_window_shorter_than_the_text(tmp_path):
+    """transformers' cache drops keys past the window (4 here); the file keeps them all and its attention mask
+    hides them, as transformers' sliding mask does: the same tokens 8 steps past the window."""
+    model = tiny_lm.model("mistral")
+    files = export_decoder(model, model.config, tmp_path)
+    runs, probes = check_generation(model, tiny_lm.tokenizer(), files, tiny_lm.PROMPTS[:3], max_new_tokens=NEW)
+    assert all(r.ok for r in runs) and all(p.same for r in runs for p in r.prompts)
+    assert max(len(p.onnx_ids) for p in runs[0].prompts) > model.config.sliding_window
+    assert all(p["ok"] for p in probes)
+    # the window matters here: without it transformers writes other tokens
+    ids, mask = encode(tiny_lm.tokenizer(), tiny_lm.PROMPTS[:3], tiny_lm.EOS)
+    model.config.sliding_window = None
+    unwindowed = reference_steps(model, ids, mask, NEW, tiny_lm.EOS, tiny_lm.EOS)
+    assert [list(r[:n]) for r, n in zip(unwindowed.ids, unwindowed.lengths)] != [p.onnx_ids for p in runs[1].prompts]
+
+
 def test_mixture_of_experts_routes_every_token_in_the_file(tmp_path):
     """The experts are exported through batched_mm (one graph for any routing), not the eager loop the trace would
     freeze to the dummy input's experts; the model's own implementation is back after the export."""

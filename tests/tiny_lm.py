@@ -70,6 +70,17 @@ def config(model_type: str, **over):
             num_experts_per_tok=2,
             **common,
         )
+    elif model_type == "mistral":  # a sliding window shorter than the prompts plus their new tokens
+        c = tf.MistralConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=48,
+            max_position_embeddings=128,
+            sliding_window=4,
+            **common,
+        )
     elif model_type == "bloom":  # ALiBi: no position_ids
         c = tf.BloomConfig(hidden_size=32, n_layer=2, n_head=4, **common)
     else:
