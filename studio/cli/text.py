@@ -90,8 +90,11 @@ def summary(report: Report) -> str:
         table(narrow(PROBE_COLUMNS), probe_rows(report.dynamic)),
         "graph",
         table(IO_COLUMNS, io_rows(report)),
-        "latency",
-        table(narrow(LATENCY_COLUMNS), latency_rows(report.latency)),
+        *(
+            ["latency  a generator is timed by generating: time to first token and tokens/s (generate, below)"]
+            if report.generation is not None
+            else ["latency", table(narrow(LATENCY_COLUMNS), latency_rows(report.latency))]
+        ),
     ]
     if machine_line(report.latency):
         lines.append("  " + machine_line(report.latency))
@@ -138,6 +141,8 @@ def _generation_lines(report: Report) -> list[str]:
     speed = generation.speed_line(g.speed)
     if speed:
         lines.append(f"  speed: {shown(speed)}")
+    if g.speed:
+        lines.append(table(generation.SPEED_COLUMNS, generation.speed_rows(g.speed)))
     lines += [f"  variant {shown(row[0])}: {shown(' '.join(row[1:]))}" for row in generation.variant_rows(g)]
     return lines
 

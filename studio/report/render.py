@@ -522,7 +522,8 @@ def _generation_sections(r: Report) -> list[str]:
 
 def _check_sections(r: Report) -> list[str]:
     """Parity (with the non-finite counts), the shape probes, latency and how busy the machine was."""
-    out = ["## Parity (PyTorch vs ONNX Runtime, sample rows)", markdown_table(PARITY_COLUMNS, parity_rows(r.parity))]
+    rows = "the first step's logits on every prompt, past length 0" if r.generation is not None else "sample rows"
+    out = [f"## Parity (PyTorch vs ONNX Runtime, {rows})", markdown_table(PARITY_COLUMNS, parity_rows(r.parity))]
     if nonfinite_lines(r.parity):
         out += (
             ["Non-finite values (counted in each runtime, never replaced by numbers):"]
@@ -530,6 +531,13 @@ def _check_sections(r: Report) -> list[str]:
             + [""]
         )
     out += ["## Dynamic-dimension probes", markdown_table(PROBE_COLUMNS, probe_rows(r.dynamic))]
+    if r.generation is not None:  # its speed is in tokens: the Generation section's table
+        out += [
+            "## Latency",
+            "A generator is timed by generating: see Generation, Speed (time to first token, tokens/s).",
+            "",
+        ]
+        return out
     out += ["## Latency", markdown_table(LATENCY_COLUMNS, latency_rows(r.latency))]
     out += [LATENCY_NOTE, ""]
     line = machine_line(r.latency)
