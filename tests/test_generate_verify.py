@@ -86,6 +86,23 @@ def test_a_wrong_cache_fed_back_fails_at_the_step_after_the_prompt(llama):
     assert not any(p["ok"] for p in probes if p["past"] > 0)
 
 
+class WrongType(OrtDecoder):
+    """Feeds int32 token ids where the file takes int64: ONNX Runtime raises (its errors are no RuntimeError)."""
+
+    def step(self, feeds):
+        return super().step({**feeds, "input_ids": feeds["input_ids"].astype(np.int32)})
+
+
+def test_an_onnx_runtime_error_is_the_runs_error_not_a_crash(llama):
+    model, files = llama
+    gen = WrongType(files, eos_token_id=tiny_lm.EOS)
+    runs, _ = check_generation(
+        model, tiny_lm.tokenizer(), files, tiny_lm.PROMPTS[:2], 3, ort_generator=gen, probes=False
+    )
+    assert [r.mode for r in runs] == ["one by one", "batched"] and not any(r.ok for r in runs)
+    assert all(r.error and r.error.startswith("InvalidArgument") and "int32" in r.error for r in runs)
+
+
 def test_step_feeds_reproduce_the_diverging_step(llama):
     """The locator's inputs for step t: the file's last logits there are the loop's logits at step t."""
     model, files = llama
