@@ -14,8 +14,30 @@ import sys
 from typing import Any
 
 
+def _light_model_explorer() -> None:
+    """`model_explorer` as the adapter needs it (Adapter, AdapterMetadata, ModelExplorerGraphs, graph_builder,
+    utils), without running its package __init__, which imports its Flask server, IPython and the TF / TFLite
+    adapters' native library: seconds of imports for nothing the ONNX adapter uses."""
+    import importlib
+    import importlib.util
+    import types
+
+    if "model_explorer" in sys.modules:
+        return
+    spec = importlib.util.find_spec("model_explorer")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("model_explorer is not installed (pip install ai-edge-model-explorer)")
+    pkg = types.ModuleType("model_explorer")
+    pkg.__path__ = list(spec.submodule_search_locations)
+    sys.modules["model_explorer"] = pkg
+    adapter = importlib.import_module("model_explorer.adapter")
+    pkg.Adapter, pkg.AdapterMetadata = adapter.Adapter, adapter.AdapterMetadata  # type: ignore[attr-defined]
+    pkg.ModelExplorerGraphs = importlib.import_module("model_explorer.types").ModelExplorerGraphs  # type: ignore[attr-defined]
+
+
 def convert(path: str, const_element_count_limit: int = 16) -> dict[str, Any]:
     """The adapter's answer for `path`, as Model Explorer's own server would send it ({"graphs": [...]})."""
+    _light_model_explorer()
     from model_explorer.utils import convert_adapter_response  # type: ignore[import-untyped]
     from model_explorer_onnx.main import ONNXAdapter  # type: ignore[import-untyped]
 
