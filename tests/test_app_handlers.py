@@ -367,9 +367,8 @@ def test_without_variants_the_table_is_empty_with_a_note():
 
 
 def test_progress_names_the_variants_stage_and_what_latency_times():
-    from studio.app.convert_outputs import STAGE_TEXT, stage_text
-
     from studio import pipeline
+    from studio.app.convert_outputs import STAGE_TEXT, stage_text
     from studio.generate import run
 
     order = ["loading", "batch", "export", "checker", "parity", "shape probe", "variants", "latency", "writing"]
