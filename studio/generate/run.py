@@ -106,7 +106,7 @@ def convert_generator(spec: ConvertSpec, loaded: LoadedModel, df: pd.DataFrame, 
     files, export_info = export_files(task, loaded, spec, work)
     main = work / files.files["model" if "model" in files.files else "decoder"]
     for f in files.files.values():
-        artifacts.annotate(work / f, _metadata(loaded, roles, column, task, spec))
+        artifacts.annotate(work / f, _metadata(loaded, roles, column, task, spec, files.exporter))
     runtime.release_memory()
 
     say("checker", FRACTION["checker"])
@@ -274,10 +274,10 @@ def check_positions(
 
 def _option_warnings(spec: ConvertSpec) -> list[str]:
     out = []
-    if spec.exporter not in ("auto", "torchscript"):
+    if spec.exporter == "compare":
         out.append(
-            f"--exporter {spec.exporter} does not apply to a generator: its files are exported with their cache by "
-            "TorchScript (torch.onnx.export(dynamo=False), as optimum does)."
+            "--exporter compare does not apply to a generator: its file is exported with the cache by auto's order "
+            "(TorchScript, as optimum does, then the dynamo exporter when TorchScript fails)."
         )
     if tuple(spec.dynamic) != ("batch", "sequence") or spec.dynamic_per_input:
         out.append("--dynamic / --static do not apply to a generator: batch, sequence and past length stay dynamic.")
@@ -294,24 +294,30 @@ def export_files(task: str, loaded: LoadedModel, spec: ConvertSpec, work: Path) 
     if task == TEXT_GENERATION:
         from studio.generate.decoder import export_decoder
 
-        files = export_decoder(module, module.config, work, opset=spec.opset, with_past=True)
+        exporter = spec.exporter if spec.exporter in ("torchscript", "dynamo") else "auto"  # compare: auto's order
+        files = export_decoder(module, module.config, work, opset=spec.opset, with_past=True, exporter=exporter)
     else:
         from studio.generate.seq2seq import export_seq2seq
 
         files = export_seq2seq(module, module.config, work, opset=spec.opset, with_past=True)
+        if spec.exporter == "dynamo":
+            files.warnings.append("--exporter dynamo: an encoder-decoder's files are exported by TorchScript")
     module.eval()  # the export's wrapper may hand the model back in train mode (dropout on): never run it so
     seconds = round(time.perf_counter() - started, 2)
     main = work / files.files["model" if "model" in files.files else "decoder"]
     opset = inspect_mod.graph_info(main).opset
     names = ", ".join(files.files.values())
+    used = files.exporter
+    how = "TorchScript, as optimum does" if used == "torchscript" else f"the {used} exporter"
+    note = "; ".join(files.warnings) or None
     return files, ExportInfo(
-        exporter="torchscript",
+        exporter=used,
         opset_requested=spec.opset,
         opset=opset,
         seconds=seconds,
-        attempts=[ExportAttempt("torchscript", True, seconds=seconds, opset_written=opset)],
+        attempts=[ExportAttempt(used, True, seconds=seconds, opset_written=opset, note=note)],
         external_data=files.external_data,
-        reason=f"a generator is exported with its key/value cache by TorchScript, as optimum does ({names})",
+        reason=f"a generator is exported with its key/value cache by {how} ({names})" + (f"; {note}" if note else ""),
     )
 
 
@@ -326,7 +332,9 @@ def make_generator(files: GeneratorFiles, eos: Any, pad: int, threads: int) -> O
     return OrtSeq2Seq(files, eos_token_id=eos, pad_token_id=pad, threads=threads)
 
 
-def _metadata(loaded: LoadedModel, roles: dict[str, str], column: str, task: str, spec: ConvertSpec) -> dict[str, str]:
+def _metadata(
+    loaded: LoadedModel, roles: dict[str, str], column: str, task: str, spec: ConvertSpec, exporter: str
+) -> dict[str, str]:
     from studio._version import __version__
 
     return {
@@ -336,7 +344,7 @@ def _metadata(loaded: LoadedModel, roles: dict[str, str], column: str, task: str
         "studio.task": task,
         "studio.prompt_column": column,
         "studio.opset": str(spec.opset),
-        "studio.exporter": "torchscript",
+        "studio.exporter": exporter,
     }
 
 
