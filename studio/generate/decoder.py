@@ -107,8 +107,11 @@ class DecoderWithPast(torch.nn.Module):
         return (out.logits, *cache_tensors(out.cache))
 
 
-def dummy_inputs(facts: Facts, position_ids: bool, with_past: bool, vocab: int) -> tuple[torch.Tensor, ...]:
-    """batch 2, sequence 3, past 2: every dynamic axis > 1 and distinct, so the trace keeps them symbolic."""
+def dummy_inputs(
+    facts: Facts, position_ids: bool, with_past: bool, vocab: int, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, ...]:
+    """batch 2, sequence 3, past 2: every dynamic axis > 1 and distinct, so the trace keeps them symbolic. The
+    past in the model's floating dtype."""
     batch, seq, past = 2, 3, 2 if with_past else 0
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, max(2, vocab), (batch, seq), generator=g)
@@ -118,7 +121,7 @@ def dummy_inputs(facts: Facts, position_ids: bool, with_past: bool, vocab: int) 
         tensors.append(torch.arange(past, past + seq).unsqueeze(0).expand(batch, seq).contiguous())
     if with_past:
         shape = (batch, facts.kv_heads, past, facts.head_dim)
-        tensors += [torch.randn(shape, generator=g) for _ in range(2 * facts.layers)]
+        tensors += [torch.randn(shape, generator=g).to(dtype) for _ in range(2 * facts.layers)]
     return tuple(tensors)
 
 
@@ -165,6 +168,11 @@ def _check_layout(facts: Facts, present: list[torch.Tensor]) -> None:
                 f"[batch, {facts.kv_heads} kv heads, sequence, {facts.head_dim} head dim]",
                 hint="studio/generate/facts.py reads this architecture's layout; add or fix its entry",
             )
+
+
+def float_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The dtype of the module's first floating parameter (its cache's dtype), float32 when it has none."""
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
 
 
 def weight_bytes(module: torch.nn.Module) -> int:
@@ -364,7 +372,7 @@ def export_decoder(
     out.mkdir(parents=True, exist_ok=True)
     vocab = int(getattr(config.get_text_config(decoder=True), "vocab_size", 0) or 0)
     wrapper = DecoderWithPast(module, facts.layers, position_ids, with_past)
-    args = dummy_inputs(facts, position_ids, with_past, vocab)
+    args = dummy_inputs(facts, position_ids, with_past, vocab, float_dtype(module))
     external = weight_bytes(module) > EXTERNAL_DATA_BYTES if external_data is None else external_data
     notes: list[str] = []
     failures: list[str] = []

@@ -30,7 +30,7 @@ import torch
 
 from studio.errors import StudioError, first_line
 from studio.generate.base import GeneratorFiles, Steps
-from studio.generate.decoder import cache_tensors, make_cache
+from studio.generate.decoder import cache_tensors, float_dtype, make_cache
 from studio.generate.ort_decoder import OrtDecoder
 from studio.generate.reference import encode, reference_steps, special_tokens
 from studio.report.model import GenerationRun, PromptResult, TokenDiff
@@ -256,6 +256,7 @@ def probe_shapes(
     g = torch.Generator().manual_seed(seed)
     results: list[dict[str, Any]] = []
     past_shapes = generator.empty_past(1)
+    dtype = float_dtype(module)
     for batch, seq, past in sizes:
         try:
             ids = torch.randint(0, max(2, vocab), (batch, seq), generator=g)
@@ -264,14 +265,14 @@ def probe_shapes(
             pasts = []
             for name in generator.past_inputs:
                 shape = list(past_shapes[name].shape)
-                pasts.append(torch.randn([batch, shape[1], past, shape[3]], generator=g))
+                pasts.append(torch.randn([batch, shape[1], past, shape[3]], generator=g).to(dtype))
             kwargs = {"position_ids": pos} if generator.takes_positions else {}
             with torch.no_grad():
                 out = module(input_ids=ids, attention_mask=mask, cache=make_cache(pasts), use_cache=True, **kwargs)
             want = [out.logits.float().numpy()] + [t.float().numpy() for t in cache_tensors(out.cache)]
             feeds: dict[str, np.ndarray] = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
             feeds["position_ids"] = pos.numpy().astype(np.int64)
-            feeds.update({n: p.numpy() for n, p in zip(generator.past_inputs, pasts)})
+            feeds.update({n: p.numpy().astype(generator.dtype) for n, p in zip(generator.past_inputs, pasts)})
             got_d = generator.step(feeds)
             got = [got_d["logits"]] + [got_d["present." + n[len("past_key_values.") :]] for n in generator.past_inputs]
             diffs = [max_abs_diff(a, b) for a, b in zip(got, want)]
