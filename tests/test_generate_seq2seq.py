@@ -18,7 +18,7 @@ from transformers import GenerationConfig
 from studio.generate.base import TEXT2TEXT_GENERATION, GeneratorFiles
 from studio.generate.facts import GenerationRefused
 from studio.generate.ort_seq2seq import OrtSeq2Seq
-from studio.generate.seq2seq import export_seq2seq, read_metadata
+from studio.generate.seq2seq import export_seq2seq, read_metadata, seq2seq_facts
 from studio.generate.seq2seq_check import check_seq2seq, close, encode_right
 
 NEW = 8
@@ -195,7 +195,7 @@ def test_no_cache_exports_two_files_that_decode_the_same(tokenizer, tmp_path):
     np.testing.assert_array_equal(g.greedy(ids, mask, NEW).ids, generate(model, ids, mask)[0])
 
 
-@pytest.mark.parametrize("arch", ["mt5", "mbart", "pegasus"])
+@pytest.mark.parametrize("arch", ["mt5", "mbart", "pegasus", "m2m_100", "umt5"])
 def test_matrix_opset17_external_data(tokenizer, tmp_path, arch):
     """The other families, at opset 17, weights in .data files: the batched decode equals generate."""
     model = tiny_seq2seq.make_seq2seq(arch)
@@ -220,6 +220,24 @@ def test_export_leaves_the_model_in_eval_mode_and_refuses_a_decoder(tmp_path):
     gpt2 = tf.GPT2LMHeadModel(tf.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
     with pytest.raises(GenerationRefused, match="not an encoder-decoder"):
         export_seq2seq(gpt2, gpt2.config, tmp_path / "gpt2")
+    assert not (tmp_path / "gpt2").exists()
+
+
+@pytest.mark.parametrize(
+    "config,why",
+    [
+        ("SwitchTransformersConfig", "expert"),
+        ("LEDConfig", "attention_window"),
+        ("BigBirdPegasusConfig", "block-sparse"),
+        ("ProphetNetConfig", "n-gram"),
+    ],
+)
+def test_architectures_a_trace_cannot_follow_are_refused_with_the_reason(config, why):
+    """Measured: these decode other tokens (or none) through a traced graph; they are refused, never written."""
+    import transformers as tf
+
+    with pytest.raises(GenerationRefused, match=why):
+        seq2seq_facts(getattr(tf, config)())
 
 
 def test_decoder_files_in_float16_take_the_fp32_encoder_states(exported, tokenizer, tmp_path):

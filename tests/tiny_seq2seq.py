@@ -11,7 +11,7 @@ from typing import Any
 
 from tests.tiny import vocab_size
 
-SEQ2SEQ_ARCHS = ("t5", "mt5", "bart", "mbart", "marian", "pegasus")
+SEQ2SEQ_ARCHS = ("t5", "mt5", "umt5", "bart", "mbart", "marian", "pegasus", "m2m_100")
 PAD, CLS, EOS = 0, 2, 3
 _BART = dict(
     d_model=32,
@@ -52,6 +52,8 @@ def make_seq2seq(arch: str, seed: int = 0) -> Any:
         model = tf.T5ForConditionalGeneration(tf.T5Config(vocab_size=v, **_T5))
     elif arch == "mt5":
         model = tf.MT5ForConditionalGeneration(tf.MT5Config(vocab_size=v, **_T5))
+    elif arch == "umt5":
+        model = tf.UMT5ForConditionalGeneration(tf.UMT5Config(vocab_size=v, **_T5))
     elif arch == "bart":
         model = tf.BartForConditionalGeneration(
             tf.BartConfig(vocab_size=v, bos_token_id=CLS, decoder_start_token_id=CLS, **_BART)
@@ -60,6 +62,8 @@ def make_seq2seq(arch: str, seed: int = 0) -> Any:
         model = tf.MBartForConditionalGeneration(tf.MBartConfig(vocab_size=v, decoder_start_token_id=CLS, **_BART))
     elif arch == "marian":
         model = tf.MarianMTModel(tf.MarianConfig(vocab_size=v, decoder_start_token_id=PAD, **_BART))
+    elif arch == "m2m_100":
+        model = tf.M2M100ForConditionalGeneration(tf.M2M100Config(vocab_size=v, decoder_start_token_id=EOS, **_BART))
     elif arch == "pegasus":
         model = tf.PegasusForConditionalGeneration(tf.PegasusConfig(vocab_size=v, decoder_start_token_id=PAD, **_BART))
     else:

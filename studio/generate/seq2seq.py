@@ -66,6 +66,18 @@ ENCODER_OUTPUTS = ["last_hidden_state"]
 _BATCH, _ENCODER_LEN, _DECODER_LEN, _PAST_LEN = 2, 7, 3, 4
 
 
+# encoder-decoders refused, with the reason (measured: the traced files decode other tokens than generate)
+REFUSED = {
+    "switch_transformers": "its feed-forward layers route each token to an expert chosen from the data, which a "
+    "traced graph keeps fixed at the example's routing (ONNX Runtime fails or decodes other tokens)",
+    "prophetnet": "its decoder predicts n-gram streams with its own position and cache handling, not the "
+    "decoder-with-past layout (past_key_values.{i}.decoder / .encoder)",
+    "xlm-prophetnet": "as prophetnet: n-gram streams, not the decoder-with-past layout",
+    "led": "its encoder pads the input to a multiple of attention_window in Python, which a traced graph keeps at "
+    "the example's length (ONNX Runtime returns no states at other lengths)",
+}
+
+
 @dataclass(frozen=True)
 class Seq2SeqFacts:
     """One encoder-decoder's facts for the export: its decoder's cache layout and its special tokens."""
@@ -110,6 +122,14 @@ def seq2seq_facts(config: Any, generation_config: Any = None) -> Seq2SeqFacts:
         raise GenerationRefused(
             f"{model_type} is not an encoder-decoder (config.is_encoder_decoder is not set): "
             "it is exported as text-generation (one decoder file), not text2text-generation"
+        )
+    if model_type in REFUSED:
+        raise GenerationRefused(f"{model_type}: {REFUSED[model_type]}")
+    if getattr(config, "attention_type", None) == "block_sparse":  # bigbird_pegasus
+        raise GenerationRefused(
+            f"{model_type}: block-sparse attention picks its blocks (and falls back to full attention on short "
+            "inputs) in Python, which a traced graph keeps fixed at the example's choice",
+            hint='attention_type "original_full" in config.json exports (full attention at every length)',
         )
     layers = _get(config, "num_decoder_layers", "decoder_layers", "num_layers", "num_hidden_layers")
     heads = _get(config, "decoder_attention_heads", "num_decoder_attention_heads", "num_heads", "num_attention_heads")
@@ -198,11 +218,25 @@ def cache_tensors(cache: Any, layers: int, cross: bool) -> list[torch.Tensor]:
     return out
 
 
+def _encoder_output(hidden: torch.Tensor) -> Any:
+    """The encoder's output as the model's forward reads it: .last_hidden_state, and None for any other field the
+    model may look up (switch_transformers reads .router_logits)."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    class EncoderOutput(BaseModelOutput):
+        def __getattr__(self, name: str) -> Any:
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return None
+
+    return EncoderOutput(last_hidden_state=hidden)
+
+
 def _forward(model: torch.nn.Module, mask: torch.Tensor, ids: torch.Tensor, hidden: torch.Tensor, cache: Any) -> Any:
     return model(
         attention_mask=mask,
         decoder_input_ids=ids,
-        encoder_outputs=(hidden,),
+        encoder_outputs=_encoder_output(hidden),
         cache=cache,
         use_cache=cache is not None,
         return_dict=True,
@@ -217,7 +251,8 @@ class Encoder(torch.nn.Module):
         self.encoder = model.get_encoder()  # type: ignore[operator]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).last_hidden_state
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # some encoders give a tuple
 
 
 class FirstStep(torch.nn.Module):
