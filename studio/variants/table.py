@@ -1,4 +1,4 @@
-"""Faster artifacts beside model.onnx: ORT-optimized, int8 and fp16, each with its own checks.
+"""Faster artifacts beside model.onnx: ORT-optimized, int8 (dynamic), int8-static and fp16, each with its own checks.
 
 Each variant is declared once, in VARIANT_TABLE (a `Variant` each: its builder, what it is built from, its
 verdict rule, where it runs); `build`, `check` and `tolerance` read the table and never compare names. A new
@@ -12,7 +12,10 @@ dynamic-dimension probes; `build` also returns how to time each one, and the pip
 times them side by side with PyTorch and model.onnx (ORT CPU at the sample's batch and at batch 1, ORT
 CUDA with IO binding when CUDA is truly in use); `attach_latency` adds their speedups over both.
 A variant that misses its tolerance is reported as failed (and fails the conversion), never hidden;
-one that cannot be built is reported with the reason.
+one that cannot be built is reported with the reason. With spec.repair (the default), a failed variant whose
+row says how (`Variant.repair`) is repaired first (studio/variants/_repair.py: its worst nodes kept in float,
+rebuilt, rechecked; `_repaired` here), its unrepaired file timed beside it for the price and then removed
+(`attach_latency`), which also marks the variant to take on this CPU (`VariantInfo.take`).
 
 How each is built (which fusers, quantizer and converter, and why): studio/variants/_builders.py.
 
