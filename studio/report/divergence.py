@@ -57,6 +57,9 @@ class Divergence:
     # {value, op_type, module, call, max_abs_diff, max_rel_diff, ok, position}; a node with several compared
     # outputs keeps its worst; NaN (non-finite in one runtime only) stays NaN ("nan" in report.json)
     per_node: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # a generator's locator run (studio.generate.locate_step): the step it ran on, {run, prompt, step, expected,
+    # got, margin, near_tie}; None for a classifier's
+    generation_step: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: _json_float(v) for k, v in asdict(self).items() if k not in _NESTED}
