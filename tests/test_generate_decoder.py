@@ -121,6 +121,16 @@ def test_no_cache_form_is_the_plain_forward(tmp_path):
     assert probes == []  # no cache: nothing to probe
 
 
+def test_the_model_comes_back_in_the_mode_it_was_given(exported, tmp_path):
+    """Exporting must not turn the model's dropout on for the generate / forward calls that follow it."""
+    model, _ = exported["gpt2"]
+    assert not any(m.training for m in model.modules())  # eval in, eval out (the fixture exported it)
+    model.train()
+    export_decoder(model, model.config, tmp_path, opset=18)
+    assert all(m.training for m in model.modules())
+    model.eval()
+
+
 def test_external_data_is_one_file_beside_the_graph(tmp_path):
     model = tiny_lm.model("gpt2")
     files = export_decoder(model, model.config, tmp_path, external_data=True)

@@ -146,12 +146,13 @@ def dynamic_axes(facts: Facts, position_ids: bool, with_past: bool) -> dict[str,
 def _eval(module: torch.nn.Module) -> Iterator[None]:
     """The module in eval mode for the export, its mode restored after (a wrapper in train mode would turn the
     model's dropout on when torch.onnx.export restores the wrapper's mode)."""
-    was = module.training
-    module.eval()
+    was = {m: m.training for m in module.modules()}  # each submodule's own mode: a wrapper built in train mode
+    module.eval()  # (nn.Module's default) must not hand the model back with its dropout on
     try:
         yield
     finally:
-        module.train(was)
+        for m, training in was.items():
+            m.training = training
 
 
 def _check_layout(facts: Facts, present: list[torch.Tensor]) -> None:
