@@ -52,7 +52,7 @@ import torch
 
 from studio.artifacts import annotate
 from studio.errors import ExportError, first_line
-from studio.export.exporters import EXTERNAL_DATA_BYTES
+from studio.export.exporters import EXTERNAL_DATA_BYTES, weights_apart, write_external
 from studio.generate.base import TEXT2TEXT_GENERATION, CacheLayout, GeneratorFiles
 from studio.generate.facts import GenerationRefused
 
@@ -379,34 +379,32 @@ def metadata(facts: Seq2SeqFacts, role: str, with_past: bool) -> dict[str, str]:
     return {METADATA_KEY: json.dumps(info), "studio.model_type": facts.model_type}
 
 
-def _save(tmp: Path, dest: Path, props: dict[str, str], external: bool | None) -> bool:
+def _save(tmp: Path, dest: Path, props: dict[str, str], external: bool) -> bool:
     """The exported graph from `tmp` to `dest` with `props` in its metadata; its weights in one `<dest>.data` when
-    `external` (None: when the file's weights pass EXTERNAL_DATA_BYTES, or the exporter already wrote them apart).
-    Returns whether the weights are external. A file that keeps its weights inside is moved, not rewritten: the
-    metadata is appended to it (studio.artifacts.annotate), which saves a full read and write of the weights."""
-    others = [p for p in tmp.parent.iterdir() if p.name != tmp.name]
-    size = sum(p.stat().st_size for p in tmp.parent.iterdir())
-    apart = external if external is not None else bool(others) or size > EXTERNAL_DATA_BYTES
-    if not apart and not others:
+    `external` or when the exporter wrote them apart (one file per tensor, above 2 GiB). Returns whether the weights
+    are external. The graph and a `.data` that is already the one file are moved, not rewritten: the metadata is
+    appended (studio.artifacts.annotate), which saves a full read and write of the weights."""
+    others = sorted(p.name for p in tmp.parent.iterdir() if p.name != tmp.name)
+    data = dest.name + ".data"
+    if others in ([], [data]) and external == bool(others):
+        if others:
+            shutil.move(str(tmp.parent / data), str(dest.parent / data))
         shutil.move(str(tmp), str(dest))
         annotate(dest, props)
-        return False
+        return bool(others)
     model = onnx.load(str(tmp), load_external_data=True)
     for k, v in props.items():
         entry = next((p for p in model.metadata_props if p.key == k), None) or model.metadata_props.add()
         entry.key, entry.value = k, v
+    apart = external or bool(others)
     if apart:
         onnx.save(
-            model,
-            str(dest),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=dest.name + ".data",
+            model, str(dest), save_as_external_data=True, all_tensors_to_one_file=True, location=data,
             size_threshold=1024,
-        )
+        )  # fmt: skip
     else:
         onnx.save(model, str(dest))
-    return bool(apart)
+    return apart
 
 
 def _export_one(
@@ -417,23 +415,31 @@ def _export_one(
     dest: Path,
     opset: int,
     props: dict[str, str],
-    external: bool | None,
+    external: bool,
 ) -> bool:
+    """One file: TorchScript export into a scratch folder beside `dest`, then `_save`. With `external` the weights
+    never enter the protobuf (the house's weights_apart seam): they are streamed into `<dest>.data`."""
     tmp_dir = Path(tempfile.mkdtemp(prefix=".export-", dir=dest.parent))
     try:
         tmp = tmp_dir / dest.name
+        apart: contextlib.AbstractContextManager[dict[str, torch.Tensor]] = (
+            weights_apart() if external else contextlib.nullcontext({})
+        )
         try:
-            torch.onnx.export(
-                wrapper,
-                args,
-                str(tmp),
-                input_names=io[0],
-                output_names=io[1],
-                dynamic_axes=axes,
-                opset_version=opset,
-                dynamo=False,
-                do_constant_folding=True,
-            )
+            with apart as taken:
+                torch.onnx.export(
+                    wrapper,
+                    args,
+                    str(tmp),
+                    input_names=io[0],
+                    output_names=io[1],
+                    dynamic_axes=axes,
+                    opset_version=opset,
+                    dynamo=False,
+                    do_constant_folding=True,
+                )
+            if taken:
+                write_external(tmp, taken)
         except Exception as e:
             raise ExportError(
                 f"torch.onnx (TorchScript) could not export {dest.name}: {first_line(e, with_type=True)}"
@@ -441,6 +447,17 @@ def _export_one(
         return _save(tmp, dest, props, external)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def weight_bytes(module: torch.nn.Module) -> int:
+    """Bytes of the module's parameters and buffers, shared tensors counted once."""
+    seen: set[int] = set()
+    total = 0
+    for t in [*module.parameters(), *module.buffers()]:
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
 
 
 def export_seq2seq(
@@ -459,6 +476,7 @@ def export_seq2seq(
         raise GenerationRefused(f"{facts.model_type}: the model has no separate encoder (get_encoder())")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    external = weight_bytes(module) > EXTERNAL_DATA_BYTES if external_data is None else bool(external_data)
     ids, mask = _examples(facts)
     start = torch.full((_BATCH, _DECODER_LEN), facts.decoder_start_token_id, dtype=torch.long)
     dec_io, past_io = decoder_io(facts.layers, with_past), decoder_with_past_io(facts.layers)
@@ -478,7 +496,7 @@ def export_seq2seq(
                 out / ENCODER_FILE,
                 opset,
                 metadata(facts, "encoder", with_past),
-                external_data,
+                external,
             )
         ]
         step = first(mask, start, hidden)
@@ -493,7 +511,7 @@ def export_seq2seq(
                 out / DECODER_FILE,
                 opset,
                 metadata(facts, "decoder", with_past),
-                external_data,
+                external,
             )
         )
         if with_past:
@@ -507,7 +525,7 @@ def export_seq2seq(
                     out / DECODER_WITH_PAST_FILE,
                     opset,
                     metadata(facts, "decoder_with_past", True),
-                    external_data,
+                    external,
                 )
             )
             files["decoder_with_past"] = DECODER_WITH_PAST_FILE
