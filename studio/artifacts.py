@@ -37,6 +37,7 @@ OWNED = (
     "tokenizer",
     "diagnostics",
     "variants",
+    "candidates",  # --exporter compare: the other exporter's file (studio.export.compare)
     # a generator's (studio.generate.run): the encoder-decoder files, and what is saved beside them at the root
     "encoder_model.onnx",
     "encoder_model.onnx.data",

@@ -9,7 +9,9 @@ alternating rounds), so a drift of the machine's speed does not bias their ratio
 1. a file that passes every check (checker, parity, probes) before one that does not (fewer failed checks first);
 2. then the faster file by ORT CPU p50, when it is more than MARGIN below the other's and faster in every round;
 3. otherwise (within the margin, or a timing missing) the new exporter (dynamo).
-The winner's file becomes model.onnx; the other file is deleted, its row stays in `report.comparison`.
+The winner's file becomes model.onnx; the other usable file is kept beside it as
+`candidates/model.<exporter>.onnx` (+ `.data`, its external-data references renamed with it), so the two
+exporters' graphs can be seen side by side (the app's graph view); each row's `file` names its file.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ PREFERRED = "dynamo"  # a tie goes to the new exporter
 MARGIN = 0.10
 ROUNDS = 5
 FOLDER = "compare"  # inside the build folder; removed once the winner is model.onnx
+CANDIDATES = "candidates"  # inside the output folder: the other exporter's file, model.<exporter>.onnx
 
 
 def export_compared(
@@ -86,6 +89,11 @@ def export_compared(
         for src in (files[winner], Path(str(files[winner]) + ".data")):  # named as dest: its data stays found
             if src.exists():
                 shutil.move(str(src), str(dest.parent / src.name))
+        by_name = {r.exporter: r for r in rows}
+        by_name[winner].file = dest.name
+        for name, path in files.items():
+            if name != winner:
+                by_name[name].file = keep_candidate(path, dest.parent, name)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     comparison = Comparison(
@@ -102,6 +110,37 @@ def export_compared(
         reason=f"compared: {reason}",
     )
     return info, comparison
+
+
+def candidate_name(exporter: str) -> str:
+    """Where the other exporter's file is kept, relative to the output folder."""
+    return f"{CANDIDATES}/model.{exporter}.onnx"
+
+
+def keep_candidate(path: Path, out: Path, exporter: str) -> str:
+    """Move a compared file that did not win to `out/candidates/model.<exporter>.onnx`, its external data
+    (`<name>.data`) renamed with it and the graph's references to it rewritten (only the graph is re-saved, not
+    the weights). Returns its name relative to `out`."""
+    import onnx
+
+    name = candidate_name(exporter)
+    target = out / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    old_data = path.name + ".data"
+    refs = graph_info.external_files(path)
+    if not refs:
+        shutil.move(str(path), str(target))
+        return name
+    model = onnx.load(str(path), load_external_data=False)
+    for t in graph_info.tensors(model):
+        for entry in t.external_data:
+            if entry.key == "location" and entry.value == old_data:
+                entry.value = target.name + ".data"
+    for ref in refs:  # the exporters write one `<name>.data`; any other file keeps its name beside it
+        shutil.move(str(ref), str(target.parent / (target.name + ".data" if ref.name == old_data else ref.name)))
+    onnx.save(model, str(target))
+    path.unlink()
+    return name
 
 
 def check_candidate(

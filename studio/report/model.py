@@ -62,6 +62,9 @@ class CandidateRow:
     ort_cpu: Timing | None = None  # timed side by side with the other file (latency.side_by_side)
     round_p50_ms: list[float] = field(default_factory=list)  # ORT CPU p50 of each alternating round
     latency_error: str | None = None
+    # its file, relative to the output folder: "model.onnx" for the winner, "candidates/model.<exporter>.onnx"
+    # for the other usable file; None when it wrote none (or a report from before the files were kept)
+    file: str | None = None
 
     @property
     def passes(self) -> bool:

@@ -467,6 +467,9 @@ def _export_sections(r: Report) -> list[str]:
             "",
             markdown_table(COMPARISON_COLUMNS[:-1] + ["chosen / error"], comparison_rows(c)),
         ]
+        kept = [f"{md_inline(x.exporter)}: {md_inline(x.file)}" for x in c.rows if x.file]
+        if kept:
+            out += [f"Files: {'; '.join(kept)}.", ""]
     return out
 
 
