@@ -9,6 +9,7 @@ import json
 import math
 from dataclasses import replace
 
+import numpy as np
 import onnx
 import pytest
 import tiny
@@ -95,7 +96,7 @@ def test_both_rows_have_real_numbers_and_the_winner_passes_every_check(compared)
     assert ("is faster" in c["reason"]) == clearly[c["winner"]]
 
 
-def test_model_onnx_is_the_winners_file_and_the_other_is_gone(compared):
+def test_model_onnx_is_the_winners_file_and_the_other_is_kept_beside_it(compared):
     _, _, out = compared
     report = json.loads((out / "report.json").read_text())
     winner = report["comparison"]["winner"]
@@ -113,6 +114,13 @@ def test_model_onnx_is_the_winners_file_and_the_other_is_gone(compared):
     # the rest of the pipeline ran on it: the report's own checks are the winner's file's
     assert report["graph"]["op_counts"] == row["op_counts"] and report["latency"]["ort_cpu"]["p50_ms"] > 0
     assert not (out / "compare").exists() and not list(out.glob("**/model.onnx"))[1:]
+    # the other exporter's file is kept, named by its row, and is a whole file of its own
+    assert row["file"] == "model.onnx" and other["file"] == f"candidates/model.{other['exporter']}.onnx"
+    onnx.checker.check_model(str(out / other["file"]), full_check=True)
+    kept = onnx.load(str(out / other["file"]))
+    assert f"{kept.producer_name} {kept.producer_version}".strip() == other["producer"]
+    assert sum(1 for _ in kept.graph.node) == other["nodes"]
+    assert sorted((out / "candidates").iterdir()) == [out / other["file"]]  # embedded weights: no .data
 
 
 def test_cli_table_and_report_md(compared):
@@ -131,6 +139,115 @@ def test_cli_table_and_report_md(compared):
     md = (out / "report.md").read_text()
     assert "## Exporters compared" in md and f"Chosen: **{winner}**" in md
     assert md.count("| dynamo | ok | 18 |") == 1 and md.count("| torchscript | ok | 18 |") == 1
+    loser = next(r["exporter"] for r in report["comparison"]["rows"] if r["exporter"] != winner)
+    assert f"{winner}: model.onnx" in md and f"{loser}: candidates/model.{loser}.onnx" in md
+
+
+def test_both_files_run_and_agree_with_transformers(compared):
+    """Both exporters' files give the logits of the checkpoint's own transformers forward on the sample."""
+    import onnxruntime as ort
+    import transformers
+
+    _, _, out = compared
+    report = json.loads((out / "report.json").read_text())
+    feeds = dict(np.load(out / "sample_inputs.npz"))
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(out.parent / "bert").eval()
+    with torch.no_grad():
+        want = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
+    for r in report["comparison"]["rows"]:
+        s = ort.InferenceSession(str(out / r["file"]), providers=["CPUExecutionProvider"])
+        got = s.run(None, {i.name: feeds[i.name] for i in s.get_inputs()})[0]
+        np.testing.assert_allclose(got, want, atol=1e-4, err_msg=r["file"])
+
+
+def test_the_app_offers_both_exporters_side_by_side_granted_to_its_session_only(compared):
+    """The page's downloads list the other file; the Graph panel offers "model.onnx (winner) ⇆ other", and the
+    other file is served only under its session's token (studio.app.graph's grant); a file not granted: 404."""
+    import shutil
+
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+    from test_app_graph import _app, _Req, _token
+    from test_app_handlers import make_report
+
+    from studio.app import graph, graph_explorer
+    from studio.app import render as app_render
+    from studio.report.model import Comparison
+
+    _, _, done = compared
+    rep = json.loads((done / "report.json").read_text())
+    winner = rep["comparison"]["winner"]
+    other = next(r for r in rep["comparison"]["rows"] if r["exporter"] != winner)
+    app = _app()
+    try:
+        out = app.sessions.session("k").folder / "job-x" / "out"
+        shutil.copytree(done, out)
+        report = make_report()
+        report.files = {"model": "model.onnx"}
+        report.graph.op_counts = rep["graph"]["op_counts"]
+        rows = [CandidateRow(r["exporter"], True, file=r["file"], nodes=r["nodes"]) for r in rep["comparison"]["rows"]]
+        report.comparison = Comparison(rows, winner, "test", 0.1)
+        assert str(out / other["file"]) in app_render.artifact_paths(report, out, None)
+        res = app._report_outputs({"report": report, "zip": None}, out, "k")
+        label = f"{other['exporter']} · {other['file']}"
+        choices = res[app.ui.graph_choice]["choices"]
+        assert choices[:2] == ["model.onnx", label]
+        token = _token(res[app.ui.graph_view])
+        assert app.graphs.resolve(token, other["file"]) == out / other["file"]
+        client = TestClient(Starlette(routes=graph.routes(app.graphs)))
+        got = client.get(f"/{graph.FILES}/{token}/{other['file']}")
+        assert got.status_code == 200 and got.content == (out / other["file"]).read_bytes()
+        (out / "candidates" / "model.other.onnx").write_bytes(b"not granted")
+        for name in ("candidates/model.other.onnx", f"../out/{other['file']}", "report.json"):
+            assert client.get(f"/{graph.FILES}/{token}/{name}").status_code == 404, name
+        assert client.get(f"/{graph.FILES}/not-a-token/{other['file']}").status_code == 404
+        if graph_explorer.explorer_dir() is None:
+            return
+        split = f"model.onnx ({winner}) ⇆ {label}"
+        assert choices[2:] == [split]
+        view = app.show_graph(split, _Req("k"))[app.ui.graph_view]
+        assert 'data-viewer="model-explorer"' in view and f"model.onnx and {other['file']}" in view
+        assert "no per-node numbers" in view and "name their nodes differently" in view
+        assert "graph-frame" not in app.show_graph(split, _Req("someone else"))[app.ui.graph_view]
+    finally:
+        app.close()
+
+
+class Wide(torch.nn.Module):
+    """Weights above onnx's 1 KB external-data threshold, so each file gets a `.data` beside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(3, 128), torch.nn.Linear(128, 2)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_the_other_file_keeps_its_external_data_under_its_own_name(tmp_path, monkeypatch):
+    """With external data, the kept candidate's .data is renamed with it and its graph points at the new name:
+    it passes the full checker and gives PyTorch's outputs (the module itself) through ONNX Runtime."""
+    import onnxruntime as ort
+
+    from studio.checks import graph_info
+
+    monkeypatch.setattr(export_mod, "EXTERNAL_DATA_BYTES", 0)
+    module = Wide()
+    info, comparison, dest = _compared(module, tmp_path)
+    rows = {r.exporter: r for r in comparison.rows}
+    loser = next(n for n in rows if n != comparison.winner)
+    assert rows[comparison.winner].file == "model.onnx" and rows[loser].file == f"candidates/model.{loser}.onnx"
+    kept = tmp_path / rows[loser].file
+    assert graph_info.external_files(dest) == [tmp_path / "model.onnx.data"]
+    assert graph_info.external_files(kept) == [kept.parent / f"model.{loser}.onnx.data"]
+    assert sorted(p.name for p in kept.parent.iterdir()) == [kept.name, kept.name + ".data"]
+    onnx.checker.check_model(str(kept), full_check=True)
+    with torch.no_grad():
+        want = module(X["x"]).numpy()
+    for path in (dest, kept):
+        got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": X["x"].numpy()})[0]
+        np.testing.assert_allclose(got, want, atol=1e-5, err_msg=path.name)
+    assert not (tmp_path / "compare").exists()
 
 
 # --- one exporter fails, both fail -----------------------------------------------------------------------

@@ -263,6 +263,8 @@ class GraphEntry:
     graph_id: str = ""  # its main graph's id as Model Explorer's ONNX adapter names it
     overlays: list = field(default_factory=list)  # studio.app.graph_overlay.Overlay: the numbers painted on it
     node_names: frozenset[str] = frozenset()  # its nodes' names (which the view can select)
+    # --exporter compare's other file: what model.onnx is called beside it ("model.onnx (dynamo)"); else ""
+    beside: str = ""
 
 
 def _nodes(path: Path) -> int | None:
@@ -275,7 +277,7 @@ def _nodes(path: Path) -> int | None:
 
 
 def entries(report: Any, out: Path, max_nodes: int, max_bytes: int) -> list[GraphEntry]:
-    """model.onnx and each variant file written, with its size and node count, and whether it is too big
+    """model.onnx, each variant file written and --exporter compare's other file, with its size and node count, and whether it is too big
     for the viewer (above max_nodes nodes or max_bytes bytes of .onnx file: the browser would freeze)."""
     found: list[GraphEntry] = []
     model = (getattr(report, "files", None) or {}).get("model")
@@ -284,6 +286,12 @@ def entries(report: Any, out: Path, max_nodes: int, max_bytes: int) -> list[Grap
     for v in getattr(report, "variants", None) or []:
         if v.file:
             candidates.append((f"{v.name} · {v.file}", v.file, None))
+    beside: dict[str, str] = {}  # --exporter compare: the other exporter's file (report.comparison's rows)
+    comparison: Any = getattr(report, "comparison", None)
+    for row in comparison.rows if comparison is not None else []:
+        if row.file and row.file != model:
+            candidates.append((f"{row.exporter} · {row.file}", row.file, row.nodes))
+            beside[row.file] = f"model.onnx ({comparison.winner})"
     for label, name, nodes in candidates:
         if not name or not (out / name).is_file():
             continue
@@ -291,7 +299,7 @@ def entries(report: Any, out: Path, max_nodes: int, max_bytes: int) -> list[Grap
         if nodes is None and size <= max_bytes:
             nodes = _nodes(out / name)
         data = f"{name}.data" if (out / f"{name}.data").is_file() else None
-        e = GraphEntry(label, name, size, nodes, data)
+        e = GraphEntry(label, name, size, nodes, data, beside=beside.get(name, ""))
         if size > max_bytes:
             e.too_big = (
                 f"its graph file is {size_text(size)} (the viewer loads at most {size_text(max_bytes)}): "

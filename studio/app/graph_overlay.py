@@ -198,15 +198,21 @@ def precision_overlay(variant: Any, graph_id: str, ops: dict[str, str]) -> Overl
     )
 
 
-def overlays_for(report: Any, out: Path, name: str, variant: Any | None) -> tuple[str, list[Overlay], frozenset[str]]:
+def overlays_for(
+    report: Any, out: Path, name: str, variant: Any | None, candidate: bool = False
+) -> tuple[str, list[Overlay], frozenset[str]]:
     """The graph id of `out/name`, its overlays and its node names: model.onnx gets divergence and time, a
-    variant its precision and time. A file that cannot be read gets none (the view says why itself)."""
+    variant its precision and time, --exporter compare's other file (`candidate`) its time only where the
+    profile has it (the locator runs on model.onnx only). A file that cannot be read gets none (the view says
+    why itself)."""
     try:
         graph_id, ops = node_ops(out / name)
     except Exception:  # noqa: BLE001 - the adapter's own message is what the view shows
         return "", [], frozenset()
     found: list[Overlay | None] = []
-    if variant is None:
+    if candidate:
+        found = [time_overlay(report, graph_id, name)]
+    elif variant is None:
         found = [divergence_overlay(report, graph_id), time_overlay(report, graph_id)]
     else:
         found = [precision_overlay(variant, graph_id, ops), time_overlay(report, graph_id, name)]
@@ -221,6 +227,7 @@ def attach(found: list, report: Any, out: Path) -> dict[str, str]:
     for e in found:
         if e.too_big:
             continue
-        e.graph_id, e.overlays, e.node_names = overlays_for(report, out, e.name, variants.get(e.name))
+        compared = bool(getattr(e, "beside", ""))  # --exporter compare's other file
+        e.graph_id, e.overlays, e.node_names = overlays_for(report, out, e.name, variants.get(e.name), compared)
         docs.update({o.name: o.doc for o in e.overlays})
     return docs

@@ -1,7 +1,7 @@
-"""The Graph panel's HTML: the file chosen among model.onnx and the variants, or model.onnx and a variant side
-by side, in Model Explorer served by the studio (studio.app.graph_explorer) with the report's numbers painted
-on the nodes and their legend above it; in Netron's viewer (studio.app.graph) where Model Explorer is not
-installed; or why it is not drawn. No gradio in here."""
+"""The Graph panel's HTML: the file chosen among model.onnx and the variants, or model.onnx and a variant (or
+--exporter compare's other file) side by side, in Model Explorer served by the studio (studio.app.graph_explorer)
+with the report's numbers painted on the nodes and their legend above it; in Netron's viewer (studio.app.graph)
+where Model Explorer is not installed; or why it is not drawn. No gradio in here."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _explorer(e) -> bool:
 def graph_choices(found: list) -> list[str]:
     """The files the Graph panel can show (model.onnx first, then each variant), by label, then model.onnx
     beside each variant (Model Explorer's split view), when both can be drawn."""
-    pairs = [f"{found[0].label}{SPLIT}{e.label}" for e in found[1:] if _explorer(found[0]) and _explorer(e)]
+    pairs = [f"{e.beside or found[0].label}{SPLIT}{e.label}" for e in found[1:] if _explorer(found[0]) and _explorer(e)]
     return [e.label for e in found] + pairs
 
 
@@ -39,6 +39,11 @@ def _legend(entries: list) -> str:
             rows.append(
                 f'<div class="graph-legend-row" data-overlay="{esc(o.name)}"><b>{esc(o.title)}</b> · '
                 f"{o.nodes:,} nodes · {swatches}{note}</div>"
+            )
+        if getattr(e, "beside", "") and not e.overlays:  # --exporter compare's other file: no numbers measured
+            rows.append(
+                f'<div class="graph-legend-row" data-overlay=""><b>{esc(e.name)}</b> · no per-node numbers: the '
+                "divergence locator and ORT's profile ran on model.onnx only (its op types are on its nodes)</div>"
             )
     if not rows:
         return ""
@@ -69,6 +74,8 @@ def _explorer_html(entries: list, node: str | None) -> str:
         for e in entries
     )
     sync = " Side by side: navigation is synchronised by node id (the Sync button)." if len(entries) > 1 else ""
+    if any(getattr(e, "beside", "") for e in entries[1:]):
+        sync += " The two exporters name their nodes differently: only nodes named alike follow each other."
     data = [Path(e.data).name for e in entries if e.data]
     weights = f" Weights in {esc(', '.join(data))} are not loaded by this view." if data else ""
     return (
@@ -85,10 +92,13 @@ def graph_html(found: list, choice: str | None = None, node: str | None = None) 
     """The chosen file in Netron's viewer (an iframe of the studio's own copy), or, for a graph too big to
     draw, why not and its download; with the divergence node named (and selected in model.onnx's view)."""
     if choice and SPLIT in choice:
-        pair = [next((e for e in found if e.label == part), None) for part in choice.split(SPLIT, 1)]
+        left, right = choice.split(SPLIT, 1)
+        other = next((e for e in found if e.label == right), None)
+        first = found[0] if found and other is not None and left == other.beside else None
+        pair = [first or next((e for e in found if e.label == left), None), other]
         if all(e is not None and _explorer(e) for e in pair):
             return _divergence_line(node, "selected in model.onnx, on the left") + _explorer_html(pair, node)
-        choice = choice.split(SPLIT, 1)[0]
+        choice = found[0].label if first is not None else left
     entry = next((e for e in found if e.label == choice), found[0] if found else None)
     if entry is None:
         return '<div class="muted" id="graph-none">No ONNX file to show.</div>'

@@ -372,7 +372,8 @@ DOWNLOAD_ORDER = ("model", "data", "report_json", "report_md", "example", "sampl
 
 def artifact_paths(report: Report, out: Path, zip_path: str | Path | None) -> list[str]:
     """model.onnx (+ .data), report.json, report.md, inference_example.py, sample_inputs.npz, every
-    variant's files (variants/model.int8.onnx, + .data), the zip."""
+    variant's files (variants/model.int8.onnx, + .data), --exporter compare's other file
+    (candidates/model.torchscript.onnx, + .data), the zip."""
     files = []
     for key in DOWNLOAD_ORDER:
         name = report.files.get(key)
@@ -385,6 +386,10 @@ def artifact_paths(report: Report, out: Path, zip_path: str | Path | None) -> li
     for v in report.variants:
         for name in v.files or ([v.file] if v.file else []):
             p = out / name
+            if p.is_file() and str(p) not in files:
+                files.append(str(p))
+    for row in report.comparison.rows if report.comparison else []:  # --exporter compare's other file (+ .data)
+        for p in (out / row.file, out / f"{row.file}.data") if row.file else ():
             if p.is_file() and str(p) not in files:
                 files.append(str(p))
     if zip_path and Path(zip_path).is_file():
