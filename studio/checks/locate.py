@@ -184,22 +184,22 @@ def _chunks(plan: _Plan, max_values: int, chunk_values: int, chunk_bytes: int):
 
 
 def _pair(plan: _Plan, key: str, got: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
-    """Each of the call's tensors with the exit of the same shape and dtype kind produced last (not used twice).
+    """Each of the call's tensors with the exit of the same shape and dtype kind produced last (not used twice);
+    m tensors of one shape and kind (a rotary embedding's cos, sin) take the last m such exits, in order.
     A scope shared by n calls: the k-th call takes the k-th such exit in graph order, when there are exactly n."""
     sc = plan.scopes[key]
     used: set[str] = set()
     pairs = []
-    for t in plan.expected[key]:
-        fits = [
-            v
-            for v in plan.exits[key]
-            if isinstance(got.get(v), np.ndarray)
-            and v not in used
-            and got[v].shape == t.shape
-            and _kind(got[v].dtype) == _kind(t.dtype)
-        ]
+    alike = lambda a, b: a.shape == b.shape and _kind(a.dtype) == _kind(b.dtype)  # noqa: E731
+    tensors = plan.expected[key]
+    for i, t in enumerate(tensors):
+        fits = [v for v in plan.exits[key] if isinstance(got.get(v), np.ndarray) and alike(got[v], t)]
         if sc.shared > 1:
-            fits = [fits[sc.call]] if len(fits) == sc.shared else []
+            fits = [fits[sc.call]] if len(fits) == sc.shared and fits[sc.call] not in used else []
+        else:
+            same = [u for u in tensors if alike(u, t)]
+            m, j = len(same), sum(1 for u in tensors[:i] if alike(u, t))
+            fits = [fits[len(fits) - m + j]] if len(fits) >= m else [v for v in fits if v not in used]
         if fits:
             used.add(fits[-1])
             pairs.append((fits[-1], t))
@@ -282,9 +282,12 @@ def locate(
     follow: int = FOLLOW,
     agreeing: int = AGREEING,
     optimization: str = "all",
+    wrapper: torch.nn.Module | None = None,
 ) -> Divergence:
     """Find the first value of `model_path` where ONNX Runtime leaves PyTorch on `tensors` (the rows `rows`,
-    0-based; all by default). `loaded` is the model the file was exported from. See the module's text."""
+    0-based; all by default). `loaded` is the model the file was exported from. See the module's text.
+    `wrapper`: the module the file was exported from when it is not `studio.sources.wrap`'s (it takes the
+    tensors in `tensors`' order and holds the model as `self.model`; a decoder's DecoderWithPast)."""
     started = time.perf_counter()
     atol = default("atol") if atol is None else atol
     rtol = default("rtol") if rtol is None else rtol
@@ -292,7 +295,7 @@ def locate(
         tensors = {n: t[list(rows)] for n, t in tensors.items()}
     batch = next(iter(tensors.values())).shape[0]
     names = list(tensors)
-    wrapper = wrap(loaded, names)
+    wrapper = wrap(loaded, names) if wrapper is None else wrapper.eval()
     model = onnx.load(str(model_path), load_external_data=False)
     plan, cut, final = _plan(model, wrapper, tuple(tensors[n] for n in names), max_bytes)
     div = Divergence(
