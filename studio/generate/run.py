@@ -16,6 +16,9 @@ pipeline: the plain forward, logits only). Stages, each announced through `say` 
 - generation: every prompt decoded greedily one by one and all together (left-padded) by transformers' `generate`
   and by ONNX Runtime through the file(s) (studio.generate.verify), and the shape probes over batch, sequence and
   past length (Report.dynamic);
+- locate: when a prompt's tokens really differ (not a near tie), or with --locate, the divergence locator on that
+  step (studio.generate.locate_step): report.json's `divergence`, the first node of model.onnx where ONNX Runtime
+  leaves PyTorch on the prompt and the reference's tokens before the step (decoders; encoder-decoders are not located);
 - variants: int8 / fp16 / optimized judged by the same generation (studio.generate.variants);
 - latency: time to first token and tokens/s, PyTorch against ONNX Runtime (studio.generate.speed);
 - writing: the tokenizer, config.json and generation_config.json at the folder's root (what optimum's ORTModel*,
@@ -65,6 +68,7 @@ FRACTION = {
     "checker": 0.5,
     "parity": 0.55,
     "generation": 0.6,
+    "locate": 0.7,
     "variants": 0.75,
     "latency": 0.85,
     "writing": 0.97,
@@ -120,6 +124,7 @@ def convert_generator(spec: ConvertSpec, loaded: LoadedModel, df: pd.DataFrame, 
 
     say("generation", FRACTION["generation"])
     runs, probes = _check(module, tokenizer, files, generator, prompts, spec)
+    divergence = _locate(spec, loaded, files, generator, runs, prompts, pad, say)
     ids, mask = _encoder(task)(tokenizer, prompts, pad)  # as the batched check fed them
     variant_rows, variant_infos = _variants(spec, loaded, files, ids, mask, eos, pad, threads, say)
 
@@ -157,6 +162,7 @@ def convert_generator(spec: ConvertSpec, loaded: LoadedModel, df: pd.DataFrame, 
         variants=variant_infos,
         warnings=warnings + list(loaded.info.get("warnings") or []),
         generation=generation,
+        divergence=divergence,
     )
     say("writing", FRACTION["writing"])
     report.files = write_files(spec, loaded, files, df, column, eos, work)
@@ -431,6 +437,23 @@ def _stacked(want: list[np.ndarray], got: list[np.ndarray]) -> tuple[np.ndarray,
         actual[i, : w.shape[0]] = g if g.shape == w.shape else np.nan
         real[i, : w.shape[0]] = True
     return expected, actual, real
+
+
+def _locate(
+    spec: ConvertSpec, loaded: LoadedModel, files: GeneratorFiles, generator: Any, runs: list[GenerationRun],
+    prompts: list[str], pad: int, say: Say,
+) -> dict[str, Any] | None:  # fmt: skip
+    """The divergence locator on the step where a prompt's tokens first really differ (not a near tie), or on
+    request (--locate): report.json's `divergence` (studio.generate.locate_step); it does not change the verdict."""
+    real = any(p.divergence is not None and not p.divergence.near_tie for r in runs for p in r.prompts)
+    if not (spec.locate or real):
+        return None
+    say("locate", FRACTION["locate"])
+    from studio.generate.locate_step import for_generation
+
+    found = for_generation(spec, loaded, files, generator, runs, prompts, pad)
+    runtime.release_memory()
+    return found
 
 
 def _check(
