@@ -107,6 +107,10 @@ def test_a_real_divergence_fails_and_is_located_at_the_corrupted_node(corrupted)
     lines = format_lines(Divergence.from_dict(saved))
     assert lines[0].startswith("divergence  FOUND") and words in lines[0]
     assert any("FIRST" in line and CORRUPT in line for line in lines)
+    from studio.cli.text import summary
+
+    printed = summary(report)
+    assert "divergence  FOUND" in printed and words in printed and CORRUPT in printed
     assert "locate" in report.timings["stages"]
 
 
