@@ -166,11 +166,12 @@ def generate_runs(
 
 
 def probe_sizes(sample_tokens: int, longest_new: int, max_positions: int | None) -> list[tuple[int, int, int]]:
-    """(batch, encoder sequence, past): past 0 (the first step alone), short, and longer than the sample's decode
-    (its new tokens plus 8), the encoder as long as the sample's longest prompt and beyond, within the positions."""
+    """(batch, encoder sequence, past): a one-token input with one past step, past 0 (the first step alone), short,
+    and longer than the sample's decode (its new tokens plus 8), the encoder up to the sample's longest prompt plus
+    8, within the positions."""
     long_past = longest_new + 8
     long_seq = sample_tokens + 8
-    sizes = [(1, 4, 0), (2, 5, 0), (2, 3, 3), (3, long_seq, 5), (2, 6, long_past), (1, long_seq, long_past)]
+    sizes = [(1, 1, 1), (1, 4, 0), (2, 5, 0), (2, 3, 3), (3, long_seq, 5), (2, 6, long_past), (1, long_seq, long_past)]
     if max_positions:
         sizes = [(b, min(s, max_positions), min(p, max_positions - 1)) for b, s, p in sizes]
     return sizes
