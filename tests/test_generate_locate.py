@@ -111,6 +111,12 @@ def test_a_real_divergence_fails_and_is_located_at_the_corrupted_node(corrupted)
 
     printed = summary(report)
     assert "divergence  FOUND" in printed and words in printed and CORRUPT in printed
+    # the page's graph view paints model.onnx from report.json's per_node, the corrupted node as the first
+    from studio.app.graph_overlay import divergence_overlay
+
+    overlay = divergence_overlay({"divergence": saved}, "model.onnx")
+    assert overlay is not None and overlay.first == CORRUPT and overlay.nodes == len(saved["per_node"])
+    assert CORRUPT in json.loads(overlay.doc)["model.onnx"]["results"]
     assert "locate" in report.timings["stages"]
 
 
