@@ -208,19 +208,22 @@ def reference_greedy(folder: Path, prompts: list[str], max_new_tokens: int) -> l
     return out
 
 
-def ort_greedy(path: Path, prompt_ids: list[int], max_new_tokens: int, eos: int | None, threads: int = 1):
+def ort_greedy(path_or_session, prompt_ids: list[int], max_new_tokens: int, eos: int | None, threads: int = 1):
     """A plain greedy loop over a decoder file with optimum's text-generation-with-past names (input_ids,
     attention_mask, position_ids when the graph has it, past_key_values.{i}.key/.value -> logits,
     present.{i}.key/.value), batch 1, written here without studio.generate: what a third party's loop does with
-    the file. Returns (new ids up to and with EOS, seconds of the whole decode)."""
+    the file. Takes a path or an open onnxruntime session (benchmarks/generation.py times two files with it).
+    Returns (new ids up to and with EOS, seconds of the whole decode, seconds to the first new token)."""
     import time
 
     import numpy as np
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = path_or_session
+    if not isinstance(sess, ort.InferenceSession):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        sess = ort.InferenceSession(str(path_or_session), opts, providers=["CPUExecutionProvider"])
     inputs = {i.name: i for i in sess.get_inputs()}
     pasts = [n for n in inputs if n.startswith("past_key_values.")]
     outs = [o.name for o in sess.get_outputs()]
@@ -232,6 +235,7 @@ def ort_greedy(path: Path, prompt_ids: list[int], max_new_tokens: int, eos: int 
     ids = np.asarray([prompt_ids], dtype=np.int64)
     seen = ids.shape[1]
     new: list[int] = []
+    first = None
     start = time.perf_counter()
     for _ in range(max_new_tokens):
         feeds["input_ids"] = ids
@@ -240,6 +244,7 @@ def ort_greedy(path: Path, prompt_ids: list[int], max_new_tokens: int, eos: int 
             feeds["position_ids"] = np.arange(seen - ids.shape[1], seen, dtype=np.int64)[None, :]
         result = dict(zip(outs, sess.run(outs, feeds)))
         token = int(result["logits"][0, -1].argmax())
+        first = time.perf_counter() - start if first is None else first
         new.append(token)
         if eos is not None and token == eos:
             break
@@ -247,4 +252,4 @@ def ort_greedy(path: Path, prompt_ids: list[int], max_new_tokens: int, eos: int 
             feeds[n] = result["present." + n[len("past_key_values.") :]]
         ids = np.asarray([[token]], dtype=np.int64)
         seen += 1
-    return new, time.perf_counter() - start
+    return new, time.perf_counter() - start, first
