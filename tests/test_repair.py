@@ -247,3 +247,33 @@ def test_badness_orders_attempts_by_how_far_they_are_from_passing():
 
     assert R.badness(info(True, 1.0)) < R.badness(info(False, 0.75)) < R.badness(info(False, 0.25))
     assert R.verdict(info(True, 1.0)).startswith("PASS")
+
+
+def test_a_repair_that_does_no_better_leaves_the_variant_as_built(built, tmp_path, monkeypatch):
+    """The overflow model's int8 has one quantized product: under an exact verdict, keeping it in float would leave
+    nothing quantized (refused), so no round does better and the unrepaired file stays, still failing."""
+    from studio import ConvertSpec, convert
+    from studio.variants import table as V
+
+    exact = V.Tolerance(0.0, 0.0, 1.0, "exact (test)")
+    real = V.tolerance
+    monkeypatch.setattr(V, "tolerance", lambda name, a, r: exact if name == "int8" else real(name, a, r))
+    report = convert(
+        ConvertSpec(
+            checkpoint=str(built["overflow"]),
+            data=str(built["sample"]),
+            out=str(tmp_path / "o"),
+            variants=("int8",),
+            exporter="torchscript",
+            trust_code=True,
+            latency_budget_s=0.02,
+            cuda=False,
+        )
+    )
+    (v,) = report.variants
+    assert not v.ok and v.repair["tried"] and not v.repair["passed"] and v.repair["kept"] == []
+    assert v.repair["stopped"].startswith("could not rebuild with 1 node(s) kept: NothingChanged")
+    assert v.kept_float == [] and v.quantized == 1 and v.repair["after"] == v.repair["before"]
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "o" / v.file)).graph.node}
+    assert "DynamicQuantizeMatMul" in ops  # the int8 file as built, put back
+    assert not list((tmp_path / "o" / "variants").glob(".*"))
