@@ -18,7 +18,7 @@ overflow that CUDA turns into inf.
 
 Rounds: the worst 1, 1, 2, 4, 8, 16 nodes are added to those kept in float (STEPS), each round re-scored on the
 file as rebuilt; at most MAX_ROUNDS rounds and MAX_SECONDS (no round starts after that). A repair that cannot
-pass leaves the best file it reached (fewest failing outputs, then the closest) and says so.
+pass leaves the best file it reached (`badness`: the closest verdict) and says so; none better: the file as built.
 """
 
 from __future__ import annotations
