@@ -157,13 +157,14 @@ def run_matrix_child(family: str, opsets: list[int], timeout: float) -> dict:
 
 
 def _cell(res: dict | None) -> str:
+    """PASS (one by one same/n + batched same/n), seconds; FAIL (the failed checks); refused / CRASH: message."""
     if not res:
         return "-"
     if res["outcome"] in ("PASS", "FAIL"):
-        runs = ", ".join(f"{x['mode']} {x['same']}/{x['n']}" for x in res.get("runs", []))
-        what = "PASS" if res["outcome"] == "PASS" else "FAIL (" + ", ".join(res["failed"]) + ")"
+        runs = " + ".join(f"{x['same']}/{x['n']}" for x in res.get("runs", []))
+        what = "PASS" if res["outcome"] == "PASS" else "FAIL: " + ", ".join(res["failed"]) + ";"
         extra = f"; {res['error'][:120]}" if res.get("error") else ""
-        return f"{what}: tokens == generate {runs}{extra}, {res['seconds']:.0f} s"
+        return f"{what} ({runs}){extra}, {res['seconds']:.0f} s"
     message = re.sub(r"\x1b\[[0-9;]*m", "", res.get("message", ""))
     return f"{res['outcome']}: {message[:160]}, {res['seconds']:.0f} s"
 
@@ -173,11 +174,12 @@ def _cache_cell(row: dict) -> str:
     if not res:
         return "-"
     c = res["cache"]
-    return f"{c.get('layers')} x {c.get('kv_heads')} kv heads x {c.get('head_dim')}"
+    return f"{c.get('layers')} x {c.get('kv_heads')} x {c.get('head_dim')}"
 
 
 def matrix_table(rows: list[dict], opsets: list[int]) -> str:
-    head = "| family | architecture | files | cache | " + " | ".join(f"opset {o}" for o in opsets) + " |"
+    head = "| family | architecture | files | cache: layers x kv heads x head dim | "
+    head += " | ".join(f"opset {o}" for o in opsets) + " |"
     lines = [head, "|" + "---|" * (4 + len(opsets))]
     for r in rows:
         if r.get("not_built") or r.get("child_died") or r.get("timeout"):
@@ -186,7 +188,7 @@ def matrix_table(rows: list[dict], opsets: list[int]) -> str:
             lines.append(f"| {r['type']} | - | - | - | {label}: {why[:160]} |" + " |" * (len(opsets) - 1))
             continue
         first = next(iter(r["opsets"].values()), {})
-        files = ", ".join(first.get("files") or []) or "-"
+        files = " + ".join(f.removesuffix(".onnx") for f in first.get("files") or []) or "-"
         cells = [_cell(r["opsets"].get(str(o))).replace("|", "\\|") for o in opsets]
         lines.append(
             f"| {r['type']} | {r.get('architecture', '-')} | {files} | {_cache_cell(r)} | " + " | ".join(cells) + " |"
@@ -217,6 +219,8 @@ def matrix(args) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=1))
     print(matrix_table(rows, opsets) + "\n\n" + matrix_summary(rows, opsets))
+    print("PASS (a + b): tokens == transformers' generate for a of the prompts one by one, b batched with padding;")
+    print("checker, first-step parity and the shape probes passed too (report.ok).")
     return (
         1 if any(r.get("child_died") or any(v["outcome"] == "CRASH" for v in r["opsets"].values()) for r in rows) else 0
     )
@@ -362,7 +366,7 @@ def compare_size(size: str, args, exe: str | None) -> dict:
     sample.write_text("prompt\n" + "\n".join(PROMPTS[: SIZES[size]["prompts"]]) + "\n")
     pairs = []
     for k in range(args.repeats):
-        order = ["studio", "optimum"] if k % 2 == 0 else ["optimum", "studio"]
+        order = ["studio", "optimum"] if (k + (args.first == "optimum")) % 2 == 0 else ["optimum", "studio"]
         pair: dict = {"order": order, "load_before": _load()}
         for who in order:
             print(f"== {size}: pair {k + 1}/{args.repeats}: {who}", file=sys.stderr, flush=True)
@@ -564,11 +568,14 @@ def main(argv: list[str] | None = None) -> int:
         help="path, 'auto' (PATH) or 'none'",
     )
     ap.add_argument("--repeats", type=int, default=1, help="compare: paired runs per size (default 1)")
+    ap.add_argument(
+        "--first", choices=("studio", "optimum"), default="studio", help="compare: who runs first in pair 1"
+    )
     ap.add_argument("--tokens", type=int, default=32, help="compare: new tokens per timed decode (default 32)")
     ap.add_argument("--rounds", type=int, default=5, help="compare: timed decodes per engine (default 5)")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "studio-genbench"), help="models and outputs")
     ap.add_argument("--json", help="also write the results here")
-    ap.add_argument("--from-json", help="compare: print the tables of an earlier run's --json")
+    ap.add_argument("--from-json", help="print the tables of an earlier run's --json (matrix or compare)")
     ap.add_argument("--matrix-child", help=argparse.SUPPRESS)
     ap.add_argument("--build-child", help=argparse.SUPPRESS)
     ap.add_argument("--speed-child", help=argparse.SUPPRESS)
@@ -596,7 +603,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(res))
         return 0
     if a.from_json:  # the tables again from a run's --json
-        for res in json.loads(Path(a.from_json).read_text()):
+        got = json.loads(Path(a.from_json).read_text())
+        if got and "opsets" in got[0]:
+            opsets = [int(x) for x in a.opsets.split(",")]
+            print(matrix_table(got, opsets) + "\n\n" + matrix_summary(got, opsets))
+        for res in [g for g in got if "pairs" in g]:
             print(compare_table(res) + "\n")
         return 0
     if a.matrix:
