@@ -277,3 +277,29 @@ def test_a_repair_that_does_no_better_leaves_the_variant_as_built(built, tmp_pat
     ops = {n.op_type for n in onnx.load(str(tmp_path / "o" / v.file)).graph.node}
     assert "DynamicQuantizeMatMul" in ops  # the int8 file as built, put back
     assert not list((tmp_path / "o" / "variants").glob(".*"))
+
+
+def test_the_loop_gives_up_after_rounds_that_do_no_better():
+    """The loop alone (rebuild / recheck / scores stand-ins): a round that does better resets the count; after
+    MAX_STALE rounds without a better verdict it stops and keeps the best, rebuilt; never a round past the budget."""
+    from studio.report.model import OutputDiff
+
+    def info(agreement):
+        d = OutputDiff("logits", 0.5, 0.5, False, agreement, [4, 3])
+        return VariantInfo("int8", "f", False, parity=ParityInfo(False, 0.1, 0.1, [d], 4, "cpu"), error="failed x")
+
+    agreements = iter([0.25, 0.5, 0.5, 0.25, 0.5, 0.5, 0.5])  # round 1 worse, round 2 better, then none better
+    built: list[list[str]] = []
+
+    def rebuild(kept):
+        built.append(list(kept))
+        return list(kept)
+
+    def recheck(made):
+        return (info(next(agreements)) if len(built) <= 5 else info(0.5)), None
+
+    plan = R.Repair(rebuild, recheck, lambda made, kept: [(f"n{i}", 1.0) for i in range(40) if f"n{i}" not in kept])
+    chosen, made, report = R.run(plan, R.Attempt([], info(0.4), None), [])
+    assert report["rounds"] == 2 + R.MAX_STALE and report["stopped"] == f"no better in {R.MAX_STALE} rounds"
+    assert chosen.kept == ["n0", "n1"] and made == ["n0", "n1"]  # round 2's file (1 + 1 nodes), rebuilt at the end
+    assert built[-1] == ["n0", "n1"] and not report["passed"]

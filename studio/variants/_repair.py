@@ -17,7 +17,8 @@ CPU graph of an fp16 Gemm -> LayerNorm -> Gemm holds no fp16 operator), so a CPU
 overflow that CUDA turns into inf.
 
 Rounds: the worst 1, 1, 2, 4, 8, 16 nodes are added to those kept in float (STEPS), each round re-scored on the
-file as rebuilt; at most MAX_ROUNDS rounds and MAX_SECONDS (no round starts after that). A repair that cannot
+file as rebuilt; at most MAX_ROUNDS rounds and MAX_SECONDS (no round starts after that), and it gives up after
+MAX_STALE rounds in a row that do no better (bert-base under a tight bound: 6 rounds, 198 s, none better). A repair that cannot
 pass leaves the best file it reached (`badness`: the closest verdict) and says so; none better: the file as built.
 """
 
@@ -42,6 +43,7 @@ FP16_MAX = 65504.0
 MAX_ROUNDS = 6
 MAX_SECONDS = 300.0
 STEPS = (1, 1, 2, 4, 8, 16)  # nodes added to the kept ones in each round
+MAX_STALE = 3  # rounds in a row without a better verdict before the repair gives up
 CHUNK = 32  # values fetched per run of a file
 SCORES_SHOWN = 5  # scores per round in the report
 
@@ -221,6 +223,7 @@ class Attempt:
     kept: list[str]
     info: VariantInfo
     target: Any
+    round: int = 0  # the round that built it (0: the unrepaired build)
 
 
 def verdict(info: VariantInfo) -> str:
@@ -302,23 +305,25 @@ def run(repair: Repair, failed: Attempt, made: Any) -> tuple[Attempt, Any, dict[
             stopped = f"could not rebuild with {len(kept)} node(s) kept: {first_line(e, with_type=True)}"
             last = Attempt(list(kept), failed.info, None)  # the file at the variant's path is no longer best's
             break
-        last = Attempt(list(kept), info, target)
-        rounds.append(
-            {
-                "kept": add,
-                "verdict": verdict(info),
-                "scores": [[n, None if math.isinf(s) else round(s, 4)] for n, s in shown],
-            }
-        )
+        entry = {
+            "kept": add,
+            "verdict": verdict(info),
+            "scores": [[n, None if math.isinf(s) else round(s, 4)] for n, s in shown],
+        }
+        rounds.append(entry)
+        last = Attempt(list(kept), info, target, len(rounds))
         if badness(info) < badness(best.info):
             best, best_made = last, made
         if info.ok:
             stopped = "passed"
             break
+        if len(rounds) - best.round >= MAX_STALE:
+            stopped = f"no better in {MAX_STALE} rounds"
+            break
     if best is not last and best is not failed:  # could not pass: the best file reached is the one kept
         best_made = repair.rebuild(list(best.kept))
         info, target = repair.recheck(best_made)
-        best = Attempt(list(best.kept), info, target)
+        best = Attempt(list(best.kept), info, target, best.round)
     chosen, chosen_made = best, best_made
     report = {
         "tried": True,
