@@ -61,11 +61,13 @@ def test_api_lists_named_endpoints(served):
     assert {"/convert", "/preview", "/load_demo", "/cancel"} <= names
     params = [p["parameter_name"] for p in api["named_endpoints"]["/convert"]["parameters"]]
     assert params[:3] == ["checkpoint", "sample", "roles"] and "opset" in params and "exporter" in params
-    assert params[-4:] == ["variants", "tabular", "task", "locate"]  # last, with defaults: older callers keep working
+    # new parameters last, with defaults: older callers keep working
+    assert params[-6:] == ["variants", "tabular", "task", "locate", "repair", "max_new_tokens"]
     by_name = {p["parameter_name"]: p for p in api["named_endpoints"]["/convert"]["parameters"]}
     assert by_name["variants"]["parameter_default"] == []
     assert by_name["tabular"]["parameter_has_default"] and by_name["tabular"]["parameter_default"] in (None, "")
     assert by_name["task"]["parameter_default"] == "auto" and by_name["locate"]["parameter_default"] is False
+    assert by_name["repair"]["parameter_default"] is True and by_name["max_new_tokens"]["parameter_default"] == 20
 
 
 def test_demo_conversion_downloads_a_model_that_runs(served, tmp_path):

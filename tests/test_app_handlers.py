@@ -175,8 +175,8 @@ def test_spec_from_ui_takes_variants_as_a_list_or_a_comma_string(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, words",
     [
-        ({"variants": ["int4"]}, "Variant 'int4' is not one of optimized, int8, fp16"),
-        ({"variants": "int8,turbo"}, "Variant 'turbo' is not one of optimized, int8, fp16"),
+        ({"variants": ["int4"]}, "Variant 'int4' is not one of optimized, int8, int8-static, fp16"),
+        ({"variants": "int8,turbo"}, "Variant 'turbo' is not one of optimized, int8, int8-static, fp16"),
         ({"checkpoint": None}, "No checkpoint uploaded"),
         ({"sample": ""}, "No sample file uploaded"),
         ({"roles": '{"review": "words"}'}, "is not one of text, tabular, ignore"),
@@ -484,11 +484,13 @@ def test_the_convert_table_names_real_controls_and_spec_fields():
 
     params = list(inspect.signature(StudioApp.convert).parameters)
     assert params == ["self", *h.CONVERT_NAMES, "request", "progress"]
-    assert h.CONVERT_NAMES[:3] == ("checkpoint", "sample", "roles") and h.CONVERT_NAMES[-4:] == (
+    assert h.CONVERT_NAMES[:3] == ("checkpoint", "sample", "roles") and h.CONVERT_NAMES[-6:] == (
         "variants",
         "tabular",
         "task",
         "locate",
+        "repair",
+        "max_new_tokens",
     )
     with pytest.raises(TypeError, match="unknown /convert parameter"):
         h.spec_from_ui("m.pt", "s.csv", max_len=64, out="o")
@@ -500,6 +502,15 @@ def test_the_locate_parameter_is_a_yes_or_no():
     assert h.spec_from_ui("m.pt", "s.csv", out="o", locate="false").locate is False
     with pytest.raises(StudioError, match="locate must be true or false"):
         h.spec_from_ui("m.pt", "s.csv", out="o", locate="maybe")
+
+
+def test_repair_and_new_tokens_reach_the_spec():
+    assert h.spec_from_ui("m.pt", "s.csv", out="o").repair is True  # the ConvertSpec defaults
+    assert h.spec_from_ui("m.pt", "s.csv", out="o").max_new_tokens == 20
+    spec = h.spec_from_ui("m.pt", "s.csv", out="o", repair=False, max_new_tokens=7, variants=["int8-static"])
+    assert (spec.repair, spec.max_new_tokens, spec.variants) == (False, 7, ("int8-static",))
+    with pytest.raises(StudioError, match="max_new_tokens must be a whole number"):
+        h.spec_from_ui("m.pt", "s.csv", out="o", max_new_tokens="many")
 
 
 def test_report_view_updates_every_output_by_name(tmp_path):

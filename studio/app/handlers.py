@@ -59,6 +59,7 @@ EXPORTER_ALIASES = {"new": "dynamo", "legacy": "torchscript", "torch.export": "d
 VARIANT_CHOICES = [
     ("optimized: ONNX Runtime fusions (ONNX Runtime only)", "optimized"),
     ("int8: dynamic quantization, for CPU", "int8"),
+    ("int8-static: calibrated on your rows (QDQ), for CPU", "int8-static"),
     ("fp16: for CUDA (checked on CPU when there is no GPU)", "fp16"),
 ]
 
@@ -414,6 +415,8 @@ CONVERT_PARAMS = (
     Param("tabular", "tabular_box", "tabular", lambda v: parse_tabular_value(v)),
     Param("task", "task", "task", lambda v: _text(v or default("task"), "Task").strip().lower(), default("task")),
     Param("locate", "locate", "locate", _read_flag("locate"), default("locate")),
+    Param("repair", "repair", "repair", _read_flag("repair"), default("repair")),
+    Param("max_new_tokens", "max_new_tokens", "max_new_tokens", _whole("max_new_tokens"), default("max_new_tokens")),
 )
 CONVERT_NAMES = tuple(p.name for p in CONVERT_PARAMS)
 

@@ -221,6 +221,20 @@ def _options(page: Page) -> None:
         info="Extra files beside model.onnx, under variants/. None is built unless "
         "ticked; each adds build, check and timing time.",
     )
+    with gr.Row():
+        page.repair = gr.Checkbox(
+            default("repair"),
+            label="Repair a variant that fails: keep its worst nodes in float, rebuild and recheck",
+            elem_id="repair",
+        )
+        page.max_new_tokens = gr.Number(
+            default("max_new_tokens"),
+            label="New tokens per prompt (language models)",
+            precision=0,
+            minimum=1,
+            elem_id="max-new-tokens",
+            min_width=130,
+        )
     with gr.Accordion("Advanced: tolerances, empty cells, latency budget, per-input dynamic dimensions", open=False):
         _advanced(page)
 

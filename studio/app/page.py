@@ -88,6 +88,8 @@ class Page:
     per_input: Any = None
     per_input_json: Any = None
     locate: Any = None
+    repair: Any = None
+    max_new_tokens: Any = None
     # 4. export
     export_btn: Any = None
     cancel_btn: Any = None

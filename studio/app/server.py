@@ -416,7 +416,9 @@ class StudioApp:
     def convert(self, values: dict[str, Any], request: gr.Request | None = None, progress=gr.Progress()):  # noqa: B008 - gradio injects its tracker through this default
         """Convert the uploaded checkpoint with the sample rows; returns the artifacts and the report.
         variants: faster artifacts to build beside model.onnx, checked and timed like it: any of
-        optimized, int8, fp16, as a list or a comma string (default none).
+        optimized, int8, int8-static, fp16, as a list or a comma string (default none); repair: a variant that
+        fails its verdict is rebuilt with its worst nodes kept in float (default true).
+        max_new_tokens: new tokens each prompt is continued by, for a language model (default 20).
         tabular: the columns feeding each tabular input, in order: `INPUT=COL1,COL2,...` lines (FIRST..LAST
         is a range) or a JSON object {input: [columns]} (default: the columns mapped tabular, in file order).
         task: what a model folder is exported as (the CLI's --task; default auto)."""
