@@ -448,7 +448,8 @@ def probes(
         elif bad:
             msg = (
                 f"{', '.join(d.name for d in bad)} differ{'s' if len(bad) == 1 else ''} from PyTorch at "
-                f"{at} (max abs diff {worst:.3g}): the {axis} size was baked into the graph"
+                f"{at} (max abs diff {worst:.3g}): a {axis} size traced into the graph (a constant shape), or "
+                "precision this file loses at this size (compare with the sample's difference)"
             )
             results.append(Probe(b, seq_used, False, worst, msg, axis))
         else:
