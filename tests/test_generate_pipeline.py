@@ -171,6 +171,9 @@ def test_a_gpt2_folder_is_a_generator_verified_by_generating(gpt2_out, folders):
     assert max(p["past"] for p in g.probes) > 0  # past lengths beyond a prefill are probed
     assert report.parity.ok and report.parity.outputs[0].name == "logits" and report.parity.rows == len(PROMPTS)
     assert any(s.engine == "onnxruntime" and s.tokens_per_s for s in g.speed)
+    cpu = [s for s in g.speed if s.provider != "CUDAExecutionProvider"]  # the check's own decodes, no others
+    assert [(s.batch, s.iterations) for s in cpu] == [(1, len(PROMPTS))] * 2 + [(len(PROMPTS), 1)] * 2
+    assert all("generation check" in (s.note or "") and s.ttft_ms and s.tokens_per_s for s in cpu), cpu
     saved = json.loads((out / "report.json").read_text())
     assert saved["ok"] and saved["generation"]["ok"] and saved["generation"]["task"] == "text-generation"
 

@@ -219,3 +219,39 @@ def test_the_cuda_rows_timing_path_fills_both_figures(lm):
     assert row.error is None and row.io_binding and row.batch == 3 and row.new_tokens == NEW
     assert row.ttft_ms and row.ttft_ms > 0 and row.tokens_per_s and row.tokens_per_s > 0 and row.iterations >= 3
     assert len(bound.firsts) >= row.iterations  # one first-token time per decode
+
+
+def test_the_cpu_rows_are_the_generation_checks_own_timed_decodes(lm):
+    """No decode of their own: each figure is the median of the check's decodes (one per prompt at batch 1, the
+    batched one at the sample's batch), both engines timed the same way, and the rows say so."""
+    from studio.generate.verify import check_generation
+
+    tok = tiny_lm.tokenizer()
+    prompts = tiny_lm.PROMPTS[:3]
+    timings: list = []
+    gen = _generator(lm)
+    calls = []
+    inner = gen.greedy
+    gen.greedy = lambda *a: calls.append(a[0].shape) or inner(*a)
+    runs, _ = check_generation(lm.module, tok, lm.files, prompts, NEW, ort_generator=gen, probes=False, timings=timings)
+    assert len(calls) == len(prompts) + 1 and [t.mode for t in timings] == ["one by one"] * 3 + ["batched"]
+    for t in timings:  # both engines' own clocks: the first token inside the whole decode
+        assert 0 < t.reference_first <= t.reference_total and 0 < t.onnx_first <= t.onnx_total, t
+        assert t.reference_tokens == t.onnx_tokens == NEW or not all(r.ok for r in runs)
+    rows = speed.speed_from_check(timings, gen.providers(), THREADS, "eager attention")
+    assert len(calls) == len(prompts) + 1  # building the rows decoded nothing
+    assert [(r.engine, r.batch, r.iterations) for r in rows] == [
+        ("torch", 1, 3), ("onnxruntime", 1, 3), ("torch", 3, 1), ("onnxruntime", 3, 1)
+    ]  # fmt: skip
+    ones = [t for t in timings if t.mode == "one by one"]
+    want = float(np.median([NEW / t.onnx_total for t in ones]))
+    assert rows[1].tokens_per_s == pytest.approx(want, rel=1e-3)  # the median of the one-by-one decodes
+    assert rows[0].ttft_ms == pytest.approx(1000 * float(np.median([t.reference_first for t in ones])), rel=1e-3)
+    batched = timings[-1]
+    assert rows[3].tokens_per_s == pytest.approx(3 * NEW / batched.onnx_total, rel=1e-3)
+    assert rows[2].sequence == lm.ids.shape[1] and rows[1].provider == "CPUExecutionProvider"
+    for r in rows:
+        assert r.error is None and r.threads == THREADS and speed.CHECK_NOTE in (r.note or ""), r
+    assert "eager attention" in rows[0].note and "median of 3 prompts" in rows[0].note
+    cuda = speed.cuda_speed(lm.files, timings, lm.ids, lm.mask, threads=THREADS, cuda=False)
+    assert [(r.batch, r.error) for r in cuda] == [(1, speed.NO_CUDA), (3, speed.NO_CUDA)]

@@ -161,3 +161,27 @@ def test_an_engine_that_stops_early_is_a_divergence():
     run = compare_steps(ref, got, ["p"], "one by one", 1e-4, 1e-3)
     d = run.prompts[0].divergence
     assert not run.ok and d is not None and (d.step, d.expected, d.got, d.got_text) == (2, 2, -1, "<end>")
+
+
+def test_references_decoded_beforehand_give_the_same_verdict_tokens_and_logits(llama):
+    """transformers' decodes done first (as the pipeline runs them beside the export) and handed in: the check's
+    runs are those of decoding them inside it; a partial set is completed."""
+    from studio.generate.verify import BATCHED, ONE_BY_ONE, reference_decodes
+
+    model, files = llama
+    tok = tiny_lm.tokenizer()
+    prompts = tiny_lm.PROMPTS[:3]
+    inside, _ = check_generation(model, tok, files, prompts, NEW, probes=False)
+    done = reference_decodes(model, tok, prompts, NEW, {})
+    assert len(done[ONE_BY_ONE]) == 3 and len(done[BATCHED]) == 1
+    partial = {ONE_BY_ONE: done[ONE_BY_ONE][:1]}  # a thread that stopped after one prompt
+    for refs in (done, partial):
+        given, _ = check_generation(model, tok, files, prompts, NEW, probes=False, references=refs)
+        assert [r.ok for r in given] == [r.ok for r in inside] and len(given) == 2
+        for a, b in zip(inside, given):
+            for p, q in zip(a.prompts, b.prompts):
+                assert (p.reference_ids, p.onnx_ids, p.max_logits_diff) == (
+                    q.reference_ids,
+                    q.onnx_ids,
+                    q.max_logits_diff,
+                )

@@ -81,6 +81,25 @@ def lengths_of(ids: np.ndarray, eos: set[int]) -> list[int]:
     return out
 
 
+class FirstToken:
+    """A stopping criterion that never stops: it notes when generate produced its first new token (transformers
+    calls the criteria once per step, after the step's token is appended)."""
+
+    def __init__(self, firsts: list[float]):
+        self.firsts, self.start = firsts, 0.0
+        self.seen = False
+
+    def begin(self) -> FirstToken:
+        self.start, self.seen = time.perf_counter(), False
+        return self
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        if not self.seen:
+            self.firsts.append((time.perf_counter() - self.start) * 1000.0)
+            self.seen = True
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
 def reference_steps(
     module: Any,
     input_ids: np.ndarray,
@@ -89,8 +108,10 @@ def reference_steps(
     eos_token_id: int | list[int] | None,
     pad_token_id: int,
 ) -> Steps:
-    """transformers' greedy decode of the (left-padded) batch, with the raw logits of every step."""
-    from transformers import GenerationConfig
+    """transformers' greedy decode of the (left-padded) batch, with the raw logits of every step; timed as the
+    ONNX Runtime decode is (Steps.seconds_first: the prompt's forward and the first token, noted by a stopping
+    criterion that never stops; seconds_total: the whole `generate` call), with torch's threads as they are."""
+    from transformers import GenerationConfig, StoppingCriteriaList
 
     gen = GenerationConfig(
         do_sample=False,
@@ -110,14 +131,24 @@ def reference_steps(
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            start = time.perf_counter()
-            out = module.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
+            firsts: list[float] = []
+            clock = FirstToken(firsts).begin()
+            start = clock.start
+            out = module.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                generation_config=gen,
+                stopping_criteria=StoppingCriteriaList([clock]),
+            )
             total = time.perf_counter() - start
     finally:
         module.train(was)
     new = out.sequences[:, ids.shape[1] :].cpu().numpy().astype(np.int64)
     logits = [s.detach().float().cpu().numpy() for s in out.logits]
-    return Steps(ids=new, logits=logits, lengths=lengths_of(new, eos_ids(eos_token_id)), seconds_total=total)
+    first = firsts[0] / 1000.0 if firsts else None
+    return Steps(
+        ids=new, logits=logits, lengths=lengths_of(new, eos_ids(eos_token_id)), seconds_first=first, seconds_total=total
+    )
 
 
 def forward_logits(module: Any, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:

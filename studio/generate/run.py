@@ -28,9 +28,11 @@ pipeline: the plain forward, logits only). Stages, each announced through `say` 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -123,18 +125,16 @@ def convert_generator(spec: ConvertSpec, loaded: LoadedModel, df: pd.DataFrame, 
     parity = first_step_parity(module, tokenizer, generator, prompts, pad, spec.atol, spec.rtol)
 
     say("generation", FRACTION["generation"])
-    runs, probes = _check(module, tokenizer, files, generator, prompts, spec)
+    timings: list[Any] = []  # the check's decode pairs, timed: the speed rows of decoders
+    before = machine_load()
+    runs, probes = _check(module, tokenizer, files, generator, prompts, spec, threads, timings)
+    busy = busy_since(before)
     divergence = _locate(spec, loaded, files, generator, runs, prompts, pad, say)
     ids, mask = _encoder(task)(tokenizer, prompts, pad)  # as the batched check fed them
     variant_rows, variant_infos = _variants(spec, loaded, files, ids, mask, eos, pad, threads, say)
 
     say("latency", FRACTION["latency"])
-    from studio.generate.speed import measure_speed
-
-    speed = measure_speed(
-        module, generator, ids, mask, spec.max_new_tokens, threads=threads, budget_s=spec.latency_budget_s,
-        cuda=spec.cuda, files=files,
-    )  # fmt: skip
+    speed = _speed(spec, module, generator, files, ids, mask, threads, timings, busy)
     generation = GenerationInfo(
         task=task,
         with_past=files.cache is not None,
@@ -456,9 +456,57 @@ def _locate(
     return found
 
 
+def machine_load() -> dict[str, Any]:
+    from studio.timing.latency import machine
+
+    return machine()
+
+
+def busy_since(before: dict[str, Any]) -> str | None:
+    from studio.generate.speed import busy_note
+
+    return busy_note(before, machine_load())
+
+
+def _speed(
+    spec: ConvertSpec, module: Any, generator: Any, files: GeneratorFiles, ids: np.ndarray, mask: np.ndarray,
+    threads: int, timings: list[Any], busy: str | None,
+) -> list[Any]:  # fmt: skip
+    """The speed rows. A decoder's CPU rows are the generation check's own timed decodes (no decode of their own);
+    ORT CUDA (IO binding) is timed by repeated decodes where CUDA is really in use. An encoder-decoder's check is
+    not timed: its rows are measure_speed's repeated decodes."""
+    from studio.generate import speed as speed_mod
+
+    if files.task != TEXT_GENERATION or not timings:
+        return speed_mod.measure_speed(
+            module, generator, ids, mask, spec.max_new_tokens, threads=threads, budget_s=spec.latency_budget_s,
+            cuda=spec.cuda, files=files,
+        )  # fmt: skip
+    attention = getattr(module.config, "_attn_implementation", None)
+    how = f"{attention} attention, as the check's reference ran (the export traced eager)" if attention else None
+    rows = speed_mod.speed_from_check(timings, generator.providers(), threads, how, busy)
+    return rows + speed_mod.cuda_speed(
+        files, timings, ids, mask, threads=threads, budget_s=spec.latency_budget_s, cuda=spec.cuda
+    )
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op threads set to the studio's (what the ORT sessions use) for the block, then restored."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _check(
-    module: Any, tokenizer: Any, files: GeneratorFiles, generator: Any, prompts: list[str], spec: ConvertSpec
-) -> tuple[list[GenerationRun], list[dict[str, Any]]]:
+    module: Any, tokenizer: Any, files: GeneratorFiles, generator: Any, prompts: list[str], spec: ConvertSpec,
+    threads: int, timings: list[Any], references: dict[str, Any] | None = None,
+) -> tuple[list[GenerationRun], list[dict[str, Any]]]:  # fmt: skip
     if files.task == TEXT2TEXT_GENERATION:
         from studio.generate.seq2seq_check import check_seq2seq
 
@@ -467,9 +515,12 @@ def _check(
         )
     from studio.generate.verify import check_generation
 
-    return check_generation(
-        module, tokenizer, files, prompts, spec.max_new_tokens, spec.atol, spec.rtol, ort_generator=generator
-    )
+    module.eval()
+    with torch_threads(threads):  # PyTorch's decodes are timed (the speed rows): with the threads ORT has
+        return check_generation(
+            module, tokenizer, files, prompts, spec.max_new_tokens, spec.atol, spec.rtol, ort_generator=generator,
+            timings=timings, references=references,
+        )  # fmt: skip
 
 
 def _encoder(task: str) -> Any:

@@ -38,6 +38,8 @@ import torch
 from studio.checks import runtime
 from studio.errors import first_line
 from studio.generate.base import TEXT_GENERATION, GeneratorFiles, OrtGenerator
+from studio.generate.reference import FirstToken
+from studio.generate.verify import BATCHED, ONE_BY_ONE, Timed
 from studio.quiet import quiet
 from studio.report.model import GenerationSpeed
 from studio.spec import default
@@ -62,25 +64,6 @@ def sizes(input_ids: np.ndarray, attention_mask: np.ndarray) -> list[tuple[np.nd
 
 
 # --- PyTorch ---------------------------------------------------------------------------------------
-
-
-class FirstToken:
-    """A stopping criterion that never stops: it notes when generate produced its first new token (transformers
-    calls the criteria once per step, after the step's token is appended)."""
-
-    def __init__(self, firsts: list[float]):
-        self.firsts, self.start = firsts, 0.0
-        self.seen = False
-
-    def begin(self) -> FirstToken:
-        self.start, self.seen = time.perf_counter(), False
-        return self
-
-    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        if not self.seen:
-            self.firsts.append((time.perf_counter() - self.start) * 1000.0)
-            self.seen = True
-        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 def torch_decode(
@@ -385,6 +368,99 @@ def measure_speed(
         if busy and row.provider != runtime.CUDA and row.error is None:
             row.note = "; ".join(filter(None, [row.note, busy]))
     return rows
+
+
+CHECK_NOTE = "from the generation check's own decodes"
+
+
+def _median(xs: list[float | None]) -> float | None:
+    kept = [x for x in xs if x is not None]
+    return float(np.median(kept)) if kept else None
+
+
+def _check_row(engine: str, provider: str, group: list[Timed], threads: int, note: str | None) -> GenerationSpeed:
+    """One engine's row at one size: the medians over the check's decodes of that size (each decode's tokens/s =
+    batch x its new tokens / its wall time; ttft = its time to the first new token)."""
+    torch_side = engine == TORCH
+    firsts = [t.reference_first if torch_side else t.onnx_first for t in group]
+    rates, counts = [], []
+    for t in group:
+        total, tokens = (t.reference_total, t.reference_tokens) if torch_side else (t.onnx_total, t.onnx_tokens)
+        counts.append(tokens)
+        if total is not None and total > 0:
+            rates.append(t.batch * tokens / total)
+    first = _median(firsts)
+    mode = group[0].mode
+    lengths = sorted({t.sequence for t in group})
+    how = (
+        f"{CHECK_NOTE}: median of {len(group)} prompt{'s' * (len(group) != 1)} decoded one by one"
+        + (f" ({lengths[0]}-{lengths[-1]} tokens)" if len(lengths) > 1 else "")
+        if mode == ONE_BY_ONE
+        else f"{CHECK_NOTE}: the batched decode"
+    )
+    row = GenerationSpeed(
+        engine,
+        provider,
+        group[0].batch,
+        int(np.median(counts)),
+        ttft_ms=round(first * 1000.0, 3) if first is not None else None,
+        tokens_per_s=round(float(np.median(rates)), 2) if rates else None,
+        threads=threads,
+        iterations=len(rates),
+        sequence=int(np.median([t.sequence for t in group])),
+        note="; ".join(filter(None, [note, how])),
+    )
+    if not rates:
+        row.error = "the check's decodes were not timed"
+    return row
+
+
+def speed_from_check(
+    timings: list[Timed], providers: list[str], threads: int, attention: str | None = None, busy: str | None = None
+) -> list[GenerationSpeed]:
+    """PyTorch (transformers' `generate`, the check's reference) and ONNX Runtime CPU rows from the generation
+    check's own timed decodes, with no decode of their own: at batch 1 the medians over the prompts decoded one by
+    one, at the sample's batch the batched decode. `providers`: what the generator's session really used;
+    `threads`: what both engines ran with (the check sets torch's to the studio's); `attention`: how PyTorch ran;
+    `busy`: a busy machine, said in every row."""
+    provider = (providers or ["?"])[0]
+    ort_note = None if provider == runtime.CPU else f"the generator's sessions run on {', '.join(providers)}"
+    rows: list[GenerationSpeed] = []
+    for mode in (ONE_BY_ONE, BATCHED):
+        group = [t for t in timings if t.mode == mode]
+        if not group:
+            continue
+        rows.append(_check_row(TORCH, TORCH_CPU, group, threads, "; ".join(filter(None, [attention, busy])) or None))
+        rows.append(_check_row(ORT, provider, group, threads, "; ".join(filter(None, [ort_note, busy])) or None))
+    return rows
+
+
+def cuda_speed(
+    files: GeneratorFiles,
+    timings: list[Timed],
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    *,
+    threads: int | None = None,
+    budget_s: float = default("latency_budget_s"),
+    cuda: bool = default("cuda"),
+) -> list[GenerationSpeed]:
+    """The ORT CUDA rows (IO binding, repeated decodes: what the CPU check cannot show) at batch 1 and the sample's
+    batch, as many new tokens as the check's ORT decodes made; or, per size, why there is no number."""
+    cases = sizes(np.asarray(input_ids), np.asarray(attention_mask))
+    counts = []
+    for mode in (ONE_BY_ONE, BATCHED)[: len(cases)]:
+        made = [t.onnx_tokens for t in timings if t.mode == mode]
+        counts.append(max(1, made[0]) if made else 1)
+    bound: BoundDecoder | None
+    why: str | None
+    bound, why = cuda_decoder(files, threads) if cuda else (None, NO_CUDA)
+    try:
+        return _cuda_rows(bound, why, cases, counts, budget_s)
+    finally:
+        if bound is not None:
+            bound = None  # the CUDA session goes before the next stage
+            runtime.release_memory()
 
 
 def busy_note(before: dict[str, Any], after: dict[str, Any]) -> str | None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,31 @@ from studio.generate.reference import encode, reference_steps, special_tokens
 from studio.report.model import GenerationRun, PromptResult, TokenDiff
 
 ONE_BY_ONE, BATCHED = "one by one", "batched"
+
+
+@dataclass
+class Timed:
+    """One decode pair of the check, timed: both engines' Steps.seconds_first / seconds_total and how many new
+    tokens each decoded, for the speed rows (studio.generate.speed.speed_from_check)."""
+
+    mode: str  # ONE_BY_ONE | BATCHED
+    batch: int
+    sequence: int  # the prompt's tokens (the longest, padding included)
+    reference_first: float | None
+    reference_total: float | None
+    reference_tokens: int
+    onnx_first: float | None
+    onnx_total: float | None
+    onnx_tokens: int
+
+
+def timed(mode: str, ids: np.ndarray, ref: Steps, got: Steps) -> Timed:
+    return Timed(
+        mode, int(ids.shape[0]), int(ids.shape[1]), ref.seconds_first, ref.seconds_total, int(ref.ids.shape[1]),
+        got.seconds_first, got.seconds_total, int(got.ids.shape[1]),
+    )  # fmt: skip
+
+
 TEXT_CHARS = 200  # a prompt's text in the report, at most
 
 
@@ -185,8 +211,11 @@ def _generate_runs(
     max_new_tokens: int,
     atol: float,
     rtol: float,
+    timings: list[Timed] | None = None,
+    references: dict[str, list[Steps]] | None = None,
 ) -> list[GenerationRun]:
     eos, pad = special_tokens(module, tokenizer)
+    done = references or {}
 
     def decode(ids: list[int]) -> str:
         return str(tokenizer.decode(ids))
@@ -196,8 +225,11 @@ def _generate_runs(
     try:
         for i, text in enumerate(prompts):
             ids, mask = encode(tokenizer, [text], pad)
-            ref = reference_steps(module, ids, mask, max_new_tokens, eos, pad)
+            known = done.get(ONE_BY_ONE) or []
+            ref = known[i] if i < len(known) else reference_steps(module, ids, mask, max_new_tokens, eos, pad)
             got = generator.greedy(ids, mask, max_new_tokens)
+            if timings is not None:
+                timings.append(timed(ONE_BY_ONE, ids, ref, got))
             rows.append(compare_row(ref, got, 0, i, text, atol, rtol, decode))
         runs.append(run_verdict(ONE_BY_ONE, rows))
     except MemoryError:
@@ -207,14 +239,34 @@ def _generate_runs(
     if len(prompts) > 1:
         try:
             ids, mask = encode(tokenizer, prompts, pad)
-            ref = reference_steps(module, ids, mask, max_new_tokens, eos, pad)
+            known = done.get(BATCHED) or []
+            ref = known[0] if known else reference_steps(module, ids, mask, max_new_tokens, eos, pad)
             got = generator.greedy(ids, mask, max_new_tokens)
+            if timings is not None:
+                timings.append(timed(BATCHED, ids, ref, got))
             runs.append(compare_steps(ref, got, prompts, BATCHED, atol, rtol, decode, padding_side="left"))
         except MemoryError:
             raise
         except Exception as e:  # noqa: BLE001 - as above
             runs.append(GenerationRun(BATCHED, ok=False, padding_side="left", error=first_line(e, with_type=True)))
     return runs
+
+
+def reference_decodes(
+    module: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, into: dict[str, list[Steps]]
+) -> dict[str, list[Steps]]:
+    """transformers' Steps of the check (every prompt alone, then all together when several), appended to `into`
+    as they are done (so a thread's partial work is kept; check_generation decodes what is missing)."""
+    prompts = [str(p) for p in prompts]
+    eos, pad = special_tokens(module, tokenizer)
+    ones = into.setdefault(ONE_BY_ONE, [])
+    for text in prompts[len(ones) :]:
+        ids, mask = encode(tokenizer, [text], pad)
+        ones.append(reference_steps(module, ids, mask, max_new_tokens, eos, pad))
+    if len(prompts) > 1 and not into.get(BATCHED):
+        ids, mask = encode(tokenizer, prompts, pad)
+        into[BATCHED] = [reference_steps(module, ids, mask, max_new_tokens, eos, pad)]
+    return into
 
 
 def step_feeds(
@@ -296,16 +348,21 @@ def check_generation(
     rtol: float = 1e-3,
     ort_generator: OrtDecoder | None = None,
     probes: bool = True,
+    timings: list[Timed] | None = None,
+    references: dict[str, list[Steps]] | None = None,
 ) -> tuple[list[GenerationRun], list[dict[str, Any]]]:
     """Generate the prompts with transformers and with ONNX Runtime through `files`; probe the file's shapes.
-    See the module's docstring for what each result holds."""
+    See the module's docstring for what each result holds. `timings`: each decode pair's Timed is appended
+    (the speed rows are these decodes). `references`: transformers' Steps already decoded for these prompts
+    (reference_decodes, e.g. run beside the export): {ONE_BY_ONE: one per prompt, BATCHED: [one]}; what is
+    missing is decoded here."""
     prompts = [str(p) for p in prompts]
     if not prompts:
         raise StudioError("no prompt to generate from", hint="the sample's text column is empty")
     eos, pad = special_tokens(module, tokenizer)
     generator = ort_generator or OrtDecoder(files, eos_token_id=eos, pad_token_id=pad)
     module.eval()
-    runs = _generate_runs(module, tokenizer, generator, prompts, max_new_tokens, atol, rtol)
+    runs = _generate_runs(module, tokenizer, generator, prompts, max_new_tokens, atol, rtol, timings, references)
     found: list[dict[str, Any]] = []
     if probes and generator.with_past:
         longest = max(int(encode(tokenizer, [p], pad)[0].shape[1]) for p in prompts) + max_new_tokens
