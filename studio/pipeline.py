@@ -242,7 +242,8 @@ def _run(spec: ConvertSpec, work: Path, say: Progress) -> Report:
     variant_infos, latency = _variants_and_latency(
         spec, loaded, batch.tensors, model_path, axes, work, say, session, calls
     )
-    profile = _profile(spec, batch.tensors, model_path, variant_infos, work, say)
+    kept = [r.file for r in comparison.rows if r.file and r.file != "model.onnx"] if comparison else []
+    profile = _profile(spec, batch.tensors, model_path, [v.file for v in variant_infos if v.file] + kept, work, say)
 
     report = Report(
         source=loaded.describe(),
@@ -451,14 +452,15 @@ def _variants_and_latency(
 
 
 def _profile(
-    spec: ConvertSpec, tensors: Tensors, model_path: Path, variants: list[VariantInfo], work: Path, say: Progress
+    spec: ConvertSpec, tensors: Tensors, model_path: Path, others: list[str], work: Path, say: Progress
 ) -> dict[str, Any]:
-    """ONNX Runtime's per-node profile of model.onnx and of each variant file on the sample (studio.checks.profile),
-    after latency so that it times nothing beside it; each file's runs within min(1 s, the latency budget)."""
+    """ONNX Runtime's per-node profile of model.onnx and of the other files (each variant, the other exporter's file
+    kept by --exporter compare; paths relative to the output folder) on the sample (studio.checks.profile), after
+    latency so that it times nothing beside it; each file's runs within min(1 s, the latency budget)."""
     say("profile", _FRACTION["profile"])
     from studio.checks import profile as profile_mod
 
-    files = {v.file: work / v.file for v in variants if v.file and (work / v.file).is_file()}
+    files = {f: work / f for f in others if (work / f).is_file()}
     arrays = {n: t.detach().cpu().numpy() for n, t in tensors.items()}
     budget = min(profile_mod.BUDGET_S, spec.latency_budget_s)
     return profile_mod.for_report(model_path, arrays, work, files, threads=spec.threads, budget_s=budget)

@@ -121,6 +121,9 @@ def test_model_onnx_is_the_winners_file_and_the_other_is_kept_beside_it(compared
     assert f"{kept.producer_name} {kept.producer_version}".strip() == other["producer"]
     assert sum(1 for _ in kept.graph.node) == other["nodes"]
     assert sorted((out / "candidates").iterdir()) == [out / other["file"]]  # embedded weights: no .data
+    # ORT's per-node profile covers it too (the graph view's time overlay of the split), by its own node names
+    timed = report["profile"]["variants"][other["file"]]["graph_nodes"]
+    assert timed and set(timed) <= {n.name for n in kept.graph.node}
 
 
 def test_cli_table_and_report_md(compared):
