@@ -133,6 +133,8 @@ def test_cli_table_and_report_md(compared):
     head = next(i for i, line in enumerate(lines) if line.startswith("compare  "))
     assert lines[head] == f"compare  {winner} chosen: {report['comparison']['reason']}"
     assert lines[head + 1].split()[:3] == ["exporter", "export", "opset"]
+    loser = next(r for r in report["comparison"]["rows"] if r["exporter"] != winner)
+    assert f"kept     {loser['exporter']}: {loser['file']} (the other exporter's file" in stdout
     rows = {line.split()[0]: line.split() for line in lines[head + 2 : head + 4]}
     assert set(rows) == {"dynamo", "torchscript"} and rows[winner][-1] == "chosen"
     for name, cells in rows.items():

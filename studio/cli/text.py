@@ -165,7 +165,9 @@ def _comparison_lines(c: Comparison | None) -> list[str]:
     """--exporter compare: the winner, why, and both exporters' rows."""
     if c is None:
         return []
-    return [f"compare  {c.winner} chosen: {shown(c.reason)}", table(COMPARISON_COLUMNS, comparison_rows(c))]
+    kept = [f"{r.exporter}: {shown(r.file)}" for r in c.rows if r.file and r.file != "model.onnx"]
+    lines = [f"compare  {c.winner} chosen: {shown(c.reason)}", table(COMPARISON_COLUMNS, comparison_rows(c))]
+    return lines + ([f"kept     {', '.join(kept)} (the other exporter's file, beside model.onnx)"] if kept else [])
 
 
 class SafeStream:
