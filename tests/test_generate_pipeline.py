@@ -172,7 +172,10 @@ def test_a_gpt2_folder_is_a_generator_verified_by_generating(gpt2_out, folders):
     assert report.parity.ok and report.parity.outputs[0].name == "logits" and report.parity.rows == len(PROMPTS)
     assert any(s.engine == "onnxruntime" and s.tokens_per_s for s in g.speed)
     cpu = [s for s in g.speed if s.provider != "CUDAExecutionProvider"]  # the check's own decodes, no others
-    assert [(s.batch, s.iterations) for s in cpu] == [(1, len(PROMPTS))] * 2 + [(len(PROMPTS), 1)] * 2
+    assert [s.batch for s in cpu] == [1, 1, len(PROMPTS), len(PROMPTS)] and cpu[0].iterations == cpu[1].iterations
+    for s in cpu:  # a decode whose PyTorch side ran beside the export is left out, and said; never made up
+        assert 1 <= s.iterations <= (len(PROMPTS) if s.batch == 1 else 1), s
+        assert s.batch > 1 or s.iterations == len(PROMPTS) or "left out" in s.note, s
     assert all("generation check" in (s.note or "") and s.ttft_ms and s.tokens_per_s for s in cpu), cpu
     saved = json.loads((out / "report.json").read_text())
     assert saved["ok"] and saved["generation"]["ok"] and saved["generation"]["task"] == "text-generation"
@@ -328,3 +331,31 @@ def test_the_generation_rows_escape_nothing_and_say_near_ties():
     assert generation.probe_rows(
         GenerationInfo("text-generation", True, False, probes=[{"batch": 2, "ok": False, "max_abs_diff": float("nan")}])
     )[0][3:5] == ["FAIL", "nan"]  # a NaN stays a NaN
+
+
+def test_the_pytorch_side_beside_the_export_equals_running_it_after_and_a_failure_is_reported(folders):
+    """The thread's first-step logits and transformers' decodes are those of running them in the main thread
+    afterwards; a thread that fails leaves its work to its stage and says so."""
+    import numpy as np
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from studio.generate.reference import encode, forward_logits
+    from studio.generate.run import Ahead, torch_threads
+    from studio.generate.verify import BATCHED, ONE_BY_ONE, reference_decodes
+
+    model = AutoModelForCausalLM.from_pretrained(folders["gpt2"]).eval()
+    tok = AutoTokenizer.from_pretrained(folders["gpt2"])
+    ahead = Ahead(model, tok, PROMPTS, 4, 0, 1)
+    assert Ahead.fits("text-generation", model) and not Ahead.fits("text2text-generation", model)
+    ahead.start()
+    assert ahead.join() == [] and ahead.error is None
+    with torch_threads(1):  # as the thread ran (the pipeline gives both the studio's threads)
+        after = reference_decodes(model, tok, PROMPTS, 4, {})
+        forwards = [forward_logits(model, *encode(tok, [text], 0))[0] for text in PROMPTS]
+    for want, got in zip(after[ONE_BY_ONE] + after[BATCHED], ahead.references[ONE_BY_ONE] + ahead.references[BATCHED]):
+        assert np.array_equal(want.ids, got.ids) and all(np.array_equal(a, b) for a, b in zip(want.logits, got.logits))
+    assert len(ahead.forwards) == len(PROMPTS) and all(map(np.array_equal, forwards, ahead.forwards))
+    broken = Ahead(model, None, PROMPTS, 4, 0, 1)  # no tokenizer: the thread fails at once
+    broken.start()
+    [warning] = broken.join()
+    assert "AttributeError" in warning and "redone" in warning and broken.forwards == [] and broken.references == {}

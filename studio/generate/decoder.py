@@ -31,7 +31,7 @@ import json
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -308,6 +308,7 @@ def _torch_export(
     facts: Facts,
     opset: int,
     external: bool = False,
+    on_exported: Callable[[], object] | None = None,
 ) -> None:
     ins, outs = input_names(facts, wrapper.with_past), output_names(facts, wrapper.with_past)
     if exporter == "dynamo":
@@ -341,6 +342,8 @@ def _torch_export(
             dynamo=False,
             do_constant_folding=True,
         )
+    if on_exported is not None:  # the model is no longer traced (is_in_onnx_export() is process-wide)
+        on_exported()
     if taken:
         write_external(path, taken)
 
@@ -357,12 +360,15 @@ def export_decoder(
     external_data: bool | None = None,
     file_name: str = FILE,
     exporter: str = "auto",
+    on_exported: Callable[[], object] | None = None,
 ) -> GeneratorFiles:
     """Write `out_dir/model.onnx` (and `model.onnx.data` above EXTERNAL_DATA_BYTES of weights, or when
     `external_data` says so) for the causal LM `module`. `exporter`: "torchscript" (optimum's, ~1 s for a tiny
     model), "dynamo" (torch.export-based, ~20-30 s), or "auto": TorchScript, then dynamo when TorchScript fails
     (cohere's tiny model needs it). Raises GenerationRefused for an architecture without a key/value cache,
-    ExportError when no exporter can export it or its cache is not the layout the facts say."""
+    ExportError when no exporter can export it or its cache is not the layout the facts say. `on_exported`: called
+    once TorchScript's torch.onnx.export has returned (the weights' writing and the file's saving follow), so
+    work on the PyTorch module can run beside them; never during a trace, never for dynamo."""
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown exporter {exporter!r} for a decoder (one of: {', '.join(EXPORTERS)})")
     facts = decoder_facts(config)
@@ -386,7 +392,8 @@ def export_decoder(
             tmp_dir = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
             try:
                 with quiet():
-                    _torch_export(name, wrapper, args, tmp_dir / file_name, facts, opset, external)
+                    hook = on_exported if name == "torchscript" else None
+                    _torch_export(name, wrapper, args, tmp_dir / file_name, facts, opset, external, hook)
                 is_external = _save(
                     tmp_dir / file_name, out / file_name, metadata(facts, position_ids, with_past), external
                 )

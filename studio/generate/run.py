@@ -109,7 +109,9 @@ def convert_generator(spec: ConvertSpec, loaded: LoadedModel, df: pd.DataFrame, 
     warnings += _option_warnings(spec)
 
     say("export", FRACTION["export"])
-    files, export_info = export_files(task, loaded, spec, work)
+    threads = spec.threads or runtime.default_threads()
+    ahead = Ahead(module, tokenizer, prompts, spec.max_new_tokens, pad, threads) if Ahead.fits(task, module) else None
+    files, export_info = export_files(task, loaded, spec, work, on_exported=ahead.start if ahead else None)
     main = work / files.files["model" if "model" in files.files else "decoder"]
     for f in files.files.values():
         artifacts.annotate(work / f, _metadata(loaded, roles, column, task, spec, files.exporter))
@@ -118,16 +120,21 @@ def convert_generator(spec: ConvertSpec, loaded: LoadedModel, df: pd.DataFrame, 
     say("checker", FRACTION["checker"])
     checker = inspect_mod.check(main)
     graph = inspect_mod.graph_info(main)
-    threads = spec.threads or runtime.default_threads()
     generator = make_generator(files, eos, pad, threads)
+    if ahead is not None:
+        warnings += ahead.join()
 
     say("parity", FRACTION["parity"])
-    parity = first_step_parity(module, tokenizer, generator, prompts, pad, spec.atol, spec.rtol)
+    forwards = ahead.forwards if ahead is not None else None
+    parity = first_step_parity(module, tokenizer, generator, prompts, pad, spec.atol, spec.rtol, forwards)
 
     say("generation", FRACTION["generation"])
     timings: list[Any] = []  # the check's decode pairs, timed: the speed rows of decoders
     before = machine_load()
-    runs, probes = _check(module, tokenizer, files, generator, prompts, spec, threads, timings)
+    references = ahead.references if ahead is not None else None
+    runs, probes = _check(module, tokenizer, files, generator, prompts, spec, threads, timings, references)
+    if ahead is not None:
+        ahead.mark(timings)
     busy = busy_since(before)
     divergence = _locate(spec, loaded, files, generator, runs, prompts, pad, say)
     ids, mask = _encoder(task)(tokenizer, prompts, pad)  # as the batched check fed them
@@ -293,15 +300,94 @@ def _option_warnings(spec: ConvertSpec) -> list[str]:
 # --- export, generators --------------------------------------------------------------------------------------
 
 
-def export_files(task: str, loaded: LoadedModel, spec: ConvertSpec, work: Path) -> tuple[GeneratorFiles, ExportInfo]:
-    """The generator's files in `work`, and the ExportInfo of the report (TorchScript, the opset read back)."""
+class Ahead:
+    """The PyTorch side of the check, run in a thread beside the decoder's export once torch.onnx.export has
+    returned (the export's `on_exported`; the model is no longer traced then: is_in_onnx_export() is
+    process-wide), so it overlaps the weights' writing, the checker and the ORT session's creation: the first
+    step's logits of every prompt (parity), then transformers' decodes one by one and batched (the generation
+    check). What it got done is used; what it did not (an exception: kept in `error`) is redone by the caller
+    where the results are used, which meets and reports the error there. Each decode notes whether it began
+    while the main thread still worked (its time is then shared with that work: said in the speed rows)."""
+
+    def __init__(self, module: Any, tokenizer: Any, prompts: list[str], new_tokens: int, pad: int, threads: int):
+        import threading
+
+        self.module, self.tokenizer, self.prompts, self.new_tokens, self.pad = (
+            module,
+            tokenizer,
+            prompts,
+            new_tokens,
+            pad,
+        )
+        self.threads = threads
+        self.forwards: list[np.ndarray] = []
+        self.references: dict[str, Any] = {}
+        self.overlapped: list[bool] = []  # per decode, in the check's order (one by one, then batched)
+        self.error: BaseException | None = None
+        self.free = threading.Event()  # the main thread waits for the thread: decodes from now on run alone
+        self.thread = threading.Thread(target=self._run, name="studio-beside-decoder-export", daemon=True)
+        self.started = False
+
+    @staticmethod
+    def fits(task: str, module: Any) -> bool:
+        """Decoders whose export leaves the module as it runs: not while a mixture of experts is switched to
+        batched_mm for the trace (the reference must run the model's own experts)."""
+        experts = getattr(getattr(module, "config", None), "_experts_implementation", None)
+        can = getattr(module, "_can_set_experts_implementation", None)
+        switched = experts not in (None, "batched_mm") and callable(can) and bool(can())
+        return task == TEXT_GENERATION and not switched
+
+    def start(self) -> None:
+        if not self.started:
+            self.started = True
+            self.thread.start()
+
+    def _run(self) -> None:
+        from studio.generate.reference import encode, forward_logits
+        from studio.generate.verify import reference_decodes
+
+        try:
+            with torch_threads(self.threads):
+                for text in self.prompts:
+                    ids, mask = encode(self.tokenizer, [text], self.pad)
+                    self.forwards.append(forward_logits(self.module, ids, mask)[0])
+                reference_decodes(self.module, self.tokenizer, self.prompts, self.new_tokens, self.references,
+                                  before=lambda: self.overlapped.append(not self.free.is_set()))  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - redone, and reported, by the caller
+            self.error = e
+
+    def join(self) -> list[str]:
+        """Wait for the thread; a warning when it stopped early (the rest is redone in its stage)."""
+        self.free.set()
+        if self.started:
+            self.thread.join()
+        if self.error is None:
+            return []
+        return [
+            "the PyTorch decodes run beside the export stopped "
+            f"({type(self.error).__name__}: {str(self.error)[:200]}); what was left was redone in its stage"
+        ]
+
+    def mark(self, timings: list[Any]) -> None:
+        """The check's decode pairs whose PyTorch decode ran beside the export's work."""
+        for t, shared in zip(timings, self.overlapped):
+            t.reference_shared = shared
+
+
+def export_files(
+    task: str, loaded: LoadedModel, spec: ConvertSpec, work: Path, on_exported: Any = None
+) -> tuple[GeneratorFiles, ExportInfo]:
+    """The generator's files in `work`, and the ExportInfo of the report (TorchScript, the opset read back).
+    `on_exported`: a decoder's export calls it once torch.onnx.export (TorchScript) has returned."""
     started = time.perf_counter()
     module = loaded.module
     if task == TEXT_GENERATION:
         from studio.generate.decoder import export_decoder
 
         exporter = spec.exporter if spec.exporter in ("torchscript", "dynamo") else "auto"  # compare: auto's order
-        files = export_decoder(module, module.config, work, opset=spec.opset, with_past=True, exporter=exporter)
+        files = export_decoder(
+            module, module.config, work, opset=spec.opset, with_past=True, exporter=exporter, on_exported=on_exported
+        )
     else:
         from studio.generate.seq2seq import export_seq2seq
 
@@ -358,8 +444,9 @@ def _metadata(
 
 
 def first_step_parity(
-    module: Any, tokenizer: Any, generator: Any, prompts: list[str], pad: int, atol: float, rtol: float
-) -> ParityInfo:
+    module: Any, tokenizer: Any, generator: Any, prompts: list[str], pad: int, atol: float, rtol: float,
+    forwards: list[np.ndarray] | None = None,
+) -> ParityInfo:  # fmt: skip
     """The first step's logits (every prompt position, past length 0) of the file against the module's forward,
     prompt by prompt (no padding: both sides see the same positions); rows padded with zeros on both sides to the
     longest prompt, the real tokens judged."""
@@ -369,12 +456,13 @@ def first_step_parity(
     seq2seq = not hasattr(generator, "step")  # an encoder-decoder: its encoder's states and first decoder step
     pairs: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
     try:
-        for text in prompts:
+        for i, text in enumerate(prompts):
             ids, mask = encode(tokenizer, [text], pad)
+            known = forwards[i] if forwards is not None and i < len(forwards) else None
             found = (
                 _seq2seq_first_step(module, generator, ids, mask)
                 if seq2seq
-                else _first_step(module, generator, ids, mask)
+                else _first_step(module, generator, ids, mask, known)
             )
             for name, (want, got) in found.items():
                 pairs.setdefault(name, ([], []))[0].append(want)
@@ -394,15 +482,17 @@ def first_step_parity(
 
 
 def _first_step(
-    module: Any, generator: Any, ids: np.ndarray, mask: np.ndarray
+    module: Any, generator: Any, ids: np.ndarray, mask: np.ndarray, known: np.ndarray | None = None
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """A decoder's logits at every prompt position with past length 0: (PyTorch's forward, the file's)."""
+    """A decoder's logits at every prompt position with past length 0: (PyTorch's forward, the file's);
+    `known`: PyTorch's, computed beforehand (beside the export)."""
     from studio.generate.reference import forward_logits
 
     feeds = {"input_ids": ids, "attention_mask": mask, **generator.empty_past(1)}
     feeds["position_ids"] = np.arange(ids.shape[1], dtype=np.int64)[None]
     got = np.asarray(generator.step(feeds)["logits"], dtype=np.float32)[0]
-    return {"logits": (forward_logits(module, ids, mask)[0], got)}
+    want = known if known is not None else forward_logits(module, ids, mask)[0]
+    return {"logits": (want, got)}
 
 
 def _seq2seq_first_step(

@@ -378,7 +378,7 @@ def _median(xs: list[float | None]) -> float | None:
     return float(np.median(kept)) if kept else None
 
 
-def _check_row(engine: str, provider: str, group: list[Timed], threads: int, note: str | None) -> GenerationSpeed:
+def _check_row(engine: str, provider: str, group: list[Timed], threads: int, note: str) -> GenerationSpeed:
     """One engine's row at one size: the medians over the check's decodes of that size (each decode's tokens/s =
     batch x its new tokens / its wall time; ttft = its time to the first new token)."""
     torch_side = engine == TORCH
@@ -430,8 +430,19 @@ def speed_from_check(
         group = [t for t in timings if t.mode == mode]
         if not group:
             continue
-        rows.append(_check_row(TORCH, TORCH_CPU, group, threads, "; ".join(filter(None, [attention, busy])) or None))
-        rows.append(_check_row(ORT, provider, group, threads, "; ".join(filter(None, [ort_note, busy])) or None))
+        alone = [t for t in group if not t.reference_shared]  # both engines' figures from the same decodes
+        shared = None
+        if len(alone) < len(group):
+            shared = (
+                f"{len(group) - len(alone)} of the check's decodes left out (their PyTorch side ran beside the "
+                "export's writing, checker and session creation)"
+                if alone
+                else "PyTorch's decodes ran beside the export's writing, checker and session creation (in a "
+                "thread): its figures are pessimistic"
+            )
+        use = alone or group
+        rows.append(_check_row(TORCH, TORCH_CPU, use, threads, "; ".join(filter(None, [attention, busy, shared]))))
+        rows.append(_check_row(ORT, provider, use, threads, "; ".join(filter(None, [ort_note, busy, shared]))))
     return rows
 
 

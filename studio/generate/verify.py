@@ -53,6 +53,7 @@ class Timed:
     onnx_first: float | None
     onnx_total: float | None
     onnx_tokens: int
+    reference_shared: bool = False  # the PyTorch decode ran beside other work (the export's, in a thread)
 
 
 def timed(mode: str, ids: np.ndarray, ref: Steps, got: Steps) -> Timed:
@@ -253,18 +254,28 @@ def _generate_runs(
 
 
 def reference_decodes(
-    module: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, into: dict[str, list[Steps]]
+    module: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    into: dict[str, list[Steps]],
+    before: Callable[[], object] | None = None,
 ) -> dict[str, list[Steps]]:
     """transformers' Steps of the check (every prompt alone, then all together when several), appended to `into`
-    as they are done (so a thread's partial work is kept; check_generation decodes what is missing)."""
+    as they are done (so a thread's partial work is kept; check_generation decodes what is missing). `before`:
+    called before each decode."""
     prompts = [str(p) for p in prompts]
     eos, pad = special_tokens(module, tokenizer)
     ones = into.setdefault(ONE_BY_ONE, [])
     for text in prompts[len(ones) :]:
         ids, mask = encode(tokenizer, [text], pad)
+        if before is not None:
+            before()
         ones.append(reference_steps(module, ids, mask, max_new_tokens, eos, pad))
     if len(prompts) > 1 and not into.get(BATCHED):
         ids, mask = encode(tokenizer, prompts, pad)
+        if before is not None:
+            before()
         into[BATCHED] = [reference_steps(module, ids, mask, max_new_tokens, eos, pad)]
     return into
 
