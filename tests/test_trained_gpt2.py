@@ -78,7 +78,7 @@ def test_the_converted_file_continues_every_prompt_like_transformers(trained, re
     assert {"model.onnx", "tokenizer.json", "config.json", "generation_config.json"} <= files, sorted(files)
     eos = json.loads((trained.folder / "config.json").read_text())["eos_token_id"]
     for (prompt_ids, want), text in zip(reference, G.PROMPTS):
-        got, _ = tiny_lm_archs.ort_greedy(out / "model.onnx", prompt_ids, NEW_TOKENS, eos)
+        got, _, _ = tiny_lm_archs.ort_greedy(out / "model.onnx", prompt_ids, NEW_TOKENS, eos)
         assert got == want, f"{text!r}: ONNX {got} vs transformers {want}"
 
 
