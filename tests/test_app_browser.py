@@ -85,10 +85,11 @@ def test_load_demo_export_shows_the_checks_passed(page, served, tmp_path):
 
     # no faster variant unless ticked; tick int8 (the cheap one) to see its row in the results
     variants = page.locator("#variants input[type=checkbox]")
-    expect(variants).to_have_count(3)
-    assert [variants.nth(i).is_checked() for i in range(3)] == [False, False, False]
-    page.locator("#variants label", has_text="int8").click()
+    expect(variants).to_have_count(4)  # optimized, int8, int8-static, fp16
+    assert [variants.nth(i).is_checked() for i in range(4)] == [False, False, False, False]
+    page.locator("#variants label", has_text="int8: dynamic").click()
     expect(variants.nth(1)).to_be_checked()
+    expect(page.locator("#repair input[type=checkbox]")).to_be_checked()  # a failing variant is repaired by default
 
     page.click("#export-btn")
     # the progress bar names the stage while it runs

@@ -63,7 +63,7 @@ def test_after_export_the_graph_is_coloured_by_difference_and_split_with_the_var
         page.wait_for_selector("#mapping-status .mapping-ok")
         page.locator("#exporter input").click()
         page.get_by_role("option", name="legacy (TorchScript)").click()
-        page.locator("#variants label", has_text="int8").click()
+        page.locator("#variants label", has_text="int8: dynamic").click()
         page.click("#export-btn")
         page.wait_for_selector("#verdict-strip[data-ok='false']", timeout=240_000)  # parity fails: it diverges
         expect(page.locator("#graph-panel")).to_be_visible()
