@@ -303,3 +303,30 @@ def test_the_loop_gives_up_after_rounds_that_do_no_better():
     assert report["rounds"] == 2 + R.MAX_STALE and report["stopped"] == f"no better in {R.MAX_STALE} rounds"
     assert chosen.kept == ["n0", "n1"] and made == ["n0", "n1"]  # round 2's file (1 + 1 nodes), rebuilt at the end
     assert built[-1] == ["n0", "n1"] and not report["passed"]
+
+
+def test_two_blocked_nodes_reading_one_value_make_one_cast_not_an_invalid_graph():
+    """The fp16 converter writes one identically named Cast per blocked consumer of a value: the repeat is dropped
+    (its output is the same name), a repeated node name is renamed, and ONNX Runtime loads the graph."""
+    import onnxruntime as ort
+
+    from studio.variants._builders import unique_node_names
+
+    cast = helper.make_node("Cast", ["x"], ["x_cast_to_fp32"], name="x_cast_to_fp32_node", to=TensorProto.FLOAT)
+    graph = helper.make_graph(
+        [
+            cast,
+            onnx.NodeProto.FromString(cast.SerializeToString()),  # the converter's repeat
+            helper.make_node("Relu", ["x_cast_to_fp32"], ["a"], name="same"),
+            helper.make_node("Neg", ["x_cast_to_fp32"], ["b"], name="same"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2]) for n in ("a", "b")],
+    )
+    assert unique_node_names(graph) == 2  # one Cast dropped, one node renamed
+    assert [n.name for n in graph.node] == ["x_cast_to_fp32_node", "same", "same_1"]
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    a, b = sess.run(None, {"x": np.array([-1, 2], dtype=np.float16)})
+    assert a.tolist() == [0.0, 2.0] and b.tolist() == [1.0, -2.0]

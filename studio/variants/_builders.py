@@ -426,6 +426,38 @@ def _int8_by_onnxruntime(ctx: Context, src: Path, dest: Path, keep: tuple[str, .
     )
 
 
+def unique_node_names(graph: onnx.GraphProto) -> int:
+    """The fp16 converter names the Cast it adds in front of a blocked node after the value it casts, so two blocked
+    nodes reading one value (a repair's node_block_list on an ORT-fused graph) get two identical Casts (one node
+    name, one output name), which ONNX Runtime refuses. Drop a node that repeats an earlier one exactly (its
+    consumers read the one output name either way), then rename any node whose name an earlier node has
+    (name_1, ...). Returns how many nodes were dropped or renamed."""
+    kept, seen, made, changed = [], set(), set(), 0
+    for node in graph.node:
+        if any(o in made for o in node.output if o):
+            twin = next(k for k in kept if set(k.output) & set(node.output))
+            if twin.SerializeToString() == node.SerializeToString():
+                changed += 1
+                continue
+        made.update(o for o in node.output if o)
+        kept.append(node)
+    names = {n.name for n in kept}
+    for node in kept:
+        if node.name and node.name in seen:
+            k = 1
+            while f"{node.name}_{k}" in names:
+                k += 1
+            node.name = f"{node.name}_{k}"
+            names.add(node.name)
+            changed += 1
+        seen.add(node.name)
+    if len(kept) != len(graph.node):
+        copies = [onnx.NodeProto.FromString(n.SerializeToString()) for n in kept]
+        del graph.node[:]
+        graph.node.extend(copies)
+    return changed
+
+
 def build_fp16(ctx: Context, src: Path, dest: Path, keep: tuple[str, ...] = ()) -> Built:
     """keep: names of src's nodes left fp32 (a repair's: node_block_list), with casts around them."""
     from onnxruntime.transformers.onnx_model import OnnxModel
@@ -435,6 +467,7 @@ def build_fp16(ctx: Context, src: Path, dest: Path, keep: tuple[str, ...] = ()) 
     om.convert_float_to_float16(
         use_symbolic_shape_infer=True, keep_io_types=True, **({"node_block_list": list(keep)} if keep else {})
     )
+    unique_node_names(om.model.graph)
     om.save_model_to_file(str(dest), use_external_data_format=ctx.external)
     del om, model
     saved = onnx.load(str(dest), load_external_data=False)
