@@ -56,8 +56,8 @@ def corrupted(tmp_path_factory):
     original = run_mod.export_files
     where: dict[str, int] = {}
 
-    def export_then_corrupt(task, loaded, spec, work):
-        files, info = original(task, loaded, spec, work)
+    def export_then_corrupt(task, loaded, spec, work, **kw):
+        files, info = original(task, loaded, spec, work, **kw)
         where["position"] = corrupt(work / files.files["model"])
         return files, info
 
