@@ -346,9 +346,14 @@ def test_the_checks_session_is_timed_only_without_variants(hf_folders, sample_cs
         seen["session"] = targets["model"].cpu_session
         seen["calls"] = list(targets["model"].cpu_calls)  # parity's timed call on that session
         seen["torch_warm"] = kw.get("torch_warm")
-        if seen["session"] is not None:
-            monkeypatch.setattr(runtime, "cpu_session", lambda *a, **k: pytest.fail("a second session for model.onnx"))
-        return real(loaded, targets, tensors, **kw)
+        if seen["session"] is None:
+            return real(loaded, targets, tensors, **kw)
+        opened = runtime.cpu_session  # latency must not open a second one (the profile stage after it opens its own)
+        monkeypatch.setattr(runtime, "cpu_session", lambda *a, **k: pytest.fail("a second session for model.onnx"))
+        try:
+            return real(loaded, targets, tensors, **kw)
+        finally:
+            monkeypatch.setattr(runtime, "cpu_session", opened)
 
     monkeypatch.setattr(latency, "measure_all", spy)
     spec = ConvertSpec(
