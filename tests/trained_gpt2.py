@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,7 +52,20 @@ class Trained:
 
 
 def corpus() -> str:
-    """The docstrings of MODULES and of their public functions, classes and methods, one per paragraph."""
+    """The docstrings of MODULES and of their public functions, classes and methods, one per paragraph, read in a
+    fresh interpreter that has imported nothing else: what a test session's other imports (torch, gradio, pytest,
+    ...) add to the stdlib's modules changed the text, and the trained model with it (a CI run's model repeated
+    one token where the same test alone did not)."""
+    code = (
+        f"import importlib, inspect, sys\nMODULES = {MODULES!r}\n"
+        + inspect.getsource(_corpus)
+        + "\nsys.stdout.buffer.write(_corpus().encode('utf-8'))\n"
+    )
+    done = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, timeout=120, check=True)
+    return done.stdout.decode("utf-8")
+
+
+def _corpus() -> str:
     seen: set[int] = set()
     parts: list[str] = []
 
