@@ -432,7 +432,10 @@ def unique_node_names(graph: onnx.GraphProto) -> int:
     name, one output name), which ONNX Runtime refuses. Drop a node that repeats an earlier one exactly (its
     consumers read the one output name either way), then rename any node whose name an earlier node has
     (name_1, ...). Returns how many nodes were dropped or renamed."""
-    kept, seen, made, changed = [], set(), set(), 0
+    kept: list[onnx.NodeProto] = []
+    seen: set[str] = set()
+    made: set[str] = set()
+    changed = 0
     for node in graph.node:
         if any(o in made for o in node.output if o):
             twin = next(k for k in kept if set(k.output) & set(node.output))
